@@ -1,0 +1,229 @@
+"""A call: a media clock, the *speak* and *listen* streams, taps, players, DTMF and its state.
+
+Every 20 ms the media ticker calls :meth:`Call.media_tick`: the transport gives the party's speak
+frame, the player gives the listen frame, every tap (recorders, detectors) sees both, and the listen
+frame goes back to the transport. Recordings belong to the call, not to the step that started them:
+the call finalises every one of them when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from swml_engine.events import EventLog
+from swml_engine.media.clock import MediaTicker, wall_time
+from swml_engine.media.frame import Frame, silence
+from swml_engine.media.player import Player
+from swml_engine.transports.base import Transport
+
+DtmfListener = Callable[[str], None]
+
+
+class Tap(Protocol):
+    """Sees both streams of every frame while attached (recorders, detectors)."""
+
+    def on_frame(self, speak: Frame, listen: Frame) -> None: ...
+
+
+@dataclass
+class CallOptions:
+    #: Where recordings and their metadata go.
+    data_dir: Path | None = None
+    #: Allow ``file://`` play URLs (``swml run`` only: a remote script must not read server files).
+    allow_file_urls: bool = False
+    #: Maps a URL to a local file (the engine's own recording URLs) so it plays with no network trip.
+    url_resolver: Callable[[str], Path | None] | None = None
+    #: Seconds a fetched play URL or remote document may take before it fails (real time).
+    fetch_timeout: float = 10.0
+    #: Largest audio file a play URL may download.
+    max_fetch_bytes: int = 64 * 1024 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Call:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        call_id: str | None = None,
+        info: dict[str, Any] | None = None,
+        events: EventLog | None = None,
+        options: CallOptions | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.rate = transport.rate
+        self.call_id = call_id or str(uuid.uuid4())
+        self.info: dict[str, Any] = info or {}
+        self.options = options or CallOptions()
+        self.events = events or EventLog()
+        self.t0 = self.loop.time()
+        self.events.bind_clock(self.now)
+        self.state = "created"
+        self.player = Player(self.rate)
+        self.taps: list[Tap] = []
+        self.dtmf_listeners: list[DtmfListener] = []
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        self.answered_at: float | None = None
+        self.frame_index = 0
+        #: Coroutines run once when the call ends (recordings register theirs here).
+        self.finalizers: list[Callable[[], Awaitable[None]]] = []
+        self._max_duration: asyncio.TimerHandle | None = None
+        self._ticking = False
+        self.recordings: Any = None  # set by the recording layer (recording.manager.Recordings)
+        #: Codecs the script allows (`answer.codecs`); empty = any the transport supports.
+        self.codecs: list[str] = []
+        transport.attach(self)
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the call started (the ``t`` of every event)."""
+        return self.loop.time() - self.t0
+
+    def wall(self) -> float:
+        """Unix time on the call's clock."""
+        return wall_time(self.loop)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.state = "ringing"
+        self.events.emit("call.state", state="ringing", call_id=self.call_id)
+        MediaTicker.for_loop(self.loop).add(self)
+        self._ticking = True
+        self.transport.on_call_start()
+
+    @property
+    def answered(self) -> bool:
+        return self.answered_at is not None
+
+    @property
+    def is_ended(self) -> bool:
+        return self.ended.is_set()
+
+    async def answer(self, max_duration: float | None = None) -> None:
+        if self.answered or self.is_ended:
+            return
+        await self.transport.answer()
+        self.answered_at = self.now()
+        self.state = "answered"
+        self.events.emit("call.state", state="answered")
+        if max_duration is not None and max_duration > 0:
+            self._max_duration = self.loop.call_later(max_duration, self._on_max_duration)
+
+    async def early_media(self) -> None:
+        if self.answered or self.is_ended or self.state == "early":
+            return
+        await self.transport.early_media()
+        self.state = "early"
+        self.events.emit("call.state", state="early_media")
+
+    def _on_max_duration(self) -> None:
+        if not self.is_ended:
+            self.events.emit("call.max_duration")
+            self.loop.create_task(self.hangup("max_duration"))
+
+    async def hangup(self, reason: str = "hangup") -> None:
+        """End the call from the script's side."""
+        if self.is_ended:
+            return
+        self._mark_ended(reason)
+        with contextlib.suppress(Exception):
+            await self.transport.hangup(reason)
+
+    def on_remote_hangup(self, reason: str = "hangup") -> None:
+        """The party hung up (called by the transport)."""
+        if not self.is_ended:
+            self._mark_ended(f"remote_{reason}" if not reason.startswith("remote") else reason)
+
+    def _mark_ended(self, reason: str) -> None:
+        self.end_reason = reason
+        self.state = "ended"
+        if self._max_duration is not None:
+            self._max_duration.cancel()
+        self.player.stop_all()
+        self.ended.set()
+
+    async def finish(self) -> None:
+        """After the script and the call are over: finalise recordings, stop media, close the transport."""
+        for fin in self.finalizers:
+            try:
+                await fin()
+            except Exception as e:  # a failing finaliser must not keep the others from running
+                self.events.emit("error", where="call.finish", message=f"{type(e).__name__}: {e}")
+        self.finalizers.clear()
+        if self._ticking:
+            MediaTicker.for_loop(self.loop).remove(self)
+            self._ticking = False
+        self.events.emit("call.state", state="ended", reason=self.end_reason or "hangup")
+        await self.transport.close()
+
+    def on_media_error(self, error: BaseException) -> None:
+        """The media tick raised: end the call cleanly rather than leave it silent."""
+        self._ticking = False
+        self.events.emit("error", where="media", message=f"{type(error).__name__}: {error}")
+        if not self.is_ended:
+            self._mark_ended("media_error")
+
+    # --- media --------------------------------------------------------------------------------------
+
+    def media_tick(self) -> None:
+        speak = self.transport.read_speak()
+        if speak is None:
+            speak = silence(self.rate)
+        listen = self.player.next_frame()
+        for tap in tuple(self.taps):
+            tap.on_frame(speak, listen)
+        self.transport.write_listen(listen)
+        self.frame_index += 1
+
+    def add_tap(self, tap: Tap) -> None:
+        self.taps.append(tap)
+
+    def remove_tap(self, tap: Tap) -> None:
+        with contextlib.suppress(ValueError):
+            self.taps.remove(tap)
+
+    async def play_frames(
+        self, frames: Iterator[Frame], volume_db: float = 0.0, stop: asyncio.Event | None = None
+    ) -> str:
+        """Play until the frames run out (``finished``), ``stop`` is set (``stopped``) or hangup (``hangup``)."""
+        if self.is_ended:
+            return "hangup"
+        pb = self.player.start(frames, volume_db)
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.ended.wait())}
+        if stop is not None:
+            waits.add(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait({pb.done, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            if not pb.done.done():
+                pb.stop()
+        result = pb.done.result()
+        if self.is_ended and result != "finished":
+            return "hangup"
+        return result
+
+    # --- DTMF ---------------------------------------------------------------------------------------
+
+    def on_dtmf(self, digit: str) -> None:
+        """A digit from the party (called by the transport)."""
+        if self.is_ended:
+            return
+        self.events.emit("dtmf", digit=digit, direction="received")
+        for listener in tuple(self.dtmf_listeners):
+            listener(digit)
+
+    async def send_dtmf(self, digit: str, duration: float = 0.1) -> None:
+        await self.transport.send_dtmf(digit, duration)
+        self.events.emit("dtmf", digit=digit, direction="sent")

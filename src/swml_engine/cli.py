@@ -1,0 +1,172 @@
+"""The ``swml`` command: ``validate`` documents, ``run`` one on a simulated call (``serve`` comes with SIP)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swml_engine.errors import DocumentError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"swml: {option} {item!r}: write NAME=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from swml_engine.document.loader import load_file
+
+    worst = EXIT_OK
+    for file in args.files:
+        try:
+            load_file(file)
+        except DocumentError as e:
+            for err in e.errors:
+                print(f"{file}: {err}", file=sys.stderr)
+            for err in e.unsupported:
+                print(f"{file}: {err}", file=sys.stderr)
+            if e.errors:
+                worst = EXIT_INVALID  # invalid outranks unsupported
+            elif worst == EXIT_OK:
+                worst = EXIT_UNSUPPORTED
+            continue
+        if not args.quiet:
+            print(f"{file}: ok")
+    return worst
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown once a run has taken more than a couple of seconds."""
+
+    def __init__(self, total: float | None, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.start < 2.0 or now - self.last < 0.2:
+            return
+        self.last = now
+        self.shown = True
+        t = float(event.get("t", 0.0))
+        if self.total:
+            done = min(1.0, t / self.total)
+            bar = "#" * int(done * 30)
+            sys.stderr.write(f"\r[{bar:<30}] call time {t:7.1f} s of {self.total:.0f} s")
+        else:
+            sys.stderr.write(f"\rcall time {t:7.1f} s ({now - self.start:.0f} s wall)")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from swml_engine.document.loader import load_file
+    from swml_engine.session import Simulation, simulate
+    from swml_engine.transports.simulated import parse_dtmf_schedule
+
+    try:
+        doc = load_file(args.file)
+    except DocumentError as e:
+        for err in e.errors or e.unsupported:
+            print(f"{args.file}: {err}", file=sys.stderr)
+        return EXIT_INVALID if e.errors else EXIT_UNSUPPORTED
+    try:
+        dtmf = parse_dtmf_schedule(args.dtmf or "")
+    except ValueError as e:
+        print(f"swml run: --dtmf: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    caller = Path(args.caller_audio) if args.caller_audio else None
+    if caller is not None and not caller.is_file():
+        print(f"swml run: --caller-audio: no such file: {caller}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    progress = Progress(args.hangup_at, sys.stderr.isatty() and not args.quiet)
+    sim = Simulation(
+        caller_audio=caller,
+        dtmf=dtmf,
+        hangup_at=args.hangup_at,
+        from_=args.from_,
+        to=args.to,
+        headers=_pairs(args.header, "--header"),
+        envs=_pairs(args.env, "--env"),
+        rate=args.rate,
+        out=out,
+        realtime=args.realtime,
+        on_event=progress,
+    )
+    started = time.monotonic()
+    try:
+        res = simulate(doc, sim)
+    except Exception as e:  # e.g. undecodable --caller-audio: one line, no traceback
+        progress.close()
+        print(f"swml run: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    progress.close()
+    wall = time.monotonic() - started
+    errors = [e for e in res.events if e["type"] == "error"]
+    if not args.quiet:
+        print(f"call ended after {res.duration:.2f} s of call time ({wall:.2f} s wall): {res.result.reason}")
+        print(f"steps run: {sum(1 for e in res.events if e['type'] == 'step.end')}, errors: {len(errors)}")
+        for ev in errors[:10]:
+            print(f"  error at {ev['t']:.2f} s: {ev.get('message')}")
+        print(f"outputs in {out}/: heard.wav, events.jsonl, vars.json")
+    if res.result.error:
+        print(f"swml run: {res.result.error}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="swml", description="Run SWML call scripts on your own machines.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check SWML documents (exit 0 ok, 1 invalid, 3 unsupported methods)")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="run a document on a simulated call")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--caller-audio", metavar="WAV", help="what the caller says, from the moment of answer")
+    r.add_argument("--dtmf", metavar="T:DIGITS[,T:DIGITS]", help="digits the caller presses at T seconds")
+    r.add_argument("--hangup-at", type=float, metavar="T", help="the caller hangs up at T seconds")
+    r.add_argument("--from", dest="from_", default="+15551230000", help="call.from")
+    r.add_argument("--to", default="+15557890000", help="call.to")
+    r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="a call header")
+    r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
+    r.add_argument("--rate", type=int, choices=(8000, 16000), default=8000, help="call sample rate")
+    r.add_argument("--out", default="swml-out", metavar="DIR", help="where outputs go (default swml-out)")
+    r.add_argument("--realtime", action="store_true", help="follow the wall clock instead of virtual time")
+    r.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

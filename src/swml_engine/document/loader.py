@@ -1,0 +1,232 @@
+"""Load a SWML document from YAML or JSON text and check every step of every section.
+
+Shorthands accepted (as the public docs use them; see docs/documents.md):
+
+* a step written as a bare string, ``- hangup`` = ``- hangup: {}``;
+* a section written as one step mapping instead of a list, ``main: {execute: ...}``;
+* a document given as a bare list of steps = ``sections: {main: [...]}``;
+* per-method shorthands (``play: 'say:Hi'``, ``sleep: 1000``, ``unset: name``...) live in each method's
+  module, in its ``prepare``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swml_engine.document.model import Block, Document, Step
+from swml_engine.document.params import describe
+from swml_engine.errors import DocumentError, ParamError
+
+#: Every calling method named by the official SWML schema (SWMLObject.json, $defs.SWMLMethod).
+SCHEMA_METHODS: frozenset[str] = frozenset(
+    [
+        "answer",
+        "ai",
+        "ai_sidecar",
+        "amazon_bedrock",
+        "cond",
+        "connect",
+        "denoise",
+        "enter_queue",
+        "execute",
+        "goto",
+        "label",
+        "live_transcribe",
+        "live_translate",
+        "hangup",
+        "join_room",
+        "join_conference",
+        "play",
+        "prompt",
+        "receive_fax",
+        "record",
+        "record_call",
+        "request",
+        "return",
+        "send_digits",
+        "send_fax",
+        "send_sms",
+        "set",
+        "sleep",
+        "sip_refer",
+        "stop_denoise",
+        "stop_record_call",
+        "stop_stream",
+        "stop_tap",
+        "stream",
+        "switch",
+        "tap",
+        "transcribe",
+        "transcribe_stop",
+        "transfer",
+        "unset",
+        "pay",
+        "detect_machine",
+        "user_event",
+    ]
+)
+
+_TOP_LEVEL = ("version", "sections")
+
+
+def parse_text(text: str, source: str = "<document>") -> object:
+    """Parse YAML or JSON text (JSON is tried first when the text looks like JSON, for its messages)."""
+    stripped = text.lstrip()
+    json_error: json.JSONDecodeError | None = None
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            json_error = e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        if json_error is not None:
+            msg = f"line {json_error.lineno}, column {json_error.colno}: invalid JSON: {json_error.msg}"
+            raise DocumentError([ParamError("", msg)]) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise DocumentError([ParamError("", f"{where}invalid YAML: {problem}")]) from None
+
+
+def load_file(path: str | Path) -> Document:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DocumentError([ParamError("", f"cannot read {p}: {e.strerror or e}")]) from None
+    except UnicodeDecodeError:
+        raise DocumentError([ParamError("", f"{p} is not UTF-8 text")]) from None
+    return load_document(parse_text(text, str(p)), str(p))
+
+
+def load_text(text: str, source: str = "<document>") -> Document:
+    return load_document(parse_text(text, source), source)
+
+
+class _Loader:
+    def __init__(self) -> None:
+        from swml_engine.methods import REGISTRY
+
+        self.registry = REGISTRY
+        self.errors: list[ParamError] = []
+        self.unsupported: list[ParamError] = []
+
+    def steps(self, raw: object, path: str) -> list[Step]:
+        if isinstance(raw, dict):
+            raw = [raw]  # a single step written without the list
+        if not isinstance(raw, list):
+            self.errors.append(ParamError(path, f"{describe(raw)} is not a list of steps"))
+            return []
+        out: list[Step] = []
+        for i, item in enumerate(raw):
+            step = self.step(item, f"{path}[{i}]")
+            if step is not None:
+                out.append(step)
+        return out
+
+    def block(self, raw: object, path: str) -> Block:
+        return Block(self.steps(raw, path), path)
+
+    def step(self, raw: object, path: str) -> Step | None:
+        if isinstance(raw, str):
+            name, value = raw.strip(), None  # "- hangup" is "- hangup: {}"
+        elif isinstance(raw, dict):
+            if len(raw) != 1:
+                keys = ", ".join(repr(str(k)) for k in raw) or "none"
+                self.errors.append(
+                    ParamError(path, f"a step names exactly one method; found keys {keys} (split it into steps)")
+                )
+                return None
+            ((name, value),) = raw.items()
+            name = str(name)
+        else:
+            self.errors.append(ParamError(path, f"{describe(raw)} is not a step (expected e.g. {{play: ...}})"))
+            return None
+        method = self.registry.get(name)
+        where = f"{path}.{name}"
+        if method is None:
+            if name in SCHEMA_METHODS:
+                self.unsupported.append(ParamError(where, "not supported by this engine"))
+            else:
+                hint = difflib.get_close_matches(name, sorted(SCHEMA_METHODS), n=1)
+                tip = f"; did you mean {hint[0]!r}?" if hint else ""
+                self.errors.append(ParamError(path, f"unknown method {name!r}{tip}"))
+            return None
+        try:
+            params = method.prepare(value, where, self.block)
+        except ParamError as e:
+            self.errors.append(e)
+            return None
+        self.errors.extend(method.check(params, where))
+        return Step(name, params, path)
+
+
+def load_document(raw: object, source: str = "<document>") -> Document:
+    """Build a Document from parsed YAML/JSON; raises DocumentError listing every problem found."""
+    loader = _Loader()
+    if isinstance(raw, list):
+        raw = {"sections": {"main": raw}}  # a bare list of steps is the main section
+    if not isinstance(raw, dict):
+        raise DocumentError([ParamError("", f"a SWML document is an object with 'sections'; got {describe(raw)}")])
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            loader.errors.append(ParamError(str(key), "unknown top-level key; expected 'version' and 'sections'"))
+    version = raw.get("version")
+    if version is not None and not isinstance(version, str | int | float):
+        loader.errors.append(ParamError("version", f"{describe(version)} is not a version string"))
+    sections_raw: Any = raw.get("sections")
+    sections: dict[str, list[Step]] = {}
+    if not isinstance(sections_raw, dict):
+        what = "is required" if sections_raw is None else f"{describe(sections_raw)} is not an object of sections"
+        loader.errors.append(ParamError("sections", what))
+    else:
+        if "main" not in sections_raw:
+            loader.errors.append(ParamError("sections.main", "is required: the script starts there"))
+        for name, steps in sections_raw.items():
+            sections[str(name)] = loader.steps(steps, f"sections.{name}")
+    doc = Document(sections, source, None if version is None else str(version))
+    doc.unsupported = [e.path for e in loader.unsupported]
+    if not loader.errors:
+        _check_references(doc, loader.errors)
+    if loader.errors or loader.unsupported:
+        raise DocumentError(loader.errors, loader.unsupported)
+    return doc
+
+
+def _check_references(doc: Document, errors: list[ParamError]) -> None:
+    """Literal goto labels and execute sections must exist (templated ones are checked when they run)."""
+    from swml_engine.methods import REGISTRY
+
+    for section, steps in doc.sections.items():
+        labels = doc.labels(section)
+        for step in _walk(steps):
+            method = REGISTRY[step.method]
+            check = getattr(method, "check_references", None)
+            if check is not None:
+                errors.extend(check(step, doc, labels))
+
+
+def _walk(steps: list[Step]) -> list[Step]:
+    out: list[Step] = []
+    for step in steps:
+        out.append(step)
+        for block in _blocks(step.params):
+            out.extend(_walk(block.steps))
+    return out
+
+
+def _blocks(value: object) -> list[Block]:
+    if isinstance(value, Block):
+        return [value]
+    if isinstance(value, dict):
+        return [b for v in value.values() for b in _blocks(v)]
+    if isinstance(value, list | tuple):
+        return [b for v in value for b in _blocks(v)]
+    return []

@@ -1,0 +1,279 @@
+"""Parameter specifications: one small typed checker per kind of value.
+
+The same specification checks a method's parameters twice: when the document is loaded (literal
+values only; a value written as ``${...}``/``%{...}`` is accepted and checked later) and when the step
+runs (after substitution, every value). Errors name the place and the allowed values.
+
+A method declares its parameters as a frozen dataclass whose fields carry a spec (see :func:`param`);
+:func:`parse_params` turns a mapping into that dataclass, :func:`check_params` only collects errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from swml_engine.errors import ParamError
+
+_TEMPLATE = re.compile(r"[$%]\{")
+
+
+def is_templated(value: object) -> bool:
+    """True for a string that holds a ``${...}`` or ``%{...}`` placeholder (checked at run time)."""
+    return isinstance(value, str) and _TEMPLATE.search(value) is not None
+
+
+def describe(value: object) -> str:
+    """Show a value in an error message the way the user wrote it."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+class Spec:
+    """Checks one value; returns it converted (numeric strings to numbers, ...) or raises ParamError."""
+
+    #: Whether a ``${...}`` string is accepted at load time in place of this value.
+    templatable = True
+
+    def check(self, value: object, path: str) -> object:
+        raise NotImplementedError
+
+    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
+        """Check at load time: collect errors; accept placeholders to be checked when the step runs."""
+        if self.templatable and is_templated(value):
+            return
+        try:
+            self.check(value, path)
+        except ParamError as e:
+            errors.append(e)
+
+
+class Any_(Spec):
+    """Any JSON value."""
+
+    def check(self, value: object, path: str) -> object:
+        return value
+
+
+class Str(Spec):
+    def __init__(self, *, choices: Sequence[str] | None = None, allow_empty: bool = True) -> None:
+        self.choices = tuple(choices) if choices else None
+        self.allow_empty = allow_empty
+
+    def check(self, value: object, path: str) -> object:
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            raise ParamError(path, f"{describe(value)} is not a string")
+        text = value if isinstance(value, str) else _number_text(value)
+        if self.choices is not None and text not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise ParamError(path, f"{describe(value)} is not one of {allowed}")
+        if not self.allow_empty and text == "":
+            raise ParamError(path, "must not be empty")
+        return text
+
+
+class Num(Spec):
+    """A number; numeric strings are accepted (a substituted ``${...}`` is a string)."""
+
+    def __init__(
+        self,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        integer: bool = False,
+        unit: str = "",
+        extra: Sequence[float] = (),
+    ) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.integer = integer
+        self.unit = unit
+        self.extra = tuple(extra)
+
+    def check(self, value: object, path: str) -> object:
+        kind = "an integer" if self.integer else "a number"
+        number: float
+        if isinstance(value, bool) or value is None:
+            raise ParamError(path, f"{describe(value)} is not {kind}")
+        if isinstance(value, int | float):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ParamError(path, f"{describe(value)} is not {kind}") from None
+        else:
+            raise ParamError(path, f"{describe(value)} is not {kind}")
+        if math.isnan(number) or math.isinf(number):
+            raise ParamError(path, f"{describe(value)} is not a finite number")
+        if self.integer and number != int(number):
+            raise ParamError(path, f"{describe(value)} is not an integer")
+        if number in self.extra:
+            return int(number) if self.integer else number
+        unit = f" {self.unit}" if self.unit else ""
+        if self.minimum is not None and number < self.minimum:
+            raise ParamError(path, f"{describe(value)} is below the minimum {_number_text(self.minimum)}{unit}")
+        if self.maximum is not None and number > self.maximum:
+            raise ParamError(path, f"{describe(value)} is above the maximum {_number_text(self.maximum)}{unit}")
+        if self.integer:
+            return int(number)
+        return float(number)
+
+
+class Bool(Spec):
+    """A boolean; the strings "true"/"false" are accepted (a substituted ``${...}`` is a string)."""
+
+    def check(self, value: object, path: str) -> object:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ParamError(path, f"{describe(value)} is not a boolean (true or false)")
+
+
+class Chars(Spec):
+    """A string made only of the given characters, such as DTMF digits."""
+
+    def __init__(self, allowed: str, what: str) -> None:
+        self.allowed = allowed
+        self.what = what
+
+    def check(self, value: object, path: str) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ParamError(path, f"{describe(value)} is not a string of {self.what}")
+        bad = sorted({c for c in value if c not in self.allowed})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad)
+            raise ParamError(path, f"{describe(value)} has characters that are not {self.what}: {shown}")
+        return value
+
+
+class ListOf(Spec):
+    def __init__(self, item: Spec, *, allow_single: bool = False, min_items: int = 0) -> None:
+        self.item = item
+        self.allow_single = allow_single
+        self.min_items = min_items
+
+    def check(self, value: object, path: str) -> object:
+        if not isinstance(value, list):
+            if self.allow_single and not isinstance(value, dict):
+                return [self.item.check(value, path)]
+            raise ParamError(path, f"{describe(value)} is not a list")
+        if len(value) < self.min_items:
+            raise ParamError(path, f"needs at least {self.min_items} item(s)")
+        return [self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
+        if is_templated(value):
+            return
+        if isinstance(value, list):
+            if len(value) < self.min_items:
+                errors.append(ParamError(path, f"needs at least {self.min_items} item(s)"))
+            for i, v in enumerate(value):
+                self.item.load_check(v, f"{path}[{i}]", errors)
+        else:
+            super().load_check(value, path, errors)
+
+
+class MapOf(Spec):
+    """An object with free keys (``set``, ``execute.params``)."""
+
+    templatable = False
+
+    def check(self, value: object, path: str) -> object:
+        if not isinstance(value, dict):
+            raise ParamError(path, f"{describe(value)} is not an object")
+        return value
+
+
+def param(spec: Spec, *, default: Any = dataclasses.MISSING, required: bool = False) -> Any:
+    """Declare a parameter field of a method's params dataclass."""
+    meta = {"spec": spec, "required": required}
+    if default is dataclasses.MISSING and not required:
+        default = None
+    if isinstance(default, list | dict):
+        template: list[Any] | dict[str, Any] = default
+        return dataclasses.field(default_factory=lambda: type(template)(template), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+P = TypeVar("P")
+
+
+def _fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, fields: Mapping[str, object], path: str) -> ParamError:
+    allowed = ", ".join(sorted(fields)) or "no parameters"
+    return ParamError(f"{path}.{key}", f"unknown parameter; {('expected one of ' + allowed) if fields else allowed}")
+
+
+def check_params(cls: type[Any], raw: object, path: str) -> list[ParamError]:
+    """Load-time check of a params mapping against the dataclass ``cls``; returns every error."""
+    errors: list[ParamError] = []
+    if not isinstance(raw, dict):
+        return [ParamError(path, f"{describe(raw)} is not an object of parameters")]
+    fields = _fields(cls)
+    for key, value in raw.items():
+        f = fields.get(str(key))
+        if f is None:
+            errors.append(_unknown_key(str(key), fields, path))
+            continue
+        cast(Spec, f.metadata["spec"]).load_check(value, f"{path}.{key}", errors)
+    for name, f in fields.items():
+        if f.metadata.get("required") and name not in raw:
+            errors.append(ParamError(f"{path}.{name}", "is required"))
+    return errors
+
+
+def parse_params(cls: type[P], raw: object, path: str) -> P:
+    """Run-time parse: every value (already substituted) is checked and converted; first error raised."""
+    if not isinstance(raw, dict):
+        raise ParamError(path, f"{describe(raw)} is not an object of parameters")
+    fields = _fields(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = fields.get(str(key))
+        if f is None:
+            raise _unknown_key(str(key), fields, path)
+        if value is None and not f.metadata.get("required"):
+            continue  # an explicit null means "use the default"
+        values[str(key)] = cast(Spec, f.metadata["spec"]).check(value, f"{path}.{key}")
+    for name, f in fields.items():
+        if f.metadata.get("required") and name not in values:
+            raise ParamError(f"{path}.{name}", "is required")
+    return cls(**values)
+
+
+def _number_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Steps(Spec):
+    """A nested list of steps, already loaded into a Block by the method's ``prepare``."""
+
+    templatable = False
+
+    def check(self, value: object, path: str) -> object:
+        from swml_engine.document.model import Block
+
+        if not isinstance(value, Block):
+            raise ParamError(path, f"{describe(value)} is not a list of steps")
+        return value

@@ -1,0 +1,58 @@
+"""The call's event log: ``events.jsonl`` lines ``{"t": seconds from call start, "type": ..., ...}``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import IO, Any
+
+Sink = Callable[[dict[str, Any]], None]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+class EventLog:
+    """Collects a call's events and hands each to its sinks (a JSONL file, a list, a logger)."""
+
+    def __init__(self, now: Callable[[], float] | None = None) -> None:
+        self._now = now or (lambda: 0.0)
+        self.sinks: list[Sink] = []
+        self.events: list[dict[str, Any]] = []
+        self.keep = True
+
+    def bind_clock(self, now: Callable[[], float]) -> None:
+        self._now = now
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event: dict[str, Any] = {"t": round(self._now(), 3), "type": type_}
+        event.update(_jsonable(fields))
+        if self.keep:
+            self.events.append(event)
+        for sink in self.sinks:
+            sink(event)
+        return event
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+
+class JsonlSink:
+    """Writes one JSON object a line, flushed at once so a crash loses no event."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self.stream.flush()

@@ -1,0 +1,200 @@
+"""Time for calls: a virtual clock for simulated calls and a real one for live calls.
+
+The virtual clock is an asyncio event loop whose ``time()`` is virtual. When no task is ready to run
+and nothing holds the clock, the loop jumps straight to its next timer, so a 10-minute script runs in a
+fraction of a second and every result is the same on a slow or a fast machine. Real I/O that a call
+waits for (a play URL, TTS, remote SWML) runs in a worker thread under :func:`run_io`, which holds virtual
+time still until it completes; a server that does not answer fails on a real-time timeout.
+
+:class:`MediaTicker` drives every call on a loop from one timer: each 20 ms it asks each call for one
+frame step. On the virtual clock it runs consecutive ticks back to back while nothing else is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import selectors
+import time as _time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from swml_engine.media.frame import FRAME_SECONDS
+
+T = TypeVar("T")
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """Wraps the real selector: never sleeps in real time unless real I/O holds the clock."""
+
+    def __init__(self) -> None:
+        self._inner = selectors.DefaultSelector()
+        self.loop: VirtualTimeLoop | None = None
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def get_map(self) -> Any:
+        return self._inner.get_map()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        loop = self.loop
+        assert loop is not None
+        if loop.holds > 0:
+            # Real I/O in flight: wait for it in real time; virtual time stands still meanwhile.
+            return self._inner.select(0.05)
+        events = self._inner.select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            return self._inner.select(None)  # nothing scheduled: only I/O can wake the loop
+        loop.advance(timeout)
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time that starts at 0.0 (see the module docstring)."""
+
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self._vtime = 0.0
+        self.holds = 0
+        #: Unix time at virtual 0, so timestamps in callbacks and metadata are real dates.
+        self.wall_origin = _time.time()
+
+    def time(self) -> float:
+        return self._vtime
+
+    def advance(self, seconds: float) -> None:
+        self._vtime += seconds
+
+    def advance_to(self, when: float) -> None:
+        self._vtime = max(self._vtime, when)
+
+    def idle_until(self, when: float) -> bool:
+        """True when nothing can run before ``when``: no ready callback, no hold, no earlier timer."""
+        if self.holds or getattr(self, "_ready", True):
+            return False
+        scheduled = getattr(self, "_scheduled", None)
+        if scheduled is None:
+            return False
+        for handle in scheduled:  # a heap: the first live entry is the earliest
+            if not handle.cancelled():
+                return bool(handle.when() > when)
+        return True
+
+
+def wall_time(loop: asyncio.AbstractEventLoop) -> float:
+    """Unix time as the call sees it (virtual loops map their time onto the moment they started)."""
+    if isinstance(loop, VirtualTimeLoop):
+        return loop.wall_origin + loop.time()
+    return _time.time()
+
+
+@contextlib.contextmanager
+def hold(loop: asyncio.AbstractEventLoop | None = None) -> Iterator[None]:
+    """Keep virtual time still while real I/O completes (no effect on a real-time loop)."""
+    loop = loop or asyncio.get_running_loop()
+    if not isinstance(loop, VirtualTimeLoop):
+        yield
+        return
+    loop.holds += 1
+    try:
+        yield
+    finally:
+        loop.holds -= 1
+
+
+async def run_io(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking I/O (HTTP, subprocess, decoding) in a thread; virtual time waits for it."""
+    loop = asyncio.get_running_loop()
+    with hold(loop):
+        return await loop.run_in_executor(None, fn, *args)
+
+
+class TickTarget(Protocol):
+    def media_tick(self) -> None: ...
+
+
+class MediaTicker:
+    """One 20 ms timer per loop that steps the media of every call on it."""
+
+    _by_loop: dict[int, MediaTicker] = {}  # noqa: RUF012 - one ticker per running loop
+
+    #: On a real clock, a loop that fell behind catches up by at most this many frames at once.
+    MAX_CATCH_UP = 10
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.targets: list[TickTarget] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._base = 0.0
+        self._count = 0
+        self.errors: list[BaseException] = []
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> MediaTicker:
+        loop = loop or asyncio.get_running_loop()
+        ticker = cls._by_loop.get(id(loop))
+        if ticker is None or ticker.loop is not loop:
+            ticker = cls(loop)
+            cls._by_loop[id(loop)] = ticker
+        return ticker
+
+    def add(self, target: TickTarget) -> None:
+        self.targets.append(target)
+        if self._handle is None:
+            self._base = self.loop.time()
+            self._count = 0
+            self._handle = self.loop.call_at(self._base, self._tick)
+
+    def remove(self, target: TickTarget) -> None:
+        with contextlib.suppress(ValueError):
+            self.targets.remove(target)
+        if not self.targets and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._by_loop.pop(id(self.loop), None)
+
+    def _due(self, count: int) -> float:
+        return self._base + count * FRAME_SECONDS
+
+    def _tick(self) -> None:
+        virtual = isinstance(self.loop, VirtualTimeLoop)
+        catch_up = 0
+        while True:
+            for target in list(self.targets):
+                try:
+                    target.media_tick()
+                except Exception as e:  # a broken call must not stop the media of the others
+                    self.errors.append(e)
+                    self.remove(target)
+                    handler = getattr(target, "on_media_error", None)
+                    if handler is not None:
+                        handler(e)
+            self._count += 1
+            if not self.targets:
+                self._handle = None
+                return
+            due = self._due(self._count)
+            if virtual:
+                assert isinstance(self.loop, VirtualTimeLoop)
+                if self.loop.idle_until(due):
+                    self.loop.advance_to(due)
+                    continue
+            elif self.loop.time() >= due + FRAME_SECONDS and catch_up < self.MAX_CATCH_UP:
+                catch_up += 1  # the loop was late: produce the missed frames now, none are dropped
+                continue
+            break
+        self._handle = self.loop.call_at(self._due(self._count), self._tick)

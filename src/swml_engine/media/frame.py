@@ -1,0 +1,45 @@
+"""Audio frames: 20 ms of 16-bit mono PCM as a numpy int16 array, at the call's sample rate."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import numpy.typing as npt
+
+FRAME_SECONDS = 0.02
+FRAMES_PER_SECOND = 50
+
+Frame = npt.NDArray[np.int16]
+
+
+def samples_per_frame(rate: int) -> int:
+    return rate // FRAMES_PER_SECOND
+
+
+@cache
+def silence(rate: int) -> Frame:
+    """A shared, read-only silent frame."""
+    frame = np.zeros(samples_per_frame(rate), dtype=np.int16)
+    frame.flags.writeable = False
+    return frame
+
+
+def frames_for(seconds: float) -> int:
+    """Whole frames covering ``seconds`` (rounded to the nearest frame)."""
+    return max(0, round(seconds * FRAMES_PER_SECOND))
+
+
+def gain(frame: Frame, factor: float) -> Frame:
+    """Scale a frame, clipping to int16 instead of wrapping around."""
+    if factor == 1.0:
+        return frame
+    scaled = np.clip(frame.astype(np.float32) * factor, -32768, 32767)
+    out: Frame = scaled.astype(np.int16)
+    return out
+
+
+def mix(a: Frame, b: Frame) -> Frame:
+    """Sum two frames, clipped."""
+    out: Frame = np.clip(a.astype(np.int32) + b, -32768, 32767).astype(np.int16)
+    return out

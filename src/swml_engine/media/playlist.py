@@ -1,0 +1,69 @@
+"""Plays a list of sounds on a call, one after another: the body of ``play`` and ``prompt``.
+
+The next sound is loaded while the current one plays, so a list of URLs plays without gaps on a
+real clock. A sound that cannot be loaded emits ``play.end`` with ``error`` and the list stops there
+(the step fails, the script goes on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from swml_engine.call import Call
+from swml_engine.media.frame import Frame
+from swml_engine.media.sources import Sound, SoundLoader, SourceError
+from swml_engine.media.sources.tts import Voice
+
+
+class PlayFailed(Exception):
+    """A sound of the list could not be played; the message names the sound and why."""
+
+
+class Playlist:
+    def __init__(self, call: Call, sounds: list[tuple[str, Sound]], *, voice: Voice, volume_db: float = 0.0) -> None:
+        self.call = call
+        self.sounds = sounds
+        self.voice = voice
+        self.volume_db = volume_db
+        self.loader = SoundLoader(call.rate, call.options)
+        self._stop = asyncio.Event()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Stop playing now (barge-in); ``play`` returns ``stopped``."""
+        self._stop.set()
+
+    async def play(self) -> str:
+        """``finished``, ``stopped`` or ``hangup``; raises PlayFailed when a sound cannot be loaded."""
+        pending: asyncio.Task[Iterator[Frame]] | None = None
+        try:
+            for i, (text, sound) in enumerate(self.sounds):
+                task = pending or asyncio.ensure_future(self.loader.load(sound, self.voice))
+                pending = None
+                try:
+                    frames = await task
+                except SourceError as e:
+                    self.call.events.emit("play.end", url=text, result="error", error=str(e))
+                    raise PlayFailed(f"cannot play {text!r}: {e}") from None
+                if self.stopped or self.call.is_ended:
+                    return "hangup" if self.call.is_ended else "stopped"
+                if i + 1 < len(self.sounds):
+                    pending = asyncio.ensure_future(self.loader.load(self.sounds[i + 1][1], self.voice))
+                self.call.events.emit("play.start", url=text)
+                result = await self.call.play_frames(frames, self.volume_db, self._stop)
+                self.call.events.emit("play.end", url=text, result=result)
+                if result != "finished":
+                    return result
+                if self.stopped:
+                    return "stopped"
+            return "finished"
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending

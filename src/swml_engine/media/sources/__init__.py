@@ -1,0 +1,105 @@
+"""Playable sounds (the play page's *Playable sounds*): parse a play URL and turn it into 20 ms frames.
+
+``say:TEXT``, ``silence:SECONDS``, ``ring:[SECONDS:]COUNTRY``, ``http(s)://...`` audio files, and
+``file://`` paths when the run allows them. Loading may do real I/O (TTS, HTTP); it runs in a worker
+thread under :func:`~swml_engine.media.clock.run_io` so virtual time waits for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from swml_engine.call import CallOptions
+from swml_engine.errors import ParamError
+from swml_engine.media.audio import AudioError, Samples, decode, frames_of
+from swml_engine.media.clock import run_io
+from swml_engine.media.frame import Frame
+from swml_engine.media.sources.tones import RING_CADENCES, ring_frames, silence_frames
+from swml_engine.media.sources.tts import EspeakTts, TtsError, Voice
+from swml_engine.media.sources.url import FetchError, fetch
+
+_RING = re.compile(r"^(?:(?P<secs>\d+(?:\.\d+)?)\s*:\s*)?(?P<cc>[A-Za-z]{2})$")
+#: Longest ``silence:`` accepted (a day; longer is certainly a typo in milliseconds).
+MAX_SILENCE = 86400.0
+
+
+class SourceError(Exception):
+    """A sound could not be loaded (fetch, decode or TTS failed); the play fails, the script goes on."""
+
+
+@dataclass(frozen=True)
+class Sound:
+    kind: str  # say, silence, ring, url
+    text: str = ""
+    seconds: float | None = None
+    country: str = ""
+    url: str = ""
+
+
+def parse_sound(value: str, path: str) -> Sound:
+    """Parse one playable sound; raises ParamError naming ``path`` for an unknown or malformed one."""
+    v = value.strip()
+    low = v.lower()
+    if low.startswith("say:"):
+        text = v[4:]
+        if not text.strip():
+            raise ParamError(path, "say: needs text to speak, e.g. 'say:Hello'")
+        return Sound("say", text=text)
+    if low.startswith("silence:"):
+        try:
+            secs = float(v[8:])
+        except ValueError:
+            raise ParamError(path, f"{v!r}: silence: takes seconds, e.g. 'silence:2' or 'silence:1.5'") from None
+        if not 0 <= secs <= MAX_SILENCE:
+            raise ParamError(path, f"{v!r}: silence must be between 0 and {MAX_SILENCE:g} seconds")
+        return Sound("silence", seconds=secs)
+    if low.startswith("ring:"):
+        m = _RING.match(v[5:].strip())
+        if m is None:
+            raise ParamError(path, f"{v!r}: write ring:COUNTRY or ring:SECONDS:COUNTRY, e.g. 'ring:20:us'")
+        cc = m.group("cc").lower()
+        if cc not in RING_CADENCES:
+            known = ", ".join(sorted(RING_CADENCES))
+            raise ParamError(path, f"{v!r}: no ring cadence for country {cc!r}; known: {known}")
+        ring_secs = float(m.group("secs")) if m.group("secs") else None
+        return Sound("ring", seconds=ring_secs, country=cc)
+    scheme = urlsplit(v).scheme.lower()
+    if scheme in ("http", "https", "file"):
+        return Sound("url", url=v)
+    raise ParamError(
+        path,
+        f"{value!r} is not a playable sound; use say:TEXT, silence:SECONDS, ring:[SECONDS:]CC or an http(s) URL",
+    )
+
+
+class SoundLoader:
+    """Turns sounds into frames for one call."""
+
+    _tts = EspeakTts()
+
+    def __init__(self, rate: int, options: CallOptions) -> None:
+        self.rate = rate
+        self.options = options
+
+    async def load(self, sound: Sound, voice: Voice) -> Iterator[Frame]:
+        if sound.kind == "silence":
+            return silence_frames(sound.seconds or 0.0, self.rate)
+        if sound.kind == "ring":
+            return ring_frames(sound.country, sound.seconds, self.rate)
+        if sound.kind == "say":
+            try:
+                samples = await run_io(self._tts.synthesize, sound.text, voice, self.rate)
+            except TtsError as e:
+                raise SourceError(f"text to speech failed: {e}") from None
+            return frames_of(samples, self.rate)
+        try:
+            samples = await run_io(self._fetch_and_decode, sound.url)
+        except (FetchError, AudioError) as e:
+            raise SourceError(f"{sound.url}: {e}") from None
+        return frames_of(samples, self.rate)
+
+    def _fetch_and_decode(self, url: str) -> Samples:
+        return decode(fetch(url, self.options), self.rate)

@@ -1,0 +1,153 @@
+"""Text to speech for ``say:``: espeak-ng run as a separate process (its GPL stays at arm's length).
+
+Voice choice (see docs/play.md): a ``say_voice`` that names an espeak-ng voice (``en-us``,
+``espeak.fr``, ``de+m3``) is used as is; a hosted voice name (``Polly.Joanna``,
+``gcloud.en-US-Neural2-A``, ``azure.en-US-AvaNeural``) lends its language code when it has one;
+otherwise ``say_language`` (default ``en-US``) picks the espeak-ng voice, and ``say_gender`` picks a
+female or male variant. Results are cached: the same prompt in many calls is synthesised once.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from swml_engine.media.audio import Samples, resample
+
+
+class TtsError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Voice:
+    voice: str | None = None
+    language: str | None = None
+    gender: str | None = None
+
+
+_LANG_IN_NAME = re.compile(r"(?<![A-Za-z])([a-z]{2,3})[-_]([A-Z]{2})(?![A-Za-z])")
+
+
+@cache
+def espeak_voices() -> frozenset[str]:
+    """Language codes espeak-ng knows (``en-us``, ``fr-fr``, ``de``...)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return frozenset()
+    try:
+        out = subprocess.run([exe, "--voices"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    codes: set[str] = set()
+    for line in out.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 2:
+            codes.add(cols[1].lower())
+    return frozenset(codes)
+
+
+def espeak_voice_for(v: Voice) -> str:
+    known = espeak_voices()
+    name = (v.voice or "").strip()
+    if name:
+        base = name[len("espeak.") :] if name.lower().startswith("espeak.") else name
+        lang_part, _, variant = base.partition("+")
+        if lang_part.lower() in known:
+            return lang_part.lower() + (f"+{variant}" if variant else _variant(v.gender))
+    language = v.language
+    if not language and name:
+        m = _LANG_IN_NAME.search(name)
+        if m:
+            language = f"{m.group(1)}-{m.group(2)}"
+    code = _language_code(language or "en-US", known)
+    return code + _variant(v.gender)
+
+
+def _language_code(language: str, known: frozenset[str]) -> str:
+    lang = language.strip().lower().replace("_", "-")
+    if lang in known:
+        return lang
+    primary = lang.split("-")[0]
+    if primary in known:
+        return primary
+    for code in sorted(known):
+        if code.startswith(primary + "-"):
+            return code
+    return "en-us"
+
+
+def _variant(gender: str | None) -> str:
+    g = (gender or "female").strip().lower()
+    if g.startswith("m"):
+        return "+m3"
+    return "+f3"
+
+
+class EspeakTts:
+    """Synthesises text to mono int16 at the call's rate, caching recent results."""
+
+    def __init__(self, cache_size: int = 256) -> None:
+        self.exe = shutil.which("espeak-ng")
+        self._cache: OrderedDict[tuple[str, str, int], Samples] = OrderedDict()
+        self._cache_size = cache_size
+
+    def synthesize(self, text: str, voice: Voice, rate: int) -> Samples:
+        if self.exe is None:
+            raise TtsError("espeak-ng is not installed (Debian package espeak-ng; `make demo` installs it)")
+        name = espeak_voice_for(voice)
+        key = (text, name, rate)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        if not text.strip():
+            samples = np.zeros(0, dtype=np.int16)
+        else:
+            try:
+                proc = subprocess.run(
+                    [self.exe, "--stdout", "-v", name, "-s", "165"],
+                    input=text.encode("utf-8"),
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise TtsError("espeak-ng took longer than 30 s") from None
+            if proc.returncode != 0 or len(proc.stdout) < 44:
+                msg = proc.stderr.decode("utf-8", "replace").strip() or f"exit code {proc.returncode}"
+                raise TtsError(f"espeak-ng failed: {msg}")
+            pcm, src_rate = _wav_payload(proc.stdout)
+            samples = resample(pcm, src_rate, rate)
+        samples.flags.writeable = False
+        self._cache[key] = samples
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return samples
+
+
+def _wav_payload(data: bytes) -> tuple[Samples, int]:
+    """PCM of a WAV written to a pipe (its sizes may be placeholders, so read to the end of data)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise TtsError("espeak-ng did not produce WAV audio")
+    pos = 12
+    rate = 22050
+    while pos + 8 <= len(data):
+        cid = data[pos : pos + 4]
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            rate = struct.unpack("<I", data[body + 4 : body + 8])[0]
+        elif cid == b"data":
+            raw = data[body:]
+            raw = raw[: len(raw) - (len(raw) % 2)]
+            return np.frombuffer(raw, dtype="<i2").astype(np.int16), rate
+        pos = body + size + (size & 1)
+    raise TtsError("espeak-ng output has no audio")

@@ -1,0 +1,113 @@
+"""``execute``: run a section of this document, a document at a URL, or an inline JSON document, then return.
+
+``params`` become the ``params`` scope inside (restored afterwards); the value given to ``return``
+becomes ``return_value``; ``on_return`` steps run after. ``result`` acts on ``return_value`` as a
+``switch`` (an object; its ``variable`` defaults to ``return_value``) or a ``cond`` (a list).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from swml_engine.document.loader import load_text
+from swml_engine.document.model import Block, Document, Step
+from swml_engine.document.params import Any_, MapOf, Steps, Str, describe, is_templated, param
+from swml_engine.document.remote import fetch_document
+from swml_engine.errors import DocumentError, ParamError
+from swml_engine.media.clock import run_io
+from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.script.step import Frame, StepContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecuteParams:
+    dest: str = param(Str(allow_empty=False), required=True)
+    params: dict[str, Any] = param(MapOf(), default={})
+    meta: dict[str, Any] = param(MapOf(), default={})
+    on_return: Block | None = param(Steps())
+    result: Any = param(Any_())
+
+
+def _is_url(dest: str) -> bool:
+    return dest.lower().startswith(("http://", "https://"))
+
+
+def _is_inline(dest: str) -> bool:
+    return dest.lstrip().startswith("{")
+
+
+class Execute(Method[ExecuteParams]):
+    name = "execute"
+    params = ExecuteParams
+
+    def prepare(self, raw: object, where: str, blocks: BlockLoader) -> object:
+        if isinstance(raw, str):
+            raw = {"dest": raw}
+        if not isinstance(raw, dict):
+            raise ParamError(where, f"{describe(raw)} is not an object with dest")
+        out = dict(raw)
+        if "on_return" in raw:
+            out["on_return"] = blocks(raw["on_return"], f"{where}.on_return")
+        result = raw.get("result")
+        if isinstance(result, dict):
+            from swml_engine.methods import REGISTRY
+
+            result = dict(result)
+            result.setdefault("variable", "return_value")
+            out["result"] = ("switch", REGISTRY["switch"].prepare(result, f"{where}.result", blocks))
+        elif isinstance(result, list):
+            from swml_engine.methods import REGISTRY
+
+            out["result"] = ("cond", REGISTRY["cond"].prepare(result, f"{where}.result", blocks))
+        elif result is not None:
+            raise ParamError(f"{where}.result", f"{describe(result)} is not a switch object or a cond list")
+        return out
+
+    def check_references(self, step: Step, doc: Document, labels: dict[str, int]) -> list[ParamError]:
+        dest = step.params.get("dest") if isinstance(step.params, dict) else None
+        if not isinstance(dest, str) or is_templated(dest) or _is_url(dest):
+            return []
+        if _is_inline(dest):
+            try:
+                load_text(dest, f"{step.where}.dest")
+            except DocumentError as e:
+                return [ParamError(f"{step.where}.dest", f"inline SWML: {e}")]
+            return []
+        if dest not in doc.sections:
+            known = ", ".join(sorted(doc.sections))
+            return [ParamError(f"{step.where}.dest", f"no section {dest!r} (sections: {known})")]
+        return []
+
+    async def run(self, ctx: StepContext, p: ExecuteParams) -> None:
+        frame = await self._target(ctx, p)
+        value = await ctx.runner.execute_section(frame, p.params)
+        ctx.set_var("return_value", value)
+        ctx.result = "returned"
+        if p.on_return is not None:
+            await ctx.run_block(p.on_return)
+        if p.result is not None:
+            kind, params = p.result
+            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.execute.result"), ctx.frame)
+
+    async def _target(self, ctx: StepContext, p: ExecuteParams) -> Frame:
+        dest = p.dest.strip()
+        depth = ctx.frame.depth + 1
+        if _is_url(dest):
+            payload = ctx.variables.payload()
+            payload["params"] = p.params
+            try:
+                doc = await run_io(fetch_document, dest, payload, ctx.call.options.fetch_timeout)
+            except DocumentError as e:
+                raise ParamError(f"{ctx.where}.dest", f"{dest}: {e}") from None
+            return Frame(doc, "main", doc.labels("main"), depth)
+        if _is_inline(dest):
+            try:
+                doc = load_text(dest, f"{ctx.where}.dest")
+            except DocumentError as e:
+                raise ParamError(f"{ctx.where}.dest", f"inline SWML: {e}") from None
+            return Frame(doc, "main", doc.labels("main"), depth)
+        doc = ctx.frame.doc
+        if dest not in doc.sections:
+            raise ParamError(f"{ctx.where}.dest", f"no section {dest!r} (sections: {', '.join(sorted(doc.sections))})")
+        return Frame(doc, dest, doc.labels(dest), depth)

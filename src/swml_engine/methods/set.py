@@ -1,0 +1,33 @@
+"""``set``: set script variables (``vars``). Values are filled key by key, so a later key may use an earlier one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swml_engine.document.params import describe
+from swml_engine.errors import ParamError
+from swml_engine.methods.base import Method
+from swml_engine.script.step import StepContext
+
+
+class Set(Method[dict[str, Any]]):
+    name = "set"
+    params = dict
+    substitute = False
+
+    def check(self, params: object, where: str) -> list[ParamError]:
+        if not isinstance(params, dict):
+            return [ParamError(where, f"{describe(params)} is not an object of name: value")]
+        return [ParamError(f"{where}.{k}", "a variable name must not be empty") for k in params if not str(k).strip()]
+
+    def parse(self, params: object, where: str) -> dict[str, Any]:
+        errors = self.check(params, where)
+        if errors:
+            raise errors[0]
+        assert isinstance(params, dict)
+        return {str(k): v for k, v in params.items()}
+
+    async def run(self, ctx: StepContext, p: dict[str, Any]) -> None:
+        for name, raw in p.items():
+            ctx.set_var(name, ctx.render(raw, f"{ctx.where}.{name}"))
+        ctx.result = "success"

@@ -1,0 +1,148 @@
+"""Runs one SWML document on one call: sections, steps, ``execute``/``return``, ``goto``/``label``.
+
+Each step: its placeholders are filled, its parameters parsed, then its method runs. A step that fails
+(a bad value at run time, an expression error, an unreachable URL) emits an ``error`` event, sets its
+method's result variable to ``failed`` and the script goes on with the next step: one mistake never
+drops the call. When the script runs out of steps the call is hung up (``script_end``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from swml_engine.call import Call
+from swml_engine.document.model import Document, Step
+from swml_engine.errors import ParamError, SwmlError
+from swml_engine.script.context import Variables
+from swml_engine.script.expressions import JsEngine
+from swml_engine.script.flow import EndScript, Goto, Return
+from swml_engine.script.step import Frame, StepContext
+from swml_engine.script.templating import Templater
+
+#: Deepest chain of ``execute`` calls before the runner refuses (a section that executes itself).
+MAX_EXECUTE_DEPTH = 100
+
+
+@dataclass
+class RunResult:
+    #: Why the call ended: script_end, hangup, remote_hangup, max_duration, error...
+    reason: str
+    #: Set when the script could not go on (a document fetched at run time failed, ...).
+    error: str | None = None
+
+
+class Runner:
+    def __init__(self, doc: Document, call: Call, variables: Variables, js: JsEngine | None = None) -> None:
+        from swml_engine.methods import REGISTRY
+
+        self.doc = doc
+        self.call = call
+        self.variables = variables
+        self.js = js or JsEngine()
+        self.templater = Templater(variables, self.js, call.now)
+        self.registry = REGISTRY
+        #: How many times each goto step (by its path) has jumped, for ``goto.max``.
+        self.goto_counts: dict[str, int] = {}
+
+    def set_var(self, name: str, value: Any) -> None:
+        self.variables.vars[name] = value
+        self.call.events.emit("vars.set", name=name, value=value)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Run ``sections.main``, then end the call; always returns, never raises for script errors."""
+        error: str | None = None
+        try:
+            await self.run_section(Frame(self.doc, "main", self.doc.labels("main")))
+        except Return:
+            pass
+        except EndScript:
+            pass
+        except SwmlError as e:
+            error = str(e)
+            self.call.events.emit("error", where="script", message=error)
+        finally:
+            self.js.close()
+        if not self.call.is_ended:
+            await self.call.hangup("error" if error else "script_end")
+        return RunResult(self.call.end_reason or "script_end", error)
+
+    async def run_section(self, frame: Frame) -> None:
+        """Run a section's steps; a goto raised anywhere inside (a nested cond, say) lands here."""
+        steps = frame.doc.sections[frame.section]
+        i = 0
+        while i < len(steps):
+            try:
+                await self.run_step(steps[i], frame)
+            except Goto as g:
+                i = g.index
+                continue
+            i += 1
+
+    async def run_steps(self, steps: list[Step], frame: Frame) -> None:
+        for step in steps:
+            await self.run_step(step, frame)
+
+    async def run_step(self, step: Step, frame: Frame) -> StepContext:
+        if self.call.is_ended:
+            raise EndScript
+        method = self.registry[step.method]
+        events = self.call.events
+        events.emit("step.start", section=frame.section, path=step.path, method=step.method)
+        ctx = StepContext(self, step, frame)
+        try:
+            raw = self.templater.render(step.params, step.where) if method.substitute else step.params
+            params = method.parse(raw, step.where)
+            await method.run(ctx, params)
+        except ParamError as e:
+            self._fail(ctx, method.result_var, str(e))
+        except (Goto, Return, EndScript):
+            events.emit("step.end", section=frame.section, path=step.path, method=step.method, result=ctx.result)
+            raise
+        except SwmlError as e:
+            self._fail(ctx, method.result_var, f"{step.where}: {e}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug in a method must not drop the call; say where it happened
+            self._fail(ctx, method.result_var, f"{step.where}: internal error: {type(e).__name__}: {e}")
+        events.emit("step.end", section=frame.section, path=step.path, method=step.method, result=ctx.result)
+        pause = self.templater.take_pending_sleep()
+        if pause > 0:
+            await self.call_sleep(pause)
+        # Let the media and other calls run between steps, even in a tight goto loop.
+        await asyncio.sleep(0)
+        if self.call.is_ended:
+            raise EndScript
+        return ctx
+
+    def _fail(self, ctx: StepContext, result_var: str | None, message: str) -> None:
+        ctx.result = "failed"
+        self.call.events.emit("error", where=ctx.step.where, message=message)
+        if result_var is not None:
+            self.set_var(result_var, "failed")
+
+    async def call_sleep(self, seconds: float | None) -> None:
+        """Wait on the call's clock; returns early when the call ends (``None`` waits until then)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.call.ended.wait(), seconds)
+
+    async def execute_section(self, frame: Frame, params: dict[str, Any]) -> Any:
+        """Run a section with its own ``params``; the caller's params come back afterwards."""
+        if frame.depth > MAX_EXECUTE_DEPTH:
+            raise ParamError(
+                frame.section,
+                f"execute nested more than {MAX_EXECUTE_DEPTH} deep (a section that calls itself?)",
+            )
+        saved = self.variables.params
+        self.variables.params = dict(params)
+        try:
+            await self.run_section(frame)
+        except Return as r:
+            return r.value
+        finally:
+            self.variables.params = saved
+        return None

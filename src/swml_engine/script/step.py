@@ -1,0 +1,78 @@
+"""What a method sees while its step runs: the call, the variables, and the runner's helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from swml_engine.document.model import Block, Document, Step
+
+if TYPE_CHECKING:
+    from swml_engine.call import Call
+    from swml_engine.events import EventLog
+    from swml_engine.script.context import Variables
+    from swml_engine.script.runner import Runner
+    from swml_engine.script.templating import Templater
+
+
+@dataclass
+class Frame:
+    """A section being run: which document it comes from and its labels (goto targets)."""
+
+    doc: Document
+    section: str
+    labels: dict[str, int] = field(default_factory=dict)
+    depth: int = 0
+
+
+@dataclass
+class StepContext:
+    runner: Runner
+    step: Step
+    frame: Frame
+    #: The step's outcome shown in ``step.end`` (``success``, ``failed``, ``no_input``...).
+    result: str | None = None
+
+    @property
+    def call(self) -> Call:
+        return self.runner.call
+
+    @property
+    def variables(self) -> Variables:
+        return self.runner.variables
+
+    @property
+    def events(self) -> EventLog:
+        return self.runner.call.events
+
+    @property
+    def templater(self) -> Templater:
+        return self.runner.templater
+
+    @property
+    def where(self) -> str:
+        return self.step.where
+
+    def set_var(self, name: str, value: Any) -> None:
+        self.runner.set_var(name, value)
+
+    def render(self, value: Any, path: str) -> Any:
+        return self.templater.render(value, path)
+
+    def evaluate(self, source: str, path: str) -> Any:
+        return self.templater.evaluate(source, path)
+
+    def is_true(self, when: object, path: str) -> bool:
+        """A ``when`` condition: JavaScript text is evaluated; an already-substituted value is judged as is."""
+        return truthy(self.evaluate(when, path) if isinstance(when, str) else when)
+
+    async def run_block(self, block: Block) -> None:
+        """Run nested steps (``then``, a ``case``, ``on_return``) in the current section."""
+        await self.runner.run_steps(block.steps, self.frame)
+
+
+def truthy(value: object) -> bool:
+    """JavaScript truthiness of a JSON value."""
+    if isinstance(value, float) and value != value:  # NaN
+        return False
+    return bool(value)

@@ -1,0 +1,123 @@
+"""Running one document on one call from start to end, and a whole simulated call for ``swml run``/tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swml_engine.call import Call, CallOptions
+from swml_engine.document.model import Document
+from swml_engine.events import EventLog, JsonlSink
+from swml_engine.media.audio import Samples, decode
+from swml_engine.media.clock import VirtualTimeLoop
+from swml_engine.script.context import Variables
+from swml_engine.script.runner import Runner, RunResult
+from swml_engine.transports.base import Transport
+from swml_engine.transports.simulated import CallerScript, SimulatedTransport
+
+
+def call_scope(call: Call, *, from_: str, to: str, headers: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    """The ``call`` variables (calling-overview.mdx) common to every transport."""
+    scope: dict[str, Any] = {
+        "call_id": call.call_id,
+        "node_id": "swml-engine",
+        "segment_id": call.call_id,
+        "call_state": "created",
+        "direction": "inbound",
+        "type": call.transport.kind,
+        "from": from_,
+        "to": to,
+        "headers": headers,
+        "project_id": "",
+        "space_id": "",
+    }
+    scope.update(extra)
+    return scope
+
+
+async def run_call(doc: Document, call: Call, variables: Variables) -> RunResult:
+    """Start the call, run the script, end and finalise the call. Never raises for script errors."""
+    call.start()
+    try:
+        return await Runner(doc, call, variables).run()
+    finally:
+        if not call.is_ended:
+            await call.hangup("error")
+        await call.finish()
+
+
+@dataclass
+class Simulation:
+    """A simulated call's settings (the options of ``swml run``)."""
+
+    caller_audio: Path | Samples | None = None
+    dtmf: list[tuple[float, str]] = field(default_factory=list)
+    hangup_at: float | None = None
+    from_: str = "+15551230000"
+    to: str = "+15557890000"
+    headers: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    rate: int = 8000
+    out: Path | None = None
+    realtime: bool = False
+    allow_file_urls: bool = True
+    on_event: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class SimResult:
+    result: RunResult
+    events: list[dict[str, Any]]
+    vars: dict[str, Any]
+    duration: float
+    call: Call
+
+
+def caller_samples(sim: Simulation) -> Samples | None:
+    if sim.caller_audio is None:
+        return None
+    if isinstance(sim.caller_audio, Path):
+        return decode(sim.caller_audio, sim.rate)
+    return sim.caller_audio
+
+
+def simulate(doc: Document, sim: Simulation) -> SimResult:
+    """Run a document on a simulated call (virtual clock unless ``realtime``); outputs go to ``sim.out``."""
+    loop: asyncio.AbstractEventLoop = asyncio.new_event_loop() if sim.realtime else VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(_simulate(doc, sim))
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+async def _simulate(doc: Document, sim: Simulation) -> SimResult:
+    out = sim.out
+    events = EventLog()
+    jsonl = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        jsonl = (out / "events.jsonl").open("w", encoding="utf-8")
+        events.sinks.append(JsonlSink(jsonl))
+    if sim.on_event is not None:
+        events.sinks.append(sim.on_event)
+    try:
+        script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at)
+        transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
+        options = CallOptions(data_dir=out, allow_file_urls=sim.allow_file_urls)
+        call = Call(transport, call_id=str(uuid.uuid4()), events=events, options=options)
+        headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
+        variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
+        result = await run_call(doc, call, variables)
+        duration = call.now()
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    if out is not None:
+        (out / "vars.json").write_text(json.dumps(variables.vars, indent=2, ensure_ascii=False, default=str) + "\n")
+    return SimResult(result, events.events, variables.vars, duration, call)

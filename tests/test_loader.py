@@ -1,0 +1,129 @@
+"""Loading documents: shorthands, every error with its path, unsupported methods."""
+
+from __future__ import annotations
+
+import pytest
+
+from swml_engine.document.loader import load_text
+from swml_engine.errors import DocumentError
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(DocumentError) as info:
+        load_text(text)
+    return [str(e) for e in info.value.errors]
+
+
+def test_shorthands_load_to_canonical_steps() -> None:
+    doc = load_text(
+        """
+sections:
+  main:
+    - answer
+    - play: 'say:Hi'
+    - play: ['silence:1', 'ring:us']
+    - sleep: 1000
+    - unset: a
+    - label: here
+    - execute: other
+  other:
+    execute: {dest: last}
+  last: [hangup]
+"""
+    )
+    main = doc.sections["main"]
+    assert [s.method for s in main] == ["answer", "play", "play", "sleep", "unset", "label", "execute"]
+    assert main[0].params == {}
+    assert main[1].params == {"url": "say:Hi"}
+    assert main[2].params == {"urls": ["silence:1", "ring:us"]}
+    assert main[3].params == {"duration": 1000}
+    assert main[4].params == ["a"]
+    assert main[5].params == {"name": "here"}
+    assert main[6].params == {"dest": "other"}
+    assert doc.sections["other"][0].method == "execute"  # a section given as one step mapping
+    assert doc.labels("main") == {"here": 5}
+
+
+def test_bare_list_is_main_and_json_is_accepted() -> None:
+    assert load_text("[{hangup: {}}]").sections["main"][0].method == "hangup"
+    doc = load_text('{"version": "1.0.0", "sections": {"main": [{"sleep": {"duration": 5}}]}}')
+    assert doc.sections["main"][0].params == {"duration": 5}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sections: {main: [{play: {url: 'nope:1'}}]}", "sections.main[0].play.url: 'nope:1' is not a playable sound"),
+        (
+            "sections: {main: [{play: {urls: ['say:a', 'ring:zz']}}]}",
+            "sections.main[0].play.urls[1]: 'ring:zz': no ring cadence for country 'zz'",
+        ),
+        (
+            "sections: {main: [{play: {url: 'say:a', volume: 50}}]}",
+            "sections.main[0].play.volume: 50 is above the maximum 40 dB",
+        ),
+        ("sections: {main: [{play: {}}]}", "sections.main[0].play: give exactly one of url"),
+        (
+            "sections: {main: [{sleep: {duration: -5}}]}",
+            "sections.main[0].sleep.duration: -5 is below the minimum 0 ms",
+        ),
+        ("sections: {main: [{goto: {label: x, max: 101}}, {label: x}]}", "sections.main[0].goto.max: 101 is above"),
+        ("sections: {main: [{goto: {label: nowhere}}]}", "sections.main[0].goto.label: no label 'nowhere'"),
+        ("sections: {main: [{execute: {dest: missing}}]}", "sections.main[0].execute.dest: no section 'missing'"),
+        ("sections: {main: [{hangup: {reason: angry}}]}", "sections.main[0].hangup.reason: 'angry' is not one of"),
+        (
+            "sections: {main: [{send_digits: {digits: '12x'}}]}",
+            "sections.main[0].send_digits.digits: '12x' has characters",
+        ),
+        (
+            "sections: {main: [{prompt: {play: 'say:a', max_digits: 0}}]}",
+            "sections.main[0].prompt.max_digits: 0 is below",
+        ),
+        (
+            "sections: {main: [{answer: {max_duration: 'long'}}]}",
+            "sections.main[0].answer.max_duration: 'long' is not an integer",
+        ),
+        ("sections: {main: [{play: {url: 'say:a', colour: red}}]}", "sections.main[0].play.colour: unknown parameter"),
+        ("sections: {main: [{plya: {url: 'say:a'}}]}", "sections.main[0]: unknown method 'plya'; did you mean 'play'?"),
+        ("sections: {main: [{answer: {}, hangup: {}}]}", "sections.main[0]: a step names exactly one method"),
+        ("sections: {main: [{cond: [{when: 'true'}]}]}", "sections.main[0].cond[0].then: is required with when"),
+        ("sections: {other: []}", "sections.main: is required"),
+        (
+            "sections: {main: [{cond: [{when: 'a', then: [{sleep: {duration: x}}]}]}]}",
+            "sections.main[0].cond[0].then[0].sleep.duration",
+        ),
+        (
+            "sections: {main: [{execute: {dest: a, on_return: [{hangup: {reason: 1}}]}}], a: []}",
+            "on_return[0].hangup.reason",
+        ),
+        ("sections:\n  main: [answer\n", "line "),
+    ],
+)
+def test_errors_name_the_place(text: str, expected: str) -> None:
+    errors = errors_of(text)
+    assert any(expected in e for e in errors), errors
+
+
+def test_every_error_is_reported_not_only_the_first() -> None:
+    errors = errors_of("sections: {main: [{sleep: {duration: x}}, {play: {url: 'bad'}}, {hangup: {reason: no}}]}")
+    assert len(errors) == 3
+    assert [e.split(":")[0] for e in errors] == [
+        "sections.main[0].sleep.duration",
+        "sections.main[1].play.url",
+        "sections.main[2].hangup.reason",
+    ]
+
+
+def test_templated_values_are_checked_when_the_step_runs() -> None:
+    doc = load_text("sections: {main: [{play: {url: '${u}', volume: '${v}'}}, {sleep: '${d}'}]}")
+    assert doc.sections["main"][0].params == {"url": "${u}", "volume": "${v}"}
+
+
+def test_unsupported_methods_are_listed_separately() -> None:
+    with pytest.raises(DocumentError) as info:
+        load_text("sections: {main: [answer, {ai: {prompt: {text: hi}}}, {connect: {to: '+1555'}}]}")
+    assert info.value.errors == []
+    assert [str(e) for e in info.value.unsupported] == [
+        "sections.main[1].ai: not supported by this engine",
+        "sections.main[2].connect: not supported by this engine",
+    ]

@@ -1,0 +1,131 @@
+"""play: every sound source lands in heard.wav at the right time, with the right content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from conftest import RATE, read_wav, rms, run_doc, spectrum_peaks, tone, wav_bytes, window
+
+
+def heard(tmp_path: Path) -> np.ndarray:
+    samples, rate = read_wav(tmp_path / "out" / "heard.wav")
+    assert rate == RATE
+    return samples
+
+
+def test_silence_then_url_tone_at_the_right_time(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/1k.wav"] = (wav_bytes(tone(1000, 1.0, rate=16000), 16000), "audio/wav")
+    res = run_doc(
+        f"sections: {{main: [{{play: {{urls: ['silence:1.5', '{http_server.url('/1k.wav')}', 'silence:0.5']}}}}]}}",
+        tmp_path,
+    )
+    audio = heard(tmp_path)
+    assert abs(len(audio) / RATE - 3.0) <= 0.021
+    assert rms(window(audio, RATE, 0.0, 1.48)) == 0
+    burst = window(audio, RATE, 1.52, 2.48)
+    assert rms(burst) > 5000
+    assert abs(spectrum_peaks(burst, RATE, 1)[0] - 1000) < 10
+    assert rms(window(audio, RATE, 2.52, 3.0)) == 0
+    starts = [e["t"] for e in res.events if e["type"] == "play.start"]
+    assert starts == [0.0, 1.5, 2.5]
+
+
+def test_ring_us_cadence(tmp_path: Path) -> None:
+    run_doc("sections: {main: [{play: 'ring:12:us'}]}", tmp_path)
+    audio = heard(tmp_path)
+    assert abs(len(audio) / RATE - 12.0) <= 0.021
+    on = window(audio, RATE, 0.1, 1.9)
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(on, RATE, 2)) == [440, 480]
+    assert rms(window(audio, RATE, 2.1, 5.9)) == 0  # US: 2 s on, 4 s off
+    assert rms(window(audio, RATE, 6.1, 7.9)) > 1000
+
+
+def test_ring_gb_double_ring_and_de(tmp_path: Path) -> None:
+    run_doc("sections: {main: [{play: 'ring:3:gb'}]}", tmp_path)
+    audio = heard(tmp_path)
+    assert rms(window(audio, RATE, 0.05, 0.35)) > 1000  # 0.4 on
+    assert rms(window(audio, RATE, 0.45, 0.55)) == 0  # 0.2 off
+    assert rms(window(audio, RATE, 0.65, 0.95)) > 1000  # 0.4 on
+    assert rms(window(audio, RATE, 1.05, 2.95)) == 0  # 2.0 off
+    run_doc("sections: {main: [{play: 'ring:5:de'}]}", tmp_path)
+    audio = heard(tmp_path)
+    assert abs(spectrum_peaks(window(audio, RATE, 0.1, 0.9), RATE, 1)[0] - 425) < 10
+    assert rms(window(audio, RATE, 1.1, 4.9)) == 0  # DE: 1 s on, 4 s off
+
+
+def test_volume_changes_level(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/t.wav"] = (wav_bytes(tone(1000, 1.0, level=0.2)), "audio/wav")
+    url = http_server.url("/t.wav")
+    run_doc(
+        f"sections: {{main: [{{play: {{url: '{url}', volume: -20}}}}, {{play: {{url: '{url}', volume: 6}}}}]}}",
+        tmp_path,
+    )
+    audio = heard(tmp_path)
+    quiet, loud = rms(window(audio, RATE, 0.1, 0.9)), rms(window(audio, RATE, 1.1, 1.9))
+    assert abs(20 * np.log10(quiet / (0.2 * 32767 / np.sqrt(2))) + 20) < 0.5
+    assert abs(20 * np.log10(loud / quiet) - 26) < 0.5
+
+
+def test_say_speaks_for_a_plausible_time(tmp_path: Path) -> None:
+    res = run_doc("sections: {main: [{play: 'say:Hello, this is a test of the speech.'}]}", tmp_path)
+    audio = heard(tmp_path)
+    assert 1.0 < len(audio) / RATE < 5.0
+    assert rms(audio) > 300
+    assert [e["result"] for e in res.events if e["type"] == "play.end"] == ["finished"]
+
+
+def test_say_voice_and_language_pick_different_voices(tmp_path: Path) -> None:
+    a = run_doc("sections: {main: [{play: {url: 'say:Bonjour', say_language: fr-FR}}]}", tmp_path)
+    fr = heard(tmp_path)
+    run_doc("sections: {main: [{set: {say_voice: en-us}}, {play: {url: 'say:Bonjour'}}]}", tmp_path)
+    en = heard(tmp_path)
+    assert a.result.reason == "script_end"
+    assert len(fr) != len(en) or not np.array_equal(fr, en)
+
+
+def test_unreachable_and_undecodable_urls_fail_the_play_and_go_on(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/junk.wav"] = (b"this is not audio at all" * 100, "audio/wav")
+    res = run_doc(
+        f"""
+sections:
+  main:
+    - play: 'http://127.0.0.1:9/nothing.wav'
+    - play: '{http_server.url("/missing.wav")}'
+    - play: '{http_server.url("/junk.wav")}'
+    - set: {{after: ok}}
+""",
+        tmp_path,
+    )
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert [e["where"] for e in errors] == ["sections.main[0].play", "sections.main[1].play", "sections.main[2].play"]
+    assert "HTTP 404" in errors[1]["message"]
+    assert "not a readable audio file" in errors[2]["message"] or "cannot be decoded" in errors[2]["message"]
+    assert res.vars["after"] == "ok"
+    assert all(e["result"] == "error" for e in res.events if e["type"] == "play.end")
+
+
+def test_url_credentials_are_sent_as_basic_auth(http_server) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/a.wav"] = (wav_bytes(tone(500, 0.2)), "audio/wav")
+    url = http_server.url("/a.wav").replace("http://", "http://user:secret@")
+    res = run_doc(f"sections: {{main: [{{play: '{url}'}}]}}")
+    assert not [e for e in res.events if e["type"] == "error"]
+    assert http_server.requests[0]["headers"]["Authorization"] == "Basic dXNlcjpzZWNyZXQ="
+
+
+def test_auto_answer_false_plays_as_early_media() -> None:
+    res = run_doc("sections: {main: [{play: {url: 'silence:1', auto_answer: false}}, {play: 'silence:1'}]}")
+    states = [(e["t"], e["state"]) for e in res.events if e["type"] == "call.state"]
+    assert states[:3] == [(0.0, "ringing"), (0.0, "early_media"), (1.0, "answered")]
+
+
+def test_caller_audio_starts_at_answer_and_heard_is_the_listen_stream(tmp_path: Path) -> None:
+    caller = tone(440, 3.0)
+    res = run_doc(
+        "sections: {main: [{play: {url: 'silence:1', auto_answer: false}}, answer, {play: 'silence:2'}]}",
+        tmp_path,
+        caller_audio=caller,
+    )
+    assert res.result.reason == "script_end"
+    assert rms(heard(tmp_path)) == 0  # the caller does not hear themselves

@@ -1,0 +1,269 @@
+"""The script runner and each method's outcome: goto, execute, return, switch, cond, prompt, sleep, hangup."""
+
+from __future__ import annotations
+
+from conftest import run_doc, vars_set
+
+
+def steps(res: object, method: str) -> list[dict[str, object]]:
+    return [e for e in res.events if e["type"] == "step.end" and e["method"] == method]  # type: ignore[attr-defined]
+
+
+def test_goto_max_counts_jumps_and_when() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: 0}
+    - label: loop
+    - set: {n: '${n + 1}'}
+    - goto: {label: loop, max: 4}
+    - label: second
+    - set: {m: '${(m || 0) + 1}'}
+    - goto: {label: second, when: 'm < 3'}
+"""
+    )
+    assert res.vars["n"] == 5  # the first pass plus 4 jumps
+    assert res.vars["m"] == 3
+    assert [e["result"] for e in steps(res, "goto")][-2:] == ["taken", "not_taken"]
+
+
+def test_goto_default_max_is_100() -> None:
+    res = run_doc(
+        "sections: {main: [{label: a}, {set: {n: '${(n || 0) + 1}'}}, {goto: a}]}".replace(
+            "{goto: a}", "{goto: {label: a}}"
+        )
+    )
+    assert res.vars["n"] == 101
+
+
+def test_nested_execute_params_are_restored_and_return_value_set() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - execute: {dest: outer, params: {level: outer, keep: kept}}
+    - set: {after_outer: '[${params.level}]', result: '${return_value}'}
+  outer:
+    - set: {outer_before: '${params.level}'}
+    - execute: {dest: inner, params: {level: inner}}
+    - set: {outer_after: '${params.level}', inner_returned: '${return_value}', keep: '${params.keep}'}
+    - return: {from: '${params.level}', n: 2}
+  inner:
+    - set: {inner_sees: '${params.level}', inner_keep: '[${params.keep}]'}
+    - return: 7
+"""
+    )
+    v = res.vars
+    assert v["outer_before"] == "outer"
+    assert v["inner_sees"] == "inner" and v["inner_keep"] == "[]"
+    assert v["outer_after"] == "outer" and v["keep"] == "kept"
+    assert v["inner_returned"] == 7
+    assert v["result"] == {"from": "outer", "n": 2}
+    assert v["after_outer"] == "[]"
+
+
+def test_execute_on_return_and_result_switch_and_cond() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - execute:
+        dest: pick
+        on_return:
+          - set: {on_return_saw: '${return_value}'}
+        result:
+          case:
+            blue: [{set: {switch_branch: blue}}]
+          default: [{set: {switch_branch: default}}]
+    - execute:
+        dest: pick
+        result:
+          - when: 'return_value == "green"'
+            then: [{set: {cond_branch: green}}]
+          - else: [{set: {cond_branch: other}}]
+  pick:
+    - return: blue
+"""
+    )
+    v = res.vars
+    assert v["on_return_saw"] == "blue"
+    assert v["switch_branch"] == "blue"
+    assert v["cond_branch"] == "other"
+
+
+def test_execute_inline_document_and_section_without_return() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - execute: {dest: '{"sections": {"main": [{"set": {"inline": "ran"}}, {"return": 5}]}}', params: {x: hi}}
+    - set: {first: '${return_value}'}
+    - execute: {dest: noreturn}
+    - set: {second: '[${return_value}]'}
+  noreturn:
+    - set: {ran: true}
+"""
+    )
+    assert res.vars["inline"] == "ran"
+    assert res.vars["first"] == 5
+    assert res.vars["ran"] is True
+    assert res.vars["second"] == "[]"
+
+
+def test_execute_url_posts_the_call_payload(http_server) -> None:  # type: ignore[no-untyped-def]
+    doc = b"sections:\n  main:\n    - set: {remote: '${params.who}'}\n    - return: done\n"
+    http_server.files["/swml"] = (doc, "application/yaml")
+    res = run_doc(
+        f"sections: {{main: [{{execute: {{dest: '{http_server.url('/swml')}', params: {{who: bob}}}}}}]}}",
+    )
+    assert res.vars["remote"] == "bob"
+    assert res.vars["return_value"] == "done"
+    body = http_server.requests[0]["json"]
+    assert body["params"] == {"who": "bob"} and body["call"]["from"] == "+15551230000"
+    assert set(body) >= {"call", "vars", "params", "envs"}
+
+
+def test_execute_to_unreachable_url_fails_the_step_and_goes_on() -> None:
+    res = run_doc("sections: {main: [{execute: {dest: 'http://127.0.0.1:9/none'}}, {set: {after: ok}}]}")
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert errors and errors[0]["where"] == "sections.main[0].execute"
+    assert res.vars["after"] == "ok"
+
+
+def test_runaway_execute_recursion_is_stopped() -> None:
+    res = run_doc("sections: {main: [{execute: again}, {set: {after: ok}}], again: [{execute: again}]}")
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert any("nested more than 100 deep" in e["message"] for e in errors)
+    assert res.vars["after"] == "ok"
+
+
+def test_switch_and_cond() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: 2, color: red}
+    - switch:
+        variable: n
+        case:
+          '1': [{set: {s1: one}}]
+          '2': [{set: {s1: two}}]
+    - switch:
+        variable: '${color.toUpperCase()}'
+        case: {RED: [{set: {s2: red}}]}
+    - switch: {variable: nothing, case: {x: []}, default: [{set: {s3: default}}]}
+    - cond:
+        - when: 'n > 5'
+          then: [{set: {c: big}}]
+        - when: 'vars.color == "red" && n == 2'
+          then: [{set: {c: red-two}}]
+        - else: [{set: {c: else}}]
+"""
+    )
+    assert res.vars["s1"] == "two"
+    assert res.vars["s2"] == "red"
+    assert res.vars["s3"] == "default"
+    assert res.vars["c"] == "red-two"
+
+
+def test_sleep_hangup_reason_and_script_end() -> None:
+    res = run_doc(
+        "sections: {main: [answer, {sleep: 1500}, {sleep: {duration: 500}}, {hangup: {reason: busy}}, {set: {no: 1}}]}"
+    )
+    assert res.result.reason == "busy"
+    assert abs(res.duration - 2.0) < 0.021
+    assert "no" not in res.vars
+    res = run_doc("sections: {main: [answer, {sleep: 300}]}")
+    assert res.result.reason == "script_end"
+    ended = [e for e in res.events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "script_end" and abs(ended[0]["t"] - 0.3) < 0.021
+
+
+def test_sleep_forever_ends_with_remote_hangup() -> None:
+    res = run_doc("sections: {main: [answer, {sleep: -1}]}", hangup_at=42.0)
+    assert res.result.reason == "remote_hangup"
+    assert abs(res.duration - 42.0) < 0.021
+
+
+def test_bad_value_at_run_time_fails_step_sets_result_var_and_goes_on() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - answer
+    - set: {digits: 'x9'}
+    - send_digits: {digits: '${digits}'}
+    - play: {url: 'say:hi', volume: '${99}'}
+    - set: {after: ok}
+"""
+    )
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert errors[0]["message"].startswith("sections.main[2].send_digits.digits: 'x9' has characters")
+    assert errors[1]["message"].startswith("sections.main[3].play.volume: 99 is above the maximum 40")
+    assert res.vars["send_digits_result"] == "failed"
+    assert res.vars["after"] == "ok"
+
+
+def test_send_digits_sends_events_with_pauses() -> None:
+    res = run_doc("sections: {main: [answer, {send_digits: {digits: '1W2w#'}}]}")
+    sent = [e for e in res.events if e["type"] == "dtmf" and e["direction"] == "sent"]
+    assert [e["digit"] for e in sent] == ["1", "2", "#"]
+    assert abs((sent[1]["t"] - sent[0]["t"]) - 1.15) < 0.021  # W = 1 s, plus the 0.1 s tone and 0.05 s gap
+    assert abs((sent[2]["t"] - sent[1]["t"]) - 0.65) < 0.021
+    assert res.vars["send_digits_result"] == "success"
+
+
+def test_denoise_is_accepted() -> None:
+    res = run_doc("sections: {main: [answer, denoise, {set: {a: '${denoise_result}'}}, stop_denoise]}")
+    assert res.vars["a"] == "on" and res.vars["denoise_result"] == "off"
+
+
+def prompt_doc(extra: str = "") -> str:
+    return f"sections: {{main: [{{prompt: {{play: 'silence:2', {extra}}}}}]}}"
+
+
+def test_prompt_max_digits() -> None:
+    res = run_doc(prompt_doc("max_digits: 3"), dtmf=[(2.5, "1"), (2.75, "2"), (3.0, "3"), (3.25, "4")])
+    assert res.vars["prompt_result"] == "match_digits"
+    assert res.vars["prompt_value"] == "123"
+    assert res.vars["prompt_digit_terminator"] == ""
+
+
+def test_prompt_terminator_and_barge_in() -> None:
+    res = run_doc(prompt_doc("max_digits: 5, terminators: '#*'"), dtmf=[(0.5, "4"), (0.75, "2"), (1.0, "*")])
+    assert (res.vars["prompt_value"], res.vars["prompt_digit_terminator"]) == ("42", "*")
+    play_end = next(e for e in res.events if e["type"] == "play.end")
+    assert play_end["result"] == "stopped" and abs(play_end["t"] - 0.5) < 0.021
+
+
+def test_prompt_digit_timeout_and_initial_timeout() -> None:
+    res = run_doc(prompt_doc("max_digits: 5, digit_timeout: 1.5"), dtmf=[(2.2, "7")])
+    assert (res.vars["prompt_result"], res.vars["prompt_value"]) == ("match_digits", "7")
+    assert abs(res.duration - 3.7) < 0.041
+    res = run_doc(prompt_doc("initial_timeout: 3"))
+    assert (res.vars["prompt_result"], res.vars["prompt_value"]) == ("no_input", "")
+    assert abs(res.duration - 5.0) < 0.041
+
+
+def test_prompt_speech_only_reports_no_speech_recognition() -> None:
+    res = run_doc(prompt_doc("speech_timeout: 5"), dtmf=[(0.5, "1")])
+    assert res.vars["prompt_result"] == "failed"
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert "no speech recognition" in errors[0]["message"]
+
+
+def test_prompt_variables_drive_a_switch() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - prompt: {play: 'silence:1', max_digits: 1}
+    - switch:
+        variable: prompt_value
+        case: {'2': [{set: {dept: support}}]}
+""",
+        dtmf=[(1.5, "2")],
+    )
+    assert res.vars["dept"] == "support"
+    assert vars_set(res, "prompt_result") == ["match_digits"]

@@ -1,0 +1,142 @@
+"""Variables and expressions: scopes, lookup order, JSON types, JavaScript, template functions, limits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conftest import run_doc, vars_set
+
+
+def set_and_report(value: str, **sim: object) -> object:
+    res = run_doc(f"sections: {{main: [{{set: {{out: {value!r}}}}}]}}", **sim)  # type: ignore[arg-type]
+    return res.vars.get("out")
+
+
+def test_scopes_and_paths() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set:
+        staff: [{name: Ann}, {name: Bo}]
+        who: '${staff[1].name}'
+        caller: '${call.from}'
+        header: '${call.headers[0].value}'
+        env: '${envs.REGION}'
+        unprefixed_env: '${REGION}'
+        missing: '[${nothing.here}]'
+        prefixed: '${vars.who}'
+""",
+        headers={"X-Account": "42"},
+        envs={"REGION": "eu"},
+        from_="+15550001111",
+    )
+    v = res.vars
+    assert v["who"] == "Bo"
+    assert v["caller"] == "+15550001111"
+    assert v["header"] == "42"
+    assert v["env"] == "eu" and v["unprefixed_env"] == "eu"
+    assert v["missing"] == "[]"
+    assert v["prefixed"] == "Bo"
+
+
+def test_unprefixed_lookup_order_vars_then_envs_then_call() -> None:
+    res = run_doc(
+        "sections: {main: [{set: {a: '${from}'}}, {set: {from: mine}}, {set: {b: '${from}', c: '${REGION}'}}]}",
+        envs={"REGION": "eu", "from": "env-from"},
+        from_="+1555",
+    )
+    assert res.vars["a"] == "env-from"  # envs before call
+    assert res.vars["b"] == "mine"  # vars before envs
+    assert res.vars["c"] == "eu"
+
+
+def test_whole_placeholder_keeps_json_type_and_text_inside_strings() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: 2}
+    - set:
+        num: '${n * 3}'
+        flag: '${n > 1}'
+        obj: '${ {a: n, b: [1, 2]} }'
+        text: 'n=${n * 1.5} ok=${n > 1} o=${ {a: 1} }'
+        percent: '%{n + 1}'
+        js_string: '${"a" + "b".toUpperCase()}'
+        nested: '${staff_${n}}'
+        staff_2: Zed
+"""
+    )
+    v = res.vars
+    assert v["num"] == 6 and isinstance(v["num"], int)
+    assert v["flag"] is True
+    assert v["obj"] == {"a": 2, "b": [1, 2]}
+    assert v["text"] == 'n=3 ok=true o={"a":1}'
+    assert v["percent"] == 3
+    assert v["js_string"] == "aB"
+
+
+def test_template_functions() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {name: 'Ada Lovelace', q: 'a b&c'}
+    - set:
+        low: '${lc:name}'
+        up: '${uc:name}'
+        enc: '${enc:url:q}'
+        spaced: '@{separate 1234}'
+        sum: '@{expr 2 * (3 + 4)}'
+"""
+    )
+    v = res.vars
+    assert v["low"] == "ada lovelace"
+    assert v["up"] == "ADA LOVELACE"
+    assert v["enc"] == "a%20b%26c"
+    assert v["spaced"] == "1 2 3 4"
+    assert v["sum"] in (14, "14")
+
+
+def test_runaway_expression_fails_the_step_quickly_and_the_call_goes_on() -> None:
+    started = time.perf_counter()
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {x: '${(() => { while (true) {} })()}'}
+    - set: {after: reached}
+"""
+    )
+    wall = time.perf_counter() - started
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert len(errors) == 1
+    assert errors[0]["where"] == "sections.main[0].set"
+    assert "took longer than 50 ms and was stopped" in errors[0]["message"]
+    assert res.vars == {"after": "reached"}
+    assert wall < 5  # generous: the limit itself is 50 ms of V8 time (bench/ measures speed)
+
+
+def test_expression_errors_name_the_place_and_memory_is_capped() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - play: {url: 'say:${(}'}
+    - set: {big: '${(() => { let a = []; while (true) { a.push(new Array(1e6).fill(1)); } })()}'}
+    - set: {after: ok}
+"""
+    )
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert errors[0]["message"].startswith("sections.main[0].play.url: ")
+    assert "SyntaxError" in errors[0]["message"]
+    assert errors[1]["where"] == "sections.main[1].set"
+    assert res.vars["after"] == "ok"
+
+
+def test_unset(tmp_path: Path) -> None:
+    res = run_doc("sections: {main: [{set: {a: 1, b: 2, c: 3}}, {unset: a}, {unset: [b, c]}, {set: {d: '[${a}]'}}]}")
+    assert res.vars == {"d": "[]"}
+    assert vars_set(res, "a") == [1]
