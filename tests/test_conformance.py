@@ -32,6 +32,7 @@ SCHEMA_DIFFERENCES = {
     "polly__2.json": "play written as a string (shorthand the docs use)",
     "execute_swml__1.json": "play written as a string (shorthand the docs use)",
     "deployment__3.json": "section written as one step instead of a list",
+    "record_call__2.json": "play.urls mixes sounds and a ${...} variable",
 }
 
 

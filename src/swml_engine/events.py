@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -30,18 +31,21 @@ class EventLog:
         self.sinks: list[Sink] = []
         self.events: list[dict[str, Any]] = []
         self.keep = True
+        # Callback deliveries report from their own threads.
+        self._lock = threading.Lock()
 
     def bind_clock(self, now: Callable[[], float]) -> None:
         self._now = now
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
-        event: dict[str, Any] = {"t": round(self._now(), 3), "type": type_}
-        event.update(_jsonable(fields))
-        if self.keep:
-            self.events.append(event)
-        for sink in self.sinks:
-            sink(event)
-        return event
+        with self._lock:
+            event: dict[str, Any] = {"t": round(self._now(), 3), "type": type_}
+            event.update(_jsonable(fields))
+            if self.keep:
+                self.events.append(event)
+            for sink in self.sinks:
+                sink(event)
+            return event
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == type_]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from swml_engine.document.model import Document
 from swml_engine.events import EventLog, JsonlSink
 from swml_engine.media.audio import Samples, decode
 from swml_engine.media.clock import VirtualTimeLoop
+from swml_engine.recording.callbacks import CallbackHub
+from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.script.runner import Runner, RunResult
 from swml_engine.transports.base import Transport
@@ -67,6 +70,8 @@ class Simulation:
     realtime: bool = False
     allow_file_urls: bool = True
     on_event: Callable[[dict[str, Any]], None] | None = None
+    #: Longest wait for status callbacks still being delivered when the call is over (seconds).
+    callback_wait: float = 60.0
 
 
 @dataclass
@@ -109,12 +114,22 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
     try:
         script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at)
         transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
-        options = CallOptions(data_dir=out, allow_file_urls=sim.allow_file_urls)
+        data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
+        store = RecordingStore(data_dir / "recordings")
+        callbacks = CallbackHub(events)
+        options = CallOptions(
+            data_dir=data_dir,
+            allow_file_urls=sim.allow_file_urls,
+            url_resolver=store.resolve,
+            extra={"callbacks": callbacks},
+        )
         call = Call(transport, call_id=str(uuid.uuid4()), events=events, options=options)
         headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)
         duration = call.now()
+        # Status callbacks run on real time beside the call; wait for them (bounded) before reporting.
+        await asyncio.get_running_loop().run_in_executor(None, callbacks.drain, sim.callback_wait)
     finally:
         if jsonl is not None:
             jsonl.close()

@@ -14,11 +14,14 @@ from swml_engine.methods.hangup import Hangup
 from swml_engine.methods.label import Label
 from swml_engine.methods.play import Play
 from swml_engine.methods.prompt import Prompt
+from swml_engine.methods.record import Record
+from swml_engine.methods.record_call import RecordCall
 from swml_engine.methods.return_ import Return
 from swml_engine.methods.send_digits import SendDigits
 from swml_engine.methods.set import Set
 from swml_engine.methods.sleep import Sleep
 from swml_engine.methods.stop_denoise import StopDenoise
+from swml_engine.methods.stop_record_call import StopRecordCall
 from swml_engine.methods.switch import Switch
 from swml_engine.methods.unset import Unset
 
@@ -32,11 +35,14 @@ _ALL: list[Method[Any]] = [
     Label(),
     Play(),
     Prompt(),
+    Record(),
+    RecordCall(),
     Return(),
     SendDigits(),
     Set(),
     Sleep(),
     StopDenoise(),
+    StopRecordCall(),
     Switch(),
     Unset(),
 ]

@@ -130,6 +130,16 @@ class Runner:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.call.ended.wait(), seconds)
 
+    async def call_sleep_until(self, event: asyncio.Event) -> None:
+        """Wait for ``event`` or the end of the call, whichever comes first."""
+        waiter = asyncio.ensure_future(event.wait())
+        ended = asyncio.ensure_future(self.call.ended.wait())
+        try:
+            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            ended.cancel()
+
     async def execute_section(self, frame: Frame, params: dict[str, Any]) -> Any:
         """Run a section with its own ``params``; the caller's params come back afterwards."""
         if frame.depth > MAX_EXECUTE_DEPTH:

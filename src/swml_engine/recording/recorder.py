@@ -1,0 +1,325 @@
+"""A recording is a tap on a call's speak and listen streams, owned by the call.
+
+``record_call`` starts one and the script goes on; ``record`` starts one and waits for it to end. The
+call ends each recording at ``stop_record_call``, a terminator digit, a VAD timeout, ``max_length``,
+hangup or script end, then finalises its file, metadata and callbacks. Several recordings may run at
+once on one call, each with its own settings.
+
+Channels (DESIGN §3): stereo puts speak on the left and listen on the right (the channel not recorded
+stays silent); mono ``both`` is their sum, clipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix, silence
+from swml_engine.media.vad import VoiceDetector
+from swml_engine.recording.callbacks import CallbackChannel, CallbackHub
+from swml_engine.recording.encoders import EncoderError, Writer, open_writer
+from swml_engine.recording.store import RecordingStore
+
+if TYPE_CHECKING:
+    from swml_engine.call import Call
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    method: str  # record_call | record
+    control_id: str
+    format: str = "wav"
+    stereo: bool = False
+    direction: str = "both"
+    terminators: str = ""
+    beep: bool = False
+    input_sensitivity: float = 44.0
+    initial_timeout: float = 0.0
+    end_silence_timeout: float = 0.0
+    max_length: float | None = None
+    status_url: str | None = None
+
+
+def channel_layout(direction: str, stereo: bool) -> dict[str, str]:
+    if stereo:
+        return {"left": "speak", "right": "listen"}
+    return {"mono": "speak+listen" if direction == "both" else direction}
+
+
+class Recording:
+    def __init__(self, call: Call, store: RecordingStore, settings: RecordSettings, callbacks: CallbackHub) -> None:
+        self.call = call
+        self.store = store
+        self.settings = settings
+        self.recording_id = store.new_id()
+        self.url = store.url_for(self.recording_id, settings.format)
+        self.path = store.audio_path(self.recording_id, settings.format)
+        self.state = "new"
+        self.end_reason: str | None = None
+        self.terminator: str | None = None
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.size = 0
+        self.frames = 0  # written to the file
+        self._received = 0
+        # One frame is held back: when the recording stops at time T, the frame starting at T (whose tick
+        # may run just before the stop at the same instant) is dropped, so durations are exact to a frame.
+        self._pending: Any = None
+        self._t0 = 0.0
+        self.ended = asyncio.Event()
+        self._writer: Writer | None = None
+        self._vad: VoiceDetector | None = None
+        self._heard_speech = False
+        self._silent_frames = 0
+        self._ending = False
+        self._callback: CallbackChannel | None = callbacks.channel(settings.status_url) if settings.status_url else None
+        s = settings
+        self._max_frames = round(s.max_length * FRAMES_PER_SECOND) if s.max_length else None
+        self._initial_frames = round(s.initial_timeout * FRAMES_PER_SECOND)
+        self._silence_frames = round(s.end_silence_timeout * FRAMES_PER_SECOND)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / FRAMES_PER_SECOND
+
+    # --- start ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the file and attach the tap; raises EncoderError if storage is unusable."""
+        s = self.settings
+        self.store.ensure()
+        self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
+        if self._initial_frames or self._silence_frames:
+            self._vad = VoiceDetector(self.call.rate, s.input_sensitivity)
+        self.state = "recording"
+        self.start_time = self.call.wall()
+        self._t0 = self.call.now()
+        self.call.add_tap(self)
+        if s.terminators:
+            self.call.dtmf_listeners.append(self._on_digit)
+        self._save_metadata()
+        self._report("recording")
+
+    # --- media (in the media tick: keep it lean) ----------------------------------------------------
+
+    def on_frame(self, speak: Frame, listen: Frame) -> None:
+        if self._ending or self._writer is None:
+            return
+        s = self.settings
+        if s.stereo:
+            quiet = silence(self.call.rate)
+            left = speak if s.direction != "listen" else quiet
+            right = listen if s.direction != "speak" else quiet
+            pcm: Any = np.stack([left, right], axis=1)
+            judged = mix(left, right)
+        else:
+            pcm = speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
+            judged = pcm
+        if self._pending is not None and not self._write_pending():
+            return
+        self._pending = pcm
+        self._received += 1
+        if self._vad is not None:
+            self._judge(judged)
+        if self._max_frames is not None and self._received >= self._max_frames:
+            self._end_soon("max_length")
+
+    def _write_pending(self) -> bool:
+        assert self._writer is not None
+        try:
+            self._writer.write(self._pending)
+        except EncoderError as e:
+            self._pending = None
+            self._end_soon("error", str(e))
+            return False
+        self._pending = None
+        self.frames += 1
+        return True
+
+    def _judge(self, frame: Frame) -> None:
+        assert self._vad is not None
+        if self._vad.feed(frame):
+            self._heard_speech = True
+            self._silent_frames = 0
+            return
+        self._silent_frames += 1
+        if not self._heard_speech:
+            if self._initial_frames and self._received >= self._initial_frames:
+                self._end_soon("no_input")
+        elif self._silence_frames and self._silent_frames >= self._silence_frames:
+            self._end_soon("end_silence")
+
+    def _on_digit(self, digit: str) -> None:
+        if digit in self.settings.terminators and not self._ending:
+            self.terminator = digit
+            self._end_soon("terminator")
+
+    def _end_soon(self, reason: str, error: str | None = None) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        self.call.remove_tap(self)
+        if reason in ("max_length", "no_input", "end_silence") and self._pending is not None:
+            self._write_pending()  # counted in frames: the frame that reached the limit belongs in the file
+        if error:
+            self.call.events.emit("error", where=f"recording {self.recording_id}", message=error)
+        self.call.loop.create_task(self.stop(reason))
+
+    # --- end --------------------------------------------------------------------------------------
+
+    async def stop(self, reason: str) -> None:
+        """End the recording (idempotent) and finalise file, metadata and callbacks."""
+        if self.state not in ("recording",) or self.end_reason is not None:
+            await self.ended.wait()
+            return
+        self.end_reason = reason
+        self._ending = True
+        self.call.remove_tap(self)
+        with contextlib.suppress(ValueError):
+            self.call.dtmf_listeners.remove(self._on_digit)
+        self.end_time = self.call.wall()
+        state = "no_input" if reason == "no_input" else "error" if reason == "error" else "finished"
+        due = round((self.call.now() - self._t0) / FRAME_SECONDS)
+        if self._pending is not None and self._writer is not None and self.frames < due:
+            self._write_pending()
+        self._pending = None
+        if self._writer is not None:
+            try:
+                final = self._writer.close()
+                self.path = final
+                self.size = final.stat().st_size
+            except (OSError, EncoderError) as e:
+                state = "error"
+                self.call.events.emit("error", where=f"recording {self.recording_id}", message=str(e))
+        self.state = state
+        self._save_metadata()
+        self._report(state)
+        if self._callback is not None:
+            self._callback.close()
+        self.ended.set()
+
+    # --- reporting ---------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "recording_id": self.recording_id,
+            "call_id": self.call.call_id,
+            "control_id": s.control_id,
+            "method": s.method,
+            "state": self.state,
+            "format": s.format,
+            "sample_rate": self.call.rate,
+            "channels": 2 if s.stereo else 1,
+            "channel_layout": channel_layout(s.direction, s.stereo),
+            "direction": s.direction,
+            "stereo": s.stereo,
+            "duration": round(self.duration, 3),
+            "size": self.size,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "end_reason": self.end_reason,
+            "terminator": self.terminator,
+            "url": self.url,
+        }
+
+    def _save_metadata(self) -> None:
+        try:
+            self.store.write_metadata(self.metadata())
+        except OSError as e:
+            self.call.events.emit("error", where=f"recording {self.recording_id}", message=f"metadata: {e}")
+
+    def _params(self, state: str) -> dict[str, Any]:
+        s = self.settings
+        params: dict[str, Any] = {
+            "call_id": self.call.call_id,
+            "node_id": "swml-engine",
+            "control_id": s.control_id,
+            "state": state,
+            "url": self.url,
+            "duration": round(self.duration, 3),
+            "size": self.size,
+            "recording_id": self.recording_id,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "record": {
+                "url": self.url,
+                "duration": round(self.duration, 3),
+                "size": self.size,
+                "format": s.format,
+                "audio": {"format": s.format, "direction": s.direction, "stereo": s.stereo},
+            },
+        }
+        if self.end_reason:
+            params["end_reason"] = self.end_reason
+        return params
+
+    def _report(self, state: str) -> None:
+        params = self._params(state)
+        self.call.events.emit("record.state", **params)
+        if self._callback is not None:
+            self._callback.send(
+                {
+                    "event_type": "calling.call.record",
+                    "event_channel": f"swml:{self.call.call_id}",
+                    "timestamp": self.call.wall(),
+                    "project_id": "",
+                    "space_id": "",
+                    "params": params,
+                }
+            )
+
+
+class Recordings:
+    """Every recording of one call; the call finalises the live ones when it ends."""
+
+    def __init__(self, call: Call, store: RecordingStore, callbacks: CallbackHub) -> None:
+        self.call = call
+        self.store = store
+        self.callbacks = callbacks
+        self.all: list[Recording] = []
+        call.finalizers.append(self.stop_all)
+
+    def live(self) -> list[Recording]:
+        return [r for r in self.all if r.state == "recording" and r.end_reason is None]
+
+    def start(self, settings: RecordSettings) -> Recording:
+        rec = Recording(self.call, self.store, settings, self.callbacks)
+        rec.start()
+        self.all.append(rec)
+        return rec
+
+    def find(self, control_id: str | None) -> Recording | None:
+        live = self.live()
+        if control_id is None:
+            return live[-1] if live else None
+        for rec in reversed(live):
+            if rec.settings.control_id == control_id:
+                return rec
+        return None
+
+    async def stop_all(self) -> None:
+        reason = "script_end" if self.call.end_reason == "script_end" else "hangup"
+        for rec in self.live():
+            await rec.stop(reason)
+
+    def resolve(self, url: str) -> Path | None:
+        return self.store.resolve(url)
+
+
+def recordings_of(call: Call) -> Recordings:
+    """The call's recordings (created on first use, in ``<data_dir>/recordings``)."""
+    if call.recordings is None:
+        root = (call.options.data_dir or Path.cwd()) / "recordings"
+        hub = call.options.extra.get("callbacks")
+        if not isinstance(hub, CallbackHub):
+            hub = CallbackHub(call.events)
+            call.options.extra["callbacks"] = hub
+        call.recordings = Recordings(call, RecordingStore(root), hub)
+    recordings: Recordings = call.recordings
+    return recordings

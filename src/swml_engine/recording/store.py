@@ -1,0 +1,92 @@
+"""Where recordings live: ``<data>/recordings/<recording_id>.<format>`` beside ``<recording_id>.json``.
+
+Files are named by a generated ``recording_id`` only, never by ``control_id`` or any other value from a
+script, so nothing a script writes can reach a path outside the recordings directory.
+
+A recording's URL is the store's own: ``file://`` in ``swml run`` (or under a public base URL when one is
+set), and the store maps its URLs back to files, so ``play`` of ``record_call_url`` in the same call reads
+the file directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from swml_engine.recording.encoders import part_path
+
+METADATA_FIELDS = [
+    "recording_id",
+    "call_id",
+    "control_id",
+    "method",
+    "state",
+    "format",
+    "sample_rate",
+    "channels",
+    "channel_layout",
+    "direction",
+    "stereo",
+    "duration",
+    "size",
+    "start_time",
+    "end_time",
+    "end_reason",
+    "terminator",
+    "url",
+]
+
+
+class RecordingStore:
+    def __init__(self, root: Path, base_url: str | None = None) -> None:
+        self.root = root
+        self.base_url = base_url.rstrip("/") if base_url else None
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def audio_path(self, recording_id: str, fmt: str) -> Path:
+        return self.root / f"{recording_id}.{fmt}"
+
+    def meta_path(self, recording_id: str) -> Path:
+        return self.root / f"{recording_id}.json"
+
+    def url_for(self, recording_id: str, fmt: str) -> str:
+        if self.base_url:
+            return f"{self.base_url}/{recording_id}.{fmt}"
+        return self.audio_path(recording_id, fmt).resolve().as_uri()
+
+    def resolve(self, url: str) -> Path | None:
+        """The local file behind one of this store's URLs (None for any other URL)."""
+        name: str | None = None
+        if self.base_url and url.startswith(self.base_url + "/"):
+            name = url[len(self.base_url) + 1 :].split("?")[0]
+        elif url.startswith("file://"):
+            path = Path(unquote(urlsplit(url).path))
+            if path.parent.resolve() == self.root.resolve():
+                name = path.name
+        if not name or "/" in name or name.startswith("."):
+            return None
+        path = self.root / name
+        if path.is_file():
+            return path
+        growing = part_path(path)  # an MP4 still being recorded
+        return growing if growing.is_file() else None
+
+    def write_metadata(self, meta: dict[str, Any]) -> None:
+        """Atomically replace ``<recording_id>.json`` (a crash leaves the old or the new, never half)."""
+        path = self.meta_path(str(meta["recording_id"]))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({k: meta.get(k) for k in METADATA_FIELDS}, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def read_metadata(self, recording_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.meta_path(recording_id).read_text())
+        return data
