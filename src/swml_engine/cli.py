@@ -134,6 +134,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from swml_engine.recording.recovery import recover
+
+    total = 0
+    for d in args.dirs:
+        root = Path(d)
+        if (root / "recordings").is_dir():
+            root = root / "recordings"
+        if not root.is_dir():
+            print(f"swml recover: {d}: not a directory", file=sys.stderr)
+            return EXIT_USAGE
+        for rec in recover(root):
+            total += 1
+            print(f"{rec.path}: recovered {rec.duration:.2f} s ({rec.note})")
+    if total == 0:
+        print("nothing to recover")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swml", description="Run SWML call scripts on your own machines.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--realtime", action="store_true", help="follow the wall clock instead of virtual time")
     r.add_argument("-q", "--quiet", action="store_true", help="no summary")
     r.set_defaults(func=cmd_run)
+
+    rc = sub.add_parser("recover", help="repair recordings left unfinished by a crash")
+    rc.add_argument("dirs", nargs="+", metavar="DIR", help="a recordings directory (or the --out/--data directory)")
+    rc.set_defaults(func=cmd_recover)
     return p
 
 

@@ -17,6 +17,7 @@ from swml_engine.events import EventLog, JsonlSink
 from swml_engine.media.audio import Samples, decode
 from swml_engine.media.clock import VirtualTimeLoop
 from swml_engine.recording.callbacks import CallbackHub
+from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.script.runner import Runner, RunResult
@@ -107,6 +108,8 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
     jsonl = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        for rec in recover(out / "recordings"):  # a previous run into this directory was killed
+            events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
         jsonl = (out / "events.jsonl").open("w", encoding="utf-8")
         events.sinks.append(JsonlSink(jsonl))
     if sim.on_event is not None:

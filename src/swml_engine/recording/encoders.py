@@ -233,11 +233,14 @@ def remux_to_mp4(source: Path, target: Path) -> None:
     ):
         in_stream = src.streams.audio[0]
         out_stream = dst.add_stream_from_template(in_stream)
-        for packet in src.demux(in_stream):
-            if packet.dts is None:
-                continue
-            packet.stream = out_stream
-            dst.mux(packet)
+        try:
+            for packet in src.demux(in_stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = out_stream
+                dst.mux(packet)
+        except av.error.FFmpegError:
+            pass  # a fragment torn by a crash: keep the complete ones before it
     os.replace(tmp, target)
 
 
