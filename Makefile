@@ -45,6 +45,7 @@ test: system $(BIN)/swml lint
 
 bench: $(BIN)/swml
 	$(BIN)/python bench/run_speed.py
+	$(BIN)/python bench/record_speed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
