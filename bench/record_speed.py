@@ -50,9 +50,7 @@ def main() -> None:
             w.setsampwidth(2)
             w.setframerate(RATE)
             w.writeframes(caller.tobytes())
-        _, base_wall = call_seconds(
-            f"sections: {{main: [answer, {{sleep: {seconds * 1000}}}]}}", caller, root / "b"
-        )
+        _, base_wall = call_seconds(f"sections: {{main: [answer, {{sleep: {seconds * 1000}}}]}}", caller, root / "b")
         print(f"{args.minutes} min call, no recording: {base_wall:6.2f} s wall")
         print(f"{'format':6s} {'engine s':>9s} {'recording s':>12s} {'ffmpeg s':>9s} {'ratio':>6s}")
         for fmt, ff in FFMPEG_ARGS.items():
