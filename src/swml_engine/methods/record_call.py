@@ -6,6 +6,7 @@ when the recording could not start: bad storage, a bad value at run time). See d
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -49,20 +50,9 @@ async def start_recording(ctx: StepContext, p: RecordParams, method: str, contro
     await ctx.call.answer()
     if p.beep:
         await ctx.call.play_frames(beep_frames(ctx.call.rate))
-    settings = RecordSettings(
-        method=method,
-        control_id=control_id,
-        format=p.format,
-        stereo=p.stereo,
-        direction=p.direction,
-        terminators=p.terminators,
-        beep=p.beep,
-        input_sensitivity=p.input_sensitivity,
-        initial_timeout=p.initial_timeout,
-        end_silence_timeout=p.end_silence_timeout,
-        max_length=p.max_length,
-        status_url=p.status_url,
-    )
+    # The settings are the parameters of RecordParams, field for field, plus who started it.
+    common = {f.name: getattr(p, f.name) for f in dataclasses.fields(RecordParams)}
+    settings = RecordSettings(method=method, control_id=control_id, **common)
     try:
         return recordings_of(ctx.call).start(settings)
     except (EncoderError, OSError) as e:
