@@ -308,9 +308,6 @@ class Recordings:
         for rec in self.live():
             await rec.stop(reason)
 
-    def resolve(self, url: str) -> Path | None:
-        return self.store.resolve(url)
-
 
 def recordings_of(call: Call) -> Recordings:
     """The call's recordings (created on first use, in ``<data_dir>/recordings``)."""

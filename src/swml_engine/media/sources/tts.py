@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import subprocess
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
@@ -98,16 +99,18 @@ class EspeakTts:
         self.exe = shutil.which("espeak-ng")
         self._cache: OrderedDict[tuple[str, str, int], Samples] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def synthesize(self, text: str, voice: Voice, rate: int) -> Samples:
         if self.exe is None:
             raise TtsError("espeak-ng is not installed (Debian package espeak-ng; `make demo` installs it)")
         name = espeak_voice_for(voice)
         key = (text, name, rate)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._lock:  # synthesize runs in worker threads (run_io); the LRU order must stay consistent
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         if not text.strip():
             samples = np.zeros(0, dtype=np.int16)
         else:
@@ -127,9 +130,10 @@ class EspeakTts:
             pcm, src_rate = _wav_payload(proc.stdout)
             samples = resample(pcm, src_rate, rate)
         samples.flags.writeable = False
-        self._cache[key] = samples
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = samples
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return samples
 
 
