@@ -113,6 +113,8 @@ class Call:
         if self.answered or self.is_ended:
             return
         await self.transport.answer()
+        if self.is_ended:  # the transport could not answer (SIP 488 on answer.codecs, say)
+            return
         self.answered_at = self.now()
         self.state = "answered"
         self.events.emit("call.state", state="answered")
@@ -123,6 +125,8 @@ class Call:
         if self.answered or self.is_ended or self.state == "early":
             return
         await self.transport.early_media()
+        if self.is_ended:
+            return
         self.state = "early"
         self.events.emit("call.state", state="early_media")
 

@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recover", help="repair recordings left unfinished by a crash")
     rc.add_argument("dirs", nargs="+", metavar="DIR", help="a recordings directory (or the --out/--data directory)")
     rc.set_defaults(func=cmd_recover)
+
+    from swml_engine.service.cli import add_parser as add_serve
+
+    add_serve(sub)
     return p
 
 

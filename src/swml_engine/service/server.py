@@ -1,0 +1,267 @@
+"""The service: SIP over UDP and TCP on one port, a script per call, recordings under the data dir.
+
+Each INVITE becomes a :class:`~swml_engine.call.Call` on a :class:`SipCallTransport` and runs the
+script (a file loaded once at start, or fetched per call from ``--script-url``). A call's trouble —
+a bad offer, an unreachable script server, a broken script — ends that call with a SIP error and one
+log line; the service and every other call go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiosipua.incoming_call import IncomingCall
+from aiosipua.message import SipRequest
+
+from swml_engine.call import Call, CallOptions
+from swml_engine.document.loader import load_file
+from swml_engine.document.model import Document
+from swml_engine.document.remote import fetch_document
+from swml_engine.errors import DocumentError
+from swml_engine.events import EventLog, JsonlSink
+from swml_engine.media.clock import run_io
+from swml_engine.recording.callbacks import CallbackHub
+from swml_engine.recording.recovery import recover
+from swml_engine.recording.store import RecordingStore
+from swml_engine.script.context import Variables
+from swml_engine.session import call_scope, run_call
+from swml_engine.transports.sip.call import SipCallTransport
+from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
+from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTransport
+
+log = logging.getLogger("swml.serve")
+
+USER_AGENT = "swml-engine"
+
+
+@dataclass
+class ServiceConfig:
+    sip: tuple[str, int] = ("127.0.0.1", 5060)
+    http: tuple[str, int] | None = None
+    script: Path | None = None
+    script_url: str | None = None
+    data: Path = Path("swml-data")
+    rtp_ports: tuple[int, int] = (20000, 30000)
+    envs: dict[str, str] = field(default_factory=dict)
+    fetch_timeout: float = 10.0
+    #: Several worker processes share the SIP port (SO_REUSEPORT).
+    reuse_port: bool = False
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.document: Document | None = None
+        self.store = RecordingStore(config.data / "recordings")
+        self.servers: list[SipServer] = []
+        #: Live calls by SIP Call-ID.
+        self.calls: dict[str, SipCallTransport] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.completed = 0
+        self._http: asyncio.Server | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.script is not None:
+            self.document = load_file(cfg.script)  # DocumentError: the caller reports it and exits
+        (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
+        for rec in recover(cfg.data / "recordings"):
+            log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
+        for transport in (
+            UdpTransport(cfg.sip, reuse_port=cfg.reuse_port),
+            TcpTransport(cfg.sip, reuse_port=cfg.reuse_port),
+        ):
+            server = SipServer(transport, user_agent=USER_AGENT)
+            server.on_invite = lambda inc, s=server: self._on_invite(s, inc)
+            server.on_bye = self._on_bye
+            server.on_cancel = self._on_cancel
+            server.on_reinvite = self._on_reinvite
+            server.on_ack_timeout = self._on_ack_timeout
+            await server.start()
+            self.servers.append(server)
+        if cfg.http is not None:
+            self._http = await asyncio.start_server(
+                self._serve_http, cfg.http[0], cfg.http[1], reuse_port=cfg.reuse_port or None
+            )
+        host, port = self.servers[0].transport.local_addr
+        log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
+
+    @property
+    def sip_port(self) -> int:
+        return int(self.servers[0].transport.local_addr[1])
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking calls, hang up the live ones (recordings are finalised), close the ports."""
+        for server in self.servers:
+            server.on_invite = lambda inc: inc.reject(503, "Service Unavailable")
+        for transport in list(self.calls.values()):
+            if transport.call is not None:
+                await transport.call.hangup("shutdown")
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=grace)
+        for server in self.servers:
+            await server.stop()
+        if self._http is not None:
+            self._http.close()
+            await self._http.wait_closed()
+
+    # --- SIP events -------------------------------------------------------------------------------
+
+    def _on_invite(self, server: SipServer, incoming: IncomingCall) -> None:
+        sip_call_id = incoming.call_id
+        if sip_call_id in self.calls:
+            return  # the same Call-ID again on another transport: the first one owns it
+        if not incoming.invite.body:
+            log.info("call %s rejected 488: INVITE without SDP offer (delayed offer is not supported)", sip_call_id)
+            incoming.reject(488, "Not Acceptable Here")
+            return
+        try:
+            offer = parse_offer(incoming.invite.text)
+        except NotAcceptable as e:
+            log.info("call %s rejected 488: %s", sip_call_id, e)
+            incoming.reject(488, "Not Acceptable Here")
+            return
+        rtp_host = server.transport.local_addr[0]
+        if rtp_host in ("0.0.0.0", "::"):
+            rtp_host = self.config.sip[0]
+        transport = SipCallTransport(server, incoming, offer, rtp_host)
+        self.calls[sip_call_id] = transport
+        task = asyncio.get_running_loop().create_task(self._run(transport))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_bye(self, incoming: IncomingCall, request: SipRequest) -> None:
+        transport = self.calls.get(incoming.call_id)
+        if transport is not None:
+            transport.remote_bye()
+
+    def _on_cancel(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        transport = self.calls.get(request.call_id or "")
+        if transport is not None:
+            transport.remote_cancel()
+
+    def _on_reinvite(self, incoming: IncomingCall) -> None:
+        transport = self.calls.get(incoming.call_id)
+        if transport is not None:
+            transport.reinvite(incoming.invite)
+
+    def _on_ack_timeout(self, incoming: IncomingCall) -> None:
+        transport = self.calls.get(incoming.call_id)
+        if transport is not None:
+            log.info("call %s: no ACK for our 200 OK, call ended", incoming.call_id)
+            transport.remote_bye()
+
+    # --- one call ---------------------------------------------------------------------------------
+
+    async def _run(self, transport: SipCallTransport) -> None:
+        sip_call_id = transport.invite.call_id
+        incoming = transport.invite
+        events_file: IO[str] | None = None
+        try:
+            try:
+                await transport.bind(self.config.rtp_ports)
+            except OSError as e:
+                log.error("call %s rejected 503: %s", sip_call_id, e)
+                incoming.reject(503, "Service Unavailable")
+                return
+            incoming.ringing()
+            call_id = str(uuid.uuid4())
+            events = EventLog()
+            events.keep = False  # a service keeps events in files, not in memory
+            events_file = (self.config.data / "calls" / f"{call_id}.jsonl").open("w", encoding="utf-8")
+            events.sinks.append(JsonlSink(events_file))
+            hub = CallbackHub(events)
+            options = CallOptions(
+                data_dir=self.config.data,
+                allow_file_urls=False,
+                url_resolver=self.store.resolve,
+                fetch_timeout=self.config.fetch_timeout,
+                extra={"callbacks": hub},
+            )
+            call = Call(transport, call_id=call_id, events=events, options=options)
+            info = transport.call_info()
+            scope = call_scope(call, from_=info["from"], to=info["to"], headers=info["headers"])
+            scope["sip_data"] = info["sip_data"]
+            scope["sip_call_id"] = sip_call_id
+            variables = Variables(call=scope, envs=dict(self.config.envs))
+            events.emit(
+                "sip.invite",
+                sip_call_id=sip_call_id,
+                source=list(incoming.source_addr),
+                codec_offer=[c.encoding_name for c in transport.offer.audio.codecs],
+            )
+            doc = self.document or await self._fetch(call, variables)
+            if doc is None:
+                return
+            log.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
+            result = await run_call(doc, call, variables)
+            self.completed += 1
+            log.info(
+                "call %s ended after %.1f s: %s%s",
+                call_id,
+                call.now(),
+                call.end_reason or result.reason,
+                f" ({result.error})" if result.error else "",
+            )
+            for channel in hub.channels:
+                channel.close()  # deliveries finish in their threads
+        except Exception:
+            log.exception("call %s failed", sip_call_id)
+            with contextlib.suppress(Exception):
+                if not transport.ended:
+                    transport.ended = True
+                    incoming.reject(500, "Server Internal Error")
+        finally:
+            self.calls.pop(sip_call_id, None)
+            await transport.close()
+            if events_file is not None:
+                events_file.close()
+
+    async def _fetch(self, call: Call, variables: Variables) -> Document | None:
+        url = self.config.script_url
+        assert url is not None
+        payload = {"call": variables.call, "params": {}, "vars": {}, "envs": variables.envs}
+        try:
+            return await run_io(fetch_document, url, payload, self.config.fetch_timeout)
+        except DocumentError as e:
+            problems = "; ".join(str(err) for err in (e.errors or e.unsupported)) or str(e)
+            log.error("call %s rejected 500: the script from %s is not usable: %s", call.call_id, url, problems)
+            call.events.emit("error", where="script_url", message=problems)
+            transport = call.transport
+            assert isinstance(transport, SipCallTransport)
+            transport.ended = True
+            transport.invite.reject(500, "Server Internal Error")
+            return None
+
+    # --- HTTP (minimal until the API lands) --------------------------------------------------------
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            parts = line.decode("latin-1").split()
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] in ("/health", "/healthz"):
+                body = json.dumps({"status": "ok", "calls": len(self.calls), "completed": self.completed}).encode()
+                status = "200 OK"
+            else:
+                body, status = b'{"error": "not found"}', "404 Not Found"
+            head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": len(self.calls), "completed": self.completed}

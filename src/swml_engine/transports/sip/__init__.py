@@ -1,0 +1,1 @@
+"""SIP calls: signalling (aiosipua + our fixes), SDP offer/answer, RTP media, codecs."""

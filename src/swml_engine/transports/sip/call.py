@@ -1,0 +1,208 @@
+"""A SIP call behind the transport interface: an INVITE's dialog and its RTP stream.
+
+The engine sees the same call as with the simulated transport; this class turns ``answer`` into a
+200 OK with our SDP answer, ``early_media`` into a 183, ``hangup`` into a BYE (or a final error
+response before answer), and the peer's BYE, CANCEL and re-INVITE into call events and media changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiosipua.header_codec import parse_address, parse_uri, stringify_uri
+from aiosipua.incoming_call import IncomingCall
+from aiosipua.message import SipRequest
+from aiosipua.sdp import parse_sdp
+
+from swml_engine.media.frame import Frame
+from swml_engine.transports.base import Transport
+from swml_engine.transports.sip.rtpstream import RtpStream
+from swml_engine.transports.sip.sdp import (
+    Media,
+    NotAcceptable,
+    Offer,
+    SessionVersion,
+    build_answer,
+    negotiate,
+    parse_offer,
+    preferred_rate,
+)
+from swml_engine.transports.sip.signalling import SipServer
+
+log = logging.getLogger(__name__)
+
+#: Final response for a call the script ends before answering, by hangup reason.
+_REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
+
+
+class SipCallTransport(Transport):
+    kind = "sip"
+
+    def __init__(self, server: SipServer, invite: IncomingCall, offer: Offer, rtp_host: str) -> None:
+        self.server = server
+        self.invite = invite
+        self.offer = offer
+        self.rate = preferred_rate(offer)
+        self.rtp_host = rtp_host
+        self.rtp = RtpStream(self.rate, self._on_digit)
+        self.session = SessionVersion()
+        self.media: Media | None = None
+        self._media_on = False
+        self.ended = False
+
+    async def bind(self, ports: tuple[int, int]) -> None:
+        await self.rtp.bind(self.rtp_host, ports)
+
+    # --- the call interface -----------------------------------------------------------------------
+
+    def _on_digit(self, digit: str) -> None:
+        if self.call is not None:
+            self.call.loop.call_soon(self.call.on_dtmf, digit)
+
+    def read_speak(self) -> Frame | None:
+        return self.rtp.read() if self._media_on else None
+
+    def write_listen(self, frame: Frame) -> None:
+        if self._media_on:
+            self.rtp.write(frame)
+
+    def _negotiate(self) -> str:
+        allowed = self.call.codecs if self.call is not None else []
+        self.media = negotiate(self.offer, allowed)
+        self.rtp.configure(self.media)
+        self._media_on = True
+        return build_answer(self.offer, self.media, self.rtp.local, self.session)
+
+    async def early_media(self) -> None:
+        if self.ended:
+            return
+        try:
+            sdp = self._negotiate()
+        except NotAcceptable as e:
+            self._reject(488, "Not Acceptable Here", str(e))
+            return
+        self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
+
+    async def answer(self) -> None:
+        if self.ended:
+            return
+        try:
+            sdp = self._negotiate()
+        except NotAcceptable as e:
+            self._reject(488, "Not Acceptable Here", str(e))
+            return
+        self.invite.accept(parse_sdp(sdp))
+        self.answered = True
+
+    answered = False
+
+    def _reject(self, status: int, reason: str, why: str) -> None:
+        log.info("call %s rejected %s %s: %s", self.invite.call_id, status, reason, why)
+        self.ended = True
+        self._media_on = False
+        self.invite.reject(status, reason)
+        if self.call is not None:
+            self.call.events.emit("sip.rejected", status=status, reason=why)
+            self.call.on_remote_hangup("rejected")
+
+    async def hangup(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._media_on = False
+        if self.answered:
+            self.server.bye(self.invite, reason)
+        else:
+            status, phrase = _REJECT_STATUS.get(reason, (480, "Temporarily Unavailable"))
+            self.invite.reject(status, phrase)
+
+    async def send_dtmf(self, digit: str, duration: float) -> None:
+        await self.rtp.send_digit(digit, duration)
+
+    async def close(self) -> None:
+        self._media_on = False
+        self.rtp.close()
+
+    # --- from the peer ----------------------------------------------------------------------------
+
+    def remote_bye(self) -> None:
+        self.ended = True
+        self._media_on = False
+        if self.call is not None:
+            self.call.on_remote_hangup("hangup")
+
+    def remote_cancel(self) -> None:
+        self.ended = True
+        self._media_on = False
+        if self.call is not None:
+            self.call.on_remote_hangup("cancel")
+
+    def reinvite(self, request: SipRequest) -> None:
+        """Hold, resume, a new address or codec: answer from what we have, keep the call either way."""
+        if not request.body:  # offerless re-INVITE: our current session is the offer (RFC 3261 §14.2)
+            sdp = build_answer(self.offer, self.media, self.rtp.local, self.session) if self.media else None
+            self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+            return
+        try:
+            offer = parse_offer(request.text)
+            current = [self.media.codec] if self.media is not None else []
+            try:  # keep the codec when the peer still offers it: no rate change mid-recording
+                media = negotiate(offer, current)
+            except NotAcceptable:
+                media = negotiate(offer, self.call.codecs if self.call is not None else [])
+        except NotAcceptable as e:
+            log.info("re-INVITE on %s refused: %s", self.invite.call_id, e)
+            self.server.reply_in_dialog(self.invite, request, 488, "Not Acceptable Here")
+            return
+        self.offer, self.media = offer, media
+        self.rtp.configure(media)
+        self._media_on = True
+        sdp = build_answer(offer, media, self.rtp.local, self.session)
+        self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+        if self.call is not None:
+            self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=offer.on_hold)
+
+    # --- the call scope ---------------------------------------------------------------------------
+
+    def call_info(self) -> dict[str, Any]:
+        """``call.from``, ``call.to``, ``call.headers`` and ``call.sip_data`` (calling-overview.mdx)."""
+        req = self.invite.invite
+        headers = [{"name": name, "value": v} for name, values in req.headers.items() for v in values]
+        data: dict[str, Any] = {}
+        _uri_fields(data, "sip_req", req.uri)
+        for prefix, header in (("sip_from", "from"), ("sip_to", "to"), ("sip_contact", "contact")):
+            value = req.headers.get_first(header)
+            if value:
+                _address_fields(data, prefix, value, with_params=prefix == "sip_contact")
+        return {
+            "from": data.get("sip_from_uri", ""),
+            "to": data.get("sip_to_uri", ""),
+            "headers": headers,
+            "sip_data": data,
+        }
+
+
+def _uri_fields(out: dict[str, Any], prefix: str, uri: str) -> None:
+    try:
+        parsed = parse_uri(uri)
+    except (ValueError, IndexError):
+        out[f"{prefix}_uri"] = uri
+        return
+    out[f"{prefix}_uri"] = stringify_uri(parsed)
+    out[f"{prefix}_user"] = parsed.user or ""
+    out[f"{prefix}_host"] = parsed.host
+
+
+def _address_fields(out: dict[str, Any], prefix: str, value: str, *, with_params: bool) -> None:
+    try:
+        addr = parse_address(value)
+    except (ValueError, IndexError):
+        out[f"{prefix}_uri"] = value
+        return
+    out[f"{prefix}_uri"] = stringify_uri(addr.uri)
+    out[f"{prefix}_user"] = addr.uri.user or ""
+    out[f"{prefix}_host"] = addr.uri.host
+    if with_params:
+        out[f"{prefix}_port"] = str(addr.uri.port or "")
+        out[f"{prefix}_params"] = {k: v or "" for k, v in {**addr.uri.params, **addr.params}.items()}

@@ -1,0 +1,256 @@
+"""One call's RTP: a UDP socket, the jitter buffer, the codec, DTMF both ways and the paced sender.
+
+Frames go out as the call's media clock ticks (one ``write`` per 20 ms), so sending is paced by the
+same clock that drives recording. Media goes back to where the peer's packets come from (symmetric
+RTP), which crosses NATs and survives a peer whose SDP names the wrong address; until a packet
+arrives, the SDP address is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+
+from swml_engine.media.frame import Frame
+from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
+from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
+from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
+from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
+from swml_engine.transports.sip.sdp import Media
+
+log = logging.getLogger(__name__)
+
+#: After this long without packets from the latched address, another source may take over.
+RELATCH_AFTER = 2.0
+
+
+@dataclass
+class RtpStats:
+    received: int = 0
+    malformed: int = 0  # not RTP, or a payload type not negotiated
+    foreign: int = 0  # from an address other than the peer's
+    sent: int = 0
+    dtmf_received: int = 0
+    jitter: JitterStats = field(default_factory=JitterStats)
+
+
+def convert_rate(samples: Samples, from_rate: int, to_rate: int) -> Samples:
+    """8 kHz ↔ 16 kHz for a call whose codec changed rate mid-call (rare): pairwise mean / linear fill."""
+    if from_rate == to_rate:
+        return samples
+    if from_rate == 2 * to_rate:
+        pairs = samples[: len(samples) // 2 * 2].astype(np.int32).reshape(-1, 2)
+        down: Samples = (pairs.sum(axis=1) // 2).astype(np.int16)
+        return down
+    if to_rate == 2 * from_rate:
+        x = samples.astype(np.float32)
+        mid = (x + np.append(x[1:], x[-1:])) / 2
+        return np.stack([x, mid], axis=1).reshape(-1).astype(np.int16)
+    raise ValueError(f"cannot convert {from_rate} Hz to {to_rate} Hz")
+
+
+class _PendingDigit:
+    def __init__(self, code: int, frames: int, done: asyncio.Future[None]) -> None:
+        self.code = code
+        self.frames = frames  # 20 ms steps while the key is down
+        self.sent = 0
+        self.timestamp = 0
+        self.done = done
+
+
+class RtpStream(asyncio.DatagramProtocol):
+    def __init__(self, call_rate: int, on_digit: Callable[[str], None]) -> None:
+        self.call_rate = call_rate
+        self.on_digit = on_digit
+        self.stats = RtpStats()
+        self.media: Media | None = None
+        self.codec: Codec | None = None
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._jitter: JitterBuffer | None = None
+        self._dtmf = DtmfReceiver()
+        self._peer: tuple[str, int] | None = None
+        self._peer_seen = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._out = np.zeros(0, dtype=np.int16)
+        self._marker = True
+        self._digits: list[_PendingDigit] = []
+        self.stats.jitter = JitterStats()
+
+    # --- socket -----------------------------------------------------------------------------------
+
+    async def bind(self, host: str, ports: tuple[int, int]) -> None:
+        """Bind an even port from ``ports`` (RTP convention; RTCP would be the odd one above)."""
+        low, high = ports
+        candidates = list(range(low + (low & 1), high, 2))
+        random.shuffle(candidates)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for port in candidates[:200]:
+            try:
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: self, local_addr=(host, port), family=family
+                )
+            except OSError:
+                continue
+            self._transport = transport
+            self.local = (host, port)
+            return
+        raise OSError(f"no free RTP port in {low}-{high} on {host}")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass, but has sendto/close.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that has gone: keep going, the call ends by signalling.
+        log.debug("RTP socket error on %s: %s", self.local, exc)
+
+    def close(self) -> None:
+        for d in self._digits:
+            if not d.done.done():
+                d.done.set_result(None)
+        self._digits.clear()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # --- negotiation ------------------------------------------------------------------------------
+
+    def configure(self, media: Media) -> None:
+        """Apply an offer/answer result (first answer, re-INVITE, codec change)."""
+        changed = self.media is None or media.codec != self.media.codec
+        if changed:
+            self.codec = SUPPORTED[media.codec].factory()
+            jitter = JitterBuffer(self.codec.rate, self.codec.clock_rate)
+            jitter.stats = self.stats.jitter
+            self._jitter = jitter
+            self._out = np.zeros(0, dtype=np.int16)
+        if self.media is None or media.remote != self.media.remote:
+            self._peer = None  # the peer moved (or is new): learn its address again
+        self.media = media
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        media, codec, jitter = self.media, self.codec, self._jitter
+        packet = parse_rtp(data)
+        if packet is None or media is None or codec is None or jitter is None:
+            self.stats.malformed += 1
+            return
+        pt = packet.payload_type
+        if pt != media.payload_type and pt != media.telephone_event:
+            self.stats.malformed += 1
+            return
+        source = (str(addr[0]), int(addr[1]))
+        now = self._loop.time()
+        if self._peer != source:
+            if self._peer is not None and now - self._peer_seen < RELATCH_AFTER:
+                self.stats.foreign += 1
+                return
+            self._peer = source
+        self._peer_seen = now
+        self.stats.received += 1
+        if pt == media.telephone_event:
+            digit = self._dtmf.receive(packet.ssrc, packet.timestamp, packet.payload)
+            if digit is not None:
+                self.stats.dtmf_received += 1
+                self.on_digit(digit)
+            return
+        try:
+            samples = codec.decode(packet.payload)
+        except Exception:  # a corrupt payload the decoder refuses: count it, keep the call
+            self.stats.malformed += 1
+            return
+        jitter.push(packet.ssrc, packet.timestamp, samples)
+
+    def read(self) -> Frame | None:
+        """The caller's next 20 ms at the call's rate (None before any audio arrived)."""
+        if self._jitter is None or self.codec is None:
+            return None
+        frame = self._jitter.pop()
+        if frame is None:
+            return None
+        return convert_rate(frame, self.codec.rate, self.call_rate)
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    @property
+    def destination(self) -> tuple[str, int] | None:
+        if self._peer is not None:
+            return self._peer
+        return self.media.remote if self.media is not None else None
+
+    def _send(self, packet: RtpPacket) -> None:
+        dest = self.destination
+        if self._transport is None or dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::"):
+            return
+        self._transport.sendto(packet.serialize(), dest)
+        self.stats.sent += 1
+
+    def write(self, frame: Frame) -> None:
+        """What the caller hears for this tick; sent in packets of the negotiated ptime."""
+        media, codec = self.media, self.codec
+        if media is None or codec is None or not media.sends:
+            return
+        if self._digits:
+            self._send_digit_step(media, codec)
+            return
+        samples = convert_rate(frame, self.call_rate, codec.rate)
+        self._out = np.concatenate([self._out, samples]) if len(self._out) else samples
+        per_packet = codec.rate * media.ptime // 1000
+        while len(self._out) >= per_packet:
+            chunk, self._out = self._out[:per_packet], self._out[per_packet:]
+            payload = codec.encode(np.ascontiguousarray(chunk))
+            self._send(RtpPacket(media.payload_type, self._seq, self._ts, self._ssrc, payload, self._marker))
+            self._marker = False
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._ts = (self._ts + codec.timestamp_units(per_packet)) & 0xFFFFFFFF
+
+    def send_digit(self, digit: str, duration: float) -> asyncio.Future[None]:
+        """Queue one RFC 4733 digit; the future completes when its end packets are out."""
+        done: asyncio.Future[None] = self._loop.create_future()
+        media = self.media
+        if media is None or media.telephone_event is None or not media.sends:
+            done.set_result(None)  # the peer takes no telephone-events: nothing can be sent
+            return done
+        self._digits.append(_PendingDigit(event_code(digit), max(2, round(duration / 0.02)), done))
+        return done
+
+    def _send_digit_step(self, media: Media, codec: Codec) -> None:
+        """One 20 ms step of the digit at the head of the queue (audio pauses while a key is down)."""
+        assert media.telephone_event is not None
+        d = self._digits[0]
+        step = codec.timestamp_units(codec.rate // 50)
+        if d.sent == 0:
+            d.timestamp = self._ts
+        d.sent += 1
+        end = d.sent >= d.frames
+        duration = d.sent * step
+        for _ in range(3 if end else 1):  # RFC 4733 §2.5.1.4: the end packet goes three times
+            self._send(
+                RtpPacket(
+                    media.telephone_event,
+                    self._seq,
+                    d.timestamp,
+                    self._ssrc,
+                    encode_event(d.code, end, duration),
+                    d.sent == 1,
+                )
+            )
+            self._seq = (self._seq + 1) & 0xFFFF
+        if end:
+            self._digits.pop(0)
+            self._ts = (d.timestamp + duration) & 0xFFFFFFFF
+            self._out = np.zeros(0, dtype=np.int16)
+            if not d.done.done():
+                d.done.set_result(None)

@@ -1,0 +1,262 @@
+"""Real peers for interop tests: the engine as a `swml serve` process, sipp scenarios, a loopback sniffer, pcaps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SIPP_PCAPS = Path("/usr/share/sip-tester")
+#: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
+ENGINE_RTP = (41000, 41999)
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Engine:
+    """``swml serve`` in its own process, as an operator runs it."""
+
+    script: Path
+    data: Path
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self) -> Engine:
+        self.port = self.port or free_port()
+        self.log_path = self.data.parent / f"engine-{self.port}.log"
+        log = self.log_path.open("w")
+        cmd = [sys.executable, "-m", "swml_engine", "serve", "--sip", f"127.0.0.1:{self.port}"]
+        cmd += [
+            "--script",
+            str(self.script),
+            "--data",
+            str(self.data),
+            "--rtp-ports",
+            f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}",
+        ]
+        self.proc = subprocess.Popen([*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "ready" in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"swml serve exited: {self.log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"swml serve did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def recordings(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+        """The recordings' metadata once ``count`` of them are finalised (the call may end after sipp does)."""
+        import json
+
+        def read() -> list[dict[str, object]]:
+            return [json.loads(p.read_text()) for p in sorted((self.data / "recordings").glob("*.json"))]
+
+        if count is not None:
+            wait_for(lambda: sum(1 for m in read() if m.get("end_reason")) >= count, timeout)
+        return read()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until every call's event log has its final ``call.state: ended``."""
+        wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
+
+    def call_events(self) -> list[list[dict[str, object]]]:
+        import json
+
+        return [
+            [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            for p in sorted((self.data / "calls").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+        ]
+
+
+def run_sipp(
+    workdir: Path,
+    scenario: str,
+    port: int,
+    *,
+    transport: str = "u1",
+    calls: int = 1,
+    timeout: float = 60,
+    extra: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one sipp scenario (XML text) against the engine; pcaps are found under ``pcap/`` as sipp's own."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pcap_dir = workdir / "pcap"
+    if not pcap_dir.exists():
+        pcap_dir.symlink_to(SIPP_PCAPS)
+    path = workdir / "scenario.xml"
+    path.write_text(scenario)
+    cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(path), "-m", str(calls), "-l", str(calls), "-i", "127.0.0.1"]
+    cmd += ["-p", str(free_port()), "-t", transport, "-nostdin", "-timeout", f"{int(timeout)}s", "-trace_err"]
+    cmd += ["-timeout_error", *(extra or [])]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout + 15)
+
+
+def sipp_errors(workdir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace")[-3000:] for p in workdir.glob("*_errors.log"))
+
+
+# --- pcap files (libpcap format, Ethernet/IPv4/UDP, as sipp's bundled ones) ---------------------------
+
+
+def read_pcap_rtp(path: Path) -> list[tuple[float, bytes]]:
+    data = path.read_bytes()
+    out: list[tuple[float, bytes]] = []
+    offset = 24
+    while offset + 16 <= len(data):
+        sec, usec, incl, _ = struct.unpack_from("<IIII", data, offset)
+        frame = data[offset + 16 : offset + 16 + incl]
+        offset += 16 + incl
+        ihl = (frame[14] & 0x0F) * 4
+        out.append((sec + usec / 1e6, frame[14 + ihl + 8 :]))
+    return out
+
+
+def write_pcap_rtp(path: Path, packets: list[tuple[float, bytes]]) -> None:
+    """Packets (time, RTP bytes) as UDP datagrams; sipp rewrites addresses and ports when it plays them."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for t, rtp in packets:
+        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+        )
+        csum = sum(struct.unpack("!10H", ip))
+        csum = (csum & 0xFFFF) + (csum >> 16)
+        ip = ip[:10] + struct.pack("!H", ~csum & 0xFFFF) + ip[12:]
+        frame = b"\x00\x01\x02\x03\x04\x05\x00\x01\x02\x03\x04\x06\x08\x00" + ip + udp
+        sec = int(t)
+        out.append(struct.pack("<IIII", sec, round((t - sec) * 1e6), len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(out))
+
+
+def rtp_audio(packets: list[bytes], decode: object, pt: int) -> np.ndarray:
+    """Audio of the packets of one payload type, in sequence order, gaps not filled."""
+    from swml_engine.transports.sip.rtp import parse_rtp
+
+    parsed = [p for p in (parse_rtp(b) for b in packets) if p is not None and p.payload_type == pt]
+    if not parsed:
+        return np.zeros(0, np.int16)
+    base = parsed[0].sequence
+    parsed.sort(key=lambda p: (p.sequence - base) & 0xFFFF)
+    return np.concatenate([decode(p.payload) for p in parsed])  # type: ignore[operator]
+
+
+# --- what crosses loopback -------------------------------------------------------------------------
+
+
+class Sniffer:
+    """Captures UDP datagrams on ``lo`` (needs CAP_NET_RAW: root, as in CI); ``available`` says if it can."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, int, bytes]] = []  # (source port, destination port, payload)
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        try:
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+            self._sock.bind(("lo", 0))
+            self._sock.settimeout(0.2)
+        except (OSError, AttributeError):
+            self._sock = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def available(self) -> bool:
+        return self._sock is not None
+
+    def __enter__(self) -> Sniffer:
+        if self._sock is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            self._thread.join(2)
+            self._sock.close()
+
+    def _run(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                data, addr = self._sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            if addr[2] != socket.PACKET_HOST or len(data) < 28 or data[9] != 17:
+                continue  # UDP as delivered on loopback
+            ihl = (data[0] & 0x0F) * 4
+            sport, dport = struct.unpack_from("!HH", data, ihl)
+            self.packets.append((sport, dport, data[ihl + 8 :]))
+
+    def from_engine(self) -> list[bytes]:
+        return [
+            p
+            for s, d, p in self.packets
+            if ENGINE_RTP[0] <= s <= ENGINE_RTP[1] and not ENGINE_RTP[0] <= d <= ENGINE_RTP[1]
+        ]
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def wait_for(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def scenario(name: str, **values: object) -> str:
+    text = (Path(__file__).parent / "scenarios" / f"{name}.xml").read_text()
+    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
+
+
+with contextlib.suppress(Exception):
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,170 @@
+"""`swml serve` against sipp: real SIP over UDP and TCP, G.711 audio from pcaps, RFC 2833 digits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import HttpServer, read_wav, rms, spectrum_peaks, tone, wav_bytes
+from swml_engine.transports.sip.codecs import Pcma
+
+from .peers import SIPP_PCAPS, Engine, Sniffer, read_pcap_rtp, rtp_audio, run_sipp, scenario, sipp_errors
+
+EngineFactory = Callable[..., Engine]
+
+
+def pcap_speech() -> np.ndarray:
+    """The caller's audio in sipp's g711a.pcap (7 s of speech, PCMA in 30 ms packets)."""
+    return rtp_audio([p for _, p in read_pcap_rtp(SIPP_PCAPS / "g711a.pcap")], Pcma().decode, 8)
+
+
+def best_correlation(haystack: np.ndarray, needle: np.ndarray) -> float:
+    """Highest normalised cross-correlation of ``needle`` anywhere in ``haystack`` (1.0 = identical shape)."""
+    a = haystack.astype(np.float64)
+    b = needle.astype(np.float64)
+    if len(a) < len(b):
+        a, b = b, a
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    corr = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[: len(a) - len(b) + 1]
+    windows = np.sqrt(np.maximum(np.convolve(a**2, np.ones(len(b)), "valid"), 0))
+    norm = np.linalg.norm(b)
+    # a near-silent stretch matches nothing (instead of dividing by almost zero)
+    score = np.where(windows > 0.01 * norm, corr / (windows * norm + 1e-9), 0.0)
+    return float(np.max(score))
+
+
+RECORD_AND_PLAY_BACK = """
+version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call:
+        beep: true
+        terminators: '#'
+        stereo: true
+    - play:
+        urls:
+          - '{prompt}'
+          - 'silence:7'
+    - stop_record_call: {{}}
+    - play:
+        urls:
+          - '${{record_call_url}}'
+    - hangup
+"""
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_record_and_play_back_with_sipp(
+    transport: str, engine: EngineFactory, http_server: HttpServer, tmp_path: Path
+) -> None:
+    http_server.files["/prompt.wav"] = (wav_bytes(tone(1000, 2.0)), "audio/wav")
+    eng = engine(RECORD_AND_PLAY_BACK.format(prompt=http_server.url("/prompt.wav")))
+    xml = scenario(
+        "engine_hangs_up",
+        pcap="pcap/g711a.pcap",
+        pause=7600,
+        dtmf="pcap/dtmf_2833_pound.pcap",
+        after=0,
+        bye_timeout=40000,
+    )
+    with Sniffer() as sniffer:
+        res = run_sipp(tmp_path / "sipp", xml, eng.port, transport=transport)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+
+    [meta] = eng.recordings(1)
+    assert meta["end_reason"] == "terminator" and meta["terminator"] == "#"
+    assert meta["channels"] == 2 and meta["channel_layout"] == {"left": "speak", "right": "listen"}
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert rate == 8000
+    # '#' comes ~7.6 s after the ACK; recording starts after the 0.25 s beep
+    assert 6.8 < len(audio) / rate < 8.6, len(audio) / rate
+    left, right = audio[:, 0], audio[:, 1]
+    speech = pcap_speech()
+    assert best_correlation(left, speech[8000:40000]) > 0.9  # the caller's own words, on the left
+    assert best_correlation(right, speech[8000:40000]) < 0.2
+    prompt = right[int(0.3 * rate) : int(1.8 * rate)]
+    assert spectrum_peaks(prompt, rate, 1)[0] == pytest.approx(1000, abs=5)  # the prompt, on the right
+    assert rms(left[int(0.3 * rate) : int(1.8 * rate)]) > 200 and spectrum_peaks(left[2400:14000], rate, 1)[
+        0
+    ] != pytest.approx(1000, abs=20)
+
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["#"]
+    assert any(e["type"] == "call.state" and e.get("reason") == "hangup" for e in events)
+    if sniffer.available:
+        heard = rtp_audio(sniffer.from_engine(), Pcma().decode, 8)
+        # The caller heard the beep, the live prompt, then the played-back recording with its words in it.
+        assert len(heard) / 8000 > 15
+        assert spectrum_peaks(heard[int(0.5 * 8000) : int(2.0 * 8000)], 8000, 1)[0] == pytest.approx(1000, abs=5)
+        playback = heard[-len(audio) :]
+        assert best_correlation(playback, speech[24000:48000]) > 0.8  # words after the prompt ended
+
+
+CALLER_HANGS_UP = """
+version: 1.0.0
+sections:
+  main:
+    - answer
+    - set:
+        who: '${call.from}'
+        customer: '%{call.headers[7].value}'
+        req_user: '%{call.sip_data.sip_req_user}'
+    - record_call:
+        stereo: true
+        format: '{fmt}'
+    - play:
+        urls: ['silence:60']
+"""
+
+
+@pytest.mark.parametrize(("transport", "fmt"), [("u1", "wav"), ("t1", "mp3")])
+def test_caller_hangs_up_recording_is_full_length(
+    transport: str, fmt: str, engine: EngineFactory, tmp_path: Path
+) -> None:
+    eng = engine(CALLER_HANGS_UP.replace("{fmt}", fmt))
+    xml = scenario("caller_hangs_up", pcap="pcap/g711a.pcap", pause=8000, dtmf="pcap/dtmf_2833_5.pcap", after=1000)
+    res = run_sipp(tmp_path / "sipp", xml, eng.port, transport=transport)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    assert meta["end_reason"] == "hangup" and meta["format"] == fmt
+    # ACK → BYE is 9 s of pauses; the recording covers all of it although the caller sent nothing for ~2 s
+    assert 8.7 < float(meta["duration"]) < 9.6, meta["duration"]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
+    sets = {e["name"]: e["value"] for e in events if e["type"] == "vars.set"}
+    assert sets["who"].startswith("sip:sipp@127.0.0.1")
+    assert sets["req_user"] == "record"
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "remote_hangup"
+
+
+def test_cancel_while_ringing(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - sleep: 5000\n    - answer\n    - record_call: {}\n")
+    res = run_sipp(tmp_path / "sipp", scenario("cancel", pause=500), eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "remote_cancel"
+    assert not any(e["type"] == "call.state" and e["state"] == "answered" for e in events)
+    assert eng.recordings() == []
+
+
+def test_reinvite_hold_and_resume(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - play: {url: 'silence:30'}\n"
+    )
+    res = run_sipp(tmp_path / "sipp", scenario("reinvite_hold", pcap="pcap/g711a.pcap"), eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    reinvites = [(e["hold"], e["direction"]) for e in events if e["type"] == "sip.reinvite"]
+    assert reinvites == [(True, "recvonly"), (False, "sendrecv")]
+    [meta] = eng.recordings(1)
+    assert 4.7 < float(meta["duration"]) < 5.6  # 2 + 1.5 + 1.5 s, held time included

@@ -1,0 +1,204 @@
+"""SIP media pieces on their own: codecs, RTP parsing, RFC 4733 digits, the jitter buffer, SDP answers."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import spectrum_peaks, tone
+from swml_engine.transports.sip.codecs import G722, Pcma, Pcmu
+from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event
+from swml_engine.transports.sip.jitterbuffer import JitterBuffer
+from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
+from swml_engine.transports.sip.sdp import NotAcceptable, SessionVersion, build_answer, negotiate, parse_offer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import audioop  # the stdlib's C G.711 (to 3.12): an independent reference
+    except ImportError:
+        audioop = None  # type: ignore[assignment]
+
+
+# --- codecs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(audioop is None, reason="audioop (reference G.711) left the stdlib in 3.13")
+@pytest.mark.parametrize(("codec", "ref"), [(Pcmu, "ulaw2lin"), (Pcma, "alaw2lin")])
+def test_g711_decodes_every_code_as_the_reference(codec: type, ref: str) -> None:
+    codes = bytes(range(256))
+    expected = np.frombuffer(getattr(audioop, ref)(codes, 2), dtype=np.int16)
+    assert np.array_equal(codec().decode(codes), expected)
+
+
+@pytest.mark.parametrize("codec", [Pcmu, Pcma])
+def test_g711_round_trip_keeps_the_tone_and_never_wraps(codec: type) -> None:
+    c = codec()
+    x = tone(440, 1.0, 8000, level=0.9)
+    y = c.decode(c.encode(x))
+    assert spectrum_peaks(y, 8000, 1)[0] == pytest.approx(440, abs=2)
+    snr = 10 * np.log10(np.sum(x.astype(float) ** 2) / np.sum((x.astype(float) - y) ** 2))
+    assert snr > 30  # G.711 gives ~38 dB on a loud tone
+    extremes = np.array([-32768, 32767], dtype=np.int16)
+    back = c.decode(c.encode(extremes))
+    assert back[0] < -30000 and back[1] > 30000
+
+
+def test_g722_is_wideband_16k() -> None:
+    c = G722()
+    x = tone(6000, 1.0, 16000, level=0.5)  # above what 8 kHz G.711 can carry
+    payload = b"".join(c.encode(x[i : i + 320]) for i in range(0, len(x), 320))
+    assert len(payload) == 8000  # 64 kbit/s
+    y = np.concatenate([c.decode(payload[i : i + 160]) for i in range(0, len(payload), 160)])
+    assert len(y) == 16000
+    assert spectrum_peaks(y[1600:], 16000, 1)[0] == pytest.approx(6000, abs=10)
+    assert c.timestamp_units(320) == 160  # RTP clock 8000 for G.722 (RFC 3551)
+
+
+# --- RTP ------------------------------------------------------------------------------------------
+
+
+def test_rtp_round_trip_and_junk() -> None:
+    p = RtpPacket(8, 65535, 2**32 - 1, 0xDEADBEEF, b"\x01" * 160, marker=True)
+    q = parse_rtp(p.serialize())
+    assert q == p
+    rng = random.Random(7)
+    junk = [b"", b"\x80", b"\x00" * 12, bytes(rng.getrandbits(8) for _ in range(40))]
+    junk.append(b"\x8f" + b"\x00" * 20)  # 15 CSRCs announced, 8 bytes there
+    junk.append(b"\x90\x00" + b"\x00" * 10 + b"\x00\x00\xff\xff")  # extension longer than the packet
+    junk.append(b"\xa0\x00" + b"\x00" * 10 + b"\x10")  # padding longer than the packet
+    assert [parse_rtp(j) for j in junk] == [None] * len(junk)
+
+
+def test_rfc4733_digit_reported_once_per_event() -> None:
+    rx = DtmfReceiver()
+    got = []
+    # '5' with start, repeats and three end packets; then '#' whose start packets were all lost.
+    for ts, code, end in [(100, 5, False)] * 3 + [(100, 5, True)] * 3 + [(900, 11, True)] * 3:
+        digit = rx.receive(0x1234, ts, encode_event(code, end, 800))
+        if digit:
+            got.append(digit)
+    assert got == ["5", "#"]
+    assert rx.receive(1, 5, b"\x10\x80\x00\x10") is None  # event 16 (flash): not a digit
+
+
+# --- jitter buffer --------------------------------------------------------------------------------
+
+
+def _packets(samples: np.ndarray, per_packet: int, ssrc: int = 1, ts0: int = 1000) -> list[tuple[int, int, np.ndarray]]:
+    return [(ssrc, ts0 + i, samples[i : i + per_packet]) for i in range(0, len(samples), per_packet)]
+
+
+def _play(
+    jb: JitterBuffer, packets: list[tuple[int, int, np.ndarray] | None], frames: int, per_tick: int
+) -> np.ndarray:
+    """Feed ``per_tick`` packets before each 20 ms pop (a steady sender; None = lost), return what came out."""
+    out = []
+    queue = list(packets)
+    for _ in range(frames):
+        for _ in range(per_tick):
+            if queue:
+                packet = queue.pop(0)
+                if packet is not None:
+                    jb.push(*packet)
+        frame = jb.pop()
+        out.append(frame if frame is not None else np.zeros(160, np.int16))
+    return np.concatenate(out)
+
+
+def test_jitter_buffer_30ms_packets_make_20ms_frames_with_nothing_lost() -> None:
+    x = (np.arange(8000 * 3) % 1000).astype(np.int16) + 1
+    jb = JitterBuffer(8000)
+    packets = _packets(x, 240)
+    out = []
+    for i in range(200):  # 30 ms packets arrive 2 per 3 ticks
+        if i % 3 != 2 and packets:
+            jb.push(*packets.pop(0))
+        f = jb.pop()
+        out.append(f)
+    y = np.concatenate([f for f in out if f is not None])
+    start = int(np.argmax(y != 0))
+    assert start == jb.delay  # 60 ms of playout delay, then the audio exactly
+    assert np.array_equal(y[start : start + len(x)], x)
+
+
+def test_jitter_buffer_reorder_loss_and_new_ssrc() -> None:
+    x = (np.arange(8000 * 2) % 500).astype(np.int16) + 1
+    packets = _packets(x, 160)
+    # swap neighbours (reordering within the playout delay) and lose every 5th packet
+    for i in range(3, len(packets) - 1, 7):  # (the first packet sets the timeline)
+        packets[i], packets[i + 1] = packets[i + 1], packets[i]
+    lost = {i for i in range(len(packets)) if i % 5 == 3}
+    kept = [None if i in lost else p for i, p in enumerate(packets)]
+    jb = JitterBuffer(8000)
+    y = _play(jb, kept, len(packets) + 10, 1)
+    # lost packets are silence of their exact length; everything else is in place
+    assert len(y) == (len(packets) + 10) * 160
+    body = y[jb.delay : jb.delay + len(x)]
+    expect = x.copy()
+    for i in lost:  # by the lost packet's own timestamp (the list is reordered)
+        start = packets[i][1] - 1000
+        expect[start : start + 160] = 0
+    assert np.array_equal(body, expect)
+    # a new SSRC (another source, timestamps unrelated) starts where playout is, after the delay
+    before = jb.read_pos
+    jb.push(99, 7, np.full(160, 42, np.int16))
+    frames = [jb.pop() for _ in range(4)]
+    assert jb.stats.resyncs == 1
+    assert frames[3] is not None and np.all(frames[3] == 42) and jb.read_pos == before + 4 * 160
+
+
+def test_jitter_buffer_timestamp_wraparound() -> None:
+    x = np.arange(1, 161 * 10, dtype=np.int16)[:1600]
+    jb = JitterBuffer(8000)
+    y = _play(jb, _packets(x, 160, ts0=2**32 - 480), 20, 1)
+    assert np.array_equal(y[jb.delay : jb.delay + 1600], x)
+    assert jb.stats.resyncs == 0
+
+
+# --- SDP ------------------------------------------------------------------------------------------
+
+OFFER = """v=0\r
+o=- 1 1 IN IP4 10.0.0.5\r
+s=-\r
+c=IN IP4 10.0.0.5\r
+t=0 0\r
+m=audio 4000 RTP/AVP 9 0 8 96\r
+a=rtpmap:96 telephone-event/8000\r
+a=fmtp:96 0-16\r
+a=ptime:30\r
+m=video 4002 RTP/AVP 97\r
+a=rtpmap:97 H264/90000\r
+"""
+
+
+def test_sdp_answer_follows_the_offer() -> None:
+    offer = parse_offer(OFFER)
+    media = negotiate(offer, [])
+    assert (media.codec, media.payload_type, media.telephone_event, media.ptime) == ("G722", 9, 96, 30)
+    assert media.remote == ("10.0.0.5", 4000)
+    restricted = negotiate(offer, ["PCMA"])
+    assert (restricted.codec, restricted.payload_type) == ("PCMA", 8)
+    answer = build_answer(offer, restricted, ("10.0.0.1", 20000), SessionVersion())
+    assert "m=audio 20000 RTP/AVP 8 96\r\n" in answer
+    assert "a=rtpmap:96 telephone-event/8000" in answer
+    assert "m=video 0 RTP/AVP 97" in answer  # rejected, kept in its place
+    with pytest.raises(NotAcceptable, match="no common codec"):
+        negotiate(offer, ["G729"])
+
+
+def test_sdp_hold_and_bad_offers() -> None:
+    held = parse_offer(OFFER.replace("a=ptime:30", "a=sendonly"))
+    assert held.on_hold and negotiate(held, []).direction == "recvonly"
+    for bad, why in [
+        ("v=0\r\nm=audio 4000 RTP/AVP 18\r\nc=IN IP4 1.2.3.4\r\n", "no common codec"),
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 4000 RTP/AVP 97\r\n", "no audio"),
+        ("v=0\r\nm=audio 4000 RTP/AVP 0\r\n", "connection address"),
+        ("v=0\r\nm=audio x RTP/AVP 0\r\n", "unreadable"),
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/SAVP 0\r\n", "profile"),
+    ]:
+        with pytest.raises(NotAcceptable, match=why):
+            negotiate(parse_offer(bad), [])
