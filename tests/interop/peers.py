@@ -42,7 +42,7 @@ def free_port() -> int:
 class Engine:
     """``swml serve`` in its own process, as an operator runs it."""
 
-    script: Path
+    script: Path | None
     data: Path
     port: int = 0
     proc: subprocess.Popen[str] | None = None
@@ -54,14 +54,9 @@ class Engine:
         self.log_path = self.data.parent / f"engine-{self.port}.log"
         log = self.log_path.open("w")
         cmd = [sys.executable, "-m", "swml_engine", "serve", "--sip", f"127.0.0.1:{self.port}"]
-        cmd += [
-            "--script",
-            str(self.script),
-            "--data",
-            str(self.data),
-            "--rtp-ports",
-            f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}",
-        ]
+        if self.script is not None:
+            cmd += ["--script", str(self.script)]
+        cmd += ["--data", str(self.data), "--rtp-ports", f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}"]
         self.proc = subprocess.Popen([*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -253,8 +248,14 @@ def wait_for(predicate: object, timeout: float) -> bool:
     return False
 
 
+#: The caller's default SDP media: PCMA and RFC 2833 events (sipp's pcaps are PCMA).
+PCMA_MEDIA = "8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15"
+
+
 def scenario(name: str, **values: object) -> str:
+    """A scenario of scenarios/ with its ``{placeholders}`` filled in."""
     text = (Path(__file__).parent / "scenarios" / f"{name}.xml").read_text()
+    values = {"media": PCMA_MEDIA, **values}
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
 
 

@@ -33,7 +33,7 @@ from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport
-from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
+from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTransport
 
 log = logging.getLogger("swml.serve")
@@ -126,6 +126,7 @@ class Service:
             return
         try:
             offer = parse_offer(incoming.invite.text)
+            negotiate(offer, [])  # at least one codec we speak, or 488 now
         except NotAcceptable as e:
             log.info("call %s rejected 488: %s", sip_call_id, e)
             incoming.reject(488, "Not Acceptable Here")
@@ -197,7 +198,8 @@ class Service:
                 "sip.invite",
                 sip_call_id=sip_call_id,
                 source=list(incoming.source_addr),
-                codec_offer=[c.encoding_name for c in transport.offer.audio.codecs],
+                offer=[c.encoding_name or str(c.payload_type) for c in transport.offer.audio.codecs],
+                rtp_port=transport.rtp.local[1],
             )
             doc = self.document or await self._fetch(call, variables)
             if doc is None:

@@ -8,6 +8,7 @@ response before answer), and the peer's BYE, CANCEL and re-INVITE into call even
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from aiosipua.header_codec import parse_address, parse_uri, stringify_uri
@@ -123,6 +124,8 @@ class SipCallTransport(Transport):
     async def close(self) -> None:
         self._media_on = False
         self.rtp.close()
+        if self.call is not None:  # what the network did to this call, for the operator
+            self.call.events.emit("rtp.stats", **asdict(self.rtp.stats))
 
     # --- from the peer ----------------------------------------------------------------------------
 

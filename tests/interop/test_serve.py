@@ -1,0 +1,279 @@
+"""`swml serve` as an operator sees it: remote scripts, refusals, early media, limits, bad networks, junk."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import HttpServer, read_wav, spectrum_peaks, tone
+from swml_engine.transports.sip.codecs import Pcma
+from swml_engine.transports.sip.rtp import RtpPacket
+
+from .peers import Engine, free_port, run_sipp, scenario, sipp_errors, wait_for, write_pcap_rtp
+
+EngineFactory = Callable[..., Engine]
+
+
+def check(res: object, workdir: Path, eng: Engine) -> None:
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(workdir) + eng.log()[-3000:]  # type: ignore[attr-defined]
+
+
+# --- --script-url -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/yaml"])
+def test_script_url_gets_the_call_payload(
+    ctype: str, engine: EngineFactory, http_server: HttpServer, tmp_path: Path
+) -> None:
+    doc = {"version": "1.0.0", "sections": {"main": ["answer", {"set": {"caller": "${call.from}"}}, {"hangup": {}}]}}
+    import yaml
+
+    body = json.dumps(doc) if ctype.endswith("json") else yaml.safe_dump(doc)
+    http_server.files["/swml"] = (body.encode(), ctype)
+    eng = engine(None, "--script-url", http_server.url("/swml"))
+    xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    res = run_sipp(tmp_path / "sipp", xml, eng.port)
+    check(res, tmp_path / "sipp", eng)
+    [req] = [r for r in http_server.requests if r["path"] == "/swml"]
+    payload = req["json"]
+    assert set(payload) == {"call", "params", "vars", "envs"}
+    call = payload["call"]
+    assert call["type"] == "sip" and call["direction"] == "inbound"
+    assert call["from"].startswith("sip:sipp@127.0.0.1") and call["to"].startswith("sip:record@127.0.0.1")
+    assert call["sip_data"]["sip_req_user"] == "record" and call["sip_data"]["sip_from_user"] == "sipp"
+    assert {"name": "X-Customer-Id", "value": "4242"} in call["headers"]
+    eng.wait_idle()
+    sets = [e for e in eng.call_events()[0] if e["type"] == "vars.set" and e["name"] == "caller"]
+    assert sets and sets[0]["value"] == call["from"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "log"),
+    [
+        (b"version: 1.0.0\nsections:\n  main:\n    - play: {volume: 99}\n", 200, "volume"),
+        (b"<html>oops</html>", 200, "not usable"),
+        (b"", 503, "HTTP 503"),
+    ],
+)
+def test_bad_script_url_reply_rejects_the_call_and_the_service_goes_on(
+    reply: bytes, status: int, log: str, engine: EngineFactory, http_server: HttpServer, tmp_path: Path
+) -> None:
+    if status == 200:
+        http_server.files["/swml"] = (reply, "application/yaml")
+    else:
+        http_server.failures["/swml"] = [status] * 5
+    eng = engine(None, "--script-url", http_server.url("/swml"))
+    res = run_sipp(tmp_path / "sipp", scenario("rejected", status=500), eng.port)
+    check(res, tmp_path / "sipp", eng)
+    assert wait_for(lambda: "rejected 500" in eng.log(), 5)
+    line = next(x for x in eng.log().splitlines() if "rejected 500" in x)
+    assert log in line and http_server.url("/swml") in line
+    # the service still takes calls
+    http_server.failures.pop("/swml", None)
+    http_server.files["/swml"] = (
+        b"version: 1.0.0\nsections:\n  main:\n    - answer\n    - hangup\n",
+        "application/yaml",
+    )
+    res = run_sipp(tmp_path / "sipp2", scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000), eng.port)
+    check(res, tmp_path / "sipp2", eng)
+
+
+# --- offer/answer -------------------------------------------------------------------------------------
+
+
+def test_no_common_codec_is_488(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n")
+    res = run_sipp(tmp_path / "sipp", scenario("rejected", status=488, media="18\na=rtpmap:18 G729/8000"), eng.port)
+    check(res, tmp_path / "sipp", eng)
+    assert "no common codec" in eng.log()
+
+
+def test_answer_codecs_restricts_the_choice(engine: EngineFactory, tmp_path: Path) -> None:
+    offer = "9 0 8 101\na=rtpmap:9 G722/8000\na=rtpmap:101 telephone-event/8000"
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer: {codecs: 'PCMA,PCMU'}\n    - hangup\n")
+    xml = scenario("answered_then_engine_bye", media=offer, expect="m=audio [0-9]+ RTP/AVP 0 101", bye_timeout=10000)
+    check(run_sipp(tmp_path / "sipp", xml, eng.port), tmp_path / "sipp", eng)
+    # with no restriction the offer's first codec, G.722 (a 16 kHz call), is taken
+    eng2 = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {}\n    - sleep: 500\n")
+    xml = scenario("answered_then_engine_bye", media=offer, expect="m=audio [0-9]+ RTP/AVP 9 101", bye_timeout=10000)
+    check(run_sipp(tmp_path / "sipp2", xml, eng2.port), tmp_path / "sipp2", eng2)
+    [meta] = eng2.recordings(1)
+    assert meta["sample_rate"] == 16000
+    # answer.codecs that the offer lacks: 488 at answer time, the call ends, nothing is recorded
+    eng3 = engine("version: 1.0.0\nsections:\n  main:\n    - answer: {codecs: PCMU}\n    - record_call: {}\n")
+    res = run_sipp(tmp_path / "sipp3", scenario("rejected", status=488), eng3.port)
+    check(res, tmp_path / "sipp3", eng3)
+
+
+def test_early_media_then_answer(engine: EngineFactory, tmp_path: Path) -> None:
+    script = (
+        "version: 1.0.0\nsections:\n  main:\n"
+        "    - play: {url: 'silence:1', auto_answer: false}\n    - answer\n    - hangup\n"
+    )
+    eng = engine(script)
+    check(run_sipp(tmp_path / "sipp", scenario("early_media", bye_timeout=10000), eng.port), tmp_path / "sipp", eng)
+    eng.wait_idle()
+    states = [e["state"] for e in eng.call_events()[0] if e["type"] == "call.state"]
+    assert states[:3] == ["ringing", "early_media", "answered"]
+
+
+def test_max_duration_hangs_up(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer: {max_duration: 2}\n    - play: {url: 'silence:30'}\n"
+    )
+    started = time.monotonic()
+    check(
+        run_sipp(tmp_path / "sipp", scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000), eng.port),
+        tmp_path / "sipp",
+        eng,
+    )
+    assert 1.8 < time.monotonic() - started < 5
+    eng.wait_idle()
+    ended = [e for e in eng.call_events()[0] if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended[0]["reason"] == "max_duration"
+
+
+def test_options_and_health(engine: EngineFactory, tmp_path: Path) -> None:
+    http = free_port()
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n", "--http", f"127.0.0.1:{http}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.sendto(options(port, eng.port).encode(), ("127.0.0.1", eng.port))
+        reply = s.recv(4096).decode()
+    assert reply.startswith("SIP/2.0 200") and "INVITE" in reply
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=3) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def options(local_port: int, port: int, branch: str = "z9hG4bK-opt1") -> str:
+    return (
+        f"OPTIONS sip:record@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch={branch}\r\n"
+        f"From: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:record@127.0.0.1>\r\n"
+        f"Call-ID: opt-{branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+# --- a bad network ------------------------------------------------------------------------------------
+
+
+def lossy_tone_pcap(path: Path, seconds: float, loss: float, reorder: float, seed: int = 1) -> tuple[int, int]:
+    """A 440 Hz caller in PCMA 20 ms packets with ``loss`` of them missing and ``reorder`` swapped with the next."""
+    rng = random.Random(seed)
+    codec = Pcma()
+    audio = tone(440, seconds, 8000, level=0.5)
+    packets = [
+        RtpPacket(8, i, i * 160, 0x4242, codec.encode(audio[i * 160 : (i + 1) * 160])).serialize()
+        for i in range(len(audio) // 160)
+    ]
+    times = [i * 0.02 for i in range(len(packets))]
+    for i in range(len(packets) - 1):
+        if rng.random() < reorder:
+            packets[i], packets[i + 1] = packets[i + 1], packets[i]
+    kept = [(t, p) for t, p in zip(times, packets, strict=True) if rng.random() >= loss]
+    write_pcap_rtp(path, [(1_700_000_000 + t, p) for t, p in kept])
+    return len(packets), len(kept)
+
+
+def test_lossy_reordered_call_still_records_full_length(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - play: {url: 'silence:60'}\n"
+    )
+    work = tmp_path / "sipp"
+    work.mkdir()
+    sent, kept = lossy_tone_pcap(work / "lossy.pcap", 8.0, loss=0.2, reorder=0.05)
+    xml = scenario("caller_hangs_up", pcap="lossy.pcap", pause=8000, dtmf="pcap/dtmf_2833_1.pcap", after=1000)
+    check(run_sipp(work, xml, eng.port), work, eng)
+    [meta] = eng.recordings(1)
+    # ACK → BYE is 9 s: the recording is that long although a fifth of the packets never came
+    assert 8.7 < float(meta["duration"]) < 9.6, meta["duration"]
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    left = audio[:, 0]
+    for start in np.arange(0.5, 7.5, 1.0):  # the tone is there all along, in place
+        assert spectrum_peaks(left[int(start * rate) : int((start + 1) * rate)], rate, 1)[0] == pytest.approx(
+            440, abs=3
+        )
+    assert wait_for(lambda: any(e["type"] == "rtp.stats" for e in eng.call_events()[0]), 5)
+    stats = next(e for e in eng.call_events()[0] if e["type"] == "rtp.stats")
+    assert stats["received"] >= kept and stats["received"] < sent  # (+ the digit's packets)
+    assert stats["jitter"]["concealed_frames"] >= (sent - kept) * 0.8
+
+
+# --- junk at the ports ----------------------------------------------------------------------------------
+
+
+def junk_packets(rng: random.Random, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    invite = b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKj\r\nCSeq: abc INVITE\r\n"
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            out.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400))))
+        elif kind == 1:
+            out.append(invite[: rng.randint(1, len(invite))])
+        elif kind == 2:
+            out.append(invite + b"Content-Length: 99999\r\n\r\nv=0")
+        elif kind == 3:  # RTP header with lengths that lie
+            out.append(bytes([0x80 | rng.randint(0, 0x3F), rng.randint(0, 255)]) + bytes(rng.randint(0, 12)))
+        elif kind == 4:
+            out.append(b"SIP/2.0 200 OK\r\nVia: garbage\r\n\r\n")
+        else:
+            out.append(
+                b"BYE sip:a SIP/2.0\r\nCall-ID: \x00\xff\r\nFrom: <<<\r\nTo: >\r\nVia: ;;;\r\nCSeq: 99999999999999999999 BYE\r\n\r\n"
+            )
+    return out
+
+
+def test_junk_flood_does_not_stop_the_service(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - play: {url: 'silence:60'}\n"
+    )
+    work = tmp_path / "sipp"
+    result: dict[str, object] = {}
+    xml = scenario("caller_hangs_up", pcap="pcap/g711a.pcap", pause=8000, dtmf="pcap/dtmf_2833_1.pcap", after=500)
+    caller = threading.Thread(target=lambda: result.update(res=run_sipp(work, xml, eng.port)))
+    caller.start()
+    assert wait_for(lambda: eng.call_events() and any(e["type"] == "sip.invite" for e in eng.call_events()[0]), 10)
+    rtp_port = next(e for e in eng.call_events()[0] if e["type"] == "sip.invite")["rtp_port"]
+    rng = random.Random(3)
+    packets = junk_packets(rng, 3000)
+    sent = 0
+    deadline = time.monotonic() + 5
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < deadline:
+            for p in packets[:300]:
+                s.sendto(p, ("127.0.0.1", eng.port))
+                s.sendto(p, ("127.0.0.1", rtp_port))
+                sent += 2
+            rng.shuffle(packets)
+            # TCP: garbage, a header that never ends, a connection that closes mid-message
+            for blob in (
+                packets[0],
+                b"INVITE " + b"A" * 70000,
+                b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nab",
+            ):
+                with socket.create_connection(("127.0.0.1", eng.port), timeout=2) as t:
+                    t.sendall(blob)
+            time.sleep(0.05)
+    caller.join(30)
+    check(result["res"], work, eng)
+    assert sent > 5000
+    [meta] = eng.recordings(1)
+    assert 8.0 < float(meta["duration"]) < 9.2  # the call in progress kept going, full length
+    assert eng.alive()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # and the service still answers
+        s.settimeout(3)
+        s.bind(("127.0.0.1", 0))
+        s.sendto(options(s.getsockname()[1], eng.port, "z9hG4bK-after").encode(), ("127.0.0.1", eng.port))
+        assert s.recv(4096).startswith(b"SIP/2.0 200")
