@@ -16,9 +16,9 @@ import pytest
 
 from conftest import HttpServer, read_wav, spectrum_peaks, tone
 from swml_engine.transports.sip.codecs import Pcma
-from swml_engine.transports.sip.rtp import RtpPacket
+from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 
-from .peers import Engine, free_port, run_sipp, scenario, sipp_errors, wait_for, write_pcap_rtp
+from .peers import Engine, Sniffer, free_port, run_sipp, scenario, sipp_errors, wait_for, write_pcap_rtp
 
 EngineFactory = Callable[..., Engine]
 
@@ -277,3 +277,36 @@ def test_junk_flood_does_not_stop_the_service(engine: EngineFactory, tmp_path: P
         s.bind(("127.0.0.1", 0))
         s.sendto(options(s.getsockname()[1], eng.port, "z9hG4bK-after").encode(), ("127.0.0.1", eng.port))
         assert s.recv(4096).startswith(b"SIP/2.0 200")
+
+
+def test_send_digits_go_out_as_rfc4733_events(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n    - send_digits: {digits: '12#'}\n    - hangup\n")
+    xml = scenario("answered_then_engine_bye", expect="telephone-event", bye_timeout=10000)
+    with Sniffer() as sniffer:
+        check(run_sipp(tmp_path / "sipp", xml, eng.port), tmp_path / "sipp", eng)
+    if not sniffer.available:
+        pytest.skip("capturing on loopback needs CAP_NET_RAW")
+    events = [p for p in (parse_rtp(b) for b in sniffer.from_engine()) if p is not None and p.payload_type == 101]
+    by_event: dict[int, list[RtpPacket]] = {}
+    for p in events:
+        by_event.setdefault(p.timestamp, []).append(p)
+    digits = ["0123456789*#"[ps[0].payload[0]] for ps in by_event.values()]
+    assert digits == ["1", "2", "#"]
+    for ps in by_event.values():
+        assert ps[0].marker and sum(1 for p in ps if p.payload[1] & 0x80) == 3  # marker first, end sent 3 times
+        assert {p.payload[0] for p in ps} == {ps[0].payload[0]}
+
+
+def test_workers_share_the_sip_port(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {}\n    - sleep: 1500\n", "--workers", "2"
+    )
+    assert wait_for(lambda: eng.log().count("ready") >= 2, 20)
+    xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    # -t un: one socket (source port) per call, so the kernel spreads the calls over the workers
+    res = run_sipp(tmp_path / "sipp", xml, eng.port, transport="un", calls=12, extra=["-r", "12", "-max_socket", "100"])
+    check(res, tmp_path / "sipp", eng)
+    recs = eng.recordings(12)
+    assert len(recs) == 12 and all(r["end_reason"] in ("hangup", "script_end") for r in recs)
+    pids = {line.split()[2] for line in eng.log().splitlines() if " swml.serve: call " in line and " from " in line}
+    assert len(pids) == 2, eng.log()

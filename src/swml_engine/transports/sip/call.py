@@ -125,7 +125,10 @@ class SipCallTransport(Transport):
         self._media_on = False
         self.rtp.close()
         if self.call is not None:  # what the network did to this call, for the operator
-            self.call.events.emit("rtp.stats", **asdict(self.rtp.stats))
+            stats = asdict(self.rtp.stats)
+            stats["send_jitter_p99_ms"] = self.rtp.stats.send_jitter_p99()
+            del stats["send_deviation_ms"]
+            self.call.events.emit("rtp.stats", **stats)
 
     # --- from the peer ----------------------------------------------------------------------------
 

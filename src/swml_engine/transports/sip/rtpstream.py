@@ -39,6 +39,20 @@ class RtpStats:
     sent: int = 0
     dtmf_received: int = 0
     jitter: JitterStats = field(default_factory=JitterStats)
+    #: How far the gaps between our packets strayed from the ptime: counts per whole millisecond (0..50).
+    send_deviation_ms: list[int] = field(default_factory=lambda: [0] * 51)
+
+    def send_jitter_p99(self) -> float:
+        """Milliseconds within which 99% of our packet gaps kept to the ptime."""
+        total = sum(self.send_deviation_ms)
+        if total == 0:
+            return 0.0
+        seen = 0
+        for ms, count in enumerate(self.send_deviation_ms):
+            seen += count
+            if seen >= 0.99 * total:
+                return float(ms)
+        return 50.0
 
 
 def convert_rate(samples: Samples, from_rate: int, to_rate: int) -> Samples:
@@ -85,7 +99,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._out = np.zeros(0, dtype=np.int16)
         self._marker = True
         self._digits: list[_PendingDigit] = []
-        self.stats.jitter = JitterStats()
+        self._last_send = 0.0
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -196,6 +210,11 @@ class RtpStream(asyncio.DatagramProtocol):
             return
         self._transport.sendto(packet.serialize(), dest)
         self.stats.sent += 1
+        now = self._loop.time()
+        if self._last_send and self.media is not None:
+            gap = abs(now - self._last_send - self.media.ptime / 1000)
+            self.stats.send_deviation_ms[min(50, int(gap * 1000))] += 1
+        self._last_send = now
 
     def write(self, frame: Frame) -> None:
         """What the caller hears for this tick; sent in packets of the negotiated ptime."""
