@@ -1,9 +1,9 @@
 """A call: a media clock, the *speak* and *listen* streams, taps, players, DTMF and its state.
 
-Every 20 ms the media ticker calls :meth:`Call.media_tick`: the transport gives the party's speak
-frame, the player gives the listen frame, every tap (recorders, detectors) sees both, and the listen
-frame goes back to the transport. Recordings belong to the call, not to the step that started them:
-the call finalises every one of them when it ends.
+Every 20 ms the media ticker steps the call in two halves: :meth:`Call.media_out` takes the party's
+speak frame from the transport and sends the player's listen frame to it; once every call on the loop
+has sent, :meth:`Call.media_in` shows both frames to every tap (recorders, detectors). Recordings
+belong to the call, not to the step that started them: the call finalises every one of them when it ends.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Call:
         self.finalizers: list[Callable[[], Awaitable[None]]] = []
         self._max_duration: asyncio.TimerHandle | None = None
         self._ticking = False
+        self._frame: tuple[Frame, Frame] = (silence(self.rate), silence(self.rate))
         self.recordings: Any = None  # set by the recording layer (recording.manager.Recordings)
         #: Codecs the script allows (`answer.codecs`); empty = any the transport supports.
         self.codecs: list[str] = []
@@ -179,15 +180,25 @@ class Call:
 
     # --- media --------------------------------------------------------------------------------------
 
-    def media_tick(self) -> None:
+    def media_out(self) -> None:
+        """First half of a tick: what the party hears goes out (sent early in the tick: steady pacing)."""
         speak = self.transport.read_speak()
         if speak is None:
             speak = silence(self.rate)
         listen = self.player.next_frame()
+        self.transport.write_listen(listen)
+        self._frame = (speak, listen)
+
+    def media_in(self) -> None:
+        """Second half: every tap (recorders, detectors) sees both streams of this frame."""
+        speak, listen = self._frame
         for tap in tuple(self.taps):
             tap.on_frame(speak, listen)
-        self.transport.write_listen(listen)
         self.frame_index += 1
+
+    def media_tick(self) -> None:
+        self.media_out()
+        self.media_in()
 
     def add_tap(self, tap: Tap) -> None:
         self.taps.append(tap)

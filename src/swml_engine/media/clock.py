@@ -124,16 +124,14 @@ async def run_io(fn: Callable[..., T], *args: Any) -> T:
 
 
 class TickTarget(Protocol):
-    def media_tick(self) -> None: ...
+    def media_out(self) -> None: ...
+    def media_in(self) -> None: ...
 
 
 class MediaTicker:
     """One 20 ms timer per loop that steps the media of every call on it."""
 
     _by_loop: dict[int, MediaTicker] = {}  # noqa: RUF012 - one ticker per running loop
-
-    #: On a real clock, a loop that fell behind catches up by at most this many frames at once.
-    MAX_CATCH_UP = 10
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -167,22 +165,30 @@ class MediaTicker:
             self._handle = None
             self._by_loop.pop(id(self.loop), None)
 
+    def _step(self, target: TickTarget, half: str) -> None:
+        try:
+            getattr(target, half)()
+        except Exception as e:  # a broken call must not stop the media of the others
+            self.errors.append(e)
+            self.remove(target)
+            handler = getattr(target, "on_media_error", None)
+            if handler is not None:
+                handler(e)
+
     def _due(self, count: int) -> float:
         return self._base + count * FRAME_SECONDS
 
     def _tick(self) -> None:
         virtual = isinstance(self.loop, VirtualTimeLoop)
-        catch_up = 0
         while True:
-            for target in list(self.targets):
-                try:
-                    target.media_tick()
-                except Exception as e:  # a broken call must not stop the media of the others
-                    self.errors.append(e)
-                    self.remove(target)
-                    handler = getattr(target, "on_media_error", None)
-                    if handler is not None:
-                        handler(e)
+            # Two passes: every call sends its frame first, then the taps (recording) run, so how long
+            # recording takes never delays another call's packet within the tick.
+            targets = list(self.targets)
+            for target in targets:
+                self._step(target, "media_out")
+            for target in targets:
+                if target in self.targets:
+                    self._step(target, "media_in")
             self._count += 1
             if not self.targets:
                 self._handle = None
@@ -193,8 +199,9 @@ class MediaTicker:
                 if self.loop.idle_until(due):
                     self.loop.advance_to(due)
                     continue
-            elif self.loop.time() >= due + FRAME_SECONDS and catch_up < self.MAX_CATCH_UP:
-                catch_up += 1  # the loop was late: produce the missed frames now, none are dropped
-                continue
+            # On a real clock a late tick is not made up in a loop here: the next one is scheduled at
+            # its due time (past, if late), so the loop reads the sockets between catch-up ticks and
+            # the packets that queued up during a stall reach the jitter buffers before their frames
+            # are taken. No frame is dropped; they come as fast as the loop allows until on time.
             break
         self._handle = self.loop.call_at(self._due(self._count), self._tick)

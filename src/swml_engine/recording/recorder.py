@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix, silence
+from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
 from swml_engine.recording.callbacks import CallbackChannel, CallbackHub
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
@@ -111,12 +111,13 @@ class Recording:
         if self._ending or self._writer is None:
             return
         s = self.settings
+        judged: Frame | None = None
         if s.stereo:
-            quiet = silence(self.call.rate)
-            left = speak if s.direction != "listen" else quiet
-            right = listen if s.direction != "speak" else quiet
-            pcm: Any = np.stack([left, right], axis=1)
-            judged = mix(left, right)
+            pcm: Any = np.zeros((len(speak), 2), dtype=np.int16)
+            if s.direction != "listen":
+                pcm[:, 0] = speak
+            if s.direction != "speak":
+                pcm[:, 1] = listen
         else:
             pcm = speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
             judged = pcm
@@ -124,7 +125,9 @@ class Recording:
             return
         self._pending = pcm
         self._received += 1
-        if self._vad is not None:
+        if self._vad is not None:  # VAD judges the recorded direction(s), mixed
+            if judged is None:
+                judged = speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
             self._judge(judged)
         if self._max_frames is not None and self._received >= self._max_frames:
             self._end_soon("max_length")

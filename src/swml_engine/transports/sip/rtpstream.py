@@ -22,7 +22,7 @@ from swml_engine.media.frame import Frame
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
-from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
+from swml_engine.transports.sip.rtp import _HEADER, RtpPacket, parse_rtp
 from swml_engine.transports.sip.sdp import Media
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class RtpStream(asyncio.DatagramProtocol):
         self._marker = True
         self._digits: list[_PendingDigit] = []
         self._last_send = 0.0
+        self._per_packet = 160
+        self._units = 160
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -152,6 +154,9 @@ class RtpStream(asyncio.DatagramProtocol):
         if self.media is None or media.remote != self.media.remote:
             self._peer = None  # the peer moved (or is new): learn its address again
         self.media = media
+        assert self.codec is not None
+        self._per_packet = self.codec.rate * media.ptime // 1000
+        self._units = self.codec.timestamp_units(self._per_packet)
 
     # --- receiving --------------------------------------------------------------------------------
 
@@ -165,13 +170,13 @@ class RtpStream(asyncio.DatagramProtocol):
         if pt != media.payload_type and pt != media.telephone_event:
             self.stats.malformed += 1
             return
-        source = (str(addr[0]), int(addr[1]))
         now = self._loop.time()
-        if self._peer != source:
-            if self._peer is not None and now - self._peer_seen < RELATCH_AFTER:
+        peer = self._peer
+        if peer is None or addr[0] != peer[0] or addr[1] != peer[1]:
+            if peer is not None and now - self._peer_seen < RELATCH_AFTER:
                 self.stats.foreign += 1
                 return
-            self._peer = source
+            self._peer = (str(addr[0]), int(addr[1]))
         self._peer_seen = now
         self.stats.received += 1
         if pt == media.telephone_event:
@@ -205,10 +210,13 @@ class RtpStream(asyncio.DatagramProtocol):
         return self.media.remote if self.media is not None else None
 
     def _send(self, packet: RtpPacket) -> None:
+        self._send_raw(packet.serialize())
+
+    def _send_raw(self, data: bytes) -> None:
         dest = self.destination
         if self._transport is None or dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::"):
             return
-        self._transport.sendto(packet.serialize(), dest)
+        self._transport.sendto(data, dest)
         self.stats.sent += 1
         now = self._loop.time()
         if self._last_send and self.media is not None:
@@ -225,15 +233,23 @@ class RtpStream(asyncio.DatagramProtocol):
             self._send_digit_step(media, codec)
             return
         samples = convert_rate(frame, self.call_rate, codec.rate)
+        per_packet, units = self._per_packet, self._units
+        if not len(self._out) and len(samples) == per_packet:  # the usual case: one frame, one packet
+            self._send_audio(media.payload_type, codec.encode(samples), units)
+            return
         self._out = np.concatenate([self._out, samples]) if len(self._out) else samples
-        per_packet = codec.rate * media.ptime // 1000
         while len(self._out) >= per_packet:
             chunk, self._out = self._out[:per_packet], self._out[per_packet:]
-            payload = codec.encode(np.ascontiguousarray(chunk))
-            self._send(RtpPacket(media.payload_type, self._seq, self._ts, self._ssrc, payload, self._marker))
-            self._marker = False
-            self._seq = (self._seq + 1) & 0xFFFF
-            self._ts = (self._ts + codec.timestamp_units(per_packet)) & 0xFFFFFFFF
+            self._send_audio(media.payload_type, codec.encode(np.ascontiguousarray(chunk)), units)
+
+    def _send_audio(self, pt: int, payload: bytes, units: int) -> None:
+        # the hot path: the header packed directly, no packet object
+        self._send_raw(
+            _HEADER.pack(0x80, (0x80 if self._marker else 0) | pt, self._seq, self._ts, self._ssrc) + payload
+        )
+        self._marker = False
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + units) & 0xFFFFFFFF
 
     def send_digit(self, digit: str, duration: float) -> asyncio.Future[None]:
         """Queue one RFC 4733 digit; the future completes when its end packets are out."""
