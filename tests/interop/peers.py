@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -261,3 +262,42 @@ def scenario(name: str, **values: object) -> str:
 
 with contextlib.suppress(Exception):
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+# --- junk for the ports -------------------------------------------------------------------------------
+
+_VALID_INVITE = (
+    b"INVITE sip:record@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-fz\r\n"
+    b"From: <sip:f@127.0.0.1>;tag=1\r\nTo: <sip:record@127.0.0.1>\r\nCall-ID: fuzz-1\r\nCSeq: 1 INVITE\r\n"
+    b"Contact: <sip:f@127.0.0.1:5999>\r\nContent-Type: application/sdp\r\nContent-Length: 70\r\n\r\n"
+    b"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5998 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+def junk_packets(rng: random.Random, n: int) -> list[bytes]:
+    """Random bytes, truncated and lying SIP, RTP headers whose lengths lie, mutated INVITEs."""
+    out: list[bytes] = []
+    invite = b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKj\r\nCSeq: abc INVITE\r\n"
+    for i in range(n):
+        kind = i % 7
+        if kind == 0:
+            out.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400))))
+        elif kind == 1:
+            out.append(invite[: rng.randint(1, len(invite))])
+        elif kind == 2:
+            out.append(invite + b"Content-Length: 99999\r\n\r\nv=0")
+        elif kind == 3:  # RTP header with lengths that lie
+            out.append(bytes([0x80 | rng.randint(0, 0x3F), rng.randint(0, 255)]) + bytes(rng.randint(0, 12)))
+        elif kind == 4:
+            out.append(b"SIP/2.0 200 OK\r\nVia: garbage\r\n\r\n")
+        elif kind == 5:
+            out.append(
+                b"BYE sip:a SIP/2.0\r\nCall-ID: \x00\xff\r\nFrom: <<<\r\nTo: >\r\nVia: ;;;\r\n"
+                b"CSeq: 99999999999999999999 BYE\r\n\r\n"
+            )
+        else:  # a valid INVITE with a few bytes changed: parses, but rarely as meant
+            data = bytearray(_VALID_INVITE)
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.getrandbits(8)
+            out.append(bytes(data))
+    return out

@@ -117,6 +117,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level != "debug":
+        # aiosipua logs a warning per malformed packet: a flood at the port would flood the log.
+        # Our transport logs the first bad packet of each address and counts the rest.
+        logging.getLogger("aiosipua").setLevel(logging.ERROR)
     try:
         config = _config(args)
     except ValueError as e:

@@ -85,6 +85,7 @@ class _Dispatch:
 
     on_message: Callable[[SipRequest | SipResponse, tuple[str, int]], None] | None
     malformed: int = 0
+    current_source: tuple[str, int] | None = None
     _noisy: set[str]
 
     def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -101,6 +102,7 @@ class _Dispatch:
                 log.warning("unparsable SIP from %s:%s dropped (%s); further ones are counted", *addr, e)
             return
         if self.on_message is not None:
+            self.current_source = addr  # where a reply to this message goes on a connection
             try:
                 self.on_message(msg, addr)
             except Exception:
@@ -138,7 +140,10 @@ class UdpTransport(_Dispatch, UdpSipTransport):
 
     def send_reply(self, response: SipResponse) -> None:
         self.replies.remember(response)
-        super().send_reply(response)
+        try:
+            super().send_reply(response)
+        except (ValueError, OSError) as e:  # no usable Via: nowhere to answer
+            log.debug("SIP response not sent: %s", e)
 
 
 class TcpTransport(_Dispatch, TcpSipTransport):
@@ -179,10 +184,14 @@ class TcpTransport(_Dispatch, TcpSipTransport):
         self.replies.remember(response)
         key = transaction_key(response)
         source = self.replies.sources.get(key) if key is not None else None
-        if source is not None and source in self._connections:
-            self.send(response, source)
-            return
-        super().send_reply(response)
+        for addr in (source, self.current_source):
+            if addr is not None and addr in self._connections:
+                self.send(response, addr)
+                return
+        try:
+            super().send_reply(response)
+        except (ValueError, RuntimeError, OSError) as e:  # the connection is gone: nowhere to answer
+            log.debug("SIP response not sent: %s", e)
 
 
 SipTransportT = UdpTransport | TcpTransport
