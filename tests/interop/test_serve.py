@@ -293,3 +293,31 @@ def test_workers_share_the_sip_port(engine: EngineFactory, tmp_path: Path) -> No
     assert len(recs) == 12 and all(r["end_reason"] in ("hangup", "script_end") for r in recs)
     pids = {line.split()[2] for line in eng.log().splitlines() if " swml.serve: call " in line and " from " in line}
     assert len(pids) == 2, eng.log()
+
+
+def test_recording_survives_sigkill_of_the_service(engine: EngineFactory, tmp_path: Path) -> None:
+    script = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - play: {url: 'silence:60'}\n"
+    eng = engine(script)
+    work = tmp_path / "sipp"
+    xml = scenario("caller_hangs_up", pcap="pcap/g711a.pcap", pause=8000, dtmf="pcap/dtmf_2833_1.pcap", after=1000)
+    caller = threading.Thread(target=lambda: run_sipp(work, xml, eng.port, timeout=20))
+    caller.start()
+    assert wait_for(lambda: any(e["type"] == "record.state" for c in eng.call_events() for e in c), 10)
+    time.sleep(4.0)
+    assert eng.proc is not None
+    eng.proc.kill()  # SIGKILL: no finalising, no header rewrite
+    eng.proc.wait()
+    eng.proc = None  # (killed on purpose: the fixture's exit-code check is for the restarted one)
+    caller.join(40)
+    # the next start repairs the file, marks it, and logs it
+    again = Engine(eng.script, eng.data, port=eng.port).start()
+    try:
+        assert "recovered recording" in again.log()
+        [meta] = again.recordings()
+        assert meta["end_reason"] == "recovered"
+        audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+        # at most 1 s before the kill is lost; the caller's speech is there
+        assert 3.0 <= len(audio) / rate <= 4.3, len(audio) / rate
+        assert np.sqrt(np.mean(audio[:, 0].astype(float) ** 2)) > 300
+    finally:
+        assert again.stop() == 0
