@@ -165,15 +165,14 @@ class MediaTicker:
             self._handle = None
             self._by_loop.pop(id(self.loop), None)
 
-    def _step(self, target: TickTarget, half: str) -> None:
-        try:
-            getattr(target, half)()
-        except Exception as e:  # a broken call must not stop the media of the others
-            self.errors.append(e)
-            self.remove(target)
-            handler = getattr(target, "on_media_error", None)
-            if handler is not None:
-                handler(e)
+    def _drop(self, target: TickTarget, error: Exception) -> None:
+        if target not in self.targets:
+            return  # already dropped in the first half
+        self.errors.append(error)
+        self.remove(target)
+        handler = getattr(target, "on_media_error", None)
+        if handler is not None:
+            handler(error)
 
     def _due(self, count: int) -> float:
         return self._base + count * FRAME_SECONDS
@@ -184,11 +183,20 @@ class MediaTicker:
             # Two passes: every call sends its frame first, then the taps (recording) run, so how long
             # recording takes never delays another call's packet within the tick.
             targets = list(self.targets)
+            failed = False
             for target in targets:
-                self._step(target, "media_out")
+                try:
+                    target.media_out()
+                except Exception as e:  # a broken call must not stop the media of the others
+                    self._drop(target, e)
+                    failed = True
+            if failed:
+                targets = [t for t in targets if t in self.targets]
             for target in targets:
-                if target in self.targets:
-                    self._step(target, "media_in")
+                try:
+                    target.media_in()
+                except Exception as e:
+                    self._drop(target, e)
             self._count += 1
             if not self.targets:
                 self._handle = None

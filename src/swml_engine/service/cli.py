@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -87,6 +88,8 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     except OSError as e:
         print(f"swml serve: cannot listen: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # What exists now lives as long as the service: keep it out of every garbage collection from here on.
+    gc.freeze()
     print(f"swml serve: worker {worker} ready, SIP on port {service.sip_port}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
