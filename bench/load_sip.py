@@ -190,6 +190,7 @@ def run(calls: int, seconds: float, workers: int, work: Path) -> dict[str, float
         "calls": calls,
         "recordings": len(recs),
         "short_recordings": sum(1 for d in durations if d < seconds - 1.0),
+        "refused_503": calls - len(recs),
         "lost_frames": lost,
         "send_jitter_p99_ms": float(np.percentile(jitters, 99)) if jitters else float("nan"),
         "engine_cpu_pct_per_call": 100 * (c1 - c0) / (t1 - t0) / calls,

@@ -196,6 +196,16 @@ class Call:
             tap.on_frame(speak, listen)
         self.frame_index += 1
 
+    def media_skip(self, frames: int) -> None:
+        """The loop fell too far behind: ``frames`` ticks are skipped. Recordings get silence of that
+        length (never a shorter file), the transport drops the audio it holds for that time."""
+        self.frame_index += frames
+        self.transport.skip(frames)
+        for tap in tuple(self.taps):
+            on_gap = getattr(tap, "on_gap", None)
+            if on_gap is not None:
+                on_gap(frames)
+
     def media_tick(self) -> None:
         self.media_out()
         self.media_in()

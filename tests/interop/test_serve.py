@@ -321,3 +321,28 @@ def test_recording_survives_sigkill_of_the_service(engine: EngineFactory, tmp_pa
         assert np.sqrt(np.mean(audio[:, 0].astype(float) ** 2)) > 300
     finally:
         assert again.stop() == 0
+
+
+def test_max_calls_refuses_with_503_and_keeps_the_call_in_progress(engine: EngineFactory, tmp_path: Path) -> None:
+    http = free_port()
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - sleep: 3000\n",
+        "--max-calls",
+        "1",
+        "--http",
+        f"127.0.0.1:{http}",
+    )
+    first: dict[str, object] = {}
+    xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    caller = threading.Thread(target=lambda: first.update(res=run_sipp(tmp_path / "sipp1", xml, eng.port)))
+    caller.start()
+    assert wait_for(
+        lambda: any(e["type"] == "call.state" and e["state"] == "answered" for c in eng.call_events() for e in c), 10
+    )
+    check(run_sipp(tmp_path / "sipp2", scenario("rejected", status=503), eng.port), tmp_path / "sipp2", eng)
+    caller.join(20)
+    check(first["res"], tmp_path / "sipp1", eng)
+    assert "refused 503" in eng.log() and "--max-calls" in eng.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=3) as r:
+        health = json.loads(r.read())
+    assert health["refused"] == 1 and health["completed"] == 1

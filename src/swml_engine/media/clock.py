@@ -126,10 +126,14 @@ async def run_io(fn: Callable[..., T], *args: Any) -> T:
 class TickTarget(Protocol):
     def media_out(self) -> None: ...
     def media_in(self) -> None: ...
+    def media_skip(self, frames: int) -> None: ...
 
 
 class MediaTicker:
     """One 20 ms timer per loop that steps the media of every call on it."""
+
+    #: On a real clock, ticks later than this are skipped (recordings get silence for them).
+    MAX_LATE = 0.2
 
     _by_loop: dict[int, MediaTicker] = {}  # noqa: RUF012 - one ticker per running loop
 
@@ -140,6 +144,16 @@ class MediaTicker:
         self._base = 0.0
         self._count = 0
         self.errors: list[BaseException] = []
+        #: How late the ticks run (seconds, smoothed): a loop with more calls than it can carry.
+        self.lag = 0.0
+        #: Ticks skipped because the loop was more than MAX_LATE behind.
+        self.skipped = 0
+
+    @classmethod
+    def lag_of(cls, loop: asyncio.AbstractEventLoop) -> float:
+        """The smoothed lateness of the media ticks on ``loop`` (0 when no call is on it)."""
+        ticker = cls._by_loop.get(id(loop))
+        return ticker.lag if ticker is not None and ticker.loop is loop else 0.0
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> MediaTicker:
@@ -165,6 +179,17 @@ class MediaTicker:
             self._handle = None
             self._by_loop.pop(id(self.loop), None)
 
+    def _skip(self, frames: int) -> None:
+        """Far behind the wall clock (CPU saturated): skip ticks rather than fall further behind, so
+        calls stay in time with the network and recordings with the call (silence fills the gap)."""
+        for target in list(self.targets):
+            try:
+                target.media_skip(frames)
+            except Exception as e:
+                self._drop(target, e)
+        self._count += frames
+        self.skipped += frames
+
     def _drop(self, target: TickTarget, error: Exception) -> None:
         if target not in self.targets:
             return  # already dropped in the first half
@@ -179,6 +204,11 @@ class MediaTicker:
 
     def _tick(self) -> None:
         virtual = isinstance(self.loop, VirtualTimeLoop)
+        if not virtual:
+            late = max(0.0, self.loop.time() - self._due(self._count))
+            self.lag = 0.9 * self.lag + 0.1 * late
+            if late > self.MAX_LATE:
+                self._skip(int(late / FRAME_SECONDS))
         while True:
             # Two passes: every call sends its frame first, then the taps (recording) run, so how long
             # recording takes never delays another call's packet within the tick.

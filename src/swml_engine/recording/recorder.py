@@ -132,6 +132,25 @@ class Recording:
         if self._max_frames is not None and self._received >= self._max_frames:
             self._end_soon("max_length")
 
+    def on_gap(self, frames: int) -> None:
+        """The call skipped ``frames`` ticks (an overloaded loop): silence of that length keeps the file whole."""
+        if self._ending or self._writer is None or frames <= 0:
+            return
+        if self._max_frames is not None:
+            frames = min(frames, max(0, self._max_frames - self._received))
+        if self._pending is not None and not self._write_pending():
+            return
+        channels = 2 if self.settings.stereo else 1
+        pcm = np.zeros((frames * (self.call.rate // FRAMES_PER_SECOND), channels), dtype=np.int16)
+        self._pending = pcm if channels == 2 else pcm[:, 0]
+        if not self._write_pending():
+            return
+        self.frames += frames - 1  # (_write_pending counted one)
+        self._received += frames
+        self._silent_frames += frames
+        if self._max_frames is not None and self._received >= self._max_frames:
+            self._end_soon("max_length")
+
     def _write_pending(self) -> bool:
         assert self._writer is not None
         try:

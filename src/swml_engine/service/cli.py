@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--rtp-ports", type=port_range, default=(20000, 30000), metavar="LOW-HIGH")
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the SIP port")
+    s.add_argument("--max-calls", type=int, default=0, metavar="N", help="calls per worker before 503 (0: no limit)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=cmd_serve)
 
@@ -74,6 +75,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         rtp_ports=args.rtp_ports,
         envs=envs,
         reuse_port=args.workers > 1,
+        max_calls=max(0, args.max_calls),
     )
 
 

@@ -26,7 +26,7 @@ from swml_engine.document.model import Document
 from swml_engine.document.remote import fetch_document
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
-from swml_engine.media.clock import run_io
+from swml_engine.media.clock import MediaTicker, run_io
 from swml_engine.recording.callbacks import CallbackHub
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -53,6 +53,10 @@ class ServiceConfig:
     fetch_timeout: float = 10.0
     #: Several worker processes share the SIP port (SO_REUSEPORT).
     reuse_port: bool = False
+    #: Calls one worker takes at once; beyond, new calls get 503 (0: no limit).
+    max_calls: int = 0
+    #: New calls get 503 while the media ticks run this late (s): the calls in progress come first.
+    max_lag: float = 0.06
 
 
 class Service:
@@ -65,6 +69,7 @@ class Service:
         self.calls: dict[str, SipCallTransport] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.completed = 0
+        self.refused = 0
         self._http: asyncio.Server | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -120,6 +125,13 @@ class Service:
         sip_call_id = incoming.call_id
         if sip_call_id in self.calls:
             return  # the same Call-ID again on another transport: the first one owns it
+        busy = self._overloaded()
+        if busy:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 100 == 0:
+                log.warning("call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused)
+            incoming.reject(503, "Service Unavailable")
+            return
         if not incoming.invite.body:
             log.info("call %s rejected 488: INVITE without SDP offer (delayed offer is not supported)", sip_call_id)
             incoming.reject(488, "Not Acceptable Here")
@@ -160,6 +172,16 @@ class Service:
         if transport is not None:
             log.info("call %s: no ACK for our 200 OK, call ended", incoming.call_id)
             transport.remote_bye()
+
+    def _overloaded(self) -> str | None:
+        """Why a new call would hurt the calls in progress, if it would."""
+        cfg = self.config
+        if cfg.max_calls and len(self.calls) >= cfg.max_calls:
+            return f"{len(self.calls)} calls, the --max-calls limit"
+        lag = MediaTicker.lag_of(asyncio.get_running_loop())
+        if cfg.max_lag and lag > cfg.max_lag:
+            return f"media running {lag * 1000:.0f} ms late (CPU saturated)"
+        return None
 
     # --- one call ---------------------------------------------------------------------------------
 
@@ -253,7 +275,7 @@ class Service:
             while (await asyncio.wait_for(reader.readline(), 5)).strip():
                 pass
             if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] in ("/health", "/healthz"):
-                body = json.dumps({"status": "ok", "calls": len(self.calls), "completed": self.completed}).encode()
+                body = json.dumps(self.stats()).encode()
                 status = "200 OK"
             else:
                 body, status = b'{"error": "not found"}', "404 Not Found"
@@ -266,4 +288,11 @@ class Service:
             writer.close()
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": len(self.calls), "completed": self.completed}
+        lag = MediaTicker.lag_of(asyncio.get_running_loop())
+        return {
+            "status": "ok",
+            "calls": len(self.calls),
+            "completed": self.completed,
+            "refused": self.refused,
+            "media_lag_ms": round(lag * 1000, 1),
+        }

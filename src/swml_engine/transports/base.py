@@ -37,6 +37,9 @@ class Transport(ABC):
     def write_listen(self, frame: Frame) -> None:
         """What the party hears for this tick. Never blocks."""
 
+    def skip(self, frames: int) -> None:
+        """The call skipped ``frames`` ticks (an overloaded loop); drop what was due in them."""
+
     @abstractmethod
     async def answer(self) -> None:
         """Answer the call (SIP: 200 OK)."""

@@ -64,6 +64,9 @@ class SipCallTransport(Transport):
     def read_speak(self) -> Frame | None:
         return self.rtp.read() if self._media_on else None
 
+    def skip(self, frames: int) -> None:
+        self.rtp.skip(frames)
+
     def write_listen(self, frame: Frame) -> None:
         if self._media_on:
             self.rtp.write(frame)

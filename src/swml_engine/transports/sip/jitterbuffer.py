@@ -85,6 +85,11 @@ class JitterBuffer:
         if self._high - self.read_pos > self.max_depth:
             self._skip_to(self._high - self.delay)
 
+    def skip(self, frames: int) -> None:
+        """Drop ``frames`` frames of playout (the call skipped that many ticks)."""
+        if self._started:
+            self._skip_to(self.read_pos + frames * self.frame)
+
     def _skip_to(self, pos: int) -> None:
         while self.read_pos + self.frame <= pos:
             self._take()

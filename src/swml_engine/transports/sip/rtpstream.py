@@ -201,6 +201,10 @@ class RtpStream(asyncio.DatagramProtocol):
             return None
         return convert_rate(frame, self.codec.rate, self.call_rate)
 
+    def skip(self, frames: int) -> None:
+        if self._jitter is not None:
+            self._jitter.skip(frames)
+
     # --- sending ----------------------------------------------------------------------------------
 
     @property
