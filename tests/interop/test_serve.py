@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -346,3 +347,67 @@ def test_max_calls_refuses_with_503_and_keeps_the_call_in_progress(engine: Engin
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=3) as r:
         health = json.loads(r.read())
     assert health["refused"] == 1 and health["completed"] == 1
+
+
+class RawUac:
+    """A bare SIP client on a UDP socket, to send exactly the retransmissions a test needs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.3)
+        self.local = self.sock.getsockname()[1]
+        self.replies: list[str] = []
+
+    def send(self, method: str, cseq: int, branch: str, to_tag: str = "", body: str = "") -> None:
+        headers = [
+            f"{method} sip:record@127.0.0.1:{self.port} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.local};branch={branch};rport",
+            "From: <sip:raw@127.0.0.1>;tag=raw1",
+            f"To: <sip:record@127.0.0.1>{';tag=' + to_tag if to_tag else ''}",
+            "Call-ID: raw-call-1@127.0.0.1",
+            f"CSeq: {cseq} {method}",
+            f"Contact: <sip:raw@127.0.0.1:{self.local}>",
+            "Max-Forwards: 70",
+        ]
+        if body:
+            headers.append("Content-Type: application/sdp")
+        headers.append(f"Content-Length: {len(body)}")
+        self.sock.sendto(("\r\n".join(headers) + "\r\n\r\n" + body).encode(), ("127.0.0.1", self.port))
+
+    def collect(self, seconds: float) -> list[str]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                self.replies.append(self.sock.recv(65535).decode())
+        return self.replies
+
+    def statuses(self, method: str) -> list[int]:
+        return [int(r.split()[1]) for r in self.replies if r.startswith("SIP/2.0") and f" {method}\r\n" in r]
+
+
+def test_retransmitted_invite_and_bye_are_absorbed(engine: EngineFactory) -> None:
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n    - sleep: 5000\n")
+    uac = RawUac(eng.port)
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n"
+    try:
+        uac.send("INVITE", 1, "z9hG4bK-inv1", body=sdp)
+        uac.collect(0.3)
+        uac.send("INVITE", 1, "z9hG4bK-inv1", body=sdp)  # the same INVITE again: a retransmission
+        uac.collect(0.7)
+        ok = next(r for r in uac.replies if r.startswith("SIP/2.0 200"))
+        to_tag = ok.split("To:")[1].split("tag=")[1].split("\r\n")[0].split(";")[0]
+        uac.send("ACK", 1, "z9hG4bK-ack1", to_tag)
+        uac.send("BYE", 2, "z9hG4bK-bye1", to_tag)
+        uac.collect(0.4)
+        uac.send("BYE", 2, "z9hG4bK-bye1", to_tag)  # our 200 was "lost": the BYE comes again
+        uac.collect(0.6)
+    finally:
+        uac.sock.close()
+    assert uac.statuses("BYE") == [200, 200]  # the same answer, not 481 or 500
+    assert 200 in uac.statuses("INVITE") and not [s for s in uac.statuses("INVITE") if s >= 300]
+    eng.wait_idle()
+    assert len(eng.call_events()) == 1  # one call, not two
+    ended = [e for e in eng.call_events()[0] if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended[0]["reason"] == "remote_hangup"
