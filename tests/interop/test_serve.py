@@ -411,3 +411,18 @@ def test_retransmitted_invite_and_bye_are_absorbed(engine: EngineFactory) -> Non
     assert len(eng.call_events()) == 1  # one call, not two
     ended = [e for e in eng.call_events()[0] if e["type"] == "call.state" and e["state"] == "ended"]
     assert ended[0]["reason"] == "remote_hangup"
+
+
+def test_status_callbacks_from_a_sip_call(engine: EngineFactory, http_server: HttpServer, tmp_path: Path) -> None:
+    url = http_server.url("/status")
+    http_server.failures["/status"] = [500]  # the first attempt fails: retried on the shared pool
+    script = f"version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {{status_url: '{url}'}}\n    - sleep: 1000\n"
+    eng = engine(script)
+    xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    check(run_sipp(tmp_path / "sipp", xml, eng.port), tmp_path / "sipp", eng)
+    assert wait_for(lambda: sum(1 for r in http_server.requests if r["path"] == "/status") >= 3, 10)
+    posts = [r["json"] for r in http_server.requests if r["path"] == "/status"]
+    assert [p["params"]["state"] for p in posts] == ["recording", "recording", "finished"]
+    call_id = next(e["call_id"] for e in eng.call_events()[0] if e["type"] == "call.state")
+    assert all(p["event_type"] == "calling.call.record" and p["params"]["call_id"] == call_id for p in posts)
+    assert 0.9 < float(posts[-1]["params"]["duration"]) < 1.3

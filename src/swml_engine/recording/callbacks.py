@@ -1,18 +1,20 @@
 """Status callbacks: POST JSON to a ``status_url`` in order, retried with backoff, never blocking a call.
 
-Each status URL of a recording gets a channel: a queue and one worker thread that sends its payloads
-one after another (so ``recording`` always arrives before ``finished``), on real time, beside the call.
-A failed attempt (connection error, timeout, non-2xx) is retried after 0.5, 1, 2, 4 ... s, up to
-:data:`MAX_ATTEMPTS`. Every attempt is an event: ``callback`` with url, attempt, status (HTTP code or
-the error) and ``delivered``.
+Each status URL of a recording gets a channel: a queue whose payloads are sent one after another (so
+``recording`` always arrives before ``finished``), on real time, beside the call, by a thread of a pool
+shared by every call of the process — a service with hundreds of recording calls does not run hundreds
+of threads, and connections to the same receiver are reused. A failed attempt (connection error,
+timeout, non-2xx) is retried after 0.5, 1, 2, 4 ... s, up to :data:`MAX_ATTEMPTS`. Every attempt is an
+event: ``callback`` with url, attempt, status (HTTP code or the error) and ``delivered``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -23,8 +25,24 @@ from swml_engine.media.sources.url import split_auth
 MAX_ATTEMPTS = 6
 TIMEOUT = 5.0
 FIRST_BACKOFF = 0.5
+#: Channels delivering at the same time (a slow receiver holds one while it retries).
+POOL_SIZE = 32
 
-_STOP = object()
+
+class _Pool:
+    """The process's delivery threads and one HTTP client (connection reuse across calls)."""
+
+    _lock = threading.Lock()
+    _executor: ThreadPoolExecutor | None = None
+    _client: httpx.Client | None = None
+
+    @classmethod
+    def get(cls) -> tuple[ThreadPoolExecutor, httpx.Client]:
+        with cls._lock:
+            if cls._executor is None or cls._client is None:
+                cls._executor = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="swml-callbacks")
+                cls._client = httpx.Client(limits=httpx.Limits(max_connections=POOL_SIZE * 2))
+            return cls._executor, cls._client
 
 
 class CallbackChannel:
@@ -33,36 +51,50 @@ class CallbackChannel:
         self.events = events
         self.attempts = attempts
         self.timeout = timeout
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="swml-callbacks", daemon=True)
-        self._thread.start()
+        self._queue: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._idle = threading.Event()
+        self._idle.set()
 
     def send(self, payload: dict[str, Any]) -> None:
-        self._queue.put(payload)
+        with self._lock:
+            self._queue.append(payload)
+            if self._busy:
+                return  # the running drain takes it, in order
+            self._busy = True
+            self._idle.clear()
+        executor, _ = _Pool.get()
+        executor.submit(self._drain)
 
     def close(self) -> None:
-        """No more payloads; the worker ends once the queue is sent."""
-        self._queue.put(_STOP)
+        """No more payloads (kept for symmetry: the channel holds no thread of its own)."""
 
     def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait until everything sent so far was delivered or gave up."""
+        return self._idle.wait(timeout)
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout, auth=self._auth) as client:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
+    def _drain(self) -> None:
+        _, client = _Pool.get()
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._busy = False
+                    self._idle.set()
                     return
-                assert isinstance(item, dict)
-                self._deliver(client, item)
+                payload = self._queue.popleft()
+            try:
+                self._deliver(client, payload)
+            except Exception as e:  # never lose the channel to one bad payload
+                self._note(state=payload.get("params", {}).get("state"), attempt=0, status=str(e), delivered=False)
 
     def _deliver(self, client: httpx.Client, payload: dict[str, Any]) -> None:
         state = payload.get("params", {}).get("state")
         delay = FIRST_BACKOFF
         for attempt in range(1, self.attempts + 1):
             try:
-                resp = client.post(self.url, json=payload)
+                auth = self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
+                resp = client.post(self.url, json=payload, auth=auth, timeout=self.timeout)
                 status: int | str = resp.status_code
                 ok = 200 <= resp.status_code < 300
             except httpx.HTTPError as e:
