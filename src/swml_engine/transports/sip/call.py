@@ -51,6 +51,7 @@ class SipCallTransport(Transport):
         self.media: Media | None = None
         self._media_on = False
         self.ended = False
+        self.answered = False
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
@@ -98,8 +99,6 @@ class SipCallTransport(Transport):
             return
         self.invite.accept(parse_sdp(sdp))
         self.answered = True
-
-    answered = False
 
     def _reject(self, status: int, reason: str, why: str) -> None:
         log.info("call %s rejected %s %s: %s", self.invite.call_id, status, reason, why)

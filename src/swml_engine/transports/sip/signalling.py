@@ -217,7 +217,6 @@ class SipServer(SipUAS):
         self.protocol = "TCP" if isinstance(transport, TcpTransport) else "UDP"
         #: BYE retransmission tasks by Call-ID, ended by the BYE's response.
         self._byes: dict[str, asyncio.Task[None]] = {}
-        self.on_malformed: Callable[[], None] | None = None
 
     # --- incoming ---------------------------------------------------------------------------------
 
@@ -313,8 +312,3 @@ class SipServer(SipUAS):
             task.cancel()
         self._byes.clear()
         await super().stop()
-
-
-def describe(call: IncomingCall) -> dict[str, Any]:
-    """Loggable summary of an INVITE."""
-    return {"call_id": call.call_id, "from": call.caller, "to": call.callee, "source": call.source_addr}
