@@ -52,6 +52,7 @@ class SipCallTransport(Transport):
         self._media_on = False
         self.ended = False
         self.answered = False
+        self._closed = False
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
@@ -125,6 +126,9 @@ class SipCallTransport(Transport):
 
     async def close(self) -> None:
         self._media_on = False
+        if self._closed:
+            return
+        self._closed = True
         self.rtp.close()
         if self.call is not None:  # what the network did to this call, for the operator
             stats = asdict(self.rtp.stats)
