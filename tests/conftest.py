@@ -74,8 +74,8 @@ class HttpServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     #: path → list of status codes to answer, one per request, before the normal answer.
     failures: dict[str, list[int]] = field(default_factory=dict)
-    #: path → seconds to wait before answering.
-    delays: dict[str, float] = field(default_factory=dict)
+    #: path → seconds to wait before answering (a list: one per request, then none).
+    delays: dict[str, float | list[float]] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -99,8 +99,11 @@ def http_server() -> Iterator[HttpServer]:
                 with contextlib.suppress(ValueError):
                     req["json"] = json.loads(body)
             state.requests.append(req)
-            if path in state.delays:
-                time.sleep(state.delays[path])
+            delay = state.delays.get(path)
+            if isinstance(delay, list):
+                delay = delay.pop(0) if delay else None
+            if delay:
+                time.sleep(delay)
             fails = state.failures.get(path)
             if fails:
                 self.send_response(fails.pop(0))

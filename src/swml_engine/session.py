@@ -71,6 +71,8 @@ class Simulation:
     realtime: bool = False
     allow_file_urls: bool = True
     on_event: Callable[[dict[str, Any]], None] | None = None
+    #: Seconds one status callback attempt may take before it is retried.
+    callback_timeout: float = 5.0
     #: Longest wait for status callbacks still being delivered when the call is over (seconds).
     callback_wait: float = 60.0
 
@@ -119,7 +121,7 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
         transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
         data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
         store = RecordingStore(data_dir / "recordings")
-        callbacks = CallbackHub(events)
+        callbacks = CallbackHub(events, timeout=sim.callback_timeout)
         options = CallOptions(
             data_dir=data_dir,
             allow_file_urls=sim.allow_file_urls,

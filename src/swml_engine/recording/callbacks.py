@@ -116,12 +116,14 @@ class CallbackChannel:
 class CallbackHub:
     """All callback channels of one call (or one service); ``drain`` waits for them, bounded."""
 
-    def __init__(self, events: EventLog) -> None:
+    def __init__(self, events: EventLog, *, timeout: float = TIMEOUT) -> None:
         self.events = events
+        #: Seconds one attempt may take before it counts as failed (and is retried).
+        self.timeout = timeout
         self.channels: list[CallbackChannel] = []
 
     def channel(self, url: str) -> CallbackChannel:
-        ch = CallbackChannel(url, self.events)
+        ch = CallbackChannel(url, self.events, timeout=self.timeout)
         self.channels.append(ch)
         return ch
 

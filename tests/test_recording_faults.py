@@ -1,0 +1,91 @@
+"""Recording when things go wrong outside the engine: the disk fills up, a callback receiver hangs."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import HttpServer, read_wav, run_doc, tone, wav_bytes
+
+FULL_DISK_DOC = """
+version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {stereo: true, format: wav}
+    - sleep: 3000
+    - set: {after: 'still running'}
+    - hangup
+"""
+
+#: Bytes a process may write to any one file: the stereo recording (32 kB/s) hits it at ~2 s, before
+#: heard.wav (16 kB/s) does.
+FILE_LIMIT = 64 * 1024
+
+
+def _limit_file_size() -> None:
+    # RLIMIT_FSIZE makes the kernel refuse writes past the limit with EFBIG, as a full disk refuses
+    # them with ENOSPC: a real failed write(2), without needing root to fill a filesystem.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+def test_storage_full_mid_recording_fails_the_recording_not_the_call(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.yaml"
+    doc.write_text(FULL_DISK_DOC)
+    caller = tmp_path / "caller.wav"
+    caller.write_bytes(wav_bytes(tone(440, 4.0)))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--caller-audio", str(caller), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads((out / "vars.json").read_text())["after"] == "still running"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    states = [e["state"] for e in events if e["type"] == "record.state"]
+    assert states == ["recording", "error"]
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and "File too large" in errors[0]["message"]
+    [meta_path] = (out / "recordings").glob("*.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["end_reason"] == "error" and meta["state"] == "error"
+    # what was written before the storage refused more is a valid, readable file
+    audio, rate = read_wav(Path(meta["url"].removeprefix("file://")))
+    assert 1.5 < len(audio) / rate <= FILE_LIMIT / (rate * 4)
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "hangup"
+
+
+def test_callback_receiver_that_hangs_is_retried_and_never_holds_the_call(
+    http_server: HttpServer, tmp_path: Path
+) -> None:
+    url = http_server.url("/hang")
+    http_server.delays["/hang"] = [1.5]  # the first attempt gets no answer within the 0.3 s timeout
+    doc = f"""
+version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {{status_url: '{url}'}}
+    - sleep: 2000
+    - hangup
+"""
+    res = run_doc(doc, tmp_path, callback_timeout=0.3)
+    assert abs(res.duration - 2.0) < 0.05  # the call's time is its own: the hanging receiver cost it nothing
+    attempts = [e for e in res.events if e["type"] == "callback"]
+    first = attempts[0]
+    assert first["state"] == "recording" and first["attempt"] == 1 and not first["delivered"]
+    assert "Timeout" in str(first["status"])
+    delivered = [(e["state"], e["attempt"]) for e in attempts if e["delivered"]]
+    assert delivered == [("recording", 2), ("finished", 1)]  # retried, and still in order
+    got = [r["json"]["params"]["state"] for r in http_server.requests if r["path"] == "/hang"]
+    assert got[-2:] == ["recording", "finished"]
