@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from interop.peers import Engine, junk_packets, run_sipp, scenario, wait_for  # noqa: E402
+from interop.peers import Engine, flood, junk_packets, run_sipp, scenario, wait_for  # noqa: E402
 from load_sip import lost_frames, tone_pcap  # noqa: E402
 
 SCRIPT = """version: 1.0.0
@@ -68,28 +67,8 @@ def main() -> int:
         rtp_port = next(e for e in eng.call_events()[0] if e["type"] == "sip.invite")["rtp_port"]
         rss_before = rss_kib(eng.proc.pid)
         rng = random.Random(11)
-        packets = junk_packets(rng, 5000)
-        sent = 0
         started = time.monotonic()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            while time.monotonic() - started < args.seconds:
-                for p in packets[:500]:
-                    s.sendto(p, ("127.0.0.1", eng.port))
-                    s.sendto(p, ("127.0.0.1", rtp_port))
-                    sent += 2
-                rng.shuffle(packets)
-                for blob in (
-                    packets[0],
-                    b"INVITE " + b"A" * 70000,
-                    b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nab",
-                ):
-                    try:
-                        with socket.create_connection(("127.0.0.1", eng.port), timeout=2) as t:
-                            t.sendall(blob)
-                    except OSError:
-                        pass
-                    sent += 1
-                time.sleep(0.01)
+        sent = flood(eng.port, rtp_port, args.seconds, rng, junk_packets(rng, 5000), batch=500)
         elapsed = time.monotonic() - started
         alive = eng.alive()
         rss_after = rss_kib(eng.proc.pid) if alive else 0

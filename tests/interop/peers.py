@@ -301,3 +301,28 @@ def junk_packets(rng: random.Random, n: int) -> list[bytes]:
                 data[rng.randrange(len(data))] = rng.getrandbits(8)
             out.append(bytes(data))
     return out
+
+
+def flood(port: int, rtp_port: int, seconds: float, rng: random.Random, packets: list[bytes], batch: int) -> int:
+    """Throw ``packets`` at the SIP port and an RTP port (UDP), and broken TCP connections at the SIP
+    port, for ``seconds``; returns how many were sent."""
+    sent = 0
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < deadline:
+            for p in packets[:batch]:
+                s.sendto(p, ("127.0.0.1", port))
+                s.sendto(p, ("127.0.0.1", rtp_port))
+                sent += 2
+            rng.shuffle(packets)
+            # TCP: garbage, a header that never ends, a connection that closes mid-message
+            for blob in (
+                packets[0],
+                b"INVITE " + b"A" * 70000,
+                b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nab",
+            ):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as t:
+                    t.sendall(blob)
+                sent += 1
+            time.sleep(0.01)
+    return sent

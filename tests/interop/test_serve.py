@@ -19,7 +19,18 @@ from conftest import HttpServer, read_wav, spectrum_peaks, tone
 from swml_engine.transports.sip.codecs import Pcma
 from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 
-from .peers import Engine, Sniffer, free_port, junk_packets, run_sipp, scenario, sipp_errors, wait_for, write_pcap_rtp
+from .peers import (
+    Engine,
+    Sniffer,
+    flood,
+    free_port,
+    junk_packets,
+    run_sipp,
+    scenario,
+    sipp_errors,
+    wait_for,
+    write_pcap_rtp,
+)
 
 EngineFactory = Callable[..., Engine]
 
@@ -226,25 +237,7 @@ def test_junk_flood_does_not_stop_the_service(engine: EngineFactory, tmp_path: P
     assert wait_for(lambda: eng.call_events() and any(e["type"] == "sip.invite" for e in eng.call_events()[0]), 10)
     rtp_port = next(e for e in eng.call_events()[0] if e["type"] == "sip.invite")["rtp_port"]
     rng = random.Random(3)
-    packets = junk_packets(rng, 3000)
-    sent = 0
-    deadline = time.monotonic() + 5
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        while time.monotonic() < deadline:
-            for p in packets[:300]:
-                s.sendto(p, ("127.0.0.1", eng.port))
-                s.sendto(p, ("127.0.0.1", rtp_port))
-                sent += 2
-            rng.shuffle(packets)
-            # TCP: garbage, a header that never ends, a connection that closes mid-message
-            for blob in (
-                packets[0],
-                b"INVITE " + b"A" * 70000,
-                b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nab",
-            ):
-                with socket.create_connection(("127.0.0.1", eng.port), timeout=2) as t:
-                    t.sendall(blob)
-            time.sleep(0.05)
+    sent = flood(eng.port, rtp_port, 5.0, rng, junk_packets(rng, 3000), batch=300)
     caller.join(30)
     check(result["res"], work, eng)
     assert sent > 5000

@@ -80,26 +80,26 @@ class SipCallTransport(Transport):
         self._media_on = True
         return build_answer(self.offer, self.media, self.rtp.local, self.session)
 
-    async def early_media(self) -> None:
+    def _answer_sdp(self) -> str | None:
+        """Our SDP answer (media starts), or None when the call was refused with 488."""
         if self.ended:
-            return
+            return None
         try:
-            sdp = self._negotiate()
+            return self._negotiate()
         except NotAcceptable as e:
             self._reject(488, "Not Acceptable Here", str(e))
-            return
-        self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
+            return None
+
+    async def early_media(self) -> None:
+        sdp = self._answer_sdp()
+        if sdp is not None:
+            self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
 
     async def answer(self) -> None:
-        if self.ended:
-            return
-        try:
-            sdp = self._negotiate()
-        except NotAcceptable as e:
-            self._reject(488, "Not Acceptable Here", str(e))
-            return
-        self.invite.accept(parse_sdp(sdp))
-        self.answered = True
+        sdp = self._answer_sdp()
+        if sdp is not None:
+            self.invite.accept(parse_sdp(sdp))
+            self.answered = True
 
     def _reject(self, status: int, reason: str, why: str) -> None:
         log.info("call %s rejected %s %s: %s", self.invite.call_id, status, reason, why)

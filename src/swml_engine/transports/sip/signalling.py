@@ -86,7 +86,12 @@ class _Dispatch:
     on_message: Callable[[SipRequest | SipResponse, tuple[str, int]], None] | None
     malformed: int = 0
     current_source: tuple[str, int] | None = None
-    _noisy: set[str]
+
+    def __init__(self, local_addr: tuple[str, int], *, reuse_port: bool = False) -> None:
+        super().__init__(local_addr=local_addr)  # type: ignore[call-arg]  # (the aiosipua transport's)
+        self.replies = ReplyCache()
+        self.reuse_port = reuse_port
+        self._noisy: set[str] = set()
 
     def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
         if not data.strip():
@@ -124,12 +129,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class UdpTransport(_Dispatch, UdpSipTransport):
     """aiosipua's UDP transport, remembering responses and able to share its port with other workers."""
 
-    def __init__(self, local_addr: tuple[str, int], *, reuse_port: bool = False) -> None:
-        super().__init__(local_addr=local_addr)
-        self.replies = ReplyCache()
-        self.reuse_port = reuse_port
-        self._noisy = set()
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
@@ -148,12 +147,6 @@ class UdpTransport(_Dispatch, UdpSipTransport):
 
 class TcpTransport(_Dispatch, TcpSipTransport):
     """aiosipua's TCP transport; responses return over the request's own connection."""
-
-    def __init__(self, local_addr: tuple[str, int], *, reuse_port: bool = False) -> None:
-        super().__init__(local_addr=local_addr)
-        self.replies = ReplyCache()
-        self.reuse_port = reuse_port
-        self._noisy = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
