@@ -3,7 +3,7 @@
     .venv/bin/python bench/load_sip.py --calls 100 200 300 --seconds 60 --workers 2
 
 For each N: start `swml serve --workers W`, have sipp place N calls (one UDP socket per call so the
-kernel spreads them over the workers), each playing a 440 Hz caller from a pcap for the whole call,
+kernel spreads them over the workers), each streaming a 440 Hz caller (SIPp rtp_stream, PCMA) for the whole call,
 then read back every recording and the engine's per-call RTP statistics. Reports per N:
 
 - lost frames: 20 ms frames of digital silence in a recording's caller channel while the caller was
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -36,9 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interop.peers import free_port, scenario, write_pcap_rtp  # noqa: E402
+from interop.peers import free_port, scenario  # noqa: E402
 from swml_engine.transports.sip.codecs import Pcma  # noqa: E402
-from swml_engine.transports.sip.rtp import RtpPacket  # noqa: E402
 
 SCRIPT = """version: 1.0.0
 sections:
@@ -49,20 +47,10 @@ sections:
 """
 
 
-def tone_pcap(path: Path, seconds: float) -> None:
-    codec = Pcma()
-    n = int(seconds * 50)
-    t = np.arange(160 * n) / 8000
-    audio = (np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16)
-    ssrc = random.getrandbits(32)
-    packets = [
-        (
-            1_700_000_000 + i * 0.02,
-            RtpPacket(8, i, i * 160, ssrc, codec.encode(audio[i * 160 : (i + 1) * 160])).serialize(),
-        )
-        for i in range(n)
-    ]
-    write_pcap_rtp(path, packets)
+def tone_file(path: Path) -> None:
+    """One second of a 440 Hz caller in raw A-law (a whole number of cycles: it loops without a seam)."""
+    t = np.arange(8000) / 8000
+    path.write_bytes(Pcma().encode((np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16)))
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -128,12 +116,8 @@ def run(calls: int, seconds: float, workers: int, work: Path) -> dict[str, float
     time.sleep(2.0)
     sipp_dir = work / f"sipp-{calls}"
     sipp_dir.mkdir(exist_ok=True)
-    (sipp_dir / "pcap").unlink(missing_ok=True)
-    (sipp_dir / "pcap").symlink_to("/usr/share/sip-tester")
-    tone_pcap(sipp_dir / "tone.pcap", seconds)
-    xml = scenario(
-        "caller_hangs_up", pcap="tone.pcap", pause=int(seconds * 1000), dtmf="pcap/dtmf_2833_1.pcap", after=0
-    )
+    tone_file(sipp_dir / "tone.alaw")
+    xml = scenario(ROOT / "bench" / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000))
     (sipp_dir / "load.xml").write_text(xml)
     rate = min(100, calls)  # calls per second while ramping up
     sipp = subprocess.Popen(

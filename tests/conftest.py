@@ -31,6 +31,13 @@ def vars_set(res: SimResult, name: str) -> list[Any]:
     return [e["value"] for e in res.events if e["type"] == "vars.set" and e["name"] == name]
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file another process may be appending to (the last line can
+    be half written when read mid-write)."""
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as w:
         data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")

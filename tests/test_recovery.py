@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from conftest import tone, wav_bytes
+from conftest import read_jsonl, tone, wav_bytes
 
 SCRIPT = """
 sections:
@@ -43,7 +43,7 @@ def test_sigkill_mid_recording_then_recover(tmp_path: Path) -> None:
     while time.monotonic() < deadline and started < 3:
         time.sleep(0.02)
         if events.exists():
-            lines = [json.loads(x) for x in events.read_text().splitlines() if x.strip()]
+            lines = read_jsonl(events)
             started = sum(1 for e in lines if e["type"] == "record.state" and e["state"] == "recording")
     assert started == 3
     t_start = time.monotonic()

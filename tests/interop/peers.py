@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import read_jsonl
+
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 #: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
 ENGINE_RTP = (41000, 41999)
@@ -102,12 +104,7 @@ class Engine:
         wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
 
     def call_events(self) -> list[list[dict[str, object]]]:
-        import json
-
-        return [
-            [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            for p in sorted((self.data / "calls").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
-        ]
+        return [read_jsonl(p) for p in sorted((self.data / "calls").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)]
 
 
 def run_sipp(
@@ -253,9 +250,10 @@ def wait_for(predicate: object, timeout: float) -> bool:
 PCMA_MEDIA = "8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15"
 
 
-def scenario(name: str, **values: object) -> str:
-    """A scenario of scenarios/ with its ``{placeholders}`` filled in."""
-    text = (Path(__file__).parent / "scenarios" / f"{name}.xml").read_text()
+def scenario(name: str | Path, **values: object) -> str:
+    """A scenario of scenarios/ (or the file at a path) with its ``{placeholders}`` filled in."""
+    path = name if isinstance(name, Path) else Path(__file__).parent / "scenarios" / f"{name}.xml"
+    text = path.read_text()
     values = {"media": PCMA_MEDIA, **values}
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
 

@@ -159,6 +159,19 @@ def test_jitter_buffer_timestamp_wraparound() -> None:
     assert jb.stats.resyncs == 0
 
 
+def test_jitter_buffer_overlapping_packets_stay_bounded() -> None:
+    """A broken sender whose 20 ms packets advance the timestamp by only 10 ms: frames keep coming at
+    the call's pace, the overlap is dropped rather than queued, and memory stays bounded."""
+    jb = JitterBuffer(8000)
+    for i in range(3000):  # 60 s of this
+        jb.push(1, i * 80, np.full(160, 7, np.int16))
+        if i % 2:  # the packets come every 10 ms: one frame out per two packets
+            frame = jb.pop()
+            assert frame is not None and len(frame) == 160
+    assert len(jb._chunks) < 100
+    assert jb.read_pos == 1500 * 160
+
+
 # --- SDP ------------------------------------------------------------------------------------------
 
 OFFER = """v=0\r

@@ -69,7 +69,7 @@ class Recording:
         self._received = 0
         # One frame is held back: when the recording stops at time T, the frame starting at T (whose tick
         # may run just before the stop at the same instant) is dropped, so durations are exact to a frame.
-        self._pending: Any = None
+        self._pending: Frame | tuple[Frame | None, Frame | None] | None = None
         self._t0 = 0.0
         self.ended = asyncio.Event()
         self._writer: Writer | None = None
@@ -112,18 +112,16 @@ class Recording:
             return
         s = self.settings
         judged: Frame | None = None
-        if s.stereo:
-            pcm: Any = np.zeros((len(speak), 2), dtype=np.int16)
-            if s.direction != "listen":
-                pcm[:, 0] = speak
-            if s.direction != "speak":
-                pcm[:, 1] = listen
+        pending: Frame | tuple[Frame | None, Frame | None]
+        if s.stereo:  # the two sides go straight into the writer's block (no stereo frame built here)
+            pending = (speak if s.direction != "listen" else None, listen if s.direction != "speak" else None)
         else:
-            pcm = speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
-            judged = pcm
+            pending = judged = (
+                speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
+            )
         if self._pending is not None and not self._write_pending():
             return
-        self._pending = pcm
+        self._pending = pending
         self._received += 1
         if self._vad is not None:  # VAD judges the recorded direction(s), mixed
             if judged is None:
@@ -152,9 +150,13 @@ class Recording:
             self._end_soon("max_length")
 
     def _write_pending(self) -> bool:
-        assert self._writer is not None
+        pending = self._pending
+        assert self._writer is not None and pending is not None
         try:
-            self._writer.write(self._pending)
+            if isinstance(pending, tuple):
+                self._writer.write_channels(*pending)
+            else:
+                self._writer.write(pending)
         except EncoderError as e:
             self._pending = None
             self._end_soon("error", str(e))

@@ -13,7 +13,10 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from swml_engine.media.frame import silence
+
 Samples = npt.NDArray[np.int16]
+_SILENCE = silence(8000)
 
 
 def _ulaw_decode_table() -> npt.NDArray[np.int16]:
@@ -78,11 +81,16 @@ class _G711(Codec):
     _decode_table: ClassVar[npt.NDArray[np.int16]]
     _encode_table: ClassVar[npt.NDArray[np.uint8]]
 
+    def __init__(self) -> None:
+        self._silent_payload = bytes(self._encode_table[_SILENCE.view(np.uint16)])
+
     def decode(self, payload: bytes) -> Samples:
         out: Samples = self._decode_table[np.frombuffer(payload, dtype=np.uint8)]
         return out
 
     def encode(self, samples: Samples) -> bytes:
+        if samples is _SILENCE:  # the shared silent frame: what a call sends whenever nothing plays
+            return self._silent_payload
         return bytes(self._encode_table[samples.view(np.uint16)])
 
 

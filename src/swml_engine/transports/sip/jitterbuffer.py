@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from swml_engine.transports.sip.codecs import Samples
-from swml_engine.transports.sip.rtp import ts_delta
 
 
 @dataclass
@@ -26,6 +25,13 @@ class JitterStats:
 
 
 class JitterBuffer:
+    """Decoded packets kept by the absolute sample position their timestamp gives them.
+
+    A packet that fills exactly the next frame (20 ms packets, in order or reordered within the delay:
+    nearly every packet of nearly every call) is handed out as it is; only frames that take their audio
+    from several packets, or from none, are assembled sample by sample.
+    """
+
     def __init__(self, rate: int, clock_rate: int = 8000, *, delay: float = 0.06, capacity: float = 1.0) -> None:
         self.rate = rate
         self.frame = rate // 50
@@ -35,14 +41,15 @@ class JitterBuffer:
         self.size = round(capacity * rate)
         #: Beyond this much queued audio the sender runs fast (or burst after a stall): skip ahead.
         self.max_depth = self.delay + round(0.2 * rate)
-        self._buf = np.zeros(self.size, dtype=np.int16)
-        self._filled = np.zeros(self.size, dtype=bool)
+        #: start position -> samples; every key is at or after read_pos once a frame has been taken.
+        self._chunks: dict[int, Samples] = {}
         self.read_pos = 0  # absolute sample index of the next frame out
         self._started = False
         self._ssrc: int | None = None
         self._last_ts = 0
         self._last_pos = 0
         self._high = 0  # end of the latest audio written
+        self._purge_at = 64
         self.stats = JitterStats()
 
     def _resync(self, ssrc: int, ts: int) -> None:
@@ -60,30 +67,27 @@ class JitterBuffer:
             return
         if ssrc != self._ssrc:
             self._resync(ssrc, timestamp)
-        pos = self._last_pos + round(ts_delta(timestamp, self._last_ts) * self._scale)
-        if pos > self.read_pos + self.size - n or pos + n < self.read_pos - self.size:
+        delta = ((timestamp - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # ts_delta, inline
+        pos = self._last_pos + (delta if self._scale == 1 else round(delta * self._scale))
+        read_pos = self.read_pos
+        if pos > read_pos + self.size - n or pos + n < read_pos - self.size:
             # Far ahead or far behind: the sender restarted its timeline (not jitter).
             self._resync(ssrc, timestamp)
             pos = self._last_pos
         else:
             self._last_ts, self._last_pos = timestamp, pos
-        if pos + n <= self.read_pos:
+        if pos + n <= read_pos:
             self.stats.late += 1
             return
-        if pos < self.read_pos:  # partly late: keep the part still to come
-            samples = samples[self.read_pos - pos :]
-            pos = self.read_pos
+        if pos < read_pos:  # partly late: keep the part still to come
+            samples = samples[read_pos - pos :]
+            pos = read_pos
             n = len(samples)
-        start = pos % self.size
-        first = min(n, self.size - start)
-        self._buf[start : start + first] = samples[:first]
-        self._filled[start : start + first] = True
-        if first < n:
-            self._buf[: n - first] = samples[first:]
-            self._filled[: n - first] = True
-        self._high = max(self._high, pos + n)
-        if self._high - self.read_pos > self.max_depth:
-            self._skip_to(self._high - self.delay)
+        self._chunks[pos] = samples
+        if pos + n > self._high:
+            self._high = pos + n
+            if self._high - read_pos > self.max_depth:
+                self._skip_to(self._high - self.delay)
 
     def skip(self, frames: int) -> None:
         """Drop ``frames`` frames of playout (the call skipped that many ticks)."""
@@ -91,28 +95,42 @@ class JitterBuffer:
             self._skip_to(self.read_pos + frames * self.frame)
 
     def _skip_to(self, pos: int) -> None:
-        while self.read_pos + self.frame <= pos:
-            self._take()
+        """Move playout to the last frame boundary at or before ``pos``, dropping the audio before it."""
+        new = self.read_pos + (pos - self.read_pos) // self.frame * self.frame
+        chunks = self._chunks
+        for key in [k for k in chunks if k < new]:
+            samples = chunks.pop(key)
+            if key + len(samples) > new:
+                chunks.setdefault(new, samples[new - key :])
+        self.read_pos = new
 
     def _take(self) -> tuple[Samples, bool]:
-        start = self.read_pos % self.size
+        start = self.read_pos
         end = start + self.frame
-        if end <= self.size:
-            frame = self._buf[start:end].copy()
-            filled = self._filled[start:end]
-            complete = bool(filled.all())
-            if not complete:
-                frame[~filled] = 0
-            self._filled[start:end] = False
-        else:  # the frame wraps around the ring
-            idx = np.arange(start, end) % self.size
-            frame = self._buf[idx]
-            filled = self._filled[idx]
-            complete = bool(filled.all())
-            frame[~filled] = 0
-            self._filled[idx] = False
-        self.read_pos += self.frame
-        return frame, complete
+        self.read_pos = end
+        chunks = self._chunks
+        exact = chunks.pop(start, None)
+        if exact is not None and len(exact) == self.frame:
+            if len(chunks) > self._purge_at:  # a sender whose packets overlap leaves stale pieces behind
+                self._skip_to(end)
+                self._purge_at = max(64, 2 * len(chunks))
+            return exact, True
+        if exact is not None:
+            chunks[start] = exact
+        # Assembled from the pieces that overlap this frame (30 ms packets, losses, odd sizes).
+        frame = np.zeros(self.frame, dtype=np.int16)
+        filled = np.zeros(self.frame, dtype=bool)
+        for key in sorted(k for k in chunks if k < end):
+            samples = chunks.pop(key)
+            stop = key + len(samples)
+            if stop <= start:
+                continue  # overtaken by another packet for the same time
+            a, b = max(key, start), min(stop, end)
+            frame[a - start : b - start] = samples[a - key : b - key]
+            filled[a - start : b - start] = True
+            if stop > end:
+                chunks.setdefault(end, samples[end - key :])
+        return frame, bool(filled.all())
 
     def pop(self) -> Samples | None:
         """The next 20 ms (gaps filled with silence), or None before the first packet arrived."""

@@ -22,7 +22,7 @@ from swml_engine.media.frame import Frame
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
-from swml_engine.transports.sip.rtp import _HEADER, RtpPacket, parse_rtp
+from swml_engine.transports.sip.rtp import _HEADER, HEADER_SIZE, RtpPacket, parse_rtp
 from swml_engine.transports.sip.sdp import Media
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class RtpStream(asyncio.DatagramProtocol):
         self._last_send = 0.0
         self._per_packet = 160
         self._units = 160
+        self._ptime = 0.02
+        self._dest: tuple[str, int] | None = None
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -154,6 +156,8 @@ class RtpStream(asyncio.DatagramProtocol):
         if self.media is None or media.remote != self.media.remote:
             self._peer = None  # the peer moved (or is new): learn its address again
         self.media = media
+        self._route()
+        self._ptime = media.ptime / 1000
         assert self.codec is not None
         self._per_packet = self.codec.rate * media.ptime // 1000
         self._units = self.codec.timestamp_units(self._per_packet)
@@ -162,11 +166,20 @@ class RtpStream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         media, codec, jitter = self.media, self.codec, self._jitter
-        packet = parse_rtp(data)
-        if packet is None or media is None or codec is None or jitter is None:
+        if media is None or codec is None or jitter is None:
             self.stats.malformed += 1
             return
-        pt = packet.payload_type
+        if data[:1] == b"\x80" and len(data) > HEADER_SIZE:
+            # The usual packet (no CSRC list, extension or padding): header and payload at fixed places.
+            _, b1, _, timestamp, ssrc = _HEADER.unpack_from(data)
+            pt = b1 & 0x7F
+            payload = data[HEADER_SIZE:]
+        else:
+            packet = parse_rtp(data)
+            if packet is None:
+                self.stats.malformed += 1
+                return
+            pt, timestamp, ssrc, payload = packet.payload_type, packet.timestamp, packet.ssrc, packet.payload
         if pt != media.payload_type and pt != media.telephone_event:
             self.stats.malformed += 1
             return
@@ -177,20 +190,21 @@ class RtpStream(asyncio.DatagramProtocol):
                 self.stats.foreign += 1
                 return
             self._peer = (str(addr[0]), int(addr[1]))
+            self._route()
         self._peer_seen = now
         self.stats.received += 1
         if pt == media.telephone_event:
-            digit = self._dtmf.receive(packet.ssrc, packet.timestamp, packet.payload)
+            digit = self._dtmf.receive(ssrc, timestamp, payload)
             if digit is not None:
                 self.stats.dtmf_received += 1
                 self.on_digit(digit)
             return
         try:
-            samples = codec.decode(packet.payload)
+            samples = codec.decode(payload)
         except Exception:  # a corrupt payload the decoder refuses: count it, keep the call
             self.stats.malformed += 1
             return
-        jitter.push(packet.ssrc, packet.timestamp, samples)
+        jitter.push(ssrc, timestamp, samples)
 
     def read(self) -> Frame | None:
         """The caller's next 20 ms at the call's rate (None before any audio arrived)."""
@@ -213,20 +227,26 @@ class RtpStream(asyncio.DatagramProtocol):
             return self._peer
         return self.media.remote if self.media is not None else None
 
+    def _route(self) -> None:
+        """Where packets go now (the latched peer, else the SDP address), None while that is nowhere."""
+        dest = self.destination
+        self._dest = None if dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::") else dest
+
     def _send(self, packet: RtpPacket) -> None:
         self._send_raw(packet.serialize())
 
     def _send_raw(self, data: bytes) -> None:
-        dest = self.destination
-        if self._transport is None or dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::"):
+        dest, transport = self._dest, self._transport
+        if transport is None or dest is None:
             return
-        self._transport.sendto(data, dest)
-        self.stats.sent += 1
+        transport.sendto(data, dest)
+        stats = self.stats
+        stats.sent += 1
         now = self._loop.time()
-        if self._last_send and self.media is not None:
-            gap = abs(now - self._last_send - self.media.ptime / 1000)
-            self.stats.send_deviation_ms[min(50, int(gap * 1000))] += 1
-        self._last_send = now
+        last, self._last_send = self._last_send, now
+        if last:
+            ms = int(abs(now - last - self._ptime) * 1000)
+            stats.send_deviation_ms[ms if ms < 50 else 50] += 1
 
     def write(self, frame: Frame) -> None:
         """What the caller hears for this tick; sent in packets of the negotiated ptime."""
