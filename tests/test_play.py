@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import RATE, read_wav, rms, run_doc, spectrum_peaks, tone, wav_bytes, window
 
@@ -129,3 +130,49 @@ def test_caller_audio_starts_at_answer_and_heard_is_the_listen_stream(tmp_path: 
     )
     assert res.result.reason == "script_end"
     assert rms(heard(tmp_path)) == 0  # the caller does not hear themselves
+
+
+def test_play_status_callbacks(http_server) -> None:  # type: ignore[no-untyped-def]
+    """Each play reports playing then finished (error when a sound cannot be played) with its own
+    control_id, in the order they happened, as play.mdx's StatusCallbacks show."""
+    cb = http_server.url("/play-status")
+    missing = http_server.url("/missing.wav")
+    res = run_doc(
+        f"""
+sections:
+  main:
+    - play: {{url: 'silence:1.5', status_url: '{cb}'}}
+    - play: {{urls: ['silence:0.5', '{missing}'], status_url: '{cb}'}}
+    - play: {{url: 'silence:0.5'}}
+"""
+    )
+    posts = [r["json"] for r in http_server.requests if r["path"] == "/play-status"]
+    assert [p["params"]["state"] for p in posts] == ["playing", "finished", "playing", "error"]
+    ids = [p["params"]["control_id"] for p in posts]
+    assert ids[0] == ids[1] != ids[2] == ids[3] and len(ids[0]) == 36
+    call_id = res.call.call_id
+    for p in posts:
+        assert p["event_type"] == "calling.call.play" and p["event_channel"] == f"swml:{call_id}"
+        assert p["params"]["call_id"] == call_id and p["params"]["node_id"]
+    assert posts[1]["timestamp"] - posts[0]["timestamp"] == pytest.approx(1.5, abs=0.03)
+    assert posts[3]["timestamp"] - posts[2]["timestamp"] == pytest.approx(0.5, abs=0.03)
+    assert abs(res.duration - 2.5) < 0.041  # the failed play did not stop the script
+
+
+def test_play_status_url_must_be_http(tmp_path: Path) -> None:
+    from swml_engine.document.loader import load_text
+    from swml_engine.errors import DocumentError
+
+    with pytest.raises(DocumentError) as info:
+        load_text("sections: {main: [{play: {url: 'silence:1', status_url: 'ftp://example.com/x'}}]}")
+    assert "sections.main[0].play.status_url: 'ftp://example.com/x' is not an http(s) URL" in str(info.value)
+    # substituted at run time: the step fails with the same message, the script goes on
+    res = run_doc(
+        "sections: {main: [{set: {u: 'example.com/cb'}}, {play: {url: 'silence:1', status_url: '${u}'}}, "
+        "{set: {after: ok}}]}",
+        tmp_path,
+    )
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert errors and errors[0]["where"] == "sections.main[1].play"
+    assert errors[0]["message"] == "sections.main[1].play.status_url: 'example.com/cb' is not an http(s) URL"
+    assert res.vars["after"] == "ok"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import run_doc, vars_set
 
 
@@ -267,3 +269,26 @@ sections:
     )
     assert res.vars["dept"] == "support"
     assert vars_set(res, "prompt_result") == ["match_digits"]
+
+
+def test_prompt_status_callbacks(http_server) -> None:  # type: ignore[no-untyped-def]
+    """calling.call.collect as prompt.mdx shows: digits with the terminator, then a no_input."""
+    cb = http_server.url("/collect")
+    res = run_doc(
+        f"""
+sections:
+  main:
+    - prompt: {{play: 'silence:1', max_digits: 4, terminators: '#', status_url: '{cb}'}}
+    - prompt: {{play: 'silence:1', initial_timeout: 1, status_url: '{cb}'}}
+""",
+        dtmf=[(0.5, "1"), (0.75, "2"), (1.5, "#")],
+    )
+    posts = [r["json"] for r in http_server.requests if r["path"] == "/collect"]
+    assert [p["params"]["result"] for p in posts] == [
+        {"type": "digit", "params": {"digits": "12", "terminator": "#"}},
+        {"type": "no_input"},
+    ]
+    assert all(p["event_type"] == "calling.call.collect" for p in posts)
+    assert posts[0]["params"]["control_id"] != posts[1]["params"]["control_id"]
+    assert posts[0]["params"]["call_id"] == res.call.call_id
+    assert posts[1]["timestamp"] - posts[0]["timestamp"] == pytest.approx(2.0, abs=0.03)

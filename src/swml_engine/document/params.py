@@ -84,6 +84,22 @@ class Str(Spec):
         return text
 
 
+class HttpUrl(Str):
+    """An http(s) URL with a host (where status callbacks go)."""
+
+    _URL = re.compile(r"https?://[^/\s?#]+", re.IGNORECASE)
+
+    def __init__(self) -> None:
+        super().__init__(allow_empty=False)
+
+    def check(self, value: object, path: str) -> object:
+        text = super().check(value, path)
+        assert isinstance(text, str)
+        if not self._URL.match(text):
+            raise ParamError(path, f"{describe(value)} is not an http(s) URL")
+        return text
+
+
 class Num(Spec):
     """A number; numeric strings are accepted (a substituted ``${...}`` is a string)."""
 

@@ -7,9 +7,11 @@ same names (play.mdx, *Variables read by the method*).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
-from swml_engine.document.params import Bool, ListOf, Num, Spec, Str, param
+from swml_engine.callbacks import StatusReporter
+from swml_engine.document.params import Bool, HttpUrl, ListOf, Num, Spec, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.playlist import PlayFailed, Playlist
 from swml_engine.media.sources import Sound, parse_sound
@@ -44,7 +46,7 @@ class PlayParams(VoiceParams):
     urls: list[str] | None = param(ListOf(SoundSpec(), min_items=1))
     volume: float = param(VOLUME, default=0.0)
     auto_answer: bool = param(Bool(), default=True)
-    status_url: str | None = param(Str())
+    status_url: str | None = param(HttpUrl())
 
 
 def voice_of(ctx: StepContext, p: VoiceParams) -> Voice:
@@ -93,8 +95,15 @@ class Play(Method[PlayParams]):
             sounds = sounds_of([p.url], f"{ctx.where}.url")[:1]
         else:
             sounds = sounds_of(p.urls or [], f"{ctx.where}.urls")
+        status = StatusReporter(ctx.call, p.status_url, "calling.call.play", str(uuid.uuid4()))
         if p.auto_answer:
             await ctx.call.answer()
         else:
             await ctx.call.early_media()
-        ctx.result = await play_sounds(ctx, Playlist(ctx.call, sounds, voice=voice_of(ctx, p), volume_db=p.volume))
+        status.send({"state": "playing"})
+        try:
+            ctx.result = await play_sounds(ctx, Playlist(ctx.call, sounds, voice=voice_of(ctx, p), volume_db=p.volume))
+        except ParamError:
+            status.send({"state": "error"})
+            raise
+        status.send({"state": "finished"})

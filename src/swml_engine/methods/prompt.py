@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass
 
-from swml_engine.document.params import Chars, ListOf, Num, Str, param
+from swml_engine.callbacks import StatusReporter
+from swml_engine.document.params import Chars, HttpUrl, ListOf, Num, Str, param
+from swml_engine.errors import ParamError
 from swml_engine.media.playlist import Playlist
 from swml_engine.methods.base import BlockLoader, Method
 from swml_engine.methods.play import VOLUME, SoundSpec, VoiceParams, play_sounds, sounds_of, voice_of
@@ -40,7 +43,7 @@ class PromptParams(VoiceParams):
     speech_language: str | None = param(Str())
     speech_hints: list[str] | None = param(ListOf(Str()))
     speech_engine: str | None = param(Str())
-    status_url: str | None = param(Str())
+    status_url: str | None = param(HttpUrl())
 
 
 class Prompt(Method[PromptParams]):
@@ -56,6 +59,7 @@ class Prompt(Method[PromptParams]):
     async def run(self, ctx: StepContext, p: PromptParams) -> None:
         raw = ctx.step.params if isinstance(ctx.step.params, dict) else {}
         speech_only = any(k in raw for k in _SPEECH_KEYS) and not any(k in raw for k in _DIGIT_KEYS)
+        status = StatusReporter(ctx.call, p.status_url, "calling.call.collect", str(uuid.uuid4()))
         await ctx.call.answer()
         digits: asyncio.Queue[str] = asyncio.Queue()
         playlist = Playlist(
@@ -69,9 +73,13 @@ class Prompt(Method[PromptParams]):
 
         ctx.call.dtmf_listeners.append(on_digit)
         try:
-            await play_sounds(ctx, playlist)
+            try:
+                await play_sounds(ctx, playlist)
+            except ParamError:
+                status.send({"result": {"type": "error"}})
+                raise
             if speech_only:
-                self._outcome(ctx, "failed", "", "")
+                self._outcome(ctx, status, "failed", "", "")
                 ctx.events.emit(
                     "error",
                     where=ctx.where,
@@ -79,37 +87,47 @@ class Prompt(Method[PromptParams]):
                     "add max_digits or terminators to collect digits",
                 )
                 return
-            await self._collect(ctx, p, digits)
+            await self._collect(ctx, p, digits, status)
         finally:
             ctx.call.dtmf_listeners.remove(on_digit)
 
-    async def _collect(self, ctx: StepContext, p: PromptParams, digits: asyncio.Queue[str]) -> None:
+    async def _collect(
+        self, ctx: StepContext, p: PromptParams, digits: asyncio.Queue[str], status: StatusReporter
+    ) -> None:
         value = ""
         timeout = p.initial_timeout
         while True:
             got = await _next_digit(ctx, digits, timeout)
             if got is None:
                 if ctx.call.is_ended:
-                    self._outcome(ctx, "failed" if not value else "match_digits", value, "")
+                    self._outcome(ctx, status, "failed" if not value else "match_digits", value, "")
                 elif value:
-                    self._outcome(ctx, "match_digits", value, "")
+                    self._outcome(ctx, status, "match_digits", value, "")
                 else:
-                    self._outcome(ctx, "no_input", "", "")
+                    self._outcome(ctx, status, "no_input", "", "")
                 return
             if got in p.terminators:
-                self._outcome(ctx, "match_digits", value, got)
+                self._outcome(ctx, status, "match_digits", value, got)
                 return
             value += got
             if len(value) >= p.max_digits:
-                self._outcome(ctx, "match_digits", value, "")
+                self._outcome(ctx, status, "match_digits", value, "")
                 return
             timeout = p.digit_timeout
 
-    def _outcome(self, ctx: StepContext, result: str, value: str, terminator: str) -> None:
+    def _outcome(self, ctx: StepContext, status: StatusReporter, result: str, value: str, terminator: str) -> None:
         ctx.set_var("prompt_result", result)
         ctx.set_var("prompt_value", value)
         ctx.set_var("prompt_digit_terminator", terminator)
         ctx.result = result
+        status.send({"result": _collect_result(result, value, terminator)})
+
+
+def _collect_result(result: str, digits: str, terminator: str) -> dict[str, object]:
+    """prompt_result -> the ``result`` of the calling.call.collect callback (prompt.mdx, StatusCallbacks)."""
+    if result == "match_digits":
+        return {"type": "digit", "params": {"digits": digits, "terminator": terminator}}
+    return {"type": "no_input" if result == "no_input" else "error"}
 
 
 async def _next_digit(ctx: StepContext, digits: asyncio.Queue[str], timeout: float) -> str | None:

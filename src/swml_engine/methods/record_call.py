@@ -10,7 +10,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 
-from swml_engine.document.params import Bool, Chars, Num, Str, param
+from swml_engine.document.params import Bool, Chars, HttpUrl, Num, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.sources.tones import beep_frames
 from swml_engine.methods.base import Method
@@ -35,7 +35,7 @@ class RecordParams:
     initial_timeout: float = param(TIMEOUT, default=0.0)
     end_silence_timeout: float = param(TIMEOUT, default=0.0)
     max_length: float | None = param(Num(minimum=0.02, maximum=MAX_LENGTH, unit="seconds"))
-    status_url: str | None = param(Str())
+    status_url: str | None = param(HttpUrl())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +45,6 @@ class RecordCallParams(RecordParams):
 
 async def start_recording(ctx: StepContext, p: RecordParams, method: str, control_id: str) -> Recording:
     """Answer, beep if asked, start the recording right after the beep (so the beep is not in the file)."""
-    if p.status_url is not None and not p.status_url.lower().startswith(("http://", "https://")):
-        raise ParamError(f"{ctx.where}.status_url", f"{p.status_url!r} is not an http(s) URL")
     await ctx.call.answer()
     if p.beep:
         await ctx.call.play_frames(beep_frames(ctx.call.rate))

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
-from swml_engine.recording.callbacks import CallbackChannel, CallbackHub
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
 from swml_engine.recording.store import RecordingStore
 
@@ -52,7 +52,7 @@ def channel_layout(direction: str, stereo: bool) -> dict[str, str]:
 
 
 class Recording:
-    def __init__(self, call: Call, store: RecordingStore, settings: RecordSettings, callbacks: CallbackHub) -> None:
+    def __init__(self, call: Call, store: RecordingStore, settings: RecordSettings) -> None:
         self.call = call
         self.store = store
         self.settings = settings
@@ -77,7 +77,7 @@ class Recording:
         self._heard_speech = False
         self._silent_frames = 0
         self._ending = False
-        self._callback: CallbackChannel | None = callbacks.channel(settings.status_url) if settings.status_url else None
+        self._status = StatusReporter(call, settings.status_url, "calling.call.record", settings.control_id)
         s = settings
         self._max_frames = round(s.max_length * FRAMES_PER_SECOND) if s.max_length else None
         self._initial_frames = round(s.initial_timeout * FRAMES_PER_SECOND)
@@ -223,8 +223,6 @@ class Recording:
         self.state = state
         self._save_metadata()
         self._report(state)
-        if self._callback is not None:
-            self._callback.close()
         self.ended.set()
 
     # --- reporting ---------------------------------------------------------------------------------
@@ -262,7 +260,7 @@ class Recording:
         s = self.settings
         params: dict[str, Any] = {
             "call_id": self.call.call_id,
-            "node_id": "swml-engine",
+            "node_id": NODE_ID,
             "control_id": s.control_id,
             "state": state,
             "url": self.url,
@@ -286,26 +284,15 @@ class Recording:
     def _report(self, state: str) -> None:
         params = self._params(state)
         self.call.events.emit("record.state", **params)
-        if self._callback is not None:
-            self._callback.send(
-                {
-                    "event_type": "calling.call.record",
-                    "event_channel": f"swml:{self.call.call_id}",
-                    "timestamp": self.call.wall(),
-                    "project_id": "",
-                    "space_id": "",
-                    "params": params,
-                }
-            )
+        self._status.send(params)
 
 
 class Recordings:
     """Every recording of one call; the call finalises the live ones when it ends."""
 
-    def __init__(self, call: Call, store: RecordingStore, callbacks: CallbackHub) -> None:
+    def __init__(self, call: Call, store: RecordingStore) -> None:
         self.call = call
         self.store = store
-        self.callbacks = callbacks
         self.all: list[Recording] = []
         call.finalizers.append(self.stop_all)
 
@@ -313,7 +300,7 @@ class Recordings:
         return [r for r in self.all if r.state == "recording" and r.end_reason is None]
 
     def start(self, settings: RecordSettings) -> Recording:
-        rec = Recording(self.call, self.store, settings, self.callbacks)
+        rec = Recording(self.call, self.store, settings)
         rec.start()
         self.all.append(rec)
         return rec
@@ -337,10 +324,6 @@ def recordings_of(call: Call) -> Recordings:
     """The call's recordings (created on first use, in ``<data_dir>/recordings``)."""
     if call.recordings is None:
         root = (call.options.data_dir or Path.cwd()) / "recordings"
-        hub = call.options.extra.get("callbacks")
-        if not isinstance(hub, CallbackHub):
-            hub = CallbackHub(call.events)
-            call.options.extra["callbacks"] = hub
-        call.recordings = Recordings(call, RecordingStore(root), hub)
+        call.recordings = Recordings(call, RecordingStore(root))
     recordings: Recordings = call.recordings
     return recordings

@@ -21,13 +21,13 @@ from aiosipua.incoming_call import IncomingCall
 from aiosipua.message import SipRequest
 
 from swml_engine.call import Call, CallOptions
+from swml_engine.callbacks import CallbackHub
 from swml_engine.document.loader import load_file
 from swml_engine.document.model import Document
 from swml_engine.document.remote import fetch_document
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
 from swml_engine.media.clock import MediaTicker, run_io
-from swml_engine.recording.callbacks import CallbackHub
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables

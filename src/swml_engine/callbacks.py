@@ -1,9 +1,14 @@
 """Status callbacks: POST JSON to a ``status_url`` in order, retried with backoff, never blocking a call.
 
-Each status URL of a recording gets a channel: a queue whose payloads are sent one after another (so
-``recording`` always arrives before ``finished``), on real time, beside the call, by a thread of a pool
-shared by every call of the process — a service with hundreds of recording calls does not run hundreds
-of threads, and connections to the same receiver are reused. A failed attempt (connection error,
+``record_call``/``record``, ``play`` and ``prompt`` take a ``status_url``; each step that has one gets a
+:class:`StatusReporter`, which wraps its states in the envelope the SWML pages show (``event_type``,
+``event_channel``, ``timestamp``, ``params`` with ``call_id``, ``node_id``, ``control_id``).
+
+Each status URL of a call gets a channel: a queue whose payloads are sent one after another (so
+``recording`` always arrives before ``finished``, and one step's events before the next step's), on
+real time, beside the call, by a thread of a pool shared by every call of the process — a service with
+hundreds of recording calls does not run hundreds of threads, and connections to the same receiver
+are reused. A failed attempt (connection error,
 timeout, non-2xx) is retried after 0.5, 1, 2, 4 ... s, up to :data:`MAX_ATTEMPTS`. Every attempt is an
 event: ``callback`` with url, attempt, status (HTTP code or the error) and ``delivered``.
 """
@@ -15,12 +20,18 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from swml_engine.events import EventLog
 from swml_engine.media.sources.url import split_auth
+
+if TYPE_CHECKING:
+    from swml_engine.call import Call
+
+#: ``params.node_id`` of every callback: the engine that handled the call.
+NODE_ID = "swml-engine"
 
 MAX_ATTEMPTS = 6
 TIMEOUT = 5.0
@@ -47,6 +58,7 @@ class _Pool:
 
 class CallbackChannel:
     def __init__(self, url: str, events: EventLog, *, attempts: int = MAX_ATTEMPTS, timeout: float = TIMEOUT) -> None:
+        self.full_url = url
         self.url, self._auth = split_auth(url)
         self.events = events
         self.attempts = attempts
@@ -123,6 +135,12 @@ class CallbackHub:
         self.channels: list[CallbackChannel] = []
 
     def channel(self, url: str) -> CallbackChannel:
+        """The channel to ``url``: one per URL, so a receiver gets the call's events in the order they
+        happened even when several steps report to it (a play's ``finished`` before the next one's
+        ``playing``)."""
+        for ch in self.channels:
+            if ch.full_url == url:
+                return ch
         ch = CallbackChannel(url, self.events, timeout=self.timeout)
         self.channels.append(ch)
         return ch
@@ -136,3 +154,37 @@ class CallbackHub:
         for ch in self.channels:
             done = ch.join(max(0.0, deadline - time.monotonic())) and done
         return done
+
+
+def hub_of(call: Call) -> CallbackHub:
+    """The call's callback hub (the session or service puts one in the call options; else one is made)."""
+    hub = call.options.extra.get("callbacks")
+    if not isinstance(hub, CallbackHub):
+        hub = CallbackHub(call.events)
+        call.options.extra["callbacks"] = hub
+    return hub
+
+
+class StatusReporter:
+    """The status callbacks of one step: one ordered channel to its ``status_url`` (nothing without one)."""
+
+    def __init__(self, call: Call, url: str | None, event_type: str, control_id: str) -> None:
+        self.call = call
+        self.event_type = event_type
+        self.control_id = control_id
+        self.channel = hub_of(call).channel(url) if url else None
+
+    def send(self, params: dict[str, Any]) -> None:
+        if self.channel is None:
+            return
+        call = self.call
+        self.channel.send(
+            {
+                "event_type": self.event_type,
+                "event_channel": f"swml:{call.call_id}",
+                "timestamp": call.wall(),
+                "project_id": "",
+                "space_id": "",
+                "params": {"call_id": call.call_id, "node_id": NODE_ID, "control_id": self.control_id, **params},
+            }
+        )
