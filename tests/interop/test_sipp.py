@@ -168,3 +168,33 @@ def test_reinvite_hold_and_resume(engine: EngineFactory, tmp_path: Path) -> None
     assert reinvites == [(True, "recvonly"), (False, "sendrecv")]
     [meta] = eng.recordings(1)
     assert 4.7 < float(meta["duration"]) < 5.6  # 2 + 1.5 + 1.5 s, held time included
+
+
+def test_delayed_offer(engine: EngineFactory, tmp_path: Path) -> None:
+    """INVITE without SDP: our offer goes in the 200 OK (checked by sipp), the caller's answer comes in
+    the ACK, and the call is then like any other: its speech on the left of the recording, its digit."""
+    eng = engine(CALLER_HANGS_UP.replace("{fmt}", "wav"))
+    xml = scenario("delayed_offer", pcap="pcap/g711a.pcap", pause=8000, dtmf="pcap/dtmf_2833_5.pcap", after=1000)
+    res = run_sipp(tmp_path / "sipp", xml, eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    assert meta["end_reason"] == "hangup" and 8.7 < float(meta["duration"]) < 9.6, meta["duration"]
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert rate == 8000
+    assert best_correlation(audio[:, 0], pcap_speech()[8000:40000]) > 0.9
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [(e["codec"], e["direction"]) for e in events if e["type"] == "sip.answer"] == [("PCMA", "sendrecv")]
+    assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
+
+
+def test_delayed_offer_without_an_answer_in_the_ack_ends_with_bye(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(CALLER_HANGS_UP.replace("{fmt}", "wav"))
+    res = run_sipp(tmp_path / "sipp", scenario("delayed_offer_no_answer"), eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and errors[0]["where"] == "sip.ack" and "no SDP answer" in errors[0]["message"]
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "remote_rejected"  # as a 488: no session could be set up

@@ -13,7 +13,14 @@ from swml_engine.transports.sip.codecs import G722, Pcma, Pcmu
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer
 from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
-from swml_engine.transports.sip.sdp import NotAcceptable, SessionVersion, build_answer, negotiate, parse_offer
+from swml_engine.transports.sip.sdp import (
+    NotAcceptable,
+    SessionVersion,
+    build_answer,
+    build_offer,
+    negotiate,
+    parse_offer,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -215,3 +222,17 @@ def test_sdp_hold_and_bad_offers() -> None:
     ]:
         with pytest.raises(NotAcceptable, match=why):
             negotiate(parse_offer(bad), [])
+
+
+def test_our_offer_for_a_delayed_offer_call() -> None:
+    session = SessionVersion()
+    sdp = build_offer([], ("10.0.0.1", 40000), session)
+    assert "m=audio 40000 RTP/AVP 0 8 9 101\r\n" in sdp and "c=IN IP4 10.0.0.1\r\n" in sdp
+    assert "a=rtpmap:9 G722/8000\r\n" in sdp and "a=rtpmap:101 telephone-event/8000\r\n" in sdp
+    # answer.codecs narrows and orders the offer; the answer to it is read like an offer
+    sdp = build_offer(["G722", "G729", "PCMU"], ("10.0.0.1", 40000), session)
+    assert "m=audio 40000 RTP/AVP 9 0 101\r\n" in sdp
+    answer = parse_offer(sdp.replace("RTP/AVP 9 0 101", "RTP/AVP 0 101"))
+    assert negotiate(answer, ["G722", "PCMU"]).codec == "PCMU"
+    with pytest.raises(NotAcceptable, match="G729"):
+        build_offer(["G729"], ("10.0.0.1", 40000), session)

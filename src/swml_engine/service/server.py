@@ -91,6 +91,7 @@ class Service:
             server.on_cancel = self._on_cancel
             server.on_reinvite = self._on_reinvite
             server.on_ack_timeout = self._on_ack_timeout
+            server.on_ack = self._on_ack
             await server.start()
             self.servers.append(server)
         if cfg.http is not None:
@@ -132,17 +133,15 @@ class Service:
                 log.warning("call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused)
             incoming.reject(503, "Service Unavailable")
             return
-        if not incoming.invite.body:
-            log.info("call %s rejected 488: INVITE without SDP offer (delayed offer is not supported)", sip_call_id)
-            incoming.reject(488, "Not Acceptable Here")
-            return
-        try:
-            offer = parse_offer(incoming.invite.text)
-            negotiate(offer, [])  # at least one codec we speak, or 488 now
-        except NotAcceptable as e:
-            log.info("call %s rejected 488: %s", sip_call_id, e)
-            incoming.reject(488, "Not Acceptable Here")
-            return
+        offer = None  # no body: a delayed offer, we offer in the 200 OK
+        if incoming.invite.body:
+            try:
+                offer = parse_offer(incoming.invite.text)
+                negotiate(offer, [])  # at least one codec we speak, or 488 now
+            except NotAcceptable as e:
+                log.info("call %s rejected 488: %s", sip_call_id, e)
+                incoming.reject(488, "Not Acceptable Here")
+                return
         rtp_host = server.transport.local_addr[0]
         if rtp_host in ("0.0.0.0", "::"):
             rtp_host = self.config.sip[0]
@@ -166,6 +165,11 @@ class Service:
         transport = self.calls.get(incoming.call_id)
         if transport is not None:
             transport.reinvite(incoming.invite)
+
+    def _on_ack(self, incoming: IncomingCall, request: SipRequest) -> None:
+        transport = self.calls.get(incoming.call_id)
+        if transport is not None:
+            transport.ack(request.text if request.body else "")
 
     def _on_ack_timeout(self, incoming: IncomingCall) -> None:
         transport = self.calls.get(incoming.call_id)
@@ -216,11 +220,12 @@ class Service:
             scope["sip_data"] = info["sip_data"]
             scope["sip_call_id"] = sip_call_id
             variables = Variables(call=scope, envs=dict(self.config.envs))
+            offer = transport.offer
             events.emit(
                 "sip.invite",
                 sip_call_id=sip_call_id,
                 source=list(incoming.source_addr),
-                offer=[c.encoding_name or str(c.payload_type) for c in transport.offer.audio.codecs],
+                offer=[c.encoding_name or str(c.payload_type) for c in offer.audio.codecs] if offer else None,
                 rtp_port=transport.rtp.local[1],
             )
             doc = self.document or await self._fetch(call, variables)

@@ -3,6 +3,9 @@
 The engine sees the same call as with the simulated transport; this class turns ``answer`` into a
 200 OK with our SDP answer, ``early_media`` into a 183, ``hangup`` into a BYE (or a final error
 response before answer), and the peer's BYE, CANCEL and re-INVITE into call events and media changes.
+
+An INVITE without SDP (delayed offer) gets our offer in the 200 OK; media starts when the ACK brings
+the answer. Such a call has no early media (an offer in an unreliable 183 could not be answered).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from swml_engine.transports.sip.sdp import (
     Offer,
     SessionVersion,
     build_answer,
+    build_offer,
     negotiate,
     parse_offer,
     preferred_rate,
@@ -40,11 +44,12 @@ _REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
 class SipCallTransport(Transport):
     kind = "sip"
 
-    def __init__(self, server: SipServer, invite: IncomingCall, offer: Offer, rtp_host: str) -> None:
+    def __init__(self, server: SipServer, invite: IncomingCall, offer: Offer | None, rtp_host: str) -> None:
         self.server = server
         self.invite = invite
+        #: The peer's offer (None: delayed offer, until the ACK brings the answer to ours).
         self.offer = offer
-        self.rate = preferred_rate(offer)
+        self.rate = preferred_rate(offer) if offer is not None else 8000
         self.rtp_host = rtp_host
         self.rtp = RtpStream(self.rate, self._on_digit)
         self.session = SessionVersion()
@@ -53,6 +58,7 @@ class SipCallTransport(Transport):
         self.ended = False
         self.answered = False
         self._closed = False
+        self._awaiting_answer = False  # our offer went out in the 200 OK; the ACK has not come
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
@@ -73,9 +79,13 @@ class SipCallTransport(Transport):
         if self._media_on:
             self.rtp.write(frame)
 
+    @property
+    def _allowed(self) -> list[str]:
+        return self.call.codecs if self.call is not None else []
+
     def _negotiate(self) -> str:
-        allowed = self.call.codecs if self.call is not None else []
-        self.media = negotiate(self.offer, allowed)
+        assert self.offer is not None
+        self.media = negotiate(self.offer, self._allowed)
         self.rtp.configure(self.media)
         self._media_on = True
         return build_answer(self.offer, self.media, self.rtp.local, self.session)
@@ -91,15 +101,57 @@ class SipCallTransport(Transport):
             return None
 
     async def early_media(self) -> None:
+        if self.offer is None:
+            return  # delayed offer: nothing to answer in a 183 (the sounds before answer go nowhere)
         sdp = self._answer_sdp()
         if sdp is not None:
             self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
 
     async def answer(self) -> None:
+        if self.offer is None:
+            self._answer_with_offer()
+            return
         sdp = self._answer_sdp()
         if sdp is not None:
             self.invite.accept(parse_sdp(sdp))
             self.answered = True
+
+    def _answer_with_offer(self) -> None:
+        if self.ended:
+            return
+        try:
+            sdp = build_offer(self._allowed, self.rtp.local, self.session)
+        except NotAcceptable as e:
+            self._reject(488, "Not Acceptable Here", str(e))
+            return
+        self.invite.accept(parse_sdp(sdp))
+        self.answered = True
+        self._awaiting_answer = True
+
+    def ack(self, body: str) -> None:
+        """The caller's ACK: for a delayed offer it carries the answer to ours, and media starts."""
+        if not self._awaiting_answer or self.ended:
+            return
+        self._awaiting_answer = False
+        try:
+            if not body.strip():
+                raise NotAcceptable("the ACK carries no SDP answer to our offer")
+            answer = parse_offer(body)
+            media = negotiate(answer, self._allowed)
+        except NotAcceptable as e:
+            # RFC 3261 §13.3.1.4: an answer we cannot use ends the session we just confirmed.
+            log.info("call %s: unusable answer in ACK, sending BYE: %s", self.invite.call_id, e)
+            self.ended = True
+            self.server.bye(self.invite, "Incompatible SDP")
+            if self.call is not None:
+                self.call.events.emit("error", where="sip.ack", message=f"{e}; call ended with BYE")
+                self.call.on_remote_hangup("rejected")
+            return
+        self.offer, self.media = answer, media
+        self.rtp.configure(media)
+        self._media_on = True
+        if self.call is not None:
+            self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
 
     def _reject(self, status: int, reason: str, why: str) -> None:
         log.info("call %s rejected %s %s: %s", self.invite.call_id, status, reason, why)
@@ -153,14 +205,15 @@ class SipCallTransport(Transport):
     def reinvite(self, request: SipRequest) -> None:
         """Hold, resume, a new address or codec: answer from what we have, keep the call either way."""
         if not request.body:  # offerless re-INVITE: our current session is the offer (RFC 3261 §14.2)
-            sdp = build_answer(self.offer, self.media, self.rtp.local, self.session) if self.media else None
+            offer, media = self.offer, self.media
+            sdp = build_answer(offer, media, self.rtp.local, self.session) if offer and media else None
             self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
             return
         try:
             offer = parse_offer(request.text)
-            current = [self.media.codec] if self.media is not None else []
+            codec = [self.media.codec] if self.media is not None else []
             try:  # keep the codec when the peer still offers it: no rate change mid-recording
-                media = negotiate(offer, current)
+                media = negotiate(offer, codec)
             except NotAcceptable:
                 media = negotiate(offer, self.call.codecs if self.call is not None else [])
         except NotAcceptable as e:

@@ -1,5 +1,8 @@
 """SDP offer/answer for audio calls (RFC 3264): pick one codec from the offer, answer it, reject the rest.
 
+When the INVITE carries no offer (delayed offer), we make the offer in our 200 OK (:func:`build_offer`)
+and the caller's ACK carries the answer, which :func:`parse_offer`/:func:`negotiate` read the same way.
+
 Parsing is aiosipua's; the choice and the answer are ours because they carry the engine's rules: the
 offer's order decides among the codecs we speak, ``answer.codecs`` may narrow them, the offer's own
 telephone-event payload type is echoed, and anything we cannot serve is a :class:`NotAcceptable`
@@ -117,16 +120,44 @@ class SessionVersion:
         return self.version
 
 
-def build_answer(offer: Offer, media: Media, local: tuple[str, int], session: SessionVersion) -> str:
-    ip, port = local
+#: Dynamic payload type of telephone-event in our own offers.
+OFFER_TELEPHONE_EVENT = 101
+#: Codecs in our own offers, by preference: G.711 first, so the call (and its recordings) runs at the
+#: 8 kHz the caller's side almost always has; G.722 for a peer that prefers wideband.
+OFFER_ORDER = ("PCMU", "PCMA", "G722")
+
+
+def _session_lines(local: tuple[str, int], session: SessionVersion) -> list[str]:
+    ip = local[0]
     ip_type = "IP6" if ":" in ip else "IP4"
-    lines = [
+    return [
         "v=0",
         f"o=swml-engine {session.id} {session.next()} IN {ip_type} {ip}",
         "s=swml-engine",
         f"c=IN {ip_type} {ip}",
         "t=0 0",
     ]
+
+
+def build_offer(allowed: list[str], local: tuple[str, int], session: SessionVersion) -> str:
+    """Our offer for a call whose INVITE had none: the codecs ``allowed`` (all we speak when empty)."""
+    names = [n for n in OFFER_ORDER if not allowed or n in allowed]
+    if allowed:  # answer.codecs also decides the order
+        names.sort(key=allowed.index)
+    if not names:
+        raise NotAcceptable(f"none of {', '.join(allowed)} is a codec this engine speaks")
+    pts = [SUPPORTED[n].static_pt for n in names]
+    te = OFFER_TELEPHONE_EVENT
+    lines = _session_lines(local, session)
+    lines.append(f"m=audio {local[1]} RTP/AVP {' '.join(str(pt) for pt in [*pts, te])}")
+    lines += [f"a=rtpmap:{pt} {n}/8000" for pt, n in zip(pts, names, strict=True)]
+    lines += [f"a=rtpmap:{te} telephone-event/8000", f"a=fmtp:{te} 0-15", "a=ptime:20", "a=sendrecv"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def build_answer(offer: Offer, media: Media, local: tuple[str, int], session: SessionVersion) -> str:
+    port = local[1]
+    lines = _session_lines(local, session)
     for index, m in enumerate(offer.sdp.media):
         if index != offer.audio_index:
             # RFC 3264 §6: a rejected stream keeps its place with port 0.

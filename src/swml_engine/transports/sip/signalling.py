@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiosipua.dialog import dialog_matches
 from aiosipua.header_codec import parse_uri
 from aiosipua.incoming_call import IncomingCall
 from aiosipua.message import SipMessage, SipRequest, SipResponse
@@ -210,6 +211,8 @@ class SipServer(SipUAS):
         self.protocol = "TCP" if isinstance(transport, TcpTransport) else "UDP"
         #: BYE retransmission tasks by Call-ID, ended by the BYE's response.
         self._byes: dict[str, asyncio.Task[None]] = {}
+        #: Called with every ACK of a call's dialog (a delayed offer's answer comes in one).
+        self.on_ack: Callable[[IncomingCall, SipRequest], None] | None = None
 
     # --- incoming ---------------------------------------------------------------------------------
 
@@ -227,7 +230,13 @@ class SipServer(SipUAS):
         key = transaction_key(request)
         if key is not None:
             self.sip_transport.replies.sources[key] = addr
-        if request.method.upper() != "ACK":
+        acked: IncomingCall | None = None
+        if request.method.upper() == "ACK":
+            call = self._calls.get(request.call_id or "")
+            with contextlib.suppress(ValueError, IndexError, KeyError):  # hostile headers: not our dialog
+                if call is not None and dialog_matches(call.dialog, request):
+                    acked = call
+        else:
             cached = self.sip_transport.replies.lookup(request)
             if cached is not None:  # a retransmission: same answer again, nothing new happens
                 self.transport.send_reply(cached)
@@ -239,6 +248,8 @@ class SipServer(SipUAS):
             log.info("bad %s from %s:%s: %s", request.method, addr[0], addr[1], e)
             with contextlib.suppress(Exception):
                 self._send_error(request, 400, "Bad Request")
+        if acked is not None and self.on_ack is not None:
+            self.on_ack(acked, request)
 
     # --- outgoing ---------------------------------------------------------------------------------
 
