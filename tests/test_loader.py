@@ -83,6 +83,11 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
             "sections: {main: [{answer: {max_duration: 'long'}}]}",
             "sections.main[0].answer.max_duration: 'long' is not an integer",
         ),
+        ("sections: {main: [{answer: {username: alice}}]}", "sections.main[0].answer: username and password go"),
+        (
+            "sections: {main: [{play: {url: 'say:a', status_url: 'example.com'}}]}",
+            "sections.main[0].play.status_url: 'example.com' is not an http(s) URL",
+        ),
         ("sections: {main: [{play: {url: 'say:a', colour: red}}]}", "sections.main[0].play.colour: unknown parameter"),
         ("sections: {main: [{plya: {url: 'say:a'}}]}", "sections.main[0]: unknown method 'plya'; did you mean 'play'?"),
         ("sections: {main: [{answer: {}, hangup: {}}]}", "sections.main[0]: a step names exactly one method"),

@@ -292,3 +292,11 @@ sections:
     assert posts[0]["params"]["control_id"] != posts[1]["params"]["control_id"]
     assert posts[0]["params"]["call_id"] == res.call.call_id
     assert posts[1]["timestamp"] - posts[0]["timestamp"] == pytest.approx(2.0, abs=0.03)
+
+
+def test_answer_codecs_and_credentials_on_a_simulated_call() -> None:
+    """Every codec answer.mdx lists is accepted (AMR-WB included); credentials need a SIP caller to
+    challenge, so a simulated call answers as usual."""
+    res = run_doc("sections: {main: [{answer: {codecs: 'PCMU,AMR-WB,G722@16000h', username: a, password: b}}]}")
+    assert res.call.codecs == ["PCMU", "AMR-WB", "G722"] and res.call.credentials == ("a", "b")
+    assert any(e["type"] == "call.state" and e["state"] == "answered" for e in res.events)

@@ -81,6 +81,8 @@ class Call:
         self.recordings: Any = None  # set by the recording layer (recording.manager.Recordings)
         #: Codecs the script allows (`answer.codecs`); empty = any the transport supports.
         self.codecs: list[str] = []
+        #: `answer.username`/`password`: the caller must authenticate (SIP digest) before the answer.
+        self.credentials: tuple[str, str] | None = None
         transport.attach(self)
 
     # --- time -------------------------------------------------------------------------------------

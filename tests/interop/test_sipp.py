@@ -198,3 +198,36 @@ def test_delayed_offer_without_an_answer_in_the_ack_ends_with_bye(engine: Engine
     assert errors and errors[0]["where"] == "sip.ack" and "no SDP answer" in errors[0]["message"]
     ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
     assert ended and ended[0]["reason"] == "remote_rejected"  # as a 488: no session could be set up
+
+
+AUTHENTICATED = CALLER_HANGS_UP.replace("    - answer\n", "    - answer: {username: alice, password: 's3cret'}\n")
+
+
+def test_answer_username_password_challenges_the_caller(engine: EngineFactory, tmp_path: Path) -> None:
+    """answer.username/password: 401 with a digest challenge, the INVITE again with credentials (sipp
+    computes them), then an ordinary recorded call."""
+    eng = engine(AUTHENTICATED.replace("{fmt}", "wav"))
+    xml = scenario("authenticated", pcap="pcap/g711a.pcap", pause=4000, dtmf="pcap/dtmf_2833_5.pcap", after=500)
+    res = run_sipp(tmp_path / "sipp", xml, eng.port, extra=["-au", "alice", "-ap", "s3cret"])
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    audio, _ = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert best_correlation(audio[:, 0], pcap_speech()[8000:24000]) > 0.9
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [e["username"] for e in events if e["type"] == "sip.authenticated"] == ["alice"]
+    assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
+
+
+def test_answer_with_the_wrong_password_is_403(engine: EngineFactory, tmp_path: Path) -> None:
+    eng = engine(AUTHENTICATED.replace("{fmt}", "wav"))
+    xml = scenario("authenticated_forbidden")
+    res = run_sipp(tmp_path / "sipp", xml, eng.port, extra=["-au", "alice", "-ap", "guess"])
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [(e["status"], e["reason"]) for e in events if e["type"] == "sip.rejected"] == [
+        (403, "wrong credentials for user 'alice'")
+    ]
+    assert not any(e["type"] == "call.state" and e["state"] == "answered" for e in events)
+    assert eng.recordings() == []

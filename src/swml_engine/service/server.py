@@ -124,8 +124,11 @@ class Service:
 
     def _on_invite(self, server: SipServer, incoming: IncomingCall) -> None:
         sip_call_id = incoming.call_id
-        if sip_call_id in self.calls:
-            return  # the same Call-ID again on another transport: the first one owns it
+        existing = self.calls.get(sip_call_id)
+        if existing is not None:
+            if existing.awaiting_credentials:
+                existing.retry(incoming)  # the INVITE again, answering our 401
+            return  # else the same Call-ID again on another transport: the first one owns it
         busy = self._overloaded()
         if busy:
             self.refused += 1

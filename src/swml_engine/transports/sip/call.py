@@ -6,10 +6,14 @@ response before answer), and the peer's BYE, CANCEL and re-INVITE into call even
 
 An INVITE without SDP (delayed offer) gets our offer in the 200 OK; media starts when the ACK brings
 the answer. Such a call has no early media (an offer in an unreliable 183 could not be answered).
+
+With ``answer.username``/``password`` the INVITE is first challenged (401); the caller's retried
+INVITE, with credentials, becomes the one we answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from typing import Any
@@ -21,6 +25,7 @@ from aiosipua.sdp import parse_sdp
 
 from swml_engine.media.frame import Frame
 from swml_engine.transports.base import Transport
+from swml_engine.transports.sip.digest import DigestChallenge
 from swml_engine.transports.sip.rtpstream import RtpStream
 from swml_engine.transports.sip.sdp import (
     Media,
@@ -36,6 +41,9 @@ from swml_engine.transports.sip.sdp import (
 from swml_engine.transports.sip.signalling import SipServer
 
 log = logging.getLogger(__name__)
+
+#: How long a challenged caller has to send its INVITE again with credentials (RFC 3261 Timer B).
+AUTH_WAIT = 32.0
 
 #: Final response for a call the script ends before answering, by hangup reason.
 _REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
@@ -59,6 +67,9 @@ class SipCallTransport(Transport):
         self.answered = False
         self._closed = False
         self._awaiting_answer = False  # our offer went out in the 200 OK; the ACK has not come
+        self.authenticated = False
+        #: While a 401 is out: resolved with the caller's retried INVITE.
+        self._retry: asyncio.Future[IncomingCall] | None = None
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
@@ -108,6 +119,9 @@ class SipCallTransport(Transport):
             self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
 
     async def answer(self) -> None:
+        credentials = self.call.credentials if self.call is not None else None
+        if credentials is not None and not await self._authenticate(*credentials):
+            return
         if self.offer is None:
             self._answer_with_offer()
             return
@@ -115,6 +129,57 @@ class SipCallTransport(Transport):
         if sdp is not None:
             self.invite.accept(parse_sdp(sdp))
             self.answered = True
+
+    @property
+    def awaiting_credentials(self) -> bool:
+        return self._retry is not None and not self._retry.done()
+
+    def retry(self, incoming: IncomingCall) -> None:
+        """The caller's INVITE again (same Call-ID) after our 401: hand it to the waiting answer."""
+        if self._retry is not None and not self._retry.done():
+            self._retry.set_result(incoming)
+
+    async def _authenticate(self, username: str, password: str) -> bool:
+        """Challenge the INVITE; True once the retried INVITE proves the password (and is the call now)."""
+        if self.authenticated:
+            return True
+        if self.ended:
+            return False
+        challenge = DigestChallenge()
+        self._retry = asyncio.get_running_loop().create_future()
+        self.invite._send_response(401, "Unauthorized", extra_headers={"WWW-Authenticate": challenge.header()})
+        self.invite.dialog.terminate()
+        try:
+            incoming = await asyncio.wait_for(asyncio.shield(self._retry), AUTH_WAIT)
+        except TimeoutError:
+            self._give_up(401, f"no INVITE with credentials within {AUTH_WAIT:.0f} s of the challenge")
+            return False
+        finally:
+            self._retry = None
+        if self.ended:
+            return False
+        self.invite = incoming
+        if not challenge.verify(incoming.invite, username, password):
+            self._reject(403, "Forbidden", f"wrong credentials for user {username!r}")
+            return False
+        try:
+            self.offer = parse_offer(incoming.invite.text) if incoming.invite.body else None
+        except NotAcceptable as e:
+            self._reject(488, "Not Acceptable Here", str(e))
+            return False
+        self.authenticated = True
+        if self.call is not None:
+            self.call.events.emit("sip.authenticated", username=username)
+        return True
+
+    def _give_up(self, status: int, why: str) -> None:
+        """End a call whose INVITE transaction is already over (nothing left to send)."""
+        log.info("call %s ended: %s", self.invite.call_id, why)
+        self.ended = True
+        self._media_on = False
+        if self.call is not None:
+            self.call.events.emit("sip.rejected", status=status, reason=why)
+            self.call.on_remote_hangup("rejected")
 
     def _answer_with_offer(self) -> None:
         if self.ended:
