@@ -26,6 +26,11 @@ SIPP_PCAPS = Path("/usr/share/sip-tester")
 ENGINE_RTP = (41000, 41999)
 
 
+def sip_host(host: str) -> str:
+    """``host`` as it goes before ``:port`` (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def free_port() -> int:
     """A port free for both UDP and TCP on loopback."""
     for _ in range(50):
@@ -51,12 +56,13 @@ class Engine:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     extra: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     def start(self) -> Engine:
         self.port = self.port or free_port()
         self.log_path = self.data.parent / f"engine-{self.port}.log"
         log = self.log_path.open("w")
-        cmd = [sys.executable, "-m", "swml_engine", "serve", "--sip", f"127.0.0.1:{self.port}"]
+        cmd = [sys.executable, "-m", "swml_engine", "serve", "--sip", f"{sip_host(self.host)}:{self.port}"]
         if self.script is not None:
             cmd += ["--script", str(self.script)]
         cmd += ["--data", str(self.data), "--rtp-ports", f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}"]
@@ -116,6 +122,7 @@ def run_sipp(
     calls: int = 1,
     timeout: float = 60,
     extra: list[str] | None = None,
+    host: str = "127.0.0.1",
 ) -> subprocess.CompletedProcess[str]:
     """Run one sipp scenario (XML text) against the engine; pcaps are found under ``pcap/`` as sipp's own."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +131,7 @@ def run_sipp(
         pcap_dir.symlink_to(SIPP_PCAPS)
     path = workdir / "scenario.xml"
     path.write_text(scenario)
-    cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(path), "-m", str(calls), "-l", str(calls), "-i", "127.0.0.1"]
+    cmd = ["sipp", f"{sip_host(host)}:{port}", "-sf", str(path), "-m", str(calls), "-l", str(calls), "-i", host]
     cmd += ["-p", str(free_port()), "-t", transport, "-nostdin", "-timeout", f"{int(timeout)}s", "-trace_err"]
     cmd += ["-timeout_error", *(extra or [])]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout + 15)

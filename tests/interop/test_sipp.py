@@ -231,3 +231,20 @@ def test_answer_with_the_wrong_password_is_403(engine: EngineFactory, tmp_path: 
     ]
     assert not any(e["type"] == "call.state" and e["state"] == "answered" for e in events)
     assert eng.recordings() == []
+
+
+def test_ipv6_call(engine: EngineFactory, tmp_path: Path) -> None:
+    """SIP and RTP over ::1 (sipp writes its SDP address in brackets, which we accept)."""
+    eng = engine(CALLER_HANGS_UP.replace("{fmt}", "wav"), host="::1")
+    xml = scenario("caller_hangs_up", pcap="pcap/g711a.pcap", pause=4000, dtmf="pcap/dtmf_2833_5.pcap", after=500)
+    res = run_sipp(tmp_path / "sipp", xml, eng.port, host="::1")
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    assert meta["end_reason"] == "hangup" and 4.3 < float(meta["duration"]) < 5.0, meta["duration"]
+    audio, _ = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert best_correlation(audio[:, 0], pcap_speech()[8000:24000]) > 0.9
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
+    [stats] = [e for e in events if e["type"] == "rtp.stats"]
+    assert stats["sent"] > 150 and stats["send_errors"] == 0

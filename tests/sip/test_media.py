@@ -236,3 +236,39 @@ def test_our_offer_for_a_delayed_offer_call() -> None:
     assert negotiate(answer, ["G722", "PCMU"]).codec == "PCMU"
     with pytest.raises(NotAcceptable, match="G729"):
         build_offer(["G729"], ("10.0.0.1", 40000), session)
+
+
+def test_sdp_address_forms_we_accept_and_a_host_name_is_resolved() -> None:
+    import asyncio
+    import socket
+
+    from swml_engine.media.frame import silence
+    from swml_engine.transports.sip.rtpstream import RtpStream, is_host_name
+    from swml_engine.transports.sip.sdp import Media
+
+    offer = parse_offer("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 [::1]\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+    assert offer.remote == ("::1", 4000)
+    # only names that can be DNS names are looked up; junk is rejected at once (no regex blow-up)
+    assert is_host_name("pbx.example.com") and is_host_name("localhost.")
+    for junk in ("127.0\xff.0.1", "-x.com", "a..b", "", "a" * 254, "a" * 250 + "!", "a." * 120 + "!"):
+        assert not is_host_name(junk)
+
+    async def main() -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(2)
+            rtp = RtpStream(8000, lambda d: None)
+            await rtp.bind("127.0.0.1", (42000, 42999))
+            # c=IN IP4 localhost (RFC 4566 allows a name): sent to once resolved, not before
+            rtp.configure(Media("PCMU", 0, None, 20, ("localhost", peer.getsockname()[1]), "sendrecv"))
+            rtp.write(silence(8000))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if rtp.stats.sent:
+                    break
+                rtp.write(silence(8000))
+            rtp.close()
+            return peer.recv(2048)
+
+    packet = asyncio.run(main())
+    assert len(packet) == 12 + 160 and packet[1] & 0x7F == 0

@@ -9,8 +9,10 @@ arrives, the SDP address is used.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,17 @@ from swml_engine.transports.sip.sdp import Media
 
 log = logging.getLogger(__name__)
 
+#: One label of a DNS name (no nested repetition: checking hostile input stays linear).
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def is_host_name(host: str) -> bool:
+    """Whether an SDP address may be a DNS name (anything else there is junk, never looked up)."""
+    if not 0 < len(host) <= 253:
+        return False
+    return all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+
+
 #: After this long without packets from the latched address, another source may take over.
 RELATCH_AFTER = 2.0
 
@@ -38,6 +51,7 @@ class RtpStats:
     foreign: int = 0  # from an address other than the peer's
     sent: int = 0
     dtmf_received: int = 0
+    send_errors: int = 0  # packets the socket refused (an unreachable peer address)
     jitter: JitterStats = field(default_factory=JitterStats)
     #: How far the gaps between our packets strayed from the ptime: counts per whole millisecond (0..50).
     send_deviation_ms: list[int] = field(default_factory=lambda: [0] * 51)
@@ -104,6 +118,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._units = 160
         self._ptime = 0.02
         self._dest: tuple[str, int] | None = None
+        self._resolving = ""
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -228,9 +243,40 @@ class RtpStream(asyncio.DatagramProtocol):
         return self.media.remote if self.media is not None else None
 
     def _route(self) -> None:
-        """Where packets go now (the latched peer, else the SDP address), None while that is nowhere."""
+        """Where packets go now (the latched peer, else the SDP address), None while that is nowhere.
+
+        An SDP address that is a host name (RFC 4566 allows it) is resolved in the background; until
+        then, and for an address of the other IP family than our socket, nothing is sent — the first
+        packet from the peer gives its address anyway (symmetric RTP)."""
         dest = self.destination
-        self._dest = None if dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::") else dest
+        self._dest = None
+        if dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::"):
+            return
+        host, port = dest
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if is_host_name(host) and self._peer is None and self._resolving != host:
+                self._resolving = host
+                self._loop.create_task(self._resolve(host, port))
+            return
+        ours6 = ":" in self.local[0]
+        if (ip.version == 6) == ours6:
+            self._dest = (str(ip), port)
+        elif ours6 and self.local[0] == "::":  # a dual-stack socket reaches IPv4 as ::ffff:a.b.c.d
+            self._dest = (f"::ffff:{ip}", port)
+        else:
+            log.info("RTP peer %s unreachable from %s (other IP family): waiting for its packets", host, self.local)
+
+    async def _resolve(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in self.local[0] else socket.AF_INET
+        try:
+            infos = await self._loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as e:
+            log.info("RTP peer %s not resolved: %s", host, e)
+            return
+        if infos and self._peer is None and self.media is not None and self.media.remote[0] == host:
+            self._dest = (str(infos[0][4][0]), port)
 
     def _send(self, packet: RtpPacket) -> None:
         self._send_raw(packet.serialize())
@@ -239,8 +285,14 @@ class RtpStream(asyncio.DatagramProtocol):
         dest, transport = self._dest, self._transport
         if transport is None or dest is None:
             return
-        transport.sendto(data, dest)
         stats = self.stats
+        try:
+            transport.sendto(data, dest)
+        except (OSError, ValueError) as e:  # a peer address the socket cannot reach: count it, keep the call
+            stats.send_errors += 1
+            if stats.send_errors == 1:
+                log.info("RTP to %s failed: %s", dest, e)
+            return
         stats.sent += 1
         now = self._loop.time()
         last, self._last_send = self._last_send, now

@@ -66,7 +66,8 @@ def parse_offer(body: str) -> Offer:
                 raise NotAcceptable("the audio stream has no connection address (c=)")
             if not m.proto.upper().startswith("RTP/AVP"):
                 raise NotAcceptable(f"media profile {m.proto} is not served (plain RTP/AVP only)")
-            return Offer(sdp, m, index, (conn.address, m.port))
+            # An IPv6 address in brackets is not what RFC 4566 writes, but some peers (sipp) do.
+            return Offer(sdp, m, index, (conn.address.strip("[]"), m.port))
     raise NotAcceptable("the offer has no audio stream")
 
 
