@@ -49,6 +49,36 @@ def tone(freq: float, seconds: float, rate: int = RATE, level: float = 0.5) -> n
     return (np.sin(2 * np.pi * freq * t) * level * 32767).astype(np.int16)
 
 
+def dtmf_tones(
+    digits: str,
+    rate: int = RATE,
+    *,
+    on: float = 0.08,
+    off: float = 0.08,
+    level: float = 0.3,
+    twist_db: float = 0.0,
+    snr_db: float | None = None,
+    seed: int = 1,
+) -> np.ndarray:
+    """Digits as DTMF tone pairs (``level`` of full scale per tone, the high one ``twist_db`` louder),
+    with ``off`` seconds of silence after each (and 50 ms before the first); white noise at ``snr_db``."""
+    from swml_engine.media.inband_dtmf import HIGH, KEYS, LOW
+
+    rng = np.random.default_rng(seed)
+    parts = [np.zeros(int(0.05 * rate))]
+    for d in digits:
+        row = next(i for i, k in enumerate(KEYS) if d in k)
+        col = KEYS[row].index(d)
+        t = np.arange(int(on * rate)) / rate
+        high = level * 10 ** (twist_db / 20)
+        parts.append(level * np.sin(2 * np.pi * LOW[row] * t) + high * np.sin(2 * np.pi * HIGH[col] * t + 1.0))
+        parts.append(np.zeros(int(off * rate)))
+    x = np.concatenate(parts) * 32767
+    if snr_db is not None:
+        x = x + rng.normal(0, np.sqrt(np.mean(x[x != 0] ** 2) / 10 ** (snr_db / 10)), len(x))
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
 def spectrum_peaks(samples: np.ndarray, rate: int, count: int = 2) -> list[float]:
     """The strongest frequencies (Hz) of a stretch of audio."""
     x = samples.astype(np.float64) * np.hanning(len(samples))

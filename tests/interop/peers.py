@@ -157,6 +157,25 @@ def read_pcap_rtp(path: Path) -> list[tuple[float, bytes]]:
     return out
 
 
+def pcap_speech() -> np.ndarray:
+    """The caller's audio in sipp's g711a.pcap (7 s of speech, PCMA in 30 ms packets)."""
+    from swml_engine.transports.sip.codecs import Pcma
+
+    return rtp_audio([p for _, p in read_pcap_rtp(SIPP_PCAPS / "g711a.pcap")], Pcma().decode, 8)
+
+
+def pcma_packets(audio: np.ndarray, ssrc: int = 0x4242) -> list[bytes]:
+    """``audio`` (8 kHz) as PCMA RTP packets of 20 ms, payload type 8."""
+    from swml_engine.transports.sip.codecs import Pcma
+    from swml_engine.transports.sip.rtp import RtpPacket
+
+    codec = Pcma()
+    return [
+        RtpPacket(8, i, i * 160, ssrc, codec.encode(np.ascontiguousarray(audio[i * 160 : (i + 1) * 160]))).serialize()
+        for i in range(len(audio) // 160)
+    ]
+
+
 def write_pcap_rtp(path: Path, packets: list[tuple[float, bytes]]) -> None:
     """Packets (time, RTP bytes) as UDP datagrams; sipp rewrites addresses and ports when it plays them."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from conftest import HttpServer, read_wav, spectrum_peaks, tone
-from swml_engine.transports.sip.codecs import Pcma
 from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 
 from .peers import (
@@ -25,6 +24,7 @@ from .peers import (
     flood,
     free_port,
     junk_packets,
+    pcma_packets,
     run_sipp,
     scenario,
     sipp_errors,
@@ -183,12 +183,7 @@ def options(local_port: int, port: int, branch: str = "z9hG4bK-opt1") -> str:
 def lossy_tone_pcap(path: Path, seconds: float, loss: float, reorder: float, seed: int = 1) -> tuple[int, int]:
     """A 440 Hz caller in PCMA 20 ms packets with ``loss`` of them missing and ``reorder`` swapped with the next."""
     rng = random.Random(seed)
-    codec = Pcma()
-    audio = tone(440, seconds, 8000, level=0.5)
-    packets = [
-        RtpPacket(8, i, i * 160, 0x4242, codec.encode(audio[i * 160 : (i + 1) * 160])).serialize()
-        for i in range(len(audio) // 160)
-    ]
+    packets = pcma_packets(tone(440, seconds, 8000, level=0.5))
     times = [i * 0.02 for i in range(len(packets))]
     for i in range(len(packets) - 1):
         if rng.random() < reorder:

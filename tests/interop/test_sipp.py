@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import HttpServer, read_wav, rms, spectrum_peaks, tone, wav_bytes
+from conftest import HttpServer, dtmf_tones, read_wav, rms, spectrum_peaks, tone, wav_bytes
+from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.transports.sip.codecs import Pcma
 
-from .peers import SIPP_PCAPS, Engine, Sniffer, read_pcap_rtp, rtp_audio, run_sipp, scenario, sipp_errors
+from .peers import (
+    Engine,
+    Sniffer,
+    pcap_speech,
+    pcma_packets,
+    rtp_audio,
+    run_sipp,
+    scenario,
+    sipp_errors,
+    write_pcap_rtp,
+)
 
 EngineFactory = Callable[..., Engine]
-
-
-def pcap_speech() -> np.ndarray:
-    """The caller's audio in sipp's g711a.pcap (7 s of speech, PCMA in 30 ms packets)."""
-    return rtp_audio([p for _, p in read_pcap_rtp(SIPP_PCAPS / "g711a.pcap")], Pcma().decode, 8)
 
 
 def best_correlation(haystack: np.ndarray, needle: np.ndarray) -> float:
@@ -248,3 +254,40 @@ def test_ipv6_call(engine: EngineFactory, tmp_path: Path) -> None:
     assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
     [stats] = [e for e in events if e["type"] == "rtp.stats"]
     assert stats["sent"] > 150 and stats["send_errors"] == 0
+
+
+def test_inband_dtmf_when_the_caller_offers_no_telephone_event(engine: EngineFactory, tmp_path: Path) -> None:
+    """A caller without RFC 4733 (PCMA only in its offer): the digits it plays as tones, after speech,
+    drive a prompt; the speech before them gives no digit; send_digits reaches it as tones too."""
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n"
+        "    - prompt: {play: 'silence:0.5', max_digits: 4, terminators: '#', initial_timeout: 20}\n"
+        "    - set: {got: '${prompt_value}', term: '${prompt_digit_terminator}'}\n"
+        "    - send_digits: {digits: '159'}\n"
+        "    - sleep: 20000\n"
+    )
+    (tmp_path / "sipp").mkdir()
+    audio = np.concatenate([pcap_speech()[: 8000 * 4], dtmf_tones("12#", 8000, on=0.1, off=0.1)])
+    write_pcap_rtp(
+        tmp_path / "sipp" / "caller.pcap", [(1_700_000_000 + i * 0.02, p) for i, p in enumerate(pcma_packets(audio))]
+    )
+    write_pcap_rtp(tmp_path / "sipp" / "quiet.pcap", [(1_700_000_000.0, pcma_packets(np.zeros(160, np.int16))[0])])
+    xml = scenario(
+        "caller_hangs_up", media="8\na=rtpmap:8 PCMA/8000", pcap="caller.pcap", pause=5500, dtmf="quiet.pcap", after=0
+    )
+    with Sniffer() as sniffer:
+        res = run_sipp(tmp_path / "sipp", xml, eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    digits = [(e["digit"], e["direction"]) for e in events if e["type"] == "dtmf"]
+    assert digits == [("1", "received"), ("2", "received"), ("#", "received")] + [(d, "sent") for d in "159"]
+    sets = {e["name"]: e["value"] for e in events if e["type"] == "vars.set"}
+    assert (sets["got"], sets["term"]) == ("12", "#")
+    digit_times = [e["t"] for e in events if e["type"] == "dtmf" and e["direction"] == "received"]
+    assert digit_times[0] > 4.0  # nothing during the 4 s of speech
+    if sniffer.available:
+        heard = rtp_audio(sniffer.from_engine(), Pcma().decode, 8)
+        detector = InbandDtmfDetector(8000)
+        sent = [detector.feed(heard[i : i + 160]) for i in range(0, len(heard) - 159, 160)]
+        assert "".join(d for d in sent if d) == "159"

@@ -10,6 +10,7 @@ import numpy as np
 
 from swml_engine.media.audio import Samples, frames_of
 from swml_engine.media.frame import Frame, frames_for, samples_per_frame, silence
+from swml_engine.media.inband_dtmf import HIGH, KEYS, LOW
 
 BEEP_HZ = 1000.0
 BEEP_SECONDS = 0.25
@@ -111,3 +112,9 @@ def silence_frames(seconds: float, rate: int) -> Iterator[Frame]:
 
 def beep_frames(rate: int) -> Iterator[Frame]:
     return frames_of(tone((BEEP_HZ,), BEEP_SECONDS, rate, level=0.3), rate)
+
+
+def dtmf_frames(digit: str, seconds: float, rate: int) -> Iterator[Frame]:
+    """The key's two DTMF tones (in-band digits, for a peer that takes no RFC 4733 events)."""
+    row = next(i for i, keys in enumerate(KEYS) if digit in keys)
+    return frames_of(tone((LOW[row], HIGH[KEYS[row].index(digit)]), seconds, rate, level=0.5), rate)

@@ -24,6 +24,8 @@ from aiosipua.message import SipRequest
 from aiosipua.sdp import parse_sdp
 
 from swml_engine.media.frame import Frame
+from swml_engine.media.inband_dtmf import InbandDtmfDetector
+from swml_engine.media.sources.tones import dtmf_frames
 from swml_engine.transports.base import Transport
 from swml_engine.transports.sip.digest import DigestChallenge
 from swml_engine.transports.sip.rtpstream import RtpStream
@@ -68,6 +70,7 @@ class SipCallTransport(Transport):
         self._closed = False
         self._awaiting_answer = False  # our offer went out in the 200 OK; the ACK has not come
         self.authenticated = False
+        self._inband: InbandDtmfDetector | None = None
         #: While a 401 is out: resolved with the caller's retried INVITE.
         self._retry: asyncio.Future[IncomingCall] | None = None
 
@@ -81,7 +84,25 @@ class SipCallTransport(Transport):
             self.call.loop.call_soon(self.call.on_dtmf, digit)
 
     def read_speak(self) -> Frame | None:
-        return self.rtp.read() if self._media_on else None
+        if not self._media_on:
+            return None
+        frame = self.rtp.read()
+        if frame is not None and self._inband is not None:
+            digit = self._inband.feed(frame)
+            if digit is not None:
+                self._on_digit(digit)
+        return frame
+
+    def _use_media(self, media: Media) -> None:
+        """Media as negotiated (answer, ACK of a delayed offer, re-INVITE) flows from now on. Without
+        telephone-events, digits are listened for as tones in the caller's audio instead."""
+        self.media = media
+        self.rtp.configure(media)
+        self._media_on = True
+        if media.telephone_event is not None:
+            self._inband = None
+        elif self._inband is None:
+            self._inband = InbandDtmfDetector(self.rate)
 
     def skip(self, frames: int) -> None:
         self.rtp.skip(frames)
@@ -96,9 +117,8 @@ class SipCallTransport(Transport):
 
     def _negotiate(self) -> str:
         assert self.offer is not None
-        self.media = negotiate(self.offer, self._allowed)
-        self.rtp.configure(self.media)
-        self._media_on = True
+        self._use_media(negotiate(self.offer, self._allowed))
+        assert self.media is not None
         return build_answer(self.offer, self.media, self.rtp.local, self.session)
 
     def _answer_sdp(self) -> str | None:
@@ -212,9 +232,8 @@ class SipCallTransport(Transport):
                 self.call.events.emit("error", where="sip.ack", message=f"{e}; call ended with BYE")
                 self.call.on_remote_hangup("rejected")
             return
-        self.offer, self.media = answer, media
-        self.rtp.configure(media)
-        self._media_on = True
+        self.offer = answer
+        self._use_media(media)
         if self.call is not None:
             self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
 
@@ -239,6 +258,9 @@ class SipCallTransport(Transport):
             self.invite.reject(status, phrase)
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
+        if self._inband is not None and self.call is not None:  # the peer takes no events: tones, in-band
+            await self.call.play_frames(dtmf_frames(digit, duration, self.call.rate))
+            return
         await self.rtp.send_digit(digit, duration)
 
     async def close(self) -> None:
@@ -285,9 +307,8 @@ class SipCallTransport(Transport):
             log.info("re-INVITE on %s refused: %s", self.invite.call_id, e)
             self.server.reply_in_dialog(self.invite, request, 488, "Not Acceptable Here")
             return
-        self.offer, self.media = offer, media
-        self.rtp.configure(media)
-        self._media_on = True
+        self.offer = offer
+        self._use_media(media)
         sdp = build_answer(offer, media, self.rtp.local, self.session)
         self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
         if self.call is not None:
