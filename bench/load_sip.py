@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interop.peers import free_port, scenario  # noqa: E402
+from interop.peers import PCMA_MEDIA, free_port, scenario  # noqa: E402
 from swml_engine.transports.sip.codecs import Pcma  # noqa: E402
 
 SCRIPT = """version: 1.0.0
@@ -87,7 +87,7 @@ def lost_frames(path: Path) -> int:
     return int(np.sum(silent[sound[0] : sound[-1] + 1]))
 
 
-def run(calls: int, seconds: float, workers: int, work: Path) -> dict[str, float]:
+def run(calls: int, seconds: float, workers: int, work: Path, inband: bool = False) -> dict[str, float]:
     port = free_port()
     data = work / f"data-{calls}"
     script = work / "load.yaml"
@@ -117,7 +117,8 @@ def run(calls: int, seconds: float, workers: int, work: Path) -> dict[str, float
     sipp_dir = work / f"sipp-{calls}"
     sipp_dir.mkdir(exist_ok=True)
     tone_file(sipp_dir / "tone.alaw")
-    xml = scenario(ROOT / "bench" / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000))
+    media = "8\na=rtpmap:8 PCMA/8000" if inband else PCMA_MEDIA  # without telephone-event: in-band DTMF
+    xml = scenario(ROOT / "bench" / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000), media=media)
     (sipp_dir / "load.xml").write_text(xml)
     rate = min(100, calls)  # calls per second while ramping up
     sipp = subprocess.Popen(
@@ -189,11 +190,14 @@ def main() -> int:
     ap.add_argument("--calls", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--inband", action="store_true", help="callers offer no telephone-event (the engine listens for DTMF tones)"
+    )
     args = ap.parse_args()
     socket.setdefaulttimeout(5)
     with tempfile.TemporaryDirectory(prefix="swml-load-") as tmp:
         for n in args.calls:
-            res = run(n, args.seconds, args.workers, Path(tmp))
+            res = run(n, args.seconds, args.workers, Path(tmp), args.inband)
             ok = res["lost_frames"] == 0 and res["recordings"] == n and res["send_jitter_p99_ms"] < 10
             print(json.dumps({**{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, "ok": ok}))
             sys.stdout.flush()
