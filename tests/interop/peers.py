@@ -137,6 +137,16 @@ def run_sipp(
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout + 15)
 
 
+def start_sipp_uas(workdir: Path, scenario: str, port: int, timeout: float = 60) -> subprocess.Popen[str]:
+    """sipp as a server (a registrar, say) on ``port``, for one dialogue; wait() gives its exit code."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "scenario.xml"
+    path.write_text(scenario)
+    cmd = ["sipp", "-sf", str(path), "-p", str(port), "-i", "127.0.0.1", "-m", "1", "-nostdin", "-trace_err"]
+    cmd += ["-timeout", f"{int(timeout)}s", "-timeout_error"]
+    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def sipp_errors(workdir: Path) -> str:
     return "\n".join(p.read_text(errors="replace")[-3000:] for p in workdir.glob("*_errors.log"))
 

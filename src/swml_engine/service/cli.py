@@ -13,6 +13,7 @@ from pathlib import Path
 
 from swml_engine.errors import DocumentError
 from swml_engine.service.server import Service, ServiceConfig
+from swml_engine.transports.sip.registration import parse_target
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID = 0, 2, 1
 
@@ -55,6 +56,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the SIP port")
     s.add_argument("--max-calls", type=int, default=0, metavar="N", help="calls per worker before 503 (0: no limit)")
+    s.add_argument(
+        "--register",
+        metavar="SIP-URI",
+        help="register sip:USER@HOST[:PORT] at that registrar, so calls to USER come here; "
+        "password from SWML_REGISTER_PASSWORD",
+    )
+    s.add_argument("--register-expires", type=int, default=300, metavar="S", help="binding interval (default 300)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=cmd_serve)
 
@@ -76,6 +84,9 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         envs=envs,
         reuse_port=args.workers > 1,
         max_calls=max(0, args.max_calls),
+        register=parse_target(args.register, os.environ.get("SWML_REGISTER_PASSWORD"), args.register_expires)
+        if args.register
+        else None,
     )
 
 
@@ -133,6 +144,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.workers < 1:
         print("swml serve: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.workers > 1 and config.register is not None:
+        # The registrar's answers and calls all come from one address and port, which SO_REUSEPORT
+        # hashes to one worker, maybe not the one that registered: see docs/serve.md.
+        print(
+            "swml serve: --register takes one worker (calls from a registrar all reach one process); "
+            "for more cores run one engine per port, each with its own --register",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.workers > 1 and config.sip[1] == 0:
         print("swml serve: --workers needs a fixed --sip port to share", file=sys.stderr)

@@ -33,6 +33,7 @@ from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport
+from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTransport
 
@@ -57,6 +58,8 @@ class ServiceConfig:
     max_calls: int = 0
     #: New calls get 503 while the media ticks run this late (s): the calls in progress come first.
     max_lag: float = 0.06
+    #: Keep an address-of-record registered at a registrar (one worker does it for all).
+    register: RegisterTarget | None = None
 
 
 class Service:
@@ -71,6 +74,7 @@ class Service:
         self.completed = 0
         self.refused = 0
         self._http: asyncio.Server | None = None
+        self.registration: SipRegistration | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -100,6 +104,9 @@ class Service:
             )
         host, port = self.servers[0].transport.local_addr
         log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
+        if cfg.register is not None:
+            self.registration = SipRegistration(self.servers[0], cfg.register, USER_AGENT)
+            self.registration.start()
 
     @property
     def sip_port(self) -> int:
@@ -107,6 +114,8 @@ class Service:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking calls, hang up the live ones (recordings are finalised), close the ports."""
+        if self.registration is not None:
+            await self.registration.stop()  # first: the registrar stops sending calls here
         for server in self.servers:
             server.on_invite = lambda inc: inc.reject(503, "Service Unavailable")
         for transport in list(self.calls.values()):
@@ -303,4 +312,5 @@ class Service:
             "completed": self.completed,
             "refused": self.refused,
             "media_lag_ms": round(lag * 1000, 1),
+            **({"registration": self.registration.status()} if self.registration is not None else {}),
         }

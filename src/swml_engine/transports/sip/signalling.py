@@ -223,6 +223,11 @@ class SipServer(SipUAS):
                 task = self._byes.pop(msg.call_id or "", None)
                 if task is not None:
                     task.cancel()
+            elif self.uac is not None:  # our REGISTERs' answers (swml serve --register)
+                try:
+                    self.uac.handle_response(msg, addr)
+                except (ValueError, IndexError, KeyError) as e:
+                    log.info("bad response from %s:%s: %s", addr[0], addr[1], e)
             return
         super()._on_message(msg, addr)
 
