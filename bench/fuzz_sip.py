@@ -23,8 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from interop.peers import Engine, flood, junk_packets, run_sipp, scenario, wait_for  # noqa: E402
-from load_sip import lost_frames, tone_pcap  # noqa: E402
+from conftest import tone  # noqa: E402
+from interop.peers import (  # noqa: E402
+    Engine,
+    flood,
+    junk_packets,
+    pcma_packets,
+    run_sipp,
+    scenario,
+    wait_for,
+    write_pcap_rtp,
+)
+from load_sip import lost_frames  # noqa: E402
 
 SCRIPT = """version: 1.0.0
 sections:
@@ -54,7 +64,8 @@ def main() -> int:
         sipp_dir = work / "sipp"
         sipp_dir.mkdir()
         call_seconds = args.seconds + 5
-        tone_pcap(sipp_dir / "tone.pcap", call_seconds)
+        packets = pcma_packets(tone(440, call_seconds, 8000, level=0.37))
+        write_pcap_rtp(sipp_dir / "tone.pcap", [(1_700_000_000 + i * 0.02, p) for i, p in enumerate(packets)])
         xml = scenario(
             "caller_hangs_up", pcap="tone.pcap", pause=int(call_seconds * 1000), dtmf="pcap/dtmf_2833_1.pcap", after=0
         )
