@@ -179,7 +179,8 @@ def test_reinvite_hold_and_resume(engine: EngineFactory, tmp_path: Path) -> None
 def test_delayed_offer(engine: EngineFactory, tmp_path: Path) -> None:
     """INVITE without SDP: our offer goes in the 200 OK (checked by sipp), the caller's answer comes in
     the ACK, and the call is then like any other: its speech on the left of the recording, its digit."""
-    eng = engine(CALLER_HANGS_UP.replace("{fmt}", "wav"))
+    early = "    - play: {url: 'silence:0.2', auto_answer: false}\n    - answer\n"
+    eng = engine(CALLER_HANGS_UP.replace("{fmt}", "wav").replace("    - answer\n", early, 1))
     xml = scenario("delayed_offer", pcap="pcap/g711a.pcap", pause=8000, dtmf="pcap/dtmf_2833_5.pcap", after=1000)
     res = run_sipp(tmp_path / "sipp", xml, eng.port)
     assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
@@ -192,6 +193,7 @@ def test_delayed_offer(engine: EngineFactory, tmp_path: Path) -> None:
     events = eng.call_events()[0]
     assert [(e["codec"], e["direction"]) for e in events if e["type"] == "sip.answer"] == [("PCMA", "sendrecv")]
     assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["5"]
+    assert [e["type"] for e in events if e["type"] == "sip.no_early_media"] == ["sip.no_early_media"]
 
 
 def test_delayed_offer_without_an_answer_in_the_ack_ends_with_bye(engine: EngineFactory, tmp_path: Path) -> None:

@@ -132,8 +132,10 @@ class SipCallTransport(Transport):
             return None
 
     async def early_media(self) -> None:
-        if self.offer is None:
-            return  # delayed offer: nothing to answer in a 183 (the sounds before answer go nowhere)
+        if self.offer is None:  # delayed offer: nothing to answer in a 183 (the sounds before answer go nowhere)
+            if self.call is not None:
+                self.call.events.emit("sip.no_early_media", reason="delayed offer: the caller sent no SDP to answer")
+            return
         sdp = self._answer_sdp()
         if sdp is not None:
             self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
