@@ -195,8 +195,8 @@ class SipCallTransport(Transport):
         return True
 
     def _give_up(self, status: int, why: str) -> None:
-        """End a call whose INVITE transaction is already over (nothing left to send)."""
-        log.info("call %s ended: %s", self.invite.call_id, why)
+        """End the call before its answer: ``status`` went out (by _reject), or the transaction is over."""
+        log.info("call %s rejected %s: %s", self.invite.call_id, status, why)
         self.ended = True
         self._media_on = False
         if self.call is not None:
@@ -240,13 +240,8 @@ class SipCallTransport(Transport):
             self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
 
     def _reject(self, status: int, reason: str, why: str) -> None:
-        log.info("call %s rejected %s %s: %s", self.invite.call_id, status, reason, why)
-        self.ended = True
-        self._media_on = False
         self.invite.reject(status, reason)
-        if self.call is not None:
-            self.call.events.emit("sip.rejected", status=status, reason=why)
-            self.call.on_remote_hangup("rejected")
+        self._give_up(status, why)
 
     async def hangup(self, reason: str) -> None:
         if self.ended:

@@ -119,6 +119,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._ptime = 0.02
         self._dest: tuple[str, int] | None = None
         self._resolving = ""
+        self._resolver: asyncio.Task[None] | None = None
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -149,6 +150,8 @@ class RtpStream(asyncio.DatagramProtocol):
         log.debug("RTP socket error on %s: %s", self.local, exc)
 
     def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.cancel()
         for d in self._digits:
             if not d.done.done():
                 d.done.set_result(None)
@@ -258,7 +261,7 @@ class RtpStream(asyncio.DatagramProtocol):
         except ValueError:
             if is_host_name(host) and self._peer is None and self._resolving != host:
                 self._resolving = host
-                self._loop.create_task(self._resolve(host, port))
+                self._resolver = self._loop.create_task(self._resolve(host, port))  # (kept: not collected)
             return
         ours6 = ":" in self.local[0]
         if (ip.version == 6) == ours6:
