@@ -17,12 +17,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from swml_engine.media.frame import Frame
+
 #: How often a writer pushes its data to the OS (and a WAV writer rewrites its header).
 FLUSH_SECONDS = 0.5
 FORMATS = ("wav", "mp3", "mp4")
 
 Pcm = npt.NDArray[np.int16]  # shape (n,) mono or (n, 2) stereo
-Frame = npt.NDArray[np.int16]  # one side, shape (n,)
 
 
 class EncoderError(Exception):
@@ -56,29 +57,21 @@ class Writer(ABC):
     def write(self, pcm: Pcm) -> None:
         """Append mono ``(n,)`` or interleaved stereo ``(n, 2)`` samples."""
         n = pcm.shape[0]
-        if self._fill + n > len(self._block):
-            self._drain()
         if n > len(self._block):  # a long gap of silence: straight to the encoder
-            self._encode(pcm)
-        else:
-            self._block[self._fill : self._fill + n] = pcm
-            self._fill += n
-        self.samples += n
-        if self._fill == len(self._block):
             self._drain()
+            self._encode(pcm)
+            self.samples += n
+            return
+        self._room(n)[:] = pcm
+        self._advance(n)
 
     def write_channels(self, left: Frame | None, right: Frame | None) -> None:
         """Append one stereo frame from its two mono sides (None: that side is silent)."""
         n = len(left if left is not None else right if right is not None else ())
-        if self._fill + n > len(self._block):
-            self._drain()
-        part = self._block[self._fill : self._fill + n]
+        part = self._room(n)
         part[:, 0] = 0 if left is None else left
         part[:, 1] = 0 if right is None else right
-        self._fill += n
-        self.samples += n
-        if self._fill == len(self._block):
-            self._drain()
+        self._advance(n)
 
     def close(self) -> Path:
         """Finish the file; returns its final path."""
@@ -86,7 +79,19 @@ class Writer(ABC):
         try:
             return self._finish()
         except OSError as e:
-            raise EncoderError(f"cannot write {self.path.name}: {e.strerror or e}") from None
+            raise self._failed(e) from None
+
+    def _room(self, n: int) -> Pcm:
+        """The block's next ``n`` samples to fill (the block is handed over first if they do not fit)."""
+        if self._fill + n > len(self._block):
+            self._drain()
+        return self._block[self._fill : self._fill + n]
+
+    def _advance(self, n: int) -> None:
+        self._fill += n
+        self.samples += n
+        if self._fill == len(self._block):
+            self._drain()
 
     def _drain(self) -> None:
         if self._fill:
@@ -98,7 +103,10 @@ class Writer(ABC):
             self._write(pcm)
             self.flush()
         except OSError as e:
-            raise EncoderError(f"cannot write {self.path.name}: {e.strerror or e}") from None
+            raise self._failed(e) from None
+
+    def _failed(self, e: OSError) -> EncoderError:
+        return EncoderError(f"cannot write {self.path.name}: {e.strerror or e}")
 
     @abstractmethod
     def _write(self, pcm: Pcm) -> None:

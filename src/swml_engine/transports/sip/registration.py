@@ -129,11 +129,10 @@ class SipRegistration:
             try:
                 if self._reg is None:
                     self._reg = await self._registration()
-                self._changed.clear()
                 self._reg.register()
                 self._set("registering")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_settled(), ANSWER_WAIT)
+                    await asyncio.wait_for(self._wait_while("registering"), ANSWER_WAIT)
                 if self.state == "registering":
                     self._set("failed", f"no answer from the registrar within {ANSWER_WAIT:.0f} s")
             except OSError as e:  # the name does not resolve, the network is down
@@ -141,15 +140,13 @@ class SipRegistration:
             if self.state == "registered":
                 retry = RETRY_FIRST
                 # aiosipua refreshes the binding itself; come back when that fails or it expires
-                while self.state == "registered":
-                    self._changed.clear()
-                    await self._changed.wait()
+                await self._wait_while("registered")
                 continue
             await asyncio.sleep(retry)
             retry = min(retry * 2, RETRY_MAX)
 
-    async def _wait_settled(self) -> None:
-        while self.state == "registering":
+    async def _wait_while(self, state: str) -> None:
+        while self.state == state:
             self._changed.clear()
             await self._changed.wait()
 
