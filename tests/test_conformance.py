@@ -56,6 +56,18 @@ pytestmark = pytest.mark.skipif(not DOCS.is_dir(), reason=f"corpus not found at 
 CALLER = (np.sin(2 * np.pi * 440 * np.arange(3 * 8000) / 8000) * 8000).astype(np.int16)
 
 
+#: Examples whose steps fail offline, and why: no network here, no speech recognition, a variable the
+#: hosted platform would fill.
+EXPECTED_ERRORS = {
+    "deployment__2.json": "is not a playable sound",  # play: '${...}' of a variable only a server sets
+    "deployment__3.json": "cannot fetch SWML",
+    "execute__3.json": "cannot fetch SWML",
+    "expressions__1.json": "no speech recognition",
+    "play__1.json": "cannot fetch",
+    "play__2.json": "cannot fetch",
+}
+
+
 @pytest.mark.parametrize("name", calling_documents())
 def test_document_runs_or_is_reported_unsupported(name: str) -> None:
     raw = json.loads((DOCS / name).read_text())
@@ -68,8 +80,10 @@ def test_document_runs_or_is_reported_unsupported(name: str) -> None:
     # A few seconds of caller audio and a '#' press; `sleep: -1` examples end when the caller hangs up.
     res = simulate(doc, Simulation(caller_audio=CALLER, dtmf=[(3.0, "#")], hangup_at=300.0))
     assert res.result.reason in ("script_end", "hangup", "remote_hangup", "busy", "decline"), res.result
-    internal = [e for e in res.events if e["type"] == "error" and "internal error" in e["message"]]
-    assert not internal, internal
+    # No step fails, except where the example needs what an offline simulated call lacks.
+    errors = [e["message"] for e in res.events if e["type"] == "error"]
+    expected = EXPECTED_ERRORS.get(name)
+    assert all(expected and expected in m for m in errors), errors
     assert res.events[-1]["type"] == "call.state" and res.events[-1]["state"] == "ended"
 
 

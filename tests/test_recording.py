@@ -102,7 +102,8 @@ def test_channels_hold_the_right_side(
         assert meta["channels"] == 1 and audio.ndim == 1
         assert freqs(audio[stretch]) == left
     else:
-        assert meta["channels"] == 2 and meta["channel_layout"] == {"left": "speak", "right": "listen"}
+        layout = {"left": "speak" if left else "silence", "right": "listen" if right else "silence"}
+        assert meta["channels"] == 2 and meta["channel_layout"] == layout
         assert freqs(audio[stretch, 0]) == left
         assert freqs(audio[stretch, 1]) == right
         if not right:
@@ -111,13 +112,34 @@ def test_channels_hold_the_right_side(
             assert rms(audio[:, 0]) == 0
 
 
+def decode_file(path: Path) -> tuple[np.ndarray, float]:
+    """Every channel of a recording as decoders deliver it, shape (samples, channels), and the length
+    the container declares (edit lists and gapless tags applied)."""
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        parts = []
+        for f in c.decode(s):
+            a = f.to_ndarray()
+            parts.append(a.T if f.format.is_planar else a.reshape(-1, s.channels))
+        declared = float(s.duration * s.time_base) if s.duration is not None and s.time_base else 0.0
+    data = np.concatenate(parts).astype(np.float64)
+    return (data * 32767 if data.dtype.kind == "f" and np.abs(data).max() <= 1.0 else data), declared
+
+
+def onset(samples: np.ndarray) -> float:
+    return float(np.argmax(np.abs(samples) > 0.1 * 32767) / RATE)
+
+
 @pytest.mark.parametrize(("fmt", "codec"), [("wav", "pcm_s16le"), ("mp3", "mp3"), ("mp4", "aac")])
 @pytest.mark.parametrize("stereo", [False, True])
 def test_formats_read_back(tmp_path: Path, fmt: str, codec: str, stereo: bool) -> None:
+    """Each format decodes with the right codec, rate and channels; the caller's tone starts where it
+    started in the call (no encoder priming in front) and the file plays for the recorded length."""
+    caller = np.concatenate([np.zeros(RATE, dtype=np.int16), tone(440, 9, level=0.3)])
     res = run_doc(
         f"sections: {{main: [answer, {{record_call: {{format: {fmt}, stereo: {str(stereo).lower()}}}}}, {{sleep: 3000}}]}}",
         tmp_path,
-        caller_audio=tone(440, 10, level=0.3),
+        caller_audio=caller,
     )
     (meta,) = recordings(tmp_path)
     assert meta["format"] == fmt and meta["state"] == "finished" and meta["end_reason"] == "script_end"
@@ -127,9 +149,15 @@ def test_formats_read_back(tmp_path: Path, fmt: str, codec: str, stereo: bool) -
     with av.open(str(path)) as c:
         s = c.streams.audio[0]
         assert s.codec_context.name.startswith(codec) and s.rate == RATE and s.channels == (2 if stereo else 1)
-        decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(s)])
-    # Lossy codecs add priming/padding; the content must still be all there.
-    assert 3.0 <= len(decoded) / (2 if stereo and fmt == "wav" else 1) / RATE <= 3.3 or fmt != "wav"
+    audio, declared = decode_file(path)
+    if fmt == "mp4":  # decoders leave the end trimming to the player, which reads the edit list
+        assert abs(declared - 3.0) <= 0.02
+    else:
+        assert abs(len(audio) / RATE - 3.0) <= 0.02
+    assert abs(onset(audio[:, 0]) - 1.0) <= 0.02  # the caller's tone starts 1 s into the call
+    assert freqs(audio[RATE + RATE // 2 : RATE * 2 + RATE // 2, 0]) == {440}
+    if stereo:
+        assert rms(audio[:, 1]) < 0.01 * rms(audio[:, 0])  # listen side: nothing was played
     assert res.vars["record_call_result"] == "success"
     assert not list((tmp_path / "out" / "recordings").glob("*.part.*"))
 
@@ -337,3 +365,70 @@ def test_record_and_play_back_examples(tmp_path: Path, example: str) -> None:
         assert meta["channel_layout"] == {"mono": "speak"}
     assert len(recording) / RATE == pytest.approx(meta["duration"], abs=0.001)
     assert spectrum_peaks(window(heard, RATE, 0.0, 0.24), RATE, 1)[0] == pytest.approx(1000, abs=10)  # the beep
+
+
+def test_mp3_example_with_nothing_recorded_finishes_as_a_playable_file(tmp_path: Path) -> None:
+    """The record_call page's first example on a call that ends at once: an empty MP3, still valid."""
+    from swml_engine.document.loader import load_file
+    from swml_engine.session import Simulation, simulate
+
+    res = simulate(load_file(EXAMPLES / "record-call-mp3.yaml"), Simulation(out=tmp_path / "out"))
+    assert not [e for e in res.events if e["type"] == "error"]
+    (meta,) = recordings(tmp_path)
+    assert (meta["state"], meta["end_reason"], meta["duration"]) == ("finished", "script_end", 0.0)
+    path = tmp_path / "out" / "recordings" / f"{meta['recording_id']}.mp3"
+    with av.open(str(path)) as c:
+        assert c.streams.audio[0].codec_context.name.startswith("mp3")
+        assert sum(f.samples for f in c.decode(audio=0)) / RATE < 0.1
+
+
+def test_stop_record_call_reads_record_control_id_and_an_empty_id_stops_nothing(tmp_path: Path) -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - answer
+    - record_call: {control_id: A}
+    - record_call: {control_id: B}
+    - stop_record_call: {control_id: '${vars.nosuch}'}
+    - set: {empty_id: '${stop_record_call_result}', record_control_id: A}
+    - sleep: 1000
+    - stop_record_call: {}
+    - sleep: 1000
+""",
+        tmp_path,
+    )
+    metas = {m["control_id"]: m for m in recordings(tmp_path)}
+    assert res.vars["empty_id"] == "failed" and res.vars["stop_record_call_result"] == "success"
+    assert metas["A"]["end_reason"] == "stop_record_call" and abs(metas["A"]["duration"] - 1.0) <= 0.02
+    assert metas["B"]["end_reason"] == "script_end" and abs(metas["B"]["duration"] - 2.0) <= 0.02
+
+
+def test_bad_value_at_run_time_reports_error_to_status_url(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    url = http_server.url("/cb")
+    res = run_doc(
+        f"sections: {{main: [answer, {{set: {{s: 150}}}}, {{record_call: {{control_id: x, input_sensitivity: '${{s}}', status_url: '{url}'}}}}, {{set: {{after: ok}}}}]}}",
+        tmp_path,
+    )
+    assert res.vars["record_call_result"] == "failed" and res.vars["after"] == "ok"
+    (post,) = [r["json"] for r in http_server.requests if r["path"] == "/cb"]
+    assert post["event_type"] == "calling.call.record" and post["params"]["state"] == "error"
+    assert post["params"]["control_id"] == "x" and post["params"]["call_id"] == res.call.call_id
+    (state,) = [e for e in res.events if e["type"] == "record.state"]
+    assert state["state"] == "error" and "input_sensitivity: 150 is above the maximum 100" in state["error"]
+
+
+def test_no_input_callbacks_carry_the_file(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    url = http_server.url("/cb")
+    run_doc(
+        f"sections: {{main: [answer, {{record_call: {{initial_timeout: 1.5, status_url: '{url}'}}}}, {{sleep: 3000}}]}}",
+        tmp_path,
+        caller_audio=np.zeros(RATE * 5, dtype=np.int16),
+    )
+    posts = [r["json"]["params"] for r in http_server.requests if r["path"] == "/cb"]
+    assert [p["state"] for p in posts] == ["recording", "no_input"]
+    first, last = posts
+    assert "duration" not in first and "end_time" not in first and first["record"]["audio"]["format"] == "wav"
+    (meta,) = recordings(tmp_path)
+    assert last["duration"] == meta["duration"] == 1.5 and last["size"] == meta["size"] > 0
+    assert last["record"]["url"] == meta["url"] and last["end_time"] - last["start_time"] == pytest.approx(1.5)

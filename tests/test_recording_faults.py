@@ -7,9 +7,13 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import HttpServer, read_wav, run_doc, tone, wav_bytes
+import av
+import pytest
+
+from conftest import RATE, HttpServer, read_wav, run_doc, tone, wav_bytes
 
 FULL_DISK_DOC = """
 version: 1.0.0
@@ -89,3 +93,80 @@ sections:
     assert delivered == [("recording", 2), ("finished", 1)]  # retried, and still in order
     got = [r["json"]["params"]["state"] for r in http_server.requests if r["path"] == "/hang"]
     assert got[-2:] == ["recording", "finished"]
+
+
+FULL_DISK_ALL_FORMATS = """
+sections:
+  main:
+    - answer
+    - record_call: {control_id: w, format: wav}
+    - record_call: {control_id: m, format: mp3}
+    - record_call: {control_id: a, format: mp4}
+    - sleep: 8000
+    - set: {after: 'still running'}
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 96 KiB filesystem (tmpfs) for the recordings: writes fail with ENOSPC when it fills."""
+    root = tmp_path / "out" / "recordings"
+    root.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_disk_full_finishes_every_recording_and_loses_nothing_written(tmp_path: Path, small_disk: Path) -> None:
+    doc = tmp_path / "doc.yaml"
+    doc.write_text(FULL_DISK_ALL_FORMATS)
+    caller = tmp_path / "caller.wav"
+    caller.write_bytes(wav_bytes(tone(440, 10.0, level=0.3)))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--caller-audio", str(caller), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((out / "vars.json").read_text())["after"] == "still running"
+    metas = {m["control_id"]: m for m in (json.loads(p.read_text()) for p in small_disk.glob("*.json"))}
+    assert sorted(metas) == ["a", "m", "w"] and not list(small_disk.glob("*.tmp"))
+    assert all(m["state"] in ("finished", "error") and m["end_reason"] for m in metas.values()), metas
+    assert "error" in {m["state"] for m in metas.values()}  # the disk did fill
+    for m in metas.values():  # what reached the disk is a readable file, and the metadata says its size
+        path = small_disk / f"{m['recording_id']}.{m['format']}"
+        assert m["size"] == path.stat().st_size > 0, m
+        try:
+            with av.open(str(path)) as c:
+                decoded = sum(f.samples for f in c.decode(audio=0))
+        except av.error.FFmpegError as e:
+            raise AssertionError(f"{m['format']}: {e}") from None
+        assert decoded > RATE, m
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    ends = [e for e in events if e["type"] == "record.state" and e["state"] != "recording"]
+    assert sorted(e["control_id"] for e in ends) == ["a", "m", "w"]
+
+
+def test_heard_wav_that_cannot_grow_ends_the_transcript_not_the_call(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.yaml"
+    doc.write_text("sections: {main: [answer, {play: 'silence:6'}, {set: {after: 'still running'}}]}")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_file_size,  # heard.wav (16 kB/s) reaches it at ~4 s
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((out / "vars.json").read_text())["after"] == "still running"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["where"] for e in events if e["type"] == "error"] == ["heard.wav"]
+    audio, rate = read_wav(out / "heard.wav")
+    assert 3.0 <= len(audio) / rate <= FILE_LIMIT / (rate * 2)

@@ -122,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.close()
     wall = time.monotonic() - started
     errors = [e for e in res.events if e["type"] == "error"]
+    for ev in res.events:
+        if ev["type"] == "record.recovered":  # said even with --quiet: files changed that this run did not make
+            print(f"recovered recording {ev['recording_id']} of a killed run: {ev['duration']:.2f} s ({ev['note']})")
     if not args.quiet:
         print(f"call ended after {res.duration:.2f} s of call time ({wall:.2f} s wall): {res.result.reason}")
         print(f"steps run: {sum(1 for e in res.events if e['type'] == 'step.end')}, errors: {len(errors)}")

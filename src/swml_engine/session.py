@@ -110,12 +110,13 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
     jsonl = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        for rec in recover(out / "recordings"):  # a previous run into this directory was killed
-            events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
         jsonl = (out / "events.jsonl").open("w", encoding="utf-8")
         events.sinks.append(JsonlSink(jsonl))
     if sim.on_event is not None:
         events.sinks.append(sim.on_event)
+    if out is not None:
+        for rec in recover(out / "recordings"):  # a previous run into this directory was killed
+            events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
     try:
         script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at)
         transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)

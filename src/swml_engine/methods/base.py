@@ -60,6 +60,10 @@ class Method(ABC, Generic[P]):
             return NoParams()  # type: ignore[return-value]
         return parse_params(self.params, params, where)  # type: ignore[no-any-return]
 
+    def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
+        """The step could not run (``raw``: its parameters as substituted, when they got that far).
+        Methods whose failures have listeners beyond the script (status callbacks) tell them here."""
+
     @abstractmethod
     async def run(self, ctx: StepContext, p: P) -> None:
         """Do the work. Control flow (goto, return, hangup) is raised as exceptions of script.flow."""

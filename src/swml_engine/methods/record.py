@@ -10,20 +10,20 @@ import uuid
 from dataclasses import dataclass
 
 from swml_engine.document.params import Chars, Str, param
-from swml_engine.methods.base import Method
-from swml_engine.methods.record_call import DIRECTIONS, TIMEOUT, RecordParams, start_recording
+from swml_engine.methods.record_call import TIMEOUT, RecordingMethod, RecordParams, start_recording
 from swml_engine.script.step import StepContext
 
 
 @dataclass(frozen=True, kw_only=True)
 class RecordForegroundParams(RecordParams):
-    direction: str = param(Str(choices=DIRECTIONS), default="speak")
+    # record.mdx and the schema offer speak and listen only (record_call adds both).
+    direction: str = param(Str(choices=("speak", "listen")), default="speak")
     terminators: str = param(Chars("0123456789*#ABCD", "DTMF digits"), default="#")
     initial_timeout: float = param(TIMEOUT, default=4.0)
     end_silence_timeout: float = param(TIMEOUT, default=5.0)
 
 
-class Record(Method[RecordForegroundParams]):
+class Record(RecordingMethod[RecordForegroundParams]):
     name = "record"
     params = RecordForegroundParams
     result_var = "record_result"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass
+from typing import TypeVar
 
+from swml_engine.callbacks import StatusReporter
 from swml_engine.document.params import Bool, Chars, HttpUrl, Num, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.sources.tones import beep_frames
@@ -19,6 +21,7 @@ from swml_engine.recording.recorder import Recording, RecordSettings, recordings
 from swml_engine.script.step import StepContext
 
 DIRECTIONS = ("speak", "listen", "both")
+P = TypeVar("P", bound="RecordParams")
 #: Longest recording a script may ask for (24 h); longer is almost certainly a unit mistake (ms).
 MAX_LENGTH = 86400.0
 TIMEOUT = Num(minimum=0, maximum=MAX_LENGTH, unit="seconds")
@@ -54,11 +57,41 @@ async def start_recording(ctx: StepContext, p: RecordParams, method: str, contro
     try:
         return recordings_of(ctx.call).start(settings)
     except (EncoderError, OSError) as e:
-        ctx.events.emit("record.state", control_id=control_id, state="error", url="", duration=0, size=0, error=str(e))
-        raise ParamError(ctx.where, f"cannot start the recording: {e}") from None
+        error = StartFailed(ctx.where, f"cannot start the recording: {e}")
+        report_failure(ctx, {"status_url": p.status_url}, str(error), control_id)
+        raise error from None
 
 
-class RecordCall(Method[RecordCallParams]):
+class StartFailed(ParamError):
+    """The recording could not start, and has said so (events, status callback)."""
+
+
+def report_failure(ctx: StepContext, raw: object, message: str, control_id: str | None = None) -> None:
+    """A recording that could not start (a bad value at run time, unusable storage) still reports its
+    ``error`` state: in the events, and to ``status_url`` when that value itself is usable."""
+    given = raw if isinstance(raw, dict) else {}
+    if control_id is None:
+        written = given.get("control_id")
+        control_id = written if isinstance(written, str) and written else str(uuid.uuid4())
+    url: object = given.get("status_url")
+    try:
+        url = HttpUrl().check(url, "status_url") if url is not None else None
+    except ParamError:
+        url = None  # the bad value may be the URL itself: nowhere to report to
+    params = {"control_id": control_id, "state": "error", "end_reason": "error"}
+    ctx.events.emit("record.state", **params, error=message)
+    StatusReporter(ctx.call, url if isinstance(url, str) else None, "calling.call.record", control_id).send(params)
+
+
+class RecordingMethod(Method[P]):
+    """``record_call`` and ``record``: a step that fails before its recording starts reports ``error``."""
+
+    def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
+        if not isinstance(error, StartFailed):  # (that one reported itself, with its control_id)
+            report_failure(ctx, raw, str(error))
+
+
+class RecordCall(RecordingMethod[RecordCallParams]):
     name = "record_call"
     params = RecordCallParams
     result_var = "record_call_result"

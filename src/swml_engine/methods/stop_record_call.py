@@ -1,4 +1,6 @@
-"""``stop_record_call``: stop the recording with ``control_id``, or the last started one without it."""
+"""``stop_record_call``: stop the recording with ``control_id``; without one, the recording named by the
+``record_control_id`` variable (stop_record_call.mdx: "read by the method"), which ``record_call`` sets
+to the last started one. A script that unset that variable gets the last started live recording."""
 
 from __future__ import annotations
 
@@ -21,9 +23,13 @@ class StopRecordCall(Method[StopRecordCallParams]):
     result_var = "stop_record_call_result"
 
     async def run(self, ctx: StepContext, p: StopRecordCallParams) -> None:
-        rec = recordings_of(ctx.call).find(p.control_id or None)
+        control_id = p.control_id
+        if control_id is None:
+            last = ctx.variables.vars.get("record_control_id")
+            control_id = str(last) if last is not None and last != "" else None
+        rec = recordings_of(ctx.call).find(control_id)  # an empty id matches none: failed, never "the last"
         if rec is None:
-            which = f"with control_id {p.control_id!r}" if p.control_id else "at all"
+            which = f"with control_id {control_id!r}" if control_id is not None else "at all"
             ctx.events.emit("warning", where=ctx.where, message=f"no live recording {which} to stop")
             result = "failed"
         else:

@@ -8,9 +8,13 @@ such files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import struct
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,13 +44,21 @@ class Writer(ABC):
 
     #: The file name extension, and the format name in metadata.
     format: str
+    #: How much audio a block holds before it goes to the encoder and the file.
+    block_seconds: float = FLUSH_SECONDS
+    _f: BinaryIO
 
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         self.path = path
         self.rate = rate
         self.channels = channels
         self.samples = 0  # per channel, including what is still in the block
-        size = max(1, round(rate * FLUSH_SECONDS))
+        #: What went wrong without losing the recording (said in the call's events).
+        self.warnings: list[str] = []
+        #: A write failed (a full disk): nothing more goes to this file.
+        self.broken = False
+        self._lock = -1
+        size = max(1, round(rate * self.block_seconds))
         self._block: Pcm = np.zeros((size, 2) if channels == 2 else size, dtype=np.int16)
         self._fill = 0
 
@@ -74,12 +86,31 @@ class Writer(ABC):
         self._advance(n)
 
     def close(self) -> Path:
-        """Finish the file; returns its final path."""
-        self._drain()
+        """Finish the file; returns its final path. After a failed write (reported when it happened) the
+        file is only closed, as it stands: :func:`recovery.repair` makes it playable, as after a crash."""
         try:
+            if self.broken:
+                self._abandon()
+                return self.path
+            self._drain()
             return self._finish()
         except OSError as e:
+            self.broken = True
+            self._abandon()
             raise self._failed(e) from None
+        finally:
+            self._release()
+
+    def _hold(self, path: Path) -> None:
+        """Lock the file being written, so recovery (another process, or ``swml recover``) leaves a live
+        recording alone. The kernel drops the lock when the process dies, however it dies."""
+        self._lock = os.open(path, os.O_RDONLY)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, -1
+        if lock >= 0:
+            os.close(lock)
 
     def _room(self, n: int) -> Pcm:
         """The block's next ``n`` samples to fill (the block is handed over first if they do not fit)."""
@@ -103,6 +134,7 @@ class Writer(ABC):
             self._write(pcm)
             self.flush()
         except OSError as e:
+            self.broken = True
             raise self._failed(e) from None
 
     def _failed(self, e: OSError) -> EncoderError:
@@ -119,6 +151,11 @@ class Writer(ABC):
     @abstractmethod
     def _finish(self) -> Path:
         """Close the file (the block is already written); returns its final path."""
+
+    def _abandon(self) -> None:
+        """Close the file as it stands, writing nothing more (the storage refused a write)."""
+        with contextlib.suppress(OSError):
+            self._f.close()
 
 
 # --- WAV -------------------------------------------------------------------------------------------
@@ -151,7 +188,8 @@ class WavWriter(Writer):
 
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         super().__init__(path, rate, channels)
-        self._f: BinaryIO = path.open("wb")
+        self._f = path.open("wb")
+        self._hold(path)
         self._f.write(wav_header(rate, channels, 0))
         self._data = 0
 
@@ -177,34 +215,131 @@ class WavWriter(Writer):
 
 # --- MP3 -------------------------------------------------------------------------------------------
 
+#: LAME's encoder delay: the silence every LAME stream starts with, before the first input sample.
+LAME_DELAY = 576
+#: MPEG version bits and sample-rate index of each rate LAME writes, (version, index).
+_MPEG_RATES = {
+    44100: (3, 0), 48000: (3, 1), 32000: (3, 2),  # MPEG-1
+    22050: (2, 0), 24000: (2, 1), 16000: (2, 2),  # MPEG-2
+    11025: (0, 0), 12000: (0, 1), 8000: (0, 2),  # MPEG-2.5
+}  # fmt: skip
+_KBPS_MPEG1 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_KBPS_MPEG2 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+
+
+def mp3_kbps(rate: int, channels: int) -> int:
+    """The constant bit rate of our MP3 recordings: speech quality at telephone rates."""
+    return (32 if rate <= 8000 else 48) * channels
+
+
+def _crc16_arc(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+@dataclass(frozen=True)
+class Mp3Layout:
+    """Frame geometry of a constant-bit-rate Layer III stream."""
+
+    rate: int
+    channels: int
+    kbps: int
+
+    @property
+    def mpeg1(self) -> bool:
+        return self.rate >= 32000
+
+    @property
+    def samples_per_frame(self) -> int:
+        return 1152 if self.mpeg1 else 576
+
+    @property
+    def frame_bytes(self) -> int:
+        # Every rate and bit rate we use divides evenly, so no frame carries a padding byte.
+        return (144 if self.mpeg1 else 72) * self.kbps * 1000 // self.rate
+
+    def info_frame(self, frames: int, samples: int) -> bytes:
+        """A Xing "Info" frame with a LAME tag, the first frame of the file. It holds no audio; it tells
+        decoders the stream's frame count, encoder delay and end padding, so they play exactly ``samples``
+        samples (gapless) instead of adding LAME's ~140 ms of priming and the last frame's tail."""
+        version, rate_index = _MPEG_RATES[self.rate]
+        kbps_index = (_KBPS_MPEG1 if self.mpeg1 else _KBPS_MPEG2).index(self.kbps)
+        mode = 3 if self.channels == 1 else 1  # mono, or joint stereo as LAME writes it
+        header = 0xFFE00000 | version << 19 | 1 << 17 | 1 << 16 | kbps_index << 12 | rate_index << 10
+        header |= mode << 6 | 1 << 2  # "original" bit, as LAME sets it
+        side_info = (17 if self.channels == 1 else 32) if self.mpeg1 else (9 if self.channels == 1 else 17)
+        size = self.frame_bytes
+        total = size * (frames + 1)
+        padding = min(4095, max(0, frames * self.samples_per_frame - LAME_DELAY - samples)) if frames else 0
+        toc = bytes(i * 256 // 100 for i in range(100))  # constant bit rate: seeking is linear
+        xing = b"Info" + struct.pack(">III", 0x0F, frames, total) + toc + struct.pack(">I", 0)
+        lame = b"LAME3.100" + bytes([0x01, 0]) + bytes(9) + bytes([min(self.kbps, 255)])
+        lame += (LAME_DELAY << 12 | padding).to_bytes(3, "big") + bytes(4) + struct.pack(">IH", total, 0)
+        body = struct.pack(">I", header) + bytes(side_info) + xing + lame
+        body += struct.pack(">H", _crc16_arc(body))
+        return body + bytes(size - len(body))
+
 
 class Mp3Writer(Writer):
+    """LAME (lameenc) at a constant bit rate. The file starts with an Info frame, rewritten at the end
+    with the true length; after a crash it still says "no length yet" and recovery fills it in."""
+
     format = "mp3"
 
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         import lameenc
 
         super().__init__(path, rate, channels)
+        self.layout = Mp3Layout(rate, channels, mp3_kbps(rate, channels))
         enc = lameenc.Encoder()
         enc.set_in_sample_rate(rate)
         enc.set_channels(channels)
-        enc.set_bit_rate(32 * channels if rate <= 8000 else 48 * channels)
+        enc.set_bit_rate(self.layout.kbps)
         enc.set_quality(5)
         self._enc = enc
-        self._f: BinaryIO = path.open("wb")
+        self._f = path.open("wb")
+        self._hold(path)
+        self._f.write(self.layout.info_frame(0, 0))
+        self._encoded = False
 
     def _write(self, pcm: Pcm) -> None:
         self._f.write(bytes(self._enc.encode(pcm.astype("<i2", copy=False).tobytes())))
+        self._encoded = True
 
     def flush(self) -> None:
         self._f.flush()
 
     def _finish(self) -> Path:
+        if not self._encoded:  # LAME cannot flush what never started: one silent sample, trimmed by the tag
+            self._write(np.zeros((1, self.channels) if self.channels == 2 else 1, dtype=np.int16))
         self._f.write(bytes(self._enc.flush()))
+        audio = self._f.tell() - self.layout.frame_bytes
+        self._f.seek(0)
+        self._f.write(self.layout.info_frame(audio // self.layout.frame_bytes, self.samples))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
         return self.path
+
+
+def repair_mp3(path: Path, rate: int, channels: int) -> None:
+    """Make an MP3 a crash left whole: drop a torn last frame and write the Info frame's length."""
+    layout = Mp3Layout(rate, channels, mp3_kbps(rate, channels))
+    size = layout.frame_bytes
+    with path.open("r+b") as f:
+        if f.read(size)[4:].find(b"Info") < 0:
+            return  # no Info frame: a plain stream, playable as it is
+        frames = max(0, path.stat().st_size // size - 1)
+        f.truncate(size * (frames + 1))
+        f.seek(0)
+        # The samples still inside the encoder at the kill never reached the file: no end padding known.
+        f.write(layout.info_frame(frames, frames * layout.samples_per_frame - LAME_DELAY))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # --- MP4 (AAC) ------------------------------------------------------------------------------------
@@ -220,6 +355,9 @@ class Mp4Writer(Writer):
     plain MP4 when the recording ends."""
 
     format = "mp4"
+    # AAC holds ~1024 samples back and a fragment is written whole: with half-second blocks and
+    # fragments a kill could cost over a second. Quarter seconds keep the loss under ~0.8 s.
+    block_seconds = FLUSH_SECONDS / 2
 
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         import av
@@ -228,12 +366,15 @@ class Mp4Writer(Writer):
         self._part = part_path(path)
         options = {
             "movflags": "empty_moov+default_base_moof+frag_keyframe",
-            "frag_duration": str(int(FLUSH_SECONDS * 1_000_000)),
+            "frag_duration": str(int(self.block_seconds * 1_000_000)),
             "flush_packets": "1",
         }
         try:
+            self._part.write_bytes(b"")  # FFmpeg creates the file only at its first write: lock it from now
+            self._hold(self._part)
             self._out: Any = av.open(str(self._part), "w", format="mp4", options=options)
         except (OSError, av.error.FFmpegError) as e:
+            self._release()
             raise EncoderError(f"cannot create {self._part.name}: {e}") from None
         layout = "stereo" if channels == 2 else "mono"
         stream = self._out.add_stream("aac", rate=rate, layout=layout)
@@ -261,6 +402,12 @@ class Mp4Writer(Writer):
     def flush(self) -> None:
         pass  # flush_packets=1 and frag_duration already push each fragment to the file
 
+    def _abandon(self) -> None:
+        import av
+
+        with contextlib.suppress(OSError, av.error.FFmpegError):
+            self._out.close()
+
     def _finish(self) -> Path:
         import av
 
@@ -270,31 +417,72 @@ class Mp4Writer(Writer):
         except av.error.FFmpegError:
             pass
         self._out.close()
-        remux_to_mp4(self._part, self.path)
-        self._part.unlink(missing_ok=True)
+        try:
+            remux_to_mp4(self._part, self.path)
+        except EncoderError as e:
+            # The fragmented file plays as it is: keep it under the final name rather than lose it.
+            os.replace(self._part, self.path)
+            self.warnings.append(f"{e}; kept as fragmented MP4")
+        else:
+            self._part.unlink(missing_ok=True)
         return self.path
 
 
+#: Samples of priming FFmpeg's AAC encoder puts before the first input sample.
+AAC_PRIMING = 1024
+
+
 def remux_to_mp4(source: Path, target: Path) -> None:
-    """Copy the AAC packets of a (fragmented) MP4 into a plain MP4 with its index up front."""
+    """Copy the AAC packets of a (fragmented) MP4 into a plain MP4 with its index up front.
+
+    The packets move back by the encoder's priming, so the MP4 gets an edit list that skips it: players
+    start at the first recorded sample and the file's duration is the recording's. A fragment torn by a
+    crash ends the copy (the complete ones before it are kept); a failure to write raises EncoderError
+    and leaves ``target`` as it was.
+    """
     import av
 
     tmp = target.with_suffix(".remux.mp4")
-    with (
-        av.open(str(source), "r") as src,
-        av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"}) as dst,
-    ):
-        in_stream = src.streams.audio[0]
-        out_stream = dst.add_stream_from_template(in_stream)
-        try:
-            for packet in src.demux(in_stream):
+    try:
+        with (
+            av.open(str(source), "r") as src,
+            av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"}) as dst,
+        ):
+            in_stream = src.streams.audio[0]
+            out_stream = dst.add_stream_from_template(in_stream)
+            shift = round(AAC_PRIMING / (in_stream.rate or 1) / (in_stream.time_base or Fraction(1, in_stream.rate)))
+            packets = src.demux(in_stream)
+            while True:
+                try:
+                    packet = next(packets)
+                except (StopIteration, av.error.FFmpegError):
+                    break  # the end, or a torn fragment
                 if packet.dts is None:
                     continue
+                packet.dts -= shift
+                if packet.pts is not None:
+                    packet.pts -= shift
                 packet.stream = out_stream
                 dst.mux(packet)
-        except av.error.FFmpegError:
-            pass  # a fragment torn by a crash: keep the complete ones before it
-    os.replace(tmp, target)
+        os.replace(tmp, target)
+    except (OSError, av.error.FFmpegError) as e:
+        tmp.unlink(missing_ok=True)
+        raise EncoderError(f"cannot write {target.name}: {e}") from None
+
+
+def in_use(path: Path) -> bool:
+    """Whether a live writer (of any process) holds this recording file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing drops the lock we may have taken)
+    return False
 
 
 def open_writer(fmt: str, path: Path, rate: int, channels: int) -> Writer:

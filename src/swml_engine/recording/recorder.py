@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swml_engine.callbacks import NODE_ID, StatusReporter
+from swml_engine.callbacks import StatusReporter
 from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
+from swml_engine.recording.recovery import repair
 from swml_engine.recording.store import RecordingStore
 
 if TYPE_CHECKING:
@@ -46,8 +47,11 @@ class RecordSettings:
 
 
 def channel_layout(direction: str, stereo: bool) -> dict[str, str]:
-    if stereo:
-        return {"left": "speak", "right": "listen"}
+    if stereo:  # a side not recorded is a silent channel, and says so
+        return {
+            "left": "speak" if direction != "listen" else "silence",
+            "right": "listen" if direction != "speak" else "silence",
+        }
     return {"mono": "speak+listen" if direction == "both" else direction}
 
 
@@ -191,7 +195,7 @@ class Recording:
         if reason in ("max_length", "no_input", "end_silence") and self._pending is not None:
             self._write_pending()  # counted in frames: the frame that reached the limit belongs in the file
         if error:
-            self.call.events.emit("error", where=f"recording {self.recording_id}", message=error)
+            self._error(error)
         self.call.loop.create_task(self.stop(reason))
 
     # --- end --------------------------------------------------------------------------------------
@@ -206,24 +210,47 @@ class Recording:
         self.call.remove_tap(self)
         with contextlib.suppress(ValueError):
             self.call.dtmf_listeners.remove(self._on_digit)
-        self.end_time = self.call.wall()
         state = "no_input" if reason == "no_input" else "error" if reason == "error" else "finished"
         due = round((self.call.now() - self._t0) / FRAME_SECONDS)
         if self._pending is not None and self._writer is not None and self.frames < due:
             self._write_pending()
         self._pending = None
-        if self._writer is not None:
-            try:
-                final = self._writer.close()
-                self.path = final
-                self.size = final.stat().st_size
-            except (OSError, EncoderError) as e:
-                state = "error"
-                self.call.events.emit("error", where=f"recording {self.recording_id}", message=str(e))
-        self.state = state
-        self._save_metadata()
-        self._report(state)
-        self.ended.set()
+        # The file covers [start_time, start_time + duration] exactly (frames, not the wall clock's jitter).
+        self.end_time = (self.start_time or self.call.wall()) + self.duration
+        try:
+            if self._writer is not None:
+                broken = self._writer.broken
+                try:
+                    self.path = self._writer.close()
+                except Exception as e:  # an encoder's own failure too: the call and its other recordings go on
+                    state, broken = "error", True
+                    self._error(str(e) if isinstance(e, OSError | EncoderError) else f"{type(e).__name__}: {e}")
+                for warning in self._writer.warnings:
+                    self._error(warning)
+                if broken:
+                    self._salvage()
+                with contextlib.suppress(OSError):
+                    self.size = self.path.stat().st_size  # what is on disk, even after an error
+            self.state = state
+            self._save_metadata()
+            self._report(state)
+        finally:
+            self.ended.set()
+
+    def _salvage(self) -> None:
+        """A write failed: make what reached the disk playable, as recovery does after a crash, and say
+        how long it is (the frames handed to the writer after the failure are not in it)."""
+        s = self.settings
+        self.path = self.store.audio_path(self.recording_id, s.format)
+        try:
+            seconds, _ = repair(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
+        except Exception as e:
+            self._error(f"the part written could not be made playable: {type(e).__name__}: {e}")
+            return
+        self.frames = min(self.frames, round(seconds * FRAMES_PER_SECOND))
+
+    def _error(self, message: str) -> None:
+        self.call.events.emit("error", where=f"recording {self.recording_id}", message=message)
 
     # --- reporting ---------------------------------------------------------------------------------
 
@@ -254,36 +281,29 @@ class Recording:
         try:
             self.store.write_metadata(self.metadata())
         except OSError as e:
-            self.call.events.emit("error", where=f"recording {self.recording_id}", message=f"metadata: {e}")
+            self._error(f"metadata: {e}")
 
     def _params(self, state: str) -> dict[str, Any]:
+        """A callback's ``params`` in this state: the union of what record.mdx and record_call.mdx show,
+        each field present when the pages say it is (lengths once there is a file, times once it ended)."""
         s = self.settings
-        params: dict[str, Any] = {
-            "call_id": self.call.call_id,
-            "node_id": NODE_ID,
-            "control_id": s.control_id,
-            "state": state,
-            "url": self.url,
-            "duration": round(self.duration, 3),
-            "size": self.size,
-            "recording_id": self.recording_id,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "record": {
-                "url": self.url,
-                "duration": round(self.duration, 3),
-                "size": self.size,
-                "format": s.format,
-                "audio": {"format": s.format, "direction": s.direction, "stereo": s.stereo},
-            },
+        params: dict[str, Any] = {"state": state, "url": self.url, "recording_id": self.recording_id}
+        record: dict[str, Any] = {
+            "format": s.format,
+            "audio": {"format": s.format, "direction": s.direction, "stereo": s.stereo},
         }
-        if self.end_reason:
-            params["end_reason"] = self.end_reason
+        if state in ("finished", "no_input"):
+            duration = round(self.duration, 3)
+            params |= {"duration": duration, "size": self.size}
+            record |= {"url": self.url, "duration": duration, "size": self.size}
+        if self.end_reason is not None:
+            params |= {"start_time": self.start_time, "end_time": self.end_time, "end_reason": self.end_reason}
+        params["record"] = record
         return params
 
     def _report(self, state: str) -> None:
         params = self._params(state)
-        self.call.events.emit("record.state", **params)
+        self.call.events.emit("record.state", control_id=self.settings.control_id, **params)
         self._status.send(params)
 
 
@@ -317,7 +337,10 @@ class Recordings:
     async def stop_all(self) -> None:
         reason = "script_end" if self.call.end_reason == "script_end" else "hangup"
         for rec in self.live():
-            await rec.stop(reason)
+            try:
+                await rec.stop(reason)
+            except Exception as e:  # one recording's trouble never keeps the others unfinished
+                rec._error(f"{type(e).__name__}: {e}")
 
 
 def recordings_of(call: Call) -> Recordings:

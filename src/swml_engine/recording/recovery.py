@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swml_engine.recording.encoders import WAV_HEADER, part_path, remux_to_mp4, wav_header
+from swml_engine.recording.encoders import (
+    AAC_PRIMING,
+    WAV_HEADER,
+    EncoderError,
+    in_use,
+    part_path,
+    remux_to_mp4,
+    repair_mp3,
+    wav_header,
+)
 from swml_engine.recording.store import RecordingStore
 
 
@@ -44,8 +54,10 @@ def recover(root: Path) -> list[Recovered]:
         rid = str(meta["recording_id"])
         fmt = str(meta.get("format"))
         path = store.audio_path(rid, fmt)
+        if in_use(path) or in_use(part_path(path)):
+            continue  # a live recording of a running call (this process or another): not ours to touch
         try:
-            duration, note = _repair(fmt, path, int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1))
+            duration, note = repair(fmt, path, int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1))
         except Exception as e:  # a file beyond repair is reported, the others still get repaired
             duration, note = 0.0, f"could not be repaired: {type(e).__name__}: {e}"
             meta["state"] = "error"
@@ -60,18 +72,46 @@ def recover(root: Path) -> list[Recovered]:
     return done
 
 
-def _repair(fmt: str, path: Path, rate: int, channels: int) -> tuple[float, str]:
+def repair(fmt: str, path: Path, rate: int, channels: int) -> tuple[float, str]:
+    """Make a recording file playable as it stands on disk (after a crash, or a write the storage
+    refused); returns its playing length and what was done."""
     if fmt == "wav":
         return _repair_wav(path, rate, channels)
     if fmt == "mp3":
-        return _decoded_seconds(path), "MP3 stream kept as written"
+        repair_mp3(path, rate, channels)
+        return _decoded_seconds(path), "MP3 frames kept, length written in its Info frame"
     if fmt == "mp4":
         part = part_path(path)
         if part.is_file():
-            remux_to_mp4(part, path)
+            _drop_torn_fragment(part)
+            try:
+                remux_to_mp4(part, path)
+            except EncoderError:  # no room for the remuxed copy: the fragments play as they are
+                os.replace(part, path)
+                return max(0.0, _decoded_seconds(path) - AAC_PRIMING / rate), "complete MP4 fragments kept"
             part.unlink()
-        return _decoded_seconds(path), "complete MP4 fragments remuxed"
+        return _mp4_seconds(path), "complete MP4 fragments remuxed"
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _drop_torn_fragment(path: Path) -> None:
+    """Cut a fragmented MP4 after its last whole fragment (a ``moof`` with its ``mdat``): a fragment
+    half written when the process died or the disk filled would otherwise end decoding with an error."""
+    size = path.stat().st_size
+    keep = pos = 0
+    with path.open("r+b") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            if length == 1:
+                (length,) = struct.unpack(">Q", f.read(8))
+            if length < 8 or pos + length > size:
+                break  # torn
+            pos += length
+            if kind != b"moof":  # a moof counts once its mdat is whole
+                keep = pos
+        if keep < size:
+            f.truncate(keep)
 
 
 def _repair_wav(path: Path, rate: int, channels: int) -> tuple[float, str]:
@@ -85,6 +125,17 @@ def _repair_wav(path: Path, rate: int, channels: int) -> tuple[float, str]:
         f.flush()
         os.fsync(f.fileno())
     return data / block / rate, "WAV header rewritten from the file length"
+
+
+def _mp4_seconds(path: Path) -> float:
+    """The MP4's length as players see it (its edit list skips the AAC priming)."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+    return _decoded_seconds(path)
 
 
 def _decoded_seconds(path: Path) -> float:

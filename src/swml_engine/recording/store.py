@@ -84,8 +84,19 @@ class RecordingStore:
         """Atomically replace ``<recording_id>.json`` (a crash leaves the old or the new, never half)."""
         path = self.meta_path(str(meta["recording_id"]))
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({k: meta.get(k) for k in METADATA_FIELDS}, indent=2) + "\n")
-        os.replace(tmp, path)
+        text = (json.dumps({k: meta.get(k) for k in METADATA_FIELDS}, indent=2) + "\n").encode()
+        try:
+            tmp.write_bytes(text)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            if not path.is_file():
+                raise
+            # A full disk has no room for a second copy; the old one's blocks, freed by truncating it,
+            # hold the new text (a few bytes longer at most), so the recording's last state is not lost.
+            with path.open("r+b") as f:
+                f.truncate(0)
+                f.write(text)
 
     def read_metadata(self, recording_id: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.meta_path(recording_id).read_text())

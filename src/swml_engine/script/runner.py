@@ -94,12 +94,14 @@ class Runner:
         events = self.call.events
         events.emit("step.start", section=frame.section, path=step.path, method=step.method)
         ctx = StepContext(self, step, frame)
+        raw: object = None
         try:
             raw = self.templater.render(step.params, step.where) if method.substitute else step.params
             params = method.parse(raw, step.where)
             await method.run(ctx, params)
         except ParamError as e:
             self._fail(ctx, method.result_var, str(e))
+            method.failed(ctx, raw, e)
         except (Goto, Return, EndScript):
             events.emit("step.end", section=frame.section, path=step.path, method=step.method, result=ctx.result)
             raise

@@ -9,6 +9,7 @@ time in ``heard.wav``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import wave
 from dataclasses import dataclass, field
@@ -45,7 +46,11 @@ class CallerScript:
 
 
 class HeardWriter:
-    """Writes what the caller hears to a mono 16-bit WAV, a second at a time (flat memory)."""
+    """Writes what the caller hears to a mono 16-bit WAV, a second at a time (flat memory).
+
+    A failed write (a full disk) stops the file where it is and says so once in :attr:`error`; the call
+    goes on, it only loses its transcript of what was heard.
+    """
 
     def __init__(self, path: Path, rate: int) -> None:
         self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
@@ -53,20 +58,27 @@ class HeardWriter:
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate)
         self._pending: list[Frame] = []
+        self.error: str | None = None
 
     def write(self, frame: Frame) -> None:
-        self._pending.append(frame)
-        if len(self._pending) >= 50:
-            self.flush()
+        if self.error is None:
+            self._pending.append(frame)
+            if len(self._pending) >= 50:
+                self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            self._wav.writeframes(np.concatenate(self._pending).astype("<i2").tobytes())
+            data = np.concatenate(self._pending).astype("<i2").tobytes()
             self._pending.clear()
+            try:
+                self._wav.writeframes(data)
+            except OSError as e:
+                self.error = f"heard.wav: {e.strerror or e}; what the caller heard is no longer written"
 
     def close(self) -> None:
         self.flush()
-        self._wav.close()
+        with contextlib.suppress(OSError):
+            self._wav.close()
 
 
 class SimulatedTransport(Transport):
@@ -103,8 +115,13 @@ class SimulatedTransport(Transport):
         return frame
 
     def write_listen(self, frame: Frame) -> None:
-        if self._heard is not None:
-            self._heard.write(frame)
+        heard = self._heard
+        if heard is not None:
+            heard.write(frame)
+            if heard.error is not None and self.call is not None:
+                self.call.events.emit("error", where="heard.wav", message=heard.error)
+                heard.close()
+                self._heard = None
 
     async def answer(self) -> None:
         self.answered = True
