@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import run_doc
 from swml_engine.document.loader import load_text
 from swml_engine.errors import DocumentError
 
@@ -132,3 +133,29 @@ def test_unsupported_methods_are_listed_separately() -> None:
         "sections.main[1].ai: not supported by this engine",
         "sections.main[2].connect: not supported by this engine",
     ]
+
+
+def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
+    import time
+
+    deep_json = "[" * 5000 + "]" * 5000
+    deep_steps = "sections: {main: [" + "{cond: [{when: 'true', then: [" * 60 + "hangup" + "]}]}" * 60 + "]}"
+    # 24 levels of a block repeated twice by YAML aliases: 2^24 steps if walked naively.
+    bomb = ["sections:", "  main:", "    - &b0 {set: {a: 1}}"]
+    bomb += [f"    - &b{i} {{cond: [{{when: 'true', then: [*b{i - 1}, *b{i - 1}]}}]}}" for i in range(1, 25)]
+    cases = {
+        deep_json: "nested too deeply to read",
+        deep_steps: "steps nested more than 50 levels deep",
+        "\n".join(bomb): "more than 100000 steps in one document",
+    }
+    for text, message in cases.items():
+        started = time.monotonic()
+        with pytest.raises(DocumentError) as info:
+            load_text(text)
+        assert message in str(info.value.errors[0]) and time.monotonic() - started < 5
+
+
+def test_long_values_are_cut_short_in_messages() -> None:
+    res = run_doc("sections: {main: [{set: {f: '${\"x\".repeat(100000)}'}}, {record_call: {format: '${f}'}}]}")
+    (error,) = [e for e in res.events if e["type"] == "error"]
+    assert len(error["message"]) < 400 and "(100000 characters)" in error["message"]

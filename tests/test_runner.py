@@ -300,3 +300,74 @@ def test_answer_codecs_and_credentials_on_a_simulated_call() -> None:
     res = run_doc("sections: {main: [{answer: {codecs: 'PCMU,AMR-WB,G722@16000h', username: a, password: b}}]}")
     assert res.call.codecs == ["PCMU", "AMR-WB", "G722"] and res.call.credentials == ("a", "b")
     assert any(e["type"] == "call.state" and e["state"] == "answered" for e in res.events)
+
+
+def test_prompt_timeouts_after_a_cancelled_timer_fire_on_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A timer cancelled at the top of the loop's heap must not hide the next one (the virtual clock
+    once jumped to the 4-hour max_duration instead of the second prompt's 5 s digit timeout)."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - answer
+    - prompt: {play: 'silence:1', max_digits: 4, terminators: '#'}
+    - set: {first: '${prompt_value}'}
+    - prompt: {play: 'silence:0.5', max_digits: 2}
+""",
+        tmp_path,
+        dtmf=[(2.0, "1"), (2.25, "#")],
+    )
+    assert res.vars["first"] == "1" and res.vars["prompt_result"] == "no_input"
+    assert res.result.reason == "script_end" and res.duration == pytest.approx(7.75, abs=0.03)
+
+
+def test_a_call_is_never_endless() -> None:
+    """No answer, `sleep: -1` (the docs' "Forever Sleep" example): the default max_duration of 4 hours
+    still ends it, as it ends an answered call."""
+    res = run_doc("sections: {main: [{sleep: -1}]}")
+    assert res.result.reason == "max_duration" and res.duration == pytest.approx(14400, abs=0.03)
+    res = run_doc("sections: {main: [{answer: {max_duration: 30}}, {sleep: -1}]}")
+    assert res.result.reason == "max_duration" and res.duration == pytest.approx(30, abs=0.03)
+
+
+def test_strftime_tz_gives_the_wall_time() -> None:
+    import time
+
+    res = run_doc("sections: {main: [{set: {t: '@{strftime_tz UTC %Y}'}}]}")
+    assert res.vars["t"] == time.strftime("%Y", time.gmtime())
+
+
+def test_vars_json_is_strict_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    run_doc("sections: {main: [{set: {a: '${1/0}', b: '${0/0}', c: 1}}]}", tmp_path)
+    text = (tmp_path / "out" / "vars.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in vars.json")) == {
+        "a": None,
+        "b": None,
+        "c": 1,
+    }
+
+
+def test_goto_max_counts_per_run_of_a_section() -> None:
+    """Two documents with the same step paths, and one section executed twice, each loop `max` times."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: 0}
+    - label: a
+    - goto: {label: a, max: 3}
+    - execute: {dest: sub}
+    - execute: {dest: sub}
+    - execute:  # another document, whose goto has the same path as main's
+        dest: '{"sections": {"main": [{"set": {"m": 1}}, {"label": "a"}, {"goto": {"label": "a", "max": 3}}]}}'
+  sub:
+    - label: top
+    - set: {n: '${n + 1}'}
+    - goto: {label: top, max: 2}
+"""
+    )
+    assert res.vars["n"] == 6  # 3 runs of the `set` per execute of sub
+    steps = [e for e in res.events if e["type"] == "step.end" and e["method"] == "goto"]
+    assert [e["result"] for e in steps].count("taken") == 3 + 2 + 2 + 3

@@ -22,6 +22,9 @@ from swml_engine.media.frame import Frame, silence
 from swml_engine.media.player import Player
 from swml_engine.transports.base import Transport
 
+#: answer.mdx: max_duration defaults to 14400 s (4 hours).
+DEFAULT_MAX_DURATION = 14400.0
+
 DtmfListener = Callable[[str], None]
 
 
@@ -102,6 +105,9 @@ class Call:
         self.events.emit("call.state", state="ringing", call_id=self.call_id)
         MediaTicker.for_loop(self.loop).add(self)
         self._ticking = True
+        # A call is never endless: the default max_duration runs from the start until an answer
+        # sets its own (a script that never answers and sleeps forever still ends).
+        self._limit(DEFAULT_MAX_DURATION)
         self.transport.on_call_start()
 
     @property
@@ -121,8 +127,13 @@ class Call:
         self.answered_at = self.now()
         self.state = "answered"
         self.events.emit("call.state", state="answered")
-        if max_duration is not None and max_duration > 0:
-            self._max_duration = self.loop.call_later(max_duration, self._on_max_duration)
+        self._limit(max_duration if max_duration is not None and max_duration > 0 else DEFAULT_MAX_DURATION)
+
+    def _limit(self, seconds: float) -> None:
+        """(Re)arm the hangup after ``seconds`` from now."""
+        if self._max_duration is not None:
+            self._max_duration.cancel()
+        self._max_duration = self.loop.call_later(seconds, self._on_max_duration)
 
     async def early_media(self) -> None:
         if self.answered or self.is_ended or self.state == "early":

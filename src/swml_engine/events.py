@@ -11,13 +11,14 @@ from typing import IO, Any
 Sink = Callable[[dict[str, Any]], None]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN and infinities become null, as JSON.stringify does."""
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
+        return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
@@ -40,7 +41,7 @@ class EventLog:
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
             event: dict[str, Any] = {"t": round(self._now(), 3), "type": type_}
-            event.update(_jsonable(fields))
+            event.update(jsonable(fields))
             if self.keep:
                 self.events.append(event)
             for sink in self.sinks:

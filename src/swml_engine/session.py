@@ -14,7 +14,7 @@ from typing import Any
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
 from swml_engine.document.model import Document
-from swml_engine.events import EventLog, JsonlSink
+from swml_engine.events import EventLog, JsonlSink, jsonable
 from swml_engine.media.audio import Samples, decode
 from swml_engine.media.clock import VirtualTimeLoop
 from swml_engine.recording.recovery import recover
@@ -140,5 +140,6 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
         if jsonl is not None:
             jsonl.close()
     if out is not None:
-        (out / "vars.json").write_text(json.dumps(variables.vars, indent=2, ensure_ascii=False, default=str) + "\n")
+        text = json.dumps(jsonable(variables.vars), indent=2, ensure_ascii=False, allow_nan=False)
+        (out / "vars.json").write_text(text + "\n")
     return SimResult(result, events.events, variables.vars, duration, call)

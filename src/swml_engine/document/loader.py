@@ -83,8 +83,12 @@ def parse_text(text: str, source: str = "<document>") -> object:
             return json.loads(text)
         except json.JSONDecodeError as e:
             json_error = e
+        except RecursionError:
+            raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
     except yaml.YAMLError as e:
         if json_error is not None:
             msg = f"line {json_error.lineno}, column {json_error.colno}: invalid JSON: {json_error.msg}"
@@ -110,6 +114,12 @@ def load_text(text: str, source: str = "<document>") -> Document:
     return load_document(parse_text(text, source), source)
 
 
+#: More steps than any real script has (the largest public example has a few hundred).
+MAX_STEPS = 100_000
+#: Blocks inside blocks (cond/switch/execute on_return...): deeper is not a script a person wrote.
+MAX_NESTING = 50
+
+
 class _Loader:
     def __init__(self) -> None:
         from swml_engine.methods import REGISTRY
@@ -117,6 +127,8 @@ class _Loader:
         self.registry = REGISTRY
         self.errors: list[ParamError] = []
         self.unsupported: list[ParamError] = []
+        self.count = 0
+        self.depth = 0
 
     def steps(self, raw: object, path: str) -> list[Step]:
         if isinstance(raw, dict):
@@ -124,12 +136,25 @@ class _Loader:
         if not isinstance(raw, list):
             self.errors.append(ParamError(path, f"{describe(raw)} is not a list of steps"))
             return []
-        out: list[Step] = []
-        for i, item in enumerate(raw):
-            step = self.step(item, f"{path}[{i}]")
-            if step is not None:
-                out.append(step)
-        return out
+        # Limits a hostile document (a YAML alias bomb repeats one block 2^n times) hits long before
+        # any real script: it is refused at once instead of being walked for minutes.
+        self.count += len(raw)
+        if self.count > MAX_STEPS:
+            raise DocumentError(
+                [ParamError(path, f"more than {MAX_STEPS} steps in one document (repeated YAML aliases?)")]
+            )
+        if self.depth >= MAX_NESTING:
+            raise DocumentError([ParamError(path, f"steps nested more than {MAX_NESTING} levels deep")])
+        self.depth += 1
+        try:
+            out: list[Step] = []
+            for i, item in enumerate(raw):
+                step = self.step(item, f"{path}[{i}]")
+                if step is not None:
+                    out.append(step)
+            return out
+        finally:
+            self.depth -= 1
 
     def block(self, raw: object, path: str) -> Block:
         return Block(self.steps(raw, path), path)

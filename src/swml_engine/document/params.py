@@ -26,10 +26,15 @@ def is_templated(value: object) -> bool:
     return isinstance(value, str) and _TEMPLATE.search(value) is not None
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters for a message (a substituted value can be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def describe(value: object) -> str:
-    """Show a value in an error message the way the user wrote it."""
+    """Show a value in an error message the way the user wrote it (long text cut short)."""
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 120 else f"{shorten(value)!r}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

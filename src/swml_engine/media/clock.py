@@ -89,10 +89,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         scheduled = getattr(self, "_scheduled", None)
         if scheduled is None:
             return False
-        for handle in scheduled:  # a heap: the first live entry is the earliest
-            if not handle.cancelled():
-                return bool(handle.when() > when)
-        return True
+        if not scheduled:
+            return True
+        if not scheduled[0].cancelled():  # a heap: its top is the earliest timer
+            return bool(scheduled[0].when() > when)
+        # A cancelled timer on top (asyncio removes those lazily): only the top is ordered, so the
+        # earliest live timer can be anywhere in the list.
+        live = [h.when() for h in scheduled if not h.cancelled()]
+        return not live or min(live) > when
 
 
 def wall_time(loop: asyncio.AbstractEventLoop) -> float:

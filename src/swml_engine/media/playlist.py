@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 from swml_engine.call import Call
+from swml_engine.document.params import shorten
 from swml_engine.media.frame import Frame
 from swml_engine.media.sources import Sound, SoundLoader, SourceError
 from swml_engine.media.sources.tts import Voice
@@ -48,8 +49,10 @@ class Playlist:
                 try:
                     frames = await task
                 except SourceError as e:
-                    self.call.events.emit("play.end", url=text, result="error", error=str(e))
-                    raise PlayFailed(f"cannot play {text!r}: {e}") from None
+                    error = shorten(str(e), 400)
+                    self.call.events.emit("play.end", url=shorten(text), result="error", error=error)
+                    # (the source's message names the URL already)
+                    raise PlayFailed(error if text in str(e) else f"cannot play {shorten(text)!r}: {error}") from None
                 if self.stopped or self.call.is_ended:
                     return "hangup" if self.call.is_ended else "stopped"
                 if i + 1 < len(self.sounds):

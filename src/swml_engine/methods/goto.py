@@ -40,10 +40,10 @@ class Goto(Method[GotoParams]):
         if index is None:
             raise ParamError(f"{ctx.where}.label", f"no label {label!r} in section {ctx.frame.section!r}")
         key = ctx.step.path
-        count = ctx.runner.goto_counts.get(key, 0)
+        count = ctx.frame.goto_counts.get(key, 0)
         if count >= p.max:
             ctx.result = "max_reached"
             return
-        ctx.runner.goto_counts[key] = count + 1
+        ctx.frame.goto_counts[key] = count + 1
         ctx.result = "taken"
         raise GotoSignal(index)

@@ -15,6 +15,7 @@ from typing import Any
 
 from swml_engine.call import Call
 from swml_engine.document.model import Document, Step
+from swml_engine.document.params import shorten
 from swml_engine.errors import ParamError, SwmlError
 from swml_engine.script.context import Variables
 from swml_engine.script.expressions import JsEngine
@@ -42,10 +43,8 @@ class Runner:
         self.call = call
         self.variables = variables
         self.js = js or JsEngine()
-        self.templater = Templater(variables, self.js, call.now)
+        self.templater = Templater(variables, self.js, call.wall)  # @{strftime_tz} wants Unix time
         self.registry = REGISTRY
-        #: How many times each goto step (by its path) has jumped, for ``goto.max``.
-        self.goto_counts: dict[str, int] = {}
 
     def set_var(self, name: str, value: Any) -> None:
         self.variables.vars[name] = value
@@ -123,7 +122,7 @@ class Runner:
 
     def _fail(self, ctx: StepContext, result_var: str | None, message: str) -> None:
         ctx.result = "failed"
-        self.call.events.emit("error", where=ctx.step.where, message=message)
+        self.call.events.emit("error", where=ctx.step.where, message=shorten(message, 1000))
         if result_var is not None:
             self.set_var(result_var, "failed")
 

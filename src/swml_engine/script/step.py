@@ -23,6 +23,9 @@ class Frame:
     section: str
     labels: dict[str, int] = field(default_factory=dict)
     depth: int = 0
+    #: How many times each goto step of this run of the section has jumped (``goto.max``): counted per
+    #: run, so a section executed again, or another document with the same step paths, starts afresh.
+    goto_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

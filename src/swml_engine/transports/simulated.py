@@ -45,6 +45,10 @@ class CallerScript:
     hangup_at: float | None = None
 
 
+#: Audio bytes a plain WAV can hold (its sizes are 32-bit).
+_WAV_LIMIT = 0xFFFFFFFF - 64
+
+
 class HeardWriter:
     """Writes what the caller hears to a mono 16-bit WAV, a second at a time (flat memory).
 
@@ -58,6 +62,7 @@ class HeardWriter:
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate)
         self._pending: list[Frame] = []
+        self._bytes = 0
         self.error: str | None = None
 
     def write(self, frame: Frame) -> None:
@@ -70,6 +75,12 @@ class HeardWriter:
         if self._pending:
             data = np.concatenate(self._pending).astype("<i2").tobytes()
             self._pending.clear()
+            self._bytes += len(data)
+            if self._bytes > _WAV_LIMIT:
+                self.error = (
+                    "heard.wav reached the 4 GiB a WAV file can hold; what the caller heard is no longer written"
+                )
+                return
             try:
                 self._wav.writeframes(data)
             except OSError as e:
