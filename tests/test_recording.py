@@ -211,7 +211,7 @@ def test_vad_no_input_and_end_silence(tmp_path: Path) -> None:
     )
     (meta,) = recordings(tmp_path / "talk")
     assert (meta["state"], meta["end_reason"]) == ("finished", "end_silence")
-    assert ends + 1.5 - 0.1 <= meta["duration"] <= ends + 1.5 + 0.35, (meta["duration"], ends)
+    assert abs(meta["duration"] - (ends + 1.5)) <= 0.1, (meta["duration"], ends)
 
 
 def test_record_foreground_defaults(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_record_foreground_defaults(tmp_path: Path) -> None:
     res = run_doc("sections: {main: [answer, record, {set: {after: '${record_result}'}}]}", tmp_path, caller_audio=talk)
     (meta,) = recordings(tmp_path)
     assert meta["method"] == "record" and meta["direction"] == "speak" and meta["end_reason"] == "end_silence"
-    assert ends + 5 - 0.1 <= meta["duration"] <= ends + 5 + 0.35  # the speech, then the default 5 s of silence
+    assert abs(meta["duration"] - (ends + 5)) <= 0.1  # the speech, then the default 5 s of silence
     assert res.vars["after"] == "success" and res.vars["record_url"] == meta["url"]
     res = run_doc("sections: {main: [answer, record]}", tmp_path / "t", caller_audio=talk, dtmf=[(1.0, "#")])
     (meta,) = recordings(tmp_path / "t")

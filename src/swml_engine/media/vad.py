@@ -36,6 +36,8 @@ class VoiceDetector:
         self._buf = np.zeros(0, dtype=np.float32)
         self._hold = 0.0
         self.speaking = False
+        #: Whether this frame itself held speech (no hangover): silence is timed from the last such frame.
+        self.heard = False
         self.probability = 0.0
 
     def feed(self, frame: Frame) -> bool:
@@ -51,5 +53,6 @@ class VoiceDetector:
             self._hold = self.HANGOVER
         else:
             self._hold = max(0.0, self._hold - FRAME_SECONDS)
+        self.heard = speech_now
         self.speaking = speech_now or self._hold > 0
         return self.speaking

@@ -171,7 +171,8 @@ class Recording:
 
     def _judge(self, frame: Frame) -> None:
         assert self._vad is not None
-        if self._vad.feed(frame):
+        self._vad.feed(frame)
+        if self._vad.heard:  # end_silence counts from the last frame that held speech, not its hangover
             self._heard_speech = True
             self._silent_frames = 0
             return
