@@ -82,3 +82,45 @@ def test_run_reports_bad_options_and_documents_in_one_line(tmp_path: Path) -> No
     junk.write_bytes(b"not audio" * 50)
     r = swml("run", str(doc), "--caller-audio", str(junk), "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_progress_bar_moves_on_a_terminal_between_events(tmp_path: Path) -> None:
+    """A 4 s real-time run with no events between 0 s and 4 s: the bar (on a real terminal, a pty)
+    still shows the call time growing, and ends with a newline."""
+    import os
+    import pty
+    import re
+
+    doc = tmp_path / "long.yaml"
+    doc.write_text("sections: {main: [answer, {sleep: 4000}]}")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "swml_engine",
+            "run",
+            str(doc),
+            "--realtime",
+            "--hangup-at",
+            "10",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(master)
+    shown = [float(t) for t in re.findall(rb"call time +([0-9.]+) s of 10 s", b"".join(chunks))]
+    assert len(shown) >= 4 and shown == sorted(shown) and 2.0 <= shown[0] < shown[-1] <= 4.1, shown

@@ -159,3 +159,10 @@ def test_long_values_are_cut_short_in_messages() -> None:
     res = run_doc("sections: {main: [{set: {f: '${\"x\".repeat(100000)}'}}, {record_call: {format: '${f}'}}]}")
     (error,) = [e for e in res.events if e["type"] == "error"]
     assert len(error["message"]) < 400 and "(100000 characters)" in error["message"]
+
+
+def test_missing_sections_and_labels_are_reported_beside_other_errors() -> None:
+    errors = errors_of("sections: {main: [{play: 'ring:zz'}, {execute: {dest: nowhere}}, {goto: {label: nolabel}}]}")
+    assert len(errors) == 3
+    assert any("execute.dest: no section 'nowhere'" in e for e in errors)
+    assert any("goto.label: no label 'nolabel'" in e for e in errors)

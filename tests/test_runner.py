@@ -371,3 +371,13 @@ sections:
     assert res.vars["n"] == 6  # 3 runs of the `set` per execute of sub
     steps = [e for e in res.events if e["type"] == "step.end" and e["method"] == "goto"]
     assert [e["result"] for e in steps].count("taken") == 3 + 2 + 2 + 3
+
+
+def test_set_sets_every_key_it_can() -> None:
+    res = run_doc("sections: {main: [{set: {a: 1, b: '${nosuch.fn()}', c: '${a + 1}', d: '${also.bad()}'}}]}")
+    assert res.vars["a"] == 1 and res.vars["c"] == 2 and "b" not in res.vars and "d" not in res.vars
+    errors = [e["message"] for e in res.events if e["type"] == "error"]
+    assert len(errors) == 2 and {m.split(":")[0] for m in errors} == {
+        "sections.main[0].set.b",
+        "sections.main[0].set.d",
+    }

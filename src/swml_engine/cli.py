@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,24 @@ from swml_engine.errors import DocumentError
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 
 
+def _seconds(text: str) -> float:
+    """A time on the call: a finite number of seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from the call's start (0 or more)")
+    return value
+
+
 def _pairs(values: list[str], option: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise SystemExit(f"swml: {option} {item!r}: write NAME=VALUE")
+            print(f"swml: {option} {item!r}: write NAME=VALUE", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
         out[name.strip()] = value
     return out
 
@@ -46,35 +60,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 class Progress:
-    """A one-line progress bar on stderr, shown once a run has taken more than a couple of seconds."""
+    """A one-line progress bar on stderr, shown once a run has taken more than a couple of seconds.
 
-    def __init__(self, total: float | None, enabled: bool) -> None:
+    Events say how far the call is; a redraw thread keeps the line moving between them (on the wall
+    clock's pace when the run follows it, ``--realtime``).
+    """
+
+    def __init__(self, total: float | None, enabled: bool, realtime: bool = False) -> None:
         self.total = total
         self.enabled = enabled
+        self.realtime = realtime
         self.start = time.monotonic()
         self.shown = False
-        self.last = 0.0
+        self._t = 0.0  # call time of the latest event
+        self._at = self.start  # when it came
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        if enabled:
+            threading.Thread(target=self._redraw, name="swml-progress", daemon=True).start()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.start < 2.0 or now - self.last < 0.2:
-            return
-        self.last = now
-        self.shown = True
-        t = float(event.get("t", 0.0))
-        if self.total:
-            done = min(1.0, t / self.total)
-            bar = "#" * int(done * 30)
-            sys.stderr.write(f"\r[{bar:<30}] call time {t:7.1f} s of {self.total:.0f} s")
-        else:
-            sys.stderr.write(f"\rcall time {t:7.1f} s ({now - self.start:.0f} s wall)")
-        sys.stderr.flush()
+        if self.enabled:
+            self._t, self._at = float(event.get("t", self._t)), time.monotonic()
+
+    def _redraw(self) -> None:
+        while not self._done.wait(0.25):
+            now = time.monotonic()
+            if now - self.start < 2.0:
+                continue
+            t = self._t + (now - self._at if self.realtime else 0.0)
+            if self.total:
+                t = min(t, self.total)
+                bar = "#" * int(t / self.total * 30)
+                line = f"\r[{bar:<30}] call time {t:7.1f} s of {self.total:.0f} s"
+            else:
+                line = f"\rcall time {t:7.1f} s ({now - self.start:.0f} s wall)"
+            with self._lock:
+                if not self._done.is_set():
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                    self.shown = True
 
     def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
+        with self._lock:
+            self._done.set()
+            if self.shown:
+                sys.stderr.write("\n")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"swml run: --caller-audio: no such file: {caller}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
-    progress = Progress(args.hangup_at, sys.stderr.isatty() and not args.quiet)
+    progress = Progress(args.hangup_at, sys.stderr.isatty() and not args.quiet, args.realtime)
     sim = Simulation(
         caller_audio=caller,
         dtmf=dtmf,
@@ -169,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file", metavar="FILE")
     r.add_argument("--caller-audio", metavar="WAV", help="what the caller says, from the moment of answer")
     r.add_argument("--dtmf", metavar="T:DIGITS[,T:DIGITS]", help="digits the caller presses at T seconds")
-    r.add_argument("--hangup-at", type=float, metavar="T", help="the caller hangs up at T seconds")
+    r.add_argument("--hangup-at", type=_seconds, metavar="T", help="the caller hangs up at T seconds")
     r.add_argument("--from", dest="from_", default="+15551230000", help="call.from")
     r.add_argument("--to", default="+15557890000", help="call.to")
     r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="a call header")

@@ -218,8 +218,7 @@ def load_document(raw: object, source: str = "<document>") -> Document:
             sections[str(name)] = loader.steps(steps, f"sections.{name}")
     doc = Document(sections, source, None if version is None else str(version))
     doc.unsupported = [e.path for e in loader.unsupported]
-    if not loader.errors:
-        _check_references(doc, loader.errors)
+    _check_references(doc, loader.errors)  # beside other errors too: every error is reported at once
     if loader.errors or loader.unsupported:
         raise DocumentError(loader.errors, loader.unsupported)
     return doc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from swml_engine.document.params import describe
-from swml_engine.errors import ParamError
+from swml_engine.errors import ParamError, SwmlError
 from swml_engine.methods.base import Method
 from swml_engine.script.step import StepContext
 
@@ -28,6 +28,16 @@ class Set(Method[dict[str, Any]]):
         return {str(k): v for k, v in params.items()}
 
     async def run(self, ctx: StepContext, p: dict[str, Any]) -> None:
+        # A key that fails (a bad expression) does not keep the others from being set; the step fails
+        # with the first error and every other one is reported too.
+        errors: list[SwmlError] = []
         for name, raw in p.items():
-            ctx.set_var(name, ctx.render(raw, f"{ctx.where}.{name}"))
+            try:
+                ctx.set_var(name, ctx.render(raw, f"{ctx.where}.{name}"))
+            except SwmlError as e:
+                errors.append(e)
+        for later in errors[1:]:
+            ctx.events.emit("error", where=ctx.where, message=str(later))
+        if errors:
+            raise errors[0]
         ctx.result = "success"

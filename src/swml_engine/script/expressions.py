@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -116,7 +117,8 @@ def _first_line(text: str) -> str:
     # mini-racer puts the source location first and the JavaScript error further down; keep the error.
     for line in lines:
         if "Error" in line:
-            return line
+            # (its "undefined:3:" prefix is a place in our wrapper function, not in the user's text)
+            return re.sub(r"^undefined:\d+:\s*", "", line)
     return lines[0] if lines else "JavaScript error"
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from swml_engine.call import CallOptions
+from swml_engine.document.params import shorten
 from swml_engine.errors import ParamError
 from swml_engine.media.audio import AudioError, Samples, decode, frames_of
 from swml_engine.media.clock import run_io
@@ -66,7 +67,10 @@ def parse_sound(value: str, path: str) -> Sound:
             raise ParamError(path, f"{v!r}: no ring cadence for country {cc!r}; known: {known}")
         ring_secs = float(m.group("secs")) if m.group("secs") else None
         return Sound("ring", seconds=ring_secs, country=cc)
-    scheme = urlsplit(v).scheme.lower()
+    parts = urlsplit(v)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https") and not parts.hostname:
+        raise ParamError(path, f"{shorten(v)!r}: an http(s) URL needs a host, e.g. 'https://example.com/hello.mp3'")
     if scheme in ("http", "https", "file"):
         return Sound("url", url=v)
     raise ParamError(
