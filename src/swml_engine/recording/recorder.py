@@ -97,9 +97,12 @@ class Recording:
         """Open the file and attach the tap; raises EncoderError if storage is unusable."""
         s = self.settings
         self.store.ensure()
-        self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
         if self._initial_frames or self._silence_frames:
-            self._vad = VoiceDetector(self.call.rate, s.input_sensitivity)
+            try:
+                self._vad = VoiceDetector(self.call.rate, s.input_sensitivity)
+            except Exception as e:  # the model could not load: the recording fails, the call goes on
+                raise EncoderError(f"voice activity detection unavailable: {type(e).__name__}: {e}") from None
+        self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
         self.state = "recording"
         self.start_time = self.call.wall()
         self._t0 = self.call.now()
