@@ -140,3 +140,11 @@ def test_unset(tmp_path: Path) -> None:
     res = run_doc("sections: {main: [{set: {a: 1, b: 2, c: 3}}, {unset: a}, {unset: [b, c]}, {set: {d: '[${a}]'}}]}")
     assert res.vars == {"d": "[]"}
     assert vars_set(res, "a") == [1]
+
+
+def test_an_expression_is_one_value_not_statements_or_a_function() -> None:
+    res = run_doc("sections: {main: [{set: {a: '${1); (2}', b: '${function(x){return x}}', c: '${(1, 2)}'}}]}")
+    errors = sorted(e["message"] for e in res.events if e["type"] == "error")
+    assert "a" not in res.vars and "b" not in res.vars and res.vars["c"] == 2
+    assert errors[0].startswith("sections.main[0].set.a: SyntaxError")
+    assert errors[1].startswith("sections.main[0].set.b: TypeError: the expression is a function, not a value")

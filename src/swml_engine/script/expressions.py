@@ -24,6 +24,9 @@ var __swml_cache = new Map();
 function __swml_eval(src, scope) {
   var f = __swml_cache.get(src);
   if (f === undefined) {
+    // One expression, not statements: text that closes our parenthesis early ("1); (2") would parse
+    // inside it, but cannot also parse inside brackets.
+    new Function("return [" + src + "\n];");
     f = new Function("__s", "with (__s) { return (" + src + "\n); }");
     if (__swml_cache.size > 2000) { __swml_cache.clear(); }
     __swml_cache.set(src, f);
@@ -33,6 +36,7 @@ function __swml_eval(src, scope) {
     get: function (t, k) { return t[k]; }
   });
   var v = f(view);
+  if (typeof v === "function") { throw new TypeError("the expression is a function, not a value"); }
   if (typeof v === "number" && !isFinite(v)) { return JSON.stringify({n: String(v)}); }
   return JSON.stringify({v: v});
 }
@@ -118,7 +122,7 @@ def _first_line(text: str) -> str:
     for line in lines:
         if "Error" in line:
             # (its "undefined:3:" prefix is a place in our wrapper function, not in the user's text)
-            return re.sub(r"^undefined:\d+:\s*", "", line)
+            return re.sub(r"^(undefined|<anonymous>):\d+:\s*", "", line)
     return lines[0] if lines else "JavaScript error"
 
 
