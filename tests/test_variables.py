@@ -148,3 +148,11 @@ def test_an_expression_is_one_value_not_statements_or_a_function() -> None:
     assert "a" not in res.vars and "b" not in res.vars and res.vars["c"] == 2
     assert errors[0].startswith("sections.main[0].set.a: SyntaxError")
     assert errors[1].startswith("sections.main[0].set.b: TypeError: the expression is a function, not a value")
+
+
+def test_a_stopped_heavy_expression_fails_only_its_own_step() -> None:
+    steps = "".join(f", {{set: {{n{i}: '${{{i}+1}}'}}}}" for i in range(10))
+    res = run_doc(f"sections: {{main: [{{set: {{f: '${{\"x\".repeat(5e7)}}'}}}}{steps}]}}")
+    errors = [e["message"] for e in res.events if e["type"] == "error"]
+    assert len(errors) == 1 and "set.f: expression took longer than" in errors[0]
+    assert [res.vars[f"n{i}"] for i in range(10)] == list(range(1, 11))

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,6 +81,9 @@ class JsEngine:
                 encoder=_Encoder,
             )
         except JSTimeoutException:
+            # V8 may still be busy with what was stopped (freeing a huge value): later evaluations on
+            # that context would time out too, or read its leftovers. A fresh context starts clean.
+            self._discard()
             ms = round(self.timeout * 1000)
             raise ExpressionError(f"expression took longer than {ms} ms and was stopped: {_short(source)}") from None
         except JSEvalException as e:
@@ -92,6 +96,11 @@ class JsEngine:
         if "n" in decoded:
             return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[decoded["n"]]
         return decoded.get("v")
+
+    def _discard(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            threading.Thread(target=_close_quietly, args=(ctx,), name="swml-js-close", daemon=True).start()
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -114,6 +123,12 @@ def _new_context() -> Any:
 class _Encoder(json.JSONEncoder):
     def default(self, o: object) -> Any:
         return str(o)
+
+
+def _close_quietly(ctx: Any) -> None:
+    """Close a context that may still be busy (in a thread: it waits for V8 to let go)."""
+    with contextlib.suppress(Exception):
+        ctx.close()
 
 
 def _first_line(text: str) -> str:
