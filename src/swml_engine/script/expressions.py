@@ -126,7 +126,10 @@ class _Encoder(json.JSONEncoder):
 
 
 def _close_quietly(ctx: Any) -> None:
-    """Close a context that may still be busy (in a thread: it waits for V8 to let go)."""
+    """Close a context that may still be busy (in a thread: it waits for V8 to let go). One round
+    trip first lets a late callback of the stopped evaluation land while its loop still runs."""
+    with contextlib.suppress(Exception):
+        ctx.eval("0", timeout_sec=5)
     with contextlib.suppress(Exception):
         ctx.close()
 
