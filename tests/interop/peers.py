@@ -360,3 +360,149 @@ def flood(port: int, rtp_port: int, seconds: float, rng: random.Random, packets:
                 sent += 1
             time.sleep(0.01)
     return sent
+
+
+# --- a bare SIP client ----------------------------------------------------------------------------------
+
+
+class SipPeer:
+    """A SIP endpoint on a real socket (UDP, or TCP connected to the engine) sending exactly the
+    messages a test writes; ``receive`` frames what comes back (Content-Length over TCP)."""
+
+    def __init__(self, port: int, proto: str = "udp", call_id: str | None = None) -> None:
+        self.port, self.proto = port, proto
+        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        self.sock = socket.socket(socket.AF_INET, kind)
+        self.sock.bind(("127.0.0.1", 0))
+        if proto == "tcp":
+            self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.local = int(self.sock.getsockname()[1])
+        self.call_id = call_id or f"peer-{random.getrandbits(48):x}@127.0.0.1"
+        self.tag = f"p{random.getrandbits(32):x}"
+        self.messages: list[str] = []
+        self._buf = b""
+
+    def request(
+        self,
+        method: str,
+        cseq: int,
+        *,
+        branch: str | None = None,
+        to_tag: str = "",
+        body: str = "",
+        contact: str | None = None,
+        headers: tuple[str, ...] = (),
+        uri: str | None = None,
+        cseq_method: str | None = None,
+    ) -> str:
+        """Send a request; returns its Via branch (a CANCEL or a non-2xx ACK reuses the INVITE's)."""
+        branch = branch or f"z9hG4bK{random.getrandbits(48):x}"
+        lines = [
+            f"{method} {uri or f'sip:record@127.0.0.1:{self.port}'} SIP/2.0",
+            f"Via: SIP/2.0/{self.proto.upper()} 127.0.0.1:{self.local};branch={branch};rport",
+            f"From: <sip:peer@127.0.0.1>;tag={self.tag}",
+            f"To: <sip:record@127.0.0.1>{';tag=' + to_tag if to_tag else ''}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq} {cseq_method or method}",
+            f"Contact: {contact or f'<sip:peer@127.0.0.1:{self.local};transport={self.proto}>'}",
+            "Max-Forwards: 70",
+            *headers,
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        data = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+        if self.proto == "udp":
+            self.sock.sendto(data, ("127.0.0.1", self.port))
+        else:
+            self.sock.sendall(data)
+        return branch
+
+    def receive(self, seconds: float) -> list[str]:
+        """Messages arriving within ``seconds`` (also kept in ``messages``)."""
+        out: list[str] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65535)
+            except (TimeoutError, OSError):
+                continue
+            if self.proto == "udp":
+                out.append(data.decode(errors="replace"))
+                continue
+            if not data:
+                break
+            self._buf += data
+            while (msg := _frame(self)) is not None:
+                out.append(msg)
+        self.messages += out
+        return out
+
+    def statuses(self, method: str) -> list[int]:
+        return [status(m) for m in self.messages if m.startswith("SIP/2.0") and cseq_method(m) == method]
+
+    def final(self, method: str = "INVITE") -> str:
+        return next(m for m in self.messages if cseq_method(m) == method and status(m) >= 200)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _frame(peer: SipPeer) -> str | None:
+    head, sep, rest = peer._buf.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    m = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+    n = int(m.group(1)) if m else 0
+    if len(rest) < n:
+        return None
+    peer._buf = rest[n:]
+    return (head + sep + rest[:n]).decode(errors="replace")
+
+
+def status(msg: str) -> int:
+    return int(msg.split()[1]) if msg.startswith("SIP/2.0") else 0
+
+
+def header(msg: str, name: str) -> list[str]:
+    """Every value of a header (each line; compact forms not expanded)."""
+    head = msg.split("\r\n\r\n", 1)[0]
+    return [m.group(1).strip() for m in re.finditer(rf"(?im)^{re.escape(name)}\s*:\s*(.*)$", head)]
+
+
+def cseq_method(msg: str) -> str:
+    values = header(msg, "CSeq")
+    return values[0].split()[-1].upper() if values else ""
+
+
+def to_tag(msg: str) -> str:
+    m = re.search(r";tag=([^;>\s]+)", (header(msg, "To") or [""])[0])
+    return m.group(1) if m else ""
+
+
+def sdp_offer(rtp_port: int, media: str = "0\r\na=rtpmap:0 PCMU/8000") -> str:
+    return (
+        f"v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {rtp_port} RTP/AVP {media}\r\n"
+    )
+
+
+def listen_udp() -> tuple[socket.socket, int]:
+    """A UDP socket on loopback for the engine's requests (a Contact, a proxy)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.2)
+    return s, int(s.getsockname()[1])
+
+
+def wait_datagram(sock: socket.socket, seconds: float, contains: str = "") -> str | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65535).decode(errors="replace")
+        except (TimeoutError, OSError):
+            continue
+        if contains in data:
+            return data
+    return None

@@ -26,14 +26,14 @@ sections:
 """
 
 
-def baresip_config(home: Path, rate: int, codec: str, caller: Path) -> None:
+def baresip_config(home: Path, rate: int, codec: str, caller: Path, transport: str = "udp") -> None:
     """A headless baresip: a WAV file as microphone, what it hears dumped by sndfile, no devices."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "snd").mkdir(exist_ok=True)
     lines = {
         "poll_method": "epoll",
         "sip_listen": f"127.0.0.1:{free_port()}",
-        "sip_transports": "udp",
+        "sip_transports": transport,
         "audio_source": f"aufile,{caller}",
         "audio_player": f"aufile,{home / 'unused.wav'}",
         "audio_alert": f"aufile,{home / 'unused.wav'}",
@@ -89,3 +89,27 @@ def test_baresip_call_is_recorded_and_hears_the_prompt(
     assert spectrum_peaks(heard[int(0.6 * rate) : int(1.6 * rate)], rate, 1)[0] == pytest.approx(1000, abs=10)
     codec_name = codec.split("/")[0]
     assert any(e["type"] == "sip.invite" and codec_name in e["offer"] for e in events)
+
+
+@pytest.mark.skipif(not have("baresip"), reason="baresip not installed: run make test")
+def test_baresip_over_tcp_hangs_up_and_the_call_ends(engine: EngineFactory, tmp_path: Path) -> None:
+    """Our Contact says transport=tcp, so baresip's ACK and BYE come over TCP to a dialog we know."""
+    eng = engine("version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {}\n    - sleep: 30000\n")
+    home = tmp_path / "baresip"
+    caller = tmp_path / "caller.wav"
+    caller.write_bytes(wav_bytes(tone(440, 10.0, 8000, level=0.4), 8000))
+    baresip_config(home, 8000, "PCMU/8000/1", caller, transport="tcp")
+    res = subprocess.run(
+        ["baresip", "-f", str(home), "-e", f"/dial sip:record@127.0.0.1:{eng.port};transport=tcp", "-t", "4"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Call established" in res.stdout, res.stdout[-3000:]
+    [meta] = eng.recordings(1)  # ended by baresip's BYE, not by the script's 30 s
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended[0]["reason"] == "remote_hangup", eng.log()[-2000:]
+    assert float(meta["duration"]) < 4.5
+    assert "481" not in res.stdout

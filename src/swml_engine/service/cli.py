@@ -33,6 +33,14 @@ def host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, value
 
 
+def advertised_host(text: str) -> str:
+    """``--advertise``: a host name or address (IPv6 with or without brackets), not a wildcard."""
+    host = text.strip().removeprefix("[").removesuffix("]")
+    if not host or host in ("0.0.0.0", "::") or any(c in host for c in " <>;,@"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the host or address callers reach this service at")
+    return host
+
+
 def port_range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("-")
     try:
@@ -47,6 +55,13 @@ def port_range(text: str) -> tuple[int, int]:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="answer SIP calls and run a script for each")
     s.add_argument("--sip", type=lambda t: host_port(t, 5060), default=("0.0.0.0", 5060), metavar="HOST:PORT")
+    s.add_argument(
+        "--advertise",
+        type=advertised_host,
+        metavar="HOST",
+        help="the address put in our Contact and SDP (behind NAT: the public one); default: the --sip "
+        "address, or with a wildcard one the local address that routes to each caller",
+    )
     s.add_argument("--http", type=lambda t: host_port(t, 8080), metavar="HOST:PORT", help="health endpoint")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--script", metavar="FILE", help="the SWML document every call runs")
@@ -84,6 +99,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         envs=envs,
         reuse_port=args.workers > 1,
         max_calls=max(0, args.max_calls),
+        advertise=args.advertise,
         register=parse_target(args.register, os.environ.get("SWML_REGISTER_PASSWORD"), args.register_expires)
         if args.register
         else None,

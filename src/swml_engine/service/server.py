@@ -60,6 +60,8 @@ class ServiceConfig:
     max_lag: float = 0.06
     #: Keep an address-of-record registered at a registrar (one worker does it for all).
     register: RegisterTarget | None = None
+    #: The host our Contact and SDP give (NAT); None: the bound address, or the one routing to each peer.
+    advertise: str | None = None
 
 
 class Service:
@@ -85,15 +87,16 @@ class Service:
         (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
         for rec in recover(cfg.data / "recordings"):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
+        dialogs: dict[str, IncomingCall] = {}  # one table: a TCP call's ACK or BYE may come over UDP
         for transport in (
             UdpTransport(cfg.sip, reuse_port=cfg.reuse_port),
             TcpTransport(cfg.sip, reuse_port=cfg.reuse_port),
         ):
-            server = SipServer(transport, user_agent=USER_AGENT)
+            server = SipServer(transport, user_agent=USER_AGENT, advertise=cfg.advertise, calls=dialogs)
             server.on_invite = lambda inc, s=server: self._on_invite(s, inc)
             server.on_bye = self._on_bye
             server.on_cancel = self._on_cancel
-            server.on_reinvite = self._on_reinvite
+            server.on_reinvite = lambda inc, s=server: self._on_reinvite(s, inc)
             server.on_ack_timeout = self._on_ack_timeout
             server.on_ack = self._on_ack
             await server.start()
@@ -154,10 +157,10 @@ class Service:
                 log.info("call %s rejected 488: %s", sip_call_id, e)
                 incoming.reject(488, "Not Acceptable Here")
                 return
-        rtp_host = server.transport.local_addr[0]
-        if rtp_host in ("0.0.0.0", "::"):
-            rtp_host = self.config.sip[0]
-        transport = SipCallTransport(server, incoming, offer, rtp_host)
+        # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
+        rtp_host = str(server.transport.local_addr[0])
+        sdp_host = server.local_host(incoming.source_addr[0])
+        transport = SipCallTransport(server, incoming, offer, rtp_host, sdp_host)
         self.calls[sip_call_id] = transport
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
@@ -173,10 +176,10 @@ class Service:
         if transport is not None:
             transport.remote_cancel()
 
-    def _on_reinvite(self, incoming: IncomingCall) -> None:
+    def _on_reinvite(self, server: SipServer, incoming: IncomingCall) -> None:
         transport = self.calls.get(incoming.call_id)
         if transport is not None:
-            transport.reinvite(incoming.invite)
+            transport.reinvite(incoming.invite, server)
 
     def _on_ack(self, incoming: IncomingCall, request: SipRequest) -> None:
         transport = self.calls.get(incoming.call_id)
@@ -279,8 +282,9 @@ class Service:
             call.events.emit("error", where="script_url", message=problems)
             transport = call.transport
             assert isinstance(transport, SipCallTransport)
-            transport.ended = True
-            transport.invite.reject(500, "Server Internal Error")
+            if not transport.ended:  # a CANCEL during the fetch had its 487: one final answer only
+                transport.ended = True
+                transport.invite.reject(500, "Server Internal Error")
             return None
 
     # --- HTTP (minimal until the API lands) --------------------------------------------------------

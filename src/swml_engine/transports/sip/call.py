@@ -54,13 +54,17 @@ _REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
 class SipCallTransport(Transport):
     kind = "sip"
 
-    def __init__(self, server: SipServer, invite: IncomingCall, offer: Offer | None, rtp_host: str) -> None:
+    def __init__(
+        self, server: SipServer, invite: IncomingCall, offer: Offer | None, rtp_host: str, sdp_host: str | None = None
+    ) -> None:
         self.server = server
         self.invite = invite
         #: The peer's offer (None: delayed offer, until the ACK brings the answer to ours).
         self.offer = offer
         self.rate = preferred_rate(offer) if offer is not None else 8000
+        #: The RTP socket binds here (maybe a wildcard); our SDP says ``sdp_host``, an address the peer reaches.
         self.rtp_host = rtp_host
+        self.sdp_host = sdp_host or rtp_host
         self.rtp = RtpStream(self.rate, self._on_digit)
         self.session = SessionVersion()
         self.media: Media | None = None
@@ -76,6 +80,11 @@ class SipCallTransport(Transport):
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
+
+    @property
+    def sdp_local(self) -> tuple[str, int]:
+        """Our media address as the SDP gives it (c=/o=, m= port)."""
+        return (self.sdp_host, self.rtp.local[1])
 
     # --- the call interface -----------------------------------------------------------------------
 
@@ -119,7 +128,7 @@ class SipCallTransport(Transport):
         assert self.offer is not None
         self._use_media(negotiate(self.offer, self._allowed))
         assert self.media is not None
-        return build_answer(self.offer, self.media, self.rtp.local, self.session)
+        return build_answer(self.offer, self.media, self.sdp_local, self.session)
 
     def _answer_sdp(self) -> str | None:
         """Our SDP answer (media starts), or None when the call was refused with 488."""
@@ -207,7 +216,7 @@ class SipCallTransport(Transport):
         if self.ended:
             return
         try:
-            sdp = build_offer(self._allowed, self.rtp.local, self.session)
+            sdp = build_offer(self._allowed, self.sdp_local, self.session)
         except NotAcceptable as e:
             self._reject(488, "Not Acceptable Here", str(e))
             return
@@ -286,12 +295,14 @@ class SipCallTransport(Transport):
         if self.call is not None:
             self.call.on_remote_hangup("cancel")
 
-    def reinvite(self, request: SipRequest) -> None:
-        """Hold, resume, a new address or codec: answer from what we have, keep the call either way."""
+    def reinvite(self, request: SipRequest, via: SipServer | None = None) -> None:
+        """Hold, resume, a new address or codec: answer from what we have, keep the call either way.
+        The answer goes back over ``via``, the server (UDP or TCP) the re-INVITE came on."""
+        server = via or self.server
         if not request.body:  # offerless re-INVITE: our current session is the offer (RFC 3261 §14.2)
             offer, media = self.offer, self.media
-            sdp = build_answer(offer, media, self.rtp.local, self.session) if offer and media else None
-            self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+            sdp = build_answer(offer, media, self.sdp_local, self.session) if offer and media else None
+            server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
             return
         try:
             offer = parse_offer(request.text)
@@ -302,12 +313,12 @@ class SipCallTransport(Transport):
                 media = negotiate(offer, self.call.codecs if self.call is not None else [])
         except NotAcceptable as e:
             log.info("re-INVITE on %s refused: %s", self.invite.call_id, e)
-            self.server.reply_in_dialog(self.invite, request, 488, "Not Acceptable Here")
+            server.reply_in_dialog(self.invite, request, 488, "Not Acceptable Here")
             return
         self.offer = offer
         self._use_media(media)
-        sdp = build_answer(offer, media, self.rtp.local, self.session)
-        self.server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+        sdp = build_answer(offer, media, self.sdp_local, self.session)
+        server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
         if self.call is not None:
             self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=offer.on_hold)
 

@@ -103,7 +103,9 @@ class SipRegistration:
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
         infos = await loop.getaddrinfo(t.host, t.port, family=family, type=socket.SOCK_DGRAM)
         registrar = (str(infos[0][4][0]), t.port)
-        if local_host in ("0.0.0.0", "::"):
+        if self.server.advertise:  # --advertise: behind NAT, the registrar must be given the public address
+            local_host = self.server.advertise
+        elif local_host in ("0.0.0.0", "::"):
             local_host = _reaching_address(registrar[0], registrar[1], family)
         contact_host = f"[{local_host}]" if ":" in local_host else local_host
         uac = SipUAC(self.server.transport, advertised_addr=(local_host, local_port))

@@ -5,8 +5,17 @@
   never a second call (INVITE) or a 500 (in-dialog requests aiosipua sees as a CSeq replay).
 - TCP: responses go back over the connection the request came on (RFC 3261 §18.2.2), not to the
   Via address, which a TCP client rarely listens on.
-- BYE from our side goes along the route set or to the peer's Contact (RFC 3261 §12.2.1.1), carries
-  a Reason, and is retransmitted over UDP until answered.
+- BYE from our side goes along the route set (kept in Record-Route order, RFC 3261 §12.1.1; strict
+  routers too, §12.2.1.1) or to the peer's Contact, carries a Reason, and is retransmitted over UDP until
+  answered. Host names are resolved first (uvloop's sendto takes addresses only); over TCP a closed
+  connection is opened again to the route or Contact.
+- Our Contact is an address the peer can reach: ``--advertise``, the bound address, or — bound to a
+  wildcard — the local address that routes to the peer; on TCP it says ``transport=tcp``, so the peer's
+  ACK and BYE come over TCP too. Dialog-creating responses copy the INVITE's Record-Route.
+- UDP and TCP share one dialog table: an in-dialog request is found whichever transport it comes on.
+- Final non-2xx answers to an INVITE are retransmitted over UDP until the ACK (Timer G), and a rejected
+  call is forgotten at the ACK or after Timer H, so INVITEs that are never ACKed cannot pile up.
+- An INVITE with a To tag for a dialog we do not have gets 481 (RFC 3261 §12.2.2), not a new call.
 - Several processes may share the SIP port (SO_REUSEPORT) for ``--workers``.
 """
 
@@ -15,23 +24,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosipua.dialog import dialog_matches
+from aiosipua.dialog import DialogState, dialog_matches
 from aiosipua.header_codec import parse_uri
 from aiosipua.incoming_call import IncomingCall
 from aiosipua.message import SipMessage, SipRequest, SipResponse
 from aiosipua.transaction import T1, T2, TIMER_H
 from aiosipua.transport import (
+    SipTransport,
     TcpSipTransport,
     UdpSipTransport,
     _read_sip_message,
+    _response_destination,
     _stamp_via_received,
 )
 from aiosipua.uas import SipUAS
+from aiosipua.utils import format_addr, generate_tag
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +70,20 @@ class ReplyCache:
     """Last response per server transaction, kept for Timer H (32 s) to answer retransmissions."""
 
     responses: dict[TxnKey, tuple[SipResponse, float]] = field(default_factory=dict)
-    sources: dict[TxnKey, tuple[str, int]] = field(default_factory=dict)
+    #: Where each request came from (and when), so its answer finds its TCP connection.
+    sources: dict[TxnKey, tuple[tuple[str, int], float]] = field(default_factory=dict)
+    #: How long an entry is kept (Timer H), and how often old ones are looked for.
+    ttl: float = TIMER_H
+    sweep_every: float = 5.0
     _swept: float = 0.0
+
+    def note_source(self, key: TxnKey, addr: tuple[str, int]) -> None:
+        self.sources[key] = (addr, time.monotonic())
+        self._sweep()
+
+    def source(self, key: TxnKey) -> tuple[str, int] | None:
+        hit = self.sources.get(key)
+        return hit[0] if hit is not None else None
 
     def remember(self, response: SipResponse) -> None:
         key = transaction_key(response)
@@ -73,11 +98,13 @@ class ReplyCache:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        if now - self._swept < 5.0:
+        if now - self._swept < self.sweep_every:
             return
         self._swept = now
-        for key in [k for k, (_, t) in self.responses.items() if now - t > TIMER_H]:
+        for key in [k for k, (_, t) in self.responses.items() if now - t > self.ttl]:
             self.responses.pop(key, None)
+        # apart: a request that was never answered leaves its source behind
+        for key in [k for k, (_, t) in self.sources.items() if now - t > self.ttl]:
             self.sources.pop(key, None)
 
 
@@ -87,6 +114,8 @@ class _Dispatch:
     on_message: Callable[[SipRequest | SipResponse, tuple[str, int]], None] | None
     malformed: int = 0
     current_source: tuple[str, int] | None = None
+    #: The server's last word on each response before it goes out (Contact, Record-Route, Timer G).
+    finish: Callable[[SipResponse], None] | None = None
 
     def __init__(self, local_addr: tuple[str, int], *, reuse_port: bool = False) -> None:
         super().__init__(local_addr=local_addr)  # type: ignore[call-arg]  # (the aiosipua transport's)
@@ -114,6 +143,16 @@ class _Dispatch:
             except Exception:
                 log.exception("error handling %s from %s:%s", getattr(msg, "method", "response"), *addr)
 
+    def send_reply(self, response: SipResponse) -> None:
+        if self.finish is not None:
+            self.finish(response)
+        self.replies.remember(response)
+        self.deliver(response)
+
+    def deliver(self, response: SipResponse) -> None:
+        """Send ``response`` as it is (a retransmission goes out here too)."""
+        raise NotImplementedError
+
 
 class _UdpProtocol(asyncio.DatagramProtocol):
     # aiosipua's asserts an asyncio.DatagramTransport, which uvloop's UDP transport is not.
@@ -138,10 +177,9 @@ class UdpTransport(_Dispatch, UdpSipTransport):
         self._udp_transport = transport
         self.local_addr = transport.get_extra_info("sockname")[:2]
 
-    def send_reply(self, response: SipResponse) -> None:
-        self.replies.remember(response)
+    def deliver(self, response: SipResponse) -> None:
         try:
-            super().send_reply(response)
+            SipTransport.send_reply(self, response)  # to the Via (received/rport)
         except (ValueError, OSError) as e:  # no usable Via: nowhere to answer
             log.debug("SIP response not sent: %s", e)
 
@@ -174,21 +212,23 @@ class TcpTransport(_Dispatch, TcpSipTransport):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
-    def send_reply(self, response: SipResponse) -> None:
-        self.replies.remember(response)
+    def deliver(self, response: SipResponse) -> None:
         key = transaction_key(response)
-        source = self.replies.sources.get(key) if key is not None else None
+        source = self.replies.source(key) if key is not None else None
         for addr in (source, self.current_source):
             if addr is not None and addr in self._connections:
                 self.send(response, addr)
                 return
         try:
-            super().send_reply(response)
+            SipTransport.send_reply(self, response)
         except (ValueError, RuntimeError, OSError) as e:  # the connection is gone: nowhere to answer
             log.debug("SIP response not sent: %s", e)
 
 
 SipTransportT = UdpTransport | TcpTransport
+
+#: Bind addresses that are no address a peer can use.
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def uri_target(uri: str) -> tuple[str, int] | None:
@@ -202,17 +242,168 @@ def uri_target(uri: str) -> tuple[str, int] | None:
     return (parsed.host.strip("[]"), parsed.port or 5060)
 
 
-class SipServer(SipUAS):
-    """One listening transport (UDP or TCP) and its calls."""
+def split_addresses(value: str) -> list[str]:
+    """The name-addrs of one header line (``<sip:a;lr>, <sip:b;lr>``), commas inside <> or quotes kept."""
+    out: list[str] = []
+    depth, quoted, start = 0, False, 0
+    for i, ch in enumerate(value):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "<":
+            depth += 1
+        elif not quoted and ch == ">":
+            depth = max(0, depth - 1)
+        elif not quoted and depth == 0 and ch == ",":
+            out.append(value[start:i].strip())
+            start = i + 1
+    out.append(value[start:].strip())
+    return [a for a in out if a]
 
-    def __init__(self, transport: SipTransportT, *, user_agent: str) -> None:
+
+def record_routes(request: SipRequest) -> list[str]:
+    """The Record-Route entries of a request, in order (every header line, every comma-separated entry)."""
+    return [a for line in request.headers.get("record-route") for a in split_addresses(line)]
+
+
+def is_loose(route: str) -> bool:
+    """Whether a route URI is a loose router's (``;lr``, RFC 3261 §16.12.1.1)."""
+    try:
+        return "lr" in parse_uri(route.strip().lstrip("<").split(">")[0]).params
+    except (ValueError, IndexError):
+        return True  # unreadable: send to it and let it route
+
+
+def reaching_address(peer: str, bound: str) -> str:
+    """The local address the kernel sends from to reach ``peer`` (a UDP connect sends no packet).
+
+    An IPv4 peer seen on a dual-stack socket (``::ffff:a.b.c.d``) gives its IPv4 address.
+    """
+    family = socket.AF_INET6 if ":" in bound or ":" in peer else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((peer, 9))
+        host = str(s.getsockname()[0])
+    return host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host
+
+
+def _to_tag(request: SipRequest) -> str:
+    with contextlib.suppress(ValueError, IndexError, KeyError):
+        to = request.to_addr
+        return (to.tag if to is not None else None) or ""
+    return ""
+
+
+class SipServer(SipUAS):
+    """One listening transport (UDP or TCP) and its calls.
+
+    ``calls`` is the dialog table, shared by the service's UDP and TCP servers; ``advertise`` is the
+    host put in our Contact and Via instead of the bound one (NAT: ``--advertise``).
+    """
+
+    #: How long a rejected INVITE waits for its ACK (Timer H), and a final answer is retransmitted.
+    timer_h: float = TIMER_H
+
+    def __init__(
+        self,
+        transport: SipTransportT,
+        *,
+        user_agent: str,
+        advertise: str | None = None,
+        calls: dict[str, IncomingCall] | None = None,
+    ) -> None:
         super().__init__(transport, user_agent=user_agent)
         self.sip_transport = transport
         self.protocol = "TCP" if isinstance(transport, TcpTransport) else "UDP"
-        #: BYE retransmission tasks by Call-ID, ended by the BYE's response.
+        self.advertise = advertise
+        if calls is not None:
+            self._calls = calls  # one table: a TCP call's ACK or BYE may come over UDP
+        transport.finish = self._finish_response
+        #: BYE tasks (resolve, connect, send, retransmit) by Call-ID, ended by the BYE's response.
         self._byes: dict[str, asyncio.Task[None]] = {}
+        #: Final non-2xx answers to INVITEs waiting for their ACK, by (Call-ID, Via branch).
+        self._unacked: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reach: dict[str, str] = {}
         #: Called with every ACK of a call's dialog (a delayed offer's answer comes in one).
         self.on_ack: Callable[[IncomingCall, SipRequest], None] | None = None
+
+    # --- who we are to a peer -----------------------------------------------------------------------
+
+    def local_host(self, peer: str) -> str:
+        """Our address as ``peer`` should use it: --advertise, the bound address, or (bound to a
+        wildcard) the local address that routes to the peer."""
+        if self.advertise:
+            return self.advertise
+        bound = str(self.transport.local_addr[0])
+        if bound not in WILDCARDS:
+            return bound
+        host = self._reach.get(peer)
+        if host is None:
+            try:
+                host = reaching_address(peer, bound)
+            except OSError as e:  # no route back to where the request came from: say so, use loopback
+                log.warning("no local address reaches %s (%s): advertising loopback", peer, e)
+                host = "::1" if ":" in bound else "127.0.0.1"
+            if len(self._reach) >= 1024:
+                self._reach.clear()
+            self._reach[peer] = host
+        return host
+
+    def contact(self, peer: str) -> str:
+        """Our Contact for a peer at ``peer`` (on TCP with ``transport=tcp``, RFC 3261 §19.1.1)."""
+        params = ";transport=tcp" if self.protocol == "TCP" else ""
+        return f"<sip:{format_addr(self.local_host(peer), int(self.transport.local_addr[1]))}{params}>"
+
+    def _finish_response(self, response: SipResponse) -> None:
+        """Every response on its way out: our Contact as the peer can reach it, the INVITE's
+        Record-Route in dialog-creating answers (RFC 3261 §12.1.1), Timer G for a final non-2xx."""
+        dest = _response_destination(response)
+        peer = dest[0] if dest is not None else ""
+        if response.headers.get("contact"):
+            response.headers.set_single("Contact", self.contact(peer))
+        cseq = (response.headers.get_first("cseq") or "").split()
+        if len(cseq) != 2 or cseq[1].upper() != "INVITE":
+            return
+        status = response.status_code
+        key = transaction_key(response)
+        call = self._calls.get(response.call_id or "")
+        creates_dialog = 100 < status < 300 and not response.headers.get("record-route")
+        if creates_dialog and call is not None and key is not None and transaction_key(call.invite) == key:
+            for route in call.invite.headers.get("record-route"):
+                response.headers.append("Record-Route", route)
+        if status >= 300 and key is not None:
+            txn = (key[0], key[1])
+            if txn not in self._unacked:
+                task = asyncio.get_running_loop().create_task(self._await_ack(response, txn))
+                self._unacked[txn] = task
+
+    async def _await_ack(self, response: SipResponse, txn: tuple[str, str]) -> None:
+        """Retransmit a final non-2xx over UDP until its ACK (RFC 3261 §17.2.1 Timer G); after Timer H
+        without one, forget the rejected call all the same."""
+        try:
+            if self.protocol == "TCP":
+                await asyncio.sleep(self.timer_h)
+            else:
+                interval, elapsed = T1, 0.0
+                while elapsed < self.timer_h:
+                    await asyncio.sleep(min(interval, self.timer_h - elapsed))
+                    elapsed += interval
+                    if elapsed < self.timer_h:
+                        self.sip_transport.deliver(response)
+                    interval = min(interval * 2, T2)
+            self._forget_rejected(*txn)
+        finally:
+            if self._unacked.get(txn) is asyncio.current_task():
+                del self._unacked[txn]
+
+    def _forget_rejected(self, call_id: str, branch: str) -> None:
+        """A rejected INVITE's transaction is over: drop its call and server transaction."""
+        call = self._calls.get(call_id)
+        if call is not None and call.dialog.state == DialogState.TERMINATED:
+            invite_key = transaction_key(call.invite)
+            if invite_key is not None and invite_key[1] == branch:
+                self._calls.pop(call_id, None)
+        txn = self.transactions.get_server(branch, "INVITE")
+        if txn is not None:
+            self.transactions.remove(txn)
 
     # --- incoming ---------------------------------------------------------------------------------
 
@@ -233,18 +424,29 @@ class SipServer(SipUAS):
 
     def _handle_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
         key = transaction_key(request)
-        if key is not None:
-            self.sip_transport.replies.sources[key] = addr
+        method = request.method.upper()
         acked: IncomingCall | None = None
-        if request.method.upper() == "ACK":
+        if method == "ACK":
+            # An ACK gets no answer (nothing to remember where it came from); it may end Timer G.
+            if key is not None:
+                task = self._unacked.pop((key[0], key[1]), None)
+                if task is not None:
+                    task.cancel()
+                    self._forget_rejected(key[0], key[1])
             call = self._calls.get(request.call_id or "")
             with contextlib.suppress(ValueError, IndexError, KeyError):  # hostile headers: not our dialog
                 if call is not None and dialog_matches(call.dialog, request):
                     acked = call
         else:
+            if key is not None:
+                self.sip_transport.replies.note_source(key, addr)
             cached = self.sip_transport.replies.lookup(request)
             if cached is not None:  # a retransmission: same answer again, nothing new happens
                 self.transport.send_reply(cached)
+                return
+            if method == "INVITE" and _to_tag(request) and not self._confirmed(request):
+                # RFC 3261 §12.2.2: a mid-dialog INVITE for a dialog we do not have (ended, or never ours)
+                self._reply_stateless(request, 481, "Call/Transaction Does Not Exist")
                 return
         try:
             super()._handle_request(request, addr)
@@ -256,6 +458,33 @@ class SipServer(SipUAS):
         if acked is not None and self.on_ack is not None:
             self.on_ack(acked, request)
 
+    def _confirmed(self, request: SipRequest) -> bool:
+        call = self._calls.get(request.call_id or "")
+        return call is not None and call.dialog.state == DialogState.CONFIRMED
+
+    def _handle_invite(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        super()._handle_invite(request, addr)
+        call = self._calls.get(request.call_id or "")
+        if call is not None and call.invite is request and call.dialog.state == DialogState.EARLY:
+            # RFC 3261 §12.1.1: a UAS's route set is the Record-Route list *in order* (aiosipua reverses
+            # it, as a UAC's would be): the first entry is the proxy next to us.
+            call.dialog.route_set = record_routes(request)
+
+    def _reply_stateless(self, request: SipRequest, status: int, reason: str) -> None:
+        """An answer outside any dialog; the To tag is added only when the request has none."""
+        resp = SipResponse(status_code=status, reason_phrase=reason)
+        for via in request.headers.get("via"):
+            resp.headers.append("Via", via)
+        for name in ("from", "call-id", "cseq"):
+            value = request.headers.get_first(name)
+            if value:
+                resp.headers.set_single(name.title(), value)
+        to = request.headers.get_first("to") or ""
+        resp.headers.set_single("To", to if _to_tag(request) else f"{to};tag={generate_tag()}")
+        if self.user_agent:
+            resp.headers.set_single("User-Agent", self.user_agent)
+        self.transport.send_reply(resp)
+
     # --- outgoing ---------------------------------------------------------------------------------
 
     def send_provisional(self, call: IncomingCall, status: int, reason: str, sdp: str | None = None) -> None:
@@ -264,9 +493,9 @@ class SipServer(SipUAS):
     def reply_in_dialog(
         self, call: IncomingCall, request: SipRequest, status: int, reason: str, sdp: str | None = None
     ) -> None:
-        """Answer an in-dialog request (re-INVITE) on the call's dialog."""
-        host, port = self.transport.local_addr
-        resp = call.dialog.create_response(request, status, reason, contact=f"<sip:{host}:{port}>")
+        """Answer an in-dialog request (re-INVITE) on the call's dialog, over this server's transport
+        (the one the request came on)."""
+        resp = call.dialog.create_response(request, status, reason, contact=self.contact(call.source_addr[0]))
         if sdp:
             resp.text = sdp
             resp.headers.set_single("Content-Type", "application/sdp")
@@ -275,9 +504,11 @@ class SipServer(SipUAS):
         self.transport.send_reply(resp)
 
     def bye(self, call: IncomingCall, reason: str | None = None) -> None:
-        """End an answered call from our side."""
-        host, port = self.transport.local_addr
-        request = call.dialog.create_request("BYE", via_host=host, via_port=port, via_transport=self.protocol)
+        """End an answered call from our side: the BYE goes out in the background (a name to resolve,
+        a TCP connection to open), along the route set or to the Contact; a failure is logged."""
+        port = int(self.transport.local_addr[1])
+        via_host = self.local_host(call.source_addr[0])
+        request = call.dialog.create_request("BYE", via_host=via_host, via_port=port, via_transport=self.protocol)
         call.dialog.terminate()
         call._stop_retransmissions()
         self._calls.pop(call.call_id, None)
@@ -285,25 +516,70 @@ class SipServer(SipUAS):
             request.headers.set_single("Reason", f'SIP;cause=200;text="{reason}"')
         if self.user_agent:
             request.headers.set_single("User-Agent", self.user_agent)
-        dest = self._request_destination(call)
-        try:
-            self.transport.send(request, dest)
-        except (RuntimeError, OSError) as e:
-            log.info("BYE for %s not sent to %s:%s: %s", call.call_id, dest[0], dest[1], e)
-            return
-        if self.protocol == "UDP":
-            self._byes[call.call_id] = asyncio.get_running_loop().create_task(self._retransmit(request, dest))
+        next_hop = self._next_hop(call, request)
+        task = asyncio.get_running_loop().create_task(self._send_bye(call, request, next_hop))
+        self._byes[call.call_id] = task
 
-    def _request_destination(self, call: IncomingCall) -> tuple[str, int]:
-        if self.protocol == "TCP":
-            return call.source_addr  # the connection the dialog lives on
+    def _next_hop(self, call: IncomingCall, request: SipRequest) -> str:
+        """The URI the request goes to (RFC 3261 §12.2.1.1): the first route, or the remote target.
+
+        A strict router as the first route (no ``;lr``) gets the request with its own URI as the
+        Request-URI, and the remote target becomes the last Route."""
         dialog = call.dialog
-        if dialog.route_set:
-            target = uri_target(dialog.route_set[0])
-            if target is not None:
-                return target
-        target = uri_target(dialog.remote_target) if dialog.remote_target else None
-        return target or call.source_addr
+        routes = dialog.route_set
+        if not routes:
+            return dialog.remote_target or dialog.remote_uri
+        if not is_loose(routes[0]):
+            request.uri = routes[0].strip().lstrip("<").split(">")[0]
+            request.headers.remove("Route")
+            for route in routes[1:]:
+                request.headers.append("Route", route)
+            request.headers.append("Route", f"<{dialog.remote_target or dialog.remote_uri}>")
+        return routes[0]
+
+    async def _send_bye(self, call: IncomingCall, request: SipRequest, next_hop: str) -> None:
+        call_id = call.call_id
+        try:
+            try:
+                dest = await self._bye_destination(call, next_hop)
+                self.transport.send(request, dest)
+            except (OSError, RuntimeError, ValueError) as e:
+                log.warning("BYE for %s not sent (%s over %s): %s", call_id, next_hop, self.protocol, e)
+                return
+            if self.protocol == "UDP":
+                await self._retransmit(request, dest)
+        finally:
+            if self._byes.get(call_id) is asyncio.current_task():
+                del self._byes[call_id]
+
+    async def _bye_destination(self, call: IncomingCall, next_hop: str) -> tuple[str, int]:
+        """Where the BYE goes: a resolved address; over TCP, a connection that is open."""
+        tcp = self.sip_transport if isinstance(self.sip_transport, TcpTransport) else None
+        if tcp is not None and call.source_addr in tcp._connections:
+            return call.source_addr  # the peer's connection is still open: the dialog lives on it
+        target = uri_target(next_hop)
+        if target is None:
+            target = call.source_addr
+        dest = await self._resolve(*target)
+        if tcp is not None and dest not in tcp._connections:
+            await asyncio.wait_for(tcp.connect(dest), 10)
+        return dest
+
+    async def _resolve(self, host: str, port: int) -> tuple[str, int]:
+        """``host`` (a name or an address) as an address our socket can send to."""
+        bound = str(self.transport.local_addr[0])
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise OSError(f"cannot resolve {host!r}: {e}") from e
+        for family, _, _, _, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if self.protocol == "TCP" or (family == socket.AF_INET6) == (":" in bound):
+                return (ip, port)
+            if family == socket.AF_INET and bound == "::":  # a dual-stack socket reaches IPv4 so
+                return (f"::ffff:{ip}", port)
+        raise OSError(f"{host!r} has no address our SIP socket on {bound or '*'} can reach")
 
     async def _retransmit(self, request: SipRequest, dest: tuple[str, int]) -> None:
         interval, elapsed = T1, 0.0
@@ -311,13 +587,13 @@ class SipServer(SipUAS):
             while elapsed < TIMER_H:
                 await asyncio.sleep(interval)
                 elapsed += interval
-                with contextlib.suppress(OSError, RuntimeError):
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
                     self.transport.send(request, dest)
                 interval = min(interval * 2, T2)
-        self._byes.pop(request.call_id or "", None)
 
     async def stop(self) -> None:
-        for task in self._byes.values():
+        for task in [*self._byes.values(), *self._unacked.values()]:
             task.cancel()
         self._byes.clear()
+        self._unacked.clear()
         await super().stop()
