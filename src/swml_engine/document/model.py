@@ -19,6 +19,12 @@ class Step:
     path: str  # e.g. "sections.main[2]"
 
     @property
+    def index(self) -> int:
+        """The step's position in its list (``2`` for ``sections.main[2]`` or ``...cond[0].then[2]``)."""
+        tail = self.path.rsplit("[", 1)
+        return int(tail[1][:-1]) if len(tail) == 2 and tail[1][:-1].isdigit() and tail[1].endswith("]") else 0
+
+    @property
     def where(self) -> str:
         """Path of the method's parameters, the prefix of every error about this step."""
         return f"{self.path}.{self.method}"

@@ -91,7 +91,7 @@ class Runner:
             raise EndScript
         method = self.registry[step.method]
         events = self.call.events
-        events.emit("step.start", section=frame.section, path=step.path, method=step.method)
+        events.emit("step.start", section=frame.section, index=step.index, path=step.path, method=step.method)
         ctx = StepContext(self, step, frame)
         raw: object = None
         try:
@@ -102,7 +102,7 @@ class Runner:
             self._fail(ctx, method.result_var, str(e))
             method.failed(ctx, raw, e)
         except (Goto, Return, EndScript):
-            events.emit("step.end", section=frame.section, path=step.path, method=step.method, result=ctx.result)
+            self._step_end(frame, step, ctx)
             raise
         except SwmlError as e:
             self._fail(ctx, method.result_var, f"{step.where}: {e}")
@@ -110,7 +110,7 @@ class Runner:
             raise
         except Exception as e:  # a bug in a method must not drop the call; say where it happened
             self._fail(ctx, method.result_var, f"{step.where}: internal error: {type(e).__name__}: {e}")
-        events.emit("step.end", section=frame.section, path=step.path, method=step.method, result=ctx.result)
+        self._step_end(frame, step, ctx)
         pause = self.templater.take_pending_sleep()
         if pause > 0:
             await self.call_sleep(pause)
@@ -119,6 +119,11 @@ class Runner:
         if self.call.is_ended:
             raise EndScript
         return ctx
+
+    def _step_end(self, frame: Frame, step: Step, ctx: StepContext) -> None:
+        self.call.events.emit(
+            "step.end", section=frame.section, index=step.index, path=step.path, method=step.method, result=ctx.result
+        )
 
     def _fail(self, ctx: StepContext, result_var: str | None, message: str) -> None:
         ctx.result = "failed"
