@@ -14,13 +14,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from swml_engine.events import EventLog
 from swml_engine.media.clock import MediaTicker, wall_time
 from swml_engine.media.frame import Frame, silence
 from swml_engine.media.player import Player
 from swml_engine.transports.base import Transport
+
+if TYPE_CHECKING:
+    from swml_engine.recording.store import RecordingStore
 
 #: answer.mdx: max_duration defaults to 14400 s (4 hours).
 DEFAULT_MAX_DURATION = 14400.0
@@ -46,6 +49,8 @@ class CallOptions:
     fetch_timeout: float = 10.0
     #: Largest audio file a play URL may download.
     max_fetch_bytes: int = 64 * 1024 * 1024
+    #: The recording store to use (the service's, with its public URLs and index); else one under data_dir.
+    recording_store: RecordingStore | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -263,5 +268,5 @@ class Call:
             listener(digit)
 
     async def send_dtmf(self, digit: str, duration: float = 0.1) -> None:
+        self.events.emit("dtmf", digit=digit, direction="sent")  # when the tone starts, as received ones
         await self.transport.send_dtmf(digit, duration)
-        self.events.emit("dtmf", digit=digit, direction="sent")

@@ -46,6 +46,9 @@ class RecordSettings:
     status_url: str | None = None
 
 
+PAUSE_BEHAVIORS = ("silence", "skip")
+
+
 def channel_layout(direction: str, stereo: bool) -> dict[str, str]:
     if stereo:  # a side not recorded is a silent channel, and says so
         return {
@@ -81,6 +84,10 @@ class Recording:
         self._heard_speech = False
         self._silent_frames = 0
         self._ending = False
+        #: ``silence`` or ``skip`` while paused (HTTP API): silence keeps the timeline, skip leaves it out.
+        self.paused: str | None = None
+        self._skipped = 0  # frames left out while paused with skip
+        self._silence = np.zeros(call.rate // FRAMES_PER_SECOND, dtype=np.int16)
         self._status = StatusReporter(call, settings.status_url, "calling.call.record", settings.control_id)
         s = settings
         self._max_frames = round(s.max_length * FRAMES_PER_SECOND) if s.max_length else None
@@ -117,6 +124,11 @@ class Recording:
     def on_frame(self, speak: Frame, listen: Frame) -> None:
         if self._ending or self._writer is None:
             return
+        if self.paused is not None:
+            if self.paused == "skip":
+                self._skipped += 1
+                return
+            speak = listen = self._silence  # the file keeps the call's timeline, with nothing in it
         s = self.settings
         judged: Frame | None = None
         pending: Frame | tuple[Frame | None, Frame | None]
@@ -130,7 +142,7 @@ class Recording:
             return
         self._pending = pending
         self._received += 1
-        if self._vad is not None:  # VAD judges the recorded direction(s), mixed
+        if self._vad is not None and self.paused is None:  # VAD judges the recorded direction(s), mixed
             if judged is None:
                 judged = speak if s.direction == "speak" else listen if s.direction == "listen" else mix(speak, listen)
             self._judge(judged)
@@ -140,6 +152,9 @@ class Recording:
     def on_gap(self, frames: int) -> None:
         """The call skipped ``frames`` ticks (an overloaded loop): silence of that length keeps the file whole."""
         if self._ending or self._writer is None or frames <= 0:
+            return
+        if self.paused == "skip":
+            self._skipped += frames
             return
         if self._max_frames is not None:
             frames = min(frames, max(0, self._max_frames - self._received))
@@ -202,6 +217,26 @@ class Recording:
             self._error(error)
         self.call.loop.create_task(self.stop(reason))
 
+    # --- live control (HTTP API) -------------------------------------------------------------------
+
+    def pause(self, behavior: str = "silence") -> bool:
+        """Pause: ``silence`` writes silence meanwhile, ``skip`` leaves the time out of the file. False
+        when there is nothing to pause (ended, or already paused)."""
+        if behavior not in PAUSE_BEHAVIORS:
+            raise ValueError(f"pause behavior {behavior!r} is not one of {', '.join(PAUSE_BEHAVIORS)}")
+        if self.state != "recording" or self._ending or self.paused is not None:
+            return False
+        self.paused = behavior
+        self._report("paused")
+        return True
+
+    def resume(self) -> bool:
+        if self.paused is None or self._ending:
+            return False
+        self.paused = None
+        self._report("recording")
+        return True
+
     # --- end --------------------------------------------------------------------------------------
 
     async def stop(self, reason: str) -> None:
@@ -220,7 +255,7 @@ class Recording:
             self._write_pending()
         self._pending = None
         # The file covers [start_time, start_time + duration] exactly (frames, not the wall clock's jitter).
-        self.end_time = (self.start_time or self.call.wall()) + self.duration
+        self.end_time = (self.start_time or self.call.wall()) + (self.frames + self._skipped) / FRAMES_PER_SECOND
         try:
             if self._writer is not None:
                 broken = self._writer.broken
@@ -300,6 +335,8 @@ class Recording:
             duration = round(self.duration, 3)
             params |= {"duration": duration, "size": self.size}
             record |= {"url": self.url, "duration": duration, "size": self.size}
+        if state == "paused":
+            params["pause_behavior"] = self.paused
         if self.end_reason is not None:
             params |= {"start_time": self.start_time, "end_time": self.end_time, "end_reason": self.end_reason}
         params["record"] = record
@@ -350,7 +387,9 @@ class Recordings:
 def recordings_of(call: Call) -> Recordings:
     """The call's recordings (created on first use, in ``<data_dir>/recordings``)."""
     if call.recordings is None:
-        root = (call.options.data_dir or Path.cwd()) / "recordings"
-        call.recordings = Recordings(call, RecordingStore(root))
+        store = call.options.recording_store
+        if store is None:
+            store = RecordingStore((call.options.data_dir or Path.cwd()) / "recordings")
+        call.recordings = Recordings(call, store)
     recordings: Recordings = call.recordings
     return recordings

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from swml_engine.recording.encoders import part_path
@@ -41,10 +42,28 @@ METADATA_FIELDS = [
 ]
 
 
+class PublicUrls(Protocol):
+    """How a service with an HTTP API names recordings: under its public base URL, signed."""
+
+    base: str  # e.g. https://rec.example.com/recordings
+
+    def url(self, name: str) -> str: ...
+
+
 class RecordingStore:
-    def __init__(self, root: Path, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        base_url: str | None = None,
+        *,
+        public: PublicUrls | None = None,
+        on_write: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.root = root
-        self.base_url = base_url.rstrip("/") if base_url else None
+        self.public = public
+        self.base_url = public.base if public is not None else base_url.rstrip("/") if base_url else None
+        #: Told of every metadata write (the service's index).
+        self.on_write = on_write
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -59,6 +78,8 @@ class RecordingStore:
         return self.root / f"{recording_id}.json"
 
     def url_for(self, recording_id: str, fmt: str) -> str:
+        if self.public is not None:
+            return self.public.url(f"{recording_id}.{fmt}")
         if self.base_url:
             return f"{self.base_url}/{recording_id}.{fmt}"
         return self.audio_path(recording_id, fmt).resolve().as_uri()
@@ -97,6 +118,14 @@ class RecordingStore:
             with path.open("r+b") as f:
                 f.truncate(0)
                 f.write(text)
+        if self.on_write is not None:
+            self.on_write({k: meta.get(k) for k in METADATA_FIELDS})
+
+    def delete(self, recording_id: str, fmt: str) -> None:
+        """Remove a recording's audio and metadata (audio first: metadata never points at nothing)."""
+        audio = self.audio_path(recording_id, fmt)
+        for path in (audio, part_path(audio), self.meta_path(recording_id)):
+            path.unlink(missing_ok=True)
 
     def read_metadata(self, recording_id: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.meta_path(recording_id).read_text())

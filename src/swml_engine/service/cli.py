@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -62,7 +63,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the address put in our Contact and SDP (behind NAT: the public one); default: the --sip "
         "address, or with a wildcard one the local address that routes to each caller",
     )
-    s.add_argument("--http", type=lambda t: host_port(t, 8080), metavar="HOST:PORT", help="health endpoint")
+    s.add_argument(
+        "--http",
+        type=lambda t: host_port(t, 8080),
+        metavar="HOST:PORT",
+        help="the HTTP API (recordings, calls, live control; /health) and signed recording URLs",
+    )
+    s.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help="bearer token for /api (default: SWML_API_TOKEN, else one generated and kept under --data)",
+    )
+    s.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="where recording URLs point (e.g. https://rec.example.com); default http://HOST:PORT of --http",
+    )
+    s.add_argument(
+        "--url-ttl", type=float, default=7 * 86400, metavar="S", help="how long a recording URL works (default 7 days)"
+    )
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--script", metavar="FILE", help="the SWML document every call runs")
     src.add_argument("--script-url", metavar="URL", help="POST the call payload here and run the SWML it returns")
@@ -100,6 +119,9 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         reuse_port=args.workers > 1,
         max_calls=max(0, args.max_calls),
         advertise=args.advertise,
+        api_token=args.api_token,
+        public_url=args.public_url,
+        url_ttl=args.url_ttl,
         register=parse_target(args.register, os.environ.get("SWML_REGISTER_PASSWORD"), args.register_expires)
         if args.register
         else None,
@@ -116,6 +138,9 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
         return EXIT_INVALID
     except OSError as e:
         print(f"swml serve: cannot listen: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except sqlite3.Error as e:
+        print(f"swml serve: cannot open the index under {config.data}: {e}", file=sys.stderr)
         return EXIT_USAGE
     # What exists now lives as long as the service: keep it out of every garbage collection from here on.
     gc.freeze()

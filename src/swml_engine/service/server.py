@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
+import socket
+import sqlite3
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,9 +33,14 @@ from swml_engine.document.remote import fetch_document
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
 from swml_engine.media.clock import MediaTicker, run_io
+from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
+from swml_engine.service.api import SignedUrls, build_app
+from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token
+from swml_engine.service.httpd import ApiServer
+from swml_engine.service.index import Index
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
@@ -62,6 +72,14 @@ class ServiceConfig:
     register: RegisterTarget | None = None
     #: The host our Contact and SDP give (NAT); None: the bound address, or the one routing to each peer.
     advertise: str | None = None
+    #: The HTTP API's bearer token (None: SWML_API_TOKEN, else generated once under ``data``).
+    api_token: str | None = None
+    #: Where callers of recording URLs reach the HTTP port (e.g. https://rec.example.com); None: derived.
+    public_url: str | None = None
+    #: How long a signed recording URL works (seconds).
+    url_ttl: float = 7 * 86400.0
+    #: When the service (all its workers) started: calls the index holds from before are over.
+    started_at: float = field(default_factory=time.time)
 
 
 class Service:
@@ -75,8 +93,10 @@ class Service:
         self.tasks: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.refused = 0
-        self._http: asyncio.Server | None = None
         self.registration: SipRegistration | None = None
+        self.index: Index | None = None
+        self.api: ApiServer | None = None
+        self.worker_url = ""
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -102,9 +122,7 @@ class Service:
             await server.start()
             self.servers.append(server)
         if cfg.http is not None:
-            self._http = await asyncio.start_server(
-                self._serve_http, cfg.http[0], cfg.http[1], reuse_port=cfg.reuse_port or None
-            )
+            await self._start_api(cfg.http)
         host, port = self.servers[0].transport.local_addr
         log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
         if cfg.register is not None:
@@ -128,9 +146,10 @@ class Service:
             await asyncio.wait(self.tasks, timeout=grace)
         for server in self.servers:
             await server.stop()
-        if self._http is not None:
-            self._http.close()
-            await self._http.wait_closed()
+        if self.api is not None:
+            await self.api.stop()
+        if self.index is not None:
+            self.index.close()
 
     # --- SIP events -------------------------------------------------------------------------------
 
@@ -227,10 +246,13 @@ class Service:
                 allow_file_urls=False,
                 url_resolver=self.store.resolve,
                 fetch_timeout=self.config.fetch_timeout,
+                recording_store=self.store,
                 extra={"callbacks": hub},
             )
             call = Call(transport, call_id=call_id, events=events, options=options)
             info = transport.call_info()
+            if self.index is not None:
+                events.sinks.append(self._call_indexer(call_id, sip_call_id, info))
             scope = call_scope(call, from_=info["from"], to=info["to"], headers=info["headers"])
             scope["sip_data"] = info["sip_data"]
             scope["sip_call_id"] = sip_call_id
@@ -287,26 +309,77 @@ class Service:
                 transport.invite.reject(500, "Server Internal Error")
             return None
 
-    # --- HTTP (minimal until the API lands) --------------------------------------------------------
+    # --- HTTP API ----------------------------------------------------------------------------------
 
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            parts = line.decode("latin-1").split()
-            while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                pass
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] in ("/health", "/healthz"):
-                body = json.dumps(self.stats()).encode()
-                status = "200 OK"
-            else:
-                body, status = b'{"error": "not found"}', "404 Not Found"
-            head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeError):
-            pass
-        finally:
-            writer.close()
+    async def _start_api(self, http: tuple[str, int]) -> None:
+        cfg = self.config
+        token, generated = api_token(cfg.data, cfg.api_token or os.environ.get("SWML_API_TOKEN"))
+        if generated:  # once, by the one worker that made it
+            print(f"swml serve: API token (kept in {cfg.data / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
+        signer = UrlSigner(cfg.data)
+        shared = _listen(http, reuse_port=cfg.reuse_port)
+        private = _listen(("127.0.0.1", 0), reuse_port=False)  # live control passed on by other workers
+        self.worker_url = f"http://127.0.0.1:{private.getsockname()[1]}"
+        base = cfg.public_url or f"http://{_url_host(http[0], cfg.advertise)}:{shared.getsockname()[1]}"
+        self.store = RecordingStore(
+            cfg.data / "recordings",
+            public=SignedUrls(base.rstrip("/") + "/recordings", signer, cfg.url_ttl),
+            on_write=self._index_recording,
+        )
+        self.index = Index(cfg.data / "index.sqlite3")
+        self.index.rebuild(self.store.root)
+        self.index.end_orphaned_calls(cfg.started_at)
+        self.api = ApiServer(build_app(self, token, signer), [shared, private])
+        await self.api.start()
+        log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
+
+    def _index_recording(self, meta: dict[str, Any]) -> None:
+        if self.index is not None:
+            try:
+                self.index.put_recording(meta)
+            except sqlite3.Error as e:  # the files stay the record; the index catches up at the next start
+                log.error("recording index: %s", e)
+
+    def _call_indexer(self, call_id: str, sip_call_id: str, info: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        """An event sink keeping the call's row in the index as it rings, is answered and ends."""
+        row: dict[str, Any] = {
+            "call_id": call_id,
+            "sip_call_id": sip_call_id,
+            "from": info["from"],
+            "to": info["to"],
+            "state": "ringing",
+            "start_time": time.time(),
+            "answer_time": None,
+            "end_time": None,
+            "end_reason": None,
+        }
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] != "call.state" or self.index is None:
+                return
+            state = event.get("state")
+            if state == "answered":
+                row.update(state="answered", answer_time=time.time())
+            elif state == "ended":
+                row.update(state="ended", end_time=time.time(), end_reason=event.get("reason"))
+            elif state != "ringing":
+                row["state"] = str(state)
+            try:
+                self.index.put_call(row, self.worker_url)
+            except sqlite3.Error as e:
+                log.error("call index: %s", e)
+
+        return on_event
+
+    def live_recording(self, recording_id: str) -> Recording | None:
+        for transport in self.calls.values():
+            call = transport.call
+            recordings = call.recordings if call is not None else None
+            if isinstance(recordings, Recordings):
+                for rec in recordings.live():
+                    if rec.recording_id == recording_id:
+                        return rec
+        return None
 
     def stats(self) -> dict[str, Any]:
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
@@ -318,3 +391,22 @@ class Service:
             "media_lag_ms": round(lag * 1000, 1),
             **({"registration": self.registration.status()} if self.registration is not None else {}),
         }
+
+
+def _listen(addr: tuple[str, int], *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket (shared between workers with SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(bound: str, advertise: str | None) -> str:
+    """The host for recording URLs when --public-url is not given."""
+    host = bound if bound not in ("0.0.0.0", "::", "") else advertise or socket.getfqdn()
+    return f"[{host}]" if ":" in host else host
