@@ -9,8 +9,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from conftest import RATE, HttpServer, read_wav, run_doc, tone, wav_bytes
@@ -38,23 +40,29 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
 
 
-def test_storage_full_mid_recording_fails_the_recording_not_the_call(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.yaml"
-    doc.write_text(FULL_DISK_DOC)
-    caller = tmp_path / "caller.wav"
-    caller.write_bytes(wav_bytes(tone(440, 4.0)))
+def swml_run(
+    tmp_path: Path, doc: str, caller: np.ndarray | None = None, limit: bool = False
+) -> tuple[Path, list[dict[str, Any]]]:
+    """`swml run` of ``doc`` in its own process (optionally under the file-size limit); returns the
+    --out directory and its events. It must end cleanly: exit 0, no traceback."""
+    path = tmp_path / "doc.yaml"
+    path.write_text(doc)
     out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "swml_engine", "run", str(path), "--out", str(out)]
+    if caller is not None:
+        (tmp_path / "caller.wav").write_bytes(wav_bytes(caller))
+        cmd += ["--caller-audio", str(tmp_path / "caller.wav")]
     proc = subprocess.run(
-        [sys.executable, "-m", "swml_engine", "run", str(doc), "--caller-audio", str(caller), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_limit_file_size,
+        cmd, capture_output=True, text=True, timeout=60, preexec_fn=_limit_file_size if limit else None
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert json.loads((out / "vars.json").read_text())["after"] == "still running"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    return out, events
+
+
+def test_storage_full_mid_recording_fails_the_recording_not_the_call(tmp_path: Path) -> None:
+    out, events = swml_run(tmp_path, FULL_DISK_DOC, tone(440, 4.0), limit=True)
+    assert json.loads((out / "vars.json").read_text())["after"] == "still running"
     states = [e["state"] for e in events if e["type"] == "record.state"]
     assert states == ["recording", "error"]
     errors = [e for e in events if e["type"] == "error"]
@@ -122,18 +130,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_full_finishes_every_recording_and_loses_nothing_written(tmp_path: Path, small_disk: Path) -> None:
-    doc = tmp_path / "doc.yaml"
-    doc.write_text(FULL_DISK_ALL_FORMATS)
-    caller = tmp_path / "caller.wav"
-    caller.write_bytes(wav_bytes(tone(440, 10.0, level=0.3)))
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "swml_engine", "run", str(doc), "--caller-audio", str(caller), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    out, events = swml_run(tmp_path, FULL_DISK_ALL_FORMATS, tone(440, 10.0, level=0.3))
     assert json.loads((out / "vars.json").read_text())["after"] == "still running"
     metas = {m["control_id"]: m for m in (json.loads(p.read_text()) for p in small_disk.glob("*.json"))}
     assert sorted(metas) == ["a", "m", "w"] and not list(small_disk.glob("*.tmp"))
@@ -148,25 +145,15 @@ def test_disk_full_finishes_every_recording_and_loses_nothing_written(tmp_path: 
         except av.error.FFmpegError as e:
             raise AssertionError(f"{m['format']}: {e}") from None
         assert decoded > RATE, m
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     ends = [e for e in events if e["type"] == "record.state" and e["state"] != "recording"]
     assert sorted(e["control_id"] for e in ends) == ["a", "m", "w"]
 
 
 def test_heard_wav_that_cannot_grow_ends_the_transcript_not_the_call(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.yaml"
-    doc.write_text("sections: {main: [answer, {play: 'silence:6'}, {set: {after: 'still running'}}]}")
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_limit_file_size,  # heard.wav (16 kB/s) reaches it at ~4 s
-    )
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    # heard.wav (16 kB/s) reaches the file-size limit at ~4 s
+    doc = "sections: {main: [answer, {play: 'silence:6'}, {set: {after: 'still running'}}]}"
+    out, events = swml_run(tmp_path, doc, limit=True)
     assert json.loads((out / "vars.json").read_text())["after"] == "still running"
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert [e["where"] for e in events if e["type"] == "error"] == ["heard.wav"]
     audio, rate = read_wav(out / "heard.wav")
     assert 3.0 <= len(audio) / rate <= FILE_LIMIT / (rate * 2)
