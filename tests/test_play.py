@@ -176,3 +176,11 @@ def test_play_status_url_must_be_http(tmp_path: Path) -> None:
     assert errors and errors[0]["where"] == "sections.main[1].play"
     assert errors[0]["message"] == "sections.main[1].play.status_url: 'example.com/cb' is not an http(s) URL"
     assert res.vars["after"] == "ok"
+
+
+def test_say_text_too_long_fails_the_play_at_once() -> None:
+    res = run_doc(
+        "sections: {main: [{set: {t: '${\"word \".repeat(600000)}'}}, {play: 'say:${t}'}, {set: {after: ok}}]}"
+    )
+    (error,) = [e["message"] for e in res.events if e["type"] == "error"]
+    assert "at most 10000" in error and len(error) < 400 and res.vars["after"] == "ok"

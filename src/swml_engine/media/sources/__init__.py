@@ -27,6 +27,11 @@ _RING = re.compile(r"^(?:(?P<secs>\d+(?:\.\d+)?)\s*:\s*)?(?P<cc>[A-Za-z]{2})$")
 MAX_SILENCE = 86400.0
 
 
+#: Longest text one ``say:`` speaks (about 10 minutes of speech): more is almost surely a variable
+#: holding something else, and would hold the call while the synthesiser works through it.
+MAX_SAY = 10_000
+
+
 class SourceError(Exception):
     """A sound could not be loaded (fetch, decode or TTS failed); the play fails, the script goes on."""
 
@@ -48,6 +53,10 @@ def parse_sound(value: str, path: str) -> Sound:
         text = v[4:]
         if not text.strip():
             raise ParamError(path, "say: needs text to speak, e.g. 'say:Hello'")
+        if len(text) > MAX_SAY:
+            raise ParamError(
+                path, f"say: text of {len(text)} characters; at most {MAX_SAY} (split it over several plays)"
+            )
         return Sound("say", text=text)
     if low.startswith("silence:"):
         try:
