@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swml_engine.callbacks import StatusReporter
+from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
@@ -344,7 +344,9 @@ class Recording:
 
     def _report(self, state: str) -> None:
         params = self._params(state)
-        self.call.events.emit("record.state", control_id=self.settings.control_id, **params)
+        # The same params as the status callback (DESIGN §2), which adds these three itself.
+        ids = {"call_id": self.call.call_id, "node_id": NODE_ID, "control_id": self.settings.control_id}
+        self.call.events.emit("record.state", **ids, **params)
         self._status.send(params)
 
 
