@@ -134,6 +134,18 @@ class Call:
         self.events.emit("call.state", state="answered")
         self._limit(max_duration if max_duration is not None and max_duration > 0 else DEFAULT_MAX_DURATION)
 
+    def change_rate(self, rate: int) -> bool:
+        """Run at ``rate`` from now on (a transport whose codec is chosen at answer time). Refused (False)
+        once audio at the old rate is in flight: a tap (recording, detector) or a sound playing."""
+        if rate == self.rate:
+            return True
+        if self.taps or self.player.playbacks:
+            return False
+        self.rate = rate
+        self.player.rate = rate
+        self._frame = (silence(rate), silence(rate))
+        return True
+
     def _limit(self, seconds: float) -> None:
         """(Re)arm the hangup after ``seconds`` from now."""
         if self._max_duration is not None:

@@ -106,7 +106,9 @@ def test_record_and_play_back_with_sipp(
         heard = rtp_audio(sniffer.from_engine(), Pcma().decode, 8)
         # The caller heard the beep, the live prompt, then the played-back recording with its words in it.
         assert len(heard) / 8000 > 15
-        assert spectrum_peaks(heard[int(0.5 * 8000) : int(2.0 * 8000)], 8000, 1)[0] == pytest.approx(1000, abs=5)
+        # (the prompt starts once its URL is fetched: a moment later on a loaded machine)
+        starts = range(int(0.5 * 8000), int(3.5 * 8000), 2000)
+        assert any(spectrum_peaks(heard[i : i + 8000], 8000, 1)[0] == pytest.approx(1000, abs=5) for i in starts)
         playback = heard[-len(audio) :]
         assert best_correlation(playback, speech[24000:48000]) > 0.8  # words after the prompt ended
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from aiosipua.header_codec import parse_address, parse_uri, stringify_uri
@@ -27,6 +27,7 @@ from swml_engine.media.frame import Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
 from swml_engine.transports.base import Transport
+from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.digest import DigestChallenge
 from swml_engine.transports.sip.rtpstream import RtpStream
 from swml_engine.transports.sip.sdp import (
@@ -73,8 +74,11 @@ class SipCallTransport(Transport):
         self.answered = False
         self._closed = False
         self._awaiting_answer = False  # our offer went out in the 200 OK; the ACK has not come
+        self._reoffered = False  # ... and that 200 OK answered an offerless re-INVITE
         self.authenticated = False
         self._inband: InbandDtmfDetector | None = None
+        #: The answer a 183 carried (the offer, the media, the SDP): the 200 OK repeats it unless it changed.
+        self._early_answer: tuple[Offer, Media, str] | None = None
         #: While a 401 is out: resolved with the caller's retried INVITE.
         self._retry: asyncio.Future[IncomingCall] | None = None
 
@@ -126,9 +130,34 @@ class SipCallTransport(Transport):
 
     def _negotiate(self) -> str:
         assert self.offer is not None
-        self._use_media(negotiate(self.offer, self._allowed))
-        assert self.media is not None
-        return build_answer(self.offer, self.media, self.sdp_local, self.session)
+        media = negotiate(self.offer, self._allowed)
+        early = self._early_answer
+        if early is not None and early[0] is self.offer and early[1] == media:
+            # The 200 OK repeats the 183's answer to the same offer, o= version and all (RFC 6337 §3.1).
+            return early[2]
+        self._follow_codec_rate(media)
+        self._use_media(media)
+        return build_answer(self.offer, media, self.sdp_local, self.session)
+
+    def _follow_codec_rate(self, media: Media) -> None:
+        """The call runs (and records) at the rate of the codec chosen at answer time.
+
+        The rate is set when the call is made, before the script's ``answer.codecs`` is known: for an
+        offer of G.722 first, 16 kHz. When the answer chooses another codec, the call takes that codec's
+        rate — as long as no audio at the old rate is in flight (a recording or detector running, a
+        sound playing); then the old rate stays and the RTP stream converts."""
+        rate = SUPPORTED[media.codec].rate
+        call = self.call
+        if rate == self.rate:
+            return
+        if call is not None and not call.change_rate(rate):
+            log.info(
+                "call %s stays at %d Hz (%s is %d Hz): media already runs", call.call_id, self.rate, media.codec, rate
+            )
+            return
+        self.rate = rate
+        self.rtp.call_rate = rate
+        self._inband = None  # made again at the new rate when the peer has no telephone-events
 
     def _answer_sdp(self) -> str | None:
         """Our SDP answer (media starts), or None when the call was refused with 488."""
@@ -146,7 +175,8 @@ class SipCallTransport(Transport):
                 self.call.events.emit("sip.no_early_media", reason="delayed offer: the caller sent no SDP to answer")
             return
         sdp = self._answer_sdp()
-        if sdp is not None:
+        if sdp is not None and self.offer is not None and self.media is not None:
+            self._early_answer = (self.offer, self.media, sdp)
             self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
 
     async def answer(self) -> None:
@@ -225,8 +255,12 @@ class SipCallTransport(Transport):
         self._awaiting_answer = True
 
     def ack(self, body: str) -> None:
-        """The caller's ACK: for a delayed offer it carries the answer to ours, and media starts."""
+        """The caller's ACK: for a delayed offer it carries the answer to ours, and media starts; for an
+        offerless re-INVITE it carries the answer to our re-offer, and media moves to it."""
         if not self._awaiting_answer or self.ended:
+            return
+        if self._reoffered:
+            self._ack_reoffer(body)
             return
         self._awaiting_answer = False
         try:
@@ -244,9 +278,29 @@ class SipCallTransport(Transport):
                 self.call.on_remote_hangup("rejected")
             return
         self.offer = answer
+        self._follow_codec_rate(media)
         self._use_media(media)
         if self.call is not None:
             self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
+
+    def _ack_reoffer(self, body: str) -> None:
+        if not body.strip():
+            return  # a retransmitted ACK of an earlier transaction: the one with the answer is still to come
+        self._awaiting_answer = self._reoffered = False
+        codec = [self.media.codec] if self.media is not None else []
+        try:
+            answer = parse_offer(body)
+            media = negotiate(answer, codec)  # the answer can only hold codecs of our offer: the current one
+        except NotAcceptable as e:
+            # The re-INVITE failed; the session goes on as it was (RFC 3261 §14.1).
+            log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.invite.call_id, e)
+            if self.call is not None:
+                self.call.events.emit("error", where="sip.ack", message=f"{e}; media unchanged")
+            return
+        self.offer = answer
+        self._use_media(media)
+        if self.call is not None:
+            self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=answer.on_hold)
 
     def _reject(self, status: int, reason: str, why: str) -> None:
         self.invite.reject(status, reason)
@@ -299,9 +353,16 @@ class SipCallTransport(Transport):
         """Hold, resume, a new address or codec: answer from what we have, keep the call either way.
         The answer goes back over ``via``, the server (UDP or TCP) the re-INVITE came on."""
         server = via or self.server
-        if not request.body:  # offerless re-INVITE: our current session is the offer (RFC 3261 §14.2)
+        if self._reoffered:  # a new re-INVITE: the answer owed to an earlier re-offer of ours is moot
+            self._awaiting_answer = self._reoffered = False
+        if not request.body:
+            # Offerless re-INVITE: we offer our current session in the 200 OK (RFC 3261 §14.2), sending
+            # and receiving (the peer may be resuming), and the ACK brings the answer (see ack()).
             offer, media = self.offer, self.media
-            sdp = build_answer(offer, media, self.sdp_local, self.session) if offer and media else None
+            sdp = None
+            if offer is not None and media is not None:
+                sdp = build_answer(offer, replace(media, direction="sendrecv"), self.sdp_local, self.session)
+                self._awaiting_answer = self._reoffered = True
             server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
             return
         try:

@@ -1,9 +1,11 @@
 """One call's RTP: a UDP socket, the jitter buffer, the codec, DTMF both ways and the paced sender.
 
 Frames go out as the call's media clock ticks (one ``write`` per 20 ms), so sending is paced by the
-same clock that drives recording. Media goes back to where the peer's packets come from (symmetric
-RTP), which crosses NATs and survives a peer whose SDP names the wrong address; until a packet
-arrives, the SDP address is used.
+same clock that drives recording. With another ptime (10, 30, 40 … ms) the ticks' audio is queued and a
+timer of that period sends it, one packet per period, a packet's worth (plus 5 ms, off the ticks) behind.
+
+Media goes back to where the peer's packets come from (symmetric RTP), which crosses NATs and survives a
+peer whose SDP names the wrong address; until a packet arrives, the SDP address is used.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def is_host_name(host: str) -> bool:
 
 #: After this long without packets from the latched address, another source may take over.
 RELATCH_AFTER = 2.0
+#: How long after a packet's audio is complete its timer fires: away from the 20 ms ticks that produce it.
+PACE_MARGIN = 0.005
 
 
 @dataclass
@@ -120,6 +124,9 @@ class RtpStream(asyncio.DatagramProtocol):
         self._dest: tuple[str, int] | None = None
         self._resolving = ""
         self._resolver: asyncio.Task[None] | None = None
+        #: The ptime timer (ptimes other than 20 ms): when the next packet is due, and its handle.
+        self._due = 0.0
+        self._pacer: asyncio.TimerHandle | None = None
 
     # --- socket -----------------------------------------------------------------------------------
 
@@ -150,6 +157,7 @@ class RtpStream(asyncio.DatagramProtocol):
         log.debug("RTP socket error on %s: %s", self.local, exc)
 
     def close(self) -> None:
+        self._stop_pacer()
         if self._resolver is not None:
             self._resolver.cancel()
         for d in self._digits:
@@ -177,7 +185,11 @@ class RtpStream(asyncio.DatagramProtocol):
         self._route()
         self._ptime = media.ptime / 1000
         assert self.codec is not None
-        self._per_packet = self.codec.rate * media.ptime // 1000
+        per_packet = self.codec.rate * media.ptime // 1000
+        if per_packet != self._per_packet:
+            self._stop_pacer()
+            self._out = np.zeros(0, dtype=np.int16)
+        self._per_packet = per_packet
         self._units = self.codec.timestamp_units(self._per_packet)
 
     # --- receiving --------------------------------------------------------------------------------
@@ -317,9 +329,36 @@ class RtpStream(asyncio.DatagramProtocol):
             self._send_audio(media.payload_type, codec.encode(samples), units)
             return
         self._out = np.concatenate([self._out, samples]) if len(self._out) else samples
-        while len(self._out) >= per_packet:
-            chunk, self._out = self._out[:per_packet], self._out[per_packet:]
-            self._send_audio(media.payload_type, codec.encode(np.ascontiguousarray(chunk)), units)
+        if len(self._out) > 2 * per_packet + len(samples):  # the timer fell behind: keep the latency bounded
+            self._out = self._out[-(per_packet + len(samples)) :]
+        if self._pacer is None:  # the first packet is due once its audio is all here
+            self._due = self._loop.time() + self._ptime + PACE_MARGIN
+            self._pacer = self._loop.call_at(self._due, self._pace)
+
+    def _pace(self) -> None:
+        """The ptime timer: one packet of the queued audio per period; it stops when the audio does."""
+        self._pacer = None
+        media, codec = self.media, self.codec
+        if media is None or codec is None or not media.sends or self._digits or self._transport is None:
+            return  # the next write starts it again
+        now = self._loop.time()
+        if len(self._out) < self._per_packet:
+            if now - self._due > 2 * self._ptime + 0.02:  # no audio came for a while: stop, drop the rest
+                self._out = np.zeros(0, dtype=np.int16)
+                return
+            self._pacer = self._loop.call_at(now + PACE_MARGIN / 2, self._pace)  # the tick is late: soon again
+            return
+        chunk, self._out = self._out[: self._per_packet], self._out[self._per_packet :]
+        self._send_audio(media.payload_type, codec.encode(np.ascontiguousarray(chunk)), self._units)
+        self._due += self._ptime
+        if self._due < now - 0.2:  # the loop stalled: start the period afresh rather than burst
+            self._due = now + self._ptime
+        self._pacer = self._loop.call_at(self._due, self._pace)
+
+    def _stop_pacer(self) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
 
     def _send_audio(self, pt: int, payload: bytes, units: int) -> None:
         # the hot path: the header packed directly, no packet object

@@ -33,9 +33,15 @@ class Offer:
     remote: tuple[str, int]
 
     @property
+    def direction(self) -> str:
+        """The audio stream's direction: its own attribute, else the session-level one (RFC 4566 §6:
+        a session attribute applies to every stream without its own), else sendrecv."""
+        return media_direction(self.sdp, self.audio)
+
+    @property
     def on_hold(self) -> bool:
         """The peer asks us not to send (hold): sendonly/inactive, or the old c=0.0.0.0 form."""
-        return self.audio.direction in ("sendonly", "inactive") or self.remote[0] == "0.0.0.0"
+        return self.direction in ("sendonly", "inactive") or self.remote[0] == "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,18 @@ class Media:
     @property
     def sends(self) -> bool:
         return self.direction in ("sendrecv", "sendonly")
+
+
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def media_direction(sdp: SdpMessage, media: MediaDescription) -> str:
+    """Direction of one stream: media level first, then session level (aiosipua reads only the first)."""
+    for attributes in (media.attributes, sdp.attributes):
+        for d in _DIRECTIONS:
+            if d in attributes:
+                return d
+    return "sendrecv"
 
 
 def parse_offer(body: str) -> Offer:
@@ -106,7 +124,7 @@ def negotiate(offer: Offer, allowed: list[str]) -> Media:
             continue
         if 10 <= wanted <= 60 and wanted % 10 == 0:
             ptime = wanted
-    return Media(name, pt, te, ptime, offer.remote, _ANSWER_DIRECTION[offer.audio.direction])
+    return Media(name, pt, te, ptime, offer.remote, _ANSWER_DIRECTION[offer.direction])
 
 
 class SessionVersion:

@@ -48,6 +48,11 @@ from aiosipua.utils import format_addr, generate_tag
 
 log = logging.getLogger(__name__)
 
+#: The methods we answer (Allow in 405s and OPTIONS answers).
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+#: Option tags a Require may name (RFC 3261 §8.2.2.3): none (no 100rel, no session timers).
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+
 TxnKey = tuple[str, str, str]  # (Call-ID, top Via branch, CSeq as written)
 
 
@@ -206,10 +211,15 @@ class TcpTransport(_Dispatch, TcpSipTransport):
                 self._dispatch(data, addr)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, UnicodeError) as e:
             log.info("SIP/TCP connection from %s:%s dropped: %s", *addr, e or type(e).__name__)
+        except asyncio.CancelledError:
+            # Shutdown cancels this task with its connection still open. It ends normally instead: on
+            # Python 3.11, asyncio.streams' done-callback calls task.exception(), which raises for a
+            # cancelled task and logs a traceback. Nothing awaits this task, so nothing misses the cancel.
+            pass
         finally:
             self._connections.pop(addr, None)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
     def deliver(self, response: SipResponse) -> None:
@@ -311,6 +321,9 @@ class SipServer(SipUAS):
         calls: dict[str, IncomingCall] | None = None,
     ) -> None:
         super().__init__(transport, user_agent=user_agent)
+        # Only the methods we serve (ours is a UAS for calls: no UPDATE, REFER, NOTIFY, nor PRACK, as we
+        # send no reliable provisionals); the rest get 405 with Allow.
+        self._handlers = {m: h for m, h in self._handlers.items() if m in ALLOW.split(", ")}
         self.sip_transport = transport
         self.protocol = "TCP" if isinstance(transport, TcpTransport) else "UDP"
         self.advertise = advertise
@@ -448,6 +461,10 @@ class SipServer(SipUAS):
                 # RFC 3261 §12.2.2: a mid-dialog INVITE for a dialog we do not have (ended, or never ours)
                 self._reply_stateless(request, 481, "Call/Transaction Does Not Exist")
                 return
+            unsupported = self._unsupported(request)
+            if unsupported:
+                self._reply_stateless(request, 420, "Bad Extension", {"Unsupported": ", ".join(unsupported)})
+                return
         try:
             super()._handle_request(request, addr)
         except (ValueError, IndexError, KeyError) as e:
@@ -458,11 +475,38 @@ class SipServer(SipUAS):
         if acked is not None and self.on_ack is not None:
             self.on_ack(acked, request)
 
+    def _merged(self, request: SipRequest) -> bool:
+        """An INVITE without a To tag whose Call-ID, From tag and CSeq are those of a call still being
+        set up, but from another transaction (another branch: retransmissions were answered before)."""
+        if _to_tag(request):
+            return False
+        call = self._calls.get(request.call_id or "")
+        if call is None or call.dialog.state != DialogState.EARLY:
+            return False  # (a challenged INVITE's dialog is over: its retry with credentials is a new one)
+        first = call.invite
+        with contextlib.suppress(ValueError, IndexError, KeyError):
+            same_from = request.from_addr is not None and first.from_addr is not None
+            same_from = same_from and request.from_addr.tag == first.from_addr.tag  # type: ignore[union-attr]
+            return (
+                bool(same_from)
+                and transaction_key(request) != transaction_key(first)
+                and (
+                    " ".join((request.headers.get_first("cseq") or "").split()).upper()
+                    == " ".join((first.headers.get_first("cseq") or "").split()).upper()
+                )
+            )
+        return False
+
     def _confirmed(self, request: SipRequest) -> bool:
         call = self._calls.get(request.call_id or "")
         return call is not None and call.dialog.state == DialogState.CONFIRMED
 
     def _handle_invite(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        if self._merged(request):
+            # RFC 3261 §8.2.2.2: the INVITE we are answering, come again by another path (a forking or
+            # looping proxy). It must not become a second call in the first one's place.
+            self._reply_stateless(request, 482, "Loop Detected")
+            return
         super()._handle_invite(request, addr)
         call = self._calls.get(request.call_id or "")
         if call is not None and call.invite is request and call.dialog.state == DialogState.EARLY:
@@ -470,8 +514,11 @@ class SipServer(SipUAS):
             # it, as a UAC's would be): the first entry is the proxy next to us.
             call.dialog.route_set = record_routes(request)
 
-    def _reply_stateless(self, request: SipRequest, status: int, reason: str) -> None:
-        """An answer outside any dialog; the To tag is added only when the request has none."""
+    def _reply_stateless(
+        self, request: SipRequest, status: int, reason: str, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        """An answer outside any dialog; the To tag is added only when the request has none (aiosipua's
+        answers add one always: two tags on an in-dialog request)."""
         resp = SipResponse(status_code=status, reason_phrase=reason)
         for via in request.headers.get("via"):
             resp.headers.append("Via", via)
@@ -479,11 +526,32 @@ class SipServer(SipUAS):
             value = request.headers.get_first(name)
             if value:
                 resp.headers.set_single(name.title(), value)
-        to = request.headers.get_first("to") or ""
-        resp.headers.set_single("To", to if _to_tag(request) else f"{to};tag={generate_tag()}")
+        to = request.headers.get_first("to")
+        if to:
+            resp.headers.set_single("To", to if _to_tag(request) else f"{to};tag={generate_tag()}")
+        for name, value in (extra_headers or {}).items():
+            resp.headers.set_single(name, value)
+        if status == 405 or (200 <= status < 300 and request.method.upper() == "OPTIONS"):
+            resp.headers.set_single("Allow", ALLOW)  # RFC 3261 §21.4.6 (405), §11.2 (OPTIONS)
         if self.user_agent:
             resp.headers.set_single("User-Agent", self.user_agent)
         self.transport.send_reply(resp)
+
+    def _send_error(
+        self, request: SipRequest, status_code: int, reason: str, *, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        self._reply_stateless(request, status_code, reason, extra_headers)
+
+    def _handle_options(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        """200 with what we take (Allow, Accept); in a dialog, the To keeps its one tag."""
+        self._reply_stateless(request, 200, "OK", {"Accept": "application/sdp"})
+
+    def _unsupported(self, request: SipRequest) -> list[str]:
+        """Option tags of the request's Require that we do not support (RFC 3261 §8.2.2.3)."""
+        if request.method.upper() in ("ACK", "CANCEL"):
+            return []
+        tags = [t.strip() for line in request.headers.get("require") for t in line.split(",")]
+        return [t for t in tags if t and t.lower() not in SUPPORTED_EXTENSIONS]
 
     # --- outgoing ---------------------------------------------------------------------------------
 

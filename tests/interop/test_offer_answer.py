@@ -1,0 +1,201 @@
+"""Offer/answer against `swml serve` with a bare SIP peer and real RTP sockets: hold by a session-level
+direction, an offerless re-INVITE answered in the ACK, packet pacing, the call's rate under answer.codecs,
+and one answer for early media and the 200 OK."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from .peers import Engine, SipPeer, sdp_offer, status, to_tag, wait_for
+
+EngineFactory = Callable[..., Engine]
+
+LONG_CALL = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - play: {urls: ['silence:20']}\n"
+
+
+class RtpSink:
+    """A UDP socket on loopback that timestamps every datagram it gets (the peer's RTP port)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.packets: list[tuple[float, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(2048)
+            except (TimeoutError, OSError):
+                continue
+            self.packets.append((time.monotonic(), data))
+
+    def count_during(self, seconds: float) -> int:
+        before = len(self.packets)
+        time.sleep(seconds)
+        return len(self.packets) - before
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+
+
+@contextmanager
+def sinks(n: int) -> Iterator[list[RtpSink]]:
+    made = [RtpSink() for _ in range(n)]
+    try:
+        yield made
+    finally:
+        for s in made:
+            s.close()
+
+
+def invite_answered(peer: SipPeer, body: str, cseq: int = 1, tag: str = "") -> str:
+    """Send an INVITE (or re-INVITE with ``tag``) and wait for its 200 OK; returns the 200."""
+    peer.request("INVITE", cseq, body=body, to_tag=tag)
+    got = wait_for(lambda: peer.receive(0.1) is not None and any(_ok(m, cseq) for m in peer.messages), 5)
+    assert got, peer.messages
+    return next(m for m in peer.messages if _ok(m, cseq))
+
+
+def _ok(msg: str, cseq: int) -> bool:
+    return status(msg) == 200 and f"CSeq: {cseq} INVITE" in msg
+
+
+def sdp_of(msg: str) -> list[str]:
+    return msg.split("\r\n\r\n", 1)[1].strip().split("\r\n")
+
+
+def session_hold_offer(rtp_port: int, direction: str) -> str:
+    """An offer whose direction is a *session* attribute (before the m= line), as some phones put it."""
+    return (
+        f"v=0\r\no=peer 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na={direction}\r\n"
+        f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+
+
+def test_session_level_sendonly_and_inactive_hold_the_call(engine: EngineFactory) -> None:
+    eng = engine(LONG_CALL)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [rtp]:
+        try:
+            ok = invite_answered(peer, sdp_offer(rtp.port))
+            tag = to_tag(ok)
+            peer.request("ACK", 1, to_tag=tag)
+            assert rtp.count_during(1.0) > 35  # 50 a second while the call is up
+            for cseq, (direction, answer) in enumerate((("sendonly", "recvonly"), ("inactive", "inactive")), 2):
+                ok = invite_answered(peer, session_hold_offer(rtp.port, direction), cseq, tag)
+                peer.request("ACK", cseq, to_tag=tag)
+                assert f"a={answer}" in sdp_of(ok), ok
+                time.sleep(0.2)
+                assert rtp.count_during(1.0) == 0, f"we kept sending while held ({direction})"
+            ok = invite_answered(peer, sdp_offer(rtp.port), 4, tag)  # resume
+            peer.request("ACK", 4, to_tag=tag)
+            assert "a=sendrecv" in sdp_of(ok)
+            assert rtp.count_during(1.0) > 35
+            peer.request("BYE", 5, to_tag=tag)
+            peer.receive(0.5)
+        finally:
+            peer.close()
+
+
+def test_offerless_reinvite_moves_media_to_the_answer_in_the_ack(engine: EngineFactory) -> None:
+    eng = engine(LONG_CALL)
+    peer = SipPeer(eng.port)
+    with sinks(2) as [first, second]:
+        try:
+            tag = to_tag(invite_answered(peer, sdp_offer(first.port)))
+            peer.request("ACK", 1, to_tag=tag)
+            assert first.count_during(0.5) > 15
+            ok = invite_answered(peer, "", 2, tag)  # no SDP: our 200 OK makes the offer
+            offer = sdp_of(ok)
+            assert next(line for line in offer if line.startswith("m=audio")).split()[3:] == ["0"]
+            assert "a=sendrecv" in offer, offer
+            # the answer, in the ACK, moves our media to another port
+            peer.request("ACK", 2, to_tag=tag, body=sdp_offer(second.port).replace("peer 1 1", "peer 1 2"))
+            time.sleep(0.3)
+            before = len(first.packets)
+            assert second.count_during(1.0) > 35, eng.log()[-2000:]
+            assert len(first.packets) == before
+            # a later re-INVITE with an offer, ACKed without a body as usual, keeps the call
+            invite_answered(peer, sdp_offer(first.port).replace("peer 1 1", "peer 1 3"), 3, tag)
+            peer.request("ACK", 3, to_tag=tag)
+            assert first.count_during(1.0) > 35
+            peer.request("BYE", 4, to_tag=tag)
+            peer.receive(0.5)
+            assert peer.statuses("BYE") == [200]
+        finally:
+            peer.close()
+
+
+@pytest.mark.parametrize("ptime", [10, 30])
+def test_packets_are_paced_at_the_offered_ptime(engine: EngineFactory, ptime: int) -> None:
+    eng = engine(LONG_CALL)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [rtp]:
+        try:
+            tag = to_tag(invite_answered(peer, sdp_offer(rtp.port, f"0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:{ptime}")))
+            peer.request("ACK", 1, to_tag=tag)
+            time.sleep(0.5)
+            start = len(rtp.packets)
+            time.sleep(2.0)
+            got = rtp.packets[start:]
+            peer.request("BYE", 2, to_tag=tag)
+            peer.receive(0.5)
+        finally:
+            peer.close()
+    assert {len(p) - 12 for _, p in got} == {8 * ptime}  # PCMU: 8 bytes a millisecond
+    gaps = sorted((b - a) * 1000 for (a, _), (b, _) in itertools.pairwise(got))
+    assert abs(gaps[len(gaps) // 2] - ptime) < 2, gaps  # the median gap is the ptime ...
+    near = [g for g in gaps if abs(g - ptime) <= ptime / 3]
+    assert len(near) >= 0.9 * len(gaps), gaps  # ... and so are nearly all: no bursts, no 20 ms rhythm
+    assert 0.85 * 2000 / ptime <= len(got) <= 1.05 * 2000 / ptime
+
+
+def test_call_rate_is_the_rate_of_the_codec_answer_codecs_chose(engine: EngineFactory) -> None:
+    script = (
+        "version: 1.0.0\nsections:\n  main:\n    - answer: {codecs: PCMU}\n    - record_call: {stereo: true}\n"
+        "    - play: {url: 'silence:1'}\n    - hangup\n"
+    )
+    eng = engine(script)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [rtp]:
+        try:  # G.722 first (a 16 kHz call with no restriction), but the script takes PCMU only
+            ok = invite_answered(peer, sdp_offer(rtp.port, "9 0\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000"))
+            assert [line.split()[3:] for line in sdp_of(ok) if line.startswith("m=audio")] == [["0"]]
+            peer.request("ACK", 1, to_tag=to_tag(ok))
+            [meta] = eng.recordings(1)
+        finally:
+            peer.close()
+    assert meta["sample_rate"] == 8000
+    assert {len(p) - 12 for _, p in rtp.packets} == {160}  # 20 ms of 8 kHz PCMU
+
+
+def test_early_media_and_the_200_ok_carry_the_same_answer(engine: EngineFactory) -> None:
+    script = (
+        "version: 1.0.0\nsections:\n  main:\n    - play: {url: 'silence:0.5', auto_answer: false}\n"
+        "    - answer\n    - play: {url: 'silence:0.5'}\n    - hangup\n"
+    )
+    eng = engine(script)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [rtp]:
+        try:
+            ok = invite_answered(peer, sdp_offer(rtp.port, "0 101\r\na=rtpmap:101 telephone-event/8000"))
+            peer.request("ACK", 1, to_tag=to_tag(ok))
+            early = next(m for m in peer.messages if status(m) == 183)
+            assert sdp_of(early) == sdp_of(ok)  # o= version too: the answer did not change (RFC 6337 §3.1)
+            peer.receive(1.5)
+        finally:
+            peer.close()
