@@ -17,6 +17,8 @@
   call is forgotten at the ACK or after Timer H, so INVITEs that are never ACKed cannot pile up.
 - An INVITE with a To tag for a dialog we do not have gets 481 (RFC 3261 §12.2.2), not a new call.
 - Several processes may share the SIP port (SO_REUSEPORT) for ``--workers``.
+- Timers (Timer G/H, our BYE's retransmissions, the reply cache's age) run on :class:`SipTimers`, which
+  a test replaces with a clock it moves by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiosipua.dialog import DialogState, dialog_matches
 from aiosipua.header_codec import parse_uri
@@ -56,6 +58,25 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 TxnKey = tuple[str, str, str]  # (Call-ID, top Via branch, CSeq as written)
 
 
+class SipTimers(Protocol):
+    """The time SIP timers run on: the event loop's, or in tests a clock moved by hand, so that RFC
+    timing (Timer G every 0.5 s, Timer H at 32 s) is checked without waiting or racing the machine."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopTimers:
+    """Real time: the monotonic clock and the event loop's sleep."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 def transaction_key(msg: SipMessage) -> TxnKey | None:
     vias = msg.headers.get("via")
     cseq = msg.headers.get_first("cseq")
@@ -80,10 +101,12 @@ class ReplyCache:
     #: How long an entry is kept (Timer H), and how often old ones are looked for.
     ttl: float = TIMER_H
     sweep_every: float = 5.0
+    #: The clock entries are dated by (the server's timers').
+    now: Callable[[], float] = time.monotonic
     _swept: float = 0.0
 
     def note_source(self, key: TxnKey, addr: tuple[str, int]) -> None:
-        self.sources[key] = (addr, time.monotonic())
+        self.sources[key] = (addr, self.now())
         self._sweep()
 
     def source(self, key: TxnKey) -> tuple[str, int] | None:
@@ -93,7 +116,7 @@ class ReplyCache:
     def remember(self, response: SipResponse) -> None:
         key = transaction_key(response)
         if key is not None:
-            self.responses[key] = (response, time.monotonic())
+            self.responses[key] = (response, self.now())
         self._sweep()
 
     def lookup(self, request: SipRequest) -> SipResponse | None:
@@ -102,7 +125,7 @@ class ReplyCache:
         return hit[0] if hit is not None else None
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self.now()
         if now - self._swept < self.sweep_every:
             return
         self._swept = now
@@ -319,8 +342,11 @@ class SipServer(SipUAS):
         user_agent: str,
         advertise: str | None = None,
         calls: dict[str, IncomingCall] | None = None,
+        timers: SipTimers | None = None,
     ) -> None:
         super().__init__(transport, user_agent=user_agent)
+        self.timers = timers or LoopTimers()
+        transport.replies.now = self.timers.now
         # Only the methods we serve (ours is a UAS for calls: no UPDATE, REFER, NOTIFY, nor PRACK, as we
         # send no reliable provisionals); the rest get 405 with Allow.
         self._handlers = {m: h for m, h in self._handlers.items() if m in ALLOW.split(", ")}
@@ -393,11 +419,11 @@ class SipServer(SipUAS):
         without one, forget the rejected call all the same."""
         try:
             if self.protocol == "TCP":
-                await asyncio.sleep(self.timer_h)
+                await self.timers.sleep(self.timer_h)
             else:
                 interval, elapsed = T1, 0.0
                 while elapsed < self.timer_h:
-                    await asyncio.sleep(min(interval, self.timer_h - elapsed))
+                    await self.timers.sleep(min(interval, self.timer_h - elapsed))
                     elapsed += interval
                     if elapsed < self.timer_h:
                         self.sip_transport.deliver(response)
@@ -653,7 +679,7 @@ class SipServer(SipUAS):
         interval, elapsed = T1, 0.0
         with contextlib.suppress(asyncio.CancelledError):
             while elapsed < TIMER_H:
-                await asyncio.sleep(interval)
+                await self.timers.sleep(interval)
                 elapsed += interval
                 with contextlib.suppress(OSError, RuntimeError, ValueError):
                     self.transport.send(request, dest)
