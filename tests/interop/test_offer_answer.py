@@ -46,6 +46,11 @@ class RtpSink:
         time.sleep(seconds)
         return len(self.packets) - before
 
+    def flows(self, packets: int = 25, timeout: float = 20.0) -> bool:
+        """Whether ``packets`` more arrive (within a deadline generous for a loaded machine)."""
+        before = len(self.packets)
+        return wait_for(lambda: len(self.packets) >= before + packets, timeout)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(1)
@@ -94,7 +99,7 @@ def test_session_level_sendonly_and_inactive_hold_the_call(engine: EngineFactory
             ok = invite_answered(peer, sdp_offer(rtp.port))
             tag = to_tag(ok)
             peer.request("ACK", 1, to_tag=tag)
-            assert rtp.count_during(1.0) > 35  # 50 a second while the call is up
+            assert rtp.flows()
             for cseq, (direction, answer) in enumerate((("sendonly", "recvonly"), ("inactive", "inactive")), 2):
                 ok = invite_answered(peer, session_hold_offer(rtp.port, direction), cseq, tag)
                 peer.request("ACK", cseq, to_tag=tag)
@@ -104,7 +109,7 @@ def test_session_level_sendonly_and_inactive_hold_the_call(engine: EngineFactory
             ok = invite_answered(peer, sdp_offer(rtp.port), 4, tag)  # resume
             peer.request("ACK", 4, to_tag=tag)
             assert "a=sendrecv" in sdp_of(ok)
-            assert rtp.count_during(1.0) > 35
+            assert rtp.flows()
             peer.request("BYE", 5, to_tag=tag)
             peer.receive(0.5)
         finally:
@@ -118,21 +123,21 @@ def test_offerless_reinvite_moves_media_to_the_answer_in_the_ack(engine: EngineF
         try:
             tag = to_tag(invite_answered(peer, sdp_offer(first.port)))
             peer.request("ACK", 1, to_tag=tag)
-            assert first.count_during(0.5) > 15
+            assert first.flows()
             ok = invite_answered(peer, "", 2, tag)  # no SDP: our 200 OK makes the offer
             offer = sdp_of(ok)
             assert next(line for line in offer if line.startswith("m=audio")).split()[3:] == ["0"]
             assert "a=sendrecv" in offer, offer
             # the answer, in the ACK, moves our media to another port
             peer.request("ACK", 2, to_tag=tag, body=sdp_offer(second.port).replace("peer 1 1", "peer 1 2"))
-            time.sleep(0.3)
-            before = len(first.packets)
-            assert second.count_during(1.0) > 35, eng.log()[-2000:]
+            assert second.flows(), eng.log()[-2000:]
+            before = len(first.packets)  # (the packets sent before the ACK arrived are in)
+            assert second.flows()
             assert len(first.packets) == before
             # a later re-INVITE with an offer, ACKed without a body as usual, keeps the call
             invite_answered(peer, sdp_offer(first.port).replace("peer 1 1", "peer 1 3"), 3, tag)
             peer.request("ACK", 3, to_tag=tag)
-            assert first.count_during(1.0) > 35
+            assert first.flows()
             peer.request("BYE", 4, to_tag=tag)
             peer.receive(0.5)
             assert peer.statuses("BYE") == [200]
