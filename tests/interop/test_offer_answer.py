@@ -204,3 +204,55 @@ def test_early_media_and_the_200_ok_carry_the_same_answer(engine: EngineFactory)
             peer.receive(1.5)
         finally:
             peer.close()
+
+
+def test_payload_type_above_127_gets_488_and_the_next_call_is_answered(engine: EngineFactory) -> None:
+    """Issue 11, item 20: PT 200 was answered 200 OK, then the call died packing an RTP header."""
+    eng = engine(LONG_CALL)
+    with sinks(1) as [rtp]:
+        bad = SipPeer(eng.port)
+        try:
+            bad.request("INVITE", 1, body=sdp_offer(rtp.port, "200\r\na=rtpmap:200 PCMU/8000"))
+            assert wait_for(lambda: bad.receive(0.1) is not None and bad.statuses("INVITE")[-1:] == [488], 10)
+            assert 200 not in bad.statuses("INVITE")
+        finally:
+            bad.close()
+        good = SipPeer(eng.port)
+        try:
+            ok = invite_answered(good, sdp_offer(rtp.port))
+            good.request("ACK", 1, to_tag=to_tag(ok))
+            assert wait_for(lambda: len(rtp.packets) >= 25, 20), "the next call's media does not flow"
+            good.request("BYE", 2, to_tag=to_tag(ok))
+            good.receive(0.5)
+        finally:
+            good.close()
+    assert "payload type '200' is outside 0-127" in eng.log()
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "200\r\na=rtpmap:200 PCMU/8000",  # payload type out of range
+        "0\r\na=rtpmap:0 PCMU/8000\r\nc=IN IP4 999.1.1.1",  # an address that does not parse
+        "0\r\na=rtpmap:0 PCMU/8000\r\nc=IN IP4 255.255.255.255",  # broadcast
+    ],
+)
+def test_reinvite_with_an_unusable_offer_gets_488_and_the_media_goes_on(engine: EngineFactory, offer: str) -> None:
+    eng = engine(LONG_CALL)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [rtp]:
+        try:
+            tag = to_tag(invite_answered(peer, sdp_offer(rtp.port)))
+            peer.request("ACK", 1, to_tag=tag)
+            assert wait_for(lambda: len(rtp.packets) >= 10, 20)
+            reoffer = sdp_offer(rtp.port, offer).replace("peer 1 1", "peer 1 2")
+            branch = peer.request("INVITE", 2, body=reoffer, to_tag=tag)
+            assert wait_for(lambda: peer.receive(0.1) is not None and peer.statuses("INVITE")[-1:] == [488], 10)
+            peer.request("ACK", 2, to_tag=tag, branch=branch)  # (a non-2xx's ACK is the INVITE's transaction)
+            after = len(rtp.packets)
+            assert wait_for(lambda: len(rtp.packets) >= after + 25, 20), "the media stopped after the 488"
+            peer.request("BYE", 3, to_tag=tag)
+            peer.receive(0.5)
+            assert peer.statuses("BYE") == [200]
+        finally:
+            peer.close()

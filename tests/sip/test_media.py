@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import warnings
 
 import numpy as np
@@ -224,6 +225,74 @@ def test_sdp_hold_and_bad_offers() -> None:
             negotiate(parse_offer(bad), [])
 
 
+def _audio_offer(media: str = "0", address: str = "127.0.0.1", extra: str = "") -> str:
+    return f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\nm=audio {media}\r\n{extra}"
+
+
+@pytest.mark.parametrize(
+    ("media", "address", "extra", "why"),
+    [
+        # payload types are 7 bits: 200 was answered 200 OK, then the call died packing an RTP header
+        ("4000 RTP/AVP 200", "127.0.0.1", "a=rtpmap:200 PCMU/8000\r\n", "payload type '200' is outside 0-127"),
+        ("4000 RTP/AVP 0 128", "127.0.0.1", "", "payload type '128'"),
+        ("4000 RTP/AVP 0 -1", "127.0.0.1", "", "payload type '-1'"),
+        ("4000 RTP/AVP 0 " + "9" * 5000, "127.0.0.1", "", "payload type '9999"),  # no int() of 5000 digits
+        ("4000 RTP/AVP \u0661", "127.0.0.1", "", "payload type"),  # an Arabic-Indic one, which int() reads
+        ("99999 RTP/AVP 0", "127.0.0.1", "", "port 99999 is outside 0-65535"),
+        ("-4000 RTP/AVP 0", "127.0.0.1", "", "port -4000"),
+        ("4000 RTP/AVP 0", "999.1.1.1", "", "'999.1.1.1' is neither an IP address nor a host name"),
+        ("4000 RTP/AVP 0", "255.255.255.255", "", "broadcast"),
+        ("4000 RTP/AVP 0", "240.1.2.3", "", "reserved"),
+        ("4000 RTP/AVP 0", "224.0.0.1", "", "multicast"),
+        ("4000 RTP/AVP 0", "239.255.255.250", "", "multicast"),
+        ("4000 RTP/AVP 0", "ff02::1", "", "multicast"),
+        ("4000 RTP/AVP 0", "::ffff:224.0.0.9", "", "multicast"),
+        ("4000 RTP/AVP 0", "0.1.2.3", "", "not a destination"),
+        ("4000 RTP/AVP 0", "pbx..example.com", "", "neither"),
+        ("4000 RTP/AVP 0", "x" * 300, "", "neither"),
+        ("4000 RTP/AVP 0", "1.2.3.4\r\nc=IN IP4", "", "has no address"),  # read as 0.0.0.0 (hold) before
+        ("4000 RTP/AVP 0", "127.0.0.1", "a=rtpmap:96 PCMU/\r\n", "unreadable"),  # a clock rate missing
+        ("4000 RTP/AVP 0", "127.0.0.1", "a=fmtp:x 0-15\r\n", "unreadable"),
+        ("4000 RTP/AVP 0", "127.0.0.1", "a=rtpmap:96 PCMU/" + "9" * 5000 + "\r\n", "unreadable"),
+    ],
+)
+def test_sdp_payload_types_ports_and_addresses_out_of_range_get_488(
+    media: str, address: str, extra: str, why: str
+) -> None:
+    with pytest.raises(NotAcceptable, match=re.escape(why)) as caught:
+        negotiate(parse_offer(_audio_offer(media, address, extra)), [])
+    assert len(str(caught.value)) < 200  # the reason quotes the peer's junk briefly
+
+
+def test_sdp_values_in_range_are_still_served() -> None:
+    for media, address in [
+        ("0 RTP/AVP 0", "127.0.0.1"),  # port 0 alone: a rejected stream, so no audio
+        ("65535 RTP/AVP 0 127", "127.0.0.1"),
+        ("4000 RTP/AVP 0", "0.0.0.0"),  # hold
+        ("4000 RTP/AVP 0", "10.0.0.5"),
+        ("4000 RTP/AVP 0", "[2001:db8::1]"),
+        ("4000 RTP/AVP 0", "pbx.example.com"),
+    ]:
+        body = _audio_offer(media, address)
+        if media.startswith("0 "):
+            with pytest.raises(NotAcceptable, match="no audio stream"):
+                parse_offer(body)
+            continue
+        assert negotiate(parse_offer(body), []).codec == "PCMU"
+    assert parse_offer(_audio_offer("4000 RTP/AVP 0", "0.0.0.0")).on_hold
+    # a rejected video stream with any port keeps its place in the answer, at port 0
+    offer = parse_offer(_audio_offer("4000 RTP/AVP 0", extra="m=video 0 RTP/AVP 97\r\n"))
+    assert "m=video 0 RTP/AVP 97" in build_answer(offer, negotiate(offer, []), ("10.0.0.1", 20000), SessionVersion())
+    # huge but well-formed numbers where we only compare them: read, bounded, ignored
+    odd = "a=rtpmap:0 PCMU/8000/" + "9" * 4000 + "\r\na=ptime:" + "9" * 4000 + "\r\na=ptime:-20\r\n"
+    media = negotiate(parse_offer(_audio_offer("4000 RTP/AVP 0", extra=odd)), [])
+    assert (media.codec, media.ptime) == ("PCMU", 20)
+    many = " ".join(str(96 + i % 32) for i in range(2000))  # 32 payload types we do not know, repeated
+    with pytest.raises(NotAcceptable, match="and 22 more;") as caught:  # the reason lists 10
+        negotiate(parse_offer(_audio_offer(f"4000 RTP/AVP {many}")), [])
+    assert len(str(caught.value)) < 200
+
+
 def test_our_offer_for_a_delayed_offer_call() -> None:
     session = SessionVersion()
     sdp = build_offer([], ("10.0.0.1", 40000), session)
@@ -243,14 +312,14 @@ def test_sdp_address_forms_we_accept_and_a_host_name_is_resolved() -> None:
     import socket
 
     from swml_engine.media.frame import silence
-    from swml_engine.transports.sip.rtpstream import RtpStream, is_host_name
-    from swml_engine.transports.sip.sdp import Media
+    from swml_engine.transports.sip.rtpstream import RtpStream
+    from swml_engine.transports.sip.sdp import Media, is_host_name
 
     offer = parse_offer("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 [::1]\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
     assert offer.remote == ("::1", 4000)
     # only names that can be DNS names are looked up; junk is rejected at once (no regex blow-up)
     assert is_host_name("pbx.example.com") and is_host_name("localhost.")
-    for junk in ("127.0\xff.0.1", "-x.com", "a..b", "", "a" * 254, "a" * 250 + "!", "a." * 120 + "!"):
+    for junk in ("127.0\xff.0.1", "-x.com", "a..b", "", "a" * 254, "a" * 250 + "!", "a." * 120 + "!", "999.1.1.1"):
         assert not is_host_name(junk)
 
     async def main() -> bytes:

@@ -11,6 +11,8 @@ telephone-event payload type is echoed, and anything we cannot serve is a :class
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from dataclasses import dataclass
 
@@ -72,20 +74,99 @@ def media_direction(sdp: SdpMessage, media: MediaDescription) -> str:
     return "sendrecv"
 
 
+#: One label of a DNS name (no nested repetition: checking hostile input stays linear).
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+#: RTP payload types are 7 bits (RFC 3550 §5.1); anything else in an m= line is not an RTP stream.
+MAX_PAYLOAD_TYPE = 127
+MAX_PORT = 65535
+#: Reason strings echo at most this much of what the peer wrote (a hostile offer makes no log flood).
+_ECHO = 40
+
+
+def is_host_name(host: str) -> bool:
+    """Whether an SDP address may be a DNS name (anything else there is junk, never looked up). A name
+    whose last label is all digits is not one (RFC 3696 §2): ``999.1.1.1`` is a broken IPv4 address."""
+    if not 0 < len(host) <= 253:
+        return False
+    labels = host.removesuffix(".").split(".")
+    return all(_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
+def unicast_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why media must not be sent to ``ip`` (multicast, broadcast, reserved), or None for a unicast
+    address. The unspecified address (0.0.0.0, ::) passes: in SDP it means hold (RFC 3264 §8.4)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return None
+    if ip.is_multicast:
+        return "a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip.is_reserved:  # 240.0.0.0/4, with 255.255.255.255 (broadcast) at its top
+            return "a broadcast or reserved address"
+        if ip.packed[0] == 0:  # 0.0.0.0/8 other than 0.0.0.0: "this network", never a destination
+            return "not a destination address"
+    return None
+
+
+def _media_address(host: str) -> str:
+    """The connection address of the audio stream, checked: a unicast IP address (brackets removed),
+    0.0.0.0 (hold) or a host name; anything else is a :class:`NotAcceptable`."""
+    # An IPv6 address in brackets is not what RFC 4566 writes, but some peers (sipp) do.
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if is_host_name(host):
+            return host
+        raise NotAcceptable(f"connection address {host[:_ECHO]!r} is neither an IP address nor a host name") from None
+    problem = unicast_problem(ip)
+    if problem is not None:
+        raise NotAcceptable(f"connection address {host} is {problem}: media goes to one unicast address")
+    return host
+
+
+def _check_lines(body: str) -> None:
+    """What aiosipua's parser would quietly misread: a c= line without its address reads as 0.0.0.0
+    (hold) there, so it is refused here."""
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("c=") and len(line[2:].split()) < 3:
+            raise NotAcceptable(f"connection line {line[:_ECHO]!r} has no address (c=IN IP4 <address>)")
+
+
+def _check_media(sdp: SdpMessage) -> None:
+    """Ports of every stream within 0-65535 (0: a stream the peer does not want, RFC 3264 §5.1)."""
+    for m in sdp.media:
+        if not 0 <= m.port <= MAX_PORT:
+            raise NotAcceptable(f"m={m.media[:_ECHO]} port {m.port} is outside 0-{MAX_PORT}")
+
+
+def _check_payload_types(m: MediaDescription) -> None:
+    """Every format of an RTP stream is a payload type 0-127 (the RTP header has 7 bits for it)."""
+    for fmt in m.formats:
+        if not (len(fmt) <= 3 and fmt.isascii() and fmt.isdigit() and int(fmt) <= MAX_PAYLOAD_TYPE):
+            raise NotAcceptable(f"payload type {fmt[:_ECHO]!r} is outside 0-{MAX_PAYLOAD_TYPE}")
+
+
 def parse_offer(body: str) -> Offer:
+    """The audio stream of an offer (or of the answer to our offer), checked before anything uses it:
+    every refusal is a :class:`NotAcceptable` whose message says what was wrong."""
+    _check_lines(body)
     try:
         sdp = parse_sdp(body)
     except (ValueError, IndexError) as e:
-        raise NotAcceptable(f"unreadable SDP ({e})") from None
+        raise NotAcceptable(f"unreadable SDP ({str(e)[: 2 * _ECHO]})") from None
+    _check_media(sdp)
     for index, m in enumerate(sdp.media):
         if m.media == "audio" and m.port > 0:
             conn = m.connection or sdp.connection
             if conn is None:
                 raise NotAcceptable("the audio stream has no connection address (c=)")
             if not m.proto.upper().startswith("RTP/AVP"):
-                raise NotAcceptable(f"media profile {m.proto} is not served (plain RTP/AVP only)")
-            # An IPv6 address in brackets is not what RFC 4566 writes, but some peers (sipp) do.
-            return Offer(sdp, m, index, (conn.address.strip("[]"), m.port))
+                raise NotAcceptable(f"media profile {m.proto[:_ECHO]} is not served (plain RTP/AVP only)")
+            _check_payload_types(m)
+            return Offer(sdp, m, index, (_media_address(conn.address), m.port))
     raise NotAcceptable("the offer has no audio stream")
 
 
@@ -104,7 +185,8 @@ def choose(offer: Offer, allowed: list[str]) -> tuple[str, int]:
         if c.clock_rate and c.clock_rate != 8000:
             continue  # G.711/G.722 always have an 8000 Hz RTP clock
         return name, c.payload_type
-    offered = ", ".join(sorted({(c.encoding_name or str(c.payload_type)).upper() for c in offer.audio.codecs}))
+    names = sorted({(c.encoding_name or str(c.payload_type)).upper()[:_ECHO] for c in offer.audio.codecs})
+    offered = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     wanted = ", ".join(allowed) if allowed else ", ".join(SUPPORTED)
     raise NotAcceptable(f"no common codec: offered {offered or 'none'}; this call takes {wanted}")
 
