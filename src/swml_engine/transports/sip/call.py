@@ -66,7 +66,8 @@ class SipCallTransport(Transport):
         #: The RTP socket binds here (maybe a wildcard); our SDP says ``sdp_host``, an address the peer reaches.
         self.rtp_host = rtp_host
         self.sdp_host = sdp_host or rtp_host
-        self.rtp = RtpStream(self.rate, self._on_digit)
+        #: The SIP source is where the caller's media is expected from too (with the SDP address).
+        self.rtp = RtpStream(self.rate, self._on_digit, signalling_host=invite.source_addr[0])
         self.session = SessionVersion()
         self.media: Media | None = None
         self._media_on = False
@@ -190,6 +191,7 @@ class SipCallTransport(Transport):
         if sdp is not None:
             self.invite.accept(parse_sdp(sdp))
             self.answered = True
+            self.rtp.media_starts()
 
     @property
     def awaiting_credentials(self) -> bool:

@@ -4,8 +4,14 @@ Frames go out as the call's media clock ticks (one ``write`` per 20 ms), so send
 same clock that drives recording. With another ptime (10, 30, 40 … ms) the ticks' audio is queued and a
 timer of that period sends it, one packet per period, a packet's worth (plus 5 ms, off the ticks) behind.
 
-Media goes back to where the peer's packets come from (symmetric RTP), which crosses NATs and survives a
-peer whose SDP names the wrong address; until a packet arrives, the SDP address is used.
+Whose packets are the caller's, and where ours go, follows one rule (docs/serve.md, "Media"): the SDP
+address first, then the address the SIP signalling came from. Media goes back to where the caller's
+packets come from (symmetric RTP, which crosses NATs and survives an SDP naming the wrong address), but a
+source other than the SDP address has to prove itself first — a run of consecutive packets of one SSRC —
+and an address neither the SDP nor the signalling names may only do so when those addresses stayed
+silent through the first second. Anyone who can reach the port can send packets; this way the first
+sender does not own the call, nor does whoever sends once the caller falls silent (hold without
+re-INVITE, silence suppression).
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ import asyncio
 import ipaddress
 import logging
 import random
-import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, IntEnum
 from typing import cast
 
 import numpy as np
@@ -27,32 +33,79 @@ from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
 from swml_engine.transports.sip.rtp import _HEADER, HEADER_SIZE, RtpPacket, parse_rtp
-from swml_engine.transports.sip.sdp import Media
+from swml_engine.transports.sip.sdp import Media, is_host_name, unicast_problem
 
 log = logging.getLogger(__name__)
 
-#: One label of a DNS name (no nested repetition: checking hostile input stays linear).
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-
-
-def is_host_name(host: str) -> bool:
-    """Whether an SDP address may be a DNS name (anything else there is junk, never looked up)."""
-    if not 0 < len(host) <= 253:
-        return False
-    return all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
-
-
-#: After this long without packets from the latched address, another source may take over.
-RELATCH_AFTER = 2.0
+#: Consecutive packets (one SSRC, each sequence number the last plus one, nothing from the current source
+#: in between) an address must send before it becomes the caller's source and media goes to it.
+PROOF_PACKETS = 5
+#: Seconds from the answer (or from a new SDP address) that the addresses the caller's SDP and SIP
+#: signalling name have to send their first packet before any other address may prove itself.
+STRANGER_GRACE = 1.0
+#: Source moves logged at info level per stream (then debug: a flapping source must not flood the log).
+_MOVES_LOGGED = 5
 #: How long after a packet's audio is complete its timer fires: away from the 20 ms ticks that produce it.
 PACE_MARGIN = 0.005
+
+
+class Trust(IntEnum):
+    """How far a source address is taken for the caller's (a higher one takes over a lower one)."""
+
+    NOWHERE = -1  # no source yet and no SDP address to expect (hold at 0.0.0.0, a name not yet resolved)
+    STRANGER = 0  # an address neither the SDP nor the SIP signalling names
+    KNOWN_HOST = 1  # the SDP's or the SIP signalling's IP address, another port: a NAT rewrote the port
+    SDP = 2  # exactly the SDP address (IP and port)
+
+
+class Expecting(Enum):
+    """Whether the caller's named addresses (SDP, SIP signalling) have sent a packet in this call."""
+
+    AWAITING = "awaiting"  # not yet: after STRANGER_GRACE, an unnamed address may prove itself
+    HEARD = "heard"  # yes: from now on an unnamed address never becomes the source
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An address proving itself: its current run of consecutive packets, kept to be played out if it
+    proves (so the caller's first packets from behind a NAT are not lost)."""
+
+    addr: tuple[str, int]
+    ssrc: int
+    seq: int
+    packets: list[tuple[int, int, int, bytes]]  # (payload type, timestamp, SSRC, payload)
+
+
+def _plain(host: str) -> str:
+    """An address as the kernel reports it, IPv4-mapped IPv6 (dual-stack sockets) as plain IPv4."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _canonical(host: str) -> str:
+    """An address as written in SDP or SIP, in the spelling the kernel reports (names are left as they are)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
 class RtpStats:
     received: int = 0
     malformed: int = 0  # not RTP, or a payload type not negotiated
-    foreign: int = 0  # from an address other than the peer's
+    foreign: int = 0  # from an address that was not the caller's source (and did not prove itself)
+    moves: int = 0  # times the source (and where our packets go) moved to another address
     sent: int = 0
     dtmf_received: int = 0
     send_errors: int = 0  # packets the socket refused (an unreachable peer address)
@@ -98,7 +151,17 @@ class _PendingDigit:
 
 
 class RtpStream(asyncio.DatagramProtocol):
-    def __init__(self, call_rate: int, on_digit: Callable[[str], None]) -> None:
+    """``signalling_host``: the address the call's SIP requests came from (an expected media source).
+    ``clock``: seconds for the grace of :data:`STRANGER_GRACE` (the loop's time; tests give their own)."""
+
+    def __init__(
+        self,
+        call_rate: int,
+        on_digit: Callable[[str], None],
+        *,
+        signalling_host: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.call_rate = call_rate
         self.on_digit = on_digit
         self.stats = RtpStats()
@@ -108,9 +171,20 @@ class RtpStream(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._jitter: JitterBuffer | None = None
         self._dtmf = DtmfReceiver()
-        self._peer: tuple[str, int] | None = None
-        self._peer_seen = 0.0
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
+        self._signalling = _canonical(signalling_host) if signalling_host else None
+        #: The caller's source: packets from here are the call's, and ours go here (symmetric RTP).
+        self._peer: tuple[str, int] | None = None
+        self._peer_trust = Trust.NOWHERE
+        #: The SDP address as an IP address (None: hold, or a name not yet resolved), and the hosts
+        #: whose packets are expected (its IP and the signalling's).
+        self._sdp: tuple[str, int] | None = None
+        self._hosts: frozenset[str] = frozenset()
+        self._expecting = Expecting.AWAITING
+        self._since = 0.0  # when the current SDP address (or the answer) came: the grace counts from here
+        #: At most one address proving itself per trust level (an unnamed sender cannot disturb a NAT's).
+        self._candidates: dict[Trust, _Candidate] = {}
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
@@ -179,9 +253,10 @@ class RtpStream(asyncio.DatagramProtocol):
             jitter.stats = self.stats.jitter
             self._jitter = jitter
             self._out = np.zeros(0, dtype=np.int16)
-        if self.media is None or media.remote != self.media.remote:
-            self._peer = None  # the peer moved (or is new): learn its address again
+        moved = self.media is None or media.remote != self.media.remote
         self.media = media
+        if moved:
+            self._expect(media.remote)
         self._route()
         self._ptime = media.ptime / 1000
         assert self.codec is not None
@@ -194,6 +269,28 @@ class RtpStream(asyncio.DatagramProtocol):
 
     # --- receiving --------------------------------------------------------------------------------
 
+    def _expect(self, remote: tuple[str, int]) -> None:
+        """A new SDP address (the answer, or a re-INVITE moving the media): its source is learnt anew,
+        starting from the SDP address itself. Once the caller's named addresses have been heard in this
+        call, an unnamed one never becomes the source, whatever later re-INVITEs say (hold at 0.0.0.0)."""
+        host = _canonical(remote[0])
+        hosts = {self._signalling} if self._signalling else set()
+        self._sdp = None
+        self._peer, self._peer_trust = None, Trust.NOWHERE
+        if _is_ip(host) and host not in ("0.0.0.0", "::") and remote[1]:
+            self._sdp = (host, remote[1])
+            self._peer, self._peer_trust = self._sdp, Trust.SDP
+            hosts.add(host)
+        self._hosts = frozenset(hosts)
+        self._candidates.clear()
+        self._since = self._clock()
+
+    def media_starts(self) -> None:
+        """The call was answered: the caller's media starts now (an early answer's 183 may have come long
+        before), so the grace for its first packets counts from here."""
+        if self._expecting is Expecting.AWAITING:
+            self._since = self._clock()
+
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         media, codec, jitter = self.media, self.codec, self._jitter
         if media is None or codec is None or jitter is None:
@@ -201,7 +298,7 @@ class RtpStream(asyncio.DatagramProtocol):
             return
         if data[:1] == b"\x80" and len(data) > HEADER_SIZE:
             # The usual packet (no CSRC list, extension or padding): header and payload at fixed places.
-            _, b1, _, timestamp, ssrc = _HEADER.unpack_from(data)
+            _, b1, seq, timestamp, ssrc = _HEADER.unpack_from(data)
             pt = b1 & 0x7F
             payload = data[HEADER_SIZE:]
         else:
@@ -209,19 +306,23 @@ class RtpStream(asyncio.DatagramProtocol):
             if packet is None:
                 self.stats.malformed += 1
                 return
-            pt, timestamp, ssrc, payload = packet.payload_type, packet.timestamp, packet.ssrc, packet.payload
+            pt, seq, timestamp, ssrc = packet.payload_type, packet.sequence, packet.timestamp, packet.ssrc
+            payload = packet.payload
         if pt != media.payload_type and pt != media.telephone_event:
             self.stats.malformed += 1
             return
-        now = self._loop.time()
         peer = self._peer
         if peer is None or addr[0] != peer[0] or addr[1] != peer[1]:
-            if peer is not None and now - self._peer_seen < RELATCH_AFTER:
-                self.stats.foreign += 1
-                return
-            self._peer = (str(addr[0]), int(addr[1]))
-            self._route()
-        self._peer_seen = now
+            self._from_elsewhere((str(addr[0]), int(addr[1])), pt, seq, timestamp, ssrc, payload)
+            return
+        if self._candidates or self._expecting is Expecting.AWAITING:
+            self._peer_spoke()
+        self._accept(pt, timestamp, ssrc, payload)
+
+    def _accept(self, pt: int, timestamp: int, ssrc: int, payload: bytes) -> None:
+        """A packet of the caller's: a digit, or audio for the jitter buffer."""
+        media, codec, jitter = self.media, self.codec, self._jitter
+        assert media is not None and codec is not None and jitter is not None
         self.stats.received += 1
         if pt == media.telephone_event:
             digit = self._dtmf.receive(ssrc, timestamp, payload)
@@ -235,6 +336,76 @@ class RtpStream(asyncio.DatagramProtocol):
             self.stats.malformed += 1
             return
         jitter.push(ssrc, timestamp, samples)
+
+    def _peer_spoke(self) -> None:
+        """The source sent: a named one has now been heard, and addresses of no higher trust that were
+        proving themselves start again (a source that still sends is not replaced by its equal)."""
+        if self._peer_trust > Trust.STRANGER:
+            self._heard()
+        for trust in [t for t in self._candidates if t <= self._peer_trust]:
+            del self._candidates[trust]
+
+    def _heard(self) -> None:
+        self._expecting = Expecting.HEARD
+        self._candidates.pop(Trust.STRANGER, None)
+
+    def _trust_of(self, host: str, port: int) -> Trust:
+        if self._sdp is not None and host == self._sdp[0] and port == self._sdp[1]:
+            return Trust.SDP
+        return Trust.KNOWN_HOST if host in self._hosts else Trust.STRANGER
+
+    def _from_elsewhere(
+        self, addr: tuple[str, int], pt: int, seq: int, timestamp: int, ssrc: int, payload: bytes
+    ) -> None:
+        """A packet from an address other than the source: the source in another spelling, a foreign
+        packet, or one more packet of an address proving itself — which, once proved, becomes the source."""
+        host, port = _plain(addr[0]), addr[1]
+        peer = self._peer
+        if peer is not None and _plain(peer[0]) == host and peer[1] == port:
+            self._peer = addr  # the source itself as a dual-stack socket spells it: not a move
+            self._route()
+            self._peer_spoke()
+            self._accept(pt, timestamp, ssrc, payload)
+            return
+        trust = self._trust_of(host, port)
+        if trust > Trust.STRANGER:
+            self._heard()
+        elif self._expecting is Expecting.HEARD or self._clock() - self._since < STRANGER_GRACE:
+            self._foreign(addr)
+            return
+        run = self._candidates.get(trust)
+        if run is None or run.addr != addr or run.ssrc != ssrc or seq != (run.seq + 1) & 0xFFFF:
+            run = self._candidates[trust] = _Candidate(addr, ssrc, seq, [])
+        run.seq = seq
+        run.packets.append((pt, timestamp, ssrc, payload))
+        self._foreign(addr)
+        if len(run.packets) >= PROOF_PACKETS:
+            self._move(trust, run)
+
+    def _foreign(self, addr: tuple[str, int]) -> None:
+        self.stats.foreign += 1
+        if self.stats.foreign == 1:
+            log.info("RTP on port %d: packets from %s:%d are not the caller's (yet): ignored", self.local[1], *addr)
+
+    def _move(self, trust: Trust, run: _Candidate) -> None:
+        """``run``'s address proved itself: it is the caller's source now, and its packets are played."""
+        del self._candidates[trust]
+        was = self._peer
+        self._peer, self._peer_trust = run.addr, trust
+        self._route()
+        self.stats.moves += 1
+        level = logging.INFO if self.stats.moves <= _MOVES_LOGGED else logging.DEBUG
+        log.log(
+            level,
+            "RTP on port %d: the caller's media comes from %s:%d now (%s; before: %s)",
+            self.local[1],
+            *run.addr,
+            trust.name.lower().replace("_", " "),
+            f"{was[0]}:{was[1]}" if was is not None else "none",
+        )
+        self.stats.foreign -= len(run.packets)
+        for packet in run.packets:
+            self._accept(*packet)
 
     def read(self) -> Frame | None:
         """The caller's next 20 ms at the call's rate (None before any audio arrived)."""
@@ -258,11 +429,11 @@ class RtpStream(asyncio.DatagramProtocol):
         return self.media.remote if self.media is not None else None
 
     def _route(self) -> None:
-        """Where packets go now (the latched peer, else the SDP address), None while that is nowhere.
+        """Where packets go now (the caller's source, at first the SDP address), None while that is nowhere.
 
         An SDP address that is a host name (RFC 4566 allows it) is resolved in the background; until
-        then, and for an address of the other IP family than our socket, nothing is sent — the first
-        packet from the peer gives its address anyway (symmetric RTP)."""
+        then, and for an address of the other IP family than our socket, nothing is sent — a source
+        that proves itself gives its address anyway (symmetric RTP)."""
         dest = self.destination
         self._dest = None
         if dest is None or dest[1] == 0 or dest[0] in ("0.0.0.0", "::"):
@@ -290,8 +461,18 @@ class RtpStream(asyncio.DatagramProtocol):
         except (OSError, UnicodeError) as e:
             log.info("RTP peer %s not resolved: %s", host, e)
             return
-        if infos and self._peer is None and self.media is not None and self.media.remote[0] == host:
-            self._dest = (str(infos[0][4][0]), port)
+        if not infos or self.media is None or self.media.remote[0] != host or self._sdp is not None:
+            return  # the SDP address changed meanwhile
+        ip = ipaddress.ip_address(_plain(str(infos[0][4][0])))
+        problem = unicast_problem(ip)
+        if problem is not None or ip.is_unspecified:
+            log.info("RTP peer %s resolves to %s, %s: not sent to", host, ip, problem or "no address")
+            return
+        self._sdp = (str(ip), port)
+        self._hosts = self._hosts | {str(ip)}
+        if self._peer is None:
+            self._peer, self._peer_trust = self._sdp, Trust.SDP
+            self._route()
 
     def _send(self, packet: RtpPacket) -> None:
         self._send_raw(packet.serialize())

@@ -1,0 +1,291 @@
+"""Whose packets are the caller's: an RtpStream on a real UDP socket, parties on other loopback addresses.
+
+127.0.0.x are distinct hosts here: the caller on 127.0.0.1 (also its SIP source), an attacker on
+127.0.0.5. The caller speaks a 440 Hz tone, the attacker 1 kHz; "recorded" is what the stream hands the
+call (``read()``), and "hears" is which socket our packets reach. Time for the grace an unnamed address
+waits is a clock the test moves, so nothing depends on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from conftest import tone
+from swml_engine.media.frame import silence
+from swml_engine.transports.sip.codecs import Pcmu
+from swml_engine.transports.sip.rtp import RtpPacket
+from swml_engine.transports.sip.rtpstream import PROOF_PACKETS, STRANGER_GRACE, RtpStream
+from swml_engine.transports.sip.sdp import Media
+
+CALLER_TONE, ATTACKER_TONE = 440.0, 1000.0
+#: Generous: another engineer's test suite may be loading the machine.
+DEADLINE = 20.0
+
+
+@dataclass
+class Clock:
+    t: float = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Party:
+    """A UDP socket on one loopback address sending a tone as PCMU, 20 ms a packet."""
+
+    host: str
+    freq: float
+    ssrc: int
+    sock: socket.socket = field(init=False)
+    seq: int = 1000
+    sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((self.host, 0))
+        self.sock.setblocking(False)
+        self.audio = tone(self.freq, 10.0, 8000)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, int(self.sock.getsockname()[1]))
+
+    def send(self, to: tuple[str, int], packets: int = 1) -> None:
+        codec = Pcmu()
+        for _ in range(packets):
+            i = self.sent % 500
+            payload = codec.encode(np.ascontiguousarray(self.audio[i * 160 : (i + 1) * 160]))
+            self.sock.sendto(RtpPacket(0, self.seq & 0xFFFF, self.sent * 160, self.ssrc, payload).serialize(), to)
+            self.seq += 1
+            self.sent += 1
+
+    def heard(self) -> int:
+        """How many of our packets reached this party."""
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.sock.recv(2048)
+                n += 1
+        return n
+
+
+class Call:
+    """One RtpStream and the frames it has handed the call so far."""
+
+    def __init__(self, rtp: RtpStream, clock: Clock) -> None:
+        self.rtp, self.clock = rtp, clock
+        self.frames: list[np.ndarray] = []
+        self.local = ("127.0.0.1", rtp.local[1])
+
+    def seen(self) -> int:
+        s = self.rtp.stats
+        return s.received + s.foreign + s.malformed
+
+    async def exchange(self, *turns: tuple[Party, int]) -> None:
+        """Each party sends its packets in turn; once the stream has taken them all, a frame per packet
+        leaves the jitter buffer as the call's clock would take it (what a recording gets)."""
+        before = self.seen()
+        total = 0
+        for party, packets in turns:
+            party.send(self.local, packets)
+            total += packets
+        await until(lambda: self.seen() >= before + total, "the stream did not take every packet")
+        for _ in range(max(packets for _, packets in turns)):
+            frame = self.rtp.read()
+            if frame is not None:
+                self.frames.append(frame)
+
+    def recorded(self) -> np.ndarray:
+        return np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
+
+    async def speak_to_caller(self, frames: int, to: Party) -> None:
+        """The call's audio, ``frames`` packets: wait until ``to`` has them (a party that got none of
+        them has heard nothing, as every packet goes to one address)."""
+        got = 0
+        for _ in range(frames):
+            self.rtp.write(silence(8000))
+
+        def arrived() -> bool:
+            nonlocal got
+            got += to.heard()
+            return got >= frames
+
+        await until(arrived, f"our packets did not reach {to.host} (the caller): sent elsewhere")
+
+
+async def until(predicate: object, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+def level(samples: np.ndarray, freq: float) -> float:
+    """Share of the audio's energy within 30 Hz of ``freq``."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples)))) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / 8000)
+    return float(spectrum[np.abs(freqs - freq) < 30].sum() / max(spectrum.sum(), 1e-9))
+
+
+@contextlib.asynccontextmanager
+async def stream(sdp: tuple[str, int], sip_host: str = "127.0.0.1") -> AsyncIterator[Call]:
+    clock = Clock()
+    rtp = RtpStream(8000, lambda d: None, signalling_host=sip_host, clock=clock)
+    await rtp.bind("127.0.0.1", (42000, 42999))
+    rtp.configure(Media("PCMU", 0, None, 20, sdp, "sendrecv"))
+    try:
+        yield Call(rtp, clock)
+    finally:
+        rtp.close()
+
+
+@contextlib.contextmanager
+def parties(*specs: tuple[str, float]) -> Iterator[list[Party]]:
+    made = [Party(host, freq, 0x1000 + i) for i, (host, freq) in enumerate(specs)]
+    try:
+        yield made
+    finally:
+        for p in made:
+            p.sock.close()
+
+
+def test_an_attacker_sending_before_the_caller_is_neither_recorded_nor_heard() -> None:
+    """Issue 11, item 2: a second host sending PCMU to our port before the caller's first packet was
+    recorded as the caller and got the call's audio; the caller's own packets were dropped."""
+
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE), ("127.0.0.5", ATTACKER_TONE)) as (caller, attacker):
+            async with stream(caller.addr) as call:
+                call.clock.t += STRANGER_GRACE / 2  # the caller's first packet is not there yet
+                await call.exchange((attacker, 4 * PROOF_PACKETS))
+                for _ in range(40):  # then both send, all call long
+                    await call.exchange((attacker, 3), (caller, 3))
+                await call.speak_to_caller(50, caller)
+                assert attacker.heard() == 0
+                assert call.rtp.stats.foreign == 4 * PROOF_PACKETS + 40 * 3
+                recorded = call.recorded()
+                assert len(recorded) >= 100 * 160
+                assert level(recorded, CALLER_TONE) > 0.5
+                assert level(recorded, ATTACKER_TONE) < 0.001
+
+    asyncio.run(main())
+
+
+def test_a_caller_behind_a_nat_sends_from_another_port_and_is_recorded_and_heard() -> None:
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE), ("127.0.0.5", ATTACKER_TONE)) as (caller, attacker):
+            # The SDP names a port nothing sends from; the NAT gave the caller another one.
+            async with stream(("127.0.0.1", 9)) as call:
+                await call.exchange((caller, 2))
+                assert call.rtp.stats.received == 0  # not proved yet: nothing recorded, nothing moved
+                for _ in range(20):
+                    await call.exchange((caller, 3), (attacker, 1))
+                await call.speak_to_caller(50, caller)
+                assert attacker.heard() == 0
+                # the packets of the proof are kept and played: the caller's first packet is recorded
+                assert call.rtp.stats.received == 62 and call.rtp.stats.moves == 1
+                assert level(call.recorded(), CALLER_TONE) > 0.5
+                assert level(call.recorded(), ATTACKER_TONE) < 0.001
+
+    asyncio.run(main())
+
+
+def test_a_caller_whose_sdp_names_a_private_address_is_found_at_its_sip_source() -> None:
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE)) as (caller,):
+            async with stream(("10.0.0.99", 4000), sip_host="127.0.0.1") as call:
+                for _ in range(20):
+                    await call.exchange((caller, 3))
+                await call.speak_to_caller(50, caller)
+                assert level(call.recorded(), CALLER_TONE) > 0.5
+
+    asyncio.run(main())
+
+
+def test_the_callers_silence_mid_call_does_not_hand_the_call_to_an_attacker() -> None:
+    """Hold without re-INVITE, silence suppression: the caller stops sending; the old rule let any
+    address take over after 2 s of silence."""
+
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE), ("127.0.0.5", ATTACKER_TONE)) as (caller, attacker):
+            async with stream(caller.addr) as call:
+                for _ in range(10):
+                    await call.exchange((caller, 3))
+                call.clock.t += 3600.0  # an hour of the caller's silence
+                call.frames.clear()
+                for _ in range(20):  # a steady stream, one SSRC, in sequence
+                    await call.exchange((attacker, 5))
+                await call.speak_to_caller(50, caller)
+                assert attacker.heard() == 0 and call.rtp.stats.moves == 0
+                assert level(call.recorded(), ATTACKER_TONE) < 0.001
+                # the caller comes back (a new SSRC after hold) and is recorded again
+                caller.ssrc += 1
+                call.frames.clear()
+                for _ in range(10):
+                    await call.exchange((caller, 3), (attacker, 3))
+                assert level(call.recorded(), CALLER_TONE) > 0.5
+
+    asyncio.run(main())
+
+
+def test_an_address_nothing_names_is_taken_only_after_the_grace_and_a_proof() -> None:
+    """A caller behind a NAT whose SDP names its private address and whose SIP comes through a proxy:
+    its media comes from an address nothing in the signalling names."""
+
+    async def main() -> None:
+        with parties(("127.0.0.7", CALLER_TONE)) as (caller,):
+            async with stream(("10.0.0.99", 4000), sip_host="127.0.0.9") as call:
+                await call.exchange((caller, 10))  # within the grace: ignored, however steady
+                assert call.rtp.stats.received == 0
+                call.clock.t += STRANGER_GRACE
+                await call.exchange((caller, PROOF_PACKETS - 1))
+                assert call.rtp.stats.received == 0  # not proved yet
+                for _ in range(20):
+                    await call.exchange((caller, 3))
+                await call.speak_to_caller(20, caller)
+                assert call.rtp.stats.moves == 1
+                assert level(call.recorded(), CALLER_TONE) > 0.5
+
+    asyncio.run(main())
+
+
+def test_a_single_packet_or_a_broken_sequence_proves_nothing() -> None:
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE)) as (caller,):
+            async with stream(("127.0.0.1", 9)) as call:
+                for _ in range(3 * PROOF_PACKETS):  # sequence numbers jumping: not one steady sender
+                    caller.seq += 7
+                    await call.exchange((caller, 1))
+                assert call.rtp.stats.received == 0 and call.rtp.stats.moves == 0
+                await call.exchange((caller, PROOF_PACKETS))
+                assert call.rtp.stats.moves == 1
+
+    asyncio.run(main())
+
+
+def test_a_new_sdp_address_in_a_reinvite_moves_the_expected_source() -> None:
+    async def main() -> None:
+        with parties(("127.0.0.1", CALLER_TONE), ("127.0.0.6", ATTACKER_TONE)) as (first, second):
+            async with stream(first.addr) as call:
+                await call.exchange((first, 5))
+                call.rtp.configure(Media("PCMU", 0, None, 20, second.addr, "sendrecv"))
+                call.frames.clear()
+                await call.exchange((second, 1))
+                assert call.rtp.stats.received == 6  # the new SDP address is the source at once
+                for _ in range(10):  # the old address (the SIP source's host) goes on: it is not the source
+                    await call.exchange((second, 3), (first, 3))
+                await call.speak_to_caller(10, second)
+                assert first.heard() == 0
+                assert call.rtp.stats.received == 36 and call.rtp.stats.moves == 0
+                assert level(call.recorded(), ATTACKER_TONE) > 0.5  # (the second party's tone)
+                assert level(call.recorded(), CALLER_TONE) < 0.001
+
+    asyncio.run(main())
