@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 
 from conftest import tone
 from swml_engine.media.frame import silence
@@ -289,3 +292,31 @@ def test_a_new_sdp_address_in_a_reinvite_moves_the_expected_source() -> None:
                 assert level(call.recorded(), CALLER_TONE) < 0.001
 
     asyncio.run(main())
+
+
+def test_out_of_file_descriptors_says_so_rather_than_no_free_port() -> None:
+    """Issue 11, item 3: every new call failed with "no free RTP port" when the process had no
+    descriptors left."""
+
+    limit = len(os.listdir("/proc/self/fd")) + 32
+
+    async def main() -> str:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        held: list[socket.socket] = []
+        rtp = RtpStream(8000, lambda d: None)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            with pytest.raises(OSError) as caught:
+                await rtp.bind("127.0.0.1", (42000, 42999))
+            return str(caught.value)
+        finally:
+            for s in held:
+                s.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    message = asyncio.run(main())
+    assert message.startswith(f"no file descriptors left: {limit} open of limit {limit}"), message
+    assert "ulimit" in message

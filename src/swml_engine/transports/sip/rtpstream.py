@@ -17,6 +17,7 @@ re-INVITE, silence suppression).
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import random
@@ -28,6 +29,7 @@ from typing import cast
 
 import numpy as np
 
+from swml_engine.connections import descriptor_limit, descriptors_in_use
 from swml_engine.media.frame import Frame
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
@@ -98,6 +100,19 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def out_of_descriptors(error: OSError) -> OSError:
+    """The error for a socket the process could not open because it has no file descriptors left."""
+    limit = descriptor_limit()
+    used = descriptors_in_use()
+    if used is None and error.errno == errno.EMFILE:
+        used = limit  # listing them needs a descriptor too; EMFILE means every one below the limit is open
+    if error.errno == errno.ENFILE:
+        where = f"the system's open-file table is full ({used} open here, of limit {limit})"
+    else:
+        where = f"{used if used is not None else '?'} open of limit {limit if limit is not None else '?'}"
+    return OSError(f"no file descriptors left: {where}; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-calls")
 
 
 @dataclass
@@ -215,7 +230,9 @@ class RtpStream(asyncio.DatagramProtocol):
                 transport, _ = await self._loop.create_datagram_endpoint(
                     lambda: self, local_addr=(host, port), family=family
                 )
-            except OSError:
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # not the port's fault: say what ran out
+                    raise out_of_descriptors(e) from None
                 continue
             self._transport = transport
             self.local = (host, port)
