@@ -13,18 +13,17 @@ import contextlib
 import os
 import resource
 import socket
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from conftest import tone
 from swml_engine.media.frame import silence
-from swml_engine.transports.sip.codecs import Pcmu
-from swml_engine.transports.sip.rtp import RtpPacket
 from swml_engine.transports.sip.rtpstream import PROOF_PACKETS, STRANGER_GRACE, RtpStream
 from swml_engine.transports.sip.sdp import Media
+
+from .rtp_parties import Party, parties, share
 
 CALLER_TONE, ATTACKER_TONE = 440.0, 1000.0
 #: Generous: another engineer's test suite may be loading the machine.
@@ -37,46 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@dataclass
-class Party:
-    """A UDP socket on one loopback address sending a tone as PCMU, 20 ms a packet."""
-
-    host: str
-    freq: float
-    ssrc: int
-    sock: socket.socket = field(init=False)
-    seq: int = 1000
-    sent: int = 0
-
-    def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.host, 0))
-        self.sock.setblocking(False)
-        self.audio = tone(self.freq, 10.0, 8000)
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, int(self.sock.getsockname()[1]))
-
-    def send(self, to: tuple[str, int], packets: int = 1) -> None:
-        codec = Pcmu()
-        for _ in range(packets):
-            i = self.sent % 500
-            payload = codec.encode(np.ascontiguousarray(self.audio[i * 160 : (i + 1) * 160]))
-            self.sock.sendto(RtpPacket(0, self.seq & 0xFFFF, self.sent * 160, self.ssrc, payload).serialize(), to)
-            self.seq += 1
-            self.sent += 1
-
-    def heard(self) -> int:
-        """How many of our packets reached this party."""
-        n = 0
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.sock.recv(2048)
-                n += 1
-        return n
 
 
 class Call:
@@ -111,16 +70,10 @@ class Call:
     async def speak_to_caller(self, frames: int, to: Party) -> None:
         """The call's audio, ``frames`` packets: wait until ``to`` has them (a party that got none of
         them has heard nothing, as every packet goes to one address)."""
-        got = 0
+        start = to.received()
         for _ in range(frames):
             self.rtp.write(silence(8000))
-
-        def arrived() -> bool:
-            nonlocal got
-            got += to.heard()
-            return got >= frames
-
-        await until(arrived, f"our packets did not reach {to.host} (the caller): sent elsewhere")
+        await until(lambda: to.received() >= start + frames, f"our packets did not reach {to.host}: sent elsewhere")
 
 
 async def until(predicate: object, what: str) -> None:
@@ -129,13 +82,6 @@ async def until(predicate: object, what: str) -> None:
     while not predicate():  # type: ignore[operator]
         assert loop.time() < deadline, what
         await asyncio.sleep(0.005)
-
-
-def level(samples: np.ndarray, freq: float) -> float:
-    """Share of the audio's energy within 30 Hz of ``freq``."""
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples)))) ** 2
-    freqs = np.fft.rfftfreq(len(samples), 1 / 8000)
-    return float(spectrum[np.abs(freqs - freq) < 30].sum() / max(spectrum.sum(), 1e-9))
 
 
 @contextlib.asynccontextmanager
@@ -150,16 +96,6 @@ async def stream(sdp: tuple[str, int], sip_host: str = "127.0.0.1") -> AsyncIter
         rtp.close()
 
 
-@contextlib.contextmanager
-def parties(*specs: tuple[str, float]) -> Iterator[list[Party]]:
-    made = [Party(host, freq, 0x1000 + i) for i, (host, freq) in enumerate(specs)]
-    try:
-        yield made
-    finally:
-        for p in made:
-            p.sock.close()
-
-
 def test_an_attacker_sending_before_the_caller_is_neither_recorded_nor_heard() -> None:
     """Issue 11, item 2: a second host sending PCMU to our port before the caller's first packet was
     recorded as the caller and got the call's audio; the caller's own packets were dropped."""
@@ -172,12 +108,12 @@ def test_an_attacker_sending_before_the_caller_is_neither_recorded_nor_heard() -
                 for _ in range(40):  # then both send, all call long
                     await call.exchange((attacker, 3), (caller, 3))
                 await call.speak_to_caller(50, caller)
-                assert attacker.heard() == 0
+                assert attacker.received() == 0
                 assert call.rtp.stats.foreign == 4 * PROOF_PACKETS + 40 * 3
                 recorded = call.recorded()
                 assert len(recorded) >= 100 * 160
-                assert level(recorded, CALLER_TONE) > 0.5
-                assert level(recorded, ATTACKER_TONE) < 0.001
+                assert share(recorded, CALLER_TONE) > 0.5
+                assert share(recorded, ATTACKER_TONE) < 0.001
 
     asyncio.run(main())
 
@@ -192,11 +128,11 @@ def test_a_caller_behind_a_nat_sends_from_another_port_and_is_recorded_and_heard
                 for _ in range(20):
                     await call.exchange((caller, 3), (attacker, 1))
                 await call.speak_to_caller(50, caller)
-                assert attacker.heard() == 0
+                assert attacker.received() == 0
                 # the packets of the proof are kept and played: the caller's first packet is recorded
                 assert call.rtp.stats.received == 62 and call.rtp.stats.moves == 1
-                assert level(call.recorded(), CALLER_TONE) > 0.5
-                assert level(call.recorded(), ATTACKER_TONE) < 0.001
+                assert share(call.recorded(), CALLER_TONE) > 0.5
+                assert share(call.recorded(), ATTACKER_TONE) < 0.001
 
     asyncio.run(main())
 
@@ -208,7 +144,7 @@ def test_a_caller_whose_sdp_names_a_private_address_is_found_at_its_sip_source()
                 for _ in range(20):
                     await call.exchange((caller, 3))
                 await call.speak_to_caller(50, caller)
-                assert level(call.recorded(), CALLER_TONE) > 0.5
+                assert share(call.recorded(), CALLER_TONE) > 0.5
 
     asyncio.run(main())
 
@@ -227,14 +163,14 @@ def test_the_callers_silence_mid_call_does_not_hand_the_call_to_an_attacker() ->
                 for _ in range(20):  # a steady stream, one SSRC, in sequence
                     await call.exchange((attacker, 5))
                 await call.speak_to_caller(50, caller)
-                assert attacker.heard() == 0 and call.rtp.stats.moves == 0
-                assert level(call.recorded(), ATTACKER_TONE) < 0.001
+                assert attacker.received() == 0 and call.rtp.stats.moves == 0
+                assert share(call.recorded(), ATTACKER_TONE) < 0.001
                 # the caller comes back (a new SSRC after hold) and is recorded again
                 caller.ssrc += 1
                 call.frames.clear()
                 for _ in range(10):
                     await call.exchange((caller, 3), (attacker, 3))
-                assert level(call.recorded(), CALLER_TONE) > 0.5
+                assert share(call.recorded(), CALLER_TONE) > 0.5
 
     asyncio.run(main())
 
@@ -255,7 +191,7 @@ def test_an_address_nothing_names_is_taken_only_after_the_grace_and_a_proof() ->
                     await call.exchange((caller, 3))
                 await call.speak_to_caller(20, caller)
                 assert call.rtp.stats.moves == 1
-                assert level(call.recorded(), CALLER_TONE) > 0.5
+                assert share(call.recorded(), CALLER_TONE) > 0.5
 
     asyncio.run(main())
 
@@ -286,10 +222,10 @@ def test_a_new_sdp_address_in_a_reinvite_moves_the_expected_source() -> None:
                 for _ in range(10):  # the old address (the SIP source's host) goes on: it is not the source
                     await call.exchange((second, 3), (first, 3))
                 await call.speak_to_caller(10, second)
-                assert first.heard() == 0
+                assert first.received() == 0
                 assert call.rtp.stats.received == 36 and call.rtp.stats.moves == 0
-                assert level(call.recorded(), ATTACKER_TONE) > 0.5  # (the second party's tone)
-                assert level(call.recorded(), CALLER_TONE) < 0.001
+                assert share(call.recorded(), ATTACKER_TONE) > 0.5  # (the second party's tone)
+                assert share(call.recorded(), CALLER_TONE) < 0.001
 
     asyncio.run(main())
 
