@@ -17,6 +17,10 @@
   call is forgotten at the ACK or after Timer H, so INVITEs that are never ACKed cannot pile up.
 - An INVITE with a To tag for a dialog we do not have gets 481 (RFC 3261 §12.2.2), not a new call.
 - Several processes may share the SIP port (SO_REUSEPORT) for ``--workers``.
+- TCP connections are admitted within a global and per-address cap and a reserve of file descriptors
+  for calls (:mod:`swml_engine.connections`); a message must be complete within ``header_timeout`` of
+  its first byte and within 64 KiB; a connection with no message for ``idle_timeout`` is closed unless
+  a live dialog needs it. Refusals and drops are logged with their reason, rate-limited.
 - Timers (Timer G/H, our BYE's retransmissions, the reply cache's age) run on :class:`SipTimers`, which
   a test replaces with a clock it moves by hand.
 """
@@ -28,6 +32,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,12 +46,13 @@ from aiosipua.transport import (
     SipTransport,
     TcpSipTransport,
     UdpSipTransport,
-    _read_sip_message,
     _response_destination,
     _stamp_via_received,
 )
 from aiosipua.uas import SipUAS
 from aiosipua.utils import format_addr, generate_tag
+
+from swml_engine.connections import ConnectionGate, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +218,101 @@ class UdpTransport(_Dispatch, UdpSipTransport):
             log.debug("SIP response not sent: %s", e)
 
 
+#: The largest SIP message taken over TCP, header and body: a UDP datagram's limit, so the same messages
+#: pass both ways (an INVITE with a generous SDP is a few KB).
+MAX_TCP_MESSAGE = 65_535
+#: Bytes of our messages a TCP peer may leave unread before its connection is closed.
+MAX_TCP_BACKLOG = 256 * 1024
+#: Bytes read from a TCP connection at a time.
+READ_CHUNK = 16 * 1024
+
+
+class FramingError(ValueError):
+    """A TCP byte stream that cannot be cut into SIP messages: there is no telling where the next one
+    starts, so the connection is closed."""
+
+
+def content_length(head: bytes) -> int:
+    """The body length a header block (start line and headers, without the blank line) announces: 0
+    when it has none (RFC 3261 §18.3 makes it mandatory on TCP; a request without a body often omits it)."""
+    values: set[bytes] = set()
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            values.add(value.strip())
+    if not values:
+        return 0
+    if len(values) > 1:
+        raise FramingError("two Content-Length headers that disagree")
+    [value] = values
+    if not value.isdigit() or len(value) > 9:
+        text = value[:20].decode("ascii", "replace")
+        raise FramingError(f"Content-Length {text!r} is not a byte count")
+    return int(value)
+
+
+class StreamFramer:
+    """Cuts a SIP byte stream into messages by Content-Length (RFC 3261 §18.3), with no I/O of its own.
+
+    CRLFs between messages (keep-alives, RFC 5626 §3.5.1; RFC 3261 §7.5) are skipped. A message over
+    ``max_message`` bytes, or a Content-Length that is not one plain byte count, raises FramingError.
+    """
+
+    def __init__(self, max_message: int = MAX_TCP_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        #: How far the buffer was searched for the blank line: a message dripped a byte at a time is
+        #: searched once, not once per byte.
+        self._searched = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a message has arrived (keep-alive CRLFs are no message)."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take bytes from the stream; give back the messages they complete, in order."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            if not self._searched:
+                blank = len(self._buf) - len(self._buf.lstrip(b"\r\n"))
+                del self._buf[:blank]
+            end = self._buf.find(b"\r\n\r\n", max(0, self._searched - 3))
+            if end < 0:
+                self._searched = len(self._buf)
+                if len(self._buf) > self.max_message:
+                    raise FramingError(f"no end of headers in {len(self._buf)} bytes (limit {self.max_message})")
+                return out
+            size = end + 4 + content_length(bytes(self._buf[:end]))
+            if size > self.max_message:
+                raise FramingError(f"a {size}-byte message (limit {self.max_message})")
+            if len(self._buf) < size:
+                self._searched = end  # the body is on its way
+                return out
+            out.append(bytes(self._buf[:size]))
+            del self._buf[:size]
+            self._searched = 0
+
+
 class TcpTransport(_Dispatch, TcpSipTransport):
-    """aiosipua's TCP transport; responses return over the request's own connection."""
+    """aiosipua's TCP transport; responses return over the request's own connection.
+
+    Connections are admitted through a :class:`ConnectionGate` (refused ones are closed at once), and
+    each is read under :class:`ConnectionLimits`' time limits: a message begun must be complete within
+    ``header_timeout``; a connection with no message for ``idle_timeout`` is closed unless ``in_use``
+    says a live dialog needs it (its requests come on it, and ours go out on it).
+    """
+
+    def __init__(
+        self, local_addr: tuple[str, int], *, reuse_port: bool = False, limits: ConnectionLimits | None = None
+    ) -> None:
+        super().__init__(local_addr, reuse_port=reuse_port)
+        self.gate = ConnectionGate(limits or ConnectionLimits())
+        #: Whether a live dialog needs the connection from this address (set by SipServer).
+        self.in_use: Callable[[tuple[str, int]], bool] = lambda addr: False
+        #: Connections closed on our side, by kind (slow, framing, backlog), for rate-limited logging.
+        self.closed: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -222,37 +321,107 @@ class TcpTransport(_Dispatch, TcpSipTransport):
         self.local_addr = self._server.sockets[0].getsockname()[:2]
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # As aiosipua's, but a malformed frame only drops this connection, with a log line.
         peer = writer.get_extra_info("peername")
         addr = (str(peer[0]), int(peer[1])) if peer else ("0.0.0.0", 0)
+        refusal = self.gate.admit(addr[0])
+        if refusal is not None:
+            if self.gate.should_log():
+                log.warning(
+                    "SIP/TCP connection from %s refused: %s (%d refused so far)", addr[0], refusal, self.gate.refused
+                )
+            writer.transport.abort()  # the descriptor is free at once
+            return
+        try:
+            await self._serve(reader, writer, addr)
+        finally:
+            self.gate.release(addr[0])
+
+    async def _handle_incoming(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: tuple[str, int]
+    ) -> None:
+        # A connection we opened (our BYE after the caller's closed): read under the same limits.
+        await self._serve(reader, writer, addr)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: tuple[str, int]) -> None:
         self._connections[addr] = (reader, writer)
         try:
-            while True:
-                data = await _read_sip_message(reader)
-                if data is None:
-                    break
-                self._dispatch(data, addr)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, UnicodeError) as e:
-            log.info("SIP/TCP connection from %s:%s dropped: %s", *addr, e or type(e).__name__)
+            await self._read_messages(reader, addr)
+        except FramingError as e:
+            self._note_closed(addr, "framing", str(e))
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            log.debug("SIP/TCP connection from %s:%s lost: %s", *addr, e or type(e).__name__)
         except asyncio.CancelledError:
             # Shutdown cancels this task with its connection still open. It ends normally instead: on
             # Python 3.11, asyncio.streams' done-callback calls task.exception(), which raises for a
             # cancelled task and logs a traceback. Nothing awaits this task, so nothing misses the cancel.
             pass
         finally:
-            self._connections.pop(addr, None)
+            conn = self._connections.get(addr)
+            if conn is not None and conn[1] is writer:  # (not a newer connection from the same address)
+                del self._connections[addr]
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
+    async def _read_messages(self, reader: asyncio.StreamReader, addr: tuple[str, int]) -> None:
+        """Dispatch each message the connection brings until it closes, or a time limit closes it."""
+        loop = asyncio.get_running_loop()
+        limits = self.gate.limits
+        framer = StreamFramer()
+        last_message = begun = loop.time()
+        while True:
+            deadline = begun + limits.header_timeout if framer.pending else last_message + limits.idle_timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(READ_CHUNK)
+            except TimeoutError:
+                if framer.pending:  # a half-sent message (slowloris): its sender holds a descriptor
+                    self._note_closed(
+                        addr, "slow", f"a message not complete {limits.header_timeout:g} s after it began"
+                    )
+                    return
+                if self.in_use(addr):
+                    last_message = loop.time()  # a live dialog's connection stays open
+                    continue
+                log.debug("SIP/TCP connection from %s:%s closed: idle %g s", *addr, limits.idle_timeout)
+                return
+            if not data:
+                return  # closed by the peer
+            was_pending = framer.pending
+            messages = framer.feed(data)
+            now = loop.time()
+            if messages:
+                last_message = now
+            if framer.pending and (messages or not was_pending):
+                begun = now  # the first bytes of the next message
+            for message in messages:
+                self._dispatch(message, addr)
+
+    def _note_closed(self, addr: tuple[str, int], kind: str, why: str) -> None:
+        """Log a connection we close: the first of each kind, then every hundredth (a flood must not
+        flood the log)."""
+        self.closed[kind] += 1
+        count = self.closed[kind]
+        if count == 1 or count % 100 == 0:
+            log.warning("SIP/TCP connection from %s:%s closed: %s (%d such so far)", addr[0], addr[1], why, count)
+
+    def send(self, message: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        conn = self._connections.get(addr)
+        if conn is not None and conn[1].transport.get_write_buffer_size() > MAX_TCP_BACKLOG:
+            # A peer that sends requests but never reads our answers would grow our buffer forever.
+            self._note_closed(addr, "backlog", f"over {MAX_TCP_BACKLOG} bytes of our messages left unread")
+            conn[1].transport.abort()
+            self._connections.pop(addr, None)
+        super().send(message, addr)
+
     def deliver(self, response: SipResponse) -> None:
         key = transaction_key(response)
         source = self.replies.source(key) if key is not None else None
-        for addr in (source, self.current_source):
-            if addr is not None and addr in self._connections:
-                self.send(response, addr)
-                return
         try:
+            for addr in (source, self.current_source):
+                if addr is not None and addr in self._connections:
+                    self.send(response, addr)
+                    return
             SipTransport.send_reply(self, response)
         except (ValueError, RuntimeError, OSError) as e:  # the connection is gone: nowhere to answer
             log.debug("SIP response not sent: %s", e)
@@ -356,6 +525,8 @@ class SipServer(SipUAS):
         if calls is not None:
             self._calls = calls  # one table: a TCP call's ACK or BYE may come over UDP
         transport.finish = self._finish_response
+        if isinstance(transport, TcpTransport):
+            transport.in_use = self._has_dialog
         #: BYE tasks (resolve, connect, send, retransmit) by Call-ID, ended by the BYE's response.
         self._byes: dict[str, asyncio.Task[None]] = {}
         #: Final non-2xx answers to INVITEs waiting for their ACK, by (Call-ID, Via branch).
@@ -363,6 +534,12 @@ class SipServer(SipUAS):
         self._reach: dict[str, str] = {}
         #: Called with every ACK of a call's dialog (a delayed offer's answer comes in one).
         self.on_ack: Callable[[IncomingCall, SipRequest], None] | None = None
+
+    def _has_dialog(self, addr: tuple[str, int]) -> bool:
+        """Whether a call not yet over came from ``addr`` (its connection carries the call's requests)."""
+        return any(
+            call.source_addr == addr and call.dialog.state != DialogState.TERMINATED for call in self._calls.values()
+        )
 
     # --- who we are to a peer -----------------------------------------------------------------------
 
