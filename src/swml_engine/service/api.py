@@ -1,12 +1,18 @@
 """The HTTP API of ``swml serve`` (DESIGN §2): recordings and calls, and live control of recordings.
 
-``/api/...`` answers JSON to a bearer token (``auth.py``) and is described by OpenAPI at
-``/openapi.json``. ``/recordings/<id>.<fmt>`` serves audio to a signed, expiring URL (the
+``/api/...`` answers JSON to a bearer token (``auth.py``, checked with the body's size by
+``httpd.RequestGuard`` before any body is read) and is described by OpenAPI at ``/openapi.json``
+(the bearer scheme included). ``/recordings/<id>.<fmt>`` serves audio to a signed, expiring URL (the
 ``record_call_url`` a status callback carries) without the token. ``/health`` is open, for load
-balancers. Audio is served with Range support, so players can seek and a download can resume.
+balancers. Audio is served with Range support, so players can seek and a download can resume; every
+GET answers HEAD too.
 
-Several workers share the HTTP port; a request for live control of a recording another worker records
-is passed to that worker on its private loopback port (the index says which worker owns which call).
+Whether a recording is live is decided by the workers' live recordings, never by the index alone (a
+write the index missed — a full disk — would leave a finished recording "recording" there forever):
+a recording no worker records is over, and its row is brought back in line with its metadata file.
+Several workers share the HTTP port; a request about a recording whose call another worker runs
+(live control, delete) is passed to that worker on its private loopback port (the index says which
+worker owns which call), and that worker decides.
 """
 
 from __future__ import annotations
@@ -19,16 +25,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from swml_engine.recording.recorder import Recording
 from swml_engine.service.auth import UrlSigner, token_matches
+from swml_engine.service.httpd import RequestGuard
 
 if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
     from swml_engine.service.index import Index
 
 log = logging.getLogger("swml.api")
+
+_Handler = Callable[..., Awaitable[Any]]
 
 MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
 
@@ -69,7 +79,9 @@ class ServiceView(Protocol):
     def live_recording(self, recording_id: str) -> Recording | None: ...
 
 
-def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeout: float = 5.0) -> FastAPI:
+def build_app(
+    service: ServiceView, token: str, signer: UrlSigner, *, body_timeout: float = 10.0, forward_timeout: float = 5.0
+) -> FastAPI:
     # Every handler is async: it runs in the service's loop (the index's connection and the live calls
     # belong to that thread), and each does little (a file is streamed by the response itself).
     app = FastAPI(
@@ -78,6 +90,9 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout)
+    # Declares the scheme in /openapi.json; the check itself is the guard's (and ``authorized``'s).
+    bearer = HTTPBearer(auto_error=False, description="the API token (--api-token, SWML_API_TOKEN or DIR/api-token)")
 
     def index() -> Index:
         if service.index is None:  # (the service opens it before serving)
@@ -88,14 +103,58 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
         if not token_matches(request.headers.get("authorization"), token):
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorized)])
+    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(authorized)])
+
+    def get(router: FastAPI | APIRouter, path: str, **options: Any) -> Callable[[_Handler], _Handler]:
+        """A GET route that answers HEAD too (headers only: a client checks size and type first)."""
+
+        def register(handler: _Handler) -> _Handler:
+            router.head(path, **{**options, "summary": f"{options.get('summary', '')} (headers only)"})(handler)
+            return router.get(path, **options)(handler)
+
+        return register
+
+    def owner_elsewhere(meta: dict[str, Any]) -> str | None:
+        """The worker that runs the recording's call, when that is another worker and the call goes on."""
+        row = index().call(str(meta.get("call_id")))
+        if row is None or row[1] == service.worker_url or row[0].get("state") == "ended":
+            return None
+        return row[1]
+
+    def current(meta: dict[str, Any]) -> dict[str, Any] | None:
+        """An index row as it stands, or None for a recording that is gone. The index may have missed
+        writes (a full disk): a row that says live while no worker records it takes what its metadata
+        file — the record of truth — says; a row whose files were deleted is gone."""
+        recording_id = str(meta["recording_id"])
+        if owner_elsewhere(meta) is not None or service.live_recording(recording_id) is not None:
+            return meta
+        if meta.get("end_reason") is not None:
+            return meta if service.store.meta_path(recording_id).is_file() else None
+        truth = _metadata_file(service.store, recording_id)
+        if truth is not None and truth != meta:
+            log.info("recording %s: the index missed its last write; its metadata file says", recording_id)
+            index().put_recording(truth)
+        return truth
 
     def found(recording_id: str) -> dict[str, Any]:
         live = service.live_recording(recording_id)
-        meta = live.metadata() if live is not None else index().recording(recording_id)
+        if live is not None:
+            return live.metadata()
+        meta = index().recording(recording_id)
+        if meta is None:  # never indexed (its first write failed)? The file says.
+            meta = _metadata_file(service.store, recording_id)
+            if meta is not None:
+                index().put_recording(meta)
+        meta = current(meta) if meta is not None else None
         if meta is None:
             raise HTTPException(404, f"no recording {recording_id}")
         return meta
+
+    def listed(rows: list[dict[str, Any]], state: str | None = None) -> list[dict[str, Any]]:
+        """Rows as they stand (see ``current``); filtered by ``state`` again, as a row the index had
+        wrong leaves the list of its old state (it joins its new one's once the index catches up)."""
+        rows = [row for row in map(current, rows) if row is not None]
+        return [row for row in rows if state is None or row.get("state") == state]
 
     def audio(meta: dict[str, Any]) -> FileResponse:
         path = service.store.resolve(service.store.audio_path(meta["recording_id"], meta["format"]).as_uri())
@@ -104,18 +163,18 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
         name = f"{meta['recording_id']}.{meta['format']}"
         return FileResponse(path, media_type=MEDIA_TYPES.get(str(meta["format"])), filename=name)
 
-    @app.get("/health", include_in_schema=False)
+    @get(app, "/health", include_in_schema=False)
     async def health() -> dict[str, Any]:
         return service.stats()
 
-    @app.get("/recordings/{name}", summary="A recording's audio, by its signed URL (no token)")
+    @get(app, "/recordings/{name}", summary="A recording's audio, by its signed URL (no token)")
     async def signed_audio(name: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
         if not signer.valid(f"/{name}", expires, signature, time.time()):
             raise HTTPException(403, "this recording URL is not valid (changed, or past its expiry)")
         recording_id, _, _fmt = name.rpartition(".")
         return audio(found(recording_id))
 
-    @api.get("/recordings", summary="Recordings, newest first")
+    @get(api, "/recordings", summary="Recordings, newest first")
     async def list_recordings(
         call_id: str | None = None,
         state: str | None = None,
@@ -123,21 +182,24 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
         rows = index().recordings(call_id=call_id, state=state, limit=limit, offset=offset)
-        return {"recordings": rows, "limit": limit, "offset": offset}
+        return {"recordings": listed(rows, state), "limit": limit, "offset": offset}
 
-    @api.get("/recordings/{recording_id}", summary="One recording's metadata")
+    @get(api, "/recordings/{recording_id}", summary="One recording's metadata")
     async def get_recording(recording_id: str) -> dict[str, Any]:
         return found(recording_id)
 
-    @api.get("/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
+    @get(api, "/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
     async def get_audio(recording_id: str) -> FileResponse:
         return audio(found(recording_id))
 
     @api.delete("/recordings/{recording_id}", status_code=204, summary="Delete a finished recording")
-    async def delete_recording(recording_id: str) -> Response:
-        meta = found(recording_id)
-        if meta.get("state") == "recording":
+    async def delete_recording(request: Request, recording_id: str) -> Response:
+        if service.live_recording(recording_id) is not None:
             raise HTTPException(409, "the recording is live: stop it first")
+        meta = found(recording_id)
+        worker = owner_elsewhere(meta)
+        if worker is not None:  # that worker knows whether it still records it
+            return await _forward(request, worker, forward_timeout)
         service.store.delete(recording_id, str(meta["format"]))
         index().delete_recording(recording_id)
         return Response(status_code=204)
@@ -148,12 +210,10 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
             if not await act(live):
                 raise HTTPException(409, "the recording is not in a state that allows this")
             return live.metadata()
-        meta = index().recording(recording_id)
-        if meta is None:
-            raise HTTPException(404, f"no recording {recording_id}")
-        owner = index().call(str(meta.get("call_id")))
-        if meta.get("state") == "recording" and owner is not None and owner[1] != service.worker_url:
-            return await _forward(request, owner[1], forward_timeout)
+        meta = found(recording_id)
+        worker = owner_elsewhere(meta)
+        if worker is not None and meta.get("end_reason") is None:
+            return await _forward(request, worker, forward_timeout)
         raise HTTPException(409, f"recording {recording_id} is not live (state {meta.get('state')})")
 
     @api.post("/recordings/{recording_id}/stop", summary="Stop a live recording (as stop_record_call)")
@@ -182,7 +242,7 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
 
         return await control(request, recording_id, act)
 
-    @api.get("/calls", summary="Calls, newest first")
+    @get(api, "/calls", summary="Calls, newest first")
     async def list_calls(
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -190,15 +250,26 @@ def build_app(service: ServiceView, token: str, signer: UrlSigner, forward_timeo
     ) -> dict[str, Any]:
         return {"calls": index().calls(state=state, limit=limit, offset=offset), "limit": limit, "offset": offset}
 
-    @api.get("/calls/{call_id}", summary="One call, with its recordings")
+    @get(api, "/calls/{call_id}", summary="One call, with its recordings")
     async def get_call(call_id: str) -> dict[str, Any]:
         row = index().call(call_id)
         if row is None:
             raise HTTPException(404, f"no call {call_id}")
-        return {**row[0], "recordings": index().recordings(call_id=call_id, limit=1000)}
+        return {**row[0], "recordings": listed(index().recordings(call_id=call_id, limit=1000))}
 
     app.include_router(api)
     return app
+
+
+def _metadata_file(store: RecordingStore, recording_id: str) -> dict[str, Any] | None:
+    """A recording's metadata file, or None when there is none (or it cannot be read)."""
+    if not recording_id or "/" in recording_id or recording_id.startswith("."):
+        return None
+    try:
+        meta = store.read_metadata(recording_id)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("recording_id") == recording_id else None
 
 
 async def _forward(request: Request, worker_url: str, timeout: float) -> Response:

@@ -1,4 +1,9 @@
-"""``swml serve``: options, worker processes, signals."""
+"""``swml serve``: options, worker processes, signals.
+
+At start, before any file is made: the process's umask becomes ``--umask`` (077: recordings, call logs
+with their SIP headers, the index with its signed URLs, and the secrets are the owner's alone), the data
+directory gets the matching mode, and the soft limit on open files is lifted to the hard one.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,54 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
+from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.transports.sip.registration import parse_target
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID = 0, 2, 1
+
+log = logging.getLogger("swml.serve")
+
+#: Where the script URL may come from instead of the command line (which ``ps`` shows to every user).
+SCRIPT_URL_VARIABLE = "SWML_SCRIPT_URL"
+YEAR = 365 * 86400
+
+
+def number(low: float, high: float, unit: str = "", *, integer: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (argparse names the option and exits 2)."""
+    span = f"{low:g} to {high:g}{unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a {'whole ' if integer else ''}number, {span}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give {span}")
+        return value
+
+    return parse
+
+
+def umask(text: str) -> int:
+    """``--umask``: octal, at least as strict as 077 for others (027, 007, 077)."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an octal mask such as 077 or 027") from None
+    if not 0 <= value <= 0o777 or value & 0o007 != 0o007:
+        raise argparse.ArgumentTypeError(f"{text!r}: others must get nothing (end in 7: 077, 027, 007)")
+    return value
 
 
 def host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -80,16 +122,77 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="where recording URLs point (e.g. https://rec.example.com); default http://HOST:PORT of --http",
     )
     s.add_argument(
-        "--url-ttl", type=float, default=7 * 86400, metavar="S", help="how long a recording URL works (default 7 days)"
+        "--url-ttl",
+        type=number(1, YEAR, " seconds (1 s to 1 year)"),
+        default=7 * 86400,
+        metavar="S",
+        help="how long a recording URL works (default 7 days)",
     )
-    src = s.add_mutually_exclusive_group(required=True)
+    src = s.add_mutually_exclusive_group()
     src.add_argument("--script", metavar="FILE", help="the SWML document every call runs")
-    src.add_argument("--script-url", metavar="URL", help="POST the call payload here and run the SWML it returns")
+    src.add_argument(
+        "--script-url",
+        metavar="URL",
+        help=f"POST the call payload here and run the SWML it returns (default: {SCRIPT_URL_VARIABLE}, "
+        "which keeps credentials in the URL out of the process list)",
+    )
     s.add_argument("--data", default="swml-data", metavar="DIR", help="recordings and call logs (default swml-data)")
+    s.add_argument(
+        "--umask",
+        type=umask,
+        default=0o077,
+        metavar="MASK",
+        help="mode mask for the data directory and every file in it (default 077: owner only; 027: a group reads)",
+    )
     s.add_argument("--rtp-ports", type=port_range, default=(20000, 30000), metavar="LOW-HIGH")
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
-    s.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the SIP port")
-    s.add_argument("--max-calls", type=int, default=0, metavar="N", help="calls per worker before 503 (0: no limit)")
+    s.add_argument(
+        "--workers", type=number(1, 64, integer=True), default=1, metavar="N", help="processes sharing the SIP port"
+    )
+    s.add_argument(
+        "--max-calls",
+        type=number(0, 100_000, integer=True),
+        default=0,
+        metavar="N",
+        help="calls per worker before 503 (0: no limit)",
+    )
+    s.add_argument(
+        "--stop-grace",
+        type=number(0, 3600, " seconds"),
+        default=10.0,
+        metavar="S",
+        help="at SIGTERM, how long hung-up calls may take to end before they are cancelled (default 10)",
+    )
+    limits = ConnectionLimits()
+    s.add_argument(
+        "--header-timeout",
+        type=number(0.1, 600, " seconds"),
+        default=limits.header_timeout,
+        metavar="S",
+        help=f"an HTTP request's headers must arrive within S of the connection or its first byte "
+        f"(default {limits.header_timeout:g})",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=number(1, 3600, " seconds"),
+        default=limits.idle_timeout,
+        metavar="S",
+        help=f"an idle keep-alive HTTP connection is closed after S (default {limits.idle_timeout:g})",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=number(1, 1_000_000, integer=True),
+        default=limits.max_total,
+        metavar="N",
+        help=f"HTTP connections open at once (default {limits.max_total})",
+    )
+    s.add_argument(
+        "--max-connections-per-address",
+        type=number(1, 1_000_000, integer=True),
+        default=limits.max_per_source,
+        metavar="N",
+        help=f"HTTP connections open at once from one address (default {limits.max_per_source})",
+    )
     s.add_argument(
         "--register",
         metavar="SIP-URI",
@@ -108,16 +211,23 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         if not sep or not name:
             raise ValueError(f"--env {item!r}: expected NAME=VALUE")
         envs[name] = value
+    # --script given on the command line wins over a script URL in the environment.
+    script_url = args.script_url or (None if args.script else os.environ.get(SCRIPT_URL_VARIABLE) or None)
+    if not args.script and not script_url:
+        raise ValueError(f"give --script FILE or --script-url URL (or set {SCRIPT_URL_VARIABLE})")
+    if args.max_connections_per_address > args.max_connections:
+        raise ValueError("--max-connections-per-address cannot be more than --max-connections")
     return ServiceConfig(
         sip=args.sip,
         http=args.http,
         script=Path(args.script) if args.script else None,
-        script_url=args.script_url,
-        data=Path(args.data),
+        script_url=script_url,
+        # Absolute from the start: audio is served by path, and file URLs need one.
+        data=Path(args.data).expanduser().absolute(),
         rtp_ports=args.rtp_ports,
         envs=envs,
         reuse_port=args.workers > 1,
-        max_calls=max(0, args.max_calls),
+        max_calls=int(args.max_calls),
         advertise=args.advertise,
         api_token=args.api_token,
         public_url=args.public_url,
@@ -125,7 +235,29 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         register=parse_target(args.register, os.environ.get("SWML_REGISTER_PASSWORD"), args.register_expires)
         if args.register
         else None,
+        connections=ConnectionLimits(
+            max_total=int(args.max_connections),
+            max_per_source=int(args.max_connections_per_address),
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+        ),
+        stop_grace=args.stop_grace,
     )
+
+
+def _prepare_data(config: ServiceConfig, mask: int) -> None:
+    """Make the data directory private (the umask is already set), and the secrets once, before the
+    workers start: SecretError or OSError when that cannot be done."""
+    config.data.mkdir(parents=True, exist_ok=True)
+    # A directory made by an older version (755) holds files made readable to all: closing the directory
+    # closes them all, whatever their own modes.
+    os.chmod(config.data, 0o777 & ~mask)
+    if config.http is None:
+        return
+    token, generated = api_token(config.data, given_token(config.api_token, os.environ.get("SWML_API_TOKEN")))
+    if generated:
+        print(f"swml serve: API token (kept in {config.data / 'api-token'}): {token}", file=sys.stderr, flush=True)
+    UrlSigner(config.data)
 
 
 async def _serve(config: ServiceConfig, worker: int) -> int:
@@ -136,8 +268,11 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
         for err in e.errors or e.unsupported:
             print(f"{config.script}: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except SecretError as e:
+        print(f"swml serve: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:
-        print(f"swml serve: cannot listen: {e}", file=sys.stderr)
+        print(f"swml serve: {_start_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     except sqlite3.Error as e:
         print(f"swml serve: cannot open the index under {config.data}: {e}", file=sys.stderr)
@@ -153,6 +288,13 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     logging.getLogger("swml.serve").info("stopping: hanging up %d call(s)", len(service.calls))
     await service.stop()
     return EXIT_OK
+
+
+def _start_error(e: OSError) -> str:
+    """What an OSError at start was about: a file (a full disk, a permission) or a port."""
+    if e.filename is not None:
+        return f"cannot write {e.filename}: {e.strerror or e}"
+    return f"cannot listen: {e.strerror or e}" if e.strerror else f"cannot listen: {e}"
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -183,9 +325,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"swml serve: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.workers < 1:
-        print("swml serve: --workers must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     if args.workers > 1 and config.register is not None:
         # The registrar's answers and calls all come from one address and port, which SO_REUSEPORT
         # hashes to one worker, maybe not the one that registered: see docs/serve.md.
@@ -198,6 +337,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and config.sip[1] == 0:
         print("swml serve: --workers needs a fixed --sip port to share", file=sys.stderr)
         return EXIT_USAGE
+    os.umask(args.umask)  # before any file is made: recordings, call logs, index, secrets
+    try:
+        _prepare_data(config, args.umask)
+    except SecretError as e:
+        print(f"swml serve: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"swml serve: {_start_error(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    limit = raise_descriptor_limit()
+    log.info("open files: up to %s per process", limit if limit is not None else "no limit known")
     children: list[int] = []
     for worker in range(1, args.workers):
         pid = os.fork()

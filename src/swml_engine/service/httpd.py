@@ -1,18 +1,227 @@
-"""uvicorn serving the API inside the service's own event loop, on sockets the service opened.
+"""uvicorn serving the API inside the service's own event loop, on sockets the service opened, with the
+limits uvicorn lacks.
 
 uvicorn's ``serve`` normally takes over SIGINT/SIGTERM; here the service owns them (a stop hangs up
 its calls and finalises their recordings first), so that is switched off.
+
+What anyone on the network can make the HTTP port spend is bounded at two levels:
+
+* per connection (:class:`GuardedH11Protocol`): a connection is admitted within the global and
+  per-address caps and the descriptor reserve of :class:`~swml_engine.connections.ConnectionGate`
+  (refused: a 503 and closed); a request's header block (at most :data:`MAX_HEADER_BYTES`) must arrive
+  within ``header_timeout`` of the connection opening or of its first byte; a keep-alive connection
+  with nothing to do is closed after ``idle_timeout``;
+* per request (:class:`RequestGuard`, in front of FastAPI): ``/api`` requests without the token get 401
+  before any of their body is read; a body larger than :data:`MAX_BODY` gets 413 (from its
+  ``Content-Length``, or as it streams), one slower than ``header_timeout`` gets 408; a request whose
+  body the application did not read to the end is answered with ``Connection: close``, so the server
+  does not go on reading and discarding it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from swml_engine.connections import ConnectionGate, ConnectionLimits
+from swml_engine.service.auth import token_matches
+
+log = logging.getLogger("swml.http")
+
+#: The largest request body taken: the API's only body is ``{"behavior": "skip"}``.
+MAX_BODY = 4096
+#: The largest request header block (h11 answers 400 beyond).
+MAX_HEADER_BYTES = 16 * 1024
+#: Paths that need the bearer token.
+PROTECTED_PREFIX = "/api"
+
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
+
+
+# --- per request -----------------------------------------------------------------------------------
+
+
+class _BodyRefused(HTTPException):
+    """Raised from ``receive``: FastAPI passes an HTTPException from reading the body on as it is
+    (anything else becomes a 400), so the client gets this status."""
+
+
+class RequestGuard:
+    """ASGI middleware: the token and the body's size and time, checked before the application reads
+    anything (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, *, token: str, body_timeout: float, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.token = token
+        self.body_timeout = body_timeout
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        path = str(scope["path"])
+        if (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")) and not token_matches(
+            headers.get(b"authorization"), self.token
+        ):
+            await _answer(send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")])
+            return
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.max_body:  # (h11 has checked it is a number)
+            await _answer(send, 413, f"request bodies are limited to {self.max_body} bytes")
+            return
+        body = _Body(self, receive, announced=length not in (None, b"0") or b"transfer-encoding" in headers)
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body.complete:
+                # The rest of the body would be read and thrown away: close the connection instead.
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, body.receive, guarded_send)
+
+
+class _Body:
+    """A request body read through ``receive``, within the size and time limits."""
+
+    def __init__(self, guard: RequestGuard, receive: Receive, *, announced: bool) -> None:
+        self._guard = guard
+        self._receive = receive
+        self.complete = not announced
+        self._size = 0
+        self._deadline = time.monotonic() + guard.body_timeout
+
+    async def receive(self) -> Message:
+        if self.complete:  # after the body: only http.disconnect, which may take as long as it takes
+            return await self._receive()
+        try:
+            async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
+                message = await self._receive()
+        except TimeoutError:
+            raise _BodyRefused(408, f"the request body did not arrive within {self._guard.body_timeout:g} s") from None
+        if message["type"] == "http.request":
+            self._size += len(message.get("body", b""))
+            if self._size > self._guard.max_body:
+                raise _BodyRefused(413, f"request bodies are limited to {self._guard.max_body} bytes")
+            self.complete = not message.get("more_body", False)
+        return message
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name (the first of repeated ones)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(bytes(name).lower(), bytes(value))
+    return found
+
+
+async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error as FastAPI words them, closing the connection (its body, if any, is never read)."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- per connection --------------------------------------------------------------------------------
+
+
+class _GuardedConfig(uvicorn.Config):
+    """uvicorn's config, carrying the gate the connections of one server share."""
+
+    def __init__(self, app: FastAPI, gate: ConnectionGate, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.gate = gate
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, admitted by the gate, with a deadline for each request's headers."""
+
+    _host = ""
+    _admitted = False
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def _gate(self) -> ConnectionGate:
+        config = self.config
+        assert isinstance(config, _GuardedConfig)
+        return config.gate
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        gate = self._gate
+        why = gate.admit(self._host)
+        if why is not None:
+            if gate.should_log():
+                log.warning("HTTP connection from %s refused: %s (%d refused so far)", self._host, why, gate.refused)
+            transport.write(_REFUSED)
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._arm_header_deadline()  # the first request is due now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._disarm_header_deadline()
+        self._gate.release(self._host)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and self._header_deadline is None:  # a new request begins (or the rest of a refused body)
+            self._arm_header_deadline()
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # its headers are complete: the request runs
+            self._disarm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        limits = self._gate.limits
+        self._header_deadline = self.loop.call_later(limits.header_timeout, self._header_timed_out)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_timed_out(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            log.debug("HTTP connection from %s closed: no complete request in time", self._host)
+            self.transport.close()
+
+
+# --- the server ------------------------------------------------------------------------------------
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -25,8 +234,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class ApiServer:
-    def __init__(self, app: FastAPI, sockets: list[socket.socket]) -> None:
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    def __init__(self, app: FastAPI, sockets: list[socket.socket], limits: ConnectionLimits | None = None) -> None:
+        limits = limits or ConnectionLimits()
+        config = _GuardedConfig(
+            app,
+            ConnectionGate(limits),
+            http=GuardedH11Protocol,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=max(1, round(limits.idle_timeout)),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        )
         self._server = _EmbeddedServer(config)
         self._sockets = sockets
         self._task: asyncio.Task[None] | None = None

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import socket
-import sqlite3
 import sys
 import time
 import uuid
@@ -27,6 +26,7 @@ from aiosipua.message import SipRequest
 
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
+from swml_engine.connections import ConnectionLimits
 from swml_engine.document.loader import load_file
 from swml_engine.document.model import Document
 from swml_engine.document.remote import fetch_document
@@ -38,7 +38,7 @@ from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.service.api import SignedUrls, build_app
-from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token
+from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
 from swml_engine.service.index import Index
 from swml_engine.session import call_scope, run_call
@@ -50,6 +50,8 @@ from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTr
 log = logging.getLogger("swml.serve")
 
 USER_AGENT = "swml-engine"
+#: Seconds a stop waits for cancelled calls to unwind (their finally blocks close files).
+STOP_CANCEL_WAIT = 5.0
 
 
 @dataclass
@@ -80,6 +82,10 @@ class ServiceConfig:
     url_ttl: float = 7 * 86400.0
     #: When the service (all its workers) started: calls the index holds from before are over.
     started_at: float = field(default_factory=time.time)
+    #: Caps and time limits of the HTTP port's connections (SIP over TCP may share them).
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Seconds a stop waits for the calls to end once hung up; then what is left is cancelled.
+    stop_grace: float = 10.0
 
 
 class Service:
@@ -133,8 +139,11 @@ class Service:
     def sip_port(self) -> int:
         return int(self.servers[0].transport.local_addr[1])
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking calls, hang up the live ones (recordings are finalised), close the ports."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, hang up the live ones (recordings are finalised), close the ports. Calls
+        still busy after ``grace`` seconds (default: the config's) are cancelled; the index is closed
+        after their last writes."""
+        grace = self.config.stop_grace if grace is None else grace
         if self.registration is not None:
             await self.registration.stop()  # first: the registrar stops sending calls here
         for server in self.servers:
@@ -143,7 +152,12 @@ class Service:
             if transport.call is not None:
                 await transport.call.hangup("shutdown")
         if self.tasks:
-            await asyncio.wait(self.tasks, timeout=grace)
+            _, late = await asyncio.wait(self.tasks, timeout=grace)
+            if late:
+                log.warning("stopping: %d call(s) still busy after %g s are cancelled", len(late), grace)
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
         for server in self.servers:
             await server.stop()
         if self.api is not None:
@@ -313,32 +327,33 @@ class Service:
 
     async def _start_api(self, http: tuple[str, int]) -> None:
         cfg = self.config
-        token, generated = api_token(cfg.data, cfg.api_token or os.environ.get("SWML_API_TOKEN"))
-        if generated:  # once, by the one worker that made it
-            print(f"swml serve: API token (kept in {cfg.data / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
-        signer = UrlSigner(cfg.data)
+        # Absolute: audio is served by path, and a relative one cannot become the file URL the store maps.
+        data = cfg.data.absolute()
+        # SecretError (an empty or short token or key; one that cannot be written): the caller reports it.
+        token, generated = api_token(data, given_token(cfg.api_token, os.environ.get("SWML_API_TOKEN")))
+        if generated:  # once, by the one process that made it
+            print(f"swml serve: API token (kept in {data / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
+        signer = UrlSigner(data)
         shared = _listen(http, reuse_port=cfg.reuse_port)
         private = _listen(("127.0.0.1", 0), reuse_port=False)  # live control passed on by other workers
         self.worker_url = f"http://127.0.0.1:{private.getsockname()[1]}"
         base = cfg.public_url or f"http://{_url_host(http[0], cfg.advertise)}:{shared.getsockname()[1]}"
         self.store = RecordingStore(
-            cfg.data / "recordings",
+            data / "recordings",
             public=SignedUrls(base.rstrip("/") + "/recordings", signer, cfg.url_ttl),
             on_write=self._index_recording,
         )
-        self.index = Index(cfg.data / "index.sqlite3")
+        self.index = Index(data / "index.sqlite3")
         self.index.rebuild(self.store.root)
         self.index.end_orphaned_calls(cfg.started_at)
-        self.api = ApiServer(build_app(self, token, signer), [shared, private])
+        app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout)
+        self.api = ApiServer(app, [shared, private], cfg.connections)
         await self.api.start()
         log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
 
     def _index_recording(self, meta: dict[str, Any]) -> None:
-        if self.index is not None:
-            try:
-                self.index.put_recording(meta)
-            except sqlite3.Error as e:  # the files stay the record; the index catches up at the next start
-                log.error("recording index: %s", e)
+        if self.index is not None:  # a write that fails waits for the next one (index.py)
+            self.index.put_recording(meta)
 
     def _call_indexer(self, call_id: str, sip_call_id: str, info: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         """An event sink keeping the call's row in the index as it rings, is answered and ends."""
@@ -364,10 +379,7 @@ class Service:
                 row.update(state="ended", end_time=time.time(), end_reason=event.get("reason"))
             elif state != "ringing":
                 row["state"] = str(state)
-            try:
-                self.index.put_call(row, self.worker_url)
-            except sqlite3.Error as e:
-                log.error("call index: %s", e)
+            self.index.put_call(row, self.worker_url)  # never raises; late ones after close are dropped
 
         return on_event
 
@@ -389,6 +401,7 @@ class Service:
             "completed": self.completed,
             "refused": self.refused,
             "media_lag_ms": round(lag * 1000, 1),
+            **({"index": self.index.state.value} if self.index is not None else {}),
             **({"registration": self.registration.status()} if self.registration is not None else {}),
         }
 
@@ -400,7 +413,11 @@ def _listen(addr: tuple[str, int], *, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(addr)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"HTTP on {addr[0]}:{addr[1]}: {e.strerror}") from e
     sock.listen(512)
     sock.setblocking(False)
     return sock
