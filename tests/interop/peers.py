@@ -109,6 +109,10 @@ class Engine:
         """Until every call's event log has its final ``call.state: ended``."""
         wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
 
+    def rtp_port(self, call: int = 0) -> int:
+        """The local RTP port of the ``call``-th call (from its ``sip.invite`` event)."""
+        return next(int(str(e["rtp_port"])) for e in self.call_events()[call] if e["type"] == "sip.invite")
+
     def call_events(self) -> list[list[dict[str, object]]]:
         return [read_jsonl(p) for p in sorted((self.data / "calls").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)]
 
@@ -203,16 +207,26 @@ def write_pcap_rtp(path: Path, packets: list[tuple[float, bytes]]) -> None:
     path.write_bytes(b"".join(out))
 
 
-def rtp_audio(packets: list[bytes], decode: object, pt: int) -> np.ndarray:
-    """Audio of the packets of one payload type, in sequence order, gaps not filled."""
-    from swml_engine.transports.sip.rtp import parse_rtp
+def rtp_audio(packets: list[bytes], decode: object, pt: int, *, placed: bool = False) -> np.ndarray:
+    """Audio of the packets of one payload type, in sequence order: gaps not filled, or (``placed``, for
+    one stream) each packet at its RTP timestamp, so a packet lost on the way leaves silence in its
+    place and the rest stays where the sender put it."""
+    from swml_engine.transports.sip.rtp import parse_rtp, ts_delta
 
     parsed = [p for p in (parse_rtp(b) for b in packets) if p is not None and p.payload_type == pt]
     if not parsed:
         return np.zeros(0, np.int16)
     base = parsed[0].sequence
     parsed.sort(key=lambda p: (p.sequence - base) & 0xFFFF)
-    return np.concatenate([decode(p.payload) for p in parsed])  # type: ignore[operator]
+    chunks = [decode(p.payload) for p in parsed]  # type: ignore[operator]
+    if not placed:
+        return np.concatenate(chunks)
+    offsets = [ts_delta(p.timestamp, parsed[0].timestamp) for p in parsed]
+    out = np.zeros(max(o + len(c) for o, c in zip(offsets, chunks, strict=True)), np.int16)
+    for offset, chunk in zip(offsets, chunks, strict=True):
+        if offset >= 0:
+            out[offset : offset + len(chunk)] = chunk
+    return out
 
 
 # --- what crosses loopback -------------------------------------------------------------------------
@@ -261,12 +275,23 @@ class Sniffer:
             sport, dport = struct.unpack_from("!HH", data, ihl)
             self.packets.append((sport, dport, data[ihl + 8 :]))
 
-    def from_engine(self) -> list[bytes]:
-        return [
+    def from_engine(self, rtp_port: int | None = None) -> list[bytes]:
+        """What engines sent from their RTP ports; with ``rtp_port`` (the call's: its ``sip.invite``
+        event has it) only that call's stream. The sniffer sees all of loopback, and a test run beside
+        this one (another ``make test``) has engines sending from the same port range."""
+        sent = [
             p
             for s, d, p in self.packets
             if ENGINE_RTP[0] <= s <= ENGINE_RTP[1] and not ENGINE_RTP[0] <= d <= ENGINE_RTP[1]
+            if rtp_port is None or s == rtp_port
         ]
+        if rtp_port is None:
+            return sent
+        # the port may have served another engine's call just before: keep the stream it sent most of
+        streams: dict[bytes, list[bytes]] = {}
+        for p in sent:
+            streams.setdefault(p[8:12], []).append(p)
+        return max(streams.values(), key=len, default=[])
 
 
 def have(tool: str) -> bool:
