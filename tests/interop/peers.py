@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import numpy as np
 from conftest import read_jsonl
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
+#: Seconds to wait for something that should happen (polled: a quick machine waits no longer). Only a
+#: hang reaches it, so a busy machine (another `make test` beside this one) does not fail a test.
+PATIENCE = 30.0
 #: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
 ENGINE_RTP = (41000, 41999)
 
@@ -67,7 +71,7 @@ class Engine:
             cmd += ["--script", str(self.script)]
         cmd += ["--data", str(self.data), "--rtp-ports", f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}"]
         self.proc = subprocess.Popen([*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 2 * PATIENCE
         while time.monotonic() < deadline:
             if "ready" in self.log():
                 return self
@@ -94,7 +98,7 @@ class Engine:
                 self.proc.wait()
         return int(self.proc.returncode)
 
-    def recordings(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+    def recordings(self, count: int | None = None, timeout: float = PATIENCE) -> list[dict[str, object]]:
         """The recordings' metadata once ``count`` of them are finalised (the call may end after sipp does)."""
         import json
 
@@ -105,7 +109,7 @@ class Engine:
             wait_for(lambda: sum(1 for m in read() if m.get("end_reason")) >= count, timeout)
         return read()
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = PATIENCE) -> None:
         """Until every call's event log has its final ``call.state: ended``."""
         wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
 
@@ -463,6 +467,13 @@ class SipPeer:
                 out.append(msg)
         self.messages += out
         return out
+
+    def wait(self, condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
+        """Receive until ``condition()`` holds (True), or ``timeout`` passes (False)."""
+        return wait_for(lambda: (self.receive(0.05), condition())[1], timeout)
+
+    def finals(self, method: str = "INVITE") -> list[int]:
+        return [s for s in self.statuses(method) if s >= 200]
 
     def statuses(self, method: str) -> list[int]:
         return [status(m) for m in self.messages if m.startswith("SIP/2.0") and cseq_method(m) == method]

@@ -14,6 +14,7 @@ from pathlib import Path
 from conftest import HttpServer, read_wav
 
 from .peers import (
+    PATIENCE,
     Engine,
     SipPeer,
     free_port,
@@ -24,7 +25,6 @@ from .peers import (
     scenario,
     sdp_offer,
     sipp_errors,
-    status,
     to_tag,
     wait_datagram,
     wait_for,
@@ -39,9 +39,7 @@ ANSWER_THEN_HANG_UP = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - s
 def answered(peer: SipPeer, rtp_port: int = 31400, **kw: object) -> str:
     """INVITE, then the 200 OK's To tag once it comes (ACKed)."""
     peer.request("INVITE", 1, body=sdp_offer(rtp_port), **kw)  # type: ignore[arg-type]
-    assert wait_for(lambda: peer.receive(0.1) is not None and any(status(m) == 200 for m in peer.messages), 5), (
-        peer.messages
-    )
+    assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
     tag = to_tag(peer.final())
     peer.request("ACK", 1, to_tag=tag)
     return tag
@@ -100,7 +98,7 @@ def test_dual_stack_wildcard_gives_an_ipv4_caller_its_ipv4_address(engine: Engin
         assert header(ok, "Contact") == [f"<sip:127.0.0.1:{eng.port}>"] and sdp_lines(ok, "c=") == [
             "c=IN IP4 127.0.0.1"
         ]
-        bye = wait_datagram(contact, 5, "BYE ")  # sent from the dual-stack socket to ::ffff:127.0.0.1
+        bye = wait_datagram(contact, PATIENCE, "BYE ")  # sent from the dual-stack socket to ::ffff:127.0.0.1
         assert bye is not None and f"Via: SIP/2.0/UDP 127.0.0.1:{eng.port}" in bye, eng.log()[-2000:]
     finally:
         peer.close()
@@ -120,7 +118,7 @@ def test_tcp_contact_says_tcp_and_a_bye_over_udp_finds_the_dialog(engine: Engine
         udp = SipPeer(eng.port, "udp", call_id=peer.call_id)
         udp.tag = peer.tag
         udp.request("BYE", 2, to_tag=tag)
-        udp.receive(1.0)
+        assert udp.wait(lambda: bool(udp.statuses("BYE")))
         udp.close()
         assert udp.statuses("BYE") == [200]
     finally:
@@ -135,14 +133,14 @@ def test_engine_bye_over_tcp_opens_a_connection_when_the_callers_is_closed(engin
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    listener.settimeout(6)
+    listener.settimeout(PATIENCE)
     contact_port = listener.getsockname()[1]
     peer = SipPeer(eng.port, "tcp")
     try:
         answered(peer, contact=f"<sip:peer@127.0.0.1:{contact_port};transport=tcp>")
         peer.close()  # the caller closes its connection; the engine hangs up later
         conn, _ = listener.accept()
-        conn.settimeout(3)
+        conn.settimeout(PATIENCE)
         data = b""
         while b"\r\n\r\n" not in data:
             data += conn.recv(65535)
@@ -172,7 +170,7 @@ def test_bye_to_a_contact_host_name_is_resolved_and_sent(engine: EngineFactory) 
     peer = SipPeer(eng.port)
     try:
         answered(peer, contact=f"<sip:peer@localhost:{contact_port}>")
-        bye = wait_datagram(contact, 5, "BYE ")
+        bye = wait_datagram(contact, PATIENCE, "BYE ")
         assert bye is not None and bye.startswith(f"BYE sip:peer@localhost:{contact_port} SIP/2.0"), eng.log()[-2000:]
     finally:
         peer.close()
@@ -184,7 +182,7 @@ def test_bye_to_an_unresolvable_contact_is_logged(engine: EngineFactory) -> None
     peer = SipPeer(eng.port)
     try:
         answered(peer, contact="<sip:peer@no-such-host.invalid:5060>")
-        assert wait_for(lambda: "BYE for" in eng.log(), 10), eng.log()[-2000:]
+        assert wait_for(lambda: "BYE for" in eng.log(), PATIENCE), eng.log()[-2000:]
     finally:
         peer.close()
     line = next(x for x in eng.log().splitlines() if "BYE for" in x)
@@ -204,7 +202,7 @@ def test_record_route_is_copied_and_our_bye_goes_to_the_nearest_proxy(engine: En
     try:
         answered(peer, headers=(f"Record-Route: {routes}",), contact=f"<sip:peer@127.0.0.1:{contact_port}>")
         assert ", ".join(header(peer.final(), "Record-Route")) == routes  # in order, one line or several
-        bye = wait_datagram(near, 5, "BYE ")
+        bye = wait_datagram(near, PATIENCE, "BYE ")
         assert bye is not None, eng.log()[-2000:]
         assert bye.startswith(f"BYE sip:peer@127.0.0.1:{contact_port} SIP/2.0")
         assert header(bye, "Route") == [f"<sip:127.0.0.1:{near_port};lr>", f"<sip:127.0.0.1:{far_port};lr;ftag=x>"]
@@ -226,7 +224,7 @@ def test_strict_router_gets_the_bye_with_its_uri_as_request_uri(engine: EngineFa
             headers=(f"Record-Route: <sip:127.0.0.1:{proxy_port}>",),
             contact=f"<sip:peer@127.0.0.1:{contact_port}>",
         )
-        bye = wait_datagram(proxy, 5, "BYE ")
+        bye = wait_datagram(proxy, PATIENCE, "BYE ")
         assert bye is not None, eng.log()[-2000:]
         assert bye.startswith(f"BYE sip:127.0.0.1:{proxy_port} SIP/2.0")
         assert header(bye, "Route") == [f"<sip:peer@127.0.0.1:{contact_port}>"]
@@ -241,17 +239,17 @@ def test_strict_router_gets_the_bye_with_its_uri_as_request_uri(engine: EngineFa
 def test_cancel_during_a_slow_failing_fetch_gets_one_final_answer(
     engine: EngineFactory, http_server: HttpServer
 ) -> None:
-    http_server.delays["/swml"] = 1.5
+    http_server.delays["/swml"] = [4.0]  # the first fetch hangs a while: the CANCEL comes during it
     http_server.failures["/swml"] = [500] * 5
     eng = engine(None, "--script-url", http_server.url("/swml"))
     peer = SipPeer(eng.port)
     try:
         branch = peer.request("INVITE", 1, body=sdp_offer(31400))
-        peer.receive(0.4)
+        assert wait_for(lambda: bool(http_server.requests), PATIENCE)  # the fetch has begun
         peer.request("CANCEL", 1, branch=branch)
-        peer.receive(3.0)
-        finals = [s for s in peer.statuses("INVITE") if s >= 200]
-        assert finals and set(finals) == {487}, peer.statuses("INVITE")
+        assert peer.wait(lambda: bool(peer.finals()) and bool(peer.statuses("CANCEL"))), peer.messages
+        peer.receive(4.0)  # past the fetch's end: nothing more may come of it
+        assert set(peer.finals()) == {487}, peer.statuses("INVITE")
         assert peer.statuses("CANCEL") == [200]
         peer.request("ACK", 1, branch=branch, to_tag=to_tag(peer.final()))
     finally:
@@ -264,8 +262,8 @@ def test_invite_with_a_to_tag_for_an_unknown_dialog_is_481(engine: EngineFactory
     peer = SipPeer(eng.port)
     try:
         branch = peer.request("INVITE", 5, to_tag="deadbeef", body=sdp_offer(31400))
-        peer.receive(1.0)
-        assert [s for s in peer.statuses("INVITE") if s >= 200][:1] == [481]
+        assert peer.wait(lambda: bool(peer.finals()))
+        assert peer.finals()[:1] == [481]
         assert to_tag(peer.final()) == "deadbeef"
         peer.request("ACK", 5, branch=branch, to_tag="deadbeef")
     finally:
@@ -278,12 +276,16 @@ def test_final_error_is_retransmitted_until_the_ack(engine: EngineFactory) -> No
     peer = SipPeer(eng.port)
     try:
         branch = peer.request("INVITE", 1, body=sdp_offer(31400, "18\r\na=rtpmap:18 G729/8000"))
-        peer.receive(2.0)  # Timer G: at 0, 0.5 and 1.5 s
-        assert [s for s in peer.statuses("INVITE") if s >= 200] == [488, 488, 488]
+        # Timer G: the 488 again (0.5 s, then 1 s later) while no ACK comes
+        assert peer.wait(lambda: len(peer.finals()) >= 3), peer.statuses("INVITE")
+        assert set(peer.finals()) == {488}
         peer.request("ACK", 1, branch=branch, to_tag=to_tag(peer.final()))
-        before = len(peer.messages)
-        peer.receive(2.5)
-        assert len(peer.messages) == before  # the ACK stopped it
+        # an OPTIONS after the ACK: its answer comes after any 488 sent before the ACK was taken
+        peer.request("OPTIONS", 2)
+        assert peer.wait(lambda: bool(peer.statuses("OPTIONS")))
+        before = len(peer.finals())
+        peer.receive(4.5)  # the next retransmission was due within 4 s (T2)
+        assert len(peer.finals()) == before  # the ACK stopped it
     finally:
         peer.close()
     assert "rejected 488" in eng.log()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .peers import Engine, SipPeer, cseq_method, header, sdp_offer, status, to_tag, wait_for
+from .peers import PATIENCE, Engine, SipPeer, cseq_method, header, sdp_offer, status, to_tag, wait_for
 
 EngineFactory = Callable[..., Engine]
 
@@ -19,14 +19,15 @@ ALLOW = ["INVITE", "ACK", "CANCEL", "BYE", "OPTIONS"]
 
 def answered(peer: SipPeer) -> str:
     peer.request("INVITE", 1, body=sdp_offer(31400))
-    assert wait_for(lambda: peer.receive(0.1) is not None and 200 in peer.statuses("INVITE"), 5), peer.messages
+    assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
     tag = to_tag(peer.final())
     peer.request("ACK", 1, to_tag=tag)
     return tag
 
 
 def reply(peer: SipPeer, method: str) -> str:
-    assert wait_for(lambda: peer.receive(0.1) is not None and peer.statuses(method), 3), peer.messages
+    """The first response to ``method`` (waited for)."""
+    assert peer.wait(lambda: bool(peer.statuses(method))), peer.messages
     return next(m for m in peer.messages if m.startswith("SIP/2.0") and cseq_method(m) == method)
 
 
@@ -63,9 +64,8 @@ def test_require_of_an_extension_we_lack_is_420_with_unsupported(engine: EngineF
     peer = SipPeer(eng.port)
     try:
         branch = peer.request("INVITE", 1, body=sdp_offer(31400), headers=(f"Require: {require}", "Supported: 100rel"))
-        final = reply(peer, "INVITE")
-        peer.receive(0.3)
-        assert [s for s in peer.statuses("INVITE") if s >= 200][:1] == [420], peer.messages
+        assert peer.wait(lambda: bool(peer.finals())), peer.messages
+        assert peer.finals()[:1] == [420], peer.messages
         final = next(m for m in peer.messages if status(m) >= 200)
         assert header(final, "Unsupported") == [require]
         peer.request("ACK", 1, branch=branch, to_tag=to_tag(final))
@@ -80,11 +80,10 @@ def test_sigterm_with_a_tcp_call_up_ends_it_without_a_traceback(engine: EngineFa
     try:
         for peer in peers:
             answered(peer)
-        assert wait_for(lambda: len(eng.call_events()) == 2, 5)
+        assert wait_for(lambda: len(eng.call_events()) == 2, PATIENCE)
         assert eng.stop() == 0
-        for peer in peers:
-            peer.receive(0.5)
-            assert any(m.startswith("BYE ") for m in peer.messages), peer.messages
+        for peer in peers:  # (sent before the process ended: in our socket's buffer)
+            assert peer.wait(lambda p=peer: any(m.startswith("BYE ") for m in p.messages)), peer.messages
     finally:
         for peer in peers:
             peer.close()
@@ -100,11 +99,11 @@ def test_merged_invite_while_ringing_is_482_and_the_first_goes_on(engine: Engine
     peer = SipPeer(eng.port)
     try:
         first = peer.request("INVITE", 1, body=sdp_offer(31400))
-        assert wait_for(lambda: peer.receive(0.1) is not None and 183 in peer.statuses("INVITE"), 5)
+        assert peer.wait(lambda: 183 in peer.statuses("INVITE")), peer.messages
         tag = to_tag(peer.messages[-1])
         # the same INVITE by another path (a forking proxy): same Call-ID, From tag and CSeq, a new branch
         second = peer.request("INVITE", 1, body=sdp_offer(31400))
-        assert wait_for(lambda: peer.receive(0.1) is not None and 200 in peer.statuses("INVITE"), 5), peer.messages
+        assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
         by_branch = {b: [m for m in peer.messages if f"branch={b}" in m] for b in (first, second)}
         assert [status(m) for m in by_branch[second]][:1] == [482]
         assert 200 not in [status(m) for m in by_branch[second]]
