@@ -13,13 +13,14 @@ def engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     """Start ``swml serve`` with a script text; every engine started is stopped (SIGTERM) at the end."""
     started: list[Engine] = []
 
-    def start(script: str | None, *extra: str, host: str = "127.0.0.1") -> Engine:
-        """``script`` is the SWML text for --script; None when ``extra`` has --script-url."""
+    def start(script: str | None, *extra: str, host: str = "127.0.0.1", nofile: int | None = None) -> Engine:
+        """``script`` is the SWML text for --script; None when ``extra`` has --script-url; ``nofile``
+        limits the process's open files (as ``ulimit -n``)."""
         path = None
         if script is not None:
             path = tmp_path / f"script-{len(started)}.yaml"
             path.write_text(script)
-        eng = Engine(path, tmp_path / f"data-{len(started)}", extra=list(extra), host=host).start()
+        eng = Engine(path, tmp_path / f"data-{len(started)}", extra=list(extra), host=host, nofile=nofile).start()
         started.append(eng)
         return eng
 

@@ -61,6 +61,8 @@ class Engine:
     log_path: Path | None = None
     extra: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    #: A limit on open files for the process (soft and hard: it cannot lift it), as ``ulimit -n``.
+    nofile: int | None = None
 
     def start(self) -> Engine:
         self.port = self.port or free_port()
@@ -70,7 +72,9 @@ class Engine:
         if self.script is not None:
             cmd += ["--script", str(self.script)]
         cmd += ["--data", str(self.data), "--rtp-ports", f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}"]
-        self.proc = subprocess.Popen([*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=self._limits
+        )
         deadline = time.monotonic() + 2 * PATIENCE
         while time.monotonic() < deadline:
             if "ready" in self.log():
@@ -79,6 +83,12 @@ class Engine:
                 raise RuntimeError(f"swml serve exited: {self.log()}")
             time.sleep(0.05)
         raise RuntimeError(f"swml serve did not start: {self.log()}")
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
