@@ -164,35 +164,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="at SIGTERM, how long hung-up calls may take to end before they are cancelled (default 10)",
     )
     limits = ConnectionLimits()
-    s.add_argument(
-        "--header-timeout",
-        type=number(0.1, 600, " seconds"),
-        default=limits.header_timeout,
-        metavar="S",
-        help=f"an HTTP request's headers must arrive within S of the connection or its first byte "
-        f"(default {limits.header_timeout:g})",
-    )
-    s.add_argument(
-        "--idle-timeout",
-        type=number(1, 3600, " seconds"),
-        default=limits.idle_timeout,
-        metavar="S",
-        help=f"an idle keep-alive HTTP connection is closed after S (default {limits.idle_timeout:g})",
-    )
-    s.add_argument(
-        "--max-connections",
-        type=number(1, 1_000_000, integer=True),
-        default=limits.max_total,
-        metavar="N",
-        help=f"HTTP connections open at once (default {limits.max_total})",
-    )
-    s.add_argument(
-        "--max-connections-per-address",
-        type=number(1, 1_000_000, integer=True),
-        default=limits.max_per_source,
-        metavar="N",
-        help=f"HTTP connections open at once from one address (default {limits.max_per_source})",
-    )
+    for flag, parse, default, what in (
+        (
+            "--header-timeout",
+            number(0.1, 600, " seconds"),
+            limits.header_timeout,
+            "an HTTP request's headers must arrive within S of the connection or its first byte",
+        ),
+        (
+            "--idle-timeout",
+            number(1, 3600, " seconds"),
+            limits.idle_timeout,
+            "an idle keep-alive HTTP connection is closed after S",
+        ),
+        ("--max-connections", number(1, 1_000_000, integer=True), limits.max_total, "HTTP connections open at once"),
+        (
+            "--max-connections-per-address",
+            number(1, 1_000_000, integer=True),
+            limits.max_per_source,
+            "HTTP connections open at once from one address",
+        ),
+    ):
+        metavar = "S" if "timeout" in flag else "N"
+        s.add_argument(flag, type=parse, default=default, metavar=metavar, help=f"{what} (default {default:g})")
     s.add_argument(
         "--register",
         metavar="SIP-URI",
@@ -320,6 +314,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # aiosipua logs a warning per malformed packet: a flood at the port would flood the log.
         # Our transport logs the first bad packet of each address and counts the rest.
         logging.getLogger("aiosipua").setLevel(logging.ERROR)
+        # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
+        # them would flood the log too (each client still gets its 400).
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     try:
         config = _config(args)
     except ValueError as e:

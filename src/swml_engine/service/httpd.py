@@ -83,7 +83,7 @@ class RequestGuard:
             await _answer(send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")])
             return
         length = headers.get(b"content-length")
-        if length is not None and int(length) > self.max_body:  # (h11 has checked it is a number)
+        if length is not None and (len(length) > 18 or int(length) > self.max_body):  # (h11 checked it is digits)
             await _answer(send, 413, f"request bodies are limited to {self.max_body} bytes")
             return
         body = _Body(self, receive, announced=length not in (None, b"0") or b"transfer-encoding" in headers)
