@@ -57,7 +57,7 @@ class Cond(Method[list[Branch]]):
 
     async def run(self, ctx: StepContext, p: list[Branch]) -> None:
         for i, branch in enumerate(p):
-            if branch.when is None or ctx.is_true(branch.when, f"{ctx.where}[{i}].when"):
+            if branch.when is None or await ctx.holds(branch.when, f"{ctx.where}[{i}].when"):
                 ctx.result = "else" if branch.when is None else f"when[{i}]"
                 await ctx.run_block(branch.steps)
                 return

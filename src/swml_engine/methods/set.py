@@ -33,7 +33,7 @@ class Set(Method[dict[str, Any]]):
         errors: list[SwmlError] = []
         for name, raw in p.items():
             try:
-                ctx.set_var(name, ctx.render(raw, f"{ctx.where}.{name}"))
+                ctx.set_var(name, await ctx.render(raw, f"{ctx.where}.{name}"))
             except SwmlError as e:
                 errors.append(e)
         for later in errors[1:]:

@@ -44,11 +44,11 @@ class Switch(Method[SwitchParams]):
     async def run(self, ctx: StepContext, p: SwitchParams) -> None:
         name = p.variable.strip()
         if "${" in name or "%{" in name:
-            value = ctx.render(name, f"{ctx.where}.variable")
+            value = await ctx.render(name, f"{ctx.where}.variable")
         else:
             found, value = ctx.variables.lookup(name)
             if not found:
-                value = ctx.evaluate(name, f"{ctx.where}.variable") if not _plain(name) else ""
+                value = await ctx.evaluate(name, f"{ctx.where}.variable") if not _plain(name) else ""
         key = to_text(value)
         block = p.case.get(key)
         if block is not None:

@@ -4,134 +4,399 @@ Each expression sees the call's variables: the scope objects ``call``, ``params`
 every variable unprefixed (vars, then envs, then call). A name that is not defined reads as
 ``undefined`` instead of throwing, so ``${x == null ? 'a' : 'b'}`` works before ``x`` is set.
 
-Limits: each evaluation is stopped after ``timeout`` seconds (a runaway loop fails that step, the call
-goes on) and V8's heap is capped. Compiled expressions are cached in the context by source text.
+What an expression may take (a document may come from a server the operator does not control):
+
+* Memory: V8's heap is capped (64 MiB). What lives outside that heap is taken away before any
+  expression runs: ``ArrayBuffer`` and every typed array, ``DataView``, ``SharedArrayBuffer``,
+  ``Atomics``, ``WebAssembly`` (V8 also runs ``--jitless``, which leaves WebAssembly out), and
+  ``FinalizationRegistry``/``setTimeout`` (their callbacks run later, outside every limit). Each is a
+  global that cannot be redefined and throws "... is not available in expressions".
+* Time: one evaluation may run 50 ms, then it is stopped and fails its step; work it leaves behind
+  (a promise reaction, an ``async`` function after its first ``await``) must end within another 50 ms,
+  or it is stopped the same way. The expressions of one step may take 250 ms in all and those of a call
+  10 s; beyond, an expression fails at once without running, and the call goes on.
+* The event loop: V8 runs on a thread of its own ("swml-js", one per process, driving every call's
+  context), never on the loop that carries the calls' media. One evaluation at a time per process, so
+  a hostile script costs at most one core and one evaluation's memory, whatever the number of calls.
+
+Compiled expressions are cached in the call's context by source text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import enum
 import json
 import math
+import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from swml_engine.errors import ExpressionError
+from swml_engine.media.clock import VirtualTimeLoop
+
+#: Globals whose memory V8's heap cap does not count, or whose callbacks run after the evaluation
+#: (typed arrays are matched by name, so a new one in a later V8 is covered too).
+_UNAVAILABLE = ("ArrayBuffer", "SharedArrayBuffer", "Atomics", "DataView", "WebAssembly", "FinalizationRegistry")
 
 _PRELUDE = r"""
-var __swml_cache = new Map();
-function __swml_eval(src, scope) {
-  var f = __swml_cache.get(src);
-  if (f === undefined) {
-    // One expression, not statements: text that closes our parenthesis early ("1); (2") would parse
-    // inside it, but cannot also parse inside brackets.
-    new Function("return [" + src + "\n];");
-    f = new Function("__s", "with (__s) { return (" + src + "\n); }");
-    if (__swml_cache.size > 2000) { __swml_cache.clear(); }
-    __swml_cache.set(src, f);
-  }
-  var view = new Proxy(scope, {
-    has: function (t, k) { return (k in t) || !(k in globalThis); },
-    get: function (t, k) { return t[k]; }
+(function (g) {
+  var unavailable = __UNAVAILABLE__;
+  var typed = /^(Big)?(Ui|I)nt\d+(Clamped)?Array$|^Float\d+Array$/;
+  Object.getOwnPropertyNames(g).forEach(function (n) { if (typed.test(n)) { unavailable.push(n); } });
+  unavailable.forEach(function (n) {
+    Object.defineProperty(g, n, {
+      get: function () { throw new TypeError(n + " is not available in expressions"); },
+      configurable: false, enumerable: false
+    });
   });
-  var v = f(view);
-  if (typeof v === "function") { throw new TypeError("the expression is a function, not a value"); }
-  if (typeof v === "number" && !isFinite(v)) { return JSON.stringify({n: String(v)}); }
-  return JSON.stringify({v: v});
-}
-"""
+  // mini-racer's timers (plain var globals: writable, not deletable) would run code after the evaluation.
+  ["setTimeout", "clearTimeout"].forEach(function (n) {
+    g[n] = function () { throw new TypeError(n + " is not available in expressions"); };
+  });
+  // What evaluate() uses is kept here, out of reach of expressions that replace globals or prototypes.
+  var Fn = Function, Px = Proxy, Pr = Promise, Str = String, bare = Object.create;
+  var stringify = JSON.stringify, finite = isFinite;
+  var cache = bare(null), cached = 0;
+  function evaluate(src, scope) {
+    var f = cache[src];
+    if (f === undefined) {
+      // One expression, not statements: text that closes our parenthesis early ("1); (2") would parse
+      // inside it, but cannot also parse inside brackets.
+      new Fn("return [" + src + "\n];");
+      f = new Fn("__s", "with (__s) { return (" + src + "\n); }");
+      if (cached > 2000) { cache = bare(null); cached = 0; }
+      cache[src] = f;
+      cached++;
+    }
+    var view = new Px(scope, {
+      has: function (t, k) { return (k in t) || !(k in g); },
+      get: function (t, k) { return t[k]; }
+    });
+    var v = f(view);
+    if (typeof v === "function") { throw new TypeError("the expression is a function, not a value"); }
+    if (v instanceof Pr) {
+      throw new TypeError("the expression's value is a promise; expressions run synchronously" +
+        " (no async, await or import())");
+    }
+    // A box with no prototype: an Object.prototype.toJSON set by an expression cannot reshape it.
+    var box = bare(null);
+    if (typeof v === "number" && !finite(v)) { box.n = Str(v); } else { box.v = v; }
+    return stringify(box);
+  }
+  Object.defineProperty(g, "__swml_eval", {value: evaluate, writable: false, configurable: false});
+})(globalThis);
+""".replace("__UNAVAILABLE__", json.dumps(list(_UNAVAILABLE)))
 
-#: Default per-evaluation limit. The spec asks expressions to finish in 150 ms; the engine stops a
-#: runaway well inside 100 ms so one bad script cannot stall the media of other calls for long.
-DEFAULT_TIMEOUT = 0.05
-DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
+#: V8 flags: mini-racer's own, and no JIT (no executable memory to spray; no WebAssembly either).
+_V8_FLAGS = ("--jitless",)
+
+#: How long a stopped evaluation waits for its context to close (V8 may be inside a builtin that cannot
+#: be interrupted, still allocating); past this the close goes on alone in its thread.
+CLOSE_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class ExpressionLimits:
+    #: Seconds one evaluation may run. The spec asks expressions to finish in 150 ms; stopping a
+    #: runaway well inside 100 ms keeps the call's script moving.
+    timeout: float = 0.05
+    #: Seconds of evaluation the expressions of one step may take together (a step normally needs
+    #: well under a millisecond: 40 expressions of 45 ms in one ``set`` stop here).
+    per_step: float = 0.25
+    #: Seconds of evaluation one call may take in all (about 30 000 ordinary expressions).
+    per_call: float = 10.0
+    #: V8 heap of the call's context, in bytes.
+    max_memory: int = 64 * 1024 * 1024
+
+
+#: Kept for callers that name the per-evaluation limit.
+DEFAULT_TIMEOUT = ExpressionLimits.timeout
+
+
+class _End(enum.Enum):
+    """How an evaluation ended on the V8 thread."""
+
+    VALUE = "value"
+    ERROR = "error"  # a JavaScript exception: the context stays usable
+    STOPPED = "stopped"  # over its time (or its leftovers were): the context is discarded
+    BROKEN = "broken"  # memory limit or a V8 failure: the context is discarded
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    end: _End
+    seconds: float
+    value: Any = None
+    message: str = ""
 
 
 class JsEngine:
-    """One V8 context, created on first use (it must be created inside the running event loop)."""
+    """A call's JavaScript: one V8 context (made on first use), its time budget, its evaluations."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
-        self.timeout = timeout
-        self.max_memory = max_memory
-        self._ctx: Any = None
+    def __init__(self, limits: ExpressionLimits | None = None) -> None:
+        self.limits = limits or ExpressionLimits()
+        #: The V8 context; created, used and closed on the host thread only.
+        self._v8: _Context | None = None
+        self._step_spent = 0.0
+        self._call_spent = 0.0
 
-    def _context(self) -> Any:
-        if self._ctx is None:
-            # mini-racer binds a context to the event loop running where it is created and then refuses
-            # per-call timeouts from that loop. Created in a thread with no loop, it runs V8 on its own
-            # loop thread, and a synchronous call with ``timeout_sec`` works from ours.
-            with ThreadPoolExecutor(1) as pool:
-                self._ctx = pool.submit(_new_context).result()
-        return self._ctx
+    @property
+    def timeout(self) -> float:
+        return self.limits.timeout
 
-    def evaluate(self, source: str, scope: dict[str, Any]) -> Any:
-        """Evaluate one expression; returns a JSON-typed Python value (None for undefined/null)."""
-        from py_mini_racer import JSEvalException, JSTimeoutException
+    def begin_step(self) -> None:
+        """A new step starts: its expressions get the per-step budget afresh."""
+        self._step_spent = 0.0
 
-        ctx = self._context()
-        try:
-            out = ctx.call(
-                "__swml_eval",
-                source,
-                scope,
-                timeout_sec=self.timeout,
-                max_memory=self.max_memory,
-                encoder=_Encoder,
-            )
-        except JSTimeoutException:
-            # V8 may still be busy with what was stopped (freeing a huge value): later evaluations on
-            # that context would time out too, or read its leftovers. A fresh context starts clean.
-            self._discard()
-            ms = round(self.timeout * 1000)
-            raise ExpressionError(f"expression took longer than {ms} ms and was stopped: {_short(source)}") from None
-        except JSEvalException as e:
-            raise ExpressionError(f"{_first_line(str(e))} in expression {_short(source)}") from None
-        except Exception as e:  # mini-racer raises its own types for memory limits and V8 failures
-            raise ExpressionError(f"{type(e).__name__}: {_first_line(str(e))} in expression {_short(source)}") from None
-        if not isinstance(out, str):
-            return None
-        decoded = json.loads(out)
-        if "n" in decoded:
-            return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[decoded["n"]]
-        return decoded.get("v")
+    async def evaluate(self, source: str, scope: dict[str, Any]) -> Any:
+        """Evaluate one expression on the V8 thread; the event loop runs other calls meanwhile.
+        Returns a JSON-typed Python value (None for undefined/null)."""
+        code = self._admit(source, scope)
+        outcome = await _result_of(_host().submit(self._run(code, queued=True)))
+        return self._settle(outcome, source)
 
-    def _discard(self) -> None:
-        ctx, self._ctx = self._ctx, None
-        if ctx is not None:
-            threading.Thread(target=_close_quietly, args=(ctx,), name="swml-js-close", daemon=True).start()
+    def evaluate_now(self, source: str, scope: dict[str, Any]) -> Any:
+        """As :meth:`evaluate`, but the calling thread waits (up to the limits) for the result. Only for
+        callers that cannot await (``goto.when`` while goto.py calls the synchronous ``is_true``)."""
+        code = self._admit(source, scope)
+        outcome = _host().submit(self._run(code, queued=False)).result()
+        return self._settle(outcome, source)
 
     def close(self) -> None:
-        if self._ctx is not None:
-            # A stopped runaway may still post a late callback to the context's loop thread; one more
-            # round trip lets it land before the loop closes (otherwise it is reported as unraisable).
-            with contextlib.suppress(Exception):
-                self._ctx.eval("0")
-            self._ctx.close()
-            self._ctx = None
+        """The call is over: its context is closed on the V8 thread (the caller never waits)."""
+        if self._v8 is not None:
+            _host().submit(self._drop_context(wait=False))
+
+    # --- the budget -----------------------------------------------------------------------------------
+
+    def _admit(self, source: str, scope: dict[str, Any]) -> str:
+        """The code to run for ``source``, unless this step's or this call's budget is used up."""
+        limits = self.limits
+        if self._call_spent >= limits.per_call:
+            raise ExpressionError(
+                f"not evaluated: this call's expressions used the {limits.per_call:g} s of expression time"
+                f" a call may take: {_short(source)}"
+            )
+        if self._step_spent >= limits.per_step:
+            raise ExpressionError(
+                f"not evaluated: this step's expressions used the {round(limits.per_step * 1000)} ms of"
+                f" expression time a step may take: {_short(source)}"
+            )
+        args = json.dumps(scope, separators=(",", ":"), cls=_Encoder)
+        return f"__swml_eval({json.dumps(source)},{args})"
+
+    def _settle(self, outcome: _Outcome, source: str) -> Any:
+        self._step_spent += outcome.seconds
+        self._call_spent += outcome.seconds
+        if outcome.end is _End.STOPPED:
+            ms = round(self.limits.timeout * 1000)
+            raise ExpressionError(f"expression took longer than {ms} ms and was stopped: {_short(source)}")
+        if outcome.end is not _End.VALUE:
+            raise ExpressionError(f"{outcome.message} in expression {_short(source)}")
+        return outcome.value
+
+    # --- on the V8 thread -----------------------------------------------------------------------------
+
+    async def _run(self, code: str, *, queued: bool) -> _Outcome:
+        if not queued:
+            return await self._run_in_turn(code, queued=False)
+        async with _host().turn:
+            return await self._run_in_turn(code, queued=True)
+
+    async def _run_in_turn(self, code: str, *, queued: bool) -> _Outcome:
+        from py_mini_racer import JSEvalException, JSOOMException
+
+        if self._v8 is None:
+            self._v8 = _Context.open(self.limits.max_memory)
+        racer = self._v8.racer
+        timeout = self.limits.timeout
+        started = time.perf_counter()
+        outcome: _Outcome
+        try:
+            raw = await asyncio.wait_for(racer.eval_cancelable(code), timeout)
+        except asyncio.CancelledError:  # the call is over: what V8 was doing is stopped with its context
+            await self._drop_context(wait=False)
+            raise
+        except TimeoutError:
+            outcome = _Outcome(_End.STOPPED, time.perf_counter() - started)
+        except JSOOMException:
+            outcome = _Outcome(_End.BROKEN, time.perf_counter() - started, message="out of memory (V8 heap limit)")
+        except JSEvalException as e:
+            outcome = _Outcome(_End.ERROR, 0.0, message=_first_line(str(e)))
+        except Exception as e:  # mini-racer raises its own types for V8 failures
+            outcome = _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
+        else:
+            outcome = _Outcome(_End.VALUE, 0.0, value=_decode(raw))
+        if outcome.end in (_End.VALUE, _End.ERROR):
+            # Work the expression queued (promise reactions) runs after its value came back, before
+            # V8 takes the next task: a trivial task returning is the sign that it has ended.
+            try:
+                await asyncio.wait_for(racer.eval_cancelable("0"), timeout)
+            except TimeoutError:
+                outcome = _Outcome(_End.STOPPED, 0.0)
+            except Exception as e:
+                outcome = _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
+            outcome = _Outcome(outcome.end, time.perf_counter() - started, outcome.value, outcome.message)
+        if outcome.end in (_End.STOPPED, _End.BROKEN) or racer.was_hard_memory_limit_reached():
+            # V8 may still be busy with what was stopped (a builtin that cannot be interrupted, still
+            # allocating): the next evaluation gets a fresh context. In its turn, the evaluation waits
+            # for the close, so one stopped evaluation's memory is gone before the next may take its
+            # own, and the time counts in its budget.
+            await self._drop_context(wait=queued)
+            outcome = _Outcome(outcome.end, time.perf_counter() - started, message=outcome.message)
+        return outcome
+
+    async def _drop_context(self, *, wait: bool) -> None:
+        context, self._v8 = self._v8, None
+        if context is not None:
+            closed = _host().close_in_thread(context)
+            if wait:
+                await asyncio.wait({closed}, timeout=CLOSE_WAIT)
 
 
-def _new_context() -> Any:
-    from py_mini_racer import MiniRacer
+async def _result_of(future: concurrent.futures.Future[_Outcome]) -> _Outcome:
+    """Wait for an evaluation on the V8 thread; cancelling the wait cancels the evaluation.
 
-    ctx = MiniRacer()
-    ctx.eval(_PRELUDE)
-    return ctx
+    On the virtual clock, time stands still meanwhile (V8's work is real work), as ``clock.hold`` does;
+    but here the hold ends in the very callback that hands the result over: a held virtual loop polls
+    its selector 50 ms at a time even with a callback ready, so a hold ending one loop turn later (after
+    ``wrap_future``'s callback) cost 50 ms per evaluation.
+    """
+    loop = asyncio.get_running_loop()
+    virtual = loop if isinstance(loop, VirtualTimeLoop) else None
+    waiter: asyncio.Future[_Outcome] = loop.create_future()
+    held = virtual is not None
+    if virtual is not None:
+        virtual.holds += 1
+
+    def release() -> None:
+        nonlocal held
+        if held and virtual is not None:
+            virtual.holds -= 1
+            held = False
+
+    def arrive(done: concurrent.futures.Future[_Outcome]) -> None:  # on the loop
+        release()
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (error := done.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def handed_over(done: concurrent.futures.Future[_Outcome]) -> None:  # on the V8 thread
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(arrive, done)
+
+    future.add_done_callback(handed_over)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    finally:
+        release()
+
+
+class _Context:
+    """One call's V8 context, bound to the host's loop (made and closed by the host thread)."""
+
+    def __init__(self, maker: Any, racer: Any) -> None:
+        self._maker = maker
+        self.racer = racer
+
+    @classmethod
+    def open(cls, max_memory: int) -> _Context:
+        from py_mini_racer import mini_racer
+
+        maker = mini_racer(event_loop=_host().loop)
+        racer = maker.__enter__()
+        racer.eval(_PRELUDE)  # trusted code, before any expression runs
+        racer.set_hard_memory_limit(max_memory)
+        return cls(maker, racer)
+
+    def close(self) -> None:
+        """Blocks until V8 lets go of the context (it stops what still runs there)."""
+        self._maker.__exit__(None, None, None)
+
+
+class _Host:
+    """The thread that drives every call's V8 context in this process, and its one-at-a-time turn."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.turn = asyncio.Lock()
+        threading.Thread(target=self.loop.run_forever, name="swml-js", daemon=True).start()
+
+    def submit(self, coro: Coroutine[Any, Any, _Outcome | None]) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close_in_thread(self, context: _Context) -> asyncio.Future[None]:
+        """Close a context in a daemon thread of its own (a close can block while V8 finishes a builtin;
+        a daemon never holds up the process's exit). The future is done when it is closed."""
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def closed() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def close() -> None:
+            with contextlib.suppress(Exception):  # nothing left to tell: the context is gone either way
+                context.close()
+            self.loop.call_soon_threadsafe(closed)
+
+        threading.Thread(target=close, name="swml-js-close", daemon=True).start()
+        return done
+
+
+_host_lock = threading.Lock()
+_the_host: _Host | None = None
+
+
+def _host() -> _Host:
+    """This process's host (a forked worker starts its own: threads do not survive a fork)."""
+    global _the_host  # one per process by design
+    with _host_lock:
+        if _the_host is None or _the_host.pid != os.getpid():
+            _start_v8()
+            _the_host = _Host()
+        return _the_host
+
+
+def _start_v8() -> None:
+    from py_mini_racer import DEFAULT_V8_FLAGS, LibAlreadyInitializedError, init_mini_racer
+
+    # If V8 was started before us (with its default flags), the globals are still taken away.
+    with contextlib.suppress(LibAlreadyInitializedError):
+        init_mini_racer(flags=(*DEFAULT_V8_FLAGS, *_V8_FLAGS))
+
+
+def _decode(raw: object) -> Any:
+    """The value out of evaluate()'s box: ``{"v": value}``, or ``{"n": "NaN"}`` for numbers JSON lacks."""
+    decoded = json.loads(raw) if isinstance(raw, str) else None
+    if not isinstance(decoded, dict):
+        return None
+    if "n" in decoded:
+        return _NOT_JSON.get(decoded["n"])
+    return decoded.get("v")
+
+
+_NOT_JSON = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 class _Encoder(json.JSONEncoder):
     def default(self, o: object) -> Any:
         return str(o)
-
-
-def _close_quietly(ctx: Any) -> None:
-    """Close a context that may still be busy (in a thread: it waits for V8 to let go). One round
-    trip first lets a late callback of the stopped evaluation land while its loop still runs."""
-    with contextlib.suppress(Exception):
-        ctx.eval("0", timeout_sec=5)
-    with contextlib.suppress(Exception):
-        ctx.close()
 
 
 def _first_line(text: str) -> str:

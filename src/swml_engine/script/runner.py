@@ -93,9 +93,10 @@ class Runner:
         events = self.call.events
         events.emit("step.start", section=frame.section, index=step.index, path=step.path, method=step.method)
         ctx = StepContext(self, step, frame)
+        self.js.begin_step()
         raw: object = None
         try:
-            raw = self.templater.render(step.params, step.where) if method.substitute else step.params
+            raw = await self.templater.render(step.params, step.where) if method.substitute else step.params
             params = method.parse(raw, step.where)
             await method.run(ctx, params)
         except ParamError as e:

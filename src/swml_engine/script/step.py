@@ -59,15 +59,21 @@ class StepContext:
     def set_var(self, name: str, value: Any) -> None:
         self.runner.set_var(name, value)
 
-    def render(self, value: Any, path: str) -> Any:
-        return self.templater.render(value, path)
+    async def render(self, value: Any, path: str) -> Any:
+        return await self.templater.render(value, path)
 
-    def evaluate(self, source: str, path: str) -> Any:
-        return self.templater.evaluate(source, path)
+    async def evaluate(self, source: str, path: str) -> Any:
+        return await self.templater.evaluate(source, path)
+
+    async def holds(self, when: object, path: str) -> bool:
+        """A ``when`` condition: JavaScript text is evaluated (its placeholders filled as literals); a
+        value that is not text (``when: true``) is judged as is."""
+        return truthy(await self.evaluate(when, path) if isinstance(when, str) else when)
 
     def is_true(self, when: object, path: str) -> bool:
-        """A ``when`` condition: JavaScript text is evaluated; an already-substituted value is judged as is."""
-        return truthy(self.evaluate(when, path) if isinstance(when, str) else when)
+        """:meth:`holds` for a caller that cannot await: the event loop waits for V8 (up to the
+        expression limits). Kept for goto.py until it awaits ``holds``."""
+        return truthy(self.templater.evaluate_now(when, path) if isinstance(when, str) else when)
 
     async def run_block(self, block: Block) -> None:
         """Run nested steps (``then``, a ``case``, ``on_return``) in the current section."""

@@ -6,15 +6,17 @@
   inside longer text values become text (objects and lists as JSON, ``true``/``false``, no ``.0``).
 * ``${lc:...}``/``${enc:url:...}`` prefixes and ``@{fn ...}`` functions as template-functions.mdx.
 * Placeholders may nest: ``${contacts.${lc:dept}}`` fills the inner one first.
+* JavaScript runs off the event loop (expressions.py), so filling is async; ``evaluate_now`` is the
+  blocking form for a caller that cannot await.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from swml_engine.document.model import Block
 from swml_engine.errors import ExpressionError, ParamError
@@ -22,11 +24,19 @@ from swml_engine.script.context import Variables, is_path
 from swml_engine.script.expressions import JsEngine
 from swml_engine.script.template_functions import AtFunctions, apply_prefixes, is_at_function, split_prefixes
 
+T = TypeVar("T")
+
+#: Evaluates one JavaScript expression against a scope.
+JsCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
 
 @dataclass(frozen=True)
 class _Placeholder:
     kind: str  # "$", "%" or "@"
     body: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}{{{self.body}}}"
 
 
 def scan(text: str) -> list[str | _Placeholder]:
@@ -79,10 +89,6 @@ def _closing_brace(text: str, open_at: int) -> int:
     return -1
 
 
-def has_placeholder(text: str) -> bool:
-    return any(isinstance(p, _Placeholder) for p in scan(text))
-
-
 def to_text(value: Any) -> str:
     """How a value reads inside a longer string."""
     if value is None:
@@ -107,66 +113,101 @@ class Templater:
         self.variables = variables
         self.js = js
         self.functions = AtFunctions(now)
+        self._fill = _Fill(self, js.evaluate)
+        self._fill_now = _Fill(self, self._evaluate_blocking)
 
     def take_pending_sleep(self) -> float:
         s = self.functions.pending_sleep
         self.functions.pending_sleep = 0.0
         return s
 
-    def render(self, value: Any, path: str) -> Any:
+    async def render(self, value: Any, path: str) -> Any:
         """Fill every string inside value (dicts and lists walked; nested step Blocks left alone)."""
         if isinstance(value, str):
-            return self.render_str(value, path)
+            return await self.render_str(value, path)
         if isinstance(value, Block):
             return value
         if isinstance(value, dict):
-            return {k: self.render(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: await self.render(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
-            return [self.render(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [await self.render(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
-    def render_str(self, text: str, path: str) -> Any:
+    async def render_str(self, text: str, path: str) -> Any:
+        try:
+            return await self._fill.text(text)
+        except ExpressionError as e:
+            raise ParamError(path, str(e)) from None
+
+    async def evaluate(self, source: str, path: str) -> Any:
+        """Evaluate a bare JavaScript condition (``goto.when``, ``cond[].when``), placeholders filled first."""
+        try:
+            return await self._fill.condition(source)
+        except ExpressionError as e:
+            raise ParamError(path, str(e)) from None
+
+    def evaluate_now(self, source: str, path: str) -> Any:
+        """:meth:`evaluate`, the calling thread waiting for V8 (for callers that cannot await)."""
+        try:
+            return _run_now(self._fill_now.condition(source))
+        except ExpressionError as e:
+            raise ParamError(path, str(e)) from None
+
+    async def _evaluate_blocking(self, source: str, scope: dict[str, Any]) -> Any:
+        return self.js.evaluate_now(source, scope)
+
+
+class _Fill:
+    """Filling with one way of running JavaScript (awaited, or blocking the calling thread)."""
+
+    def __init__(self, templater: Templater, js: JsCall) -> None:
+        self.t = templater
+        self.js = js
+
+    async def text(self, text: str) -> Any:
         parts = scan(text)
         if not any(isinstance(p, _Placeholder) for p in parts):
             return text
-        try:
-            if len(parts) == 1 and isinstance(parts[0], _Placeholder):
-                return self._value(parts[0])
-            return "".join(p if isinstance(p, str) else to_text(self._value(p)) for p in parts)
-        except ExpressionError as e:
-            raise ParamError(path, str(e)) from None
+        if len(parts) == 1 and isinstance(parts[0], _Placeholder):
+            return await self._value(parts[0])
+        return "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
 
-    def evaluate(self, source: str, path: str) -> Any:
-        """Evaluate a bare JavaScript condition (``goto.when``, ``cond[].when``), placeholders filled first."""
-        try:
-            body = self._fill_nested(source)
-            if is_path(body):
-                _, v = self.variables.lookup(body)
-                return v
-            return self.js.evaluate(body, self.variables.js_scope())
-        except ExpressionError as e:
-            raise ParamError(path, str(e)) from None
+    async def condition(self, source: str) -> Any:
+        parts = scan(source)
+        if len(parts) == 1 and isinstance(parts[0], _Placeholder):
+            return await self._value(parts[0])  # a whole-placeholder condition: its value, judged as is
+        return await self._lookup_or_eval(await self._javascript(parts))
 
-    def _fill_nested(self, body: str) -> str:
-        parts = scan(body)
-        if not any(isinstance(p, _Placeholder) for p in parts):
-            return body
-        return "".join(p if isinstance(p, str) else to_text(self._value(p)) for p in parts)
+    async def _javascript(self, parts: list[str | _Placeholder]) -> str:
+        """JavaScript text with its placeholders filled (as text)."""
+        return "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
 
-    def _value(self, ph: _Placeholder) -> Any:
-        body = self._fill_nested(ph.body)
-        if ph.kind == "@":
-            return self.functions.run(body)
-        prefixes, rest = split_prefixes(body.strip())
-        value = self._lookup_or_eval(rest)
+    async def _value(self, ph: _Placeholder) -> Any:
+        if ph.kind == "@":  # a template function's arguments are text, not JavaScript
+            parts = scan(ph.body)
+            body = "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
+            return self.t.functions.run(body)
+        prefixes, rest = split_prefixes(ph.body.strip())
+        value = await self._lookup_or_eval(await self._javascript(scan(rest)))
         if prefixes:
             return apply_prefixes(prefixes, to_text(value))
         return value
 
-    def _lookup_or_eval(self, body: str) -> Any:
+    async def _lookup_or_eval(self, body: str) -> Any:
+        variables = self.t.variables
         if is_path(body):
-            found, value = self.variables.lookup(body)
+            found, value = variables.lookup(body)
             return value if found else ""
         if not body.strip():
             return ""
-        return self.js.evaluate(body, self.variables.js_scope())
+        return await self.js(body, variables.js_scope())
+
+
+def _run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits (its JavaScript runs blocking), without a loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a blocking fill waited on the event loop")

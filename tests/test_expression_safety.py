@@ -1,0 +1,153 @@
+"""JavaScript expressions against a hostile document: memory outside V8's heap, CPU held away from
+other calls, async leftovers (issue 11, item 16)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from typing import Any
+
+import pytest
+
+from conftest import run_doc
+from swml_engine.document.loader import load_text
+from swml_engine.errors import ExpressionError
+from swml_engine.script.expressions import ExpressionLimits, JsEngine
+from swml_engine.session import Simulation, run_simulation
+
+
+def errors_of(res: Any) -> list[str]:
+    return [e["message"] for e in res.events if e["type"] == "error"]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+# --- 16: memory V8's heap cap does not see -----------------------------------------------------------
+
+
+def test_array_buffers_typed_arrays_and_webassembly_are_unavailable_and_memory_stays_bounded() -> None:
+    # Each step keeps 256 MiB of buffers alive in the context's globals (the attack of the issue).
+    commit = "${(globalThis.k = globalThis.k || [], k.push(new Uint8Array(2**28).fill(7)), k.length)}"
+    attempts = {
+        "ab": "${new ArrayBuffer(2**30).byteLength}",
+        "sab": "${new SharedArrayBuffer(8).byteLength}",
+        "u8": "${new Uint8Array(8).length}",
+        "dv": "${typeof DataView}",
+        "atomics": "${typeof Atomics}",
+        "wasm": "${new WebAssembly.Memory({initial: 1000}).buffer.byteLength}",
+        "by_name": "${new globalThis['Array' + 'Buffer'](8).byteLength}",
+        "by_function": "${Function('return new ArrayBuffer(8)')().byteLength}",
+        "deleted": "${(delete globalThis.ArrayBuffer, new ArrayBuffer(8).byteLength)}",
+        "redefined": "${(Object.defineProperty(globalThis, 'ArrayBuffer', {value: 1}), 2)}",
+        "prototype": "${typeof Object.getPrototypeOf(Int8Array)}",
+        "descriptor": "${Object.getOwnPropertyDescriptor(globalThis, 'Float64Array').get()}",
+        "import": "${import('data:text/javascript,export default 1')}",
+    }
+    steps = "".join(f"    - set: {{c{i}: '{commit}'}}\n" for i in range(4))
+    steps += "".join(f"    - set: {{{k}: {json.dumps(v)}}}\n" for k, v in attempts.items())
+    before = rss_mib()
+    res = run_doc(f"sections:\n  main:\n{steps}    - set: {{after: ok}}\n")
+    grown = rss_mib() - before
+    assert grown < 200, f"RSS grew {grown:.0f} MiB"
+    assert res.vars == {"after": "ok"}
+    errors = {m.split(":")[0].rpartition(".")[2]: m for m in errors_of(res)}
+    assert set(errors) == {f"c{i}" for i in range(4)} | set(attempts)
+    expected = dict.fromkeys(errors, "is not available in expressions")
+    expected["redefined"] = "TypeError: Cannot redefine property: ArrayBuffer"
+    expected["import"] = "TypeError: the expression's value is a promise"
+    assert {k: m for k, m in errors.items() if expected[k] not in m} == {}
+
+
+def test_work_left_behind_by_an_async_expression_is_stopped() -> None:
+    # The promise's reaction runs after the expression's value came back, outside its 50 ms: it must
+    # not keep V8 busy (nor hang the call's end, which used to wait for it without a limit).
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {p: '${Promise.resolve().then(() => { while (true) {} })}'}
+    - set: {q: '${(async () => { await 0; while (true) {} })()}'}
+    - set: {after: '${1 + 1}'}
+"""
+    )
+    errors = errors_of(res)
+    assert res.vars == {"after": 2}
+    assert len(errors) == 2
+    assert all("took longer than 50 ms and was stopped" in m for m in errors), errors
+
+
+# --- 16: CPU held away from other calls ------------------------------------------------------------------
+
+#: One expression that keeps V8 busy 45 ms (wall clock), as in the issue.
+BUSY = "${(() => { const end = Date.now() + 45; while (Date.now() < end) {} return 1; })()}"
+
+
+def test_heavy_expressions_neither_stop_another_calls_media_nor_run_past_the_step_budget() -> None:
+    heavy = "".join(f"        e{i}: '{BUSY}'\n" for i in range(40))
+    attacker = load_text(f"sections:\n  main:\n    - answer: {{}}\n    - set:\n{heavy}    - set: {{after: ok}}\n")
+    # The other call: a step every 20 ms of its clock, each one seen as an event in order with the first's.
+    other = load_text("sections: {main: [{answer: {}}, {label: top}, {sleep: 20}, {goto: {label: top, max: 100}}]}")
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def both() -> None:
+        await asyncio.gather(
+            run_simulation(attacker, Simulation(realtime=True, on_event=lambda e: seen.append(("a", e)))),
+            run_simulation(other, Simulation(realtime=True, on_event=lambda e: seen.append(("b", e)))),
+        )
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(both())
+    finally:
+        loop.close()
+    heavy_step = [
+        i
+        for i, (who, e) in enumerate(seen)
+        if who == "a" and e["type"] in ("step.start", "step.end") and e["index"] == 1
+    ]
+    start, end = heavy_step
+    # The other call went on while the heavy step ran (before, the loop was held for the whole step).
+    assert any(who == "b" and e["type"] == "step.start" for who, e in seen[start:end])
+    attacker_errors = [e["message"] for who, e in seen if who == "a" and e["type"] == "error"]
+    assert attacker_errors and all("sections.main[1].set.e" in m for m in attacker_errors)
+    budget = [m for m in attacker_errors if "used the 250 ms of expression time a step may take" in m]
+    assert len(budget) >= 40 - 7, attacker_errors  # at most ~6 of 45 ms fit in 250 ms (and one over)
+    assert any(who == "a" and e["type"] == "vars.set" and e["name"] == "after" for who, e in seen)
+    other_end = [e for who, e in seen if who == "b" and e["type"] == "call.state" and e["state"] == "ended"]
+    assert other_end and other_end[0]["reason"] == "script_end"
+
+
+def test_a_call_has_a_total_expression_budget_then_its_expressions_fail_fast() -> None:
+    async def go() -> tuple[list[str], Any]:
+        js = JsEngine(ExpressionLimits(per_step=0.2, per_call=0.3))
+        failures: list[str] = []
+        try:
+            for _ in range(4):
+                js.begin_step()
+                for _ in range(5):
+                    try:
+                        await js.evaluate(BUSY[2:-1], {})
+                    except ExpressionError as e:
+                        failures.append(str(e))
+            js.begin_step()
+            with pytest.raises(ExpressionError) as after:
+                await js.evaluate("1 + 1", {})
+        finally:
+            js.close()
+        return failures, after.value
+
+    failures, last = asyncio.run(go())
+    per_call = [m for m in failures if "used the 0.3 s of expression time a call may take" in m]
+    assert per_call and "call may take" in str(last)
+    # Once the call's budget is used, nothing more is evaluated: no further step spends anything.
+    assert len(failures) - len(per_call) <= 8
+
+
+def test_runaway_expression_still_stops_and_the_next_one_runs() -> None:
+    res = run_doc("sections: {main: [{set: {x: '${(() => { while (true) {} })()}'}}, {set: {y: '${2 * 3}'}}]}")
+    assert res.vars == {"y": 6}
+    assert "took longer than 50 ms and was stopped" in errors_of(res)[0]
