@@ -189,6 +189,8 @@ def test_live_control_reaches_the_worker_that_records(
     # New connections spread over the workers: pause and resume ten times, each must work.
     codes = [request("POST", f"{base}/api/recordings/{rid}/{act}")[0] for _ in range(5) for act in ("pause", "resume")]
     assert codes == [200] * 10
+    # Whichever worker a delete lands on, the one that records says the recording is live.
+    assert [request("DELETE", f"{base}/api/recordings/{rid}")[0] for _ in range(6)] == [409] * 6
     assert "passed to the worker at" in eng.log()  # some landed on the other worker
     call.join(30)
     assert wait_for(lambda: any(r["json"]["params"]["state"] == "finished" for r in http_server.requests), 10)
