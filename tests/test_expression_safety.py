@@ -1,5 +1,5 @@
-"""JavaScript expressions against a hostile document: memory outside V8's heap, CPU held away from
-other calls, async leftovers (issue 11, item 16)."""
+"""JavaScript expressions against a hostile document or caller: memory outside V8's heap, CPU held away
+from other calls, async leftovers, and caller values pasted into expressions as code (issue 11, 16-17)."""
 
 from __future__ import annotations
 
@@ -151,3 +151,87 @@ def test_runaway_expression_still_stops_and_the_next_one_runs() -> None:
     res = run_doc("sections: {main: [{set: {x: '${(() => { while (true) {} })()}'}}, {set: {y: '${2 * 3}'}}]}")
     assert res.vars == {"y": 6}
     assert "took longer than 50 ms and was stopped" in errors_of(res)[0]
+
+
+# --- 17: caller values pasted into expressions ---------------------------------------------------------
+
+#: when: expressions that compare a caller's header to 'gold', each with the placeholder in another spot
+#: of the JavaScript, and a caller value that flipped the branch when the text was pasted in as code.
+INJECTIONS = {
+    "single_quoted": ("'${call.headers[0].value}' == 'gold'", "silver' || 'a'=='a"),
+    "double_quoted": ('"${call.headers[0].value}" == "gold"', 'silver" || "a"=="a'),
+    "template": ("`${call.headers[0].value}` == 'gold'", "silver` || `a`==`a"),
+    "bare": ("${call.headers[0].value} == 'gold'", "'silver' || 'a'=='a'"),
+    "regex": ("/^${call.headers[0].value}$/.test('gold')", ".*"),
+    "comment": ("'gold' == 'silver' /* ${call.headers[0].value} */", "*/ || true /*"),
+    "nested": ("${'${call.headers[0].value}' == 'gold'}", "a' != 'b' || '"),
+    "percent": ("'%{call.headers[0].value}' == 'gold'", "silver' || 'a'=='a"),
+}
+
+
+def branch_doc(when: str) -> str:
+    """The condition in cond, goto, switch and set: each sets its own variable to gold or other."""
+    pick = json.dumps(f"${{({when}) ? 'gold' : 'other'}}")
+    when = json.dumps(when)
+    return f"""
+sections:
+  main:
+    - cond:
+        - when: {when}
+          then: [{{set: {{cond: gold}}}}]
+        - else: [{{set: {{cond: other}}}}]
+    - switch:
+        variable: {pick}
+        case: {{gold: [{{set: {{switch: gold}}}}], other: [{{set: {{switch: other}}}}]}}
+    - set: {{set: {pick}}}
+    - goto: {{label: gold, when: {when}}}
+    - set: {{goto: other}}
+    - hangup: {{}}
+    - label: gold
+    - set: {{goto: gold}}
+"""
+
+
+@pytest.mark.parametrize("spot", sorted(INJECTIONS))
+def test_a_caller_header_cannot_flip_a_condition(spot: str) -> None:
+    when, attack = INJECTIONS[spot]
+    hostile = run_doc(branch_doc(when), headers={"X-Tier": attack})
+    assert errors_of(hostile) == []
+    assert hostile.vars == dict.fromkeys(("cond", "switch", "set", "goto"), "other")
+    if spot != "comment":  # the control: the value still counts where it stands
+        gold = run_doc(branch_doc(when), headers={"X-Tier": "gold"})
+        assert errors_of(gold) == []
+        assert gold.vars == dict.fromkeys(("cond", "switch", "set", "goto"), "gold")
+
+
+def test_values_inside_expressions_are_literals_where_they_stand() -> None:
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: '7', s: "it's", list: [1, 2], key: b, table: {a: 1, b: 2}, neg: -1}
+    - set:
+        number_text: '${${n} + 1}'
+        quoted: "${'${s}'.length}"
+        object: '${${list}.length}'
+        name_part: '${table.${key}}'
+        negative: '${1 - ${neg}}'
+        switch_value: "${'${key}' == 'b' ? 'yes' : 'no'}"
+        not_a_name: '${table.${s}}'
+    - switch:
+        variable: '${table.${key}}'
+        case:
+          '2': [{set: {switched: two}}]
+        default: [{set: {switched: other}}]
+"""
+    )
+    v = res.vars
+    assert v["number_text"] == 8  # text that is a plain number reads as the number, as pasted
+    assert v["quoted"] == 4
+    assert v["object"] == 2
+    assert v["name_part"] == 2
+    assert v["negative"] == 2
+    assert v["switch_value"] == "yes"
+    assert v["switched"] == "two"
+    assert "not_a_name" not in v
+    assert any("cannot be part of a name" in m for m in errors_of(res))

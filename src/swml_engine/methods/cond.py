@@ -20,6 +20,9 @@ class Branch:
 class Cond(Method[list[Branch]]):
     name = "cond"
     params = list
+    #: Each ``when`` is JavaScript: its placeholders are filled as literals when it is evaluated (a
+    #: caller's value pasted in as text could change the condition), and only up to the entry that holds.
+    substitute = False
 
     def prepare(self, raw: object, where: str, blocks: BlockLoader) -> object:
         if isinstance(raw, dict):

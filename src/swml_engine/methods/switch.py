@@ -8,8 +8,8 @@ from swml_engine.document.model import Block
 from swml_engine.document.params import MapOf, Steps, Str, describe, param
 from swml_engine.errors import ParamError
 from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.script.splice import as_text
 from swml_engine.script.step import StepContext
-from swml_engine.script.templating import to_text
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class Switch(Method[SwitchParams]):
             found, value = ctx.variables.lookup(name)
             if not found:
                 value = await ctx.evaluate(name, f"{ctx.where}.variable") if not _plain(name) else ""
-        key = to_text(value)
+        key = as_text(value)
         block = p.case.get(key)
         if block is not None:
             ctx.result = f"case {key}"

@@ -96,7 +96,7 @@ class Runner:
         self.js.begin_step()
         raw: object = None
         try:
-            raw = await self.templater.render(step.params, step.where) if method.substitute else step.params
+            raw = await self.templater.render_params(step.params, step.where) if method.substitute else step.params
             params = method.parse(raw, step.where)
             await method.run(ctx, params)
         except ParamError as e:

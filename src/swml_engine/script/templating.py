@@ -6,14 +6,14 @@
   inside longer text values become text (objects and lists as JSON, ``true``/``false``, no ``.0``).
 * ``${lc:...}``/``${enc:url:...}`` prefixes and ``@{fn ...}`` functions as template-functions.mdx.
 * Placeholders may nest: ``${contacts.${lc:dept}}`` fills the inner one first.
+* A placeholder inside JavaScript (a ``when`` condition, or nested in another ``${...}``) is filled as a
+  literal, never as code (see splice.py): a caller's value cannot change what the expression does.
 * JavaScript runs off the event loop (expressions.py), so filling is async; ``evaluate_now`` is the
   blocking form for a caller that cannot await.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,9 +22,14 @@ from swml_engine.document.model import Block
 from swml_engine.errors import ExpressionError, ParamError
 from swml_engine.script.context import Variables, is_path
 from swml_engine.script.expressions import JsEngine
+from swml_engine.script.splice import JsLexer, as_text, splice
 from swml_engine.script.template_functions import AtFunctions, apply_prefixes, is_at_function, split_prefixes
 
 T = TypeVar("T")
+
+#: Step parameters that are JavaScript (``goto.when``; ``cond`` fills its entries' own): left as written
+#: by :meth:`Templater.render_params`, and filled as literals when the condition is evaluated.
+CONDITION_KEYS = frozenset({"when"})
 
 #: Evaluates one JavaScript expression against a scope.
 JsCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -89,23 +94,6 @@ def _closing_brace(text: str, open_at: int) -> int:
     return -1
 
 
-def to_text(value: Any) -> str:
-    """How a value reads inside a longer string."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
 class Templater:
     """Fills placeholders against a call's variables. One per call (it owns the call's JS context)."""
 
@@ -120,6 +108,15 @@ class Templater:
         s = self.functions.pending_sleep
         self.functions.pending_sleep = 0.0
         return s
+
+    async def render_params(self, params: Any, path: str) -> Any:
+        """A step's parameters filled, except its JavaScript conditions (CONDITION_KEYS)."""
+        if isinstance(params, dict):
+            return {
+                k: v if k in CONDITION_KEYS and isinstance(v, str) else await self.render(v, f"{path}.{k}")
+                for k, v in params.items()
+            }
+        return await self.render(params, path)
 
     async def render(self, value: Any, path: str) -> Any:
         """Fill every string inside value (dicts and lists walked; nested step Blocks left alone)."""
@@ -170,7 +167,7 @@ class _Fill:
             return text
         if len(parts) == 1 and isinstance(parts[0], _Placeholder):
             return await self._value(parts[0])
-        return "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
+        return "".join([p if isinstance(p, str) else as_text(await self._value(p)) for p in parts])
 
     async def condition(self, source: str) -> Any:
         parts = scan(source)
@@ -179,18 +176,29 @@ class _Fill:
         return await self._lookup_or_eval(await self._javascript(parts))
 
     async def _javascript(self, parts: list[str | _Placeholder]) -> str:
-        """JavaScript text with its placeholders filled (as text)."""
-        return "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
+        """JavaScript text with its placeholders filled as literals where each stands (splice.py)."""
+        if not any(isinstance(p, _Placeholder) for p in parts):
+            return "".join(p for p in parts if isinstance(p, str))
+        lexer = JsLexer()
+        out: list[str] = []
+        for i, part in enumerate(parts):
+            if isinstance(part, _Placeholder):
+                after = parts[i + 1] if i + 1 < len(parts) else ""
+                spot = lexer.spot(after[:1] if isinstance(after, str) else "")
+                part = splice(await self._value(part), spot, str(part))
+            lexer.feed(part)
+            out.append(part)
+        return "".join(out)
 
     async def _value(self, ph: _Placeholder) -> Any:
         if ph.kind == "@":  # a template function's arguments are text, not JavaScript
             parts = scan(ph.body)
-            body = "".join([p if isinstance(p, str) else to_text(await self._value(p)) for p in parts])
+            body = "".join([p if isinstance(p, str) else as_text(await self._value(p)) for p in parts])
             return self.t.functions.run(body)
         prefixes, rest = split_prefixes(ph.body.strip())
         value = await self._lookup_or_eval(await self._javascript(scan(rest)))
         if prefixes:
-            return apply_prefixes(prefixes, to_text(value))
+            return apply_prefixes(prefixes, as_text(value))
         return value
 
     async def _lookup_or_eval(self, body: str) -> Any:
