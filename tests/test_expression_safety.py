@@ -77,6 +77,7 @@ sections:
     errors = errors_of(res)
     assert res.vars == {"after": 2}
     assert len(errors) == 2
+    assert all("work the expression left running" in m for m in errors), errors
     assert all("took longer than 50 ms and was stopped" in m for m in errors), errors
 
 
@@ -216,6 +217,7 @@ sections:
         object: '${${list}.length}'
         name_part: '${table.${key}}'
         negative: '${1 - ${neg}}'
+        division: '${14 / ${n} / 2}'
         switch_value: "${'${key}' == 'b' ? 'yes' : 'no'}"
         not_a_name: '${table.${s}}'
     - switch:
@@ -231,6 +233,7 @@ sections:
     assert v["object"] == 2
     assert v["name_part"] == 2
     assert v["negative"] == 2
+    assert v["division"] == 1  # a "/" after a value divides (a regex there would have been a syntax error)
     assert v["switch_value"] == "yes"
     assert v["switched"] == "two"
     assert "not_a_name" not in v

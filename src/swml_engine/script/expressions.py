@@ -137,6 +137,9 @@ class _Outcome:
     message: str = ""
 
 
+_LEFT_RUNNING = "work the expression left running (a promise reaction, an async function)"
+
+
 class JsEngine:
     """A call's JavaScript: one V8 context (made on first use), its time budget, its evaluations."""
 
@@ -197,7 +200,8 @@ class JsEngine:
         self._call_spent += outcome.seconds
         if outcome.end is _End.STOPPED:
             ms = round(self.limits.timeout * 1000)
-            raise ExpressionError(f"expression took longer than {ms} ms and was stopped: {_short(source)}")
+            what = outcome.message or "expression"
+            raise ExpressionError(f"{what} took longer than {ms} ms and was stopped: {_short(source)}")
         if outcome.end is not _End.VALUE:
             raise ExpressionError(f"{outcome.message} in expression {_short(source)}")
         return outcome.value
@@ -240,7 +244,7 @@ class JsEngine:
             try:
                 await asyncio.wait_for(racer.eval_cancelable("0"), timeout)
             except TimeoutError:
-                outcome = _Outcome(_End.STOPPED, 0.0)
+                outcome = _Outcome(_End.STOPPED, 0.0, message=_LEFT_RUNNING)
             except Exception as e:
                 outcome = _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
             outcome = _Outcome(outcome.end, time.perf_counter() - started, outcome.value, outcome.message)
