@@ -36,10 +36,12 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from swml_engine.errors import ExpressionError
 from swml_engine.media.clock import VirtualTimeLoop
+
+T = TypeVar("T")
 
 #: Globals whose memory V8's heap cap does not count, or whose callbacks run after the evaluation
 #: (typed arrays are matched by name, so a new one in a later V8 is covered too).
@@ -100,6 +102,10 @@ _V8_FLAGS = ("--jitless",)
 #: How long a stopped evaluation waits for its context to close (V8 may be inside a builtin that cannot
 #: be interrupted, still allocating); past this the close goes on alone in its thread.
 CLOSE_WAIT = 2.0
+
+
+#: Past an evaluation's time, how long an answer already on its way to the V8 thread's loop may take.
+_GRACE = 0.005
 
 
 @dataclass(frozen=True)
@@ -215,46 +221,45 @@ class JsEngine:
             return await self._run_in_turn(code, queued=True)
 
     async def _run_in_turn(self, code: str, *, queued: bool) -> _Outcome:
-        from py_mini_racer import JSEvalException, JSOOMException
-
         if self._v8 is None:
             self._v8 = _Context.open(self.limits.max_memory)
         racer = self._v8.racer
-        timeout = self.limits.timeout
         started = time.perf_counter()
-        outcome: _Outcome
         try:
-            raw = await asyncio.wait_for(racer.eval_cancelable(code), timeout)
+            outcome = await self._evaluate_on(racer, code)
         except asyncio.CancelledError:  # the call is over: what V8 was doing is stopped with its context
             await self._drop_context(wait=False)
             raise
-        except TimeoutError:
-            outcome = _Outcome(_End.STOPPED, time.perf_counter() - started)
-        except JSOOMException:
-            outcome = _Outcome(_End.BROKEN, time.perf_counter() - started, message="out of memory (V8 heap limit)")
-        except JSEvalException as e:
-            outcome = _Outcome(_End.ERROR, 0.0, message=_first_line(str(e)))
-        except Exception as e:  # mini-racer raises its own types for V8 failures
-            outcome = _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
-        else:
-            outcome = _Outcome(_End.VALUE, 0.0, value=_decode(raw))
-        if outcome.end in (_End.VALUE, _End.ERROR):
-            # Work the expression queued (promise reactions) runs after its value came back, before
-            # V8 takes the next task: a trivial task returning is the sign that it has ended.
-            try:
-                await asyncio.wait_for(racer.eval_cancelable("0"), timeout)
-            except TimeoutError:
-                outcome = _Outcome(_End.STOPPED, 0.0, message=_LEFT_RUNNING)
-            except Exception as e:
-                outcome = _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
-            outcome = _Outcome(outcome.end, time.perf_counter() - started, outcome.value, outcome.message)
         if outcome.end in (_End.STOPPED, _End.BROKEN) or racer.was_hard_memory_limit_reached():
             # V8 may still be busy with what was stopped (a builtin that cannot be interrupted, still
             # allocating): the next evaluation gets a fresh context. In its turn, the evaluation waits
             # for the close, so one stopped evaluation's memory is gone before the next may take its
             # own, and the time counts in its budget.
             await self._drop_context(wait=queued)
-            outcome = _Outcome(outcome.end, time.perf_counter() - started, message=outcome.message)
+        return _Outcome(outcome.end, time.perf_counter() - started, outcome.value, outcome.message)
+
+    async def _evaluate_on(self, racer: Any, code: str) -> _Outcome:
+        from py_mini_racer import JSEvalException, JSOOMException
+
+        timeout = self.limits.timeout
+        try:
+            outcome = _Outcome(_End.VALUE, 0.0, value=_decode(await _within(racer.eval_cancelable(code), timeout)))
+        except TimeoutError:
+            return _Outcome(_End.STOPPED, 0.0)
+        except JSOOMException:
+            return _Outcome(_End.BROKEN, 0.0, message="out of memory (V8 heap limit)")
+        except JSEvalException as e:
+            outcome = _Outcome(_End.ERROR, 0.0, message=_first_line(str(e)))
+        except Exception as e:  # mini-racer raises its own types for V8 failures
+            return _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
+        # Work the expression queued (promise reactions) runs after its value came back, before V8
+        # takes the next task: a trivial task returning is the sign that it has ended.
+        try:
+            await _within(racer.eval_cancelable("0"), timeout)
+        except TimeoutError:
+            return _Outcome(_End.STOPPED, 0.0, message=_LEFT_RUNNING)
+        except Exception as e:
+            return _Outcome(_End.BROKEN, 0.0, message=f"{type(e).__name__}: {_first_line(str(e))}")
         return outcome
 
     async def _drop_context(self, *, wait: bool) -> None:
@@ -263,6 +268,29 @@ class JsEngine:
             closed = _host().close_in_thread(context)
             if wait:
                 await asyncio.wait({closed}, timeout=CLOSE_WAIT)
+
+
+async def _within(work: Coroutine[Any, Any, T], timeout: float) -> T:
+    """``work``'s result, or TimeoutError (and ``work`` cancelled: V8 stops it) after ``timeout``.
+
+    Unlike ``asyncio.wait_for``, a result that came as the time ran out still counts: on a loaded
+    machine this thread may wake late, with V8's answer and the timer due together, and a trivial
+    expression was then reported stopped.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            done, _ = await asyncio.wait({task}, timeout=_GRACE)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise TimeoutError
+    return task.result()
 
 
 async def _result_of(future: concurrent.futures.Future[_Outcome]) -> _Outcome:
