@@ -122,10 +122,6 @@ class ExpressionLimits:
     max_memory: int = 64 * 1024 * 1024
 
 
-#: Kept for callers that name the per-evaluation limit.
-DEFAULT_TIMEOUT = ExpressionLimits.timeout
-
-
 class _End(enum.Enum):
     """How an evaluation ended on the V8 thread."""
 
@@ -155,10 +151,6 @@ class JsEngine:
         self._v8: _Context | None = None
         self._step_spent = 0.0
         self._call_spent = 0.0
-
-    @property
-    def timeout(self) -> float:
-        return self.limits.timeout
 
     def begin_step(self) -> None:
         """A new step starts: its expressions get the per-step budget afresh."""
