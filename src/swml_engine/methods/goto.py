@@ -33,7 +33,7 @@ class Goto(Method[GotoParams]):
 
     async def run(self, ctx: StepContext, p: GotoParams) -> None:
         label = p.label
-        if p.when is not None and not ctx.is_true(p.when, f"{ctx.where}.when"):
+        if p.when is not None and not await ctx.holds(p.when, f"{ctx.where}.when"):
             ctx.result = "not_taken"
             return
         index = ctx.frame.labels.get(label)

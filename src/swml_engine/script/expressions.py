@@ -160,14 +160,7 @@ class JsEngine:
         """Evaluate one expression on the V8 thread; the event loop runs other calls meanwhile.
         Returns a JSON-typed Python value (None for undefined/null)."""
         code = self._admit(source, scope)
-        outcome = await _result_of(_host().submit(self._run(code, queued=True)))
-        return self._settle(outcome, source)
-
-    def evaluate_now(self, source: str, scope: dict[str, Any]) -> Any:
-        """As :meth:`evaluate`, but the calling thread waits (up to the limits) for the result. Only for
-        callers that cannot await (``goto.when`` while goto.py calls the synchronous ``is_true``)."""
-        code = self._admit(source, scope)
-        outcome = _host().submit(self._run(code, queued=False)).result()
+        outcome = await _result_of(_host().submit(self._run(code)))
         return self._settle(outcome, source)
 
     def close(self) -> None:
@@ -206,13 +199,11 @@ class JsEngine:
 
     # --- on the V8 thread -----------------------------------------------------------------------------
 
-    async def _run(self, code: str, *, queued: bool) -> _Outcome:
-        if not queued:
-            return await self._run_in_turn(code, queued=False)
+    async def _run(self, code: str) -> _Outcome:
         async with _host().turn:
-            return await self._run_in_turn(code, queued=True)
+            return await self._run_in_turn(code)
 
-    async def _run_in_turn(self, code: str, *, queued: bool) -> _Outcome:
+    async def _run_in_turn(self, code: str) -> _Outcome:
         if self._v8 is None:
             self._v8 = _Context.open(self.limits.max_memory)
         racer = self._v8.racer
@@ -227,7 +218,7 @@ class JsEngine:
             # allocating): the next evaluation gets a fresh context. In its turn, the evaluation waits
             # for the close, so one stopped evaluation's memory is gone before the next may take its
             # own, and the time counts in its budget.
-            await self._drop_context(wait=queued)
+            await self._drop_context(wait=True)
         return _Outcome(outcome.end, time.perf_counter() - started, outcome.value, outcome.message)
 
     async def _evaluate_on(self, racer: Any, code: str) -> _Outcome:

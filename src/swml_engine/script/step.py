@@ -70,11 +70,6 @@ class StepContext:
         value that is not text (``when: true``) is judged as is."""
         return truthy(await self.evaluate(when, path) if isinstance(when, str) else when)
 
-    def is_true(self, when: object, path: str) -> bool:
-        """:meth:`holds` for a caller that cannot await: the event loop waits for V8 (up to the
-        expression limits). Kept for goto.py until it awaits ``holds``."""
-        return truthy(self.templater.evaluate_now(when, path) if isinstance(when, str) else when)
-
     async def run_block(self, block: Block) -> None:
         """Run nested steps (``then``, a ``case``, ``on_return``) in the current section."""
         await self.runner.run_steps(block.steps, self.frame)

@@ -8,13 +8,12 @@
 * Placeholders may nest: ``${contacts.${lc:dept}}`` fills the inner one first.
 * A placeholder inside JavaScript (a ``when`` condition, or nested in another ``${...}``) is filled as a
   literal, never as code (see splice.py): a caller's value cannot change what the expression does.
-* JavaScript runs off the event loop (expressions.py), so filling is async; ``evaluate_now`` is the
-  blocking form for a caller that cannot await.
+* JavaScript runs off the event loop (expressions.py), so filling is async.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -102,7 +101,6 @@ class Templater:
         self.js = js
         self.functions = AtFunctions(now)
         self._fill = _Fill(self, js.evaluate)
-        self._fill_now = _Fill(self, self._evaluate_blocking)
 
     def take_pending_sleep(self) -> float:
         s = self.functions.pending_sleep
@@ -143,19 +141,9 @@ class Templater:
         except ExpressionError as e:
             raise ParamError(path, str(e)) from None
 
-    def evaluate_now(self, source: str, path: str) -> Any:
-        """:meth:`evaluate`, the calling thread waiting for V8 (for callers that cannot await)."""
-        try:
-            return _run_now(self._fill_now.condition(source))
-        except ExpressionError as e:
-            raise ParamError(path, str(e)) from None
-
-    async def _evaluate_blocking(self, source: str, scope: dict[str, Any]) -> Any:
-        return self.js.evaluate_now(source, scope)
-
 
 class _Fill:
-    """Filling with one way of running JavaScript (awaited, or blocking the calling thread)."""
+    """Filling placeholders, running JavaScript with ``js``."""
 
     def __init__(self, templater: Templater, js: JsCall) -> None:
         self.t = templater
@@ -209,13 +197,3 @@ class _Fill:
         if not body.strip():
             return ""
         return await self.js(body, variables.js_scope())
-
-
-def _run_now(coro: Coroutine[Any, Any, T]) -> T:
-    """The result of a coroutine that never waits (its JavaScript runs blocking), without a loop."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("a blocking fill waited on the event loop")
