@@ -6,8 +6,9 @@ import contextlib
 import http.server
 import json
 import threading
+import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,19 @@ from swml_engine.document.loader import load_text
 from swml_engine.session import SimResult, Simulation, simulate
 
 RATE = 8000
+#: Seconds a test waits for what should happen: polled, so a quick machine waits no longer; only a hang
+#: reaches it, so a busy machine (another `make test` beside this one) does not fail a test.
+PATIENCE = 30.0
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = PATIENCE) -> bool:
+    """Poll ``predicate`` until it is true (True), or until ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def run_doc(text: str, tmp_path: Path | None = None, **sim: Any) -> SimResult:

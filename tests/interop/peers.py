@@ -20,12 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import read_jsonl
+from conftest import PATIENCE, read_jsonl, wait_for
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
-#: Seconds to wait for something that should happen (polled: a quick machine waits no longer). Only a
-#: hang reaches it, so a busy machine (another `make test` beside this one) does not fail a test.
-PATIENCE = 30.0
 #: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
 ENGINE_RTP = (41000, 41999)
 
@@ -310,15 +307,6 @@ class Sniffer:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
-
-
-def wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 #: The caller's default SDP media: PCMA and RFC 2833 events (sipp's pcaps are PCMA).

@@ -8,12 +8,12 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from conftest import PATIENCE, wait_for
 from swml_engine.connections import ConnectionLimits
 from swml_engine.transports.sip.signalling import (
     MAX_TCP_MESSAGE,
@@ -22,18 +22,6 @@ from swml_engine.transports.sip.signalling import (
     StreamFramer,
     TcpTransport,
 )
-
-#: A deadline only a hang reaches: conditions are polled, never timed.
-PATIENCE = 60.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = PATIENCE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @dataclass
