@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from conftest import run_doc
+from http_peers import alias_bomb
 from swml_engine.document.loader import load_text
 from swml_engine.errors import DocumentError
 
@@ -143,10 +148,16 @@ def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
     # 24 levels of a block repeated twice by YAML aliases: 2^24 steps if walked naively.
     bomb = ["sections:", "  main:", "    - &b0 {set: {a: 1}}"]
     bomb += [f"    - &b{i} {{cond: [{{when: 'true', then: [*b{i - 1}, *b{i - 1}]}}]}}" for i in range(1, 25)]
+    # 8^6 steps of one value each: under the cap on values, over the one on steps.
+    steps_bomb = ["sections:", "  main:", "    - &c0 hangup"]
+    steps_bomb += [
+        f"    - &c{i} {{cond: [{{when: 'true', then: [{', '.join([f'*c{i - 1}'] * 8)}]}}]}}" for i in range(1, 7)
+    ]
     cases = {
         deep_json: "nested too deeply to read",
         deep_steps: "steps nested more than 50 levels deep",
-        "\n".join(bomb): "more than 100000 steps in one document",
+        "\n".join(bomb): "once its YAML aliases are expanded",
+        "\n".join(steps_bomb): "more than 100000 steps in one document",
     }
     for text, message in cases.items():
         started = time.monotonic()
@@ -166,3 +177,39 @@ def test_missing_sections_and_labels_are_reported_beside_other_errors() -> None:
     assert len(errors) == 3
     assert any("execute.dest: no section 'nowhere'" in e for e in errors)
     assert any("goto.label: no label 'nolabel'" in e for e in errors)
+
+
+def test_an_alias_bomb_inside_a_value_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    assert len(path.read_bytes()) < 1000
+    # swml validate as a user runs it: it used to walk the expanded value for minutes
+    res = subprocess.run(
+        [sys.executable, "-m", "swml_engine", "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 1, res.stderr
+    assert "once its YAML aliases are expanded" in res.stderr and "Traceback" not in res.stderr
+    # aliases that expand modestly are fine, and a value holding itself is refused
+    doc = load_text("sections: {main: [{set: {a: &x [1, 2], b: *x, c: [*x, *x]}}, hangup]}")
+    assert doc.sections["main"][0].params == {"a": [1, 2], "b": [1, 2], "c": [[1, 2], [1, 2]]}
+    assert errors_of("sections: {main: [{set: {a: &x [1, *x]}}]}") == [
+        "a YAML alias refers to a value that contains it"
+    ]
+
+
+def test_yaml_is_read_by_libyaml_and_errors_keep_their_place() -> None:
+    import yaml
+
+    from swml_engine.document import loader
+
+    if yaml.__with_libyaml__:
+        assert issubclass(loader._CountingLoader, yaml.CSafeLoader)
+    assert errors_of("sections:\n  main:\n    - set: {a: *nope}\n") == [
+        "line 3, column 16: invalid YAML: found undefined alias 'nope'"
+    ]
+    [message] = errors_of("sections:\n  main: [answer\n")
+    assert message.startswith("line 3, column 1: invalid YAML:")
+    # a long document's error is libyaml's own, with its place
+    long = "sections:\n  main:\n" + "    - set: {a: 1}\n" * 5000 + "    - set: {a: *nope}\n"
+    [message] = errors_of(long)
+    assert message.startswith("line 5003, column 16: invalid YAML: found undefined alias")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,109 @@ SCHEMA_METHODS: frozenset[str] = frozenset(
 
 _TOP_LEVEL = ("version", "sections")
 
+#: Values (strings, numbers, lists, objects...) a document may hold once its YAML aliases are expanded,
+#: and the characters of its strings: far beyond any script (100,000 steps of a few values each), far
+#: below what an alias bomb expands to (twelve levels of nine aliases: 9^12 values from 600 bytes).
+MAX_VALUES = 1_000_000
+MAX_TEXT = 16 * 1024 * 1024
+#: Below this size a YAML error is parsed again by PyYAML's Python parser, whose messages name more
+#: (the alias, the character) than libyaml's; above it that second parse would cost too much.
+_RETELL_LIMIT = 64 * 1024
+#: A check of the time budget every this many values built.
+_CHECK_EVERY = 4096
 
-def parse_text(text: str, source: str = "<document>") -> object:
-    """Parse YAML or JSON text (JSON is tried first when the text looks like JSON, for its messages)."""
+#: libyaml's parser when PyYAML has it (5x faster on large documents), else the Python one.
+_SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Budget = Callable[[], None]
+"""Called now and then while a document is read; raises to stop (a remote document's deadline)."""
+
+
+class _CountingLoader(_SafeBase):  # type: ignore[misc, valid-type]
+    """PyYAML's safe loader, counting the values it builds and the aliases it meets (an alias is
+    built once and shared, so the count is the text's size; the expansion is measured afterwards)."""
+
+    def __init__(self, text: str, budget: Budget | None) -> None:
+        super().__init__(text)
+        self.budget = budget
+        self.built = 0
+        self.aliases = 0
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node in self.constructed_objects or node in self.recursive_objects:
+            self.aliases += 1
+        else:
+            self.built += 1
+            if self.budget is not None and self.built % _CHECK_EVERY == 0:
+                self.budget()
+        return super().construct_object(node, deep)
+
+
+def _load_yaml(text: str, budget: Budget | None) -> object:
+    loader = _CountingLoader(text, budget)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if loader.aliases:
+        _check_expansion(data)
+    return data
+
+
+def _check_expansion(root: object) -> None:
+    """Refuse a document whose aliases expand past MAX_VALUES / MAX_TEXT, or that contains itself.
+    Each distinct list or object is measured once (an alias bomb costs what its text costs), without
+    recursion: the size of a node is 1 plus its children's, keys and strings adding their length."""
+    sizes: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[object, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            values, chars = 1, 0
+            for child in _children(node):
+                v, c = sizes[id(child)] if isinstance(child, dict | list) else (1, _chars(child))
+                values, chars = values + v, chars + c
+            if values > MAX_VALUES or chars > MAX_TEXT:
+                raise DocumentError(
+                    [
+                        ParamError(
+                            "",
+                            f"the document holds more than {MAX_VALUES} values or {MAX_TEXT // (1024 * 1024)} MiB "
+                            "of text once its YAML aliases are expanded (an alias bomb?)",
+                        )
+                    ]
+                )
+            sizes[key] = (values, chars)
+            on_path.discard(key)
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if isinstance(child, dict | list) and id(child) not in sizes:
+                if id(child) in on_path:
+                    raise DocumentError([ParamError("", "a YAML alias refers to a value that contains it")])
+                stack.append((child, False))
+
+
+def _children(node: object) -> list[object]:
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    return list(node) if isinstance(node, list) else []
+
+
+def _chars(value: object) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def parse_text(text: str, source: str = "<document>", budget: Budget | None = None) -> object:
+    """Parse YAML or JSON text (JSON is tried first when the text looks like JSON, for its messages).
+
+    YAML aliases may not expand the document past MAX_VALUES values (see _check_expansion); ``budget``
+    is called now and then while YAML is built and may raise to stop (a remote document's deadline)."""
     stripped = text.lstrip()
     json_error: json.JSONDecodeError | None = None
     if stripped.startswith(("{", "[")):
@@ -86,17 +187,35 @@ def parse_text(text: str, source: str = "<document>") -> object:
         except RecursionError:
             raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text, budget)
     except RecursionError:
         raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
     except yaml.YAMLError as e:
         if json_error is not None:
             msg = f"line {json_error.lineno}, column {json_error.colno}: invalid JSON: {json_error.msg}"
             raise DocumentError([ParamError("", msg)]) from None
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise DocumentError([ParamError("", f"{where}invalid YAML: {problem}")]) from None
+        raise DocumentError([ParamError("", _yaml_message(_retold(text, e)))]) from None
+
+
+def _retold(text: str, error: yaml.YAMLError) -> yaml.YAMLError:
+    """The same error as PyYAML's Python parser words it (it names the alias or character libyaml
+    leaves out), for documents small enough to parse twice."""
+    if _SafeBase is yaml.SafeLoader or len(text) > _RETELL_LIMIT:
+        return error
+    try:
+        yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as python_error:
+        return python_error
+    except RecursionError:
+        return error
+    return error
+
+
+def _yaml_message(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return f"{where}invalid YAML: {problem}"
 
 
 def load_file(path: str | Path) -> Document:
@@ -110,8 +229,8 @@ def load_file(path: str | Path) -> Document:
     return load_document(parse_text(text, str(p)), str(p))
 
 
-def load_text(text: str, source: str = "<document>") -> Document:
-    return load_document(parse_text(text, source), source)
+def load_text(text: str, source: str = "<document>", budget: Budget | None = None) -> Document:
+    return load_document(parse_text(text, source, budget), source, budget)
 
 
 #: More steps than any real script has (the largest public example has a few hundred).
@@ -121,13 +240,15 @@ MAX_NESTING = 50
 
 
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget | None = None) -> None:
         from swml_engine.methods import REGISTRY
 
         self.registry = REGISTRY
+        self.budget = budget
         self.errors: list[ParamError] = []
         self.unsupported: list[ParamError] = []
         self.count = 0
+        self.checked = 0
         self.depth = 0
 
     def steps(self, raw: object, path: str) -> list[Step]:
@@ -160,6 +281,9 @@ class _Loader:
         return Block(self.steps(raw, path), path)
 
     def step(self, raw: object, path: str) -> Step | None:
+        self.checked += 1
+        if self.budget is not None and self.checked % 256 == 0:
+            self.budget()
         if isinstance(raw, str):
             name, value = raw.strip(), None  # "- hangup" is "- hangup: {}"
         elif isinstance(raw, dict):
@@ -193,9 +317,10 @@ class _Loader:
         return Step(name, params, path)
 
 
-def load_document(raw: object, source: str = "<document>") -> Document:
-    """Build a Document from parsed YAML/JSON; raises DocumentError listing every problem found."""
-    loader = _Loader()
+def load_document(raw: object, source: str = "<document>", budget: Budget | None = None) -> Document:
+    """Build a Document from parsed YAML/JSON; raises DocumentError listing every problem found
+    (``budget``: as for parse_text)."""
+    loader = _Loader(budget)
     if isinstance(raw, list):
         raw = {"sections": {"main": raw}}  # a bare list of steps is the main section
     if not isinstance(raw, dict):
