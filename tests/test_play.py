@@ -166,15 +166,18 @@ def test_play_status_url_must_be_http(tmp_path: Path) -> None:
     with pytest.raises(DocumentError) as info:
         load_text("sections: {main: [{play: {url: 'silence:1', status_url: 'ftp://example.com/x'}}]}")
     assert "sections.main[0].play.status_url: 'ftp://example.com/x' is not an http(s) URL" in str(info.value)
-    # substituted at run time: the step fails with the same message, the script goes on
+    # substituted at run time: the sound plays without callbacks, an error event says why
     res = run_doc(
         "sections: {main: [{set: {u: 'example.com/cb'}}, {play: {url: 'silence:1', status_url: '${u}'}}, "
         "{set: {after: ok}}]}",
         tmp_path,
     )
     errors = [e for e in res.events if e["type"] == "error"]
-    assert errors and errors[0]["where"] == "sections.main[1].play"
-    assert errors[0]["message"] == "sections.main[1].play.status_url: 'example.com/cb' is not an http(s) URL"
+    assert errors and errors[0]["where"] == "sections.main[1].play.status_url"
+    assert errors[0]["message"] == (
+        "sections.main[1].play.status_url: 'example.com/cb' is not an http(s) URL; no status callbacks are sent for it"
+    )
+    assert [e["result"] for e in res.events if e["type"] == "play.end"] == ["finished"]
     assert res.vars["after"] == "ok"
 
 

@@ -432,3 +432,27 @@ def test_no_input_callbacks_carry_the_file(tmp_path: Path, http_server) -> None:
     (meta,) = recordings(tmp_path)
     assert last["duration"] == meta["duration"] == 1.5 and last["size"] == meta["size"] > 0
     assert last["record"]["url"] == meta["url"] and last["end_time"] - last["start_time"] == pytest.approx(1.5)
+
+
+def test_a_status_url_that_does_not_parse_drops_its_callbacks_never_the_recording(tmp_path: Path) -> None:
+    from swml_engine.document.loader import load_text
+    from swml_engine.errors import DocumentError
+
+    bad = "https://user:p@ss:w/rd#x@example.com/cb"  # an unencoded password, as some SDKs build them
+    with pytest.raises(DocumentError) as info:  # written literally: validation says what to fix
+        load_text(f"sections: {{main: [{{record_call: {{status_url: '{bad}'}}}}]}}")
+    message = str(info.value)
+    assert "sections.main[0].record_call.status_url" in message and "percent-encode" in message
+    assert "ss:w" not in message
+    # substituted at run time: the recording is made; its callbacks are dropped with an error event
+    res = run_doc(
+        f"sections: {{main: [{{set: {{u: '{bad}'}}}}, {{record_call: {{status_url: '${{u}}'}}}}, {{play: 'silence:1'}}]}}",
+        tmp_path,
+    )
+    assert res.vars["record_call_result"] == "success"
+    [meta] = recordings(tmp_path)
+    assert meta["state"] == "finished" and abs(meta["duration"] - 1.0) < 0.05
+    [error] = [e for e in res.events if e["type"] == "error"]
+    assert error["where"] == "sections.main[1].record_call.status_url"
+    assert "percent-encode" in error["message"] and "ss:w" not in error["message"]
+    assert not [e for e in res.events if e["type"] == "callback"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swml_engine.events import EventLog
+from swml_engine.fetch import CallFetches
 from swml_engine.media.clock import MediaTicker, wall_time
 from swml_engine.media.frame import Frame, silence
 from swml_engine.media.player import Player
@@ -45,10 +46,13 @@ class CallOptions:
     allow_file_urls: bool = False
     #: Maps a URL to a local file (the engine's own recording URLs) so it plays with no network trip.
     url_resolver: Callable[[str], Path | None] | None = None
-    #: Seconds a fetched play URL or remote document may take before it fails (real time).
+    #: Seconds a fetched play URL or remote document may take in all (connect, redirects, every
+    #: read: one deadline, real time) before it fails.
     fetch_timeout: float = 10.0
     #: Largest audio file a play URL may download.
     max_fetch_bytes: int = 64 * 1024 * 1024
+    #: The call's network fetches: a few at once, stopped when the call ends (bound by who makes the call).
+    fetches: CallFetches = field(default_factory=CallFetches)
     #: The recording store to use (the service's, with its public URLs and index); else one under data_dir.
     recording_store: RecordingStore | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from swml_engine.events import EventLog
-from swml_engine.media.sources.url import split_auth
+from swml_engine.fetch import no_cookies
+from swml_engine.urls import HttpTarget, UrlError, parse_http_url
 
 if TYPE_CHECKING:
     from swml_engine.call import Call
@@ -41,7 +42,8 @@ POOL_SIZE = 32
 
 
 class _Pool:
-    """The process's delivery threads and one HTTP client (connection reuse across calls)."""
+    """The process's delivery threads and one HTTP client (connection reuse across calls; no cookies:
+    a ``Set-Cookie`` from one call's receiver must never ride along with another call's callbacks)."""
 
     _lock = threading.Lock()
     _executor: ThreadPoolExecutor | None = None
@@ -52,14 +54,17 @@ class _Pool:
         with cls._lock:
             if cls._executor is None or cls._client is None:
                 cls._executor = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="swml-callbacks")
-                cls._client = httpx.Client(limits=httpx.Limits(max_connections=POOL_SIZE * 2))
+                cls._client = httpx.Client(limits=httpx.Limits(max_connections=POOL_SIZE * 2), cookies=no_cookies())
             return cls._executor, cls._client
 
 
 class CallbackChannel:
-    def __init__(self, url: str, events: EventLog, *, attempts: int = MAX_ATTEMPTS, timeout: float = TIMEOUT) -> None:
-        self.full_url = url
-        self.url, self._auth = split_auth(url)
+    def __init__(
+        self, target: HttpTarget, events: EventLog, *, attempts: int = MAX_ATTEMPTS, timeout: float = TIMEOUT
+    ) -> None:
+        self.target = target
+        #: Where payloads go (credentials taken out: they travel as basic auth, never in events).
+        self.url, self._auth = target.url, target.auth
         self.events = events
         self.attempts = attempts
         self.timeout = timeout
@@ -134,14 +139,14 @@ class CallbackHub:
         self.timeout = timeout
         self.channels: list[CallbackChannel] = []
 
-    def channel(self, url: str) -> CallbackChannel:
-        """The channel to ``url``: one per URL, so a receiver gets the call's events in the order they
+    def channel(self, target: HttpTarget) -> CallbackChannel:
+        """The channel to ``target``: one per URL, so a receiver gets the call's events in the order they
         happened even when several steps report to it (a play's ``finished`` before the next one's
         ``playing``)."""
         for ch in self.channels:
-            if ch.full_url == url:
+            if ch.target == target:
                 return ch
-        ch = CallbackChannel(url, self.events, timeout=self.timeout)
+        ch = CallbackChannel(target, self.events, timeout=self.timeout)
         self.channels.append(ch)
         return ch
 
@@ -165,14 +170,33 @@ def hub_of(call: Call) -> CallbackHub:
     return hub
 
 
-class StatusReporter:
-    """The status callbacks of one step: one ordered channel to its ``status_url`` (nothing without one)."""
+def callback_target(events: EventLog, url: str | None, where: str) -> HttpTarget | None:
+    """Where a step's callbacks go, or None: no URL, or one that does not parse (said by an ``error``
+    event at ``where``; the step goes on without callbacks)."""
+    if not url:
+        return None
+    try:
+        return parse_http_url(url)
+    except UrlError as e:
+        events.emit("error", where=where, message=f"{where}: {e}; no status callbacks are sent for it")
+        return None
 
-    def __init__(self, call: Call, url: str | None, event_type: str, control_id: str) -> None:
+
+class StatusReporter:
+    """The status callbacks of one step: one ordered channel to its ``status_url`` (nothing without one).
+
+    A URL that does not parse (a substituted value; literal ones are refused when the document loads)
+    drops the step's callbacks with an ``error`` event at ``where``: the step itself goes on.
+    """
+
+    def __init__(
+        self, call: Call, url: str | None, event_type: str, control_id: str, where: str = "status_url"
+    ) -> None:
         self.call = call
         self.event_type = event_type
         self.control_id = control_id
-        self.channel = hub_of(call).channel(url) if url else None
+        target = callback_target(call.events, url, where)
+        self.channel = hub_of(call).channel(target) if target is not None else None
 
     def send(self, params: dict[str, Any]) -> None:
         if self.channel is None:

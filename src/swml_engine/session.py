@@ -46,6 +46,7 @@ def call_scope(call: Call, *, from_: str, to: str, headers: list[dict[str, str]]
 
 async def run_call(doc: Document, call: Call, variables: Variables) -> RunResult:
     """Start the call, run the script, end and finalise the call. Never raises for script errors."""
+    call.options.fetches.bind(call.ended)  # the call's end stops its fetches
     call.start()
     try:
         return await Runner(doc, call, variables).run()
@@ -98,13 +99,15 @@ def simulate(doc: Document, sim: Simulation) -> SimResult:
     """Run a document on a simulated call (virtual clock unless ``realtime``); outputs go to ``sim.out``."""
     loop: asyncio.AbstractEventLoop = asyncio.new_event_loop() if sim.realtime else VirtualTimeLoop()
     try:
-        return loop.run_until_complete(_simulate(doc, sim))
+        return loop.run_until_complete(run_simulation(doc, sim))
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
 
-async def _simulate(doc: Document, sim: Simulation) -> SimResult:
+async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
+    """A simulated call on the running loop: several at once share the loop, as calls of ``swml serve``
+    do (their media ticker, their I/O pools)."""
     out = sim.out
     events = EventLog()
     jsonl = None
@@ -123,13 +126,14 @@ async def _simulate(doc: Document, sim: Simulation) -> SimResult:
         data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
         store = RecordingStore(data_dir / "recordings")
         callbacks = CallbackHub(events, timeout=sim.callback_timeout)
+        call_id = str(uuid.uuid4())
         options = CallOptions(
             data_dir=data_dir,
             allow_file_urls=sim.allow_file_urls,
             url_resolver=store.resolve,
             extra={"callbacks": callbacks},
         )
-        call = Call(transport, call_id=str(uuid.uuid4()), events=events, options=options)
+        call = Call(transport, call_id=call_id, events=events, options=options)
         headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)

@@ -414,3 +414,100 @@ def test_status_callbacks_from_a_sip_call(engine: EngineFactory, http_server: Ht
     call_id = next(e["call_id"] for e in eng.call_events()[0] if e["type"] == "call.state")
     assert all(p["event_type"] == "calling.call.record" and p["params"]["call_id"] == call_id for p in posts)
     assert 0.9 < float(posts[-1]["params"]["duration"]) < 1.3
+
+
+# --- a hostile or broken --script-url server (docs/documents.md, "Remote documents") ------------------
+
+
+def vm_peak_mb(eng: Engine) -> float:
+    """The service's peak resident memory so far (VmHWM), in MB."""
+    assert eng.proc is not None
+    for line in Path(f"/proc/{eng.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def rejected_500(eng: Engine, workdir: Path, reason: str) -> str:
+    """One call refused 500; returns the log line that says why (it must name ``reason``)."""
+    before = eng.log().count("rejected 500")
+    check(run_sipp(workdir, scenario("rejected", status=500), eng.port, timeout=30), workdir, eng)
+    assert wait_for(lambda: eng.log().count("rejected 500") > before, 10)
+    line = [x for x in eng.log().splitlines() if "rejected 500" in x][before]
+    assert reason in line, line
+    return line
+
+
+def test_an_alias_bomb_or_an_endless_reply_costs_one_call_not_the_service(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    from http_peers import alias_bomb, endless, http_peer, swml
+
+    with http_peer() as peer:
+        peer.routes["/swml"] = swml(alias_bomb())
+        eng = engine(None, "--script-url", peer.url("/swml"))
+        rejected_500(eng, tmp_path / "bomb", "once its YAML aliases are expanded")
+        peer.routes["/swml"] = endless(limit=1500 << 20)  # 1.5 GB, chunked, as fast as it is read
+        rejected_500(eng, tmp_path / "endless", "larger than 4 MiB")
+        assert peer.stats["sent"] < 64 << 20
+        assert vm_peak_mb(eng) < 400  # the reply was never held in memory
+        peer.routes["/swml"] = swml({"sections": {"main": ["answer", "hangup"]}})
+        xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+        check(run_sipp(tmp_path / "after", xml, eng.port), tmp_path / "after", eng)
+    # (the fixture then stops the service with SIGTERM and wants exit code 0, no traceback)
+
+
+def test_sigterm_stops_the_service_while_a_script_server_drips(engine: EngineFactory, tmp_path: Path) -> None:
+    from http_peers import drip, http_peer
+
+    with http_peer() as peer:
+        peer.routes["/swml"] = drip(total=100_000, every=0.3, ctype="application/yaml")
+        eng = engine(None, "--script-url", peer.url("/swml"))
+        caller = threading.Thread(
+            target=lambda: run_sipp(tmp_path / "sipp", scenario("rejected", status=500), eng.port, timeout=20)
+        )
+        caller.start()
+        assert wait_for(lambda: peer.stats["sent"] > 0, 10)  # the call is ringing, its script dripping in
+        assert eng.stop() == 0, eng.log()[-3000:]  # SIGTERM: out in time, not killed after 20 s
+        assert "Traceback" not in eng.log()
+        caller.join(40)
+
+
+def test_script_url_redirects_stay_on_their_origin(engine: EngineFactory, tmp_path: Path) -> None:
+    from http_peers import http_peer, redirect, swml
+
+    with http_peer() as a, http_peer() as b:
+        b.routes["/swml"] = swml({"sections": {"main": ["answer", "hangup"]}})
+        a.routes["/swml"] = redirect(b.url("/swml"), 307)
+        eng = engine(None, "--script-url", a.url("/swml"), "--env", "API_KEY=k-123")
+        line = rejected_500(eng, tmp_path / "cross", "redirected to another origin")
+        assert b.url("/swml") in line
+        assert b.requests == []  # the call's payload, envs included, never reached it
+        # the same origin is followed, the payload sent again with the 307/308
+        a.routes["/swml"] = redirect("/v2/swml", 308)
+        a.routes["/v2/swml"] = swml({"sections": {"main": ["answer", "hangup"]}})
+        xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+        check(run_sipp(tmp_path / "same", xml, eng.port), tmp_path / "same", eng)
+        [moved] = a.hits("/v2/swml")
+        assert json.loads(moved["body"])["envs"] == {"API_KEY": "k-123"}
+
+
+def test_script_url_credentials_and_an_ipv6_host(engine: EngineFactory, tmp_path: Path) -> None:
+    import base64
+
+    from http_peers import http_peer, status, swml
+
+    with http_peer("::1") as peer:
+        peer.routes["/swml"] = status(503)
+        url = peer.url("/swml", "user:secretpw")  # http://user:secretpw@[::1]:PORT/swml
+        eng = engine(None, "--script-url", url)
+        line = rejected_500(eng, tmp_path / "down", "HTTP 503")
+        assert peer.url("/swml", "***") in line
+        peer.routes["/swml"] = swml({"sections": {"main": ["answer", {"set": {"ok": "yes"}}, "hangup"]}})
+        xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+        check(run_sipp(tmp_path / "up", xml, eng.port), tmp_path / "up", eng)
+        eng.wait_idle()
+        assert peer.requests[-1]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"user:secretpw").decode()
+        assert "secretpw" not in eng.log()
+        assert all("secretpw" not in json.dumps(events) for events in eng.call_events())
+        assert any(e["type"] == "error" and "***@" in e["message"] for c in eng.call_events() for e in c)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from swml_engine.errors import ParamError
+from swml_engine.urls import UrlError, parse_http_url
 
 _TEMPLATE = re.compile(r"[$%]\{")
 
@@ -90,18 +91,33 @@ class Str(Spec):
 
 
 class HttpUrl(Str):
-    """An http(s) URL with a host (where status callbacks go)."""
+    """Where status callbacks go: an http(s) URL with a host, parsed strictly (:mod:`swml_engine.urls`:
+    a password holding ``@ : / ? #`` must be percent-encoded) when the document is loaded.
 
-    _URL = re.compile(r"https?://[^/\s?#]+", re.IGNORECASE)
+    At run time a substituted value only has to be text: one that does not parse drops that step's
+    callbacks with an ``error`` event (:class:`~swml_engine.callbacks.StatusReporter`) and the step
+    runs — a recording is never lost to its ``status_url``.
+    """
 
     def __init__(self) -> None:
         super().__init__(allow_empty=False)
 
-    def check(self, value: object, path: str) -> object:
-        text = super().check(value, path)
+    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
+        if is_templated(value):
+            return
+        try:
+            self.strict(value, path)
+        except ParamError as e:
+            errors.append(e)
+
+    def strict(self, value: object, path: str) -> str:
+        """The URL if it parses strictly; else ParamError naming ``path``."""
+        text = self.check(value, path)
         assert isinstance(text, str)
-        if not self._URL.match(text):
-            raise ParamError(path, f"{describe(value)} is not an http(s) URL")
+        try:
+            parse_http_url(text)
+        except UrlError as e:
+            raise ParamError(path, str(e)) from None
         return text
 
 

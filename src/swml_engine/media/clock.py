@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
 import selectors
+import threading
 import time as _time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 from swml_engine.media.frame import FRAME_SECONDS
@@ -120,11 +124,66 @@ def hold(loop: asyncio.AbstractEventLoop | None = None) -> Iterator[None]:
         loop.holds -= 1
 
 
-async def run_io(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking I/O (HTTP, subprocess, decoding) in a thread; virtual time waits for it."""
+class IoPool:
+    """Threads for the blocking work of calls, started as needed up to ``size``, all daemons.
+
+    Not the loop's default executor nor a ``ThreadPoolExecutor``: those are joined when the loop or
+    the interpreter shuts down, so one thread stuck in a read or a parse kept ``swml serve`` from
+    stopping on SIGTERM. A thread here is abandoned at exit; what it was doing is bounded on its own
+    (fetch deadlines, document size and node limits).
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._queued = 0
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            self._queued += 1
+            start = self._queued > self._idle and self._threads < self.size
+            if start:
+                self._threads += 1
+        self._jobs.put((future, fn, args))
+        if start:
+            threading.Thread(target=self._work, name=f"{self.name}-{self._threads}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            future, fn, args = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the waiter, which reports it
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+
+#: TTS, decoding, document parsing: CPU work, as many threads as asyncio's default executor has.
+WORK_POOL = IoPool("swml-work", min(32, (os.cpu_count() or 1) + 4))
+#: Network fetches (play URLs, remote documents): they mostly wait, so more threads, and apart from
+#: WORK_POOL, so slow servers never hold up other calls' TTS; a call has few at once (fetch.CallFetches).
+NETWORK_POOL = IoPool("swml-fetch", 64)
+
+
+async def run_io(fn: Callable[..., T], *args: Any, pool: IoPool = WORK_POOL) -> T:
+    """Run blocking I/O (HTTP, subprocess, decoding) in a thread of ``pool``; virtual time waits for it."""
     loop = asyncio.get_running_loop()
     with hold(loop):
-        return await loop.run_in_executor(None, fn, *args)
+        return await asyncio.wrap_future(pool.submit(fn, *args), loop=loop)
 
 
 class TickTarget(Protocol):

@@ -13,10 +13,11 @@ from typing import Any
 from swml_engine.document.loader import load_text
 from swml_engine.document.model import Block, Document, Step
 from swml_engine.document.params import Any_, MapOf, Steps, Str, describe, is_templated, param
-from swml_engine.document.remote import fetch_document
+from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError, ParamError
-from swml_engine.media.clock import run_io
+from swml_engine.fetch import FetchStopped
 from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.script.flow import EndScript
 from swml_engine.script.step import Frame, StepContext
 
 
@@ -97,9 +98,12 @@ class Execute(Method[ExecuteParams]):
             payload = ctx.variables.payload()
             payload["params"] = p.params
             try:
-                doc = await run_io(fetch_document, dest, payload, ctx.call.options.fetch_timeout)
+                doc = await fetch_remote(dest, payload, ctx.call.options)
+            except FetchStopped:
+                raise EndScript from None  # the call ended while its next document was on the way
             except DocumentError as e:
-                raise ParamError(f"{ctx.where}.dest", f"{dest}: {e}") from None
+                # (the message names the URL, redacted: credentials never reach events or logs)
+                raise ParamError(f"{ctx.where}.dest", str(e)) from None
             return Frame(doc, "main", doc.labels("main"), depth)
         if _is_inline(dest):
             try:

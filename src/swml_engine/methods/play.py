@@ -18,6 +18,7 @@ from swml_engine.media.sources import Sound, parse_sound
 from swml_engine.media.sources.tts import Voice
 from swml_engine.methods.base import BlockLoader, Method
 from swml_engine.script.step import StepContext
+from swml_engine.urls import redact
 
 
 class SoundSpec(Spec):
@@ -62,7 +63,9 @@ def voice_of(ctx: StepContext, p: VoiceParams) -> Voice:
 
 
 def sounds_of(texts: list[str], path: str) -> list[tuple[str, Sound]]:
-    return [(t, parse_sound(t, f"{path}[{i}]")) for i, t in enumerate(texts)]
+    """Each sound parsed, with the text events and messages show for it (credentials in a URL
+    redacted: ``https://***@host/a.wav``)."""
+    return [(redact(t), parse_sound(t, f"{path}[{i}]")) for i, t in enumerate(texts)]
 
 
 async def play_sounds(ctx: StepContext, playlist: Playlist) -> str:
@@ -95,7 +98,9 @@ class Play(Method[PlayParams]):
             sounds = sounds_of([p.url], f"{ctx.where}.url")[:1]
         else:
             sounds = sounds_of(p.urls or [], f"{ctx.where}.urls")
-        status = StatusReporter(ctx.call, p.status_url, "calling.call.play", str(uuid.uuid4()))
+        status = StatusReporter(
+            ctx.call, p.status_url, "calling.call.play", str(uuid.uuid4()), where=f"{ctx.where}.status_url"
+        )
         if p.auto_answer:
             await ctx.call.answer()
         else:

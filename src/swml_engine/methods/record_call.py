@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TypeVar
 
-from swml_engine.callbacks import StatusReporter
+from swml_engine.callbacks import StatusReporter, callback_target
 from swml_engine.document.params import Bool, Chars, HttpUrl, Num, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.sources.tones import beep_frames
@@ -53,12 +53,14 @@ async def start_recording(ctx: StepContext, p: RecordParams, method: str, contro
         await ctx.call.play_frames(beep_frames(ctx.call.rate))
     # The settings are the parameters of RecordParams, field for field, plus who started it.
     common = {f.name: getattr(p, f.name) for f in dataclasses.fields(RecordParams)}
+    if callback_target(ctx.events, p.status_url, f"{ctx.where}.status_url") is None:
+        common["status_url"] = None  # none, or one that does not parse: record without callbacks
     settings = RecordSettings(method=method, control_id=control_id, **common)
     try:
         return recordings_of(ctx.call).start(settings)
     except (EncoderError, OSError) as e:
         error = StartFailed(ctx.where, f"cannot start the recording: {e}")
-        report_failure(ctx, {"status_url": p.status_url}, str(error), control_id)
+        report_failure(ctx, {"status_url": common["status_url"]}, str(error), control_id)
         raise error from None
 
 
@@ -73,14 +75,13 @@ def report_failure(ctx: StepContext, raw: object, message: str, control_id: str 
     if control_id is None:
         written = given.get("control_id")
         control_id = written if isinstance(written, str) and written else str(uuid.uuid4())
-    url: object = given.get("status_url")
-    try:
-        url = HttpUrl().check(url, "status_url") if url is not None else None
-    except ParamError:
-        url = None  # the bad value may be the URL itself: nowhere to report to
+    url = given.get("status_url")
     params = {"control_id": control_id, "state": "error", "end_reason": "error"}
     ctx.events.emit("record.state", **params, error=message)
-    StatusReporter(ctx.call, url if isinstance(url, str) else None, "calling.call.record", control_id).send(params)
+    where = f"{ctx.where}.status_url"
+    StatusReporter(ctx.call, url if isinstance(url, str) else None, "calling.call.record", control_id, where).send(
+        params
+    )
 
 
 class RecordingMethod(Method[P]):

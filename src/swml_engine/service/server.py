@@ -29,10 +29,11 @@ from swml_engine.callbacks import CallbackHub
 from swml_engine.connections import ConnectionLimits
 from swml_engine.document.loader import load_file
 from swml_engine.document.model import Document
-from swml_engine.document.remote import fetch_document
+from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
-from swml_engine.media.clock import MediaTicker, run_io
+from swml_engine.fetch import FetchStopped
+from swml_engine.media.clock import MediaTicker
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -46,6 +47,7 @@ from swml_engine.transports.sip.call import SipCallTransport
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTransport
+from swml_engine.urls import redact
 
 log = logging.getLogger("swml.serve")
 
@@ -310,11 +312,15 @@ class Service:
         url = self.config.script_url
         assert url is not None
         payload = {"call": variables.call, "params": {}, "vars": {}, "envs": variables.envs}
+        call.options.fetches.bind(call.ended)  # a CANCEL stops the fetch
         try:
-            return await run_io(fetch_document, url, payload, self.config.fetch_timeout)
+            return await fetch_remote(url, payload, call.options)
+        except FetchStopped:
+            return None  # cancelled by the caller: its 487 was the answer
         except DocumentError as e:
             problems = "; ".join(str(err) for err in (e.errors or e.unsupported)) or str(e)
-            log.error("call %s rejected 500: the script from %s is not usable: %s", call.call_id, url, problems)
+            shown = redact(url)  # never the password of --script-url in a log line
+            log.error("call %s rejected 500: the script from %s is not usable: %s", call.call_id, shown, problems)
             call.events.emit("error", where="script_url", message=problems)
             transport = call.transport
             assert isinstance(transport, SipCallTransport)

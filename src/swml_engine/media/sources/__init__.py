@@ -1,8 +1,9 @@
 """Playable sounds (the play page's *Playable sounds*): parse a play URL and turn it into 20 ms frames.
 
 ``say:TEXT``, ``silence:SECONDS``, ``ring:[SECONDS:]COUNTRY``, ``http(s)://...`` audio files, and
-``file://`` paths when the run allows them. Loading may do real I/O (TTS, HTTP); it runs in a worker
-thread under :func:`~swml_engine.media.clock.run_io` so virtual time waits for it.
+``file://`` paths when the run allows them. Loading may do real I/O, in threads so virtual time waits
+for it (:func:`~swml_engine.media.clock.run_io`): TTS and decoding on the work pool, network fetches on
+the network pool through the call's fetch slots (:class:`~swml_engine.fetch.CallFetches`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from functools import partial
+from pathlib import Path
 
 from swml_engine.call import CallOptions
 from swml_engine.document.params import shorten
 from swml_engine.errors import ParamError
-from swml_engine.media.audio import AudioError, Samples, decode, frames_of
+from swml_engine.fetch import FetchError, FetchStopped
+from swml_engine.media.audio import AudioError, decode, frames_of
 from swml_engine.media.clock import run_io
 from swml_engine.media.frame import Frame
 from swml_engine.media.sources.tones import RING_CADENCES, ring_frames, silence_frames
 from swml_engine.media.sources.tts import EspeakTts, TtsError, Voice
-from swml_engine.media.sources.url import FetchError, fetch
+from swml_engine.media.sources.url import fetch_audio, local_source, target_of
+from swml_engine.urls import UrlError, parse_http_url, redact, scheme_of
 
 _RING = re.compile(r"^(?:(?P<secs>\d+(?:\.\d+)?)\s*:\s*)?(?P<cc>[A-Za-z]{2})$")
 #: Longest ``silence:`` accepted (a day; longer is certainly a typo in milliseconds).
@@ -76,15 +80,18 @@ def parse_sound(value: str, path: str) -> Sound:
             raise ParamError(path, f"{v!r}: no ring cadence for country {cc!r}; known: {known}")
         ring_secs = float(m.group("secs")) if m.group("secs") else None
         return Sound("ring", seconds=ring_secs, country=cc)
-    parts = urlsplit(v)
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https") and not parts.hostname:
-        raise ParamError(path, f"{shorten(v)!r}: an http(s) URL needs a host, e.g. 'https://example.com/hello.mp3'")
+    scheme = scheme_of(v)
+    if scheme in ("http", "https"):
+        try:
+            parse_http_url(v)
+        except UrlError as e:
+            raise ParamError(path, shorten(str(e), 400)) from None
     if scheme in ("http", "https", "file"):
         return Sound("url", url=v)
     raise ParamError(
         path,
-        f"{value!r} is not a playable sound; use say:TEXT, silence:SECONDS, ring:[SECONDS:]CC or an http(s) URL",
+        f"{shorten(redact(value))!r} is not a playable sound; "
+        "use say:TEXT, silence:SECONDS, ring:[SECONDS:]CC or an http(s) URL",
     )
 
 
@@ -109,10 +116,19 @@ class SoundLoader:
                 raise SourceError(f"text to speech failed: {e}") from None
             return frames_of(samples, self.rate)
         try:
-            samples = await run_io(self._fetch_and_decode, sound.url)
+            samples = await run_io(decode, await self._source(sound.url), self.rate)
+        except FetchStopped:
+            return iter(())  # the call ended during the fetch: nothing to play (the play ends "hangup")
         except (FetchError, AudioError) as e:
-            raise SourceError(f"{sound.url}: {e}") from None
+            raise SourceError(f"{redact(sound.url)}: {e}") from None
         return frames_of(samples, self.rate)
 
-    def _fetch_and_decode(self, url: str) -> Samples:
-        return decode(fetch(url, self.options), self.rate)
+    async def _source(self, url: str) -> bytes | Path:
+        """The sound's file: local (the call's own recording, an allowed file://) or fetched over the
+        network on the call's fetch slots (their deadline, stopped when the call ends)."""
+        local = await run_io(local_source, url, self.options)
+        if local is not None:
+            return local
+        target = target_of(url)
+        options = self.options
+        return await options.fetches.run(partial(fetch_audio, target, options), options.fetch_timeout, target.shown)
