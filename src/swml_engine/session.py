@@ -130,7 +130,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         options = CallOptions(
             data_dir=data_dir,
             allow_file_urls=sim.allow_file_urls,
-            url_resolver=store.resolve,
+            url_resolver=store.resolver_for(call_id),
             extra={"callbacks": callbacks},
         )
         call = Call(transport, call_id=call_id, events=events, options=options)

@@ -511,3 +511,55 @@ def test_script_url_credentials_and_an_ipv6_host(engine: EngineFactory, tmp_path
         assert "secretpw" not in eng.log()
         assert all("secretpw" not in json.dumps(events) for events in eng.call_events())
         assert any(e["type"] == "error" and "***@" in e["message"] for c in eng.call_events() for e in c)
+
+
+def test_a_call_plays_its_own_recording_but_not_another_calls(engine: EngineFactory, tmp_path: Path) -> None:
+    from http_peers import http_peer, swml
+
+    http = free_port()
+    with http_peer() as peer:
+        peer.routes["/swml"] = swml(
+            {"sections": {"main": ["answer", {"record_call": {}}, {"play": "silence:1"}, "hangup"]}}
+        )
+        eng = engine(None, "--script-url", peer.url("/swml"), "--http", f"127.0.0.1:{http}")
+        xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+        check(run_sipp(tmp_path / "first", xml, eng.port), tmp_path / "first", eng)
+        [first] = eng.recordings(1)
+        signed = str(first["url"])
+        assert "signature=" in signed
+        unsigned = signed.split("?")[0]
+        forged = signed.split("signature=")[0] + "signature=" + "0" * 64
+        on_disk = (eng.data / "recordings" / f"{first['recording_id']}.wav").resolve().as_uri()
+        theirs = [unsigned, forged, on_disk]
+        peer.routes["/swml"] = swml(
+            {
+                "sections": {
+                    "main": [
+                        "answer",
+                        *({"play": u} for u in theirs),
+                        {"record_call": {}},
+                        {"play": "silence:0.5"},
+                        "stop_record_call",
+                        {"play": "${record_call_url}"},
+                        "hangup",
+                    ]
+                }
+            }
+        )
+        check(run_sipp(tmp_path / "second", xml, eng.port), tmp_path / "second", eng)
+        eng.recordings(2)
+        eng.wait_idle()
+        [second] = [c for c in eng.call_events() if any(e["type"] == "error" for e in c)]
+        ends = [(e["url"], e["result"]) for e in second if e["type"] == "play.end"]
+        # the other call's recording: refused three times; then silence:0.5 and its own recording played
+        assert [r for _, r in ends] == ["error", "error", "error", "finished", "finished"], ends
+        assert ends[-1][0].startswith(eng_recordings_base(signed)) and "signature=" in ends[-1][0]
+        messages = [e["message"] for e in second if e["type"] == "error"]
+        assert sum("HTTP 403" in m for m in messages) == 2 and any(
+            "file:// URLs are not allowed" in m for m in messages
+        )
+
+
+def eng_recordings_base(url: str) -> str:
+    """``http://HOST:PORT/recordings/`` of a recording URL."""
+    return url.rsplit("/", 1)[0] + "/"

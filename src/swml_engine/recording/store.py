@@ -5,7 +5,7 @@ script, so nothing a script writes can reach a path outside the recordings direc
 
 A recording's URL is the store's own: ``file://`` in ``swml run`` (or under a public base URL when one is
 set), and the store maps its URLs back to files, so ``play`` of ``record_call_url`` in the same call reads
-the file directly.
+the file directly (only the call's own recordings: :meth:`RecordingStore.resolver_for`).
 """
 
 from __future__ import annotations
@@ -84,13 +84,36 @@ class RecordingStore:
             return f"{self.base_url}/{recording_id}.{fmt}"
         return self.audio_path(recording_id, fmt).resolve().as_uri()
 
+    def resolver_for(self, call_id: str) -> Callable[[str], Path | None]:
+        """A call's ``url_resolver``: the file behind a URL of one of *that call's* recordings, so
+        ``play`` of ``record_call_url`` reads it directly. Another call's recording is not resolved,
+        signed or not: its URL goes over the network like any other (the service's signature check
+        applies; ``file://`` is refused where file URLs are), so no call reads another's audio."""
+
+        def resolve(url: str) -> Path | None:
+            path = self.resolve(url)
+            if path is None:
+                return None
+            recording_id = path.name.split(".", 1)[0]
+            try:
+                owner = self.read_metadata(recording_id).get("call_id")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return path if owner == call_id else None
+
+        return resolve
+
     def resolve(self, url: str) -> Path | None:
-        """The local file behind one of this store's URLs (None for any other URL)."""
+        """The local file behind one of this store's URLs (None for any other URL), whichever call
+        made it: calls use :meth:`resolver_for`."""
         name: str | None = None
         if self.base_url and url.startswith(self.base_url + "/"):
             name = url[len(self.base_url) + 1 :].split("?")[0]
         elif url.startswith("file://"):
-            path = Path(unquote(urlsplit(url).path))
+            try:
+                path = Path(unquote(urlsplit(url).path))
+            except ValueError:  # not a URL urlsplit reads (an unbalanced bracket): not ours
+                return None
             if path.parent.resolve() == self.root.resolve():
                 name = path.name
         if not name or "/" in name or name.startswith("."):

@@ -260,7 +260,7 @@ class Service:
             options = CallOptions(
                 data_dir=self.config.data,
                 allow_file_urls=False,
-                url_resolver=self.store.resolve,
+                url_resolver=self.store.resolver_for(call_id),  # the call's own recordings only
                 fetch_timeout=self.config.fetch_timeout,
                 recording_store=self.store,
                 extra={"callbacks": hub},
