@@ -299,7 +299,8 @@ class CallFetches:
         self._ended = ended
 
     async def run(self, fn: Callable[[FetchControl], T], seconds: float, shown: str) -> T:
-        """Run ``fn(control)`` on the network pool; raises FetchStopped if the call ends first."""
+        """Run ``fn(control)`` on the network pool; raises FetchStopped if the call ends first. A
+        cancelled caller (a prefetch given up) stops the fetch too."""
         loop = asyncio.get_running_loop()
         stopped = FetchStopped(f"{shown}: the call ended before it was fetched")
         if self._ended is not None and self._ended.is_set():
@@ -308,11 +309,10 @@ class CallFetches:
             self._slots = asyncio.Semaphore(self.limit)
         slots = self._slots
         ended = asyncio.ensure_future(self._ended.wait()) if self._ended is not None else None
+        control = FetchControl(seconds, shown)
         with hold(loop):
             try:
-                if not await _first(slots.acquire(), ended):
-                    raise stopped
-                control = FetchControl(seconds, shown)
+                await _acquire(slots, ended, stopped)
                 try:
                     future = NETWORK_POOL.submit(fn, control)
                 except BaseException:
@@ -321,33 +321,42 @@ class CallFetches:
                 future.add_done_callback(lambda _: _call_soon(loop, slots.release))
                 waiter = asyncio.wrap_future(future, loop=loop)
                 if not await _first(waiter, ended):
-                    control.stop(stopped)
-                    waiter.add_done_callback(_consume)
                     raise stopped
                 return waiter.result()
+            except BaseException:
+                control.stop(stopped)  # (nothing to stop once the fetch has finished)
+                raise
             finally:
                 if ended is not None:
                     ended.cancel()
 
 
-async def _first(work: Any, ended: asyncio.Future[Any] | None) -> bool:
-    """Wait for ``work``; False if ``ended`` came first (``work`` is then given up)."""
-    task = asyncio.ensure_future(work)
-    if ended is None:
-        await asyncio.wait({task})
+async def _acquire(slots: asyncio.Semaphore, ended: asyncio.Future[Any] | None, stopped: FetchStopped) -> None:
+    """Take a slot, or raise ``stopped`` if the call ends first; a cancelled wait leaves none taken."""
+    acquiring = asyncio.ensure_future(slots.acquire())
+    try:
+        got = await _first(acquiring, ended)
+    except asyncio.CancelledError:
+        if acquiring.done() and not acquiring.cancelled():
+            slots.release()
+        raise
+    if not got:
+        raise stopped
+
+
+async def _first(work: asyncio.Future[Any], ended: asyncio.Future[Any] | None) -> bool:
+    """Wait for ``work``; False if ``ended`` came first. ``work`` is cancelled when given up."""
+    try:
+        await asyncio.wait({work} if ended is None else {work, ended}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    if work.done():
         return True
-    await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return True
-    task.cancel()
+    work.cancel()
     return False
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits on the slot any more
         loop.call_soon_threadsafe(fn)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: no "exception was never retrieved" for an abandoned fetch
