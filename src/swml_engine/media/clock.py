@@ -54,8 +54,9 @@ class _VirtualSelector(selectors.BaseSelector):
         loop = self.loop
         assert loop is not None
         if loop.holds > 0:
-            # Real I/O in flight: wait for it in real time; virtual time stands still meanwhile.
-            return self._inner.select(0.05)
+            # Real I/O in flight: wait for it in real time; virtual time stands still meanwhile. With
+            # callbacks ready (timeout 0) they run at once: the wait is only for when nothing else can.
+            return self._inner.select(0 if timeout == 0 else 0.05)
         events = self._inner.select(0)
         if events or timeout == 0:
             return events

@@ -59,7 +59,9 @@ class Prompt(Method[PromptParams]):
     async def run(self, ctx: StepContext, p: PromptParams) -> None:
         raw = ctx.step.params if isinstance(ctx.step.params, dict) else {}
         speech_only = any(k in raw for k in _SPEECH_KEYS) and not any(k in raw for k in _DIGIT_KEYS)
-        status = StatusReporter(ctx.call, p.status_url, "calling.call.collect", str(uuid.uuid4()))
+        status = StatusReporter(
+            ctx.call, p.status_url, "calling.call.collect", str(uuid.uuid4()), f"{ctx.where}.status_url"
+        )
         await ctx.call.answer()
         digits: asyncio.Queue[str] = asyncio.Queue()
         playlist = Playlist(

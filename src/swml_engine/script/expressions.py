@@ -280,9 +280,8 @@ async def _result_of(future: concurrent.futures.Future[_Outcome]) -> _Outcome:
     """Wait for an evaluation on the V8 thread; cancelling the wait cancels the evaluation.
 
     On the virtual clock, time stands still meanwhile (V8's work is real work), as ``clock.hold`` does;
-    but here the hold ends in the very callback that hands the result over: a held virtual loop polls
-    its selector 50 ms at a time even with a callback ready, so a hold ending one loop turn later (after
-    ``wrap_future``'s callback) cost 50 ms per evaluation.
+    the hold ends in the callback that hands the result over, and a result that arrives after the loop
+    closed is dropped quietly (nobody waits for it any more).
     """
     loop = asyncio.get_running_loop()
     virtual = loop if isinstance(loop, VirtualTimeLoop) else None
