@@ -181,3 +181,13 @@ def alias_bomb(levels: int = 12, fanout: int = 9) -> str:
     for i in range(1, levels + 1):
         lines.append(f"        v{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fanout)}]")
     return "\n".join([*lines, "    - hangup", ""])
+
+
+def hang(seconds: float = 120.0) -> Answer:
+    """Read the request, then answer nothing for ``seconds`` (a receiver that accepts and stalls)."""
+
+    def answer(h: Handler, peer: Peer) -> None:
+        peer.count("completed")
+        time.sleep(seconds)
+
+    return answer

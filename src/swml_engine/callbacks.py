@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -48,6 +48,10 @@ class _Pool:
     _lock = threading.Lock()
     _executor: ThreadPoolExecutor | None = None
     _client: httpx.Client | None = None
+    #: Channels with payloads still to deliver.
+    busy: ClassVar[set[CallbackChannel]] = set()
+    #: Set when the process stops: retries end, and what is still queued is given up (see :func:`shutdown`).
+    stopping: ClassVar[threading.Event] = threading.Event()
 
     @classmethod
     def get(cls) -> tuple[ThreadPoolExecutor, httpx.Client]:
@@ -56,6 +60,23 @@ class _Pool:
                 cls._executor = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="swml-callbacks")
                 cls._client = httpx.Client(limits=httpx.Limits(max_connections=POOL_SIZE * 2), cookies=no_cookies())
             return cls._executor, cls._client
+
+
+#: The status of a callback given up because the process stops.
+STOPPING = "given up: the service is stopping"
+
+
+def shutdown(timeout: float) -> int:
+    """The process is stopping: wait up to ``timeout`` seconds for queued callbacks to be delivered,
+    then end every retry and give up what is left (an attempt in flight ends within its own timeout).
+    Without this, the delivery threads — joined when the interpreter exits — would hold a stopping
+    service for as long as a dead receiver's retries last. Returns how many channels were cut short."""
+    deadline = time.monotonic() + timeout
+    for channel in list(_Pool.busy):
+        channel.join(max(0.0, deadline - time.monotonic()))
+    left = len(_Pool.busy)
+    _Pool.stopping.set()
+    return left
 
 
 class CallbackChannel:
@@ -81,6 +102,7 @@ class CallbackChannel:
                 return  # the running drain takes it, in order
             self._busy = True
             self._idle.clear()
+            _Pool.busy.add(self)
         executor, _ = _Pool.get()
         executor.submit(self._drain)
 
@@ -98,8 +120,12 @@ class CallbackChannel:
                 if not self._queue:
                     self._busy = False
                     self._idle.set()
+                    _Pool.busy.discard(self)
                     return
                 payload = self._queue.popleft()
+            if _Pool.stopping.is_set():
+                self._note(state=payload.get("params", {}).get("state"), attempt=0, status=STOPPING, delivered=False)
+                continue
             try:
                 self._deliver(client, payload)
             except Exception as e:  # never lose the channel to one bad payload
@@ -120,7 +146,9 @@ class CallbackChannel:
             if ok:
                 return
             if attempt < self.attempts:
-                time.sleep(delay)
+                if _Pool.stopping.wait(delay):
+                    self._note(state=state, attempt=attempt, status=STOPPING, delivered=False)
+                    return
                 delay *= 2
 
     def _note(self, **fields: Any) -> None:

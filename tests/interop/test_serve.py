@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import HttpServer, read_wav, spectrum_peaks, tone
+from conftest import PATIENCE, HttpServer, read_wav, spectrum_peaks, tone
 from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 
 from .peers import (
@@ -563,3 +563,26 @@ def test_a_call_plays_its_own_recording_but_not_another_calls(engine: EngineFact
 def eng_recordings_base(url: str) -> str:
     """``http://HOST:PORT/recordings/`` of a recording URL."""
     return url.rsplit("/", 1)[0] + "/"
+
+
+def test_sigterm_is_not_held_by_status_callbacks_to_a_receiver_that_never_answers(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    """A stalled status_url receiver makes every attempt wait out its timeout (6 attempts of 5 s plus
+    backoff, about 45 s): a stop gives queued callbacks a few seconds, then gives them up, so the service
+    exits in time instead of being killed."""
+    from http_peers import hang, http_peer
+
+    with http_peer() as receiver:
+        receiver.routes["/status"] = hang()
+        script = (
+            "version: 1.0.0\nsections:\n  main:\n    - answer\n"
+            f"    - record_call: {{status_url: '{receiver.url('/status')}'}}\n    - sleep: 500\n    - hangup\n"
+        )
+        eng = engine(script)
+        xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+        check(run_sipp(tmp_path / "sipp", xml, eng.port), tmp_path / "sipp", eng)
+        assert wait_for(lambda: receiver.stats["completed"] > 0, PATIENCE)  # an attempt is stalled now
+        assert eng.stop() == 0, eng.log()[-3000:]  # SIGTERM: out in time, not killed after 20 s
+        assert "status callback receiver(s) still not answering are given up" in eng.log()
+        assert "Traceback" not in eng.log()

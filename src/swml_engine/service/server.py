@@ -24,6 +24,7 @@ from typing import IO, Any
 from aiosipua.incoming_call import IncomingCall
 from aiosipua.message import SipRequest
 
+from swml_engine import callbacks
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
 from swml_engine.connections import ConnectionLimits
@@ -54,6 +55,8 @@ log = logging.getLogger("swml.serve")
 USER_AGENT = "swml-engine"
 #: Seconds a stop waits for cancelled calls to unwind (their finally blocks close files).
 STOP_CANCEL_WAIT = 5.0
+#: At a stop, how long queued status callbacks may take to be delivered before they are given up.
+CALLBACK_DRAIN = 5.0
 
 
 @dataclass
@@ -166,6 +169,9 @@ class Service:
             await self.api.stop()
         if self.index is not None:
             self.index.close()
+        cut = await asyncio.to_thread(callbacks.shutdown, CALLBACK_DRAIN)
+        if cut:
+            log.warning("stopping: %d status callback receiver(s) still not answering are given up", cut)
 
     # --- SIP events -------------------------------------------------------------------------------
 
