@@ -440,6 +440,17 @@ def test_script_url_from_the_environment_keeps_credentials_off_the_command_line(
         timeout=30,
     )
     assert r.returncode == 2 and "give --script FILE or --script-url URL (or set SWML_SCRIPT_URL)" in r.stderr
+    # A URL that does not parse (an unencoded '@' in the password) stops the start, its password unshown.
+    for given in (["--script-url", "http://alice:p@ss@127.0.0.1:1/swml"], []):
+        r = subprocess.run(
+            [sys.executable, "-m", "swml_engine", "serve", "--sip", "127.0.0.1:0", *given],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "SWML_SCRIPT_URL": "http://alice:p@ss@127.0.0.1:1/swml"},
+        )
+        assert r.returncode == 2 and "--script-url:" in r.stderr and "percent-encode" in r.stderr, r.stderr
+        assert "p@ss" not in r.stderr and "Traceback" not in r.stderr
 
 
 # --- item 19: the index after a full disk ---------------------------------------------------------

@@ -24,6 +24,7 @@ from swml_engine.errors import DocumentError
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.transports.sip.registration import parse_target
+from swml_engine.urls import UrlError, parse_http_url
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID = 0, 2, 1
 
@@ -209,6 +210,11 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
     script_url = args.script_url or (None if args.script else os.environ.get(SCRIPT_URL_VARIABLE) or None)
     if not args.script and not script_url:
         raise ValueError(f"give --script FILE or --script-url URL (or set {SCRIPT_URL_VARIABLE})")
+    if script_url is not None:
+        try:
+            parse_http_url(script_url)  # at start, not at the first call (the message hides a password)
+        except UrlError as e:
+            raise ValueError(f"--script-url: {e}") from None
     if args.max_connections_per_address > args.max_connections:
         raise ValueError("--max-connections-per-address cannot be more than --max-connections")
     return ServiceConfig(
