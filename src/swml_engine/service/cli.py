@@ -170,20 +170,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "--header-timeout",
             number(0.1, 600, " seconds"),
             limits.header_timeout,
-            "an HTTP request's headers must arrive within S of the connection or its first byte",
+            "an HTTP request's headers (a SIP/TCP message) must arrive within S of the connection or its first byte",
         ),
         (
             "--idle-timeout",
             number(1, 3600, " seconds"),
             limits.idle_timeout,
-            "an idle keep-alive HTTP connection is closed after S",
+            "an idle HTTP or SIP/TCP connection is closed after S (not while a call on it is up)",
         ),
-        ("--max-connections", number(1, 1_000_000, integer=True), limits.max_total, "HTTP connections open at once"),
+        (
+            "--max-connections",
+            number(1, 1_000_000, integer=True),
+            limits.max_total,
+            "HTTP (and SIP/TCP) connections open at once, each",
+        ),
         (
             "--max-connections-per-address",
             number(1, 1_000_000, integer=True),
             limits.max_per_source,
-            "HTTP connections open at once from one address",
+            "HTTP (and SIP/TCP) connections open at once from one address, each",
         ),
     ):
         metavar = "S" if "timeout" in flag else "N"

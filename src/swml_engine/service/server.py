@@ -121,7 +121,7 @@ class Service:
         dialogs: dict[str, IncomingCall] = {}  # one table: a TCP call's ACK or BYE may come over UDP
         for transport in (
             UdpTransport(cfg.sip, reuse_port=cfg.reuse_port),
-            TcpTransport(cfg.sip, reuse_port=cfg.reuse_port),
+            TcpTransport(cfg.sip, reuse_port=cfg.reuse_port, limits=cfg.connections),
         ):
             server = SipServer(transport, user_agent=USER_AGENT, advertise=cfg.advertise, calls=dialogs)
             server.on_invite = lambda inc, s=server: self._on_invite(s, inc)
