@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import PATIENCE, read_jsonl, wait_for
 
@@ -540,3 +541,21 @@ def wait_datagram(sock: socket.socket, seconds: float, contains: str = "") -> st
         if contains in data:
             return data
     return None
+
+
+# --- what a call's own events say -------------------------------------------------------------------
+
+
+def event_time(events: list[dict[str, object]], kind: str, **match: object) -> float:
+    """When (seconds on the call's clock) the first event of ``kind`` with these fields came."""
+    return next(
+        float(str(e["t"])) for e in events if e["type"] == kind and all(e.get(k) == v for k, v in match.items())
+    )
+
+
+def assert_covers(meta: dict[str, object], events: list[dict[str, object]], until: float, at_least: float) -> None:
+    """The recording runs from its start to ``until`` on the call's own clock (not on sipp's: a busy
+    machine makes sipp's pauses longer, never shorter), and is at least ``at_least`` seconds long."""
+    start = event_time(events, "record.state", state="recording")
+    assert float(str(meta["duration"])) == pytest.approx(until - start, abs=0.5), (meta["duration"], start, until)
+    assert float(str(meta["duration"])) > at_least, meta["duration"]

