@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import subprocess
 import threading
 import time
 import wave
@@ -200,3 +201,17 @@ def wav_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
         w.setframerate(rate)
         w.writeframes(samples.astype("<i2").tobytes())
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def small_filesystem(root: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs, e.g. "96k") mounted at ``root``: writes there fail with
+    ENOSPC once it fills, as on a full disk. Skips the test where mounting is not allowed."""
+    root.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import RATE, HttpServer, read_wav, run_doc, tone, wav_bytes
+from conftest import RATE, HttpServer, read_wav, run_doc, small_filesystem, tone, wav_bytes
 
 FULL_DISK_DOC = """
 version: 1.0.0
@@ -118,15 +118,8 @@ sections:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 96 KiB filesystem (tmpfs) for the recordings: writes fail with ENOSPC when it fills."""
-    root = tmp_path / "out" / "recordings"
-    root.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(root)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_filesystem(tmp_path / "out" / "recordings", "96k") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def test_disk_full_finishes_every_recording_and_loses_nothing_written(tmp_path: Path, small_disk: Path) -> None:

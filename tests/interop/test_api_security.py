@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HttpServer
+from conftest import HttpServer, small_filesystem
 
 from .peers import Engine, free_port, run_sipp, scenario, wait_for
 from .test_api import TOKEN, call_in_background, request
@@ -459,15 +459,8 @@ def test_script_url_from_the_environment_keeps_credentials_off_the_command_line(
 @pytest.fixture
 def small_data_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 320 KiB filesystem (tmpfs) as the engine's whole data directory (recordings and index)."""
-    root = tmp_path / "data-0"  # the engine fixture's first data directory
-    root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(root)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_filesystem(tmp_path / "data-0", "320k") as root:  # the engine fixture's first data directory
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def test_a_recording_the_full_disk_ended_is_not_live_in_the_api(
