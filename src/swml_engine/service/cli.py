@@ -273,10 +273,7 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
         for err in e.errors or e.unsupported:
             print(f"{config.script}: {err}", file=sys.stderr)
         return EXIT_INVALID
-    except SecretError as e:
-        print(f"swml serve: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
+    except (SecretError, OSError) as e:
         print(f"swml serve: {_start_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     except sqlite3.Error as e:
@@ -295,8 +292,11 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     return EXIT_OK
 
 
-def _start_error(e: OSError) -> str:
-    """What an OSError at start was about: a file (a full disk, a permission) or a port."""
+def _start_error(e: SecretError | OSError) -> str:
+    """What stopped the start: a secret that would leave the API open, a file (a full disk, a
+    permission) or a port."""
+    if isinstance(e, SecretError):
+        return str(e)
     if e.filename is not None:
         return f"cannot write {e.filename}: {e.strerror or e}"
     return f"cannot listen: {e.strerror or e}" if e.strerror else f"cannot listen: {e}"
@@ -348,10 +348,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.umask(args.umask)  # before any file is made: recordings, call logs, index, secrets
     try:
         _prepare_data(config, args.umask)
-    except SecretError as e:
-        print(f"swml serve: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
+    except (SecretError, OSError) as e:
         print(f"swml serve: {_start_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     limit = raise_descriptor_limit()
