@@ -506,6 +506,10 @@ def test_script_url_credentials_and_an_ipv6_host(engine: EngineFactory, tmp_path
         eng = engine(None, "--script-url", url)
         line = rejected_500(eng, tmp_path / "down", "HTTP 503")
         assert peer.url("/swml", "***") in line
+        # the refused call's log ends like any call's (the index row too: it is not left "ringing")
+        assert wait_for(lambda: eng.call_events()[0][-1]["type"] == "rtp.stats")
+        [ended] = [e for e in eng.call_events()[0] if e["type"] == "call.state" and e["state"] == "ended"]
+        assert ended["reason"] == "error"
         peer.routes["/swml"] = swml({"sections": {"main": ["answer", {"set": {"ok": "yes"}}, "hangup"]}})
         xml = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
         check(run_sipp(tmp_path / "up", xml, eng.port), tmp_path / "up", eng)

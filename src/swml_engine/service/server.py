@@ -288,7 +288,8 @@ class Service:
                 rtp_port=transport.rtp.local[1],
             )
             doc = self.document or await self._fetch(call, variables)
-            if doc is None:
+            if doc is None:  # refused (500) or cancelled during the fetch: the call's log and index row end too
+                events.emit("call.state", state="ended", reason=call.end_reason or "error")
                 return
             log.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
             result = await run_call(doc, call, variables)
