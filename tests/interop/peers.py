@@ -33,17 +33,22 @@ def sip_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on loopback."""
+def free_port(span: int = 1) -> int:
+    """A port free for both UDP and TCP on loopback; with ``span``, the ``span - 1`` ports above it too
+    (baresip listens for TLS on its SIP port + 1)."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        with contextlib.ExitStack() as held:
+            u = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
             u.bind(("127.0.0.1", 0))
             port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
+            try:
+                for p in range(port, port + span):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        if p == port and kind == socket.SOCK_DGRAM:
+                            continue
+                        held.enter_context(socket.socket(socket.AF_INET, kind)).bind(("127.0.0.1", p))
+            except OSError:
+                continue
             return port
     raise RuntimeError("no free port")
 
@@ -118,8 +123,9 @@ class Engine:
         return read()
 
     def wait_idle(self, timeout: float = PATIENCE) -> None:
-        """Until every call's event log has its final ``call.state: ended``."""
-        wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
+        """Until every call's event log has its final ``call.state: ended`` (a call that never ends fails)."""
+        ended = wait_for(lambda: all(any(e.get("state") == "ended" for e in c) for c in self.call_events()), timeout)
+        assert ended, "a call's event log never said call.state: ended"
 
     def rtp_port(self, call: int = 0) -> int:
         """The local RTP port of the ``call``-th call (from its ``sip.invite`` event)."""

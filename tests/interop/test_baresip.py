@@ -32,7 +32,7 @@ def baresip_config(home: Path, rate: int, codec: str, caller: Path, transport: s
     (home / "snd").mkdir(exist_ok=True)
     lines = {
         "poll_method": "epoll",
-        "sip_listen": f"127.0.0.1:{free_port()}",
+        "sip_listen": f"127.0.0.1:{free_port(span=2)}",
         "sip_transports": transport,
         "audio_source": f"aufile,{caller}",
         "audio_player": f"aufile,{home / 'unused.wav'}",
@@ -49,6 +49,25 @@ def baresip_config(home: Path, rate: int, codec: str, caller: Path, transport: s
     (home / "accounts").write_text(f"<sip:baresip@127.0.0.1>;regint=0;audio_codecs={codec}\n")
 
 
+def run_baresip(
+    home: Path, rate: int, codec: str, caller: Path, uri: str, *, seconds: int, transport: str = "udp"
+) -> subprocess.CompletedProcess[str]:
+    """baresip dials ``uri`` and quits after ``seconds``. Its ports (SIP, and TLS one above) are picked
+    free, but another program may take one before baresip binds it: then it fails at once, before
+    dialling, and is run again on other ports."""
+    for _ in range(3):
+        baresip_config(home, rate, codec, caller, transport)
+        res = subprocess.run(
+            ["baresip", "-f", str(home), "-e", f"/dial {uri}", "-t", str(seconds)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if "Address already in use" not in res.stdout + res.stderr:
+            break
+    return res
+
+
 @pytest.mark.skipif(not have("baresip"), reason="baresip not installed: run make test")
 @pytest.mark.parametrize(
     ("codec", "rate", "caller_hz"),
@@ -62,13 +81,7 @@ def test_baresip_call_is_recorded_and_hears_the_prompt(
     home = tmp_path / "baresip"
     caller = tmp_path / "caller.wav"
     caller.write_bytes(wav_bytes(tone(caller_hz, 10.0, rate, level=0.4), rate))
-    baresip_config(home, rate, codec, caller)
-    res = subprocess.run(
-        ["baresip", "-f", str(home), "-e", f"/dial sip:record@127.0.0.1:{eng.port}", "-t", "7"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    res = run_baresip(home, rate, codec, caller, f"sip:record@127.0.0.1:{eng.port}", seconds=7)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "Call established" in res.stdout, res.stdout[-3000:]
     [meta] = eng.recordings(1)
@@ -98,13 +111,8 @@ def test_baresip_over_tcp_hangs_up_and_the_call_ends(engine: EngineFactory, tmp_
     home = tmp_path / "baresip"
     caller = tmp_path / "caller.wav"
     caller.write_bytes(wav_bytes(tone(440, 10.0, 8000, level=0.4), 8000))
-    baresip_config(home, 8000, "PCMU/8000/1", caller, transport="tcp")
-    res = subprocess.run(
-        ["baresip", "-f", str(home), "-e", f"/dial sip:record@127.0.0.1:{eng.port};transport=tcp", "-t", "4"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    uri = f"sip:record@127.0.0.1:{eng.port};transport=tcp"
+    res = run_baresip(home, 8000, "PCMU/8000/1", caller, uri, seconds=4, transport="tcp")
     assert "Call established" in res.stdout, res.stdout[-3000:]
     [meta] = eng.recordings(1)  # ended by baresip's BYE, not by the script's 30 s
     eng.wait_idle()
