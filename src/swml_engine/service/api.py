@@ -1,4 +1,4 @@
-"""The HTTP API of ``swml serve`` (DESIGN §2): recordings and calls, and live control of recordings.
+"""The HTTP API of ``swml serve`` (docs/serve.md): recordings and calls, and live control of recordings.
 
 ``/api/...`` answers JSON to a bearer token (``auth.py``, checked with the body's size by
 ``httpd.RequestGuard`` before any body is read) and is described by OpenAPI at ``/openapi.json``
