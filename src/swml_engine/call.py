@@ -22,6 +22,7 @@ from swml_engine.media.clock import MediaTicker, wall_time
 from swml_engine.media.frame import Frame, silence
 from swml_engine.media.player import Player
 from swml_engine.transports.base import Transport
+from swml_engine.vocabulary import CallState, EndReason, RemoteEnd
 
 if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
 DEFAULT_MAX_DURATION = 14400.0
 
 DtmfListener = Callable[[str], None]
+
+#: A transport's word for the party's end → the call's end reason.
+_REMOTE_END: dict[RemoteEnd, EndReason] = {
+    "hangup": "remote_hangup",
+    "cancel": "remote_cancel",
+    "rejected": "remote_rejected",
+}
 
 
 class Tap(Protocol):
@@ -77,12 +85,12 @@ class Call:
         self.events = events or EventLog()
         self.t0 = self.loop.time()
         self.events.bind_clock(self.now)
-        self.state = "created"
+        self.state: CallState = "created"
         self.player = Player(self.rate)
         self.taps: list[Tap] = []
         self.dtmf_listeners: list[DtmfListener] = []
         self.ended = asyncio.Event()
-        self.end_reason: str | None = None
+        self.end_reason: EndReason | None = None
         self.answered_at: float | None = None
         self.frame_index = 0
         #: Coroutines run once when the call ends (recordings register theirs here).
@@ -110,8 +118,7 @@ class Call:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.state = "ringing"
-        self.events.emit("call.state", state="ringing", call_id=self.call_id)
+        self._enter("ringing", call_id=self.call_id)
         MediaTicker.for_loop(self.loop).add(self)
         self._ticking = True
         # A call is never endless: the default max_duration runs from the start until an answer
@@ -134,8 +141,7 @@ class Call:
         if self.is_ended:  # the transport could not answer (SIP 488 on answer.codecs, say)
             return
         self.answered_at = self.now()
-        self.state = "answered"
-        self.events.emit("call.state", state="answered")
+        self._enter("answered")
         self._limit(max_duration if max_duration is not None and max_duration > 0 else DEFAULT_MAX_DURATION)
 
     def change_rate(self, rate: int) -> bool:
@@ -157,20 +163,19 @@ class Call:
         self._max_duration = self.loop.call_later(seconds, self._on_max_duration)
 
     async def early_media(self) -> None:
-        if self.answered or self.is_ended or self.state == "early":
+        if self.answered or self.is_ended or self.state == "early_media":
             return
         await self.transport.early_media()
         if self.is_ended:
             return
-        self.state = "early"
-        self.events.emit("call.state", state="early_media")
+        self._enter("early_media")
 
     def _on_max_duration(self) -> None:
         if not self.is_ended:
             self.events.emit("call.max_duration")
             self.loop.create_task(self.hangup("max_duration"))
 
-    async def hangup(self, reason: str = "hangup") -> None:
+    async def hangup(self, reason: EndReason = "hangup") -> None:
         """End the call from the script's side."""
         if self.is_ended:
             return
@@ -178,12 +183,17 @@ class Call:
         with contextlib.suppress(Exception):
             await self.transport.hangup(reason)
 
-    def on_remote_hangup(self, reason: str = "hangup") -> None:
+    def on_remote_hangup(self, reason: RemoteEnd = "hangup") -> None:
         """The party hung up (called by the transport)."""
         if not self.is_ended:
-            self._mark_ended(f"remote_{reason}" if not reason.startswith("remote") else reason)
+            self._mark_ended(_REMOTE_END[reason])
 
-    def _mark_ended(self, reason: str) -> None:
+    def _enter(self, state: CallState, **fields: object) -> None:
+        """Move to ``state`` and say so in a ``call.state`` event (``ended``'s comes from finish())."""
+        self.state = state
+        self.events.emit("call.state", state=state, **fields)
+
+    def _mark_ended(self, reason: EndReason) -> None:
         self.end_reason = reason
         self.state = "ended"
         if self._max_duration is not None:
@@ -202,6 +212,7 @@ class Call:
         if self._ticking:
             MediaTicker.for_loop(self.loop).remove(self)
             self._ticking = False
+        # The state changed at _mark_ended; the event waits for the recordings' own end events.
         self.events.emit("call.state", state="ended", reason=self.end_reason or "hangup")
         await self.transport.close()
 

@@ -1,4 +1,7 @@
-"""The call's event log: ``events.jsonl`` lines ``{"t": seconds from call start, "type": ..., ...}``."""
+"""The call's event log: ``events.jsonl`` lines ``{"t": seconds from call start, "type": ..., ...}``.
+
+The types are listed in :data:`swml_engine.vocabulary.EventType` (and docs/methods.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import math
 import threading
 from collections.abc import Callable
 from typing import IO, Any
+
+from swml_engine.vocabulary import EventType
 
 Sink = Callable[[dict[str, Any]], None]
 
@@ -38,7 +43,7 @@ class EventLog:
     def bind_clock(self, now: Callable[[], float]) -> None:
         self._now = now
 
-    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, type_: EventType, **fields: Any) -> dict[str, Any]:
         with self._lock:
             event: dict[str, Any] = {"t": round(self._now(), 3), "type": type_}
             event.update(jsonable(fields))
@@ -48,7 +53,7 @@ class EventLog:
                 sink(event)
             return event
 
-    def of_type(self, type_: str) -> list[dict[str, Any]]:
+    def of_type(self, type_: EventType) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == type_]
 
 

@@ -8,13 +8,14 @@ from swml_engine.document.params import Str, param
 from swml_engine.methods.base import Method
 from swml_engine.script.flow import EndScript
 from swml_engine.script.step import StepContext
+from swml_engine.vocabulary import HangupReason, values
 
-REASONS = ("hangup", "busy", "decline")
+REASONS = values(HangupReason)
 
 
 @dataclass(frozen=True, kw_only=True)
 class HangupParams:
-    reason: str = param(Str(choices=REASONS), default="hangup")
+    reason: HangupReason = param(Str(choices=REASONS), default="hangup")
 
 
 class Hangup(Method[HangupParams]):

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from swml_engine.media.vad import VoiceDetector
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
 from swml_engine.recording.recovery import repair
 from swml_engine.recording.store import RecordingStore
+from swml_engine.vocabulary import RecordingEndReason, RecordingState
 
 if TYPE_CHECKING:
     from swml_engine.call import Call
@@ -66,8 +67,9 @@ class Recording:
         self.recording_id = store.new_id()
         self.url = store.url_for(self.recording_id, settings.format)
         self.path = store.audio_path(self.recording_id, settings.format)
-        self.state = "new"
-        self.end_reason: str | None = None
+        #: ``new`` until the file is open (never written anywhere), then a RecordingState.
+        self.state: RecordingState | Literal["new"] = "new"
+        self.end_reason: RecordingEndReason | None = None
         self.terminator: str | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None
@@ -206,7 +208,7 @@ class Recording:
             self.terminator = digit
             self._end_soon("terminator")
 
-    def _end_soon(self, reason: str, error: str | None = None) -> None:
+    def _end_soon(self, reason: RecordingEndReason, error: str | None = None) -> None:
         if self._ending:
             return
         self._ending = True
@@ -239,7 +241,7 @@ class Recording:
 
     # --- end --------------------------------------------------------------------------------------
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: RecordingEndReason) -> None:
         """End the recording (idempotent) and finalise file, metadata and callbacks."""
         if self.state not in ("recording",) or self.end_reason is not None:
             await self.ended.wait()
@@ -249,7 +251,7 @@ class Recording:
         self.call.remove_tap(self)
         with contextlib.suppress(ValueError):
             self.call.dtmf_listeners.remove(self._on_digit)
-        state = "no_input" if reason == "no_input" else "error" if reason == "error" else "finished"
+        state: RecordingState = "no_input" if reason == "no_input" else "error" if reason == "error" else "finished"
         due = round((self.call.now() - self._t0) / FRAME_SECONDS)
         if self._pending is not None and self._writer is not None and self.frames < due:
             self._write_pending()
@@ -322,7 +324,7 @@ class Recording:
         except OSError as e:
             self._error(f"metadata: {e}")
 
-    def _params(self, state: str) -> dict[str, Any]:
+    def _params(self, state: RecordingState) -> dict[str, Any]:
         """A callback's ``params`` in this state: the union of what record.mdx and record_call.mdx show,
         each field present when the pages say it is (lengths once there is a file, times once it ended)."""
         s = self.settings
@@ -342,7 +344,7 @@ class Recording:
         params["record"] = record
         return params
 
-    def _report(self, state: str) -> None:
+    def _report(self, state: RecordingState) -> None:
         params = self._params(state)
         # The same params as the status callback (DESIGN §2), which adds these three itself.
         ids = {"call_id": self.call.call_id, "node_id": NODE_ID, "control_id": self.settings.control_id}
@@ -378,7 +380,7 @@ class Recordings:
         return None
 
     async def stop_all(self) -> None:
-        reason = "script_end" if self.call.end_reason == "script_end" else "hangup"
+        reason: RecordingEndReason = "script_end" if self.call.end_reason == "script_end" else "hangup"
         for rec in self.live():
             try:
                 await rec.stop(reason)

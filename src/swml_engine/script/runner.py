@@ -22,6 +22,7 @@ from swml_engine.script.expressions import JsEngine
 from swml_engine.script.flow import EndScript, Goto, Return
 from swml_engine.script.step import Frame, StepContext
 from swml_engine.script.templating import Templater
+from swml_engine.vocabulary import EndReason
 
 #: Deepest chain of ``execute`` calls before the runner refuses (a section that executes itself).
 MAX_EXECUTE_DEPTH = 100
@@ -29,8 +30,8 @@ MAX_EXECUTE_DEPTH = 100
 
 @dataclass
 class RunResult:
-    #: Why the call ended: script_end, hangup, remote_hangup, max_duration, error...
-    reason: str
+    #: Why the call ended.
+    reason: EndReason
     #: Set when the script could not go on (a document fetched at run time failed, ...).
     error: str | None = None
 

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from swml_engine.media.frame import Frame
+from swml_engine.vocabulary import EndReason
 
 if TYPE_CHECKING:
     from swml_engine.call import Call
@@ -48,7 +49,7 @@ class Transport(ABC):
         """Start media before answering (SIP: 183 with SDP). Default: nothing to do."""
 
     @abstractmethod
-    async def hangup(self, reason: str) -> None:
+    async def hangup(self, reason: EndReason) -> None:
         """End the call from our side (SIP: BYE, or a final error response before answer)."""
 
     @abstractmethod

@@ -20,6 +20,7 @@ import numpy as np
 from swml_engine.media.audio import Samples
 from swml_engine.media.frame import Frame, samples_per_frame
 from swml_engine.transports.base import Transport
+from swml_engine.vocabulary import EndReason
 
 #: Gap between digits pressed in one group (``--dtmf 3:123``).
 DIGIT_GAP = 0.25
@@ -104,7 +105,7 @@ class SimulatedTransport(Transport):
         self._timers: list[asyncio.TimerHandle] = []
         self.sent_digits: list[str] = []
         self.answered = False
-        self.hangup_reason: str | None = None
+        self.hangup_reason: EndReason | None = None
 
     def on_call_start(self) -> None:
         call = self.call
@@ -138,7 +139,7 @@ class SimulatedTransport(Transport):
         self.answered = True
         self._pos = 0
 
-    async def hangup(self, reason: str) -> None:
+    async def hangup(self, reason: EndReason) -> None:
         self.hangup_reason = reason
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
