@@ -662,7 +662,7 @@ def test_table_bounds_client_transactions_and_refuses_a_reused_branch() -> None:
     table = TransactionTable(max_client=2)
     first = ClientTransaction(our_invite(), reliable=True, now=0.0)
     table.add_client(first)
-    with pytest.raises(ValueError, match="new branch"):
+    with pytest.raises(ValueError, match="draw a new branch"):
         table.add_client(ClientTransaction(our_invite(), reliable=True, now=0.0))
     table.add_client(ClientTransaction(request("OPTIONS"), reliable=True, now=0.0))
     assert table.client_full

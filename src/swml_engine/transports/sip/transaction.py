@@ -708,6 +708,7 @@ class TwoXxRetransmitter(_Machine[Response]):
 # --- the table -------------------------------------------------------------------------------------------
 
 Machine = ServerTransaction | ClientTransaction | TwoXxRetransmitter
+_Tx = TypeVar("_Tx", ServerTransaction, ClientTransaction)
 
 
 class TableFull(RuntimeError):
@@ -759,19 +760,17 @@ class TransactionTable:
     # --- adding ---
 
     def add_server(self, tx: ServerTransaction) -> None:
-        if self.full:
-            raise TableFull(f"TransactionTable: {self.max_server} server transactions live; check .full first")
-        if tx.key in self._servers:
-            raise ValueError("TransactionTable: a server transaction with this key is live; use server_for()")
-        self._servers[tx.key] = tx
-        self._adopt(tx)
+        self._insert(self._servers, tx, self.max_server, "server", "check .full first", "use server_for()")
 
     def add_client(self, tx: ClientTransaction) -> None:
-        if self.client_full:
-            raise TableFull(f"TransactionTable: {self.max_client} client transactions live; check .client_full")
-        if tx.key in self._clients:
-            raise ValueError("TransactionTable: a client transaction with this branch is live; draw a new branch")
-        self._clients[tx.key] = tx
+        self._insert(self._clients, tx, self.max_client, "client", "check .client_full", "draw a new branch")
+
+    def _insert(self, live: dict[TxKey, _Tx], tx: _Tx, cap: int, side: str, when_full: str, when_taken: str) -> None:
+        if len(live) >= cap:
+            raise TableFull(f"TransactionTable: {cap} {side} transactions live; {when_full}")
+        if tx.key in live:
+            raise ValueError(f"TransactionTable: a {side} transaction with this key is live; {when_taken}")
+        live[tx.key] = tx
         self._adopt(tx)
 
     def add_retransmitter(self, retransmitter: TwoXxRetransmitter) -> None:
