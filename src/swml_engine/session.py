@@ -15,8 +15,9 @@ from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
 from swml_engine.document.model import Document
 from swml_engine.events import EventLog, JsonlSink, jsonable
-from swml_engine.media.audio import Samples, decode
+from swml_engine.media.audio import decode
 from swml_engine.media.clock import VirtualTimeLoop
+from swml_engine.media.frame import Samples
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables

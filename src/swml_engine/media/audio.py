@@ -7,11 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
-from swml_engine.media.frame import Frame, samples_per_frame
-
-Samples = npt.NDArray[np.int16]
+from swml_engine.media.frame import Frame, Samples, samples_per_frame
 
 
 class AudioError(Exception):
@@ -25,8 +22,8 @@ def _resampler(rate: int) -> object:
 
 
 def _collect(resampled: list[object], out: list[Samples]) -> None:
-    for frame in resampled:
-        arr = frame.to_ndarray()  # type: ignore[attr-defined]
+    for av_frame in resampled:
+        arr = av_frame.to_ndarray()  # type: ignore[attr-defined]
         out.append(np.ascontiguousarray(arr.reshape(-1), dtype=np.int16))
 
 
@@ -36,11 +33,11 @@ def resample(samples: Samples, from_rate: int, to_rate: int) -> Samples:
         return samples.astype(np.int16, copy=False)
     import av
 
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
-    frame.sample_rate = from_rate
+    av_frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
+    av_frame.sample_rate = from_rate
     res = _resampler(to_rate)
     out: list[Samples] = []
-    _collect(res.resample(frame), out)  # type: ignore[attr-defined]
+    _collect(res.resample(av_frame), out)  # type: ignore[attr-defined]
     _collect(res.resample(None), out)  # type: ignore[attr-defined]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
 
@@ -63,10 +60,10 @@ def decode(source: bytes | str | Path, rate: int, *, max_seconds: float = 4 * 36
         limit = int(max_seconds * rate)
         total = 0
         try:
-            for frame in container.decode(streams[0]):
-                frame.pts = None  # let the resampler keep its own timeline
+            for av_frame in container.decode(streams[0]):
+                av_frame.pts = None  # let the resampler keep its own timeline
                 before = len(out)
-                _collect(res.resample(frame), out)  # type: ignore[attr-defined]
+                _collect(res.resample(av_frame), out)  # type: ignore[attr-defined]
                 total += sum(len(o) for o in out[before:])
                 if total > limit:
                     raise AudioError(f"the audio is longer than {max_seconds:.0f} s")

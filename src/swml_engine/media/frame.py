@@ -1,4 +1,12 @@
-"""Audio frames: 20 ms of 16-bit mono PCM as a numpy int16 array, at the call's sample rate."""
+"""Audio as numpy int16 arrays, and its two names.
+
+* :data:`Samples` — any number of 16-bit samples: a sound, a decoded file, a resampled block
+  (mono; the recording writers also take interleaved stereo as shape ``(n, 2)``).
+* :data:`Frame` — exactly 20 ms of mono samples at the call's rate: what the media tick moves from the
+  transport to the taps and from the players to the transport, one per tick.
+
+(A running section of a script is a :class:`~swml_engine.script.step.SectionRun`, not a frame.)
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ import numpy.typing as npt
 FRAME_SECONDS = 0.02
 FRAMES_PER_SECOND = 50
 
-Frame = npt.NDArray[np.int16]
+Samples = npt.NDArray[np.int16]
+Frame = Samples
 
 
 def samples_per_frame(rate: int) -> int:

@@ -18,7 +18,7 @@ from swml_engine.errors import DocumentError, ParamError
 from swml_engine.fetch import FetchStopped
 from swml_engine.methods.base import BlockLoader, Method
 from swml_engine.script.flow import EndScript
-from swml_engine.script.step import Frame, StepContext
+from swml_engine.script.step import SectionRun, StepContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,19 +81,19 @@ class Execute(Method[ExecuteParams]):
         return []
 
     async def run(self, ctx: StepContext, p: ExecuteParams) -> None:
-        frame = await self._target(ctx, p)
-        value = await ctx.runner.execute_section(frame, p.params)
+        section_run = await self._target(ctx, p)
+        value = await ctx.runner.execute_section(section_run, p.params)
         ctx.set_var("return_value", value)
         ctx.result = "returned"
         if p.on_return is not None:
             await ctx.run_block(p.on_return)
         if p.result is not None:
             kind, params = p.result
-            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.execute.result"), ctx.frame)
+            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.execute.result"), ctx.section_run)
 
-    async def _target(self, ctx: StepContext, p: ExecuteParams) -> Frame:
+    async def _target(self, ctx: StepContext, p: ExecuteParams) -> SectionRun:
         dest = p.dest.strip()
-        depth = ctx.frame.depth + 1
+        depth = ctx.section_run.depth + 1
         if _is_url(dest):
             payload = ctx.variables.payload()
             payload["params"] = p.params
@@ -104,14 +104,14 @@ class Execute(Method[ExecuteParams]):
             except DocumentError as e:
                 # (the message names the URL, redacted: credentials never reach events or logs)
                 raise ParamError(f"{ctx.where}.dest", str(e)) from None
-            return Frame(doc, "main", doc.labels("main"), depth)
+            return SectionRun(doc, "main", doc.labels("main"), depth)
         if _is_inline(dest):
             try:
                 doc = load_text(dest, f"{ctx.where}.dest")
             except DocumentError as e:
                 raise ParamError(f"{ctx.where}.dest", f"inline SWML: {e}") from None
-            return Frame(doc, "main", doc.labels("main"), depth)
-        doc = ctx.frame.doc
+            return SectionRun(doc, "main", doc.labels("main"), depth)
+        doc = ctx.section_run.doc
         if dest not in doc.sections:
             raise ParamError(f"{ctx.where}.dest", f"no section {dest!r} (sections: {', '.join(sorted(doc.sections))})")
-        return Frame(doc, dest, doc.labels(dest), depth)
+        return SectionRun(doc, dest, doc.labels(dest), depth)

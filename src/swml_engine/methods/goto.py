@@ -36,14 +36,14 @@ class Goto(Method[GotoParams]):
         if p.when is not None and not await ctx.holds(p.when, f"{ctx.where}.when"):
             ctx.result = "not_taken"
             return
-        index = ctx.frame.labels.get(label)
+        index = ctx.section_run.labels.get(label)
         if index is None:
-            raise ParamError(f"{ctx.where}.label", f"no label {label!r} in section {ctx.frame.section!r}")
+            raise ParamError(f"{ctx.where}.label", f"no label {label!r} in section {ctx.section_run.section!r}")
         key = ctx.step.path
-        count = ctx.frame.goto_counts.get(key, 0)
+        count = ctx.section_run.goto_counts.get(key, 0)
         if count >= p.max:
             ctx.result = "max_reached"
             return
-        ctx.frame.goto_counts[key] = count + 1
+        ctx.section_run.goto_counts[key] = count + 1
         ctx.result = "taken"
         raise GotoSignal(index)

@@ -1,9 +1,9 @@
 """Streaming writers for recordings: WAV (RF64 past 4 GB), MP3 (lameenc), AAC in fragmented MP4 (PyAV).
 
-Each writer takes 16-bit PCM frames (mono, or interleaved stereo) and puts them on disk as the call goes,
-so memory stays flat however long the call, and a process killed mid-recording leaves a file that holds
-all audio up to the last flush (at most :data:`FLUSH_SECONDS` before the kill). ``recovery.py`` repairs
-such files.
+Each writer takes :data:`~swml_engine.media.frame.Samples` (mono, or interleaved stereo as ``(n, 2)``)
+and puts them on disk as the call goes, so memory stays flat however long the call, and a process killed
+mid-recording leaves a file that holds all audio up to the last flush (at most :data:`FLUSH_SECONDS`
+before the kill). ``recovery.py`` repairs such files.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import numpy.typing as npt
 
-from swml_engine.media.frame import Frame
+from swml_engine.media.frame import Frame, Samples
 
 #: How often a writer pushes its data to the OS (and a WAV writer rewrites its header).
 FLUSH_SECONDS = 0.5
 FORMATS = ("wav", "mp3", "mp4")
-
-Pcm = npt.NDArray[np.int16]  # shape (n,) mono or (n, 2) stereo
 
 
 class EncoderError(Exception):
@@ -59,14 +56,14 @@ class Writer(ABC):
         self.broken = False
         self._lock = -1
         size = max(1, round(rate * self.block_seconds))
-        self._block: Pcm = np.zeros((size, 2) if channels == 2 else size, dtype=np.int16)
+        self._block: Samples = np.zeros((size, 2) if channels == 2 else size, dtype=np.int16)
         self._fill = 0
 
     @property
     def duration(self) -> float:
         return self.samples / self.rate
 
-    def write(self, pcm: Pcm) -> None:
+    def write(self, pcm: Samples) -> None:
         """Append mono ``(n,)`` or interleaved stereo ``(n, 2)`` samples."""
         n = pcm.shape[0]
         if n > len(self._block):  # a long gap of silence: straight to the encoder
@@ -112,7 +109,7 @@ class Writer(ABC):
         if lock >= 0:
             os.close(lock)
 
-    def _room(self, n: int) -> Pcm:
+    def _room(self, n: int) -> Samples:
         """The block's next ``n`` samples to fill (the block is handed over first if they do not fit)."""
         if self._fill + n > len(self._block):
             self._drain()
@@ -129,7 +126,7 @@ class Writer(ABC):
             fill, self._fill = self._fill, 0
             self._encode(self._block[:fill])
 
-    def _encode(self, pcm: Pcm) -> None:
+    def _encode(self, pcm: Samples) -> None:
         try:
             self._write(pcm)
             self.flush()
@@ -141,7 +138,7 @@ class Writer(ABC):
         return EncoderError(f"cannot write {self.path.name}: {e.strerror or e}")
 
     @abstractmethod
-    def _write(self, pcm: Pcm) -> None:
+    def _write(self, pcm: Samples) -> None:
         """Encode and write ``pcm`` (a view of the block: copy what must outlive the call)."""
 
     @abstractmethod
@@ -193,7 +190,7 @@ class WavWriter(Writer):
         self._f.write(wav_header(rate, channels, 0))
         self._data = 0
 
-    def _write(self, pcm: Pcm) -> None:
+    def _write(self, pcm: Samples) -> None:
         raw = pcm.astype("<i2", copy=False).tobytes()
         self._f.write(raw)
         self._data += len(raw)
@@ -306,7 +303,7 @@ class Mp3Writer(Writer):
         self._f.write(self.layout.info_frame(0, 0))
         self._encoded = False
 
-    def _write(self, pcm: Pcm) -> None:
+    def _write(self, pcm: Samples) -> None:
         self._f.write(bytes(self._enc.encode(pcm.astype("<i2", copy=False).tobytes())))
         self._encoded = True
 
@@ -384,7 +381,7 @@ class Mp4Writer(Writer):
         self._layout = layout
         self._pts = 0
 
-    def _write(self, pcm: Pcm) -> None:
+    def _write(self, pcm: Samples) -> None:
         import av
 
         frame = av.AudioFrame.from_ndarray(

@@ -20,7 +20,7 @@ from swml_engine.errors import ParamError, SwmlError
 from swml_engine.script.context import Variables
 from swml_engine.script.expressions import JsEngine
 from swml_engine.script.flow import EndScript, Goto, Return
-from swml_engine.script.step import Frame, StepContext
+from swml_engine.script.step import SectionRun, StepContext
 from swml_engine.script.templating import Templater
 from swml_engine.vocabulary import EndReason
 
@@ -57,7 +57,7 @@ class Runner:
         """Run ``sections.main``, then end the call; always returns, never raises for script errors."""
         error: str | None = None
         try:
-            await self.run_section(Frame(self.doc, "main", self.doc.labels("main")))
+            await self.run_section(SectionRun(self.doc, "main", self.doc.labels("main")))
         except Return:
             pass
         except EndScript:
@@ -71,29 +71,29 @@ class Runner:
             await self.call.hangup("error" if error else "script_end")
         return RunResult(self.call.end_reason or "script_end", error)
 
-    async def run_section(self, frame: Frame) -> None:
+    async def run_section(self, section_run: SectionRun) -> None:
         """Run a section's steps; a goto raised anywhere inside (a nested cond, say) lands here."""
-        steps = frame.doc.sections[frame.section]
+        steps = section_run.doc.sections[section_run.section]
         i = 0
         while i < len(steps):
             try:
-                await self.run_step(steps[i], frame)
+                await self.run_step(steps[i], section_run)
             except Goto as g:
                 i = g.index
                 continue
             i += 1
 
-    async def run_steps(self, steps: list[Step], frame: Frame) -> None:
+    async def run_steps(self, steps: list[Step], section_run: SectionRun) -> None:
         for step in steps:
-            await self.run_step(step, frame)
+            await self.run_step(step, section_run)
 
-    async def run_step(self, step: Step, frame: Frame) -> StepContext:
+    async def run_step(self, step: Step, section_run: SectionRun) -> StepContext:
         if self.call.is_ended:
             raise EndScript
         method = self.registry[step.method]
         events = self.call.events
-        events.emit("step.start", section=frame.section, index=step.index, path=step.path, method=step.method)
-        ctx = StepContext(self, step, frame)
+        events.emit("step.start", section=section_run.section, index=step.index, path=step.path, method=step.method)
+        ctx = StepContext(self, step, section_run)
         self.js.begin_step()
         raw: object = None
         try:
@@ -104,7 +104,7 @@ class Runner:
             self._fail(ctx, method.result_var, str(e))
             method.failed(ctx, raw, e)
         except (Goto, Return, EndScript):
-            self._step_end(frame, step, ctx)
+            self._step_end(section_run, step, ctx)
             raise
         except SwmlError as e:
             self._fail(ctx, method.result_var, f"{step.where}: {e}")
@@ -112,7 +112,7 @@ class Runner:
             raise
         except Exception as e:  # a bug in a method must not drop the call; say where it happened
             self._fail(ctx, method.result_var, f"{step.where}: internal error: {type(e).__name__}: {e}")
-        self._step_end(frame, step, ctx)
+        self._step_end(section_run, step, ctx)
         pause = self.templater.take_pending_sleep()
         if pause > 0:
             await self.call_sleep(pause)
@@ -122,9 +122,14 @@ class Runner:
             raise EndScript
         return ctx
 
-    def _step_end(self, frame: Frame, step: Step, ctx: StepContext) -> None:
+    def _step_end(self, section_run: SectionRun, step: Step, ctx: StepContext) -> None:
         self.call.events.emit(
-            "step.end", section=frame.section, index=step.index, path=step.path, method=step.method, result=ctx.result
+            "step.end",
+            section=section_run.section,
+            index=step.index,
+            path=step.path,
+            method=step.method,
+            result=ctx.result,
         )
 
     def _fail(self, ctx: StepContext, result_var: str | None, message: str) -> None:
@@ -148,17 +153,17 @@ class Runner:
             waiter.cancel()
             ended.cancel()
 
-    async def execute_section(self, frame: Frame, params: dict[str, Any]) -> Any:
+    async def execute_section(self, section_run: SectionRun, params: dict[str, Any]) -> Any:
         """Run a section with its own ``params``; the caller's params come back afterwards."""
-        if frame.depth > MAX_EXECUTE_DEPTH:
+        if section_run.depth > MAX_EXECUTE_DEPTH:
             raise ParamError(
-                frame.section,
+                section_run.section,
                 f"execute nested more than {MAX_EXECUTE_DEPTH} deep (a section that calls itself?)",
             )
         saved = self.variables.params
         self.variables.params = dict(params)
         try:
-            await self.run_section(frame)
+            await self.run_section(section_run)
         except Return as r:
             return r.value
         finally:

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Frame:
-    """A section being run: which document it comes from and its labels (goto targets)."""
+class SectionRun:
+    """One run of a section (``main``, or one ``execute`` of it): its document, its labels (goto
+    targets), how deep in ``execute`` calls it is and its goto counts."""
 
     doc: Document
     section: str
@@ -32,7 +33,7 @@ class Frame:
 class StepContext:
     runner: Runner
     step: Step
-    frame: Frame
+    section_run: SectionRun
     #: The step's outcome shown in ``step.end`` (``success``, ``failed``, ``no_input``...).
     result: str | None = None
 
@@ -72,7 +73,7 @@ class StepContext:
 
     async def run_block(self, block: Block) -> None:
         """Run nested steps (``then``, a ``case``, ``on_return``) in the current section."""
-        await self.runner.run_steps(block.steps, self.frame)
+        await self.runner.run_steps(block.steps, self.section_run)
 
 
 def truthy(value: object) -> bool:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swml_engine.media.audio import Samples
-from swml_engine.media.frame import Frame, samples_per_frame
+from swml_engine.media.frame import Frame, Samples, samples_per_frame
 from swml_engine.transports.base import Transport
 from swml_engine.vocabulary import EndReason
 

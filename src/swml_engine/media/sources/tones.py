@@ -8,8 +8,8 @@ from functools import cache
 
 import numpy as np
 
-from swml_engine.media.audio import Samples, frames_of
-from swml_engine.media.frame import Frame, frames_for, samples_per_frame, silence
+from swml_engine.media.audio import frames_of
+from swml_engine.media.frame import Frame, Samples, frames_for, samples_per_frame, silence
 from swml_engine.media.inband_dtmf import HIGH, KEYS, LOW
 
 BEEP_HZ = 1000.0

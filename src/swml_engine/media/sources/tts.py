@@ -20,7 +20,8 @@ from functools import cache
 
 import numpy as np
 
-from swml_engine.media.audio import Samples, resample
+from swml_engine.media.audio import resample
+from swml_engine.media.frame import Samples
 
 
 class TtsError(Exception):
