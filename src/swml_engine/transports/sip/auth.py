@@ -23,7 +23,7 @@ import hmac
 import random
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -371,18 +371,11 @@ class _Nonce:
     last_nc: int = 0
 
 
-RandomSource = random.Random | Callable[[int], int]
-
-
-def _bits(source: RandomSource, n: int) -> int:
-    return source.getrandbits(n) if isinstance(source, random.Random) else source(n)
-
-
 class DigestChallenge:
     """Our digest challenges and the check of what answers them (RFC 3261 §22.2, RFC 7616 §3.3-3.4).
 
-    ``rng``: where nonces and the opaque come from (a ``random.Random`` such as
-    ``random.SystemRandom()``, the default, or a function of a bit count); tests give a seeded one.
+    ``rng``: where nonces and the opaque come from (``random.SystemRandom()`` by default; tests give a
+    seeded ``random.Random``).
     ``algorithms``: offered in this order, one challenge each with the same nonce (RFC 7616 §3.7 puts
     SHA-256 first). ``proxy``: challenge as a proxy (407, Proxy-Authenticate / Proxy-Authorization).
     """
@@ -391,7 +384,7 @@ class DigestChallenge:
         self,
         realm: str = REALM,
         *,
-        rng: RandomSource | None = None,
+        rng: random.Random | None = None,
         algorithms: Iterable[Algorithm] = (Algorithm.MD5,),
         lifetime: float = NONCE_LIFETIME,
         proxy: bool = False,
@@ -404,8 +397,8 @@ class DigestChallenge:
             raise ValueError("offer MD5 and/or SHA-256 (the -sess forms are for clients that ask for them)")
         self.lifetime = lifetime
         self.proxy = proxy
-        self._rng: RandomSource = rng if rng is not None else random.SystemRandom()
-        self.opaque = f"{_bits(self._rng, 64):016x}"
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self.opaque = f"{self._rng.getrandbits(64):016x}"
         self._nonces: OrderedDict[str, _Nonce] = OrderedDict()
 
     @property
@@ -419,7 +412,7 @@ class DigestChallenge:
     def headers(self, now: float, *, stale: bool = False) -> list[tuple[str, str]]:
         """The challenge headers of a 401/407 (one per algorithm), with a fresh nonce issued at ``now``
         (ms). ``stale``: the last credentials were right but their nonce had expired (Verdict.STALE)."""
-        nonce = f"{_bits(self._rng, 128):032x}"
+        nonce = f"{self._rng.getrandbits(128):032x}"
         # Nonces are kept in the order issued: the long expired and, past the bound, the oldest go.
         while self._nonces and (
             len(self._nonces) >= MAX_NONCES or now - next(iter(self._nonces.values())).issued_at > 2 * self.lifetime
