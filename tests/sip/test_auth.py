@@ -21,7 +21,9 @@ from swml_engine.transports.sip.auth import (
     parse_challenge,
     parse_challenges,
 )
-from swml_engine.transports.sip.message import Headers, Request, response_to
+from swml_engine.transports.sip.message import Request, response_to
+
+from .core_messages import invite
 
 RFC2617_CHALLENGE = (
     'Digest realm="testrealm@host.com", qop="auth,auth-int", '
@@ -46,17 +48,6 @@ def _param(header: str, name: str) -> str:
 
 def _md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
-
-
-def _invite(*headers: tuple[str, str]) -> Request:
-    base = [
-        ("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1"),
-        ("From", "<sip:alice@example.com>;tag=a1"),
-        ("To", "<sip:record@example.org>"),
-        ("Call-ID", "c1"),
-        ("CSeq", "1 INVITE"),
-    ]
-    return Request(headers=Headers([*base, *headers]), method="INVITE", uri="sip:record@example.org")
 
 
 # --- the RFCs' examples ---------------------------------------------------------------------------
@@ -167,15 +158,15 @@ def test_nonce_count_and_client_nonce_are_checked() -> None:
 
 
 def test_401_and_407_name_their_headers() -> None:
-    invite = _invite()
-    www = response_to(invite, 401, headers=[("WWW-Authenticate", RFC2617_CHALLENGE)])
+    request = invite()
+    www = response_to(request, 401, headers=[("WWW-Authenticate", RFC2617_CHALLENGE)])
     assert challenge_of(www).answer_header == "Authorization"
-    proxy = response_to(invite, 407, headers=[("Proxy-Authenticate", RFC2617_CHALLENGE)])
+    proxy = response_to(request, 407, headers=[("Proxy-Authenticate", RFC2617_CHALLENGE)])
     assert challenge_of(proxy).proxy and challenge_of(proxy).answer_header == "Proxy-Authorization"
     with pytest.raises(AuthError, match="not a challenge"):
-        challenge_of(response_to(invite, 200))
+        challenge_of(response_to(request, 200))
     with pytest.raises(AuthError, match="no challenge"):
-        challenge_of(response_to(invite, 407, headers=[("WWW-Authenticate", RFC2617_CHALLENGE)]))
+        challenge_of(response_to(request, 407, headers=[("WWW-Authenticate", RFC2617_CHALLENGE)]))
 
 
 # --- our challenge, answered by our client --------------------------------------------------------
@@ -185,10 +176,10 @@ def _answer(
     server: DigestChallenge, now: float, user: str, password: str, *, nc: int = 1, stale: bool = False
 ) -> tuple[Request, str]:
     """Challenge an INVITE, answer as a client would: the retried INVITE and its credentials."""
-    rejected = response_to(_invite(), server.status, headers=server.headers(now, stale=stale), to_tag="t")
+    rejected = response_to(invite(), server.status, headers=server.headers(now, stale=stale), to_tag="t")
     challenge = challenge_of(rejected)
     creds = authorization(challenge, "INVITE", "sip:record@example.org", user, password, cnonce="c0ffee", nc=nc)
-    return _invite((challenge.answer_header, creds)), creds
+    return invite((challenge.answer_header, creds)), creds
 
 
 def test_round_trip_server_client_server() -> None:
@@ -205,8 +196,8 @@ def test_a_replayed_nonce_count_is_refused_and_a_higher_one_taken() -> None:
     nonce = _param(creds, "nonce")
     challenge = parse_challenge(f'Digest realm="swml-engine", nonce="{nonce}", opaque="{server.opaque}", qop="auth"')
     second = authorization(challenge, "INVITE", "sip:record@example.org", "alice", "s3cret", cnonce="c0ffee", nc=2)
-    assert server.verify(_invite(("Authorization", second)), "alice", "s3cret", 2_000) is Verdict.ACCEPTED
-    assert server.verify(_invite(("Authorization", second)), "alice", "s3cret", 2_500) is Verdict.REPLAYED
+    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2_000) is Verdict.ACCEPTED
+    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2_500) is Verdict.REPLAYED
 
 
 def test_wrong_credentials_are_refused() -> None:
@@ -215,16 +206,16 @@ def test_wrong_credentials_are_refused() -> None:
     assert server.verify(retry, "alice", "s3cret", 1_000) is Verdict.REJECTED
     retry, _ = _answer(server, 0, "mallory", "s3cret")
     assert server.verify(retry, "alice", "s3cret", 1_000) is Verdict.REJECTED
-    assert server.verify(_invite(), "alice", "s3cret", 1_000) is Verdict.MISSING
+    assert server.verify(invite(), "alice", "s3cret", 1_000) is Verdict.MISSING
     other_realm = creds.replace('realm="swml-engine"', 'realm="elsewhere"')
-    assert server.verify(_invite(("Authorization", other_realm)), "alice", "s3cret", 1_000) is Verdict.MISSING
+    assert server.verify(invite(("Authorization", other_realm)), "alice", "s3cret", 1_000) is Verdict.MISSING
     # a nonce we never issued (another server's, or ours from before a restart): challenge again
     issued_elsewhere, _ = _answer(DigestChallenge(rng=random.Random(99)), 0, "alice", "s3cret")
     assert server.verify(issued_elsewhere, "alice", "s3cret", 1_000) is Verdict.UNKNOWN_NONCE
     tampered_opaque = _answer(server, 0, "alice", "s3cret")[1].replace(server.opaque, "0" * 16)
-    assert server.verify(_invite(("Authorization", tampered_opaque)), "alice", "s3cret", 1_000) is Verdict.REJECTED
+    assert server.verify(invite(("Authorization", tampered_opaque)), "alice", "s3cret", 1_000) is Verdict.REJECTED
     for junk in ("Basic YWxpY2U6czNjcmV0", "Digest", 'Digest realm="swml-engine", nc="zz"', '"', "\x00\xff"):
-        assert server.verify(_invite(("Authorization", junk)), "alice", "s3cret", 1_000) in (
+        assert server.verify(invite(("Authorization", junk)), "alice", "s3cret", 1_000) in (
             Verdict.MISSING,
             Verdict.REJECTED,
             Verdict.UNKNOWN_NONCE,
@@ -238,9 +229,9 @@ def test_an_expired_nonce_is_stale_and_the_next_challenge_says_so() -> None:
     # only a right password earns "stale" (else a guesser would be told to try again quietly)
     wrong, _ = _answer(server, 0, "alice", "guess")
     assert server.verify(wrong, "alice", "s3cret", NONCE_LIFETIME + 1) is Verdict.REJECTED
-    again = response_to(_invite(), 401, headers=server.headers(NONCE_LIFETIME + 1, stale=True))
+    again = response_to(invite(), 401, headers=server.headers(NONCE_LIFETIME + 1, stale=True))
     assert challenge_of(again).stale
-    assert not challenge_of(response_to(_invite(), 401, headers=server.headers(0))).stale
+    assert not challenge_of(response_to(invite(), 401, headers=server.headers(0))).stale
     fresh, _ = _answer(server, NONCE_LIFETIME + 1, "alice", "s3cret")
     assert server.verify(fresh, "alice", "s3cret", NONCE_LIFETIME + 2) is Verdict.ACCEPTED
 
@@ -252,10 +243,10 @@ def test_sha256_is_offered_first_and_either_answer_is_taken() -> None:
     challenge = parse_challenge(*(v for _, v in headers))
     assert challenge.algorithm is Algorithm.SHA256
     creds = authorization(challenge, "INVITE", "sip:record@example.org", "alice", "pw", cnonce="c1")
-    assert server.verify(_invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.ACCEPTED
+    assert server.verify(invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.ACCEPTED
     md5 = parse_challenge(headers[1][1])
     creds = authorization(md5, "INVITE", "sip:record@example.org", "alice", "pw", cnonce="c1", nc=2)
-    assert server.verify(_invite(("Authorization", creds)), "alice", "pw", 2) is Verdict.ACCEPTED
+    assert server.verify(invite(("Authorization", creds)), "alice", "pw", 2) is Verdict.ACCEPTED
 
 
 def test_an_algorithm_we_did_not_offer_is_refused() -> None:
@@ -265,7 +256,7 @@ def test_an_algorithm_we_did_not_offer_is_refused() -> None:
         f'Digest realm="swml-engine", nonce="{nonce}", opaque="{server.opaque}", qop="auth", algorithm=SHA-256'
     )
     creds = authorization(sha, "INVITE", "sip:record@example.org", "alice", "pw", cnonce="c1")
-    assert server.verify(_invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.REJECTED
+    assert server.verify(invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.REJECTED
 
 
 def test_a_client_without_qop_gets_one_request_per_nonce() -> None:
@@ -273,8 +264,8 @@ def test_a_client_without_qop_gets_one_request_per_nonce() -> None:
     nonce = server.headers(0)[0][1].split('nonce="')[1].split('"')[0]
     old = parse_challenge(f'Digest realm="swml-engine", nonce="{nonce}", opaque="{server.opaque}"')
     creds = authorization(old, "INVITE", "sip:record@example.org", "alice", "pw", cnonce="")
-    assert server.verify(_invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.ACCEPTED
-    assert server.verify(_invite(("Authorization", creds)), "alice", "pw", 2) is Verdict.REPLAYED
+    assert server.verify(invite(("Authorization", creds)), "alice", "pw", 1) is Verdict.ACCEPTED
+    assert server.verify(invite(("Authorization", creds)), "alice", "pw", 2) is Verdict.REPLAYED
 
 
 def test_nonces_come_from_the_given_source_and_are_bounded() -> None:

@@ -108,6 +108,9 @@ def test_uas_route_set_is_the_record_route_in_order_and_bye_follows_it() -> None
     assert (dialog.remote_seq, dialog.remote_tag, dialog.local_tag) == (101, "from1", "ours1")
     assert dialog.local_uri.tag is None and dialog.remote_uri.tag is None
 
+    early = dialog.answer(invite, 183, contact=OUR_CONTACT)
+    assert early.headers.get_all("record-route") == invite.headers.get_all("record-route")
+    assert dialog.state is DialogState.EARLY
     ok = dialog.answer(invite, 200, contact=OUR_CONTACT)
     assert dialog.state is DialogState.CONFIRMED
     # the 200 copies the Record-Route lines as they came, in order (RFC 3261 §12.1.1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from swml_engine.transports.sip.dialog import Role
-from swml_engine.transports.sip.message import BadHeader, Headers, Request, Response, response_to
+from swml_engine.transports.sip.message import BadHeader, Response, response_to
 from swml_engine.transports.sip.session_timer import (
     MIN_SE,
     Agreed,
@@ -22,29 +22,20 @@ from swml_engine.transports.sip.session_timer import (
     supports_timer,
 )
 
-
-def _invite(*headers: tuple[str, str]) -> Request:
-    base = [
-        ("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1"),
-        ("From", "<sip:alice@example.com>;tag=a1"),
-        ("To", "<sip:record@example.org>"),
-        ("Call-ID", "c1"),
-        ("CSeq", "1 INVITE"),
-    ]
-    return Request(headers=Headers([*base, *headers]), method="INVITE", uri="sip:record@example.org")
+from .core_messages import invite
 
 
 def _response(status: int, *headers: tuple[str, str]) -> Response:
-    return response_to(_invite(), status, to_tag="b1", headers=headers)
+    return response_to(invite(), status, to_tag="b1", headers=headers)
 
 
 def test_headers_are_read_with_their_refresher_and_compact_name() -> None:
-    assert read_session_expires(_invite(("Session-Expires", "1800;refresher=uac"))) == SessionExpires(1800, Role.UAC)
-    assert read_session_expires(_invite(("x", "600 ; Refresher=UAS;foo"))) == SessionExpires(600, Role.UAS)
-    assert read_session_expires(_invite()) is None and read_min_se(_invite()) is None
-    assert read_min_se(_invite(("Min-SE", " 120;ext=1"))) == 120
-    assert supports_timer(_invite(("Supported", "100rel, timer"))) and supports_timer(_invite(("Require", "timer")))
-    assert not supports_timer(_invite(("Supported", "100rel")))
+    assert read_session_expires(invite(("Session-Expires", "1800;refresher=uac"))) == SessionExpires(1800, Role.UAC)
+    assert read_session_expires(invite(("x", "600 ; Refresher=UAS;foo"))) == SessionExpires(600, Role.UAS)
+    assert read_session_expires(invite()) is None and read_min_se(invite()) is None
+    assert read_min_se(invite(("Min-SE", " 120;ext=1"))) == 120
+    assert supports_timer(invite(("Supported", "100rel, timer"))) and supports_timer(invite(("Require", "timer")))
+    assert not supports_timer(invite(("Supported", "100rel")))
     assert str(SessionExpires(90, Role.UAS)) == "90;refresher=uas" and str(SessionExpires(90)) == "90"
 
 
@@ -62,55 +53,55 @@ def test_headers_are_read_with_their_refresher_and_compact_name() -> None:
 )
 def test_unreadable_timer_headers_are_bad_headers_named(headers: list[tuple[str, str]]) -> None:
     with pytest.raises(BadHeader) as caught:
-        read_session_expires(_invite(*headers))
-        read_min_se(_invite(*headers))
+        read_session_expires(invite(*headers))
+        read_min_se(invite(*headers))
     assert caught.value.header in ("Session-Expires", "Min-SE")
     with pytest.raises(BadHeader):
-        answer_request(_invite(("Supported", "timer"), *headers))
+        answer_request(invite(("Supported", "timer"), *headers))
 
 
 # --- as the UAS -------------------------------------------------------------------------------------
 
 
 def test_a_short_interval_from_a_uac_that_does_timers_gets_422_with_our_minimum() -> None:
-    answer = answer_request(_invite(("Supported", "timer"), ("Session-Expires", "60")))
+    answer = answer_request(invite(("Supported", "timer"), ("Session-Expires", "60")))
     assert answer == TooSmall(MIN_SE) and answer.status == 422 and answer.headers() == [("Min-SE", "90")]
-    assert answer_request(_invite(("Supported", "timer"), ("Session-Expires", "200")), min_se=300) == TooSmall(300)
-    assert isinstance(answer_request(_invite(("Supported", "timer"), ("Session-Expires", "90"))), Agreed)
+    assert answer_request(invite(("Supported", "timer"), ("Session-Expires", "200")), min_se=300) == TooSmall(300)
+    assert isinstance(answer_request(invite(("Supported", "timer"), ("Session-Expires", "90"))), Agreed)
 
 
 def test_a_short_interval_a_proxy_asked_for_is_raised_and_we_refresh() -> None:
     # no Supported: timer: the UAC would not understand a 422, so the call goes on at our minimum
-    answer = answer_request(_invite(("Session-Expires", "60")), min_se=120)
+    answer = answer_request(invite(("Session-Expires", "60")), min_se=120)
     assert answer == Agreed(SessionTimer(120, Role.UAS, Role.UAS, 120))
     assert isinstance(answer, Agreed) and answer.timer is not None and answer.timer.we_refresh
     assert answer.headers() == [("Session-Expires", "120;refresher=uas")]  # no Require: it does not do timers
 
 
 def test_the_refresher_is_the_requests_else_our_preference_and_always_us_for_a_uac_without_timers() -> None:
-    plain = _invite(("Supported", "timer"), ("Session-Expires", "1800"))
+    plain = invite(("Supported", "timer"), ("Session-Expires", "1800"))
     uac = answer_request(plain)
     assert isinstance(uac, Agreed) and uac.timer == SessionTimer(1800, Role.UAC, Role.UAS)
     assert uac.headers() == [("Session-Expires", "1800;refresher=uac"), ("Require", "timer")]
     assert uac.timer is not None and not uac.timer.we_refresh
     ours = answer_request(plain, prefer=Role.UAS)
     assert isinstance(ours, Agreed) and ours.headers()[0] == ("Session-Expires", "1800;refresher=uas")
-    named = answer_request(_invite(("Supported", "timer"), ("Session-Expires", "1800;refresher=uas")))
+    named = answer_request(invite(("Supported", "timer"), ("Session-Expires", "1800;refresher=uas")))
     assert isinstance(named, Agreed) and named.timer is not None and named.timer.refresher is Role.UAS
-    without = answer_request(_invite(("Session-Expires", "1800;refresher=uac")))
+    without = answer_request(invite(("Session-Expires", "1800;refresher=uac")))
     assert isinstance(without, Agreed) and without.timer == SessionTimer(1800, Role.UAS, Role.UAS)
     assert without.headers() == [("Session-Expires", "1800;refresher=uas")]
 
 
 def test_no_session_expires_means_no_timer_and_bad_values_are_refused() -> None:
-    assert answer_request(_invite(("Supported", "timer"))) == Agreed(None)
+    assert answer_request(invite(("Supported", "timer"))) == Agreed(None)
     assert Agreed(None).headers() == []
     with pytest.raises(BadHeader, match="below the request's own Min-SE"):
-        answer_request(_invite(("Supported", "timer"), ("Session-Expires", "100"), ("Min-SE", "200")))
+        answer_request(invite(("Supported", "timer"), ("Session-Expires", "100"), ("Min-SE", "200")))
     with pytest.raises(SessionTimerError, match="90 s at the least"):
-        answer_request(_invite(), min_se=30)
+        answer_request(invite(), min_se=30)
     # the request's Min-SE is remembered as the floor for the session's refreshes
-    kept = answer_request(_invite(("Supported", "timer"), ("Session-Expires", "600"), ("Min-SE", "400")))
+    kept = answer_request(invite(("Supported", "timer"), ("Session-Expires", "600"), ("Min-SE", "400")))
     assert isinstance(kept, Agreed) and kept.timer is not None and kept.timer.min_se == 400
 
 
@@ -173,15 +164,15 @@ def test_uac_and_uas_agree_through_a_422_and_a_refresh() -> None:
     """Our outbound INVITE meets a UAS whose minimum is 3600 s: 422, retry, agreement, then our refresh
     carries the agreed interval and names us as refresher."""
     offer = TimerOffer(1800)
-    first = answer_request(_invite(*offer.headers()), min_se=3600)
+    first = answer_request(invite(*offer.headers()), min_se=3600)
     assert isinstance(first, TooSmall)
     retry = offer.after_422(_response(first.status, *first.headers()))
-    second = answer_request(_invite(*retry.headers()), min_se=3600)
+    second = answer_request(invite(*retry.headers()), min_se=3600)
     assert isinstance(second, Agreed) and second.require
     timer = retry.agreed(_response(200, *second.headers()))
     assert timer == SessionTimer(3600, Role.UAC, Role.UAC, 3600) and timer.refresh_at(0) == 1_800_000
     refresh = timer.refresh_offer()
     assert ("Session-Expires", "3600;refresher=uac") in refresh.headers() and ("Min-SE", "3600") in refresh.headers()
     # the far end answers our refresh as a UAS of that transaction: the interval holds, we still refresh
-    again = answer_request(_invite(*refresh.headers()), min_se=3600)
+    again = answer_request(invite(*refresh.headers()), min_se=3600)
     assert isinstance(again, Agreed) and again.timer is not None and again.timer.refresher is Role.UAC
