@@ -155,6 +155,8 @@ def test_nonce_count_and_client_nonce_are_checked() -> None:
     with pytest.raises(AuthError, match="client nonce"):
         authorization(challenge, "GET", "/", "u", "p", cnonce="")
     assert _param(authorization(challenge, "GET", "/", "u", "p", cnonce="c", nc=255), "nc") == "000000ff"
+    with pytest.raises(AuthError, match="control characters"):
+        authorization(challenge, "GET", "/", "u\r\nX-Injected: 1", "p", cnonce="c")
 
 
 def test_401_and_407_name_their_headers() -> None:
@@ -289,8 +291,9 @@ def test_a_proxy_challenge_uses_the_proxy_headers() -> None:
 
 
 def test_a_bad_realm_or_algorithm_list_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="realm"):
-        DigestChallenge('a"b')
+    for realm in ('a"b', "a\r\nb", ""):
+        with pytest.raises(ValueError, match="realm"):
+            DigestChallenge(realm)
     with pytest.raises(ValueError, match="MD5 and/or SHA-256"):
         DigestChallenge(algorithms=())
     with pytest.raises(ValueError, match="MD5 and/or SHA-256"):

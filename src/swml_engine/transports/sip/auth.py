@@ -189,6 +189,11 @@ def _read_schemes(value: str) -> list[_Scheme]:
     return out
 
 
+def _unsafe(text: str) -> bool:
+    """Whether ``text`` holds control characters: written into a header they would end the line."""
+    return any(ord(c) < 0x20 or c == "\x7f" for c in text)
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -317,6 +322,8 @@ def authorization(
     nonce has served, from 1) are the caller's, so a test can give fixed ones."""
     if not 1 <= nc <= MAX_NC:
         raise AuthError(f"nonce count {nc} is out of range (1 to {MAX_NC})")
+    if _unsafe(username) or _unsafe(uri) or _unsafe(method):
+        raise AuthError("a user name, method or URI with control characters (a line break?) cannot go in a header")
     qop = "auth" if challenge.qop else ""
     if challenge.qop and "auth" not in challenge.qop:
         raise AuthError("the server asks for qop=auth-int (a digest of the body), which this engine does not do")
@@ -389,8 +396,10 @@ class DigestChallenge:
         lifetime: float = NONCE_LIFETIME,
         proxy: bool = False,
     ) -> None:
-        if '"' in realm or "\\" in realm or not realm:
-            raise ValueError(f"digest realm {realm!r}: give a non-empty realm without quotes or backslashes")
+        if not realm or _unsafe(realm) or '"' in realm or "\\" in realm:
+            raise ValueError(
+                f"digest realm {realm!r}: give a non-empty realm without quotes, backslashes or control characters"
+            )
         self.realm = realm
         self.algorithms = tuple(algorithms)
         if not self.algorithms or any(a.session for a in self.algorithms):
