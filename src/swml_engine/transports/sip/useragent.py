@@ -1,0 +1,801 @@
+"""The SIP user agent core: every RFC rule of the service's SIP side, without I/O.
+
+Shaped like aioquic's ``QuicConnection``. The endpoint (sockets, name resolution, one timer) feeds it:
+
+- :meth:`UserAgent.receive` with each message's bytes, the :class:`Peer` it came from and ``now``;
+- :meth:`UserAgent.handle_timer` when :meth:`UserAgent.get_timer` says;
+
+and reads back :meth:`UserAgent.datagrams_to_send` (bytes and where they go) and
+:meth:`UserAgent.next_event` (what the application must know: a call came, was ACKed, was cancelled ...).
+The application acts through methods (:meth:`UserAgent.answer`, :meth:`UserAgent.bye` ...), each taking
+``now``. Nothing here reads a clock, opens a socket or resolves a name: a test drives it with numbers.
+
+What it does with requests, in order: a message that cannot be read is counted and dropped; a request is
+validated (validation.py: 400, 505, 501, 405, 416, 420, 415, 406, or dropped when no answer can reach its
+sender); a retransmission is answered by its transaction; an ACK goes to its dialog; a CANCEL ends the
+INVITE it names (200, then 487); a request for a dialog we do not have gets 481; an INVITE that repeats
+one in progress by another path gets 482; OPTIONS gets 200 (503 while calls are refused), naming what we
+take; an INVITE becomes a call (:class:`InviteReceived`), and while calls are refused, 503.
+
+Where answers go (RFC 3261 §18.2.2): over TCP back on the request's connection (``Peer.flow``); over UDP to
+the source address when the top Via asks for ``rport`` or names another host (``received``), else to the
+Via's own address. Requests we send go to the next hop the dialog names, as a :class:`Target` the endpoint
+resolves; over TCP the connection the call came on is preferred while it is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from swml_engine.transports.sip.dialog import Dialog, DialogError, DialogId, dialog_id_of
+from swml_engine.transports.sip.message import (
+    BadHeader,
+    Headers,
+    MessageError,
+    Method,
+    Request,
+    Response,
+    Via,
+    parse_message,
+    response_to,
+)
+from swml_engine.transports.sip.transaction import (
+    AckReceived as TxAckReceived,
+)
+from swml_engine.transports.sip.transaction import (
+    ClientTransaction,
+    ResponseReceived,
+    ServerTransaction,
+    TableFull,
+    TimedOut,
+    TimerName,
+    Timing,
+    TransactionTable,
+    TransportFailed,
+    TwoXxRetransmitter,
+    TxEvent,
+    server_key,
+)
+from swml_engine.transports.sip.uri import NameAddr, Uri, split_list
+from swml_engine.transports.sip.validation import ALLOW, SUPPORTED, allow_header, check_request
+
+log = logging.getLogger(__name__)
+
+#: Messages waiting to be sent, and events waiting to be read, beyond which the oldest are dropped (a
+#: reader that stopped reading must not grow memory without bound).
+MAX_QUEUE = 10_000
+#: Distinct sources whose unreadable messages are logged (the rest are counted only).
+MAX_NOISY = 1000
+
+
+class Transport(StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a message came from: its transport, address and — over TCP — the endpoint's connection
+    (``flow``); and ``local``, our address as this peer reaches it (what our Via, Contact and SDP say)."""
+
+    transport: Transport
+    host: str
+    port: int
+    flow: int = 0
+    local: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A next hop for the endpoint to resolve (a name or an address) and send to; over TCP ``flow``, when
+    still open, is used instead of a new connection."""
+
+    transport: Transport
+    host: str
+    port: int
+    flow: int = 0
+
+
+Destination = Peer | Target
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """Bytes to send, and where."""
+
+    data: bytes
+    to: Destination
+
+
+# --- events ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class InviteReceived:
+    """A new call: answer it (:meth:`UserAgent.provisional`, :meth:`UserAgent.answer`) or refuse it
+    (:meth:`UserAgent.reject`). The same Call-ID may come again (an INVITE with credentials after a 401):
+    it is a new call then."""
+
+    call: ServerCall
+
+
+@dataclass(frozen=True, eq=False)
+class AckReceived:
+    """The ACK for our 2xx (to the INVITE, or to a re-INVITE); ``body`` holds the answer when our 2xx
+    carried the offer (a delayed offer), else nothing."""
+
+    call: ServerCall
+    body: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class ByeReceived:
+    call: ServerCall
+
+
+@dataclass(frozen=True, eq=False)
+class CancelReceived:
+    """The caller gave up before our final answer: the INVITE got 487 already."""
+
+    call: ServerCall
+
+
+@dataclass(frozen=True, eq=False)
+class ReInvite:
+    """A re-INVITE in an answered call: answer it with :meth:`UserAgent.answer_reinvite`."""
+
+    call: ServerCall
+    request: Request
+
+
+@dataclass(frozen=True, eq=False)
+class CallGone:
+    """The call ended without the application ending it: our 2xx was never ACKed (``no_ack``), or the
+    transport to the peer failed (``transport``)."""
+
+    call: ServerCall
+    why: str
+
+
+@dataclass(frozen=True, eq=False)
+class RequestFailed:
+    """A request we sent in a call (a BYE) got no answer, or a final error: logged by the application."""
+
+    call: ServerCall
+    method: str
+    why: str
+
+
+Event = InviteReceived | AckReceived | ByeReceived | CancelReceived | ReInvite | CallGone | RequestFailed
+
+
+# --- the UAS side of a call ----------------------------------------------------------------------------------
+
+
+class UasState(StrEnum):
+    """Where an incoming call is, as SIP sees it."""
+
+    PROCEEDING = "proceeding"  # the INVITE came; no final answer yet
+    ACCEPTED = "accepted"  # our 2xx went out; its ACK has not come
+    CONFIRMED = "confirmed"  # the ACK came: the call is up
+    ENDED = "ended"
+
+
+@dataclass(eq=False)
+class ServerCall:
+    """An INVITE we serve, and the dialog it makes. Held by the core; the application passes it back."""
+
+    invite: Request
+    peer: Peer
+    local_tag: str
+    transaction: ServerTransaction
+    dialog: Dialog
+    state: UasState = UasState.PROCEEDING
+    #: Our 2xx's retransmissions until its ACK (the INVITE's, then each re-INVITE's).
+    retransmitter: TwoXxRetransmitter | None = None
+    #: A re-INVITE the application has not answered yet, and its transaction.
+    reinvite: tuple[Request, ServerTransaction] | None = None
+
+    @property
+    def call_id(self) -> str:
+        return self.dialog.call_id
+
+    @property
+    def id(self) -> DialogId:
+        return self.dialog.id
+
+    @property
+    def ended(self) -> bool:
+        return self.state is UasState.ENDED
+
+
+# --- what the core is told to do -------------------------------------------------------------------------
+
+
+@dataclass
+class Policy:
+    """What this user agent serves: the methods (Allow), the option tags a Require may name, whether it
+    takes new calls now (not while draining or overloaded: INVITE and OPTIONS get 503), and its name."""
+
+    allowed: frozenset[str] = ALLOW
+    supported: frozenset[str] = SUPPORTED
+    accepting: bool = True
+    user_agent: str = "swml-engine"
+    #: Seconds a refused caller is told to wait (Retry-After on 503).
+    retry_after: int = 5
+
+
+class _ClientOwner(Protocol):
+    def on_response(self, response: Response, now: float) -> None: ...
+
+    def on_timeout(self, why: str, now: float) -> None: ...
+
+
+class UserAgent:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        timing: Timing | None = None,
+        rng: random.Random | None = None,
+        max_calls: int = 100_000,
+    ) -> None:
+        self.policy = policy or Policy()
+        self.timing = timing or Timing()
+        self.rng = rng or random.SystemRandom()
+        self.max_calls = max_calls
+        self.table = TransactionTable()
+        self._outbox: deque[Datagram] = deque(maxlen=MAX_QUEUE)
+        self._events: deque[Event] = deque(maxlen=MAX_QUEUE)
+        #: Where each machine's messages go (server transactions: their request's source).
+        self._where: dict[object, Destination] = {}
+        #: Who gets each client transaction's responses.
+        self._owners: dict[ClientTransaction, _ClientOwner] = {}
+        #: Calls by dialog id, and the calls still being set up by (Call-ID, From tag, CSeq) for 482.
+        self._calls: dict[DialogId, ServerCall] = {}
+        self._setting_up: dict[tuple[str, str | None, int], ServerCall] = {}
+        #: Which machine belongs to which call (to tell the call when one ends badly).
+        self._machine_call: dict[object, ServerCall] = {}
+        #: Unreadable messages, by count, and the sources already logged.
+        self.malformed = 0
+        self._noisy: set[str] = set()
+
+    # --- what the endpoint reads ------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self.table.next_timer()
+
+    @property
+    def calls(self) -> int:
+        return len(self._calls)
+
+    # --- what the endpoint feeds -----------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        for machine in self.table.handle_timer(now):
+            self._drain(machine, now)
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        """One message's bytes (a datagram, or one framed from a TCP stream)."""
+        if not data.strip(b"\r\n"):
+            return  # a keep-alive (RFC 5626 §4.4.1)
+        try:
+            message = parse_message(data)
+        except MessageError as e:
+            self._malformed(peer, str(e))
+            return
+        if isinstance(message, Response):
+            self._receive_response(message, now)
+            return
+        self._receive_request(message, peer, now, datagram=peer.transport is Transport.UDP)
+
+    # --- responses -------------------------------------------------------------------------------------
+
+    def _receive_response(self, response: Response, now: float) -> None:
+        tx = self.table.client_for(response)
+        if tx is None:
+            return  # a late retransmission, or a response to nothing of ours
+        tx.receive(response, now)
+        self._drain(tx, now)
+
+    # --- requests --------------------------------------------------------------------------------------
+
+    def _receive_request(self, request: Request, peer: Peer, now: float, *, datagram: bool) -> None:
+        rejection = check_request(
+            request,
+            transport=peer.transport.value,
+            datagram=datagram,
+            allowed=self.policy.allowed,
+            supported=self.policy.supported,
+        )
+        if rejection is not None and rejection.drop:
+            self._malformed(peer, rejection.reason)
+            return
+        _stamp_received(request, peer)
+        existing = self.table.server_for(request)
+        if existing is not None:  # a retransmission, or the ACK of a non-2xx: its transaction's
+            existing.receive(request, now)
+            self._drain(existing, now)
+            return
+        if rejection is not None:
+            self._refuse(request, peer, now, rejection.status, rejection.reason, rejection.headers, rejection.warning)
+            return
+        method = request.method
+        if method == Method.ACK:
+            self._ack(request, now)
+        elif method == Method.CANCEL:
+            self._cancel(request, peer, now)
+        elif _to_tag(request) is not None:
+            self._in_dialog(request, peer, now)
+        elif method == Method.INVITE:
+            self._invite(request, peer, now)
+        elif method == Method.OPTIONS:
+            self._options(request, peer, now)
+        elif method == Method.BYE:
+            self._refuse(request, peer, now, 481)  # a BYE outside any dialog (RFC 3261 §15.1.2)
+        else:
+            self._refuse(request, peer, now, 405, headers=(("Allow", allow_header(self.policy.allowed)),))
+
+    def _invite(self, request: Request, peer: Peer, now: float) -> None:
+        cseq = request.cseq
+        key = (request.call_id, request.from_.tag, cseq.number)
+        if key in self._setting_up:
+            # RFC 3261 §8.2.2.2: the INVITE being answered, come again by another path (a forking or
+            # looping proxy): it must not become a second call.
+            self._refuse(request, peer, now, 482)
+            return
+        if not self.policy.accepting:
+            self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
+            return
+        if len(self._calls) >= self.max_calls or self.table.full:
+            self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
+            return
+        local_tag = _tag(self.rng)
+        try:
+            dialog = Dialog.for_uas(request, local_tag, 1, rng=self.rng)
+        except DialogError as e:
+            self._refuse(request, peer, now, 400, warning=str(e))
+            return
+        tx = self._server_transaction(request, peer, now)
+        if tx is None:
+            return
+        call = ServerCall(invite=request, peer=peer, local_tag=local_tag, transaction=tx, dialog=dialog)
+        self._calls[call.id] = call
+        self._setting_up[key] = call
+        self._machine_call[tx] = call
+        self._respond(call, tx, request, 100, now)  # at once: the caller stops retransmitting
+        self._event(InviteReceived(call))
+
+    def _options(self, request: Request, peer: Peer, now: float) -> None:
+        if not self.policy.accepting:
+            self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
+            return
+        self._refuse(request, peer, now, 200, headers=self._capabilities())
+
+    def _capabilities(self) -> tuple[tuple[str, str], ...]:
+        return (("Allow", allow_header(self.policy.allowed)), ("Accept", "application/sdp"))
+
+    def _ack(self, ack: Request, now: float) -> None:
+        """An ACK no transaction took: the ACK for a 2xx of ours (its own transaction, RFC 3261 §17.1.1.3)."""
+        try:
+            call = self._calls.get(dialog_id_of(ack))
+        except BadHeader:
+            return
+        if call is None or call.ended:
+            return  # a late or stray ACK: nothing to do (an ACK is never answered)
+        self._acked(call, ack, now)
+
+    def _acked(self, call: ServerCall, ack: Request, now: float) -> None:
+        retransmitter = call.retransmitter
+        if retransmitter is None:
+            return  # no 2xx of ours waits for it (a retransmitted ACK)
+        try:
+            number = ack.cseq.number
+        except BadHeader:
+            return
+        if number != _cseq_number(retransmitter.response):
+            return  # the ACK of an earlier 2xx
+        retransmitter.ack_received(now)
+        self._drain(retransmitter, now)
+        call.retransmitter = None
+        call.state = UasState.CONFIRMED
+        self._event(AckReceived(call, ack.body))
+
+    def _cancel(self, cancel: Request, peer: Peer, now: float) -> None:
+        invite_tx = self.table.invite_for(cancel)
+        if invite_tx is None:
+            self._refuse(cancel, peer, now, 481)  # nothing in progress to cancel (RFC 3261 §9.2)
+            return
+        self._refuse(cancel, peer, now, 200)  # the CANCEL itself is answered in any case
+        call = self._machine_call.get(invite_tx)
+        if call is None or call.state is not UasState.PROCEEDING:
+            return  # already answered finally: the CANCEL has no effect
+        self._final(call, 487, now)
+        self._event(CancelReceived(call))
+
+    def _in_dialog(self, request: Request, peer: Peer, now: float) -> None:
+        try:
+            call = self._calls.get(dialog_id_of(request))
+        except BadHeader:
+            call = None
+        if call is None or call.ended:
+            self._refuse(request, peer, now, 481)  # RFC 3261 §12.2.2: no such dialog (ended, or never ours)
+            return
+        rejection = call.dialog.receive_request(request)
+        tx = self._server_transaction(request, peer, now)
+        if tx is None:
+            return
+        self._machine_call[tx] = call
+        if rejection is not None:
+            self._respond(call, tx, request, rejection.status, now, reason=rejection.reason, headers=rejection.headers)
+            return
+        method = request.method
+        if method == Method.BYE:
+            self._respond(call, tx, request, 200, now)
+            if call.state is UasState.PROCEEDING:  # a BYE in the early dialog ends the INVITE too
+                self._final(call, 487, now)
+            self._end(call)
+            self._event(ByeReceived(call))
+        elif method == Method.INVITE:
+            if call.state is UasState.PROCEEDING:
+                self._respond(call, tx, request, 491, now)  # the dialog is not confirmed yet
+                return
+            call.reinvite = (request, tx)
+            self._event(ReInvite(call, request))
+        elif method == Method.OPTIONS:
+            self._respond(call, tx, request, 200, now, headers=self._capabilities())
+        else:
+            headers = (("Allow", allow_header(self.policy.allowed)),)
+            self._respond(call, tx, request, 405, now, headers=headers)
+
+    # --- what the application does ------------------------------------------------------------------------
+
+    def provisional(self, call: ServerCall, status: int, now: float, body: bytes = b"") -> None:
+        """180 Ringing, 183 Session Progress (with our SDP answer as ``body``) ..."""
+        if call.state is not UasState.PROCEEDING or not 100 < status < 200:
+            return
+        self._respond(call, call.transaction, call.invite, status, now, body=body, contact=True)
+
+    def answer(self, call: ServerCall, body: bytes, now: float) -> None:
+        """200 OK with our SDP (an answer, or our offer for a delayed offer); retransmitted until the ACK."""
+        if call.state is not UasState.PROCEEDING:
+            return
+        response = self._respond(call, call.transaction, call.invite, 200, now, body=body, contact=True)
+        self._forget_setting_up(call)
+        call.state = UasState.ACCEPTED
+        self._retransmit_2xx(call, response, now)
+
+    def reject(
+        self,
+        call: ServerCall,
+        status: int,
+        now: float,
+        reason: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """A final error to the INVITE (486, 603, 480, 488, 401 with a challenge ...): the call is over."""
+        if call.state is not UasState.PROCEEDING or status < 300:
+            return
+        self._final(call, status, now, reason=reason, headers=headers)
+
+    def answer_reinvite(self, call: ServerCall, status: int, now: float, body: bytes = b"") -> None:
+        """Answer the pending re-INVITE (:class:`ReInvite`): 200 with our SDP, or 488 and the like."""
+        pending = call.reinvite
+        if pending is None or call.ended:
+            return
+        call.reinvite = None
+        request, tx = pending
+        response = self._respond(call, tx, request, status, now, body=body, contact=200 <= status < 300)
+        if 200 <= status < 300:
+            call.state = UasState.ACCEPTED
+            self._retransmit_2xx(call, response, now)
+
+    def bye(self, call: ServerCall, now: float, reason: str | None = None) -> None:
+        """End an answered call from our side: a BYE along the route set (or to the Contact), with a
+        ``Reason`` header, retransmitted until answered. Before the answer, :meth:`reject` instead."""
+        if call.ended or call.state is UasState.PROCEEDING:
+            return
+        headers = [("User-Agent", self.policy.user_agent)]
+        if reason:
+            text = reason.replace('"', "'")[:100]
+            headers.append(("Reason", f'SIP;cause=200;text="{text}"'))
+        try:
+            request, next_hop = call.dialog.request("BYE", via=self._via(call.peer), headers=headers)
+        except DialogError as e:
+            log.info("call %s: no BYE sent: %s", call.call_id, e)
+            self._end(call)
+            return
+        self._end(call)
+        self._send_request(request, self._target(next_hop, call.peer), now, _ByeOwner(self, call))
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _server_transaction(self, request: Request, peer: Peer, now: float) -> ServerTransaction | None:
+        if server_key(request) is None:
+            return None
+        try:
+            tx = ServerTransaction(
+                request,
+                reliable=peer.transport is not Transport.UDP,
+                now=now,
+                timing=self.timing,
+                auto_trying=False,
+            )
+            self.table.add_server(tx)
+        except (ValueError, TableFull) as e:
+            log.debug("no transaction for %s: %s", request.method, e)
+            return None
+        self._where[tx] = _reply_destination(request, peer)
+        return tx
+
+    def _respond(
+        self,
+        call: ServerCall,
+        tx: ServerTransaction,
+        request: Request,
+        status: int,
+        now: float,
+        *,
+        reason: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        contact: bool = False,
+    ) -> Response:
+        extra = [*headers, ("User-Agent", self.policy.user_agent)]
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        if status >= 200 and request.method == Method.INVITE and status < 300:
+            extra += self._capabilities()[:1]  # Allow in a 2xx to an INVITE (RFC 3261 §13.3.1.4)
+        try:
+            response = call.dialog.answer(
+                request,
+                status,
+                reason,
+                contact=self._contact(call.peer) if contact else None,
+                headers=extra,
+                body=body,
+            )
+        except DialogError:
+            response = response_to(request, status, reason, to_tag=call.local_tag, headers=extra, body=body)
+        tx.respond(response, now)
+        self._drain(tx, now)
+        return response
+
+    def _final(
+        self,
+        call: ServerCall,
+        status: int,
+        now: float,
+        *,
+        reason: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """A final error to the call's INVITE: the call is over (its transaction waits for the ACK)."""
+        self._respond(call, call.transaction, call.invite, status, now, reason=reason, headers=headers)
+        self._end(call)
+
+    def _end(self, call: ServerCall) -> None:
+        call.state = UasState.ENDED
+        call.dialog.terminate()
+        self._forget_setting_up(call)
+        self._calls.pop(call.id, None)
+        if call.retransmitter is not None:
+            call.retransmitter.ack_received(0.0)  # (stops it: the call is over)
+            call.retransmitter = None
+
+    def _forget_setting_up(self, call: ServerCall) -> None:
+        try:
+            key = (call.invite.call_id, call.invite.from_.tag, call.invite.cseq.number)
+        except BadHeader:
+            return
+        if self._setting_up.get(key) is call:
+            del self._setting_up[key]
+
+    def _retransmit_2xx(self, call: ServerCall, response: Response, now: float) -> None:
+        if call.retransmitter is not None:
+            call.retransmitter.ack_received(now)
+        retransmitter = TwoXxRetransmitter(response, now=now, timing=self.timing)
+        call.retransmitter = retransmitter
+        self._where[retransmitter] = _reply_destination(call.invite, call.peer)
+        self._machine_call[retransmitter] = call
+        self.table.add_retransmitter(retransmitter)
+
+    def _refuse(
+        self,
+        request: Request,
+        peer: Peer,
+        now: float,
+        status: int,
+        reason: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+        warning: str = "",
+    ) -> None:
+        """Answer a request that is no call's (or refused before one exists): through a transaction
+        when it can have one (retransmissions then get the same answer; an INVITE's error is repeated
+        until its ACK), else once, statelessly."""
+        extra = [*headers, ("User-Agent", self.policy.user_agent)]
+        if warning:
+            text = warning.replace("\\", "\\\\").replace('"', "'")[:120]
+            extra.append(("Warning", f'399 {peer.local[0] or "swml-engine"} "{text}"'))
+        to_tag = None if _to_tag(request) is not None else _tag(self.rng)
+        response = response_to(request, status, reason, to_tag=to_tag, headers=extra)
+        if request.method == Method.ACK:
+            return
+        tx = self._server_transaction(request, peer, now)
+        if tx is None:
+            self._send(response, _reply_destination(request, peer))
+            return
+        tx.respond(response, now)
+        self._drain(tx, now)
+
+    def _send_request(self, request: Request, target: Target, now: float, owner: _ClientOwner) -> None:
+        try:
+            tx = ClientTransaction(request, reliable=target.transport is not Transport.UDP, now=now, timing=self.timing)
+            self.table.add_client(tx)
+        except (ValueError, TableFull) as e:
+            owner.on_timeout(f"not sent: {e}", now)
+            return
+        self._where[tx] = target
+        self._owners[tx] = owner
+        self._drain(tx, now)
+
+    def _drain(self, machine: object, now: float) -> None:
+        """Send what ``machine`` has to send, act on what it says; forget it once it is over."""
+        if not isinstance(machine, ServerTransaction | ClientTransaction | TwoXxRetransmitter):
+            return
+        where = self._where.get(machine)
+        for message in machine.take_messages():
+            if where is not None:
+                self._send(message, where)
+        for event in machine.take_events():
+            self._on_machine_event(machine, event, now)
+        if machine.done:
+            self._where.pop(machine, None)
+            self._machine_call.pop(machine, None)
+            if isinstance(machine, ClientTransaction):
+                self._owners.pop(machine, None)
+
+    def _on_machine_event(self, machine: object, event: TxEvent, now: float) -> None:
+        call = self._machine_call.get(machine)
+        if isinstance(machine, ClientTransaction):
+            owner = self._owners.get(machine)
+            if owner is None:
+                return
+            if isinstance(event, ResponseReceived):
+                owner.on_response(event.response, now)
+            elif isinstance(event, TimedOut):
+                owner.on_timeout("no answer", now)
+            elif isinstance(event, TransportFailed):
+                owner.on_timeout(f"transport: {event.reason}", now)
+            return
+        if isinstance(event, TxAckReceived) and call is not None:
+            self._acked(call, event.request, now)
+        elif isinstance(event, TimedOut) and event.timer is TimerName.NO_ACK and call is not None:
+            if not call.ended:
+                self._end(call)
+                self._event(CallGone(call, "no_ack"))
+        elif isinstance(event, TransportFailed) and call is not None and not call.ended:
+            self._end(call)
+            self._event(CallGone(call, "transport"))
+
+    def _send(self, message: Request | Response, to: Destination) -> None:
+        self._outbox.append(Datagram(message.encode(), to))
+
+    def _event(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _malformed(self, peer: Peer, why: str) -> None:
+        self.malformed += 1
+        if peer.host not in self._noisy and len(self._noisy) < MAX_NOISY:
+            self._noisy.add(peer.host)
+            log.warning("SIP from %s:%s dropped (%s); further ones from there are counted", peer.host, peer.port, why)
+
+    def _via(self, peer: Peer) -> Via:
+        host, port = peer.local
+        return Via(peer.transport.value.upper(), host, port or None, (("rport", None),))
+
+    def _contact(self, peer: Peer) -> NameAddr:
+        host, port = peer.local
+        params: tuple[tuple[str, str | None], ...] = (("transport", "tcp"),) if peer.transport is Transport.TCP else ()
+        return NameAddr(uri=Uri("sip", host=host, port=port or None, params=params))
+
+    def _target(self, uri: Uri, peer: Peer) -> Target:
+        """Where a request to ``uri`` goes: its host and port (5060 when none), over the transport it
+        names or the call's; over TCP the call's connection is preferred while it is open."""
+        named = uri.transport
+        transport = Transport.TCP if named == "tcp" else Transport.UDP if named == "udp" else peer.transport
+        port = uri.port or 5060
+        flow = peer.flow if transport is Transport.TCP else 0
+        return Target(transport, uri.host, port, flow)
+
+
+class _ByeOwner:
+    """Our BYE's answers: nothing to do but say when it failed."""
+
+    def __init__(self, ua: UserAgent, call: ServerCall) -> None:
+        self.ua = ua
+        self.call = call
+
+    def on_response(self, response: Response, now: float) -> None:
+        if response.status >= 300:
+            self.ua._event(RequestFailed(self.call, "BYE", f"{response.status} {response.reason}"))
+
+    def on_timeout(self, why: str, now: float) -> None:
+        self.ua._event(RequestFailed(self.call, "BYE", why))
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _tag(rng: random.Random) -> str:
+    return f"{rng.getrandbits(48):012x}"
+
+
+def _to_tag(request: Request) -> str | None:
+    try:
+        return request.to.tag
+    except BadHeader:
+        return None
+
+
+def _cseq_number(message: Request | Response) -> int | None:
+    try:
+        return message.cseq.number
+    except BadHeader:
+        return None
+
+
+def _stamp_received(request: Request, peer: Peer) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581: the top Via learns where the request really came from."""
+    try:
+        top = request.top_via
+    except BadHeader:
+        return
+    stamped = top
+    if top.host != peer.host:
+        stamped = stamped.with_param("received", peer.host)
+    if top.param("rport") is not None:
+        stamped = stamped.with_param("rport", str(peer.port))
+    if stamped is top:
+        return
+    fresh = Headers()
+    done = False
+    for name, value in request.headers:
+        if not done and name.lower() in ("via", "v"):
+            items = split_list(value)
+            value = ", ".join([str(stamped), *items[1:]])
+            done = True
+        fresh.add(name, value)
+    request.headers = fresh
+
+
+def _reply_destination(request: Request, peer: Peer) -> Destination:
+    """Where responses to ``request`` go (RFC 3261 §18.2.2, RFC 3581)."""
+    if peer.transport is Transport.TCP:
+        return peer  # the request's connection (the endpoint opens one to the Via when it is gone)
+    try:
+        via = request.top_via
+    except BadHeader:
+        return peer
+    host = via.param("received") or via.host
+    rport = via.param("rport")
+    port = int(rport) if rport and rport.isdigit() else via.port or 5060
+    if host == peer.host and port == peer.port:
+        return peer
+    return Target(Transport.UDP, host, port)

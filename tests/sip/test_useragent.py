@@ -1,0 +1,403 @@
+"""The user agent core, without sockets: bytes in with a peer and a time, datagrams and events out.
+
+Each test plays a caller by hand (:class:`Caller` builds its requests) against a :class:`UserAgent` and
+moves time itself, so every RFC timer is checked exactly and nothing depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from swml_engine.transports.sip.message import Request, Response, parse_message
+from swml_engine.transports.sip.useragent import (
+    AckReceived,
+    ByeReceived,
+    CallGone,
+    CancelReceived,
+    Datagram,
+    Event,
+    InviteReceived,
+    Peer,
+    ReInvite,
+    RequestFailed,
+    ServerCall,
+    Target,
+    Transport,
+    UasState,
+    UserAgent,
+)
+
+SDP = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+US = ("192.0.2.1", 5060)
+
+
+@dataclass
+class Caller:
+    """A SIP phone at 192.0.2.10:5070 (UDP unless told), building its side of one call."""
+
+    host: str = "192.0.2.10"
+    port: int = 5070
+    transport: Transport = Transport.UDP
+    call_id: str = "call-1@192.0.2.10"
+    from_tag: str = "caller-tag"
+    cseq: int = 1
+    branches: int = 0
+    to_tag: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.transport, self.host, self.port, flow=7 if self.transport is Transport.TCP else 0, local=US)
+
+    def branch(self) -> str:
+        self.branches += 1
+        return f"z9hG4bK-{self.call_id}-{self.branches}"
+
+    def request(
+        self,
+        method: str,
+        *,
+        branch: str | None = None,
+        cseq: int | None = None,
+        body: bytes = b"",
+        to_tag: str | None = None,
+        headers: list[str] | None = None,
+        cseq_method: str | None = None,
+    ) -> tuple[bytes, str]:
+        branch = branch or self.branch()
+        tag = to_tag if to_tag is not None else self.to_tag
+        lines = [
+            f"{method} sip:engine@{US[0]}:{US[1]} SIP/2.0",
+            f"Via: SIP/2.0/{self.transport.value.upper()} {self.host}:{self.port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:alice@{self.host}>;tag={self.from_tag}",
+            f"To: <sip:engine@{US[0]}>" + (f";tag={tag}" if tag else ""),
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq if cseq is not None else self.cseq} {cseq_method or method}",
+            f"Contact: <sip:alice@{self.host}:{self.port}>",
+            *self.extra,
+            *(headers or []),
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        text = "\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        return text.encode() + body, branch
+
+
+@dataclass
+class Run:
+    """A user agent on a fake clock, and what it sent and told."""
+
+    ua: UserAgent = field(default_factory=lambda: UserAgent(rng=random.Random(7)))
+    now: float = 0.0
+    sent: list[tuple[Request | Response, Datagram]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def feed(self, data: bytes, peer: Peer) -> None:
+        self.ua.receive(data, peer, self.now)
+        self._collect()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing every timer due on the way, each at its own time."""
+        end = self.now + seconds
+        while True:
+            when = self.ua.get_timer()
+            if when is None or when > end:
+                break
+            self.now = max(self.now, when)
+            self.ua.handle_timer(self.now)
+            self._collect()
+        self.now = end
+
+    def act(self) -> None:
+        self._collect()
+
+    def _collect(self) -> None:
+        for datagram in self.ua.datagrams_to_send():
+            self.sent.append((parse_message(datagram.data), datagram))
+        while (event := self.ua.next_event()) is not None:
+            self.events.append(event)
+
+    def responses(self, method: str | None = None) -> list[Response]:
+        return [m for m, _ in self.sent if isinstance(m, Response) and (method is None or m.cseq.method == method)]
+
+    def statuses(self, method: str | None = None) -> list[int]:
+        return [r.status for r in self.responses(method)]
+
+    def requests(self, method: str) -> list[tuple[Request, Datagram]]:
+        return [(m, d) for m, d in self.sent if isinstance(m, Request) and m.method == method]
+
+    def call(self) -> ServerCall:
+        [event] = [e for e in self.events if isinstance(e, InviteReceived)]
+        return event.call
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+def invited(run: Run, caller: Caller, *, body: bytes = SDP) -> ServerCall:
+    data, _ = caller.request("INVITE", body=body)
+    run.feed(data, caller.peer)
+    return run.call()
+
+
+def answered(run: Run, caller: Caller) -> ServerCall:
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    [ok] = [r for r in run.responses("INVITE") if r.status == 200]
+    caller.to_tag = ok.to.tag
+    data, _ = caller.request("ACK", cseq=caller.cseq)
+    run.feed(data, caller.peer)
+    return call
+
+
+def test_an_invite_gets_100_at_once_and_becomes_a_call() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    assert run.statuses() == [100]
+    assert call.state is UasState.PROCEEDING and call.call_id == caller.call_id
+    [trying] = run.responses()
+    assert trying.to.tag is None or trying.to.tag == call.local_tag
+    # responses go where the Via's rport says: the request's source
+    [(_, datagram)] = run.sent
+    assert datagram.to == caller.peer
+
+
+def test_ringing_answer_and_ack_carry_one_to_tag_contact_and_the_sdp() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.provisional(call, 180, run.now)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    ringing, ok = run.responses()[1:]
+    assert (ringing.status, ok.status) == (180, 200)
+    assert ringing.to.tag == ok.to.tag == call.local_tag
+    assert [str(c.uri) for c in ok.contacts()] == ["sip:192.0.2.1:5060"]
+    assert ok.body == SDP and ok.content_type == "application/sdp"
+    assert "INVITE" in (ok.headers.get("allow") or "")
+    caller.to_tag = ok.to.tag
+    run.feed(caller.request("ACK", cseq=1)[0], caller.peer)
+    assert isinstance(run.events[-1], AckReceived) and call.state is UasState.CONFIRMED
+
+
+def test_our_2xx_is_retransmitted_until_the_ack_then_never_again() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    run.clear()
+    run.advance(0.5 + 1.0 + 0.01)  # T1, then 2*T1
+    assert run.statuses() == [200, 200]
+    caller.to_tag = call.local_tag
+    run.feed(caller.request("ACK", cseq=1)[0], caller.peer)
+    run.clear()
+    run.advance(40)
+    assert run.sent == []
+    assert [type(e) for e in run.events] == [InviteReceived, AckReceived]
+
+
+def test_a_2xx_never_acked_ends_the_call_after_64_t1() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    run.advance(31.9)
+    assert not any(isinstance(e, CallGone) for e in run.events)
+    run.advance(0.2)
+    [gone] = [e for e in run.events if isinstance(e, CallGone)]
+    assert gone.call is call and gone.why == "no_ack" and call.ended
+
+
+def test_a_retransmitted_invite_gets_the_same_answer_and_no_second_call() -> None:
+    run, caller = Run(), Caller()
+    data, _ = caller.request("INVITE", body=SDP)
+    run.feed(data, caller.peer)
+    run.ua.provisional(run.call(), 180, run.now)
+    run.act()
+    run.feed(data, caller.peer)
+    assert run.statuses() == [100, 180, 180]
+    assert len([e for e in run.events if isinstance(e, InviteReceived)]) == 1
+
+
+def test_a_merged_invite_by_another_path_gets_482() -> None:
+    run, caller = Run(), Caller()
+    invited(run, caller)
+    run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)  # same Call-ID, From tag, CSeq; new branch
+    assert run.statuses() == [100, 482]
+    assert len([e for e in run.events if isinstance(e, InviteReceived)]) == 1
+
+
+def test_cancel_gets_200_and_the_invite_487_until_its_ack() -> None:
+    run, caller = Run(), Caller()
+    data, branch = caller.request("INVITE", body=SDP)
+    run.feed(data, caller.peer)
+    call = run.call()
+    run.feed(caller.request("CANCEL", branch=branch)[0], caller.peer)
+    assert run.statuses("CANCEL") == [200]
+    assert run.statuses("INVITE") == [100, 487]
+    assert isinstance(run.events[-1], CancelReceived) and call.ended
+    run.ua.reject(call, 486, run.now)  # the application's late answer goes nowhere: one final answer
+    run.act()
+    run.advance(0.6)  # Timer G: the 487 again, until the ACK
+    assert run.statuses("INVITE") == [100, 487, 487]
+    caller.to_tag = call.local_tag
+    run.feed(caller.request("ACK", branch=branch, cseq=1)[0], caller.peer)
+    run.clear()
+    run.advance(40)
+    assert run.sent == []
+
+
+def test_cancel_for_nothing_gets_481() -> None:
+    run, caller = Run(), Caller()
+    run.feed(caller.request("CANCEL")[0], caller.peer)
+    assert run.statuses() == [481]
+
+
+def test_a_final_error_is_repeated_by_timer_g_until_timer_h_then_forgotten() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.reject(call, 486, run.now)
+    run.act()
+    run.advance(32.1)
+    assert run.statuses() == [100, 486, 486, 486, 486, 486, 486, 486, 486, 486, 486, 486]
+    assert run.ua.calls == 0 and run.ua.get_timer() is None and len(run.ua.table) == 0
+
+
+def test_over_tcp_errors_go_once_back_on_the_connection() -> None:
+    run, caller = Run(), Caller(transport=Transport.TCP)
+    call = invited(run, caller)
+    run.ua.reject(call, 603, run.now)
+    run.act()
+    run.advance(40)
+    assert run.statuses() == [100, 603]
+    assert all(d.to == caller.peer and d.to.flow == 7 for _, d in run.sent)
+
+
+def test_bye_ends_the_call_and_is_answered_200() -> None:
+    run, caller = Run(), Caller()
+    call = answered(run, caller)
+    caller.cseq = 2
+    run.feed(caller.request("BYE")[0], caller.peer)
+    assert run.statuses("BYE") == [200]
+    assert isinstance(run.events[-1], ByeReceived) and call.ended
+    # the BYE's answer keeps the dialog's one To tag
+    [ok] = run.responses("BYE")
+    assert (ok.headers.get("to") or "").count("tag=") == 1
+
+
+def test_requests_for_an_unknown_dialog_get_481() -> None:
+    run, caller = Run(), Caller()
+    for method in ("BYE", "INVITE", "OPTIONS"):
+        run.feed(
+            caller.request(method, to_tag="no-such-dialog", body=SDP if method == "INVITE" else b"")[0], caller.peer
+        )
+    assert run.statuses() == [481, 481, 481]
+    run.clear()
+    run.feed(caller.request("INFO", to_tag="no-such-dialog")[0], caller.peer)  # a method we do not serve: first
+    assert run.statuses() == [405]
+    run.clear()
+    run.feed(caller.request("BYE")[0], caller.peer)  # a BYE without a To tag: no dialog either
+    assert run.statuses() == [481]
+
+
+def test_our_bye_follows_the_route_set_and_is_retransmitted_until_answered() -> None:
+    run = Run()
+    caller = Caller(extra=["Record-Route: <sip:proxy1.example.com;lr>, <sip:proxy2.example.com;lr>"])
+    call = answered(run, caller)
+    run.clear()
+    run.ua.bye(call, run.now, reason="hangup")
+    run.act()
+    [(bye, datagram)] = run.requests("BYE")
+    assert datagram.to == Target(Transport.UDP, "proxy1.example.com", 5060)
+    assert [str(r.uri) for r in bye.routes()] == ["sip:proxy1.example.com;lr", "sip:proxy2.example.com;lr"]
+    assert bye.uri == f"sip:alice@{caller.host}:{caller.port}"
+    assert 'text="hangup"' in (bye.headers.get("reason") or "")
+    assert bye.from_.tag == call.local_tag and bye.to.tag == caller.from_tag
+    run.advance(0.5 + 1 + 0.01)
+    assert len(run.requests("BYE")) == 3
+    answer = Response(status=200, headers=bye.headers.copy())
+    run.feed(answer.encode(), caller.peer)
+    run.clear()
+    run.advance(40)
+    assert run.requests("BYE") == []
+    assert not any(isinstance(e, RequestFailed) for e in run.events)
+
+
+def test_an_unanswered_bye_is_reported_once_after_timer_f() -> None:
+    run, caller = Run(), Caller()
+    call = answered(run, caller)
+    run.ua.bye(call, run.now)
+    run.act()
+    run.advance(40)
+    [failed] = [e for e in run.events if isinstance(e, RequestFailed)]
+    assert failed.method == "BYE" and failed.why == "no answer"
+
+
+def test_reinvite_waits_for_the_application_and_its_2xx_waits_for_the_ack() -> None:
+    run, caller = Run(), Caller()
+    call = answered(run, caller)
+    caller.cseq = 2
+    run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)
+    [reinvite] = [e for e in run.events if isinstance(e, ReInvite)]
+    assert reinvite.call is call
+    run.clear()
+    run.ua.answer_reinvite(call, 200, run.now, SDP)
+    run.act()
+    [ok] = run.responses("INVITE")
+    assert ok.status == 200 and ok.to.tag == call.local_tag
+    run.feed(caller.request("ACK", cseq=2)[0], caller.peer)
+    assert isinstance(run.events[-1], AckReceived) and call.state is UasState.CONFIRMED
+
+
+def test_options_names_what_we_take_and_503_while_refusing_calls() -> None:
+    run, caller = Run(), Caller()
+    run.feed(caller.request("OPTIONS")[0], caller.peer)
+    [ok] = run.responses()
+    assert ok.status == 200 and ok.headers.get("allow") == "INVITE, ACK, CANCEL, BYE, OPTIONS"
+    run.ua.policy.accepting = False
+    run.feed(caller.request("OPTIONS", cseq=2)[0], caller.peer)
+    caller.call_id = "call-2"
+    run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)
+    assert run.statuses() == [200, 503, 503]
+    assert run.responses()[-1].headers.get("retry-after") == "5"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status"),
+    [
+        (lambda t: t.replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1), 505),
+        (lambda t: t.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE"), 400),
+        (lambda t: t.replace(b"INVITE sip:", b"FOOBAR sip:", 1).replace(b"1 INVITE", b"1 FOOBAR"), 501),
+        (lambda t: t.replace(b"INVITE sip:", b"REGISTER sip:", 1).replace(b"1 INVITE", b"1 REGISTER"), 405),
+        (lambda t: t.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nRequire: 100rel\r\n"), 420),
+    ],
+)
+def test_invalid_requests_are_refused_before_anything_else(mutate: object, status: int) -> None:
+    run, caller = Run(), Caller()
+    data, _ = caller.request("INVITE", body=SDP)
+    run.feed(mutate(data), caller.peer)  # type: ignore[operator]
+    assert run.statuses() == [status]
+    assert not run.events
+
+
+def test_junk_is_counted_and_dropped_and_a_request_with_no_via_is_not_answered() -> None:
+    run, caller = Run(), Caller()
+    run.feed(b"\x00\xffnot sip at all", caller.peer)
+    data, _ = caller.request("INVITE", body=SDP)
+    run.feed(b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Via")), caller.peer)
+    assert run.sent == [] and run.events == [] and run.ua.malformed == 2
+
+
+def test_the_top_via_learns_received_and_rport() -> None:
+    run, caller = Run(), Caller()
+    data, _ = caller.request("INVITE", body=SDP)
+    nat = Peer(Transport.UDP, "203.0.113.9", 40000, local=US)
+    run.feed(data, nat)
+    [(trying, datagram)] = run.sent
+    assert isinstance(trying, Response)
+    assert trying.top_via.param("received") == "203.0.113.9" and trying.top_via.param("rport") == "40000"
+    assert datagram.to == nat
