@@ -222,6 +222,7 @@ def test_reinvite_glare_gets_491_and_a_second_invite_500_with_retry_after() -> N
     assert dialog.receive_request(theirs) is None
     with pytest.raises(DialogError, match="still in progress"):
         dialog.request("INVITE", via=OUR_VIA, contact=OUR_CONTACT)
+    assert dialog.receive_request(_in_dialog("INVITE", 103)) is None  # a retransmission is not a second one
     second = dialog.receive_request(_in_dialog("INVITE", 104))
     assert second is not None and second.status == 500
     (name, value), *_ = second.headers

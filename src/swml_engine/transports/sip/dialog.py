@@ -270,6 +270,8 @@ class Dialog:
             return Rejection(500, f"CSeq {number} is lower than {self.remote_seq} already seen")
         self.remote_seq = number
         if request.method == "INVITE":
+            if number == self.invite_in:
+                return None  # the INVITE being answered, again: its transaction answers a retransmission
             if self.invite_out is not None:
                 return Rejection(491, REASONS[491])  # glare: both re-INVITE at once (§14.2)
             if self.invite_in is not None:
