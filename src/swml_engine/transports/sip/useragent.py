@@ -60,6 +60,7 @@ from swml_engine.transports.sip.transaction import (
     TransportFailed,
     TwoXxRetransmitter,
     TxEvent,
+    new_branch,
     server_key,
 )
 from swml_engine.transports.sip.uri import NameAddr, Uri, split_list
@@ -116,8 +117,13 @@ class Datagram:
 # --- events ---------------------------------------------------------------------------------------------
 
 
+class SipEvent:
+    """What the core tells the application (every event is one of these; the UAC and registration
+    modules add their own)."""
+
+
 @dataclass(frozen=True, eq=False)
-class InviteReceived:
+class InviteReceived(SipEvent):
     """A new call: answer it (:meth:`UserAgent.provisional`, :meth:`UserAgent.answer`) or refuse it
     (:meth:`UserAgent.reject`). The same Call-ID may come again (an INVITE with credentials after a 401):
     it is a new call then."""
@@ -126,7 +132,7 @@ class InviteReceived:
 
 
 @dataclass(frozen=True, eq=False)
-class AckReceived:
+class AckReceived(SipEvent):
     """The ACK for our 2xx (to the INVITE, or to a re-INVITE); ``body`` holds the answer when our 2xx
     carried the offer (a delayed offer), else nothing."""
 
@@ -135,19 +141,19 @@ class AckReceived:
 
 
 @dataclass(frozen=True, eq=False)
-class ByeReceived:
+class ByeReceived(SipEvent):
     call: ServerCall
 
 
 @dataclass(frozen=True, eq=False)
-class CancelReceived:
+class CancelReceived(SipEvent):
     """The caller gave up before our final answer: the INVITE got 487 already."""
 
     call: ServerCall
 
 
 @dataclass(frozen=True, eq=False)
-class ReInvite:
+class ReInvite(SipEvent):
     """A re-INVITE in an answered call: answer it with :meth:`UserAgent.answer_reinvite`."""
 
     call: ServerCall
@@ -155,7 +161,7 @@ class ReInvite:
 
 
 @dataclass(frozen=True, eq=False)
-class CallGone:
+class CallGone(SipEvent):
     """The call ended without the application ending it: our 2xx was never ACKed (``no_ack``), or the
     transport to the peer failed (``transport``)."""
 
@@ -164,7 +170,7 @@ class CallGone:
 
 
 @dataclass(frozen=True, eq=False)
-class RequestFailed:
+class RequestFailed(SipEvent):
     """A request we sent in a call (a BYE) got no answer, or a final error: logged by the application."""
 
     call: ServerCall
@@ -172,7 +178,7 @@ class RequestFailed:
     why: str
 
 
-Event = InviteReceived | AckReceived | ByeReceived | CancelReceived | ReInvite | CallGone | RequestFailed
+Event = SipEvent
 
 
 # --- the UAS side of a call ----------------------------------------------------------------------------------
@@ -231,10 +237,23 @@ class Policy:
     retry_after: int = 5
 
 
-class _ClientOwner(Protocol):
-    def on_response(self, response: Response, now: float) -> None: ...
+class ClientOwner(Protocol):
+    """Who gets the answers to a request we send (:meth:`UserAgent.send_request`)."""
 
-    def on_timeout(self, why: str, now: float) -> None: ...
+    def on_response(self, response: Response, now: float) -> None:
+        """Each response the transaction passes up (1xx, the final one; every 2xx to an INVITE)."""
+
+    def on_timeout(self, why: str, now: float) -> None:
+        """No final answer came (Timer B/F), or the transport failed: the request is over."""
+
+
+class Timed(Protocol):
+    """Something of the application's with timers of its own (a registration's refresh, an outbound
+    call's session timer) that the core's one timer covers: see :meth:`UserAgent.add_timed`."""
+
+    def next_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
 
 
 class UserAgent:
@@ -258,12 +277,14 @@ class UserAgent:
         #: Where each machine's messages go (server transactions: their request's source).
         self._where: dict[object, Destination] = {}
         #: Who gets each client transaction's responses.
-        self._owners: dict[ClientTransaction, _ClientOwner] = {}
+        self._owners: dict[ClientTransaction, ClientOwner] = {}
         #: Calls by dialog id, and the calls still being set up by (Call-ID, From tag, CSeq) for 482.
         self._calls: dict[DialogId, ServerCall] = {}
         self._setting_up: dict[tuple[str, str | None, int], ServerCall] = {}
         #: Which machine belongs to which call (to tell the call when one ends badly).
         self._machine_call: dict[object, ServerCall] = {}
+        #: The application's own timed machines (registrations, outbound calls).
+        self._timed: list[Timed] = []
         #: Unreadable messages, by count, and the sources already logged.
         self.malformed = 0
         self._noisy: set[str] = set()
@@ -279,7 +300,12 @@ class UserAgent:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return self.table.next_timer()
+        when = self.table.next_timer()
+        for timed in self._timed:
+            mine = timed.next_timer()
+            if mine is not None and (when is None or mine < when):
+                when = mine
+        return when
 
     @property
     def calls(self) -> int:
@@ -290,6 +316,10 @@ class UserAgent:
     def handle_timer(self, now: float) -> None:
         for machine in self.table.handle_timer(now):
             self._drain(machine, now)
+        for timed in list(self._timed):
+            due = timed.next_timer()
+            if due is not None and due <= now:
+                timed.handle_timer(now)
 
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
         """One message's bytes (a datagram, or one framed from a TCP stream)."""
@@ -524,6 +554,48 @@ class UserAgent:
         self._end(call)
         self._send_request(request, self._target(next_hop, call.peer), now, _ByeOwner(self, call))
 
+    # --- for the modules that send requests of their own (uac.py, register.py) -------------------------
+
+    def send_request(self, request: Request, target: Target, now: float, owner: ClientOwner) -> None:
+        """Send ``request`` (its top Via must carry a branch from :meth:`new_branch`) through a client
+        transaction; its answers go to ``owner``. A request that cannot be sent now (the table is full)
+        is reported to ``owner.on_timeout`` at once."""
+        self._send_request(request, target, now, owner)
+
+    def send_stateless(self, message: Request | Response, to: Destination) -> None:
+        """Send a message no transaction carries (the ACK for a 2xx, RFC 3261 §17.1.1.3)."""
+        self._send(message, to)
+
+    def emit(self, event: SipEvent) -> None:
+        """Queue an event for the application."""
+        self._event(event)
+
+    def add_timed(self, timed: Timed) -> None:
+        """Cover ``timed``'s timers with the core's one timer until :meth:`remove_timed`."""
+        if timed not in self._timed:
+            self._timed.append(timed)
+
+    def remove_timed(self, timed: Timed) -> None:
+        if timed in self._timed:
+            self._timed.remove(timed)
+
+    def new_tag(self) -> str:
+        return _tag(self.rng)
+
+    def new_branch(self) -> str:
+        return new_branch(self.rng.getrandbits(96).to_bytes(12, "big"))
+
+    def via(self, local: tuple[str, int], transport: Transport) -> Via:
+        """Our Via for a request sent from ``local`` (the branch is the sender's to add)."""
+        host, port = local
+        return Via(transport.value.upper(), host, port or None, (("rport", None),))
+
+    def contact(self, local: tuple[str, int], transport: Transport, user: str | None = None) -> NameAddr:
+        """Our Contact at ``local`` (``transport=tcp`` over TCP, so the peer's requests come over TCP)."""
+        host, port = local
+        params: tuple[tuple[str, str | None], ...] = (("transport", "tcp"),) if transport is Transport.TCP else ()
+        return NameAddr(uri=Uri("sip", host=host, user=user, port=port or None, params=params))
+
     # --- internals ---------------------------------------------------------------------------------------
 
     def _server_transaction(self, request: Request, peer: Peer, now: float) -> ServerTransaction | None:
@@ -644,7 +716,7 @@ class UserAgent:
         tx.respond(response, now)
         self._drain(tx, now)
 
-    def _send_request(self, request: Request, target: Target, now: float, owner: _ClientOwner) -> None:
+    def _send_request(self, request: Request, target: Target, now: float, owner: ClientOwner) -> None:
         try:
             tx = ClientTransaction(request, reliable=target.transport is not Transport.UDP, now=now, timing=self.timing)
             self.table.add_client(tx)
