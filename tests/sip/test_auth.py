@@ -187,37 +187,37 @@ def _answer(
 def test_round_trip_server_client_server() -> None:
     server = DigestChallenge(rng=random.Random(1))
     retry, _ = _answer(server, 0, "alice", "s3cret")
-    assert server.verify(retry, "alice", "s3cret", now=2_000) is Verdict.ACCEPTED
+    assert server.verify(retry, "alice", "s3cret", now=2) is Verdict.ACCEPTED
 
 
 def test_a_replayed_nonce_count_is_refused_and_a_higher_one_taken() -> None:
     server = DigestChallenge(rng=random.Random(2))
     retry, creds = _answer(server, 0, "alice", "s3cret")
-    assert server.verify(retry, "alice", "s3cret", 1_000) is Verdict.ACCEPTED
-    assert server.verify(retry, "alice", "s3cret", 1_500) is Verdict.REPLAYED
+    assert server.verify(retry, "alice", "s3cret", 1) is Verdict.ACCEPTED
+    assert server.verify(retry, "alice", "s3cret", 1.5) is Verdict.REPLAYED
     nonce = _param(creds, "nonce")
     challenge = parse_challenge(f'Digest realm="swml-engine", nonce="{nonce}", opaque="{server.opaque}", qop="auth"')
     second = authorization(challenge, "INVITE", "sip:record@example.org", "alice", "s3cret", cnonce="c0ffee", nc=2)
-    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2_000) is Verdict.ACCEPTED
-    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2_500) is Verdict.REPLAYED
+    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2) is Verdict.ACCEPTED
+    assert server.verify(invite(("Authorization", second)), "alice", "s3cret", 2.5) is Verdict.REPLAYED
 
 
 def test_wrong_credentials_are_refused() -> None:
     server = DigestChallenge(rng=random.Random(3))
     retry, creds = _answer(server, 0, "alice", "wrong")
-    assert server.verify(retry, "alice", "s3cret", 1_000) is Verdict.REJECTED
+    assert server.verify(retry, "alice", "s3cret", 1) is Verdict.REJECTED
     retry, _ = _answer(server, 0, "mallory", "s3cret")
-    assert server.verify(retry, "alice", "s3cret", 1_000) is Verdict.REJECTED
-    assert server.verify(invite(), "alice", "s3cret", 1_000) is Verdict.MISSING
+    assert server.verify(retry, "alice", "s3cret", 1) is Verdict.REJECTED
+    assert server.verify(invite(), "alice", "s3cret", 1) is Verdict.MISSING
     other_realm = creds.replace('realm="swml-engine"', 'realm="elsewhere"')
-    assert server.verify(invite(("Authorization", other_realm)), "alice", "s3cret", 1_000) is Verdict.MISSING
+    assert server.verify(invite(("Authorization", other_realm)), "alice", "s3cret", 1) is Verdict.MISSING
     # a nonce we never issued (another server's, or ours from before a restart): challenge again
     issued_elsewhere, _ = _answer(DigestChallenge(rng=random.Random(99)), 0, "alice", "s3cret")
-    assert server.verify(issued_elsewhere, "alice", "s3cret", 1_000) is Verdict.UNKNOWN_NONCE
+    assert server.verify(issued_elsewhere, "alice", "s3cret", 1) is Verdict.UNKNOWN_NONCE
     tampered_opaque = _answer(server, 0, "alice", "s3cret")[1].replace(server.opaque, "0" * 16)
-    assert server.verify(invite(("Authorization", tampered_opaque)), "alice", "s3cret", 1_000) is Verdict.REJECTED
+    assert server.verify(invite(("Authorization", tampered_opaque)), "alice", "s3cret", 1) is Verdict.REJECTED
     for junk in ("Basic YWxpY2U6czNjcmV0", "Digest", 'Digest realm="swml-engine", nc="zz"', '"', "\x00\xff"):
-        assert server.verify(invite(("Authorization", junk)), "alice", "s3cret", 1_000) in (
+        assert server.verify(invite(("Authorization", junk)), "alice", "s3cret", 1) in (
             Verdict.MISSING,
             Verdict.REJECTED,
             Verdict.UNKNOWN_NONCE,
@@ -275,10 +275,15 @@ def test_nonces_come_from_the_given_source_and_are_bounded() -> None:
     assert DigestChallenge(rng=random.Random(8)).headers(0) != DigestChallenge(rng=random.Random(9)).headers(0)
     server = DigestChallenge(rng=random.Random(10))
     first, _ = _answer(server, 0, "alice", "pw")
-    for i in range(MAX_NONCES + 10):
-        server.headers(i)
-    assert server.verify(first, "alice", "pw", MAX_NONCES + 20) is Verdict.UNKNOWN_NONCE
+    for _ in range(MAX_NONCES + 10):
+        server.headers(1)  # a flood of challenges within one second: the oldest nonces give way
+    assert server.verify(first, "alice", "pw", 2) is Verdict.UNKNOWN_NONCE
     assert len(server._nonces) <= MAX_NONCES
+    quiet = DigestChallenge(rng=random.Random(12))
+    old, _ = _answer(quiet, 0, "alice", "pw")
+    quiet.headers(2 * NONCE_LIFETIME + 1)  # long past its lifetime, a nonce is forgotten
+    assert quiet.verify(old, "alice", "pw", 2 * NONCE_LIFETIME + 2) is Verdict.UNKNOWN_NONCE
+    assert len(quiet._nonces) == 1
 
 
 def test_a_proxy_challenge_uses_the_proxy_headers() -> None:

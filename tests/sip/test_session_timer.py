@@ -1,6 +1,6 @@
 """Session timers (transports/sip/session_timer.py, RFC 4028): headers read and written, the UAS's
 422 and choice of refresher, the UAC's offer, retry after 422 and reading of the 2xx, and the times at
-which a refresh is due and a session is over (milliseconds, plain numbers)."""
+which a refresh is due and a session is over (seconds, plain numbers)."""
 
 from __future__ import annotations
 
@@ -110,12 +110,12 @@ def test_no_session_expires_means_no_timer_and_bad_values_are_refused() -> None:
 
 def test_a_refresh_is_due_at_half_the_interval_and_the_session_expires_before_the_interval() -> None:
     ours = SessionTimer(1800, Role.UAC, Role.UAC)
-    assert ours.refresh_at(10_000) == 10_000 + 900_000
-    assert ours.expires_at(10_000) == 10_000 + (1800 - 32) * 1000  # 32 s: less than a third
+    assert ours.refresh_at(10.5) == 10.5 + 900
+    assert ours.expires_at(10.5) == 10.5 + 1800 - 32  # 32 s: less than a third
     short = SessionTimer(90, Role.UAS, Role.UAS)
-    assert short.refresh_at(0) == 45_000 and short.expires_at(0) == 60_000  # a third (30 s): less than 32
+    assert short.refresh_at(0) == 45 and short.expires_at(0) == 60  # a third (30 s): less than 32
     theirs = SessionTimer(1800, Role.UAC, Role.UAS)
-    assert theirs.refresh_at(0) is None and theirs.expires_at(0) == 1_768_000
+    assert theirs.refresh_at(0) is None and theirs.expires_at(0) == 1768
 
 
 # --- as the UAC -------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_uac_and_uas_agree_through_a_422_and_a_refresh() -> None:
     second = answer_request(invite(*retry.headers()), min_se=3600)
     assert isinstance(second, Agreed) and second.require
     timer = retry.agreed(_response(200, *second.headers()))
-    assert timer == SessionTimer(3600, Role.UAC, Role.UAC, 3600) and timer.refresh_at(0) == 1_800_000
+    assert timer == SessionTimer(3600, Role.UAC, Role.UAC, 3600) and timer.refresh_at(0) == 1800
     refresh = timer.refresh_offer()
     assert ("Session-Expires", "3600;refresher=uac") in refresh.headers() and ("Min-SE", "3600") in refresh.headers()
     # the far end answers our refresh as a UAS of that transaction: the interval holds, we still refresh

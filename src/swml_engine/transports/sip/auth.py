@@ -5,7 +5,8 @@ given, writes the ``WWW-Authenticate`` (or ``Proxy-Authenticate``) values, and c
 ``Authorization`` against one of its nonces: the response recomputed from the password and compared in
 constant time, the nonce count increasing per nonce (a replayed request is refused), a nonce past its
 lifetime answered "stale" so the next challenge says ``stale=true`` and the client retries without asking
-its user again. Time comes in as ``now`` (milliseconds), never read here.
+its user again. Time comes in as ``now`` (seconds, from the
+core's clock, as the transactions take it), never read here.
 
 Client side (we are challenged): :func:`parse_challenge` reads the challenges of one or more header
 values (quoted strings with commas and escapes, several challenges in one value, other schemes and
@@ -38,8 +39,8 @@ MAX_PARAM = 1024
 #: Challenges read from one header value, and parameters in one challenge: far above real ones.
 MAX_CHALLENGES = 16
 MAX_PARAMS = 32
-#: How long a nonce we issue is good for (ms): long enough for a person to type a password.
-NONCE_LIFETIME = 300_000
+#: How long a nonce we issue is good for (seconds): long enough for a person to type a password.
+NONCE_LIFETIME = 300.0
 #: Nonces remembered at once; past this the oldest is forgotten (its client is challenged again).
 MAX_NONCES = 4096
 #: Largest nonce count (8 hex digits, RFC 7616 §3.4).
@@ -420,7 +421,7 @@ class DigestChallenge:
 
     def headers(self, now: float, *, stale: bool = False) -> list[tuple[str, str]]:
         """The challenge headers of a 401/407 (one per algorithm), with a fresh nonce issued at ``now``
-        (ms). ``stale``: the last credentials were right but their nonce had expired (Verdict.STALE)."""
+        (seconds). ``stale``: the last credentials were right but their nonce had expired (Verdict.STALE)."""
         nonce = f"{self._rng.getrandbits(128):032x}"
         # Nonces are kept in the order issued: the long expired and, past the bound, the oldest go.
         while self._nonces and (

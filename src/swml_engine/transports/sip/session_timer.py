@@ -5,8 +5,8 @@ proxies on the way — learn when the other has gone without a BYE. This module 
 (with ``refresher=uac|uas``) and ``Min-SE``, decides as a UAS what to accept or to refuse with 422
 (:func:`answer_request`, RFC 4028 §9), builds a UAC's offer and reads the answer or a 422
 (:class:`TimerOffer`, §7), and says when a refresh is due and when the session has expired without one
-(:class:`SessionTimer`, §10). Intervals are in seconds, as the headers write them; times (``since``,
-the results) in milliseconds, as the core's clock gives them.
+(:class:`SessionTimer`, §10). Intervals and times (``since``, the results) are in seconds, as the headers
+write them and as the core's clock (the transactions') gives them.
 
 Whether to use timers at all is the caller's: the service today answers 420 to ``Require: timer``, and
 that decision stays outside this module, as do the refresh request and the BYE themselves.
@@ -110,14 +110,14 @@ class SessionTimer:
         return self.refresher is self.local
 
     def refresh_at(self, since: float) -> float | None:
-        """When we send the refresh (ms), counting from ``since`` (ms: when the 2xx that agreed the
-        interval went or came): half the interval (§10). None when the peer refreshes."""
-        return since + self.interval * 500 if self.we_refresh else None
+        """When we send the refresh, counting from ``since`` (when the 2xx that agreed the interval
+        went or came): half the interval (§10). None when the peer refreshes."""
+        return since + self.interval / 2 if self.we_refresh else None
 
     def expires_at(self, since: float) -> float:
-        """When the session is over without a refresh (ms): the interval less 32 s or a third of it,
+        """When the session is over without a refresh: the interval less 32 s or a third of it,
         whichever is less (§10), so our BYE goes before the peer's own timer fires."""
-        return since + (self.interval - min(BYE_MARGIN, self.interval / 3)) * 1000
+        return since + self.interval - min(BYE_MARGIN, self.interval / 3)
 
     def refresh_offer(self) -> TimerOffer:
         """What our refresh request carries (§7.4): the same interval, ourselves as refresher."""
