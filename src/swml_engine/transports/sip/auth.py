@@ -5,8 +5,8 @@ given, writes the ``WWW-Authenticate`` (or ``Proxy-Authenticate``) values, and c
 ``Authorization`` against one of its nonces: the response recomputed from the password and compared in
 constant time, the nonce count increasing per nonce (a replayed request is refused), a nonce past its
 lifetime answered "stale" so the next challenge says ``stale=true`` and the client retries without asking
-its user again. Time comes in as ``now`` (seconds, from the
-core's clock, as the transactions take it), never read here.
+its user again. Time comes in as ``now`` (seconds, the core's clock as the transactions take it), never
+read here.
 
 Client side (we are challenged): :func:`parse_challenge` reads the challenges of one or more header
 values (quoted strings with commas and escapes, several challenges in one value, other schemes and
