@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from swml_engine.document.loader import load_text
+from swml_engine.methods import REGISTRY
 from swml_engine.session import SimResult, Simulation, simulate
 
 RATE = 8000
@@ -39,7 +40,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = PATIENCE) -> bool
 def run_doc(text: str, tmp_path: Path | None = None, **sim: Any) -> SimResult:
     """Load a YAML/JSON document and run it on a simulated call (virtual clock)."""
     out = tmp_path / "out" if tmp_path is not None else None
-    return simulate(load_text(text), Simulation(out=out, **sim))
+    return simulate(load_text(text, methods=REGISTRY), Simulation(out=out, **sim))
 
 
 def vars_set(res: SimResult, name: str) -> list[Any]:

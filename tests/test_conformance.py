@@ -16,6 +16,7 @@ import pytest
 
 from swml_engine.document.loader import load_document
 from swml_engine.errors import DocumentError
+from swml_engine.methods import REGISTRY
 from swml_engine.session import Simulation, simulate
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "swml-corpus"
@@ -45,7 +46,7 @@ def calling_documents() -> list[str]:
 
 def verdict(raw: Any, name: str) -> str:
     try:
-        load_document(raw, name)
+        load_document(raw, name, methods=REGISTRY)
     except DocumentError as e:
         return "invalid" if e.errors else "unsupported"
     return "ok"
@@ -72,7 +73,7 @@ EXPECTED_ERRORS = {
 def test_document_runs_or_is_reported_unsupported(name: str) -> None:
     raw = json.loads((DOCS / name).read_text())
     try:
-        doc = load_document(raw, name)
+        doc = load_document(raw, name, methods=REGISTRY)
     except DocumentError as e:
         assert not e.errors, f"{name}: we call a documented example invalid: {e.errors}"
         assert e.unsupported and all(str(u).endswith("not supported by this engine") for u in e.unsupported)

@@ -14,6 +14,7 @@ import pytest
 from conftest import run_doc
 from swml_engine.document.loader import load_text
 from swml_engine.errors import ExpressionError
+from swml_engine.methods import REGISTRY
 from swml_engine.script.expressions import ExpressionLimits, JsEngine
 from swml_engine.session import Simulation, run_simulation
 
@@ -93,12 +94,14 @@ def test_heavy_expressions_neither_stop_another_calls_media_nor_run_past_the_ste
     # Three times a step of 40 expressions of 45 ms (1.8 s of V8 work each), on two real-time calls.
     attacker = load_text(
         f"sections:\n  main:\n    - answer: {{}}\n    - label: top\n    - set:\n{heavy}"
-        "    - goto: {label: top, max: 2}\n    - set: {after: ok}\n"
+        "    - goto: {label: top, max: 2}\n    - set: {after: ok}\n",
+        methods=REGISTRY,
     )
     # The other call: a step every 20 ms of its clock, each one seen as an event in order with the first's.
     other = load_text(
         "sections: {main: [{answer: {}}, {label: top}, {sleep: 20}, {goto: {label: top, max: 100}},"
-        " {label: more}, {sleep: 20}, {goto: {label: more, max: 100}}]}"
+        " {label: more}, {sleep: 20}, {goto: {label: more, max: 100}}]}",
+        methods=REGISTRY,
     )
     seen: list[tuple[str, dict[str, Any]]] = []
 

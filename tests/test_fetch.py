@@ -20,6 +20,7 @@ from http_peers import drip, endless, file, http_peer, redirect, status, swml
 from swml_engine.document.loader import load_text
 from swml_engine.errors import DocumentError
 from swml_engine.fetch import CallFetches, FetchControl, FetchStopped
+from swml_engine.methods import REGISTRY
 from swml_engine.session import SimResult, Simulation, run_simulation
 from swml_engine.urls import UrlError, parse_http_url, redact
 
@@ -93,7 +94,7 @@ def test_a_dripping_play_url_fails_at_its_deadline_and_the_script_goes_on(tmp_pa
 
 
 def _call(doc: str, hangup_at: float | None, out: Path) -> Any:
-    return run_simulation(load_text(doc), Simulation(hangup_at=hangup_at, out=out, realtime=True))
+    return run_simulation(load_text(doc, methods=REGISTRY), Simulation(hangup_at=hangup_at, out=out, realtime=True))
 
 
 def test_calls_stuck_on_dripping_urls_neither_starve_other_calls_nor_outlive_their_hangup(tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_credentials_in_urls_never_reach_events_or_messages(tmp_path: Path) -> N
         assert "secretpw" not in (tmp_path / "out" / "events.jsonl").read_text()
         assert peer.hits("/cb")[0]["headers"]["Authorization"].startswith("Basic ")  # (sent, as auth)
     with pytest.raises(DocumentError) as info:  # and validation does not print it either
-        load_text("sections: {main: [{play: 'https://user:secretpw@[::1/a.wav'}]}")
+        load_text("sections: {main: [{play: 'https://user:secretpw@[::1/a.wav'}]}", methods=REGISTRY)
     assert "secretpw" not in str(info.value) and "***@" in str(info.value)
 
 

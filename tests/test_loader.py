@@ -12,11 +12,12 @@ from conftest import run_doc
 from http_peers import alias_bomb
 from swml_engine.document.loader import load_text
 from swml_engine.errors import DocumentError
+from swml_engine.methods import REGISTRY
 
 
 def errors_of(text: str) -> list[str]:
     with pytest.raises(DocumentError) as info:
-        load_text(text)
+        load_text(text, methods=REGISTRY)
     return [str(e) for e in info.value.errors]
 
 
@@ -35,7 +36,8 @@ sections:
   other:
     execute: {dest: last}
   last: [hangup]
-"""
+""",
+        methods=REGISTRY,
     )
     main = doc.sections["main"]
     assert [s.method for s in main] == ["answer", "play", "play", "sleep", "unset", "label", "execute"]
@@ -51,8 +53,8 @@ sections:
 
 
 def test_bare_list_is_main_and_json_is_accepted() -> None:
-    assert load_text("[{hangup: {}}]").sections["main"][0].method == "hangup"
-    doc = load_text('{"version": "1.0.0", "sections": {"main": [{"sleep": {"duration": 5}}]}}')
+    assert load_text("[{hangup: {}}]", methods=REGISTRY).sections["main"][0].method == "hangup"
+    doc = load_text('{"version": "1.0.0", "sections": {"main": [{"sleep": {"duration": 5}}]}}', methods=REGISTRY)
     assert doc.sections["main"][0].params == {"duration": 5}
 
 
@@ -126,13 +128,13 @@ def test_every_error_is_reported_not_only_the_first() -> None:
 
 
 def test_templated_values_are_checked_when_the_step_runs() -> None:
-    doc = load_text("sections: {main: [{play: {url: '${u}', volume: '${v}'}}, {sleep: '${d}'}]}")
+    doc = load_text("sections: {main: [{play: {url: '${u}', volume: '${v}'}}, {sleep: '${d}'}]}", methods=REGISTRY)
     assert doc.sections["main"][0].params == {"url": "${u}", "volume": "${v}"}
 
 
 def test_unsupported_methods_are_listed_separately() -> None:
     with pytest.raises(DocumentError) as info:
-        load_text("sections: {main: [answer, {ai: {prompt: {text: hi}}}, {connect: {to: '+1555'}}]}")
+        load_text("sections: {main: [answer, {ai: {prompt: {text: hi}}}, {connect: {to: '+1555'}}]}", methods=REGISTRY)
     assert info.value.errors == []
     assert [str(e) for e in info.value.unsupported] == [
         "sections.main[1].ai: not supported by this engine",
@@ -162,7 +164,7 @@ def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
     for text, message in cases.items():
         started = time.monotonic()
         with pytest.raises(DocumentError) as info:
-            load_text(text)
+            load_text(text, methods=REGISTRY)
         assert message in str(info.value.errors[0]) and time.monotonic() - started < 5
 
 
@@ -190,7 +192,7 @@ def test_an_alias_bomb_inside_a_value_is_refused_at_once(tmp_path: Path) -> None
     assert res.returncode == 1, res.stderr
     assert "once its YAML aliases are expanded" in res.stderr and "Traceback" not in res.stderr
     # aliases that expand modestly are fine, and a value holding itself is refused
-    doc = load_text("sections: {main: [{set: {a: &x [1, 2], b: *x, c: [*x, *x]}}, hangup]}")
+    doc = load_text("sections: {main: [{set: {a: &x [1, 2], b: *x, c: [*x, *x]}}, hangup]}", methods=REGISTRY)
     assert doc.sections["main"][0].params == {"a": [1, 2], "b": [1, 2], "c": [[1, 2], [1, 2]]}
     assert errors_of("sections: {main: [{set: {a: &x [1, *x]}}]}") == [
         "a YAML alias refers to a value that contains it"

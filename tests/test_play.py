@@ -162,9 +162,10 @@ sections:
 def test_play_status_url_must_be_http(tmp_path: Path) -> None:
     from swml_engine.document.loader import load_text
     from swml_engine.errors import DocumentError
+    from swml_engine.methods import REGISTRY
 
     with pytest.raises(DocumentError) as info:
-        load_text("sections: {main: [{play: {url: 'silence:1', status_url: 'ftp://example.com/x'}}]}")
+        load_text("sections: {main: [{play: {url: 'silence:1', status_url: 'ftp://example.com/x'}}]}", methods=REGISTRY)
     assert "sections.main[0].play.status_url: 'ftp://example.com/x' is not an http(s) URL" in str(info.value)
     # substituted at run time: the sound plays without callbacks, an error event says why
     res = run_doc(

@@ -316,10 +316,12 @@ def test_unwritable_storage_fails_the_recording_and_the_call_goes_on(tmp_path: P
 def test_invalid_values_at_load_time_and_run_time(tmp_path: Path) -> None:
     from swml_engine.document.loader import load_text
     from swml_engine.errors import DocumentError
+    from swml_engine.methods import REGISTRY
 
     with pytest.raises(DocumentError) as info:
         load_text(
-            "sections: {main: [{record_call: {format: ogg, input_sensitivity: 120, max_length: 1000000000, initial_timeout: -1}}]}"
+            "sections: {main: [{record_call: {format: ogg, input_sensitivity: 120, max_length: 1000000000, initial_timeout: -1}}]}",
+            methods=REGISTRY,
         )
     msgs = sorted(str(e) for e in info.value.errors)
     assert msgs == [
@@ -341,11 +343,13 @@ def test_invalid_values_at_load_time_and_run_time(tmp_path: Path) -> None:
 )
 def test_record_and_play_back_examples(tmp_path: Path, example: str) -> None:
     from swml_engine.document.loader import load_file
+    from swml_engine.methods import REGISTRY
     from swml_engine.session import Simulation, simulate
 
     caller = np.concatenate([np.zeros(RATE * 2, dtype=np.int16), tone(440, 4.0, level=0.3)])
     res = simulate(
-        load_file(EXAMPLES / example), Simulation(out=tmp_path / "out", caller_audio=caller, dtmf=[(7.0, "#")])
+        load_file(EXAMPLES / example, methods=REGISTRY),
+        Simulation(out=tmp_path / "out", caller_audio=caller, dtmf=[(7.0, "#")]),
     )
     (meta,) = recordings(tmp_path)
     assert res.vars["record_call_result"] == "success"
@@ -370,9 +374,10 @@ def test_record_and_play_back_examples(tmp_path: Path, example: str) -> None:
 def test_mp3_example_with_nothing_recorded_finishes_as_a_playable_file(tmp_path: Path) -> None:
     """The record_call page's first example on a call that ends at once: an empty MP3, still valid."""
     from swml_engine.document.loader import load_file
+    from swml_engine.methods import REGISTRY
     from swml_engine.session import Simulation, simulate
 
-    res = simulate(load_file(EXAMPLES / "record-call-mp3.yaml"), Simulation(out=tmp_path / "out"))
+    res = simulate(load_file(EXAMPLES / "record-call-mp3.yaml", methods=REGISTRY), Simulation(out=tmp_path / "out"))
     assert not [e for e in res.events if e["type"] == "error"]
     (meta,) = recordings(tmp_path)
     assert (meta["state"], meta["end_reason"], meta["duration"]) == ("finished", "script_end", 0.0)
@@ -437,10 +442,11 @@ def test_no_input_callbacks_carry_the_file(tmp_path: Path, http_server) -> None:
 def test_a_status_url_that_does_not_parse_drops_its_callbacks_never_the_recording(tmp_path: Path) -> None:
     from swml_engine.document.loader import load_text
     from swml_engine.errors import DocumentError
+    from swml_engine.methods import REGISTRY
 
     bad = "https://user:p@ss:w/rd#x@example.com/cb"  # an unencoded password, as some SDKs build them
     with pytest.raises(DocumentError) as info:  # written literally: validation says what to fix
-        load_text(f"sections: {{main: [{{record_call: {{status_url: '{bad}'}}}}]}}")
+        load_text(f"sections: {{main: [{{record_call: {{status_url: '{bad}'}}}}]}}", methods=REGISTRY)
     message = str(info.value)
     assert "sections.main[0].record_call.status_url" in message and "percent-encode" in message
     assert "ss:w" not in message

@@ -13,6 +13,7 @@ import pytest
 from swml_engine.call import Call
 from swml_engine.document.loader import load_text
 from swml_engine.events import EventLog
+from swml_engine.methods import REGISTRY
 from swml_engine.session import Simulation, simulate
 from swml_engine.transports.simulated import SimulatedTransport
 from swml_engine.vocabulary import (
@@ -88,7 +89,8 @@ def test_every_event_a_call_emits_is_a_documented_type() -> None:
         "sections:\n  main:\n"
         "    - set: {a: 1}\n    - unset: a\n    - answer\n"
         "    - record_call: {format: wav}\n    - play: {url: 'silence:0.1'}\n"
-        "    - stop_record_call: {control_id: nothing}\n    - send_digits: {digits: '1'}\n    - hangup: {reason: busy}\n"
+        "    - stop_record_call: {control_id: nothing}\n    - send_digits: {digits: '1'}\n    - hangup: {reason: busy}\n",
+        methods=REGISTRY,
     )
     result = simulate(doc, Simulation())
     types = {e["type"] for e in result.events}

@@ -39,11 +39,12 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
+    from swml_engine.methods import REGISTRY
 
     worst = EXIT_OK
     for file in args.files:
         try:
-            load_file(file)
+            load_file(file, methods=REGISTRY)
         except DocumentError as e:
             for err in e.errors:
                 print(f"{file}: {err}", file=sys.stderr)
@@ -110,11 +111,12 @@ class Progress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
+    from swml_engine.methods import REGISTRY
     from swml_engine.session import Simulation, simulate
     from swml_engine.transports.simulated import parse_dtmf_schedule
 
     try:
-        doc = load_file(args.file)
+        doc = load_file(args.file, methods=REGISTRY)
     except DocumentError as e:
         for err in e.errors or e.unsupported:
             print(f"{args.file}: {err}", file=sys.stderr)

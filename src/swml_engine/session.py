@@ -18,6 +18,7 @@ from swml_engine.events import EventLog, JsonlSink, jsonable
 from swml_engine.media.audio import decode
 from swml_engine.media.clock import VirtualTimeLoop
 from swml_engine.media.frame import Samples
+from swml_engine.methods import REGISTRY
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
@@ -46,11 +47,12 @@ def call_scope(call: Call, *, from_: str, to: str, headers: list[dict[str, str]]
 
 
 async def run_call(doc: Document, call: Call, variables: Variables) -> RunResult:
-    """Start the call, run the script, end and finalise the call. Never raises for script errors."""
+    """Start the call, run the script with the engine's methods, end and finalise the call. Never
+    raises for script errors."""
     call.options.fetches.bind(call.ended)  # the call's end stops its fetches
     call.start()
     try:
-        return await Runner(doc, call, variables).run()
+        return await Runner(doc, call, variables, REGISTRY).run()
     finally:
         if not call.is_ended:
             await call.hangup("error")

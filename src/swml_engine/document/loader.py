@@ -7,6 +7,9 @@ Shorthands accepted (as the public docs use them; see docs/documents.md):
 * a document given as a bare list of steps = ``sections: {main: [...]}``;
 * per-method shorthands (``play: 'say:Hi'``, ``sleep: 1000``, ``unset: name``...) live in each method's
   module, in its ``prepare``.
+
+The methods a document may use come as a table from the caller (``methods=REGISTRY``, from
+``swml_engine.methods``): this module knows no method by name beyond the schema's list.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from swml_engine.document.model import Block, Document, Step
+from swml_engine.document.model import Block, Document, MethodTable, Step
 from swml_engine.document.params import describe
 from swml_engine.errors import DocumentError, ParamError
 
@@ -218,7 +221,7 @@ def _yaml_message(e: yaml.YAMLError) -> str:
     return f"{where}invalid YAML: {problem}"
 
 
-def load_file(path: str | Path) -> Document:
+def load_file(path: str | Path, *, methods: MethodTable | None = None) -> Document:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -226,11 +229,27 @@ def load_file(path: str | Path) -> Document:
         raise DocumentError([ParamError("", f"cannot read {p}: {e.strerror or e}")]) from None
     except UnicodeDecodeError:
         raise DocumentError([ParamError("", f"{p} is not UTF-8 text")]) from None
-    return load_document(parse_text(text, str(p)), str(p))
+    return load_document(parse_text(text, str(p)), str(p), methods=transitional_methods(methods))
 
 
-def load_text(text: str, source: str = "<document>", budget: Budget | None = None) -> Document:
-    return load_document(parse_text(text, source, budget), source, budget)
+def load_text(
+    text: str, source: str = "<document>", budget: Budget | None = None, *, methods: MethodTable | None = None
+) -> Document:
+    return load_document(parse_text(text, source, budget), source, budget, methods=transitional_methods(methods))
+
+
+def transitional_methods(methods: MethodTable | None) -> MethodTable:
+    """``methods``, or the engine's table for a caller that does not pass one yet.
+
+    Transitional (issue 12): service/server.py calls ``load_file(path)`` and ``fetch_remote(url, payload,
+    options)``, and bench/*_speed.py ``load_text(text)``, without a table. Once they pass
+    ``methods=REGISTRY``, make ``methods`` required and delete this function: it is the one place this
+    package reaches the methods (tests/test_import_graph.py allows exactly this edge)."""
+    if methods is not None:
+        return methods
+    from swml_engine.methods import REGISTRY
+
+    return REGISTRY
 
 
 #: More steps than any real script has (the largest public example has a few hundred).
@@ -240,10 +259,8 @@ MAX_NESTING = 50
 
 
 class _Loader:
-    def __init__(self, budget: Budget | None = None) -> None:
-        from swml_engine.methods import REGISTRY
-
-        self.registry = REGISTRY
+    def __init__(self, methods: MethodTable, budget: Budget | None = None) -> None:
+        self.methods = methods
         self.budget = budget
         self.errors: list[ParamError] = []
         self.unsupported: list[ParamError] = []
@@ -298,7 +315,7 @@ class _Loader:
         else:
             self.errors.append(ParamError(path, f"{describe(raw)} is not a step (expected e.g. {{play: ...}})"))
             return None
-        method = self.registry.get(name)
+        method = self.methods.get(name)
         where = f"{path}.{name}"
         if method is None:
             if name in SCHEMA_METHODS:
@@ -317,10 +334,12 @@ class _Loader:
         return Step(name, params, path)
 
 
-def load_document(raw: object, source: str = "<document>", budget: Budget | None = None) -> Document:
-    """Build a Document from parsed YAML/JSON; raises DocumentError listing every problem found
-    (``budget``: as for parse_text)."""
-    loader = _Loader(budget)
+def load_document(
+    raw: object, source: str = "<document>", budget: Budget | None = None, *, methods: MethodTable
+) -> Document:
+    """Build a Document from parsed YAML/JSON, its steps checked against ``methods``; raises
+    DocumentError listing every problem found (``budget``: as for parse_text)."""
+    loader = _Loader(methods, budget)
     if isinstance(raw, list):
         raw = {"sections": {"main": raw}}  # a bare list of steps is the main section
     if not isinstance(raw, dict):
@@ -343,23 +362,18 @@ def load_document(raw: object, source: str = "<document>", budget: Budget | None
             sections[str(name)] = loader.steps(steps, f"sections.{name}")
     doc = Document(sections, source, None if version is None else str(version))
     doc.unsupported = [e.path for e in loader.unsupported]
-    _check_references(doc, loader.errors)  # beside other errors too: every error is reported at once
+    _check_references(doc, methods, loader.errors)  # beside other errors too: every error is reported at once
     if loader.errors or loader.unsupported:
         raise DocumentError(loader.errors, loader.unsupported)
     return doc
 
 
-def _check_references(doc: Document, errors: list[ParamError]) -> None:
+def _check_references(doc: Document, methods: MethodTable, errors: list[ParamError]) -> None:
     """Literal goto labels and execute sections must exist (templated ones are checked when they run)."""
-    from swml_engine.methods import REGISTRY
-
     for section, steps in doc.sections.items():
         labels = doc.labels(section)
         for step in _walk(steps):
-            method = REGISTRY[step.method]
-            check = getattr(method, "check_references", None)
-            if check is not None:
-                errors.extend(check(step, doc, labels))
+            errors.extend(methods[step.method].check_references(step, doc, labels, methods))
 
 
 def _walk(steps: list[Step]) -> list[Step]:

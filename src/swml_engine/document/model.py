@@ -1,9 +1,17 @@
-"""The loaded form of a SWML document: sections of steps, each step one method with its parameters."""
+"""The loaded form of a SWML document: sections of steps, each step one method with its parameters.
+
+Also what loading needs of the methods (:class:`LoadableMethod`, :data:`MethodTable`): the loader is
+handed a method table by its caller (``swml_engine.methods.REGISTRY``) and never imports the methods,
+which import this package for their parameters.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from swml_engine.errors import ParamError
 
 
 @dataclass
@@ -55,3 +63,29 @@ class Document:
                 if isinstance(name, str):
                     found.setdefault(name, i)
         return found
+
+
+#: Loads a nested list of steps (``then``, ``case``, ``on_return``...) found at a path.
+BlockLoader = Callable[[object, str], Block]
+
+
+class LoadableMethod(Protocol):
+    """What the loader needs of a method (:class:`swml_engine.methods.base.Method` has it all)."""
+
+    def prepare(self, raw: object, where: str, blocks: BlockLoader) -> object:
+        """The written value (shorthands included) as the canonical parameter mapping."""
+        ...
+
+    def check(self, params: object, where: str) -> list[ParamError]:
+        """Errors in the literal values (placeholders are checked when the step runs)."""
+        ...
+
+    def check_references(
+        self, step: Step, doc: Document, labels: dict[str, int], methods: MethodTable
+    ) -> list[ParamError]:
+        """Errors in what the step names elsewhere (a label, a section, an inline document)."""
+        ...
+
+
+#: Method name → the method: what a document is loaded (and run) against.
+MethodTable = Mapping[str, LoadableMethod]

@@ -14,8 +14,8 @@ from functools import partial
 from typing import Any
 
 from swml_engine.call import CallOptions
-from swml_engine.document.loader import load_text
-from swml_engine.document.model import Document
+from swml_engine.document.loader import load_text, transitional_methods
+from swml_engine.document.model import Document, MethodTable
 from swml_engine.errors import DocumentError, ParamError
 from swml_engine.fetch import FetchControl, FetchError, Redirects, http_fetch
 from swml_engine.urls import UrlError, parse_http_url, redact
@@ -29,9 +29,9 @@ def _error(message: str) -> DocumentError:
     return DocumentError([ParamError("", message)])
 
 
-def fetch_document(url: str, payload: dict[str, Any], control: FetchControl) -> Document:
-    """Blocking: POST the payload, parse the reply, all within ``control``'s deadline; DocumentError
-    says what went wrong and where (the URL redacted)."""
+def fetch_document(url: str, payload: dict[str, Any], control: FetchControl, *, methods: MethodTable) -> Document:
+    """Blocking: POST the payload, parse the reply and check it against ``methods``, all within
+    ``control``'s deadline; DocumentError says what went wrong and where (the URL redacted)."""
     try:
         target = parse_http_url(url)
     except UrlError as e:
@@ -55,12 +55,15 @@ def fetch_document(url: str, payload: dict[str, Any], control: FetchControl) -> 
     try:
         # Parsing and checking count against the same deadline: a reply that takes long to read
         # (megabytes of YAML) fails like one that takes long to arrive.
-        return load_text(text, target.shown, budget=control.check)
+        return load_text(text, target.shown, budget=control.check, methods=methods)
     except FetchError as e:
         raise _error(f"reading the SWML: {e}") from None
 
 
-async def fetch_remote(url: str, payload: dict[str, Any], options: CallOptions) -> Document:
-    """Fetch a document for a call, on the call's fetch slots (FetchStopped if the call ends first)."""
-    fetch = partial(fetch_document, url, payload)
+async def fetch_remote(
+    url: str, payload: dict[str, Any], options: CallOptions, methods: MethodTable | None = None
+) -> Document:
+    """Fetch a document for a call, on the call's fetch slots (FetchStopped if the call ends first).
+    ``methods``: see loader.transitional_methods (required once service/server.py passes it)."""
+    fetch = partial(fetch_document, url, payload, methods=transitional_methods(methods))
     return await options.fetches.run(fetch, options.fetch_timeout, redact(url))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from swml_engine.document.model import Block
+from swml_engine.document.model import BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import check_params, parse_params
 from swml_engine.errors import ParamError
 
@@ -14,9 +13,6 @@ if TYPE_CHECKING:
     from swml_engine.script.step import StepContext
 
 P = TypeVar("P")
-
-#: Loads a nested list of steps (``then``, ``case``, ``on_return``...) found at a path.
-BlockLoader = Callable[[object, str], Block]
 
 
 class NoParams:
@@ -51,6 +47,13 @@ class Method(ABC, Generic[P]):
                 return []
             return [ParamError(where, "takes no parameters; write it as {}")]
         return check_params(self.params, params, where)
+
+    def check_references(
+        self, step: Step, doc: Document, labels: dict[str, int], methods: MethodTable
+    ) -> list[ParamError]:
+        """Errors in what a loaded step names elsewhere: ``labels`` are its section's, ``methods`` the
+        table the document is loaded against (for a document inside the step). Most name nothing."""
+        return []
 
     def parse(self, params: object, where: str) -> P:
         if self.params is NoParams:

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from swml_engine.document.loader import load_text
-from swml_engine.document.model import Block, Document, Step
+from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import Any_, MapOf, Steps, Str, describe, is_templated, param
 from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError, ParamError
 from swml_engine.fetch import FetchStopped
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
+from swml_engine.methods.cond import Cond
+from swml_engine.methods.switch import Switch
 from swml_engine.script.flow import EndScript
 from swml_engine.script.step import SectionRun, StepContext
 
@@ -28,6 +30,10 @@ class ExecuteParams:
     meta: dict[str, Any] = param(MapOf(), default={})
     on_return: Block | None = param(Steps())
     result: Any = param(Any_())
+
+
+#: ``result`` is read as one of these (an object as a switch, a list as a cond).
+_SWITCH, _COND = Switch(), Cond()
 
 
 def _is_url(dest: str) -> bool:
@@ -52,26 +58,24 @@ class Execute(Method[ExecuteParams]):
             out["on_return"] = blocks(raw["on_return"], f"{where}.on_return")
         result = raw.get("result")
         if isinstance(result, dict):
-            from swml_engine.methods import REGISTRY
-
             result = dict(result)
             result.setdefault("variable", "return_value")
-            out["result"] = ("switch", REGISTRY["switch"].prepare(result, f"{where}.result", blocks))
+            out["result"] = (_SWITCH.name, _SWITCH.prepare(result, f"{where}.result", blocks))
         elif isinstance(result, list):
-            from swml_engine.methods import REGISTRY
-
-            out["result"] = ("cond", REGISTRY["cond"].prepare(result, f"{where}.result", blocks))
+            out["result"] = (_COND.name, _COND.prepare(result, f"{where}.result", blocks))
         elif result is not None:
             raise ParamError(f"{where}.result", f"{describe(result)} is not a switch object or a cond list")
         return out
 
-    def check_references(self, step: Step, doc: Document, labels: dict[str, int]) -> list[ParamError]:
+    def check_references(
+        self, step: Step, doc: Document, labels: dict[str, int], methods: MethodTable
+    ) -> list[ParamError]:
         dest = step.params.get("dest") if isinstance(step.params, dict) else None
         if not isinstance(dest, str) or is_templated(dest) or _is_url(dest):
             return []
         if _is_inline(dest):
             try:
-                load_text(dest, f"{step.where}.dest")
+                load_text(dest, f"{step.where}.dest", methods=methods)
             except DocumentError as e:
                 return [ParamError(f"{step.where}.dest", f"inline SWML: {e}")]
             return []
@@ -98,7 +102,7 @@ class Execute(Method[ExecuteParams]):
             payload = ctx.variables.payload()
             payload["params"] = p.params
             try:
-                doc = await fetch_remote(dest, payload, ctx.call.options)
+                doc = await fetch_remote(dest, payload, ctx.call.options, ctx.runner.methods)
             except FetchStopped:
                 raise EndScript from None  # the call ended while its next document was on the way
             except DocumentError as e:
@@ -107,7 +111,7 @@ class Execute(Method[ExecuteParams]):
             return SectionRun(doc, "main", doc.labels("main"), depth)
         if _is_inline(dest):
             try:
-                doc = load_text(dest, f"{ctx.where}.dest")
+                doc = load_text(dest, f"{ctx.where}.dest", methods=ctx.runner.methods)
             except DocumentError as e:
                 raise ParamError(f"{ctx.where}.dest", f"inline SWML: {e}") from None
             return SectionRun(doc, "main", doc.labels("main"), depth)

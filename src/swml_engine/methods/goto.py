@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swml_engine.document.model import Document, Step
+from swml_engine.document.model import Document, MethodTable, Step
 from swml_engine.document.params import Any_, Num, Str, is_templated, param
 from swml_engine.errors import ParamError
 from swml_engine.methods.base import Method
@@ -24,7 +24,9 @@ class Goto(Method[GotoParams]):
     name = "goto"
     params = GotoParams
 
-    def check_references(self, step: Step, doc: Document, labels: dict[str, int]) -> list[ParamError]:
+    def check_references(
+        self, step: Step, doc: Document, labels: dict[str, int], methods: MethodTable
+    ) -> list[ParamError]:
         label = step.params.get("label") if isinstance(step.params, dict) else None
         if isinstance(label, str) and not is_templated(label) and label not in labels:
             known = ", ".join(sorted(labels)) or "none"

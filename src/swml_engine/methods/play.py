@@ -11,12 +11,13 @@ import uuid
 from dataclasses import dataclass
 
 from swml_engine.callbacks import StatusReporter
+from swml_engine.document.model import BlockLoader
 from swml_engine.document.params import Bool, HttpUrl, ListOf, Num, Spec, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.playlist import PlayFailed, Playlist
 from swml_engine.media.sources import Sound, parse_sound
 from swml_engine.media.sources.tts import Voice
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.script.step import StepContext
 from swml_engine.urls import redact
 

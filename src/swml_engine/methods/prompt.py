@@ -17,10 +17,11 @@ import uuid
 from dataclasses import dataclass
 
 from swml_engine.callbacks import StatusReporter
+from swml_engine.document.model import BlockLoader
 from swml_engine.document.params import Chars, HttpUrl, ListOf, Num, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.playlist import Playlist
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.methods.play import VOLUME, SoundSpec, VoiceParams, play_sounds, sounds_of, voice_of
 from swml_engine.script.step import StepContext
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from swml_engine.document.model import BlockLoader
 from swml_engine.errors import ParamError
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.script.flow import Return as ReturnSignal
 from swml_engine.script.step import StepContext
 

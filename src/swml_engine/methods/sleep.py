@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from swml_engine.document.model import BlockLoader
 from swml_engine.document.params import Num, param
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.script.step import StepContext
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swml_engine.document.model import Block
+from swml_engine.document.model import Block, BlockLoader
 from swml_engine.document.params import MapOf, Steps, Str, describe, param
 from swml_engine.errors import ParamError
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.script.splice import as_text
 from swml_engine.script.step import StepContext
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from swml_engine.document.model import BlockLoader
 from swml_engine.document.params import describe
 from swml_engine.errors import ParamError
-from swml_engine.methods.base import BlockLoader, Method
+from swml_engine.methods.base import Method
 from swml_engine.script.step import StepContext
 
 

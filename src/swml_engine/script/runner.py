@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swml_engine.call import Call
 from swml_engine.document.model import Document, Step
@@ -23,6 +24,9 @@ from swml_engine.script.flow import EndScript, Goto, Return
 from swml_engine.script.step import SectionRun, StepContext
 from swml_engine.script.templating import Templater
 from swml_engine.vocabulary import EndReason
+
+if TYPE_CHECKING:
+    from swml_engine.methods.base import Method
 
 #: Deepest chain of ``execute`` calls before the runner refuses (a section that executes itself).
 MAX_EXECUTE_DEPTH = 100
@@ -37,15 +41,23 @@ class RunResult:
 
 
 class Runner:
-    def __init__(self, doc: Document, call: Call, variables: Variables, js: JsEngine | None = None) -> None:
-        from swml_engine.methods import REGISTRY
+    """Runs ``doc`` on ``call`` with the methods of ``methods`` (``swml_engine.methods.REGISTRY``: the
+    table the document was loaded against)."""
 
+    def __init__(
+        self,
+        doc: Document,
+        call: Call,
+        variables: Variables,
+        methods: Mapping[str, Method[Any]],
+        js: JsEngine | None = None,
+    ) -> None:
         self.doc = doc
         self.call = call
         self.variables = variables
         self.js = js or JsEngine()
         self.templater = Templater(variables, self.js, call.wall)  # @{strftime_tz} wants Unix time
-        self.registry = REGISTRY
+        self.methods = methods
 
     def set_var(self, name: str, value: Any) -> None:
         self.variables.vars[name] = value
@@ -90,7 +102,7 @@ class Runner:
     async def run_step(self, step: Step, section_run: SectionRun) -> StepContext:
         if self.call.is_ended:
             raise EndScript
-        method = self.registry[step.method]
+        method = self.methods[step.method]
         events = self.call.events
         events.emit("step.start", section=section_run.section, index=step.index, path=step.path, method=step.method)
         ctx = StepContext(self, step, section_run)

@@ -1,17 +1,21 @@
-"""What a method sees while its step runs: the call, the variables, and the runner's helpers."""
+"""What a method sees while its step runs: the call, the variables, and the runner's helpers.
+
+The runner is seen through :class:`ScriptRunner` (script/runner.py's ``Runner`` is the one): the
+runner imports the methods, the methods import this module, and this module does not import the runner.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from swml_engine.document.model import Block, Document, Step
+from swml_engine.document.model import Block, Document, MethodTable, Step
 
 if TYPE_CHECKING:
     from swml_engine.call import Call
     from swml_engine.events import EventLog
     from swml_engine.script.context import Variables
-    from swml_engine.script.runner import Runner
     from swml_engine.script.templating import Templater
 
 
@@ -29,9 +33,39 @@ class SectionRun:
     goto_counts: dict[str, int] = field(default_factory=dict)
 
 
+class ScriptRunner(Protocol):
+    """What a running step may ask of the runner that runs it."""
+
+    @property
+    def call(self) -> Call: ...
+
+    @property
+    def variables(self) -> Variables: ...
+
+    @property
+    def templater(self) -> Templater: ...
+
+    @property
+    def methods(self) -> MethodTable:
+        """The table the script runs with: documents loaded at run time (``execute``) use it too."""
+        ...
+
+    def set_var(self, name: str, value: Any) -> None: ...
+
+    async def run_step(self, step: Step, section_run: SectionRun) -> StepContext: ...
+
+    async def run_steps(self, steps: list[Step], section_run: SectionRun) -> None: ...
+
+    async def execute_section(self, section_run: SectionRun, params: dict[str, Any]) -> Any: ...
+
+    async def call_sleep(self, seconds: float | None) -> None: ...
+
+    async def call_sleep_until(self, event: asyncio.Event) -> None: ...
+
+
 @dataclass
 class StepContext:
-    runner: Runner
+    runner: ScriptRunner
     step: Step
     section_run: SectionRun
     #: The step's outcome shown in ``step.end`` (``success``, ``failed``, ``no_input``...).

@@ -1,20 +1,68 @@
-"""The transport interface: what a call needs from whatever carries it (simulated, SIP/RTP, ...).
+"""Where a call and its transport meet: :class:`Transport`, what a call needs from whatever carries it
+(simulated, SIP/RTP, ...), and :class:`CallSide`, what a transport may use of its call.
 
 A transport only moves frames and events; it knows nothing of SWML. Once a tick the call asks it for
 the party's next *speak* frame and gives it the next *listen* frame. The transport reports DTMF and a
 remote hangup to the call (``call.on_dtmf``, ``call.on_remote_hangup``).
+
+This module imports neither side: ``swml_engine.call.Call`` is a CallSide (mypy checks it where a call
+attaches itself), and transports import only this module, never the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any, Protocol
 
+from swml_engine.events import EventLog
 from swml_engine.media.frame import Frame
-from swml_engine.vocabulary import EndReason
+from swml_engine.vocabulary import EndReason, RemoteEnd
 
-if TYPE_CHECKING:
-    from swml_engine.call import Call
+
+class CallSide(Protocol):
+    """The call as its transport sees it."""
+
+    call_id: str
+    #: The call's event loop: a transport's callbacks from other contexts come back through it.
+    loop: asyncio.AbstractEventLoop
+    #: Sample rate of the frames the call moves (a transport may ask to change it: change_rate).
+    rate: int
+    events: EventLog
+    #: Codecs the script allows (``answer.codecs``); empty = any the transport supports.
+    codecs: list[str]
+    #: ``answer.username``/``password``: the party must authenticate before the answer.
+    credentials: tuple[str, str] | None
+    #: Read by service/server.py through the transport (transitional, issue 12: the service keeps
+    #: its calls itself after the SIP switch-over, then this goes).
+    recordings: Any
+
+    def now(self) -> float:
+        """Seconds since the call started."""
+        ...
+
+    def on_dtmf(self, digit: str) -> None:
+        """A digit from the party."""
+        ...
+
+    def on_remote_hangup(self, reason: RemoteEnd = "hangup") -> None:
+        """The party ended the call."""
+        ...
+
+    def change_rate(self, rate: int) -> bool:
+        """Run at ``rate`` from now on; False when audio at the old rate is already in flight."""
+        ...
+
+    async def play_frames(
+        self, frames: Iterator[Frame], volume_db: float = 0.0, stop: asyncio.Event | None = None
+    ) -> str:
+        """Play to the party (in-band DTMF tones, say) until the frames run out."""
+        ...
+
+    async def hangup(self, reason: EndReason = "hangup") -> None:
+        """End the call from our side (the service at shutdown)."""
+        ...
 
 
 class Transport(ABC):
@@ -22,9 +70,9 @@ class Transport(ABC):
     rate: int = 8000
     #: ``call.type`` in the call scope: sip, phone or webrtc.
     kind: str = "phone"
-    call: Call | None = None
+    call: CallSide | None = None
 
-    def attach(self, call: Call) -> None:
+    def attach(self, call: CallSide) -> None:
         self.call = call
 
     def on_call_start(self) -> None:

@@ -110,10 +110,11 @@ class SimulatedTransport(Transport):
         call = self.call
         assert call is not None
         loop = call.loop
+        t0 = loop.time() - call.now()  # the call's start on the loop's clock
         for t, digit in self.script.dtmf:
-            self._timers.append(loop.call_at(call.t0 + t, call.on_dtmf, digit))
+            self._timers.append(loop.call_at(t0 + t, call.on_dtmf, digit))
         if self.script.hangup_at is not None:
-            self._timers.append(loop.call_at(call.t0 + self.script.hangup_at, call.on_remote_hangup, "hangup"))
+            self._timers.append(loop.call_at(t0 + self.script.hangup_at, call.on_remote_hangup, "hangup"))
 
     def read_speak(self) -> Frame | None:
         audio = self.script.audio
