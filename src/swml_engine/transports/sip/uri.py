@@ -21,6 +21,11 @@ _PORT = re.compile(r"[0-9]{1,5}")
 #: A host: a name (letters, digits, '-', '.', '_'), an IPv4 address, or an IPv6 reference in brackets.
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9_])?\.?")
 _IPV6_REF = re.compile(r"\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9]+)?\]")
+#: RFC 3261 §25.1 token: header and parameter names, methods, unquoted display-name words.
+TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+#: A parameter value written without quotes: a token, a host (IPv6 in brackets) or a URI's paramchars —
+#: anything but whitespace, quotes, angle brackets and commas, which only a quoted string may hold.
+_BARE_VALUE = re.compile(r"[^\s\"<>,]+")
 
 
 class UriError(ValueError):
@@ -44,7 +49,11 @@ def _has_param(params: Params, name: str) -> bool:
 
 
 def parse_params(text: str) -> Params:
-    """``;a=b;c`` (the leading ``;`` optional) as ordered (name, value) pairs (value None: a flag)."""
+    """``;a=b;c`` (the leading ``;`` optional) as ordered (name, value) pairs (value None: a flag).
+
+    Spaces around ``=`` and ``;`` are allowed and empty items (``;;``) skipped, as RFC 4475's valid
+    messages need; a name that is not a token, or a value with spaces, quotes, ``<>`` or ``,`` outside a
+    quoted string, is refused (an address list written where one address belongs: ``<a>, <b>``)."""
     out: list[tuple[str, str | None]] = []
     for part in _split_outside_quotes(text, ";"):
         part = part.strip()
@@ -52,10 +61,27 @@ def parse_params(text: str) -> Params:
             continue
         name, eq, value = part.partition("=")
         name = name.strip()
-        if not name:
-            raise UriError(f"a parameter without a name: {_shown(part)!r}")
-        out.append((name, value.strip() if eq else None))
+        if not TOKEN.fullmatch(name):
+            raise UriError(f"{shown(part)!r} is not a parameter (name=value)")
+        if not eq:
+            out.append((name, None))
+            continue
+        value = value.strip()
+        if not (_BARE_VALUE.fullmatch(value) or _is_quoted(value)):
+            raise UriError(f"{shown(part)!r}: a value with spaces, quotes, '<>' or ',' must be quoted")
+        out.append((name, value))
     return tuple(out)
+
+
+def _is_quoted(value: str) -> bool:
+    """Whether ``value`` is one whole quoted string (escapes allowed inside)."""
+    if len(value) < 2 or value[0] != '"':
+        return False
+    try:
+        _, rest = _quoted(value, value)
+    except UriError:
+        return False
+    return rest == ""
 
 
 def format_params(params: Params) -> str:
@@ -121,23 +147,25 @@ def parse_uri(text: str) -> Uri:
         raise UriError(f"a URI of {len(text)} characters (at most {MAX_TEXT})")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.fullmatch(scheme):
-        raise UriError(f"{_shown(text)!r} is not a URI (expected e.g. sip:user@host)")
+        raise UriError(f"{shown(text)!r} is not a URI (expected e.g. sip:user@host)")
     scheme = scheme.lower()
     if any(c in rest for c in ' \t\r\n<>"'):
-        raise UriError(f"{_shown(text)!r}: a URI cannot hold spaces, '<', '>' or quotes")
+        raise UriError(f"{shown(text)!r}: a URI cannot hold spaces, '<', '>' or quotes")
     if scheme not in ("sip", "sips"):
         if not rest:
-            raise UriError(f"{_shown(text)!r}: nothing after the scheme")
+            raise UriError(f"{shown(text)!r}: nothing after the scheme")
         return Uri(scheme=scheme, opaque=rest)
-    rest, _, headers = rest.partition("?")
+    # The user part may hold '?', ';' and ',' (RFC 4475 §3.1.1.2, §3.1.1.9) but never '@', which neither
+    # parameters nor headers may hold unescaped: so userinfo ends at the first '@'.
     user: str | None = None
     password: str | None = None
     if "@" in rest:
-        userinfo, _, rest = rest.rpartition("@")
+        userinfo, _, rest = rest.partition("@")
         user, sep, pw = userinfo.partition(":")
         password = pw if sep else None
         if not user:
-            raise UriError(f"{_shown(text)!r}: an empty user before '@'")
+            raise UriError(f"{shown(text)!r}: an empty user before '@'")
+    rest, _, headers = rest.partition("?")
     hostport, _, param_text = rest.partition(";")
     host, port = _host_port(hostport, text)
     return Uri(
@@ -155,17 +183,17 @@ def _host_port(hostport: str, text: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0 or not _IPV6_REF.fullmatch(hostport[: end + 1]):
-            raise UriError(f"{_shown(text)!r}: an IPv6 host must be a bracketed address")
+            raise UriError(f"{shown(text)!r}: an IPv6 host must be a bracketed address")
         host, after = hostport[1:end], hostport[end + 1 :]
     else:
         host, _, port_text = hostport.partition(":")
         after = f":{port_text}" if _ else ""
         if not host or not _HOST_NAME.fullmatch(host):
-            raise UriError(f"{_shown(text)!r}: {_shown(host) or 'no host'!r} is not a host")
+            raise UriError(f"{shown(host)!r} is not a host" if host else f"{shown(text)!r}: no host")
     port: int | None = None
     if after:
         if not after.startswith(":") or not _PORT.fullmatch(after[1:]) or not 0 < int(after[1:]) <= 65535:
-            raise UriError(f"{_shown(text)!r}: the port must be a number from 1 to 65535")
+            raise UriError(f"{shown(text)!r}: the port must be a number from 1 to 65535")
         port = int(after[1:])
     return host.lower(), port
 
@@ -217,18 +245,28 @@ def parse_name_addr(text: str) -> NameAddr:
         before = rest[:lt].strip()
         if before:
             if display is not None:
-                raise UriError(f"{_shown(text)!r}: text between the display name and '<'")
-            display = " ".join(before.split())
+                raise UriError(f"{shown(text)!r}: text between the display name and '<'")
+            words = before.split()
+            if not all(TOKEN.fullmatch(word) for word in words):
+                # RFC 4475 §3.1.2.15: `Bell, Alexander <sip:...>` — such a name must be quoted
+                raise UriError(f"{shown(text)!r}: a display name with ',', ':' ... must be in quotes")
+            display = " ".join(words)
         gt = rest.find(">", lt)
         if gt < 0:
-            raise UriError(f"{_shown(text)!r}: '<' without '>'")
-        uri = parse_uri(rest[lt + 1 : gt])
-        return NameAddr(uri=uri, display=display, params=parse_params(rest[gt + 1 :]), bracketed=True)
+            raise UriError(f"{shown(text)!r}: '<' without '>'")
+        inside = rest[lt + 1 : gt]
+        if inside != inside.strip():
+            # RFC 4475 §3.1.2.14: `< sip:t.watson@example.org >` (LAQUOT/RAQUOT take no inner space)
+            raise UriError(f"{shown(text)!r}: spaces inside '<>'")
+        after = rest[gt + 1 :].lstrip()
+        if after and not after.startswith(";"):
+            raise UriError(f"{shown(after)!r} after '>': one address here, then ;params")
+        return NameAddr(uri=parse_uri(inside), display=display, params=parse_params(after), bracketed=True)
     if display is not None:
-        raise UriError(f"{_shown(text)!r}: a display name needs the URI in '<>'")
+        raise UriError(f"{shown(text)!r}: a display name needs the URI in '<>'")
     uri_text, _, param_text = rest.partition(";")
     if any(c in uri_text for c in ",?") and uri_text.startswith(("sip:", "sips:")):
-        raise UriError(f"{_shown(text)!r}: a URI with ',' or '?' must be written in '<>'")
+        raise UriError(f"{shown(text)!r}: a URI with ',' or '?' must be written in '<>'")
     return NameAddr(uri=parse_uri(uri_text), params=parse_params(param_text), bracketed=False)
 
 
@@ -246,7 +284,7 @@ def _quoted(text: str, whole: str) -> tuple[str, str]:
             return "".join(out), text[i + 1 :]
         out.append(c)
         i += 1
-    raise UriError(f"{_shown(whole)!r}: a quoted string that does not end")
+    raise UriError(f"{shown(whole)!r}: a quoted string that does not end")
 
 
 def split_list(value: str) -> list[str]:
@@ -255,6 +293,8 @@ def split_list(value: str) -> list[str]:
 
 
 def _split_outside_quotes(text: str, sep: str, *, brackets: bool = False) -> list[str]:
+    if '"' not in text and (not brackets or "<" not in text):
+        return text.split(sep)  # the common case, without a walk character by character
     parts: list[str] = []
     current: list[str] = []
     quoted = escaped = False
@@ -279,7 +319,11 @@ def _split_outside_quotes(text: str, sep: str, *, brackets: bool = False) -> lis
     return parts
 
 
-def _shown(text: str) -> str:
-    """Hostile text in an error message: short, one line."""
-    one = " ".join(text.split())
-    return one if len(one) <= 60 else one[:57] + "..."
+#: How much of a peer's text an error message repeats (errors become reason phrases and log lines).
+SHOWN = 40
+
+
+def shown(text: str) -> str:
+    """Hostile text in an error message: one line, printable, at most :data:`SHOWN` characters."""
+    one = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    return one if len(one) <= SHOWN else one[: SHOWN - 3] + "..."
