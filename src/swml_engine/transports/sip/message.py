@@ -18,14 +18,17 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from swml_engine.transports.sip.uri import (
+    TOKEN,
     NameAddr,
     Params,
     UriError,
     format_params,
     parse_name_addr,
     parse_params,
+    shown,
     split_list,
 )
 
@@ -150,13 +153,42 @@ REASONS = {
     606: "Not Acceptable",
 }
 
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) +(\d{3}) ?(.*)")
+_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) +(\d{3})(?: (.*))?")
 _VERSION = re.compile(r"SIP/\d+\.\d+", re.IGNORECASE)
 
 
 class MessageError(ValueError):
     """Bytes that are not a SIP message we can read, or answer; the message says why."""
+
+
+class Defect(StrEnum):
+    """What kind of thing is wrong with a message as it was read (see :class:`Problem`)."""
+
+    #: The head is not closed by a blank line (a cut datagram).
+    FRAMING = "framing"
+    #: The request line is not `METHOD SP Request-URI SP SIP-Version` (extra spaces, spaces in the URI).
+    REQUEST_LINE = "request line"
+    #: A header line with no colon, or whose name is not a token.
+    HEADER_LINE = "header line"
+    #: A header that holds one value given more than once (:data:`SINGLE_VALUED`).
+    REPEATED = "repeated"
+    #: Content-Length is not a byte count (letters, a sign: "-999").
+    BAD_LENGTH = "bad length"
+    #: Content-Length says more than the bytes that came (a cut datagram, RFC 4475 §3.1.2.2).
+    SHORT_BODY = "short body"
+
+
+class Problem(str):
+    """One entry of :attr:`Message.problems`: the text says what is wrong (a person reads it, the peer
+    sees it in a reason phrase: at most :data:`~swml_engine.transports.sip.uri.SHOWN` characters of its
+    own text are repeated), ``kind`` says which rule it breaks (the policy picks its answer by it)."""
+
+    kind: Defect
+
+    def __new__(cls, kind: Defect, text: str) -> Problem:
+        made = super().__new__(cls, text)
+        made.kind = kind
+        return made
 
 
 class BadHeader(ValueError):
@@ -168,6 +200,7 @@ class BadHeader(ValueError):
         self.why = why
 
 
+@lru_cache(maxsize=1024)  # the same few dozen names come in every message
 def header_key(name: str) -> str:
     """The name a header is matched by: lower case, compact forms expanded."""
     low = name.strip().lower()
@@ -175,7 +208,10 @@ def header_key(name: str) -> str:
 
 
 def header_spelling(name: str) -> str:
-    key = header_key(name)
+    return _spelled(header_key(name))
+
+
+def _spelled(key: str) -> str:
     return _SPELLING.get(key) or "-".join(word.capitalize() for word in key.split("-"))
 
 
@@ -183,49 +219,55 @@ class Headers:
     """Header lines in order, repeats kept; names case-insensitive and compact forms understood."""
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = []
+        #: (match key, name as written by us, value), in order; and the values by key, so that a look-up
+        #: does not walk the lines (a message is looked up a few dozen times on its way through the core).
+        self._items: list[tuple[str, str, str]] = []
+        self._index: dict[str, list[str]] = {}
         for name, value in items:
             self.add(name, value)
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((header_spelling(name), value))
+        key = header_key(name)
+        self._items.append((key, _spelled(key), value))
+        self._index.setdefault(key, []).append(value)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` with one (in the first one's place, else at the end)."""
         key = header_key(name)
-        for i, (n, _) in enumerate(self._items):
-            if header_key(n) == key:
-                self._items[i] = (header_spelling(name), value)
-                self._items[i + 1 :] = [(n2, v2) for n2, v2 in self._items[i + 1 :] if header_key(n2) != key]
+        for i, (k, _, _) in enumerate(self._items):
+            if k == key:
+                self._items[i] = (key, _spelled(key), value)
+                self._items[i + 1 :] = [item for item in self._items[i + 1 :] if item[0] != key]
+                self._index[key] = [value]
                 return
         self.add(name, value)
 
     def remove(self, name: str) -> None:
         key = header_key(name)
-        self._items = [(n, v) for n, v in self._items if header_key(n) != key]
+        self._items = [item for item in self._items if item[0] != key]
+        self._index.pop(key, None)
 
     def get(self, name: str) -> str | None:
         """The first line's value (None when absent)."""
-        key = header_key(name)
-        return next((v for n, v in self._items if header_key(n) == key), None)
+        values = self._index.get(header_key(name))
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value, in order."""
-        key = header_key(name)
-        return [v for n, v in self._items if header_key(n) == key]
+        return list(self._index.get(header_key(name), ()))
 
     def values(self, name: str) -> list[str]:
         """The items of a list-valued header (Via, Route, Allow ...) over all its lines, commas split."""
         return [item for line in self.get_all(name) for item in split_list(line)]
 
     def count(self, name: str) -> int:
-        return len(self.get_all(name))
+        return len(self._index.get(header_key(name), ()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(list(self._items))
+        return iter([(n, v) for _, n, v in self._items])
 
     def __len__(self) -> int:
         return len(self._items)
@@ -233,6 +275,7 @@ class Headers:
     def copy(self) -> Headers:
         out = Headers()
         out._items = list(self._items)
+        out._index = {key: list(values) for key, values in self._index.items()}
         return out
 
 
@@ -270,35 +313,27 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
-_SENT_BY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::([0-9]{1,5}))?")
+_SENT_BY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?:\s*:\s*([0-9]{1,5}))?")
+#: sent-protocol then sent-by; LWS is allowed around the slashes ("SIP  /   2.0 / UDP", RFC 4475 §3.1.1.1).
+_VIA = re.compile(r"\s*([^/\s;]+)\s*/\s*([^/\s;]+)\s*/\s*([^/\s;]+)\s+([^;]*)(.*)", re.DOTALL)
 
 
 def parse_via(text: str) -> Via:
-    proto, _, rest = text.strip().partition(" ")
-    # "SIP / 2.0 / UDP" is legal (LWS around the slashes): gather until the third part.
-    parts = [p.strip() for p in proto.split("/")]
-    rest = rest.strip()
-    while len(parts) < 3 or not parts[-1]:
-        word, _, rest = rest.partition(" ")
-        rest = rest.strip()
-        if not word:
-            raise BadHeader("Via", f"{_shown(text)!r} has no SIP/2.0/TRANSPORT")
-        joined = "/".join(parts) + word
-        parts = [p.strip() for p in joined.split("/")]
-    if len(parts) != 3 or not all(_TOKEN.fullmatch(p) for p in parts):
-        raise BadHeader("Via", f"{_shown(text)!r} has no SIP/2.0/TRANSPORT")
-    sent_by, _, param_text = rest.partition(";")
-    m = _SENT_BY.fullmatch(sent_by.strip())
-    if m is None:
-        raise BadHeader("Via", f"{_shown(text)!r}: no host (sent-by) after the transport")
-    port = int(m.group(2)) if m.group(2) else None
+    m = _VIA.fullmatch(text)
+    if m is None or not all(TOKEN.fullmatch(m.group(i)) for i in (1, 2, 3)):
+        raise BadHeader("Via", f"{shown(text)!r} has no SIP/2.0/TRANSPORT host")
+    name, version, transport, sent_by, param_text = m.groups()
+    host = _SENT_BY.fullmatch(sent_by.strip())
+    if host is None:
+        raise BadHeader("Via", f"{shown(sent_by)!r} is not a host[:port] (sent-by)")
+    port = int(host.group(2)) if host.group(2) else None
     if port is not None and not 0 < port <= 65535:
-        raise BadHeader("Via", f"{_shown(text)!r}: port out of range")
+        raise BadHeader("Via", f"port {port} is out of range")
     try:
         params = parse_params(param_text)
     except UriError as e:
         raise BadHeader("Via", str(e)) from None
-    return Via(parts[2].upper(), m.group(1).strip("[]").lower(), port, params, f"{parts[0].upper()}/{parts[1]}")
+    return Via(transport.upper(), host.group(1).strip("[]").lower(), port, params, f"{name.upper()}/{version}")
 
 
 @dataclass(frozen=True)
@@ -311,15 +346,27 @@ class CSeq:
 
 
 def parse_cseq(text: str) -> CSeq:
-    number, _, method = text.strip().partition(" ")
-    method = method.strip()
-    if not number.isascii() or not number.isdigit() or len(number) > 10:
-        raise BadHeader("CSeq", f"{_shown(text)!r}: the number must be digits")
-    if int(number) > MAX_CSEQ:
-        raise BadHeader("CSeq", f"{number} is out of range (at most 2**31 - 1)")
-    if not _TOKEN.fullmatch(method):
-        raise BadHeader("CSeq", f"{_shown(text)!r}: no method after the number")
-    return CSeq(int(number), method)
+    words = text.split()
+    if len(words) != 2 or not TOKEN.fullmatch(words[1]):
+        raise BadHeader("CSeq", f"{shown(text)!r} is not a number and a method")
+    value = read_number(words[0], most=MAX_CSEQ)
+    if value is None:
+        raise BadHeader("CSeq", f"{shown(words[0])!r} is not a number")
+    if value > MAX_CSEQ:
+        raise BadHeader("CSeq", f"number {shown(words[0])} is out of range (at most 2**31 - 1)")
+    return CSeq(value, words[1])
+
+
+def read_number(text: str, *, most: int) -> int | None:
+    """``text`` as a count (ASCII digits, leading zeros allowed): None when it is not one, ``most + 1``
+    for any value above ``most`` — never a huge int from hostile digits (int() of 5000 digits raises)."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip("0") or "0"
+    if len(significant) > len(str(most)):
+        return most + 1
+    return min(int(significant), most + 1)
 
 
 @dataclass
@@ -327,8 +374,8 @@ class Message:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
-    #: What is wrong with the message as it was read (empty for a message we built): the policy answers
-    #: a request with problems 400 (or 505 for the version), the reason phrase saying which.
+    #: What is wrong with the message as it was read (empty for a message we built), as :class:`Problem`
+    #: texts with their :class:`Defect`: the policy (validation.py) answers such a request 400, saying which.
     problems: list[str] = field(default_factory=list)
 
     # --- header values ------------------------------------------------------------------------------
@@ -399,10 +446,10 @@ class Message:
         value = self.headers.get("max-forwards")
         if value is None:
             return None
-        value = value.strip()
-        if not value.isascii() or not value.isdigit() or len(value) > 3 or int(value) > 255:
-            raise BadHeader("Max-Forwards", f"{_shown(value)!r} is not a hop count (0-255)")
-        return int(value)
+        hops = read_number(value, most=255)  # leading zeros are allowed ("0068", RFC 4475 §3.1.1.1)
+        if hops is None or hops > 255:
+            raise BadHeader("Max-Forwards", f"{shown(value)!r} is not a hop count (0-255)")
+        return hops
 
     @property
     def content_type(self) -> str:
@@ -511,8 +558,8 @@ def parse_message(data: bytes) -> Request | Response:
         raise MessageError("no start line")
     problems: list[str] = []
     if not sep:
-        problems.append("no blank line after the headers")
-    message = _start(lines[0].strip(), problems)
+        problems.append(Problem(Defect.FRAMING, "no blank line after the headers"))
+    message = _start(lines[0].rstrip("\r"), problems)
     headers, header_problems = _headers(lines[1:])
     problems += header_problems
     message.headers = headers
@@ -523,29 +570,42 @@ def parse_message(data: bytes) -> Request | Response:
 
 def _start(line: str, problems: list[str]) -> Request | Response:
     if line.upper().startswith("SIP/"):
+        line = line.strip()  # a status line's trailing space is the empty reason phrase's (RFC 4475 §3.1.1.13)
         m = _STATUS_LINE.fullmatch(line)
         if m is None:
-            raise MessageError(f"a status line that cannot be read: {_shown(line)!r}")
+            raise MessageError(f"a status line that cannot be read: {shown(line)!r}")
         status = int(m.group(2))
         if not 100 <= status <= 699:
             raise MessageError(f"status {status} is out of range")
-        return Response(status=status, reason=m.group(3).strip(), version=f"SIP/{m.group(1)}")
+        return Response(status=status, reason=(m.group(3) or "").strip(), version=f"SIP/{m.group(1)}")
     parts = line.split(" ")
     method = parts[0]
-    if not _TOKEN.fullmatch(method):
-        raise MessageError(f"a start line that is neither a request nor a response: {_shown(line)!r}")
+    if not TOKEN.fullmatch(method):
+        raise MessageError(f"a start line that is neither a request nor a response: {shown(line)!r}")
     words = [p for p in parts[1:] if p]
     if len(words) != 2 or len(parts) != 3:
-        # e.g. spaces inside the Request-URI, or two spaces: answerable (Via may be fine), so a problem.
-        problems.append("a malformed request line")
-        version = words[-1] if words and _VERSION.fullmatch(words[-1]) else SIP_VERSION
+        # Spaces inside the Request-URI, two spaces, or spaces at the end (RFC 4475 §3.1.2.8-10): the
+        # request is still answerable (its Via may be fine), so a problem rather than a failure.
+        problems.append(Problem(Defect.REQUEST_LINE, _request_line_fault(line, words)))
+        version = words[-1].upper() if words and _VERSION.fullmatch(words[-1]) else SIP_VERSION
         uri = words[0] if words else ""
         return Request(method=method, uri=uri, version=version)
     uri, version = words
     if not _VERSION.fullmatch(version):
-        problems.append("a malformed request line")
+        problems.append(Problem(Defect.REQUEST_LINE, f"{shown(version)!r} is not a SIP version"))
         version = SIP_VERSION
     return Request(method=method, uri=uri, version=version.upper())
+
+
+def _request_line_fault(line: str, words: list[str]) -> str:
+    """What is wrong with a request line that is not three parts split by single spaces."""
+    if line != line.rstrip():
+        return "spaces after the SIP version in the request line"
+    if len(words) > 2:
+        return "spaces inside the Request-URI"
+    if len(words) < 2:
+        return "a request line without Request-URI or SIP version"
+    return "more than one space between the parts of the request line"
 
 
 def _headers(lines: list[str]) -> tuple[Headers, list[str]]:
@@ -560,8 +620,11 @@ def _headers(lines: list[str]) -> tuple[Headers, list[str]]:
             continue
         name, colon, value = raw.partition(":")
         name = name.strip()
-        if not colon or not _TOKEN.fullmatch(name):
-            problems.append(f"a header line that cannot be read: {_shown(raw)!r}")
+        if not colon or not TOKEN.fullmatch(name):
+            problems.append(Problem(Defect.HEADER_LINE, f"a header line that cannot be read: {shown(raw)!r}"))
+            continue
+        if "\r" in raw:  # a CR alone is no line end, and may not be in a value (it would be sent back)
+            problems.append(Problem(Defect.HEADER_LINE, f"a CR alone in the {shown(name)} header line"))
             continue
         items.append((name, value.strip()))
         if len(items) > MAX_HEADERS:
@@ -569,7 +632,7 @@ def _headers(lines: list[str]) -> tuple[Headers, list[str]]:
     headers = Headers(items)
     for key in sorted(SINGLE_VALUED):
         if headers.count(key) > 1:
-            problems.append(f"{header_spelling(key)} given {headers.count(key)} times")
+            problems.append(Problem(Defect.REPEATED, f"{header_spelling(key)} given {headers.count(key)} times"))
     return headers, problems
 
 
@@ -577,17 +640,13 @@ def _body(headers: Headers, body: bytes, problems: list[str]) -> bytes:
     values = headers.get_all("content-length")
     if not values:
         return body  # (UDP: the rest of the datagram; TCP framing made it exact)
-    value = values[0].strip()
-    if not value.isascii() or not value.isdigit() or len(value) > 9:
-        problems.append(f"Content-Length {_shown(value)!r} is not a byte count")
+    declared = read_number(values[0], most=MAX_MESSAGE)
+    if declared is None:
+        text = f"Content-Length {shown(values[0])!r} is not a byte count"
+        problems.append(Problem(Defect.BAD_LENGTH, text))
         return body
-    declared = int(value)
     if declared > len(body):
-        problems.append(f"Content-Length {declared} is more than the {len(body)} bytes that came")
+        text = f"Content-Length {shown(values[0])} is more than the {len(body)} bytes that came"
+        problems.append(Problem(Defect.SHORT_BODY, text))
         return body
     return body[:declared]  # bytes past it are not part of the message (RFC 3261 §18.3)
-
-
-def _shown(text: str) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= 60 else one[:57] + "..."
