@@ -112,6 +112,16 @@ TABLE = {
     "malformed From": Row(message(changed={"From": "<sip:caller@example.net;tag=f1"}), 400, "(malformed From)"),
     "malformed To": Row(message(changed={"To": "Agent, The <sip:agent@example.org>"}), 400, "(malformed To)"),
     "malformed Contact": Row(message(changed={"Contact": "<sip:caller@>"}), 400, "(malformed Contact)"),
+    "malformed Record-Route": Row(
+        message(extra=(("Record-Route", "<sip:p1.example.net;lr>, sip:p2 .example.net"),)),
+        400,
+        "(malformed Record-Route)",
+    ),
+    "malformed Route": Row(message(extra=(("Route", "<sip:p1.example.net;lr"),)), 400, "(malformed Route)"),
+    "malformed Call-ID": Row(message(changed={"Call-ID": "two words"}), 400, "(malformed Call-ID)"),
+    "a Via of another protocol version": Row(
+        message(extra=(("Via", "SIP/3.0/UDP p.example.net;branch=z9hG4bKv3"),)), 400, "(malformed Via)"
+    ),
     "Via branch only the magic cookie": Row(
         message(changed={"Via": "SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK"}), 400, "(Via branch is only the magic cookie)"
     ),

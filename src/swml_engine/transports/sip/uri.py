@@ -26,6 +26,10 @@ TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 #: A parameter value written without quotes: a token, a host (IPv6 in brackets) or a URI's paramchars —
 #: anything but whitespace, quotes, angle brackets and commas, which only a quoted string may hold.
 _BARE_VALUE = re.compile(r"[^\s\"<>,]+")
+_NOT_IN_URI = re.compile(r"[\s<>\"]")
+#: A quoted string at the start of a text: its content (quoted pairs still escaped), then the rest.
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 class UriError(ValueError):
@@ -149,7 +153,7 @@ def parse_uri(text: str) -> Uri:
     if not colon or not _SCHEME.fullmatch(scheme):
         raise UriError(f"{shown(text)!r} is not a URI (expected e.g. sip:user@host)")
     scheme = scheme.lower()
-    if any(c in rest for c in ' \t\r\n<>"'):
+    if _NOT_IN_URI.search(rest):
         raise UriError(f"{shown(text)!r}: a URI cannot hold spaces, '<', '>' or quotes")
     if scheme not in ("sip", "sips"):
         if not rest:
@@ -272,19 +276,10 @@ def parse_name_addr(text: str) -> NameAddr:
 
 def _quoted(text: str, whole: str) -> tuple[str, str]:
     """A quoted string at the start of ``text`` (its content unescaped) and what follows it."""
-    out: list[str] = []
-    i = 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if c == '"':
-            return "".join(out), text[i + 1 :]
-        out.append(c)
-        i += 1
-    raise UriError(f"{shown(whole)!r}: a quoted string that does not end")
+    m = _QUOTED.match(text)
+    if m is None:
+        raise UriError(f"{shown(whole)!r}: a quoted string that does not end")
+    return _QUOTED_PAIR.sub(r"\1", m.group(1)), text[m.end() :]
 
 
 def split_list(value: str) -> list[str]:
@@ -293,8 +288,11 @@ def split_list(value: str) -> list[str]:
 
 
 def _split_outside_quotes(text: str, sep: str, *, brackets: bool = False) -> list[str]:
+    # the common cases without a walk character by character: one item, or nothing quoted or bracketed
+    if sep not in text:
+        return [text]
     if '"' not in text and (not brackets or "<" not in text):
-        return text.split(sep)  # the common case, without a walk character by character
+        return text.split(sep)
     parts: list[str] = []
     current: list[str] = []
     quoted = escaped = False
