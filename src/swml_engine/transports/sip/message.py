@@ -315,12 +315,13 @@ class Via:
 
 _SENT_BY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?:\s*:\s*([0-9]{1,5}))?")
 #: sent-protocol then sent-by; LWS is allowed around the slashes ("SIP  /   2.0 / UDP", RFC 4475 §3.1.1.1).
-_VIA = re.compile(r"\s*([^/\s;]+)\s*/\s*([^/\s;]+)\s*/\s*([^/\s;]+)\s+([^;]*)(.*)", re.DOTALL)
+_T = TOKEN.pattern
+_VIA = re.compile(rf"\s*({_T})\s*/\s*({_T})\s*/\s*({_T})\s+([^;]*)(.*)", re.DOTALL)
 
 
 def parse_via(text: str) -> Via:
     m = _VIA.fullmatch(text)
-    if m is None or not all(TOKEN.fullmatch(m.group(i)) for i in (1, 2, 3)):
+    if m is None:
         raise BadHeader("Via", f"{shown(text)!r} has no SIP/2.0/TRANSPORT host")
     name, version, transport, sent_by, param_text = m.groups()
     host = _SENT_BY.fullmatch(sent_by.strip())

@@ -58,6 +58,8 @@ def parse_params(text: str) -> Params:
     Spaces around ``=`` and ``;`` are allowed and empty items (``;;``) skipped, as RFC 4475's valid
     messages need; a name that is not a token, or a value with spaces, quotes, ``<>`` or ``,`` outside a
     quoted string, is refused (an address list written where one address belongs: ``<a>, <b>``)."""
+    if not text or text.isspace():
+        return ()  # most URIs and addresses have none
     out: list[tuple[str, str | None]] = []
     for part in _split_outside_quotes(text, ";"):
         part = part.strip()
