@@ -22,7 +22,9 @@ The rules run in this order, the first that applies answers:
 7. a CSeq that cannot be read, or whose number is above 2**31 - 1 → 400;
 8. a CSeq method other than the request's (an ACK's is ACK, a CANCEL's CANCEL) → 400;
 9. Content-Length given twice (same value or not), not a byte count (``-999``), or more than the bytes
-   that came → 400 (over TCP the framer closes the connection first: a stream cannot be re-framed);
+   that came → 400 (over TCP the framer closes the connection first: a stream cannot be re-framed). A
+   missing Content-Length is not refused: over UDP the body is the rest of the datagram (RFC 2543
+   peers), over TCP the framer has read it as no body (docs/serve.md);
 10. a Max-Forwards that is not 0-255 → 400. Max-Forwards 0 is served: we are the request's end, not a
     proxy that would forward it (RFC 3261 §16.3 step 3, RFC 4475 §3.3.11);
 11. a method we do not know → 501, one we know but do not serve (``allowed``) → 405, both with Allow;
@@ -135,7 +137,8 @@ def check_request(
     """None when ``request`` is to be served, else how it is refused (see the module docstring for the
     rules and their order). ``transport`` is the one it came on (``udp``, ``tcp``, ``tls``);
     ``datagram`` says whether its bytes were one datagram (so that a Content-Length beyond them means
-    a cut message); ``allowed`` are the methods served, ``supported`` the option tags a Require may name."""
+    a cut message); ``allowed`` are the methods served, ``supported`` the option tags a Require may name.
+    Nothing is logged here: the caller logs drops and refusals, rate-limited per source."""
     policy = _Policy(transport.lower(), datagram, allowed, supported)
     unroutable = _unroutable(request)
     if unroutable is not None:
