@@ -255,6 +255,28 @@ def test_a_refresh_challenged_again_answers_the_new_nonce() -> None:
     assert binding.state is BindingState.REGISTERED and run.of(RegistrationFailed) == []
 
 
+def test_a_registrar_that_challenges_every_register_is_answered_at_every_refresh() -> None:
+    run, registrar = Run(), DigestChallenge("example.com", rng=random.Random(1))
+    binding = run.bind()
+    for refresh in range(8):
+        run.answer(401, *registrar.headers(run.now))  # the cached credentials are not taken: a new nonce
+        assert registrar.verify(run.last, "alice", "s3cret", run.now) is Verdict.ACCEPTED
+        run.ok(contact_expires=60)
+        assert binding.state is BindingState.REGISTERED, refresh
+        run.advance(54)
+    assert run.of(RegistrationFailed) == [] and len(run.of(Registered)) == 8
+
+
+def test_a_stale_challenge_repeating_the_nonce_is_still_answered() -> None:
+    run = Run()
+    binding = run.bind()
+    run.answer(401, ("WWW-Authenticate", 'Digest realm="example.com", nonce="n1", qop="auth"'))
+    run.answer(401, ("WWW-Authenticate", 'Digest realm="example.com", nonce="n1", qop="auth", stale=true'))
+    assert len(run.registers()) == 3 and "authorization" in run.last.headers
+    run.ok()
+    assert binding.state is BindingState.REGISTERED
+
+
 def test_a_proxy_challenge_goes_in_proxy_authorization() -> None:
     run, proxy = Run(), DigestChallenge("proxy.example.com", rng=random.Random(2), proxy=True)
     run.bind()
