@@ -366,6 +366,17 @@ def test_an_answer_after_we_gave_up_is_acked_and_hung_up() -> None:
     assert [f.status for f in run.told(Failed)] == [408] and run.told(Answered) == [] and call.ended
 
 
+def test_a_transport_failure_fails_the_call_503() -> None:
+    if not hasattr(UacUserAgent, "send_failed"):
+        pytest.skip("the core has no send_failed yet (useragent.py, in progress)")
+    run = Run()
+    run.place()
+    [datagram] = run.sent_to("INVITE")
+    run.ua.send_failed(datagram, "connection refused", run.now)
+    [failed] = run.told(Failed)
+    assert failed.status == 503 and "connection refused" in failed.reason
+
+
 def test_an_invite_that_cannot_be_sent_fails_503() -> None:
     run = Run()
     run.ua.table = TransactionTable(max_client=1)
