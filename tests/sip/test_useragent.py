@@ -401,3 +401,24 @@ def test_the_top_via_learns_received_and_rport() -> None:
     assert isinstance(trying, Response)
     assert trying.top_via.param("received") == "203.0.113.9" and trying.top_via.param("rport") == "40000"
     assert datagram.to == nat
+
+
+def test_a_flood_of_invites_never_acked_and_stray_acks_leave_nothing_behind() -> None:
+    """300 INVITEs refused 486 whose ACKs never come, each with a stray ACK for no transaction beside
+    it: every 486 is repeated by Timer G, and after Timer H nothing of them is left (memory bounded
+    under an INVITE flood). Was a socket test that counted answers against wall time."""
+    run = Run()
+    callers = [Caller(call_id=f"flood-{n}", port=6000 + n) for n in range(300)]
+    for caller in callers:
+        run.feed(caller.request("ACK", to_tag="stray", cseq=1)[0], caller.peer)
+        run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)
+    calls = [e.call for e in run.events if isinstance(e, InviteReceived)]
+    assert len(calls) == 300 and run.ua.calls == 300  # the stray ACKs started nothing
+    for call in calls:
+        run.ua.reject(call, 486, run.now)
+    run.act()
+    assert run.statuses().count(486) == 300
+    run.advance(0.51)  # Timer G: every 486 again, unasked
+    assert run.statuses().count(486) == 600
+    run.advance(32)  # Timer H
+    assert run.ua.calls == 0 and len(run.ua.table) == 0 and run.ua.get_timer() is None

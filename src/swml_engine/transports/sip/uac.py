@@ -92,14 +92,13 @@ from swml_engine.transports.sip.uri import TOKEN, NameAddr, Uri, UriError, parse
 from swml_engine.transports.sip.useragent import (
     ClientOwner,
     Destination,
+    DialogOwner,
     Peer,
     Policy,
     SipEvent,
     Target,
     Timed,
     Transport,
-    UserAgent,
-    _reply_destination,
 )
 from swml_engine.transports.sip.validation import allow_header
 
@@ -163,20 +162,6 @@ class UacError(ValueError):
 # --- what the core gives us -------------------------------------------------------------------------------
 
 
-class DialogOwner(Protocol):
-    """Who gets what arrives for the dialogs of a call we placed: the core routes by (Call-ID, our tag)."""
-
-    def on_request(self, request: Request, tx: ServerTransaction, peer: Peer, now: float) -> None:
-        """A request (not an ACK) in one of the call's dialogs: answer it through ``tx``."""
-
-    def on_ack(self, ack: Request, now: float) -> None:
-        """An ACK in one of the call's dialogs that no transaction took (the ACK for our 2xx)."""
-
-    def on_stray_response(self, response: Response, now: float) -> None:
-        """An answer to one of the call's requests whose transaction has ended (a 2xx retransmitted
-        after Timer M, or a fork's 2xx after it)."""
-
-
 class UacCore(Protocol):
     """What an outbound call needs of the user agent core."""
 
@@ -211,93 +196,6 @@ class UacCore(Protocol):
     def respond(self, tx: ServerTransaction, response: Response, now: float) -> None: ...
 
     def reply_destination(self, request: Request, peer: Peer) -> Destination: ...
-
-
-class UacUserAgent(UserAgent):
-    """The core with the hooks :class:`OutboundCall` needs, until useragent.py has them (asked of its
-    owner; then this class goes and :class:`UserAgent` is used as it is):
-
-    - requests whose To tag is one of our calls' tags go to that call (:class:`DialogOwner`) instead of
-      the UAS calls (481 otherwise), and so do ACKs; answers that no transaction takes go to the call
-      whose From tag they carry;
-    - :meth:`send_request` gives back the client transaction (its ``cancel_sent`` must be called when we
-      CANCEL, or it waits in Proceeding for ever);
-    - :meth:`respond` answers through a server transaction, :meth:`reply_destination` says where answers
-      to a request go (for the 2xx we resend until its ACK)."""
-
-    def __init__(
-        self,
-        policy: Policy | None = None,
-        *,
-        timing: Timing | None = None,
-        rng: random.Random | None = None,
-        max_calls: int = 100_000,
-    ) -> None:
-        super().__init__(policy, timing=timing, rng=rng, max_calls=max_calls)
-        self._owned: dict[tuple[str, str], DialogOwner] = {}
-
-    def own_dialogs(self, call_id: str, local_tag: str, owner: DialogOwner) -> None:
-        """Route the dialogs of (``call_id``, ``local_tag``) to ``owner`` until :meth:`disown_dialogs`."""
-        if len(self._owned) >= self.max_calls and (call_id, local_tag) not in self._owned:
-            raise TableFull(f"UserAgent: {self.max_calls} outbound calls live; end some first")
-        self._owned[(call_id, local_tag)] = owner
-
-    def disown_dialogs(self, call_id: str, local_tag: str) -> None:
-        self._owned.pop((call_id, local_tag), None)
-
-    def send_request(  # type: ignore[override]  # (the core's gives nothing back yet)
-        self, request: Request, target: Target, now: float, owner: ClientOwner
-    ) -> ClientTransaction | None:
-        try:
-            tx = ClientTransaction(request, reliable=target.transport is not Transport.UDP, now=now, timing=self.timing)
-            self.table.add_client(tx)
-        except (ValueError, TableFull) as e:
-            owner.on_timeout(f"not sent: {e}", now)
-            return None
-        self._where[tx] = target
-        self._owners[tx] = owner
-        self._drain(tx, now)
-        return tx
-
-    def respond(self, tx: ServerTransaction, response: Response, now: float) -> None:
-        tx.respond(response, now)
-        self._drain(tx, now)
-
-    def reply_destination(self, request: Request, peer: Peer) -> Destination:
-        return _reply_destination(request, peer)
-
-    def _owner(self, message: Request | Response) -> DialogOwner | None:
-        """The call whose tag the message carries as ours (To in a request, From in a response)."""
-        try:
-            ours = message.to.tag if isinstance(message, Request) else message.from_.tag
-            call_id = message.call_id
-        except BadHeader:
-            return None
-        return None if ours is None else self._owned.get((call_id, ours))
-
-    def _in_dialog(self, request: Request, peer: Peer, now: float) -> None:
-        owner = self._owner(request)
-        if owner is None:
-            super()._in_dialog(request, peer, now)
-            return
-        tx = self._server_transaction(request, peer, now)
-        if tx is not None:
-            owner.on_request(request, tx, peer, now)
-
-    def _ack(self, ack: Request, now: float) -> None:
-        owner = self._owner(ack)
-        if owner is None:
-            super()._ack(ack, now)
-        else:
-            owner.on_ack(ack, now)
-
-    def _receive_response(self, response: Response, now: float) -> None:
-        if self.table.client_for(response) is None:
-            owner = self._owner(response)
-            if owner is not None:
-                owner.on_stray_response(response, now)
-            return
-        super()._receive_response(response, now)
 
 
 # --- events ---------------------------------------------------------------------------------------------

@@ -108,10 +108,11 @@ Destination = Peer | Target
 
 @dataclass(frozen=True)
 class Datagram:
-    """Bytes to send, and where."""
+    """Bytes to send, and where; ``sender`` is the core's to know (given back with :meth:`UserAgent.send_failed`)."""
 
     data: bytes
     to: Destination
+    sender: object = None
 
 
 # --- events ---------------------------------------------------------------------------------------------
@@ -247,6 +248,21 @@ class ClientOwner(Protocol):
         """No final answer came (Timer B/F), or the transport failed: the request is over."""
 
 
+class DialogOwner(Protocol):
+    """Who gets what arrives for the dialogs of a call we placed (uac.py): the core routes by (Call-ID,
+    our tag) — To in a request, From in a response."""
+
+    def on_request(self, request: Request, tx: ServerTransaction, peer: Peer, now: float) -> None:
+        """A request (not an ACK) in one of the call's dialogs: answer it through ``tx``."""
+
+    def on_ack(self, ack: Request, now: float) -> None:
+        """An ACK in one of the call's dialogs that no transaction took (the ACK for our 2xx)."""
+
+    def on_stray_response(self, response: Response, now: float) -> None:
+        """An answer to one of the call's requests whose transaction has ended (a 2xx retransmitted
+        after Timer M, or a fork's 2xx after it)."""
+
+
 class Timed(Protocol):
     """Something of the application's with timers of its own (a registration's refresh, an outbound
     call's session timer) that the core's one timer covers: see :meth:`UserAgent.add_timed`."""
@@ -283,6 +299,8 @@ class UserAgent:
         self._setting_up: dict[tuple[str, str | None, int], ServerCall] = {}
         #: Which machine belongs to which call (to tell the call when one ends badly).
         self._machine_call: dict[object, ServerCall] = {}
+        #: Calls we placed, by (Call-ID, our tag): their dialogs' requests and late answers go to them.
+        self._owned: dict[tuple[str, str], DialogOwner] = {}
         #: The application's own timed machines (registrations, outbound calls).
         self._timed: list[Timed] = []
         #: Unreadable messages, by count, and the sources already logged.
@@ -310,6 +328,11 @@ class UserAgent:
     @property
     def calls(self) -> int:
         return len(self._calls)
+
+    def flow_in_use(self, flow: int) -> bool:
+        """Whether a call that is not over came on TCP connection ``flow`` (its requests come on it, and
+        ours go out on it: the endpoint keeps it open however long it is idle)."""
+        return any(call.peer.flow == flow for call in self._calls.values())
 
     # --- what the endpoint feeds -----------------------------------------------------------------------
 
@@ -340,7 +363,10 @@ class UserAgent:
     def _receive_response(self, response: Response, now: float) -> None:
         tx = self.table.client_for(response)
         if tx is None:
-            return  # a late retransmission, or a response to nothing of ours
+            owner = self._owner(response)
+            if owner is not None:  # a placed call's 2xx after its transaction ended (Timer M, a late fork)
+                owner.on_stray_response(response, now)
+            return  # else a late retransmission, or a response to nothing of ours
         tx.receive(response, now)
         self._drain(tx, now)
 
@@ -423,6 +449,10 @@ class UserAgent:
 
     def _ack(self, ack: Request, now: float) -> None:
         """An ACK no transaction took: the ACK for a 2xx of ours (its own transaction, RFC 3261 §17.1.1.3)."""
+        owner = self._owner(ack)
+        if owner is not None:
+            owner.on_ack(ack, now)
+            return
         try:
             call = self._calls.get(dialog_id_of(ack))
         except BadHeader:
@@ -460,6 +490,12 @@ class UserAgent:
         self._event(CancelReceived(call))
 
     def _in_dialog(self, request: Request, peer: Peer, now: float) -> None:
+        owner = self._owner(request)
+        if owner is not None:  # a call we placed
+            tx = self._server_transaction(request, peer, now)
+            if tx is not None:
+                owner.on_request(request, tx, peer, now)
+            return
         try:
             call = self._calls.get(dialog_id_of(request))
         except BadHeader:
@@ -556,11 +592,31 @@ class UserAgent:
 
     # --- for the modules that send requests of their own (uac.py, register.py) -------------------------
 
-    def send_request(self, request: Request, target: Target, now: float, owner: ClientOwner) -> None:
+    def send_request(
+        self, request: Request, target: Target, now: float, owner: ClientOwner
+    ) -> ClientTransaction | None:
         """Send ``request`` (its top Via must carry a branch from :meth:`new_branch`) through a client
-        transaction; its answers go to ``owner``. A request that cannot be sent now (the table is full)
-        is reported to ``owner.on_timeout`` at once."""
-        self._send_request(request, target, now, owner)
+        transaction, given back (None when it could not be sent: ``owner.on_timeout`` heard why at once);
+        its answers go to ``owner``."""
+        return self._send_request(request, target, now, owner)
+
+    def respond(self, tx: ServerTransaction, response: Response, now: float) -> None:
+        """Send ``response`` through the server transaction of a request a :class:`DialogOwner` got."""
+        tx.respond(response, now)
+        self._drain(tx, now)
+
+    def reply_destination(self, request: Request, peer: Peer) -> Destination:
+        """Where answers to ``request`` from ``peer`` go (RFC 3261 §18.2.2, RFC 3581)."""
+        return _reply_destination(request, peer)
+
+    def own_dialogs(self, call_id: str, local_tag: str, owner: DialogOwner) -> None:
+        """Route the dialogs of (``call_id``, ``local_tag``) to ``owner`` until :meth:`disown_dialogs`."""
+        if len(self._owned) >= self.max_calls and (call_id, local_tag) not in self._owned:
+            raise TableFull(f"UserAgent: {self.max_calls} outbound calls live; end some first")
+        self._owned[(call_id, local_tag)] = owner
+
+    def disown_dialogs(self, call_id: str, local_tag: str) -> None:
+        self._owned.pop((call_id, local_tag), None)
 
     def send_stateless(self, message: Request | Response, to: Destination) -> None:
         """Send a message no transaction carries (the ACK for a 2xx, RFC 3261 §17.1.1.3)."""
@@ -716,16 +772,30 @@ class UserAgent:
         tx.respond(response, now)
         self._drain(tx, now)
 
-    def _send_request(self, request: Request, target: Target, now: float, owner: ClientOwner) -> None:
+    def _send_request(
+        self, request: Request, target: Target, now: float, owner: ClientOwner
+    ) -> ClientTransaction | None:
         try:
             tx = ClientTransaction(request, reliable=target.transport is not Transport.UDP, now=now, timing=self.timing)
             self.table.add_client(tx)
         except (ValueError, TableFull) as e:
             owner.on_timeout(f"not sent: {e}", now)
-            return
+            return None
         self._where[tx] = target
         self._owners[tx] = owner
         self._drain(tx, now)
+        return tx
+
+    def _owner(self, message: Request | Response) -> DialogOwner | None:
+        """The placed call whose tag the message carries as ours (To in a request, From in a response)."""
+        if not self._owned:
+            return None
+        try:
+            ours = message.to.tag if isinstance(message, Request) else message.from_.tag
+            call_id = message.call_id
+        except BadHeader:
+            return None
+        return None if ours is None else self._owned.get((call_id, ours))
 
     def _drain(self, machine: object, now: float) -> None:
         """Send what ``machine`` has to send, act on what it says; forget it once it is over."""
@@ -734,7 +804,7 @@ class UserAgent:
         where = self._where.get(machine)
         for message in machine.take_messages():
             if where is not None:
-                self._send(message, where)
+                self._send(message, where, machine)
         for event in machine.take_events():
             self._on_machine_event(machine, event, now)
         if machine.done:
@@ -754,7 +824,7 @@ class UserAgent:
             elif isinstance(event, TimedOut):
                 owner.on_timeout("no answer", now)
             elif isinstance(event, TransportFailed):
-                owner.on_timeout(f"transport: {event.reason}", now)
+                owner.on_timeout(f"not sent: {event.reason}", now)
             return
         if isinstance(event, TxAckReceived) and call is not None:
             self._acked(call, event.request, now)
@@ -766,8 +836,16 @@ class UserAgent:
             self._end(call)
             self._event(CallGone(call, "transport"))
 
-    def _send(self, message: Request | Response, to: Destination) -> None:
-        self._outbox.append(Datagram(message.encode(), to))
+    def _send(self, message: Request | Response, to: Destination, sender: object = None) -> None:
+        self._outbox.append(Datagram(message.encode(), to, sender))
+
+    def send_failed(self, datagram: Datagram, why: str, now: float) -> None:
+        """The endpoint could not send ``datagram`` (a name that does not resolve, a connection refused):
+        the transaction that sent it ends, and its owner hears why (RFC 3261 §17.1.4, §18.4)."""
+        sender = datagram.sender
+        if isinstance(sender, ClientTransaction | ServerTransaction) and not sender.done:
+            sender.transport_error(now, why)
+            self._drain(sender, now)
 
     def _event(self, event: Event) -> None:
         self._events.append(event)
