@@ -19,7 +19,6 @@ PENDING = {
     "service/httpd.py",
     "service/index.py",
     "service/server.py",
-    "transports/sip/registration.py",
 }
 
 

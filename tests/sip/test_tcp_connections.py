@@ -15,18 +15,13 @@ import pytest
 
 from conftest import PATIENCE, wait_for
 from swml_engine.connections import ConnectionLimits
-from swml_engine.transports.sip.signalling import (
-    MAX_TCP_MESSAGE,
-    FramingError,
-    SipServer,
-    StreamFramer,
-    TcpTransport,
-)
+from swml_engine.transports.sip.endpoint import MAX_TCP_MESSAGE, Endpoint, FramingError, StreamFramer
+from swml_engine.transports.sip.useragent import InviteReceived, SipEvent, UserAgent
 
 
 @dataclass
 class Running:
-    server: SipServer
+    endpoint: Endpoint
     port: int
     loop: asyncio.AbstractEventLoop
 
@@ -41,22 +36,29 @@ class Running:
 
 @pytest.fixture
 def sip_tcp() -> Iterator[Callable[[ConnectionLimits], Running]]:
-    """Start a SIP/TCP server with the given limits; its calls are answered (200 OK without SDP)."""
+    """Start a SIP endpoint with the given limits; its calls are answered (200 OK without SDP)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    started: list[SipServer] = []
+    started: list[Endpoint] = []
 
     def start(limits: ConnectionLimits) -> Running:
-        server = SipServer(TcpTransport(("127.0.0.1", 0), limits=limits), user_agent="test")
-        server.on_invite = lambda call: call.accept()
-        asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-        started.append(server)
-        return Running(server, int(server.transport.local_addr[1]), loop)
+        ua = UserAgent()
+        holder: list[Endpoint] = []
+
+        def on_event(event: SipEvent) -> None:
+            if isinstance(event, InviteReceived):
+                ua.answer(event.call, b"", holder[0].now)
+
+        endpoint = Endpoint(ua, ("127.0.0.1", 0), on_event=on_event, limits=limits)
+        holder.append(endpoint)
+        asyncio.run_coroutine_threadsafe(endpoint.start(), loop).result(10)
+        started.append(endpoint)
+        return Running(endpoint, int(endpoint.local_addr[1]), loop)
 
     yield start
-    for server in started:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    for endpoint in started:
+        asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
@@ -190,7 +192,7 @@ def test_connections_beyond_the_per_address_cap_are_refused_and_logged(
         assert len(lines) == 1, lines  # one line for the first refusal, not one per connection
         assert "5 connections open from 127.0.0.1, the per-address limit" in lines[0]
         served[0].close()  # a place frees up
-        assert wait_for(lambda: srv.call(lambda: srv.server.sip_transport.gate.by_source["127.0.0.1"]) == 4)
+        assert wait_for(lambda: srv.call(lambda: srv.endpoint.gate.by_source["127.0.0.1"]) == 4)
         again = Client(srv.port)
         assert options_ok(again)
         clients.append(again)
@@ -217,7 +219,7 @@ def test_half_sent_messages_are_dropped_after_the_header_timeout(
         assert options_ok(idle)
         lines = warnings(caplog, "not complete")
         assert len(lines) == 1 and "a message not complete 1 s after it began (1 such so far)" in lines[0], lines
-        assert wait_for(lambda: srv.call(lambda: srv.server.sip_transport.gate.total) == 1)  # all let go
+        assert wait_for(lambda: srv.call(lambda: srv.endpoint.gate.total) == 1)  # all let go
     finally:
         for c in [*half, idle]:
             c.close()

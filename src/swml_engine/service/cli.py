@@ -322,9 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     if args.log_level != "debug":
-        # aiosipua logs a warning per malformed packet: a flood at the port would flood the log.
-        # Our transport logs the first bad packet of each address and counts the rest.
-        logging.getLogger("aiosipua").setLevel(logging.ERROR)
+        # (The SIP core logs the first bad packet of each address and counts the rest.)
         # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
         # them would flood the log too (each client still gets its 400).
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)

@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from aiosipua.incoming_call import IncomingCall
-from aiosipua.message import SipRequest
-
 from swml_engine import callbacks
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
@@ -44,13 +41,31 @@ from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_tok
 from swml_engine.service.httpd import ApiServer
 from swml_engine.service.index import Index
 from swml_engine.session import call_scope, run_call
-from swml_engine.transports.sip.call import SipCallTransport
+from swml_engine.transports.sip.call import SipCallTransport, SipReject
+from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
-from swml_engine.transports.sip.signalling import SipServer, TcpTransport, UdpTransport
+from swml_engine.transports.sip.useragent import (
+    AckReceived,
+    ByeReceived,
+    CallGone,
+    CancelReceived,
+    InviteReceived,
+    Policy,
+    ReInvite,
+    RequestFailed,
+    ServerCall,
+    SipEvent,
+    UserAgent,
+)
 from swml_engine.urls import redact
 
 log = logging.getLogger("swml.serve")
+
+#: The core's events that concern one call the service runs.
+_CALL_EVENTS = (AckReceived, ByeReceived, CancelReceived, ReInvite, CallGone, RequestFailed)
+#: How a CallGone reads in the log.
+_GONE = {"no_ack": "no ACK for our 200 OK", "transport": "its connection failed"}
 
 USER_AGENT = "swml-engine"
 #: Seconds a stop waits for cancelled calls to unwind (their finally blocks close files).
@@ -98,7 +113,15 @@ class Service:
         self.config = config
         self.document: Document | None = None
         self.store = RecordingStore(config.data / "recordings")
-        self.servers: list[SipServer] = []
+        self.ua = UserAgent(Policy(user_agent=USER_AGENT))
+        self.endpoint = Endpoint(
+            self.ua,
+            config.sip,
+            on_event=self._on_sip_event,
+            reuse_port=config.reuse_port,
+            limits=config.connections,
+            advertise=config.advertise,
+        )
         #: Live calls by SIP Call-ID.
         self.calls: dict[str, SipCallTransport] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -118,31 +141,18 @@ class Service:
         (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
         for rec in recover(cfg.data / "recordings"):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
-        dialogs: dict[str, IncomingCall] = {}  # one table: a TCP call's ACK or BYE may come over UDP
-        for transport in (
-            UdpTransport(cfg.sip, reuse_port=cfg.reuse_port),
-            TcpTransport(cfg.sip, reuse_port=cfg.reuse_port, limits=cfg.connections),
-        ):
-            server = SipServer(transport, user_agent=USER_AGENT, advertise=cfg.advertise, calls=dialogs)
-            server.on_invite = lambda inc, s=server: self._on_invite(s, inc)
-            server.on_bye = self._on_bye
-            server.on_cancel = self._on_cancel
-            server.on_reinvite = lambda inc, s=server: self._on_reinvite(s, inc)
-            server.on_ack_timeout = self._on_ack_timeout
-            server.on_ack = self._on_ack
-            await server.start()
-            self.servers.append(server)
+        await self.endpoint.start()
         if cfg.http is not None:
             await self._start_api(cfg.http)
-        host, port = self.servers[0].transport.local_addr
+        host, port = self.endpoint.local_addr
         log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
         if cfg.register is not None:
-            self.registration = SipRegistration(self.servers[0], cfg.register, USER_AGENT)
+            self.registration = SipRegistration(self.endpoint, cfg.register, USER_AGENT)
             self.registration.start()
 
     @property
     def sip_port(self) -> int:
-        return int(self.servers[0].transport.local_addr[1])
+        return int(self.endpoint.local_addr[1])
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, hang up the live ones (recordings are finalised), close the ports. Calls
@@ -151,8 +161,7 @@ class Service:
         grace = self.config.stop_grace if grace is None else grace
         if self.registration is not None:
             await self.registration.stop()  # first: the registrar stops sending calls here
-        for server in self.servers:
-            server.on_invite = lambda inc: inc.reject(503, "Service Unavailable")
+        self.ua.policy.accepting = False  # new calls (and OPTIONS probes) get 503 from now on
         for transport in list(self.calls.values()):
             if transport.call is not None:
                 await transport.call.hangup("shutdown")
@@ -163,8 +172,7 @@ class Service:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
-        for server in self.servers:
-            await server.stop()
+        await self.endpoint.stop()
         if self.api is not None:
             await self.api.stop()
         if self.index is not None:
@@ -175,63 +183,67 @@ class Service:
 
     # --- SIP events -------------------------------------------------------------------------------
 
-    def _on_invite(self, server: SipServer, incoming: IncomingCall) -> None:
-        sip_call_id = incoming.call_id
+    def _on_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, InviteReceived):
+            self._on_invite(event.call)
+            return
+        if not isinstance(event, _CALL_EVENTS):
+            if self.registration is not None:
+                self.registration.on_event(event)  # the binding's (registered, failed ...)
+            return
+        transport = self.calls.get(event.call.call_id)
+        if transport is None:
+            if isinstance(event, RequestFailed):
+                log.warning("%s for %s: %s", event.method, event.call.call_id, event.why)
+            return
+        if isinstance(event, AckReceived):
+            transport.ack(event.body)
+        elif isinstance(event, ByeReceived):
+            transport.remote_bye()
+        elif isinstance(event, CancelReceived):
+            transport.remote_cancel()
+        elif isinstance(event, ReInvite):
+            transport.reinvite(event.request)
+        elif isinstance(event, CallGone):
+            log.info("call %s: %s, call ended", event.call.call_id, _GONE.get(event.why, event.why))
+            transport.remote_bye()
+        elif isinstance(event, RequestFailed):
+            log.warning("%s for %s: %s", event.method, event.call.call_id, event.why)
+
+    def _on_invite(self, sip: ServerCall) -> None:
+        sip_call_id = sip.call_id
+        now = self.endpoint.now
         existing = self.calls.get(sip_call_id)
         if existing is not None:
             if existing.awaiting_credentials:
-                existing.retry(incoming)  # the INVITE again, answering our 401
-            return  # else the same Call-ID again on another transport: the first one owns it
+                existing.retry(sip)  # the INVITE again, answering our 401
+            else:  # the same Call-ID again by another transport or path: the first one owns it
+                self.ua.reject(sip, 482, now)
+            return
         busy = self._overloaded()
         if busy:
             self.refused += 1
             if self.refused == 1 or self.refused % 100 == 0:
                 log.warning("call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused)
-            incoming.reject(503, "Service Unavailable")
+            self.ua.reject(sip, 503, now, headers=(("Retry-After", str(self.ua.policy.retry_after)),))
             return
         offer = None  # no body: a delayed offer, we offer in the 200 OK
-        if incoming.invite.body:
+        if sip.invite.body:
             try:
-                offer = parse_offer(incoming.invite.text)
+                offer = parse_offer(sip.invite.text)
                 negotiate(offer, [])  # at least one codec we speak, or 488 now
             except NotAcceptable as e:
                 log.info("call %s rejected 488: %s", sip_call_id, e)
-                incoming.reject(488, "Not Acceptable Here")
+                self.ua.reject(sip, 488, now)
                 return
         # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
-        rtp_host = str(server.transport.local_addr[0])
-        sdp_host = server.local_host(incoming.source_addr[0])
-        transport = SipCallTransport(server, incoming, offer, rtp_host, sdp_host)
+        rtp_host = self.endpoint.local_addr[0]
+        sdp_host = sip.peer.local[0]
+        transport = SipCallTransport(self.endpoint, sip, offer, rtp_host, sdp_host)
         self.calls[sip_call_id] = transport
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    def _on_bye(self, incoming: IncomingCall, request: SipRequest) -> None:
-        transport = self.calls.get(incoming.call_id)
-        if transport is not None:
-            transport.remote_bye()
-
-    def _on_cancel(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        transport = self.calls.get(request.call_id or "")
-        if transport is not None:
-            transport.remote_cancel()
-
-    def _on_reinvite(self, server: SipServer, incoming: IncomingCall) -> None:
-        transport = self.calls.get(incoming.call_id)
-        if transport is not None:
-            transport.reinvite(incoming.invite, server)
-
-    def _on_ack(self, incoming: IncomingCall, request: SipRequest) -> None:
-        transport = self.calls.get(incoming.call_id)
-        if transport is not None:
-            transport.ack(request.text if request.body else "")
-
-    def _on_ack_timeout(self, incoming: IncomingCall) -> None:
-        transport = self.calls.get(incoming.call_id)
-        if transport is not None:
-            log.info("call %s: no ACK for our 200 OK, call ended", incoming.call_id)
-            transport.remote_bye()
 
     def _overloaded(self) -> str | None:
         """Why a new call would hurt the calls in progress, if it would."""
@@ -246,17 +258,15 @@ class Service:
     # --- one call ---------------------------------------------------------------------------------
 
     async def _run(self, transport: SipCallTransport) -> None:
-        sip_call_id = transport.invite.call_id
-        incoming = transport.invite
+        sip_call_id = transport.call_id
+        events: EventLog | None = None
         events_file: IO[str] | None = None
         try:
             try:
                 await transport.bind(self.config.rtp_ports)
             except OSError as e:
-                log.error("call %s rejected 503: %s", sip_call_id, e)
-                incoming.reject(503, "Service Unavailable")
-                return
-            incoming.ringing()
+                raise SipReject(503, "Service Unavailable", str(e)) from None
+            transport.ringing()
             call_id = str(uuid.uuid4())
             events = EventLog()
             events.keep = False  # a service keeps events in files, not in memory
@@ -283,13 +293,13 @@ class Service:
             events.emit(
                 "sip.invite",
                 sip_call_id=sip_call_id,
-                source=list(incoming.source_addr),
+                source=[transport.sip.peer.host, transport.sip.peer.port],
                 offer=[c.encoding_name or str(c.payload_type) for c in offer.audio.codecs] if offer else None,
                 rtp_port=transport.rtp.local[1],
             )
             doc = self.document or await self._fetch(call, variables)
-            if doc is None:  # refused (500) or cancelled during the fetch: the call's log and index row end too
-                events.emit("call.state", state="ended", reason=call.end_reason or "error")
+            if doc is None:  # cancelled during the fetch: the call's log and index row end too
+                events.emit("call.state", state="ended", reason=call.end_reason or "remote_cancel")
                 return
             log.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
             result = await run_call(doc, call, variables)
@@ -303,12 +313,14 @@ class Service:
             )
             for channel in hub.channels:
                 channel.close()  # deliveries finish in their threads
+        except SipReject as e:  # the one place a refusal of ours becomes the call's answer
+            transport.reject(e)
+            if events is not None:
+                events.emit("call.state", state="ended", reason="error")
         except Exception:
             log.exception("call %s failed", sip_call_id)
             with contextlib.suppress(Exception):
-                if not transport.ended:
-                    transport.ended = True
-                    incoming.reject(500, "Server Internal Error")
+                transport.end()
         finally:
             self.calls.pop(sip_call_id, None)
             await transport.close()
@@ -316,6 +328,8 @@ class Service:
                 events_file.close()
 
     async def _fetch(self, call: Call, variables: Variables) -> Document | None:
+        """The call's script from --script-url; None when the caller cancelled meanwhile (its 487 was
+        the answer); SipReject 500 when the script cannot be had or used."""
         url = self.config.script_url
         assert url is not None
         payload = {"call": variables.call, "params": {}, "vars": {}, "envs": variables.envs}
@@ -323,18 +337,13 @@ class Service:
         try:
             return await fetch_remote(url, payload, call.options)
         except FetchStopped:
-            return None  # cancelled by the caller: its 487 was the answer
+            return None
         except DocumentError as e:
             problems = "; ".join(str(err) for err in (e.errors or e.unsupported)) or str(e)
-            shown = redact(url)  # never the password of --script-url in a log line
-            log.error("call %s rejected 500: the script from %s is not usable: %s", call.call_id, shown, problems)
             call.events.emit("error", where="script_url", message=problems)
-            transport = call.transport
-            assert isinstance(transport, SipCallTransport)
-            if not transport.ended:  # a CANCEL during the fetch had its 487: one final answer only
-                transport.ended = True
-                transport.invite.reject(500, "Server Internal Error")
-            return None
+            shown = redact(url)  # never the password of --script-url in a log line
+            why = f"the script from {shown} is not usable: {problems}"
+            raise SipReject(500, "Server Internal Error", why) from None
 
     # --- HTTP API ----------------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ the answer. Such a call has no early media (an offer in an unreliable 183 could 
 
 With ``answer.username``/``password`` the INVITE is first challenged (401); the caller's retried
 INVITE, with credentials, becomes the one we answer.
+
+The leg is one explicit state (:class:`LegState`), moved only along :data:`_MOVES`; SIP itself (the
+answers, their retransmissions, the dialog) is the core's (useragent.py), reached through the endpoint.
 """
 
 from __future__ import annotations
@@ -16,19 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import asdict, replace
+from enum import StrEnum
 from typing import Any
-
-from aiosipua.header_codec import parse_address, parse_uri, stringify_uri
-from aiosipua.incoming_call import IncomingCall
-from aiosipua.message import SipRequest
-from aiosipua.sdp import parse_sdp
 
 from swml_engine.media.frame import Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
 from swml_engine.transports.base import Transport
+from swml_engine.transports.sip.auth import DigestChallenge, Verdict
 from swml_engine.transports.sip.codecs import SUPPORTED
-from swml_engine.transports.sip.digest import DigestChallenge
+from swml_engine.transports.sip.endpoint import Endpoint
+from swml_engine.transports.sip.message import BadHeader, Request
 from swml_engine.transports.sip.rtpstream import RtpStream
 from swml_engine.transports.sip.sdp import (
     Media,
@@ -41,7 +42,8 @@ from swml_engine.transports.sip.sdp import (
     parse_offer,
     preferred_rate,
 )
-from swml_engine.transports.sip.signalling import SipServer
+from swml_engine.transports.sip.uri import UriError, parse_name_addr, parse_uri
+from swml_engine.transports.sip.useragent import ServerCall
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,61 @@ AUTH_WAIT = 32.0
 _REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
 
 
+class LegState(StrEnum):
+    """Where the leg is. Media flows in ``early``, ``answered`` and ``reoffered``."""
+
+    RINGING = "ringing"  # the INVITE is taken; no answer yet
+    CHALLENGED = "challenged"  # our 401 is out: waiting for the INVITE with credentials
+    AUTHENTICATED = "authenticated"  # ... which came and proved the password (still unanswered)
+    EARLY = "early"  # our 183 with SDP is out: early media
+    AWAITING_ANSWER = "awaiting_answer"  # our offer went in the 200 OK (delayed offer); the ACK brings the answer
+    ANSWERED = "answered"  # answered, media negotiated
+    REOFFERED = "reoffered"  # our offer went in a re-INVITE's 200 OK (offerless re-INVITE); the ACK answers it
+    ENDED = "ended"  # hung up, refused, cancelled
+    CLOSED = "closed"  # and its media socket closed
+
+
+_UNANSWERED = frozenset({LegState.RINGING, LegState.AUTHENTICATED, LegState.EARLY})
+_UP = frozenset({LegState.AWAITING_ANSWER, LegState.ANSWERED, LegState.REOFFERED})
+_MEDIA = frozenset({LegState.EARLY, LegState.ANSWERED, LegState.REOFFERED})
+#: The moves a leg may make (to ENDED and CLOSED from anywhere, see LegState.move).
+_MOVES: dict[LegState, frozenset[LegState]] = {
+    LegState.RINGING: frozenset({LegState.CHALLENGED, LegState.EARLY, LegState.AWAITING_ANSWER, LegState.ANSWERED}),
+    LegState.CHALLENGED: frozenset({LegState.AUTHENTICATED}),
+    LegState.AUTHENTICATED: frozenset({LegState.EARLY, LegState.AWAITING_ANSWER, LegState.ANSWERED}),
+    LegState.EARLY: frozenset({LegState.EARLY, LegState.ANSWERED}),
+    LegState.AWAITING_ANSWER: frozenset({LegState.ANSWERED}),
+    LegState.ANSWERED: frozenset({LegState.ANSWERED, LegState.REOFFERED}),
+    LegState.REOFFERED: frozenset({LegState.ANSWERED, LegState.REOFFERED}),
+    LegState.ENDED: frozenset(),
+    LegState.CLOSED: frozenset(),
+}
+
+
+class IllegalMove(RuntimeError):
+    """A leg asked to move where its state does not lead: a bug, named with both states."""
+
+
+class SipReject(Exception):
+    """Refuse the call before its answer with ``status`` (raised where the reason is found; turned into
+    the response in one place, :meth:`SipCallTransport.reject`)."""
+
+    def __init__(self, status: int, reason: str, why: str) -> None:
+        super().__init__(f"{status} {reason}: {why}")
+        self.status = status
+        self.reason = reason
+        self.why = why
+
+
 class SipCallTransport(Transport):
     kind = "sip"
 
     def __init__(
-        self, server: SipServer, invite: IncomingCall, offer: Offer | None, rtp_host: str, sdp_host: str | None = None
+        self, endpoint: Endpoint, sip: ServerCall, offer: Offer | None, rtp_host: str, sdp_host: str | None = None
     ) -> None:
-        self.server = server
-        self.invite = invite
+        self.endpoint = endpoint
+        #: The INVITE being served, in the core (a new one after a 401: the INVITE with credentials).
+        self.sip = sip
         #: The peer's offer (None: delayed offer, until the ACK brings the answer to ours).
         self.offer = offer
         self.rate = preferred_rate(offer) if offer is not None else 8000
@@ -67,21 +116,47 @@ class SipCallTransport(Transport):
         self.rtp_host = rtp_host
         self.sdp_host = sdp_host or rtp_host
         #: The SIP source is where the caller's media is expected from too (with the SDP address).
-        self.rtp = RtpStream(self.rate, self._on_digit, signalling_host=invite.source_addr[0])
+        self.rtp = RtpStream(self.rate, self._on_digit, signalling_host=sip.peer.host)
         self.session = SessionVersion()
         self.media: Media | None = None
-        self._media_on = False
-        self.ended = False
-        self.answered = False
-        self._closed = False
-        self._awaiting_answer = False  # our offer went out in the 200 OK; the ACK has not come
-        self._reoffered = False  # ... and that 200 OK answered an offerless re-INVITE
-        self.authenticated = False
+        self.state = LegState.RINGING
         self._inband: InbandDtmfDetector | None = None
         #: The answer a 183 carried (the offer, the media, the SDP): the 200 OK repeats it unless it changed.
         self._early_answer: tuple[Offer, Media, str] | None = None
         #: While a 401 is out: resolved with the caller's retried INVITE.
-        self._retry: asyncio.Future[IncomingCall] | None = None
+        self._retry: asyncio.Future[ServerCall] | None = None
+
+    # --- the leg's state ------------------------------------------------------------------------------
+
+    def _move(self, to: LegState) -> None:
+        """Change state along _MOVES; ENDED from any state but CLOSED, CLOSED from any."""
+        here = self.state
+        if to is LegState.CLOSED or (to is LegState.ENDED and here is not LegState.CLOSED):
+            self.state = to
+            return
+        if to not in _MOVES[here]:
+            raise IllegalMove(f"call {self.call_id}: a SIP leg cannot go from {here} to {to}")
+        self.state = to
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (LegState.ENDED, LegState.CLOSED)
+
+    @property
+    def call_id(self) -> str:
+        return self.sip.call_id
+
+    @property
+    def invite(self) -> Request:
+        return self.sip.invite
+
+    def _flush(self) -> None:
+        self.endpoint.flush()
+
+    def ringing(self) -> None:
+        if self.state in _UNANSWERED:
+            self.endpoint.ua.provisional(self.sip, 180, self.endpoint.now)
+            self._flush()
 
     async def bind(self, ports: tuple[int, int]) -> None:
         await self.rtp.bind(self.rtp_host, ports)
@@ -98,7 +173,7 @@ class SipCallTransport(Transport):
             self.call.loop.call_soon(self.call.on_dtmf, digit)
 
     def read_speak(self) -> Frame | None:
-        if not self._media_on:
+        if self.state not in _MEDIA:
             return None
         frame = self.rtp.read()
         if frame is not None and self._inband is not None:
@@ -112,7 +187,6 @@ class SipCallTransport(Transport):
         telephone-events, digits are listened for as tones in the caller's audio instead."""
         self.media = media
         self.rtp.configure(media)
-        self._media_on = True
         if media.telephone_event is not None:
             self._inband = None
         elif self._inband is None:
@@ -122,7 +196,7 @@ class SipCallTransport(Transport):
         self.rtp.skip(frames)
 
     def write_listen(self, frame: Frame) -> None:
-        if self._media_on:
+        if self.state in _MEDIA:
             self.rtp.write(frame)
 
     @property
@@ -160,121 +234,144 @@ class SipCallTransport(Transport):
         self.rtp.call_rate = rate
         self._inband = None  # made again at the new rate when the peer has no telephone-events
 
-    def _answer_sdp(self) -> str | None:
-        """Our SDP answer (media starts), or None when the call was refused with 488."""
-        if self.ended:
-            return None
+    def _answer_sdp(self) -> str:
+        """Our SDP answer (media starts); SipReject 488 when the offer has nothing we can use."""
         try:
             return self._negotiate()
         except NotAcceptable as e:
-            self._reject(488, "Not Acceptable Here", str(e))
-            return None
+            raise SipReject(488, "Not Acceptable Here", str(e)) from None
 
     async def early_media(self) -> None:
+        if self.state not in _UNANSWERED:
+            return
         if self.offer is None:  # delayed offer: nothing to answer in a 183 (the sounds before answer go nowhere)
             if self.call is not None:
                 self.call.events.emit("sip.no_early_media", reason="delayed offer: the caller sent no SDP to answer")
             return
-        sdp = self._answer_sdp()
-        if sdp is not None and self.offer is not None and self.media is not None:
+        try:
+            sdp = self._answer_sdp()
+        except SipReject as e:
+            self.reject(e)
+            return
+        if self.media is not None:
             self._early_answer = (self.offer, self.media, sdp)
-            self.server.send_provisional(self.invite, 183, "Session Progress", sdp)
+        self._move(LegState.EARLY)
+        self.endpoint.ua.provisional(self.sip, 183, self.endpoint.now, sdp.encode())
+        self._flush()
 
     async def answer(self) -> None:
         credentials = self.call.credentials if self.call is not None else None
         if credentials is not None and not await self._authenticate(*credentials):
             return
-        if self.offer is None:
-            self._answer_with_offer()
+        if self.state not in _UNANSWERED:
             return
-        sdp = self._answer_sdp()
-        if sdp is not None:
-            self.invite.accept(parse_sdp(sdp))
-            self.answered = True
+        try:
+            if self.offer is None:
+                sdp = self._our_offer()
+                self._move(LegState.AWAITING_ANSWER)
+            else:
+                sdp = self._answer_sdp()
+                self._move(LegState.ANSWERED)
+        except SipReject as e:
+            self.reject(e)
+            return
+        self.endpoint.ua.answer(self.sip, sdp.encode(), self.endpoint.now)
+        self._flush()
+        if self.state is LegState.ANSWERED:
             self.rtp.media_starts()
+
+    def _our_offer(self) -> str:
+        try:
+            return build_offer(self._allowed, self.sdp_local, self.session)
+        except NotAcceptable as e:
+            raise SipReject(488, "Not Acceptable Here", str(e)) from None
 
     @property
     def awaiting_credentials(self) -> bool:
-        return self._retry is not None and not self._retry.done()
+        return self.state is LegState.CHALLENGED
 
-    def retry(self, incoming: IncomingCall) -> None:
+    def retry(self, sip: ServerCall) -> None:
         """The caller's INVITE again (same Call-ID) after our 401: hand it to the waiting answer."""
         if self._retry is not None and not self._retry.done():
-            self._retry.set_result(incoming)
+            self._retry.set_result(sip)
 
     async def _authenticate(self, username: str, password: str) -> bool:
         """Challenge the INVITE; True once the retried INVITE proves the password (and is the call now)."""
-        if self.authenticated:
+        if self.state is LegState.AUTHENTICATED:
             return True
-        if self.ended:
+        if self.state is not LegState.RINGING:
             return False
         challenge = DigestChallenge()
         self._retry = asyncio.get_running_loop().create_future()
-        self.invite._send_response(401, "Unauthorized", extra_headers={"WWW-Authenticate": challenge.header()})
-        self.invite.dialog.terminate()
+        self._move(LegState.CHALLENGED)
+        now = self.endpoint.now
+        self.endpoint.ua.reject(self.sip, 401, now, headers=challenge.headers(now))
+        self._flush()
         try:
-            incoming = await asyncio.wait_for(asyncio.shield(self._retry), AUTH_WAIT)
+            sip = await asyncio.wait_for(asyncio.shield(self._retry), AUTH_WAIT)
         except TimeoutError:
             self._give_up(401, f"no INVITE with credentials within {AUTH_WAIT:.0f} s of the challenge")
             return False
         finally:
             self._retry = None
         if self.ended:
+            self.endpoint.ua.reject(sip, 487, self.endpoint.now)
+            self._flush()
             return False
-        self.invite = incoming
-        if not challenge.verify(incoming.invite, username, password):
-            self._reject(403, "Forbidden", f"wrong credentials for user {username!r}")
+        self.sip = sip
+        verdict = challenge.verify(sip.invite, username, password, self.endpoint.now)
+        if verdict is not Verdict.ACCEPTED:
+            # A retry without credentials, or with wrong ones, is refused (docs/serve.md): 403.
+            wrong = verdict in (Verdict.REJECTED, Verdict.REPLAYED)
+            why = f"wrong credentials for user {username!r}" if wrong else f"no credentials for user {username!r}"
+            self.reject(SipReject(403, "Forbidden", why))
             return False
         try:
-            self.offer = parse_offer(incoming.invite.text) if incoming.invite.body else None
+            self.offer = parse_offer(sip.invite.text) if sip.invite.body else None
         except NotAcceptable as e:
-            self._reject(488, "Not Acceptable Here", str(e))
+            self.reject(SipReject(488, "Not Acceptable Here", str(e)))
             return False
-        self.authenticated = True
+        self._move(LegState.AUTHENTICATED)
         if self.call is not None:
             self.call.events.emit("sip.authenticated", username=username)
         return True
 
+    def reject(self, rejection: SipReject) -> None:
+        """Refuse the call before its answer: the one place a SipReject becomes a final response."""
+        if self.state not in _UNANSWERED and self.state is not LegState.CHALLENGED:
+            return
+        self.endpoint.ua.reject(self.sip, rejection.status, self.endpoint.now, rejection.reason)
+        self._flush()
+        self._give_up(rejection.status, rejection.why)
+
     def _give_up(self, status: int, why: str) -> None:
-        """End the call before its answer: ``status`` went out (by _reject), or the transaction is over."""
-        log.info("call %s rejected %s: %s", self.invite.call_id, status, why)
-        self.ended = True
-        self._media_on = False
+        """End the call before its answer: ``status`` went out (by reject), or the transaction is over."""
+        log.info("call %s rejected %s: %s", self.call_id, status, why)
+        self._move(LegState.ENDED)
         if self.call is not None:
             self.call.events.emit("sip.rejected", status=status, reason=why)
             self.call.on_remote_hangup("rejected")
 
-    def _answer_with_offer(self) -> None:
-        if self.ended:
-            return
-        try:
-            sdp = build_offer(self._allowed, self.sdp_local, self.session)
-        except NotAcceptable as e:
-            self._reject(488, "Not Acceptable Here", str(e))
-            return
-        self.invite.accept(parse_sdp(sdp))
-        self.answered = True
-        self._awaiting_answer = True
-
-    def ack(self, body: str) -> None:
+    def ack(self, body: bytes) -> None:
         """The caller's ACK: for a delayed offer it carries the answer to ours, and media starts; for an
         offerless re-INVITE it carries the answer to our re-offer, and media moves to it."""
-        if not self._awaiting_answer or self.ended:
-            return
-        if self._reoffered:
-            self._ack_reoffer(body)
-            return
-        self._awaiting_answer = False
+        if self.state is LegState.REOFFERED:
+            self._ack_reoffer(body.decode("utf-8", "replace"))
+        elif self.state is LegState.AWAITING_ANSWER:
+            self._ack_answer(body.decode("utf-8", "replace"))
+
+    def _ack_answer(self, text: str) -> None:
         try:
-            if not body.strip():
+            if not text.strip():
                 raise NotAcceptable("the ACK carries no SDP answer to our offer")
-            answer = parse_offer(body)
+            answer = parse_offer(text)
             media = negotiate(answer, self._allowed)
         except NotAcceptable as e:
             # RFC 3261 §13.3.1.4: an answer we cannot use ends the session we just confirmed.
-            log.info("call %s: unusable answer in ACK, sending BYE: %s", self.invite.call_id, e)
-            self.ended = True
-            self.server.bye(self.invite, "Incompatible SDP")
+            log.info("call %s: unusable answer in ACK, sending BYE: %s", self.call_id, e)
+            self._move(LegState.ENDED)
+            self.endpoint.ua.bye(self.sip, self.endpoint.now, "Incompatible SDP")
+            self._flush()
             if self.call is not None:
                 self.call.events.emit("error", where="sip.ack", message=f"{e}; call ended with BYE")
                 self.call.on_remote_hangup("rejected")
@@ -282,20 +379,21 @@ class SipCallTransport(Transport):
         self.offer = answer
         self._follow_codec_rate(media)
         self._use_media(media)
+        self._move(LegState.ANSWERED)
         if self.call is not None:
             self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
 
-    def _ack_reoffer(self, body: str) -> None:
-        if not body.strip():
+    def _ack_reoffer(self, text: str) -> None:
+        if not text.strip():
             return  # a retransmitted ACK of an earlier transaction: the one with the answer is still to come
-        self._awaiting_answer = self._reoffered = False
+        self._move(LegState.ANSWERED)
         codec = [self.media.codec] if self.media is not None else []
         try:
-            answer = parse_offer(body)
+            answer = parse_offer(text)
             media = negotiate(answer, codec)  # the answer can only hold codecs of our offer: the current one
         except NotAcceptable as e:
             # The re-INVITE failed; the session goes on as it was (RFC 3261 §14.1).
-            log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.invite.call_id, e)
+            log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.call_id, e)
             if self.call is not None:
                 self.call.events.emit("error", where="sip.ack", message=f"{e}; media unchanged")
             return
@@ -304,20 +402,32 @@ class SipCallTransport(Transport):
         if self.call is not None:
             self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=answer.on_hold)
 
-    def _reject(self, status: int, reason: str, why: str) -> None:
-        self.invite.reject(status, reason)
-        self._give_up(status, why)
-
     async def hangup(self, reason: str) -> None:
         if self.ended:
             return
-        self.ended = True
-        self._media_on = False
-        if self.answered:
-            self.server.bye(self.invite, reason)
+        if self.state in _UP:
+            self._move(LegState.ENDED)
+            self.endpoint.ua.bye(self.sip, self.endpoint.now, reason)
+            self._flush()
+            return
+        status, phrase = _REJECT_STATUS.get(reason, (480, "Temporarily Unavailable"))
+        self._move(LegState.ENDED)
+        if self._retry is not None and not self._retry.done():
+            self._retry.cancel()  # a 401 is out: nothing more to answer
+        self.endpoint.ua.reject(self.sip, status, self.endpoint.now, phrase)
+        self._flush()
+
+    def end(self, status: int = 500, reason: str = "Server Internal Error") -> None:
+        """End the leg from the service (an internal error, a stop): refused before the answer, BYE after."""
+        if self.ended:
+            return
+        if self.state in _UP:
+            self._move(LegState.ENDED)
+            self.endpoint.ua.bye(self.sip, self.endpoint.now, reason)
         else:
-            status, phrase = _REJECT_STATUS.get(reason, (480, "Temporarily Unavailable"))
-            self.invite.reject(status, phrase)
+            self._move(LegState.ENDED)
+            self.endpoint.ua.reject(self.sip, status, self.endpoint.now, reason)
+        self._flush()
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
         if self._inband is not None and self.call is not None:  # the peer takes no events: tones, in-band
@@ -326,10 +436,9 @@ class SipCallTransport(Transport):
         await self.rtp.send_digit(digit, duration)
 
     async def close(self) -> None:
-        self._media_on = False
-        if self._closed:
+        if self.state is LegState.CLOSED:
             return
-        self._closed = True
+        self._move(LegState.CLOSED)
         self.rtp.close()
         if self.call is not None:  # what the network did to this call, for the operator
             stats = asdict(self.rtp.stats)
@@ -340,32 +449,36 @@ class SipCallTransport(Transport):
     # --- from the peer ----------------------------------------------------------------------------
 
     def remote_bye(self) -> None:
-        self.ended = True
-        self._media_on = False
+        if not self.ended:
+            self._move(LegState.ENDED)
         if self.call is not None:
             self.call.on_remote_hangup("hangup")
 
     def remote_cancel(self) -> None:
-        self.ended = True
-        self._media_on = False
+        if not self.ended:
+            self._move(LegState.ENDED)
+        if self._retry is not None and not self._retry.done():
+            self._retry.cancel()
         if self.call is not None:
             self.call.on_remote_hangup("cancel")
 
-    def reinvite(self, request: SipRequest, via: SipServer | None = None) -> None:
-        """Hold, resume, a new address or codec: answer from what we have, keep the call either way.
-        The answer goes back over ``via``, the server (UDP or TCP) the re-INVITE came on."""
-        server = via or self.server
-        if self._reoffered:  # a new re-INVITE: the answer owed to an earlier re-offer of ours is moot
-            self._awaiting_answer = self._reoffered = False
+    def reinvite(self, request: Request) -> None:
+        """Hold, resume, a new address or codec: answer from what we have, keep the call either way."""
+        ua, now = self.endpoint.ua, self.endpoint.now
+        if self.state not in (LegState.ANSWERED, LegState.REOFFERED):
+            ua.answer_reinvite(self.sip, 491, now)  # (not up yet, or ending: the peer tries again later)
+            self._flush()
+            return
         if not request.body:
             # Offerless re-INVITE: we offer our current session in the 200 OK (RFC 3261 §14.2), sending
             # and receiving (the peer may be resuming), and the ACK brings the answer (see ack()).
             offer, media = self.offer, self.media
-            sdp = None
+            sdp = b""
             if offer is not None and media is not None:
-                sdp = build_answer(offer, replace(media, direction="sendrecv"), self.sdp_local, self.session)
-                self._awaiting_answer = self._reoffered = True
-            server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+                sdp = build_answer(offer, replace(media, direction="sendrecv"), self.sdp_local, self.session).encode()
+                self._move(LegState.REOFFERED)
+            ua.answer_reinvite(self.sip, 200, now, sdp)
+            self._flush()
             return
         try:
             offer = parse_offer(request.text)
@@ -375,13 +488,16 @@ class SipCallTransport(Transport):
             except NotAcceptable:
                 media = negotiate(offer, self.call.codecs if self.call is not None else [])
         except NotAcceptable as e:
-            log.info("re-INVITE on %s refused: %s", self.invite.call_id, e)
-            server.reply_in_dialog(self.invite, request, 488, "Not Acceptable Here")
+            log.info("re-INVITE on %s refused: %s", self.call_id, e)
+            ua.answer_reinvite(self.sip, 488, now)
+            self._flush()
             return
+        self._move(LegState.ANSWERED)  # (a new offer settles an answer owed to our re-offer: moot now)
         self.offer = offer
         self._use_media(media)
-        sdp = build_answer(offer, media, self.sdp_local, self.session)
-        server.reply_in_dialog(self.invite, request, 200, "OK", sdp)
+        sdp_text = build_answer(offer, media, self.sdp_local, self.session)
+        ua.answer_reinvite(self.sip, 200, now, sdp_text.encode())
+        self._flush()
         if self.call is not None:
             self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=offer.on_hold)
 
@@ -389,12 +505,12 @@ class SipCallTransport(Transport):
 
     def call_info(self) -> dict[str, Any]:
         """``call.from``, ``call.to``, ``call.headers`` and ``call.sip_data`` (calling-overview.mdx)."""
-        req = self.invite.invite
-        headers = [{"name": name, "value": v} for name, values in req.headers.items() for v in values]
+        req = self.invite
+        headers = [{"name": name, "value": value} for name, value in req.headers]
         data: dict[str, Any] = {}
         _uri_fields(data, "sip_req", req.uri)
         for prefix, header in (("sip_from", "from"), ("sip_to", "to"), ("sip_contact", "contact")):
-            value = req.headers.get_first(header)
+            value = req.headers.get(header)
             if value:
                 _address_fields(data, prefix, value, with_params=prefix == "sip_contact")
         return {
@@ -408,23 +524,23 @@ class SipCallTransport(Transport):
 def _uri_fields(out: dict[str, Any], prefix: str, uri: str) -> None:
     try:
         parsed = parse_uri(uri)
-    except (ValueError, IndexError):
+    except UriError:
         out[f"{prefix}_uri"] = uri
         return
-    out[f"{prefix}_uri"] = stringify_uri(parsed)
+    out[f"{prefix}_uri"] = str(parsed)
     out[f"{prefix}_user"] = parsed.user or ""
     out[f"{prefix}_host"] = parsed.host
 
 
 def _address_fields(out: dict[str, Any], prefix: str, value: str, *, with_params: bool) -> None:
     try:
-        addr = parse_address(value)
-    except (ValueError, IndexError):
+        addr = parse_name_addr(value.split(",")[0] if prefix == "sip_contact" else value)
+    except (UriError, BadHeader):
         out[f"{prefix}_uri"] = value
         return
-    out[f"{prefix}_uri"] = stringify_uri(addr.uri)
+    out[f"{prefix}_uri"] = str(addr.uri)
     out[f"{prefix}_user"] = addr.uri.user or ""
     out[f"{prefix}_host"] = addr.uri.host
     if with_params:
         out[f"{prefix}_port"] = str(addr.uri.port or "")
-        out[f"{prefix}_params"] = {k: v or "" for k, v in {**addr.uri.params, **addr.params}.items()}
+        out[f"{prefix}_params"] = {k: v or "" for k, v in (*addr.uri.params, *addr.params)}

@@ -1,10 +1,10 @@
 """Registering with a registrar (``swml serve --register``), so a PBX or SIP provider routes calls here.
 
-The REGISTER dialogue itself — digest challenges, refresh before the binding expires, 423 Interval
-Too Brief, unregistering — is aiosipua's :class:`~aiosipua.registration.Registration`. This module
-adds what a service needs around it: the registrar's name resolved, a Contact address the registrar
-can reach (not 0.0.0.0), a retry with backoff when the registrar does not answer or refuses, one
-log line per change of state, and the unregister on shutdown.
+The REGISTER dialogue itself — digest challenges, refresh before the binding expires, 423 Interval Too
+Brief, retries with backoff, unregistering — is the SIP core's :class:`~swml_engine.transports.sip.register.Binding`.
+This module adds what a service needs around it: the registrar's name resolved, a Contact address the
+registrar can reach (not 0.0.0.0), one log line per change of state, the status /health shows, and the
+unregister on shutdown.
 """
 
 from __future__ import annotations
@@ -15,20 +15,19 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from aiosipua.auth import SipDigestAuth
-from aiosipua.header_codec import parse_uri
-from aiosipua.registration import Registration, RegistrationState
-from aiosipua.uac import SipUAC
+from swml_engine.transports.sip.endpoint import Endpoint
+from swml_engine.transports.sip.register import (
+    Binding,
+    Credentials,
+    Registered,
+    RegistrationExpired,
+    RegistrationFailed,
+    Unregistered,
+)
+from swml_engine.transports.sip.uri import UriError, parse_uri
+from swml_engine.transports.sip.useragent import SipEvent, Target, Transport
 
-from swml_engine.transports.sip.signalling import SipServer
-
-log = logging.getLogger("swml.register")
-
-#: Without an answer this long, a REGISTER is sent again.
-ANSWER_WAIT = 32.0
-#: After a refusal or silence, the next try waits this long, doubling up to RETRY_MAX.
-RETRY_FIRST = 10.0
-RETRY_MAX = 300.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def parse_target(uri: str, password: str | None, expires: int = 300) -> Register
     text = uri if uri.lower().startswith(("sip:", "sips:")) else f"sip:{uri}"
     try:
         parsed = parse_uri(text)
-    except (ValueError, IndexError):
+    except UriError:
         raise ValueError(f"--register {uri!r}: expected sip:USER@HOST[:PORT]") from None
     if not parsed.user or not parsed.host:
         raise ValueError(f"--register {uri!r}: expected sip:USER@HOST[:PORT] (a user and a registrar host)")
@@ -57,117 +56,84 @@ def parse_target(uri: str, password: str | None, expires: int = 300) -> Register
     return RegisterTarget(aor, host, parsed.port or 5060, parsed.user, password, expires)
 
 
-def _reaching_address(host: str, port: int, family: int) -> str:
-    """The local address the kernel would send from to reach ``host`` (no packet is sent)."""
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.connect((host, port))
-        return str(s.getsockname()[0])
-
-
 class SipRegistration:
     """Keeps the service registered at one registrar for as long as it runs."""
 
-    def __init__(self, server: SipServer, target: RegisterTarget, user_agent: str) -> None:
-        self.server = server
+    def __init__(self, endpoint: Endpoint, target: RegisterTarget, user_agent: str) -> None:
+        self.endpoint = endpoint
         self.target = target
         self.user_agent = user_agent
         self.state = "starting"
         self.detail = ""
-        self._reg: Registration | None = None
+        self.binding: Binding | None = None
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self._over = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._keep())
+        self._task = asyncio.get_running_loop().create_task(self._start())
 
     def status(self) -> dict[str, object]:
-        reg = self._reg
-        return {
-            "aor": self.target.aor,
-            "state": self.state,
-            "detail": self.detail,
-            "expires": reg.granted_expires if reg is not None and self.state == "registered" else 0,
-        }
+        binding = self.binding
+        expires = binding.granted if binding is not None and self.state == "registered" else 0
+        return {"aor": self.target.aor, "state": self.state, "detail": self.detail, "expires": expires}
 
     def _set(self, state: str, detail: str = "") -> None:
         if (state, detail) != (self.state, self.detail):
             level = logging.WARNING if state in ("failed", "expired") else logging.INFO
             log.log(level, "%s at %s:%s: %s %s", self.target.aor, self.target.host, self.target.port, state, detail)
         self.state, self.detail = state, detail
-        self._changed.set()
 
-    async def _registration(self) -> Registration:
+    async def _start(self) -> None:
+        """Find the address our Contact gives (the one that reaches the registrar), then register."""
         t = self.target
-        loop = asyncio.get_running_loop()
-        local_host, local_port = self.server.transport.local_addr[:2]
-        family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
-        infos = await loop.getaddrinfo(t.host, t.port, family=family, type=socket.SOCK_DGRAM)
-        registrar = (str(infos[0][4][0]), t.port)
-        if self.server.advertise:  # --advertise: behind NAT, the registrar must be given the public address
-            local_host = self.server.advertise
-        elif local_host in ("0.0.0.0", "::"):
-            local_host = _reaching_address(registrar[0], registrar[1], family)
-        contact_host = f"[{local_host}]" if ":" in local_host else local_host
-        uac = SipUAC(self.server.transport, advertised_addr=(local_host, local_port))
-        self.server.uac = uac
-        reg = Registration(
-            uac,
+        try:
+            local = self.endpoint.advertise or await self._reaching(t.host, t.port)
+        except OSError as e:  # the name does not resolve, the network is down: the binding cannot start
+            self._set("failed", f"cannot reach {t.host}: {e}")
+            return
+        credentials = Credentials(t.username, t.password) if t.password is not None else None
+        self.binding = Binding(
+            self.endpoint.ua,
             t.aor,
-            registrar,
+            Target(Transport.UDP, t.host, t.port),
+            (local, self.endpoint.local_addr[1]),
             expires=t.expires,
-            auth=SipDigestAuth(t.username, t.password) if t.password is not None else None,
-            contact_uri=f"sip:{t.username}@{contact_host}:{local_port}",
+            credentials=credentials,
             user_agent=self.user_agent,
         )
-        reg.on_registered = lambda r: self._set("registered", f"for {r.granted_expires} s")
-        reg.on_failed = lambda r, status, reason: self._set("failed", f"{status} {reason}")
-        reg.on_expired = lambda r: self._set("expired", "the binding ran out without a refresh")
-        return reg
+        self._set("registering")
+        self.binding.start(self.endpoint.now)
+        self.endpoint.flush()
 
-    async def _keep(self) -> None:
-        """Register; when refused, expired or unanswered, try again with backoff."""
-        retry = RETRY_FIRST
-        while True:
-            try:
-                if self._reg is None:
-                    self._reg = await self._registration()
-                self._reg.register()
-                self._set("registering")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_while("registering"), ANSWER_WAIT)
-                if self.state == "registering":
-                    self._set("failed", f"no answer from the registrar within {ANSWER_WAIT:.0f} s")
-            except OSError as e:  # the name does not resolve, the network is down
-                self._set("failed", str(e))
-            if self.state == "registered":
-                retry = RETRY_FIRST
-                # aiosipua refreshes the binding itself; come back when that fails or it expires
-                await self._wait_while("registered")
-                continue
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, RETRY_MAX)
+    async def _reaching(self, host: str, port: int) -> str:
+        bound = self.endpoint.local_addr[0]
+        family = socket.AF_INET6 if ":" in bound and bound != "::" else socket.AF_UNSPEC
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        return self.endpoint.local_host(str(infos[0][4][0]))
 
-    async def _wait_while(self, state: str) -> None:
-        while self.state == state:
-            self._changed.clear()
-            await self._changed.wait()
+    def on_event(self, event: SipEvent) -> None:
+        """The binding's events (the service passes them on)."""
+        if isinstance(event, Registered):
+            self._set("registered", f"for {event.expires} s")
+        elif isinstance(event, RegistrationFailed):
+            self._set("failed", event.detail)
+        elif isinstance(event, RegistrationExpired):
+            self._set("expired", "the binding ran out without a refresh")
+        elif isinstance(event, Unregistered):
+            self._set("unregistered" if event.removed else "failed", event.detail)
+            self._over.set()
 
     async def stop(self, wait: float = 2.0) -> None:
         """Unregister (Expires: 0) and stop retrying."""
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        reg = self._reg
-        if reg is None or reg.state != RegistrationState.REGISTERED:
+        binding = self.binding
+        if binding is None:
             return
-        with contextlib.suppress(OSError, RuntimeError):
-            reg.unregister()
-            deadline = asyncio.get_running_loop().time() + wait
-            # aiosipua marks the binding UNREGISTERED when the registrar answers (challenges included)
-            while reg.state == RegistrationState.REGISTERED and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-        if reg.state.value == "unregistered":  # (a value compare: mypy narrows the enum after the loop)
-            self._set("unregistered")
-        if self.server.uac is not None:
-            self.server.uac.close()
+        binding.unregister(self.endpoint.now)
+        self.endpoint.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._over.wait(), wait)
+        self.endpoint.ua.remove_timed(binding)
