@@ -2,7 +2,7 @@
 
 ``input_sensitivity`` 0–100 (larger = more sensitive: quieter sound counts as speech) maps to Silero's
 speech-probability threshold ``0.95 − 0.9·s/100`` (default 44 → 0.55; 0 → 0.95, 100 → 0.05), the mapping
-measured in DESIGN §4 to move smoothly with sensitivity. Silero wants 256-sample windows at 8 kHz (512 at
+measured to move smoothly with sensitivity (docs/recording.md, VAD). Silero wants 256-sample windows at 8 kHz (512 at
 16 kHz), so 20 ms frames are re-chunked here. A short hangover keeps a speech run from being split by the
 gaps between syllables.
 """

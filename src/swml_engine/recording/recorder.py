@@ -5,7 +5,7 @@ call ends each recording at ``stop_record_call``, a terminator digit, a VAD time
 hangup or script end, then finalises its file, metadata and callbacks. Several recordings may run at
 once on one call, each with its own settings.
 
-Channels (DESIGN §3): stereo puts speak on the left and listen on the right (the channel not recorded
+Channels (docs/recording.md): stereo puts speak on the left and listen on the right (the channel not recorded
 stays silent); mono ``both`` is their sum, clipped.
 """
 
@@ -346,7 +346,7 @@ class Recording:
 
     def _report(self, state: RecordingState) -> None:
         params = self._params(state)
-        # The same params as the status callback (DESIGN §2), which adds these three itself.
+        # The same params as the status callback (docs/recording.md), which adds these three itself.
         ids = {"call_id": self.call.call_id, "node_id": NODE_ID, "control_id": self.settings.control_id}
         self.call.events.emit("record.state", **ids, **params)
         self._status.send(params)
