@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -565,3 +565,27 @@ def assert_covers(meta: dict[str, object], events: list[dict[str, object]], unti
     start = event_time(events, "record.state", state="recording")
     assert float(str(meta["duration"])) == pytest.approx(until - start, abs=0.5), (meta["duration"], start, until)
     assert float(str(meta["duration"])) > at_least, meta["duration"]
+
+
+@contextlib.contextmanager
+def engines(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+    """Start ``swml serve`` with a script text; every engine started is stopped (SIGTERM) at the end
+    (the ``engine`` fixture of tests/interop and tests/sip)."""
+    started: list[Engine] = []
+
+    def start(script: str | None, *extra: str, host: str = "127.0.0.1", nofile: int | None = None) -> Engine:
+        """``script`` is the SWML text for --script; None when ``extra`` has --script-url; ``nofile``
+        limits the process's open files (as ``ulimit -n``)."""
+        path = None
+        if script is not None:
+            path = tmp_path / f"script-{len(started)}.yaml"
+            path.write_text(script)
+        eng = Engine(path, tmp_path / f"data-{len(started)}", extra=list(extra), host=host, nofile=nofile).start()
+        started.append(eng)
+        return eng
+
+    yield start
+    for eng in started:
+        code = eng.stop()
+        assert code == 0, f"swml serve exited {code} on SIGTERM:\n{eng.log()[-3000:]}"
+        assert "Traceback" not in eng.log(), eng.log()[-5000:]

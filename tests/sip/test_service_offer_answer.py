@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .peers import Engine, SipPeer, sdp_offer, status, to_tag, wait_for
+from interop.peers import Engine, SipPeer, sdp_offer, status, to_tag, wait_for
 
 EngineFactory = Callable[..., Engine]
 

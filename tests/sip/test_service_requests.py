@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .peers import PATIENCE, Engine, SipPeer, cseq_method, header, sdp_offer, status, to_tag, wait_for
+from interop.peers import PATIENCE, Engine, SipPeer, cseq_method, header, sdp_offer, status, to_tag, wait_for
 
 EngineFactory = Callable[..., Engine]
 

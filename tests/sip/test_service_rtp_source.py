@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable
 
 from conftest import read_wav
+from interop.peers import Engine, SipPeer, sdp_offer, to_tag, wait_for
 from sip.rtp_parties import parties, share
-
-from .peers import Engine, SipPeer, sdp_offer, to_tag, wait_for
 
 EngineFactory = Callable[..., Engine]
 
