@@ -376,12 +376,21 @@ def test_options_names_what_we_take_and_503_while_refusing_calls() -> None:
         (lambda t: t.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nRequire: 100rel\r\n"), 420),
     ],
 )
-def test_invalid_requests_are_refused_before_anything_else(mutate: object, status: int) -> None:
+def test_invalid_requests_are_refused_before_anything_else(
+    mutate: object, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
     run, caller = Run(), Caller()
-    data, _ = caller.request("INVITE", body=SDP)
-    run.feed(mutate(data), caller.peer)  # type: ignore[operator]
-    assert run.statuses() == [status]
-    assert not run.events
+    with caplog.at_level("INFO", logger="swml_engine.transports.sip.useragent"):
+        for n in range(3):  # three requests (each a transaction of its own) from one source
+            caller.call_id = f"bad-{n}"
+            data, _ = caller.request("INVITE", body=SDP)
+            run.feed(mutate(data), caller.peer)  # type: ignore[operator]
+    assert run.statuses() == [status] * 3
+    assert not run.events and run.ua.invalid == 3
+    [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]  # once per source
+    assert f"refused {status}" in line and caller.host in line
+    [answer] = run.responses()[:1]
+    assert (answer.headers.get("warning") or "").startswith("399 ")  # a reason a person can read
 
 
 def test_junk_is_counted_and_dropped_and_a_request_with_no_via_is_not_answered() -> None:

@@ -306,6 +306,9 @@ class UserAgent:
         #: Unreadable messages, by count, and the sources already logged.
         self.malformed = 0
         self._noisy: set[str] = set()
+        #: Requests refused by validation, by count, and the sources already logged.
+        self.invalid = 0
+        self._refused_sources: set[str] = set()
 
     # --- what the endpoint reads ------------------------------------------------------------------------
 
@@ -390,6 +393,7 @@ class UserAgent:
             self._drain(existing, now)
             return
         if rejection is not None:
+            self._invalid(request, peer, f"{rejection.status} {rejection.reason}: {rejection.warning}")
             self._refuse(request, peer, now, rejection.status, rejection.reason, rejection.headers, rejection.warning)
             return
         method = request.method
@@ -849,6 +853,20 @@ class UserAgent:
 
     def _event(self, event: Event) -> None:
         self._events.append(event)
+
+    def _invalid(self, request: Request, peer: Peer, why: str) -> None:
+        """A request refused by validation: counted, and logged once per source (a flood of them must
+        not flood the log)."""
+        self.invalid += 1
+        if peer.host not in self._refused_sources and len(self._refused_sources) < MAX_NOISY:
+            self._refused_sources.add(peer.host)
+            log.info(
+                "SIP %s from %s:%s refused %s; further ones from there are counted",
+                request.method[:20],
+                peer.host,
+                peer.port,
+                why,
+            )
 
     def _malformed(self, peer: Peer, why: str) -> None:
         self.malformed += 1
