@@ -18,7 +18,6 @@ PENDING = {
     "service/cli.py",
     "service/httpd.py",
     "service/index.py",
-    "service/server.py",
 }
 
 
@@ -42,6 +41,7 @@ def test_a_call_log_line_carries_the_call_ids_and_keeps_its_text() -> None:
         log.info("with extra", extra={"peer": "10.0.0.1"})
         logger.info("not about a call")
         CallLog(logger, "c-2").warning("no SIP id")
+        CallLog(logger, None, "def@10.0.0.2").info("refused before its script")
     finally:
         logger.removeHandler(handler)
     assert out.getvalue().splitlines() == [
@@ -49,6 +49,7 @@ def test_a_call_log_line_carries_the_call_ids_and_keeps_its_text() -> None:
         "c-1 abc@10.0.0.1 tests.test_logs.call: with extra",
         "- - tests.test_logs.call: not about a call",
         "c-2 - tests.test_logs.call: no SIP id",
+        "- def@10.0.0.2 tests.test_logs.call: refused before its script",
     ]
 
 

@@ -19,10 +19,11 @@ CALL_FIELDS = ("call_id", "sip_call_id")
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """``logger`` for the lines about one call."""
+    """``logger`` for the lines about one call. ``call_id`` None: the call has no engine id yet (a SIP
+    call refused before its script starts); its record shows ``"-"`` as the filter's do."""
 
-    def __init__(self, logger: logging.Logger, call_id: str, sip_call_id: str | None = None) -> None:
-        super().__init__(logger, {"call_id": call_id, "sip_call_id": sip_call_id or "-"})
+    def __init__(self, logger: logging.Logger, call_id: str | None, sip_call_id: str | None = None) -> None:
+        super().__init__(logger, {"call_id": call_id or "-", "sip_call_id": sip_call_id or "-"})
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         # The default replaces a caller's ``extra``; here the call's ids are added to it.

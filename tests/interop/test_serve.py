@@ -283,7 +283,11 @@ def test_workers_share_the_sip_port(engine: EngineFactory, tmp_path: Path) -> No
     check(res, tmp_path / "sipp", eng)
     recs = eng.recordings(12)
     assert len(recs) == 12 and all(r["end_reason"] in ("hangup", "script_end") for r in recs)
-    pids = {line.split()[2] for line in eng.log().splitlines() if " swml.serve: call " in line and " from " in line}
+    pids = {
+        line.split()[2]
+        for line in eng.log().splitlines()
+        if " swml_engine.service.server: call " in line and " from " in line
+    }
     assert len(pids) == 2, eng.log()
 
 

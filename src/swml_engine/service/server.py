@@ -31,7 +31,9 @@ from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
 from swml_engine.fetch import FetchStopped
+from swml_engine.logs import CallLog
 from swml_engine.media.clock import MediaTicker
+from swml_engine.methods import REGISTRY
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -60,7 +62,7 @@ from swml_engine.transports.sip.useragent import (
 )
 from swml_engine.urls import redact
 
-log = logging.getLogger("swml.serve")
+log = logging.getLogger(__name__)
 
 #: The core's events that concern one call the service runs.
 _CALL_EVENTS = (AckReceived, ByeReceived, CancelReceived, ReInvite, CallGone, RequestFailed)
@@ -122,8 +124,10 @@ class Service:
             limits=config.connections,
             advertise=config.advertise,
         )
-        #: Live calls by SIP Call-ID.
-        self.calls: dict[str, SipCallTransport] = {}
+        #: Live SIP legs by SIP Call-ID (from the INVITE on, before their script runs too).
+        self.legs: dict[str, SipCallTransport] = {}
+        #: The calls whose script runs, by the engine's call id (the HTTP API's live recordings are theirs).
+        self.calls: dict[str, Call] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.refused = 0
@@ -137,7 +141,7 @@ class Service:
     async def start(self) -> None:
         cfg = self.config
         if cfg.script is not None:
-            self.document = load_file(cfg.script)  # DocumentError: the caller reports it and exits
+            self.document = load_file(cfg.script, methods=REGISTRY)  # DocumentError: the caller reports it and exits
         (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
         for rec in recover(cfg.data / "recordings"):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
@@ -162,9 +166,8 @@ class Service:
         if self.registration is not None:
             await self.registration.stop()  # first: the registrar stops sending calls here
         self.ua.policy.accepting = False  # new calls (and OPTIONS probes) get 503 from now on
-        for transport in list(self.calls.values()):
-            if transport.call is not None:
-                await transport.call.hangup("shutdown")
+        for call in list(self.calls.values()):
+            await call.hangup("shutdown")
         if self.tasks:
             _, late = await asyncio.wait(self.tasks, timeout=grace)
             if late:
@@ -191,10 +194,10 @@ class Service:
             if self.registration is not None:
                 self.registration.on_event(event)  # the binding's (registered, failed ...)
             return
-        transport = self.calls.get(event.call.call_id)
+        transport = self.legs.get(event.call.call_id)
         if transport is None:
             if isinstance(event, RequestFailed):
-                log.warning("%s for %s: %s", event.method, event.call.call_id, event.why)
+                self._log(event.call.call_id).warning("%s for %s: %s", event.method, event.call.call_id, event.why)
             return
         if isinstance(event, AckReceived):
             transport.ack(event.body)
@@ -205,15 +208,22 @@ class Service:
         elif isinstance(event, ReInvite):
             transport.reinvite(event.request)
         elif isinstance(event, CallGone):
-            log.info("call %s: %s, call ended", event.call.call_id, _GONE.get(event.why, event.why))
+            why = _GONE.get(event.why, event.why)
+            self._log(event.call.call_id).info("call %s: %s, call ended", event.call.call_id, why)
             transport.remote_bye()
         elif isinstance(event, RequestFailed):
-            log.warning("%s for %s: %s", event.method, event.call.call_id, event.why)
+            self._log(event.call.call_id).warning("%s for %s: %s", event.method, event.call.call_id, event.why)
+
+    def _log(self, sip_call_id: str) -> CallLog:
+        """The log for a line about one SIP call: with the engine's call id once its script has one."""
+        leg = self.legs.get(sip_call_id)
+        call = leg.call if leg is not None else None
+        return CallLog(log, call.call_id if call is not None else None, sip_call_id)
 
     def _on_invite(self, sip: ServerCall) -> None:
         sip_call_id = sip.call_id
         now = self.endpoint.now
-        existing = self.calls.get(sip_call_id)
+        existing = self.legs.get(sip_call_id)
         if existing is not None:
             if existing.awaiting_credentials:
                 existing.retry(sip)  # the INVITE again, answering our 401
@@ -224,7 +234,9 @@ class Service:
         if busy:
             self.refused += 1
             if self.refused == 1 or self.refused % 100 == 0:
-                log.warning("call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused)
+                self._log(sip_call_id).warning(
+                    "call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused
+                )
             self.ua.reject(sip, 503, now, headers=(("Retry-After", str(self.ua.policy.retry_after)),))
             return
         offer = None  # no body: a delayed offer, we offer in the 200 OK
@@ -233,14 +245,14 @@ class Service:
                 offer = parse_offer(sip.invite.text)
                 negotiate(offer, [])  # at least one codec we speak, or 488 now
             except NotAcceptable as e:
-                log.info("call %s rejected 488: %s", sip_call_id, e)
+                self._log(sip_call_id).info("call %s rejected 488: %s", sip_call_id, e)
                 self.ua.reject(sip, 488, now)
                 return
         # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
         rtp_host = self.endpoint.local_addr[0]
         sdp_host = sip.peer.local[0]
         transport = SipCallTransport(self.endpoint, sip, offer, rtp_host, sdp_host)
-        self.calls[sip_call_id] = transport
+        self.legs[sip_call_id] = transport
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -248,8 +260,8 @@ class Service:
     def _overloaded(self) -> str | None:
         """Why a new call would hurt the calls in progress, if it would."""
         cfg = self.config
-        if cfg.max_calls and len(self.calls) >= cfg.max_calls:
-            return f"{len(self.calls)} calls, the --max-calls limit"
+        if cfg.max_calls and len(self.legs) >= cfg.max_calls:
+            return f"{len(self.legs)} calls, the --max-calls limit"
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
         if cfg.max_lag and lag > cfg.max_lag:
             return f"media running {lag * 1000:.0f} ms late (CPU saturated)"
@@ -259,6 +271,8 @@ class Service:
 
     async def _run(self, transport: SipCallTransport) -> None:
         sip_call_id = transport.call_id
+        clog = CallLog(log, None, sip_call_id)
+        call: Call | None = None
         events: EventLog | None = None
         events_file: IO[str] | None = None
         try:
@@ -282,6 +296,8 @@ class Service:
                 extra={"callbacks": hub},
             )
             call = Call(transport, call_id=call_id, events=events, options=options)
+            self.calls[call_id] = call
+            clog = CallLog(log, call_id, sip_call_id)
             info = transport.call_info()
             if self.index is not None:
                 events.sinks.append(self._call_indexer(call_id, sip_call_id, info))
@@ -301,10 +317,10 @@ class Service:
             if doc is None:  # cancelled during the fetch: the call's log and index row end too
                 events.emit("call.state", state="ended", reason=call.end_reason or "remote_cancel")
                 return
-            log.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
+            clog.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
             result = await run_call(doc, call, variables)
             self.completed += 1
-            log.info(
+            clog.info(
                 "call %s ended after %.1f s: %s%s",
                 call_id,
                 call.now(),
@@ -318,11 +334,13 @@ class Service:
             if events is not None:
                 events.emit("call.state", state="ended", reason="error")
         except Exception:
-            log.exception("call %s failed", sip_call_id)
+            clog.exception("call %s failed", sip_call_id)
             with contextlib.suppress(Exception):
                 transport.end()
         finally:
-            self.calls.pop(sip_call_id, None)
+            self.legs.pop(sip_call_id, None)
+            if call is not None:
+                self.calls.pop(call.call_id, None)
             await transport.close()
             if events_file is not None:
                 events_file.close()
@@ -335,7 +353,7 @@ class Service:
         payload = {"call": variables.call, "params": {}, "vars": {}, "envs": variables.envs}
         call.options.fetches.bind(call.ended)  # a CANCEL stops the fetch
         try:
-            return await fetch_remote(url, payload, call.options)
+            return await fetch_remote(url, payload, call.options, REGISTRY)
         except FetchStopped:
             return None
         except DocumentError as e:
@@ -406,9 +424,8 @@ class Service:
         return on_event
 
     def live_recording(self, recording_id: str) -> Recording | None:
-        for transport in self.calls.values():
-            call = transport.call
-            recordings = call.recordings if call is not None else None
+        for call in self.calls.values():
+            recordings = call.recordings
             if isinstance(recordings, Recordings):
                 for rec in recordings.live():
                     if rec.recording_id == recording_id:
@@ -419,7 +436,7 @@ class Service:
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
         return {
             "status": "ok",
-            "calls": len(self.calls),
+            "calls": len(self.legs),
             "completed": self.completed,
             "refused": self.refused,
             "media_lag_ms": round(lag * 1000, 1),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from swml_engine.events import EventLog
 from swml_engine.media.frame import Frame
@@ -34,9 +34,6 @@ class CallSide(Protocol):
     codecs: list[str]
     #: ``answer.username``/``password``: the party must authenticate before the answer.
     credentials: tuple[str, str] | None
-    #: Read by service/server.py through the transport (transitional, issue 12: the service keeps
-    #: its calls itself after the SIP switch-over, then this goes).
-    recordings: Any
 
     def now(self) -> float:
         """Seconds since the call started."""
