@@ -15,7 +15,6 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "swml_engine"
 #: " swml.serve: call " in tests/interop/test_serve.py and use logger="swml.index" in tests/test_index.py).
 PENDING = {
     "service/api.py",
-    "service/cli.py",
     "service/httpd.py",
     "service/index.py",
 }

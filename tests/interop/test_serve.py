@@ -68,6 +68,10 @@ def test_script_url_gets_the_call_payload(
     eng.wait_idle()
     sets = [e for e in eng.call_events()[0] if e["type"] == "vars.set" and e["name"] == "caller"]
     assert sets and sets[0]["value"] == call["from"]
+    # A log line about the call carries its id (the name of its event log); others carry "-".
+    call_id = next((eng.data / "calls").glob("*.jsonl")).stem
+    assert f" [{call_id}] swml_engine.service.server: call {call_id} (" in eng.log()
+    assert " [-] swml_engine.service.server: SIP on " in eng.log()
 
 
 @pytest.mark.parametrize(

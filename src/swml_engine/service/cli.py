@@ -21,6 +21,7 @@ from pathlib import Path
 
 from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
+from swml_engine.logs import CallIdFilter
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.transports.sip.registration import parse_target
@@ -28,7 +29,11 @@ from swml_engine.urls import UrlError, parse_http_url
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID = 0, 2, 1
 
-log = logging.getLogger("swml.serve")
+#: A log line: when, which process (worker), how grave, the engine's id of the call it is about (the
+#: name of the call's event log, the HTTP API's call_id; "-" for none), the module, the message.
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s [%(call_id)s] %(name)s: %(message)s"
+
+log = logging.getLogger(__name__)
 
 #: Where the script URL may come from instead of the command line (which ``ps`` shows to every user).
 SCRIPT_URL_VARIABLE = "SWML_SCRIPT_URL"
@@ -287,7 +292,7 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logging.getLogger("swml.serve").info("stopping: hanging up %d call(s)", len(service.calls))
+    log.info("stopping: hanging up %d call(s)", len(service.calls))
     await service.stop()
     return EXIT_OK
 
@@ -317,10 +322,9 @@ def run_worker(config: ServiceConfig, worker: int) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CallIdFilter())  # the lines about no call show [-]
     if args.log_level != "debug":
         # (The SIP core logs the first bad packet of each address and counts the rest.)
         # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
