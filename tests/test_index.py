@@ -18,7 +18,7 @@ def test_writes_after_close_are_dropped_with_a_debug_line(tmp_path: Path, caplog
     index = Index(tmp_path / "index.sqlite3")
     index.put_call({"call_id": "c1", "state": "answered", "start_time": 1.0}, "w")
     index.close()
-    with caplog.at_level(logging.DEBUG, logger="swml.index"):
+    with caplog.at_level(logging.DEBUG, logger="swml_engine.service.index"):
         index.put_call({"call_id": "c1", "state": "ended", "start_time": 1.0}, "w")
         index.put_recording({"recording_id": "r1", "call_id": "c1", "state": "finished"})
         index.delete_recording("r1")

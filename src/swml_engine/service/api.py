@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
     from swml_engine.service.index import Index
 
-log = logging.getLogger("swml.api")
+log = logging.getLogger(__name__)
 
 _Handler = Callable[..., Awaitable[Any]]
 

@@ -38,7 +38,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from swml_engine.connections import ConnectionGate, ConnectionLimits
 from swml_engine.service.auth import token_matches
 
-log = logging.getLogger("swml.http")
+log = logging.getLogger(__name__)
 
 #: The largest request body taken: the API's only body is ``{"behavior": "skip"}``.
 MAX_BODY = 4096

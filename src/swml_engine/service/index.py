@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("swml.index")
+log = logging.getLogger(__name__)
 
 #: Rows kept for a later write while the index cannot be written; beyond, the oldest are dropped (the
 #: next start rebuilds the recordings from their files).
