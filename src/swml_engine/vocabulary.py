@@ -30,9 +30,9 @@ EndReason = Literal[
     "busy",  # the script's hangup with reason busy (SIP 486 before the answer)
     "decline",  # the script's hangup with reason decline (SIP 603 before the answer)
     "script_end",  # the script ran out of steps
-    "remote_hangup",  # the party hung up (SIP BYE, no ACK for our 200 OK, the simulated --hangup-at)
+    "remote_hangup",  # the party hung up (SIP BYE, no ACK for our 200 OK, its connection failed; --hangup-at)
     "remote_cancel",  # the party gave up before the answer (SIP CANCEL)
-    "remote_rejected",  # the SIP transport refused the call: credentials, an unusable SDP answer
+    "remote_rejected",  # the SIP transport refused the call: credentials (wrong, none in time), SDP it cannot use
     "max_duration",  # answer.max_duration (or the 4 h default) was reached
     "media_error",  # the media tick failed for this call
     "error",  # the script or the service could not go on (a remote document failed, ...)

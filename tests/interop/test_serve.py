@@ -95,6 +95,9 @@ def test_bad_script_url_reply_rejects_the_call_and_the_service_goes_on(
     assert wait_for(lambda: "rejected 500" in eng.log(), 5)
     line = next(x for x in eng.log().splitlines() if "rejected 500" in x)
     assert log in line and http_server.url("/swml") in line
+    # the SIP leg's line names the engine's call (the one of the event log), not only its SIP Call-ID
+    [events] = (eng.data / "calls").glob("*.jsonl")
+    assert f" [{events.stem}] swml_engine.transports.sip.call: call " in line, line
     # the service still takes calls
     http_server.failures.pop("/swml", None)
     http_server.files["/swml"] = (

@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from enum import StrEnum
 from typing import Any
 
+from swml_engine.logs import CallLog
 from swml_engine.media.frame import Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
@@ -44,14 +45,15 @@ from swml_engine.transports.sip.sdp import (
 )
 from swml_engine.transports.sip.uri import UriError, parse_name_addr, parse_uri
 from swml_engine.transports.sip.useragent import ServerCall
+from swml_engine.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
 
 #: How long a challenged caller has to send its INVITE again with credentials (RFC 3261 Timer B).
 AUTH_WAIT = 32.0
 
-#: Final response for a call the script ends before answering, by hangup reason.
-_REJECT_STATUS = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
+#: Final response for a call the script ends before answering, by hangup reason (any other: 480).
+_REJECT_STATUS: dict[EndReason, tuple[int, str]] = {"busy": (486, "Busy Here"), "decline": (603, "Decline")}
 
 
 class LegState(StrEnum):
@@ -150,6 +152,11 @@ class SipCallTransport(Transport):
     def invite(self) -> Request:
         return self.sip.invite
 
+    @property
+    def _log(self) -> CallLog:
+        """The log for this leg's lines: its SIP Call-ID, and the engine's call id once a call runs on it."""
+        return CallLog(log, self.call.call_id if self.call is not None else None, self.call_id)
+
     def _flush(self) -> None:
         self.endpoint.flush()
 
@@ -226,7 +233,7 @@ class SipCallTransport(Transport):
         if rate == self.rate:
             return
         if call is not None and not call.change_rate(rate):
-            log.info(
+            self._log.info(
                 "call %s stays at %d Hz (%s is %d Hz): media already runs", call.call_id, self.rate, media.codec, rate
             )
             return
@@ -346,7 +353,7 @@ class SipCallTransport(Transport):
 
     def _give_up(self, status: int, why: str) -> None:
         """End the call before its answer: ``status`` went out (by reject), or the transaction is over."""
-        log.info("call %s rejected %s: %s", self.call_id, status, why)
+        self._log.info("call %s rejected %s: %s", self.call_id, status, why)
         self._move(LegState.ENDED)
         if self.call is not None:
             self.call.events.emit("sip.rejected", status=status, reason=why)
@@ -368,7 +375,7 @@ class SipCallTransport(Transport):
             media = negotiate(answer, self._allowed)
         except NotAcceptable as e:
             # RFC 3261 §13.3.1.4: an answer we cannot use ends the session we just confirmed.
-            log.info("call %s: unusable answer in ACK, sending BYE: %s", self.call_id, e)
+            self._log.info("call %s: unusable answer in ACK, sending BYE: %s", self.call_id, e)
             self._move(LegState.ENDED)
             self.endpoint.ua.bye(self.sip, self.endpoint.now, "Incompatible SDP")
             self._flush()
@@ -393,7 +400,7 @@ class SipCallTransport(Transport):
             media = negotiate(answer, codec)  # the answer can only hold codecs of our offer: the current one
         except NotAcceptable as e:
             # The re-INVITE failed; the session goes on as it was (RFC 3261 §14.1).
-            log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.call_id, e)
+            self._log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.call_id, e)
             if self.call is not None:
                 self.call.events.emit("error", where="sip.ack", message=f"{e}; media unchanged")
             return
@@ -402,7 +409,7 @@ class SipCallTransport(Transport):
         if self.call is not None:
             self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=answer.on_hold)
 
-    async def hangup(self, reason: str) -> None:
+    async def hangup(self, reason: EndReason) -> None:
         if self.ended:
             return
         if self.state in _UP:
@@ -417,16 +424,17 @@ class SipCallTransport(Transport):
         self.endpoint.ua.reject(self.sip, status, self.endpoint.now, phrase)
         self._flush()
 
-    def end(self, status: int = 500, reason: str = "Server Internal Error") -> None:
-        """End the leg from the service (an internal error, a stop): refused before the answer, BYE after."""
+    def end(self, status: int = 500, phrase: str = "Server Internal Error") -> None:
+        """End the leg from the service (an internal error): refused ``status`` before the answer, BYE
+        after; ``phrase`` is the SIP reason phrase (the BYE's Reason text)."""
         if self.ended:
             return
         if self.state in _UP:
             self._move(LegState.ENDED)
-            self.endpoint.ua.bye(self.sip, self.endpoint.now, reason)
+            self.endpoint.ua.bye(self.sip, self.endpoint.now, phrase)
         else:
             self._move(LegState.ENDED)
-            self.endpoint.ua.reject(self.sip, status, self.endpoint.now, reason)
+            self.endpoint.ua.reject(self.sip, status, self.endpoint.now, phrase)
         self._flush()
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
@@ -488,7 +496,7 @@ class SipCallTransport(Transport):
             except NotAcceptable:
                 media = negotiate(offer, self.call.codecs if self.call is not None else [])
         except NotAcceptable as e:
-            log.info("re-INVITE on %s refused: %s", self.call_id, e)
+            self._log.info("re-INVITE on %s refused: %s", self.call_id, e)
             ua.answer_reinvite(self.sip, 488, now)
             self._flush()
             return
