@@ -13,9 +13,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from swml_engine.media.frame import silence
+from swml_engine.media.frame import Samples, silence
 
-Samples = npt.NDArray[np.int16]
 _SILENCE = silence(8000)
 
 

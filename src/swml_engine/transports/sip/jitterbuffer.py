@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swml_engine.transports.sip.codecs import Samples
+from swml_engine.media.frame import Samples
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import cast
 import numpy as np
 
 from swml_engine.connections import descriptor_limit, descriptors_in_use
-from swml_engine.media.frame import Frame
-from swml_engine.transports.sip.codecs import SUPPORTED, Codec, Samples
+from swml_engine.media.frame import Frame, Samples
+from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
 from swml_engine.transports.sip.rtp import _HEADER, HEADER_SIZE, RtpPacket, parse_rtp
