@@ -14,6 +14,7 @@ import argparse
 import time
 
 from swml_engine.document.loader import load_text
+from swml_engine.methods import REGISTRY
 from swml_engine.session import Simulation, simulate
 
 SCRIPT = """
@@ -28,7 +29,7 @@ sections:
 
 def measure(value: str, loops: int) -> float:
     """Wall seconds for ``loops`` runs of the script (each 100 set steps and goto steps)."""
-    doc = load_text(SCRIPT.format(value=value))
+    doc = load_text(SCRIPT.format(value=value), methods=REGISTRY)
     started = time.perf_counter()
     for _ in range(loops):
         simulate(doc, Simulation())

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from swml_engine.document.loader import load_text
+from swml_engine.methods import REGISTRY
 from swml_engine.session import Simulation, simulate
 
 RATE = 8000
@@ -31,7 +32,7 @@ FFMPEG_ARGS = {
 
 def call_seconds(doc: str, caller: np.ndarray, out: Path) -> tuple[float, float]:
     started = time.perf_counter()
-    res = simulate(load_text(doc), Simulation(caller_audio=caller, out=out))
+    res = simulate(load_text(doc, methods=REGISTRY), Simulation(caller_audio=caller, out=out))
     return res.duration, time.perf_counter() - started
 
 

@@ -12,6 +12,7 @@ import argparse
 import time
 
 from swml_engine.document.loader import load_text
+from swml_engine.methods import REGISTRY
 from swml_engine.session import Simulation, simulate
 
 PLAY = """
@@ -26,7 +27,7 @@ SLEEP = "sections: {main: [answer, {sleep: %d}]}"
 
 
 def measure(text: str) -> tuple[float, float]:
-    doc = load_text(text)
+    doc = load_text(text, methods=REGISTRY)
     started = time.perf_counter()
     res = simulate(doc, Simulation())
     return res.duration, time.perf_counter() - started
