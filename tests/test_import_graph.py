@@ -12,12 +12,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 LEFT_OUT = ("swml_engine.transports.sip", "swml_engine.service")
 
-#: Edges allowed for now, each with the reason and what removes it.
-TRANSITIONAL = {
-    # loader.transitional_methods: service/server.py and bench/*_speed.py load documents without passing
-    # the method table. Once they pass methods=REGISTRY, delete that function and this entry.
-    ("swml_engine.document.loader", "swml_engine.methods"),
-}
+#: Edges allowed for a while, each with the reason and what removes it: none.
+TRANSITIONAL: set[tuple[str, str]] = set()
 
 
 def module_name(root: Path, path: Path) -> str:

@@ -221,7 +221,7 @@ def _yaml_message(e: yaml.YAMLError) -> str:
     return f"{where}invalid YAML: {problem}"
 
 
-def load_file(path: str | Path, *, methods: MethodTable | None = None) -> Document:
+def load_file(path: str | Path, *, methods: MethodTable) -> Document:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -229,27 +229,11 @@ def load_file(path: str | Path, *, methods: MethodTable | None = None) -> Docume
         raise DocumentError([ParamError("", f"cannot read {p}: {e.strerror or e}")]) from None
     except UnicodeDecodeError:
         raise DocumentError([ParamError("", f"{p} is not UTF-8 text")]) from None
-    return load_document(parse_text(text, str(p)), str(p), methods=transitional_methods(methods))
+    return load_document(parse_text(text, str(p)), str(p), methods=methods)
 
 
-def load_text(
-    text: str, source: str = "<document>", budget: Budget | None = None, *, methods: MethodTable | None = None
-) -> Document:
-    return load_document(parse_text(text, source, budget), source, budget, methods=transitional_methods(methods))
-
-
-def transitional_methods(methods: MethodTable | None) -> MethodTable:
-    """``methods``, or the engine's table for a caller that does not pass one yet.
-
-    Transitional (issue 12): service/server.py calls ``load_file(path)`` and ``fetch_remote(url, payload,
-    options)``, and bench/*_speed.py ``load_text(text)``, without a table. Once they pass
-    ``methods=REGISTRY``, make ``methods`` required and delete this function: it is the one place this
-    package reaches the methods (tests/test_import_graph.py allows exactly this edge)."""
-    if methods is not None:
-        return methods
-    from swml_engine.methods import REGISTRY
-
-    return REGISTRY
+def load_text(text: str, source: str = "<document>", budget: Budget | None = None, *, methods: MethodTable) -> Document:
+    return load_document(parse_text(text, source, budget), source, budget, methods=methods)
 
 
 #: More steps than any real script has (the largest public example has a few hundred).

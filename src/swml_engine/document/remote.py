@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from swml_engine.call import CallOptions
-from swml_engine.document.loader import load_text, transitional_methods
+from swml_engine.document.loader import load_text
 from swml_engine.document.model import Document, MethodTable
 from swml_engine.errors import DocumentError, ParamError
 from swml_engine.fetch import FetchControl, FetchError, Redirects, http_fetch
@@ -60,10 +60,8 @@ def fetch_document(url: str, payload: dict[str, Any], control: FetchControl, *, 
         raise _error(f"reading the SWML: {e}") from None
 
 
-async def fetch_remote(
-    url: str, payload: dict[str, Any], options: CallOptions, methods: MethodTable | None = None
-) -> Document:
-    """Fetch a document for a call, on the call's fetch slots (FetchStopped if the call ends first).
-    ``methods``: see loader.transitional_methods (required once service/server.py passes it)."""
-    fetch = partial(fetch_document, url, payload, methods=transitional_methods(methods))
+async def fetch_remote(url: str, payload: dict[str, Any], options: CallOptions, methods: MethodTable) -> Document:
+    """Fetch a document for a call, on the call's fetch slots (FetchStopped if the call ends first), and
+    check it against ``methods``."""
+    fetch = partial(fetch_document, url, payload, methods=methods)
     return await options.fetches.run(fetch, options.fetch_timeout, redact(url))
