@@ -9,12 +9,16 @@ import random
 
 import pytest
 
+from swml_engine.transports.sip import auth
 from swml_engine.transports.sip.auth import (
     MAX_NONCES,
     NONCE_LIFETIME,
     Algorithm,
     AuthError,
+    Challenge,
+    Credentials,
     DigestChallenge,
+    DigestClient,
     Verdict,
     authorization,
     challenge_of,
@@ -303,3 +307,74 @@ def test_a_bad_realm_or_algorithm_list_is_a_clear_error() -> None:
         DigestChallenge(algorithms=())
     with pytest.raises(ValueError, match="MD5 and/or SHA-256"):
         DigestChallenge(algorithms=(Algorithm.MD5_SESS,))
+
+
+# --- one client's answers over several requests (DigestClient) ---------------------------------------
+
+
+def _challenge(realm: str, nonce: str, *, proxy: bool = False, stale: bool = False) -> Challenge:
+    extra = ", stale=true" if stale else ""
+    return parse_challenge(f'Digest realm="{realm}", nonce="{nonce}", qop="auth"{extra}', proxy=proxy)
+
+
+def test_a_client_answers_a_challenge_on_each_request_after_it_with_the_count_rising() -> None:
+    server = DigestChallenge(rng=random.Random(7))
+    client = DigestClient(Credentials("alice", "s3cret"), random.Random(8))
+    assert client.headers("INVITE", "sip:bob@example.org") == []  # nothing taken yet
+    rejected = response_to(invite(), 401, headers=server.headers(0), to_tag="t")
+    assert client.take(challenge_of(rejected)) is None
+    for n in (1, 2, 3):
+        [(name, value)] = client.headers("INVITE", "sip:record@example.org")
+        assert name == "Authorization" and _param(value, "nc") == f"{n:08x}"
+        assert server.verify(invite((name, value)), "alice", "s3cret", now=n) is Verdict.ACCEPTED
+
+
+def test_a_proxy_and_the_far_end_are_answered_together_one_challenge_per_realm() -> None:
+    client = DigestClient(Credentials("alice", "s3cret"), random.Random(1))
+    client.take(_challenge("proxy.example", "p1", proxy=True))
+    client.take(_challenge("far.example", "f1"))
+    client.take(_challenge("far.example", "f2"))  # a new nonce for the same realm replaces the first
+    headers = client.headers("BYE", "sip:bob@example.org")
+    assert [(name, _param(value, "nonce")) for name, value in headers] == [
+        ("Proxy-Authorization", "p1"),
+        ("Authorization", "f2"),
+    ]
+
+
+def test_the_same_nonce_again_means_refused_unless_stale_or_in_a_new_attempt() -> None:
+    client = DigestClient(Credentials("alice", "wrong"), random.Random(1))
+    assert client.take(_challenge("r", "n1")) is None
+    assert client.answered == 1
+    assert client.take(_challenge("r", "n1")) == "credentials refused (the same nonce challenged again)"
+    assert client.take(_challenge("r", "n1", stale=True)) is None  # expired, not refused
+    client.new_attempt()  # a registration's refresh: the registrar may challenge with that nonce again
+    assert client.answered == 0
+    assert client.take(_challenge("r", "n1")) is None
+    [(_, value)] = client.headers("REGISTER", "sip:example.org")
+    assert _param(value, "nc") == "00000001"  # a nonce taken again counts from 1
+    client.forget(_challenge("r", "n1"))
+    assert client.headers("REGISTER", "sip:example.org") == []
+
+
+def test_a_client_without_credentials_answers_nothing() -> None:
+    client = DigestClient(None, random.Random(1))
+    assert client.take(_challenge("r", "n1")) == "no credentials given"
+    assert client.headers("INVITE", "sip:bob@example.org") == []
+
+
+def test_a_client_remembers_a_bounded_number_of_realms_and_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = DigestClient(Credentials("alice", "s3cret"), random.Random(1))
+    for i in range(DigestClient.MAX_REALMS + 3):
+        client.take(_challenge(f"realm{i}", f"n{i}"))
+    realms = [_param(value, "realm") for _, value in client.headers("INVITE", "sip:bob@example.org")]
+    assert realms == [f"realm{i}" for i in range(3, DigestClient.MAX_REALMS + 3)]  # the oldest forgotten
+    for i in range(DigestClient.MAX_NONCES + 10):
+        client.take(_challenge("many", f"m{i}"))
+    assert client.answered == DigestClient.MAX_NONCES
+    # A nonce whose count runs out is dropped: the server's next challenge brings a new one.
+    monkeypatch.setattr(auth, "MAX_NC", 2)
+    one = DigestClient(Credentials("alice", "s3cret"), random.Random(1))
+    one.take(_challenge("r", "n1"))
+    assert len(one.headers("INVITE", "sip:bob@example.org")) == 1
+    assert len(one.headers("INVITE", "sip:bob@example.org")) == 1
+    assert one.headers("INVITE", "sip:bob@example.org") == []

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from swml_engine.transports.sip.auth import DigestChallenge, Verdict
+from swml_engine.transports.sip.auth import Credentials, DigestChallenge, Verdict
 from swml_engine.transports.sip.message import Request, parse_message, response_to
 from swml_engine.transports.sip.register import (
     MAX_EXPIRES,
     Binding,
     BindingState,
-    Credentials,
     Registered,
     RegistrationExpired,
     RegistrationFailed,

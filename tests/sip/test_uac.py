@@ -9,14 +9,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from swml_engine.transports.sip.auth import DigestChallenge, Verdict
+from swml_engine.transports.sip.auth import Credentials, DigestChallenge, Verdict
 from swml_engine.transports.sip.message import Headers, Request, Response, parse_message, response_to
 from swml_engine.transports.sip.transaction import TransactionTable
 from swml_engine.transports.sip.uac import (
     Answered,
     CallState,
     ChallengeReceived,
-    Credentials,
     Failed,
     Hangup,
     HangupCause,

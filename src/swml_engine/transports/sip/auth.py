@@ -13,6 +13,8 @@ values (quoted strings with commas and escapes, several challenges in one value,
 unknown algorithms skipped) and picks the strongest we can answer; :func:`authorization` computes the
 ``Authorization``/``Proxy-Authorization`` value for ``qop=auth`` or, for servers of RFC 2069's day, no
 qop. ``auth-int`` (a digest of the body) is not done: a server that offers only it gets a clear error.
+:class:`DigestClient` keeps one client's answers (a registration's, a call's): which challenges go on
+the next request, the nonce counts, and when a challenge means the password is refused.
 
 Not done: ``userhash`` and ``username*`` (RFC 7616 §3.4.4), SHA-512-256, ``Authentication-Info``.
 """
@@ -25,8 +27,9 @@ import random
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from swml_engine.transports.sip.message import Request, Response
 
@@ -348,6 +351,102 @@ def authorization(
     if qop:
         parts += [f"qop={qop}", f"nc={count}", f"cnonce={_quote(cnonce)}"]
     return "Digest " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The user name and password we answer digest challenges with (any realm; the password is never shown)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class DigestClient:
+    """One client's answers to digest challenges (RFC 3261 §22.2-22.3): a registration's, a call's.
+
+    - :meth:`take` a challenge when it comes; from then on :meth:`headers` answers it on every request,
+      with its nonce count rising (a server may take credentials without challenging each request). The
+      last challenge per realm is kept: a proxy's 407 and the far end's 401 are answered together.
+    - A challenge repeating a nonce answered since :meth:`new_attempt` means the credentials are refused,
+      unless it says ``stale=true`` (the nonce expired, the password was right).
+    - Bounded: :attr:`MAX_REALMS` challenges and :attr:`MAX_NONCES` nonces, the oldest forgotten first; a
+      nonce whose count runs out is dropped (the server's next challenge brings a new one).
+    """
+
+    MAX_REALMS = 4
+    MAX_NONCES = 32
+
+    def __init__(self, credentials: Credentials | None, rng: random.Random) -> None:
+        self.credentials = credentials
+        #: Where client nonces come from (the user agent's: seeded in tests).
+        self.rng = rng
+        #: The challenge answered per (proxy, realm), in the order taken.
+        self._current: dict[tuple[bool, str], Challenge] = {}
+        #: Requests each nonce has answered (its nonce count).
+        self._counts: dict[str, int] = {}
+        #: Nonces taken since the attempt began (a dict as an ordered set).
+        self._answered: dict[str, None] = {}
+
+    @property
+    def answered(self) -> int:
+        """Challenges taken since the attempt began."""
+        return len(self._answered)
+
+    def new_attempt(self) -> None:
+        """A new try of the request (a registration's refresh): the nonces answered so far may be
+        challenged again without meaning the password is refused."""
+        self._answered.clear()
+
+    def take(self, challenge: Challenge) -> str | None:
+        """Take ``challenge`` for the next request: None when it may be answered, else why not."""
+        if self.credentials is None:
+            return "no credentials given"
+        if challenge.nonce in self._answered and not challenge.stale:
+            return "credentials refused (the same nonce challenged again)"
+        key = (challenge.proxy, challenge.realm)
+        self._current.pop(key, None)
+        self._current[key] = challenge
+        _bound(self._current, self.MAX_REALMS)
+        self._counts.pop(challenge.nonce, None)
+        self._counts[challenge.nonce] = 0
+        _bound(self._counts, self.MAX_NONCES)
+        self._answered[challenge.nonce] = None
+        _bound(self._answered, self.MAX_NONCES)
+        return None
+
+    def forget(self, challenge: Challenge) -> None:
+        """Stop answering ``challenge``'s realm (its credentials were refused)."""
+        self._current.pop((challenge.proxy, challenge.realm), None)
+
+    def headers(self, method: str, uri: str) -> list[tuple[str, str]]:
+        """The credentials for a request (``uri`` its Request-URI), one header per realm taken. Raises
+        AuthError for a user name, method or URI that cannot go in a header."""
+        out: list[tuple[str, str]] = []
+        if self.credentials is None:
+            return out
+        for key, challenge in list(self._current.items()):
+            count = self._counts.get(challenge.nonce, 0) + 1
+            if count > MAX_NC:
+                del self._current[key]
+                continue
+            self._counts[challenge.nonce] = count
+            value = authorization(
+                challenge,
+                method,
+                uri,
+                self.credentials.username,
+                self.credentials.password,
+                cnonce=f"{self.rng.getrandbits(64):016x}",
+                nc=count,
+            )
+            out.append((challenge.answer_header, value))
+        return out
+
+
+def _bound(table: dict[Any, Any], most: int) -> None:
+    """Forget the oldest entries of ``table`` past ``most``."""
+    while len(table) > most:
+        del table[next(iter(table))]
 
 
 # --- server side ------------------------------------------------------------------------------------

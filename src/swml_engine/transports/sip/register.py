@@ -30,10 +30,10 @@ Contacts per binding, Path and Service-Route.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
-from swml_engine.transports.sip.auth import AuthError, Challenge, authorization, challenge_of
+from swml_engine.transports.sip.auth import AuthError, Credentials, DigestClient, challenge_of
 from swml_engine.transports.sip.message import REASONS, BadHeader, Headers, Method, Request, Response
 from swml_engine.transports.sip.uri import NameAddr, Uri, UriError, parse_uri, shown
 from swml_engine.transports.sip.useragent import SipEvent, Target, UserAgent
@@ -132,22 +132,6 @@ _NEXT: dict[BindingState, frozenset[BindingState]] = {
 }
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """A user name and password for the registrar's digest challenges (the password is never shown)."""
-
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(eq=False)
-class _Cached:
-    """A challenge answered once, reused for later REGISTERs with the nonce count rising."""
-
-    challenge: Challenge
-    count: int = 0
-
-
 @dataclass(eq=False)
 class _Sent:
     """One REGISTER of ours in flight; its answers reach the binding while it is the latest one sent."""
@@ -222,12 +206,11 @@ class Binding:
         self._send_at: float | None = None
         self._expires_at: float | None = None
         self._backoff = RETRY_FIRST
-        #: Challenges answered, by the header their credentials go in (one realm each).
-        self._cached: dict[str, _Cached] = {}
-        #: For the current attempt: REGISTERs sent, and the nonces answered (a nonce refused twice
-        #: means the credentials are wrong).
+        #: Challenges answered, reused for the refreshes; a nonce refused twice in one attempt means the
+        #: credentials are wrong.
+        self._auth = DigestClient(credentials, ua.rng)
+        #: REGISTERs sent for the current attempt.
         self._sends = 0
-        self._nonces: set[str] = set()
 
     # --- what the application does ----------------------------------------------------------------
 
@@ -282,7 +265,7 @@ class Binding:
     def _attempt(self, expires: int, now: float) -> None:
         """A new attempt (first REGISTER, refresh, retry, unregister): challenge counts start again."""
         self._sends = 0
-        self._nonces.clear()
+        self._auth.new_attempt()
         self._send(expires, now)
 
     def _send(self, expires: int, now: float) -> None:
@@ -308,32 +291,10 @@ class Binding:
                 ("User-Agent", self.user_agent),
             ]
         )
-        for name, value in self._credentials():
+        # (The user name was checked for control characters above; the method and URI are ours.)
+        for name, value in self._auth.headers(Method.REGISTER, str(self.request_uri)):
             headers.add(name, value)
         return Request(headers=headers, method=Method.REGISTER, uri=str(self.request_uri))
-
-    def _credentials(self) -> list[tuple[str, str]]:
-        creds = self.credentials
-        if creds is None:
-            return []
-        out = []
-        for header, cached in list(self._cached.items()):
-            cached.count += 1
-            try:
-                value = authorization(
-                    cached.challenge,
-                    Method.REGISTER,
-                    str(self.request_uri),
-                    creds.username,
-                    creds.password,
-                    cnonce=f"{self.ua.rng.getrandbits(64):016x}",
-                    nc=cached.count,
-                )
-            except AuthError:  # the nonce count ran out: the registrar's next challenge brings a new nonce
-                del self._cached[header]
-                continue
-            out.append((header, value))
-        return out
 
     # --- answers ---------------------------------------------------------------------------------------
 
@@ -403,14 +364,12 @@ class Binding:
         except AuthError as e:
             self._failed(sent, response.status, f"{text}: {e}", now)
             return
-        refused = challenge.nonce in self._nonces and not challenge.stale
-        if refused or len(self._nonces) >= MAX_CHALLENGES or self._sends >= MAX_SENDS:
-            self._cached.pop(challenge.answer_header, None)
+        too_many = self._auth.answered >= MAX_CHALLENGES or self._sends >= MAX_SENDS
+        if too_many or self._auth.take(challenge) is not None:
+            self._auth.forget(challenge)
             why = f"wrong credentials for realm {shown(challenge.realm)!r}"
             self._failed(sent, response.status, f"{text}: {why}", now)
             return
-        self._nonces.add(challenge.nonce)
-        self._cached[challenge.answer_header] = _Cached(challenge)
         self._send(sent.expires, now)
 
     def _too_brief(self, sent: _Sent, response: Response, now: float) -> None:

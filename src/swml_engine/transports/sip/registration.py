@@ -15,10 +15,10 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from swml_engine.transports.sip.auth import Credentials
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.register import (
     Binding,
-    Credentials,
     Registered,
     RegistrationExpired,
     RegistrationFailed,

@@ -51,11 +51,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from swml_engine.transports.sip.auth import AuthError, Challenge, authorization, challenge_of
+from swml_engine.transports.sip.auth import AuthError, Credentials, DigestClient, challenge_of
 from swml_engine.transports.sip.dialog import MAX_FORWARDS, Dialog, DialogError, DialogState
 from swml_engine.transports.sip.message import (
     REASONS,
@@ -359,14 +359,6 @@ class _Resending:
     cseq: int
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """The user name and password we answer digest challenges with (any realm)."""
-
-    username: str
-    password: str = field(repr=False)
-
-
 # --- helpers --------------------------------------------------------------------------------------------
 
 
@@ -386,58 +378,6 @@ class _Answers:
 
 def _ignore_timeout(why: str, now: float) -> None:
     log.debug("a request of an outbound call got no answer: %s", why)
-
-
-class _Authenticator:
-    """Our answers to digest challenges (RFC 3261 §22.2): the last challenge per realm (a proxy's 407 and
-    the far end's 401 are answered together), each nonce answered once after its challenge, with its
-    nonce count rising over the requests that reuse it."""
-
-    #: Realms remembered, and nonces remembered as answered (the oldest forgotten first).
-    MAX_REALMS = 4
-    MAX_NONCES = 32
-
-    def __init__(self, credentials: Credentials | None, rng: random.Random) -> None:
-        self.credentials = credentials
-        self.rng = rng
-        self._current: dict[tuple[bool, str], Challenge] = {}
-        self._counts: dict[str, int] = {}
-
-    def take(self, challenge: Challenge) -> str | None:
-        """Take ``challenge`` for the next request: None when it may be answered, else why not."""
-        if self.credentials is None:
-            return "no credentials given"
-        if challenge.nonce in self._counts and not challenge.stale:
-            return "credentials refused (the same nonce challenged again)"
-        key = (challenge.proxy, challenge.realm)
-        self._current.pop(key, None)
-        self._current[key] = challenge
-        while len(self._current) > self.MAX_REALMS:
-            del self._current[next(iter(self._current))]
-        self._counts[challenge.nonce] = 0
-        while len(self._counts) > self.MAX_NONCES:
-            del self._counts[next(iter(self._counts))]
-        return None
-
-    def headers(self, method: str, uri: str) -> list[tuple[str, str]]:
-        """The credentials for a request to ``uri``, one header per realm challenged. Raises AuthError."""
-        out: list[tuple[str, str]] = []
-        if self.credentials is None:
-            return out
-        for challenge in self._current.values():
-            count = self._counts.get(challenge.nonce, 0) + 1
-            self._counts[challenge.nonce] = count
-            value = authorization(
-                challenge,
-                method,
-                uri,
-                self.credentials.username,
-                self.credentials.password,
-                cnonce=f"{self.rng.getrandbits(64):016x}",
-                nc=count,
-            )
-            out.append((challenge.answer_header, value))
-        return out
 
 
 def _number(message: Request | Response) -> int | None:
@@ -561,7 +501,7 @@ class OutboundCall:
         self._dialogs: dict[str, Dialog] = {}
         self._early_sdp: dict[str, bytes] = {}
         self._acks: dict[tuple[str, int], tuple[Request, Target]] = {}
-        self._auth = _Authenticator(credentials, ua.rng)
+        self._auth = DigestClient(credentials, ua.rng)
         self._invite: Request | None = None
         self._invite_tx: ClientTransaction | None = None
         self._invites_sent = 0
