@@ -150,6 +150,11 @@ def test_hostile_challenges_are_bounded_and_never_a_traceback() -> None:
     for junk in ("", ",,,", "=", '"', "Digest ===", "\x00\xff", "Digest realm=", 'Digest , , realm="r"'):
         with contextlib.suppress(AuthError):
             parse_challenge(junk)
+    # The server's text in an error is one printable line, cut short (uri.shown).
+    with pytest.raises(AuthError) as info:
+        parse_challenge('Digest realm="\x1b[2J' + "x" * 300)
+    message = str(info.value)
+    assert "?[2J" in message and message.isprintable() and "..." in message and len(message) < 90, message
 
 
 def test_nonce_count_and_client_nonce_are_checked() -> None:

@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from swml_engine.transports.sip.message import Request, Response
+from swml_engine.transports.sip.uri import shown
 
 #: Our realm when none is given (what callers' phones show when asking for a password).
 REALM = "swml-engine"
@@ -93,11 +94,6 @@ class _Scheme:
     problem: str = ""
 
 
-def _shown(text: str) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= 60 else one[:57] + "..."
-
-
 def _read_schemes(value: str) -> list[_Scheme]:
     """Every ``Scheme param=value, ...`` in a header value, in order. Raises AuthError for text that
     cannot be read at all (an unterminated quote, a value past the limits)."""
@@ -135,13 +131,13 @@ def _read_schemes(value: str) -> list[_Scheme]:
             else:
                 chars.append(c)
                 pos += 1
-        raise AuthError(f"{_shown(value)!r}: a quoted string that does not end")
+        raise AuthError(f"{shown(value)!r}: a quoted string that does not end")
 
     skip(" \t,")
     while pos < end:
         scheme = token()
         if not scheme:
-            raise AuthError(f"{_shown(value)!r}: expected an authentication scheme at {_shown(value[pos:])!r}")
+            raise AuthError(f"{shown(value)!r}: expected an authentication scheme at {shown(value[pos:])!r}")
         if len(out) >= MAX_CHALLENGES:
             raise AuthError(f"more than {MAX_CHALLENGES} challenges in one header")
         params: dict[str, str] = {}
@@ -242,7 +238,7 @@ def parse_challenges(value: str, *, proxy: bool = False) -> tuple[list[Challenge
             continue
         algorithm = _BY_NAME.get(p.get("algorithm", "MD5").lower())
         if algorithm is None:
-            skipped.append(f"algorithm {_shown(p['algorithm'])}")
+            skipped.append(f"algorithm {shown(p['algorithm'])}")
             continue
         qop = tuple(q.strip().lower() for q in p.get("qop", "").split(",") if q.strip())
         if qop and "auth" not in qop:
