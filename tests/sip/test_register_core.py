@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from swml_engine.transports.sip.auth import Credentials, DigestChallenge, Verdict
-from swml_engine.transports.sip.message import Request, parse_message, response_to
+from swml_engine.transports.sip.message import Request, Response, response_to
 from swml_engine.transports.sip.register import (
     MAX_EXPIRES,
     Binding,
@@ -27,7 +27,7 @@ from swml_engine.transports.sip.register import (
 from swml_engine.transports.sip.transaction import TransactionTable
 from swml_engine.transports.sip.useragent import Datagram, Event, Peer, Target, Transport, UserAgent
 
-from .fake_clock import fire_timers
+from .fake_clock import Driver
 
 US = ("192.0.2.1", 5060)
 AOR = "sip:alice@example.com"
@@ -36,13 +36,9 @@ SECRET = Credentials("alice", "s3cret")
 
 
 @dataclass
-class Run:
+class Run(Driver):
     """A user agent with one binding on a fake clock, and what it sent and told."""
 
-    ua: UserAgent = field(default_factory=lambda: UserAgent(rng=random.Random(7)))
-    now: float = 0.0
-    sent: list[tuple[Request, Datagram]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
     binding: Binding | None = None
     #: When each REGISTER (not its retransmissions) went out.
     sent_at: list[float] = field(default_factory=list)
@@ -76,23 +72,11 @@ class Run:
     def peer(self) -> Peer:
         return Peer(REGISTRAR.transport, REGISTRAR.host, REGISTRAR.port, local=US)
 
-    def collect(self) -> None:
-        for datagram in self.ua.datagrams_to_send():
-            message = parse_message(datagram.data)
-            assert isinstance(message, Request)
-            if all(r.branch != message.branch for r, _ in self.sent):
-                self.sent_at.append(self.now)
-            self.sent.append((message, datagram))
-        while (event := self.ua.next_event()) is not None:
-            self.events.append(event)
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock, firing every timer due on the way, each at its own time."""
-        end = self.now + seconds
-        for when in fire_timers(self.ua, self.now, end):
-            self.now = when
-            self.collect()
-        self.now = end
+    def on_sent(self, message: Request | Response, datagram: Datagram) -> None:
+        assert isinstance(message, Request)  # a registration sends requests only
+        if all(r.branch != message.branch for r, _ in self.sent):
+            self.sent_at.append(self.now)
+        super().on_sent(message, datagram)
 
     def registers(self) -> list[Request]:
         """Each REGISTER once (retransmissions left out), in the order sent."""

@@ -4,13 +4,12 @@ the core sent and fed back as bytes, and time moves only when a test moves it.""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
 
 from swml_engine.transports.sip.auth import Credentials, DigestChallenge, Verdict
-from swml_engine.transports.sip.message import Headers, Request, Response, parse_message, response_to
+from swml_engine.transports.sip.message import Headers, Request, Response, response_to
 from swml_engine.transports.sip.transaction import TransactionTable
 from swml_engine.transports.sip.uac import (
     Answered,
@@ -27,7 +26,9 @@ from swml_engine.transports.sip.uac import (
     UacError,
 )
 from swml_engine.transports.sip.uri import parse_name_addr, parse_uri
-from swml_engine.transports.sip.useragent import Datagram, Peer, SipEvent, Target, Transport, UserAgent
+from swml_engine.transports.sip.useragent import Datagram, Peer, SipEvent, Target, Transport
+
+from .fake_clock import Driver
 
 US = ("192.0.2.1", 5060)
 FAR = Peer(Transport.UDP, "192.0.2.20", 5080, local=US)
@@ -41,14 +42,8 @@ RINGBACK = ANSWER.replace(b"6000", b"6002")
 E = TypeVar("E", bound=SipEvent)
 
 
-@dataclass
-class Run:
+class Run(Driver):
     """A user agent on a fake clock placing calls, and what it sent and told."""
-
-    ua: UserAgent = field(default_factory=lambda: UserAgent(rng=random.Random(7)))
-    now: float = 0.0
-    sent: list[tuple[Request | Response, Datagram]] = field(default_factory=list)
-    events: list[SipEvent] = field(default_factory=list)
 
     def place(self, **given: Any) -> OutboundCall:
         args: dict[str, Any] = {
@@ -62,42 +57,26 @@ class Run:
         now = given.pop("now", self.now)
         call = OutboundCall(self.ua, **(args | given))
         call.start(now)
-        self._collect()
+        self.collect()
         return call
 
     def feed(self, message: Request | Response, peer: Peer = FAR) -> None:
-        self.ua.receive(message.encode(), peer, self.now)
-        self._collect()
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock, firing every timer due on the way, each at its own time."""
-        end = self.now + seconds
-        while (when := self.ua.get_timer()) is not None and when <= end:
-            self.now = max(self.now, when)
-            self.ua.handle_timer(self.now)
-            self._collect()
-        self.now = end
-
-    def _collect(self) -> None:
-        for datagram in self.ua.datagrams_to_send():
-            self.sent.append((parse_message(datagram.data), datagram))
-        while (event := self.ua.next_event()) is not None:
-            self.events.append(event)
+        self.receive(message.encode(), peer)
 
     def requests(self, method: str) -> list[Request]:
-        self._collect()  # (what the application's own actions sent or told too)
+        self.collect()  # (what the application's own actions sent or told too)
         return [m for m, _ in self.sent if isinstance(m, Request) and m.method == method]
 
     def sent_to(self, method: str) -> list[Datagram]:
-        self._collect()
+        self.collect()
         return [d for m, d in self.sent if isinstance(m, Request) and m.method == method]
 
     def responses(self, method: str) -> list[Response]:
-        self._collect()
+        self.collect()
         return [m for m, _ in self.sent if isinstance(m, Response) and m.cseq.method == method]
 
     def told(self, kind: type[E]) -> list[E]:
-        self._collect()
+        self.collect()
         return [e for e in self.events if isinstance(e, kind)]
 
 

@@ -6,19 +6,17 @@ moves time itself, so every RFC timer is checked exactly and nothing depends on 
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import pytest
 
-from swml_engine.transports.sip.message import Request, Response, parse_message
+from swml_engine.transports.sip.message import Request, Response
 from swml_engine.transports.sip.useragent import (
     AckReceived,
     ByeReceived,
     CallGone,
     CancelReceived,
     Datagram,
-    Event,
     InviteReceived,
     Peer,
     ReInvite,
@@ -27,8 +25,9 @@ from swml_engine.transports.sip.useragent import (
     Target,
     Transport,
     UasState,
-    UserAgent,
 )
+
+from .fake_clock import Driver
 
 SDP = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 US = ("192.0.2.1", 5060)
@@ -87,39 +86,14 @@ class Caller:
         return text.encode() + body, branch
 
 
-@dataclass
-class Run:
+class Run(Driver):
     """A user agent on a fake clock, and what it sent and told."""
 
-    ua: UserAgent = field(default_factory=lambda: UserAgent(rng=random.Random(7)))
-    now: float = 0.0
-    sent: list[tuple[Request | Response, Datagram]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
     def feed(self, data: bytes, peer: Peer) -> None:
-        self.ua.receive(data, peer, self.now)
-        self._collect()
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock, firing every timer due on the way, each at its own time."""
-        end = self.now + seconds
-        while True:
-            when = self.ua.get_timer()
-            if when is None or when > end:
-                break
-            self.now = max(self.now, when)
-            self.ua.handle_timer(self.now)
-            self._collect()
-        self.now = end
+        self.receive(data, peer)
 
     def act(self) -> None:
-        self._collect()
-
-    def _collect(self) -> None:
-        for datagram in self.ua.datagrams_to_send():
-            self.sent.append((parse_message(datagram.data), datagram))
-        while (event := self.ua.next_event()) is not None:
-            self.events.append(event)
+        self.collect()
 
     def responses(self, method: str | None = None) -> list[Response]:
         return [m for m, _ in self.sent if isinstance(m, Response) and (method is None or m.cseq.method == method)]
