@@ -11,33 +11,14 @@ from conftest import read_wav
 
 from .peers import (
     Engine,
-    SipPeer,
     pcap_speech,
     run_sipp,
     scenario,
-    sdp_offer,
     sipp_errors,
-    to_tag,
 )
 from .test_sipp import best_correlation
 
 EngineFactory = Callable[..., Engine]
-
-ANSWER_THEN_HANG_UP = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - sleep: {ms}\n    - hangup\n"
-
-
-def answered(peer: SipPeer, rtp_port: int = 31400, **kw: object) -> str:
-    """INVITE, then the 200 OK's To tag once it comes (ACKed)."""
-    peer.request("INVITE", 1, body=sdp_offer(rtp_port), **kw)  # type: ignore[arg-type]
-    assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
-    tag = to_tag(peer.final())
-    peer.request("ACK", 1, to_tag=tag)
-    return tag
-
-
-def sdp_lines(msg: str, kind: str) -> list[str]:
-    return [line for line in msg.split("\r\n\r\n", 1)[1].split("\r\n") if line.startswith(kind)]
-
 
 # --- P1-1: what a wildcard-bound engine advertises ------------------------------------------------------
 
