@@ -25,6 +25,7 @@ from swml_engine.transports.base import Transport
 from swml_engine.vocabulary import CallState, EndReason, RemoteEnd
 
 if TYPE_CHECKING:
+    from swml_engine.dialing import Dialer
     from swml_engine.recording.store import RecordingStore
 
 #: answer.mdx: max_duration defaults to 14400 s (4 hours).
@@ -63,6 +64,8 @@ class CallOptions:
     fetches: CallFetches = field(default_factory=CallFetches)
     #: The recording store to use (the service's, with its public URLs and index); else one under data_dir.
     recording_store: RecordingStore | None = None
+    #: Who places the calls of ``connect`` (simulated far parties, SIP); None: connect fails its legs.
+    dialer: Dialer | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -71,6 +71,28 @@ EventType = Literal[
     "rtp.stats",
 ]
 
+#: A far leg's progress while ``connect`` dials it (``dialing.FarTransport.state``); ``created``,
+#: ``ringing``, ``answered`` and ``ended`` are also the ``call_state_events`` a script may ask for.
+DialState = Literal[
+    "created",  # placed, nothing sent or heard yet
+    "ringing",  # the far end is alerting (SIP 180/183)
+    "early_media",  # the far end's audio flows before its answer (SIP 183 with SDP)
+    "answered",
+    "failed",  # never answered: the reason is a FailReason
+    "ended",  # answered, then over
+]
+
+#: Why a far leg failed: ``connect_failed_reason`` and the status callbacks' ``failed_reason``.
+FailReason = Literal[
+    "busy",  # the far end was busy (SIP 486, 600)
+    "no_answer",  # it rang until the timeout (connect.timeout; SIP 408, 480)
+    "rejected",  # the far end refused the call (SIP 403, 603, other 4xx-6xx)
+    "unreachable",  # no route, name or answer at all (DNS, no response, 503 from us)
+    "cancelled",  # we gave it up: another leg answered, or the caller hung up
+    "not_confirmed",  # it answered but its confirm script did not accept the call
+    "error",  # the engine could not place it
+]
+
 #: A recording's ``state``: in its metadata, ``record.state`` events and status callbacks.
 RecordingState = Literal["recording", "paused", "finished", "no_input", "error"]
 
