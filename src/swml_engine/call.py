@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from swml_engine.dialing import Dialer, FarTransport
 from swml_engine.events import EventLog
 from swml_engine.fetch import CallFetches
 from swml_engine.media.clock import MediaTicker, wall_time
@@ -24,8 +25,11 @@ from swml_engine.media.player import Player
 from swml_engine.transports.base import Transport
 from swml_engine.vocabulary import CallState, EndReason, RemoteEnd
 
+#: Who placed the call: ``inbound`` a party called us (answered by the script's ``answer``),
+#: ``outbound`` the engine placed it for ``connect`` (answered by the far party: :meth:`Call.on_answered`).
+CallDirection = Literal["inbound", "outbound"]
+
 if TYPE_CHECKING:
-    from swml_engine.dialing import Dialer
     from swml_engine.recording.store import RecordingStore
 
 #: answer.mdx: max_duration defaults to 14400 s (4 hours).
@@ -70,6 +74,10 @@ class CallOptions:
 
 
 class Call:
+    """One party's call. An inbound call is answered by the script (:meth:`answer`); an outbound one,
+    a far leg the engine placed for ``connect`` (its transport a ``dialing.FarTransport``), is answered
+    by the far party: its transport reports ``answered`` and the call follows (:meth:`on_answered`)."""
+
     def __init__(
         self,
         transport: Transport,
@@ -81,6 +89,7 @@ class Call:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport
+        self.direction: CallDirection = "outbound" if isinstance(transport, FarTransport) else "inbound"
         self.rate = transport.rate
         self.call_id = call_id or str(uuid.uuid4())
         self.info: dict[str, Any] = info or {}
@@ -146,6 +155,16 @@ class Call:
         self.answered_at = self.now()
         self._enter("answered")
         self._limit(max_duration if max_duration is not None and max_duration > 0 else DEFAULT_MAX_DURATION)
+
+    def on_answered(self) -> None:
+        """The far party answered a call the engine placed (called through its transport's report of
+        ``answered``). The call is answered from now on, as :meth:`answer` makes an inbound one, with
+        the default ``max_duration`` (the dial plan bounds the bridge itself)."""
+        if self.answered or self.is_ended:
+            return
+        self.answered_at = self.now()
+        self._enter("answered")
+        self._limit(DEFAULT_MAX_DURATION)
 
     def change_rate(self, rate: int) -> bool:
         """Run at ``rate`` from now on (a transport whose codec is chosen at answer time). Refused (False)

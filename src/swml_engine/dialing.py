@@ -99,10 +99,13 @@ class FarTransport(Transport):
     # --- progress ----------------------------------------------------------------------------------
 
     def report(self, state: DialState, failure: DialFailure | None = None) -> None:
-        """Move to ``state`` (called by the transport itself); :meth:`next_state` will give it."""
+        """Move to ``state`` (called by the transport itself); :meth:`next_state` will give it. On
+        ``answered`` the transport's call is answered too (``Call.on_answered``), before the dial plan reads it."""
         self.state = state
         if failure is not None:
             self.failure = failure
+        if state == "answered" and self.call is not None:
+            self.call.on_answered()
         self._steps.put_nowait(state)
 
     async def next_state(self) -> DialState:

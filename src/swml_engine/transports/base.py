@@ -47,6 +47,10 @@ class CallSide(Protocol):
         """The party ended the call."""
         ...
 
+    def on_answered(self) -> None:
+        """The far party answered a call the engine placed (``dialing.FarTransport`` reports it)."""
+        ...
+
     def change_rate(self, rate: int) -> bool:
         """Run at ``rate`` from now on; False when audio at the old rate is already in flight."""
         ...
