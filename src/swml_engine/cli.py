@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
     from swml_engine.methods import REGISTRY
     from swml_engine.session import Simulation, simulate
-    from swml_engine.transports.simulated import parse_dtmf_schedule
+    from swml_engine.transports.simulated import PeerScript, parse_dtmf_schedule, parse_peer
 
     try:
         doc = load_file(args.file, methods=REGISTRY)
@@ -126,6 +126,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"swml run: --dtmf: {e}", file=sys.stderr)
         return EXIT_USAGE
+    peers: list[PeerScript] = []
+    for text in args.peer:
+        try:
+            peer = parse_peer(text)
+        except ValueError as e:
+            print(f"swml run: --peer {e}", file=sys.stderr)
+            return EXIT_USAGE
+        for sound in (peer.early, peer.audio):
+            if isinstance(sound, Path) and not sound.is_file():
+                print(f"swml run: --peer {text!r}: no such file: {sound}", file=sys.stderr)
+                return EXIT_USAGE
+        peers.append(peer)
     caller = Path(args.caller_audio) if args.caller_audio else None
     if caller is not None and not caller.is_file():
         print(f"swml run: --caller-audio: no such file: {caller}", file=sys.stderr)
@@ -142,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         envs=_pairs(args.env, "--env"),
         rate=args.rate,
         out=out,
+        peers=peers,
         realtime=args.realtime,
         on_event=progress,
     )
@@ -163,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"steps run: {sum(1 for e in res.events if e['type'] == 'step.end')}, errors: {len(errors)}")
         for ev in errors[:10]:
             print(f"  error at {ev['t']:.2f} s: {ev.get('message')}")
-        print(f"outputs in {out}/: heard.wav, events.jsonl, vars.json")
+        heard = ", ".join(["heard.wav", *(t.heard_path.name for t in res.dialer.placed if t.heard_path)])
+        print(f"outputs in {out}/: {heard}, events.jsonl, vars.json")
     if res.result.error:
         print(f"swml run: {res.result.error}", file=sys.stderr)
         return EXIT_INVALID
@@ -207,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", default="+15557890000", help="call.to")
     r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="a call header")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
+    r.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="DEST=ITEM[,ITEM...]",
+        help="a far party connect can dial (repeat for several); ITEMs: one outcome answer[@T], busy[@T], "
+        "no-answer, reject:CODE[@T], unreachable[@T] (T seconds from the dial, e.g. 3s or 500ms), then "
+        "ring@T, early:WAV (audio before its answer), audio:WAV (from its answer), dtmf:T:DIGITS and "
+        "hangup@T (T seconds from its answer), hangup@end (when its audio ends), rate:16000; e.g. "
+        "'sip:agent@example.com=answer@3s,audio:agent.wav'. Other destinations are unreachable. What "
+        "the n-th peer hears goes to peer-<n>-heard.wav",
+    )
     r.add_argument("--rate", type=int, choices=(8000, 16000), default=8000, help="call sample rate")
     r.add_argument("--out", default="swml-out", metavar="DIR", help="where outputs go (default swml-out)")
     r.add_argument("--realtime", action="store_true", help="follow the wall clock instead of virtual time")

@@ -24,7 +24,7 @@ from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.script.runner import Runner, RunResult
 from swml_engine.transports.base import Transport
-from swml_engine.transports.simulated import CallerScript, SimulatedTransport
+from swml_engine.transports.simulated import CallerScript, PeerScript, SimulatedDialer, SimulatedTransport
 
 
 def call_scope(call: Call, *, from_: str, to: str, headers: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -73,6 +73,8 @@ class Simulation:
     rate: int = 8000
     out: Path | None = None
     realtime: bool = False
+    #: The far parties ``connect`` can reach (``--peer``); any other destination is unreachable.
+    peers: list[PeerScript] = field(default_factory=list)
     allow_file_urls: bool = True
     on_event: Callable[[dict[str, Any]], None] | None = None
     #: Seconds one status callback attempt may take before it is retried.
@@ -88,6 +90,8 @@ class SimResult:
     vars: dict[str, Any]
     duration: float
     call: Call
+    #: The simulated far parties, with every far leg placed (``dialer.placed``).
+    dialer: SimulatedDialer
 
 
 def caller_samples(sim: Simulation) -> Samples | None:
@@ -130,10 +134,12 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         store = RecordingStore(data_dir / "recordings")
         callbacks = CallbackHub(events, timeout=sim.callback_timeout)
         call_id = str(uuid.uuid4())
+        dialer = SimulatedDialer(sim.peers, out)
         options = CallOptions(
             data_dir=data_dir,
             allow_file_urls=sim.allow_file_urls,
             url_resolver=store.resolver_for(call_id),
+            dialer=dialer,
             extra={"callbacks": callbacks},
         )
         call = Call(transport, call_id=call_id, events=events, options=options)
@@ -149,4 +155,4 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
     if out is not None:
         text = json.dumps(jsonable(variables.vars), indent=2, ensure_ascii=False, allow_nan=False)
         (out / "vars.json").write_text(text + "\n")
-    return SimResult(result, events.events, variables.vars, duration, call)
+    return SimResult(result, events.events, variables.vars, duration, call, dialer)

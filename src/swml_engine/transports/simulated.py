@@ -1,9 +1,14 @@
-"""A simulated caller for ``swml run`` and the tests: scripted audio, key presses and hangup.
+"""Simulated parties for ``swml run`` and the tests: a caller, and the far parties ``connect`` dials.
 
 The caller's audio (``--caller-audio``) starts when the call is answered; digits (``--dtmf``) and the
 hangup (``--hangup-at``) happen at fixed seconds from the start of the call. Everything the caller
 hears is written to ``heard.wav`` from the first frame, so a time in ``events.jsonl`` is the same
 time in ``heard.wav``.
+
+A far party (``--peer``, :func:`parse_peer`) is a :class:`PeerScript`: what happens when it is dialled
+(it rings, answers, is busy, rejects, never answers) and, once answered, what it says, presses and when
+it hangs up. :class:`SimulatedDialer` gives ``connect`` one :class:`SimulatedFarTransport` per dial, on
+the call's clock (virtual in ``swml run``), so a bridged script runs offline and the same every time.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import asyncio
 import contextlib
 import re
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
+from swml_engine.dialing import CannotDial, DialFailure, DialTarget, FarTransport
+from swml_engine.media.audio import AudioError, decode
 from swml_engine.media.frame import Frame, Samples, samples_per_frame
 from swml_engine.transports.base import Transport
-from swml_engine.vocabulary import EndReason
+from swml_engine.vocabulary import EndReason, FailReason
 
 #: Gap between digits pressed in one group (``--dtmf 3:123``).
 DIGIT_GAP = 0.25
@@ -152,3 +160,376 @@ class SimulatedTransport(Transport):
         if self._heard is not None:
             self._heard.close()
             self._heard = None
+
+
+# --- simulated far parties (``swml run --peer``) ---------------------------------------------------
+
+#: What a far party does when dialled.
+PeerOutcome = Literal["answer", "busy", "no-answer", "reject", "unreachable"]
+
+#: Longest time a peer spec may name (the 4 h a call may last at most).
+PEER_MAX_SECONDS = 14400.0
+#: Longest --peer text.
+PEER_MAX_TEXT = 4096
+#: What-the-far-party-heard files one --peer writes at most (a script dialling it in a loop).
+PEER_HEARD_FILES = 20
+
+_OUTCOMES: dict[str, PeerOutcome] = {w: w for w in get_args(PeerOutcome)}
+_TIME = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)?$")
+_ITEM_WORDS = (
+    "answer",
+    "busy",
+    "no-answer",
+    "reject",
+    "unreachable",
+    "ring",
+    "early",
+    "audio",
+    "hangup",
+    "dtmf",
+    "rate",
+)
+#: The ``=`` that ends the destination: the first one followed by an item (a SIP URI's ``;p=v`` is not).
+_SPLIT = re.compile(r"=(?=(?:" + "|".join(re.escape(w) for w in _ITEM_WORDS) + r")(?:[@:,]|$))")
+
+#: A reject code → the dial plan's reason for it (connect_failed_reason).
+_REJECT_REASON: dict[int, FailReason] = {486: "busy", 600: "busy", 408: "no_answer", 480: "no_answer"}
+_REJECT_TEXT = {
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+}
+
+PEER_SYNTAX = (
+    "DEST=ITEM[,ITEM...] with one outcome: answer[@T], busy[@T], no-answer, reject:CODE[@T] or "
+    "unreachable[@T] (T seconds from the dial); and optionally ring@T, early:WAV, audio:WAV, "
+    "dtmf:T:DIGITS, hangup@T (T seconds from its answer) or hangup@end, rate:8000|16000"
+)
+
+
+@dataclass(frozen=True)
+class PeerScript:
+    """One simulated far party: what it does when dialled, and once answered.
+
+    Times of the dial (``at``, ``ring_at``) count from the moment it is dialled; times of the
+    conversation (``dtmf``, ``hangup``) from its answer.
+    """
+
+    to: str
+    outcome: PeerOutcome = "answer"
+    #: When the outcome happens (answer, busy, reject, unreachable); none for no-answer.
+    at: float = 0.0
+    #: The SIP status of a reject (400-699).
+    code: int | None = None
+    #: When it starts ringing; None: at once for answer/no-answer, never for the others.
+    ring_at: float | None = None
+    #: What it sends before its answer (early media: a 183 with SDP), from the ring on.
+    early: Path | Samples | None = None
+    #: What it says from its answer.
+    audio: Path | Samples | None = None
+    #: Digits it presses, seconds after its answer (250 ms apart within a group).
+    dtmf: tuple[tuple[float, str], ...] = ()
+    #: When it hangs up: seconds after its answer, ``"end"`` when its audio has played, None never.
+    hangup: float | Literal["end"] | None = None
+    #: Its sample rate (16000: a G.722 far party); None: the caller's.
+    rate: int | None = None
+
+    @property
+    def ring_time(self) -> float | None:
+        if self.ring_at is not None:
+            return self.ring_at
+        return 0.0 if self.outcome in ("answer", "no-answer") else None
+
+
+def _peer_time(text: str, item: str) -> float:
+    m = _TIME.match(text.strip())
+    if m is None:
+        raise ValueError(f"{item!r}: {text!r} is not a time (seconds: 3, 2.5s or 500ms)")
+    value = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+    if value > PEER_MAX_SECONDS:
+        raise ValueError(f"{item!r}: {text!r} is longer than the {PEER_MAX_SECONDS:.0f} s a call may last")
+    return value
+
+
+def parse_peer(text: str) -> PeerScript:
+    """``'sip:agent@example.com=answer@3s,audio:agent.wav'`` → a :class:`PeerScript`; ValueError says
+    what is wrong (see :data:`PEER_SYNTAX`). Audio files are named, not read: see :class:`SimulatedDialer`."""
+    if len(text) > PEER_MAX_TEXT:
+        raise ValueError(f"{text[:40]!r}...: longer than {PEER_MAX_TEXT} characters")
+    m = _SPLIT.search(text)
+    if m is None:
+        raise ValueError(f"{text!r}: write {PEER_SYNTAX}")
+    to, items = text[: m.start()].strip(), [i.strip() for i in text[m.end() :].split(",")]
+    if not to:
+        raise ValueError(f"{text!r}: the destination before '=' is empty")
+    peer = PeerScript(to=to)
+    outcome: PeerOutcome | None = None
+    dtmf: list[tuple[float, str]] = []
+    for item in items:
+        word, _, arg = item.partition(":")
+        word, _, at = word.partition("@")
+        if word in _OUTCOMES:
+            if outcome is not None:
+                raise ValueError(f"{item!r}: the peer already has an outcome ({outcome}); give one")
+            outcome = _OUTCOMES[word]
+            if word == "reject":
+                arg, _, at = arg.partition("@")
+                if not arg.isdigit() or not 400 <= int(arg) <= 699:
+                    raise ValueError(f"{item!r}: reject:CODE takes a SIP status from 400 to 699")
+                peer = replace(peer, code=int(arg))
+            elif arg:
+                raise ValueError(f"{item!r}: {word} takes no ':' argument")
+            if at:
+                if word == "no-answer":
+                    raise ValueError(f"{item!r}: no-answer rings until the dial plan gives up; it takes no time")
+                peer = replace(peer, at=_peer_time(at, item))
+        elif word == "ring" and at and not arg:
+            peer = replace(peer, ring_at=_peer_time(at, item))
+        elif word == "early" and arg and not at:
+            peer = replace(peer, early=Path(arg))
+        elif word == "audio" and arg and not at:
+            peer = replace(peer, audio=Path(arg))
+        elif word == "hangup" and at and not arg:
+            peer = replace(peer, hangup="end" if at == "end" else _peer_time(at, item))
+        elif word == "dtmf" and arg and not at:
+            try:
+                dtmf.extend(parse_dtmf_schedule(arg))
+            except ValueError as e:
+                raise ValueError(f"{item!r}: {e}") from None
+            if dtmf[-1][0] > PEER_MAX_SECONDS:
+                raise ValueError(f"{item!r}: later than the {PEER_MAX_SECONDS:.0f} s a call may last")
+        elif word == "rate" and arg in ("8000", "16000") and not at:
+            peer = replace(peer, rate=int(arg))
+        else:
+            raise ValueError(f"{item!r} is not an item of {PEER_SYNTAX}")
+    if outcome is None:
+        raise ValueError(f"{text!r}: say what the peer does: answer[@T], busy, no-answer, reject:CODE or unreachable")
+    if outcome != "answer" and (peer.audio is not None or peer.hangup is not None or dtmf):
+        raise ValueError(f"{text!r}: audio, dtmf and hangup happen after an answer; this peer does not answer")
+    return replace(peer, outcome=outcome, dtmf=tuple(sorted(dtmf)))
+
+
+class SimulatedFarTransport(FarTransport):
+    """A far party played from a :class:`PeerScript`, on its call's clock.
+
+    :meth:`dial` schedules the dial's steps (ringing, early media, the outcome) from now; at its answer
+    the far party's audio starts, its digits and hangup are scheduled from then. What the far party
+    hears is written to ``heard`` (mono WAV at its rate) from the far call's first frame.
+    """
+
+    kind = "sip"
+
+    def __init__(
+        self,
+        target: DialTarget,
+        peer: PeerScript,
+        rate: int,
+        *,
+        audio: Samples | None = None,
+        early: Samples | None = None,
+        heard: Path | None = None,
+    ) -> None:
+        super().__init__(target)
+        self.peer = peer
+        self.rate = rate
+        self._audio = audio
+        self._early = early
+        self._heard = HeardWriter(heard, rate) if heard is not None else None
+        self.heard_path = heard
+        self._n = samples_per_frame(rate)
+        #: What the far party sends now, and how far into it.
+        self._sending: Samples | None = None
+        self._pos = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self.sent_digits: list[str] = []
+        self.hangup_reason: EndReason | None = None
+
+    # --- dialling ----------------------------------------------------------------------------------
+
+    def _at(self, delay: float, fn: object, *args: object) -> None:
+        loop = self.call.loop if self.call is not None else asyncio.get_running_loop()
+        self._timers.append(loop.call_later(delay, fn, *args))  # type: ignore[arg-type]
+
+    def dial(self) -> None:
+        peer = self.peer
+        ring = peer.ring_time
+        if ring is not None and (peer.outcome == "no-answer" or ring < peer.at):
+            self._at(ring, self._ring)
+        if peer.outcome == "answer":
+            self._at(peer.at, self._answer)
+        elif peer.outcome != "no-answer":
+            self._at(peer.at, self._fail)
+
+    def _ring(self) -> None:
+        if self.settled:
+            return
+        self.report("ringing")
+        if self._early is not None:
+            self._sending, self._pos = self._early, 0
+            self.report("early_media")
+
+    def _answer(self) -> None:
+        if self.settled:
+            return
+        self._sending, self._pos = self._audio, 0
+        self.report("answered")
+        call = self.call
+        if call is None:
+            return
+        for t, digit in self.peer.dtmf:
+            self._at(t, self._press, digit)
+        hangup = self.peer.hangup
+        if hangup == "end":
+            played = 0.0 if self._audio is None else len(self._audio) / self.rate
+            self._at(played, self._hang_up)
+        elif hangup is not None:
+            self._at(hangup, self._hang_up)
+
+    def _fail(self) -> None:
+        if self.settled:
+            return
+        peer = self.peer
+        if peer.outcome == "busy":
+            failure = DialFailure("busy", 486, "Busy Here")
+        elif peer.outcome == "reject" and peer.code is not None:
+            reason = _REJECT_REASON.get(peer.code, "rejected")
+            failure = DialFailure(reason, peer.code, _REJECT_TEXT.get(peer.code, "Rejected"))
+        else:
+            failure = DialFailure("unreachable", None, f"{peer.to} is unreachable (--peer ...=unreachable)")
+        self._stop()
+        self.report("failed", failure)
+
+    def _press(self, digit: str) -> None:
+        if self.call is not None and self.state == "answered":
+            self.call.on_dtmf(digit)
+
+    def _hang_up(self) -> None:
+        if self.state != "answered":
+            return
+        self._stop()
+        self.report("ended")
+        if self.call is not None:
+            self.call.on_remote_hangup("hangup")
+
+    def cancel(self) -> None:
+        if self.state in ("failed", "ended"):
+            return
+        answered = self.state == "answered"
+        self._stop()
+        if answered:
+            self.report("ended")
+        else:
+            self.report("failed", DialFailure("cancelled", 487, "Request Terminated"))
+
+    def _stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._sending = None
+
+    # --- media ---------------------------------------------------------------------------------------
+
+    def read_speak(self) -> Frame | None:
+        audio = self._sending
+        if audio is None or self._pos >= len(audio):
+            return None
+        frame = audio[self._pos : self._pos + self._n]
+        self._pos += self._n
+        if len(frame) < self._n:
+            frame = np.concatenate([frame, np.zeros(self._n - len(frame), dtype=np.int16)])
+        return frame
+
+    def skip(self, frames: int) -> None:
+        self._pos += frames * self._n
+
+    def write_listen(self, frame: Frame) -> None:
+        heard = self._heard
+        if heard is not None:
+            heard.write(frame)
+            if heard.error is not None and self.call is not None:
+                self.call.events.emit("error", where=str(self.heard_path), message=heard.error)
+                heard.close()
+                self._heard = None
+
+    async def hangup(self, reason: EndReason) -> None:
+        """Our side ends the far call (the dial plan or the bridge is done with it)."""
+        self.hangup_reason = reason
+        self.cancel()
+
+    async def send_dtmf(self, digit: str, duration: float) -> None:
+        self.sent_digits.append(digit)
+        await asyncio.sleep(duration)
+
+    async def close(self) -> None:
+        self._stop()
+        if self._heard is not None:
+            self._heard.close()
+            self._heard = None
+
+
+class SimulatedDialer:
+    """The far parties of one simulated call (``swml run --peer``): a :class:`~swml_engine.dialing.Dialer`.
+
+    A destination is matched exactly against each peer's (the first given wins). A destination with no
+    peer cannot be dialled (``unreachable``). When ``out`` is given, what the n-th peer heard goes to
+    ``peer-<n>-heard.wav`` there (``peer-<n>-heard-<k>.wav`` for its k-th dial, up to
+    :data:`PEER_HEARD_FILES`). Audio files are decoded at the far leg's rate on first use.
+    """
+
+    def __init__(self, peers: list[PeerScript], out: Path | None = None) -> None:
+        self.peers = list(peers)
+        self.out = out
+        self._dials = [0] * len(self.peers)
+        self._decoded: dict[tuple[int, int, str], Samples] = {}
+        #: Every far transport placed, in order (tests look at what each heard and was sent).
+        self.placed: list[SimulatedFarTransport] = []
+
+    def place(self, target: DialTarget, rate: int) -> SimulatedFarTransport:
+        index = next((i for i, p in enumerate(self.peers) if p.to == target.to), None)
+        if index is None:
+            raise CannotDial(
+                DialFailure(
+                    "unreachable",
+                    text=f"no simulated far party answers {target.to}: add --peer '{target.to}=answer@1s' to swml run",
+                )
+            )
+        peer = self.peers[index]
+        far_rate = peer.rate or rate
+        self._dials[index] += 1
+        heard = None
+        dials = self._dials[index]
+        if self.out is not None and dials <= PEER_HEARD_FILES:
+            suffix = "" if dials == 1 else f"-{dials}"
+            heard = self.out / f"peer-{index + 1}-heard{suffix}.wav"
+        transport = SimulatedFarTransport(
+            target,
+            peer,
+            far_rate,
+            audio=self._samples(index, peer.audio, far_rate, "audio"),
+            early=self._samples(index, peer.early, far_rate, "early"),
+            heard=heard,
+        )
+        self.placed.append(transport)
+        return transport
+
+    def _samples(self, index: int, source: Path | Samples | None, rate: int, what: str) -> Samples | None:
+        if source is None or not isinstance(source, Path):
+            return source
+        key = (index, rate, what)
+        if key not in self._decoded:
+            try:
+                self._decoded[key] = decode(source, rate)
+            except (AudioError, OSError) as e:
+                raise CannotDial(
+                    DialFailure("error", text=f"--peer {self.peers[index].to}: {what}:{source}: {e}")
+                ) from None
+        return self._decoded[key]
