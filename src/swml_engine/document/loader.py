@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from swml_engine.document.model import Block, Document, MethodTable, Step
-from swml_engine.document.params import describe
+from swml_engine.document.params import NotSupported, describe
 from swml_engine.errors import DocumentError, ParamError
 
 #: Every calling method named by the official SWML schema (SWMLObject.json, $defs.SWMLMethod).
@@ -314,7 +314,9 @@ class _Loader:
         except ParamError as e:
             self.errors.append(e)
             return None
-        self.errors.extend(method.check(params, where))
+        for error in method.check(params, where):
+            # A value the reference allows but this engine does not run counts as an unsupported method does.
+            (self.unsupported if isinstance(error, NotSupported) else self.errors).append(error)
         return Step(name, params, path)
 
 

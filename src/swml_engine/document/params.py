@@ -47,6 +47,14 @@ def describe(value: object) -> str:
     return str(value)
 
 
+class NotSupported(ParamError):
+    """A value the SWML reference allows but this engine does not run (a ``connect`` to a queue, say):
+    the loader reports it as it reports an unsupported method (``swml validate`` exit 3), not as invalid."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(path, f"{what}: not supported by this engine")
+
+
 class Spec:
     """Checks one value; returns it converted (numeric strings to numbers, ...) or raises ParamError."""
 
@@ -237,9 +245,10 @@ class MapOf(Spec):
         return value
 
 
-def param(spec: Spec, *, default: Any = dataclasses.MISSING, required: bool = False) -> Any:
-    """Declare a parameter field of a method's params dataclass."""
-    meta = {"spec": spec, "required": required}
+def param(spec: Spec, *, default: Any = dataclasses.MISSING, required: bool = False, key: str | None = None) -> Any:
+    """Declare a parameter field of a method's params dataclass; ``key``: the name written in documents
+    when it cannot be the field's (``from``, a Python keyword)."""
+    meta = {"spec": spec, "required": required, "key": key}
     if default is dataclasses.MISSING and not required:
         default = None
     if isinstance(default, list | dict):
@@ -252,7 +261,8 @@ P = TypeVar("P")
 
 
 def _fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+    """The fields of ``cls`` by the name documents write them with."""
+    return {f.metadata.get("key") or f.name: f for f in dataclasses.fields(cls)}
 
 
 def _unknown_key(key: str, fields: Mapping[str, object], path: str) -> ParamError:
@@ -290,9 +300,9 @@ def parse_params(cls: type[P], raw: object, path: str) -> P:
             raise _unknown_key(str(key), fields, path)
         if value is None and not f.metadata.get("required"):
             continue  # an explicit null means "use the default"
-        values[str(key)] = cast(Spec, f.metadata["spec"]).check(value, f"{path}.{key}")
+        values[f.name] = cast(Spec, f.metadata["spec"]).check(value, f"{path}.{key}")
     for name, f in fields.items():
-        if f.metadata.get("required") and name not in values:
+        if f.metadata.get("required") and f.name not in values:
             raise ParamError(f"{path}.{name}", "is required")
     return cls(**values)
 

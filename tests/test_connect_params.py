@@ -1,0 +1,277 @@
+"""connect's parameters are checked when the document loads: the four shapes, every property of
+connect.mdx, each error naming its place, and the destinations this engine does not dial reported
+"not supported" (swml validate's exit 3) rather than invalid."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from swml_engine.document.loader import load_document, load_text
+from swml_engine.document.model import Document
+from swml_engine.errors import DocumentError
+from swml_engine.methods import REGISTRY
+from swml_engine.methods.connect import MAX_DESTINATIONS, MAX_PARALLEL, Connect, ConnectParams, DestinationParams
+
+METHODS = {**REGISTRY, "connect": Connect()}
+
+
+def load(connect: object, *before: object) -> Document:
+    return load_document({"sections": {"main": [*before, {"connect": connect}]}}, methods=METHODS)
+
+
+def problems(connect: object) -> tuple[list[str], list[str]]:
+    """(errors, unsupported) as `swml validate` prints them."""
+    try:
+        load(connect)
+    except DocumentError as e:
+        return [str(x) for x in e.errors], [str(x) for x in e.unsupported]
+    return [], []
+
+
+def errors(connect: object) -> list[str]:
+    return problems(connect)[0]
+
+
+def test_each_shape_loads_with_its_defaults() -> None:
+    for connect in (
+        {"to": "sip:alice@example.com"},
+        {"serial": [{"to": "+15551230001"}, {"to": "sip:bob@example.com"}]},
+        {"parallel": [{"to": "+15551230001"}, {"to": "sips:bob@example.com:5061;transport=tls"}]},
+        {"serial_parallel": [[{"to": "+15551230001"}, {"to": "+15551230002"}], [{"to": "+15551230003"}]]},
+    ):
+        doc = load(connect)
+        step = doc.sections["main"][0]
+        p = METHODS["connect"].parse(step.params, step.where)
+        assert isinstance(p, ConnectParams)
+        assert (p.answer_on_bridge, p.max_duration, p.timeout, p.call_state_events) == (False, 14400, None, None)
+    p = METHODS["connect"].parse(
+        load({"serial_parallel": [[{"to": "+15551230001"}, {"to": "+15551230002"}], [{"to": "+15551230003"}]]})
+        .sections["main"][0]
+        .params,
+        "x",
+    )
+    assert [[d.to for d in g if isinstance(d, DestinationParams)] for g in p.groups()] == [
+        ["+15551230001", "+15551230002"],
+        ["+15551230003"],
+    ]
+
+
+def test_every_property_of_the_reference_is_accepted_at_both_levels() -> None:
+    leg: dict[str, Any] = {
+        "from": "+15551112222",
+        "from_name": "Support Team",
+        "username": "u",
+        "password": "p",
+        "timeout": 20,
+        "call_state_events": ["created", "ringing", "answered", "ended"],
+        "call_state_url": "https://user:pw@example.com/state",
+        "confirm": [{"prompt": {"play": "say:Press 1", "max_digits": 1}}, {"hangup": {}}],
+        "confirm_timeout": 15,
+        "encryption": "optional",
+        "headers": [{"name": "X-Account", "value": "42"}],
+        "codecs": "PCMU,G722",
+        "session_timeout": 1800,
+        "webrtc_media": False,
+    }
+    top = {
+        **leg,
+        "answer_on_bridge": True,
+        "max_duration": 600,
+        "ringback": ["ring:us", "say:Please hold"],
+        "status_url": "https://example.com/connect",
+        "transfer_after_bridge": "https://example.com/after",
+        "result": {"case": {"connected": [{"hangup": {}}]}},
+    }
+    load({**top, "parallel": [{"to": "sip:a@example.com", **leg}, {"to": "+15551230001"}]})
+    load({**top, "to": "sip:a@example.com"})
+
+
+def test_exactly_one_shape() -> None:
+    assert errors({"from": "+15551112222"}) == [
+        "sections.main[0].connect: give exactly one of to, serial, parallel or serial_parallel (found none)"
+    ]
+    assert errors({"to": "+15551230001", "serial": [{"to": "+15551230002"}]}) == [
+        "sections.main[0].connect: give exactly one of to, serial, parallel or serial_parallel (found to, serial)"
+    ]
+
+
+def test_errors_name_the_destination_they_are_in() -> None:
+    found = errors({"serial_parallel": [[{"to": "+15551230001"}], [{"to": "alice@example.com"}, {"to": "+1555"}]]})
+    assert found == [
+        "sections.main[0].connect.serial_parallel[1][0].to: 'alice@example.com' is not a destination: give a phone "
+        "number in E.164 form (+15551234567) or a sip: URI",
+    ]
+    assert errors({"parallel": [{"to": "+15551230001", "timeout": 0}]}) == [
+        "sections.main[0].connect.parallel[0].timeout: 0 is below the minimum 1 seconds"
+    ]
+    assert errors({"serial": [{"to": "sip:@example.com"}]}) == [
+        "sections.main[0].connect.serial[0].to: 'sip:@example.com' is not a SIP URI: 'sip:@example.com': an empty "
+        "user before '@'"
+    ]
+    assert errors({"serial": [{"from_": "+1555", "to": "+15551230001"}]})[0].startswith(
+        "sections.main[0].connect.serial[0].from_: unknown parameter; expected one of"
+    )
+    assert errors({"to": "+15551230001", "call_state_events": ["answered", "hungup"]}) == [
+        "sections.main[0].connect.call_state_events[1]: 'hungup' is not one of 'created', 'ringing', 'answered', 'ended'"
+    ]
+    assert errors({"serial": []}) == ["sections.main[0].connect.serial: needs at least 1 item(s)"]
+    assert errors({"serial": [{"from": "+15551112222"}]}) == ["sections.main[0].connect.serial[0].to: is required"]
+
+
+def test_phone_numbers_are_e164() -> None:
+    assert errors({"to": "+15551231234"}) == []
+    for bad in ("+1XXXXXXXXXX", "+0123", "+1234567890123456", "+1 555 123 1234"):
+        (found,) = errors({"to": bad})
+        assert "is not a phone number in E.164 form: + then up to 15 digits" in found, bad
+    assert errors({"to": "5551231234"}) == [
+        "sections.main[0].connect.to: '5551231234' is not a destination: give a phone number in E.164 form "
+        "(+15551234567) or a sip: URI"
+    ]
+
+
+def test_placeholders_are_checked_when_the_step_runs() -> None:
+    assert (
+        errors({"to": "sip:%{call.to}@example.com", "timeout": "${t}", "headers": [{"name": "X-A", "value": "${v}"}]})
+        == []
+    )
+    assert errors({"parallel": [{"to": "${meta.target}"}]}) == []
+
+
+@pytest.mark.parametrize(
+    ("connect", "expected"),
+    [
+        (
+            {"to": "queue:support"},
+            "sections.main[0].connect.to: 'queue:support' (a queue): not supported by this engine",
+        ),
+        (
+            {"serial": [{"to": "+15551230001"}, {"to": "stream:wss://example.com/audio"}]},
+            "sections.main[0].connect.serial[1].to: 'stream:wss://example.com/audio' (a WebSocket stream): not "
+            "supported by this engine",
+        ),
+        (
+            {"to": "/public/test_room"},
+            "sections.main[0].connect.to: '/public/test_room' (a Resource Address): not supported by this engine",
+        ),
+        (
+            {"to": "+15551230001", "encryption": "mandatory"},
+            "sections.main[0].connect.encryption: 'mandatory' (SRTP media encryption): not supported by this engine",
+        ),
+        (
+            {"parallel": [{"to": "+15551230001", "webrtc_media": True}]},
+            "sections.main[0].connect.parallel[0].webrtc_media: true (WebRTC media): not supported by this engine",
+        ),
+    ],
+)
+def test_what_this_engine_does_not_do_is_unsupported_not_invalid(connect: object, expected: str) -> None:
+    assert problems(connect) == ([], [expected])
+
+
+def test_unsupported_and_invalid_together_is_invalid() -> None:
+    found, unsupported = problems({"serial": [{"to": "queue:a"}, {"to": "nobody"}]})
+    assert len(found) == 1 and "serial[1].to" in found[0]
+    assert len(unsupported) == 1 and "serial[0].to" in unsupported[0]
+
+
+def test_sizes_are_bounded() -> None:
+    many = [{"to": f"+1555123{i:04d}"} for i in range(MAX_DESTINATIONS + 1)]
+    assert f"{MAX_DESTINATIONS + 1} destinations; at most {MAX_DESTINATIONS}" in errors({"serial": many})[0]
+    wide = [{"to": f"+1555123{i:04d}"} for i in range(MAX_PARALLEL + 1)]
+    assert errors({"serial_parallel": [[{"to": "+15551230001"}], wide]}) == [
+        f"sections.main[0].connect.serial_parallel[1]: {MAX_PARALLEL + 1} destinations dialled at once; "
+        f"at most {MAX_PARALLEL}"
+    ]
+    headers = [{"name": f"X-H{i}", "value": "v"} for i in range(40)]
+    assert errors({"to": "+15551230001", "headers": headers}) == [
+        "sections.main[0].connect.headers: 40 headers; at most 32"
+    ]
+    assert (
+        "longer than 1024 characters"
+        in errors({"to": "+15551230001", "headers": [{"name": "X-A", "value": "v" * 2000}]})[0]
+    )
+    assert errors({"to": "+15551230001", "timeout": 7200}) == [
+        "sections.main[0].connect.timeout: 7200 is above the maximum 3600 seconds"
+    ]
+    assert "holds a line break" in errors({"to": "+15551230001", "from_name": "A\r\nVia: x"})[0]
+
+
+def test_headers_the_engine_writes_are_refused() -> None:
+    assert errors({"to": "sip:a@example.com", "headers": [{"name": "Call-ID", "value": "x"}]}) == [
+        "sections.main[0].connect.headers[0].name: 'Call-ID' is written by the engine; use a header of your own (X-...)"
+    ]
+    assert errors({"to": "sip:a@example.com", "headers": [{"name": "X Bad", "value": "x"}]}) == [
+        "sections.main[0].connect.headers[0].name: 'X Bad' is not a SIP header name (letters, digits, -)"
+    ]
+    assert errors({"to": "sip:a@example.com", "headers": [{"name": "X-A"}]}) == [
+        "sections.main[0].connect.headers[0].value: is required"
+    ]
+
+
+def test_credentials_go_in_pairs_after_inheritance() -> None:
+    assert errors({"username": "u", "serial": [{"to": "sip:a@example.com", "password": "p"}]}) == []
+    assert errors({"serial": [{"to": "sip:a@example.com", "username": "u"}]}) == [
+        "sections.main[0].connect.serial[0]: username and password go together (the far end's digest challenge is "
+        "answered with them): give both, or neither"
+    ]
+
+
+def test_codecs_are_names_answer_knows() -> None:
+    assert errors({"serial": [{"to": "sip:a@example.com", "codecs": "PCMU"}]}) == []
+    assert errors({"to": "sip:a@example.com", "codecs": "PCMU,SPEEX"}) == [
+        "sections.main[0].connect.codecs: unknown codec(s) SPEEX; known: PCMU, PCMA, G722, G729, AMR-WB, OPUS, VP8, H264"
+    ]
+
+
+def test_confirm_is_a_url_or_steps_that_make_sense_on_a_far_leg() -> None:
+    assert errors({"to": "+15551230001", "confirm": "https://example.com/confirm"}) == []
+    assert errors({"to": "+15551230001", "confirm": "your-recording-script-url"})[0].startswith(
+        "sections.main[0].connect.confirm: "
+    )
+    assert errors({"to": "+15551230001", "confirm": [{"goto": {"label": "x"}}]}) == [
+        "sections.main[0].connect.confirm[0].goto: goto cannot run in confirm (on the far leg); use one of cond, "
+        "denoise, hangup, play, prompt, record, record_call, send_digits, send_sms, set, stop_denoise, "
+        "stop_record_call, stop_stream, stop_tap, stream, tap, unset"
+    ]
+    # The steps of a confirm list are checked as any steps are.
+    assert errors({"parallel": [{"to": "+15551230001", "confirm": [{"play": {"volume": 3}}]}]}) == [
+        "sections.main[0].connect.parallel[0].confirm[0].play: give exactly one of url (one sound) or urls (a list "
+        "of sounds)"
+    ]
+
+
+def test_result_is_a_switch_on_connect_result_or_a_cond() -> None:
+    doc = load({"to": "+15551230001", "result": {"case": {"failed": [{"hangup": {}}]}}})
+    kind, params = doc.sections["main"][0].params["result"]
+    assert kind == "switch" and params["variable"] == "connect_result"
+    doc = load({"to": "+15551230001", "result": [{"when": "connect_result == 'failed'", "then": [{"hangup": {}}]}]})
+    assert doc.sections["main"][0].params["result"][0] == "cond"
+    assert errors({"to": "+15551230001", "result": "connected"}) == [
+        "sections.main[0].connect.result: 'connected' is not a switch object or a cond list"
+    ]
+
+
+def test_transfer_after_bridge_is_a_url_or_an_inline_document() -> None:
+    inline = json.dumps({"sections": {"main": [{"play": {"url": "say:bye"}}]}})
+    assert errors({"to": "+15551230001", "transfer_after_bridge": inline}) == []
+    bad = json.dumps({"sections": {"main": [{"play": {}}]}})
+    (found,) = errors({"to": "+15551230001", "transfer_after_bridge": bad})
+    assert found.startswith("sections.main[0].connect.transfer_after_bridge: inline SWML: ")
+    assert errors({"to": "+15551230001", "transfer_after_bridge": "ftp://example.com/x"})[0].startswith(
+        "sections.main[0].connect.transfer_after_bridge: "
+    )
+
+
+def test_connect_inside_a_cond_is_checked_too() -> None:
+    with pytest.raises(DocumentError) as e:
+        load_text(
+            "sections:\n  main:\n    - cond:\n        - when: 'true'\n          then:\n"
+            "            - connect: {to: 'queue:x'}\n",
+            methods=METHODS,
+        )
+    assert not e.value.errors
+    assert [str(u) for u in e.value.unsupported] == [
+        "sections.main[0].cond[0].then[0].connect.to: 'queue:x' (a queue): not supported by this engine"
+    ]
