@@ -29,7 +29,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -208,6 +208,8 @@ class ServerCall:
     retransmitter: TwoXxRetransmitter | None = None
     #: A re-INVITE the application has not answered yet, and its transaction.
     reinvite: tuple[Request, ServerTransaction] | None = None
+    #: Who serves requests of other methods in the dialog, by method (a REFER's NOTIFYs: refer.py).
+    handlers: dict[str, RequestHandler] = field(default_factory=dict)
 
     @property
     def call_id(self) -> str:
@@ -261,6 +263,13 @@ class DialogOwner(Protocol):
     def on_stray_response(self, response: Response, now: float) -> None:
         """An answer to one of the call's requests whose transaction has ended (a 2xx retransmitted
         after Timer M, or a fork's 2xx after it)."""
+
+
+class RequestHandler(Protocol):
+    """Who serves one method's requests in the dialog of a call we answered (:meth:`UserAgent.serve_in_dialog`)."""
+
+    def on_request(self, request: Request, tx: ServerTransaction, peer: Peer, now: float) -> None:
+        """A request the dialog took (its CSeq in order): answer it through ``tx`` (:meth:`UserAgent.respond`)."""
 
 
 class Timed(Protocol):
@@ -380,7 +389,7 @@ class UserAgent:
             request,
             transport=peer.transport.value,
             datagram=datagram,
-            allowed=self.policy.allowed,
+            allowed=self._allowed_for(request),
             supported=self.policy.supported,
         )
         if rejection is not None and rejection.drop:
@@ -530,6 +539,8 @@ class UserAgent:
             self._event(ReInvite(call, request))
         elif method == Method.OPTIONS:
             self._respond(call, tx, request, 200, now, headers=self._capabilities())
+        elif method in call.handlers:
+            call.handlers[method].on_request(request, tx, peer, now)
         else:
             headers = (("Allow", allow_header(self.policy.allowed)),)
             self._respond(call, tx, request, 405, now, headers=headers)
@@ -613,6 +624,19 @@ class UserAgent:
         """Where answers to ``request`` from ``peer`` go (RFC 3261 §18.2.2, RFC 3581)."""
         return _reply_destination(request, peer)
 
+    def serve_in_dialog(self, call: ServerCall, method: str, handler: RequestHandler) -> None:
+        """Hand ``method``'s requests in ``call``'s dialog to ``handler`` (a REFER's NOTIFYs) while the call
+        lasts, or until :meth:`unserve_in_dialog`. Our Allow does not change: the method is taken there only."""
+        call.handlers[method] = handler
+
+    def unserve_in_dialog(self, call: ServerCall, method: str, handler: RequestHandler) -> None:
+        if call.handlers.get(method) is handler:
+            del call.handlers[method]
+
+    def target(self, uri: Uri, peer: Peer) -> Target:
+        """Where a request of ours to ``uri`` goes in the dialog of a call that came from ``peer``."""
+        return self._target(uri, peer)
+
     def own_dialogs(self, call_id: str, local_tag: str, owner: DialogOwner) -> None:
         """Route the dialogs of (``call_id``, ``local_tag``) to ``owner`` until :meth:`disown_dialogs`."""
         if len(self._owned) >= self.max_calls and (call_id, local_tag) not in self._owned:
@@ -657,6 +681,20 @@ class UserAgent:
         return NameAddr(uri=Uri("sip", host=host, user=user, port=port or None, params=params))
 
     # --- internals ---------------------------------------------------------------------------------------
+
+    def _allowed_for(self, request: Request) -> frozenset[str]:
+        """The methods served for ``request``: the policy's, and its own method when a handler serves it in
+        its dialog (:meth:`serve_in_dialog`)."""
+        allowed = self.policy.allowed
+        if request.method in allowed:
+            return allowed
+        try:
+            call = self._calls.get(dialog_id_of(request))
+        except BadHeader:
+            return allowed
+        if call is None or request.method not in call.handlers:
+            return allowed
+        return allowed | {request.method}
 
     def _server_transaction(self, request: Request, peer: Peer, now: float) -> ServerTransaction | None:
         if server_key(request) is None:
