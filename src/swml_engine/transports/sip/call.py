@@ -12,21 +12,26 @@ INVITE, with credentials, becomes the one we answer.
 
 The leg is one explicit state (:class:`LegState`), moved only along :data:`_MOVES`; SIP itself (the
 answers, their retransmissions, the dialog) is the core's (useragent.py), reached through the endpoint.
+
+Its media is a :class:`SipMedia`, which the legs the engine places (outbound.py) use too: the RTP stream,
+offer/answer and the call's rate following the codec, DTMF both ways, re-offers, and the RTP timeout that
+ends a leg whose far end vanished without a BYE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from enum import StrEnum
 from typing import Any
 
 from swml_engine.logs import CallLog
-from swml_engine.media.frame import Frame
+from swml_engine.media.frame import FRAME_SECONDS, Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
-from swml_engine.transports.base import Transport
+from swml_engine.transports.base import CallSide, Transport
 from swml_engine.transports.sip.auth import DigestChallenge, Verdict
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
@@ -102,27 +107,267 @@ class SipReject(Exception):
         self.why = why
 
 
+class SipMedia:
+    """One SIP leg's media, whichever side placed the call: the caller's leg (:class:`SipCallTransport`)
+    and the legs the engine places (outbound.py) share it.
+
+    It holds the RTP stream, the peer's latest SDP (``remote``: its offer, or its answer to ours) and what
+    offer/answer agreed (``media``). The call runs at the chosen codec's rate when it can (see
+    :meth:`follow_codec_rate`). DTMF: RFC 4733 events when the peer takes them, else the tones in the
+    audio, both ways. Once :meth:`watch` is called (at the answer), a peer that should send audio and
+    sends nothing at all for ``rtp_timeout`` seconds of the call's media clock is taken for gone
+    (``on_timeout``): a phone that lost power or a network, or a killed far end, sends no BYE.
+    """
+
+    def __init__(
+        self,
+        owner: Transport,
+        rate: int,
+        rtp_host: str,
+        sdp_host: str,
+        *,
+        signalling_host: str | None,
+        sip_call_id: str,
+        rtp_timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        #: The transport this is the media of: its call gets digits, rate changes and events.
+        self.owner = owner
+        owner.rate = rate
+        #: The RTP socket binds here (maybe a wildcard); our SDP says ``sdp_host``, an address the peer reaches.
+        self.rtp_host = rtp_host
+        self.sdp_host = sdp_host
+        self.sip_call_id = sip_call_id
+        #: The SIP source is where the peer's media is expected from too (with the SDP address).
+        self.rtp = RtpStream(rate, self._on_digit, signalling_host=signalling_host)
+        self.session = SessionVersion()
+        self.media: Media | None = None
+        self.remote: Offer | None = None
+        self._inband: InbandDtmfDetector | None = None
+        self._timeout_ticks = round(rtp_timeout / FRAME_SECONDS) if rtp_timeout else 0
+        self._on_timeout = on_timeout
+        self._watching = False
+        #: Datagrams seen at the last tick, and ticks since the count last moved.
+        self._heard = -1
+        self._silent = 0
+
+    @property
+    def call(self) -> CallSide | None:
+        return self.owner.call
+
+    @property
+    def log(self) -> CallLog:
+        call = self.owner.call
+        return CallLog(log, call.call_id if call is not None else None, self.sip_call_id)
+
+    async def bind(self, ports: tuple[int, int]) -> None:
+        await self.rtp.bind(self.rtp_host, ports)
+
+    @property
+    def sdp_local(self) -> tuple[str, int]:
+        """Our media address as the SDP gives it (c=/o=, m= port)."""
+        return (self.sdp_host, self.rtp.local[1])
+
+    # --- frames -----------------------------------------------------------------------------------
+
+    def _on_digit(self, digit: str) -> None:
+        call = self.owner.call
+        if call is not None:
+            call.loop.call_soon(call.on_dtmf, digit)
+
+    def read(self) -> Frame | None:
+        """The peer's next 20 ms (a tick of the call's media clock)."""
+        if self._watching:
+            self._watch()
+        frame = self.rtp.read()
+        if frame is not None and self._inband is not None:
+            digit = self._inband.feed(frame)
+            if digit is not None:
+                self._on_digit(digit)
+        return frame
+
+    def write(self, frame: Frame) -> None:
+        self.rtp.write(frame)
+
+    def skip(self, frames: int) -> None:
+        self.rtp.skip(frames)
+
+    async def send_dtmf(self, digit: str, duration: float) -> None:
+        call = self.owner.call
+        if self._inband is not None and call is not None:  # the peer takes no events: tones, in-band
+            await call.play_frames(dtmf_frames(digit, duration, call.rate))
+            return
+        await self.rtp.send_digit(digit, duration)
+
+    def close(self) -> None:
+        """Close the socket; the call's log gets what the network did to it."""
+        self._watching = False
+        self.rtp.close()
+        call = self.owner.call
+        if call is not None:
+            stats = asdict(self.rtp.stats)
+            stats["send_jitter_p99_ms"] = self.rtp.stats.send_jitter_p99()
+            del stats["send_deviation_ms"]
+            call.events.emit("rtp.stats", **stats)
+
+    # --- the RTP timeout ------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """From now on (the answer), a peer that falls silent for the RTP timeout is gone."""
+        self._watching = self._timeout_ticks > 0 and self._on_timeout is not None
+
+    def _watch(self) -> None:
+        """Counted in ticks of the media clock, not in wall time: a loaded loop that skips ticks never
+        ends a call. Any datagram counts (even a foreign or malformed one: the call is kept rather than
+        cut); a peer on hold — told not to send — is not counted."""
+        media = self.media
+        if media is None or media.direction not in ("sendrecv", "recvonly"):
+            self._silent = 0
+            return
+        stats = self.rtp.stats
+        heard = stats.received + stats.malformed + stats.foreign
+        if heard != self._heard:
+            self._heard, self._silent = heard, 0
+            return
+        self._silent += 1
+        if self._silent == self._timeout_ticks and self._on_timeout is not None:
+            self._watching = False
+            seconds = self._timeout_ticks * FRAME_SECONDS
+            self.log.info("call %s: no RTP for %g s: the far end is taken for gone", self.sip_call_id, seconds)
+            call = self.owner.call
+            if call is not None:
+                call.events.emit("warning", where="sip.rtp", message=f"no RTP for {seconds:g} s: the call ends")
+            self._on_timeout()
+
+    # --- offer and answer ------------------------------------------------------------------------------
+
+    def use(self, media: Media) -> None:
+        """Media as negotiated (answer, ACK of a delayed offer, re-INVITE) flows from now on. Without
+        telephone-events, digits are listened for as tones in the peer's audio instead."""
+        self.media = media
+        self.rtp.configure(media)
+        if media.telephone_event is not None:
+            self._inband = None
+        elif self._inband is None:
+            self._inband = InbandDtmfDetector(self.owner.rate)
+
+    def follow_codec_rate(self, media: Media) -> None:
+        """The call runs (and records) at the rate of the codec chosen.
+
+        The rate is set when the call is made, before the codec is known (for the caller's leg, before
+        the script's ``answer.codecs``; for a placed leg, before the far end answers). When the codec
+        has another rate, the call takes it — as long as no audio at the old rate is in flight (a
+        recording or detector running, a sound playing); then the old rate stays and the RTP stream
+        converts."""
+        rate = SUPPORTED[media.codec].rate
+        owner, call = self.owner, self.owner.call
+        if rate == owner.rate:
+            return
+        if call is not None and not call.change_rate(rate):
+            self.log.info(
+                "call %s stays at %d Hz (%s is %d Hz): media already runs", call.call_id, owner.rate, media.codec, rate
+            )
+            return
+        owner.rate = rate
+        self.rtp.call_rate = rate
+        self._inband = None  # made again at the new rate when the peer has no telephone-events
+
+    def answer_with(self, offer: Offer, media: Media) -> str:
+        """Our SDP answer to ``offer`` choosing ``media`` (negotiated from it): media starts."""
+        self.remote = offer
+        self.follow_codec_rate(media)
+        self.use(media)
+        return build_answer(offer, media, self.sdp_local, self.session)
+
+    def take_answer(self, answer: Offer, allowed: list[str]) -> Media:
+        """The peer's answer to our offer: media starts (NotAcceptable when nothing in it is usable)."""
+        media = negotiate(answer, allowed)
+        self.remote = answer
+        self.follow_codec_rate(media)
+        self.use(media)
+        return media
+
+    def offer(self, allowed: list[str], *, wideband: bool = False) -> str:
+        """Our offer: the codecs ``allowed`` in their order (all we speak when empty: G.711 first, or
+        G.722 first when ``wideband``). NotAcceptable when none of ``allowed`` is ours."""
+        return build_offer(allowed, self.sdp_local, self.session, wideband=wideband)
+
+    def reoffer(self) -> bytes:
+        """For a re-INVITE without SDP: our current session as the offer, sending and receiving (the
+        peer may be resuming); nothing before media was agreed."""
+        remote, media = self.remote, self.media
+        if remote is None or media is None:
+            return b""
+        return build_answer(remote, replace(media, direction="sendrecv"), self.sdp_local, self.session).encode()
+
+    def take_reoffer_answer(self, text: str) -> None:
+        """The answer to :meth:`reoffer` (in the ACK): media moves to it; an unusable one leaves the
+        session as it was (RFC 3261 §14.1)."""
+        codec = [self.media.codec] if self.media is not None else []
+        try:
+            answer = parse_offer(text)
+            media = negotiate(answer, codec)  # the answer can only hold codecs of our offer: the current one
+        except NotAcceptable as e:
+            self.log.info("call %s: unusable answer to our re-offer, media unchanged: %s", self.sip_call_id, e)
+            if self.call is not None:
+                self.call.events.emit("error", where="sip.ack", message=f"{e}; media unchanged")
+            return
+        self.remote = answer
+        self.use(media)
+        self._told_reinvite(media, answer)
+
+    def answer_reinvite(self, text: str, allowed: list[str]) -> bytes | None:
+        """Our answer to a re-INVITE's offer (hold, resume, a new address or codec) — media follows it at
+        once — or None when nothing in it can be served (488; the media stays as it was)."""
+        try:
+            offer = parse_offer(text)
+            codec = [self.media.codec] if self.media is not None else []
+            try:  # keep the codec when the peer still offers it: no rate change mid-recording
+                media = negotiate(offer, codec)
+            except NotAcceptable:
+                media = negotiate(offer, allowed)
+        except NotAcceptable as e:
+            self.log.info("re-INVITE on %s refused: %s", self.sip_call_id, e)
+            return None
+        self.remote = offer
+        self.use(media)
+        self._told_reinvite(media, offer)
+        return build_answer(offer, media, self.sdp_local, self.session).encode()
+
+    def _told_reinvite(self, media: Media, remote: Offer) -> None:
+        if self.call is not None:
+            self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=remote.on_hold)
+
+
 class SipCallTransport(Transport):
     kind = "sip"
 
     def __init__(
-        self, endpoint: Endpoint, sip: ServerCall, offer: Offer | None, rtp_host: str, sdp_host: str | None = None
+        self,
+        endpoint: Endpoint,
+        sip: ServerCall,
+        offer: Offer | None,
+        rtp_host: str,
+        sdp_host: str | None = None,
+        *,
+        rtp_timeout: float | None = None,
     ) -> None:
         self.endpoint = endpoint
         #: The INVITE being served, in the core (a new one after a 401: the INVITE with credentials).
         self.sip = sip
+        self.sip_media = SipMedia(
+            self,
+            preferred_rate(offer) if offer is not None else 8000,
+            rtp_host,
+            sdp_host or rtp_host,
+            signalling_host=sip.peer.host,
+            sip_call_id=sip.call_id,
+            rtp_timeout=rtp_timeout,
+            on_timeout=self._rtp_timeout,
+        )
         #: The peer's offer (None: delayed offer, until the ACK brings the answer to ours).
         self.offer = offer
-        self.rate = preferred_rate(offer) if offer is not None else 8000
-        #: The RTP socket binds here (maybe a wildcard); our SDP says ``sdp_host``, an address the peer reaches.
-        self.rtp_host = rtp_host
-        self.sdp_host = sdp_host or rtp_host
-        #: The SIP source is where the caller's media is expected from too (with the SDP address).
-        self.rtp = RtpStream(self.rate, self._on_digit, signalling_host=sip.peer.host)
-        self.session = SessionVersion()
-        self.media: Media | None = None
         self.state = LegState.RINGING
-        self._inband: InbandDtmfDetector | None = None
         #: The answer a 183 carried (the offer, the media, the SDP): the 200 OK repeats it unless it changed.
         self._early_answer: tuple[Offer, Media, str] | None = None
         #: While a 401 is out: resolved with the caller's retried INVITE.
@@ -153,9 +398,25 @@ class SipCallTransport(Transport):
         return self.sip.invite
 
     @property
+    def offer(self) -> Offer | None:
+        return self.sip_media.remote
+
+    @offer.setter
+    def offer(self, offer: Offer | None) -> None:
+        self.sip_media.remote = offer
+
+    @property
+    def rtp(self) -> RtpStream:
+        return self.sip_media.rtp
+
+    @property
+    def media(self) -> Media | None:
+        return self.sip_media.media
+
+    @property
     def _log(self) -> CallLog:
         """The log for this leg's lines: its SIP Call-ID, and the engine's call id once a call runs on it."""
-        return CallLog(log, self.call.call_id if self.call is not None else None, self.call_id)
+        return self.sip_media.log
 
     def _flush(self) -> None:
         self.endpoint.flush()
@@ -166,45 +427,26 @@ class SipCallTransport(Transport):
             self._flush()
 
     async def bind(self, ports: tuple[int, int]) -> None:
-        await self.rtp.bind(self.rtp_host, ports)
+        await self.sip_media.bind(ports)
 
     @property
     def sdp_local(self) -> tuple[str, int]:
         """Our media address as the SDP gives it (c=/o=, m= port)."""
-        return (self.sdp_host, self.rtp.local[1])
+        return self.sip_media.sdp_local
 
     # --- the call interface -----------------------------------------------------------------------
-
-    def _on_digit(self, digit: str) -> None:
-        if self.call is not None:
-            self.call.loop.call_soon(self.call.on_dtmf, digit)
 
     def read_speak(self) -> Frame | None:
         if self.state not in _MEDIA:
             return None
-        frame = self.rtp.read()
-        if frame is not None and self._inband is not None:
-            digit = self._inband.feed(frame)
-            if digit is not None:
-                self._on_digit(digit)
-        return frame
-
-    def _use_media(self, media: Media) -> None:
-        """Media as negotiated (answer, ACK of a delayed offer, re-INVITE) flows from now on. Without
-        telephone-events, digits are listened for as tones in the caller's audio instead."""
-        self.media = media
-        self.rtp.configure(media)
-        if media.telephone_event is not None:
-            self._inband = None
-        elif self._inband is None:
-            self._inband = InbandDtmfDetector(self.rate)
+        return self.sip_media.read()
 
     def skip(self, frames: int) -> None:
-        self.rtp.skip(frames)
+        self.sip_media.skip(frames)
 
     def write_listen(self, frame: Frame) -> None:
         if self.state in _MEDIA:
-            self.rtp.write(frame)
+            self.sip_media.write(frame)
 
     @property
     def _allowed(self) -> list[str]:
@@ -217,29 +459,7 @@ class SipCallTransport(Transport):
         if early is not None and early[0] is self.offer and early[1] == media:
             # The 200 OK repeats the 183's answer to the same offer, o= version and all (RFC 6337 §3.1).
             return early[2]
-        self._follow_codec_rate(media)
-        self._use_media(media)
-        return build_answer(self.offer, media, self.sdp_local, self.session)
-
-    def _follow_codec_rate(self, media: Media) -> None:
-        """The call runs (and records) at the rate of the codec chosen at answer time.
-
-        The rate is set when the call is made, before the script's ``answer.codecs`` is known: for an
-        offer of G.722 first, 16 kHz. When the answer chooses another codec, the call takes that codec's
-        rate — as long as no audio at the old rate is in flight (a recording or detector running, a
-        sound playing); then the old rate stays and the RTP stream converts."""
-        rate = SUPPORTED[media.codec].rate
-        call = self.call
-        if rate == self.rate:
-            return
-        if call is not None and not call.change_rate(rate):
-            self._log.info(
-                "call %s stays at %d Hz (%s is %d Hz): media already runs", call.call_id, self.rate, media.codec, rate
-            )
-            return
-        self.rate = rate
-        self.rtp.call_rate = rate
-        self._inband = None  # made again at the new rate when the peer has no telephone-events
+        return self.sip_media.answer_with(self.offer, media)
 
     def _answer_sdp(self) -> str:
         """Our SDP answer (media starts); SipReject 488 when the offer has nothing we can use."""
@@ -286,10 +506,11 @@ class SipCallTransport(Transport):
         self._flush()
         if self.state is LegState.ANSWERED:
             self.rtp.media_starts()
+            self.sip_media.watch()
 
     def _our_offer(self) -> str:
         try:
-            return build_offer(self._allowed, self.sdp_local, self.session)
+            return self.sip_media.offer(self._allowed)
         except NotAcceptable as e:
             raise SipReject(488, "Not Acceptable Here", str(e)) from None
 
@@ -371,8 +592,7 @@ class SipCallTransport(Transport):
         try:
             if not text.strip():
                 raise NotAcceptable("the ACK carries no SDP answer to our offer")
-            answer = parse_offer(text)
-            media = negotiate(answer, self._allowed)
+            media = self.sip_media.take_answer(parse_offer(text), self._allowed)
         except NotAcceptable as e:
             # RFC 3261 §13.3.1.4: an answer we cannot use ends the session we just confirmed.
             self._log.info("call %s: unusable answer in ACK, sending BYE: %s", self.call_id, e)
@@ -383,10 +603,8 @@ class SipCallTransport(Transport):
                 self.call.events.emit("error", where="sip.ack", message=f"{e}; call ended with BYE")
                 self.call.on_remote_hangup("rejected")
             return
-        self.offer = answer
-        self._follow_codec_rate(media)
-        self._use_media(media)
         self._move(LegState.ANSWERED)
+        self.sip_media.watch()
         if self.call is not None:
             self.call.events.emit("sip.answer", codec=media.codec, direction=media.direction)
 
@@ -394,20 +612,7 @@ class SipCallTransport(Transport):
         if not text.strip():
             return  # a retransmitted ACK of an earlier transaction: the one with the answer is still to come
         self._move(LegState.ANSWERED)
-        codec = [self.media.codec] if self.media is not None else []
-        try:
-            answer = parse_offer(text)
-            media = negotiate(answer, codec)  # the answer can only hold codecs of our offer: the current one
-        except NotAcceptable as e:
-            # The re-INVITE failed; the session goes on as it was (RFC 3261 §14.1).
-            self._log.info("call %s: unusable answer in the re-INVITE's ACK, media unchanged: %s", self.call_id, e)
-            if self.call is not None:
-                self.call.events.emit("error", where="sip.ack", message=f"{e}; media unchanged")
-            return
-        self.offer = answer
-        self._use_media(media)
-        if self.call is not None:
-            self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=answer.on_hold)
+        self.sip_media.take_reoffer_answer(text)
 
     async def hangup(self, reason: EndReason) -> None:
         if self.ended:
@@ -438,21 +643,13 @@ class SipCallTransport(Transport):
         self._flush()
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
-        if self._inband is not None and self.call is not None:  # the peer takes no events: tones, in-band
-            await self.call.play_frames(dtmf_frames(digit, duration, self.call.rate))
-            return
-        await self.rtp.send_digit(digit, duration)
+        await self.sip_media.send_dtmf(digit, duration)
 
     async def close(self) -> None:
         if self.state is LegState.CLOSED:
             return
         self._move(LegState.CLOSED)
-        self.rtp.close()
-        if self.call is not None:  # what the network did to this call, for the operator
-            stats = asdict(self.rtp.stats)
-            stats["send_jitter_p99_ms"] = self.rtp.stats.send_jitter_p99()
-            del stats["send_deviation_ms"]
-            self.call.events.emit("rtp.stats", **stats)
+        self.sip_media.close()
 
     # --- from the peer ----------------------------------------------------------------------------
 
@@ -478,36 +675,32 @@ class SipCallTransport(Transport):
             self._flush()
             return
         if not request.body:
-            # Offerless re-INVITE: we offer our current session in the 200 OK (RFC 3261 §14.2), sending
-            # and receiving (the peer may be resuming), and the ACK brings the answer (see ack()).
-            offer, media = self.offer, self.media
-            sdp = b""
-            if offer is not None and media is not None:
-                sdp = build_answer(offer, replace(media, direction="sendrecv"), self.sdp_local, self.session).encode()
+            # Offerless re-INVITE: we offer our current session in the 200 OK (RFC 3261 §14.2), and the
+            # ACK brings the answer (see ack()).
+            sdp = self.sip_media.reoffer()
+            if sdp:
                 self._move(LegState.REOFFERED)
             ua.answer_reinvite(self.sip, 200, now, sdp)
             self._flush()
             return
-        try:
-            offer = parse_offer(request.text)
-            codec = [self.media.codec] if self.media is not None else []
-            try:  # keep the codec when the peer still offers it: no rate change mid-recording
-                media = negotiate(offer, codec)
-            except NotAcceptable:
-                media = negotiate(offer, self.call.codecs if self.call is not None else [])
-        except NotAcceptable as e:
-            self._log.info("re-INVITE on %s refused: %s", self.call_id, e)
+        answer = self.sip_media.answer_reinvite(request.text, self._allowed)
+        if answer is None:
             ua.answer_reinvite(self.sip, 488, now)
             self._flush()
             return
         self._move(LegState.ANSWERED)  # (a new offer settles an answer owed to our re-offer: moot now)
-        self.offer = offer
-        self._use_media(media)
-        sdp_text = build_answer(offer, media, self.sdp_local, self.session)
-        ua.answer_reinvite(self.sip, 200, now, sdp_text.encode())
+        ua.answer_reinvite(self.sip, 200, now, answer)
+        self._flush()
+
+    def _rtp_timeout(self) -> None:
+        """The caller sent nothing for the RTP timeout (SipMedia.watch): it is gone, the call ends (BYE)."""
+        if self.state not in _UP:
+            return
+        self._move(LegState.ENDED)
+        self.endpoint.ua.bye(self.sip, self.endpoint.now, "RTP timeout")
         self._flush()
         if self.call is not None:
-            self.call.events.emit("sip.reinvite", codec=media.codec, direction=media.direction, hold=offer.on_hold)
+            self.call.on_remote_hangup("hangup")
 
     # --- the call scope ---------------------------------------------------------------------------
 

@@ -240,11 +240,15 @@ def _session_lines(local: tuple[str, int], session: SessionVersion) -> list[str]
     ]
 
 
-def build_offer(allowed: list[str], local: tuple[str, int], session: SessionVersion) -> str:
-    """Our offer for a call whose INVITE had none: the codecs ``allowed`` (all we speak when empty)."""
+def build_offer(allowed: list[str], local: tuple[str, int], session: SessionVersion, *, wideband: bool = False) -> str:
+    """Our offer (a call whose INVITE had none; a call we place): the codecs ``allowed`` in their order,
+    or all we speak when empty — G.711 first, or G.722 first when ``wideband`` (a 16 kHz caller's far leg
+    then needs no resampling when the far end takes it)."""
     names = [n for n in OFFER_ORDER if not allowed or n in allowed]
-    if allowed:  # answer.codecs also decides the order
+    if allowed:  # answer.codecs (connect.codecs) also decides the order
         names.sort(key=allowed.index)
+    elif wideband:
+        names.sort(key=lambda n: SUPPORTED[n].rate != 16000)
     if not names:
         raise NotAcceptable(f"none of {', '.join(allowed)} is a codec this engine speaks")
     pts = [SUPPORTED[n].static_pt for n in names]
