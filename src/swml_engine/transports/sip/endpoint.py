@@ -460,7 +460,7 @@ class Endpoint:
                         addr, "slow", f"a message not complete {limits.header_timeout:g} s after it began"
                     )
                     return
-                if self.ua.flow_in_use(flow.number):
+                if self.ua.flow_in_use(flow.number, addr):
                     last_message = loop.time()  # a live call's connection stays open
                     continue
                 log.debug("SIP/TCP connection from %s:%s closed: idle %g s", *addr, limits.idle_timeout)

@@ -237,12 +237,15 @@ class Answered(SipEvent):
 class Failed(SipEvent):
     """The call was not answered: the final status and reason (the far end's, or ours: 408 "no answer"
     for Timer B, 503 for a transport failure, 487 "cancelled" after :meth:`OutboundCall.cancel`). A 3xx
-    gives its Contacts, best first, for the dial plan to try."""
+    gives its Contacts, best first, for the dial plan to try. ``local``: no final answer came from the
+    far end — the status is ours (Timer B, a transport failure, a challenge we could not answer, a 2xx
+    we could not take)."""
 
     call: OutboundCall
     status: int
     reason: str
     contacts: tuple[Uri, ...] = ()
+    local: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -425,7 +428,9 @@ def _redirect_contacts(response: Response) -> tuple[Uri, ...]:
     return tuple(uri for _, _, uri in sorted(found)[:MAX_CONTACTS])
 
 
-def _checked_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def checked_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Extra headers for an INVITE as given, or UacError naming the first one that cannot go: too many,
+    not a header name, one the core writes itself, a value not on one printable line or too long."""
     out = tuple(headers)
     if len(out) > MAX_EXTRA_HEADERS:
         raise UacError(f"OutboundCall(headers=...): {len(out)} headers, at most {MAX_EXTRA_HEADERS}")
@@ -483,7 +488,7 @@ class OutboundCall:
         self.target = target
         self.local = local
         self.request_uri = request_uri
-        self.extra = _checked_headers(headers)
+        self.extra = checked_headers(headers)
         self.call_id = f"{ua.rng.getrandbits(128):032x}"
         self.local_tag = ua.new_tag()
         self.from_ = from_.with_param("tag", self.local_tag)
@@ -532,6 +537,12 @@ class OutboundCall:
     def ended(self) -> bool:
         return self.state is CallState.ENDED
 
+    def reaches(self, transport: Transport, host: str, port: int) -> bool:
+        """Whether the call, not over, sends its requests to ``host``:``port`` over ``transport`` (the
+        endpoint keeps such a TCP connection open however long it is idle)."""
+        target = self.target
+        return not self.ended and target.transport is transport and target.host == host and target.port == port
+
     # --- what the application does ---------------------------------------------------------------------
 
     def start(self, now: float) -> None:
@@ -541,7 +552,7 @@ class OutboundCall:
         try:
             self.ua.own_dialogs(self.call_id, self.local_tag, self)
         except TableFull as e:
-            self._fail(503, f"not sent: {e}", now)
+            self._fail(503, f"not sent: {e}", now, local=True)
             return
         self.ua.add_timed(self)
         self._setup_deadline = now + MAX_SETUP
@@ -702,7 +713,7 @@ class OutboundCall:
         try:
             invite = self._build_invite(self._invites_sent)
         except AuthError as e:
-            self._fail(401, f"cannot answer the challenge: {e}", now)
+            self._fail(401, f"cannot answer the challenge: {e}", now, local=True)
             return
         self._invite = invite
         answers = _Answers(self._on_invite_response, self._on_invite_timeout)
@@ -757,7 +768,7 @@ class OutboundCall:
             self._fail(487, "cancelled", now)
         elif self.state in _SETTING_UP:
             status = 408 if why == "no answer" else 503
-            self._fail(status, why, now)
+            self._fail(status, why, now, local=True)
 
     def _on_provisional(self, response: Response, now: float) -> None:
         if self.state is CallState.CALLING:
@@ -814,7 +825,7 @@ class OutboundCall:
         if tag is None or number is None:
             log.info("call %s: a 2xx without a To tag cannot be ACKed", self.call_id)
             if self.state in _SETTING_UP and self._invite is not None and number == _number(self._invite):
-                self._fail(502, "an answer without a To tag", now)
+                self._fail(502, "an answer without a To tag", now, local=True)
             return
         cached = self._acks.get((tag, number))
         if cached is not None:
@@ -826,7 +837,7 @@ class OutboundCall:
         dialog = self._confirm(tag, invite, response)
         if dialog is None:
             if self.state in _SETTING_UP:
-                self._fail(502, "an answer that makes no dialog", now)
+                self._fail(502, "an answer that makes no dialog", now, local=True)
             return
         self._send_ack(dialog, invite, response)
         if self.state in _SETTING_UP:
@@ -1097,9 +1108,11 @@ class OutboundCall:
         self._end(now)
         self.ua.emit(Hangup(self, HangupCause.DIALOG_GONE, why))
 
-    def _fail(self, status: int, reason: str, now: float, contacts: tuple[Uri, ...] = ()) -> None:
+    def _fail(
+        self, status: int, reason: str, now: float, contacts: tuple[Uri, ...] = (), *, local: bool = False
+    ) -> None:
         self._end(now)
-        self.ua.emit(Failed(self, status, reason, contacts))
+        self.ua.emit(Failed(self, status, reason, contacts, local))
 
     def _end(self, now: float) -> None:
         """The call is over; it keeps listening for 64*T1 (late 2xx get their ACK and a BYE, late

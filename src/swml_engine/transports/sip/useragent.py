@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 10_000
 #: Distinct sources whose unreadable messages are logged (the rest are counted only).
 MAX_NOISY = 1000
+#: Option tags a request in the dialog of a call we placed may require on top of the policy's: RFC 4028
+#: session timers, which the calls we place run (uac.py); the calls we answer do not.
+_PLACED_SUPPORTED = frozenset({"timer"})
 
 
 class Transport(StrEnum):
@@ -264,6 +267,9 @@ class DialogOwner(Protocol):
         """An answer to one of the call's requests whose transaction has ended (a 2xx retransmitted
         after Timer M, or a fork's 2xx after it)."""
 
+    def reaches(self, transport: Transport, host: str, port: int) -> bool:
+        """Whether the call, not over, sends its requests to ``host``:``port`` over ``transport``."""
+
 
 class RequestHandler(Protocol):
     """Who serves one method's requests in the dialog of a call we answered (:meth:`UserAgent.serve_in_dialog`)."""
@@ -341,10 +347,13 @@ class UserAgent:
     def calls(self) -> int:
         return len(self._calls)
 
-    def flow_in_use(self, flow: int) -> bool:
-        """Whether a call that is not over came on TCP connection ``flow`` (its requests come on it, and
-        ours go out on it: the endpoint keeps it open however long it is idle)."""
-        return any(call.peer.flow == flow for call in self._calls.values())
+    def flow_in_use(self, flow: int, addr: tuple[str, int] | None = None) -> bool:
+        """Whether a call that is not over uses TCP connection ``flow`` (to ``addr``): a call that came
+        on it (its requests come on it, ours go out on it), or a call we placed whose requests go to
+        ``addr`` over TCP. The endpoint keeps such a connection open however long it is idle."""
+        if any(call.peer.flow == flow for call in self._calls.values()):
+            return True
+        return addr is not None and any(o.reaches(Transport.TCP, *addr) for o in self._owned.values())
 
     # --- what the endpoint feeds -----------------------------------------------------------------------
 
@@ -390,7 +399,7 @@ class UserAgent:
             transport=peer.transport.value,
             datagram=datagram,
             allowed=self._allowed_for(request),
-            supported=self.policy.supported,
+            supported=self._supported_for(request),
         )
         if rejection is not None and rejection.drop:
             self._malformed(peer, rejection.reason)
@@ -695,6 +704,14 @@ class UserAgent:
         if call is None or request.method not in call.handlers:
             return allowed
         return allowed | {request.method}
+
+    def _supported_for(self, request: Request) -> frozenset[str]:
+        """The option tags ``request`` may require: the policy's, and in the dialog of a call we placed
+        the session timers that call runs (its far end may refresh with ``Require: timer``)."""
+        supported = self.policy.supported
+        if self._owned and self._owner(request) is not None:
+            return supported | _PLACED_SUPPORTED
+        return supported
 
     def _server_transaction(self, request: Request, peer: Peer, now: float) -> ServerTransaction | None:
         if server_key(request) is None:
