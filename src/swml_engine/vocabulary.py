@@ -33,6 +33,7 @@ EndReason = Literal[
     "remote_hangup",  # the party hung up (SIP BYE, no ACK for our 200 OK, its connection failed; --hangup-at)
     "remote_cancel",  # the party gave up before the answer (SIP CANCEL)
     "remote_rejected",  # the SIP transport refused the call: credentials (wrong, none in time), SDP it cannot use
+    "transferred",  # sip_refer moved the caller to another party (we hung up after the transfer succeeded)
     "max_duration",  # answer.max_duration (or the 4 h default) was reached
     "media_error",  # the media tick failed for this call
     "error",  # the script or the service could not go on (a remote document failed, ...)
@@ -68,6 +69,7 @@ EventType = Literal[
     "sip.no_early_media",
     "sip.reinvite",
     "sip.rejected",
+    "sip.refer",
     "rtp.stats",
 ]
 
@@ -91,6 +93,14 @@ FailReason = Literal[
     "cancelled",  # we gave it up: another leg answered, or the caller hung up
     "not_confirmed",  # it answered but its confirm script did not accept the call
     "error",  # the engine could not place it
+]
+
+#: A ``sip_refer``'s progress: the ``state`` of its ``sip.refer`` events and status callbacks; the last
+#: one (``success`` or ``failed``) is ``sip_refer_result``.
+ReferState = Literal[
+    "pending",  # the party took the REFER and is calling the target
+    "success",  # the target answered the party: the caller is transferred
+    "failed",  # refused, failed or no answer in time: the caller is still ours
 ]
 
 #: A recording's ``state``: in its metadata, ``record.state`` events and status callbacks.

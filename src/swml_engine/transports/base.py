@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from swml_engine.events import EventLog
 from swml_engine.media.frame import Frame
-from swml_engine.vocabulary import EndReason, RemoteEnd
+from swml_engine.vocabulary import EndReason, ReferState, RemoteEnd
 
 
 class CallSide(Protocol):
@@ -66,6 +67,22 @@ class CallSide(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ReferStatus:
+    """Where a transfer by REFER is (:meth:`Transport.refer`). ``refer_code``: the party's answer to the
+    REFER (202 ...); ``notify_code``: the answer the party got from the target, as its NOTIFYs told (100,
+    180, 200, 486 ...); each None until one came. ``reason``: why it failed, for a person to read."""
+
+    state: ReferState
+    refer_code: int | None = None
+    notify_code: int | None = None
+    reason: str = ""
+
+
+class CannotRefer(Exception):
+    """This transport cannot transfer its party (only a SIP caller can be sent a REFER)."""
+
+
 class Transport(ABC):
     #: Sample rate of the call's frames (8000 for G.711, 16000 for G.722 and ``--rate 16000``).
     rate: int = 8000
@@ -107,3 +124,13 @@ class Transport(ABC):
 
     async def close(self) -> None:
         """Release resources once the call has ended."""
+
+    async def refer(
+        self, to_uri: str, credentials: tuple[str, str] | None, progress: Callable[[ReferStatus], None]
+    ) -> ReferStatus:
+        """Ask the party to call ``to_uri`` in our place (SIP REFER: a blind transfer), answering a challenge
+        with ``credentials``; ``progress`` hears each step (``pending`` as the party calls the target);
+        returns the outcome, ``success`` or ``failed``. The call is not ended here: the caller of this
+        decides. Cancelling the wait stops listening for the outcome. Default: :class:`CannotRefer`."""
+        name = type(self).__name__
+        raise CannotRefer(f"this call ({name}) cannot be transferred with REFER: only a SIP caller can")
