@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,18 @@ from swml_engine.dialing import Dialer, FarTransport
 from swml_engine.events import EventLog
 from swml_engine.fetch import CallFetches
 from swml_engine.media.clock import MediaTicker, wall_time
-from swml_engine.media.frame import Frame, silence
+from swml_engine.media.frame import Frame, mix, silence
 from swml_engine.media.player import Player
-from swml_engine.transports.base import Transport
+from swml_engine.transports.base import DtmfPath, Transport
 from swml_engine.vocabulary import CallState, EndReason, RemoteEnd
 
 #: Who placed the call: ``inbound`` a party called us (answered by the script's ``answer``),
 #: ``outbound`` the engine placed it for ``connect`` (answered by the far party: :meth:`Call.on_answered`).
 CallDirection = Literal["inbound", "outbound"]
+
+#: Bridges a call remembers for its recordings' metadata (the latest ones; a script dialling in a
+#: loop cannot grow it without bound).
+MAX_BRIDGES_KEPT = 200
 
 if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
@@ -49,6 +54,38 @@ class Tap(Protocol):
     """Sees both streams of every frame while attached (recorders, detectors)."""
 
     def on_frame(self, speak: Frame, listen: Frame) -> None: ...
+
+
+class Link(Protocol):
+    """Another call joined to this one (``media/bridge.py``): each tick the call mixes what the other
+    party said into its listen stream, and hands over what its own party said and pressed."""
+
+    def heard(self) -> Frame | None:
+        """The other party's audio for this tick, at this call's rate (None: nothing to add)."""
+        ...
+
+    def spoke(self, frame: Frame) -> None:
+        """This call's speak frame of this tick (the other party hears it on the next tick)."""
+        ...
+
+    def pressed(self, digit: str, path: DtmfPath) -> None:
+        """A digit this call's party pressed."""
+        ...
+
+    def ended(self) -> None:
+        """This call ended (either side hanging up ends a bridge)."""
+        ...
+
+
+@dataclass
+class BridgedLeg:
+    """A far party this call was bridged to (recording metadata ``bridges``): its destination, its
+    call id, and when its audio joined and left this call (seconds on this call's clock)."""
+
+    to: str
+    call_id: str
+    start: float
+    end: float | None = None
 
 
 @dataclass
@@ -105,6 +142,10 @@ class Call:
         self.end_reason: EndReason | None = None
         self.answered_at: float | None = None
         self.frame_index = 0
+        #: The call joined to this one (a bridge), while it is.
+        self.link: Link | None = None
+        #: The far parties this call was bridged to, oldest first (the latest MAX_BRIDGES_KEPT).
+        self.bridges: deque[BridgedLeg] = deque(maxlen=MAX_BRIDGES_KEPT)
         #: Coroutines run once when the call ends (recordings register theirs here).
         self.finalizers: list[Callable[[], Awaitable[None]]] = []
         self._max_duration: asyncio.TimerHandle | None = None
@@ -222,6 +263,8 @@ class Call:
             self._max_duration.cancel()
         self.player.stop_all()
         self.ended.set()
+        if self.link is not None:
+            self.link.ended()
 
     async def finish(self) -> None:
         """After the script and the call are over: finalise recordings, stop media, close the transport."""
@@ -253,14 +296,27 @@ class Call:
         if speak is None:
             speak = silence(self.rate)
         listen = self.player.next_frame()
+        if self.link is not None:
+            joined = self.link.heard()
+            if joined is not None:  # the other party, mixed with whatever plays to this one
+                listen = joined if listen is silence(self.rate) else mix(listen, joined)
         self.transport.write_listen(listen)
         self._frame = (speak, listen)
+
+    @property
+    def last_speak(self) -> Frame:
+        """The party's frame of the latest tick (silence before the first)."""
+        return self._frame[0]
 
     def media_in(self) -> None:
         """Second half: every tap (recorders, detectors) sees both streams of this frame."""
         speak, listen = self._frame
         for tap in tuple(self.taps):
             tap.on_frame(speak, listen)
+        if self.link is not None:
+            # Handed over after every call of the loop has sent this tick's frame: the other party
+            # hears it on the next tick, whatever order the calls tick in (one frame, always).
+            self.link.spoke(speak)
         self.frame_index += 1
 
     def media_skip(self, frames: int) -> None:
@@ -308,13 +364,15 @@ class Call:
 
     # --- DTMF ---------------------------------------------------------------------------------------
 
-    def on_dtmf(self, digit: str) -> None:
-        """A digit from the party (called by the transport)."""
+    def on_dtmf(self, digit: str, path: DtmfPath = "event") -> None:
+        """A digit from the party (called by the transport; ``path``: how it came)."""
         if self.is_ended:
             return
         self.events.emit("dtmf", digit=digit, direction="received")
         for listener in tuple(self.dtmf_listeners):
             listener(digit)
+        if self.link is not None:
+            self.link.pressed(digit, path)
 
     async def send_dtmf(self, digit: str, duration: float = 0.1) -> None:
         self.events.emit("dtmf", digit=digit, direction="sent")  # when the tone starts, as received ones

@@ -15,11 +15,15 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from swml_engine.events import EventLog
 from swml_engine.media.frame import Frame
 from swml_engine.vocabulary import EndReason, ReferState, RemoteEnd
+
+#: How a digit came from the party: ``event`` (RFC 4733, simulated key presses) or ``inband`` (tones
+#: heard in its audio). A bridge forwards only events: in-band tones already cross in the audio.
+DtmfPath = Literal["event", "inband"]
 
 
 class CallSide(Protocol):
@@ -40,8 +44,8 @@ class CallSide(Protocol):
         """Seconds since the call started."""
         ...
 
-    def on_dtmf(self, digit: str) -> None:
-        """A digit from the party."""
+    def on_dtmf(self, digit: str, path: DtmfPath = "event") -> None:
+        """A digit from the party (``inband``: its tones were heard in the party's audio)."""
         ...
 
     def on_remote_hangup(self, reason: RemoteEnd = "hangup") -> None:

@@ -1,0 +1,229 @@
+"""A bridge: the caller and a far party hear each other (``connect``).
+
+While bridged, each tick the caller's listen stream is what its script plays mixed with what the far
+party said, and the far party's listen stream is what the caller said mixed with whatever plays on the
+far call. Frames go through the calls' own tick (:meth:`Call.media_out` / :meth:`Call.media_in`): each
+call hands its speak frame over in ``media_in``, after every call on the loop has sent its frame, and
+the other call mixes it in at its next ``media_out``. So the audio crosses in exactly one frame (20 ms)
+whatever order the two calls tick in, and every frame crosses once: a frame the far end lost is
+silence of its length, as on any call. Legs at different rates (8 kHz PCMU/PCMA, 16 kHz G.722) are
+resampled on the way (:class:`StreamResampler`, adding its filter's fixed delay, under 1.5 ms).
+
+Digits cross too: a digit a party sent as an event (RFC 4733, a simulated key press) is sent on to
+the other party in order, one at a time. A digit heard as tones in a party's audio is not sent again:
+its tones already cross in the audio, and sending it as well would make the other party get it twice.
+The caller's digits still reach its own listeners first (a recording's terminators).
+
+Either call ending ends the bridge; what follows (the script goes on, the call ends) is the method's.
+The recorders need nothing of this: they are taps of the caller's call and see what it hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from math import gcd
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from swml_engine.call import BridgedLeg, Call
+from swml_engine.media.frame import Frame
+from swml_engine.transports.base import DtmfPath
+
+#: A bridge's state: created, early (the far party's audio reaches the caller, not the other way:
+#: early media before the answer), bridged (both ways), ended.
+BridgeState = Literal["created", "early", "bridged", "ended"]
+#: Why a bridge ended: the caller's call ended, the far party's did, or the method stopped it.
+BridgeEnd = Literal["caller_ended", "far_ended", "stopped"]
+
+#: Digits waiting to cross one way (a far end sending a flood of events cannot grow it).
+MAX_PENDING_DIGITS = 32
+#: How long a digit sent across lasts (the tone, or the RFC 4733 event).
+DIGIT_SECONDS = 0.1
+#: Taps of the resampling filter: the passband keeps the telephone band (to 85 % of the lower
+#: Nyquist frequency), the stopband is ~50 dB down; its delay is (taps - 1) / 2 samples at the
+#: upsampled rate (1.44 ms between 8 and 16 kHz).
+RESAMPLER_TAPS = 47
+
+
+class StreamResampler:
+    """Mono int16 at one rate to another, frame by frame, with no gap or click between frames
+    (the filter keeps its history). Each input of ``n`` samples gives exactly ``n * to / from``."""
+
+    def __init__(self, from_rate: int, to_rate: int, taps: int = RESAMPLER_TAPS) -> None:
+        common = gcd(from_rate, to_rate)
+        self.from_rate, self.to_rate = from_rate, to_rate
+        self._up, self._down = to_rate // common, from_rate // common
+        cutoff = 0.85 * min(from_rate, to_rate) / 2 / (from_rate * self._up)  # cycles per upsampled sample
+        n = np.arange(taps) - (taps - 1) / 2
+        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 5.0)
+        self._h: npt.NDArray[np.float32] = (h * self._up / h.sum()).astype(np.float32)
+        self._history = np.zeros(taps - 1, dtype=np.float32)
+
+    @property
+    def delay(self) -> float:
+        """The filter's delay in seconds."""
+        return (len(self._h) - 1) / 2 / (self.from_rate * self._up)
+
+    def __call__(self, samples: Frame) -> Frame:
+        up = np.zeros(len(samples) * self._up, dtype=np.float32)
+        up[:: self._up] = samples
+        buf = np.concatenate([self._history, up])
+        self._history = buf[len(buf) - len(self._history) :]
+        y = np.convolve(buf, self._h, mode="valid")[:: self._down]
+        out: Frame = np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+        return out
+
+
+class _Side:
+    """One call's end of the bridge: what it hands over and what it takes (:class:`~swml_engine.call.Link`)."""
+
+    def __init__(self, bridge: Bridge, call: Call) -> None:
+        self.bridge = bridge
+        self.call = call
+        self.other: _Side | None = None
+        #: This call's speak frame of the last tick, at its own rate, for the other side to take.
+        self._spoken: Frame | None = None
+        self._resampler: StreamResampler | None = None
+        self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
+        self._sender: asyncio.Task[None] | None = None
+
+    def sends(self) -> bool:
+        """Whether this side's audio and digits reach the other (the far side always, once started;
+        the caller's only when bridged both ways)."""
+        state = self.bridge.state
+        return state == "bridged" or (state == "early" and self.call is self.bridge.far)
+
+    # --- Link: audio ------------------------------------------------------------------------------------
+
+    def seed(self) -> None:
+        """This side starts sending: its call's latest frame goes first."""
+        self._spoken = self.call.last_speak
+
+    def spoke(self, frame: Frame) -> None:
+        self._spoken = frame if self.sends() else None
+
+    def heard(self) -> Frame | None:
+        other = self.other
+        if other is None or other._spoken is None:
+            return None
+        frame, other._spoken = other._spoken, None  # taken once: no frame crosses twice
+        return other._convert(frame, self.call.rate)
+
+    def _convert(self, frame: Frame, rate: int) -> Frame:
+        """This side's frame at ``rate`` (rates may change when a leg's codec is chosen: a new filter then)."""
+        if self.call.rate == rate:
+            return frame
+        r = self._resampler
+        if r is None or r.from_rate != self.call.rate or r.to_rate != rate:
+            r = self._resampler = StreamResampler(self.call.rate, rate)
+        return r(frame)
+
+    # --- Link: digits -----------------------------------------------------------------------------------
+
+    def pressed(self, digit: str, path: DtmfPath) -> None:
+        if path != "event" or not self.sends() or self.other is None:
+            return
+        try:
+            self._digits.put_nowait(digit)
+        except asyncio.QueueFull:
+            self.call.events.emit("warning", where="bridge", message=f"digit {digit} not sent across: too many pending")
+            return
+        if self._sender is None:
+            self._sender = self.call.loop.create_task(self._send_digits(self.other.call))
+
+    async def _send_digits(self, to: Call) -> None:
+        """In order, one at a time: two RFC 4733 events (or tones) must not overlap."""
+        while True:
+            digit = await self._digits.get()
+            if to.is_ended:
+                continue
+            try:
+                await to.send_dtmf(digit, DIGIT_SECONDS)
+            except Exception as e:  # the other leg's transport failed: the bridge goes on without it
+                to.events.emit("error", where="bridge", message=f"digit {digit}: {type(e).__name__}: {e}")
+
+    def ended(self) -> None:
+        self.bridge._end("caller_ended" if self.call is self.bridge.caller else "far_ended")
+
+    def part(self) -> None:
+        """The bridge ended: nothing more crosses (digits still waiting are dropped)."""
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
+        self._spoken = None
+
+
+class Bridge:
+    """The caller and a far party joined (see the module docstring).
+
+    ``start(both_ways=False)`` lets the far party's audio (early media, ringback) reach the caller
+    only; ``start()`` joins both ways (it may follow the first). ``stop()`` parts them. Either call
+    ending ends the bridge; :meth:`wait` says which (a :data:`BridgeEnd`). The caller's
+    :attr:`Call.bridges` gets one :class:`~swml_engine.call.BridgedLeg` from the first start to the
+    end (its recordings' metadata).
+    """
+
+    def __init__(self, caller: Call, far: Call, to: str) -> None:
+        self.caller = caller
+        self.far = far
+        self.to = to
+        self.state: BridgeState = "created"
+        self.leg: BridgedLeg | None = None
+        self._sides = (_Side(self, caller), _Side(self, far))
+        self._sides[0].other, self._sides[1].other = self._sides[1], self._sides[0]
+        self._done: asyncio.Future[BridgeEnd] = caller.loop.create_future()
+
+    def start(self, both_ways: bool = True) -> None:
+        """Join the calls (``both_ways=False``: the far party's audio reaches the caller, nothing goes back)."""
+        if self.state == "ended":
+            return
+        if self.caller.is_ended or self.far.is_ended:
+            self._end("caller_ended" if self.caller.is_ended else "far_ended")
+            return
+        sending = [side.sends() for side in self._sides]
+        if self.state == "created":
+            for call in (self.caller, self.far):
+                if call.link is not None:
+                    raise RuntimeError(f"call {call.call_id} is already bridged")
+            self.caller.link, self.far.link = self._sides
+            self.leg = BridgedLeg(to=self.to, call_id=self.far.call_id, start=round(self.caller.now(), 3))
+            self.caller.bridges.append(self.leg)
+        if both_ways or self.state == "created":
+            self.state = "bridged" if both_ways else "early"
+        for side, sent in zip(self._sides, sending, strict=True):
+            if side.sends() and not sent:
+                # Its call's latest frame was spoken before this side sent: it crosses on the next
+                # tick like the ones after it (a far party's first words come at its answer, and
+                # the dial plan bridges a moment later).
+                side.seed()
+
+    def stop(self) -> None:
+        """Part the calls now (neither is hung up)."""
+        self._end("stopped")
+
+    async def close(self) -> None:
+        """Done with it: part the calls if still joined (as :meth:`stop`)."""
+        self._end("stopped")
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+    async def wait(self) -> BridgeEnd:
+        """Until the bridge ends: which side ended it, or ``stopped``."""
+        return await asyncio.shield(self._done)
+
+    def _end(self, how: BridgeEnd) -> None:
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        for call, side in zip((self.caller, self.far), self._sides, strict=True):
+            if call.link is side:
+                call.link = None
+            side.part()
+        if self.leg is not None:
+            self.leg.end = round(self.caller.now(), 3)
+        if not self._done.done():
+            self._done.set_result(how)
