@@ -128,7 +128,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         for rec in recover(out / "recordings"):  # a previous run into this directory was killed
             events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
     try:
-        script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at)
+        script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at, tuple(sim.peers))
         transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
         data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
         store = RecordingStore(data_dir / "recordings")

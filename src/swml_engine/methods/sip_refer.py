@@ -9,8 +9,9 @@ Sets ``sip_refer_to`` (``to_uri``), ``sip_refer_result`` and ``return_value`` (`
 ``sip_refer_response_code`` (the caller's answer to the REFER, e.g. ``"202"``) and
 ``sip_refer_to_response_code`` (the target's answer to the caller's INVITE, as the NOTIFYs told it, e.g.
 ``"200"``); a code is ``""`` when none came. ``status_url`` gets a ``calling.call.refer`` callback at
-each step (``pending``, then ``success`` or ``failed``). Only a SIP caller can be transferred: any other
-call fails the step with an ``error`` event. See docs/methods.md.
+each step (``pending``, then ``success`` or ``failed``). A SIP caller is sent a REFER; ``swml run``'s simulated
+caller calls a ``--peer``; a call whose transport cannot send a REFER fails the step with an ``error``
+event. See docs/methods.md.
 """
 
 from __future__ import annotations

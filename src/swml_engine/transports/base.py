@@ -84,7 +84,7 @@ class ReferStatus:
 
 
 class CannotRefer(Exception):
-    """This transport cannot transfer its party (only a SIP caller can be sent a REFER)."""
+    """This transport cannot transfer its party (a SIP caller is sent a REFER; others cannot be)."""
 
 
 class Transport(ABC):
@@ -137,4 +137,4 @@ class Transport(ABC):
         returns the outcome, ``success`` or ``failed``. The call is not ended here: the caller of this
         decides. Cancelling the wait stops listening for the outcome. Default: :class:`CannotRefer`."""
         name = type(self).__name__
-        raise CannotRefer(f"this call ({name}) cannot be transferred with REFER: only a SIP caller can")
+        raise CannotRefer(f"this call ({name}) cannot be transferred: its transport cannot send a REFER")

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import re
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -26,7 +27,8 @@ import numpy as np
 from swml_engine.dialing import CannotDial, DialFailure, DialTarget, FarTransport
 from swml_engine.media.audio import AudioError, decode
 from swml_engine.media.frame import Frame, Samples, samples_per_frame
-from swml_engine.transports.base import Transport
+from swml_engine.transports.base import ReferStatus, Transport
+from swml_engine.transports.sip.refer import TRANSFER_WAIT
 from swml_engine.vocabulary import EndReason, FailReason
 
 #: Gap between digits pressed in one group (``--dtmf 3:123``).
@@ -51,6 +53,8 @@ class CallerScript:
     audio: Samples | None = None  # mono int16 at the call's rate, starts at answer
     dtmf: list[tuple[float, str]] = field(default_factory=list)
     hangup_at: float | None = None
+    #: The parties the caller reaches when ``sip_refer`` transfers it (``--peer``, as ``connect`` dials them).
+    peers: tuple[PeerScript, ...] = ()
 
 
 #: Audio bytes a plain WAV can hold (its sizes are 32-bit).
@@ -153,6 +157,33 @@ class SimulatedTransport(Transport):
     async def send_dtmf(self, digit: str, duration: float) -> None:
         self.sent_digits.append(digit)
         await asyncio.sleep(duration)
+
+    async def refer(
+        self, to_uri: str, credentials: tuple[str, str] | None, progress: Callable[[ReferStatus], None]
+    ) -> ReferStatus:
+        """The simulated caller takes the REFER (202) and calls ``to_uri``, which does what its ``--peer``
+        says, told as a SIP caller's NOTIFYs would tell it: 100 at once, 180 at its ring, then 200 at its
+        answer, 486 busy, its reject code, 503 unreachable, or nothing final before the 180 s a transfer
+        may take (no-answer). A destination with no peer answers 404."""
+        progress(ReferStatus("pending", 202))
+        peer = next((p for p in self.script.peers if p.to == to_uri), None)
+        if peer is None:
+            why = f"no simulated party answers {to_uri}: add --peer '{to_uri}=answer@1s' to swml run"
+            return _told(progress, ReferStatus("failed", 202, 404, why))
+        progress(ReferStatus("pending", 202, 100))
+        end = TRANSFER_WAIT if peer.outcome == "no-answer" else peer.at
+        ring = peer.ring_time if peer.ring_time is not None and peer.ring_time < end else None
+        if ring is not None:
+            await asyncio.sleep(ring)
+            progress(ReferStatus("pending", 202, 180))
+        await asyncio.sleep(end - (ring or 0.0))
+        if peer.outcome == "answer":
+            return _told(progress, ReferStatus("success", 202, 200))
+        if peer.outcome == "no-answer":
+            return _told(progress, ReferStatus("failed", 202, 180, f"no final NOTIFY within {TRANSFER_WAIT:.0f} s"))
+        code = {"busy": 486, "unreachable": 503}.get(peer.outcome, peer.code or 603)
+        why = f"the target answered {code} {_REJECT_TEXT.get(code, 'Rejected')}"
+        return _told(progress, ReferStatus("failed", 202, code, why))
 
     async def close(self) -> None:
         for timer in self._timers:
@@ -533,3 +564,9 @@ class SimulatedDialer:
                     DialFailure("error", text=f"--peer {self.peers[index].to}: {what}:{source}: {e}")
                 ) from None
         return self._decoded[key]
+
+
+def _told(progress: Callable[[ReferStatus], None], status: ReferStatus) -> ReferStatus:
+    """A simulated transfer's last step: told, and given back."""
+    progress(status)
+    return status
