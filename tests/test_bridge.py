@@ -57,9 +57,13 @@ class Bridged:
     far_digits: list[str] = field(default_factory=list)
     caller_tape: Tape | None = None
     far_tape: Tape | None = None
+    #: Each recording's metadata file as it was once the bridge started.
+    meta_while_bridged: list[dict[str, object]] = field(default_factory=list)
 
     def recordings(self) -> list[dict[str, object]]:
-        return [json.loads(p.read_text()) for p in sorted((self.out / "recordings").glob("*.json"))]
+        """Every recording's metadata, in the order they started."""
+        metas = [json.loads(p.read_text()) for p in (self.out / "recordings").glob("*.json")]
+        return sorted(metas, key=lambda m: m["call_time"])
 
     def recording(self) -> tuple[np.ndarray, int, dict[str, object]]:
         (meta,) = self.recordings()
@@ -119,6 +123,7 @@ def run_bridged(
                 if state == "failed":
                     return
             bridge.start()
+            result.meta_while_bridged = result.recordings()
             result.how = await bridge.wait()
             await far.hangup()
             await far.finish()
@@ -346,3 +351,70 @@ def test_the_caller_hanging_up_ends_the_bridge(tmp_path: Path) -> None:
     assert res.how == "caller_ended"
     assert res.bridge is not None and res.bridge.leg is not None and res.bridge.leg.end == 4.0
     assert res.far is not None and res.far.is_ended  # the test's dial plan hung it up after
+
+
+def test_metadata_names_the_bridges_the_recording_overlapped(tmp_path: Path) -> None:
+    """One recording from the start (the bridge in it, open while bridged, closed after), one started
+    during the bridge, one after it ended (none)."""
+    doc = """
+sections:
+  main:
+    - answer
+    - record_call: {stereo: true, control_id: whole}
+    - sleep: 2000
+    - record_call: {stereo: true, control_id: during}
+    - sleep: 2000
+    - record_call: {stereo: true, control_id: after}
+    - sleep: 2000
+    - hangup
+"""
+    peer = PeerScript(to="sip:agent@example.com", at=0.5, audio=tone(1000, 10.0), hangup=2.5)
+    res = run_bridged(tmp_path, doc, peer, dial_at=0.5, caller_audio=tone(440, 10.0))
+    assert res.far is not None
+    leg = {"to": "sip:agent@example.com", "call_id": res.far.call_id, "start": 1.0}  # answered 0.5 s after the dial
+    (live,) = res.meta_while_bridged  # the first recording, rewritten when the bridge started
+    assert live["state"] == "recording" and live["bridges"] == [{**leg, "end": None}]
+    whole, during, after = res.recordings()
+    assert [m["control_id"] for m in (whole, during, after)] == ["whole", "during", "after"]
+    assert whole["bridges"] == during["bridges"] == [{**leg, "end": 3.5}]
+    assert after["bridges"] == [] and after["call_time"] == 4.0 and during["call_time"] == 2.0
+    # The recording started during the bridge has the far party on the right from its first frame,
+    # until the bridge ended at 3.5 s (1.5 s into it).
+    audio, rate = read_wav(tmp_path / "out" / "recordings" / f"{during['recording_id']}.wav")
+    assert spectrum_peaks(window(audio[:, 1], rate, 0.0, 1.4), rate, 1) == [pytest.approx(1000, abs=5)]
+    assert rms(window(audio[:, 1], rate, 0.0, 0.02)) > 5000 and rms(window(audio[:, 1], rate, 1.6, 2.0)) == 0
+    audio, rate = read_wav(tmp_path / "out" / "recordings" / f"{after['recording_id']}.wav")
+    assert rms(audio[:, 1]) == 0 and rms(audio[:, 0]) > 5000
+
+
+@pytest.mark.parametrize(("direction", "heard"), [("both", [440, 1000]), ("listen", [1000]), ("speak", [440])])
+def test_a_mono_recording_of_a_bridge_follows_its_direction(tmp_path: Path, direction: str, heard: list[int]) -> None:
+    doc = f"sections: {{main: [answer, {{record_call: {{direction: {direction}}}}}, {{sleep: 4000}}, hangup]}}"
+    peer = PeerScript(to="sip:a@b", at=1.0, audio=tone(1000, 10.0, level=0.3))
+    res = run_bridged(tmp_path, doc, peer, caller_audio=tone(440, 10.0, level=0.3))
+    audio, rate, meta = res.recording()
+    assert meta["channels"] == 1
+    peaks = spectrum_peaks(window(audio, rate, 1.5, 3.5), rate, 2)
+    strong = [p for p in peaks if rms(window(audio, rate, 1.5, 3.5)) > 1000]
+    assert sorted(round(p, -1) for p in strong[: len(heard)]) == heard
+    if len(heard) == 1:  # the other side is not in it at all
+        other = 1000 if heard == [440] else 440
+        x = window(audio, rate, 1.5, 3.5).astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(x))
+        bins = np.fft.rfftfreq(len(x), 1 / rate)
+        assert spectrum[np.argmin(np.abs(bins - other))] < 1e-3 * spectrum.max()
+
+
+def test_record_is_refused_while_the_call_is_bridged(tmp_path: Path) -> None:
+    doc = "sections: {main: [answer, {sleep: 2000}, {record: {}}, {sleep: 1000}]}"
+    peer = PeerScript(to="sip:a@b", at=0.5, audio=tone(1000, 10.0))
+    res = run_bridged(tmp_path, doc, peer, caller_audio=tone(440, 10.0))
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert [e["message"] for e in errors] == [
+        "sections.main[2].record: cannot record in the foreground while the call is bridged (connect); use record_call"
+    ]
+    assert [
+        (e["name"], e["value"]) for e in res.events if e["type"] == "vars.set" and e["name"] == "record_result"
+    ] == [("record_result", "failed")]
+    states = [e["state"] for e in res.events if e["type"] == "record.state"]
+    assert states == ["error"] and not (tmp_path / "out" / "recordings").exists()

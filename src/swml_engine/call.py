@@ -362,6 +362,13 @@ class Call:
             return "hangup"
         return result
 
+    # --- bridges --------------------------------------------------------------------------------------
+
+    def bridges_changed(self) -> None:
+        """A bridge started or ended (:attr:`bridges` changed): live recordings rewrite their metadata."""
+        if self.recordings is not None:
+            self.recordings.bridges_changed()
+
     # --- DTMF ---------------------------------------------------------------------------------------
 
     def on_dtmf(self, digit: str, path: DtmfPath = "event") -> None:

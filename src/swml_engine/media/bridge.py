@@ -190,6 +190,7 @@ class Bridge:
             self.caller.link, self.far.link = self._sides
             self.leg = BridgedLeg(to=self.to, call_id=self.far.call_id, start=round(self.caller.now(), 3))
             self.caller.bridges.append(self.leg)
+            self.caller.bridges_changed()
         if both_ways or self.state == "created":
             self.state = "bridged" if both_ways else "early"
         for side, sent in zip(self._sides, sending, strict=True):
@@ -225,5 +226,6 @@ class Bridge:
             side.part()
         if self.leg is not None:
             self.leg.end = round(self.caller.now(), 3)
+            self.caller.bridges_changed()
         if not self._done.done():
             self._done.set_result(how)

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from swml_engine.document.params import Chars, Str, param
+from swml_engine.errors import ParamError
 from swml_engine.methods.record_call import TIMEOUT, RecordingMethod, RecordParams, start_recording
 from swml_engine.script.step import StepContext
 
@@ -29,6 +30,12 @@ class Record(RecordingMethod[RecordForegroundParams]):
     result_var = "record_result"
 
     async def run(self, ctx: StepContext, p: RecordForegroundParams) -> None:
+        if ctx.call.link is not None:
+            # record waits for its recording to end, but a bridged call's script is waiting in connect:
+            # refused rather than a second, competing wait (record_call records the conversation).
+            raise ParamError(
+                ctx.where, "cannot record in the foreground while the call is bridged (connect); use record_call"
+            )
         rec = await start_recording(ctx, p, "record", str(uuid.uuid4()))
         ctx.set_var("record_url", rec.url)
         await ctx.runner.call_sleep_until(rec.ended)

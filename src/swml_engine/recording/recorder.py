@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -316,7 +316,21 @@ class Recording:
             "end_reason": self.end_reason,
             "terminator": self.terminator,
             "url": self.url,
+            "call_time": round(self._t0, 3),
+            "bridges": self.bridges(),
         }
+
+    def bridges(self) -> list[dict[str, Any]]:
+        """The far parties bridged to the call while this recording ran (on the right channel of a
+        stereo one, or in the mix): ``{to, call_id, start, end}`` on the call's clock, ``end`` None
+        while still bridged. A bridge that ended before the recording started is not listed."""
+        if self.end_reason is not None:
+            end = self._t0 + (self.frames + self._skipped) / FRAMES_PER_SECOND
+        else:
+            end = self.call.now()
+        return [
+            asdict(leg) for leg in self.call.bridges if leg.start <= end and (leg.end is None or leg.end > self._t0)
+        ]
 
     def _save_metadata(self) -> None:
         try:
@@ -378,6 +392,12 @@ class Recordings:
             if rec.settings.control_id == control_id:
                 return rec
         return None
+
+    def bridges_changed(self) -> None:
+        """A bridge of the call started or ended: live recordings say so in their metadata at once
+        (the service's index and API show who is on the line while the recording runs)."""
+        for rec in self.live():
+            rec._save_metadata()
 
     async def stop_all(self) -> None:
         reason: RecordingEndReason = "script_end" if self.call.end_reason == "script_end" else "hangup"

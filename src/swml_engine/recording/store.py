@@ -39,6 +39,8 @@ METADATA_FIELDS = [
     "end_reason",
     "terminator",
     "url",
+    "call_time",
+    "bridges",
 ]
 
 
