@@ -19,6 +19,7 @@ from swml_engine.methods.record_call import RecordCall
 from swml_engine.methods.return_ import Return
 from swml_engine.methods.send_digits import SendDigits
 from swml_engine.methods.set import Set
+from swml_engine.methods.sip_refer import SipRefer
 from swml_engine.methods.sleep import Sleep
 from swml_engine.methods.stop_denoise import StopDenoise
 from swml_engine.methods.stop_record_call import StopRecordCall
@@ -40,6 +41,7 @@ _ALL: list[Method[Any]] = [
     Return(),
     SendDigits(),
     Set(),
+    SipRefer(),
     Sleep(),
     StopDenoise(),
     StopRecordCall(),
