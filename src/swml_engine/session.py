@@ -146,6 +146,8 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)
+        for far in dialer.placed:  # a far leg the dial plan left open still writes what it heard
+            await far.close()
         duration = call.now()
         # Status callbacks run on real time beside the call; wait for them (bounded) before reporting.
         await asyncio.get_running_loop().run_in_executor(None, callbacks.drain, sim.callback_wait)

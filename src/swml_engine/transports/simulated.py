@@ -27,7 +27,7 @@ import numpy as np
 from swml_engine.dialing import CannotDial, DialFailure, DialTarget, FarTransport
 from swml_engine.media.audio import AudioError, decode
 from swml_engine.media.frame import Frame, Samples, samples_per_frame
-from swml_engine.transports.base import ReferStatus, Transport
+from swml_engine.transports.base import CallSide, ReferStatus, Transport
 from swml_engine.transports.sip.refer import TRANSFER_WAIT
 from swml_engine.vocabulary import EndReason, FailReason
 
@@ -104,6 +104,46 @@ class HeardWriter:
             self._wav.close()
 
 
+class Voice:
+    """What a simulated party says: a sound played from its start, 20 ms at each read, then nothing."""
+
+    def __init__(self, rate: int) -> None:
+        self._n = samples_per_frame(rate)
+        self._audio: Samples | None = None
+        self._pos = 0
+
+    def say(self, audio: Samples | None) -> None:
+        """Say ``audio`` from its first sample on (None: fall silent)."""
+        self._audio, self._pos = audio, 0
+
+    def read(self) -> Frame | None:
+        audio = self._audio
+        if audio is None or self._pos >= len(audio):
+            return None
+        frame = audio[self._pos : self._pos + self._n]
+        self._pos += self._n
+        if len(frame) < self._n:  # its end, padded with silence
+            frame = np.concatenate([frame, np.zeros(self._n - len(frame), dtype=np.int16)])
+        return frame
+
+    def skip(self, frames: int) -> None:
+        self._pos += frames * self._n
+
+
+def hear(writer: HeardWriter | None, frame: Frame, call: CallSide | None, name: str) -> HeardWriter | None:
+    """Write what a simulated party heard; a file that fails is closed once, with one ``error`` event
+    on the call (None is given back: nothing more is written)."""
+    if writer is None:
+        return None
+    writer.write(frame)
+    if writer.error is None:
+        return writer
+    if call is not None:
+        call.events.emit("error", where=name, message=writer.error)
+    writer.close()
+    return None
+
+
 class SimulatedTransport(Transport):
     kind = "phone"
 
@@ -111,8 +151,7 @@ class SimulatedTransport(Transport):
         self.rate = rate
         self.script = script or CallerScript()
         self._heard = HeardWriter(heard, rate) if heard is not None else None
-        self._pos: int | None = None  # position in the caller's audio once answered
-        self._n = samples_per_frame(rate)
+        self._voice = Voice(rate)  # the caller's audio, from the answer
         self._timers: list[asyncio.TimerHandle] = []
         self.sent_digits: list[str] = []
         self.answered = False
@@ -129,27 +168,14 @@ class SimulatedTransport(Transport):
             self._timers.append(loop.call_at(t0 + self.script.hangup_at, call.on_remote_hangup, "hangup"))
 
     def read_speak(self) -> Frame | None:
-        audio = self.script.audio
-        if self._pos is None or audio is None or self._pos >= len(audio):
-            return None
-        frame = audio[self._pos : self._pos + self._n]
-        self._pos += self._n
-        if len(frame) < self._n:
-            frame = np.concatenate([frame, np.zeros(self._n - len(frame), dtype=np.int16)])
-        return frame
+        return self._voice.read()
 
     def write_listen(self, frame: Frame) -> None:
-        heard = self._heard
-        if heard is not None:
-            heard.write(frame)
-            if heard.error is not None and self.call is not None:
-                self.call.events.emit("error", where="heard.wav", message=heard.error)
-                heard.close()
-                self._heard = None
+        self._heard = hear(self._heard, frame, self.call, "heard.wav")
 
     async def answer(self) -> None:
         self.answered = True
-        self._pos = 0
+        self._voice.say(self.script.audio)
 
     async def hangup(self, reason: EndReason) -> None:
         self.hangup_reason = reason
@@ -376,10 +402,8 @@ class SimulatedFarTransport(FarTransport):
         self._early = early
         self._heard = HeardWriter(heard, rate) if heard is not None else None
         self.heard_path = heard
-        self._n = samples_per_frame(rate)
-        #: What the far party sends now, and how far into it.
-        self._sending: Samples | None = None
-        self._pos = 0
+        #: What the far party sends now: its early media, then its audio from the answer.
+        self._voice = Voice(rate)
         self._timers: list[asyncio.TimerHandle] = []
         self.sent_digits: list[str] = []
         self.hangup_reason: EndReason | None = None
@@ -405,13 +429,13 @@ class SimulatedFarTransport(FarTransport):
             return
         self.report("ringing")
         if self._early is not None:
-            self._sending, self._pos = self._early, 0
+            self._voice.say(self._early)
             self.report("early_media")
 
     def _answer(self) -> None:
         if self.settled:
             return
-        self._sending, self._pos = self._audio, 0
+        self._voice.say(self._audio)
         self.report("answered")
         call = self.call
         if call is None:
@@ -465,31 +489,18 @@ class SimulatedFarTransport(FarTransport):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        self._sending = None
+        self._voice.say(None)
 
     # --- media ---------------------------------------------------------------------------------------
 
     def read_speak(self) -> Frame | None:
-        audio = self._sending
-        if audio is None or self._pos >= len(audio):
-            return None
-        frame = audio[self._pos : self._pos + self._n]
-        self._pos += self._n
-        if len(frame) < self._n:
-            frame = np.concatenate([frame, np.zeros(self._n - len(frame), dtype=np.int16)])
-        return frame
+        return self._voice.read()
 
     def skip(self, frames: int) -> None:
-        self._pos += frames * self._n
+        self._voice.skip(frames)
 
     def write_listen(self, frame: Frame) -> None:
-        heard = self._heard
-        if heard is not None:
-            heard.write(frame)
-            if heard.error is not None and self.call is not None:
-                self.call.events.emit("error", where=str(self.heard_path), message=heard.error)
-                heard.close()
-                self._heard = None
+        self._heard = hear(self._heard, frame, self.call, self.heard_path.name if self.heard_path else "")
 
     async def hangup(self, reason: EndReason) -> None:
         """Our side ends the far call (the dial plan or the bridge is done with it)."""
