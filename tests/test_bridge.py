@@ -26,7 +26,13 @@ from swml_engine.media.frame import samples_per_frame
 from swml_engine.methods import REGISTRY
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
-from swml_engine.transports.simulated import CallerScript, PeerScript, SimulatedDialer, SimulatedTransport
+from swml_engine.transports.simulated import (
+    CallerScript,
+    PeerScript,
+    SimulatedDialer,
+    SimulatedFarTransport,
+    SimulatedTransport,
+)
 
 FRAME = 0.02
 
@@ -418,3 +424,56 @@ def test_record_is_refused_while_the_call_is_bridged(tmp_path: Path) -> None:
     ] == [("record_result", "failed")]
     states = [e["state"] for e in res.events if e["type"] == "record.state"]
     assert states == ["error"] and not (tmp_path / "out" / "recordings").exists()
+
+
+def test_a_frame_the_far_end_lost_is_silence_of_its_length(tmp_path: Path) -> None:
+    """A far leg whose transport has nothing for five ticks (packets lost): the caller hears five
+    frames of silence there, and every frame before and after in its place."""
+    rate = 8000
+    n = samples_per_frame(rate)
+    voice = (np.arange(2 * rate) % 1000 + 1).astype(np.int16)
+
+    class Lossy(SimulatedFarTransport):
+        reads = 0
+
+        def read_speak(self) -> np.ndarray | None:
+            frame = super().read_speak()
+            if frame is not None:
+                self.reads += 1
+                if 20 < self.reads <= 25:
+                    return None  # lost on the way
+            return frame
+
+    async def main() -> np.ndarray:
+        caller = Call(SimulatedTransport(rate, CallerScript(), tmp_path / "heard.wav"))
+        caller.start()
+        await caller.answer()
+        peer = PeerScript(to="sip:a@b", at=0.5, audio=voice, hangup=3.0)
+        far_transport = Lossy(DialTarget(to="sip:a@b", from_="x"), peer, rate, audio=voice)
+        far = Call(far_transport)
+        far.start()
+        far_transport.dial()
+        while await far_transport.next_state() != "answered":
+            pass
+        bridge = Bridge(caller, far, "sip:a@b")
+        bridge.start()
+        tape = Tape(caller)
+        caller.add_tap(tape)
+        await asyncio.sleep(2.5)
+        bridge.stop()
+        await far.hangup()
+        await far.finish()
+        await caller.hangup()
+        await caller.finish()
+        return np.concatenate([listen for _, listen in (tape.ticks[t] for t in sorted(tape.ticks))])
+
+    loop = VirtualTimeLoop()
+    try:
+        heard = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    start = first_sound(heard)
+    got = heard[start : start + len(voice)]
+    expected = voice.copy()
+    expected[20 * n : 25 * n] = 0
+    assert np.array_equal(got, expected)
