@@ -232,7 +232,7 @@ def test_confirm_is_a_url_or_steps_that_make_sense_on_a_far_leg() -> None:
     )
     assert errors({"to": "+15551230001", "confirm": [{"goto": {"label": "x"}}]}) == [
         "sections.main[0].connect.confirm[0].goto: goto cannot run in confirm (on the far leg); use one of cond, "
-        "denoise, hangup, play, prompt, record, record_call, send_digits, send_sms, set, stop_denoise, "
+        "denoise, hangup, play, prompt, record, record_call, send_digits, send_sms, set, sleep, stop_denoise, "
         "stop_record_call, stop_stream, stop_tap, stream, tap, unset"
     ]
     # The steps of a confirm list are checked as any steps are.

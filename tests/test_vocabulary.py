@@ -18,10 +18,16 @@ from swml_engine.session import Simulation, simulate
 from swml_engine.transports.simulated import SimulatedTransport
 from swml_engine.vocabulary import (
     CallState,
+    ConnectState,
+    DialState,
+    DisconnectReason,
     EndReason,
     EventType,
+    FailReason,
+    LegEndReason,
     RecordingEndReason,
     RecordingState,
+    ReferState,
     values,
 )
 
@@ -34,6 +40,12 @@ DOCUMENTED: list[tuple[Any, str, str]] = [
     (EventType, "methods.md", "type"),
     (RecordingState, "recording.md", "state"),
     (RecordingEndReason, "recording.md", "end reason"),
+    (ReferState, "methods.md", "refer state"),
+    (DialState, "connect.md", "leg state"),
+    (FailReason, "connect.md", "failed reason"),
+    (ConnectState, "connect.md", "connect state"),
+    (DisconnectReason, "connect.md", "disconnected by"),
+    (LegEndReason, "connect.md", "end_reason"),
 ]
 
 

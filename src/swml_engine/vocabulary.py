@@ -4,7 +4,7 @@ Each list is a ``Literal``: mypy checks every value written anywhere in the pack
 ``"early"`` where the event says ``"early_media"``, is a type error at that line), and what reaches
 ``events.jsonl``, the metadata files and the status callbacks stays plain JSON strings. :func:`values`
 gives a list at run time. ``tests/test_vocabulary.py`` compares each list with the table that documents
-it (docs/methods.md, docs/recording.md): a value cannot be added here without being documented there,
+it (docs/methods.md, docs/recording.md, docs/connect.md): a value cannot be added here without being documented there,
 nor documented there without being used here.
 
 This module imports nothing of the engine: every other module may use it.
@@ -71,6 +71,8 @@ EventType = Literal[
     "sip.rejected",
     "sip.refer",
     "rtp.stats",
+    "connect.state",
+    "connect.leg",
 ]
 
 #: A far leg's progress while ``connect`` dials it (``dialing.FarTransport.state``); ``created``,
@@ -102,6 +104,25 @@ ReferState = Literal[
     "success",  # the target answered the party: the caller is transferred
     "failed",  # refused, failed or no answer in time: the caller is still ours
 ]
+
+#: A ``connect`` as a whole: the ``connect.state`` events and the ``calling.call.connect`` status
+#: callbacks' ``connect_state`` (connect.mdx).
+ConnectState = Literal[
+    "connecting",  # dialling the first group
+    "connected",  # bridged to a far party
+    "failed",  # no far party was bridged: failed_reason says why (a FailReason)
+    "disconnected",  # the bridge is over
+]
+
+#: Why a bridge ended (``connect.state disconnected``'s ``reason``).
+DisconnectReason = Literal[
+    "far_hangup",  # the far party hung up: the script goes on after connect
+    "caller_hangup",  # the caller hung up: the far leg is hung up, the call ends
+    "max_duration",  # connect.max_duration was reached: the far leg is hung up, the script goes on
+]
+
+#: ``params.end_reason`` of a far leg's ``calling.call.state`` callback when it ended (connect.mdx).
+LegEndReason = Literal["hangup", "busy", "no_answer", "cancel", "declined", "error"]
 
 #: A recording's ``state``: in its metadata, ``record.state`` events and status callbacks.
 RecordingState = Literal["recording", "paused", "finished", "no_input", "error"]

@@ -7,6 +7,7 @@ from typing import Any
 from swml_engine.methods.answer import Answer
 from swml_engine.methods.base import Method
 from swml_engine.methods.cond import Cond
+from swml_engine.methods.connect import Connect
 from swml_engine.methods.denoise import Denoise
 from swml_engine.methods.execute import Execute
 from swml_engine.methods.goto import Goto
@@ -29,6 +30,7 @@ from swml_engine.methods.unset import Unset
 _ALL: list[Method[Any]] = [
     Answer(),
     Cond(),
+    Connect(),
     Denoise(),
     Execute(),
     Goto(),

@@ -13,9 +13,13 @@ Addresses — and what it cannot do (SRTP, WebRTC media) are "not supported by t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from swml_engine.callbacks import NODE_ID
+from swml_engine.dialing import DialTarget
+from swml_engine.dialplan import DialPlan, EventReporter, Leg, LegSettings, Ringback
 from swml_engine.document.loader import load_text
 from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import (
@@ -38,10 +42,13 @@ from swml_engine.errors import DocumentError, ParamError
 from swml_engine.methods.answer import KNOWN_CODECS, codec_names
 from swml_engine.methods.base import Method
 from swml_engine.methods.cond import Cond
-from swml_engine.methods.play import SoundSpec
+from swml_engine.methods.execute import Execute, ExecuteParams
+from swml_engine.methods.play import SoundSpec, VoiceParams, sounds_of, voice_of
 from swml_engine.methods.switch import Switch
+from swml_engine.script.flow import EndScript
 from swml_engine.script.step import StepContext
 from swml_engine.transports.sip.uri import UriError, parse_uri
+from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
 
 #: ``call_state_events`` a script may ask for (connect.mdx; the schema's CallStatus).
 CALL_STATE_EVENTS = ("created", "ringing", "answered", "ended")
@@ -62,6 +69,7 @@ CONFIRM_METHODS = frozenset(
         "send_digits",
         "denoise",
         "stop_denoise",
+        "sleep",  # not in the schema's list; harmless on a far leg (a pause before a prompt)
         # In the schema's list but not run by this engine: the loader reports them "not supported".
         "tap",
         "stop_tap",
@@ -504,7 +512,148 @@ class Connect(Method[ConnectParams]):
         return check_document_text(after, f"{step.where}.transfer_after_bridge", methods)
 
     async def run(self, ctx: StepContext, p: ConnectParams) -> None:
-        raise ParamError(ctx.where, "connect is not available yet")
+        caller = ctx.call
+        groups = legs_of(ctx, p)
+        status = EventReporter(caller, p.status_url, "calling.call.connect", f"{ctx.where}.status_url")
+        ringback = Ringback(caller, sounds_of(p.ringback or [], f"{ctx.where}.ringback"), voice_of(ctx, VoiceParams()))
+        plan = DialPlan(caller, ctx.variables, cast("Mapping[str, Method[Any]]", ctx.runner.methods), ctx.where)
+        plan.ringback = ringback
+        ended: DisconnectReason | None = None
+        try:
+            # answer_on_bridge: the caller is answered only once a far party is (meanwhile early media).
+            await (caller.early_media() if p.answer_on_bridge else caller.answer())
+            if not caller.is_ended:
+                report(ctx, status, "connecting")
+                ringback.start()
+                leg = await plan.dial(groups)
+                early = await ringback.stop(leg)
+                if leg is not None:
+                    await caller.answer()
+                if leg is not None and not caller.is_ended:
+                    report(ctx, status, "connected", peer=peer_of(leg))
+                    ended = await plan.bridge(leg, p.max_duration, early)
+                    report(ctx, status, "disconnected", reason=ended)
+        finally:
+            await ringback.stop(None)
+            await plan.close()
+        if ended is None:
+            reason = "cancelled" if caller.is_ended else plan.failure
+            report(ctx, status, "failed", failed_reason=reason)
+        self.outcome(ctx, reason if ended is None else None)
+        if caller.is_ended:
+            return
+        if p.result is not None:
+            kind, params = p.result
+            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.connect.result"), ctx.section_run)
+        if ended is not None and p.transfer_after_bridge is not None:
+            await transfer(ctx, p.transfer_after_bridge)
+
+    def outcome(self, ctx: StepContext, failure: FailReason | None) -> None:
+        """The documented variables: connect_result, connect_failed_reason, return_value."""
+        result = "connected" if failure is None else "failed"
+        ctx.set_var("connect_result", result)
+        if failure is not None:
+            ctx.set_var("connect_failed_reason", failure)
+        elif "connect_failed_reason" in ctx.variables.vars:
+            # An earlier connect's reason must not outlive this one's success.
+            del ctx.variables.vars["connect_failed_reason"]
+            ctx.events.emit("vars.unset", name="connect_failed_reason")
+        ctx.set_var("return_value", result)
+        ctx.result = result
+
+    def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
+        # The step could not run (a value substituted at run time was wrong): it failed as a connect.
+        ctx.set_var("connect_failed_reason", "error")
+        ctx.set_var("return_value", "failed")
+
+
+def report(ctx: StepContext, status: EventReporter, state: ConnectState, **fields: Any) -> None:
+    """One step of the connect: a ``connect.state`` event and a ``calling.call.connect`` callback."""
+    ctx.events.emit("connect.state", state=state, **fields)
+    params: dict[str, Any] = {"connect_state": state}
+    if "failed_reason" in fields:
+        params["failed_reason"] = fields["failed_reason"]
+    if "peer" in fields:
+        params["peer"] = fields["peer"]
+    status.send(params)
+
+
+def peer_of(leg: Leg) -> dict[str, Any]:
+    """``params.peer`` of the ``connected`` callback."""
+    return {"call_id": leg.call_id, "node_id": NODE_ID, "device": leg.device()}
+
+
+async def transfer(ctx: StepContext, dest: str) -> None:
+    """``transfer_after_bridge``: the document runs in place of the rest of this script, as ``transfer``
+    does (it does not come back)."""
+    section_run = await Execute()._target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
+    await ctx.runner.execute_section(section_run, {})
+    raise EndScript
+
+
+def legs_of(ctx: StepContext, p: ConnectParams) -> list[list[LegSettings]]:
+    """The dial plan's groups, each destination with the top-level values filled in."""
+    shape = next(s for s in SHAPES if getattr(p, s) is not None)
+    out: list[list[LegSettings]] = []
+    for g, group in enumerate(p.groups()):
+        out.append([leg_settings(ctx, leg, p, _place_of(ctx.where, shape, g, i)) for i, leg in enumerate(group)])
+    return out
+
+
+def _place_of(where: str, shape: str, group: int, index: int) -> str:
+    """Where a destination is written: the step itself for ``to``, else its item (``.parallel[1]``)."""
+    if shape == "serial":
+        return f"{where}.serial[{group}]"
+    if shape == "parallel":
+        return f"{where}.parallel[{index}]"
+    if shape == "serial_parallel":
+        return f"{where}.serial_parallel[{group}][{index}]"
+    return where
+
+
+def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: str) -> LegSettings:
+    """One destination as the dial plan takes it; a value it cannot dial (substituted at run time) is
+    its ``problem``: that leg fails, the others are dialled."""
+    to = destination_of(leg).strip()
+    problem: str | None = None
+    device: DestinationKind = "sip"
+    try:
+        device = destination_kind(to, f"{where}.to")
+    except ParamError as e:
+        problem = str(e)
+    if setting("encryption", leg, top) == "mandatory":
+        problem = f"{where}.encryption: 'mandatory' (SRTP media encryption) is not supported by this engine"
+    if setting("webrtc_media", leg, top):
+        problem = f"{where}.webrtc_media: WebRTC media is not supported by this engine"
+    username, password = setting("username", leg, top), setting("password", leg, top)
+    if (username is None) != (password is None):
+        problem = f"{where}: {CREDENTIALS_PAIR}"
+    timeout = setting("timeout", leg, top) or DEFAULT_TIMEOUT
+    headers = setting("headers", leg, top) or []
+    caller_from = ctx.variables.call.get("from")
+    target = DialTarget(
+        to=to,
+        from_=setting("from_", leg, top) or (str(caller_from) if caller_from else ""),
+        from_name=setting("from_name", leg, top),
+        username=username,
+        password=password,
+        headers=tuple((h["name"], h["value"]) for h in headers),
+        codecs=tuple(codec_names(setting("codecs", leg, top))),
+        session_timeout=setting("session_timeout", leg, top),
+        caller_call_id=ctx.call.call_id,
+    )
+    return LegSettings(
+        to=to,
+        target=None if problem else target,
+        device=device,
+        timeout=float(timeout),
+        confirm=setting("confirm", leg, top),
+        confirm_timeout=float(setting("confirm_timeout", leg, top) or timeout),
+        call_state_url=setting("call_state_url", leg, top),
+        call_state_events=tuple(setting("call_state_events", leg, top) or DEFAULT_CALL_STATE_EVENTS),
+        where=where,
+        problem=problem,
+    )
 
 
 def check_document_text(value: object, where: str, methods: MethodTable) -> list[ParamError]:

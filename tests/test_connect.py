@@ -1,0 +1,493 @@
+"""connect on the virtual clock, against simulated far parties (transports/simulated.py): the dial plans,
+their timeouts and failures, answer_on_bridge, confirm, the caller hanging up, the variables a script
+sees afterwards, and what the caller hears and records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conftest import RATE, read_wav, rms, run_doc, spectrum_peaks, tone, window
+from swml_engine.session import SimResult
+from swml_engine.transports.simulated import PeerScript
+
+AGENT = "sip:agent@example.com"
+
+
+def peer(to: str = AGENT, **script: Any) -> PeerScript:
+    return PeerScript(to=to, **script)
+
+
+def of_type(res: SimResult, type_: str) -> list[dict[str, Any]]:
+    return [e for e in res.events if e["type"] == type_]
+
+
+def legs(res: SimResult) -> list[tuple[float, str, str, str | None]]:
+    """Each connect.leg event as (t, to, state, reason)."""
+    return [(e["t"], e["to"], e["state"], e.get("reason")) for e in of_type(res, "connect.leg")]
+
+
+def states(res: SimResult) -> list[tuple[float, str]]:
+    return [(e["t"], e["state"]) for e in of_type(res, "connect.state")]
+
+
+def step_starts(res: SimResult, method: str) -> list[float]:
+    return [e["t"] for e in of_type(res, "step.start") if e["method"] == method]
+
+
+def outcome(res: SimResult) -> tuple[Any, Any, Any]:
+    return res.vars.get("connect_result"), res.vars.get("connect_failed_reason"), res.vars.get("return_value")
+
+
+CONNECT_THEN_PLAY = """
+sections:
+  main:
+    - connect: {to: "sip:agent@example.com"}
+    - play: {url: "silence:1"}
+"""
+
+
+def test_a_far_party_answers_is_bridged_and_its_hangup_returns_to_the_script() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(at=3.0, audio=tone(1000, 10.0), hangup=5.0)], hangup_at=60)
+    assert outcome(res) == ("connected", None, "connected")
+    assert [(t, state) for t, _, state, _ in legs(res)] == [
+        (0.0, "created"),
+        (0.0, "ringing"),
+        (3.0, "answered"),
+        (8.0, "ended"),
+    ]
+    assert states(res) == [(0.0, "connecting"), (3.0, "connected"), (8.0, "disconnected")]
+    assert of_type(res, "connect.state")[-1]["reason"] == "far_hangup"
+    # The script goes on the moment the far party hangs up; the caller's call is still up.
+    assert step_starts(res, "play") == [8.0]
+    assert res.result.reason == "script_end"
+    # The far leg's own states never reach the caller's log as call.state.
+    assert [e["state"] for e in of_type(res, "call.state")] == ["ringing", "answered", "ended"]
+    (leg,) = res.dialer.placed
+    assert of_type(res, "connect.state")[1]["peer"]["call_id"] == of_type(res, "connect.leg")[0]["call_id"]
+    assert leg.target.to == AGENT and leg.target.from_ == "+15551230000"
+
+
+def test_busy_fails_with_its_code_and_the_script_goes_on() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(outcome="busy", at=2.0)])
+    assert outcome(res) == ("failed", "busy", "failed")
+    failed = of_type(res, "connect.leg")[-1]
+    assert (failed["t"], failed["state"], failed["reason"], failed["code"]) == (2.0, "failed", "busy", 486)
+    assert states(res) == [(0.0, "connecting"), (2.0, "failed")]
+    assert of_type(res, "connect.state")[-1]["failed_reason"] == "busy"
+    assert step_starts(res, "play") == [2.0]
+
+
+def test_no_answer_is_given_up_at_the_timeout() -> None:
+    res = run_doc(
+        'sections:\n  main:\n    - connect: {to: "sip:agent@example.com", timeout: 5}\n    - play: {url: "silence:1"}\n',
+        peers=[peer(outcome="no-answer")],
+    )
+    assert outcome(res) == ("failed", "no_answer", "failed")
+    assert legs(res)[-1] == (5.0, AGENT, "failed", "no_answer")
+    assert "code" not in of_type(res, "connect.leg")[-1]  # our CANCEL's 487 says nothing of the far end
+    assert step_starts(res, "play") == [5.0]
+
+
+def test_the_default_timeout_is_60_seconds() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(outcome="no-answer")], hangup_at=300)
+    assert legs(res)[-1] == (60.0, AGENT, "failed", "no_answer")
+
+
+def test_a_603_is_rejected_with_its_code() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(outcome="reject", code=603, at=1.0)])
+    assert outcome(res) == ("failed", "rejected", "failed")
+    failed = of_type(res, "connect.leg")[-1]
+    assert (failed["reason"], failed["code"], failed["text"]) == ("rejected", 603, "Decline")
+
+
+def test_a_destination_nobody_answers_is_unreachable() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[])
+    assert outcome(res) == ("failed", "unreachable", "failed")
+    failed = of_type(res, "connect.leg")[-1]
+    assert failed["state"] == "failed" and failed["call_id"] is None
+    assert "add --peer 'sip:agent@example.com=answer@1s'" in failed["text"]
+
+
+def test_serial_busy_then_no_answer_then_answer() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        timeout: 10
+        serial:
+          - to: "sip:a@example.com"
+          - to: "sip:b@example.com"
+            timeout: 4
+          - to: "sip:c@example.com"
+    - play: {url: "silence:1"}
+"""
+    res = run_doc(
+        doc,
+        peers=[
+            peer("sip:a@example.com", outcome="busy", at=1.0),
+            peer("sip:b@example.com", outcome="no-answer"),
+            peer("sip:c@example.com", at=2.0, hangup=3.0),
+        ],
+    )
+    assert [(t, to, s, r) for t, to, s, r in legs(res) if s not in ("created", "ringing")] == [
+        (1.0, "sip:a@example.com", "failed", "busy"),
+        (5.0, "sip:b@example.com", "failed", "no_answer"),
+        (7.0, "sip:c@example.com", "answered", None),
+        (10.0, "sip:c@example.com", "ended", None),
+    ]
+    assert outcome(res) == ("connected", None, "connected")
+    assert [leg.target.to for leg in res.dialer.placed] == [
+        "sip:a@example.com",
+        "sip:b@example.com",
+        "sip:c@example.com",
+    ]
+
+
+def test_parallel_the_second_answers_and_the_others_are_cancelled() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        parallel:
+          - to: "sip:a@example.com"
+          - to: "sip:b@example.com"
+          - to: "sip:c@example.com"
+"""
+    res = run_doc(
+        doc,
+        peers=[
+            peer("sip:a@example.com", outcome="no-answer"),
+            peer("sip:b@example.com", at=2.0, hangup=1.0),
+            peer("sip:c@example.com", at=5.0),
+        ],
+    )
+    at_two = [(to, s, r) for t, to, s, r in legs(res) if t == 2.0]
+    assert at_two == [
+        ("sip:b@example.com", "answered", None),
+        ("sip:a@example.com", "failed", "cancelled"),
+        ("sip:c@example.com", "failed", "cancelled"),
+    ]
+    a, b, c = res.dialer.placed
+    assert (a.state, b.state, c.state) == ("failed", "ended", "failed")
+    assert a.failure is not None and a.failure.reason == "cancelled"
+    connected = of_type(res, "connect.state")[1]
+    b_id = next(e["call_id"] for e in of_type(res, "connect.leg") if e["to"] == "sip:b@example.com")
+    assert connected["state"] == "connected" and connected["peer"]["call_id"] == b_id
+    assert outcome(res) == ("connected", None, "connected")
+
+
+def test_serial_parallel_goes_to_the_next_group_when_one_fails() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        serial_parallel:
+          - - to: "+15550000001"
+            - to: "+15550000002"
+          - - to: "+15550000003"
+"""
+    res = run_doc(
+        doc,
+        peers=[
+            peer("+15550000001", outcome="busy", at=1.0),
+            peer("+15550000002", outcome="reject", code=480, at=2.0),
+            peer("+15550000003", at=1.0, hangup=1.0),
+        ],
+    )
+    assert [(t, to, r) for t, to, s, r in legs(res) if s == "failed"] == [
+        (1.0, "+15550000001", "busy"),
+        (2.0, "+15550000002", "no_answer"),
+    ]
+    created = [(t, to) for t, to, s, _ in legs(res) if s == "created"]
+    assert created == [(0.0, "+15550000001"), (0.0, "+15550000002"), (2.0, "+15550000003")]
+    assert outcome(res) == ("connected", None, "connected")
+    assert of_type(res, "connect.leg")[-1]["state"] == "ended"
+
+
+def test_every_group_failing_reports_the_last_failure() -> None:
+    doc = 'sections:\n  main:\n    - connect: {serial: [{to: "+15550000001"}, {to: "+15550000002"}]}\n'
+    res = run_doc(doc, peers=[peer("+15550000001", outcome="reject", code=603), peer("+15550000002", outcome="busy")])
+    assert outcome(res) == ("failed", "busy", "failed")
+
+
+def test_answer_on_bridge_answers_the_caller_only_when_the_far_party_answers() -> None:
+    doc = """
+sections:
+  main:
+    - connect: {to: "sip:agent@example.com", answer_on_bridge: true}
+"""
+    res = run_doc(doc, peers=[peer(at=4.0, hangup=1.0)])
+    calls = [(e["t"], e["state"]) for e in of_type(res, "call.state")]
+    assert calls[:3] == [(0.0, "ringing"), (0.0, "early_media"), (4.0, "answered")]
+    answered = next(t for t, _, s, _ in legs(res) if s == "answered")
+    assert answered == 4.0
+
+
+def test_answer_on_bridge_false_answers_before_dialling() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(at=4.0, hangup=1.0)])
+    assert [(e["t"], e["state"]) for e in of_type(res, "call.state")][:2] == [(0.0, "ringing"), (0.0, "answered")]
+
+
+CONFIRM = """
+sections:
+  main:
+    - connect:
+        confirm:
+          - prompt: {play: "silence:0.5", max_digits: 1, initial_timeout: 5}
+          - cond:
+              - when: "prompt_value != '1'"
+                then: [hangup: {}]
+        serial:
+          - to: "sip:a@example.com"
+          - to: "sip:b@example.com"
+    - play: {url: "silence:1"}
+"""
+
+
+def test_confirm_drops_a_far_party_that_refuses_and_dials_on() -> None:
+    res = run_doc(
+        CONFIRM,
+        peers=[
+            peer("sip:a@example.com", at=1.0, dtmf=((1.0, "2"),)),
+            peer("sip:b@example.com", at=1.0, dtmf=((1.0, "1"),), hangup=10.0),
+        ],
+    )
+    a_events = [(t, s, r) for t, to, s, r in legs(res) if to == "sip:a@example.com"]
+    assert a_events[-1] == (2.0, "failed", "not_confirmed")
+    # b is bridged once its confirm script ends (the prompt's digit at 1 s after its answer).
+    assert states(res)[1] == (4.0, "connected")
+    assert outcome(res) == ("connected", None, "connected")
+    a, b = res.dialer.placed
+    assert (a.state, b.state) == ("ended", "ended")
+
+
+def test_confirm_that_never_ends_times_out() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        to: "sip:agent@example.com"
+        confirm_timeout: 3
+        confirm: [{sleep: {duration: 60000}}]
+"""
+    res = run_doc(doc, peers=[peer(at=1.0)])
+    assert outcome(res) == ("failed", "not_confirmed", "failed")
+    assert legs(res)[-1][0] == 4.0
+    assert any("confirm did not end in 3 s" in e["message"] for e in of_type(res, "warning"))
+
+
+def test_the_caller_hanging_up_while_dialling_cancels_every_leg() -> None:
+    doc = """
+sections:
+  main:
+    - connect: {parallel: [{to: "sip:a@example.com"}, {to: "sip:b@example.com"}]}
+    - play: {url: "silence:1"}
+"""
+    res = run_doc(
+        doc,
+        peers=[peer("sip:a@example.com", outcome="no-answer"), peer("sip:b@example.com", at=10.0)],
+        hangup_at=3.0,
+    )
+    assert [(t, to, r) for t, to, s, r in legs(res) if s == "failed"] == [
+        (3.0, "sip:a@example.com", "cancelled"),
+        (3.0, "sip:b@example.com", "cancelled"),
+    ]
+    assert outcome(res) == ("failed", "cancelled", "failed")
+    assert states(res)[-1] == (3.0, "failed")
+    assert step_starts(res, "play") == []
+    assert res.result.reason == "remote_hangup"
+    assert all(leg.state == "failed" for leg in res.dialer.placed)
+
+
+def test_the_caller_hanging_up_while_bridged_hangs_up_the_far_party() -> None:
+    res = run_doc(CONNECT_THEN_PLAY, peers=[peer(at=1.0)], hangup_at=6.0)
+    assert states(res)[-1] == (6.0, "disconnected")
+    assert of_type(res, "connect.state")[-1]["reason"] == "caller_hangup"
+    assert legs(res)[-1] == (6.0, AGENT, "ended", None)
+    (leg,) = res.dialer.placed
+    assert leg.state == "ended" and leg.hangup_reason == "hangup"
+    assert res.result.reason == "remote_hangup" and step_starts(res, "play") == []
+
+
+def test_max_duration_bounds_the_bridge_and_the_script_goes_on() -> None:
+    doc = 'sections:\n  main:\n    - connect: {to: "sip:agent@example.com", max_duration: 5}\n    - play: {url: "silence:1"}\n'
+    res = run_doc(doc, peers=[peer(at=2.0)])
+    assert states(res)[-1] == (7.0, "disconnected")
+    assert of_type(res, "connect.state")[-1]["reason"] == "max_duration"
+    assert step_starts(res, "play") == [7.0]
+    assert outcome(res) == ("connected", None, "connected")
+
+
+def test_result_switch_runs_once_the_far_leg_has_ended() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        to: "sip:agent@example.com"
+        result:
+          case:
+            connected: [{set: {after: "talked"}}]
+            failed: [{set: {after: "${connect_failed_reason}"}}]
+    - set: {next: "${after}"}
+"""
+    res = run_doc(doc, peers=[peer(outcome="busy", at=1.0)])
+    assert res.vars["after"] == "busy" and res.vars["next"] == "busy"
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=2.0)])
+    assert res.vars["after"] == "talked"
+    set_at = next(e["t"] for e in of_type(res, "vars.set") if e["name"] == "after")
+    assert set_at == 3.0
+
+
+def test_result_cond_and_a_switch_on_another_variable() -> None:
+    doc = """
+sections:
+  main:
+    - set: {who: "sales"}
+    - connect:
+        to: "sip:agent@example.com"
+        result:
+          - when: "connect_result == 'failed' && connect_failed_reason == 'rejected'"
+            then: [{set: {branch: "rejected"}}]
+          - else: [{set: {branch: "other"}}]
+    - connect:
+        to: "sip:agent@example.com"
+        result: {variable: who, case: {sales: [{set: {second: "sales"}}]}}
+"""
+    res = run_doc(doc, peers=[peer(outcome="reject", code=403)])
+    assert (res.vars["branch"], res.vars["second"]) == ("rejected", "sales")
+
+
+def test_a_later_success_clears_an_earlier_failure_reason() -> None:
+    doc = """
+sections:
+  main:
+    - connect: {to: "sip:busy@example.com"}
+    - connect: {to: "sip:agent@example.com"}
+"""
+    res = run_doc(doc, peers=[peer("sip:busy@example.com", outcome="busy"), peer(at=1.0, hangup=1.0)])
+    assert outcome(res) == ("connected", None, "connected")
+    assert [e["name"] for e in of_type(res, "vars.unset")] == ["connect_failed_reason"]
+
+
+def test_transfer_after_bridge_runs_its_document_instead_of_the_rest() -> None:
+    doc = """
+sections:
+  main:
+    - connect:
+        to: "sip:agent@example.com"
+        transfer_after_bridge: '{"sections": {"main": [{"set": {"after": "yes"}}, {"play": {"url": "silence:1"}}]}}'
+    - set: {not_reached: true}
+"""
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=2.0)])
+    assert res.vars["after"] == "yes" and "not_reached" not in res.vars
+    assert res.result.reason == "script_end" and res.duration >= 4.0
+    # Without a bridge, nothing is transferred: the script goes on.
+    res = run_doc(doc, peers=[peer(outcome="busy")])
+    assert "after" not in res.vars and res.vars["not_reached"] is True
+
+
+def test_a_destination_substituted_into_something_undiallable_fails_only_its_leg() -> None:
+    doc = """
+sections:
+  main:
+    - set: {target: "agent-at-example"}
+    - connect: {parallel: [{to: "${target}"}, {to: "sip:agent@example.com"}]}
+"""
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=1.0)])
+    assert outcome(res) == ("connected", None, "connected")
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[1].connect.parallel[0].to"
+    assert "'agent-at-example' is not a destination" in error["message"]
+
+
+def test_without_a_dialer_every_leg_is_unreachable_with_one_warning() -> None:
+    from swml_engine.call import Call, CallOptions
+    from swml_engine.dialing import DialTarget
+    from swml_engine.dialplan import DialPlan, LegSettings
+    from swml_engine.events import EventLog
+    from swml_engine.media.clock import VirtualTimeLoop
+    from swml_engine.methods import REGISTRY
+    from swml_engine.script.context import Variables
+    from swml_engine.transports.simulated import SimulatedTransport
+
+    async def dial() -> tuple[object, str, list[dict[str, Any]]]:
+        call = Call(SimulatedTransport(), events=EventLog(), options=CallOptions())  # no dialer
+        call.start()
+        plan = DialPlan(call, Variables(), REGISTRY, "sections.main[0].connect")
+        target = DialTarget(to="+15550000001", from_="+15550000009")
+        leg = LegSettings("+15550000001", target, "phone", 60, None, 60, None, ("ended",), "sections.main[0].connect")
+        chosen = await plan.dial([[leg], [leg]])
+        await plan.close()
+        await call.hangup()
+        await call.finish()
+        return chosen, plan.failure, call.events.events
+
+    loop = VirtualTimeLoop()
+    try:
+        chosen, failure, events = loop.run_until_complete(dial())
+    finally:
+        loop.close()
+    assert chosen is None and failure == "unreachable"
+    assert [e["reason"] for e in events if e["type"] == "connect.leg"] == ["unreachable", "unreachable"]
+    (warning,) = [e for e in events if e["type"] == "warning"]
+    assert "this call cannot place calls" in warning["message"]
+
+
+def test_the_caller_hears_a_ring_tone_then_the_far_party(tmp_path: Path) -> None:
+    res = run_doc(CONNECT_THEN_PLAY, tmp_path, peers=[peer(at=4.0, audio=tone(1000, 10.0), hangup=3.0)])
+    heard, rate = read_wav(tmp_path / "out" / "heard.wav")
+    assert rate == RATE
+    ringing = window(heard, RATE, 0.1, 1.9)  # the US ring: 440 + 480 Hz, 2 s on, 4 s off
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(ringing, RATE)) == [440, 480]
+    assert rms(window(heard, RATE, 2.2, 3.8)) < 50
+    bridged = window(heard, RATE, 4.2, 6.8)
+    assert abs(spectrum_peaks(bridged, RATE, 1)[0] - 1000) < 10
+    assert res.vars["connect_result"] == "connected"
+
+
+def test_the_caller_hears_the_far_end_s_early_media_instead_of_a_ring(tmp_path: Path) -> None:
+    early = tone(700, 10.0)
+    run_doc(
+        CONNECT_THEN_PLAY, tmp_path, peers=[peer(at=4.0, ring_at=1.0, early=early, audio=tone(1000, 5.0), hangup=2.0)]
+    )
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(heard, RATE, 0.1, 0.9), RATE)) == [440, 480]
+    assert abs(spectrum_peaks(window(heard, RATE, 1.2, 3.8), RATE, 1)[0] - 700) < 10
+    assert abs(spectrum_peaks(window(heard, RATE, 4.2, 5.8), RATE, 1)[0] - 1000) < 10
+
+
+def test_ringback_sounds_are_played_in_a_loop_instead(tmp_path: Path) -> None:
+    doc = """
+sections:
+  main:
+    - connect: {to: "sip:agent@example.com", ringback: ["ring:1:de", "silence:0.5"]}
+"""
+    run_doc(doc, tmp_path, peers=[peer(at=5.0, ring_at=0.0, early=tone(700, 10.0), hangup=1.0)])
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    for start in (0.0, 1.5, 3.0):  # 1 s of the German 425 Hz ring, half a second of silence, again
+        assert abs(spectrum_peaks(window(heard, RATE, start + 0.1, start + 0.9), RATE, 1)[0] - 425) < 10
+        assert rms(window(heard, RATE, start + 1.05, start + 1.45)) < 50
+
+
+def test_a_stereo_recording_of_a_bridged_call_has_the_far_party_on_the_right(tmp_path: Path) -> None:
+    doc = """
+sections:
+  main:
+    - record_call: {stereo: true, format: wav}
+    - connect: {to: "sip:agent@example.com"}
+"""
+    run_doc(
+        doc,
+        tmp_path,
+        caller_audio=tone(440, 20.0),
+        peers=[peer(at=3.0, audio=tone(1000, 20.0), hangup=6.0)],
+    )
+    (meta_path,) = (tmp_path / "out" / "recordings").glob("*.json")
+    audio, rate = read_wav(meta_path.with_suffix(".wav"))
+    left, right = audio[:, 0], audio[:, 1]
+    assert abs(spectrum_peaks(window(left, rate, 3.5, 8.5), rate, 1)[0] - 440) < 10
+    assert abs(spectrum_peaks(window(right, rate, 3.5, 8.5), rate, 1)[0] - 1000) < 10
+    # Before the answer the right channel rang (the US ring tone), the far party was not there.
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(right, rate, 0.2, 1.8), rate)) == [440, 480]
+    assert rms(window(right, rate, 9.2, 9.8)) < 50  # after the far party hung up, the call ended
