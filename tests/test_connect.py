@@ -491,3 +491,150 @@ sections:
     # Before the answer the right channel rang (the US ring tone), the far party was not there.
     assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(right, rate, 0.2, 1.8), rate)) == [440, 480]
     assert rms(window(right, rate, 9.2, 9.8)) < 50  # after the far party hung up, the call ended
+
+
+def test_status_and_call_state_callbacks_carry_the_documented_payloads(http_server: Any) -> None:
+    connect_cb, state_cb = http_server.url("/connect"), http_server.url("/state")
+    user_cb = http_server.url("/b-state").replace("http://", "http://user:pw@")
+    doc = f"""
+sections:
+  main:
+    - connect:
+        from: "+15551112222"
+        status_url: "{connect_cb}"
+        call_state_url: "{state_cb}"
+        call_state_events: [created, ringing, answered, ended]
+        parallel:
+          - to: "+15553334444"
+          - to: "sip:b@example.com"
+            call_state_url: "{user_cb}"
+"""
+    res = run_doc(
+        doc, peers=[peer("+15553334444", outcome="busy", at=1.0), peer("sip:b@example.com", at=2.0, hangup=3.0)]
+    )
+    call_id = res.call.call_id
+    leg_ids = {e["to"]: e["call_id"] for e in of_type(res, "connect.leg")}
+
+    connect = [r["json"] for r in http_server.requests if r["path"] == "/connect"]
+    assert [c["params"]["connect_state"] for c in connect] == ["connecting", "connected", "disconnected"]
+    for c in connect:
+        assert c["event_type"] == "calling.call.connect" and c["event_channel"] == f"swml:{call_id}"
+        assert c["params"]["call_id"] == call_id and c["params"]["node_id"] == "swml-engine"
+        assert isinstance(c["timestamp"], float) and "control_id" not in c["params"]
+    assert connect[1]["params"]["peer"] == {
+        "call_id": leg_ids["sip:b@example.com"],
+        "node_id": "swml-engine",
+        "device": {"type": "sip", "params": {"from_number": "+15551112222", "to_number": "sip:b@example.com"}},
+    }
+
+    phone = [r["json"] for r in http_server.requests if r["path"] == "/state"]
+    assert [(p["params"]["call_state"], p["params"]["end_reason"]) for p in phone] == [
+        ("created", None),
+        ("ended", "busy"),  # a busy peer never rings
+    ]
+    assert phone[0]["event_type"] == "calling.call.state" and phone[0]["event_channel"] == f"swml:{call_id}"
+    assert phone[-1]["params"] == {
+        "call_id": leg_ids["+15553334444"],
+        "node_id": "swml-engine",
+        "call_state": "ended",
+        "direction": "outbound",
+        "device": {"type": "phone", "params": {"from_number": "+15551112222", "to_number": "+15553334444"}},
+        "end_reason": "busy",
+    }
+    sip = [r for r in http_server.requests if r["path"] == "/b-state"]
+    assert [r["json"]["params"]["call_state"] for r in sip] == ["created", "ringing", "answered", "ended"]
+    assert sip[-1]["json"]["params"]["end_reason"] == "hangup"
+    assert all(r["headers"]["Authorization"] == "Basic dXNlcjpwdw==" for r in sip)  # user:pw as basic auth
+    assert all("pw@" not in str(e) for e in of_type(res, "callback"))
+
+
+def test_a_failed_connect_reports_its_reason_and_only_the_ended_state_by_default(http_server: Any) -> None:
+    doc = f"""
+sections:
+  main:
+    - connect:
+        status_url: "{http_server.url("/connect")}"
+        call_state_url: "{http_server.url("/state")}"
+        serial: [{{to: "sip:a@example.com"}}, {{to: "sip:b@example.com", timeout: 2}}]
+"""
+    run_doc(
+        doc,
+        peers=[peer("sip:a@example.com", outcome="reject", code=603), peer("sip:b@example.com", outcome="no-answer")],
+    )
+    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    assert [(c["connect_state"], c.get("failed_reason")) for c in connect] == [
+        ("connecting", None),
+        ("failed", "no_answer"),
+    ]
+    ended = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    assert [(e["call_state"], e["end_reason"], e["device"]["params"]["to_number"]) for e in ended] == [
+        ("ended", "declined", "sip:a@example.com"),
+        ("ended", "no_answer", "sip:b@example.com"),
+    ]
+
+
+def test_the_caller_hanging_up_reports_cancelled(http_server: Any) -> None:
+    doc = f"""
+sections:
+  main:
+    - connect:
+        status_url: "{http_server.url("/connect")}"
+        call_state_url: "{http_server.url("/state")}"
+        to: "sip:agent@example.com"
+"""
+    run_doc(doc, peers=[peer(outcome="no-answer")], hangup_at=2.0)
+    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    assert connect[-1]["connect_state"] == "failed" and connect[-1]["failed_reason"] == "cancelled"
+    (ended,) = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    assert ended["end_reason"] == "cancel"
+
+
+def test_the_worked_example_of_the_docs_runs_as_written(tmp_path: Path) -> None:
+    """docs/connect.md's example, its YAML and its command line as the page shows them."""
+    import re
+    import shlex
+
+    from conftest import wav_bytes
+    from swml_engine.cli import main
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "connect.md").read_text()
+    yaml_text = re.search(r"```yaml\n(# support.yaml\n.*?)```", page, re.S)
+    command = re.search(r"```sh\n(swml run support.yaml.*?)```", page, re.S)
+    assert yaml_text is not None and command is not None
+    (tmp_path / "support.yaml").write_text(yaml_text.group(1))
+    (tmp_path / "caller.wav").write_bytes(wav_bytes(tone(440, 40.0)))
+    (tmp_path / "agent.wav").write_bytes(wav_bytes(tone(1000, 40.0)))
+    args = shlex.split(command.group(1).replace("\\\n", " "))[1:]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(args) == 0
+    finally:
+        os.chdir(cwd)
+    out = tmp_path / "out"
+    import json
+
+    assert json.loads((out / "vars.json").read_text())["connect_result"] == "connected"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    connected = [e for e in events if e["type"] == "connect.state" and e["state"] == "connected"]
+    assert connected[0]["t"] == 6.0
+    heard, _ = read_wav(out / "peer-2-heard.wav")
+    assert abs(spectrum_peaks(heard[8000 * 8 : 8000 * 12], RATE, 1)[0] - 440) < 10  # Bob hears the caller
+    (meta,) = [json.loads(p.read_text()) for p in (out / "recordings").glob("*.json")]
+    assert [(b["to"], b["start"], b["end"]) for b in meta["bridges"]] == [("sip:bob@pbx.example.com", 6.0, 26.0)]
+
+
+def test_a_ringback_sound_that_cannot_play_gives_way_to_the_ring_tone(tmp_path: Path) -> None:
+    doc = """
+sections:
+  main:
+    - connect: {to: "sip:agent@example.com", ringback: ["file:///nonexistent/ring.wav"]}
+"""
+    res = run_doc(doc, tmp_path, peers=[peer(at=3.0, hangup=1.0)])
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.ringback" and error["message"].endswith("a ring tone instead")
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(heard, RATE, 0.2, 1.8), RATE)) == [440, 480]
+    assert res.vars["connect_result"] == "connected"

@@ -13,9 +13,9 @@ from swml_engine.document.loader import load_document, load_text
 from swml_engine.document.model import Document
 from swml_engine.errors import DocumentError
 from swml_engine.methods import REGISTRY
-from swml_engine.methods.connect import MAX_DESTINATIONS, MAX_PARALLEL, Connect, ConnectParams, DestinationParams
+from swml_engine.methods.connect import MAX_DESTINATIONS, MAX_PARALLEL, ConnectParams, DestinationParams
 
-METHODS = {**REGISTRY, "connect": Connect()}
+METHODS = REGISTRY
 
 
 def load(connect: object, *before: object) -> Document:
@@ -275,3 +275,43 @@ def test_connect_inside_a_cond_is_checked_too() -> None:
     assert [str(u) for u in e.value.unsupported] == [
         "sections.main[0].cond[0].then[0].connect.to: 'queue:x' (a queue): not supported by this engine"
     ]
+
+
+def test_swml_validate_exits_3_for_what_this_engine_does_not_dial(tmp_path: Any, capsys: Any) -> None:
+    from swml_engine.cli import main
+
+    queue = tmp_path / "queue.yaml"
+    queue.write_text(
+        "sections:\n  main:\n    - connect: {to: 'queue:support', transfer_after_bridge: 'https://example.com/a'}\n"
+    )
+    assert main(["validate", str(queue)]) == 3
+    assert capsys.readouterr().err == (
+        f"{queue}: sections.main[0].connect.to: 'queue:support' (a queue): not supported by this engine\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sections:\n  main:\n    - connect: {serial: [{to: 'queue:a'}, {to: 'alice'}]}\n")
+    assert main(["validate", str(bad)]) == 1
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "sections:\n  main:\n    - connect: {parallel: [{to: '+15551230001'}, {to: 'sip:b@example.com'}]}\n"
+    )
+    assert main(["validate", str(good)]) == 0
+
+
+def test_the_reference_examples_load() -> None:
+    """connect.mdx's examples (the corpus's connect__N): the SIP and phone ones load; queue, stream and
+    Resource Address ones are not supported."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[1].parent / "shared" / "swml-corpus" / "docs-examples"
+    if not corpus.is_dir():
+        pytest.skip("corpus not found")
+    verdicts = {}
+    for path in sorted(corpus.glob("connect__*.json")):
+        try:
+            load_document(json.loads(path.read_text()), path.name, methods=METHODS)
+            verdicts[path.name] = "ok"
+        except DocumentError as e:
+            verdicts[path.name] = "invalid" if e.errors else "unsupported"
+    assert {n for n, v in verdicts.items() if v != "ok"} == {"connect__5.json", "connect__10.json", "connect__11.json"}
+    assert all(v in ("ok", "unsupported") for v in verdicts.values()) and len(verdicts) == 11

@@ -481,8 +481,9 @@ class Ringback:
     :meth:`stop` ends it and hands back the early media's bridge, if any, for the chosen leg to reuse.
     """
 
-    def __init__(self, caller: Call, sounds: list[tuple[str, Sound]], voice: Voice) -> None:
+    def __init__(self, caller: Call, sounds: list[tuple[str, Sound]], voice: Voice, where: str) -> None:
         self.caller = caller
+        self.where = where
         self.sounds = sounds
         self.voice = voice
         self.early: tuple[Leg, Bridge] | None = None
@@ -508,7 +509,7 @@ class Ringback:
                 try:
                     await self._playlist.play()
                 except PlayFailed as e:
-                    self.caller.events.emit("error", where="connect.ringback", message=str(e))
+                    self.caller.events.emit("error", where=self.where, message=f"{e}; a ring tone instead")
                     sounds = []  # a ring tone instead
                 if self.caller.now() <= began:
                     sounds = []  # sounds that take no time would loop forever

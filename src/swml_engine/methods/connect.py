@@ -515,7 +515,8 @@ class Connect(Method[ConnectParams]):
         caller = ctx.call
         groups = legs_of(ctx, p)
         status = EventReporter(caller, p.status_url, "calling.call.connect", f"{ctx.where}.status_url")
-        ringback = Ringback(caller, sounds_of(p.ringback or [], f"{ctx.where}.ringback"), voice_of(ctx, VoiceParams()))
+        where = f"{ctx.where}.ringback"
+        ringback = Ringback(caller, sounds_of(p.ringback or [], where), voice_of(ctx, VoiceParams()), where)
         plan = DialPlan(caller, ctx.variables, cast("Mapping[str, Method[Any]]", ctx.runner.methods), ctx.where)
         plan.ringback = ringback
         ended: DisconnectReason | None = None
