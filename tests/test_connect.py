@@ -638,3 +638,43 @@ sections:
     heard, _ = read_wav(tmp_path / "out" / "heard.wav")
     assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(heard, RATE, 0.2, 1.8), RATE)) == [440, 480]
     assert res.vars["connect_result"] == "connected"
+
+
+def test_a_transfer_document_that_cannot_be_fetched_leaves_the_script_going_on(http_server: Any) -> None:
+    doc = f"""
+sections:
+  main:
+    - connect: {{to: "sip:agent@example.com", transfer_after_bridge: "{http_server.url("/missing")}"}}
+    - set: {{reached: true}}
+"""
+    http_server.failures["/missing"] = [500]
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=1.0)])
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.transfer_after_bridge"
+    assert outcome(res) == ("connected", None, "connected") and res.vars["reached"] is True
+
+
+def test_a_far_leg_that_never_says_it_ended_is_let_go_after_a_grace(monkeypatch: Any) -> None:
+    """A far end that ignores our CANCEL (a transport that never reports its end) cannot hold the
+    caller's script: after DROP_GRACE the leg counts as gone."""
+    import swml_engine.session as session
+    from swml_engine.dialplan import DROP_GRACE
+    from swml_engine.transports.simulated import SimulatedDialer, SimulatedFarTransport
+
+    class Deaf(SimulatedFarTransport):
+        def cancel(self) -> None:
+            pass  # never answers the CANCEL
+
+    class DeafDialer(SimulatedDialer):
+        def place(self, target: Any, rate: int) -> SimulatedFarTransport:
+            placed = super().place(target, rate)
+            self.placed[-1] = Deaf(target, placed.peer, placed.rate)
+            return self.placed[-1]
+
+    monkeypatch.setattr(session, "SimulatedDialer", DeafDialer)
+    res = run_doc(
+        'sections:\n  main:\n    - connect: {to: "sip:agent@example.com", timeout: 2}\n    - set: {after: true}\n',
+        peers=[peer(outcome="no-answer")],
+    )
+    assert legs(res)[-1] == (2.0 + DROP_GRACE, AGENT, "failed", "no_answer")
+    assert res.vars["after"] is True and outcome(res) == ("failed", "no_answer", "failed")

@@ -111,6 +111,9 @@ class Leg:
         self.rang = False
         #: Its ``call_state_url`` callbacks (None without one).
         self.reporter: EventReporter | None = None
+        #: Set when a leg given up has not said it ended within DROP_GRACE: it is counted gone.
+        self.abandoned = asyncio.Event()
+        self.grace: asyncio.TimerHandle | None = None
 
     @property
     def call_id(self) -> str | None:
@@ -232,15 +235,13 @@ class DialPlan:
         state: DialState = transport.state
         try:
             while state not in ("failed", "ended"):
-                wait = DROP_GRACE if leg.stage == "dropping" else None
-                try:
-                    state = await asyncio.wait_for(transport.next_state(), wait)
-                except TimeoutError:
-                    state = "failed"  # it never said it ended: count it gone
+                state = await self._next_state(leg, transport)
                 if state in ("ringing", "early_media", "answered"):
                     self._progress(leg, state)
             self._over(leg, self._failure_of(leg, state))
         finally:
+            if leg.grace is not None:
+                leg.grace.cancel()
             if leg.confirmer is not None:
                 leg.confirmer.cancel()
             if not call.is_ended:
@@ -248,6 +249,18 @@ class DialPlan:
             await call.finish()
             leg.stage = "done"
             self._changed.set()
+
+    async def _next_state(self, leg: Leg, transport: FarTransport) -> DialState:
+        """The next state the transport reports; ``failed`` when a leg given up never says it ended."""
+        step = asyncio.ensure_future(transport.next_state())
+        gone = asyncio.ensure_future(leg.abandoned.wait())
+        try:
+            await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not step.done():
+                step.cancel()
+        return step.result() if step.done() and not step.cancelled() else "failed"
 
     def _failure_of(self, leg: Leg, state: DialState) -> DialFailure | None:
         """How the leg ended: its transport's failure (the plan's reason first), or ``not_confirmed``
@@ -301,6 +314,7 @@ class DialPlan:
             return
         leg.stage = "dropping"
         leg.reason = leg.reason or reason
+        leg.grace = self.caller.loop.call_later(DROP_GRACE, leg.abandoned.set)
         if leg.timer is not None:
             leg.timer.cancel()
         if leg.confirmer is not None:
@@ -535,7 +549,6 @@ class Ringback:
         """The leg whose early media the caller hears is over: back to the ring tone."""
         if self.early is not None and self.early[0] is leg:
             self.early[1].stop()
-            self.caller.loop.create_task(self.early[1].close())
             self.early = None
             self._resume.set()
 

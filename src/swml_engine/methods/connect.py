@@ -587,7 +587,12 @@ def peer_of(leg: Leg) -> dict[str, Any]:
 async def transfer(ctx: StepContext, dest: str) -> None:
     """``transfer_after_bridge``: the document runs in place of the rest of this script, as ``transfer``
     does (it does not come back)."""
-    section_run = await Execute()._target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
+    try:
+        section_run = await Execute()._target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
+    except ParamError as e:
+        # The connect itself went well (its variables stand): the script goes on, as after a failed transfer.
+        ctx.events.emit("error", where=f"{ctx.where}.transfer_after_bridge", message=e.message)
+        return
     await ctx.runner.execute_section(section_run, {})
     raise EndScript
 
