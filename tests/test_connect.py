@@ -678,3 +678,24 @@ def test_a_far_leg_that_never_says_it_ended_is_let_go_after_a_grace(monkeypatch:
     )
     assert legs(res)[-1] == (2.0 + DROP_GRACE, AGENT, "failed", "no_answer")
     assert res.vars["after"] is True and outcome(res) == ("failed", "no_answer", "failed")
+
+
+def test_digits_cross_the_bridge_and_a_caller_terminator_still_ends_its_recording(tmp_path: Path) -> None:
+    doc = """
+sections:
+  main:
+    - record_call: {terminators: "#", format: wav}
+    - connect: {to: "sip:agent@example.com"}
+"""
+    res = run_doc(
+        doc,
+        tmp_path,
+        dtmf=[(4.0, "5"), (6.0, "#")],
+        peers=[peer(at=2.0, dtmf=((1.0, "7"),), hangup=8.0)],
+    )
+    (far,) = res.dialer.placed
+    assert far.sent_digits == ["5", "#"]  # the caller's keys reach the far party
+    assert res.call.transport.sent_digits == ["7"]  # and the far party's reach the caller
+    (recorded,) = [e for e in of_type(res, "record.state") if e["state"] == "finished"]
+    assert recorded["t"] == 6.0 and recorded["end_reason"] == "terminator"
+    assert outcome(res) == ("connected", None, "connected")
