@@ -699,3 +699,27 @@ sections:
     (recorded,) = [e for e in of_type(res, "record.state") if e["state"] == "finished"]
     assert recorded["t"] == 6.0 and recorded["end_reason"] == "terminator"
     assert outcome(res) == ("connected", None, "connected")
+
+
+def test_a_wideband_far_party_is_recorded_at_the_caller_s_rate(tmp_path: Path) -> None:
+    """A G.722-like far leg (16 kHz) bridged to an 8 kHz caller: resampled, on the right channel."""
+    doc = """
+sections:
+  main:
+    - record_call: {stereo: true, format: wav}
+    - connect: {to: "sip:agent@example.com"}
+"""
+    run_doc(
+        doc,
+        tmp_path,
+        caller_audio=tone(440, 20.0),
+        peers=[peer(at=1.0, rate=16000, audio=tone(1000, 20.0, rate=16000), hangup=4.0)],
+    )
+    (meta_path,) = (tmp_path / "out" / "recordings").glob("*.json")
+    audio, rate = read_wav(meta_path.with_suffix(".wav"))
+    assert rate == RATE
+    assert abs(spectrum_peaks(window(audio[:, 1], rate, 1.5, 4.5), rate, 1)[0] - 1000) < 10
+    assert abs(spectrum_peaks(window(audio[:, 0], rate, 1.5, 4.5), rate, 1)[0] - 440) < 10
+    heard, far_rate = read_wav(tmp_path / "out" / "peer-1-heard.wav")
+    assert far_rate == 16000
+    assert abs(spectrum_peaks(window(heard, far_rate, 1.5, 4.5), far_rate, 1)[0] - 440) < 10
