@@ -8,8 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from interop.peers import Engine, SipPeer, header, sdp_offer, to_tag, wait_for
+from interop.peers import Engine, SipPeer, header, wait_for
 from swml_engine.transports.sip.call import SipCallTransport
+
+from .test_service_dialogs import answered
 
 EngineFactory = Callable[..., Engine]
 
@@ -26,15 +28,6 @@ SCRIPT = (
     "    - set: {after: reached}\n"
     "    - play: {url: 'silence:1'}\n"
 )
-
-
-def answered(peer: SipPeer) -> str:
-    """INVITE, then the 200 OK's To tag once it comes (ACKed)."""
-    peer.request("INVITE", 1, body=sdp_offer(31500))
-    assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
-    tag = to_tag(peer.final())
-    peer.request("ACK", 1, to_tag=tag)
-    return tag
 
 
 def requests(peer: SipPeer, method: str) -> list[str]:

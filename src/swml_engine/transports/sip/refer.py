@@ -37,26 +37,22 @@ with SUBSCRIBE, REFER outside a dialog, and ``Replaces`` (an attended transfer) 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from swml_engine.transports.sip.auth import AuthError, Credentials, DigestClient, challenge_of
 from swml_engine.transports.sip.dialog import DialogError
-from swml_engine.transports.sip.message import REASONS, Method, Request, Response, Via
-from swml_engine.transports.sip.transaction import ClientTransaction, ServerTransaction, Timing
+from swml_engine.transports.sip.message import REASONS, Method, Request, Response
+from swml_engine.transports.sip.transaction import ServerTransaction
+from swml_engine.transports.sip.uac import UacCore
 from swml_engine.transports.sip.uri import NameAddr, Uri, UriError, parse_params, shown
 from swml_engine.transports.sip.useragent import (
-    ClientOwner,
     Peer,
-    Policy,
     RequestHandler,
     ServerCall,
     SipEvent,
     Target,
-    Timed,
-    Transport,
     UasState,
 )
 
@@ -81,28 +77,8 @@ class ReferError(ValueError):
     """A referral that cannot be made as asked; the message says which argument and why."""
 
 
-class ReferCore(Protocol):
-    """What a referral needs of the user agent core."""
-
-    rng: random.Random
-    timing: Timing
-    policy: Policy
-
-    def send_request(
-        self, request: Request, target: Target, now: float, owner: ClientOwner
-    ) -> ClientTransaction | None: ...
-
-    def respond(self, tx: ServerTransaction, response: Response, now: float) -> None: ...
-
-    def emit(self, event: SipEvent) -> None: ...
-
-    def add_timed(self, timed: Timed) -> None: ...
-
-    def remove_timed(self, timed: Timed) -> None: ...
-
-    def via(self, local: tuple[str, int], transport: Transport) -> Via: ...
-
-    def contact(self, local: tuple[str, int], transport: Transport, user: str | None = None) -> NameAddr: ...
+class ReferCore(UacCore, Protocol):
+    """What a referral needs of the user agent core: what an outbound call does, and the caller's dialog."""
 
     def target(self, uri: Uri, peer: Peer) -> Target: ...
 
