@@ -723,3 +723,48 @@ sections:
     heard, far_rate = read_wav(tmp_path / "out" / "peer-1-heard.wav")
     assert far_rate == 16000
     assert abs(spectrum_peaks(window(heard, far_rate, 1.5, 4.5), far_rate, 1)[0] - 440) < 10
+
+
+def test_confirm_fetched_from_a_url_runs_on_the_far_leg(http_server: Any) -> None:
+    import json
+
+    confirm = {
+        "sections": {
+            "main": [
+                {"prompt": {"play": "silence:0.2", "max_digits": 1}},
+                {"cond": [{"when": "prompt_value != '1'", "then": [{"hangup": {}}]}]},
+            ]
+        }
+    }
+    http_server.files["/confirm"] = (json.dumps(confirm).encode(), "application/json")
+    doc = f"""
+sections:
+  main:
+    - connect:
+        confirm: "{http_server.url("/confirm")}"
+        parallel: [{{to: "sip:a@example.com"}}, {{to: "sip:b@example.com"}}]
+"""
+    res = run_doc(
+        doc,
+        peers=[
+            peer("sip:a@example.com", at=1.0, dtmf=((0.5, "9"),)),
+            peer("sip:b@example.com", at=2.0, dtmf=((0.5, "1"),), hangup=5.0),
+        ],
+    )
+    a_id = next(e["call_id"] for e in of_type(res, "connect.leg") if e["to"] == "sip:a@example.com")
+    posted = [r["json"] for r in http_server.requests if r["path"] == "/confirm"]
+    assert len(posted) == 2
+    assert posted[0]["call"]["call_id"] == a_id and posted[0]["call"]["direction"] == "outbound"
+    assert posted[0]["call"]["to"] == "sip:a@example.com" and posted[0]["vars"] == {}
+    assert [(to, r) for _, to, s, r in legs(res) if s == "failed"] == [("sip:a@example.com", "not_confirmed")]
+    assert states(res)[1] == (2.5, "connected")
+    assert "prompt_value" not in res.vars  # the confirm script's variables are its own
+
+
+def test_a_confirm_url_that_fails_drops_the_leg_with_an_error(http_server: Any) -> None:
+    http_server.failures["/confirm"] = [500]
+    doc = f'sections:\n  main:\n    - connect: {{to: "sip:agent@example.com", confirm: "{http_server.url("/confirm")}"}}\n'
+    res = run_doc(doc, peers=[peer(at=1.0)])
+    assert outcome(res) == ("failed", "not_confirmed", "failed")
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.confirm" and "500" in error["message"]

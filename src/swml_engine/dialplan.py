@@ -32,7 +32,7 @@ from swml_engine.document.model import Block, Document
 from swml_engine.document.params import shorten
 from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError, SwmlError
-from swml_engine.events import EventLog
+from swml_engine.events import EventLog, Sink
 from swml_engine.fetch import CallFetches, FetchStopped
 from swml_engine.media.bridge import Bridge
 from swml_engine.media.frame import Frame
@@ -220,7 +220,7 @@ class DialPlan:
         # dialer (a confirm script does not place calls).
         return dataclasses.replace(self.caller.options, fetches=CallFetches(), dialer=None)
 
-    def _forward_errors(self, settings: LegSettings) -> Any:
+    def _forward_errors(self, settings: LegSettings) -> Sink:
         def sink(event: dict[str, Any]) -> None:
             if event["type"] == "error":
                 where = f"{settings.where} ({shorten(settings.to, 80)}): {event.get('where', '')}"
