@@ -24,6 +24,7 @@ from swml_engine.errors import DocumentError
 from swml_engine.logs import CallIdFilter
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
+from swml_engine.transports.sip.outbound import parse_trunk
 from swml_engine.transports.sip.registration import parse_target
 from swml_engine.urls import UrlError, parse_http_url
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Where the script URL may come from instead of the command line (which ``ps`` shows to every user).
 SCRIPT_URL_VARIABLE = "SWML_SCRIPT_URL"
+#: The --trunk's credentials: from the environment only (``ps`` shows the command line to every user).
+TRUNK_USERNAME, TRUNK_PASSWORD = "SWML_TRUNK_USERNAME", "SWML_TRUNK_PASSWORD"
 YEAR = 365 * 86400
 
 
@@ -205,6 +208,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "password from SWML_REGISTER_PASSWORD",
     )
     s.add_argument("--register-expires", type=int, default=300, metavar="S", help="binding interval (default 300)")
+    s.add_argument(
+        "--trunk",
+        metavar="SIP-URI",
+        help="where connect sends phone numbers (E.164): sip:HOST[:PORT][;transport=tcp]; credentials from "
+        f"{TRUNK_USERNAME} and {TRUNK_PASSWORD}",
+    )
+    s.add_argument(
+        "--rtp-timeout",
+        type=number(0, 3600, " seconds"),
+        default=60.0,
+        metavar="S",
+        help="a call or far leg whose peer sends no RTP for S (not on hold) is hung up (default 60; 0: never)",
+    )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=cmd_serve)
 
@@ -227,6 +243,9 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             raise ValueError(f"--script-url: {e}") from None
     if args.max_connections_per_address > args.max_connections:
         raise ValueError("--max-connections-per-address cannot be more than --max-connections")
+    trunk = None
+    if args.trunk:
+        trunk = parse_trunk(args.trunk, os.environ.get(TRUNK_USERNAME) or None, os.environ.get(TRUNK_PASSWORD) or None)
     return ServiceConfig(
         sip=args.sip,
         http=args.http,
@@ -252,6 +271,8 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             idle_timeout=args.idle_timeout,
         ),
         stop_grace=args.stop_grace,
+        trunk=trunk,
+        rtp_timeout=args.rtp_timeout,
     )
 
 

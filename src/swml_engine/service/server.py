@@ -45,6 +45,7 @@ from swml_engine.service.index import Index
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
+from swml_engine.transports.sip.outbound import SipDialer, Trunk
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.useragent import (
@@ -108,6 +109,10 @@ class ServiceConfig:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Seconds a stop waits for the calls to end once hung up; then what is left is cancelled.
     stop_grace: float = 10.0
+    #: Where connect sends phone numbers (--trunk); None: phone numbers cannot be dialled.
+    trunk: Trunk | None = None
+    #: A leg whose far end sends no RTP for this long (not on hold) is taken for gone (0: never).
+    rtp_timeout: float = 60.0
 
 
 class Service:
@@ -126,6 +131,14 @@ class Service:
         )
         #: Live SIP legs by SIP Call-ID (from the INVITE on, before their script runs too).
         self.legs: dict[str, SipCallTransport] = {}
+        #: Places the far legs of connect for every call (they count towards --max-calls too).
+        self.dialer = SipDialer(
+            self.endpoint,
+            rtp_ports=config.rtp_ports,
+            trunk=config.trunk,
+            rtp_timeout=config.rtp_timeout or None,
+            admit=self._overloaded,
+        )
         #: The calls whose script runs, by the engine's call id (the HTTP API's live recordings are theirs).
         self.calls: dict[str, Call] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -175,6 +188,7 @@ class Service:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
+        await self.dialer.stop()  # far legs left get their CANCEL or BYE; every BYE its answer (bounded)
         await self.endpoint.stop()
         if self.api is not None:
             await self.api.stop()
@@ -189,6 +203,8 @@ class Service:
     def _on_sip_event(self, event: SipEvent) -> None:
         if isinstance(event, InviteReceived):
             self._on_invite(event.call)
+            return
+        if self.dialer.on_event(event):  # a call we placed (connect's far legs)
             return
         if not isinstance(event, _CALL_EVENTS):
             if self.registration is not None:
@@ -251,7 +267,9 @@ class Service:
         # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
         rtp_host = self.endpoint.local_addr[0]
         sdp_host = sip.peer.local[0]
-        transport = SipCallTransport(self.endpoint, sip, offer, rtp_host, sdp_host)
+        transport = SipCallTransport(
+            self.endpoint, sip, offer, rtp_host, sdp_host, rtp_timeout=self.config.rtp_timeout or None
+        )
         self.legs[sip_call_id] = transport
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
@@ -260,8 +278,9 @@ class Service:
     def _overloaded(self) -> str | None:
         """Why a new call would hurt the calls in progress, if it would."""
         cfg = self.config
-        if cfg.max_calls and len(self.legs) >= cfg.max_calls:
-            return f"{len(self.legs)} calls, the --max-calls limit"
+        calls = len(self.legs) + len(self.dialer.legs)  # the legs we placed count as calls
+        if cfg.max_calls and calls >= cfg.max_calls:
+            return f"{calls} calls, the --max-calls limit"
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
         if cfg.max_lag and lag > cfg.max_lag:
             return f"media running {lag * 1000:.0f} ms late (CPU saturated)"
@@ -293,6 +312,7 @@ class Service:
                 url_resolver=self.store.resolver_for(call_id),  # the call's own recordings only
                 fetch_timeout=self.config.fetch_timeout,
                 recording_store=self.store,
+                dialer=self.dialer,
                 extra={"callbacks": hub},
             )
             call = Call(transport, call_id=call_id, events=events, options=options)
@@ -437,6 +457,7 @@ class Service:
         return {
             "status": "ok",
             "calls": len(self.legs),
+            "far_legs": len(self.dialer.legs),
             "completed": self.completed,
             "refused": self.refused,
             "media_lag_ms": round(lag * 1000, 1),

@@ -31,7 +31,7 @@ from swml_engine.logs import CallLog
 from swml_engine.media.frame import FRAME_SECONDS, Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
-from swml_engine.transports.base import CallSide, Transport
+from swml_engine.transports.base import CallSide, DtmfPath, Transport
 from swml_engine.transports.sip.auth import DigestChallenge, Verdict
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
@@ -170,10 +170,10 @@ class SipMedia:
 
     # --- frames -----------------------------------------------------------------------------------
 
-    def _on_digit(self, digit: str) -> None:
+    def _on_digit(self, digit: str, path: DtmfPath = "event") -> None:
         call = self.owner.call
         if call is not None:
-            call.loop.call_soon(call.on_dtmf, digit)
+            call.loop.call_soon(call.on_dtmf, digit, path)
 
     def read(self) -> Frame | None:
         """The peer's next 20 ms (a tick of the call's media clock)."""
@@ -183,7 +183,7 @@ class SipMedia:
         if frame is not None and self._inband is not None:
             digit = self._inband.feed(frame)
             if digit is not None:
-                self._on_digit(digit)
+                self._on_digit(digit, "inband")
         return frame
 
     def write(self, frame: Frame) -> None:

@@ -347,6 +347,14 @@ class Endpoint:
             self._names[key] = future
         return future
 
+    async def lookup(self, host: str, port: int, transport: Transport) -> tuple[str, int]:
+        """``host`` (a name or an address) as an address our socket reaches, looked up now (A/AAAA through
+        the system's resolver, no cache of ours); OSError saying why when there is none."""
+        if _is_address(host):
+            return (host, port)
+        ip, port = await self._lookup(Target(transport, host, port))
+        return (ip.removeprefix("::ffff:") if "." in ip else ip, port)
+
     async def _lookup(self, to: Target) -> tuple[str, int]:
         assert self._loop is not None
         kind = socket.SOCK_STREAM if to.transport is Transport.TCP else socket.SOCK_DGRAM

@@ -347,6 +347,11 @@ class UserAgent:
     def calls(self) -> int:
         return len(self._calls)
 
+    def pending(self, method: str) -> int:
+        """Requests of ``method`` we sent that have no final answer yet (a stopping service waits for its
+        BYEs to be answered, their retransmissions bounded by Timer F)."""
+        return sum(1 for tx in self._owners if tx.request.method == method and not tx.done)
+
     def flow_in_use(self, flow: int, addr: tuple[str, int] | None = None) -> bool:
         """Whether a call that is not over uses TCP connection ``flow`` (to ``addr``): a call that came
         on it (its requests come on it, ours go out on it), or a call we placed whose requests go to

@@ -1,0 +1,360 @@
+"""A far party on loopback for the calls the engine places (tests/sip/test_outbound*.py), and the service
+those tests run in their own event loop.
+
+:class:`FarParty` is a SIP UAS on a UDP socket: it answers each new INVITE with the steps it is given
+(``180``, ``183`` with SDP, ``200`` with SDP, ``486`` ...), challenges it first when given credentials,
+takes CANCEL (487), ACK and BYE, and can send BYE or a re-INVITE itself. Once its SDP is out it sends a
+tone over RTP (20 ms packets) to the address the engine's offer names, and keeps what the engine sends
+it (audio by payload type, RFC 4733 digits). It reads and writes SIP with the engine's own message.py
+(the interop tests put sipp there instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import tone
+from swml_engine.media.frame import Frame
+from swml_engine.service import server
+from swml_engine.service.server import Service, ServiceConfig
+from swml_engine.transports.sip.auth import DigestChallenge, Verdict
+from swml_engine.transports.sip.codecs import SUPPORTED, Codec
+from swml_engine.transports.sip.dtmf import EVENTS, encode_event
+from swml_engine.transports.sip.message import Headers, Request, Response, parse_message, response_to
+from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
+from swml_engine.transports.sip.sdp import parse_offer
+
+#: RTP ports of the in-process services (apart from the interop engines' 41000-41999).
+SERVICE_RTP = (42000, 42999)
+#: The payload type our far party gives telephone-event.
+EVENT_PT = 101
+
+
+@dataclass(frozen=True)
+class Step:
+    """One answer to the INVITE: ``status`` after ``delay`` seconds, with our SDP when ``sdp``."""
+
+    status: int
+    sdp: bool = False
+    delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+RING_ANSWER = (Step(180), Step(200, sdp=True, delay=0.2))
+
+
+class FarParty(asyncio.DatagramProtocol):
+    """See the module docstring. ``credentials``: (user, password) a 407 asks for; ``silent``: send no RTP."""
+
+    def __init__(
+        self,
+        steps: Sequence[Step] = RING_ANSWER,
+        *,
+        codec: str = "PCMU",
+        freq: float = 1000.0,
+        credentials: tuple[str, str] | None = None,
+        telephone_event: bool = True,
+        silent: bool = False,
+    ) -> None:
+        self.steps = tuple(steps)
+        self.codec_name = codec
+        self.info = SUPPORTED[codec]
+        self.freq = freq
+        self.credentials = credentials
+        self.telephone_event = telephone_event
+        self.silent = silent
+        self.challenge = DigestChallenge("far.test", proxy=True)
+        self.sip: asyncio.DatagramTransport | None = None
+        self.rtp: asyncio.DatagramTransport | None = None
+        self.port = 0
+        self.rtp_port = 0
+        #: Every request that came (retransmissions too), and every response we sent.
+        self.requests: list[Request] = []
+        self.sent: list[Response] = []
+        #: The engine's answers to our own requests.
+        self.responses: list[Response] = []
+        self.invite: Request | None = None
+        self.engine: tuple[str, int] = ("", 0)
+        self.engine_rtp: tuple[str, int] | None = None
+        self.tag = f"far{random.getrandbits(32):x}"
+        self.answered = asyncio.Event()
+        self.acked = asyncio.Event()
+        self.bye = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        #: What the engine sent over RTP: (payload type, payload), in arrival order.
+        self.heard: list[tuple[int, bytes]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._pending: list[asyncio.TimerHandle] = []
+        self._cseq = itertools.count(1)
+
+    # --- sockets ------------------------------------------------------------------------------------
+
+    async def start(self) -> FarParty:
+        loop = asyncio.get_running_loop()
+        self.sip, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.port = int(self.sip.get_extra_info("sockname")[1])
+        self.rtp, _ = await loop.create_datagram_endpoint(lambda: _Rtp(self), local_addr=("127.0.0.1", 0))
+        self.rtp_port = int(self.rtp.get_extra_info("sockname")[1])
+        return self
+
+    @property
+    def uri(self) -> str:
+        return f"sip:bob@127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        if self._sender is not None:
+            self._sender.cancel()
+        for t in (self.sip, self.rtp):
+            if t is not None:
+                t.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_message(data)
+        if isinstance(message, Request):
+            self.requests.append(message)
+            self._on_request(message, (str(addr[0]), int(addr[1])))
+        else:
+            self.responses.append(message)
+
+    def answers_to(self, request: Request) -> list[Response]:
+        """The engine's final answers to a request of ours."""
+        return [
+            r
+            for r in self.responses
+            if r.status >= 200 and r.cseq.number == request.cseq.number and r.cseq.method == request.method
+        ]
+
+    def methods(self) -> list[str]:
+        return [r.method for r in self.requests]
+
+    # --- SIP ----------------------------------------------------------------------------------------
+
+    def _on_request(self, request: Request, addr: tuple[str, int]) -> None:
+        method = request.method
+        if method == "INVITE" and request.to.tag is None:
+            self._invited(request, addr)
+        elif method == "INVITE":  # a re-INVITE (a session refresh, say): our answer again
+            self._respond(request, 200, sdp=True)
+        elif method == "ACK":
+            if self.answered.is_set() and request.cseq.number == (self.invite.cseq.number if self.invite else -1):
+                self.acked.set()
+        elif method == "CANCEL":
+            self._respond(request, 200)
+            if self.invite is not None and not self.answered.is_set():
+                for handle in self._pending:
+                    handle.cancel()
+                self._respond(self.invite, 487)
+            self.cancelled.set()
+        elif method == "BYE":
+            self._respond(request, 200)
+            self.stop_rtp()
+            self.bye.set()
+        else:
+            self._respond(request, 405)
+
+    def _invited(self, request: Request, addr: tuple[str, int]) -> None:
+        if self.invite is not None and request.cseq.number == self.invite.cseq.number:
+            return  # a retransmission
+        self.engine = addr
+        if self.credentials is not None:
+            verdict = self.challenge.verify(request, *self.credentials, 0.0)
+            if verdict is not Verdict.ACCEPTED:
+                self.invite = request
+                self._respond(request, 407, headers=tuple(self.challenge.headers(0.0)))
+                return
+        self.invite = request
+        offer = parse_offer(request.text)
+        self.engine_rtp = offer.remote
+        loop = asyncio.get_running_loop()
+        for step in self.steps:
+            self._pending.append(loop.call_later(step.delay, self._step, request, step))
+
+    def _step(self, request: Request, step: Step) -> None:
+        if self.cancelled.is_set() or self.bye.is_set():
+            return
+        self._respond(request, step.status, sdp=step.sdp, headers=step.headers)
+        if step.sdp and not self.silent and self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_tone())
+        if 200 <= step.status < 300:
+            self.answered.set()
+
+    def _respond(
+        self, request: Request, status: int, *, sdp: bool = False, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        extra = [*headers]
+        if 100 < status < 300:
+            extra.append(("Contact", f"<sip:bob@127.0.0.1:{self.port}>"))
+        body = self.sdp().encode() if sdp else b""
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        tag = None if status == 100 else self.tag
+        response = response_to(request, status, to_tag=tag, headers=extra, body=body)
+        self.sent.append(response)
+        self._send(response)
+
+    def _send(self, message: Request | Response) -> None:
+        assert self.sip is not None
+        self.sip.sendto(message.encode(), self.engine)
+
+    def sdp(self, direction: str = "sendrecv") -> str:
+        pt = self.info.static_pt
+        events = f" {EVENT_PT}" if self.telephone_event else ""
+        lines = [
+            "v=0",
+            "o=far 1 1 IN IP4 127.0.0.1",
+            "s=-",
+            "c=IN IP4 127.0.0.1",
+            "t=0 0",
+            f"m=audio {self.rtp_port} RTP/AVP {pt}{events}",
+            f"a=rtpmap:{pt} {self.codec_name}/8000",
+        ]
+        if self.telephone_event:
+            lines += [f"a=rtpmap:{EVENT_PT} telephone-event/8000", f"a=fmtp:{EVENT_PT} 0-15"]
+        lines.append(f"a={direction}")
+        return "\r\n".join(lines) + "\r\n"
+
+    def request(self, method: str, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> Request:
+        """A request of ours in the dialog (to the engine's Contact)."""
+        invite = self.invite
+        assert invite is not None
+        contact = invite.contacts()[0].uri
+        lines = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-far-{random.getrandbits(40):x};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"{invite.headers.get('to')};tag={self.tag}"),
+                ("To", invite.headers.get("from") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", f"{next(self._cseq)} {method}"),
+                ("Contact", f"<sip:bob@127.0.0.1:{self.port}>"),
+                *headers,
+            ]
+        )
+        if body:
+            lines.add("Content-Type", "application/sdp")
+        request = Request(method=method, uri=str(contact), headers=lines, body=body.encode())
+        self._send(request)
+        return request
+
+    def hang_up(self) -> None:
+        self.stop_rtp()
+        self.request("BYE")
+
+    # --- RTP ----------------------------------------------------------------------------------------
+
+    async def _send_tone(self) -> None:
+        codec: Codec = self.info.factory()
+        rate = self.info.rate
+        audio = tone(self.freq, 2.0, rate)
+        n = rate // 50
+        seq, ts, ssrc = 100, 1000, 0x5151
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in itertools.count():
+            to = self.engine_rtp
+            if to is not None and self.rtp is not None:
+                k = i % (len(audio) // n)
+                payload = codec.encode(np.ascontiguousarray(audio[k * n : (k + 1) * n]))
+                self.rtp.sendto(RtpPacket(self.info.static_pt, seq & 0xFFFF, ts, ssrc, payload).serialize(), to)
+                seq += 1
+                ts += codec.timestamp_units(n)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+    def stop_rtp(self) -> None:
+        """Go silent (a far end that died, or hung up)."""
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
+        self.silent = True
+
+    def send_digit(self, digit: str) -> None:
+        """One RFC 4733 digit (start, then the end packet three times), beside the tone."""
+        assert self.rtp is not None and self.engine_rtp is not None
+        code = EVENTS.index(digit)
+        ts, ssrc = random.getrandbits(31), 0x7777
+        packets = [encode_event(code, False, 400), encode_event(code, False, 800)] + [
+            encode_event(code, True, 1200)
+        ] * 3
+        for seq, payload in enumerate(packets):
+            self.rtp.sendto(RtpPacket(EVENT_PT, 500 + seq, ts, ssrc, payload, seq == 0).serialize(), self.engine_rtp)
+
+    def heard_audio(self) -> np.ndarray:
+        """The audio the engine sent in our codec, in arrival order."""
+        codec: Codec = self.info.factory()
+        chunks = [codec.decode(p) for pt, p in self.heard if pt == self.info.static_pt]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+    def heard_digits(self) -> list[int]:
+        """The telephone-event codes the engine sent, once per event (by its end packets)."""
+        codes: list[int] = []
+        for pt, payload in self.heard:
+            if pt == EVENT_PT and payload[1] & 0x80 and (not codes or codes[-1] != payload[0]):
+                codes.append(payload[0])
+        return codes
+
+
+class _Rtp(asyncio.DatagramProtocol):
+    def __init__(self, party: FarParty) -> None:
+        self.party = party
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        packet = parse_rtp(data)
+        if packet is not None:
+            self.party.heard.append((packet.payload_type, packet.payload))
+
+
+# --- the service, in the test's own loop --------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: Any) -> AsyncIterator[Service]:
+    """``swml serve`` in this event loop (its dialer is what the tests drive), stopped at the end. The stop
+    leaves the process's status-callback pool as it is: other tests in this process still use it."""
+    monkeypatch.setattr(server.callbacks, "shutdown", lambda timeout: 0)
+    script = tmp_path / "script.yaml"
+    script.write_text("version: 1.0.0\nsections:\n  main:\n    - hangup\n")
+    service = Service(
+        ServiceConfig(sip=("127.0.0.1", 0), script=script, data=tmp_path / "data", rtp_ports=SERVICE_RTP, **config)
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(grace=2)
+
+
+class Heard:
+    """A tap on a far leg's call: the frames its transport read (what the far party said), in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def on_frame(self, speak: Frame, listen: Frame) -> None:
+        self.frames.append(speak)
+
+    def audio(self, last: float | None = None) -> np.ndarray:
+        frames = self.frames[-round(last * 50) :] if last else self.frames
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+
+async def until(predicate: Any, timeout: float = 20.0) -> bool:
+    """Poll ``predicate()`` until true (True) or ``timeout`` seconds pass (False): generous, for a busy machine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())

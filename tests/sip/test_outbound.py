@@ -1,0 +1,439 @@
+"""The legs the engine places (outbound.py), with real sockets on loopback: the service runs in the test's
+event loop, its dialer places a call to our own far party (far_party.py), and a Call runs on the far
+transport as connect's dial plan makes it. What is checked is what a user would: the INVITE on the wire,
+the steps the dial plan reads and the failure it is told, the tone each side hears, digits both ways."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import tone
+from swml_engine.call import Call, CallOptions
+from swml_engine.dialing import CannotDial, DialTarget
+from swml_engine.media.audio import frames_of
+from swml_engine.service.server import Service
+from swml_engine.transports.sip.outbound import SipFarTransport, parse_trunk
+from swml_engine.vocabulary import DialState
+
+from .far_party import FarParty, Heard, Step, running_service, until
+from .rtp_parties import share
+
+CALLER_ID = "+15550001111"
+
+
+def run(
+    body: Callable[[Service], Awaitable[None]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: Any
+) -> None:
+    """``body`` with a running service, in an event loop of its own."""
+
+    async def main() -> None:
+        async with running_service(tmp_path, monkeypatch, **config) as service:
+            await body(service)
+
+    asyncio.run(main())
+
+
+class Leg:
+    """A far leg as the dial plan has it: the transport, a Call on it, and what that call heard."""
+
+    def __init__(self, service: Service, to: str, rate: int = 8000, *, listen: bool = True, **target: Any) -> None:
+        target.setdefault("from_", CALLER_ID)
+        self.far = service.dialer.place(DialTarget(to=to, **target), rate)
+        assert isinstance(self.far, SipFarTransport)
+        self.call = Call(self.far, call_id="far-leg", options=CallOptions())
+        self.heard = Heard()
+        if listen:  # (a tap keeps the call at its first rate: Call.change_rate)
+            self.call.add_tap(self.heard)
+        self.digits: list[str] = []
+        self.call.dtmf_listeners.append(self.digits.append)
+        self.call.start()
+        self.far.dial()
+        self.states: list[DialState] = []
+        self._playing: asyncio.Future[str] | None = None
+
+    async def until_state(self, *wanted: DialState, timeout: float = 20.0) -> list[DialState]:
+        """The states reported until one of ``wanted`` (all of them, in order)."""
+        async with asyncio.timeout(timeout):
+            while not self.states or self.states[-1] not in wanted:
+                self.states.append(await self.far.next_state())
+        return self.states
+
+    def play(self, freq: float, seconds: float = 4.0) -> None:
+        frames = frames_of(tone(freq, seconds, self.call.rate), self.call.rate)
+        self._playing = asyncio.ensure_future(self.call.play_frames(frames))
+
+    async def end(self) -> None:
+        await self.call.hangup("hangup")
+        await self.call.finish()
+
+
+async def dialled(service: Service, party: FarParty, **target: Any) -> Leg:
+    leg = Leg(service, party.uri, **target)
+    await leg.until_state("answered", "failed")
+    return leg
+
+
+# --- the INVITE ----------------------------------------------------------------------------------------
+
+
+def test_the_invite_offers_our_codecs_and_carries_caller_id_headers_and_session_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty().start()
+        try:
+            leg = await dialled(
+                service,
+                party,
+                from_name='Alice "A" Example',
+                headers=(("X-Account", "42"), ("X-Note", "from connect")),
+                session_timeout=1800,
+            )
+            assert leg.states == ["ringing", "answered"], leg.far.failure
+            invite = party.invite
+            assert invite is not None
+            assert invite.from_.display == 'Alice "A" Example' and invite.from_.uri.user == CALLER_ID
+            assert invite.uri == party.uri and str(invite.to.uri) == party.uri
+            assert invite.headers.get("x-account") == "42" and invite.headers.get("x-note") == "from connect"
+            assert invite.headers.get("session-expires") == "1800"
+            assert "timer" in (invite.headers.get("supported") or "")
+            [m] = [line for line in invite.text.splitlines() if line.startswith("m=audio")]
+            assert m.split()[3:] == ["0", "8", "9", "101"]  # PCMU, PCMA, G.722, telephone-event
+            assert "a=rtpmap:101 telephone-event/8000" in invite.text
+            await leg.end()
+            # a wideband caller's leg offers G.722 first; connect.codecs narrows and orders
+            wide = Leg(service, party.uri, rate=16000)
+            narrow = Leg(service, party.uri, codecs=("pcma", "G722@16000h", "OPUS"))
+            await until(lambda: sum(r.method == "INVITE" and r.to.tag is None for r in party.requests) >= 3)
+            offers = [r.text for r in party.requests if r.method == "INVITE" and r.to.tag is None][1:]
+            lines = sorted(next(x.split()[3:] for x in o.splitlines() if x.startswith("m=audio")) for o in offers)
+            assert lines == [["8", "9", "101"], ["9", "0", "8", "101"]]
+            await wide.end()
+            await narrow.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_destination_that_cannot_be_dialled_is_refused_by_the_dialer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        refusals = {}
+        for to, extra in [
+            ("+15551234567", {}),  # no --trunk
+            ("sips:bob@example.com", {}),
+            ("sip:bob@example.com;transport=tls", {}),
+            ("tel:+15551234567", {}),
+            ("sip:bob@example.com", {"codecs": ("G729",)}),
+            ("sip:bob@example.com", {"headers": (("Call-ID", "mine"),)}),
+            ("sip:bob@example.com", {"from_name": "Bob\r\nVia: evil"}),
+        ]:
+            with pytest.raises(CannotDial) as refused:
+                service.dialer.place(DialTarget(to=to, from_=CALLER_ID, **extra), 8000)
+            refusals[(to, tuple(extra))] = (refused.value.failure.reason, refused.value.failure.text)
+        assert refusals[("+15551234567", ())] == ("unreachable", "+15551234567: phone numbers need swml serve --trunk")
+        assert refusals[("sips:bob@example.com", ())][0] == "unreachable"
+        assert "TLS" in refusals[("sips:bob@example.com", ())][1]
+        assert refusals[("sip:bob@example.com;transport=tls", ())][0] == "unreachable"
+        assert refusals[("tel:+15551234567", ())][0] == "error"
+        assert "G729: none is one this engine speaks" in refusals[("sip:bob@example.com", ("codecs",))][1]
+        assert "written by the SIP core" in refusals[("sip:bob@example.com", ("headers",))][1]
+        assert "printable" in refusals[("sip:bob@example.com", ("from_name",))][1]
+        assert service.dialer.legs == set()
+
+    run(body, tmp_path, monkeypatch)
+
+
+# --- answered: media both ways -------------------------------------------------------------------------
+
+
+def test_an_answered_leg_hears_the_far_party_and_the_far_party_hears_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty(freq=1000.0).start()
+        try:
+            leg = await dialled(service, party)
+            assert leg.states == ["ringing", "answered"] and leg.call.answered
+            assert await until(party.acked.is_set)
+            leg.play(440.0)
+            await asyncio.sleep(1.5)
+            said = leg.heard.audio(last=1.0)
+            assert share(said, 1000.0) > 0.8, share(said, 1000.0)
+            heard = party.heard_audio()
+            assert len(heard) >= 8000 and share(heard[-8000:], 440.0) > 0.8
+            # a far party that goes on hold (a re-INVITE, sendonly) stays on the call, still heard
+            hold = party.request("INVITE", body=party.sdp("sendonly"))
+            assert await until(lambda: bool(party.answers_to(hold)))
+            [ok] = party.answers_to(hold)
+            assert ok.status == 200 and "a=recvonly" in ok.text
+            await asyncio.sleep(0.5)
+            assert leg.far.state == "answered" and share(leg.heard.audio(last=0.4), 1000.0) > 0.8
+            await leg.end()
+            assert await until(party.bye.is_set)  # our side hung up: BYE
+            assert leg.far.state == "ended"
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_g722_answer_runs_the_far_leg_at_16_khz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty(codec="G722", freq=6000.0).start()  # 6 kHz: only a wideband leg carries it
+        try:
+            leg = await dialled(service, party, listen=False)
+            assert leg.states[-1] == "answered"
+            assert leg.far.rate == 16000 and leg.call.rate == 16000
+            leg.call.add_tap(leg.heard)
+            await asyncio.sleep(1.0)
+            said = leg.heard.audio(last=0.6)
+            assert len(said) == 0.6 * 16000 and share(said, 6000.0, 16000) > 0.6
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_early_media_is_heard_before_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        steps = (Step(183, sdp=True), Step(200, sdp=True, delay=1.5))
+        party = await FarParty(steps, freq=800.0).start()
+        try:
+            leg = Leg(service, party.uri)
+            assert await leg.until_state("early_media") == ["ringing", "early_media"]
+            await asyncio.sleep(0.8)
+            assert not party.answered.is_set()
+            assert share(leg.heard.audio(last=0.5), 800.0) > 0.8
+            assert await leg.until_state("answered") == ["ringing", "early_media", "answered"]
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_digits_cross_both_ways_as_rfc_4733_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty().start()
+        try:
+            leg = await dialled(service, party)
+            await until(lambda: bool(party.heard))
+            await leg.call.send_dtmf("5", 0.1)
+            assert await until(lambda: party.heard_digits() == [5])
+            party.send_digit("7")
+            assert await until(lambda: leg.digits == ["7"])
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+# --- what each answer becomes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(486, "busy"), (600, "busy"), (603, "rejected"), (404, "rejected"), (480, "no_answer"), (408, "no_answer")],
+)
+def test_a_refusal_fails_the_leg_with_its_reason_and_code(
+    status: int, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty((Step(180), Step(status, delay=0.1))).start()
+        try:
+            leg = await dialled(service, party)
+            assert leg.states == ["ringing", "failed"]
+            failure = leg.far.failure
+            assert failure is not None and (failure.reason, failure.code) == (reason, status)
+            assert await until(lambda: "ACK" in party.methods())  # the engine's ACK for the refusal
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_digest_challenge_is_answered_with_the_destinations_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty(credentials=("alice", "s3cret")).start()
+        wrong = await FarParty(credentials=("alice", "s3cret")).start()
+        try:
+            leg = await dialled(service, party, username="alice", password="s3cret")
+            assert leg.states == ["ringing", "answered"]
+            invites = [r for r in party.requests if r.method == "INVITE"]
+            assert "Proxy-Authorization" in invites[-1].encode().decode() and invites[-1].cseq.number == 2
+            refused = await dialled(service, wrong, username="alice", password="wrong")
+            failure = refused.far.failure
+            assert refused.states == ["failed"] and failure is not None
+            assert (failure.reason, failure.code) == ("rejected", 407)
+            await leg.end()
+            await refused.end()
+        finally:
+            party.close()
+            wrong.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_leg_cancelled_while_ringing_sends_cancel_and_fails_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty((Step(180),)).start()
+        try:
+            leg = Leg(service, party.uri)
+            await leg.until_state("ringing")
+            leg.far.cancel()
+            assert await leg.until_state("failed") == ["ringing", "failed"]
+            assert "CANCEL" in party.methods() and party.cancelled.is_set()
+            failure = leg.far.failure
+            assert failure is not None and failure.reason == "cancelled"
+            assert await until(lambda: party.methods().count("ACK") == 1)  # the 487's ACK
+            await leg.end()
+            assert "BYE" not in party.methods()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_redirect_is_followed_to_its_contact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        there = await FarParty().start()
+        here = await FarParty((Step(302, headers=(("Contact", f"<{there.uri}>"),)),)).start()
+        try:
+            leg = await dialled(service, here)
+            assert leg.states == ["ringing", "answered"] and there.answered.is_set()
+            assert [r.method for r in here.requests] == ["INVITE", "ACK"]
+            await leg.end()
+        finally:
+            here.close()
+            there.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_host_that_does_not_resolve_fails_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        leg = Leg(service, "sip:bob@no-such-host.invalid")
+        assert await leg.until_state("failed") == ["failed"]
+        failure = leg.far.failure
+        assert failure is not None and failure.reason == "unreachable" and "no-such-host.invalid" in failure.text
+        await leg.end()
+
+    run(body, tmp_path, monkeypatch)
+
+
+# --- the end of an answered leg ----------------------------------------------------------------------------
+
+
+def test_the_far_partys_bye_ends_the_leg_and_its_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty().start()
+        try:
+            leg = await dialled(service, party)
+            await until(party.acked.is_set)
+            party.hang_up()
+            assert await leg.until_state("ended") == ["ringing", "answered", "ended"]
+            assert leg.call.is_ended and leg.call.end_reason == "remote_hangup"
+            await leg.end()
+            assert party.methods().count("BYE") == 0  # nothing of ours: the BYE was theirs
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_far_end_gone_silent_without_bye_is_hung_up_after_the_rtp_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty().start()
+        try:
+            leg = await dialled(service, party)
+            await asyncio.sleep(1.5)  # the far end sends: no timeout while it does
+            assert leg.far.state == "answered"
+            party.stop_rtp()  # killed: no packet, no BYE
+            stopped = asyncio.get_running_loop().time()
+            await leg.until_state("ended", timeout=20)
+            took = asyncio.get_running_loop().time() - stopped
+            assert 1.0 <= took < 4.0, took
+            assert leg.call.end_reason == "remote_hangup" and await until(party.bye.is_set)
+            bye = next(r for r in party.requests if r.method == "BYE")
+            assert "RTP timeout" in (bye.headers.get("reason") or "")
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
+
+
+def test_a_stopping_service_hangs_up_its_far_legs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    party: FarParty | None = None
+
+    async def main() -> None:
+        nonlocal party
+        party = await FarParty().start()
+        async with running_service(tmp_path, monkeypatch) as service:
+            leg = await dialled(service, party)
+            assert leg.states[-1] == "answered"
+        # the stop sent the BYE and waited for its answer
+        assert party.bye.is_set() and [r.method for r in party.requests].count("BYE") >= 1
+        party.close()
+
+    asyncio.run(main())
+
+
+# --- phone numbers through the trunk, and the call limit -------------------------------------------------------------
+
+
+def test_a_phone_number_goes_to_the_trunk_with_the_trunks_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        party = await FarParty(credentials=("acct", "trunk-pw")).start()
+        trunk = parse_trunk(f"sip:127.0.0.1:{party.port}", "acct", "trunk-pw")
+        async with running_service(tmp_path, monkeypatch, trunk=trunk) as service:
+            leg = Leg(
+                service, "+15557654321", from_name="ignored", headers=(("X-No", "1"),), username="x", password="y"
+            )
+            await leg.until_state("answered", "failed")
+            assert leg.states[-1] == "answered", leg.far.failure
+            invite = [r for r in party.requests if r.method == "INVITE"][-1]
+            assert invite.uri == f"sip:+15557654321@127.0.0.1:{party.port}"
+            assert invite.from_.uri.user == CALLER_ID and invite.from_.uri.host == "127.0.0.1"
+            assert invite.from_.display is None and "x-no" not in invite.headers  # not for phone numbers
+            await leg.end()
+        party.close()
+
+    asyncio.run(main())
+
+
+def test_far_legs_count_towards_max_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty().start()
+        try:
+            first = Leg(service, party.uri)
+            with pytest.raises(CannotDial) as refused:
+                service.dialer.place(DialTarget(to=party.uri, from_=CALLER_ID), 8000)
+            assert refused.value.failure.reason == "error" and "--max-calls" in refused.value.failure.text
+            assert service.stats()["far_legs"] == 1
+            await first.until_state("answered")
+            await first.end()
+            assert service.dialer.legs == set()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch, max_calls=1)
