@@ -46,6 +46,7 @@ from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.outbound import SipDialer, Trunk
+from swml_engine.transports.sip.refer import ReferUpdate
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.useragent import (
@@ -205,6 +206,11 @@ class Service:
             self._on_invite(event.call)
             return
         if self.dialer.on_event(event):  # a call we placed (connect's far legs)
+            return
+        if isinstance(event, ReferUpdate):  # a caller's transfer (sip_refer)
+            leg = self.legs.get(event.call.call_id)
+            if leg is not None:
+                leg.refer_update(event)
             return
         if not isinstance(event, _CALL_EVENTS):
             if self.registration is not None:

@@ -31,11 +31,12 @@ from swml_engine.logs import CallLog
 from swml_engine.media.frame import FRAME_SECONDS, Frame
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.media.sources.tones import dtmf_frames
-from swml_engine.transports.base import CallSide, DtmfPath, Transport
+from swml_engine.transports.base import CallSide, CannotRefer, DtmfPath, ReferStatus, Transport
 from swml_engine.transports.sip.auth import DigestChallenge, Verdict
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.message import BadHeader, Request
+from swml_engine.transports.sip.refer import ReferUpdate
 from swml_engine.transports.sip.rtpstream import RtpStream
 from swml_engine.transports.sip.sdp import (
     Media,
@@ -48,6 +49,7 @@ from swml_engine.transports.sip.sdp import (
     parse_offer,
     preferred_rate,
 )
+from swml_engine.transports.sip.transfer import LegTransfer
 from swml_engine.transports.sip.uri import UriError, parse_name_addr, parse_uri
 from swml_engine.transports.sip.useragent import ServerCall
 from swml_engine.vocabulary import EndReason
@@ -372,6 +374,8 @@ class SipCallTransport(Transport):
         self._early_answer: tuple[Offer, Media, str] | None = None
         #: While a 401 is out: resolved with the caller's retried INVITE.
         self._retry: asyncio.Future[ServerCall] | None = None
+        #: A transfer of the caller by REFER in progress (sip_refer).
+        self._transfer: LegTransfer | None = None
 
     # --- the leg's state ------------------------------------------------------------------------------
 
@@ -691,6 +695,28 @@ class SipCallTransport(Transport):
         self._move(LegState.ANSWERED)  # (a new offer settles an answer owed to our re-offer: moot now)
         ua.answer_reinvite(self.sip, 200, now, answer)
         self._flush()
+
+    # --- transfer (sip_refer) ---------------------------------------------------------------------
+
+    async def refer(
+        self, to_uri: str, credentials: tuple[str, str] | None, progress: Callable[[ReferStatus], None]
+    ) -> ReferStatus:
+        """Send the caller a REFER to ``to_uri`` (transfer.py: waits for our 200's ACK, then the core's
+        referral), one at a time; the service hands its progress here (:meth:`refer_update`)."""
+        if self.state not in _UP:
+            raise CannotRefer(f"call {self.call_id} is not answered (or is over): nothing to transfer")
+        if self._transfer is not None:
+            raise CannotRefer(f"call {self.call_id} is being transferred already")
+        self._transfer = LegTransfer(self.endpoint, self.sip, progress)
+        try:
+            return await self._transfer.run(to_uri, credentials)
+        finally:
+            self._transfer = None
+
+    def refer_update(self, event: ReferUpdate) -> None:
+        """A step of the caller's referral (the core's ReferUpdate, routed by the service)."""
+        if self._transfer is not None:
+            self._transfer.update(event)
 
     def _rtp_timeout(self) -> None:
         """The caller sent nothing for the RTP timeout (SipMedia.watch): it is gone, the call ends (BYE)."""
