@@ -546,6 +546,14 @@ sections:
     assert sip[-1]["json"]["params"]["end_reason"] == "hangup"
     assert all(r["headers"]["Authorization"] == "Basic dXNlcjpwdw==" for r in sip)  # user:pw as basic auth
     assert all("pw@" not in str(e) for e in of_type(res, "callback"))
+    # Each delivery's `callback` event names the state it reported (connect_state, call_state).
+    delivered = {(e["url"].rsplit("/", 1)[1], e["state"]) for e in of_type(res, "callback") if e["delivered"]}
+    assert {
+        ("connect", "connecting"),
+        ("connect", "disconnected"),
+        ("b-state", "ringing"),
+        ("state", "ended"),
+    } <= delivered
 
 
 def test_a_failed_connect_reports_its_reason_and_only_the_ended_state_by_default(http_server: Any) -> None:

@@ -129,10 +129,10 @@ class CallbackChannel:
             try:
                 self._deliver(client, payload)
             except Exception as e:  # never lose the channel to one bad payload
-                self._note(state=payload.get("params", {}).get("state"), attempt=0, status=str(e), delivered=False)
+                self._note(state=_state_of(payload), attempt=0, status=str(e), delivered=False)
 
     def _deliver(self, client: httpx.Client, payload: dict[str, Any]) -> None:
-        state = payload.get("params", {}).get("state")
+        state = _state_of(payload)
         delay = FIRST_BACKOFF
         for attempt in range(1, self.attempts + 1):
             try:
@@ -156,6 +156,15 @@ class CallbackChannel:
         # kill the delivery thread.
         with contextlib.suppress(Exception):
             self.events.emit("callback", url=self.url, **fields)
+
+
+def _state_of(payload: dict[str, Any]) -> Any:
+    """The state a payload reports, for its ``callback`` events: a step's ``state``, connect's
+    ``connect_state``, a leg's ``call_state``."""
+    params = payload.get("params", {})
+    if not isinstance(params, dict):
+        return None
+    return params.get("state") or params.get("connect_state") or params.get("call_state")
 
 
 class CallbackHub:
@@ -212,13 +221,15 @@ def callback_target(events: EventLog, url: str | None, where: str) -> HttpTarget
 
 class StatusReporter:
     """The status callbacks of one step: one ordered channel to its ``status_url`` (nothing without one).
+    ``control_id``: the step's, in every payload's ``params``; None for payloads that have none
+    (``calling.call.connect``, ``calling.call.state``).
 
     A URL that does not parse (a substituted value; literal ones are refused when the document loads)
     drops the step's callbacks with an ``error`` event at ``where``: the step itself goes on.
     """
 
     def __init__(
-        self, call: Call, url: str | None, event_type: str, control_id: str, where: str = "status_url"
+        self, call: Call, url: str | None, event_type: str, control_id: str | None, where: str = "status_url"
     ) -> None:
         self.call = call
         self.event_type = event_type
@@ -230,6 +241,9 @@ class StatusReporter:
         if self.channel is None:
             return
         call = self.call
+        ids: dict[str, Any] = {"call_id": call.call_id, "node_id": NODE_ID}
+        if self.control_id is not None:
+            ids["control_id"] = self.control_id
         self.channel.send(
             {
                 "event_type": self.event_type,
@@ -237,6 +251,6 @@ class StatusReporter:
                 "timestamp": call.wall(),
                 "project_id": "",
                 "space_id": "",
-                "params": {"call_id": call.call_id, "node_id": NODE_ID, "control_id": self.control_id, **params},
+                "params": {**ids, **params},
             }
         )

@@ -110,7 +110,7 @@ class Leg:
         self.timer: asyncio.TimerHandle | None = None
         self.rang = False
         #: Its ``call_state_url`` callbacks (None without one).
-        self.reporter: EventReporter | None = None
+        self.reporter: StatusReporter | None = None
         #: Set when a leg given up has not said it ended within DROP_GRACE: it is counted gone.
         self.abandoned = asyncio.Event()
         self.grace: asyncio.TimerHandle | None = None
@@ -206,7 +206,7 @@ class DialPlan:
         leg = Leg(settings, call, transport)
         if settings.call_state_url:
             where = f"{settings.where}.call_state_url"
-            leg.reporter = EventReporter(self.caller, settings.call_state_url, "calling.call.state", where)
+            leg.reporter = StatusReporter(self.caller, settings.call_state_url, "calling.call.state", None, where)
         self.legs.append(leg)
         call.start()
         self._report(leg, "created")
@@ -461,29 +461,6 @@ class DialPlan:
                 "direction": "outbound",
                 "device": leg.device(),
                 "end_reason": end_reason,
-            }
-        )
-
-
-class EventReporter(StatusReporter):
-    """Callbacks whose ``params`` are the whole payload's (``call_id`` and ``node_id`` given by the
-    sender, no ``control_id``): ``calling.call.state`` of a far leg, ``calling.call.connect``."""
-
-    def __init__(self, call: Call, url: str | None, event_type: str, where: str) -> None:
-        super().__init__(call, url, event_type, "", where)
-
-    def send(self, params: dict[str, Any]) -> None:
-        if self.channel is None:
-            return
-        call = self.call
-        self.channel.send(
-            {
-                "event_type": self.event_type,
-                "event_channel": f"swml:{call.call_id}",
-                "timestamp": call.wall(),
-                "project_id": "",
-                "space_id": "",
-                "params": {"call_id": call.call_id, "node_id": NODE_ID, **params},
             }
         )
 

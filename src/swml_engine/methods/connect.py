@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from swml_engine.callbacks import NODE_ID
+from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.dialing import DialTarget
-from swml_engine.dialplan import DialPlan, EventReporter, Leg, LegSettings, Ringback
+from swml_engine.dialplan import DialPlan, Leg, LegSettings, Ringback
 from swml_engine.document.loader import load_text
 from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import (
@@ -514,7 +514,7 @@ class Connect(Method[ConnectParams]):
     async def run(self, ctx: StepContext, p: ConnectParams) -> None:
         caller = ctx.call
         groups = legs_of(ctx, p)
-        status = EventReporter(caller, p.status_url, "calling.call.connect", f"{ctx.where}.status_url")
+        status = StatusReporter(caller, p.status_url, "calling.call.connect", None, f"{ctx.where}.status_url")
         where = f"{ctx.where}.ringback"
         ringback = Ringback(caller, sounds_of(p.ringback or [], where), voice_of(ctx, VoiceParams()), where)
         plan = DialPlan(caller, ctx.variables, cast("Mapping[str, Method[Any]]", ctx.runner.methods), ctx.where)
@@ -568,7 +568,7 @@ class Connect(Method[ConnectParams]):
         ctx.set_var("return_value", "failed")
 
 
-def report(ctx: StepContext, status: EventReporter, state: ConnectState, **fields: Any) -> None:
+def report(ctx: StepContext, status: StatusReporter, state: ConnectState, **fields: Any) -> None:
     """One step of the connect: a ``connect.state`` event and a ``calling.call.connect`` callback."""
     ctx.events.emit("connect.state", state=state, **fields)
     params: dict[str, Any] = {"connect_state": state}
@@ -588,7 +588,7 @@ async def transfer(ctx: StepContext, dest: str) -> None:
     """``transfer_after_bridge``: the document runs in place of the rest of this script, as ``transfer``
     does (it does not come back)."""
     try:
-        section_run = await Execute()._target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
+        section_run = await Execute().target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
     except ParamError as e:
         # The connect itself went well (its variables stand): the script goes on, as after a failed transfer.
         ctx.events.emit("error", where=f"{ctx.where}.transfer_after_bridge", message=e.message)

@@ -85,7 +85,7 @@ class Execute(Method[ExecuteParams]):
         return []
 
     async def run(self, ctx: StepContext, p: ExecuteParams) -> None:
-        section_run = await self._target(ctx, p)
+        section_run = await self.target(ctx, p)
         value = await ctx.runner.execute_section(section_run, p.params)
         ctx.set_var("return_value", value)
         ctx.result = "returned"
@@ -95,7 +95,7 @@ class Execute(Method[ExecuteParams]):
             kind, params = p.result
             await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.execute.result"), ctx.section_run)
 
-    async def _target(self, ctx: StepContext, p: ExecuteParams) -> SectionRun:
+    async def target(self, ctx: StepContext, p: ExecuteParams) -> SectionRun:
         dest = p.dest.strip()
         depth = ctx.section_run.depth + 1
         if _is_url(dest):
