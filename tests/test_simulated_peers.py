@@ -4,6 +4,7 @@ what its call looks like, what it heard, and the usage errors of a bad spec."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from conftest import read_wav, rms, run_doc, tone, wav_bytes
+from conftest import read_wav, rms, run_doc, spectrum_peaks, tone, wav_bytes
 from swml_engine.call import Call
 from swml_engine.dialing import CannotDial, DialFailure, DialTarget
 from swml_engine.media.clock import VirtualTimeLoop
@@ -260,3 +261,30 @@ def test_swml_run_passes_its_peers_to_the_call(tmp_path: Path) -> None:
     assert res.call.options.dialer is res.dialer
     far = res.dialer.place(target("sip:a@b"), 8000)
     assert far.heard_path == tmp_path / "out" / "peer-1-heard.wav"
+
+
+def test_swml_run_connects_the_caller_to_its_peer(tmp_path: Path) -> None:
+    """A user's run: `swml run --peer` with a connect script; the caller's recording holds both
+    parties, the peer heard the caller, and the summary names the peer's file."""
+    (tmp_path / "agent.wav").write_bytes(wav_bytes(tone(1000, 3.0)))
+    (tmp_path / "caller.wav").write_bytes(wav_bytes(tone(440, 10.0)))
+    doc = tmp_path / "call.yaml"
+    doc.write_text(
+        "sections: {main: [answer, {record_call: {stereo: true}}, {connect: {to: 'sip:agent@example.com'}}, hangup]}"
+    )
+    out = tmp_path / "out"
+    peer = f"sip:agent@example.com=answer@2s,audio:{tmp_path / 'agent.wav'},hangup@end"
+    cmd = [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(out), "--peer", peer]
+    r = subprocess.run(
+        [*cmd, "--caller-audio", str(tmp_path / "caller.wav")], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "heard.wav, peer-1-heard.wav" in r.stdout
+    (meta_path,) = (out / "recordings").glob("*.json")
+    meta = json.loads(meta_path.read_text())
+    assert [(b["to"], b["start"], b["end"]) for b in meta["bridges"]] == [("sip:agent@example.com", 2.0, 5.0)]
+    audio, rate = read_wav(meta_path.with_suffix(".wav"))
+    assert spectrum_peaks(audio[round(2.5 * rate) : round(4.5 * rate), 1], rate, 1) == [pytest.approx(1000, abs=5)]
+    assert spectrum_peaks(audio[round(2.5 * rate) : round(4.5 * rate), 0], rate, 1) == [pytest.approx(440, abs=5)]
+    heard, heard_rate = read_wav(out / "peer-1-heard.wav")
+    assert spectrum_peaks(heard[round(2.5 * rate) : round(4.5 * rate)], heard_rate, 1) == [pytest.approx(440, abs=5)]
