@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from swml_engine.transports.sip.call import SipCallTransport
-
 from .peers import Engine, run_sipp, scenario, sipp_errors
 
 EngineFactory = Callable[..., Engine]
@@ -22,10 +20,6 @@ sections:
     - set: {after: reached}
     - play: {url: 'silence:0.5'}
 """
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(SipCallTransport, "refer_update"), reason="swml serve does not route REFER updates to its legs yet"
-)
 
 
 @pytest.mark.parametrize(

@@ -6,20 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
 from interop.peers import Engine, SipPeer, header, wait_for
-from swml_engine.transports.sip.call import SipCallTransport
 
 from .test_service_dialogs import answered
 
 EngineFactory = Callable[..., Engine]
 
-# The service hands the caller's REFER updates to its leg (SipCallTransport.refer_update) once piece C's
-# files carry the wiring (see transports/sip/transfer.py); until then a SIP caller cannot be transferred.
-pytestmark = pytest.mark.skipif(
-    not hasattr(SipCallTransport, "refer_update"), reason="swml serve does not route REFER updates to its legs yet"
-)
 
 TARGET = "sip:bob@192.0.2.99:5099"
 SCRIPT = (
