@@ -1,0 +1,348 @@
+"""`connect` on `swml serve` against real far parties: sipp calls the engine, the script connects it to a
+second sipp (or three), each sending its own sound. What is checked is what a user would: the stereo
+recording (the caller on the left, the far party on the right, in step for the whole bridge), what each
+party received on the wire, the far ends' SIP (CANCEL to the losers, digest answered), the variables."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import read_wav, wait_for
+from swml_engine.transports.sip.codecs import SUPPORTED
+from swml_engine.transports.sip.rtp import RtpPacket
+
+from .peers import Engine, Sniffer, free_port, rtp_audio, run_sipp, scenario, sipp_errors, write_pcap_rtp
+
+EngineFactory = Callable[..., Engine]
+
+#: The caller's and the far party's sounds: short pulses of a tone, once a second, so that where each
+#: pulse starts (its onset) can be found in a recording and in what a party received.
+CALLER_TONE, FAR_TONE = 440.0, 1000.0
+PULSE, PERIOD = 0.2, 1.0
+PCMU_MEDIA = "0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15"
+#: How far apart (s) the same moment may be on the two channels of the recording, over the whole bridge.
+ALIGNED = 0.040
+
+CONNECT = """version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {{stereo: true, format: wav}}
+    - connect: {connect}
+    - set: {{after: '${{connect_result}}'}}
+    - play: {{url: 'silence:{after}'}}
+    - hangup
+"""
+
+
+def pulses(path: Path, codec: str, freq: float, seconds: float, *, offset: float = 0.0) -> None:
+    """A pcap of 20 ms RTP packets in ``codec`` (PCMU, PCMA, G722): ``freq`` on for PULSE every PERIOD
+    (starting at ``offset``), silence between."""
+    info = SUPPORTED[codec]
+    rate = info.rate
+    t = np.arange(round(seconds * rate)) / rate
+    on = ((t - offset) % PERIOD < PULSE) & (t >= offset)
+    audio = (np.sin(2 * np.pi * freq * t) * 12000 * on).astype(np.int16)
+    encoder = info.factory()
+    n = rate // 50
+    packets = []
+    for i in range(len(audio) // n):
+        payload = encoder.encode(np.ascontiguousarray(audio[i * n : (i + 1) * n]))
+        packets.append((i * 0.02, RtpPacket(info.static_pt, i, i * 160, 0x3131, payload).serialize()))
+    write_pcap_rtp(path, packets)
+
+
+def strength(samples: np.ndarray, rate: int, freq: float) -> np.ndarray:
+    """The strength of ``freq`` in 20 ms windows, every 5 ms."""
+    step, width = rate // 200, rate // 50
+    t = np.arange(width) / rate
+    probe = np.exp(-2j * np.pi * freq * t) * np.hanning(width)
+    return np.array(
+        [abs(np.dot(samples[i : i + width].astype(np.float64), probe)) for i in range(0, len(samples) - width, step)]
+    )
+
+
+def onsets(samples: np.ndarray, rate: int, freq: float) -> list[float]:
+    """Where pulses of ``freq`` start (s): 5 ms steps of the tone's strength, rising through half its peak."""
+    step, width = rate // 200, rate // 50
+    level = strength(samples, rate, freq)
+    if len(level) == 0 or level.max() <= 0:
+        return []
+    high = level > level.max() / 2
+    rising = np.nonzero(high[1:] & ~high[:-1])[0] + 1
+    return [(i * step + width / 2) / rate for i in rising]
+
+
+def regular(times: list[float], period: float = PERIOD, slack: float = 0.02) -> bool:
+    """Every pulse a period after the one before (none lost, none doubled, no drift)."""
+    gaps = np.diff(times)
+    return len(gaps) > 0 and bool(np.all(np.abs(gaps - period) < slack))
+
+
+def drift(left: list[float], right: list[float]) -> float:
+    """How much the time from each right onset back to the last left onset varies over the bridge (s)."""
+    offsets = [r - max(x for x in left if x <= r) for r in right if any(x <= r for x in left)]
+    return max(offsets) - min(offsets) if offsets else float("inf")
+
+
+class FarSipp:
+    """sipp as the far party the engine calls: a UAS on its own SIP and media ports."""
+
+    def __init__(self, workdir: Path, xml: str, timeout: float = 60) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "scenario.xml").write_text(xml)
+        pcap = workdir / "pcap"
+        if not pcap.exists():
+            pcap.symlink_to(Path("/usr/share/sip-tester"))
+        self.workdir = workdir
+        self.port = free_port()
+        self.media_port = free_port(span=4)
+        cmd = ["sipp", "-sf", "scenario.xml", "-p", str(self.port), "-i", "127.0.0.1", "-mp", str(self.media_port)]
+        cmd += ["-m", "1", "-nostdin", "-trace_err", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # its socket is open before the engine calls
+
+    @property
+    def uri(self) -> str:
+        return f"sip:far@127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -1
+
+    def errors(self) -> str:
+        out = self.proc.stdout.read() if self.proc.stdout and self.proc.poll() is not None else ""
+        return (out or "")[-2000:] + sipp_errors(self.workdir)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def far_parties(*parties: FarSipp) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in parties:
+            p.kill()
+
+
+def connect_states(eng: Engine) -> list[object]:
+    """The connect.state events of the (one) call, in order: connecting, connected, failed, disconnected."""
+    calls = eng.call_events()
+    return [e.get("state") for e in calls[0] if e["type"] == "connect.state"] if calls else []
+
+
+def vars_of(eng: Engine) -> dict[str, object]:
+    [events] = eng.call_events()
+    return {str(e["name"]): e["value"] for e in events if e["type"] == "vars.set"}
+
+
+def caller(
+    tmp_path: Path, eng: Engine, pcap: Path, seconds: float, media: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """sipp calls the engine, sends ``pcap``, and hangs up after ``seconds``."""
+    xml = scenario(
+        "caller_hangs_up",
+        pcap=str(pcap),
+        pause=int(seconds * 1000),
+        dtmf="pcap/dtmf_2833_1.pcap",
+        after=300,
+        **({"media": media} if media else {}),
+    )
+    return run_sipp(tmp_path / "caller", xml, eng.port, timeout=60)
+
+
+def far_heard(sniffer: Sniffer, far: FarSipp, codec: str) -> np.ndarray:
+    """What the engine sent the far party (the packets to its media port), decoded."""
+    info = SUPPORTED[codec]
+    packets = [p for s, d, p in sniffer.packets if d == far.media_port]
+    # (placed by RTP timestamp only at 8 kHz: G.722's timestamps count at 8 kHz, its samples at 16)
+    return rtp_audio(packets, info.factory().decode, info.static_pt, placed=info.rate == 8000)
+
+
+# --- the bridge, recorded -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caller_codec", "far_codec"), [("PCMA", "PCMU"), ("PCMU", "G722")], ids=["pcma-to-pcmu", "pcmu-to-g722"]
+)
+def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
+    caller_codec: str, far_codec: str, engine: EngineFactory, tmp_path: Path
+) -> None:
+    caller_pcap, far_pcap = tmp_path / "caller.pcap", tmp_path / "far.pcap"
+    pulses(caller_pcap, caller_codec, CALLER_TONE, 10.0)
+    pulses(far_pcap, far_codec, FAR_TONE, 8.0, offset=0.5)
+    pt = SUPPORTED[far_codec].static_pt
+    far = FarSipp(
+        tmp_path / "far",
+        scenario(
+            "far_answers",
+            offer="0 8 9 101",  # PCMU, PCMA, G.722, telephone-event: all we speak, G.711 first
+            ring=500,
+            far_media=f"{pt}\na=rtpmap:{pt} {far_codec}/8000",
+            pcap=str(far_pcap),
+            bye_timeout=40000,
+        ),
+    )
+    eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}'}}", after=0))
+    media = PCMU_MEDIA if caller_codec == "PCMU" else None
+    with far_parties(far), Sniffer() as sniffer:
+        res = caller(tmp_path, eng, caller_pcap, 9.0, media)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors() + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    assert meta["channels"] == 2
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert rate == 8000  # the caller's rate, whatever the far leg's
+    left, right = audio[:, 0], audio[:, 1]
+    said, heard = onsets(left, rate, CALLER_TONE), onsets(right, rate, FAR_TONE)
+    assert len(said) >= 8 and regular(said), said
+    assert len(heard) >= 6 and regular(heard), heard  # the far party's pulses: none lost, none doubled
+    assert drift(said, heard) < ALIGNED, (said, heard)  # the two channels keep one time line
+    # no leak across while bridged (before, the caller heard the ring tone, 440 + 480 Hz): each tone on
+    # the other channel is far weaker (under -26 dB) than on its own
+    bridged = slice(int(heard[0] * rate), None)
+    assert strength(right[bridged], rate, CALLER_TONE).max() < 0.05 * strength(left, rate, CALLER_TONE).max()
+    assert strength(left, rate, FAR_TONE).max() < 0.05 * strength(right, rate, FAR_TONE).max()
+    assert "connected" in connect_states(eng)
+    if sniffer.available:
+        # the caller heard the far party, and the far party the caller, each in its own codec
+        caller_info = SUPPORTED[caller_codec]
+        to_caller = rtp_audio(
+            sniffer.from_engine(eng.rtp_port()), caller_info.factory().decode, caller_info.static_pt, placed=True
+        )
+        got = onsets(to_caller, 8000, FAR_TONE)
+        assert len(got) >= 6 and regular(got), got
+        to_far = far_heard(sniffer, far, far_codec)
+        got = onsets(to_far, SUPPORTED[far_codec].rate, CALLER_TONE)
+        assert len(got) >= 5 and regular(got), got
+
+
+def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
+    pulses(far_pcap, "PCMU", FAR_TONE, 5.0)
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 8.0)
+    first = FarSipp(tmp_path / "first", scenario("far_rings", cancel_timeout=30000))
+    second = FarSipp(
+        tmp_path / "second",
+        scenario(
+            "far_answers",
+            offer="0 8 9 101",
+            ring=1500,
+            far_media="0\na=rtpmap:0 PCMU/8000",
+            pcap=str(far_pcap),
+            bye_timeout=40000,
+        ),
+    )
+    third = FarSipp(tmp_path / "third", scenario("far_rings", cancel_timeout=30000))
+    legs = ", ".join(f"{{to: '{p.uri}'}}" for p in (first, second, third))
+    eng = engine(CONNECT.format(connect=f"{{parallel: [{legs}]}}", after=0))
+    with far_parties(first, second, third):
+        res = caller(tmp_path, eng, caller_pcap, 6.0)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        for party in (first, second, third):  # CANCEL, 487, ACK for the two; BYE for the one bridged
+            assert party.wait() == 0, party.errors() + eng.log()[-3000:]
+    [meta] = eng.recordings(1)
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert len(onsets(audio[:, 1], rate, FAR_TONE)) >= 3  # bridged with the second
+    assert "connected" in connect_states(eng)
+
+
+# --- what the far end answers ---------------------------------------------------------------------------
+
+
+def test_a_far_party_asking_for_digest_credentials_is_reached_with_username_and_password(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    far = FarSipp(tmp_path / "far", scenario("far_authenticates", bye_timeout=40000))
+    eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}', username: alice, password: s3cret}}", after=0))
+    caller_pcap = tmp_path / "caller.pcap"
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
+    with far_parties(far):
+        res = caller(tmp_path, eng, caller_pcap, 3.0)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors() + eng.log()[-3000:]  # sipp checked the digest itself
+    assert "connected" in connect_states(eng)
+
+
+@pytest.mark.parametrize(("status", "phrase", "reason"), [(486, "Busy Here", "busy"), (603, "Decline", "rejected")])
+def test_a_refusing_far_party_fails_connect_and_the_script_goes_on(
+    status: int, phrase: str, reason: str, engine: EngineFactory, tmp_path: Path
+) -> None:
+    far = FarSipp(tmp_path / "far", scenario("far_refuses", status=status, phrase=phrase))
+    eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}'}}", after=1))
+    caller_pcap = tmp_path / "caller.pcap"
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
+    with far_parties(far):
+        res = run_sipp(
+            tmp_path / "caller",
+            scenario(
+                "engine_hangs_up",
+                pcap=str(caller_pcap),
+                pause=500,
+                dtmf="pcap/dtmf_2833_1.pcap",
+                after=0,
+                bye_timeout=30000,
+            ),
+            eng.port,
+        )
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors()
+    seen = vars_of(eng)
+    assert (seen["connect_result"], seen["connect_failed_reason"], seen["after"]) == ("failed", reason, "failed")
+
+
+def test_a_far_party_killed_mid_bridge_ends_it_after_the_rtp_timeout(engine: EngineFactory, tmp_path: Path) -> None:
+    far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
+    pulses(far_pcap, "PCMU", FAR_TONE, 30.0)
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 30.0)
+    far = FarSipp(
+        tmp_path / "far",
+        scenario(
+            "far_answers",
+            offer="0 8 9 101",
+            ring=100,
+            far_media="0\na=rtpmap:0 PCMU/8000",
+            pcap=str(far_pcap),
+            bye_timeout=60000,
+        ),
+    )
+    eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}'}}", after=1), "--rtp-timeout", "2")
+    with far_parties(far):
+        # (a second pcap would stop the first: the caller's audio is played again instead of a digit; a
+        # caller that fell silent would be hung up by the same --rtp-timeout)
+        xml = scenario(
+            "engine_hangs_up", pcap=str(caller_pcap), pause=100, dtmf=str(caller_pcap), after=0, bye_timeout=40000
+        )
+        result: list[subprocess.CompletedProcess[str]] = []
+        runner = threading.Thread(target=lambda: result.append(run_sipp(tmp_path / "caller", xml, eng.port)))
+        runner.start()
+        assert wait_for(lambda: "connected" in connect_states(eng), 30), eng.log()[-3000:]
+        time.sleep(2.0)
+        far.kill()  # no BYE: its media just stops
+        killed = time.monotonic()
+        runner.join(60)
+        assert result and result[0].returncode == 0, eng.log()[-3000:]
+    assert connect_states(eng)[-1] == "disconnected"
+    assert vars_of(eng)["after"] == "connected"  # the far party gone, the script went on
+    assert time.monotonic() - killed < 30
+    [meta] = eng.recordings(1)
+    assert meta["end_reason"] and float(str(meta["duration"])) > 4
