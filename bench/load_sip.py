@@ -1,6 +1,7 @@
 """Load: N concurrent SIP calls from sipp, each recorded (record_call, stereo wav) for the call's length.
 
     .venv/bin/python bench/load_sip.py --calls 100 200 300 --seconds 60 --workers 2
+    .venv/bin/python bench/load_sip.py --calls 200 250 300 --seconds 60 --workers 2 --bridge
 
 For each N: start `swml serve --workers W`, have sipp place N calls (one UDP socket per call so the
 kernel spreads them over the workers), each streaming a 440 Hz caller (SIPp rtp_stream, PCMA) for the whole call,
@@ -12,6 +13,13 @@ then read back every recording and the engine's per-call RTP statistics. Reports
   20 ms (ms, measured in the engine at the socket);
 - CPU per call: the engine processes' CPU time over the steady part, per call, as % of one core;
   next to it the reference of sipp's own CPU for the same calls.
+
+With --bridge, each N runs twice: first the single-leg calls above (the reference), then N bridged calls:
+the engine answers, records in stereo and connects each caller to a second sipp (bench/load_far.xml: it
+answers with PCMA and streams 1 kHz until the engine's BYE). The bridged run also reports the far
+party in the right channel (silent 20 ms frames there while bridged, and how late its tone started after
+the bridge did), the far legs' send jitter (their rtp.stats, written to the caller's event log with a
+`leg` field), both sipps' CPU, and the engine's CPU per bridged call against the single-leg one.
 
 The largest N with 0 lost frames and send jitter p99 < 10 ms is the figure in bench/README.md.
 """
@@ -28,7 +36,9 @@ import sys
 import tempfile
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,11 +56,23 @@ sections:
     - play: {url: 'silence:3600'}
 """
 
+BRIDGE_SCRIPT = """version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {{stereo: true, format: wav}}
+    - connect: {{to: 'sip:far@127.0.0.1:{port}'}}
+"""
 
-def tone_file(path: Path) -> None:
-    """One second of a 440 Hz caller in raw A-law (a whole number of cycles: it loops without a seam)."""
+#: The caller's tone and the far party's: the dominant frequency of each channel says whose it is.
+CALLER_HZ, FAR_HZ = 440, 1000
+FRAME = 160  # samples in 20 ms at 8 kHz (both legs are PCMA)
+
+
+def tone_file(path: Path, hz: int = CALLER_HZ) -> None:
+    """One second of a tone in raw A-law (a whole number of cycles: it loops without a seam)."""
     t = np.arange(8000) / 8000
-    path.write_bytes(Pcma().encode((np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16)))
+    path.write_bytes(Pcma().encode((np.sin(2 * np.pi * hz * t) * 12000).astype(np.int16)))
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -76,131 +98,254 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def lost_frames(path: Path) -> int:
+def channels(path: Path) -> np.ndarray:
+    """The recording's samples, one column a channel."""
     with wave.open(str(path)) as w:
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())[:, 0]
-    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
-    silent = ~np.any(frames != 0, axis=1)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())
+
+
+def silent_frames(x: np.ndarray) -> np.ndarray:
+    """For each whole 20 ms frame of one channel: is it digital silence (what a missing packet leaves)."""
+    frames = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME)
+    return ~np.any(frames != 0, axis=1)
+
+
+def lost_frames(path: Path) -> int:
+    """Silent frames in the caller (left) channel between its first and last sound."""
+    silent = silent_frames(channels(path)[:, 0])
     sound = np.nonzero(~silent)[0]
     if len(sound) == 0:
-        return len(frames)
+        return len(silent)
     return int(np.sum(silent[sound[0] : sound[-1] + 1]))
 
 
-def run(calls: int, seconds: float, workers: int, work: Path, inband: bool = False) -> dict[str, float]:
-    port = free_port()
-    data = work / f"data-{calls}"
-    script = work / "load.yaml"
-    script.write_text(SCRIPT)
-    log = (work / f"engine-{calls}.log").open("w")
-    engine = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "swml_engine",
-            "serve",
-            "--sip",
-            f"127.0.0.1:{port}",
-            "--script",
-            str(script),
-            "--data",
-            str(data),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def dominant_hz(x: np.ndarray) -> int:
+    """The strongest frequency of one second of a channel from its middle (0 when shorter)."""
+    if len(x) < 8000:
+        return 0
+    mid = len(x) // 2
+    return int(np.argmax(np.abs(np.fft.rfft(x[mid - 4000 : mid + 4000].astype(float)))))
+
+
+@dataclass
+class FarChannel:
+    """The far party in one bridged recording's right channel."""
+
+    bridged: bool  # exactly one bridge, ended
+    onset_frames: int  # silent frames from the bridge's start to the far party's first sound
+    lost: int  # silent frames after that, until the bridge's end
+    tail: int  # of which at the very end (the far party stopped before the bridge did)
+    tones_ok: bool  # the caller's tone on the left, the far party's on the right
+
+
+def far_channel(meta: dict[str, Any]) -> FarChannel:
+    x = channels(Path(str(meta["url"]).removeprefix("file://")))
+    bridges = meta.get("bridges") or []
+    tones_ok = dominant_hz(x[:, 0]) == CALLER_HZ and x.shape[1] == 2 and dominant_hz(x[:, 1]) == FAR_HZ
+    if len(bridges) != 1 or bridges[0].get("end") is None or x.shape[1] != 2:
+        return FarChannel(False, 0, 0, 0, tones_ok)
+    t0 = float(meta["call_time"])
+    first = max(0, round((float(bridges[0]["start"]) - t0) * 50))
+    last = round((float(bridges[0]["end"]) - t0) * 50)
+    silent = silent_frames(x[:, 1])[first:last]
+    sound = np.nonzero(~silent)[0]
+    if len(sound) == 0:
+        return FarChannel(True, len(silent), 0, 0, tones_ok)
+    onset = int(sound[0])
+    return FarChannel(True, onset, int(np.sum(silent[onset:])), len(silent) - 1 - int(sound[-1]), tones_ok)
+
+
+def start_sipp(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["sipp", *args, "-i", "127.0.0.1", "-nostdin", "-trace_err"],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    time.sleep(2.0)
-    sipp_dir = work / f"sipp-{calls}"
+
+
+def start_far(work: Path, calls: int, seconds: float) -> tuple[subprocess.Popen[bytes], int]:
+    """The far sipp (bench/load_far.xml) answering ``calls`` calls on a port of its own, and that port."""
+    far_dir = work / f"far-{calls}"
+    far_dir.mkdir(exist_ok=True)
+    tone_file(far_dir / "far.alaw", FAR_HZ)
+    xml = scenario(ROOT / "bench" / "load_far.xml", stream="far.alaw", bye_timeout=int((seconds + 120) * 1000))
+    (far_dir / "far.xml").write_text(xml)
+    port = free_port()
+    limits = ["-timeout", f"{int(seconds + 180)}s", "-max_socket", str(calls * 2 + 100)]
+    return start_sipp(["-sf", "far.xml", "-p", str(port), "-m", str(calls), "-t", "u1", *limits], far_dir), port
+
+
+def start_engine(port: int, script: Path, data: Path, workers: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """``swml serve`` on ``port``, once each of its workers said it is ready."""
+    serve = ["serve", "--sip", f"127.0.0.1:{port}", "--script", str(script), "--data", str(data)]
+    with log_path.open("w") as log:
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "swml_engine", *serve, "--workers", str(workers), "--log-level", "warning"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while log_path.read_text().count("ready") < workers:
+        if engine.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"swml serve did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return engine
+
+
+def start_callers(sipp_dir: Path, port: int, calls: int, seconds: float, inband: bool) -> subprocess.Popen[bytes]:
+    """A sipp placing ``calls`` calls to the engine on ``port`` (bench/load_call.xml), 440 Hz each."""
     sipp_dir.mkdir(exist_ok=True)
     tone_file(sipp_dir / "tone.alaw")
     media = "8\na=rtpmap:8 PCMA/8000" if inband else PCMA_MEDIA  # without telephone-event: in-band DTMF
     xml = scenario(ROOT / "bench" / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000), media=media)
     (sipp_dir / "load.xml").write_text(xml)
     rate = min(100, calls)  # calls per second while ramping up
-    sipp = subprocess.Popen(
-        [
-            "sipp",
-            f"127.0.0.1:{port}",
-            "-sf",
-            "load.xml",
-            "-m",
-            str(calls),
-            "-l",
-            str(calls),
-            "-r",
-            str(rate),
-            "-t",
-            "un",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-nostdin",
-            "-trace_err",
-            "-timeout",
-            f"{int(seconds + 120)}s",
-            "-max_socket",
-            str(calls * 2 + 100),
-        ],
-        cwd=sipp_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ramp = calls / rate + 2
+    place = ["-sf", "load.xml", "-m", str(calls), "-l", str(calls), "-r", str(rate), "-t", "un"]
+    limits = ["-timeout", f"{int(seconds + 120)}s", "-max_socket", str(calls * 2 + 100)]
+    return start_sipp([f"127.0.0.1:{port}", *place, "-p", str(free_port()), *limits], sipp_dir)
+
+
+def run(
+    calls: int,
+    seconds: float,
+    workers: int,
+    work: Path,
+    inband: bool = False,
+    bridge: bool = False,
+    engines: int = 1,
+) -> dict[str, Any]:
+    """N calls on ``engines`` engines of ``workers`` workers each (the calls split evenly, a caller sipp
+    for each engine); with ``bridge``, each bridged to the one far sipp."""
+    mode = "bridged" if bridge else "single"
+    far: subprocess.Popen[bytes] | None = None
+    script = work / f"load-{mode}.yaml"
+    if bridge:
+        far, far_port = start_far(work, calls, seconds)
+        script.write_text(BRIDGE_SCRIPT.format(port=far_port))
+    else:
+        script.write_text(SCRIPT)
+    shares = [calls // engines + (1 if i < calls % engines else 0) for i in range(engines)]
+    data = [work / f"data-{calls}-{mode}-{i}" for i in range(engines)]
+    servers, callers = [], []
+    for i, share in enumerate(shares):
+        port = free_port()
+        servers.append(start_engine(port, script, data[i], workers, work / f"engine-{calls}-{mode}-{i}.log"))
+        callers.append(start_callers(work / f"sipp-{calls}-{mode}-{i}", port, share, seconds, inband))
+    ramp = max(shares) / min(100, max(shares)) + 2
     time.sleep(ramp)
-    pids = children(engine.pid)
+    pids = [p for s in servers for p in children(s.pid)]
+    caller_pids = [c.pid for c in callers]
+    far_pids = [far.pid] if far is not None else []
     steady = max(5.0, seconds - ramp - 5)
-    c0, s0, t0 = cpu_seconds(pids), cpu_seconds([sipp.pid]), time.monotonic()
+    c0, s0, f0, t0 = cpu_seconds(pids), cpu_seconds(caller_pids), cpu_seconds(far_pids), time.monotonic()
     time.sleep(steady)
-    c1, s1, t1 = cpu_seconds(pids), cpu_seconds([sipp.pid]), time.monotonic()
-    sipp.wait(timeout=seconds + 180)
+    c1, s1, f1, t1 = cpu_seconds(pids), cpu_seconds(caller_pids), cpu_seconds(far_pids), time.monotonic()
+    for c in callers:
+        c.wait(timeout=seconds + 180)
+    if far is not None:
+        try:  # it exits once it answered N BYEs
+            far.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            far.terminate()
+            far.wait(10)
     time.sleep(3)
-    engine.send_signal(signal.SIGTERM)
-    engine.wait(60)
-    log.close()
-    recs = [json.loads(p.read_text()) for p in (data / "recordings").glob("*.json")]
+    for s in servers:
+        s.send_signal(signal.SIGTERM)
+    for s in servers:
+        s.wait(60)
+    recs = [json.loads(p.read_text()) for d in data for p in (d / "recordings").glob("*.json")]
     lost = sum(lost_frames(Path(r["url"].removeprefix("file://"))) for r in recs)
-    jitters = []
-    for f in (data / "calls").glob("*.jsonl"):
+    jitters: dict[str, list[float]] = {"caller": [], "far": []}
+    for f in (p for d in data for p in (d / "calls").glob("*.jsonl")):
         for line in f.read_text().splitlines():
             e = json.loads(line)
             if e["type"] == "rtp.stats":
-                jitters.append(e["send_jitter_p99_ms"])
+                jitters["far" if e.get("leg") else "caller"].append(e["send_jitter_p99_ms"])
     durations = [float(r["duration"]) for r in recs]
-    return {
+    span = t1 - t0
+    res: dict[str, Any] = {
+        "mode": mode,
         "calls": calls,
+        "engines": f"{engines}x{workers}",
         "recordings": len(recs),
         "short_recordings": sum(1 for d in durations if d < seconds - 1.0),
         "refused_503": calls - len(recs),
         "lost_frames": lost,
-        "send_jitter_p99_ms": float(np.percentile(jitters, 99)) if jitters else float("nan"),
-        "engine_cpu_pct_per_call": 100 * (c1 - c0) / (t1 - t0) / calls,
-        "engine_cpu_cores": (c1 - c0) / (t1 - t0),
-        "sipp_cpu_pct_per_call": 100 * (s1 - s0) / (t1 - t0) / calls,
-        "sipp_exit": sipp.returncode,
+        "send_jitter_p99_ms": p99(jitters["caller"]),
+        "engine_cpu_pct_per_call": 100 * (c1 - c0) / span / calls,
+        "engine_cpu_cores": (c1 - c0) / span,
+        "sipp_cpu_pct_per_call": 100 * (s1 - s0) / span / calls,
+        "sipp_exit": max(c.returncode for c in callers),
     }
+    if far is not None:
+        fars = [far_channel(r) for r in recs]
+        res |= {
+            "bridged_recordings": sum(1 for f in fars if f.bridged),
+            "tones_ok": sum(1 for f in fars if f.tones_ok),
+            "far_lost_frames": sum(f.lost for f in fars),
+            "far_tail_frames": sum(f.tail for f in fars),
+            "far_onset_max_ms": 20 * max((f.onset_frames for f in fars), default=0),
+            "far_legs_stats": len(jitters["far"]),
+            "far_send_jitter_p99_ms": p99(jitters["far"]),
+            "far_sipp_cpu_pct_per_call": 100 * (f1 - f0) / span / calls,
+            "far_sipp_exit": far.returncode,
+        }
+    return res
+
+
+def p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else float("nan")
+
+
+def passed(res: dict[str, Any]) -> bool:
+    ok = res["lost_frames"] == 0 and res["recordings"] == res["calls"] and res["send_jitter_p99_ms"] < 10
+    if res["mode"] == "bridged":
+        ok = ok and res["bridged_recordings"] == res["calls"] and res["far_lost_frames"] == 0
+        ok = ok and not res["far_send_jitter_p99_ms"] >= 10  # nan (no far stats written) does not fail it
+    return bool(ok)
+
+
+def report(res: dict[str, Any]) -> None:
+    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
+    print(json.dumps({**shown, "ok": passed(res)}))
+    sys.stdout.flush()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="swml serve --workers (each engine)")
+    ap.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="engines on ports of their own, the calls split evenly over them (one caller sipp each)",
+    )
     ap.add_argument(
         "--inband", action="store_true", help="callers offer no telephone-event (the engine listens for DTMF tones)"
     )
+    ap.add_argument(
+        "--bridge",
+        action="store_true",
+        help="each N twice: single-leg calls (the reference), then calls bridged to a far sipp (connect)",
+    )
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (logs, recordings, sipp's)")
     args = ap.parse_args()
     socket.setdefaulttimeout(5)
     with tempfile.TemporaryDirectory(prefix="swml-load-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for n in args.calls:
-            res = run(n, args.seconds, args.workers, Path(tmp), args.inband)
-            ok = res["lost_frames"] == 0 and res["recordings"] == n and res["send_jitter_p99_ms"] < 10
-            print(json.dumps({**{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, "ok": ok}))
-            sys.stdout.flush()
+            single = run(n, args.seconds, args.workers, work, args.inband, engines=args.engines)
+            report(single)
+            if args.bridge:
+                bridged = run(n, args.seconds, args.workers, work, args.inband, bridge=True, engines=args.engines)
+                report(bridged)
+                ratio = bridged["engine_cpu_pct_per_call"] / single["engine_cpu_pct_per_call"]
+                print(json.dumps({"calls": n, "engine_cpu_bridged_over_single": round(ratio, 2)}))
+                sys.stdout.flush()
     return 0
 
 
