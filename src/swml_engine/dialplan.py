@@ -201,8 +201,9 @@ class DialPlan:
             return leg
         call = Call(transport, events=EventLog(), options=self._far_options())
         call.options.fetches.bind(call.ended)
-        # A confirm script's errors are the caller's to see; nothing else of the far leg is written there.
-        call.events.sinks.append(self._forward_errors(settings))
+        # A confirm script's errors are the caller's to see, and the far leg's RTP figures (its rtp.stats,
+        # with leg: its call_id); nothing else of the far leg is written there.
+        call.events.sinks.append(self._forward(settings, call.call_id))
         leg = Leg(settings, call, transport)
         if settings.call_state_url:
             where = f"{settings.where}.call_state_url"
@@ -220,11 +221,14 @@ class DialPlan:
         # dialer (a confirm script does not place calls).
         return dataclasses.replace(self.caller.options, fetches=CallFetches(), dialer=None)
 
-    def _forward_errors(self, settings: LegSettings) -> Sink:
+    def _forward(self, settings: LegSettings, call_id: str) -> Sink:
         def sink(event: dict[str, Any]) -> None:
             if event["type"] == "error":
                 where = f"{settings.where} ({shorten(settings.to, 80)}): {event.get('where', '')}"
                 self.caller.events.emit("error", where=where, message=event.get("message", ""))
+            elif event["type"] == "rtp.stats":
+                fields = {k: v for k, v in event.items() if k not in ("t", "type")}
+                self.caller.events.emit("rtp.stats", leg=call_id, **fields)
 
         return sink
 
