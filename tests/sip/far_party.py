@@ -65,6 +65,7 @@ class FarParty(asyncio.DatagramProtocol):
         credentials: tuple[str, str] | None = None,
         telephone_event: bool = True,
         silent: bool = False,
+        audio: np.ndarray | None = None,
     ) -> None:
         self.steps = tuple(steps)
         self.codec_name = codec
@@ -73,6 +74,8 @@ class FarParty(asyncio.DatagramProtocol):
         self.credentials = credentials
         self.telephone_event = telephone_event
         self.silent = silent
+        #: What it says, looped (at the codec's rate): a tone of ``freq`` unless given.
+        self.audio = audio if audio is not None else tone(freq, 2.0, self.info.rate)
         self.challenge = DigestChallenge("far.test", proxy=True)
         self.sip: asyncio.DatagramTransport | None = None
         self.rtp: asyncio.DatagramTransport | None = None
@@ -257,7 +260,7 @@ class FarParty(asyncio.DatagramProtocol):
     async def _send_tone(self) -> None:
         codec: Codec = self.info.factory()
         rate = self.info.rate
-        audio = tone(self.freq, 2.0, rate)
+        audio = self.audio
         n = rate // 50
         seq, ts, ssrc = 100, 1000, 0x5151
         loop = asyncio.get_running_loop()

@@ -6,17 +6,23 @@ the steps the dial plan reads and the failure it is told, the tone each side hea
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from conftest import tone
+from conftest import dtmf_tones, tone
 from swml_engine.call import Call, CallOptions
 from swml_engine.dialing import CannotDial, DialTarget
 from swml_engine.media.audio import frames_of
+from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
+from swml_engine.transports.base import DtmfPath
 from swml_engine.transports.sip.outbound import SipFarTransport, parse_trunk
 from swml_engine.vocabulary import DialState
 
@@ -38,6 +44,18 @@ def run(
     asyncio.run(main())
 
 
+class FarCall(Call):
+    """A far leg's call that keeps how each digit came (``path``: the bridge forwards events only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.digits: list[tuple[str, DtmfPath]] = []
+
+    def on_dtmf(self, digit: str, path: DtmfPath = "event") -> None:
+        self.digits.append((digit, path))
+        super().on_dtmf(digit, path)
+
+
 class Leg:
     """A far leg as the dial plan has it: the transport, a Call on it, and what that call heard."""
 
@@ -45,12 +63,10 @@ class Leg:
         target.setdefault("from_", CALLER_ID)
         self.far = service.dialer.place(DialTarget(to=to, **target), rate)
         assert isinstance(self.far, SipFarTransport)
-        self.call = Call(self.far, call_id="far-leg", options=CallOptions())
+        self.call = FarCall(self.far, call_id="far-leg", options=CallOptions())
         self.heard = Heard()
         if listen:  # (a tap keeps the call at its first rate: Call.change_rate)
             self.call.add_tap(self.heard)
-        self.digits: list[str] = []
-        self.call.dtmf_listeners.append(self.digits.append)
         self.call.start()
         self.far.dial()
         self.states: list[DialState] = []
@@ -230,7 +246,28 @@ def test_digits_cross_both_ways_as_rfc_4733_events(tmp_path: Path, monkeypatch: 
             await leg.call.send_dtmf("5", 0.1)
             assert await until(lambda: party.heard_digits() == [5])
             party.send_digit("7")
-            assert await until(lambda: leg.digits == ["7"])
+            assert await until(lambda: leg.call.digits == [("7", "event")])
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_without_telephone_events_digits_cross_as_tones_in_the_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        keys = np.concatenate([np.zeros(4000, np.int16), dtmf_tones("5", on=0.1), np.zeros(40000, np.int16)])
+        party = await FarParty(telephone_event=False, audio=keys).start()
+        try:
+            leg = await dialled(service, party)
+            assert await until(lambda: leg.call.digits == [("5", "inband")])  # heard in its audio: once
+            await leg.call.send_dtmf("9", 0.1)  # played as the key's two tones in what it hears
+            await asyncio.sleep(0.3)
+            detector, heard = InbandDtmfDetector(8000), party.heard_audio()
+            found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
+            assert found == ["9"] and party.heard_digits() == []
             await leg.end()
         finally:
             party.close()
@@ -437,3 +474,52 @@ def test_far_legs_count_towards_max_calls(tmp_path: Path, monkeypatch: pytest.Mo
             party.close()
 
     run(body, tmp_path, monkeypatch, max_calls=1)
+
+
+# --- --trunk --------------------------------------------------------------------------------------------
+
+
+def test_trunk_uris_are_read_and_its_credentials_come_in_pairs() -> None:
+    plain = parse_trunk("sip:provider.example.com")
+    assert (plain.host, plain.port, plain.transport.value, plain.credentials) == (
+        "provider.example.com",
+        5060,
+        "udp",
+        None,
+    )
+    tcp = parse_trunk("sip:[2001:db8::5]:5070;transport=TCP", "acct", "pw")
+    assert (tcp.host, tcp.port, tcp.transport.value) == ("2001:db8::5", 5070, "tcp")
+    assert tcp.credentials is not None and tcp.credentials.username == "acct"
+    for text, says in [
+        ("provider.example.com", "expected sip:HOST"),
+        ("sips:provider.example.com", "no sips:"),
+        ("sip:acct@provider.example.com", "no user"),
+        ("sip:provider.example.com;transport=tls", "transport=tls is not served"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            parse_trunk(text)
+    with pytest.raises(ValueError, match="both SWML_TRUNK_USERNAME and SWML_TRUNK_PASSWORD"):
+        parse_trunk("sip:provider.example.com", "acct", None)
+
+
+def test_swml_serve_refuses_a_trunk_it_cannot_use_at_start(tmp_path: Path) -> None:
+    script = tmp_path / "s.yaml"
+    script.write_text("version: 1.0.0\nsections:\n  main:\n    - hangup\n")
+    base = [sys.executable, "-m", "swml_engine", "serve", "--sip", "127.0.0.1:0", "--script", str(script)]
+    base += ["--data", str(tmp_path / "data")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWML_TRUNK_")}
+    bad = subprocess.run(
+        [*base, "--trunk", "sips:provider.example.com"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert bad.returncode == 2 and "--trunk 'sips:provider.example.com'" in bad.stderr
+    half = subprocess.run(
+        [*base, "--trunk", "sip:provider.example.com"],
+        capture_output=True,
+        text=True,
+        env={**env, "SWML_TRUNK_USERNAME": "acct"},
+        timeout=60,
+    )
+    assert half.returncode == 2 and "SWML_TRUNK_PASSWORD" in half.stderr
+    assert "acct" not in half.stderr
+    timeout = subprocess.run([*base, "--rtp-timeout", "-1"], capture_output=True, text=True, timeout=60)
+    assert timeout.returncode == 2 and "--rtp-timeout" in timeout.stderr
