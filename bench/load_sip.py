@@ -27,6 +27,7 @@ The largest N with 0 lost frames and send jitter p99 < 10 ms is the figure in be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -237,7 +238,7 @@ def run(
     pids = [p for s in servers for p in children(s.pid)]
     caller_pids = [c.pid for c in callers]
     far_pids = [far.pid] if far is not None else []
-    steady = max(5.0, seconds - ramp - 5)
+    steady = max(1.0, seconds - ramp - min(5.0, seconds / 4))  # the CPU window: every call up, none ending
     c0, s0, f0, t0 = cpu_seconds(pids), cpu_seconds(caller_pids), cpu_seconds(far_pids), time.monotonic()
     time.sleep(steady)
     c1, s1, f1, t1 = cpu_seconds(pids), cpu_seconds(caller_pids), cpu_seconds(far_pids), time.monotonic()
@@ -249,7 +250,7 @@ def run(
         except subprocess.TimeoutExpired:
             far.terminate()
             far.wait(10)
-    time.sleep(3)
+    wait_finished(data, calls)
     for s in servers:
         s.send_signal(signal.SIGTERM)
     for s in servers:
@@ -292,6 +293,19 @@ def run(
             "far_sipp_exit": far.returncode,
         }
     return res
+
+
+def wait_finished(data: list[Path], calls: int, timeout: float = 60) -> None:
+    """Until ``calls`` recordings are finished (their calls ended after sipp's BYE), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = 0
+        for p in (p for d in data for p in (d / "recordings").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):  # being rewritten
+                done += json.loads(p.read_text()).get("state") == "finished"
+        if done >= calls:
+            return
+        time.sleep(0.5)
 
 
 def p99(values: list[float]) -> float:
