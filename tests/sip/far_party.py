@@ -30,6 +30,7 @@ from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.transports.sip.auth import DigestChallenge, Verdict
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import EVENTS, encode_event
+from swml_engine.transports.sip.endpoint import StreamFramer
 from swml_engine.transports.sip.message import Headers, Request, Response, parse_message, response_to
 from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 from swml_engine.transports.sip.sdp import parse_offer
@@ -66,6 +67,7 @@ class FarParty(asyncio.DatagramProtocol):
         telephone_event: bool = True,
         silent: bool = False,
         audio: np.ndarray | None = None,
+        transport: str = "udp",
     ) -> None:
         self.steps = tuple(steps)
         self.codec_name = codec
@@ -77,7 +79,13 @@ class FarParty(asyncio.DatagramProtocol):
         #: What it says, looped (at the codec's rate): a tone of ``freq`` unless given.
         self.audio = audio if audio is not None else tone(freq, 2.0, self.info.rate)
         self.challenge = DigestChallenge("far.test", proxy=True)
+        self.transport = transport
         self.sip: asyncio.DatagramTransport | None = None
+        #: Over TCP: our listener, and the connection the engine opened to it.
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.connections = 0
+        self.closed_by_engine = False
         self.rtp: asyncio.DatagramTransport | None = None
         self.port = 0
         self.rtp_port = 0
@@ -104,15 +112,31 @@ class FarParty(asyncio.DatagramProtocol):
 
     async def start(self) -> FarParty:
         loop = asyncio.get_running_loop()
-        self.sip, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
-        self.port = int(self.sip.get_extra_info("sockname")[1])
+        if self.transport == "tcp":
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        else:
+            self.sip, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+            self.port = int(self.sip.get_extra_info("sockname")[1])
         self.rtp, _ = await loop.create_datagram_endpoint(lambda: _Rtp(self), local_addr=("127.0.0.1", 0))
         self.rtp_port = int(self.rtp.get_extra_info("sockname")[1])
         return self
 
     @property
     def uri(self) -> str:
-        return f"sip:bob@127.0.0.1:{self.port}"
+        tail = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:bob@127.0.0.1:{self.port}{tail}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writer = writer
+        framer = StreamFramer()
+        peer = writer.get_extra_info("peername")
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for message in framer.feed(data):
+                    self.datagram_received(message, (str(peer[0]), int(peer[1])))
+        self.closed_by_engine = True
 
     def close(self) -> None:
         for handle in self._pending:
@@ -122,6 +146,10 @@ class FarParty(asyncio.DatagramProtocol):
         for t in (self.sip, self.rtp):
             if t is not None:
                 t.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         message = parse_message(data)
@@ -198,7 +226,7 @@ class FarParty(asyncio.DatagramProtocol):
     ) -> None:
         extra = [*headers]
         if 100 < status < 300:
-            extra.append(("Contact", f"<sip:bob@127.0.0.1:{self.port}>"))
+            extra.append(("Contact", f"<{self.uri}>"))
         body = self.sdp().encode() if sdp else b""
         if body:
             extra.append(("Content-Type", "application/sdp"))
@@ -208,6 +236,9 @@ class FarParty(asyncio.DatagramProtocol):
         self._send(response)
 
     def _send(self, message: Request | Response) -> None:
+        if self._writer is not None:
+            self._writer.write(message.encode())
+            return
         assert self.sip is not None
         self.sip.sendto(message.encode(), self.engine)
 
@@ -235,13 +266,16 @@ class FarParty(asyncio.DatagramProtocol):
         contact = invite.contacts()[0].uri
         lines = Headers(
             [
-                ("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-far-{random.getrandbits(40):x};rport"),
+                (
+                    "Via",
+                    f"SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.port};branch=z9hG4bK-far-{random.getrandbits(40):x}",
+                ),
                 ("Max-Forwards", "70"),
                 ("From", f"{invite.headers.get('to')};tag={self.tag}"),
                 ("To", invite.headers.get("from") or ""),
                 ("Call-ID", invite.call_id),
                 ("CSeq", f"{next(self._cseq)} {method}"),
-                ("Contact", f"<sip:bob@127.0.0.1:{self.port}>"),
+                ("Contact", f"<{self.uri}>"),
                 *headers,
             ]
         )

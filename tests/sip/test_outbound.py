@@ -18,6 +18,7 @@ import pytest
 
 from conftest import dtmf_tones, tone
 from swml_engine.call import Call, CallOptions
+from swml_engine.connections import ConnectionLimits
 from swml_engine.dialing import CannotDial, DialTarget
 from swml_engine.media.audio import frames_of
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
@@ -360,6 +361,28 @@ def test_a_redirect_is_followed_to_its_contact(tmp_path: Path, monkeypatch: pyte
             there.close()
 
     run(body, tmp_path, monkeypatch)
+
+
+def test_a_leg_over_tcp_keeps_its_connection_while_up_however_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        party = await FarParty(transport="tcp").start()
+        try:
+            leg = await dialled(service, party)
+            assert leg.states == ["ringing", "answered"]
+            invite = party.invite
+            assert invite is not None and invite.top_via.transport == "TCP"
+            assert str(invite.contacts()[0].uri).endswith(";transport=tcp")
+            await asyncio.sleep(2.5)  # no SIP message for twice the idle timeout: the call is up, it stays open
+            assert not party.closed_by_engine and party.connections == 1
+            party.hang_up()  # on the same connection
+            assert await leg.until_state("ended") == ["ringing", "answered", "ended"]
+            await leg.end()
+        finally:
+            party.close()
+
+    run(body, tmp_path, monkeypatch, connections=ConnectionLimits(idle_timeout=1.0))
 
 
 def test_a_host_that_does_not_resolve_fails_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
