@@ -111,6 +111,9 @@ class FarParty(asyncio.DatagramProtocol):
     # --- sockets ------------------------------------------------------------------------------------
 
     async def start(self) -> FarParty:
+        """Open its sockets (once)."""
+        if self.port:
+            return self
         loop = asyncio.get_running_loop()
         if self.transport == "tcp":
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -121,6 +124,12 @@ class FarParty(asyncio.DatagramProtocol):
         self.rtp, _ = await loop.create_datagram_endpoint(lambda: _Rtp(self), local_addr=("127.0.0.1", 0))
         self.rtp_port = int(self.rtp.get_extra_info("sockname")[1])
         return self
+
+    async def __aenter__(self) -> FarParty:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def uri(self) -> str:

@@ -102,8 +102,7 @@ def test_the_invite_offers_our_codecs_and_carries_caller_id_headers_and_session_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty().start()
-        try:
+        async with FarParty() as party:
             leg = await dialled(
                 service,
                 party,
@@ -132,8 +131,6 @@ def test_the_invite_offers_our_codecs_and_carries_caller_id_headers_and_session_
             assert lines == [["8", "9", "101"], ["9", "0", "8", "101"]]
             await wide.end()
             await narrow.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -175,8 +172,7 @@ def test_an_answered_leg_hears_the_far_party_and_the_far_party_hears_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty(freq=1000.0).start()
-        try:
+        async with FarParty(freq=1000.0) as party:
             leg = await dialled(service, party)
             assert leg.states == ["ringing", "answered"] and leg.call.answered
             assert await until(party.acked.is_set)
@@ -196,16 +192,13 @@ def test_an_answered_leg_hears_the_far_party_and_the_far_party_hears_it(
             await leg.end()
             assert await until(party.bye.is_set)  # our side hung up: BYE
             assert leg.far.state == "ended"
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
 
 def test_a_g722_answer_runs_the_far_leg_at_16_khz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty(codec="G722", freq=6000.0).start()  # 6 kHz: only a wideband leg carries it
-        try:
+        async with FarParty(codec="G722", freq=6000.0) as party:  # 6 kHz: only a wideband leg carries it
             leg = await dialled(service, party, listen=False)
             assert leg.states[-1] == "answered"
             assert leg.far.rate == 16000 and leg.call.rate == 16000
@@ -214,8 +207,6 @@ def test_a_g722_answer_runs_the_far_leg_at_16_khz(tmp_path: Path, monkeypatch: p
             said = leg.heard.audio(last=0.6)
             assert len(said) == 0.6 * 16000 and share(said, 6000.0, 16000) > 0.6
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -223,8 +214,7 @@ def test_a_g722_answer_runs_the_far_leg_at_16_khz(tmp_path: Path, monkeypatch: p
 def test_early_media_is_heard_before_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
         steps = (Step(183, sdp=True), Step(200, sdp=True, delay=1.5))
-        party = await FarParty(steps, freq=800.0).start()
-        try:
+        async with FarParty(steps, freq=800.0) as party:
             leg = Leg(service, party.uri)
             assert await leg.until_state("early_media") == ["ringing", "early_media"]
             await asyncio.sleep(0.8)
@@ -232,16 +222,13 @@ def test_early_media_is_heard_before_the_answer(tmp_path: Path, monkeypatch: pyt
             assert share(leg.heard.audio(last=0.5), 800.0) > 0.8
             assert await leg.until_state("answered") == ["ringing", "early_media", "answered"]
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
 
 def test_digits_cross_both_ways_as_rfc_4733_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty().start()
-        try:
+        async with FarParty() as party:
             leg = await dialled(service, party)
             await until(lambda: bool(party.heard))
             await leg.call.send_dtmf("5", 0.1)
@@ -249,8 +236,6 @@ def test_digits_cross_both_ways_as_rfc_4733_events(tmp_path: Path, monkeypatch: 
             party.send_digit("7")
             assert await until(lambda: leg.call.digits == [("7", "event")])
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -260,8 +245,7 @@ def test_without_telephone_events_digits_cross_as_tones_in_the_audio(
 ) -> None:
     async def body(service: Service) -> None:
         keys = np.concatenate([np.zeros(4000, np.int16), dtmf_tones("5", on=0.1), np.zeros(40000, np.int16)])
-        party = await FarParty(telephone_event=False, audio=keys).start()
-        try:
+        async with FarParty(telephone_event=False, audio=keys) as party:
             leg = await dialled(service, party)
             assert await until(lambda: leg.call.digits == [("5", "inband")])  # heard in its audio: once
             await leg.call.send_dtmf("9", 0.1)  # played as the key's two tones in what it hears
@@ -270,8 +254,6 @@ def test_without_telephone_events_digits_cross_as_tones_in_the_audio(
             found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
             assert found == ["9"] and party.heard_digits() == []
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -287,16 +269,13 @@ def test_a_refusal_fails_the_leg_with_its_reason_and_code(
     status: int, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty((Step(180), Step(status, delay=0.1))).start()
-        try:
+        async with FarParty((Step(180), Step(status, delay=0.1))) as party:
             leg = await dialled(service, party)
             assert leg.states == ["ringing", "failed"]
             failure = leg.far.failure
             assert failure is not None and (failure.reason, failure.code) == (reason, status)
             assert await until(lambda: "ACK" in party.methods())  # the engine's ACK for the refusal
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -305,9 +284,10 @@ def test_a_digest_challenge_is_answered_with_the_destinations_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty(credentials=("alice", "s3cret")).start()
-        wrong = await FarParty(credentials=("alice", "s3cret")).start()
-        try:
+        async with (
+            FarParty(credentials=("alice", "s3cret")) as party,
+            FarParty(credentials=("alice", "s3cret")) as wrong,
+        ):
             leg = await dialled(service, party, username="alice", password="s3cret")
             assert leg.states == ["ringing", "answered"]
             invites = [r for r in party.requests if r.method == "INVITE"]
@@ -318,9 +298,6 @@ def test_a_digest_challenge_is_answered_with_the_destinations_credentials(
             assert (failure.reason, failure.code) == ("rejected", 407)
             await leg.end()
             await refused.end()
-        finally:
-            party.close()
-            wrong.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -329,8 +306,7 @@ def test_a_leg_cancelled_while_ringing_sends_cancel_and_fails_cancelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty((Step(180),)).start()
-        try:
+        async with FarParty((Step(180),)) as party:
             leg = Leg(service, party.uri)
             await leg.until_state("ringing")
             leg.far.cancel()
@@ -341,24 +317,19 @@ def test_a_leg_cancelled_while_ringing_sends_cancel_and_fails_cancelled(
             assert await until(lambda: party.methods().count("ACK") == 1)  # the 487's ACK
             await leg.end()
             assert "BYE" not in party.methods()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
 
 def test_a_redirect_is_followed_to_its_contact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
-        there = await FarParty().start()
-        here = await FarParty((Step(302, headers=(("Contact", f"<{there.uri}>"),)),)).start()
-        try:
-            leg = await dialled(service, here)
-            assert leg.states == ["ringing", "answered"] and there.answered.is_set()
-            assert [r.method for r in here.requests] == ["INVITE", "ACK"]
-            await leg.end()
-        finally:
-            here.close()
-            there.close()
+        async with FarParty() as there:
+            moved = Step(302, headers=(("Contact", f"<{there.uri}>"),))
+            async with FarParty((moved,)) as here:
+                leg = await dialled(service, here)
+                assert leg.states == ["ringing", "answered"] and there.answered.is_set()
+                assert [r.method for r in here.requests] == ["INVITE", "ACK"]
+                await leg.end()
 
     run(body, tmp_path, monkeypatch)
 
@@ -367,8 +338,7 @@ def test_a_leg_over_tcp_keeps_its_connection_while_up_however_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty(transport="tcp").start()
-        try:
+        async with FarParty(transport="tcp") as party:
             leg = await dialled(service, party)
             assert leg.states == ["ringing", "answered"]
             invite = party.invite
@@ -379,8 +349,6 @@ def test_a_leg_over_tcp_keeps_its_connection_while_up_however_idle(
             party.hang_up()  # on the same connection
             assert await leg.until_state("ended") == ["ringing", "answered", "ended"]
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch, connections=ConnectionLimits(idle_timeout=1.0))
 
@@ -401,8 +369,7 @@ def test_a_host_that_does_not_resolve_fails_unreachable(tmp_path: Path, monkeypa
 
 def test_the_far_partys_bye_ends_the_leg_and_its_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty().start()
-        try:
+        async with FarParty() as party:
             leg = await dialled(service, party)
             await until(party.acked.is_set)
             party.hang_up()
@@ -410,8 +377,6 @@ def test_the_far_partys_bye_ends_the_leg_and_its_call(tmp_path: Path, monkeypatc
             assert leg.call.is_ended and leg.call.end_reason == "remote_hangup"
             await leg.end()
             assert party.methods().count("BYE") == 0  # nothing of ours: the BYE was theirs
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch)
 
@@ -420,8 +385,7 @@ def test_a_far_end_gone_silent_without_bye_is_hung_up_after_the_rtp_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty().start()
-        try:
+        async with FarParty() as party:
             leg = await dialled(service, party)
             await asyncio.sleep(1.5)  # the far end sends: no timeout while it does
             assert leg.far.state == "answered"
@@ -434,24 +398,18 @@ def test_a_far_end_gone_silent_without_bye_is_hung_up_after_the_rtp_timeout(
             bye = next(r for r in party.requests if r.method == "BYE")
             assert "RTP timeout" in (bye.headers.get("reason") or "")
             await leg.end()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
 
 
 def test_a_stopping_service_hangs_up_its_far_legs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    party: FarParty | None = None
-
     async def main() -> None:
-        nonlocal party
-        party = await FarParty().start()
-        async with running_service(tmp_path, monkeypatch) as service:
-            leg = await dialled(service, party)
-            assert leg.states[-1] == "answered"
-        # the stop sent the BYE and waited for its answer
-        assert party.bye.is_set() and [r.method for r in party.requests].count("BYE") >= 1
-        party.close()
+        async with FarParty() as party:
+            async with running_service(tmp_path, monkeypatch) as service:
+                leg = await dialled(service, party)
+                assert leg.states[-1] == "answered"
+            # the stop sent the BYE and waited for its answer
+            assert party.bye.is_set() and [r.method for r in party.requests].count("BYE") >= 1
 
     asyncio.run(main())
 
@@ -465,7 +423,7 @@ def test_a_phone_number_goes_to_the_trunk_with_the_trunks_credentials(
     async def main() -> None:
         party = await FarParty(credentials=("acct", "trunk-pw")).start()
         trunk = parse_trunk(f"sip:127.0.0.1:{party.port}", "acct", "trunk-pw")
-        async with running_service(tmp_path, monkeypatch, trunk=trunk) as service:
+        async with party, running_service(tmp_path, monkeypatch, trunk=trunk) as service:
             leg = Leg(
                 service, "+15557654321", from_name="ignored", headers=(("X-No", "1"),), username="x", password="y"
             )
@@ -476,15 +434,13 @@ def test_a_phone_number_goes_to_the_trunk_with_the_trunks_credentials(
             assert invite.from_.uri.user == CALLER_ID and invite.from_.uri.host == "127.0.0.1"
             assert invite.from_.display is None and "x-no" not in invite.headers  # not for phone numbers
             await leg.end()
-        party.close()
 
     asyncio.run(main())
 
 
 def test_far_legs_count_towards_max_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body(service: Service) -> None:
-        party = await FarParty().start()
-        try:
+        async with FarParty() as party:
             first = Leg(service, party.uri)
             with pytest.raises(CannotDial) as refused:
                 service.dialer.place(DialTarget(to=party.uri, from_=CALLER_ID), 8000)
@@ -493,8 +449,6 @@ def test_far_legs_count_towards_max_calls(tmp_path: Path, monkeypatch: pytest.Mo
             await first.until_state("answered")
             await first.end()
             assert service.dialer.legs == set()
-        finally:
-            party.close()
 
     run(body, tmp_path, monkeypatch, max_calls=1)
 
