@@ -266,6 +266,69 @@ def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
     assert "connected" in connect_states(eng)
 
 
+def test_serial_dial_goes_past_a_busy_one_and_one_that_does_not_answer_to_the_one_that_does(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
+    pulses(far_pcap, "PCMU", FAR_TONE, 5.0)
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 12.0)
+    busy = FarSipp(tmp_path / "busy", scenario("far_refuses", status=486, phrase="Busy Here"))
+    silent = FarSipp(tmp_path / "silent", scenario("far_rings", cancel_timeout=30000))
+    answers = FarSipp(
+        tmp_path / "answers",
+        scenario(
+            "far_answers",
+            offer="0 8 9 101",
+            ring=300,
+            far_media="0\na=rtpmap:0 PCMU/8000",
+            pcap=str(far_pcap),
+            bye_timeout=40000,
+        ),
+    )
+    legs = f"[{{to: '{busy.uri}'}}, {{to: '{silent.uri}', timeout: 2}}, {{to: '{answers.uri}'}}]"
+    eng = engine(CONNECT.format(connect=f"{{serial: {legs}}}", after=0))
+    with far_parties(busy, silent, answers):
+        res = caller(tmp_path, eng, caller_pcap, 8.0)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        for party in (busy, silent, answers):  # 486 ACKed; CANCEL after 2 s of ringing; BYE at the end
+            assert party.wait() == 0, party.errors() + eng.log()[-3000:]
+    [events] = eng.call_events()
+    failed = [(e.get("reason"), e.get("code")) for e in events if e["type"] == "connect.leg" and e["state"] == "failed"]
+    assert failed == [("busy", 486), ("no_answer", None)]
+    assert "connected" in connect_states(eng)
+    [meta] = eng.recordings(1)
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert len(onsets(audio[:, 1], rate, FAR_TONE)) >= 3
+
+
+def test_answer_on_bridge_answers_the_caller_when_the_far_party_answers(engine: EngineFactory, tmp_path: Path) -> None:
+    far_pcap = tmp_path / "far.pcap"
+    pulses(far_pcap, "PCMU", FAR_TONE, 3.0)
+    far = FarSipp(
+        tmp_path / "far",
+        scenario(
+            "far_answers",
+            offer="0 8 9 101",
+            ring=2000,
+            far_media="0\na=rtpmap:0 PCMU/8000",
+            pcap=str(far_pcap),
+            bye_timeout=40000,
+        ),
+    )
+    script = f"version: 1.0.0\nsections:\n  main:\n    - connect: {{to: '{far.uri}', answer_on_bridge: true, max_duration: 3}}\n"
+    eng = engine(script)
+    with far_parties(far):
+        # the caller gets early media (183 with SDP) while the far party rings, then the 200; after the
+        # bridge's 3 s the script ends and both get the engine's BYE
+        res = run_sipp(tmp_path / "caller", scenario("early_media", bye_timeout=30000), eng.port)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors() + eng.log()[-3000:]
+    [events] = eng.call_events()
+    answered = next(float(str(e["t"])) for e in events if e["type"] == "call.state" and e["state"] == "answered")
+    leg = next(float(str(e["t"])) for e in events if e["type"] == "connect.leg" and e["state"] == "answered")
+    assert answered >= leg >= 1.9, (answered, leg)  # not before the far party's 200, 2 s after its ringing
+
+
 # --- what the far end answers ---------------------------------------------------------------------------
 
 
