@@ -194,14 +194,16 @@ def start_engine(port: int, script: Path, data: Path, workers: int, log_path: Pa
     return engine
 
 
-def start_callers(sipp_dir: Path, port: int, calls: int, seconds: float, inband: bool) -> subprocess.Popen[bytes]:
-    """A sipp placing ``calls`` calls to the engine on ``port`` (bench/load_call.xml), 440 Hz each."""
+def start_callers(
+    sipp_dir: Path, port: int, calls: int, seconds: float, inband: bool, rate: int
+) -> subprocess.Popen[bytes]:
+    """A sipp placing ``calls`` calls to the engine on ``port`` (bench/load_call.xml), 440 Hz each, ``rate``
+    new calls a second until all are up."""
     sipp_dir.mkdir(exist_ok=True)
     tone_file(sipp_dir / "tone.alaw")
     media = "8\na=rtpmap:8 PCMA/8000" if inband else PCMA_MEDIA  # without telephone-event: in-band DTMF
     xml = scenario(ROOT / "bench" / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000), media=media)
     (sipp_dir / "load.xml").write_text(xml)
-    rate = min(100, calls)  # calls per second while ramping up
     place = ["-sf", "load.xml", "-m", str(calls), "-l", str(calls), "-r", str(rate), "-t", "un"]
     limits = ["-timeout", f"{int(seconds + 120)}s", "-max_socket", str(calls * 2 + 100)]
     return start_sipp([f"127.0.0.1:{port}", *place, "-p", str(free_port()), *limits], sipp_dir)
@@ -215,9 +217,11 @@ def run(
     inband: bool = False,
     bridge: bool = False,
     engines: int = 1,
+    rate: int = 100,
 ) -> dict[str, Any]:
     """N calls on ``engines`` engines of ``workers`` workers each (the calls split evenly, a caller sipp
-    for each engine); with ``bridge``, each bridged to the one far sipp."""
+    for each engine); with ``bridge``, each bridged to the one far sipp. ``rate``: new calls a
+    second in all while ramping up."""
     mode = "bridged" if bridge else "single"
     far: subprocess.Popen[bytes] | None = None
     script = work / f"load-{mode}.yaml"
@@ -232,8 +236,9 @@ def run(
     for i, share in enumerate(shares):
         port = free_port()
         servers.append(start_engine(port, script, data[i], workers, work / f"engine-{calls}-{mode}-{i}.log"))
-        callers.append(start_callers(work / f"sipp-{calls}-{mode}-{i}", port, share, seconds, inband))
-    ramp = max(shares) / min(100, max(shares)) + 2
+        each = max(1, min(share, rate // engines))
+        callers.append(start_callers(work / f"sipp-{calls}-{mode}-{i}", port, share, seconds, inband, each))
+    ramp = max(shares) / max(1, min(max(shares), rate // engines)) + 2
     time.sleep(ramp)
     pids = [p for s in servers for p in children(s.pid)]
     caller_pids = [c.pid for c in callers]
@@ -258,11 +263,14 @@ def run(
     recs = [json.loads(p.read_text()) for d in data for p in (d / "recordings").glob("*.json")]
     lost = sum(lost_frames(Path(r["url"].removeprefix("file://"))) for r in recs)
     jitters: dict[str, list[float]] = {"caller": [], "far": []}
+    late = {"caller": 0, "far": 0}  # packets the jitter buffers dropped as come too late to play
     for f in (p for d in data for p in (d / "calls").glob("*.jsonl")):
         for line in f.read_text().splitlines():
             e = json.loads(line)
             if e["type"] == "rtp.stats":
-                jitters["far" if e.get("leg") else "caller"].append(e["send_jitter_p99_ms"])
+                side = "far" if e.get("leg") else "caller"
+                jitters[side].append(e["send_jitter_p99_ms"])
+                late[side] += int(e.get("jitter", {}).get("late", 0))
     durations = [float(r["duration"]) for r in recs]
     span = t1 - t0
     res: dict[str, Any] = {
@@ -274,6 +282,7 @@ def run(
         "refused_503": calls - len(recs),
         "lost_frames": lost,
         "send_jitter_p99_ms": p99(jitters["caller"]),
+        "late_packets": late["caller"],
         "engine_cpu_pct_per_call": 100 * (c1 - c0) / span / calls,
         "engine_cpu_cores": (c1 - c0) / span,
         "sipp_cpu_pct_per_call": 100 * (s1 - s0) / span / calls,
@@ -289,6 +298,7 @@ def run(
             "far_onset_max_ms": 20 * max((f.onset_frames for f in fars), default=0),
             "far_legs_stats": len(jitters["far"]),
             "far_send_jitter_p99_ms": p99(jitters["far"]),
+            "far_late_packets": late["far"],
             "far_sipp_cpu_pct_per_call": 100 * (f1 - f0) / span / calls,
             "far_sipp_exit": far.returncode,
         }
@@ -345,6 +355,7 @@ def main() -> int:
         action="store_true",
         help="each N twice: single-leg calls (the reference), then calls bridged to a far sipp (connect)",
     )
+    ap.add_argument("--rate", type=int, default=100, help="new calls a second while ramping up (all engines)")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (logs, recordings, sipp's)")
     args = ap.parse_args()
     socket.setdefaulttimeout(5)
@@ -352,10 +363,12 @@ def main() -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for n in args.calls:
-            single = run(n, args.seconds, args.workers, work, args.inband, engines=args.engines)
+            single = run(n, args.seconds, args.workers, work, args.inband, engines=args.engines, rate=args.rate)
             report(single)
             if args.bridge:
-                bridged = run(n, args.seconds, args.workers, work, args.inband, bridge=True, engines=args.engines)
+                bridged = run(
+                    n, args.seconds, args.workers, work, args.inband, bridge=True, engines=args.engines, rate=args.rate
+                )
                 report(bridged)
                 ratio = bridged["engine_cpu_pct_per_call"] / single["engine_cpu_pct_per_call"]
                 print(json.dumps({"calls": n, "engine_cpu_bridged_over_single": round(ratio, 2)}))
