@@ -49,6 +49,7 @@ class Step:
     sdp: bool = False
     delay: float = 0.0
     headers: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
 
 
 RING_ANSWER = (Step(180), Step(200, sdp=True, delay=0.2))
@@ -224,14 +225,20 @@ class FarParty(asyncio.DatagramProtocol):
     def _step(self, request: Request, step: Step) -> None:
         if self.cancelled.is_set() or self.bye.is_set():
             return
-        self._respond(request, step.status, sdp=step.sdp, headers=step.headers)
+        self._respond(request, step.status, sdp=step.sdp, headers=step.headers, reason=step.reason)
         if step.sdp and not self.silent and self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_tone())
         if 200 <= step.status < 300:
             self.answered.set()
 
     def _respond(
-        self, request: Request, status: int, *, sdp: bool = False, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        request: Request,
+        status: int,
+        *,
+        sdp: bool = False,
+        headers: tuple[tuple[str, str], ...] = (),
+        reason: str = "",
     ) -> None:
         extra = [*headers]
         if 100 < status < 300:
@@ -240,7 +247,7 @@ class FarParty(asyncio.DatagramProtocol):
         if body:
             extra.append(("Content-Type", "application/sdp"))
         tag = None if status == 100 else self.tag
-        response = response_to(request, status, to_tag=tag, headers=extra, body=body)
+        response = response_to(request, status, reason, to_tag=tag, headers=extra, body=body)
         self.sent.append(response)
         self._send(response)
 

@@ -148,9 +148,10 @@ def test_a_destination_that_cannot_be_dialled_is_refused_by_the_dialer(
             ("sip:bob@example.com", {"codecs": ("G729",)}),
             ("sip:bob@example.com", {"headers": (("Call-ID", "mine"),)}),
             ("sip:bob@example.com", {"from_name": "Bob\r\nVia: evil"}),
+            ("sip:bob@example.com", {"from_": "1" * 129}),
         ]:
             with pytest.raises(CannotDial) as refused:
-                service.dialer.place(DialTarget(to=to, from_=CALLER_ID, **extra), 8000)
+                service.dialer.place(DialTarget(to=to, **({"from_": CALLER_ID} | extra)), 8000)
             refusals[(to, tuple(extra))] = (refused.value.failure.reason, refused.value.failure.text)
         assert refusals[("+15551234567", ())] == ("unreachable", "+15551234567: phone numbers need swml serve --trunk")
         assert refusals[("sips:bob@example.com", ())][0] == "unreachable"
@@ -160,6 +161,7 @@ def test_a_destination_that_cannot_be_dialled_is_refused_by_the_dialer(
         assert "G729: none is one this engine speaks" in refusals[("sip:bob@example.com", ("codecs",))][1]
         assert "written by the SIP core" in refusals[("sip:bob@example.com", ("headers",))][1]
         assert "printable" in refusals[("sip:bob@example.com", ("from_name",))][1]
+        assert refusals[("sip:bob@example.com", ("from_",))] == ("error", "from: at most 128 characters (got 129)")
         assert service.dialer.legs == set()
 
     run(body, tmp_path, monkeypatch)
@@ -275,6 +277,18 @@ def test_a_refusal_fails_the_leg_with_its_reason_and_code(
             failure = leg.far.failure
             assert failure is not None and (failure.reason, failure.code) == (reason, status)
             assert await until(lambda: "ACK" in party.methods())  # the engine's ACK for the refusal
+            await leg.end()
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_far_ends_reason_phrase_is_passed_on_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(service: Service) -> None:
+        async with FarParty((Step(603, reason="Declined\tby " + "x" * 5000),)) as party:
+            leg = await dialled(service, party)
+            failure = leg.far.failure
+            assert failure is not None and (failure.reason, failure.code) == ("rejected", 603)
+            assert failure.text == "Declined by " + "x" * 188  # printable, 200 characters
             await leg.end()
 
     run(body, tmp_path, monkeypatch)

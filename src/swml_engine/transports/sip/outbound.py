@@ -61,8 +61,11 @@ E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 MAX_REDIRECTS = 3
 #: Seconds a destination's name may take to resolve.
 RESOLVE_TIMEOUT = 10.0
-#: Longest display name (``from_name``) we send.
+#: Longest display name (``from_name``) and caller ID (``from``) we send.
 MAX_DISPLAY_NAME = 128
+MAX_CALLER_ID = 128
+#: Longest far-end reason phrase passed on in a DialFailure (events, callbacks, variables).
+MAX_REASON = 200
 #: Characters a SIP URI's user part takes as they are (RFC 3261 §25.1: unreserved, user-unreserved);
 #: anything else in ``from`` is %-escaped.
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
@@ -170,6 +173,8 @@ def caller_id(target: DialTarget) -> tuple[str | None, str | None]:
     """Our From's user part and display name: ``from`` (a ``sip:`` URI's user, else the text %-escaped
     as a user part must be) and ``from_name``; CannotDial for a name that cannot go in a header."""
     given = target.from_.strip()
+    if len(given) > MAX_CALLER_ID:
+        raise CannotDial(DialFailure("error", text=f"from: at most {MAX_CALLER_ID} characters (got {len(given)})"))
     user: str | None = given
     if given.lower().startswith(("sip:", "sips:")):
         try:
@@ -188,7 +193,8 @@ def caller_id(target: DialTarget) -> tuple[str | None, str | None]:
 
 def failure_of(event: Failed, *, cancelled: bool) -> DialFailure:
     """What a final answer (or its absence) means for the dial plan (docs/serve.md)."""
-    status, text = event.status, event.reason
+    status = event.status
+    text = "".join(c if c.isprintable() else " " for c in event.reason[:MAX_REASON])  # the far end's words
     reason: FailReason
     if cancelled:
         reason = "cancelled"
@@ -444,7 +450,11 @@ class SipFarTransport(FarTransport):
             return
         self.phase = LegPhase.ENDED
         self._log.info(
-            "far leg %s failed: %s %s %s", shown(self.target.to), failure.reason, failure.code or "", failure.text
+            "far leg %s failed: %s %s %s",
+            shown(self.target.to),
+            failure.reason,
+            failure.code or "",
+            shown(failure.text),
         )
         self.report("failed", failure)
 
