@@ -26,6 +26,8 @@ from conftest import PATIENCE, read_jsonl, wait_for
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 #: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
 ENGINE_RTP = (41000, 41999)
+#: Where free_port() draws from: under the ephemeral range, above the usual fixed ports of peers.
+FREE_PORTS = (20000, 32000)
 
 
 def sip_host(host: str) -> str:
@@ -35,17 +37,17 @@ def sip_host(host: str) -> str:
 
 def free_port(span: int = 1) -> int:
     """A port free for both UDP and TCP on loopback; with ``span``, the ``span - 1`` ports above it too
-    (baresip listens for TLS on its SIP port + 1)."""
-    for _ in range(50):
+    (baresip listens for TLS on its SIP port + 1).
+
+    Drawn at random below the kernel's ephemeral range (32768-60999): a port the kernel hands out for
+    port 0 is also what it hands to the next outgoing connection of any process (another test suite
+    running beside this one, a client of this one), which could take it before the engine binds it."""
+    for _ in range(200):
+        port = random.randrange(*FREE_PORTS)
         with contextlib.ExitStack() as held:
-            u = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
             try:
                 for p in range(port, port + span):
                     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                        if p == port and kind == socket.SOCK_DGRAM:
-                            continue
                         held.enter_context(socket.socket(socket.AF_INET, kind)).bind(("127.0.0.1", p))
             except OSError:
                 continue
