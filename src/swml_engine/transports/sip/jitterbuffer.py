@@ -3,8 +3,9 @@
 Working by timestamp rather than by packet makes packet size irrelevant (a peer sending 30 ms packets
 fills 20 ms frames just the same), puts reordered packets in their place, and turns a lost packet
 into silence of exactly its length — the frame count on our side never depends on what arrived, so
-recordings keep the call's full length. A new SSRC, or a timestamp jump no reordering explains,
-starts a new timeline at the current playout point.
+recordings keep the call's full length. A new SSRC, a timestamp jump no reordering explains, or a run of
+packets that all come too late (the sender fell behind the playout and stays there: it paused while
+we played on, or a stalled machine skipped our ticks) starts a new timeline at the current playout point.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from swml_engine.media.frame import Samples
+
+#: Packets in a row that come after their audio was played: one or two are jitter (dropped); this many
+#: mean the sender's timeline fell behind ours for good, and it is started again where we play.
+LATE_RUN = 3
 
 
 @dataclass
@@ -50,6 +55,7 @@ class JitterBuffer:
         self._last_pos = 0
         self._high = 0  # end of the latest audio written
         self._purge_at = 64
+        self._late_run = 0  # packets in a row that came too late
         self.stats = JitterStats()
 
     def _resync(self, ssrc: int, ts: int) -> None:
@@ -77,8 +83,13 @@ class JitterBuffer:
         else:
             self._last_ts, self._last_pos = timestamp, pos
         if pos + n <= read_pos:
-            self.stats.late += 1
-            return
+            self._late_run += 1
+            if self._late_run < LATE_RUN:
+                self.stats.late += 1
+                return
+            self._resync(ssrc, timestamp)  # fell behind for good: heard again from here, after the delay
+            pos = self._last_pos
+        self._late_run = 0
         if pos < read_pos:  # partly late: keep the part still to come
             samples = samples[read_pos - pos :]
             pos = read_pos
