@@ -134,7 +134,10 @@ def test_templated_values_are_checked_when_the_step_runs() -> None:
 
 def test_unsupported_methods_are_listed_separately() -> None:
     with pytest.raises(DocumentError) as info:
-        load_text("sections: {main: [answer, {ai: {prompt: {text: hi}}}, {tap: {uri: 'wss://example.com'}}]}", methods=REGISTRY)
+        load_text(
+            "sections: {main: [answer, {ai: {prompt: {text: hi}}}, {tap: {uri: 'wss://example.com'}}]}",
+            methods=REGISTRY,
+        )
     assert info.value.errors == []
     assert [str(e) for e in info.value.unsupported] == [
         "sections.main[1].ai: not supported by this engine",
