@@ -140,6 +140,9 @@ class FarChannel:
 
 
 def far_channel(meta: dict[str, Any]) -> FarChannel:
+    """The right channel between the bridge's start and end: from the first frame where the far party's
+    tone is the strongest sound (before it, the caller may still hear the ring tone's last frame),
+    the frames of silence."""
     x = channels(Path(str(meta["url"]).removeprefix("file://")))
     bridges = meta.get("bridges") or []
     tones_ok = dominant_hz(x[:, 0]) == CALLER_HZ and x.shape[1] == 2 and dominant_hz(x[:, 1]) == FAR_HZ
@@ -148,12 +151,15 @@ def far_channel(meta: dict[str, Any]) -> FarChannel:
     t0 = float(meta["call_time"])
     first = max(0, round((float(bridges[0]["start"]) - t0) * 50))
     last = round((float(bridges[0]["end"]) - t0) * 50)
-    silent = silent_frames(x[:, 1])[first:last]
-    sound = np.nonzero(~silent)[0]
-    if len(sound) == 0:
+    right = x[first * FRAME : last * FRAME, 1]
+    frames = right[: len(right) // FRAME * FRAME].reshape(-1, FRAME).astype(float)
+    silent = ~np.any(frames != 0, axis=1)
+    far = ~silent & (np.abs(np.fft.rfft(frames, axis=1)).argmax(axis=1) == FAR_HZ * FRAME // 8000)
+    heard = np.nonzero(far)[0]
+    if len(heard) == 0:
         return FarChannel(True, len(silent), 0, 0, tones_ok)
-    onset = int(sound[0])
-    return FarChannel(True, onset, int(np.sum(silent[onset:])), len(silent) - 1 - int(sound[-1]), tones_ok)
+    onset, end = int(heard[0]), int(np.nonzero(~silent)[0][-1])
+    return FarChannel(True, onset, int(np.sum(silent[onset:])), len(silent) - 1 - end, tones_ok)
 
 
 def start_sipp(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
