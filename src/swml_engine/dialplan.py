@@ -46,6 +46,7 @@ from swml_engine.script.flow import Flow
 from swml_engine.script.runner import Runner
 from swml_engine.script.step import SectionRun
 from swml_engine.vocabulary import DialState, DisconnectReason, FailReason, LegEndReason
+from swml_engine.waiting import unless
 
 #: Where a far leg is in the plan (its transport's DialState says what its far end did).
 LegStage = Literal[
@@ -256,15 +257,8 @@ class DialPlan:
 
     async def _next_state(self, leg: Leg, transport: FarTransport) -> DialState:
         """The next state the transport reports; ``failed`` when a leg given up never says it ended."""
-        step = asyncio.ensure_future(transport.next_state())
-        gone = asyncio.ensure_future(leg.abandoned.wait())
-        try:
-            await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not step.done():
-                step.cancel()
-        return step.result() if step.done() and not step.cancelled() else "failed"
+        state = await unless(leg.abandoned, transport.next_state())
+        return "failed" if state is None else state
 
     def _failure_of(self, leg: Leg, state: DialState) -> DialFailure | None:
         """How the leg ended: its transport's failure (the plan's reason first), or ``not_confirmed``

@@ -12,7 +12,6 @@ parameters, no digit parameters) still plays, then sets ``prompt_result`` to ``f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from swml_engine.media.playlist import Playlist
 from swml_engine.methods.base import Method
 from swml_engine.methods.play import VOLUME, SoundSpec, VoiceParams, play_sounds, sounds_of, voice_of
 from swml_engine.script.step import StepContext
+from swml_engine.waiting import unless
 
 DIGITS = "0123456789*#ABCD"
 _DIGIT_KEYS = ("max_digits", "terminators", "digit_timeout", "initial_timeout")
@@ -137,16 +137,4 @@ async def _next_digit(ctx: StepContext, digits: asyncio.Queue[str], timeout: flo
     """The next digit, or None after ``timeout`` seconds or when the call ends."""
     if not digits.empty():
         return digits.get_nowait()
-    getter = asyncio.ensure_future(digits.get())
-    ended = asyncio.ensure_future(ctx.call.ended.wait())
-    try:
-        done, _ = await asyncio.wait({getter, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ended.cancel()
-        if not getter.done():
-            getter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await getter
-    if getter in done and not getter.cancelled():
-        return getter.result()
-    return None
+    return await unless(ctx.call.ended, digits.get(), timeout)

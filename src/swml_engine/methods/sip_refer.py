@@ -16,7 +16,6 @@ event. See docs/methods.md.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from swml_engine.script.flow import EndScript
 from swml_engine.script.step import StepContext
 from swml_engine.transports.base import CannotRefer, ReferStatus
 from swml_engine.transports.sip.uri import UriError, parse_uri
+from swml_engine.waiting import unless
 
 #: The longest ``to_uri`` taken (it goes in a Refer-To header of a datagram).
 MAX_TO_URI = 1024
@@ -109,16 +109,7 @@ class SipRefer(Method[SipReferParams]):
 
 async def _until_hangup(ctx: StepContext, refer: Awaitable[ReferStatus]) -> ReferStatus | None:
     """The transfer's outcome, or None when the call ends first (the wait for it is then cancelled)."""
-    task = asyncio.ensure_future(refer)
-    ended = asyncio.ensure_future(ctx.call.ended.wait())
-    try:
-        await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ended.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})  # its clean-up (the transport stops listening) runs now
-    return None if task.cancelled() else task.result()
+    return await unless(ctx.call.ended, refer)
 
 
 class _Report:

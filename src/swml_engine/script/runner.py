@@ -24,6 +24,7 @@ from swml_engine.script.flow import EndScript, Goto, Return
 from swml_engine.script.step import SectionRun, StepContext
 from swml_engine.script.templating import Templater
 from swml_engine.vocabulary import EndReason
+from swml_engine.waiting import unless
 
 if TYPE_CHECKING:
     from swml_engine.methods.base import Method
@@ -157,13 +158,7 @@ class Runner:
 
     async def call_sleep_until(self, event: asyncio.Event) -> None:
         """Wait for ``event`` or the end of the call, whichever comes first."""
-        waiter = asyncio.ensure_future(event.wait())
-        ended = asyncio.ensure_future(self.call.ended.wait())
-        try:
-            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            ended.cancel()
+        await unless(self.call.ended, event.wait())
 
     async def execute_section(self, section_run: SectionRun, params: dict[str, Any]) -> Any:
         """Run a section with its own ``params``; the caller's params come back afterwards."""
