@@ -105,6 +105,10 @@ class FarParty(asyncio.DatagramProtocol):
         self.cancelled = asyncio.Event()
         #: What the engine sent over RTP: (payload type, payload), in arrival order.
         self.heard: list[tuple[int, bytes]] = []
+        #: The engine's RFC 4733 packets: (RTP timestamp, payload); one timestamp per event.
+        self.event_packets: list[tuple[int, bytes]] = []
+        #: Our RTP timeline (sequence number, timestamp), kept across pauses as a phone keeps it.
+        self._seq, self._ts = 100, 1000
         self._sender: asyncio.Task[None] | None = None
         self._pending: list[asyncio.TimerHandle] = []
         self._cseq = itertools.count(1)
@@ -312,7 +316,7 @@ class FarParty(asyncio.DatagramProtocol):
         rate = self.info.rate
         audio = self.audio
         n = rate // 50
-        seq, ts, ssrc = 100, 1000, 0x5151
+        ssrc = 0x5151
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i in itertools.count():
@@ -320,17 +324,36 @@ class FarParty(asyncio.DatagramProtocol):
             if to is not None and self.rtp is not None:
                 k = i % (len(audio) // n)
                 payload = codec.encode(np.ascontiguousarray(audio[k * n : (k + 1) * n]))
-                self.rtp.sendto(RtpPacket(self.info.static_pt, seq & 0xFFFF, ts, ssrc, payload).serialize(), to)
-                seq += 1
-                ts += codec.timestamp_units(n)
+                self.rtp.sendto(
+                    RtpPacket(self.info.static_pt, self._seq & 0xFFFF, self._ts, ssrc, payload).serialize(), to
+                )
+                self._seq += 1
+            self._ts += codec.timestamp_units(n)  # the timeline runs on through a pause (hold), as a phone's
             await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
 
     def stop_rtp(self) -> None:
-        """Go silent (a far end that died, or hung up)."""
+        """Go silent (a far end that died, or hung up, or holds with ``inactive``)."""
         if self._sender is not None:
             self._sender.cancel()
             self._sender = None
         self.silent = True
+
+    def resume_rtp(self) -> None:
+        """Send again after :meth:`stop_rtp` (off hold): the same stream, its timestamps past the pause."""
+        self.silent = False
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_tone())
+
+    async def move_rtp(self) -> None:
+        """Take a new RTP port (send and receive there from now on); the old one is closed. The SDP we
+        send next (:meth:`sdp`) names it."""
+        old = self.rtp
+        self.rtp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Rtp(self), local_addr=("127.0.0.1", 0)
+        )
+        self.rtp_port = int(self.rtp.get_extra_info("sockname")[1])
+        if old is not None:
+            old.close()
 
     def send_digit(self, digit: str) -> None:
         """One RFC 4733 digit (start, then the end packet three times), beside the tone."""
@@ -343,10 +366,10 @@ class FarParty(asyncio.DatagramProtocol):
         for seq, payload in enumerate(packets):
             self.rtp.sendto(RtpPacket(EVENT_PT, 500 + seq, ts, ssrc, payload, seq == 0).serialize(), self.engine_rtp)
 
-    def heard_audio(self) -> np.ndarray:
-        """The audio the engine sent in our codec, in arrival order."""
+    def heard_audio(self, since: int = 0) -> np.ndarray:
+        """The audio the engine sent in our codec, in arrival order (from ``heard[since]`` on)."""
         codec: Codec = self.info.factory()
-        chunks = [codec.decode(p) for pt, p in self.heard if pt == self.info.static_pt]
+        chunks = [codec.decode(p) for pt, p in self.heard[since:] if pt == self.info.static_pt]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
     def heard_digits(self) -> list[int]:
@@ -357,6 +380,15 @@ class FarParty(asyncio.DatagramProtocol):
                 codes.append(payload[0])
         return codes
 
+    def digit_events(self) -> list[str]:
+        """The digits of the engine's RFC 4733 events, one per event (its timestamp) however many of its
+        packets came: a digit the engine sent twice shows twice."""
+        ends: dict[int, int] = {}
+        for ts, payload in self.event_packets:
+            if payload[1] & 0x80:
+                ends.setdefault(ts, payload[0])
+        return [EVENTS[code] for code in ends.values() if code < len(EVENTS)]
+
 
 class _Rtp(asyncio.DatagramProtocol):
     def __init__(self, party: FarParty) -> None:
@@ -366,18 +398,25 @@ class _Rtp(asyncio.DatagramProtocol):
         packet = parse_rtp(data)
         if packet is not None:
             self.party.heard.append((packet.payload_type, packet.payload))
+            if packet.payload_type == EVENT_PT and len(packet.payload) >= 4:
+                self.party.event_packets.append((packet.timestamp, packet.payload))
 
 
 # --- the service, in the test's own loop --------------------------------------------------------------------
 
+HANG_UP = "version: 1.0.0\nsections:\n  main:\n    - hangup\n"
+
 
 @contextlib.asynccontextmanager
-async def running_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: Any) -> AsyncIterator[Service]:
-    """``swml serve`` in this event loop (its dialer is what the tests drive), stopped at the end. The stop
-    leaves the process's status-callback pool as it is: other tests in this process still use it."""
+async def running_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script_text: str = HANG_UP, **config: Any
+) -> AsyncIterator[Service]:
+    """``swml serve`` in this event loop (its dialer is what the tests drive; ``script_text`` is what its
+    callers run), stopped at the end. The stop leaves the process's status-callback pool as it is: other
+    tests in this process still use it."""
     monkeypatch.setattr(server.callbacks, "shutdown", lambda timeout: 0)
     script = tmp_path / "script.yaml"
-    script.write_text("version: 1.0.0\nsections:\n  main:\n    - hangup\n")
+    script.write_text(script_text)
     # No overload guard (max_lag 0): on a machine busy with other tests the media may run late, and the
     # dialer would refuse to place the legs these tests are about.
     config = {"max_lag": 0.0, **config}

@@ -1,0 +1,286 @@
+"""A bridge on `swml serve` (connect), end to end on loopback: our own caller (a SIP UAC sending a tone
+over RTP) calls the service, whose script connects it to our own far party (far_party.py, a tone of its
+own). What is checked is what a user would: what each party hears on the wire, the SIP each gets, the
+digits each receives, the stereo recording (the caller left, the far party right) and its metadata.
+
+The service runs in the test's event loop; every wait is polled with a generous deadline (a busy machine
+is slower, never wrong), and audio is judged by its frequencies, never by packet counts against time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import read_jsonl, read_wav
+from swml_engine.call import Call
+from swml_engine.service.server import Service
+from swml_engine.transports.sip.message import Headers, Request, Response, parse_message
+from swml_engine.transports.sip.sdp import parse_offer
+
+from .far_party import FarParty, running_service, until
+from .rtp_parties import share
+
+#: The caller's tone and the far party's: each channel of a recording says whose audio it holds.
+CALLER_HZ, FAR_HZ = 600.0, 1000.0
+
+
+class Caller(FarParty):
+    """The caller: calls the service (an INVITE with our offer), ACKs each 2xx, and from its answer on
+    talks as a far party does (a tone over RTP, digits, hold, BYE; far_party.py). Its in-dialog requests
+    go to the engine's Contact, with the dialog's tags."""
+
+    def __init__(self, service: Service, *, codec: str = "PCMA", freq: float = CALLER_HZ, **kwargs: Any) -> None:
+        super().__init__((), codec=codec, freq=freq, **kwargs)
+        self.service_port = service.sip_port
+        self.call_id = f"caller-{random.getrandbits(48):x}@127.0.0.1"
+        #: The engine's 200 to our INVITE (its To tag, Contact and SDP answer).
+        self.ok: Response | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:alice@127.0.0.1:{self.port}"
+
+    async def call(self, timeout: float = 20.0) -> None:
+        """INVITE the service and wait for its 200 (ACKed); our tone starts to its SDP address."""
+        self.engine = ("127.0.0.1", self.service_port)
+        next(self._cseq)  # 1: the INVITE's
+        invite = self._request("INVITE", 1, f"sip:record@127.0.0.1:{self.service_port}", "", self.sdp())
+        self.invite = invite
+        self._send(invite)
+        assert await until(lambda: self.ok is not None, timeout), [r.status for r in self.responses]
+        assert self.ok is not None
+        self.engine_rtp = parse_offer(self.ok.text).remote
+        self.answered.set()
+        self.resume_rtp()
+
+    def request(self, method: str, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> Request:
+        assert self.ok is not None
+        to = self.ok.headers.get("to") or ""
+        request = self._request(method, next(self._cseq), str(self.ok.contacts()[0].uri), to, body, headers)
+        self._send(request)
+        return request
+
+    def _request(
+        self,
+        method: str,
+        cseq: int,
+        uri: str,
+        to: str,
+        body: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+        cseq_method: str | None = None,
+    ) -> Request:
+        lines = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-caller-{random.getrandbits(40):x}"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:alice@127.0.0.1>;tag={self.tag}"),
+                ("To", to or f"<sip:record@127.0.0.1:{self.service_port}>"),
+                ("Call-ID", self.call_id),
+                ("CSeq", f"{cseq} {cseq_method or method}"),
+                ("Contact", f"<{self.uri}>"),
+                *headers,
+            ]
+        )
+        if body:
+            lines.add("Content-Type", "application/sdp")
+        return Request(method=method, uri=uri, headers=lines, body=body.encode())
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_message(data)
+        if isinstance(message, Response) and message.cseq.method == "INVITE" and 200 <= message.status < 300:
+            if self.ok is None:
+                self.ok = message
+            # every 2xx (a retransmission too) gets its ACK, in the dialog
+            ack = self._request(
+                "ACK", message.cseq.number, str(self.ok.contacts()[0].uri), message.headers.get("to") or ""
+            )
+            self._send(ack)
+        super().datagram_received(data, addr)
+
+    def hang_up(self) -> None:
+        self.stop_rtp()
+        self.request("BYE")
+
+
+Body = Callable[[Service, Caller, FarParty], Awaitable[None]]
+
+
+def run(
+    body: Body,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    far: dict[str, Any] | None = None,
+    caller: dict[str, Any] | None = None,
+    record: str = "{stereo: true, format: wav}",
+    after: str = "",
+    **config: Any,
+) -> None:
+    """``body`` with our far party (``far``: FarParty's arguments), a service whose script answers,
+    starts ``record_call: record``, connects to it and goes on with ``after`` (YAML step lines), and our
+    caller (``caller``: Caller's arguments), in an event loop of its own."""
+
+    async def main() -> None:
+        async with FarParty(**({"freq": FAR_HZ} | (far or {}))) as party:
+            script = "\n".join(
+                [
+                    "version: 1.0.0",
+                    "sections:",
+                    "  main:",
+                    "    - answer",
+                    f"    - record_call: {record}",
+                    f"    - connect: {{to: '{party.uri}'}}",
+                    after,
+                ]
+            )
+            async with (
+                running_service(tmp_path, monkeypatch, script, **config) as service,
+                Caller(service, **(caller or {})) as calling,
+            ):
+                await body(service, calling, party)
+
+    asyncio.run(main())
+
+
+def the_call(service: Service) -> Call:
+    """The one caller's call (while its script runs)."""
+    [call] = service.calls.values()
+    return call
+
+
+async def bridged(service: Service, caller: Caller, far: FarParty) -> Call:
+    """Call, and wait until each party hears the other (the bridge is up)."""
+    await caller.call()
+    assert await until(far.acked.is_set), far.methods()
+    assert await until(lambda: hears(caller, FAR_HZ))
+    assert await until(lambda: hears(far, CALLER_HZ))
+    return the_call(service)
+
+
+def hears(party: FarParty, freq: float, since: int = 0) -> bool:
+    """Whether the last 0.2 s ``party`` got (of what came from ``heard[since]`` on) is mostly ``freq``."""
+    audio = party.heard_audio(since)[-1600:]
+    return len(audio) == 1600 and share(audio, freq) > 0.8
+
+
+def events_of(tmp_path: Path) -> list[dict[str, Any]]:
+    """The events of the (one) call the service ran."""
+    [path] = (tmp_path / "data" / "calls").glob("*.jsonl")
+    return read_jsonl(path)
+
+
+async def finished_recording(tmp_path: Path) -> dict[str, Any]:
+    """The (one) recording's metadata, once it is finalised."""
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in (tmp_path / "data" / "recordings").glob("*.json")]
+
+    assert await until(lambda: any(m.get("end_reason") for m in read()))
+    [meta] = read()
+    return meta
+
+
+def channels(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert rate == 8000 and audio.shape[1] == 2
+    return audio[:, 0], audio[:, 1]
+
+
+def at(samples: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Seconds ``start`` to ``end`` of a recording's channel (8 kHz)."""
+    return samples[round(start * 8000) : round(end * 8000)]
+
+
+def level(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+
+
+# --- 1. hold and re-INVITEs keep the bridge --------------------------------------------------------------
+
+
+async def reinvite(party: FarParty, direction: str) -> Response:
+    """``party`` sends a re-INVITE with its SDP (its current RTP port, ``direction``): the engine's 200."""
+    request = party.request("INVITE", body=party.sdp(direction))
+    assert await until(lambda: bool(party.answers_to(request)))
+    [answer] = party.answers_to(request)
+    assert answer.status == 200, answer.status
+    return answer
+
+
+@pytest.mark.parametrize("holder", ["caller", "far party"])
+def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
+    holder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks: dict[str, float] = {}
+    holds_left = holder == "caller"  # whose channel of the recording goes quiet while it holds silently
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        party, other = (caller, far) if holds_left else (far, caller)
+        said, heard = (CALLER_HZ, FAR_HZ) if holds_left else (FAR_HZ, CALLER_HZ)
+        await asyncio.sleep(1.0)
+
+        # hold, sendonly (music on hold: its tone goes on): answered recvonly, nothing sent to it meanwhile
+        assert "a=recvonly" in (await reinvite(party, "sendonly")).text
+        marks["hold"] = call.now()
+        await asyncio.sleep(0.3)
+        since, other_since = len(party.heard), len(other.heard)
+        await asyncio.sleep(1.0)
+        assert len(party.heard_audio(since)) == 0
+        assert hears(other, said, other_since)  # its hold music still crosses
+
+        # hold, inactive, silent for twice the RTP timeout: the bridge stays, nobody gets a BYE
+        assert "a=inactive" in (await reinvite(party, "inactive")).text
+        party.stop_rtp()
+        marks["silent"] = call.now()
+        await asyncio.sleep(2.0)
+        assert not caller.bye.is_set() and not far.bye.is_set() and not call.is_ended
+
+        # off hold: each hears the other again
+        assert "a=sendrecv" in (await reinvite(party, "sendrecv")).text
+        party.resume_rtp()
+        marks["resumed"] = call.now()
+        since, other_since = len(party.heard), len(other.heard)
+        assert await until(lambda: hears(party, heard, since))
+        assert await until(lambda: hears(other, said, other_since))
+        await asyncio.sleep(1.0)
+
+        # a new RTP port: the engine sends there, and takes the party's audio from there
+        await party.move_rtp()
+        await reinvite(party, "sendrecv")
+        marks["moved"] = call.now()
+        since, other_since = len(party.heard), len(other.heard)
+        assert await until(lambda: hears(party, heard, since))
+        await asyncio.sleep(1.0)
+        assert hears(other, said, other_since)
+        assert not call.is_ended and not far.bye.is_set()
+        marks["bye"] = call.now()
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        meta = await finished_recording(tmp_path)
+
+        # the recording: the whole call, the caller left and the far party right before and after
+        start = float(meta["call_time"])
+        assert float(meta["duration"]) == pytest.approx(marks["bye"] - start, abs=0.3), (meta, marks)
+        left, right = channels(meta)
+        for name in ("hold", "silent", "moved", "bye"):
+            window = (marks[name] - start - 0.7, marks[name] - start - 0.1)
+            assert share(at(left, *window), CALLER_HZ) > 0.8, name
+            assert share(at(right, *window), FAR_HZ) > 0.8, name
+        # while the party held silently its channel is silence of that length, the other one goes on
+        silent = (marks["silent"] - start + 0.3, marks["resumed"] - start - 0.3)
+        quiet, talking = (left, right) if holds_left else (right, left)
+        assert level(at(quiet, *silent)) < 100
+        assert share(at(talking, *silent), heard) > 0.8
+        [leg] = meta["bridges"]
+        assert leg["to"] == far.uri and leg["end"] is not None
+
+    run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
