@@ -20,6 +20,7 @@ import pytest
 
 from conftest import read_jsonl, read_wav
 from swml_engine.call import Call
+from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
 from swml_engine.transports.sip.message import Headers, Request, Response, parse_message
 from swml_engine.transports.sip.sdp import parse_offer
@@ -284,3 +285,73 @@ def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
         assert leg["to"] == far.uri and leg["end"] is not None
 
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
+
+
+# --- 2. DTMF across the bridge -----------------------------------------------------------------------------
+
+
+def test_rfc_4733_digits_cross_the_bridge_both_ways_once_each_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        await bridged(service, caller, far)
+        for digit in "147":  # pressed quickly one after the other: they cross one at a time, in order
+            caller.send_digit(digit)
+        assert await until(lambda: len(far.digit_events()) >= 3)
+        for digit in "258":
+            far.send_digit(digit)
+        assert await until(lambda: len(caller.digit_events()) >= 3)
+        await asyncio.sleep(0.5)  # (nothing more comes: no digit doubled)
+        assert far.digit_events() == ["1", "4", "7"]
+        assert caller.digit_events() == ["2", "5", "8"]
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        await finished_recording(tmp_path)
+        digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
+        # the caller's call saw its own keys, and the far party's sent to it
+        assert digits == [("received", d) for d in "147"] + [("sent", d) for d in "258"]
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_far_leg_without_telephone_events_gets_the_callers_digits_as_tones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        await bridged(service, caller, far)
+        since = len(far.heard)
+        for digit in "147":
+            caller.send_digit(digit)
+        await asyncio.sleep(1.5)
+        detector, heard = InbandDtmfDetector(8000), far.heard_audio(since)
+        found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
+        assert found == ["1", "4", "7"]  # each key's two tones, in what the far party hears
+        assert far.event_packets == []
+        assert hears(far, CALLER_HZ)  # and the caller still, after them
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+
+    run(body, tmp_path, monkeypatch, far={"telephone_event": False})
+
+
+def test_a_callers_hash_ends_its_recording_mid_bridge_and_the_bridge_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(1.0)
+        caller.send_digit("#")
+        pressed = call.now()
+        meta = await finished_recording(tmp_path)
+        assert meta["end_reason"] == "terminator"
+        assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(pressed, abs=0.3)
+        [leg] = meta["bridges"]
+        assert leg["to"] == far.uri and leg["end"] is None  # (still bridged when the recording ended)
+        since, far_since = len(caller.heard), len(far.heard)
+        await asyncio.sleep(1.0)
+        assert hears(caller, FAR_HZ, since) and hears(far, CALLER_HZ, far_since)
+        assert far.digit_events() == ["#"] and not call.is_ended
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+
+    run(body, tmp_path, monkeypatch, record="{stereo: true, format: wav, terminators: '#'}")

@@ -12,6 +12,8 @@ resampled on the way (:class:`StreamResampler`, adding its filter's fixed delay,
 Digits cross too: a digit a party sent as an event (RFC 4733, a simulated key press) is sent on to
 the other party in order, one at a time. A digit heard as tones in a party's audio is not sent again:
 its tones already cross in the audio, and sending it as well would make the other party get it twice.
+While a digit goes out to a party (as tones to one that takes no events), that party does not hear
+the other's voice: the key replaces it, as on a phone, so a detector at the far end hears the tones alone.
 The caller's digits still reach its own listeners first (a recording's terminators).
 
 Either call ending ends the bridge; what follows (the script goes on, the call ends) is the method's.
@@ -88,6 +90,9 @@ class _Side:
         self._resampler: StreamResampler | None = None
         self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
         self._sender: asyncio.Task[None] | None = None
+        #: A digit of the other party's is being sent to this call: its key (tones or event) takes the
+        #: place of the other party's audio meanwhile, as on a phone, so a DTMF detector hears it clean.
+        self._keyed = False
 
     def sends(self) -> bool:
         """Whether this side's audio and digits reach the other (the far side always, once started;
@@ -109,6 +114,8 @@ class _Side:
         if other is None or other._spoken is None:
             return None
         frame, other._spoken = other._spoken, None  # taken once: no frame crosses twice
+        if self._keyed:
+            return None
         return other._convert(frame, self.call.rate)
 
     def _convert(self, frame: Frame, rate: int) -> Frame:
@@ -134,15 +141,21 @@ class _Side:
             self._sender = self.call.loop.create_task(self._send_digits(self.other.call))
 
     async def _send_digits(self, to: Call) -> None:
-        """In order, one at a time: two RFC 4733 events (or tones) must not overlap."""
+        """In order, one at a time: two RFC 4733 events (or tones) must not overlap. While a digit goes
+        out, the other call hears only it: tones played over the bridged voice are missed by detectors."""
+        receiving = self.other
+        assert receiving is not None
         while True:
             digit = await self._digits.get()
             if to.is_ended:
                 continue
+            receiving._keyed = True
             try:
                 await to.send_dtmf(digit, DIGIT_SECONDS)
             except Exception as e:  # the other leg's transport failed: the bridge goes on without it
                 to.events.emit("error", where="bridge", message=f"digit {digit}: {type(e).__name__}: {e}")
+            finally:
+                receiving._keyed = False
 
     def ended(self) -> None:
         self.bridge._end("caller_ended" if self.call is self.bridge.caller else "far_ended")
