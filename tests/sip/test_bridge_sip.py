@@ -355,3 +355,76 @@ def test_a_callers_hash_ends_its_recording_mid_bridge_and_the_bridge_goes_on(
         assert await until(far.bye.is_set)
 
     run(body, tmp_path, monkeypatch, record="{stereo: true, format: wav, terminators: '#'}")
+
+
+# --- 3. either side hanging up -------------------------------------------------------------------------------
+
+#: After connect: a prompt the caller should hear (425 Hz, 1 s), then the script hangs up.
+PROMPT_HZ = 425.0
+AFTER = "    - play: {url: 'ring:de'}\n    - hangup\n"
+
+
+def test_the_far_partys_bye_returns_to_the_script_which_the_caller_then_hears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(1.0)
+        since = len(caller.heard)
+        far.stop_rtp()
+        bye = far.request("BYE")
+        hung_up = call.now()
+        assert await until(lambda: hears(caller, PROMPT_HZ, since))  # the script's next step, to the caller
+        assert not caller.bye.is_set()
+        assert await until(caller.bye.is_set)  # then its hangup
+        assert [r.status for r in far.answers_to(bye)] == [200]
+        meta = await finished_recording(tmp_path)
+        [leg] = meta["bridges"]
+        assert leg["to"] == far.uri and leg["end"] == pytest.approx(hung_up, abs=0.3)
+        start = float(meta["call_time"])
+        assert float(meta["duration"]) > leg["end"] - start + 0.8  # the prompt after the bridge is in it
+        left, right = channels(meta)
+        assert share(at(right, leg["end"] - start - 0.6, leg["end"] - start - 0.1), FAR_HZ) > 0.8
+        assert share(at(right, leg["end"] - start + 0.2, leg["end"] - start + 0.8), PROMPT_HZ) > 0.8
+        assert share(at(left, leg["end"] - start - 0.6, leg["end"] - start + 0.8), CALLER_HZ) > 0.8
+        events = events_of(tmp_path)
+        assert [e["state"] for e in events if e["type"] == "connect.state"] == [
+            "connecting",
+            "connected",
+            "disconnected",
+        ]
+        assert {e["name"]: e["value"] for e in events if e["type"] == "vars.set"}["connect_result"] == "connected"
+        assert [e["reason"] for e in events if e["type"] == "call.state" and e["state"] == "ended"] == ["hangup"]
+
+    run(body, tmp_path, monkeypatch, after=AFTER)
+
+
+def test_the_callers_bye_ends_the_far_leg_with_a_bye_and_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(1.0)
+        bye = caller.request("BYE")
+        caller.stop_rtp()
+        hung_up = call.now()
+        assert await until(lambda: bool(caller.answers_to(bye)))
+        assert await until(far.bye.is_set)  # the engine's BYE to the far party
+        [far_bye] = [r for r in far.requests if r.method == "BYE"]
+        assert far.invite is not None and far_bye.call_id == far.invite.call_id
+        assert [r.status for r in caller.answers_to(bye)] == [200]
+        meta = await finished_recording(tmp_path)
+        [leg] = meta["bridges"]
+        assert leg["to"] == far.uri and leg["end"] == pytest.approx(hung_up, abs=0.3)
+        start = float(meta["call_time"])
+        assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(hung_up, abs=0.3)
+        left, right = channels(meta)
+        window = (leg["end"] - start - 0.6, leg["end"] - start - 0.1)
+        assert share(at(left, *window), CALLER_HZ) > 0.8 and share(at(right, *window), FAR_HZ) > 0.8
+        events = events_of(tmp_path)
+        assert [e.get("reason") for e in events if e["type"] == "connect.state"][-1] == "caller_hangup"
+        assert [e["reason"] for e in events if e["type"] == "call.state" and e["state"] == "ended"] == ["remote_hangup"]
+        assert await until(lambda: not service.calls and not service.dialer.legs)  # nothing left over
+        assert not caller.bye.is_set()  # (the script did not go on to its hangup)
+
+    run(body, tmp_path, monkeypatch, after=AFTER)
