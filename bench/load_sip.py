@@ -229,6 +229,7 @@ def run(
     for each engine); with ``bridge``, each bridged to the one far sipp. ``rate``: new calls a
     second in all while ramping up."""
     mode = "bridged" if bridge else "single"
+    load_before = os.getloadavg()[0]  # the machine's own load (others' work on a shared machine)
     far: subprocess.Popen[bytes] | None = None
     script = work / f"load-{mode}.yaml"
     if bridge:
@@ -293,6 +294,7 @@ def run(
         "engine_cpu_cores": (c1 - c0) / span,
         "sipp_cpu_pct_per_call": 100 * (s1 - s0) / span / calls,
         "sipp_exit": max(c.returncode for c in callers),
+        "load_before": load_before,
     }
     if far is not None:
         fars = [far_channel(r) for r in recs]
