@@ -112,6 +112,8 @@ class FarParty(asyncio.DatagramProtocol):
         self._sender: asyncio.Task[None] | None = None
         self._pending: list[asyncio.TimerHandle] = []
         self._cseq = itertools.count(1)
+        #: Our INVITEs sent without SDP (their 2xx holds the engine's offer; our ACK, the answer).
+        self._offerless: set[int] = set()
 
     # --- sockets ------------------------------------------------------------------------------------
 
@@ -171,7 +173,16 @@ class FarParty(asyncio.DatagramProtocol):
             self.requests.append(message)
             self._on_request(message, (str(addr[0]), int(addr[1])))
         else:
-            self.responses.append(message)
+            self._on_response(message)
+
+    def _on_response(self, response: Response) -> None:
+        """The engine's answer to a request of ours: kept; a 2xx to our (re-)INVITE gets its ACK (each
+        retransmission too), as a phone sends it."""
+        self.responses.append(response)
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            # our answer goes in the ACK when the INVITE had no offer (the 2xx carries the engine's)
+            body = self.sdp() if response.cseq.number in self._offerless else ""
+            self._send(self.in_dialog("ACK", response.cseq.number, body=body))
 
     def answers_to(self, request: Request) -> list[Response]:
         """The engine's final answers to a request of ours."""
@@ -280,10 +291,18 @@ class FarParty(asyncio.DatagramProtocol):
         return "\r\n".join(lines) + "\r\n"
 
     def request(self, method: str, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> Request:
-        """A request of ours in the dialog (to the engine's Contact)."""
-        invite = self.invite
-        assert invite is not None
-        contact = invite.contacts()[0].uri
+        """A request of ours in the dialog (to the engine's Contact), sent."""
+        request = self.in_dialog(method, next(self._cseq), body=body, headers=headers)
+        if method == "INVITE" and not body:
+            self._offerless.add(request.cseq.number)
+        self._send(request)
+        return request
+
+    def in_dialog(
+        self, method: str, cseq: int, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()
+    ) -> Request:
+        """A request in the dialog, not sent; ``cseq`` its number (an ACK takes its INVITE's)."""
+        target, ours, theirs, call_id = self._dialog()
         lines = Headers(
             [
                 (
@@ -291,19 +310,24 @@ class FarParty(asyncio.DatagramProtocol):
                     f"SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.port};branch=z9hG4bK-far-{random.getrandbits(40):x}",
                 ),
                 ("Max-Forwards", "70"),
-                ("From", f"{invite.headers.get('to')};tag={self.tag}"),
-                ("To", invite.headers.get("from") or ""),
-                ("Call-ID", invite.call_id),
-                ("CSeq", f"{next(self._cseq)} {method}"),
+                ("From", ours),
+                ("To", theirs),
+                ("Call-ID", call_id),
+                ("CSeq", f"{cseq} {method}"),
                 ("Contact", f"<{self.uri}>"),
                 *headers,
             ]
         )
         if body:
             lines.add("Content-Type", "application/sdp")
-        request = Request(method=method, uri=str(contact), headers=lines, body=body.encode())
-        self._send(request)
-        return request
+        return Request(method=method, uri=target, headers=lines, body=body.encode())
+
+    def _dialog(self) -> tuple[str, str, str, str]:
+        """The dialog's request target (the engine's Contact), our From, its To, and the Call-ID."""
+        invite = self.invite
+        assert invite is not None
+        ours = f"{invite.headers.get('to')};tag={self.tag}"
+        return str(invite.contacts()[0].uri), ours, invite.headers.get("from") or "", invite.call_id
 
     def hang_up(self) -> None:
         self.stop_rtp()

@@ -22,7 +22,7 @@ from conftest import read_jsonl, read_wav
 from swml_engine.call import Call
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
-from swml_engine.transports.sip.message import Headers, Request, Response, parse_message
+from swml_engine.transports.sip.message import Response
 from swml_engine.transports.sip.sdp import parse_offer
 
 from .far_party import FarParty, running_service, until
@@ -51,64 +51,26 @@ class Caller(FarParty):
     async def call(self, timeout: float = 20.0) -> None:
         """INVITE the service and wait for its 200 (ACKed); our tone starts to its SDP address."""
         self.engine = ("127.0.0.1", self.service_port)
-        next(self._cseq)  # 1: the INVITE's
-        invite = self._request("INVITE", 1, f"sip:record@127.0.0.1:{self.service_port}", "", self.sdp())
-        self.invite = invite
-        self._send(invite)
+        self.invite = self.in_dialog("INVITE", next(self._cseq), body=self.sdp())
+        self._send(self.invite)
         assert await until(lambda: self.ok is not None, timeout), [r.status for r in self.responses]
         assert self.ok is not None
         self.engine_rtp = parse_offer(self.ok.text).remote
         self.answered.set()
         self.resume_rtp()
 
-    def request(self, method: str, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> Request:
-        assert self.ok is not None
-        to = self.ok.headers.get("to") or ""
-        request = self._request(method, next(self._cseq), str(self.ok.contacts()[0].uri), to, body, headers)
-        self._send(request)
-        return request
+    def _dialog(self) -> tuple[str, str, str, str]:
+        ours = f"<sip:alice@127.0.0.1>;tag={self.tag}"
+        ok = self.ok
+        if ok is None:  # the INVITE: no dialog yet
+            service = f"sip:record@127.0.0.1:{self.service_port}"
+            return service, ours, f"<{service}>", self.call_id
+        return str(ok.contacts()[0].uri), ours, ok.headers.get("to") or "", self.call_id
 
-    def _request(
-        self,
-        method: str,
-        cseq: int,
-        uri: str,
-        to: str,
-        body: str = "",
-        headers: tuple[tuple[str, str], ...] = (),
-        cseq_method: str | None = None,
-    ) -> Request:
-        lines = Headers(
-            [
-                ("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-caller-{random.getrandbits(40):x}"),
-                ("Max-Forwards", "70"),
-                ("From", f"<sip:alice@127.0.0.1>;tag={self.tag}"),
-                ("To", to or f"<sip:record@127.0.0.1:{self.service_port}>"),
-                ("Call-ID", self.call_id),
-                ("CSeq", f"{cseq} {cseq_method or method}"),
-                ("Contact", f"<{self.uri}>"),
-                *headers,
-            ]
-        )
-        if body:
-            lines.add("Content-Type", "application/sdp")
-        return Request(method=method, uri=uri, headers=lines, body=body.encode())
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        message = parse_message(data)
-        if isinstance(message, Response) and message.cseq.method == "INVITE" and 200 <= message.status < 300:
-            if self.ok is None:
-                self.ok = message
-            # every 2xx (a retransmission too) gets its ACK, in the dialog
-            ack = self._request(
-                "ACK", message.cseq.number, str(self.ok.contacts()[0].uri), message.headers.get("to") or ""
-            )
-            self._send(ack)
-        super().datagram_received(data, addr)
-
-    def hang_up(self) -> None:
-        self.stop_rtp()
-        self.request("BYE")
+    def _on_response(self, response: Response) -> None:
+        if self.ok is None and response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            self.ok = response
+        super()._on_response(response)
 
 
 Body = Callable[[Service, Caller, FarParty], Awaitable[None]]
@@ -285,6 +247,31 @@ def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
         assert leg["to"] == far.uri and leg["end"] is not None
 
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
+
+
+@pytest.mark.parametrize("mover", ["caller", "far party"])
+def test_an_offerless_reinvite_whose_ack_moves_the_media_keeps_the_bridge(
+    mover: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        party, other = (caller, far) if mover == "caller" else (far, caller)
+        said, heard = (CALLER_HZ, FAR_HZ) if mover == "caller" else (FAR_HZ, CALLER_HZ)
+        await party.move_rtp()
+        reoffer = party.request("INVITE")  # no SDP: the engine offers its session, our ACK answers (new port)
+        assert await until(lambda: bool(party.answers_to(reoffer)))
+        [ok] = party.answers_to(reoffer)
+        assert ok.status == 200 and "a=sendrecv" in ok.text
+        [m] = [line for line in ok.text.splitlines() if line.startswith("m=audio")]
+        assert m.split()[3] == str(party.info.static_pt)  # the codec in use, first
+        since, other_since = len(party.heard), len(other.heard)
+        assert await until(lambda: hears(party, heard, since))
+        await asyncio.sleep(1.0)
+        assert hears(other, said, other_since) and not call.is_ended
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+
+    run(body, tmp_path, monkeypatch)
 
 
 # --- 2. DTMF across the bridge -----------------------------------------------------------------------------
