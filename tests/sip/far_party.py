@@ -368,6 +368,15 @@ class FarParty(asyncio.DatagramProtocol):
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_tone())
 
+    def use_codec(self, codec: str) -> None:
+        """Speak ``codec`` from now on (our tone at its rate; the same stream, its timeline going on), as
+        after a re-INVITE that changes it; our SDP offers it alone."""
+        self.codec_name, self.info = codec, SUPPORTED[codec]
+        self.audio = tone(self.freq, 2.0, self.info.rate)
+        if self._sender is not None:
+            self.stop_rtp()
+            self.resume_rtp()
+
     async def move_rtp(self) -> None:
         """Take a new RTP port (send and receive there from now on); the old one is closed. The SDP we
         send next (:meth:`sdp`) names it."""

@@ -130,8 +130,9 @@ async def bridged(service: Service, caller: Caller, far: FarParty) -> Call:
 
 def hears(party: FarParty, freq: float, since: int = 0) -> bool:
     """Whether the last 0.2 s ``party`` got (of what came from ``heard[since]`` on) is mostly ``freq``."""
-    audio = party.heard_audio(since)[-1600:]
-    return len(audio) == 1600 and share(audio, freq) > 0.8
+    rate = party.info.rate
+    audio = party.heard_audio(since)[-rate // 5 :]
+    return len(audio) == rate // 5 and share(audio, freq, rate) > 0.8
 
 
 def events_of(tmp_path: Path) -> list[dict[str, Any]]:
@@ -151,15 +152,16 @@ async def finished_recording(tmp_path: Path) -> dict[str, Any]:
     return meta
 
 
-def channels(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
-    assert rate == 8000 and audio.shape[1] == 2
+def channels(meta: dict[str, Any], rate: int = 8000) -> tuple[np.ndarray, np.ndarray]:
+    """The stereo recording's left and right channels (at ``rate``)."""
+    audio, got = read_wav(Path(str(meta["url"]).removeprefix("file://")))
+    assert got == rate and audio.shape[1] == 2
     return audio[:, 0], audio[:, 1]
 
 
-def at(samples: np.ndarray, start: float, end: float) -> np.ndarray:
-    """Seconds ``start`` to ``end`` of a recording's channel (8 kHz)."""
-    return samples[round(start * 8000) : round(end * 8000)]
+def at(samples: np.ndarray, start: float, end: float, rate: int = 8000) -> np.ndarray:
+    """Seconds ``start`` to ``end`` of a recording's channel."""
+    return samples[round(start * rate) : round(end * rate)]
 
 
 def level(samples: np.ndarray) -> float:
@@ -272,6 +274,77 @@ def test_an_offerless_reinvite_whose_ack_moves_the_media_keeps_the_bridge(
         assert await until(far.bye.is_set)
 
     run(body, tmp_path, monkeypatch)
+
+
+def test_a_far_party_changing_codec_and_rate_by_reinvite_stays_heard_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks: dict[str, float] = {}
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(0.5)
+        far.use_codec("G722")  # from PCMU at 8 kHz to G.722 at 16 kHz, mid-bridge
+        answer = await reinvite(far, "sendrecv")
+        assert "a=rtpmap:9 G722/8000" in answer.text
+        marks["changed"] = call.now()
+        since, far_since = len(caller.heard), len(far.heard)
+        assert await until(lambda: hears(far, CALLER_HZ, far_since))  # in G.722 now
+        await asyncio.sleep(1.0)
+        assert hears(caller, FAR_HZ, since)
+        marks["bye"] = call.now()
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        meta = await finished_recording(tmp_path)
+        start = float(meta["call_time"])
+        left, right = channels(meta)
+        window = (marks["changed"] - start + 0.2, marks["bye"] - start - 0.1)
+        assert share(at(left, *window), CALLER_HZ) > 0.8 and share(at(right, *window), FAR_HZ) > 0.8
+
+    run(body, tmp_path, monkeypatch)
+
+
+def test_a_wideband_caller_bridged_to_a_narrowband_far_party_is_recorded_at_16_khz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        assert call.rate == 16000
+        invite = far.invite
+        assert invite is not None  # the far leg was offered G.722 first: the caller's is wideband
+        [m] = [line for line in invite.text.splitlines() if line.startswith("m=audio")]
+        assert m.split()[3] == "9"
+        await asyncio.sleep(1.5)
+        marks = (call.now() - 1.2, call.now() - 0.2)
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        meta = await finished_recording(tmp_path)
+        start = float(meta["call_time"])
+        left, right = channels(meta, 16000)
+        window = (marks[0] - start, marks[1] - start)
+        assert share(at(left, *window, rate=16000), CALLER_HZ, 16000) > 0.8
+        assert share(at(right, *window, rate=16000), FAR_HZ, 16000) > 0.8
+
+    run(body, tmp_path, monkeypatch, caller={"codec": "G722"})
+
+
+def test_a_caller_gone_without_bye_mid_bridge_ends_both_legs_after_the_rtp_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(0.5)
+        caller.stop_rtp()  # its phone lost power: no packet, no BYE
+        gone = call.now()
+        assert await until(caller.bye.is_set) and await until(far.bye.is_set)
+        [bye] = [r for r in caller.requests if r.method == "BYE"]
+        assert "RTP timeout" in (bye.headers.get("reason") or "")
+        meta = await finished_recording(tmp_path)
+        [leg] = meta["bridges"]
+        assert leg["end"] == pytest.approx(gone + 1.0, abs=0.5)
+        assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(leg["end"], abs=0.3)
+
+    run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
 
 
 # --- 2. DTMF across the bridge -----------------------------------------------------------------------------
