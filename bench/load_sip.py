@@ -17,9 +17,10 @@ then read back every recording and the engine's per-call RTP statistics. Reports
 With --bridge, each N runs twice: first the single-leg calls above (the reference), then N bridged calls:
 the engine answers, records in stereo and connects each caller to a second sipp (bench/load_far.xml: it
 answers with PCMA and streams 1 kHz until the engine's BYE). The bridged run also reports the far
-party in the right channel (silent 20 ms frames there while bridged, and how late its tone started after
-the bridge did), the far legs' send jitter (their rtp.stats, written to the caller's event log with a
-`leg` field), both sipps' CPU, and the engine's CPU per bridged call against the single-leg one.
+party in the right channel (silent 20 ms frames there while bridged, how late its tone started after
+the bridge did and how early it stopped), the far legs' send jitter (their rtp.stats, written to the
+caller's event log with a `leg` field), both sipps' CPU, and the engine's CPU per bridged call against
+the single-leg one.
 
 The largest N with 0 lost frames and send jitter p99 < 10 ms is the figure in bench/README.md.
 """
@@ -134,15 +135,16 @@ class FarChannel:
 
     bridged: bool  # exactly one bridge, ended
     onset_frames: int  # silent frames from the bridge's start to the far party's first sound
-    lost: int  # silent frames after that, until the bridge's end
-    tail: int  # of which at the very end (the far party stopped before the bridge did)
+    lost: int  # silent frames after that, until its last sound
+    tail: int  # silent frames from its last sound to the bridge's end (the far leg was hung up a few
+    # ticks before the bridge's end was written: under load, the step that records it runs later)
     tones_ok: bool  # the caller's tone on the left, the far party's on the right
 
 
 def far_channel(meta: dict[str, Any]) -> FarChannel:
     """The right channel between the bridge's start and end: from the first frame where the far party's
-    tone is the strongest sound (before it, the caller may still hear the ring tone's last frame),
-    the frames of silence."""
+    tone is the strongest sound (before it, the caller may still hear the ring tone's last frame) to its
+    last sound, the frames of silence."""
     x = channels(Path(str(meta["url"]).removeprefix("file://")))
     bridges = meta.get("bridges") or []
     tones_ok = dominant_hz(x[:, 0]) == CALLER_HZ and x.shape[1] == 2 and dominant_hz(x[:, 1]) == FAR_HZ
@@ -159,7 +161,7 @@ def far_channel(meta: dict[str, Any]) -> FarChannel:
     if len(heard) == 0:
         return FarChannel(True, len(silent), 0, 0, tones_ok)
     onset, end = int(heard[0]), int(np.nonzero(~silent)[0][-1])
-    return FarChannel(True, onset, int(np.sum(silent[onset:])), len(silent) - 1 - end, tones_ok)
+    return FarChannel(True, onset, int(np.sum(silent[onset : end + 1])), len(silent) - 1 - end, tones_ok)
 
 
 def start_sipp(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -302,7 +304,7 @@ def run(
             "bridged_recordings": sum(1 for f in fars if f.bridged),
             "tones_ok": sum(1 for f in fars if f.tones_ok),
             "far_lost_frames": sum(f.lost for f in fars),
-            "far_tail_frames": sum(f.tail for f in fars),
+            "far_tail_max_ms": 20 * max((f.tail for f in fars), default=0),
             "far_onset_max_ms": 20 * max((f.onset_frames for f in fars), default=0),
             "far_legs_stats": len(jitters["far"]),
             "far_send_jitter_p99_ms": p99(jitters["far"]),
