@@ -171,9 +171,10 @@ def level(samples: np.ndarray) -> float:
 # --- 1. hold and re-INVITEs keep the bridge --------------------------------------------------------------
 
 
-async def reinvite(party: FarParty, direction: str) -> Response:
-    """``party`` sends a re-INVITE with its SDP (its current RTP port, ``direction``): the engine's 200."""
-    request = party.request("INVITE", body=party.sdp(direction))
+async def reinvite(party: FarParty, direction: str, address: str = "127.0.0.1") -> Response:
+    """``party`` sends a re-INVITE with its SDP (its current RTP port, ``direction``, ``c=address``):
+    the engine's 200."""
+    request = party.request("INVITE", body=party.sdp(direction).replace("c=IN IP4 127.0.0.1", f"c=IN IP4 {address}"))
     assert await until(lambda: bool(party.answers_to(request)))
     [answer] = party.answers_to(request)
     assert answer.status == 200, answer.status
@@ -247,6 +248,34 @@ def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
         assert share(at(talking, *silent), heard) > 0.8
         [leg] = meta["bridges"]
         assert leg["to"] == far.uri and leg["end"] is not None
+
+    run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
+
+
+@pytest.mark.parametrize("holder", ["caller", "far party"])
+def test_a_hold_the_old_way_on_either_leg_is_not_taken_for_a_vanished_peer(
+    holder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 2543's hold: the SDP address 0.0.0.0 (still sendrecv); the holder sends nothing either."""
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        party, other = (caller, far) if holder == "caller" else (far, caller)
+        said, heard = (CALLER_HZ, FAR_HZ) if holder == "caller" else (FAR_HZ, CALLER_HZ)
+        await reinvite(party, "sendrecv", address="0.0.0.0")
+        party.stop_rtp()
+        await asyncio.sleep(0.3)
+        since = len(party.heard)
+        await asyncio.sleep(2.0)  # twice the RTP timeout
+        assert len(party.heard) == since  # nothing sent to it
+        assert not call.is_ended and not caller.bye.is_set() and not far.bye.is_set()
+        await reinvite(party, "sendrecv")
+        party.resume_rtp()
+        since, other_since = len(party.heard), len(other.heard)
+        assert await until(lambda: hears(party, heard, since))
+        assert await until(lambda: hears(other, said, other_since))
+        caller.hang_up()
+        assert await until(far.bye.is_set)
 
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
 

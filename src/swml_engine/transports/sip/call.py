@@ -56,6 +56,8 @@ from swml_engine.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
 
+#: A peer's SDP address that means hold (RFC 3264 §8.4): it sends nothing either.
+_UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 #: How long a challenged caller has to send its INVITE again with credentials (RFC 3261 Timer B).
 AUTH_WAIT = 32.0
 
@@ -221,9 +223,10 @@ class SipMedia:
     def _watch(self) -> None:
         """Counted in ticks of the media clock, not in wall time: a loaded loop that skips ticks never
         ends a call. Any datagram counts (even a foreign or malformed one: the call is kept rather than
-        cut); a peer on hold — told not to send — is not counted."""
+        cut); a peer on hold — told not to send, or holding the old way (RFC 2543: its address 0.0.0.0,
+        the stream stopped both ways) — is not counted."""
         media = self.media
-        if media is None or media.direction not in ("sendrecv", "recvonly"):
+        if media is None or media.direction not in ("sendrecv", "recvonly") or media.remote[0] in _UNSPECIFIED:
             self._silent = 0
             return
         stats = self.rtp.stats
