@@ -484,6 +484,10 @@ def test_the_far_partys_bye_returns_to_the_script_which_the_caller_then_hears(
         ]
         assert {e["name"]: e["value"] for e in events if e["type"] == "vars.set"}["connect_result"] == "connected"
         assert [e["reason"] for e in events if e["type"] == "call.state" and e["state"] == "ended"] == ["hangup"]
+        # who was on the right channel, and when: the far leg's call id (as its connect.leg events name it)
+        [answered] = [e for e in events if e["type"] == "connect.leg" and e["state"] == "answered"]
+        [connected] = [e for e in events if e["type"] == "connect.state" and e["state"] == "connected"]
+        assert leg["call_id"] == answered["call_id"] and leg["start"] == pytest.approx(connected["t"], abs=0.1)
 
     run(body, tmp_path, monkeypatch, after=AFTER)
 
