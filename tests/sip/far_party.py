@@ -109,6 +109,9 @@ class FarParty(asyncio.DatagramProtocol):
         self.event_packets: list[tuple[int, bytes]] = []
         #: Our RTP timeline (sequence number, timestamp), kept across pauses as a phone keeps it.
         self._seq, self._ts = 100, 1000
+        self._paused_at: float | None = None
+        #: Packets of ours still to be lost on the way (lose()).
+        self._lose = 0
         self._sender: asyncio.Task[None] | None = None
         self._pending: list[asyncio.TimerHandle] = []
         self._cseq = itertools.count(1)
@@ -348,11 +351,13 @@ class FarParty(asyncio.DatagramProtocol):
             if to is not None and self.rtp is not None:
                 k = i % (len(audio) // n)
                 payload = codec.encode(np.ascontiguousarray(audio[k * n : (k + 1) * n]))
-                self.rtp.sendto(
-                    RtpPacket(self.info.static_pt, self._seq & 0xFFFF, self._ts, ssrc, payload).serialize(), to
-                )
+                if self._lose > 0:  # lost on the way: its sequence number and time are gone with it
+                    self._lose -= 1
+                else:
+                    packet = RtpPacket(self.info.static_pt, self._seq & 0xFFFF, self._ts, ssrc, payload)
+                    self.rtp.sendto(packet.serialize(), to)
                 self._seq += 1
-            self._ts += codec.timestamp_units(n)  # the timeline runs on through a pause (hold), as a phone's
+            self._ts += codec.timestamp_units(n)
             await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
 
     def stop_rtp(self) -> None:
@@ -360,13 +365,25 @@ class FarParty(asyncio.DatagramProtocol):
         if self._sender is not None:
             self._sender.cancel()
             self._sender = None
+            self._paused_at = asyncio.get_running_loop().time()
         self.silent = True
 
     def resume_rtp(self) -> None:
-        """Send again after :meth:`stop_rtp` (off hold): the same stream, its timestamps past the pause."""
+        """Send again after :meth:`stop_rtp` (off hold): the same stream, its timestamps past the pause
+        (the timeline runs on through it, as a phone's)."""
         self.silent = False
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_tone())
+        if self._sender is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._paused_at is not None:
+            paused = loop.time() - self._paused_at
+            self._ts += self.info.factory().timestamp_units(round(paused * self.info.rate))
+            self._paused_at = None
+        self._sender = loop.create_task(self._send_tone())
+
+    def lose(self, packets: int) -> None:
+        """The next ``packets`` of our audio are lost on the way (never sent)."""
+        self._lose = packets
 
     def use_codec(self, codec: str) -> None:
         """Speak ``codec`` from now on (our tone at its rate; the same stream, its timeline going on), as

@@ -376,6 +376,48 @@ def test_a_caller_gone_without_bye_mid_bridge_ends_both_legs_after_the_rtp_timeo
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
 
 
+def silent_runs(samples: np.ndarray, rate: int = 8000) -> list[int]:
+    """The lengths, in 20 ms frames, of each run of silent frames in ``samples``."""
+    n = rate // 50
+    frames = samples[: len(samples) // n * n].reshape(-1, n)
+    runs, current = [], 0
+    for frame in frames:
+        if level(frame) < 50:
+            current += 1
+        elif current:
+            runs, current = [*runs, current], 0
+    return [*runs, current] if current else runs
+
+
+@pytest.mark.parametrize("loser", ["caller", "far party"])
+def test_packets_lost_on_one_leg_are_silence_of_their_length_across_the_bridge(
+    loser: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        party, other = (caller, far) if loser == "caller" else (far, caller)
+        await asyncio.sleep(0.5)
+        since = len(other.heard)
+        began = call.now()
+        party.lose(5)  # 100 ms of its audio lost on the way
+        await asyncio.sleep(1.0)
+        ended = call.now()
+        heard = other.heard_audio(since)
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        meta = await finished_recording(tmp_path)
+        # the other party heard a gap of exactly those five frames in the tone, nothing else missing
+        assert max(silent_runs(heard)) == 5, silent_runs(heard)
+        start = float(meta["call_time"])
+        left, right = channels(meta)
+        first = int((began - start) * 50) / 50  # (on the recording's 20 ms frame boundaries)
+        lost = at(left if loser == "caller" else right, first, ended - start)
+        assert max(silent_runs(lost)) == 5, silent_runs(lost)  # the recording: the same gap, in its place
+        assert float(meta["duration"]) == pytest.approx(call.now() - start, abs=0.5)
+
+    run(body, tmp_path, monkeypatch)
+
+
 # --- 2. DTMF across the bridge -----------------------------------------------------------------------------
 
 
