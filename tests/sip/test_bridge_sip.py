@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import read_jsonl, read_wav
+from conftest import dtmf_tones, read_jsonl, read_wav, tone
 from swml_engine.call import Call
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
@@ -486,6 +486,38 @@ def test_a_callers_hash_ends_its_recording_mid_bridge_and_the_bridge_goes_on(
         assert await until(far.bye.is_set)
 
     run(body, tmp_path, monkeypatch, record="{stereo: true, format: wav, terminators: '#'}")
+
+
+def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_its_tones_reach_the_far_party(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller without telephone-events: its key is tones in its audio, 2 s after its answer."""
+    voice = tone(CALLER_HZ, 2.0)
+    keyed = np.concatenate([voice, dtmf_tones("#", on=0.1, off=0.0, level=0.4), tone(CALLER_HZ, 8.0)])
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        answered = call.now()
+        meta = await finished_recording(tmp_path)
+        assert meta["end_reason"] == "terminator"
+        assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(answered + 2.1, abs=0.5)
+        await asyncio.sleep(1.0)
+        detector, heard = InbandDtmfDetector(8000), far.heard_audio()
+        found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
+        assert found == ["#"]  # the far party got the key, in the audio that crossed
+        assert hears(far, CALLER_HZ) and hears(caller, FAR_HZ) and not call.is_ended  # the bridge goes on
+        caller.hang_up()
+        assert await until(far.bye.is_set)
+        digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
+        assert digits == [("received", "#")]
+
+    run(
+        body,
+        tmp_path,
+        monkeypatch,
+        caller={"telephone_event": False, "audio": keyed},
+        record="{stereo: true, format: wav, terminators: '#'}",
+    )
 
 
 # --- 3. either side hanging up -------------------------------------------------------------------------------
