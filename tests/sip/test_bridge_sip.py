@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,42 @@ def hears(party: FarParty, freq: float, since: int = 0) -> bool:
     return len(audio) == rate // 5 and share(audio, freq, rate) > 0.8
 
 
+@dataclass(frozen=True)
+class Sides:
+    """The party a test acts with on one leg, the one on the other leg, and the tone each says."""
+
+    party: FarParty
+    other: FarParty
+    said: float
+    heard: float
+
+
+def sides(caller: Caller, far: FarParty, who: str) -> Sides:
+    """``who`` (``caller`` or ``far party``) acting, the other party listening."""
+    if who == "caller":
+        return Sides(caller, far, CALLER_HZ, FAR_HZ)
+    return Sides(far, caller, FAR_HZ, CALLER_HZ)
+
+
+async def hear_each_other(s: Sides) -> None:
+    """Each party hears the other from now on (what came before, such as a hold, does not count)."""
+    since, other_since = len(s.party.heard), len(s.other.heard)
+    assert await until(lambda: hears(s.party, s.heard, since))
+    assert await until(lambda: hears(s.other, s.said, other_since))
+
+
+async def hang_up(caller: Caller, far: FarParty) -> None:
+    """The caller hangs up; the far party gets the engine's BYE."""
+    caller.hang_up()
+    assert await until(far.bye.is_set)
+
+
+def keys_in(audio: np.ndarray) -> list[str]:
+    """The DTMF keys a detector hears in 8 kHz audio, in order."""
+    detector = InbandDtmfDetector(8000)
+    return [d for i in range(0, len(audio) - 159, 160) if (d := detector.feed(audio[i : i + 160]))]
+
+
 def events_of(tmp_path: Path) -> list[dict[str, Any]]:
     """The events of the (one) call the service ran."""
     [path] = (tmp_path / "data" / "calls").glob("*.jsonl")
@@ -190,8 +227,8 @@ def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
 
     async def body(service: Service, caller: Caller, far: FarParty) -> None:
         call = await bridged(service, caller, far)
-        party, other = (caller, far) if holds_left else (far, caller)
-        said, heard = (CALLER_HZ, FAR_HZ) if holds_left else (FAR_HZ, CALLER_HZ)
+        acting = sides(caller, far, holder)
+        party, other, said, heard = acting.party, acting.other, acting.said, acting.heard
         await asyncio.sleep(1.0)
 
         # hold, sendonly (music on hold: its tone goes on): answered recvonly, nothing sent to it meanwhile
@@ -214,23 +251,18 @@ def test_hold_resume_and_a_new_rtp_port_on_either_leg_keep_the_bridge(
         assert "a=sendrecv" in (await reinvite(party, "sendrecv")).text
         party.resume_rtp()
         marks["resumed"] = call.now()
-        since, other_since = len(party.heard), len(other.heard)
-        assert await until(lambda: hears(party, heard, since))
-        assert await until(lambda: hears(other, said, other_since))
+        await hear_each_other(acting)
         await asyncio.sleep(1.0)
 
         # a new RTP port: the engine sends there, and takes the party's audio from there
         await party.move_rtp()
         await reinvite(party, "sendrecv")
         marks["moved"] = call.now()
-        since, other_since = len(party.heard), len(other.heard)
-        assert await until(lambda: hears(party, heard, since))
+        await hear_each_other(acting)
         await asyncio.sleep(1.0)
-        assert hears(other, said, other_since)
         assert not call.is_ended and not far.bye.is_set()
         marks["bye"] = call.now()
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         meta = await finished_recording(tmp_path)
 
         # the recording: the whole call, the caller left and the far party right before and after
@@ -260,8 +292,8 @@ def test_a_hold_the_old_way_on_either_leg_is_not_taken_for_a_vanished_peer(
 
     async def body(service: Service, caller: Caller, far: FarParty) -> None:
         call = await bridged(service, caller, far)
-        party, other = (caller, far) if holder == "caller" else (far, caller)
-        said, heard = (CALLER_HZ, FAR_HZ) if holder == "caller" else (FAR_HZ, CALLER_HZ)
+        acting = sides(caller, far, holder)
+        party = acting.party
         await reinvite(party, "sendrecv", address="0.0.0.0")
         party.stop_rtp()
         await asyncio.sleep(0.3)
@@ -271,11 +303,8 @@ def test_a_hold_the_old_way_on_either_leg_is_not_taken_for_a_vanished_peer(
         assert not call.is_ended and not caller.bye.is_set() and not far.bye.is_set()
         await reinvite(party, "sendrecv")
         party.resume_rtp()
-        since, other_since = len(party.heard), len(other.heard)
-        assert await until(lambda: hears(party, heard, since))
-        assert await until(lambda: hears(other, said, other_since))
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hear_each_other(acting)
+        await hang_up(caller, far)
 
     run(body, tmp_path, monkeypatch, rtp_timeout=1.0)
 
@@ -286,8 +315,8 @@ def test_an_offerless_reinvite_whose_ack_moves_the_media_keeps_the_bridge(
 ) -> None:
     async def body(service: Service, caller: Caller, far: FarParty) -> None:
         call = await bridged(service, caller, far)
-        party, other = (caller, far) if mover == "caller" else (far, caller)
-        said, heard = (CALLER_HZ, FAR_HZ) if mover == "caller" else (FAR_HZ, CALLER_HZ)
+        acting = sides(caller, far, mover)
+        party = acting.party
         await party.move_rtp()
         reoffer = party.request("INVITE")  # no SDP: the engine offers its session, our ACK answers (new port)
         assert await until(lambda: bool(party.answers_to(reoffer)))
@@ -295,12 +324,9 @@ def test_an_offerless_reinvite_whose_ack_moves_the_media_keeps_the_bridge(
         assert ok.status == 200 and "a=sendrecv" in ok.text
         [m] = [line for line in ok.text.splitlines() if line.startswith("m=audio")]
         assert m.split()[3] == str(party.info.static_pt)  # the codec in use, first
-        since, other_since = len(party.heard), len(other.heard)
-        assert await until(lambda: hears(party, heard, since))
-        await asyncio.sleep(1.0)
-        assert hears(other, said, other_since) and not call.is_ended
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hear_each_other(acting)
+        assert not call.is_ended
+        await hang_up(caller, far)
 
     run(body, tmp_path, monkeypatch)
 
@@ -322,8 +348,7 @@ def test_a_far_party_changing_codec_and_rate_by_reinvite_stays_heard_both_ways(
         await asyncio.sleep(1.0)
         assert hears(caller, FAR_HZ, since)
         marks["bye"] = call.now()
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         meta = await finished_recording(tmp_path)
         start = float(meta["call_time"])
         left, right = channels(meta)
@@ -345,8 +370,7 @@ def test_a_wideband_caller_bridged_to_a_narrowband_far_party_is_recorded_at_16_k
         assert m.split()[3] == "9"
         await asyncio.sleep(1.5)
         marks = (call.now() - 1.2, call.now() - 0.2)
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         meta = await finished_recording(tmp_path)
         start = float(meta["call_time"])
         left, right = channels(meta, 16000)
@@ -395,7 +419,8 @@ def test_packets_lost_on_one_leg_are_silence_of_their_length_across_the_bridge(
 ) -> None:
     async def body(service: Service, caller: Caller, far: FarParty) -> None:
         call = await bridged(service, caller, far)
-        party, other = (caller, far) if loser == "caller" else (far, caller)
+        acting = sides(caller, far, loser)
+        party, other = acting.party, acting.other
         await asyncio.sleep(0.5)
         since = len(other.heard)
         began = call.now()
@@ -403,8 +428,7 @@ def test_packets_lost_on_one_leg_are_silence_of_their_length_across_the_bridge(
         await asyncio.sleep(1.0)
         ended = call.now()
         heard = other.heard_audio(since)
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         meta = await finished_recording(tmp_path)
         # the other party heard a gap of exactly those five frames in the tone, nothing else missing
         assert max(silent_runs(heard)) == 5, silent_runs(heard)
@@ -435,8 +459,7 @@ def test_rfc_4733_digits_cross_the_bridge_both_ways_once_each_in_order(
         await asyncio.sleep(0.5)  # (nothing more comes: no digit doubled)
         assert far.digit_events() == ["1", "4", "7"]
         assert caller.digit_events() == ["2", "5", "8"]
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         await finished_recording(tmp_path)
         digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
         # the caller's call saw its own keys, and the far party's sent to it
@@ -454,13 +477,11 @@ def test_a_far_leg_without_telephone_events_gets_the_callers_digits_as_tones(
         for digit in "147":
             caller.send_digit(digit)
         await asyncio.sleep(1.5)
-        detector, heard = InbandDtmfDetector(8000), far.heard_audio(since)
-        found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
-        assert found == ["1", "4", "7"]  # each key's two tones, in what the far party hears
+        # each key's two tones, in what the far party hears
+        assert keys_in(far.heard_audio(since)) == ["1", "4", "7"]
         assert far.event_packets == []
         assert hears(far, CALLER_HZ)  # and the caller still, after them
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
 
     run(body, tmp_path, monkeypatch, far={"telephone_event": False})
 
@@ -482,8 +503,7 @@ def test_a_callers_hash_ends_its_recording_mid_bridge_and_the_bridge_goes_on(
         await asyncio.sleep(1.0)
         assert hears(caller, FAR_HZ, since) and hears(far, CALLER_HZ, far_since)
         assert far.digit_events() == ["#"] and not call.is_ended
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
 
     run(body, tmp_path, monkeypatch, record="{stereo: true, format: wav, terminators: '#'}")
 
@@ -502,12 +522,9 @@ def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_its_tones_reac
         assert meta["end_reason"] == "terminator"
         assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(answered + 2.1, abs=0.5)
         await asyncio.sleep(1.0)
-        detector, heard = InbandDtmfDetector(8000), far.heard_audio()
-        found = [d for i in range(0, len(heard) - 159, 160) if (d := detector.feed(heard[i : i + 160]))]
-        assert found == ["#"]  # the far party got the key, in the audio that crossed
+        assert keys_in(far.heard_audio()) == ["#"]  # the far party got the key, in the audio that crossed
         assert hears(far, CALLER_HZ) and hears(caller, FAR_HZ) and not call.is_ended  # the bridge goes on
-        caller.hang_up()
-        assert await until(far.bye.is_set)
+        await hang_up(caller, far)
         digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
         assert digits == [("received", "#")]
 
