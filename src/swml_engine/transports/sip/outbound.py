@@ -38,6 +38,7 @@ from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
 from swml_engine.transports.sip.session_timer import MIN_SE
 from swml_engine.transports.sip.uac import (
     Answered,
+    CallState,
     ChallengeReceived,
     Failed,
     Hangup,
@@ -474,6 +475,11 @@ class SipFarTransport(FarTransport):
             self.phase = LegPhase.GIVING_UP
             self.sip.cancel(now, "cancelled")  # its 487 (or a 2xx crossing it, hung up) fails the leg
             self.dialer.endpoint.flush()
+            if self.sip.state is CallState.CANCEL_WAITING:
+                # No provisional yet, so no CANCEL may go (RFC 3261 §9.1) until one comes, up to Timer B's
+                # 32 s. The core finishes that alone (the CANCEL at the first provisional, ACK and BYE for
+                # a 2xx, nothing after Timer B): the dial plan, and a caller who hung up, wait for none of it.
+                self._failed(DialFailure("cancelled"))
         elif phase is LegPhase.ANSWERED and self.sip is not None:
             self.sip.bye(now, "hangup")
             self.dialer.endpoint.flush()
