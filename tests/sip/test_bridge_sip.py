@@ -614,12 +614,6 @@ def test_the_callers_bye_ends_the_far_leg_with_a_bye_and_the_call(
     run(body, tmp_path, monkeypatch, after=AFTER)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="useragent.UserAgent.pending counts a BYE whose 200 came as pending until its transaction ends "
-    "(Timer K, 5 s over UDP): SipDialer.stop, and so every SIGTERM after a hang-up, waits those 5 s "
-    "(the fix, in a file of piece C: count only transactions without a final response)",
-)
 def test_a_bye_answered_is_no_longer_pending_for_a_stopping_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

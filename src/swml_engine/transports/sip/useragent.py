@@ -349,8 +349,11 @@ class UserAgent:
 
     def pending(self, method: str) -> int:
         """Requests of ``method`` we sent that have no final answer yet (a stopping service waits for its
-        BYEs to be answered, their retransmissions bounded by Timer F)."""
-        return sum(1 for tx in self._owners if tx.request.method == method and not tx.done)
+        BYEs to be answered, their retransmissions bounded by Timer F). A request answered is not pending
+        even while its transaction lingers to absorb retransmissions (Timer K)."""
+        return sum(
+            1 for tx in self._owners if tx.request.method == method and not tx.done and tx.final_response is None
+        )
 
     def flow_in_use(self, flow: int, addr: tuple[str, int] | None = None) -> bool:
         """Whether a call that is not over uses TCP connection ``flow`` (to ``addr``): a call that came
