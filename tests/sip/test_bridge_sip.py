@@ -508,7 +508,7 @@ def test_a_callers_hash_ends_its_recording_mid_bridge_and_the_bridge_goes_on(
     run(body, tmp_path, monkeypatch, record="{stereo: true, format: wav, terminators: '#'}")
 
 
-def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_its_tones_reach_the_far_party(
+def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_reaches_the_far_party_as_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A caller without telephone-events: its key is tones in its audio, 2 s after its answer."""
@@ -522,7 +522,8 @@ def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_its_tones_reac
         assert meta["end_reason"] == "terminator"
         assert float(meta["call_time"]) + float(meta["duration"]) == pytest.approx(answered + 2.1, abs=0.5)
         await asyncio.sleep(1.0)
-        assert keys_in(far.heard_audio()) == ["#"]  # the far party got the key, in the audio that crossed
+        # the far party (it takes telephone-events) got the key as one event, in place of its tones
+        assert far.digit_events() == ["#"] and keys_in(far.heard_audio()) == []
         assert hears(far, CALLER_HZ) and hears(caller, FAR_HZ) and not call.is_ended  # the bridge goes on
         await hang_up(caller, far)
         digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
@@ -534,6 +535,44 @@ def test_a_callers_hash_in_band_ends_its_recording_mid_bridge_and_its_tones_reac
         monkeypatch,
         caller={"telephone_event": False, "audio": keyed},
         record="{stereo: true, format: wav, terminators: '#'}",
+    )
+
+
+def key_presses(digits: str, voice: float, rate: int = 8000) -> np.ndarray:
+    """A phone sending its keys as tones: ``voice`` Hz for 2 s (the bridge is up by then), then each key
+    (100 ms) with 0.5 s of that voice after it, then the voice for 8 s more."""
+    parts = [tone(voice, 2.0, rate)]
+    for digit in digits:
+        parts += [dtmf_tones(digit, rate, on=0.1, off=0.0, level=0.4), tone(voice, 0.5, rate)]
+    return np.concatenate([*parts, tone(voice, 8.0, rate)])
+
+
+@pytest.mark.parametrize("who", ["caller", "far party"])
+def test_keys_pressed_as_tones_reach_a_party_that_takes_events_as_one_event_each_in_order(
+    who: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One party's phone has no telephone-event and sends its keys as tones; the other's took
+    telephone-event and listens for events: it gets each key once, as an event, and not as tones."""
+    caller_tones = who == "caller"
+    pressing_hz = CALLER_HZ if caller_tones else FAR_HZ
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        await bridged(service, caller, far)
+        s = sides(caller, far, who)
+        assert await until(lambda: len(s.other.digit_events()) >= 3)
+        await asyncio.sleep(1.0)  # (nothing more comes: no key doubled)
+        assert s.other.digit_events() == ["1", "4", "7"]
+        assert keys_in(s.other.heard_audio()) == []  # the rest of each key's tones gave way to its event
+        assert hears(s.other, s.said)  # and the voice goes on after them
+        await hang_up(caller, far)
+
+    pressing = {"telephone_event": False, "audio": key_presses("147", pressing_hz), "freq": pressing_hz}
+    run(
+        body,
+        tmp_path,
+        monkeypatch,
+        caller=pressing if caller_tones else None,
+        far=None if caller_tones else pressing,
     )
 
 

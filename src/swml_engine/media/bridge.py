@@ -10,10 +10,16 @@ silence of its length, as on any call. Legs at different rates (8 kHz PCMU/PCMA,
 resampled on the way (:class:`StreamResampler`, adding its filter's fixed delay, under 1.5 ms).
 
 Digits cross too: a digit a party sent as an event (RFC 4733, a simulated key press) is sent on to
-the other party in order, one at a time. A digit heard as tones in a party's audio is not sent again:
-its tones already cross in the audio, and sending it as well would make the other party get it twice.
-While a digit goes out to a party (as tones to one that takes no events), that party does not hear
-the other's voice: the key replaces it, as on a phone, so a detector at the far end hears the tones alone.
+the other party in order, one at a time (as an event to a party that takes them, else as tones by its
+transport). While such a digit goes out, the party it goes to does not hear the other's voice: the key
+replaces it, as on a phone, so a detector at the far end hears the tones alone.
+A digit heard as tones in a party's audio is converted as needed: a party that takes events
+(:attr:`~swml_engine.transports.base.Transport.takes_dtmf_events`) is sent it as an event (one that
+listens for events only would miss it otherwise), and the event takes the place of the rest of the
+key's tones as above, so that party gets the key once: what crossed before the detector knew the key
+is less than the two whole frames (40 ms) a detector needs, the shortest key ITU-T Q.24 has a receiver
+accept. To a party that takes no events an in-band digit is not sent at all: its tones, crossing in the
+audio, are the digit, and a copy would be a second key press.
 The caller's digits still reach its own listeners first (a recording's terminators).
 
 Either call ending ends the bridge; what follows (the script goes on, the call ends) is the method's.
@@ -130,19 +136,23 @@ class _Side:
     # --- Link: digits -----------------------------------------------------------------------------------
 
     def pressed(self, digit: str, path: DtmfPath) -> None:
-        if path != "event" or not self.sends() or self.other is None:
+        other = self.other
+        if not self.sends() or other is None:
             return
+        if path == "inband" and not other.call.transport.takes_dtmf_events:
+            return  # its tones, crossing in the audio, are the digit: no second copy
         try:
             self._digits.put_nowait(digit)
         except asyncio.QueueFull:
             self.call.events.emit("warning", where="bridge", message=f"digit {digit} not sent across: too many pending")
             return
         if self._sender is None:
-            self._sender = self.call.loop.create_task(self._send_digits(self.other.call))
+            self._sender = self.call.loop.create_task(self._send_digits(other.call))
 
     async def _send_digits(self, to: Call) -> None:
         """In order, one at a time: two RFC 4733 events (or tones) must not overlap. While a digit goes
-        out, the other call hears only it: tones played over the bridged voice are missed by detectors."""
+        out, the other call hears only it: tones played over the bridged voice are missed by detectors,
+        and the rest of an in-band key's own tones would be a second copy of an event."""
         receiving = self.other
         assert receiving is not None
         while True:

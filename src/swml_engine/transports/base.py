@@ -22,7 +22,8 @@ from swml_engine.media.frame import Frame
 from swml_engine.vocabulary import EndReason, ReferState, RemoteEnd
 
 #: How a digit came from the party: ``event`` (RFC 4733, simulated key presses) or ``inband`` (tones
-#: heard in its audio). A bridge forwards only events: in-band tones already cross in the audio.
+#: heard in its audio). A bridge sends an in-band digit on only to a party that takes events
+#: (:attr:`Transport.takes_dtmf_events`): to any other its tones, crossing in the audio, are the digit.
 DtmfPath = Literal["event", "inband"]
 
 
@@ -92,6 +93,10 @@ class Transport(ABC):
     rate: int = 8000
     #: ``call.type`` in the call scope: sip, phone or webrtc.
     kind: str = "phone"
+    #: Whether the party takes digits as events (a SIP leg that negotiated RFC 4733 telephone-event; it
+    #: may change at a re-INVITE). A bridge sends such a party the other party's in-band digits as
+    #: events too; a party that takes none gets them only as the tones crossing in the audio.
+    takes_dtmf_events: bool = False
     call: CallSide | None = None
 
     def attach(self, call: CallSide) -> None:

@@ -245,6 +245,7 @@ _ITEM_WORDS = (
     "hangup",
     "dtmf",
     "rate",
+    "events",
 )
 #: The ``=`` that ends the destination: the first one followed by an item (a SIP URI's ``;p=v`` is not).
 _SPLIT = re.compile(r"=(?=(?:" + "|".join(re.escape(w) for w in _ITEM_WORDS) + r")(?:[@:,]|$))")
@@ -269,7 +270,7 @@ _REJECT_TEXT = {
 PEER_SYNTAX = (
     "DEST=ITEM[,ITEM...] with one outcome: answer[@T], busy[@T], no-answer, reject:CODE[@T] or "
     "unreachable[@T] (T seconds from the dial); and optionally ring@T, early:WAV, audio:WAV, "
-    "dtmf:T:DIGITS, hangup@T (T seconds from its answer) or hangup@end, rate:8000|16000"
+    "dtmf:T:DIGITS, hangup@T (T seconds from its answer) or hangup@end, rate:8000|16000, events"
 )
 
 
@@ -299,6 +300,10 @@ class PeerScript:
     hangup: float | Literal["end"] | None = None
     #: Its sample rate (16000: a G.722 far party); None: the caller's.
     rate: int | None = None
+    #: It takes digits as events (a SIP party that negotiated telephone-event): a caller's in-band
+    #: digits are sent to it as events too. Without it, as a party that takes none, those reach it only
+    #: as the tones in the caller's audio (key presses still cross: ``sent_digits``).
+    events: bool = False
 
     @property
     def ring_time(self) -> float | None:
@@ -366,6 +371,8 @@ def parse_peer(text: str) -> PeerScript:
                 raise ValueError(f"{item!r}: later than the {PEER_MAX_SECONDS:.0f} s a call may last")
         elif word == "rate" and arg in ("8000", "16000") and not at:
             peer = replace(peer, rate=int(arg))
+        elif word == "events" and not arg and not at:
+            peer = replace(peer, events=True)
         else:
             raise ValueError(f"{item!r} is not an item of {PEER_SYNTAX}")
     if outcome is None:
@@ -398,6 +405,7 @@ class SimulatedFarTransport(FarTransport):
         super().__init__(target)
         self.peer = peer
         self.rate = rate
+        self.takes_dtmf_events = peer.events
         self._audio = audio
         self._early = early
         self._heard = HeardWriter(heard, rate) if heard is not None else None

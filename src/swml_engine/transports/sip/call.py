@@ -198,7 +198,7 @@ class SipMedia:
 
     async def send_dtmf(self, digit: str, duration: float) -> None:
         call = self.owner.call
-        if self._inband is not None and call is not None:  # the peer takes no events: tones, in-band
+        if not self.owner.takes_dtmf_events and call is not None:  # the peer takes no events: tones, in-band
             await call.play_frames(dtmf_frames(digit, duration, call.rate))
             return
         await self.rtp.send_digit(digit, duration)
@@ -248,9 +248,12 @@ class SipMedia:
 
     def use(self, media: Media) -> None:
         """Media as negotiated (answer, ACK of a delayed offer, re-INVITE) flows from now on. Without
-        telephone-events, digits are listened for as tones in the peer's audio instead."""
+        telephone-events, digits are listened for as tones in the peer's audio instead (and sent as tones).
+        The owner says which (:attr:`Transport.takes_dtmf_events`): a bridge sends it the other party's
+        in-band digits as events when it takes them."""
         self.media = media
         self.rtp.configure(media)
+        self.owner.takes_dtmf_events = media.telephone_event is not None
         if media.telephone_event is not None:
             self._inband = None
         elif self._inband is None:
