@@ -215,6 +215,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         f"{TRUNK_USERNAME} and {TRUNK_PASSWORD}",
     )
     s.add_argument(
+        "--outbound-port",
+        type=number(1, 65535, integer=True),
+        metavar="PORT",
+        help="the port (UDP and TCP) the calls connect places go out from, e.g. for a firewall rule; with "
+        "--workers N, worker i uses PORT+i (default: the --sip port with one worker; with several, a port "
+        "the system picks for each worker)",
+    )
+    s.add_argument(
         "--rtp-timeout",
         type=number(0, 3600, " seconds"),
         default=60.0,
@@ -243,6 +251,13 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             raise ValueError(f"--script-url: {e}") from None
     if args.max_connections_per_address > args.max_connections:
         raise ValueError("--max-connections-per-address cannot be more than --max-connections")
+    outbound = None if args.outbound_port is None else int(args.outbound_port)
+    if outbound is not None:
+        last = outbound + int(args.workers) - 1
+        if last > 65535:
+            raise ValueError(f"--outbound-port {outbound}: with --workers {args.workers} it needs ports up to {last}")
+        if outbound <= args.sip[1] <= last:
+            raise ValueError(f"--outbound-port {outbound}: give ports apart from the --sip port {args.sip[1]}")
     trunk = None
     if args.trunk:
         trunk = parse_trunk(args.trunk, os.environ.get(TRUNK_USERNAME) or None, os.environ.get(TRUNK_PASSWORD) or None)
@@ -273,6 +288,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         stop_grace=args.stop_grace,
         trunk=trunk,
         rtp_timeout=args.rtp_timeout,
+        outbound_port=outbound,
     )
 
 
@@ -383,6 +399,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lo, hi = config.rtp_ports
             span = (hi - lo) // args.workers
             config.rtp_ports = (lo + worker * span, lo + (worker + 1) * span)
+            if config.outbound_port is not None:
+                config.outbound_port += worker  # each worker's calls go out from (and come back to) its own
             os._exit(run_worker(config, worker))
         children.append(pid)
     if args.workers > 1:

@@ -24,7 +24,7 @@ from typing import IO, Any
 from swml_engine import callbacks
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
-from swml_engine.connections import ConnectionLimits
+from swml_engine.connections import ConnectionGate, ConnectionLimits
 from swml_engine.document.loader import load_file
 from swml_engine.document.model import Document
 from swml_engine.document.remote import fetch_remote
@@ -114,6 +114,11 @@ class ServiceConfig:
     trunk: Trunk | None = None
     #: A leg whose far end sends no RTP for this long (not on hold) is taken for gone (0: never).
     rtp_timeout: float = 60.0
+    #: The port (UDP and TCP, on the SIP address) the calls connect places go out from: their answers
+    #: and the far ends' requests come back there. None: the SIP port itself, unless workers share it
+    #: (``reuse_port``: the kernel would hand a far end's answer to any of them), then a port the
+    #: system picks for this worker alone; 0: such a port in any case.
+    outbound_port: int | None = None
 
 
 class Service:
@@ -122,19 +127,21 @@ class Service:
         self.document: Document | None = None
         self.store = RecordingStore(config.data / "recordings")
         self.ua = UserAgent(Policy(user_agent=USER_AGENT))
-        self.endpoint = Endpoint(
-            self.ua,
-            config.sip,
-            on_event=self._on_sip_event,
-            reuse_port=config.reuse_port,
-            limits=config.connections,
-            advertise=config.advertise,
-        )
+        self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port)
+        #: Where the calls connect places go out from (docs/serve.md, "Calls the engine places"): the SIP
+        #: port's endpoint, or one of this worker's own that shares its policy and its TCP caps.
+        self.placing = self.endpoint
+        own = config.outbound_port
+        if own is None and config.reuse_port:
+            own = 0
+        if own is not None:
+            placing_ua = UserAgent(self.ua.policy)
+            self.placing = self._sip_endpoint(placing_ua, (config.sip[0], own), gate=self.endpoint.gate)
         #: Live SIP legs by SIP Call-ID (from the INVITE on, before their script runs too).
         self.legs: dict[str, SipCallTransport] = {}
         #: Places the far legs of connect for every call (they count towards --max-calls too).
         self.dialer = SipDialer(
-            self.endpoint,
+            self.placing,
             rtp_ports=config.rtp_ports,
             trunk=config.trunk,
             rtp_timeout=config.rtp_timeout or None,
@@ -150,6 +157,22 @@ class Service:
         self.api: ApiServer | None = None
         self.worker_url = ""
 
+    def _sip_endpoint(
+        self, ua: UserAgent, bind: tuple[str, int], *, reuse_port: bool = False, gate: ConnectionGate | None = None
+    ) -> Endpoint:
+        """An endpoint whose events come to :meth:`_on_sip_event` with it (a call that comes in on it is
+        answered through it); ``gate``: another endpoint's, so the TCP connection caps cover both ports."""
+        endpoint = Endpoint(
+            ua,
+            bind,
+            on_event=lambda event: self._on_sip_event(event, endpoint),
+            reuse_port=reuse_port,
+            limits=self.config.connections,
+            advertise=self.config.advertise,
+            gate=gate,
+        )
+        return endpoint
+
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -160,10 +183,19 @@ class Service:
         for rec in recover(cfg.data / "recordings"):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
         await self.endpoint.start()
+        if self.placing is not self.endpoint:
+            try:
+                await self.placing.start()
+            except OSError as e:
+                await self.endpoint.stop()
+                port = self.placing.bind[1]
+                raise OSError(e.errno, f"calls placed from port {port or 'any'}: {e.strerror or e}") from e
         if cfg.http is not None:
             await self._start_api(cfg.http)
         host, port = self.endpoint.local_addr
         log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
+        if self.placing is not self.endpoint:
+            log.info("calls connect places go out from port %s (UDP and TCP)", self.placing_port)
         if cfg.register is not None:
             self.registration = SipRegistration(self.endpoint, cfg.register, USER_AGENT)
             self.registration.start()
@@ -171,6 +203,11 @@ class Service:
     @property
     def sip_port(self) -> int:
         return int(self.endpoint.local_addr[1])
+
+    @property
+    def placing_port(self) -> int:
+        """The port this worker's calls go out from (the SIP port, or one of its own)."""
+        return int(self.placing.local_addr[1])
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, hang up the live ones (recordings are finalised), close the ports. Calls
@@ -190,6 +227,8 @@ class Service:
                     task.cancel()
                 await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
         await self.dialer.stop()  # far legs left get their CANCEL or BYE; every BYE its answer (bounded)
+        if self.placing is not self.endpoint:
+            await self.placing.stop()
         await self.endpoint.stop()
         if self.api is not None:
             await self.api.stop()
@@ -201,9 +240,9 @@ class Service:
 
     # --- SIP events -------------------------------------------------------------------------------
 
-    def _on_sip_event(self, event: SipEvent) -> None:
+    def _on_sip_event(self, event: SipEvent, endpoint: Endpoint) -> None:
         if isinstance(event, InviteReceived):
-            self._on_invite(event.call)
+            self._on_invite(event.call, endpoint)
             return
         if self.dialer.on_event(event):  # a call we placed (connect's far legs)
             return
@@ -242,15 +281,16 @@ class Service:
         call = leg.call if leg is not None else None
         return CallLog(log, call.call_id if call is not None else None, sip_call_id)
 
-    def _on_invite(self, sip: ServerCall) -> None:
+    def _on_invite(self, sip: ServerCall, endpoint: Endpoint) -> None:
+        """A new call, on the endpoint it came to (the SIP port's, or the port calls are placed from)."""
         sip_call_id = sip.call_id
-        now = self.endpoint.now
+        ua, now = endpoint.ua, endpoint.now
         existing = self.legs.get(sip_call_id)
         if existing is not None:
-            if existing.awaiting_credentials:
+            if existing.awaiting_credentials and existing.endpoint is endpoint:
                 existing.retry(sip)  # the INVITE again, answering our 401
             else:  # the same Call-ID again by another transport or path: the first one owns it
-                self.ua.reject(sip, 482, now)
+                ua.reject(sip, 482, now)
             return
         busy = self._overloaded()
         if busy:
@@ -259,7 +299,7 @@ class Service:
                 self._log(sip_call_id).warning(
                     "call %s refused 503: %s (%d refused so far)", sip_call_id, busy, self.refused
                 )
-            self.ua.reject(sip, 503, now, headers=(("Retry-After", str(self.ua.policy.retry_after)),))
+            ua.reject(sip, 503, now, headers=(("Retry-After", str(ua.policy.retry_after)),))
             return
         offer = None  # no body: a delayed offer, we offer in the 200 OK
         if sip.invite.body:
@@ -268,13 +308,13 @@ class Service:
                 negotiate(offer, [])  # at least one codec we speak, or 488 now
             except NotAcceptable as e:
                 self._log(sip_call_id).info("call %s rejected 488: %s", sip_call_id, e)
-                self.ua.reject(sip, 488, now)
+                ua.reject(sip, 488, now)
                 return
         # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
-        rtp_host = self.endpoint.local_addr[0]
+        rtp_host = endpoint.local_addr[0]
         sdp_host = sip.peer.local[0]
         transport = SipCallTransport(
-            self.endpoint, sip, offer, rtp_host, sdp_host, rtp_timeout=self.config.rtp_timeout or None
+            endpoint, sip, offer, rtp_host, sdp_host, rtp_timeout=self.config.rtp_timeout or None
         )
         self.legs[sip_call_id] = transport
         task = asyncio.get_running_loop().create_task(self._run(transport))

@@ -6,6 +6,9 @@ deadline, and hands the core's events to the application (``on_event``). Everyth
 user agent is the core's; what is here is what touches the operating system:
 
 - **UDP**: one socket (shared between ``--workers`` processes with SO_REUSEPORT); ICMP errors are logged.
+  A worker places its calls through an endpoint of its own on a port no other process has (server.py),
+  so the answers to them, and the far end's requests, come back to it and not to whichever worker the
+  kernel picks on the shared port.
 - **TCP** (RFC 3261 §18.3): each connection is admitted through a :class:`ConnectionGate` (a cap in total
   and per address, and a reserve of file descriptors for calls); its bytes are cut into messages by
   Content-Length (:class:`StreamFramer`), a message must be complete within ``header_timeout`` of its
@@ -44,6 +47,8 @@ READ_CHUNK = 16 * 1024
 CONNECT_TIMEOUT = 10.0
 #: Bind addresses that are no address a peer can use.
 WILDCARDS = ("0.0.0.0", "::", "")
+#: Ports the system picks (bind port 0) tried for UDP until TCP is free on the same one.
+BIND_TRIES = 20
 
 
 class FramingError(ValueError):
@@ -170,13 +175,15 @@ class Endpoint:
         reuse_port: bool = False,
         limits: ConnectionLimits | None = None,
         advertise: str | None = None,
+        gate: ConnectionGate | None = None,
     ) -> None:
         self.ua = ua
         self.bind = bind
         self.on_event = on_event
         self.reuse_port = reuse_port
         self.advertise = advertise
-        self.gate = ConnectionGate(limits or ConnectionLimits())
+        #: Admits TCP connections; ``gate`` shares another endpoint's, so its caps cover both ports.
+        self.gate = gate or ConnectionGate(limits or ConnectionLimits())
         self.local_addr: tuple[str, int] = bind
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -195,16 +202,27 @@ class Endpoint:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Bind UDP and TCP on one port: the one given, or (port 0) one the system picks for UDP that
+        TCP can have too (tried again with another when TCP's is taken). OSError when it cannot."""
         loop = self._loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=self.bind, reuse_port=self.reuse_port or None
-        )
-        self._udp = udp
-        host, port = udp.get_extra_info("sockname")[:2]
-        self.local_addr = (str(host), int(port))
-        self._tcp = await asyncio.start_server(
-            self._accept, host=self.local_addr[0], port=self.local_addr[1], reuse_port=self.reuse_port
-        )
+        tries = BIND_TRIES if self.bind[1] == 0 else 1
+        for attempt in range(1, tries + 1):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=self.bind, reuse_port=self.reuse_port or None
+            )
+            host, port = udp.get_extra_info("sockname")[:2]
+            try:
+                self._tcp = await asyncio.start_server(
+                    self._accept, host=str(host), port=int(port), reuse_port=self.reuse_port
+                )
+            except OSError:
+                udp.close()
+                if attempt == tries:
+                    raise
+                continue
+            self._udp = udp
+            self.local_addr = (str(host), int(port))
+            return
 
     async def stop(self) -> None:
         if self._timer is not None:
