@@ -231,7 +231,10 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
         assert len(got) >= 6 and regular(got), got
         to_far = far_heard(sniffer, far, far_codec)
         got = onsets(to_far, SUPPORTED[far_codec].rate, CALLER_TONE)
-        assert len(got) >= 5 and regular(got), got
+        # The caller's scenario ends with a key (RFC 4733): while it goes out to the far party, the key
+        # takes the place of the caller's voice for it (as on a phone), so the last pulse may start
+        # late; every pulse before it came in step.
+        assert len(got) >= 5 and regular(got[:-1]), got
 
 
 def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
