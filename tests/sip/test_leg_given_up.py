@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from swml_engine.service.server import Service
+from swml_engine.transports.sip.message import Request
+from swml_engine.transports.sip.outbound import CANCEL_GRACE
 
 from .far_party import FarParty, Step, running_service, until
 from .test_bridge_sip import Caller, events_of, finished_recording, the_call
@@ -105,5 +107,39 @@ def test_a_serial_dial_goes_on_at_once_past_a_destination_that_never_said_anythi
                 [second] = [e for e in of(events, "connect.leg", state="created") if e["to"] == answering.uri]
                 assert second["t"] - failed["t"] < 0.5
                 assert of(events, "connect.state", state="connected")
+
+    asyncio.run(main())
+
+
+class DeafToCancel(FarParty):
+    """A far end that rings, then takes no notice of a CANCEL (no 200, no 487): crashed, or cut off."""
+
+    def _on_request(self, request: Request, addr: tuple[str, int]) -> None:
+        if request.method != "CANCEL":
+            super()._on_request(request, addr)
+
+
+def test_a_caller_hanging_up_is_not_held_by_a_far_end_that_never_answers_the_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with DeafToCancel((Step(180),)) as party:
+            connect = f"{{to: '{party.uri}', timeout: 120}}"
+            async with running_service(tmp_path, monkeypatch, script(connect)) as service, Caller(service) as caller:
+                await caller.call()
+                assert await until(lambda: any(r.status == 180 for r in party.sent))
+                call = the_call(service)
+                assert await until(
+                    lambda: any(e.get("state") == "ringing" for e in of(events_of(tmp_path), "connect.leg"))
+                )
+                hung_up = call.now()
+                caller.request("BYE")
+                assert await until(lambda: not service.calls)
+                events = events_of(tmp_path)
+                [ended] = of(events, "call.state", state="ended")
+                assert ended["t"] - hung_up < CANCEL_GRACE + 1.5, (hung_up, ended)
+                [failed] = of(events, "connect.leg", state="failed")
+                assert failed["reason"] == "cancelled"
+                assert party.methods().count("CANCEL") >= 2  # sent, and sent again while unanswered
 
     asyncio.run(main())

@@ -67,6 +67,10 @@ MAX_DISPLAY_NAME = 128
 MAX_CALLER_ID = 128
 #: Longest far-end reason phrase passed on in a DialFailure (events, callbacks, variables).
 MAX_REASON = 200
+#: Seconds a leg given up waits for the far end's answer to its CANCEL (its 487) before it is over for the
+#: dial plan anyway: time for the CANCEL's retransmissions (0.5, 1, 2 s) on a lossy path. A far end that
+#: never answers does not hold the caller's call for RFC 3261's 32 s; the core still waits them out.
+CANCEL_GRACE = 4.0
 #: Characters a SIP URI's user part takes as they are (RFC 3261 §25.1: unreserved, user-unreserved);
 #: anything else in ``from`` is %-escaped.
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
@@ -244,6 +248,8 @@ class SipFarTransport(FarTransport):
         self.sip_media: SipMedia | None = None
         self.redirects = 0
         self._task: asyncio.Task[None] | None = None
+        #: Ends the wait for the answer to our CANCEL (CANCEL_GRACE).
+        self._grace: asyncio.TimerHandle | None = None
         self._log = CallLog(log, target.caller_call_id or None)
 
     # --- dialling -----------------------------------------------------------------------------------------
@@ -446,7 +452,17 @@ class SipFarTransport(FarTransport):
         if self.call is not None:
             self.call.on_remote_hangup("hangup")
 
+    def _cancel_unanswered(self) -> None:
+        """No final answer CANCEL_GRACE after our CANCEL: over for the dial plan (the core waits on)."""
+        self._grace = None
+        if self.phase is LegPhase.GIVING_UP:
+            self._log.info("far leg %s: no answer to our CANCEL in %g s", shown(self.target.to), CANCEL_GRACE)
+            self._failed(DialFailure("cancelled"))
+
     def _failed(self, failure: DialFailure) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if self.phase in (LegPhase.ENDED, LegPhase.CLOSED):
             return
         self.phase = LegPhase.ENDED
@@ -480,6 +496,8 @@ class SipFarTransport(FarTransport):
                 # 32 s. The core finishes that alone (the CANCEL at the first provisional, ACK and BYE for
                 # a 2xx, nothing after Timer B): the dial plan, and a caller who hung up, wait for none of it.
                 self._failed(DialFailure("cancelled"))
+            else:
+                self._grace = asyncio.get_running_loop().call_later(CANCEL_GRACE, self._cancel_unanswered)
         elif phase is LegPhase.ANSWERED and self.sip is not None:
             self.sip.bye(now, "hangup")
             self.dialer.endpoint.flush()
@@ -515,6 +533,8 @@ class SipFarTransport(FarTransport):
         self.phase = LegPhase.CLOSED
         if self._task is not None:
             self._task.cancel()
+        if self._grace is not None:
+            self._grace.cancel()
         if self.sip_media is not None:
             self.sip_media.close()
         self.dialer.closed(self)
