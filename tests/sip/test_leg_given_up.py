@@ -3,7 +3,9 @@ CANCEL until one comes) on `swml serve`, end to end on loopback: our own caller 
 script connects it to our own far party that stays silent. What is checked is what a user would: the
 caller who hangs up then is done with at once (its BYE answered, its events ended, its recording
 finalised), and the far leg still ends properly on the wire when the far end speaks up later — a CANCEL
-after its ringing, an ACK and a BYE after its late answer. The service runs in the test's event loop."""
+after its ringing, an ACK and a BYE after its late answer; a serial dial goes on at once past such a far
+end; and a far end that rang but never answers our CANCEL holds nobody for long either. The service runs
+in the test's event loop."""
 
 from __future__ import annotations
 
