@@ -340,6 +340,22 @@ def test_options_names_what_we_take_and_503_while_refusing_calls() -> None:
     assert run.responses()[-1].headers.get("retry-after") == "5"
 
 
+def test_options_gets_503_while_the_application_is_busy_and_200_again_after() -> None:
+    run, caller = Run(), Caller()
+    busy: list[str] = []
+    run.ua.policy.busy = lambda: busy[0] if busy else None
+    run.feed(caller.request("OPTIONS")[0], caller.peer)
+    busy.append("1 calls, the --max-calls limit")
+    run.feed(caller.request("OPTIONS", cseq=2)[0], caller.peer)
+    caller.call_id = "call-2"
+    run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)  # the application's to refuse
+    assert isinstance(run.events[-1], InviteReceived)
+    busy.clear()
+    caller.call_id = "call-3"
+    run.feed(caller.request("OPTIONS")[0], caller.peer)
+    assert [s for s in run.statuses() if s != 100] == [200, 503, 200]
+
+
 @pytest.mark.parametrize(
     ("mutate", "status"),
     [

@@ -126,7 +126,8 @@ class Service:
         self.config = config
         self.document: Document | None = None
         self.store = RecordingStore(config.data / "recordings")
-        self.ua = UserAgent(Policy(user_agent=USER_AGENT))
+        # OPTIONS probes get 503 whenever a new call would (over --max-calls, media late, stopping).
+        self.ua = UserAgent(Policy(user_agent=USER_AGENT, busy=self._overloaded))
         self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port)
         #: Where the calls connect places go out from (docs/serve.md, "Calls the engine places"): the SIP
         #: port's endpoint, or one of this worker's own that shares its policy and its TCP caps.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -230,10 +230,14 @@ class ServerCall:
 # --- what the core is told to do -------------------------------------------------------------------------
 
 
+def _never_busy() -> str | None:
+    return None
+
+
 @dataclass
 class Policy:
     """What this user agent serves: the methods (Allow), the option tags a Require may name, whether it
-    takes new calls now (not while draining or overloaded: INVITE and OPTIONS get 503), and its name."""
+    takes new calls now (not while draining: INVITE and OPTIONS get 503), and its name."""
 
     allowed: frozenset[str] = ALLOW
     supported: frozenset[str] = SUPPORTED
@@ -241,6 +245,11 @@ class Policy:
     user_agent: str = "swml-engine"
     #: Seconds a refused caller is told to wait (Retry-After on 503).
     retry_after: int = 5
+    #: Why the application would refuse a new call now (over its call limit, its media running late),
+    #: or None. OPTIONS probes get 503 meanwhile, so a dispatcher marks this node down before it sends
+    #: an INVITE that would fail; the INVITEs themselves are the application's to refuse (it counts
+    #: and logs them).
+    busy: Callable[[], str | None] = _never_busy
 
 
 class ClientOwner(Protocol):
@@ -468,8 +477,14 @@ class UserAgent:
         self._respond(call, tx, request, 100, now)  # at once: the caller stops retransmitting
         self._event(InviteReceived(call))
 
-    def _options(self, request: Request, peer: Peer, now: float) -> None:
+    def refusing(self) -> str | None:
+        """Why a new call would get 503 now (an OPTIONS probe gets it then), None while calls are taken."""
         if not self.policy.accepting:
+            return "not accepting calls"
+        return self.policy.busy()
+
+    def _options(self, request: Request, peer: Peer, now: float) -> None:
+        if self.refusing() is not None:
             self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
             return
         self._refuse(request, peer, now, 200, headers=self._capabilities())
