@@ -4,8 +4,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# espeak-ng: say: TTS; ffmpeg: ffprobe in tests; sip-tester (sipp) and baresip: SIP interop peers.
-SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip
+# espeak-ng: say: TTS; ffmpeg: ffprobe in tests; sip-tester (sipp) and baresip: SIP interop peers;
+# kamailio (its dispatcher module included) in front of two nodes in tests/deploy/ (docs/deploy.md);
+# postgresql: the shared index (--index postgresql://) its tests start. The S3 server is moto, from PyPI.
+SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql
 DEMO_OUT := demo-out
 
 .PHONY: demo test system lint unit bench clean
