@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import random
 import socket
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
@@ -141,6 +142,50 @@ class RtpStats:
         return 50.0
 
 
+@dataclass
+class RtpFigures:
+    """What the RTP streams of a process did, added up (``/metrics`` reads it)."""
+
+    received: int = 0
+    sent: int = 0
+    late: int = 0  # packets that came after their audio was played out
+    concealed: int = 0  # 20 ms frames with no audio in time (packets lost or late), played as silence
+
+    def add(self, stats: RtpStats) -> None:
+        self.received += stats.received
+        self.sent += stats.sent
+        self.late += stats.jitter.late
+        self.concealed += stats.jitter.concealed_frames
+
+
+class RtpTally:
+    """Every RTP stream of the process: the figures of those closed, kept as they close, and of those
+    open, read from their own counters when asked. Nothing is done per packet (the streams count anyway);
+    a stream dropped without being closed leaves the tally with it (weakly held)."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[RtpStream] = weakref.WeakSet()
+        self._closed = RtpFigures()
+
+    def opened(self, stream: RtpStream) -> None:
+        self._open.add(stream)
+
+    def closed(self, stream: RtpStream) -> None:
+        if stream in self._open:  # (a stream may be closed twice: counted once)
+            self._open.discard(stream)
+            self._closed.add(stream.stats)
+
+    def figures(self) -> RtpFigures:
+        total = RtpFigures(**vars(self._closed))
+        for stream in list(self._open):
+            total.add(stream.stats)
+        return total
+
+
+#: The process's RTP streams (each worker of ``swml serve`` is a process of its own).
+TALLY = RtpTally()
+
+
 def convert_rate(samples: Samples, from_rate: int, to_rate: int) -> Samples:
     """8 kHz ↔ 16 kHz for a call whose codec changed rate mid-call (rare): pairwise mean / linear fill."""
     if from_rate == to_rate:
@@ -180,6 +225,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self.call_rate = call_rate
         self.on_digit = on_digit
         self.stats = RtpStats()
+        TALLY.opened(self)
         self.media: Media | None = None
         self.codec: Codec | None = None
         self.local: tuple[str, int] = ("0.0.0.0", 0)
@@ -248,6 +294,7 @@ class RtpStream(asyncio.DatagramProtocol):
         log.debug("RTP socket error on %s: %s", self.local, exc)
 
     def close(self) -> None:
+        TALLY.closed(self)
         self._stop_pacer()
         if self._resolver is not None:
             self._resolver.cancel()

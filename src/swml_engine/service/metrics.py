@@ -1,0 +1,322 @@
+"""``/metrics``: the service's figures in Prometheus's text format (prometheus-client).
+
+Where the figures come from, so that no call pays for them beyond an integer add:
+
+* the figures the parts already keep, read by :meth:`ServiceMetrics.sample` once a second and just
+  before a scrape: live calls, far legs and recordings (from the service's tables), SIP messages by
+  method and status (each UserAgent's :class:`~swml_engine.transports.sip.counts.MessageCounts`), RTP
+  packets received, sent and late and frames lost (every stream's own counters:
+  :data:`~swml_engine.transports.sip.rtpstream.TALLY`), calls refused;
+* a call's events, through one sink per call (:meth:`ServiceMetrics.call_sink`): a call's end and its
+  reason, a recording's end, state and size, each status callback attempt — a few per call;
+* the media ticker's lateness, once per tick of each loop (:attr:`MediaTicker.on_lateness`);
+* the uploader's queue, uploads and failures (:class:`UploadFigures`, called by the uploader).
+
+With ``--workers N`` the scrape lands on any worker, and must show the whole service: prometheus-client's
+multiprocess mode, one directory (``DIR/metrics``, emptied by the parent at start, before the workers
+fork; :func:`use_directory`) where each process keeps its values in memory-mapped files, and the
+scrape adds every file up. Chosen over asking each worker on its private port: a worker that is busy
+or stuck cannot slow or fail the scrape (nothing is asked of it), and the counters of a worker that
+died (``kill -9``, restarted by the parent) stay in the sums, so the service's counters never go
+backwards — Prometheus would take a drop for a reset and count everything again. Gauges are per live
+process (``livesum``): the files of a process that is gone are removed at the next scrape. The price:
+another worker's figures are as of its last sample (at most a second old).
+
+What a scrape costs is bounded whoever sends it: it is rendered at most once per :data:`RENDER_EVERY`
+(later scrapes get the same bytes), from a bounded set of labels (SIP methods outside the known ones
+count as ``other``) and of files (per process, per kind of metric).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from swml_engine.media.clock import MediaTicker
+from swml_engine.transports.sip.counts import MessageCounts
+from swml_engine.transports.sip.rtpstream import RtpFigures
+
+log = logging.getLogger(__name__)
+
+#: prometheus-client reads its multiprocess directory from this variable.
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+#: A scrape is rendered at most this often (seconds); scrapes in between get the last rendering.
+RENDER_EVERY = 1.0
+#: How often each worker writes the figures it reads (seconds).
+SAMPLE_EVERY = 1.0
+#: Upper bounds (seconds) of the media tick lateness histogram: 20 ms is one frame late, 200 ms is where
+#: ticks are skipped (MediaTicker.MAX_LATE).
+LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: The recording states a recording ends in (its final ``record.state``).
+FINAL_RECORDING_STATES = frozenset({"finished", "no_input", "error"})
+#: Every metric's name starts so.
+PREFIX = "swml_"
+
+_PID_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+#: Set by :func:`use_directory` in the parent before the workers fork (they inherit it).
+_directory: Path | None = None
+
+
+def use_directory(path: Path) -> None:
+    """Keep the figures of every process in ``path`` (``--workers N``): emptied now (the figures of a
+    previous run are not this run's), before any metric exists and before the workers fork."""
+    global _directory
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    os.environ[MULTIPROC_VARIABLE] = str(path)
+    # prometheus-client picks its value class from the variable when it is imported, which has
+    # happened by now: pick again, as it would have.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    _directory = path
+
+
+def shared_directory() -> Path | None:
+    """The multiprocess directory, or None when this process is the whole service."""
+    return _directory
+
+
+@dataclass
+class Snapshot:
+    """What the service's tables say now (see :meth:`ServiceMetrics.sample`)."""
+
+    calls: int = 0
+    far_legs: int = 0
+    refused: int = 0
+    #: The state of each live recording (recording, paused).
+    recording_states: Iterable[str] = ()
+    #: Each SIP endpoint's message counts.
+    sip: Iterable[MessageCounts] = ()
+    rtp: RtpFigures = field(default_factory=RtpFigures)
+
+
+class UploadFigures:
+    """What the uploader (``--storage``) reports: the queue's length as it changes, each upload done
+    (with its size) and each failed attempt."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self._queue = Gauge(
+            PREFIX + "upload_queue",
+            "Finished recordings waiting in the spool to be uploaded",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._done = Counter(PREFIX + "uploads", "Recordings uploaded and confirmed", registry=registry)
+        self._bytes = Counter(PREFIX + "upload_bytes", "Bytes of recordings uploaded and confirmed", registry=registry)
+        self._failed = Counter(
+            PREFIX + "upload_failures", "Upload attempts that failed (each is retried)", registry=registry
+        )
+
+    def queue(self, length: int) -> None:
+        self._queue.set(length)
+
+    def uploaded(self, size: int) -> None:
+        self._done.inc()
+        self._bytes.inc(max(0, size))
+
+    def failed(self) -> None:
+        self._failed.inc()
+
+
+class ServiceMetrics:
+    """One service's (one worker's) metrics; see the module docstring."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = shared_directory()
+        # Single process: a registry of our own (tests run several services in one process). Several:
+        # the values go to the directory's files, whatever the registry.
+        registry = CollectorRegistry(auto_describe=True)
+        self._registry = registry
+        self._clock = clock
+        self._rendered: tuple[float, bytes] | None = None
+        self._pushed: dict[tuple[Any, ...], float] = {}
+        self._snapshot: Callable[[], Snapshot] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        gauge, counter = self._gauge, self._counter
+        self.calls_live = gauge("calls_live", "Calls in progress")
+        self.far_legs_live = gauge("far_legs_live", "Legs that connect placed, in progress")
+        self.calls = counter("calls", "Calls ended, by end reason", "end_reason")
+        self.refused = counter("calls_refused", "Calls refused 503 (--max-calls, media running late)")
+        self.recordings_live = gauge("recordings_live", "Live recordings, by state", "state")
+        self.recordings = counter("recordings", "Recordings ended, by final state", "state")
+        self.recording_bytes = counter("recording_bytes", "Bytes of the recordings ended (their files' sizes)")
+        self.uploads = UploadFigures(registry)
+        self.callbacks = counter("status_callbacks_delivered", "Status callbacks delivered")
+        self.callback_failures = counter(
+            "status_callback_failures",
+            "Status callback attempts that failed (error, timeout, non-2xx; retried) or were given up",
+        )
+        self.rtp_received = counter("rtp_packets_received", "RTP packets received")
+        self.rtp_sent = counter("rtp_packets_sent", "RTP packets sent")
+        self.rtp_late = counter("rtp_packets_late", "RTP packets that came after their audio was played (dropped)")
+        self.rtp_lost = counter(
+            "rtp_frames_lost",
+            "20 ms frames with no audio in time from the peer (packets lost or late), played and recorded as silence",
+        )
+        self.tick_lateness = Histogram(
+            PREFIX + "media_tick_lateness_seconds",
+            "How late each 20 ms media tick ran",
+            buckets=LATENESS_BUCKETS,
+            registry=registry,
+        )
+        self.sip_requests = counter("sip_requests", "SIP requests, by direction and method", "direction", "method")
+        self.sip_responses = counter(
+            "sip_responses", "SIP responses, by direction and status code", "direction", "code"
+        )
+
+    def _gauge(self, name: str, help: str, *labels: str) -> Gauge:
+        """A gauge of this process's while it lives (with workers: summed over the live ones)."""
+        return Gauge(PREFIX + name, help, labels, registry=self._registry, multiprocess_mode="livesum")
+
+    def _counter(self, name: str, help: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, help, labels, registry=self._registry)
+
+    # --- what the service calls ----------------------------------------------------------------------
+
+    def start(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Observe the media ticks of this process; with other workers beside it, write ``snapshot()``
+        every SAMPLE_EVERY (a scrape on another worker reads the files)."""
+        self._snapshot = snapshot
+        MediaTicker.on_lateness = self.tick_lateness.observe
+        if self.directory is not None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_often())
+
+    async def stop(self) -> None:
+        """The last figures written (a stopping worker's calls end just before), the ticks let go."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+        if self._snapshot is not None:
+            self.sample(self._snapshot())
+        if MediaTicker.on_lateness == self.tick_lateness.observe:
+            MediaTicker.on_lateness = None
+
+    async def _sample_often(self) -> None:
+        while self._snapshot is not None:
+            await asyncio.sleep(SAMPLE_EVERY)
+            try:
+                self.sample(self._snapshot())
+            except Exception:  # a figure that cannot be read must not end the sampling
+                log.exception("metrics: sampling failed")
+
+    def call_sink(self) -> Callable[[Mapping[str, Any]], None]:
+        """An event sink for one call: its end, its recordings' ends, its status callbacks."""
+
+        def on_event(event: Mapping[str, Any]) -> None:
+            kind = event.get("type")
+            if kind == "call.state" and event.get("state") == "ended":
+                self.calls.labels(str(event.get("reason") or "unknown")).inc()
+            elif kind == "record.state" and event.get("state") in FINAL_RECORDING_STATES:
+                self.recordings.labels(str(event["state"])).inc()
+                size = event.get("size")
+                if isinstance(size, int) and size > 0:
+                    self.recording_bytes.inc(size)
+            elif kind == "callback":
+                (self.callbacks if event.get("delivered") else self.callback_failures).inc()
+
+        return on_event
+
+    def sample(self, now: Snapshot) -> None:
+        """Write what the service's tables and counters say now (gauges set, counters moved on)."""
+        self.calls_live.set(now.calls)
+        self.far_legs_live.set(now.far_legs)
+        states: dict[str, int] = {"recording": 0, "paused": 0}
+        for state in now.recording_states:
+            states[state] = states.get(state, 0) + 1
+        for state, count in states.items():
+            self.recordings_live.labels(state).set(count)
+        self._advance(self.refused, (), now.refused)
+        rtp = now.rtp
+        for counter, value in (
+            (self.rtp_received, rtp.received),
+            (self.rtp_sent, rtp.sent),
+            (self.rtp_late, rtp.late),
+            (self.rtp_lost, rtp.concealed),
+        ):
+            self._advance(counter, (), value)
+        requests_in: dict[str, int] = {}
+        requests_out: dict[str, int] = {}
+        responses_in: dict[int, int] = {}
+        responses_out: dict[int, int] = {}
+        for counts in now.sip:
+            for mine, theirs in (
+                (requests_in, counts.requests_in),
+                (requests_out, counts.requests_out),
+            ):
+                for method, n in theirs.items():
+                    mine[method] = mine.get(method, 0) + n
+            for codes, seen in ((responses_in, counts.responses_in), (responses_out, counts.responses_out)):
+                for code, n in seen.items():
+                    codes[code] = codes.get(code, 0) + n
+        for direction, methods in (("in", requests_in), ("out", requests_out)):
+            for method, n in methods.items():
+                self._advance(self.sip_requests, (direction, method), n)
+        for direction, statuses in (("in", responses_in), ("out", responses_out)):
+            for code, n in statuses.items():
+                self._advance(self.sip_responses, (direction, str(code)), n)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text a scrape gets, and its content type: rendered at most once per RENDER_EVERY."""
+        at = self._clock()
+        if self._rendered is not None and at - self._rendered[0] < RENDER_EVERY:
+            return self._rendered[1], CONTENT_TYPE_LATEST
+        if self._snapshot is not None:
+            self.sample(self._snapshot())
+        if self.directory is None:
+            text = generate_latest(self._registry)
+        else:
+            _forget_dead(self.directory)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+            text = generate_latest(registry)
+        self._rendered = (at, text)
+        return text, CONTENT_TYPE_LATEST
+
+    # --- inside ----------------------------------------------------------------------------------------
+
+    def _advance(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        """Move ``counter`` on to ``total`` (a figure that only grows, read from its keeper)."""
+        key = (counter, labels)
+        done = self._pushed.get(key, 0.0)
+        if total > done:
+            (counter.labels(*labels) if labels else counter).inc(total - done)
+            self._pushed[key] = total
+
+
+def _forget_dead(directory: Path) -> None:
+    """Remove the live-gauge files of processes that are gone (a worker killed and restarted): what a
+    dead worker had live is not live. Its counters' files stay: they are part of the service's totals."""
+    for path in directory.glob("gauge_live*.db"):
+        match = _PID_FILE.match(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, another user's (not ours, but not dead either)
+            pass

@@ -1,0 +1,103 @@
+"""service/metrics.py without a service: what a scrape shows for given figures and events, the bounds on
+what a peer can make it grow, and the rendering cache (a fake clock)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from swml_engine.media.clock import MediaTicker
+from swml_engine.service.metrics import ServiceMetrics, Snapshot
+from swml_engine.transports.sip.counts import MessageCounts
+from swml_engine.transports.sip.message import parse_message
+from swml_engine.transports.sip.rtpstream import RtpFigures
+
+
+def scraped(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text, kind = metrics.exposition()
+    assert kind.startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def request(method: str) -> bytes:
+    return (
+        f"{method} sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+        "From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: x\r\nCSeq: 1 "
+        f"{method}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_scrape_shows_the_figures_sampled_and_the_events_seen() -> None:
+    clock = Clock()
+    metrics = ServiceMetrics(clock=clock)
+    sip = MessageCounts()
+    for method in ("INVITE", "INVITE", "BYE", "FROB", "WHATEVER"):
+        message = parse_message(request(method))
+        sip.received(message)
+    sip.sent(
+        parse_message(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\n\r\n"
+        )
+    )
+    figures = Snapshot(
+        calls=2, far_legs=1, refused=3, recording_states=["recording", "paused", "recording"], sip=[sip],
+        rtp=RtpFigures(received=500, sent=490, late=2, concealed=7),
+    )  # fmt: skip
+    metrics.start(lambda: figures)
+    MediaTicker.on_lateness = None  # (this test runs no calls)
+    sink = metrics.call_sink()
+    sink({"type": "record.state", "state": "recording", "size": 0})
+    sink({"type": "record.state", "state": "finished", "size": 16044})
+    sink({"type": "callback", "delivered": False})
+    sink({"type": "callback", "delivered": True})
+    sink({"type": "call.state", "state": "ended", "reason": "remote_hangup"})
+    seen = scraped(metrics)
+    assert seen[("swml_calls_live", ())] == 2
+    assert seen[("swml_far_legs_live", ())] == 1
+    assert seen[("swml_calls_refused_total", ())] == 3
+    assert seen[("swml_calls_total", (("end_reason", "remote_hangup"),))] == 1
+    assert seen[("swml_recordings_live", (("state", "recording"),))] == 2
+    assert seen[("swml_recordings_live", (("state", "paused"),))] == 1
+    assert seen[("swml_recordings_total", (("state", "finished"),))] == 1
+    assert seen[("swml_recording_bytes_total", ())] == 16044
+    assert seen[("swml_status_callbacks_delivered_total", ())] == 1
+    assert seen[("swml_status_callback_failures_total", ())] == 1
+    assert seen[("swml_rtp_packets_received_total", ())] == 500
+    assert seen[("swml_rtp_frames_lost_total", ())] == 7
+    assert seen[("swml_sip_requests_total", (("direction", "in"), ("method", "INVITE")))] == 2
+    # Methods a peer makes up share one label: a flood of them cannot grow the scrape.
+    assert seen[("swml_sip_requests_total", (("direction", "in"), ("method", "other")))] == 2
+    assert seen[("swml_sip_responses_total", (("code", "200"), ("direction", "out")))] == 1
+
+    # Counters move on by what the keepers counted since; a scrape within RENDER_EVERY gets the same text.
+    sip.received(parse_message(request("INVITE")))
+    figures.rtp = RtpFigures(received=800, sent=790, late=2, concealed=7)
+    clock.now = 0.5
+    assert scraped(metrics)[("swml_rtp_packets_received_total", ())] == 500
+    clock.now = 1.5
+    seen = scraped(metrics)
+    assert seen[("swml_rtp_packets_received_total", ())] == 800
+    assert seen[("swml_sip_requests_total", (("direction", "in"), ("method", "INVITE")))] == 3
+
+
+def test_the_media_tick_lateness_is_a_histogram() -> None:
+    metrics = ServiceMetrics()
+    for late in (0.0005, 0.004, 0.03, 0.3):
+        metrics.tick_lateness.observe(late)
+    seen = scraped(metrics)
+    bucket = "swml_media_tick_lateness_seconds_bucket"
+    assert seen[(bucket, (("le", "0.001"),))] == 1
+    assert seen[(bucket, (("le", "0.005"),))] == 2
+    assert seen[(bucket, (("le", "0.05"),))] == 3
+    assert seen[(bucket, (("le", "+Inf"),))] == 4
