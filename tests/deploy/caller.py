@@ -123,6 +123,13 @@ class ProxiedCall:
                 return answers[0]
         return 0
 
+    def wait_bye(self, timeout: float = PATIENCE) -> bool:
+        """Until the node's BYE has come (and been answered)."""
+        deadline = time.monotonic() + timeout
+        while not self.bye_received and time.monotonic() < deadline:
+            self._receive(0.1)
+        return self.bye_received
+
     def close(self) -> None:
         self.sock.close()
         self.rtp.close()

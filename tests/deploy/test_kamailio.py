@@ -88,6 +88,15 @@ class Cluster:
         assert call.invite() == 200, call.messages
         return call
 
+    def brief_calls(self, count: int) -> list[ProxiedCall]:
+        """``count`` calls the nodes hang up after 1 s, each placed once the one before is answered;
+        returned once every node's BYE has come through Kamailio (answered 200)."""
+        calls = [self.call("brief") for _ in range(count)]
+        for c in calls:
+            assert c.wait_bye(), c.messages
+            c.close()
+        return calls
+
 
 def start_node(tmp_path: Path, script: Path, host: str) -> Node:
     http = f"{host}:{free_port()}"
@@ -136,19 +145,55 @@ def assert_served(node: Node, recordings: dict[str, dict[str, Any]]) -> None:
 
 def test_calls_spread_over_both_nodes_and_every_recording_is_served(cluster: Cluster) -> None:
     before = {n.sip: len(n.recordings_on_disk()) for n in cluster.nodes}
-    calls = [cluster.call("brief"), cluster.call("brief"), cluster.call(), cluster.call()]
-    # round robin: each node took two of the four
-    assert sorted(c.node for c in calls) == sorted(n.sip for n in cluster.nodes for _ in range(2))
-    # the node's BYE reached the caller through Kamailio (the route set of the 200 OK) ...
-    for c in calls[:2]:
-        assert wait_for(lambda c=c: (c._receive(0.1), c.bye_received)[1]), c.messages
-    # ... and the caller's BYE reached the node the same way
-    for c in calls[2:]:
+    # the node's BYE reaches the caller through Kamailio (the route set of the 200 OK) ...
+    calls = cluster.brief_calls(2)
+    # ... and the caller's BYE reaches the node the same way
+    for c in (cluster.call(), cluster.call()):
         assert c.hang_up() == 200, c.messages
         c.close()
+        calls.append(c)
+    # round robin: each node took two of the four
+    assert sorted(c.node for c in calls) == sorted(n.sip for n in cluster.nodes for _ in range(2))
     for node in cluster.nodes:
         recordings = finished(node, before[node.sip] + 2)
         assert sum(m.get("state") == "finished" for m in recordings.values()) >= before[node.sip] + 2
         assert_served(node, recordings)
-    for c in calls[:2]:
-        c.close()
+
+
+def test_a_node_killed_loses_nothing_finished_its_calls_go_elsewhere_and_it_comes_back(cluster: Cluster) -> None:
+    # a finished call on each node, then a call left up on one of them
+    cluster.brief_calls(2)
+    live = cluster.call()
+    victim = cluster.node(live.node)
+    survivor = next(n for n in cluster.nodes if n is not victim)
+    assert wait_for(lambda: any(m.get("state") == "recording" for m in victim.recordings_on_disk().values()))
+    kept = {rid: hashlib.sha256(victim.audio(m)).hexdigest() for rid, m in victim.recordings_on_disk().items()}
+    unfinished = [rid for rid, m in victim.recordings_on_disk().items() if m.get("state") == "recording"]
+    assert len(unfinished) == 1 and len(kept) >= 2
+
+    assert victim.engine.proc is not None
+    victim.engine.proc.kill()
+    victim.engine.proc.wait()
+    live.close()
+
+    # new calls reach the survivor within 5 s each: the first may be sent to the dead node, and Kamailio
+    # moves it on when no answer comes (FAILOVER_MS); its probes then take the dead node out
+    after_kill = cluster.brief_calls(3)
+    assert [c.node for c in after_kill] == [survivor.sip] * 3
+    assert max(c.answered_after or 0 for c in after_kill) < FAILOVER_DEADLINE, [c.answered_after for c in after_kill]
+
+    # back with the same data directory: the unfinished recording is repaired, the finished ones untouched
+    victim.engine.start()
+    recordings = victim.recordings_on_disk()
+    assert recordings[unfinished[0]]["state"] == "finished"
+    assert recordings[unfinished[0]]["end_reason"] == "recovered"
+    for rid, digest in kept.items():
+        if rid not in unfinished:
+            assert hashlib.sha256(victim.audio(recordings[rid])).hexdigest() == digest, rid
+    assert_served(victim, recordings)
+
+    # Kamailio's next probe finds it answering again, and calls reach it once more
+    def reaches_victim() -> bool:
+        return cluster.brief_calls(1)[0].node == victim.sip
+
+    assert wait_for(reaches_victim, PATIENCE), "no call reached the restarted node"
