@@ -7,7 +7,7 @@ import io
 import logging
 from pathlib import Path
 
-from swml_engine.logs import CallIdFilter, CallLog
+from swml_engine.logs import MAX_VALUE_CHARS, CallIdFilter, CallLog, JsonFormatter
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "swml_engine"
 
@@ -88,3 +88,35 @@ def test_loggers_are_named_by_module() -> None:
     assert not by_hand, f"use logging.getLogger(__name__): {sorted(by_hand)}"
     done = {path for path in PENDING if not named.get(path)}
     assert not done, f"named by module now: remove from PENDING: {sorted(done)}"
+
+
+def test_json_lines_parse_and_carry_the_call_ids_and_the_fields_given() -> None:
+    import json
+
+    logger = logging.getLogger("tests.test_logs.json")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(CallIdFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        CallLog(logger, "c-1", "abc@10.0.0.1").info("call %s ended after %.1f s: %s", "c-1", 2.0, "remote_hangup")
+        logger.warning('two\nlines and "quotes"', extra={"peer": ("10.0.0.1", 5060), "huge": "x" * 5000})
+        try:
+            raise ValueError("broken")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 3  # a message with a newline stays on its line
+    call, plain, failed = lines
+    assert call["call_id"] == "c-1" and call["sip_call_id"] == "abc@10.0.0.1"
+    assert call["message"] == "call c-1 ended after 2.0 s: remote_hangup"
+    assert call["level"] == "INFO" and call["logger"] == "tests.test_logs.json"
+    assert call["time"].endswith("Z") and isinstance(call["pid"], int) and call["worker"] == 0
+    assert plain["call_id"] is None and plain["message"] == 'two\nlines and "quotes"'
+    assert plain["peer"] == "('10.0.0.1', 5060)" and len(plain["huge"]) == MAX_VALUE_CHARS + 1
+    assert "ValueError: broken" in failed["exception"]

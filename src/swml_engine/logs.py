@@ -5,12 +5,15 @@ operator filters by package: ``swml_engine.service``, ``swml_engine.transports.s
 one call goes through :class:`CallLog`, which puts the call's ids on the record as attributes
 (``call_id``, the engine's id: the events file, the HTTP API; ``sip_call_id`` when the call came over
 SIP) and leaves the message text as it is. :class:`CallIdFilter` gives every other record ``"-"`` for
-both, so a handler's format may show ``%(call_id)s`` on every line.
+both, so a handler's format may show ``%(call_id)s`` on every line. :class:`JsonFormatter` writes each
+record as one JSON object a line (``swml serve --log-format json``) for a log collector.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -40,3 +43,52 @@ class CallIdFilter(logging.Filter):
             if not hasattr(record, name):
                 setattr(record, name, "-")
         return True
+
+
+#: The attributes every LogRecord has: anything else on a record came with ``extra=`` (or a CallLog).
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", *CALL_FIELDS}
+#: Bounds on what one line carries from ``extra``: fields, and characters of each value.
+MAX_EXTRA_FIELDS, MAX_VALUE_CHARS = 20, 1000
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``worker`` (which
+    of ``--workers``), ``pid``, ``call_id`` and ``sip_call_id`` (null for a line about no call),
+    ``logger``, ``message`` (the text line's message, as it reads there), ``exception`` (a traceback,
+    when there is one), and the fields a line was given with ``extra=``, bounded in number and length.
+    A line never breaks: a value JSON cannot hold is written as its text."""
+
+    #: The worker this process is (set once per process at start: the formatter is made before the fork).
+    worker = 0
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = int(record.created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(record.msecs):03d}Z"
+        line: dict[str, object] = {
+            "time": stamp,
+            "level": record.levelname,
+            "worker": self.worker,
+            "pid": record.process,
+            "call_id": _id(getattr(record, "call_id", None)),
+            "sip_call_id": _id(getattr(record, "sip_call_id", None)),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        extra = [(k, v) for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")]
+        for name, value in extra[:MAX_EXTRA_FIELDS]:
+            if name not in line:
+                line[name] = _bounded(value)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def _id(value: object) -> str | None:
+    return None if value in (None, "-") else str(value)
+
+
+def _bounded(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
