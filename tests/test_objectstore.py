@@ -1,0 +1,105 @@
+"""recording/objectstore.py against a real S3-speaking server (moto, its own process): --storage values
+and the environment checked at start, a multipart upload of a long file, ranged reads, deletes, and the
+metadata documents an index is rebuilt from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from s3_server import S3Server, s3_server_fixture, sha256  # noqa: F401  (the session fixture)
+from swml_engine.recording.objectstore import ObjectStore, StorageError, StorageUrl
+
+
+def store(server: S3Server, url: str, **env: str) -> ObjectStore:
+    return ObjectStore.from_option(url, {**server.env, **env})
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("bucket/x", "give s3://BUCKET/PREFIX"),
+        ("http://bucket/x", "give s3://BUCKET/PREFIX"),
+        ("s3://B_ad/x", "'B_ad' is not a bucket name"),
+        ("s3://ok-bucket/a/../b", "the prefix 'a/../b'"),
+    ],
+)
+def test_unusable_values_are_named(value: str, says: str) -> None:
+    with pytest.raises(StorageError, match="--storage") as e:
+        StorageUrl.parse(value)
+    assert says in str(e.value)
+
+
+def test_the_url_keeps_bucket_and_prefix() -> None:
+    url = StorageUrl.parse("s3://rec-bucket/site-a/calls/")
+    assert (url.bucket, url.prefix, url.url_of("x.wav")) == (
+        "rec-bucket",
+        "site-a/calls",
+        "s3://rec-bucket/site-a/calls/x.wav",
+    )
+
+
+def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
+    bucket = s3_server.bucket()
+    asyncio.run(store(s3_server, f"s3://{bucket}/p").check())  # there: fine
+    with pytest.raises(
+        StorageError, match=r"bucket 'no-such-bucket-here' not found at http://127\.0\.0\.1:\d+: create it"
+    ):
+        asyncio.run(store(s3_server, "s3://no-such-bucket-here/p").check())
+    env = {k: v for k, v in s3_server.env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    with pytest.raises(StorageError, match="no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        ObjectStore.from_option(f"s3://{bucket}/p", env)
+    down = {**s3_server.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with pytest.raises(StorageError, match="check AWS_ENDPOINT_URL and that the server is up"):
+        asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", down).check())
+
+
+def test_a_long_file_goes_up_in_parts_and_reads_back_by_range(s3_server: S3Server, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    objects = store(s3_server, f"s3://{bucket}/site")
+    objects.part_size = 5 * 1024 * 1024  # S3's smallest part: 11 MiB go up in 3 parts
+    data = os.urandom(11 * 1024 * 1024 + 123)
+    (tmp_path / "long.wav").write_bytes(data)
+
+    async def run() -> tuple[int | None, bytes, int | None]:
+        await objects.put_file("long.wav", tmp_path / "long.wav", {"Content-Type": "audio/wav", "sha256": sha256(data)})
+        size = await objects.size_of("long.wav")
+        span = b"".join([chunk async for chunk in objects.read("long.wav", 5_000_000, 5_300_000)])
+        await objects.delete("long.wav")
+        return size, span, await objects.size_of("long.wav")
+
+    size, span, after = asyncio.run(run())
+    assert size == len(data) and span == data[5_000_000:5_300_000] and after is None
+
+
+def test_multipart_object_is_the_file_with_its_checksum(s3_server: S3Server, tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    objects = store(s3_server, f"s3://{bucket}/p")
+    objects.part_size = 5 * 1024 * 1024
+    data = os.urandom(6 * 1024 * 1024)
+    (tmp_path / "a.mp3").write_bytes(data)
+    asyncio.run(objects.put_file("a.mp3", tmp_path / "a.mp3", {"Content-Type": "audio/mpeg", "sha256": sha256(data)}))
+    head = s3_server.client().head_object(Bucket=bucket, Key="p/a.mp3")
+    assert head["ETag"].endswith('-2"')  # two parts
+    assert head["Metadata"] == {"sha256": sha256(data)} and head["ContentType"] == "audio/mpeg"
+    assert sha256(s3_server.objects(bucket, "p/")["p/a.mp3"]) == sha256(data)
+
+
+def test_metadata_documents_are_the_recordings_json(s3_server: S3Server) -> None:
+    bucket = s3_server.bucket()
+    objects = store(s3_server, f"s3://{bucket}/p")
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="p/r1.json", Body=json.dumps({"recording_id": "r1", "state": "finished"}))
+    client.put_object(Bucket=bucket, Key="p/r1.wav", Body=b"RIFF")
+    client.put_object(Bucket=bucket, Key="p/bad.json", Body=b"{not json")
+    client.put_object(Bucket=bucket, Key="p/other.json", Body=json.dumps({"recording_id": "r9"}))
+    client.put_object(Bucket=bucket, Key="elsewhere/r2.json", Body=json.dumps({"recording_id": "r2"}))
+
+    async def collect() -> list[dict[str, object]]:
+        return [doc async for doc in objects.metadata_documents()]
+
+    assert asyncio.run(collect()) == [{"recording_id": "r1", "state": "finished"}]
