@@ -8,8 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from swml_engine.media.clock import MediaTicker
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.transports.sip.counts import MessageCounts
-from swml_engine.transports.sip.message import parse_message
+from swml_engine.transports.sip.message import Response, parse_message
 from swml_engine.transports.sip.rtpstream import RtpFigures
+from swml_engine.transports.sip.useragent import Peer, Transport, UserAgent
 
 
 def scraped(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -101,3 +102,17 @@ def test_the_media_tick_lateness_is_a_histogram() -> None:
     assert seen[(bucket, (("le", "0.005"),))] == 2
     assert seen[(bucket, (("le", "0.05"),))] == 3
     assert seen[(bucket, (("le", "+Inf"),))] == 4
+
+
+def test_the_sip_core_counts_what_it_reads_and_writes_retransmissions_included() -> None:
+    ua = UserAgent()
+    peer = Peer(Transport.UDP, "192.0.2.1", 5060, local=("192.0.2.2", 5060))
+    ua.receive(request("OPTIONS"), peer, 0.0)
+    ua.receive(request("OPTIONS"), peer, 0.1)  # the same request again: answered again, counted again
+    ua.receive(request("FROB"), peer, 0.2)
+    ua.receive(b"\x00\xff", peer, 0.3)  # not a message: counted nowhere (the core counts it as malformed)
+    sent = [parse_message(d.data) for d in ua.datagrams_to_send()]
+    assert [m.status for m in sent if isinstance(m, Response)] == [200, 200, 501]
+    assert ua.counts.requests_in == {"OPTIONS": 2, "other": 1}
+    assert ua.counts.responses_out == {200: 2, 501: 1}
+    assert not ua.counts.requests_out and not ua.counts.responses_in

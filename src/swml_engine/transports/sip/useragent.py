@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from swml_engine.transports.sip.counts import MessageCounts
 from swml_engine.transports.sip.dialog import Dialog, DialogError, DialogId, dialog_id_of
 from swml_engine.transports.sip.message import (
     BadHeader,
@@ -327,6 +328,8 @@ class UserAgent:
         self._owned: dict[tuple[str, str], DialogOwner] = {}
         #: The application's own timed machines (registrations, outbound calls).
         self._timed: list[Timed] = []
+        #: Messages read and written, by method and status (the service's /metrics reads them).
+        self.counts = MessageCounts()
         #: Unreadable messages, by count, and the sources already logged.
         self.malformed = 0
         self._noisy: set[str] = set()
@@ -391,6 +394,7 @@ class UserAgent:
         except MessageError as e:
             self._malformed(peer, str(e))
             return
+        self.counts.received(message)
         if isinstance(message, Response):
             self._receive_response(message, now)
             return
@@ -919,6 +923,7 @@ class UserAgent:
             self._event(CallGone(call, "transport"))
 
     def _send(self, message: Request | Response, to: Destination, sender: object = None) -> None:
+        self.counts.sent(message)
         self._outbox.append(Datagram(message.encode(), to, sender))
 
     def send_failed(self, datagram: Datagram, why: str, now: float) -> None:
