@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,11 @@ from conftest import PATIENCE, wait_for
 from interop.peers import Engine, free_port
 
 from .caller import ProxiedCall
-from .kamailio import Kamailio, kamailio_binary
-
-pytestmark = pytest.mark.skipif(
-    kamailio_binary() is None, reason="kamailio (Debian package kamailio) not installed: run make test"
-)
+from .kamailio import CONFIG, Kamailio, kamailio_binary
 
 TOKEN = "deploy-test-token-0123456789"
+#: The key every node signs recording URLs with (docs/deploy.md: the same DIR/url-secret on every node).
+URL_SECRET = "5f1c0e7a9b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d1e"
 
 #: Every call records; a call to ``brief@`` is hung up by the node after 1 s (its BYE goes through
 #: Kamailio), any other waits for the caller's BYE.
@@ -101,12 +100,18 @@ class Cluster:
 def start_node(tmp_path: Path, script: Path, host: str) -> Node:
     http = f"{host}:{free_port()}"
     extra = ["--http", http, "--api-token", TOKEN]
-    engine = Engine(script, tmp_path / f"data-{host}", extra=extra, host=host).start()
+    data = tmp_path / f"data-{host}"
+    data.mkdir(mode=0o700)
+    (data / "url-secret").write_text(URL_SECRET)
+    (data / "url-secret").chmod(0o600)
+    engine = Engine(script, data, extra=extra, host=host).start()
     return Node(engine, f"http://{http}")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if kamailio_binary() is None:
+        pytest.skip("kamailio is not installed (Debian: apt-get install kamailio; make test does)")
     tmp = tmp_path_factory.mktemp("deploy")
     script = tmp / "script.yaml"
     script.write_text(SCRIPT)
@@ -133,14 +138,29 @@ def finished(node: Node, count: int) -> dict[str, dict[str, Any]]:
 
 
 def assert_served(node: Node, recordings: dict[str, dict[str, Any]]) -> None:
-    """Each recording is listed by the node's API, and its audio downloads as the bytes on disk."""
+    """Each recording is listed by the node's API, and its audio downloads as the bytes on disk, through
+    the API and through its signed URL (no token)."""
     listed = node.api("/api/recordings?limit=100")
     assert listed.status_code == 200, listed.text
     assert set(recordings) <= {r["recording_id"] for r in listed.json()["recordings"]}
     for rid, meta in recordings.items():
+        digest = hashlib.sha256(node.audio(meta)).hexdigest()
         audio = node.api(f"/api/recordings/{rid}/audio")
         assert audio.status_code == 200, audio.text
-        assert hashlib.sha256(audio.content).hexdigest() == hashlib.sha256(node.audio(meta)).hexdigest()
+        assert hashlib.sha256(audio.content).hexdigest() == digest
+        signed = httpx.get(str(meta["url"]), timeout=PATIENCE)
+        assert signed.status_code == 200, (meta["url"], signed.text)
+        assert hashlib.sha256(signed.content).hexdigest() == digest
+
+
+def test_the_docs_quote_the_configuration_the_test_runs() -> None:
+    """docs/deploy.md explains docs/deploy/kamailio.cfg by quoting it: every quoted part is in the file."""
+    docs = (CONFIG.parents[1] / "deploy.md").read_text()
+    quoted = re.findall(r"```kamailio\n(.*?)```", docs, re.S)
+    assert len(quoted) >= 4
+    config = CONFIG.read_text()
+    for part in quoted:
+        assert part in config, part
 
 
 def test_calls_spread_over_both_nodes_and_every_recording_is_served(cluster: Cluster) -> None:
