@@ -41,6 +41,9 @@ METADATA_FIELDS = [
     "url",
     "call_time",
     "bridges",
+    # With --storage: where the audio went once uploaded ({audio, size, sha256, uploaded_at}); null while
+    # the recording is in the local spool (docs/serve.md, "Object storage").
+    "storage",
 ]
 
 
@@ -53,6 +56,9 @@ class PublicUrls(Protocol):
 
 
 class RecordingStore:
+    #: What a metadata document holds, in order.
+    fields = METADATA_FIELDS
+
     def __init__(
         self,
         root: Path,
@@ -147,7 +153,12 @@ class RecordingStore:
             self.on_write({k: meta.get(k) for k in METADATA_FIELDS})
 
     def delete(self, recording_id: str, fmt: str) -> None:
-        """Remove a recording's audio and metadata (audio first: metadata never points at nothing)."""
+        """Remove a recording's local audio and metadata (audio first: metadata never points at nothing).
+        ``service/storage.py``'s ``delete_recording`` removes it everywhere."""
+        self.remove_local(recording_id, fmt)
+
+    def remove_local(self, recording_id: str, fmt: str) -> None:
+        """Remove a recording's files from this directory (audio first: metadata never points at nothing)."""
         audio = self.audio_path(recording_id, fmt)
         for path in (audio, part_path(audio), self.meta_path(recording_id)):
             path.unlink(missing_ok=True)

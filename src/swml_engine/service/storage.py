@@ -1,0 +1,168 @@
+"""A recording wherever it is — the local spool or object storage: its audio for the HTTP API, and
+deleting it everywhere (the DELETE route and retention both call :func:`delete_recording`).
+
+The API streams audio through from either place (not a redirect to a presigned URL): the same signed
+URL and bearer token work wherever the audio is, Range works the same, the storage endpoint may be one
+the clients cannot reach, and audio stored encrypted can be decrypted on the way.
+:func:`open_audio` is the one step that decides where the bytes come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastapi import HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+
+from swml_engine.recording.objectstore import ObjectStore, StorageError
+
+if TYPE_CHECKING:
+    from swml_engine.recording.store import RecordingStore
+    from swml_engine.service.index import Index
+
+MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
+#: Bytes read from a local file at a time while streaming it.
+CHUNK = 64 * 1024
+#: What a client is told to wait before asking again for audio another node has not uploaded yet (s).
+RETRY_AFTER = 30
+
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+class Places(Protocol):
+    """Where a service keeps recordings (the service itself)."""
+
+    @property
+    def store(self) -> RecordingStore: ...
+
+    @property
+    def bucket(self) -> ObjectStore | None: ...
+
+    @property
+    def index(self) -> Index | None: ...
+
+
+class AudioSource(Protocol):
+    """A recording's audio as the API serves it: its length, and any span of its bytes."""
+
+    size: int
+
+    def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive), in pieces."""
+        ...
+
+
+@dataclass
+class LocalAudio:
+    """A file in the spool (a live WAV too: its size when opened)."""
+
+    path: Path
+    size: int
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        with self.path.open("rb") as f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                block = await asyncio.to_thread(f.read, min(CHUNK, left))
+                if not block:
+                    return
+                left -= len(block)
+                yield block
+
+
+@dataclass
+class StoredAudio:
+    """An object in the bucket."""
+
+    bucket: ObjectStore
+    key: str
+    size: int
+
+    def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        return self.bucket.read(self.key, start, end)
+
+
+def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
+    """Where the recording's audio is now: the spool, else the bucket. HTTPException 404 when it is
+    nowhere, 503 when it waits in another node's spool (not uploaded yet)."""
+    recording_id, fmt = str(meta["recording_id"]), str(meta["format"])
+    path = places.store.resolve(places.store.audio_path(recording_id, fmt).as_uri())
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):  # (uploaded and removed this instant: ask again)
+            return LocalAudio(path, path.stat().st_size)
+    storage = meta.get("storage")
+    bucket = places.bucket
+    if isinstance(storage, dict) and storage.get("audio"):
+        key = f"{recording_id}.{fmt}"
+        if bucket is None or storage["audio"] != bucket.url.url_of(key):
+            where = "no --storage" if bucket is None else f"--storage {bucket.url}"
+            raise HTTPException(
+                404, f"the audio of recording {recording_id} is at {storage['audio']}, not under {where}"
+            )
+        return StoredAudio(bucket, key, int(storage.get("size") or 0))
+    if bucket is not None and meta.get("end_reason") is not None:
+        raise HTTPException(
+            503,
+            f"the audio of recording {recording_id} is still in the spool of the node that recorded it (not "
+            f"uploaded to {bucket.url} yet): ask again later",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
+    raise HTTPException(404, f"the audio of recording {recording_id} is gone")
+
+
+async def audio_response(request: Request, source: AudioSource, meta: dict[str, Any]) -> Response:
+    """The audio, whole (200) or the one byte range asked for (206; 416 past its end). Several ranges
+    in one request are answered with the whole file, as RFC 9110 allows."""
+    name = f"{meta['recording_id']}.{meta['format']}"
+    headers = {
+        "accept-ranges": "bytes",
+        "content-disposition": f'attachment; filename="{name}"',
+        "content-type": MEDIA_TYPES.get(str(meta["format"]), "application/octet-stream"),
+    }
+    size = source.size
+    start, end, status = 0, size, 200
+    asked = _RANGE.fullmatch(request.headers.get("range", "").strip())
+    if asked is not None and (asked[1] or asked[2]):
+        first, last = asked[1], asked[2]
+        if first:
+            start, end = int(first), min(size, int(last) + 1) if last else size
+        else:  # the last N bytes
+            start, end = max(0, size - int(last)), size
+        if start >= size or start >= end:
+            return Response(status_code=416, headers={**headers, "content-range": f"bytes */{size}"})
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["content-length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(_guarded(source.chunks(start, end)), status_code=status, headers=headers)
+
+
+async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A read that fails mid-way ends the response short (the client sees fewer bytes than announced),
+    never a traceback."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (StorageError, OSError):
+        return
+
+
+async def delete_recording(places: Places, meta: dict[str, Any]) -> None:
+    """Remove a recording from every place: the spool, the bucket, then the index (last, so a failure
+    part-way leaves it listed and the delete can be asked again). StorageError: the bucket refused or
+    was not reached."""
+    recording_id, fmt = str(meta["recording_id"]), str(meta["format"])
+    places.store.remove_local(recording_id, fmt)  # (an upload in progress sees it and removes its objects)
+    if places.bucket is not None:
+        await places.bucket.delete(f"{recording_id}.{fmt}")
+        await places.bucket.delete(f"{recording_id}.json")
+    if places.index is not None:
+        places.index.delete_recording(recording_id)
