@@ -22,7 +22,7 @@ def _uri(name_addr: str) -> str:
 class ProxiedCall:
     """One call placed to ``sip:<user>@127.0.0.1:<proxy_port>`` over UDP."""
 
-    def __init__(self, proxy_port: int, user: str = "record") -> None:
+    def __init__(self, proxy_port: int, user: str = "record", *, bye_delay: float = 0.0) -> None:
         self.proxy = ("127.0.0.1", proxy_port)
         self.user = user
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -39,6 +39,10 @@ class ProxiedCall:
         self.answered_after: float | None = None  # seconds from the INVITE to the 200 OK
         self.messages: list[str] = []
         self.bye_received = False
+        #: How long this caller takes to answer the node's BYE (a slow phone, or the first answers lost).
+        self.bye_delay = bye_delay
+        self._bye: tuple[str, tuple[str, int], float] | None = None  # the BYE, where from, when to answer
+        self.bye_answered = False
 
     @property
     def node(self) -> str:
@@ -70,15 +74,25 @@ class ProxiedCall:
     def _receive(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            self._answer_bye()
             try:
                 data, addr = self.sock.recvfrom(65535)
             except (TimeoutError, OSError):
-                return
+                break
             msg = data.decode(errors="replace")
             self.messages.append(msg)
             if msg.startswith("BYE "):
                 self.bye_received = True
-                self._reply(msg, addr)
+                if self._bye is None:
+                    self._bye = (msg, addr, time.monotonic() + self.bye_delay)
+                elif self.bye_answered:
+                    self._reply(msg, addr)  # a retransmission gets the answer again
+        self._answer_bye()
+
+    def _answer_bye(self) -> None:
+        if self._bye is not None and not self.bye_answered and time.monotonic() >= self._bye[2]:
+            self._reply(self._bye[0], self._bye[1])
+            self.bye_answered = True
 
     def _reply(self, request: str, addr: tuple[str, int]) -> None:
         """200 OK to a request (the node's BYE), back to the proxy it came through."""
@@ -124,11 +138,11 @@ class ProxiedCall:
         return 0
 
     def wait_bye(self, timeout: float = PATIENCE) -> bool:
-        """Until the node's BYE has come (and been answered)."""
+        """Until the node's BYE has come and been answered (after ``bye_delay``)."""
         deadline = time.monotonic() + timeout
-        while not self.bye_received and time.monotonic() < deadline:
+        while not self.bye_answered and time.monotonic() < deadline:
             self._receive(0.1)
-        return self.bye_received
+        return self.bye_answered
 
     def close(self) -> None:
         self.sock.close()
