@@ -46,6 +46,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     values,
 )
@@ -56,6 +57,10 @@ from swml_engine.transports.sip.counts import MessageCounts
 from swml_engine.transports.sip.rtpstream import RtpFigures
 
 log = logging.getLogger(__name__)
+
+# No ``*_created`` series beside each counter: the time a worker started counting is no figure of the
+# service (and multiprocess mode leaves them out anyway).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: prometheus-client reads its multiprocess directory from this variable.
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
