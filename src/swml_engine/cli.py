@@ -185,8 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from swml_engine.recording.crypt_cli import load_keys
     from swml_engine.recording.recovery import recover
 
+    keyring = load_keys(args.key_file, "recover")
     total = 0
     for d in args.dirs:
         root = Path(d)
@@ -195,7 +197,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         if not root.is_dir():
             print(f"swml recover: {d}: not a directory", file=sys.stderr)
             return EXIT_USAGE
-        for rec in recover(root):
+        for rec in recover(root, keyring):
             total += 1
             print(f"{rec.path}: recovered {rec.duration:.2f} s ({rec.note})")
     if total == 0:
@@ -241,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recover", help="repair recordings left unfinished by a crash")
     rc.add_argument("dirs", nargs="+", metavar="DIR", help="a recordings directory (or the --out/--data directory)")
+    rc.add_argument("--key-file", metavar="KEYS", help="the key file of encrypted recordings (--encrypt-key-file)")
     rc.set_defaults(func=cmd_recover)
+
+    from swml_engine.recording.crypt_cli import add_decrypt_parser
+
+    add_decrypt_parser(sub)
 
     from swml_engine.service.cli import add_parser as add_serve
 

@@ -4,6 +4,9 @@ Each writer takes :data:`~swml_engine.media.frame.Samples` (mono, or interleaved
 and puts them on disk as the call goes, so memory stays flat however long the call, and a process killed
 mid-recording leaves a file that holds all audio up to the last flush (at most :data:`FLUSH_SECONDS`
 before the kill). ``recovery.py`` repairs such files.
+
+With a keyring (``--encrypt-key-file``) every file is written sealed (``crypt.py``): the writers see the
+plaintext through :class:`~swml_engine.recording.crypt.SealedFile`, as they would see the file.
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from swml_engine.media.frame import Frame, Samples
+from swml_engine.recording.crypt import (
+    AudioFile,
+    CryptError,
+    Keyring,
+    SealedFile,
+    is_sealed,
+    open_existing,
+    open_output,
+)
 
 #: How often a writer pushes its data to the OS (and a WAV writer rewrites its header).
 FLUSH_SECONDS = 0.5
@@ -43,12 +55,14 @@ class Writer(ABC):
     format: str
     #: How much audio a block holds before it goes to the encoder and the file.
     block_seconds: float = FLUSH_SECONDS
-    _f: BinaryIO
+    _f: AudioFile
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
+    def __init__(self, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> None:
         self.path = path
         self.rate = rate
         self.channels = channels
+        #: Seal the file under the keyring's newest key (None: written plain).
+        self.keyring = keyring
         self.samples = 0  # per channel, including what is still in the block
         #: What went wrong without losing the recording (said in the call's events).
         self.warnings: list[str] = []
@@ -151,8 +165,16 @@ class Writer(ABC):
 
     def _abandon(self) -> None:
         """Close the file as it stands, writing nothing more (the storage refused a write)."""
-        with contextlib.suppress(OSError):
-            self._f.close()
+        close_as_it_stands(self._f)
+
+
+def close_as_it_stands(f: AudioFile) -> None:
+    """Close a file without writing more (a sealed one is not marked finished: recovery repairs it)."""
+    with contextlib.suppress(OSError):
+        if isinstance(f, SealedFile):
+            f.abandon()
+        else:
+            f.close()
 
 
 # --- WAV -------------------------------------------------------------------------------------------
@@ -160,12 +182,23 @@ class Writer(ABC):
 #: Header layout: RIFF, a 28-byte JUNK chunk reserved for the RF64 ds64 chunk, fmt, data.
 WAV_HEADER = 80
 _RIFF_LIMIT = 0xFFFFFFFF
+#: The sizes a sealed WAV says while it is written: "to the end of the file", as streaming WAV writers
+#: do (FFmpeg and PyAV read every sample); the exact sizes are written when it ends, or by recovery.
+WAV_STREAMING = -1
 
 
 def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
     """An 80-byte WAV header; past 4 GB the same bytes become RF64 (JUNK turns into ds64)."""
     block = channels * 2
     fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, channels, rate, rate * block, block, 16)
+    if data_bytes == WAV_STREAMING:
+        junk = struct.pack("<4sI", b"JUNK", 28) + bytes(28)
+        return (
+            struct.pack("<4sI4s", b"RIFF", _RIFF_LIMIT, b"WAVE")
+            + junk
+            + fmt
+            + struct.pack("<4sI", b"data", _RIFF_LIMIT)
+        )
     riff_size = WAV_HEADER - 8 + data_bytes
     if riff_size <= _RIFF_LIMIT:
         return (
@@ -183,11 +216,14 @@ def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
 class WavWriter(Writer):
     format = "wav"
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
-        super().__init__(path, rate, channels)
-        self._f = path.open("wb")
+    def __init__(self, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> None:
+        super().__init__(path, rate, channels, keyring)
+        self._f = open_output(path, keyring)
         self._hold(path)
-        self._f.write(wav_header(rate, channels, 0))
+        # A sealed file's header is patched once, at the end: rewriting its first block at every flush
+        # would put the whole first block at risk at every kill (a rewrite cut short does not authenticate).
+        self._patch_each_flush = keyring is None
+        self._f.write(wav_header(rate, channels, 0 if self._patch_each_flush else WAV_STREAMING))
         self._data = 0
 
     def _write(self, pcm: Samples) -> None:
@@ -196,15 +232,20 @@ class WavWriter(Writer):
         self._data += len(raw)
 
     def flush(self) -> None:
-        # The header is rewritten at every flush, so the file on disk is always a valid WAV.
+        # A plain file's header is rewritten at every flush, so the file on disk is always a valid WAV.
+        if self._patch_each_flush:
+            self._patch_header()
+        self._f.flush()
+
+    def _patch_header(self) -> None:
         end = self._f.tell()
         self._f.seek(0)
         self._f.write(wav_header(self.rate, self.channels, self._data))
         self._f.seek(end)
-        self._f.flush()
 
     def _finish(self) -> Path:
-        self.flush()
+        self._patch_header()
+        self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
         return self.path
@@ -287,10 +328,10 @@ class Mp3Writer(Writer):
 
     format = "mp3"
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
+    def __init__(self, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> None:
         import lameenc
 
-        super().__init__(path, rate, channels)
+        super().__init__(path, rate, channels, keyring)
         self.layout = Mp3Layout(rate, channels, mp3_kbps(rate, channels))
         enc = lameenc.Encoder()
         enc.set_in_sample_rate(rate)
@@ -298,7 +339,7 @@ class Mp3Writer(Writer):
         enc.set_bit_rate(self.layout.kbps)
         enc.set_quality(5)
         self._enc = enc
-        self._f = path.open("wb")
+        self._f = open_output(path, keyring)
         self._hold(path)
         self._f.write(self.layout.info_frame(0, 0))
         self._encoded = False
@@ -323,14 +364,14 @@ class Mp3Writer(Writer):
         return self.path
 
 
-def repair_mp3(path: Path, rate: int, channels: int) -> None:
+def repair_mp3(path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> None:
     """Make an MP3 a crash left whole: drop a torn last frame and write the Info frame's length."""
     layout = Mp3Layout(rate, channels, mp3_kbps(rate, channels))
     size = layout.frame_bytes
-    with path.open("r+b") as f:
+    with open_existing(path, keyring, writable=True) as f:
         if f.read(size)[4:].find(b"Info") < 0:
             return  # no Info frame: a plain stream, playable as it is
-        frames = max(0, path.stat().st_size // size - 1)
+        frames = max(0, f.seek(0, os.SEEK_END) // size - 1)
         f.truncate(size * (frames + 1))
         f.seek(0)
         # The samples still inside the encoder at the kill never reached the file: no end padding known.
@@ -356,22 +397,29 @@ class Mp4Writer(Writer):
     # fragments a kill could cost over a second. Quarter seconds keep the loss under ~0.8 s.
     block_seconds = FLUSH_SECONDS / 2
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
+    def __init__(self, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> None:
         import av
 
-        super().__init__(path, rate, channels)
+        super().__init__(path, rate, channels, keyring)
         self._part = part_path(path)
+        #: The sealed file PyAV writes through (None: PyAV writes the plain file itself).
+        self._sink: AudioFile | None = None
         options = {
             "movflags": "empty_moov+default_base_moof+frag_keyframe",
             "frag_duration": str(int(self.block_seconds * 1_000_000)),
             "flush_packets": "1",
         }
         try:
-            self._part.write_bytes(b"")  # FFmpeg creates the file only at its first write: lock it from now
+            if keyring is not None:
+                self._sink = open_output(self._part, keyring)
+            else:
+                self._part.write_bytes(b"")  # FFmpeg creates the file only at its first write: lock it from now
             self._hold(self._part)
-            self._out: Any = av.open(str(self._part), "w", format="mp4", options=options)
+            self._out: Any = av.open(self._sink or str(self._part), "w", format="mp4", options=options)
         except (OSError, av.error.FFmpegError) as e:
             self._release()
+            if self._sink is not None:
+                close_as_it_stands(self._sink)
             raise EncoderError(f"cannot create {self._part.name}: {e}") from None
         layout = "stereo" if channels == 2 else "mono"
         stream = self._out.add_stream("aac", rate=rate, layout=layout)
@@ -404,6 +452,8 @@ class Mp4Writer(Writer):
 
         with contextlib.suppress(OSError, av.error.FFmpegError):
             self._out.close()
+        if self._sink is not None:
+            close_as_it_stands(self._sink)
 
     def _finish(self) -> Path:
         import av
@@ -414,8 +464,10 @@ class Mp4Writer(Writer):
         except av.error.FFmpegError:
             pass
         self._out.close()
+        if self._sink is not None:
+            self._sink.close()
         try:
-            remux_to_mp4(self._part, self.path)
+            remux_to_mp4(self._part, self.path, self.keyring)
         except EncoderError as e:
             # The fragmented file plays as it is: keep it under the final name rather than lose it.
             os.replace(self._part, self.path)
@@ -429,8 +481,9 @@ class Mp4Writer(Writer):
 AAC_PRIMING = 1024
 
 
-def remux_to_mp4(source: Path, target: Path) -> None:
-    """Copy the AAC packets of a (fragmented) MP4 into a plain MP4 with its index up front.
+def remux_to_mp4(source: Path, target: Path, keyring: Keyring | None = None) -> None:
+    """Copy the AAC packets of a (fragmented) MP4 into a plain MP4 with its index up front (sealed with a
+    keyring: then the index is at the end, as FFmpeg's faststart rereads its output by name).
 
     The packets move back by the encoder's priming, so the MP4 gets an edit list that skips it: players
     start at the first recorded sample and the file's duration is the recording's. A fragment torn by a
@@ -440,11 +493,13 @@ def remux_to_mp4(source: Path, target: Path) -> None:
     import av
 
     tmp = target.with_suffix(".remux.mp4")
+    keyring = keyring if is_sealed(source) else None  # a file stays as it was written: sealed or plain
     try:
-        with (
-            av.open(str(source), "r") as src,
-            av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"}) as dst,
-        ):
+        with contextlib.ExitStack() as files:
+            sink = None if keyring is None else files.enter_context(open_output(tmp, keyring))
+            src = files.enter_context(av.open(av_input(source, keyring, files), "r"))
+            options = {"movflags": "faststart"} if sink is None else {}
+            dst = files.enter_context(av.open(sink or str(tmp), "w", format="mp4", options=options))
             in_stream = src.streams.audio[0]
             out_stream = dst.add_stream_from_template(in_stream)
             shift = round(AAC_PRIMING / (in_stream.rate or 1) / (in_stream.time_base or Fraction(1, in_stream.rate)))
@@ -462,9 +517,18 @@ def remux_to_mp4(source: Path, target: Path) -> None:
                 packet.stream = out_stream
                 dst.mux(packet)
         os.replace(tmp, target)
-    except (OSError, av.error.FFmpegError) as e:
+    except (OSError, av.error.FFmpegError, CryptError) as e:
         tmp.unlink(missing_ok=True)
         raise EncoderError(f"cannot write {target.name}: {e}") from None
+
+
+def av_input(path: Path, keyring: Keyring | None, files: contextlib.ExitStack) -> str | AudioFile:
+    """What PyAV opens to read a recording: its path, or a sealed file's plaintext (closed with ``files``)."""
+    if not is_sealed(path):
+        return str(path)
+    f = open_existing(path, keyring)
+    files.callback(f.close)
+    return f
 
 
 def in_use(path: Path) -> bool:
@@ -482,10 +546,10 @@ def in_use(path: Path) -> bool:
     return False
 
 
-def open_writer(fmt: str, path: Path, rate: int, channels: int) -> Writer:
+def open_writer(fmt: str, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> Writer:
     writers: dict[str, type[WavWriter | Mp3Writer | Mp4Writer]] = {"wav": WavWriter, "mp3": Mp3Writer, "mp4": Mp4Writer}
     cls = writers[fmt]
     try:
-        return cls(path, rate, channels)
+        return cls(path, rate, channels, keyring)
     except OSError as e:
         raise EncoderError(f"cannot create {path.name}: {e.strerror or e}") from None

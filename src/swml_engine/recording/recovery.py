@@ -5,11 +5,17 @@ ones to repair: a WAV gets its header sizes from the file length, an MP3 stream 
 (a torn last frame is dropped by decoders), a fragmented MP4 is remuxed from its complete fragments. Each
 is then marked ``state: finished``, ``end_reason: recovered``, with its true duration and size.
 Run at start-up (``swml run`` on its output directory) and by ``swml recover DIR``.
+
+A sealed recording (``crypt.py``) is repaired through its plaintext: every block completed before the
+kill is kept (a last block a kill cut in the middle is dropped), the format's headers are fixed, and the
+file is sealed again with its final block. Without its key it is left as it is, for a run that has it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import struct
 import time
@@ -17,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swml_engine.recording.crypt import CryptError, Keyring, is_sealed, open_existing, plain_size
 from swml_engine.recording.encoders import (
     AAC_PRIMING,
     WAV_HEADER,
     EncoderError,
+    av_input,
     in_use,
     part_path,
     remux_to_mp4,
@@ -28,6 +36,8 @@ from swml_engine.recording.encoders import (
     wav_header,
 )
 from swml_engine.recording.store import RecordingStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,8 +48,9 @@ class Recovered:
     note: str
 
 
-def recover(root: Path) -> list[Recovered]:
-    """Repair every unfinished recording under ``root``; returns what was repaired."""
+def recover(root: Path, keyring: Keyring | None = None) -> list[Recovered]:
+    """Repair every unfinished recording under ``root``; returns what was repaired. A sealed one whose
+    key is not given stays unrepaired (a warning says so), for a run with the key."""
     if not root.is_dir():
         return []
     store = RecordingStore(root)
@@ -56,8 +67,12 @@ def recover(root: Path) -> list[Recovered]:
         path = store.audio_path(rid, fmt)
         if in_use(path) or in_use(part_path(path)):
             continue  # a live recording of a running call (this process or another): not ours to touch
+        if keyring is None and (is_sealed(path) or is_sealed(part_path(path))):
+            log.warning("recording %s is encrypted and needs repair: give the key file to repair it", rid)
+            continue
         try:
-            duration, note = repair(fmt, path, int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1))
+            rate, channels = int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1)
+            duration, note = repair(fmt, path, rate, channels, keyring)
         except Exception as e:  # a file beyond repair is reported, the others still get repaired
             duration, note = 0.0, f"could not be repaired: {type(e).__name__}: {e}"
             meta["state"] = "error"
@@ -65,41 +80,53 @@ def recover(root: Path) -> list[Recovered]:
             meta["state"] = "finished"
         meta["end_reason"] = "recovered"
         meta["duration"] = round(duration, 3)
-        meta["size"] = path.stat().st_size if path.is_file() else 0
+        meta["size"] = stored_size(path, keyring)
         meta["end_time"] = path.stat().st_mtime if path.is_file() else time.time()
         store.write_metadata(meta)
         done.append(Recovered(rid, path, duration, note))
     return done
 
 
-def repair(fmt: str, path: Path, rate: int, channels: int) -> tuple[float, str]:
+def stored_size(path: Path, keyring: Keyring | None) -> int:
+    """A recording's size as the API gives it out (a sealed file's plaintext); 0 when it is gone."""
+    try:
+        return plain_size(path, keyring)
+    except (OSError, CryptError):
+        return 0
+
+
+def repair(fmt: str, path: Path, rate: int, channels: int, keyring: Keyring | None = None) -> tuple[float, str]:
     """Make a recording file playable as it stands on disk (after a crash, or a write the storage
-    refused); returns its playing length and what was done."""
+    refused); returns its playing length and what was done. A sealed file is repaired through its
+    plaintext and sealed again (CryptError: it was altered, or its key is not in ``keyring``)."""
+    sealed = ", sealed again" if is_sealed(path) or is_sealed(part_path(path)) else ""
     if fmt == "wav":
-        return _repair_wav(path, rate, channels)
+        seconds, note = _repair_wav(path, rate, channels, keyring)
+        return seconds, note + sealed
     if fmt == "mp3":
-        repair_mp3(path, rate, channels)
-        return _decoded_seconds(path), "MP3 frames kept, length written in its Info frame"
+        repair_mp3(path, rate, channels, keyring)
+        return _decoded_seconds(path, keyring), "MP3 frames kept, length written in its Info frame" + sealed
     if fmt == "mp4":
         part = part_path(path)
         if part.is_file():
-            _drop_torn_fragment(part)
+            _drop_torn_fragment(part, keyring)
             try:
-                remux_to_mp4(part, path)
+                remux_to_mp4(part, path, keyring)
             except EncoderError:  # no room for the remuxed copy: the fragments play as they are
                 os.replace(part, path)
-                return max(0.0, _decoded_seconds(path) - AAC_PRIMING / rate), "complete MP4 fragments kept"
+                seconds = max(0.0, _decoded_seconds(path, keyring) - AAC_PRIMING / rate)
+                return seconds, "complete MP4 fragments kept" + sealed
             part.unlink()
-        return _mp4_seconds(path), "complete MP4 fragments remuxed"
+        return _mp4_seconds(path, keyring), "complete MP4 fragments remuxed" + sealed
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _drop_torn_fragment(path: Path) -> None:
+def _drop_torn_fragment(path: Path, keyring: Keyring | None) -> None:
     """Cut a fragmented MP4 after its last whole fragment (a ``moof`` with its ``mdat``): a fragment
     half written when the process died or the disk filled would otherwise end decoding with an error."""
-    size = path.stat().st_size
     keep = pos = 0
-    with path.open("r+b") as f:
+    with open_existing(path, keyring, writable=True) as f:
+        size = f.seek(0, os.SEEK_END)
         while pos + 8 <= size:
             f.seek(pos)
             length, kind = struct.unpack(">I4s", f.read(8))
@@ -114,11 +141,11 @@ def _drop_torn_fragment(path: Path) -> None:
             f.truncate(keep)
 
 
-def _repair_wav(path: Path, rate: int, channels: int) -> tuple[float, str]:
+def _repair_wav(path: Path, rate: int, channels: int, keyring: Keyring | None) -> tuple[float, str]:
     block = 2 * channels
-    size = path.stat().st_size
-    data = max(0, size - WAV_HEADER) // block * block
-    with path.open("r+b") as f:
+    with open_existing(path, keyring, writable=True) as f:
+        size = f.seek(0, os.SEEK_END)
+        data = max(0, size - WAV_HEADER) // block * block
         f.truncate(WAV_HEADER + data)
         f.seek(0)
         f.write(wav_header(rate, channels, data))
@@ -127,23 +154,23 @@ def _repair_wav(path: Path, rate: int, channels: int) -> tuple[float, str]:
     return data / block / rate, "WAV header rewritten from the file length"
 
 
-def _mp4_seconds(path: Path) -> float:
+def _mp4_seconds(path: Path, keyring: Keyring | None) -> float:
     """The MP4's length as players see it (its edit list skips the AAC priming)."""
     import av
 
-    with av.open(str(path)) as c:
+    with contextlib.ExitStack() as files, av.open(av_input(path, keyring, files), "r") as c:
         stream = c.streams.audio[0]
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
-    return _decoded_seconds(path)
+    return _decoded_seconds(path, keyring)
 
 
-def _decoded_seconds(path: Path) -> float:
+def _decoded_seconds(path: Path, keyring: Keyring | None) -> float:
     import av
 
     samples = 0
     rate = 1
-    with av.open(str(path)) as c:
+    with contextlib.ExitStack() as files, av.open(av_input(path, keyring, files), "r") as c:
         stream = c.streams.audio[0]
         rate = stream.rate or 1
         try:

@@ -1,0 +1,148 @@
+"""Recordings written sealed (--encrypt-key-file): each format decrypts to what the plain writer writes,
+a recording killed mid-way (a real SIGKILL) is repaired and decrypts to exactly the audio it completed,
+and `swml decrypt` gives the audio or a clear error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import wait_for
+from swml_engine.recording.crypt import BLOCK, Keyring, SealedFile, is_sealed
+from swml_engine.recording.encoders import open_writer
+from swml_engine.recording.recovery import recover
+from swml_engine.recording.store import RecordingStore
+
+RATE = 8000
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    keys = tmp_path / "keys"
+    keys.write_text(f"k1 {base64.b64encode(os.urandom(32)).decode()}\n")
+    return keys
+
+
+def noise(seconds: float, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-8000, 8000, round(seconds * RATE), dtype=np.int16)
+
+
+def record(path: Path, fmt: str, pcm: np.ndarray, keyring: Keyring | None) -> Path:
+    writer = open_writer(fmt, path, RATE, 1, keyring)
+    for i in range(0, len(pcm), 160):
+        writer.write(pcm[i : i + 160])
+    return writer.close()
+
+
+def plaintext(path: Path, keyring: Keyring) -> bytes:
+    with SealedFile.open(path, keyring) as f:
+        return f.read()
+
+
+def decoded(source: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(source), "r") as c:
+        return np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "mp4"])
+def test_each_format_decrypts_to_the_plain_recording(tmp_path: Path, key_file: Path, fmt: str) -> None:
+    keyring = Keyring.load(key_file)
+    pcm = noise(3.3)
+    plain = record(tmp_path / f"plain.{fmt}", fmt, pcm, None)
+    sealed = record(tmp_path / f"sealed.{fmt}", fmt, pcm, keyring)
+    assert is_sealed(sealed) and not is_sealed(plain)
+    assert not (tmp_path / "sealed.part.mp4").exists() and not (tmp_path / "sealed.remux.mp4").exists()
+    audio = plaintext(sealed, keyring)
+    if fmt == "mp4":  # the same AAC packets; the sealed MP4 keeps its index at the end (no faststart)
+        assert np.array_equal(decoded(audio), decoded(plain.read_bytes()))
+    else:
+        assert audio == plain.read_bytes()
+    if fmt == "wav":
+        assert np.array_equal(np.frombuffer(audio[80:], "<i2"), pcm)
+
+
+# A child process records sealed noise in 20 ms frames and says how many blocks it has handed over.
+_CHILD = """
+import sys, numpy as np
+from pathlib import Path
+from swml_engine.recording.crypt import Keyring
+from swml_engine.recording.encoders import open_writer
+pcm = np.random.default_rng(1).integers(-8000, 8000, 600 * 8000, dtype=np.int16)
+w = open_writer("wav", Path(sys.argv[1]), 8000, 1, Keyring.load(Path(sys.argv[2])))
+for i in range(0, len(pcm), 160):
+    w.write(pcm[i : i + 160])
+    if (i + 160) % 4000 == 0:
+        print((i + 160) // 4000, flush=True)
+"""
+
+
+def test_sigkill_mid_recording_decrypts_to_the_completed_blocks(tmp_path: Path, key_file: Path) -> None:
+    keyring = Keyring.load(key_file)
+    root = tmp_path / "recordings"
+    root.mkdir()
+    store = RecordingStore(root)
+    store.write_metadata(
+        {"recording_id": "r1", "state": "recording", "format": "wav", "sample_rate": RATE, "channels": 1}
+    )
+    path = store.audio_path("r1", "wav")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), str(key_file)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert wait_for(lambda: int(child.stdout.readline() or 0) >= 12)  # 12 half-second blocks: 6 s
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    with SealedFile.open(path, keyring) as f:
+        assert f.state == "unfinished"
+    (done,) = recover(root, keyring)
+    assert "sealed again" in done.note
+    meta = json.loads(store.meta_path("r1").read_text())
+    assert (meta["state"], meta["end_reason"]) == ("finished", "recovered")
+    audio = plaintext(path, keyring)
+    with SealedFile.open(path, keyring) as f:
+        assert f.state == "finished"
+    samples = np.frombuffer(audio[80:], "<i2")
+    # Every block completed before the kill, and exactly the audio that was written (a prefix of it).
+    assert len(samples) >= 6 * RATE - BLOCK // 2
+    assert np.array_equal(samples, noise(600)[: len(samples)])
+    assert meta["size"] == len(audio) and meta["duration"] == pytest.approx(len(samples) / RATE, abs=0.001)
+    # The header was fixed: it gives the data's true size (it said "to the end of the file" while recording).
+    assert struct.unpack("<I", audio[76:80]) == (2 * len(samples),)
+    assert len(decoded(audio)) == len(samples)
+
+
+def swml(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "swml_engine", *args], capture_output=True, timeout=60)
+
+
+def test_swml_decrypt(tmp_path: Path, key_file: Path) -> None:
+    keyring = Keyring.load(key_file)
+    pcm = noise(3.0)
+    plain = record(tmp_path / "plain.wav", "wav", pcm, None)
+    sealed = record(tmp_path / "sealed.wav", "wav", pcm, keyring)
+    r = swml("decrypt", str(sealed), "--key-file", str(key_file))
+    assert r.returncode == 0 and r.stdout == plain.read_bytes(), r.stderr
+    # Altered: an error naming the block, and no audio at all.
+    raw = bytearray(sealed.read_bytes())
+    raw[len(raw) // 2] ^= 4
+    sealed.write_bytes(raw)
+    out = tmp_path / "out.wav"
+    r = swml("decrypt", str(sealed), "--key-file", str(key_file), "-o", str(out))
+    assert r.returncode == 1 and not out.exists()
+    assert b"sealed.wav: block 1 fails authentication" in r.stderr
+    # A key file that is not one: a clear usage error.
+    key_file.write_text("k1 c2hvcnQ=\n")
+    r = swml("decrypt", str(sealed), "--key-file", str(key_file))
+    assert r.returncode == 2 and b"key 'k1' is 5 bytes; it must be 32" in r.stderr
