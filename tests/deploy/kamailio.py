@@ -4,6 +4,7 @@ the file docs/deploy.md shows — and only its addresses, ports and files set fr
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,18 @@ class Kamailio:
             with contextlib.suppress(OSError):
                 return s.recv(65535).startswith(b"SIP/2.0 200")
         return False
+
+    def states(self) -> dict[str, str]:
+        """Each node's dispatcher flags as ``kamcmd dispatcher.list`` shows them (``AP``: active and
+        probed; ``IP``: inactive, probed until it answers 200 again)."""
+        kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+        shown = subprocess.run(
+            [kamcmd, "-s", f"unix:{self.workdir / 'ctl'}", "dispatcher.list"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return {uri: flags for uri, flags in re.findall(r"URI: sip:(\S+)\s+FLAGS: (\w+)", shown)}
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -207,6 +207,9 @@ def test_a_node_killed_loses_nothing_finished_its_calls_go_elsewhere_and_it_come
     victim.engine.proc.wait()
     live.close()
 
+    # the probes find it silent: out of the rotation
+    assert wait_for(lambda: cluster.proxy.states().get(victim.sip, "").startswith("I")), cluster.proxy.states()
+
     # new calls reach the survivor within 5 s each: the first may be sent to the dead node, and Kamailio
     # moves it on when no answer comes (FAILOVER_MS); its probes then take the dead node out
     after_kill = cluster.brief_calls(3)
@@ -225,6 +228,8 @@ def test_a_node_killed_loses_nothing_finished_its_calls_go_elsewhere_and_it_come
     assert_served(victim, recordings)
 
     # Kamailio's next probe finds it answering again, and calls reach it once more
+    assert wait_for(lambda: cluster.proxy.states().get(victim.sip, "").startswith("A")), cluster.proxy.states()
+
     def reaches_victim() -> bool:
         return cluster.brief_calls(1)[0].node == victim.sip
 
