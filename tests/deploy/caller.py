@@ -1,7 +1,9 @@
 """A caller that reaches the engine through a proxy, as a phone behind Kamailio does: its INVITE goes
 to the proxy, and its ACK and BYE follow the route set the 200 OK's Record-Route gives (RFC 3261
 §12.1.2), to the Contact of the node that answered. It answers the BYE a node sends through the proxy.
-It sends no audio: a node records silence of the call's length all the same."""
+Over UDP, or over one TCP connection to the proxy (which then relays to the node over UDP and
+record-routes itself twice, once per transport). It sends no audio: a node records silence of the
+call's length all the same."""
 
 from __future__ import annotations
 
@@ -20,14 +22,20 @@ def _uri(name_addr: str) -> str:
 
 
 class ProxiedCall:
-    """One call placed to ``sip:<user>@127.0.0.1:<proxy_port>`` over UDP."""
+    """One call placed to ``sip:<user>@127.0.0.1:<proxy_port>`` over UDP or TCP."""
 
-    def __init__(self, proxy_port: int, user: str = "record", *, bye_delay: float = 0.0) -> None:
+    def __init__(
+        self, proxy_port: int, user: str = "record", *, bye_delay: float = 0.0, transport: str = "udp"
+    ) -> None:
         self.proxy = ("127.0.0.1", proxy_port)
         self.user = user
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.transport = transport
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
+        if transport == "tcp":
+            self.sock.connect(self.proxy)
         self.sock.settimeout(0.1)
+        self._stream = b""  # TCP: what came that is not a whole message yet
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # where the node's audio goes
         self.rtp.bind(("127.0.0.1", 0))
         self.local = int(self.sock.getsockname()[1])
@@ -54,18 +62,22 @@ class ProxiedCall:
         if body:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body.encode())}")
-        self.sock.sendto(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), to or self.proxy)
+        data = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+        if self.transport == "tcp":
+            self.sock.sendall(data)  # everything goes to the proxy, on our connection
+        else:
+            self.sock.sendto(data, to or self.proxy)
 
     def _request(self, method: str, cseq: int, uri: str, body: str = "") -> None:
         to = f"<sip:{self.user}@127.0.0.1:{self.proxy[1]}>" + (f";tag={self.to_tag}" if self.to_tag else "")
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.local};branch=z9hG4bK{random.getrandbits(48):x};rport",
+            f"Via: SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.local};branch=z9hG4bK{random.getrandbits(48):x};rport",
             f"From: <sip:caller@127.0.0.1>;tag={self.tag}",
             f"To: {to}",
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
-            f"Contact: <sip:caller@127.0.0.1:{self.local}>",
+            f"Contact: <sip:caller@127.0.0.1:{self.local};transport={self.transport}>",
             "Max-Forwards: 70",
             *(f"Route: {r}" for r in self.route),
         ]
@@ -79,15 +91,33 @@ class ProxiedCall:
                 data, addr = self.sock.recvfrom(65535)
             except (TimeoutError, OSError):
                 break
-            msg = data.decode(errors="replace")
-            self.messages.append(msg)
-            if msg.startswith("BYE "):
-                self.bye_received = True
-                if self._bye is None:
-                    self._bye = (msg, addr, time.monotonic() + self.bye_delay)
-                elif self.bye_answered:
-                    self._reply(msg, addr)  # a retransmission gets the answer again
+            for msg in self._messages(data):
+                self._take(msg, addr or self.proxy)
         self._answer_bye()
+
+    def _messages(self, data: bytes) -> list[str]:
+        """The whole messages in what came: a datagram is one; a TCP stream is framed by Content-Length."""
+        if self.transport == "udp":
+            return [data.decode(errors="replace")]
+        self._stream += data
+        out = []
+        while True:
+            head, sep, rest = self._stream.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+            size = int(length.group(1)) if length else 0
+            if not sep or len(rest) < size:
+                return out
+            out.append((head + sep + rest[:size]).decode(errors="replace"))
+            self._stream = rest[size:]
+
+    def _take(self, msg: str, addr: tuple[str, int]) -> None:
+        self.messages.append(msg)
+        if msg.startswith("BYE "):
+            self.bye_received = True
+            if self._bye is None:
+                self._bye = (msg, addr, time.monotonic() + self.bye_delay)
+            elif self.bye_answered:
+                self._reply(msg, addr)  # a retransmission gets the answer again
 
     def _answer_bye(self) -> None:
         if self._bye is not None and not self.bye_answered and time.monotonic() >= self._bye[2]:

@@ -85,8 +85,8 @@ class Cluster:
     def node(self, sip: str) -> Node:
         return next(n for n in self.nodes if n.sip == sip)
 
-    def call(self, user: str = "record", *, bye_delay: float = 0.0) -> ProxiedCall:
-        call = ProxiedCall(self.proxy.port, user, bye_delay=bye_delay)
+    def call(self, user: str = "record", *, bye_delay: float = 0.0, transport: str = "udp") -> ProxiedCall:
+        call = ProxiedCall(self.proxy.port, user, bye_delay=bye_delay, transport=transport)
         assert call.invite() == 200, call.messages
         return call
 
@@ -172,8 +172,11 @@ def test_calls_spread_over_both_nodes_and_every_recording_is_served(cluster: Clu
     # the node, even from a caller slower than Kamailio's 2 s failover timer, which is for INVITEs only
     slow = cluster.call("brief", bye_delay=SLOW_BYE_ANSWER)
     calls = [slow, *cluster.brief_calls(1)]
-    # ... and the caller's BYE reaches the node the same way
-    for c in (cluster.call(), cluster.call()):
+    # ... and the caller's BYE reaches the node the same way, also from a caller over TCP (Kamailio
+    # relays over UDP and record-routes twice: the node's route set has both)
+    tcp = cluster.call(transport="tcp")
+    assert len(tcp.route) == 2, tcp.route
+    for c in (cluster.call(), tcp):
         assert c.hang_up() == 200, c.messages
         c.close()
         calls.append(c)
