@@ -47,6 +47,10 @@ METADATA_FIELDS = [
 ]
 
 
+#: Each recording format's media type (HTTP, object storage).
+MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
+
+
 class PublicUrls(Protocol):
     """How a service with an HTTP API names recordings: under its public base URL, signed."""
 

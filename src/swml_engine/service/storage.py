@@ -21,12 +21,12 @@ from fastapi import HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
 from swml_engine.recording.objectstore import ObjectStore, StorageError
+from swml_engine.recording.store import MEDIA_TYPES
 
 if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
     from swml_engine.service.index import Index
 
-MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
 #: Bytes read from a local file at a time while streaming it.
 CHUNK = 64 * 1024
 #: What a client is told to wait before asking again for audio another node has not uploaded yet (s).

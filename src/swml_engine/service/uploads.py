@@ -37,7 +37,7 @@ from typing import Any, Literal
 from swml_engine.media.clock import hold
 from swml_engine.recording.encoders import part_path
 from swml_engine.recording.objectstore import Bucket, StorageError
-from swml_engine.recording.store import RecordingStore
+from swml_engine.recording.store import MEDIA_TYPES, RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ MAX_QUEUED = 100_000
 RESCAN_INTERVAL = 300.0
 #: What a file is read by while it is hashed.
 READ_BLOCK = 1024 * 1024
-
-MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
 
 
 @dataclass(frozen=True)
