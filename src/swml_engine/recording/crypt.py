@@ -22,15 +22,17 @@ docs/recording.md for why).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import io
+import logging
 import os
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -39,6 +41,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"SWMLSEAL"
 VERSION = 1
@@ -525,3 +529,48 @@ def plain_size(path: Path, keyring: Keyring | None) -> int:
         return path.stat().st_size
     with SealedFile.open(path, keyring) as f:
         return f.size
+
+
+@dataclass
+class SealedAudio:
+    """A sealed recording's audio as the HTTP API serves it (``service/storage.py``'s ``AudioSource``):
+    its decrypted size, and any span of it decrypted on the way, block by block, off the event loop."""
+
+    path: Path
+    keyring: Keyring
+    size: int
+    #: Bytes handed over at a time.
+    chunk: int = 64 * 1024
+
+    @classmethod
+    def open(cls, path: Path, keyring: Keyring) -> SealedAudio:
+        """CryptError when it cannot be read (its key is not in the keyring, its header or last blocks
+        are damaged); OSError when the file cannot be opened."""
+        with SealedFile.open(path, keyring) as f:
+            return cls(path, keyring, f.size)
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """The plaintext ``[start, end)``. A block that fails authentication ends the stream short (the
+        client sees fewer bytes than announced) with an error in the log naming it: never altered audio."""
+        try:
+            sealed = await asyncio.to_thread(SealedFile.open, self.path, self.keyring)
+        except (OSError, CryptError) as e:
+            log.error("%s: cannot be read: %s", self.path.name, e)
+            return
+        try:
+            pos = start
+            while pos < end:
+                piece = await asyncio.to_thread(_read_at, sealed, pos, min(self.chunk, end - pos))
+                if not piece:
+                    return
+                pos += len(piece)
+                yield piece
+        except CryptError as e:
+            log.error("%s", e)
+        finally:
+            sealed.close()
+
+
+def _read_at(f: SealedFile, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)

@@ -23,7 +23,7 @@ from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
 from swml_engine.recording.encoders import EncoderError, Writer, open_writer
-from swml_engine.recording.recovery import repair
+from swml_engine.recording.recovery import repair, stored_size
 from swml_engine.recording.store import RecordingStore
 from swml_engine.vocabulary import RecordingEndReason, RecordingState
 
@@ -111,7 +111,7 @@ class Recording:
                 self._vad = VoiceDetector(self.call.rate, s.input_sensitivity)
             except Exception as e:  # the model could not load: the recording fails, the call goes on
                 raise EncoderError(f"voice activity detection unavailable: {type(e).__name__}: {e}") from None
-        self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
+        self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1, self.store.keyring)
         self.state = "recording"
         self.start_time = self.call.wall()
         self._t0 = self.call.now()
@@ -270,8 +270,7 @@ class Recording:
                     self._error(warning)
                 if broken:
                     self._salvage()
-                with contextlib.suppress(OSError):
-                    self.size = self.path.stat().st_size  # what is on disk, even after an error
+                self.size = stored_size(self.path, self.store.keyring)  # what is on disk, even after an error
             self.state = state
             self._save_metadata()
             self._report(state)
@@ -284,7 +283,7 @@ class Recording:
         s = self.settings
         self.path = self.store.audio_path(self.recording_id, s.format)
         try:
-            seconds, _ = repair(s.format, self.path, self.call.rate, 2 if s.stereo else 1)
+            seconds, _ = repair(s.format, self.path, self.call.rate, 2 if s.stereo else 1, self.store.keyring)
         except Exception as e:
             self._error(f"the part written could not be made playable: {type(e).__name__}: {e}")
             return

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from swml_engine.recording.crypt import Keyring
 from swml_engine.recording.encoders import part_path
 
 METADATA_FIELDS = [
@@ -70,8 +71,11 @@ class RecordingStore:
         *,
         public: PublicUrls | None = None,
         on_write: Callable[[dict[str, Any]], None] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.root = root
+        #: Recordings are written sealed under its newest key (``--encrypt-key-file``); None: plain.
+        self.keyring = keyring
         self.public = public
         self.base_url = public.base if public is not None else base_url.rstrip("/") if base_url else None
         #: Told of every metadata write (the service's index).
