@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import wait_for
+from conftest import read_wav, run_doc, wait_for
 from swml_engine.recording.crypt import BLOCK, Keyring, SealedFile, is_sealed
 from swml_engine.recording.encoders import open_writer
 from swml_engine.recording.recovery import recover
@@ -146,3 +146,31 @@ def test_swml_decrypt(tmp_path: Path, key_file: Path) -> None:
     key_file.write_text("k1 c2hvcnQ=\n")
     r = swml("decrypt", str(sealed), "--key-file", str(key_file))
     assert r.returncode == 2 and b"key 'k1' is 5 bytes; it must be 32" in r.stderr
+
+
+def test_play_back_of_an_encrypted_recording_in_the_same_call(tmp_path: Path, key_file: Path) -> None:
+    # record_call_url of a sealed recording plays in the same call (swml run --encrypt-key-file).
+    keyring = Keyring.load(key_file)
+    doc = """
+sections:
+  main:
+    - answer
+    - record_call: {control_id: r, format: wav}
+    - sleep: 2000
+    - stop_record_call: {control_id: r}
+    - play: {url: '${record_call_url}'}
+"""
+    caller = noise(2.0, seed=7)
+    res = run_doc(doc, tmp_path, caller_audio=caller, keyring=keyring)
+    assert not [e for e in res.events if e["type"] == "error"]
+    (meta_path,) = (tmp_path / "out" / "recordings").glob("*.json")
+    meta = json.loads(meta_path.read_text())
+    path = meta_path.with_suffix(".wav")
+    assert is_sealed(path) and meta["size"] == len(plaintext(path, keyring))
+    recorded = np.frombuffer(plaintext(path, keyring)[80:], "<i2")
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    # The caller heard the recording whole after it stopped (decrypted: the very samples recorded).
+    probe = recorded[4000:4160]
+    (at,) = [i for i in range(len(heard) - 160) if np.array_equal(heard[i : i + 160], probe)]
+    start = at - 4000
+    assert start >= 2 * RATE - 160 and np.array_equal(heard[start : start + len(recorded)], recorded)

@@ -112,6 +112,7 @@ class Progress:
 def cmd_run(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
     from swml_engine.methods import REGISTRY
+    from swml_engine.recording.crypt_cli import load_keys
     from swml_engine.session import Simulation, simulate
     from swml_engine.transports.simulated import PeerScript, parse_dtmf_schedule, parse_peer
 
@@ -142,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if caller is not None and not caller.is_file():
         print(f"swml run: --caller-audio: no such file: {caller}", file=sys.stderr)
         return EXIT_USAGE
+    keyring = load_keys(args.encrypt_key_file, "run")
     out = Path(args.out)
     progress = Progress(args.hangup_at, sys.stderr.isatty() and not args.quiet, args.realtime)
     sim = Simulation(
@@ -157,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         peers=peers,
         realtime=args.realtime,
         on_event=progress,
+        keyring=keyring,
     )
     started = time.monotonic()
     try:
@@ -239,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="swml-out", metavar="DIR", help="where outputs go (default swml-out)")
     r.add_argument("--realtime", action="store_true", help="follow the wall clock instead of virtual time")
     r.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    r.add_argument("--encrypt-key-file", metavar="KEYS", help="write recordings encrypted (docs/recording.md)")
     r.set_defaults(func=cmd_run)
 
     rc = sub.add_parser("recover", help="repair recordings left unfinished by a crash")

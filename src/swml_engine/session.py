@@ -19,6 +19,7 @@ from swml_engine.media.audio import decode
 from swml_engine.media.clock import VirtualTimeLoop
 from swml_engine.media.frame import Samples
 from swml_engine.methods import REGISTRY
+from swml_engine.recording.crypt import Keyring
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
@@ -81,6 +82,8 @@ class Simulation:
     callback_timeout: float = 5.0
     #: Longest wait for status callbacks still being delivered when the call is over (seconds).
     callback_wait: float = 60.0
+    #: Write recordings encrypted under its newest key (``--encrypt-key-file``); None: plain.
+    keyring: Keyring | None = None
 
 
 @dataclass
@@ -125,13 +128,13 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
     if sim.on_event is not None:
         events.sinks.append(sim.on_event)
     if out is not None:
-        for rec in recover(out / "recordings"):  # a previous run into this directory was killed
+        for rec in recover(out / "recordings", sim.keyring):  # a previous run into this directory was killed
             events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
     try:
         script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at, tuple(sim.peers))
         transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
         data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
-        store = RecordingStore(data_dir / "recordings")
+        store = RecordingStore(data_dir / "recordings", keyring=sim.keyring)
         callbacks = CallbackHub(events, timeout=sim.callback_timeout)
         call_id = str(uuid.uuid4())
         dialer = SimulatedDialer(sim.peers, out)
@@ -139,6 +142,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
             data_dir=data_dir,
             allow_file_urls=sim.allow_file_urls,
             url_resolver=store.resolver_for(call_id),
+            recording_store=store,
             dialer=dialer,
             extra={"callbacks": callbacks},
         )

@@ -99,7 +99,7 @@ class Keyring:
     def load(cls, path: Path) -> Keyring:
         """Read a key file: one key a line, ``KEY_ID BASE64_KEY`` (32 bytes), ``#`` comments and blank
         lines ignored. Raises KeyFileError saying what is wrong and how to make a good one."""
-        where = f"--encrypt-key-file {path}"
+        where = f"key file {path}"
         try:
             with path.open("rb") as f:
                 raw = f.read(KEY_FILE_LIMIT + 1)
@@ -529,6 +529,21 @@ def plain_size(path: Path, keyring: Keyring | None) -> int:
         return path.stat().st_size
     with SealedFile.open(path, keyring) as f:
         return f.size
+
+
+#: Longest sealed recording ``play`` decrypts into memory (about 4.5 h of 8 kHz mono WAV).
+PLAY_LIMIT = 256 * 1024 * 1024
+
+
+def playable(path: Path, keyring: Keyring | None, limit: int = PLAY_LIMIT) -> Path | bytes:
+    """What ``play`` decodes for a local recording: its path, or a sealed one's audio (CryptError when it
+    cannot be read, or is longer than ``limit``)."""
+    if not is_sealed(path):
+        return path
+    with open_existing(path, keyring) as f:
+        if isinstance(f, SealedFile) and f.size > limit:
+            raise CryptError(f"{path.name}: {f.size} bytes of audio; play decrypts at most {limit} into memory")
+        return f.read()
 
 
 @dataclass

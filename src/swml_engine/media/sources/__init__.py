@@ -24,6 +24,7 @@ from swml_engine.media.frame import Frame
 from swml_engine.media.sources.tones import RING_CADENCES, ring_frames, silence_frames
 from swml_engine.media.sources.tts import EspeakTts, TtsError, Voice
 from swml_engine.media.sources.url import fetch_audio, local_source, target_of
+from swml_engine.recording.crypt import CryptError, playable
 from swml_engine.urls import UrlError, parse_http_url, redact, scheme_of
 
 _RING = re.compile(r"^(?:(?P<secs>\d+(?:\.\d+)?)\s*:\s*)?(?P<cc>[A-Za-z]{2})$")
@@ -119,16 +120,18 @@ class SoundLoader:
             samples = await run_io(decode, await self._source(sound.url), self.rate)
         except FetchStopped:
             return iter(())  # the call ended during the fetch: nothing to play (the play ends "hangup")
-        except (FetchError, AudioError) as e:
+        except (FetchError, AudioError, CryptError) as e:
             raise SourceError(f"{redact(sound.url)}: {e}") from None
         return frames_of(samples, self.rate)
 
     async def _source(self, url: str) -> bytes | Path:
-        """The sound's file: local (the call's own recording, an allowed file://) or fetched over the
-        network on the call's fetch slots (their deadline, stopped when the call ends)."""
+        """The sound's file: local (the call's own recording, decrypted when it was written encrypted;
+        an allowed file://) or fetched over the network on the call's fetch slots (their deadline,
+        stopped when the call ends)."""
         local = await run_io(local_source, url, self.options)
         if local is not None:
-            return local
+            store = self.options.recording_store
+            return await run_io(playable, local, store.keyring if store is not None else None)
         target = target_of(url)
         options = self.options
         return await options.fetches.run(partial(fetch_audio, target, options), options.fetch_timeout, target.shown)
