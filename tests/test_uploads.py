@@ -209,3 +209,27 @@ def test_an_upload_is_confirmed_by_the_size_stored(tmp_path: Path, stored: int) 
         with pytest.raises(StorageError, match="2999 bytes stored of 3000 sent"):
             on_virtual_time(run)
         assert sorted(p.name for p in root.iterdir()) == ["r.json", "r.wav"]  # kept for the next try
+
+
+def test_a_recording_of_a_call_still_up_stays_local_until_the_call_ends(tmp_path: Path) -> None:
+    """Its call may still play it back from the file (record_call_url): the service adds it at the call's end."""
+    root = tmp_path / "recordings"
+    spool(root, "mine")
+    bucket = MemoryBucket()
+    live_calls = {"call-1"}
+
+    async def run() -> tuple[int, int]:
+        store = RecordingStore(root)
+        uploader = Uploader(bucket, lambda: store, held=lambda meta: meta.get("call_id") in live_calls)
+        store.on_write = uploader.on_metadata
+        store.write_metadata({**store.read_metadata("mine"), "call_id": "call-1"})  # it ends; its call goes on
+        uploader.start()
+        await asyncio.sleep(10)
+        before = uploader.uploaded
+        live_calls.clear()
+        uploader.add("mine")  # the call ended
+        await until(lambda: uploader.uploaded == 1, 10)
+        await uploader.stop()
+        return before, uploader.uploaded
+
+    assert on_virtual_time(run) == (0, 1) and "mine.wav" in bucket.objects

@@ -158,13 +158,17 @@ class Uploader:
         backoff: Backoff = Backoff(),
         concurrency: int = CONCURRENCY,
         rescan: float = RESCAN_INTERVAL,
+        held: Callable[[dict[str, Any]], bool] = lambda meta: False,
     ) -> None:
-        """``store``: the service's current store (its metadata writes reach the index)."""
+        """``store``: the service's current store (its metadata writes reach the index); ``held``: whether
+        an ended recording stays local for now — its call is still up and may play it back from the file
+        (``record_call_url``): the service adds it with :meth:`add` when the call ends."""
         self.bucket = bucket
         self._store = store
         self.queue = UploadQueue(backoff)
         self.concurrency = concurrency
         self.rescan = rescan
+        self.held = held
         self.state = UploaderState.OK
         self.uploaded = 0
         self.failures = 0
@@ -187,7 +191,8 @@ class Uploader:
 
     def on_metadata(self, meta: dict[str, Any]) -> None:
         """The store's hook: a metadata write that ends a recording queues it."""
-        if meta.get("state") != "recording" and meta.get("end_reason") is not None and not meta.get("storage"):
+        ended = meta.get("state") != "recording" and meta.get("end_reason") is not None
+        if ended and not meta.get("storage") and not self.held(meta):
             self.add(str(meta["recording_id"]))
 
     def scan(self) -> int:
@@ -199,7 +204,9 @@ class Uploader:
                 meta = self.store.read_metadata(recording_id)
             except (OSError, ValueError):
                 continue
-            if isinstance(meta, dict) and meta.get("recording_id") == recording_id and meta.get("state") != "recording":
+            if not isinstance(meta, dict) or meta.get("recording_id") != recording_id or self.held(meta):
+                continue
+            if meta.get("state") != "recording":
                 count += 1
                 self.add(recording_id)
         return count
