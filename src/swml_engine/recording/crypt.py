@@ -32,7 +32,7 @@ import os
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -193,6 +193,41 @@ def _file_key(secret: bytes, file_id: bytes) -> AESGCM:
     return AESGCM(hkdf.derive(secret))
 
 
+class Blocks:
+    """One sealed file's block arithmetic and cipher, without I/O: where block ``i`` lies, sealing a
+    block's plaintext, opening what was read from there."""
+
+    def __init__(self, header: Header, secret: bytes) -> None:
+        self.head = header.pack()
+        self.block = header.block_size
+        self.slot = header.block_size + OVERHEAD
+        self._aead = _file_key(secret, header.file_id)
+
+    def offset(self, index: int) -> int:
+        return len(self.head) + index * self.slot
+
+    def count(self, stored: int) -> int:
+        """How many blocks (whole or not) a sealed file of ``stored`` bytes holds."""
+        body = stored - len(self.head)
+        return -(-body // self.slot) if body > 0 else 0
+
+    def _aad(self, index: int, final: bool) -> bytes:
+        return self.head + struct.pack(">QB", index, final)
+
+    def seal(self, plain: bytes, index: int, final: bool) -> bytes:
+        nonce = os.urandom(NONCE)  # fresh for every write, rewrites included: never reused under the key
+        return nonce + self._aead.encrypt(nonce, plain, self._aad(index, final))
+
+    def open(self, sealed: bytes, index: int, final: bool) -> bytes | None:
+        """The block's plaintext, or None when it does not authenticate as block ``index`` (final or not)."""
+        if len(sealed) < OVERHEAD:
+            return None
+        try:
+            return self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], self._aad(index, final))
+        except InvalidTag:
+            return None
+
+
 # --- the sealed file ---------------------------------------------------------------------------------
 
 
@@ -211,10 +246,8 @@ class SealedFile(io.RawIOBase):
         self._fd = fd
         self.name = name
         self.header = header
-        self._head = header.pack()
-        self._aead = _file_key(secret, header.file_id)
+        self._cipher = Blocks(header, secret)
         self._block = header.block_size
-        self._slot = header.block_size + OVERHEAD
         self._writable = writable
         self._pos = 0
         self.size = 0
@@ -263,8 +296,7 @@ class SealedFile(io.RawIOBase):
         return sealed
 
     def _scan(self, disk: int) -> None:
-        body = disk - len(self._head)
-        slots = -(-body // self._slot) if body > 0 else 0
+        slots = self._cipher.count(disk)
         if not slots or self._take_last(slots - 1, (True, False)):
             return
         # The last block does not authenticate: a write a crash cut short (or an altered last block).
@@ -272,14 +304,14 @@ class SealedFile(io.RawIOBase):
         self.torn = True
         if slots > 1 and not self._take_last(slots - 2, (False,)):
             # More than a torn write: name the first block that fails (every one is checked: fast).
-            bad = next(i for i in range(slots - 1) if self._open_block(self._read_slot(i), i, False) is None)
+            bad = next(i for i in range(slots - 1) if self._cipher.open(self._read_slot(i), i, False) is None)
             raise TamperedError(self.name, bad, "altered, moved, or taken from another file")
 
     def _take_last(self, last: int, finals: tuple[bool, ...]) -> bool:
         """Take block ``last`` as the file's last if it authenticates (as final or not, in that order)."""
         sealed = self._read_slot(last)
         for final in finals:
-            plain = self._open_block(sealed, last, final)
+            plain = self._cipher.open(sealed, last, final)
             if plain is not None:
                 self._blocks = last + 1
                 self.size = last * self._block + len(plain)
@@ -374,7 +406,7 @@ class SealedFile(io.RawIOBase):
         if self._final_on_disk is not None and self._final_on_disk >= blocks - 1:
             self._final_on_disk = None
         self._blocks, self.size, self._shrunk = blocks, size, True
-        os.ftruncate(self._fd, self._offset(blocks))  # the last block's old bytes stay until it is sealed again
+        os.ftruncate(self._fd, self._cipher.offset(blocks))  # the last block's old bytes stay until it is sealed again
         return size
 
     def flush(self) -> None:
@@ -440,22 +472,8 @@ class SealedFile(io.RawIOBase):
 
     # --- blocks ----------------------------------------------------------------------------------
 
-    def _offset(self, index: int) -> int:
-        return len(self._head) + index * self._slot
-
     def _read_slot(self, index: int) -> bytes:
-        return os.pread(self._fd, self._slot, self._offset(index))
-
-    def _aad(self, index: int, final: bool) -> bytes:
-        return self._head + struct.pack(">QB", index, final)
-
-    def _open_block(self, sealed: bytes, index: int, final: bool) -> bytes | None:
-        if len(sealed) < OVERHEAD:
-            return None
-        try:
-            return self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], self._aad(index, final))
-        except InvalidTag:
-            return None
+        return os.pread(self._fd, self._cipher.slot, self._cipher.offset(index))
 
     def _plain(self, index: int) -> bytearray:
         plain = self._cache.get(index)
@@ -464,19 +482,18 @@ class SealedFile(io.RawIOBase):
             return plain
         sealed = self._read_slot(index)
         final = index == self._final_on_disk
-        opened = self._open_block(sealed, index, final)
+        opened = self._cipher.open(sealed, index, final)
         if opened is None or (index < self._blocks - 1 and len(opened) != self._block):
             why = "altered, moved, or taken from another file"
-            if self._open_block(sealed, index, not final) is not None:
+            if self._cipher.open(sealed, index, not final) is not None:
                 why = "a final block with more after it" if not final else "the final block is missing"
             raise TamperedError(self.name, index, why)
         self._cache[index] = plain = bytearray(opened)
         return plain
 
     def _seal(self, index: int, *, final: bool) -> None:
-        nonce = os.urandom(NONCE)  # fresh for every write, rewrites included: never reused under the key
-        sealed = nonce + self._aead.encrypt(nonce, bytes(self._cache[index]), self._aad(index, final))
-        os.pwrite(self._fd, sealed, self._offset(index))
+        sealed = self._cipher.seal(bytes(self._cache[index]), index, final)
+        os.pwrite(self._fd, sealed, self._cipher.offset(index))
         self._dirty.discard(index)
         if final:
             self._final_on_disk = index
@@ -487,7 +504,7 @@ class SealedFile(io.RawIOBase):
         """After a truncate, drop the old bytes past the last block once it has been sealed again."""
         if self._shrunk and not self._dirty:
             last = self._blocks - 1
-            end = self._offset(last) + OVERHEAD + len(self._plain(last)) if last >= 0 else len(self._head)
+            end = self._cipher.offset(last) + OVERHEAD + len(self._plain(last)) if last >= 0 else len(self._cipher.head)
             os.ftruncate(self._fd, end)
             self._shrunk = False
 
@@ -589,3 +606,52 @@ class SealedAudio:
 def _read_at(f: SealedFile, offset: int, size: int) -> bytes:
     f.seek(offset)
     return f.read(size)
+
+
+#: Bytes ``start`` to ``end`` of a stored object, as they arrive (``ObjectStore.read`` of one key).
+RangeRead = Callable[[int, int], AsyncIterator[bytes]]
+
+
+@dataclass
+class SealedObject:
+    """A sealed recording in object storage, as the HTTP API serves it: a few blocks fetched at a time
+    with ranged reads and opened on the way. Its plaintext ``size`` is its metadata's (the object itself
+    is ``stored`` bytes). A block that fails ends the stream short with an error in the log naming it."""
+
+    read: RangeRead
+    keyring: Keyring
+    name: str
+    size: int
+    stored: int
+    #: Blocks fetched by one ranged read (128 KiB at the default block size).
+    batch: int = 8
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        try:
+            head = await _gather(self.read(0, min(self.stored, _FIXED.size + 64)))
+            header = Header.read(io.BytesIO(head), self.name)
+            cipher = Blocks(header, self.keyring.key(header.key_id, self.name))
+            total = cipher.count(self.stored)
+            index = start // cipher.block
+            while start < end and index < total:
+                upto = min(total, index + self.batch)
+                raw = await _gather(self.read(cipher.offset(index), min(self.stored, cipher.offset(upto))))
+                for i in range(index, upto):
+                    sealed = raw[(i - index) * cipher.slot : (i - index + 1) * cipher.slot]
+                    plain = cipher.open(sealed, i, i == total - 1)  # a stored recording is a finished one
+                    if plain is None or (i < total - 1 and len(plain) != cipher.block):
+                        raise TamperedError(self.name, i, "altered, moved, taken from another file, or cut short")
+                    base = i * cipher.block
+                    piece = plain[max(0, start - base) : max(0, end - base)]
+                    if piece:
+                        yield piece
+                        start += len(piece)
+                    if start >= end:
+                        return
+                index = upto
+        except CryptError as e:
+            log.error("%s", e)
+
+
+async def _gather(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])

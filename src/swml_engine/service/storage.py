@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
+from swml_engine.recording.crypt import CryptError, Keyring, SealedAudio, SealedObject, is_sealed
 from swml_engine.recording.objectstore import ObjectStore, StorageError
 from swml_engine.recording.store import MEDIA_TYPES
 
 if TYPE_CHECKING:
     from swml_engine.recording.store import RecordingStore
     from swml_engine.service.index import Index
+
+log = logging.getLogger(__name__)
 
 #: Bytes read from a local file at a time while streaming it.
 CHUNK = 64 * 1024
@@ -96,7 +101,7 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
     path = places.store.resolve(places.store.audio_path(recording_id, fmt).as_uri())
     if path is not None:
         with contextlib.suppress(FileNotFoundError):  # (uploaded and removed this instant: ask again)
-            return LocalAudio(path, path.stat().st_size)
+            return _local(path, places.store.keyring, recording_id)
     storage = meta.get("storage")
     bucket = places.bucket
     if isinstance(storage, dict) and storage.get("audio"):
@@ -106,7 +111,11 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
             raise HTTPException(
                 404, f"the audio of recording {recording_id} is at {storage['audio']}, not under {where}"
             )
-        return StoredAudio(bucket, key, int(storage.get("size") or 0))
+        stored = int(storage.get("size") or 0)
+        if int(meta.get("size") or 0) != stored:  # sealed: its metadata gives the audio's size, not the object's
+            keyring = _keyring(places.store.keyring, recording_id)
+            return SealedObject(partial(bucket.read, key), keyring, key, int(meta.get("size") or 0), stored)
+        return StoredAudio(bucket, key, stored)
     if bucket is not None and meta.get("end_reason") is not None:
         raise HTTPException(
             503,
@@ -115,6 +124,23 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
             headers={"Retry-After": str(RETRY_AFTER)},
         )
     raise HTTPException(404, f"the audio of recording {recording_id} is gone")
+
+
+def _local(path: Path, keyring: Keyring | None, recording_id: str) -> AudioSource:
+    """A file in the spool; a sealed one (--encrypt-key-file) decrypted on the way."""
+    if not is_sealed(path):
+        return LocalAudio(path, path.stat().st_size)
+    try:
+        return SealedAudio.open(path, _keyring(keyring, recording_id))
+    except CryptError as e:
+        log.error("recording %s: %s", recording_id, e)
+        raise HTTPException(500, f"the audio of recording {recording_id} cannot be decrypted: {e}") from None
+
+
+def _keyring(keyring: Keyring | None, recording_id: str) -> Keyring:
+    if keyring is None:
+        raise HTTPException(500, f"the audio of recording {recording_id} is encrypted: start with --encrypt-key-file")
+    return keyring
 
 
 async def audio_response(request: Request, source: AudioSource, meta: dict[str, Any]) -> Response:
