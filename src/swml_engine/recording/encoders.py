@@ -445,7 +445,10 @@ class Mp4Writer(Writer):
             raise OSError(str(e)) from None
 
     def flush(self) -> None:
-        pass  # flush_packets=1 and frag_duration already push each fragment to the file
+        # flush_packets=1 and frag_duration already push each fragment to the file, or to the sealed
+        # file's last block in memory: that one is sealed to disk now.
+        if self._sink is not None:
+            self._sink.flush()
 
     def _abandon(self) -> None:
         import av
