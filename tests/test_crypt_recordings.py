@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import read_wav, run_doc, wait_for
-from swml_engine.recording.crypt import BLOCK, Keyring, SealedFile, is_sealed
+from swml_engine.recording.crypt import Keyring, SealedFile, is_sealed
 from swml_engine.recording.encoders import open_writer
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
