@@ -77,6 +77,11 @@ class Engine:
         if self.script is not None:
             cmd += ["--script", str(self.script)]
         cmd += ["--data", str(self.data), "--rtp-ports", f"{ENGINE_RTP[0]}-{ENGINE_RTP[1]}"]
+        # A stop hangs up at once, as the tests were written for, and waits little for the answers to its
+        # BYEs: a test's peers are gone by then.
+        for option, value in (("--drain-timeout", "0"), ("--stop-grace", "2")):
+            if option not in self.extra:
+                cmd += [option, value]
         self.proc = subprocess.Popen(
             [*cmd, *self.extra], stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=self._limits
         )
@@ -454,6 +459,16 @@ class SipPeer:
         else:
             self.sock.sendall(data)
         return branch
+
+    def reply(self, request: str, code: int = 200, phrase: str = "OK") -> None:
+        """Answer a request the engine sent (its Vias, From, To, Call-ID and CSeq copied back)."""
+        names = ("Via", "From", "To", "Call-ID", "CSeq")
+        lines = [f"SIP/2.0 {code} {phrase}", *(f"{n}: {v}" for n in names for v in header(request, n))]
+        data = ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode()
+        if self.proto == "udp":
+            self.sock.sendto(data, ("127.0.0.1", self.port))
+        else:
+            self.sock.sendall(data)
 
     def receive(self, seconds: float) -> list[str]:
         """Messages arriving within ``seconds`` (also kept in ``messages``)."""

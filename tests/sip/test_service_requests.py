@@ -5,6 +5,7 @@ SIGTERM with a TCP call up."""
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -81,9 +82,12 @@ def test_sigterm_with_a_tcp_call_up_ends_it_without_a_traceback(engine: EngineFa
         for peer in peers:
             answered(peer)
         assert wait_for(lambda: len(eng.call_events()) == 2, PATIENCE)
-        assert eng.stop() == 0
-        for peer in peers:  # (sent before the process ended: in our socket's buffer)
+        assert eng.proc is not None
+        eng.proc.send_signal(signal.SIGTERM)
+        for peer in peers:  # the stop waits for its BYEs to be answered
             assert peer.wait(lambda p=peer: any(m.startswith("BYE ") for m in p.messages)), peer.messages
+            peer.reply(next(m for m in peer.messages if m.startswith("BYE ")))
+        assert eng.stop() == 0
     finally:
         for peer in peers:
             peer.close()

@@ -41,6 +41,8 @@ SCRIPT_URL_VARIABLE = "SWML_SCRIPT_URL"
 #: The --trunk's credentials: from the environment only (``ps`` shows the command line to every user).
 TRUNK_USERNAME, TRUNK_PASSWORD = "SWML_TRUNK_USERNAME", "SWML_TRUNK_PASSWORD"
 YEAR = 365 * 86400
+#: Stop signals closer together than this (seconds) are one stop (StopSignals).
+SAME_SIGNAL = 1.0
 
 
 def number(low: float, high: float, unit: str = "", *, integer: bool = False) -> Callable[[str], float]:
@@ -166,11 +168,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="calls per worker before 503 (0: no limit)",
     )
     s.add_argument(
+        "--drain-timeout",
+        type=number(0, 86400, " seconds"),
+        default=30.0,
+        metavar="S",
+        help="at SIGTERM, new calls are refused and live calls may go on for up to S before they are hung up "
+        "(default 30: a stop stays within systemd's 90 s; a second SIGTERM hangs up at once)",
+    )
+    s.add_argument(
         "--stop-grace",
         type=number(0, 3600, " seconds"),
         default=10.0,
         metavar="S",
-        help="at SIGTERM, how long hung-up calls may take to end before they are cancelled (default 10)",
+        help="after the drain, how long the calls hung up may take to end, and their BYEs to be answered, "
+        "before they are cancelled and the ports closed (default 10)",
     )
     limits = ConnectionLimits()
     for flag, parse, default, what in (
@@ -286,6 +297,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             idle_timeout=args.idle_timeout,
         ),
         stop_grace=args.stop_grace,
+        drain_timeout=args.drain_timeout,
         trunk=trunk,
         rtp_timeout=args.rtp_timeout,
         outbound_port=outbound,
@@ -324,14 +336,38 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     # What exists now lives as long as the service: keep it out of every garbage collection from here on.
     gc.freeze()
     print(f"swml serve: worker {worker} ready, SIP on port {service.sip_port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals = StopSignals(loop.time)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, signals.received)
+    await signals.first.wait()
+    await service.drain(config.drain_timeout, signals.again)
     log.info("stopping: hanging up %d call(s)", len(service.calls))
     await service.stop()
     return EXIT_OK
+
+
+class StopSignals:
+    """SIGTERM and SIGINT as a worker reads them: the first (``first``) starts the drain; another one
+    later (``again``) hangs up the calls left at once.
+
+    Signals less than SAME_SIGNAL apart count as one: with --workers, a terminal's Ctrl-C and systemd's
+    stop (KillMode=control-group) reach every worker and the parent, which passes its own on, so a
+    worker gets two at once for one stop."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.first = asyncio.Event()
+        self.again = asyncio.Event()
+        self._first_at: float | None = None
+
+    def received(self) -> None:
+        now = self.clock()
+        if self._first_at is None:
+            self._first_at = now
+            self.first.set()
+        elif now - self._first_at >= SAME_SIGNAL:
+            self.again.set()
 
 
 def _start_error(e: SecretError | OSError) -> str:

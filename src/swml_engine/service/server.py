@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,6 +77,20 @@ USER_AGENT = "swml-engine"
 STOP_CANCEL_WAIT = 5.0
 #: At a stop, how long queued status callbacks may take to be delivered before they are given up.
 CALLBACK_DRAIN = 5.0
+#: How often a drain looks whether the calls have ended.
+DRAIN_POLL = 0.1
+
+
+class Phase(StrEnum):
+    """Where the service is in its life (docs/serve.md, "Stopping")."""
+
+    SERVING = "serving"
+    #: New calls and OPTIONS probes get 503; the live calls go on until they end or the drain is over.
+    DRAINING = "draining"
+    #: The calls left are hung up and their recordings finalised; the ports close once every BYE
+    #: is answered.
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 @dataclass
@@ -110,6 +125,10 @@ class ServiceConfig:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Seconds a stop waits for the calls to end once hung up; then what is left is cancelled.
     stop_grace: float = 10.0
+    #: At SIGTERM, seconds the live calls may go on by themselves (new ones refused) before they are
+    #: hung up: with the BYEs' answers (at most 32 s) and callbacks (5 s), a stop stays within
+    #: systemd's default TimeoutStopSec (90 s), after which it would SIGKILL the service.
+    drain_timeout: float = 30.0
     #: Where connect sends phone numbers (--trunk); None: phone numbers cannot be dialled.
     trunk: Trunk | None = None
     #: A leg whose far end sends no RTP for this long (not on hold) is taken for gone (0: never).
@@ -151,6 +170,9 @@ class Service:
         #: The calls whose script runs, by the engine's call id (the HTTP API's live recordings are theirs).
         self.calls: dict[str, Call] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.phase = Phase.SERVING
+        #: Per endpoint, the requests already unanswered when the stop began (not waited for).
+        self._in_flight: list[set[object]] = []
         self.completed = 0
         self.refused = 0
         self.registration: SipRegistration | None = None
@@ -210,14 +232,47 @@ class Service:
         """The port this worker's calls go out from (the SIP port, or one of its own)."""
         return int(self.placing.local_addr[1])
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, hang up the live ones (recordings are finalised), close the ports. Calls
-        still busy after ``grace`` seconds (default: the config's) are cancelled; the index is closed
-        after their last writes."""
-        grace = self.config.stop_grace if grace is None else grace
-        if self.registration is not None:
-            await self.registration.stop()  # first: the registrar stops sending calls here
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new calls (INVITE and OPTIONS get 503) and let the live ones end by themselves, for up
+        to ``timeout`` seconds, or until ``hurry`` is set (a second SIGTERM); :meth:`stop` then hangs up
+        what is left."""
+        await self._refuse_calls(Phase.DRAINING)
+        if not self.tasks:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        log.info(
+            "draining: %d call(s) up, new calls refused; what is left is hung up in %g s (or at a second signal)",
+            len(self.tasks),
+            timeout,
+        )
+        while self.tasks and loop.time() < deadline and not (hurry is not None and hurry.is_set()):
+            await asyncio.sleep(DRAIN_POLL)
+        if self.tasks:
+            why = "at a second signal" if hurry is not None and hurry.is_set() else f"after {timeout:g} s"
+            log.info("drain over %s: hanging up %d call(s)", why, len(self.tasks))
+        else:
+            log.info("drained: every call ended by itself")
+
+    async def _refuse_calls(self, phase: Phase) -> None:
+        if self.phase is Phase.SERVING:
+            # What was already on its way before the stop is not waited for (its peer may be long gone);
+            # what the stop sends, and the calls' own hang-ups during the drain, are (_settle).
+            self._in_flight = [endpoint.unanswered() for endpoint in self._endpoints()]
+            if self.registration is not None:
+                await self.registration.stop()  # first: the registrar stops sending calls here
+        self.phase = phase
         self.ua.policy.accepting = False  # new calls (and OPTIONS probes) get 503 from now on
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, hang up the live ones (recordings are finalised), wait for every BYE and
+        CANCEL sent to be answered (at most the 32 s of its transaction), close the ports. Calls still
+        busy after ``grace`` seconds (default: the config's) are cancelled; the index is closed after
+        their last writes."""
+        grace = self.config.stop_grace if grace is None else grace
+        await self._refuse_calls(Phase.STOPPING)
+        loop = asyncio.get_running_loop()
+        hung_up = loop.time()
         for call in list(self.calls.values()):
             await call.hangup("shutdown")
         if self.tasks:
@@ -227,7 +282,8 @@ class Service:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
-        await self.dialer.stop()  # far legs left get their CANCEL or BYE; every BYE its answer (bounded)
+        await self.dialer.stop()  # far legs left get their CANCEL or BYE
+        await self._settle(max(0.0, hung_up + grace - loop.time()))
         if self.placing is not self.endpoint:
             await self.placing.stop()
         await self.endpoint.stop()
@@ -238,6 +294,21 @@ class Service:
         cut = await asyncio.to_thread(callbacks.shutdown, CALLBACK_DRAIN)
         if cut:
             log.warning("stopping: %d status callback receiver(s) still not answering are given up", cut)
+        self.phase = Phase.STOPPED
+
+    async def _settle(self, limit: float) -> None:
+        """Keep the ports open until every BYE and CANCEL sent since the stop began has its answer
+        (retransmitted meanwhile) or its transaction gives up, for at most ``limit`` seconds (what is
+        left of --stop-grace; a transaction gives up after 32 s in any case): one lost datagram must not
+        leave a caller's call up."""
+        endpoints = zip(self._endpoints(), self._in_flight, strict=True)
+        waits = [endpoint.settle(limit=limit, since=before) for endpoint, before in endpoints]
+        left = sum(await asyncio.gather(*waits))
+        if left:
+            log.warning("stopping: %d request(s) (BYE, CANCEL, INVITE) still unanswered after %g s", left, limit)
+
+    def _endpoints(self) -> list[Endpoint]:
+        return [self.endpoint] if self.placing is self.endpoint else [self.endpoint, self.placing]
 
     # --- SIP events -------------------------------------------------------------------------------
 
@@ -503,6 +574,7 @@ class Service:
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
         return {
             "status": "ok",
+            "state": self.phase.value,
             "calls": len(self.legs),
             "far_legs": len(self.dialer.legs),
             "completed": self.completed,

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits
@@ -49,6 +49,11 @@ CONNECT_TIMEOUT = 10.0
 WILDCARDS = ("0.0.0.0", "::", "")
 #: Ports the system picks (bind port 0) tried for UDP until TCP is free on the same one.
 BIND_TRIES = 20
+#: What a stop waits to see answered before it closes the sockets (Endpoint.settle): the BYEs and
+#: CANCELs it sent, and the INVITEs of legs given up (a late 200 still gets its ACK and BYE).
+SETTLED = ("BYE", "CANCEL", "INVITE")
+#: Seconds a settle waits beyond the transactions' own bound (64·T1), and how often it looks.
+SETTLE_MARGIN, SETTLE_POLL = 1.0, 0.05
 
 
 class FramingError(ValueError):
@@ -224,7 +229,29 @@ class Endpoint:
             self.local_addr = (str(host), int(port))
             return
 
+    def unanswered(self, methods: Iterable[str] = SETTLED) -> set[object]:
+        """The requests of ``methods`` we sent that have no final answer yet (for :meth:`settle`'s ``since``)."""
+        return set(self.ua.unanswered(methods))
+
+    async def settle(
+        self, methods: Iterable[str] = SETTLED, limit: float | None = None, *, since: set[object] | None = None
+    ) -> int:
+        """Wait until every request of ``methods`` we sent (a stop's BYEs and CANCELs, the INVITEs they
+        end) has its final answer or its transaction has given up (over UDP each is retransmitted
+        meanwhile), or ``limit`` seconds pass — never longer than the transactions' own bound, 64·T1
+        (32 s). Those already unanswered in ``since`` (:meth:`unanswered` taken earlier) are not waited
+        for. Returns how many are still unanswered. Before :meth:`stop`, which ends them all."""
+        loop = asyncio.get_running_loop()
+        methods = tuple(methods)
+        bound = self.ua.timing.timeout + SETTLE_MARGIN
+        deadline = loop.time() + (bound if limit is None else min(limit, bound))
+        earlier = since or set()
+        while (left := len(self.unanswered(methods) - earlier)) and loop.time() < deadline:
+            await asyncio.sleep(SETTLE_POLL)
+        return left
+
     async def stop(self) -> None:
+        """Close the sockets now: what is in flight (a BYE's retransmissions) ends; see :meth:`settle`."""
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):

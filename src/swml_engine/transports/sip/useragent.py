@@ -363,9 +363,12 @@ class UserAgent:
         """Requests of ``method`` we sent that have no final answer yet (a stopping service waits for its
         BYEs to be answered, their retransmissions bounded by Timer F). A request answered is not pending
         even while its transaction lingers to absorb retransmissions (Timer K)."""
-        return sum(
-            1 for tx in self._owners if tx.request.method == method and not tx.done and tx.final_response is None
-        )
+        return len(self.unanswered((method,)))
+
+    def unanswered(self, methods: Iterable[str]) -> set[ClientTransaction]:
+        """The requests of ``methods`` we sent that have no final answer yet (see :meth:`pending`)."""
+        wanted = frozenset(methods)
+        return {tx for tx in self._owners if tx.request.method in wanted and not tx.done and tx.final_response is None}
 
     def flow_in_use(self, flow: int, addr: tuple[str, int] | None = None) -> bool:
         """Whether a call that is not over uses TCP connection ``flow`` (to ``addr``): a call that came
