@@ -267,7 +267,7 @@ class SealedFile(io.RawIOBase):
     def create(cls, path: Path, keyring: Keyring) -> SealedFile:
         """A new, empty sealed file under the keyring's newest key (OSError if it cannot be created)."""
         header = Header(keyring.newest, os.urandom(16))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)  # (less the umask, as a plain file)
         try:
             os.pwrite(fd, header.pack(), 0)
         except OSError:

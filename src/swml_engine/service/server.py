@@ -35,6 +35,7 @@ from swml_engine.fetch import FetchStopped
 from swml_engine.logs import CallLog
 from swml_engine.media.clock import MediaTicker
 from swml_engine.methods import REGISTRY
+from swml_engine.recording.crypt import Keyring
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -95,6 +96,8 @@ class Phase(StrEnum):
 
 @dataclass
 class ServiceConfig:
+    #: Recordings are written encrypted under its newest key (--encrypt-key-file); None: plain.
+    keyring: Keyring | None = None
     sip: tuple[str, int] = ("127.0.0.1", 5060)
     http: tuple[str, int] | None = None
     script: Path | None = None
@@ -144,7 +147,7 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.document: Document | None = None
-        self.store = RecordingStore(config.data / "recordings")
+        self.store = RecordingStore(config.data / "recordings", keyring=config.keyring)
         # OPTIONS probes get 503 whenever a new call would (over --max-calls, media late, stopping).
         self.ua = UserAgent(Policy(user_agent=USER_AGENT, busy=self._overloaded))
         self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port)
@@ -203,7 +206,7 @@ class Service:
         if cfg.script is not None:
             self.document = load_file(cfg.script, methods=REGISTRY)  # DocumentError: the caller reports it and exits
         (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
-        for rec in recover(cfg.data / "recordings"):
+        for rec in recover(cfg.data / "recordings", cfg.keyring):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
         await self.endpoint.start()
         if self.placing is not self.endpoint:
@@ -520,6 +523,7 @@ class Service:
             data / "recordings",
             public=SignedUrls(base.rstrip("/") + "/recordings", signer, cfg.url_ttl),
             on_write=self._index_recording,
+            keyring=cfg.keyring,
         )
         self.index = Index(data / "index.sqlite3")
         self.index.rebuild(self.store.root)
