@@ -44,12 +44,14 @@ from swml_engine.service.api import SignedUrls, build_app
 from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
 from swml_engine.service.index import Index
+from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.outbound import SipDialer, Trunk
 from swml_engine.transports.sip.refer import ReferUpdate
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
+from swml_engine.transports.sip.rtpstream import TALLY
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.useragent import (
     AckReceived,
@@ -122,6 +124,8 @@ class ServiceConfig:
     public_url: str | None = None
     #: How long a signed recording URL works (seconds).
     url_ttl: float = 7 * 86400.0
+    #: /metrics needs the API token (False: open, for a Prometheus on a private network).
+    metrics_token: bool = True
     #: When the service (all its workers) started: calls the index holds from before are over.
     started_at: float = field(default_factory=time.time)
     #: Caps and time limits of the HTTP port's connections (SIP over TCP may share them).
@@ -182,6 +186,8 @@ class Service:
         self.index: Index | None = None
         self.api: ApiServer | None = None
         self.worker_url = ""
+        #: /metrics: this worker's figures (with --workers, in files every worker's scrape adds up).
+        self.metrics = ServiceMetrics()
 
     def _sip_endpoint(
         self, ua: UserAgent, bind: tuple[str, int], *, reuse_port: bool = False, gate: ConnectionGate | None = None
@@ -225,6 +231,7 @@ class Service:
         if cfg.register is not None:
             self.registration = SipRegistration(self.endpoint, cfg.register, USER_AGENT)
             self.registration.start()
+        self.metrics.start(self._metrics_snapshot)
 
     @property
     def sip_port(self) -> int:
@@ -294,6 +301,7 @@ class Service:
             await self.api.stop()
         if self.index is not None:
             self.index.close()
+        await self.metrics.stop()
         cut = await asyncio.to_thread(callbacks.shutdown, CALLBACK_DRAIN)
         if cut:
             log.warning("stopping: %d status callback receiver(s) still not answering are given up", cut)
@@ -425,6 +433,8 @@ class Service:
             events = EventLog()
             events.keep = False  # a service keeps events in files, not in memory
             events_file = (self.config.data / "calls" / f"{call_id}.jsonl").open("w", encoding="utf-8")
+            # First: a callback delivered after the call's event file is closed still counts.
+            events.sinks.append(self.metrics.call_sink())
             events.sinks.append(JsonlSink(events_file))
             hub = CallbackHub(events)
             options = CallOptions(
@@ -587,6 +597,31 @@ class Service:
             **({"index": self.index.state.value} if self.index is not None else {}),
             **({"registration": self.registration.status()} if self.registration is not None else {}),
         }
+
+    def _metrics_snapshot(self) -> Snapshot:
+        """What this worker's tables and counters say now, for /metrics."""
+        states = [
+            "paused" if rec.paused is not None else rec.state
+            for call in self.calls.values()
+            if isinstance(call.recordings, Recordings)
+            for rec in call.recordings.live()
+        ]
+        agents = {id(endpoint.ua): endpoint.ua for endpoint in (self.endpoint, self.placing)}
+        return Snapshot(
+            calls=len(self.legs),
+            far_legs=len(self.dialer.legs),
+            refused=self.refused,
+            recording_states=states,
+            sip=[ua.counts for ua in agents.values()],
+            rtp=TALLY.figures(),
+        )
+
+    def metrics_exposition(self) -> tuple[bytes, str]:
+        return self.metrics.exposition()
+
+    @property
+    def metrics_need_token(self) -> bool:
+        return self.config.metrics_token
 
 
 def _listen(addr: tuple[str, int], *, reuse_port: bool) -> socket.socket:
