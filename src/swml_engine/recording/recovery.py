@@ -4,7 +4,11 @@ A recording's metadata says ``state: recording`` until it is finalised, so after
 ones to repair: a WAV gets its header sizes from the file length, an MP3 stream is playable as it is
 (a torn last frame is dropped by decoders), a fragmented MP4 is remuxed from its complete fragments. Each
 is then marked ``state: finished``, ``end_reason: recovered``, with its true duration and size.
-Run at start-up (``swml run`` on its output directory) and by ``swml recover DIR``.
+Run at start-up (``swml run`` on its output directory; each worker of ``swml serve``, a worker started
+again in a dead one's place too) and by ``swml recover DIR``. A live writer holds a lock on its file
+(encoders.py), which the kernel drops when its process dies: recovery repairs only files whose lock it
+takes, and holds it while it repairs, so the recordings other workers are writing — or repairing at the
+same time — are left alone.
 
 A sealed recording (``crypt.py``) is repaired through its plaintext: every block completed before the
 kill is kept (a last block a kill cut in the middle is dropped), the format's headers are fixed, and the
@@ -14,11 +18,13 @@ file is sealed again with its final block. Without its key it is left as it is, 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,6 @@ from swml_engine.recording.encoders import (
     WAV_HEADER,
     EncoderError,
     av_input,
-    in_use,
     part_path,
     remux_to_mp4,
     repair_mp3,
@@ -62,29 +67,65 @@ def recover(root: Path, keyring: Keyring | None = None) -> list[Recovered]:
             continue
         if meta.get("state") != "recording" or not isinstance(meta.get("recording_id"), str):
             continue
-        rid = str(meta["recording_id"])
-        fmt = str(meta.get("format"))
-        path = store.audio_path(rid, fmt)
-        if in_use(path) or in_use(part_path(path)):
-            continue  # a live recording of a running call (this process or another): not ours to touch
-        if keyring is None and (is_sealed(path) or is_sealed(part_path(path))):
-            log.warning("recording %s is encrypted and needs repair: give the key file to repair it", rid)
-            continue
-        try:
-            rate, channels = int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1)
-            duration, note = repair(fmt, path, rate, channels, keyring)
-        except Exception as e:  # a file beyond repair is reported, the others still get repaired
-            duration, note = 0.0, f"could not be repaired: {type(e).__name__}: {e}"
-            meta["state"] = "error"
-        else:
-            meta["state"] = "finished"
-        meta["end_reason"] = "recovered"
-        meta["duration"] = round(duration, 3)
-        meta["size"] = stored_size(path, keyring)
-        meta["end_time"] = path.stat().st_mtime if path.is_file() else time.time()
-        store.write_metadata(meta)
-        done.append(Recovered(rid, path, duration, note))
+        path = store.audio_path(str(meta["recording_id"]), str(meta.get("format")))
+        with _held(path, part_path(path)) as held:
+            # Not held: a live recording of a running call (this process, or another worker of the
+            # service), or one another worker starting beside this one is repairing: not ours to touch.
+            repaired = _repair_one(store, meta_path, path, keyring) if held else None
+        if repaired is not None:
+            done.append(repaired)
     return done
+
+
+@contextlib.contextmanager
+def _held(*paths: Path) -> Iterator[bool]:
+    """Hold the lock a live writer holds on each of ``paths`` that exists while the body runs (the
+    kernel drops a writer's when its process dies, however it dies); False when one is taken."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            try:
+                fds.append(os.open(path, os.O_RDONLY))
+            except OSError:
+                continue  # (not there: an MP4's final file before its remux, its part after)
+            try:
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _repair_one(store: RecordingStore, meta_path: Path, path: Path, keyring: Keyring | None) -> Recovered | None:
+    """Repair and mark one recording whose files we hold. Its metadata is read again: the worker that
+    wrote it may have finished it between the first look and the lock."""
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("state") != "recording":
+        return None
+    rid = str(meta["recording_id"])
+    if keyring is None and (is_sealed(path) or is_sealed(part_path(path))):
+        log.warning("recording %s is encrypted and needs repair: give the key file to repair it", rid)
+        return None
+    try:
+        rate, channels = int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1)
+        duration, note = repair(str(meta.get("format")), path, rate, channels, keyring)
+    except Exception as e:  # a file beyond repair is reported, the others still get repaired
+        duration, note = 0.0, f"could not be repaired: {type(e).__name__}: {e}"
+        meta["state"] = "error"
+    else:
+        meta["state"] = "finished"
+    meta["end_reason"] = "recovered"
+    meta["duration"] = round(duration, 3)
+    meta["size"] = stored_size(path, keyring)
+    meta["end_time"] = path.stat().st_mtime if path.is_file() else time.time()
+    store.write_metadata(meta)
+    return Recovered(rid, path, duration, note)
 
 
 def stored_size(path: Path, keyring: Keyring | None) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -24,6 +26,7 @@ from swml_engine.errors import DocumentError
 from swml_engine.logs import CallIdFilter
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
+from swml_engine.service.supervisor import Supervisor
 from swml_engine.transports.sip.outbound import parse_trunk
 from swml_engine.transports.sip.registration import parse_target
 from swml_engine.urls import UrlError, parse_http_url
@@ -319,7 +322,7 @@ def _prepare_data(config: ServiceConfig, mask: int) -> None:
     UrlSigner(config.data)
 
 
-async def _serve(config: ServiceConfig, worker: int) -> int:
+async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
     service = Service(config)
     try:
         await service.start()
@@ -336,6 +339,10 @@ async def _serve(config: ServiceConfig, worker: int) -> int:
     # What exists now lives as long as the service: keep it out of every garbage collection from here on.
     gc.freeze()
     print(f"swml serve: worker {worker} ready, SIP on port {service.sip_port}", file=sys.stderr, flush=True)
+    if ready >= 0:
+        with contextlib.suppress(OSError):
+            os.write(ready, b"!")
+            os.close(ready)
     loop = asyncio.get_running_loop()
     signals = StopSignals(loop.time)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -388,10 +395,12 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
-def run_worker(config: ServiceConfig, worker: int) -> int:
+def run_worker(config: ServiceConfig, worker: int, ready: int = -1) -> int:
+    """Run one worker's service until it is stopped; ``ready``: a pipe to write one byte to once it takes
+    calls (the supervisor's), -1 for none."""
     factory = _loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_serve(config, worker))
+        return runner.run(_serve(config, worker, ready))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -428,23 +437,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     limit = raise_descriptor_limit()
     log.info("open files: up to %s per process", limit if limit is not None else "no limit known")
-    children: list[int] = []
-    for worker in range(1, args.workers):
-        pid = os.fork()
-        if pid == 0:  # a worker: same port (SO_REUSEPORT), its own calls and RTP ports
-            lo, hi = config.rtp_ports
-            span = (hi - lo) // args.workers
-            config.rtp_ports = (lo + worker * span, lo + (worker + 1) * span)
-            if config.outbound_port is not None:
-                config.outbound_port += worker  # each worker's calls go out from (and come back to) its own
-            os._exit(run_worker(config, worker))
-        children.append(pid)
-    if args.workers > 1:
-        lo, hi = config.rtp_ports
-        config.rtp_ports = (lo, lo + (hi - lo) // args.workers)
-    code = run_worker(config, 0)
-    for pid in children:
-        os.kill(pid, signal.SIGTERM)
-    for pid in children:
-        os.waitpid(pid, 0)
-    return code
+    if args.workers == 1:
+        return run_worker(config, 0)
+
+    def worker(index: int, ready: int) -> int:
+        return run_worker(worker_config(config, index, args.workers), index, ready)
+
+    return Supervisor(args.workers, worker).run()
+
+
+def worker_config(config: ServiceConfig, index: int, workers: int) -> ServiceConfig:
+    """Worker ``index``'s share: its slice of the RTP ports, and with --outbound-port its own port, so the
+    far ends of the calls it places answer it (the same after a restart in its place)."""
+    lo, hi = config.rtp_ports
+    span = (hi - lo) // workers
+    outbound = None if config.outbound_port is None else config.outbound_port + index
+    return dataclasses.replace(config, rtp_ports=(lo + index * span, lo + (index + 1) * span), outbound_port=outbound)

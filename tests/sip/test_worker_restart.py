@@ -1,0 +1,160 @@
+"""`swml serve --workers N` as a supervisor: a worker killed with SIGKILL is started again in its place
+while the other goes on (its recorded call and recording untouched), the dead one's unfinished recording
+is repaired by the new worker; workers die with a killed parent; a worker that cannot start stops the
+start with its exit code; the backoff between restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from interop.peers import PATIENCE, Engine, SipPeer, event_time, read_jsonl, sdp_offer, to_tag, wait_for
+from swml_engine.service.supervisor import RESTART_MAX, STABLE_AFTER, Backoff, Supervisor
+
+EngineFactory = Callable[..., Engine]
+
+RECORDED_CALL = (
+    "version: 1.0.0\nsections:\n  main:\n    - answer\n"
+    "    - record_call: {format: wav, stereo: true}\n    - play: {urls: ['silence:60']}\n"
+)
+#: A call's first log line: the worker's pid, the engine's call id, the SIP Call-ID.
+CALL_LINE = re.compile(r"^\S+ \S+ (\d+) INFO \[[^\]]*\] swml_engine\.service\.server: call (\S+) \((\S+)\) from", re.M)
+
+
+def call_workers(eng: Engine) -> dict[str, tuple[int, str]]:
+    """SIP Call-ID → (the pid of the worker running the call, the engine's call id), from the log."""
+    return {sip: (int(pid), call_id) for pid, call_id, sip in CALL_LINE.findall(eng.log())}
+
+
+def recording_of(eng: Engine, call_id: str) -> dict[str, object] | None:
+    return next((m for m in eng.recordings() if m.get("call_id") == call_id), None)
+
+
+def test_a_killed_worker_is_started_again_and_the_other_workers_call_and_recording_go_on(
+    engine: EngineFactory,
+) -> None:
+    eng = engine(RECORDED_CALL, "--workers", "2")
+    assert wait_for(lambda: eng.log().count(" ready,") == 2, PATIENCE), eng.log()
+    peers: list[SipPeer] = []
+    try:
+        # Callers from new ports until both workers run a recorded call (the kernel hashes sources).
+        for n in range(16):
+            peer = SipPeer(eng.port)
+            peers.append(peer)
+            peer.request("INVITE", 1, body=sdp_offer(31400 + 2 * n))
+            assert peer.wait(lambda p=peer: 200 in p.statuses("INVITE")), peer.messages
+            peer.request("ACK", 1, to_tag=to_tag(peer.final()))
+            assert wait_for(lambda p=peer: p.call_id in call_workers(eng), PATIENCE), eng.log()[-2000:]
+            if len({pid for pid, _ in call_workers(eng).values()}) == 2:
+                break
+        workers = call_workers(eng)
+        assert len({pid for pid, _ in workers.values()}) == 2, eng.log()[-3000:]
+        for _, call_id in workers.values():
+            assert wait_for(lambda c=call_id: recording_of(eng, c) is not None, PATIENCE)
+        victim = workers[peers[0].call_id][0]
+        survivors = [p for p in peers if workers[p.call_id][0] != victim]
+
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: f"(pid {victim}) killed by SIGKILL" in eng.log(), PATIENCE), eng.log()[-3000:]
+        started = re.compile(r"worker \d started again: pid (\d+)")
+        assert wait_for(lambda: started.search(eng.log()) is not None, PATIENCE), eng.log()[-3000:]
+        new = int(started.findall(eng.log())[0])
+        assert new not in (victim, *(pid for pid, _ in workers.values()))
+        assert wait_for(lambda: eng.log().count(" ready,") == 3, PATIENCE), eng.log()[-3000:]
+
+        for pid, call_id in workers.values():  # the dead worker's recordings: repaired by the new one
+            meta = recording_of(eng, call_id)
+            assert meta is not None
+            if pid == victim:
+                assert (meta["state"], meta["end_reason"]) == ("finished", "recovered"), meta
+            else:  # the live worker's: left alone, still recording
+                assert meta["state"] == "recording", meta
+        assert f"{new} WARNING [-] swml_engine.service.server: recovered recording" in eng.log()
+
+        for peer in survivors:  # the calls on the other worker went on: they end as usual
+            peer.request("BYE", 2, to_tag=to_tag(peer.final()))
+            assert peer.wait(lambda p=peer: 200 in p.statuses("BYE")), peer.messages
+        for peer in survivors:
+            call_id = workers[peer.call_id][1]
+            assert wait_for(lambda c=call_id: (recording_of(eng, c) or {}).get("state") == "finished", PATIENCE)
+            meta = recording_of(eng, call_id)
+            assert meta is not None and meta["end_reason"] == "hangup", meta
+            events = read_jsonl(eng.data / "calls" / f"{call_id}.jsonl")
+            covered = event_time(events, "call.state", state="ended") - event_time(
+                events, "record.state", state="recording"
+            )
+            assert float(str(meta["duration"])) == pytest.approx(covered, abs=0.5), (meta, covered)
+            with wave.open(str(Path(str(meta["url"]).removeprefix("file://")))) as w:  # whole, playable
+                assert w.getnframes() / w.getframerate() == pytest.approx(float(str(meta["duration"])), abs=0.05)
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def worker_pids(parent: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_workers_die_with_a_killed_parent_and_leave_the_port_free(tmp_path: Path) -> None:
+    script = tmp_path / "script.yaml"
+    script.write_text(RECORDED_CALL)
+    eng = Engine(script, tmp_path / "data", extra=["--workers", "2"]).start()
+    try:
+        assert wait_for(lambda: eng.log().count(" ready,") == 2, PATIENCE), eng.log()
+        assert eng.proc is not None
+        children = worker_pids(eng.proc.pid)
+        assert len(children) == 2
+        eng.proc.kill()  # kill -9 of the node
+        eng.proc.wait()
+        assert wait_for(lambda: all(gone(pid) for pid in children), PATIENCE)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", eng.port))  # no orphan holds the SIP port
+    finally:
+        eng.stop()
+
+
+def test_a_worker_that_cannot_start_stops_the_start_with_its_exit_code() -> None:
+    def main(index: int, ready: int) -> int:
+        if index == 1:
+            return 2  # e.g. a port taken: never ready
+        os.write(ready, b"!")
+        signal.pause()  # until the supervisor stops it (SIGTERM)
+        return 0
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
+    try:
+        assert Supervisor(2, main).run() == 2
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def test_restarts_wait_longer_after_each_quick_death_and_not_after_a_long_run() -> None:
+    backoff = Backoff()
+    assert backoff.delay(lived=3600) == 0  # killed after running a while: at once
+    quick = [backoff.delay(lived=0.5) for _ in range(8)]
+    assert quick == [1, 2, 4, 8, 16, 32, RESTART_MAX, RESTART_MAX]
+    assert backoff.delay(lived=STABLE_AFTER) == 0  # it ran: the count starts over
+    assert backoff.delay(lived=0.5) == 1
