@@ -24,6 +24,7 @@ from pathlib import Path
 from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
 from swml_engine.logs import CallIdFilter
+from swml_engine.recording.crypt import CryptError, Keyring
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.service.supervisor import Supervisor
@@ -243,6 +244,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="a call or far leg whose peer sends no RTP for S (not on hold) is hung up (default 60; 0: never)",
     )
+    s.add_argument(
+        "--encrypt-key-file",
+        metavar="KEYS",
+        help="write recordings encrypted under the last key of this file, one 'KEY_ID BASE64_KEY' a line "
+        "(docs/recording.md, 'Encryption at rest'); the older keys still decrypt the recordings they sealed",
+    )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=cmd_serve)
 
@@ -275,7 +282,14 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
     trunk = None
     if args.trunk:
         trunk = parse_trunk(args.trunk, os.environ.get(TRUNK_USERNAME) or None, os.environ.get(TRUNK_PASSWORD) or None)
+    keyring = None
+    if args.encrypt_key_file:
+        try:
+            keyring = Keyring.load(Path(args.encrypt_key_file))
+        except CryptError as e:
+            raise ValueError(f"--encrypt-key-file: {e}") from None
     return ServiceConfig(
+        keyring=keyring,
         sip=args.sip,
         http=args.http,
         script=Path(args.script) if args.script else None,
