@@ -24,23 +24,24 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
+from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
+from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.httpd import RequestGuard
 
 if TYPE_CHECKING:
+    from swml_engine.recording.objectstore import ObjectStore
     from swml_engine.recording.store import RecordingStore
     from swml_engine.service.index import Index
 
 log = logging.getLogger(__name__)
 
 _Handler = Callable[..., Awaitable[Any]]
-
-MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4"}
 
 
 class PauseRequest(BaseModel):
@@ -69,6 +70,10 @@ class ServiceView(Protocol):
 
     @property
     def index(self) -> Index | None: ...
+
+    #: With --storage: the bucket finished recordings are uploaded to.
+    @property
+    def bucket(self) -> ObjectStore | None: ...
 
     #: This worker's private URL (live control forwarded between workers comes here).
     @property
@@ -129,7 +134,9 @@ def build_app(
         if owner_elsewhere(meta) is not None or service.live_recording(recording_id) is not None:
             return meta
         if meta.get("end_reason") is not None:
-            return meta if service.store.meta_path(recording_id).is_file() else None
+            # Its files, or the bucket (uploaded, or to be uploaded from another node's spool), have it.
+            kept = meta.get("storage") or service.bucket is not None
+            return meta if kept or service.store.meta_path(recording_id).is_file() else None
         truth = _metadata_file(service.store, recording_id)
         if truth is not None and truth != meta:
             log.info("recording %s: the index missed its last write; its metadata file says", recording_id)
@@ -156,23 +163,22 @@ def build_app(
         rows = [row for row in map(current, rows) if row is not None]
         return [row for row in rows if state is None or row.get("state") == state]
 
-    def audio(meta: dict[str, Any]) -> FileResponse:
-        path = service.store.resolve(service.store.audio_path(meta["recording_id"], meta["format"]).as_uri())
-        if path is None:
-            raise HTTPException(404, f"the audio of recording {meta['recording_id']} is gone")
-        name = f"{meta['recording_id']}.{meta['format']}"
-        return FileResponse(path, media_type=MEDIA_TYPES.get(str(meta["format"])), filename=name)
+    async def audio(request: Request, meta: dict[str, Any]) -> Response:
+        """From the spool or the bucket, whichever has it (service/storage.py)."""
+        return await storage.audio_response(request, storage.open_audio(service, meta), meta)
 
     @get(app, "/health", include_in_schema=False)
     async def health() -> dict[str, Any]:
         return service.stats()
 
     @get(app, "/recordings/{name}", summary="A recording's audio, by its signed URL (no token)")
-    async def signed_audio(name: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
+    async def signed_audio(
+        request: Request, name: str, expires: str | None = None, signature: str | None = None
+    ) -> Response:
         if not signer.valid(f"/{name}", expires, signature, time.time()):
             raise HTTPException(403, "this recording URL is not valid (changed, or past its expiry)")
         recording_id, _, _fmt = name.rpartition(".")
-        return audio(found(recording_id))
+        return await audio(request, found(recording_id))
 
     @get(api, "/recordings", summary="Recordings, newest first")
     async def list_recordings(
@@ -189,8 +195,8 @@ def build_app(
         return found(recording_id)
 
     @get(api, "/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
-    async def get_audio(recording_id: str) -> FileResponse:
-        return audio(found(recording_id))
+    async def get_audio(request: Request, recording_id: str) -> Response:
+        return await audio(request, found(recording_id))
 
     @api.delete("/recordings/{recording_id}", status_code=204, summary="Delete a finished recording")
     async def delete_recording(request: Request, recording_id: str) -> Response:
@@ -200,8 +206,10 @@ def build_app(
         worker = owner_elsewhere(meta)
         if worker is not None:  # that worker knows whether it still records it
             return await _forward(request, worker, forward_timeout)
-        service.store.delete(recording_id, str(meta["format"]))
-        index().delete_recording(recording_id)
+        try:
+            await storage.delete_recording(service, meta)  # spool, bucket, index
+        except StorageError as e:
+            raise HTTPException(502, f"recording {recording_id} not deleted from the storage: {e}") from None
         return Response(status_code=204)
 
     async def control(request: Request, recording_id: str, act: Callable[[Recording], Awaitable[bool]]) -> Any:

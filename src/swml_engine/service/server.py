@@ -36,6 +36,7 @@ from swml_engine.logs import CallLog
 from swml_engine.media.clock import MediaTicker
 from swml_engine.methods import REGISTRY
 from swml_engine.recording.crypt import Keyring
+from swml_engine.recording.objectstore import ObjectStore
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -45,6 +46,7 @@ from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_tok
 from swml_engine.service.httpd import ApiServer
 from swml_engine.service.index import Index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
+from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
@@ -145,13 +147,18 @@ class ServiceConfig:
     #: (``reuse_port``: the kernel would hand a far end's answer to any of them), then a port the
     #: system picks for this worker alone; 0: such a port in any case.
     outbound_port: int | None = None
+    #: ``--storage s3://bucket/prefix``: finished recordings are uploaded there (the data dir is the spool).
+    storage: str | None = None
 
 
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.document: Document | None = None
-        self.store = RecordingStore(config.data / "recordings", keyring=config.keyring)
+        self.store = RecordingStore(config.data / "recordings", keyring=config.keyring, on_write=self._on_metadata)
+        #: With --storage: the bucket, and what uploads finished recordings to it (started with the service).
+        self.bucket: ObjectStore | None = None
+        self.uploads: Uploader | None = None
         # OPTIONS probes get 503 whenever a new call would (over --max-calls, media late, stopping).
         self.ua = UserAgent(Policy(user_agent=USER_AGENT, busy=self._overloaded))
         self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port)
@@ -214,6 +221,9 @@ class Service:
         (cfg.data / "calls").mkdir(parents=True, exist_ok=True)
         for rec in recover(cfg.data / "recordings", cfg.keyring):
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
+        if cfg.storage is not None:  # StorageError (a bucket missing, no credentials): the caller reports it
+            self.bucket = ObjectStore.from_option(cfg.storage)
+            await self.bucket.check()
         await self.endpoint.start()
         if self.placing is not self.endpoint:
             try:
@@ -231,6 +241,13 @@ class Service:
         if cfg.register is not None:
             self.registration = SipRegistration(self.endpoint, cfg.register, USER_AGENT)
             self.registration.start()
+        if self.bucket is not None:  # after recovery: what a crash left in the spool goes up too
+            # A recording stays local while its call is up (it may be played back): queued at the call's end.
+            self.uploads = Uploader(
+                self.bucket, lambda: self.store, held=lambda meta: meta.get("call_id") in self.calls
+            )
+            self.uploads.start()
+            log.info("finished recordings are uploaded to %s (spool: %s)", self.bucket.url, self.store.root)
         self.metrics.start(self._metrics_snapshot)
 
     @property
@@ -299,6 +316,8 @@ class Service:
         await self.endpoint.stop()
         if self.api is not None:
             await self.api.stop()
+        if self.uploads is not None:  # what is not uploaded yet stays in the spool for the next start
+            await self.uploads.stop()
         if self.index is not None:
             self.index.close()
         await self.metrics.stop()
@@ -492,6 +511,9 @@ class Service:
             self.legs.pop(sip_call_id, None)
             if call is not None:
                 self.calls.pop(call.call_id, None)
+                if self.uploads is not None and isinstance(call.recordings, Recordings):
+                    for rec in call.recordings.all:  # held while the call was up
+                        self.uploads.add(rec.recording_id)
             await transport.close()
             if events_file is not None:
                 events_file.close()
@@ -532,7 +554,7 @@ class Service:
         self.store = RecordingStore(
             data / "recordings",
             public=SignedUrls(base.rstrip("/") + "/recordings", signer, cfg.url_ttl),
-            on_write=self._index_recording,
+            on_write=self._on_metadata,
             keyring=cfg.keyring,
         )
         self.index = Index(data / "index.sqlite3")
@@ -543,9 +565,12 @@ class Service:
         await self.api.start()
         log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
 
-    def _index_recording(self, meta: dict[str, Any]) -> None:
+    def _on_metadata(self, meta: dict[str, Any]) -> None:
+        """A recording's metadata was written: index it; upload it once it has ended."""
         if self.index is not None:  # a write that fails waits for the next one (index.py)
             self.index.put_recording(meta)
+        if self.uploads is not None:
+            self.uploads.on_metadata(meta)
 
     def _call_indexer(self, call_id: str, sip_call_id: str, info: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         """An event sink keeping the call's row in the index as it rings, is answered and ends."""
@@ -596,6 +621,7 @@ class Service:
             "media_lag_ms": round(lag * 1000, 1),
             **({"index": self.index.state.value} if self.index is not None else {}),
             **({"registration": self.registration.status()} if self.registration is not None else {}),
+            **({"uploads": self.uploads.stats()} if self.uploads is not None else {}),
         }
 
     def _metrics_snapshot(self) -> Snapshot:
