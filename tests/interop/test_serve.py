@@ -268,7 +268,11 @@ def test_send_digits_go_out_as_rfc4733_events(engine: EngineFactory, tmp_path: P
         check(run_sipp(tmp_path / "sipp", xml, eng.port), tmp_path / "sipp", eng)
     if not sniffer.available:
         pytest.skip("capturing on loopback needs CAP_NET_RAW")
-    events = [p for p in (parse_rtp(b) for b in sniffer.from_engine()) if p is not None and p.payload_type == 101]
+    events = [
+        p
+        for p in (parse_rtp(b) for b in sniffer.from_engine(eng.rtp_port()))
+        if p is not None and p.payload_type == 101
+    ]
     by_event: dict[int, list[RtpPacket]] = {}
     for p in events:
         by_event.setdefault(p.timestamp, []).append(p)
