@@ -171,9 +171,19 @@ class Supervisor:
     # --- workers --------------------------------------------------------------------------------------
 
     def _start(self, slot: Slot) -> None:
-        read, write = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            read, write = os.pipe()
+        except OSError as e:
+            self._not_started(slot, e)
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory: tried again later, as a quick death would be
+            os.close(read)
+            os.close(write)
+            self._not_started(slot, e)
+            return
         if pid == 0:
             os._exit(self._child(slot, read, write, parent))
         os.close(write)
@@ -183,6 +193,12 @@ class Supervisor:
         self._selector.register(read, selectors.EVENT_READ)
         if slot.starts > 1:
             log.warning("worker %d started again: pid %d", slot.index, pid)
+
+    def _not_started(self, slot: Slot, error: OSError) -> None:
+        delay = self.backoff[slot.index].delay(lived=0.0)
+        slot.state, slot.due = SlotState.WAITING, self.clock() + delay
+        why = error.strerror or error
+        log.error("worker %d could not be started (%s): trying again in %g s", slot.index, why, delay)
 
     def _child(self, slot: Slot, read: int, write: int, parent: int) -> int:
         """The new worker's side of the fork: none of the parent's signal handling, and death with it."""
