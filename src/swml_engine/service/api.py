@@ -81,6 +81,13 @@ class ServiceView(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    #: The Prometheus text of /metrics, and its content type.
+    def metrics_exposition(self) -> tuple[bytes, str]: ...
+
+    #: Whether /metrics needs the API token (--metrics-auth).
+    @property
+    def metrics_need_token(self) -> bool: ...
+
     def live_recording(self, recording_id: str) -> Recording | None: ...
 
 
@@ -170,6 +177,14 @@ def build_app(
     @get(app, "/health", include_in_schema=False)
     async def health() -> dict[str, Any]:
         return service.stats()
+
+    @get(app, "/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        # With the token unless --metrics-auth none; either way rendered at most once a second (metrics.py).
+        if service.metrics_need_token:
+            authorized(request)
+        body, media_type = service.metrics_exposition()
+        return Response(body, media_type=media_type)
 
     @get(app, "/recordings/{name}", summary="A recording's audio, by its signed URL (no token)")
     async def signed_audio(
