@@ -25,6 +25,7 @@ from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
 from swml_engine.logs import CallIdFilter
 from swml_engine.recording.crypt import CryptError, Keyring
+from swml_engine.recording.objectstore import ObjectStore, StorageError
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.service.supervisor import Supervisor
@@ -250,6 +251,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="write recordings encrypted under the last key of this file, one 'KEY_ID BASE64_KEY' a line "
         "(docs/recording.md, 'Encryption at rest'); the older keys still decrypt the recordings they sealed",
     )
+    s.add_argument(
+        "--storage",
+        metavar="s3://BUCKET/PREFIX",
+        help="upload finished recordings to this S3-compatible bucket (endpoint, region and credentials from "
+        "AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); --data is the spool",
+    )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=cmd_serve)
 
@@ -279,6 +286,11 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             raise ValueError(f"--outbound-port {outbound}: with --workers {args.workers} it needs ports up to {last}")
         if outbound <= args.sip[1] <= last:
             raise ValueError(f"--outbound-port {outbound}: give ports apart from the --sip port {args.sip[1]}")
+    if args.storage is not None:
+        try:
+            ObjectStore.from_option(args.storage)  # the value and the environment, before any worker starts
+        except StorageError as e:
+            raise ValueError(str(e)) from None
     trunk = None
     if args.trunk:
         trunk = parse_trunk(args.trunk, os.environ.get(TRUNK_USERNAME) or None, os.environ.get(TRUNK_PASSWORD) or None)
@@ -318,6 +330,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         trunk=trunk,
         rtp_timeout=args.rtp_timeout,
         outbound_port=outbound,
+        storage=args.storage,
     )
 
 
@@ -349,6 +362,9 @@ async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
         return EXIT_USAGE
     except sqlite3.Error as e:
         print(f"swml serve: cannot open the index under {config.data}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as e:
+        print(f"swml serve: {e}", file=sys.stderr)  # (checked before any port was opened)
         return EXIT_USAGE
     # What exists now lives as long as the service: keep it out of every garbage collection from here on.
     gc.freeze()
