@@ -233,3 +233,15 @@ def test_a_recording_of_a_call_still_up_stays_local_until_the_call_ends(tmp_path
         return before, uploader.uploaded
 
     assert on_virtual_time(run) == (0, 1) and "mine.wav" in bucket.objects
+
+
+def test_a_metadata_file_that_is_not_json_is_left_in_the_spool(tmp_path: Path) -> None:
+    root = tmp_path / "recordings"
+    spool(root, "broken")
+    (root / "broken.json").write_text("{half")
+
+    async def run() -> str:
+        return await Uploader(MemoryBucket(), lambda: RecordingStore(root)).upload("broken")
+
+    assert on_virtual_time(run) == "unreadable"
+    assert sorted(p.name for p in root.iterdir()) == ["broken.json", "broken.wav"]

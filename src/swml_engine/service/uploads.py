@@ -122,7 +122,7 @@ class UploadQueue:
         heapq.heappush(self._heap, (when, self._seq, recording_id))
 
 
-Outcome = Literal["uploaded", "busy", "live", "gone", "deleted"]
+Outcome = Literal["uploaded", "busy", "live", "gone", "deleted", "unreadable"]
 
 
 class UploaderState(Enum):
@@ -250,7 +250,7 @@ class Uploader:
         loop = asyncio.get_running_loop()
         try:
             outcome = await self.upload(recording_id)
-        except (StorageError, OSError) as e:
+        except Exception as e:  # the storage's refusal, a disk error, anything: it waits in the spool
             self.failures += 1
             delay = self.queue.failed(recording_id, loop.time())
             if self.state is UploaderState.OK or self.failures % 100 == 0:
@@ -258,7 +258,7 @@ class Uploader:
                     "upload of recording %s failed (%s); it stays in the spool, tried again in %g s "
                     "(%d waiting, %d failure(s) so far)",
                     recording_id,
-                    e,
+                    e if isinstance(e, StorageError | OSError) else f"{type(e).__name__}: {e}",
                     delay,
                     len(self.queue),
                     self.failures,
@@ -323,6 +323,9 @@ class Uploader:
             meta = store.read_metadata(recording_id)
         except FileNotFoundError:
             return "gone"
+        except ValueError as e:  # not JSON: left in the spool for someone to look at, not retried
+            log.error("recording %s not uploaded: its metadata file cannot be read (%s)", recording_id, e)
+            return "unreadable"
         audio: Path | None = store.audio_path(recording_id, str(meta.get("format")))
         assert audio is not None
         try:
