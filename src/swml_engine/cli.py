@@ -255,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_decrypt_parser(sub)
 
     from swml_engine.service.cli import add_parser as add_serve
+    from swml_engine.service.indexcli import add_parser as add_index
 
     add_serve(sub)
+    add_index(sub)
     return p
 
 

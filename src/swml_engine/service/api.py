@@ -11,8 +11,10 @@ Whether a recording is live is decided by the workers' live recordings, never by
 write the index missed — a full disk — would leave a finished recording "recording" there forever):
 a recording no worker records is over, and its row is brought back in line with its metadata file.
 Several workers share the HTTP port; a request about a recording whose call another worker runs
-(live control, delete) is passed to that worker on its private loopback port (the index says which
-worker owns which call), and that worker decides.
+(live control, delete) is passed to that worker on its private port (the index says which worker owns
+which call), and that worker decides. With a shared index (PostgreSQL) that worker may be on another
+node: its private port is then on the address the node's API is on. A read the index cannot answer
+(its server away) is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.httpd import RequestGuard
+from swml_engine.service.index import IndexUnavailable
 
 if TYPE_CHECKING:
     from swml_engine.recording.objectstore import ObjectStore
@@ -103,6 +106,12 @@ def build_app(
         redoc_url=None,
     )
     app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout)
+
+    @app.exception_handler(IndexUnavailable)
+    async def index_away(request: Request, e: IndexUnavailable) -> JSONResponse:
+        # (a shared index's server is away: the request may be made again; nothing is lost meanwhile)
+        return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "5"})
+
     # Declares the scheme in /openapi.json; the check itself is the guard's (and ``authorized``'s).
     bearer = HTTPBearer(auto_error=False, description="the API token (--api-token, SWML_API_TOKEN or DIR/api-token)")
 
@@ -126,23 +135,26 @@ def build_app(
 
         return register
 
-    def owner_elsewhere(meta: dict[str, Any]) -> str | None:
-        """The worker that runs the recording's call, when that is another worker and the call goes on."""
-        row = index().call(str(meta.get("call_id")))
+    async def owner_elsewhere(meta: dict[str, Any]) -> str | None:
+        """The worker that runs the recording's call, when that is another worker (of this node or, on a
+        shared index, of another) and the call goes on."""
+        row = await index().call(str(meta.get("call_id")))
         if row is None or row[1] == service.worker_url or row[0].get("state") == "ended":
             return None
         return row[1]
 
-    def current(meta: dict[str, Any]) -> dict[str, Any] | None:
+    async def current(meta: dict[str, Any]) -> dict[str, Any] | None:
         """An index row as it stands, or None for a recording that is gone. The index may have missed
         writes (a full disk): a row that says live while no worker records it takes what its metadata
-        file — the record of truth — says; a row whose files were deleted is gone."""
+        file — the record of truth — says; a row whose files were deleted is gone. (A shared index
+        lists other nodes' recordings, whose files are not here: its rows are taken as they are.)"""
         recording_id = str(meta["recording_id"])
-        if owner_elsewhere(meta) is not None or service.live_recording(recording_id) is not None:
+        if service.live_recording(recording_id) is not None or await owner_elsewhere(meta) is not None:
             return meta
         if meta.get("end_reason") is not None:
-            # Its files, or the bucket (uploaded, or to be uploaded from another node's spool), have it.
-            kept = meta.get("storage") or service.bucket is not None
+            # Its files, or the bucket (uploaded, or to be uploaded from another node's spool), or
+            # another node (a shared index) have it.
+            kept = meta.get("storage") or service.bucket is not None or index().shared
             return meta if kept or service.store.meta_path(recording_id).is_file() else None
         truth = _metadata_file(service.store, recording_id)
         if truth is not None and truth != meta:
@@ -150,24 +162,24 @@ def build_app(
             index().put_recording(truth)
         return truth
 
-    def found(recording_id: str) -> dict[str, Any]:
+    async def found(recording_id: str) -> dict[str, Any]:
         live = service.live_recording(recording_id)
         if live is not None:
             return live.metadata()
-        meta = index().recording(recording_id)
+        meta = await index().recording(recording_id)
         if meta is None:  # never indexed (its first write failed)? The file says.
             meta = _metadata_file(service.store, recording_id)
             if meta is not None:
                 index().put_recording(meta)
-        meta = current(meta) if meta is not None else None
+        meta = await current(meta) if meta is not None else None
         if meta is None:
             raise HTTPException(404, f"no recording {recording_id}")
         return meta
 
-    def listed(rows: list[dict[str, Any]], state: str | None = None) -> list[dict[str, Any]]:
+    async def listed(rows: list[dict[str, Any]], state: str | None = None) -> list[dict[str, Any]]:
         """Rows as they stand (see ``current``); filtered by ``state`` again, as a row the index had
         wrong leaves the list of its old state (it joins its new one's once the index catches up)."""
-        rows = [row for row in map(current, rows) if row is not None]
+        rows = [row for row in [await current(row) for row in rows] if row is not None]
         return [row for row in rows if state is None or row.get("state") == state]
 
     async def audio(request: Request, meta: dict[str, Any]) -> Response:
@@ -193,7 +205,7 @@ def build_app(
         if not signer.valid(f"/{name}", expires, signature, time.time()):
             raise HTTPException(403, "this recording URL is not valid (changed, or past its expiry)")
         recording_id, _, _fmt = name.rpartition(".")
-        return await audio(request, found(recording_id))
+        return await audio(request, await found(recording_id))
 
     @get(api, "/recordings", summary="Recordings, newest first")
     async def list_recordings(
@@ -202,23 +214,23 @@ def build_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        rows = index().recordings(call_id=call_id, state=state, limit=limit, offset=offset)
-        return {"recordings": listed(rows, state), "limit": limit, "offset": offset}
+        rows = await index().recordings(call_id=call_id, state=state, limit=limit, offset=offset)
+        return {"recordings": await listed(rows, state), "limit": limit, "offset": offset}
 
     @get(api, "/recordings/{recording_id}", summary="One recording's metadata")
     async def get_recording(recording_id: str) -> dict[str, Any]:
-        return found(recording_id)
+        return await found(recording_id)
 
     @get(api, "/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
     async def get_audio(request: Request, recording_id: str) -> Response:
-        return await audio(request, found(recording_id))
+        return await audio(request, await found(recording_id))
 
     @api.delete("/recordings/{recording_id}", status_code=204, summary="Delete a finished recording")
     async def delete_recording(request: Request, recording_id: str) -> Response:
         if service.live_recording(recording_id) is not None:
             raise HTTPException(409, "the recording is live: stop it first")
-        meta = found(recording_id)
-        worker = owner_elsewhere(meta)
+        meta = await found(recording_id)
+        worker = await owner_elsewhere(meta)
         if worker is not None:  # that worker knows whether it still records it
             return await _forward(request, worker, forward_timeout)
         try:
@@ -233,8 +245,8 @@ def build_app(
             if not await act(live):
                 raise HTTPException(409, "the recording is not in a state that allows this")
             return live.metadata()
-        meta = found(recording_id)
-        worker = owner_elsewhere(meta)
+        meta = await found(recording_id)
+        worker = await owner_elsewhere(meta)
         if worker is not None and meta.get("end_reason") is None:
             return await _forward(request, worker, forward_timeout)
         raise HTTPException(409, f"recording {recording_id} is not live (state {meta.get('state')})")
@@ -271,14 +283,15 @@ def build_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        return {"calls": index().calls(state=state, limit=limit, offset=offset), "limit": limit, "offset": offset}
+        rows = await index().calls(state=state, limit=limit, offset=offset)
+        return {"calls": rows, "limit": limit, "offset": offset}
 
     @get(api, "/calls/{call_id}", summary="One call, with its recordings")
     async def get_call(call_id: str) -> dict[str, Any]:
-        row = index().call(call_id)
+        row = await index().call(call_id)
         if row is None:
             raise HTTPException(404, f"no call {call_id}")
-        return {**row[0], "recordings": listed(index().recordings(call_id=call_id, limit=1000))}
+        return {**row[0], "recordings": await listed(await index().recordings(call_id=call_id, limit=1000))}
 
     app.include_router(api)
     return app

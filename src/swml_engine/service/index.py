@@ -1,16 +1,23 @@
-"""The service's index of recordings and calls, in SQLite (``<data>/index.sqlite3``).
+"""The service's index of recordings and calls: one interface, two backends.
 
-The metadata JSON beside each recording stays the record of truth (it survives a crash and is what
+* :class:`SqliteIndex` — the default, ``<data>/index.sqlite3``, shared by the workers of one node (WAL
+  mode: readers never wait on a writer). Writes are synchronous and fast, made as they come.
+* :class:`~swml_engine.service.pgindex.PgIndex` — ``--index postgresql://...``, shared by every node, so
+  any node's API lists every node's recordings and calls. Writes go over the network: they are queued
+  and written by a task of their own, never on the caller's time.
+
+The metadata JSON of each recording stays the record of truth (it survives a crash and is what
 recovery repairs); the index is what the HTTP API searches and pages through, kept up to date as each
-metadata file is written and rebuilt from the files at start. Calls are indexed as they start, are
-answered and end. Every worker process opens the same file (WAL mode: readers never wait on a writer);
-each row says which worker owns a live call, so live control reaches it.
+metadata file is written, and rebuilt from stored metadata (:meth:`Index.rebuild`). Calls are indexed
+as they start, are answered and end; each row says which worker runs the call (its URL, so live
+control reaches it) and which node (``node-id`` under the data directory), so a node that starts marks
+only its own calls left "live" as ended.
 
-A write that fails (the disk is full, the file is locked too long) never fails the call or recording
-that made it: the row is kept in memory (the newest per recording or call, at most
-:data:`MAX_PENDING`) and written with the next write that succeeds; the state says the index is
-behind. After :meth:`Index.close` (the service stopping), a call that ends late is not written (the
-metadata files have it, and the next start rebuilds from them).
+A write never fails the call or recording that made it: the row is kept (the newest per recording or
+call, at most :data:`MAX_PENDING`) until a write succeeds; meanwhile the state says the index is
+behind. After :meth:`Index.close` (the service stopping) a late write is dropped (the metadata files
+have it, and a rebuild restores it). The SQL is written once, here, with ``?`` placeholders; a backend
+runs it (the PostgreSQL one turns them into its own).
 """
 
 from __future__ import annotations
@@ -18,63 +25,237 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from swml_engine.service import migrations
+
 log = logging.getLogger(__name__)
 
-#: Rows kept for a later write while the index cannot be written; beyond, the oldest are dropped (the
-#: next start rebuilds the recordings from their files).
+#: Rows kept for a later write while the index cannot be written; beyond, the oldest are dropped (a
+#: rebuild restores the recordings from their metadata).
 MAX_PENDING = 10_000
-#: While behind, a write tries the waiting rows again at most this often (seconds): each try runs them all.
+#: While behind, the SQLite index tries the waiting rows again at most this often (seconds).
 RETRY_INTERVAL = 1.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS recordings (
-    recording_id TEXT PRIMARY KEY,
-    call_id TEXT,
-    state TEXT,
-    start_time REAL,
-    meta TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recordings_call ON recordings (call_id);
-CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start_time);
-CREATE TABLE IF NOT EXISTS calls (
-    call_id TEXT PRIMARY KEY,
-    state TEXT,
-    start_time REAL,
-    worker TEXT,
-    info TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_start ON calls (start_time);
-"""
+#: Rows a rebuild writes per transaction (a large store never holds one transaction open for long).
+REBUILD_BATCH = 500
+#: The most rows one read returns (the API's own limit is lower).
+MAX_ROWS = 1000
+#: Where a node keeps its name (made once, shared by its workers).
+NODE_FILE = "node-id"
+#: The URL schemes of --index (others are refused at start).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Where --index may come from instead of the command line (which ``ps`` shows every user).
+INDEX_URL_VARIABLE = "SWML_INDEX_URL"
 
 
 class IndexState(Enum):
-    #: Writes reach the file.
+    #: Writes reach the index.
     OPEN = "open"
-    #: A write failed: rows wait in memory for the next write that succeeds.
+    #: A write failed: rows wait for the next write that succeeds.
     BEHIND = "behind"
     #: Closed at shutdown: late writes are dropped.
     CLOSED = "closed"
 
 
+class IndexOpenError(Exception):
+    """The index cannot be opened at start (bad URL, server down, wrong password, newer schema); the
+    message names the option and what to do."""
+
+
+class IndexUnavailable(Exception):
+    """A read the index cannot answer now (its server is away): the API answers 503."""
+
+
 _RowKey = tuple[str, str]  # ("recording" | "call", id)
-_Write = tuple[str, tuple[Any, ...]]  # SQL and its arguments
+Statement = tuple[str, tuple[Any, ...]]  # SQL with ? placeholders, and its arguments
 
 
-class Index:
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0, retry_interval: float = RETRY_INTERVAL) -> None:
+class Index(ABC):
+    """What the service and its API use of an index, whichever the backend."""
+
+    #: Several nodes share it: its rows are not all of this node's files.
+    shared = False
+
+    def __init__(self, where: str, node: str) -> None:
+        #: Where the index is, for messages (a file, or a URL without its password).
+        self.where = where
+        #: This node's name: its calls and the recordings it wrote carry it.
+        self.node = node
+        self.state = IndexState.OPEN
+        self._pending: dict[_RowKey, Statement] = {}
+        self._dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for a write that succeeds."""
+        return len(self._pending)
+
+    # --- writes: never raise, never wait ------------------------------------------------------------
+
+    def put_recording(self, meta: dict[str, Any]) -> None:
+        """Index a recording's metadata."""
+        self._write(("recording", str(meta["recording_id"])), recording_row(meta, self.node))
+
+    def delete_recording(self, recording_id: str) -> None:
+        self._write(("recording", recording_id), ("DELETE FROM recordings WHERE recording_id = ?", (recording_id,)))
+
+    def put_call(self, info: dict[str, Any], worker: str) -> None:
+        """Index a call and the worker that runs it."""
+        self._write(("call", str(info["call_id"])), _call_row(info, worker, self.node))
+
+    def _write(self, key: _RowKey, statement: Statement) -> None:
+        if self.state is IndexState.CLOSED:
+            log.debug("index closed: %s %s not written (its file has it)", *key)
+            return
+        self._pending.pop(key, None)
+        self._pending[key] = statement  # the newest for this row, last in line
+        while len(self._pending) > MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+            self._dropped += 1
+        self._written_soon()
+
+    @abstractmethod
+    def _written_soon(self) -> None:
+        """Write what waits now, or have it written soon, without blocking the caller."""
+
+    def _batch(self) -> dict[_RowKey, Statement]:
+        """What waits, to be written in one transaction."""
+        return dict(self._pending)
+
+    def _caught_up(self, batch: dict[_RowKey, Statement]) -> None:
+        """``batch`` is written: rows changed since it was taken still wait."""
+        for key, statement in batch.items():
+            if self._pending.get(key) is statement:
+                del self._pending[key]
+        if self.state is IndexState.BEHIND:
+            log.warning(
+                "index %s written again: %d waiting row(s) caught up%s",
+                self.where,
+                len(batch),
+                f", {self._dropped} older ones dropped until a rebuild" if self._dropped else "",
+            )
+            self.state = IndexState.OPEN
+
+    def _fell_behind(self, error: BaseException) -> None:
+        if self.state is IndexState.OPEN:
+            self.state = IndexState.BEHIND
+            log.error(
+                "index %s cannot be written (%s): rows wait to be written when it can; the metadata files "
+                "stay the record",
+                self.where,
+                str(error).strip() or type(error).__name__,
+            )
+
+    # --- backend ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of a read (IndexUnavailable when the index cannot be read now)."""
+
+    @abstractmethod
+    async def _transaction(self, statements: Sequence[Statement]) -> None:
+        """Run statements in one transaction (IndexUnavailable when it cannot)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Write what waits (once more, bounded), then close; later writes are dropped."""
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def recordings(
+        self, *, call_id: str | None = None, state: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        where, args = _filters(call_id=call_id, state=state)
+        rows = await self._query(
+            f"SELECT meta FROM recordings {where} ORDER BY start_time DESC, recording_id LIMIT ? OFFSET ?",
+            (*args, min(limit, MAX_ROWS), offset),
+        )
+        return [json.loads(meta) for (meta,) in rows]
+
+    async def recording(self, recording_id: str) -> dict[str, Any] | None:
+        rows = await self._query("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    async def calls(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        where, args = _filters(state=state)
+        rows = await self._query(
+            f"SELECT info FROM calls {where} ORDER BY start_time DESC, call_id LIMIT ? OFFSET ?",
+            (*args, min(limit, MAX_ROWS), offset),
+        )
+        return [json.loads(info) for (info,) in rows]
+
+    async def call(self, call_id: str) -> tuple[dict[str, Any], str] | None:
+        """A call and the worker that runs (or ran) it."""
+        rows = await self._query("SELECT info, worker FROM calls WHERE call_id = ?", (call_id,))
+        return (json.loads(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def ended_before(self, before: float, *, limit: int, own: bool) -> list[dict[str, Any]]:
+        """Recordings that ended before ``before`` (a Unix time), oldest first, at most ``limit``; with
+        ``own``, only those this node wrote (its storage alone holds them)."""
+        mine = " AND node = ?" if own else ""
+        rows = await self._query(
+            f"SELECT meta FROM recordings WHERE end_time IS NOT NULL AND end_time < ?{mine} "
+            "ORDER BY end_time, recording_id LIMIT ?",
+            (before, *((self.node,) if own else ()), min(limit, MAX_ROWS)),
+        )
+        return [json.loads(meta) for (meta,) in rows]
+
+    # --- at start, and `swml index rebuild` -------------------------------------------------------
+
+    async def rebuild(self, documents: AsyncIterable[dict[str, Any]], *, own: bool = True) -> int:
+        """Index every recording metadata document given (those a crash, a full disk or another version
+        left out of the index too), :data:`REBUILD_BATCH` per transaction; returns how many. ``own``:
+        they are this node's (its spool); otherwise a row keeps the node it had."""
+        count = 0
+        batch: list[Statement] = []
+        async for meta in documents:
+            if isinstance(meta.get("recording_id"), str):
+                batch.append(recording_row(meta, self.node if own else None))
+            if len(batch) >= REBUILD_BATCH:
+                await self._transaction(batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            await self._transaction(batch)
+            count += len(batch)
+        return count
+
+    async def end_orphaned_calls(self, before: float) -> int:
+        """This node's calls that a stopped or killed process left "live" (started before this service
+        did) are marked ended: nothing runs them any more. Returns how many."""
+        rows = await self._query(
+            "SELECT info, worker FROM calls WHERE state <> 'ended' AND start_time < ? AND (node = ? OR node IS NULL)",
+            (before, self.node),
+        )
+        ended = []
+        for info_text, worker in rows[:MAX_PENDING]:
+            info = json.loads(info_text)
+            info.update(state="ended", end_reason=info.get("end_reason") or "service_stopped")
+            ended.append(_call_row(info, worker, self.node))
+        if ended:
+            await self._transaction(ended)
+        return len(ended)
+
+
+class SqliteIndex(Index):
+    """The index in a file the workers of one node share (its statements are fast: run as they come)."""
+
+    def __init__(
+        self, path: Path, *, node: str = "", busy_timeout: float = 10.0, retry_interval: float = RETRY_INTERVAL
+    ) -> None:
         """``busy_timeout``: how long a write waits for another worker's; ``retry_interval``: how often,
         while behind, a write tries the waiting rows again."""
+        super().__init__(str(path), node)
         self.path = path
-        self.state = IndexState.OPEN
         self.retry_interval = retry_interval
-        self._pending: dict[_RowKey, _Write] = {}
-        self._dropped = 0
         self._next_try = 0.0
         self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         # Workers open the file at the same moment; switching it to WAL is not retried by SQLite's busy
@@ -83,16 +264,67 @@ class Index:
         while True:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(SCHEMA)
                 break
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable enough for an index the files rebuild
+        self._migrate()
 
-    def close(self) -> None:
-        """Write what waits (once more), then close; later writes are dropped with a debug line."""
+    def _migrate(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")  # the other workers wait here: one applies, they find it done
+        try:
+            self._db.execute(migrations.TABLE)
+            applied = {v for (v,) in self._db.execute("SELECT version FROM schema_migrations")}
+            for m in migrations.pending("sqlite", applied, self.where):
+                for statement in m.statements:
+                    self._db.execute(statement)
+                self._db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (m.version, m.name, time.time()))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _written_soon(self) -> None:
+        if self.state is IndexState.OPEN or time.monotonic() >= self._next_try:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch = self._batch()
+        try:
+            self._run(batch.values())
+        except sqlite3.Error as e:
+            self._next_try = time.monotonic() + self.retry_interval
+            self._fell_behind(e)
+            return
+        self._caught_up(batch)
+
+    def _run(self, statements: Any) -> None:
+        self._db.execute("BEGIN")
+        try:
+            for sql, args in statements:
+                self._db.execute(sql, args)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+
+    async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"index {self.where}: {e}") from e
+
+    async def _transaction(self, statements: Sequence[Statement]) -> None:
+        try:
+            self._run(statements)
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"index {self.where}: {e}") from e
+
+    async def close(self) -> None:
         if self.state is IndexState.CLOSED:
             return
         if self._pending:
@@ -102,140 +334,41 @@ class Index:
         self.state = IndexState.CLOSED
         self._db.close()
 
-    @property
-    def pending(self) -> int:
-        """Rows waiting for a write that succeeds."""
-        return len(self._pending)
 
-    def _write(self, key: _RowKey, sql: str, args: tuple[Any, ...]) -> None:
-        """Write one row (with every row still waiting), or keep it for the next write."""
-        if self.state is IndexState.CLOSED:
-            log.debug("index closed: %s %s not written (its file has it)", *key)
-            return
-        self._pending.pop(key, None)
-        self._pending[key] = (sql, args)  # the newest for this row, last in line
-        while len(self._pending) > MAX_PENDING:
-            del self._pending[next(iter(self._pending))]
-            self._dropped += 1
-        if self.state is IndexState.OPEN or time.monotonic() >= self._next_try:
-            self._flush()
-
-    def _flush(self) -> None:
-        try:
-            self._db.execute("BEGIN")
-            for sql, args in self._pending.values():
-                self._db.execute(sql, args)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-            self._next_try = time.monotonic() + self.retry_interval
-            if self.state is IndexState.OPEN:
-                self.state = IndexState.BEHIND
-                log.error(
-                    "index %s cannot be written (%s): rows wait to be written with the next change; "
-                    "the metadata files stay the record",
-                    self.path,
-                    e,
-                )
-            return
-        if self.state is IndexState.BEHIND:
-            log.warning(
-                "index %s written again: %d waiting row(s) caught up%s",
-                self.path,
-                len(self._pending),
-                f", {self._dropped} older ones dropped until the next start" if self._dropped else "",
-            )
-            self.state = IndexState.OPEN
-        self._pending.clear()
-
-    # --- recordings ---------------------------------------------------------------------------------
-
-    def put_recording(self, meta: dict[str, Any]) -> None:
-        """Index a recording's metadata (never raises: a failed write waits, see the module's docstring)."""
-        self._write(("recording", str(meta["recording_id"])), *_recording_row(meta))
-
-    def rebuild(self, root: Path) -> int:
-        """Index every recording's metadata file under ``root`` (those a crash or another version left
-        out of the index too); returns how many there are."""
-        count = 0
-        self._db.execute("BEGIN")
-        try:
-            for path in root.glob("*.json"):
-                try:
-                    meta = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if isinstance(meta, dict) and isinstance(meta.get("recording_id"), str):
-                    self._db.execute(*_recording_row(meta))
-                    count += 1
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return count
-
-    def recordings(
-        self, *, call_id: str | None = None, state: str | None = None, limit: int = 100, offset: int = 0
-    ) -> list[dict[str, Any]]:
-        where, args = _filters(call_id=call_id, state=state)
-        rows = self._db.execute(
-            f"SELECT meta FROM recordings {where} ORDER BY start_time DESC, recording_id LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        return [json.loads(meta) for (meta,) in rows]
-
-    def recording(self, recording_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def delete_recording(self, recording_id: str) -> None:
-        self._write(("recording", recording_id), "DELETE FROM recordings WHERE recording_id = ?", (recording_id,))
-
-    # --- calls ----------------------------------------------------------------------------------------
-
-    def put_call(self, info: dict[str, Any], worker: str) -> None:
-        """Index a call and the worker that runs it (never raises, as :meth:`put_recording`)."""
-        self._write(("call", str(info["call_id"])), *_call_row(info, worker))
-
-    def calls(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        where, args = _filters(state=state)
-        rows = self._db.execute(
-            f"SELECT info FROM calls {where} ORDER BY start_time DESC, call_id LIMIT ? OFFSET ?", (*args, limit, offset)
-        )
-        return [json.loads(info) for (info,) in rows]
-
-    def call(self, call_id: str) -> tuple[dict[str, Any], str] | None:
-        """A call and the worker that runs (or ran) it."""
-        row = self._db.execute("SELECT info, worker FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-        return (json.loads(row[0]), str(row[1])) if row else None
-
-    def end_orphaned_calls(self, before: float) -> int:
-        """Calls a stopped or killed process left "live" (started before this service did) are marked
-        ended: nothing runs them any more. Returns how many."""
-        rows = self._db.execute(
-            "SELECT info, worker FROM calls WHERE state != 'ended' AND start_time < ?", (before,)
-        ).fetchall()
-        for info_text, worker in rows:
-            info = json.loads(info_text)
-            info.update(state="ended", end_reason=info.get("end_reason") or "service_stopped")
-            self._db.execute(*_call_row(info, worker))
-        return len(rows)
-
-
-def _recording_row(meta: dict[str, Any]) -> _Write:
+def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
+    """Insert or update a recording's row; a row whose metadata is the same is left as it is (a rebuild
+    over many unchanged recordings writes nothing), and a row keeps its node when none is given."""
     return (
-        "INSERT OR REPLACE INTO recordings VALUES (?, ?, ?, ?, ?)",
-        (meta["recording_id"], meta.get("call_id"), meta.get("state"), meta.get("start_time"), json.dumps(meta)),
+        "INSERT INTO recordings (recording_id, call_id, state, start_time, end_time, node, meta) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET call_id = excluded.call_id, "
+        "state = excluded.state, start_time = excluded.start_time, end_time = excluded.end_time, "
+        "node = COALESCE(excluded.node, recordings.node), meta = excluded.meta "
+        "WHERE recordings.meta IS DISTINCT FROM excluded.meta "
+        "OR (excluded.node IS NOT NULL AND recordings.node IS DISTINCT FROM excluded.node)",
+        (
+            meta["recording_id"],
+            meta.get("call_id"),
+            meta.get("state"),
+            _number(meta.get("start_time")),
+            _number(meta.get("end_time")),
+            node,
+            json.dumps(meta),
+        ),
     )
 
 
-def _call_row(info: dict[str, Any], worker: str) -> _Write:
+def _call_row(info: dict[str, Any], worker: str, node: str) -> Statement:
     return (
-        "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?)",
-        (info["call_id"], info.get("state"), info.get("start_time"), worker, json.dumps(info)),
+        "INSERT INTO calls (call_id, state, start_time, worker, node, info) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (call_id) DO UPDATE SET state = excluded.state, start_time = excluded.start_time, "
+        "worker = excluded.worker, node = excluded.node, info = excluded.info",
+        (info["call_id"], info.get("state"), _number(info.get("start_time")), worker, node, json.dumps(info)),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A time for a numeric column (a hand-edited metadata file may hold anything)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
@@ -243,3 +376,47 @@ def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
     if not given:
         return "", ()
     return "WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
+
+
+async def local_documents(root: Path) -> AsyncIterator[dict[str, Any]]:
+    """The recording metadata documents in a local recordings directory (unreadable ones skipped)."""
+    for path in root.glob("*.json"):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("recording_id"), str):
+            yield meta
+
+
+def node_id(data: Path) -> str:
+    """This node's name, made once under the data directory and kept (a restart is the same node)."""
+    path = data / NODE_FILE
+    with contextlib.suppress(FileNotFoundError):
+        name = path.read_text().strip()
+        if name:
+            return name
+    tmp = data / f".{NODE_FILE}.{os.getpid()}"
+    tmp.write_text(str(uuid.uuid4()) + "\n")
+    try:
+        os.link(tmp, path)  # atomic, and fails if another worker made it first: theirs is kept
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def index_url(given: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """``--index`` (or SWML_INDEX_URL): a PostgreSQL URL, or None for SQLite under the data directory.
+    ValueError names the option and what it takes."""
+    url = given or environ.get(INDEX_URL_VARIABLE) or None
+    if url is None:
+        return None
+    if not url.startswith(POSTGRES_SCHEMES) or len(url) > 4096:
+        raise ValueError(
+            "--index: give postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the password may come from "
+            f"PGPASSWORD or ~/.pgpass), or leave it out for SQLite under --data; {INDEX_URL_VARIABLE} keeps "
+            "it out of the process list"
+        )
+    return url

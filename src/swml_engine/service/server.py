@@ -41,11 +41,14 @@ from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
+from swml_engine.service import storage
 from swml_engine.service.api import SignedUrls, build_app
 from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
-from swml_engine.service.index import Index
+from swml_engine.service.index import Index, IndexOpenError, IndexUnavailable, local_documents, node_id
+from swml_engine.service.indexes import open_index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
+from swml_engine.service.retention import Retention
 from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
@@ -149,6 +152,11 @@ class ServiceConfig:
     outbound_port: int | None = None
     #: ``--storage s3://bucket/prefix``: finished recordings are uploaded there (the data dir is the spool).
     storage: str | None = None
+    #: The index of recordings and calls: a PostgreSQL URL shared by several nodes; None: SQLite under
+    #: ``data`` (this node's alone).
+    index_url: str | None = None
+    #: Recordings that ended more than this many days ago are deleted (0: kept for ever).
+    retention_days: float = 0.0
 
 
 class Service:
@@ -191,6 +199,8 @@ class Service:
         self.refused = 0
         self.registration: SipRegistration | None = None
         self.index: Index | None = None
+        self.retention: Retention | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self.api: ApiServer | None = None
         self.worker_url = ""
         #: /metrics: this worker's figures (with --workers, in files every worker's scrape adds up).
@@ -233,7 +243,13 @@ class Service:
                 port = self.placing.bind[1]
                 raise OSError(e.errno, f"calls placed from port {port or 'any'}: {e.strerror or e}") from e
         if cfg.http is not None:
-            await self._start_api(cfg.http)
+            try:
+                await self._start_api(cfg.http)
+            except IndexOpenError:
+                await self.endpoint.stop()
+                if self.placing is not self.endpoint:
+                    await self.placing.stop()
+                raise
         host, port = self.endpoint.local_addr
         log.info("SIP on %s:%s (UDP and TCP), data in %s", host, port, cfg.data)
         if self.placing is not self.endpoint:
@@ -318,8 +334,10 @@ class Service:
             await self.api.stop()
         if self.uploads is not None:  # what is not uploaded yet stays in the spool for the next start
             await self.uploads.stop()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
         if self.index is not None:
-            self.index.close()
+            await self.index.close()
         await self.metrics.stop()
         cut = await asyncio.to_thread(callbacks.shutdown, CALLBACK_DRAIN)
         if cut:
@@ -547,9 +565,15 @@ class Service:
         if generated:  # once, by the one process that made it
             print(f"swml serve: API token (kept in {data / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
         signer = UrlSigner(data)
+        # IndexOpenError (a bad --index, its server away, a newer schema): the caller reports it.
+        self.index = await open_index(cfg.index_url, data, node_id(data))
         shared = _listen(http, reuse_port=cfg.reuse_port)
-        private = _listen(("127.0.0.1", 0), reuse_port=False)  # live control passed on by other workers
-        self.worker_url = f"http://127.0.0.1:{private.getsockname()[1]}"
+        # Live control passed on by other workers, on loopback; with a shared index also by other nodes,
+        # on the API's own address (the same token guards it).
+        private_host = http[0] if self.index.shared else "127.0.0.1"
+        private = _listen((private_host, 0), reuse_port=False)
+        url_host = _url_host(private_host, cfg.advertise)
+        self.worker_url = f"http://{url_host}:{private.getsockname()[1]}"
         base = cfg.public_url or f"http://{_url_host(http[0], cfg.advertise)}:{shared.getsockname()[1]}"
         self.store = RecordingStore(
             data / "recordings",
@@ -557,13 +581,24 @@ class Service:
             on_write=self._on_metadata,
             keyring=cfg.keyring,
         )
-        self.index = Index(data / "index.sqlite3")
-        self.index.rebuild(self.store.root)
-        self.index.end_orphaned_calls(cfg.started_at)
+        try:  # this node's own recordings only (all of a shared index's: `swml index rebuild`)
+            await self.index.rebuild(local_documents(self.store.root))
+            await self.index.end_orphaned_calls(cfg.started_at)
+        except IndexUnavailable as e:
+            log.warning("index not brought up to date at start (%s): `swml index rebuild` does it later", e)
         app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout)
         self.api = ApiServer(app, [shared, private], cfg.connections)
         await self.api.start()
         log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
+        if cfg.retention_days:
+            self.retention = Retention(
+                self.index,
+                lambda meta: storage.delete_recording(self, meta),  # spool, bucket, index: as DELETE does
+                lambda recording_id: self.live_recording(recording_id) is not None,
+                cfg.retention_days,
+                own=self.bucket is None,  # local storage: no other node's files are within reach
+            )
+            self._retention_task = asyncio.get_running_loop().create_task(self.retention.run(), name="retention")
 
     def _on_metadata(self, meta: dict[str, Any]) -> None:
         """A recording's metadata was written: index it; upload it once it has ended."""

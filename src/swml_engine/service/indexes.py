@@ -1,0 +1,21 @@
+"""Which index a service uses: :func:`open_index` opens PostgreSQL for a ``--index`` URL, else the
+SQLite file under the data directory (the backends: ``index.py``, ``pgindex.py``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from swml_engine.service import migrations
+from swml_engine.service.index import Index, IndexOpenError, SqliteIndex
+from swml_engine.service.pgindex import PgIndex
+
+
+async def open_index(url: str | None, data: Path, node: str) -> Index:
+    """The index: PostgreSQL at ``url``, else SQLite under ``data``. IndexOpenError says why not."""
+    if url is not None:
+        return await PgIndex.open(url, node=node)
+    try:
+        return SqliteIndex(data / "index.sqlite3", node=node)
+    except (sqlite3.Error, migrations.NewerSchema) as e:
+        raise IndexOpenError(f"cannot open the index {data / 'index.sqlite3'}: {e}") from e

@@ -1,0 +1,114 @@
+"""``--retention-days N``: recordings that ended more than N days ago are deleted — audio, metadata and
+index row, from every backend they are in — by a sweep that runs in each worker of the service.
+
+A pass asks the index for the oldest recordings that ended before the cut-off (by ``end_time``), at
+most :data:`BATCH`, and deletes each through the service's one delete (the one ``DELETE
+/api/recordings/{id}`` uses). A full batch is followed by the next pass after :data:`BUSY_PAUSE`, so a
+first run over a large backlog goes on in small steps between calls rather than stalling the worker;
+otherwise the next pass is :data:`INTERVAL` later. A recording that is live (no end time, or one a
+worker still records) is never deleted. With local storage a node deletes only the recordings it wrote
+(no other node's disk is within its reach); with object storage, any. Two workers or nodes deleting
+one recording at once is harmless: each step of a delete is idempotent. A deleted recording is gone:
+its API routes and its signed URL answer 404, as for an id never seen (no tombstones are kept, so
+410 could not be told apart).
+
+No per-recording override: the metadata is the engine's account of what was recorded, and SWML's
+``record_call`` has no parameter for keeping a recording longer; an override would need one, or an
+API to set it, not a field edited in a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from swml_engine.service.index import Index, IndexUnavailable
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+#: Recordings one pass deletes at most.
+BATCH = 100
+#: Seconds between passes when the last one found less than a batch (or a quarter of the retention
+#: period, when that is shorter).
+INTERVAL = 600.0
+#: Seconds before the next pass when the last one found a full batch (a backlog).
+BUSY_PAUSE = 1.0
+
+Delete = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Retention:
+    def __init__(
+        self,
+        index: Index,
+        delete: Delete,
+        is_live: Callable[[str], bool],
+        days: float,
+        *,
+        own: bool,
+        batch: int = BATCH,
+        interval: float = INTERVAL,
+        busy_pause: float = BUSY_PAUSE,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """``delete``: removes one recording everywhere (raises when a backend refuses); ``is_live``: a
+        worker records it now; ``own``: only this node's recordings (local storage)."""
+        if days <= 0:
+            raise ValueError("retention needs a number of days above 0")
+        self.index = index
+        self.delete = delete
+        self.is_live = is_live
+        self.keep = days * DAY
+        self.own = own
+        # At least four passes per retention period, so a recording goes within a quarter of it past
+        # its time (a short period — a fraction of a day — is swept that much more often).
+        self.batch, self.interval, self.busy_pause = batch, min(interval, max(self.keep / 4, 0.1)), busy_pause
+        self.clock, self.sleep = clock, sleep
+        #: Recordings deleted since the start.
+        self.deleted = 0
+        #: The last pass found a full batch: more may be past their time.
+        self.backlog = False
+
+    async def sweep(self) -> int:
+        """One pass; returns how many recordings it deleted (:attr:`backlog`: more may wait)."""
+        cutoff = self.clock() - self.keep
+        found = await self.index.ended_before(cutoff, limit=self.batch, own=self.own)
+        self.backlog = len(found) >= self.batch
+        failed: list[str] = []
+        deleted = 0
+        for meta in found:
+            recording_id = str(meta.get("recording_id"))
+            if meta.get("end_reason") is None or self.is_live(recording_id):
+                continue  # (an end time but still recorded: an index behind; its next write corrects it)
+            try:
+                await self.delete(meta)
+            except Exception as e:  # a backend refused: kept, tried again at the next pass
+                failed.append(f"{recording_id} ({e})")
+                continue
+            deleted += 1
+        self.deleted += deleted
+        if failed:
+            log.error(
+                "retention: %d recording(s) could not be deleted, tried again in the next pass: %s",
+                len(failed),
+                "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""),
+            )
+        if deleted:
+            log.info("retention: %d recording(s) older than %g days deleted", deleted, self.keep / DAY)
+        return deleted
+
+    async def run(self) -> None:
+        """Passes until cancelled (the service stopping)."""
+        while True:
+            try:
+                deleted = await self.sweep()
+            except IndexUnavailable as e:
+                log.warning("retention: pass skipped, %s", e)
+                deleted = 0
+            # A backlog goes on soon, in small steps; a batch of recordings that cannot go waits.
+            await self.sleep(self.busy_pause if self.backlog and deleted else self.interval)

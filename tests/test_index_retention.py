@@ -1,0 +1,146 @@
+"""--retention-days: which recordings a pass deletes (files and index rows), which it keeps, and when
+the next pass comes — on a real index and real files, with a fake clock (no waiting days)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from swml_engine.recording.store import RecordingStore
+from swml_engine.service.index import IndexUnavailable, SqliteIndex
+from swml_engine.service.retention import DAY, Retention
+
+NOW = 1_800_000_000.0
+
+
+def recording(store: RecordingStore, index: SqliteIndex, recording_id: str, ended_days_ago: float | None) -> None:
+    """A recording on disk and in the index, ended that many days before NOW (None: live)."""
+    end = None if ended_days_ago is None else NOW - ended_days_ago * DAY
+    meta = {
+        "recording_id": recording_id,
+        "call_id": "c",
+        "state": "recording" if end is None else "finished",
+        "format": "wav",
+        "start_time": (end or NOW) - 60,
+        "end_time": end,
+        "end_reason": None if end is None else "hangup",
+    }
+    store.audio_path(recording_id, "wav").write_bytes(b"RIFF....")
+    store.write_metadata(meta)  # (indexed through on_write)
+
+
+def setup(tmp_path: Path) -> tuple[RecordingStore, SqliteIndex]:
+    index = SqliteIndex(tmp_path / "index.sqlite3", node="n")
+    store = RecordingStore(tmp_path / "recordings", on_write=index.put_recording)
+    store.ensure()
+    return store, index
+
+
+def local_delete(store: RecordingStore, index: SqliteIndex) -> Any:
+    async def delete(meta: dict[str, Any]) -> None:
+        store.delete(meta["recording_id"], meta["format"])
+        index.delete_recording(meta["recording_id"])
+
+    return delete
+
+
+def test_a_pass_deletes_what_ended_before_the_cutoff_and_keeps_the_rest(tmp_path: Path) -> None:
+    store, index = setup(tmp_path)
+    recording(store, index, "old", 31)
+    recording(store, index, "older", 400)
+    recording(store, index, "recent", 29)
+    recording(store, index, "live", None)
+    recording(store, index, "still-recorded", 45)  # ended in the index, yet a worker records it
+    retention = Retention(
+        index, local_delete(store, index), lambda rid: rid == "still-recorded", 30, own=True, clock=lambda: NOW
+    )
+
+    async def go() -> None:
+        assert await retention.sweep() == 2
+        assert await retention.sweep() == 0  # again: nothing more (and nothing fails)
+        assert sorted(r["recording_id"] for r in await index.recordings(limit=10)) == [
+            "live",
+            "recent",
+            "still-recorded",
+        ]
+
+    asyncio.run(go())
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        f"{rid}.{ext}" for rid in ("live", "recent", "still-recorded") for ext in ("json", "wav")
+    )
+    assert retention.deleted == 2
+
+
+def test_a_backlog_is_deleted_in_batches_a_moment_apart_then_passes_are_far_apart(tmp_path: Path) -> None:
+    store, index = setup(tmp_path)
+    for i in range(25):
+        recording(store, index, f"r{i:02d}", 40 + i)
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 5:
+            raise asyncio.CancelledError  # (the service stopping)
+
+    retention = Retention(
+        index, local_delete(store, index), lambda rid: False, 30, own=True,
+        batch=10, interval=600, busy_pause=1, clock=lambda: NOW, sleep=sleep,
+    )  # fmt: skip
+
+    async def go() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention.run()
+
+    asyncio.run(go())
+    assert pauses == [1, 1, 600, 600, 600]  # 10, 10, then the last 5: no backlog left
+    assert retention.deleted == 25 and list(store.root.iterdir()) == []
+
+
+def test_a_recording_that_cannot_be_deleted_is_kept_and_tried_again(tmp_path: Path) -> None:
+    store, index = setup(tmp_path)
+    recording(store, index, "a", 40)
+    recording(store, index, "b", 41)
+    refuse = {"a"}
+
+    async def delete(meta: dict[str, Any]) -> None:
+        if meta["recording_id"] in refuse:
+            raise OSError("the bucket is unreachable")
+        await local_delete(store, index)(meta)
+
+    retention = Retention(index, delete, lambda rid: False, 30, own=True, clock=lambda: NOW)
+
+    async def go() -> None:
+        assert await retention.sweep() == 1
+        assert [r["recording_id"] for r in await index.recordings()] == ["a"]
+        refuse.clear()
+        assert await retention.sweep() == 1
+        assert await index.recordings() == []
+
+    asyncio.run(go())
+
+
+def test_a_pass_without_the_index_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store, index = setup(tmp_path)
+    pauses: list[float] = []
+
+    class Away(SqliteIndex):
+        async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            raise IndexUnavailable("the index postgresql://db cannot be read now: refused")
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        raise asyncio.CancelledError
+
+    away = Away(tmp_path / "other.sqlite3")
+    retention = Retention(away, local_delete(store, index), lambda rid: False, 30, own=True, sleep=sleep)
+
+    async def go() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention.run()
+
+    asyncio.run(go())
+    assert pauses == [retention.interval]
+    assert json.loads(json.dumps(pauses)) == [600.0]
