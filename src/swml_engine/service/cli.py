@@ -23,9 +23,10 @@ from pathlib import Path
 
 from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
-from swml_engine.logs import CallIdFilter
+from swml_engine.logs import CallIdFilter, JsonFormatter
 from swml_engine.recording.crypt import CryptError, Keyring
 from swml_engine.recording.objectstore import ObjectStore, StorageError
+from swml_engine.service import metrics
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.service.supervisor import Supervisor
@@ -258,6 +259,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); --data is the spool",
     )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    s.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines (default), or one JSON object a line for a log collector",
+    )
+    s.add_argument(
+        "--metrics-auth",
+        default="token",
+        choices=("token", "none"),
+        help="/metrics needs the API token as /api does (default), or none (a Prometheus on a private network)",
+    )
     s.set_defaults(func=cmd_serve)
 
 
@@ -331,6 +344,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         rtp_timeout=args.rtp_timeout,
         outbound_port=outbound,
         storage=args.storage,
+        metrics_token=args.metrics_auth == "token",
     )
 
 
@@ -428,6 +442,7 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 def run_worker(config: ServiceConfig, worker: int, ready: int = -1) -> int:
     """Run one worker's service until it is stopped; ``ready``: a pipe to write one byte to once it takes
     calls (the supervisor's), -1 for none."""
+    JsonFormatter.worker = worker  # (JSON log lines name the worker)
     factory = _loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_serve(config, worker, ready))
@@ -437,6 +452,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(CallIdFilter())  # the lines about no call show [-]
+        if args.log_format == "json":
+            handler.setFormatter(JsonFormatter())
     if args.log_level != "debug":
         # (The SIP core logs the first bad packet of each address and counts the rest.)
         # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
@@ -462,6 +479,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.umask(args.umask)  # before any file is made: recordings, call logs, index, secrets
     try:
         _prepare_data(config, args.umask)
+        if args.workers > 1:  # before the workers fork: each scrape adds up every worker's files (metrics.py)
+            metrics.use_directory(config.data / "metrics")
     except (SecretError, OSError) as e:
         print(f"swml serve: {_start_error(e)}", file=sys.stderr)
         return EXIT_USAGE

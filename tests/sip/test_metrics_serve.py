@@ -1,0 +1,179 @@
+"""``/metrics`` and ``--log-format json`` on ``swml serve`` as an operator runs it: real calls from our own
+SIP peer on loopback (RTP included), a status callback receiver, and Prometheus's own parser reading
+what the HTTP port answers. With ``--workers 2``, callers on ports of their own until both workers ran
+calls: any scrape shows the whole service's figures, and still does once a worker is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import wait_for
+from http_peers import http_peer
+from http_peers import status as answer_status
+from interop.peers import Engine, SipPeer, free_port, sdp_offer, to_tag
+
+EngineFactory = Callable[..., Engine]
+TOKEN = "metrics-test-token-0123456789"
+Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+#: The caller talks for a second (50 RTP packets) and hangs up while the script still plays.
+CALL_SCRIPT = """version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {{stereo: true, format: wav{callback}}}
+    - play: {{urls: ['silence:30']}}
+"""
+PACKETS = 50
+#: A worker's line for each call it runs: "<date> <time> <pid> INFO [<call id>] ...: call <id> (<SIP Call-ID>) from".
+CALL_LINE = re.compile(r"^\S+ \S+ (\d+) INFO \[[^\]]*\] swml_engine\.service\.server: call \S+ \(\S+\) from ", re.M)
+
+
+def scrape(base: str, token: str | None = TOKEN) -> Scrape:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = httpx.get(f"{base}/metrics", headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def value(seen: Scrape, name: str, **labels: str) -> float:
+    return seen.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie, or reaped)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def call(port: int, *, talk: int = 0) -> None:
+    """One call: INVITE, 200, ACK, ``talk`` RTP packets of PCMU to the engine's port, BYE, 200."""
+    peer = SipPeer(port)
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    try:
+        offer = sdp_offer(rtp.getsockname()[1])
+        branch = peer.request("INVITE", 1, body=offer)
+        for _ in range(5):  # retransmitted as a phone does (Timer A): one datagram can be lost
+            if peer.wait(lambda: bool(peer.statuses("INVITE")), 2):
+                break
+            peer.request("INVITE", 1, body=offer, branch=branch)
+        assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
+        ok = peer.final()
+        peer.request("ACK", 1, to_tag=to_tag(ok))
+        media = re.search(r"m=audio (\d+)", ok)
+        assert media is not None, ok
+        for seq in range(talk):  # paced as a phone sends them: 20 ms apart
+            header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x1234)
+            rtp.sendto(header + b"\xff" * 160, ("127.0.0.1", int(media.group(1))))
+            time.sleep(0.02)
+        peer.request("BYE", 2, to_tag=to_tag(ok))
+        assert peer.wait(lambda: 200 in peer.statuses("BYE")), peer.messages
+    finally:
+        peer.close()
+        rtp.close()
+
+
+def test_a_call_shows_in_metrics_and_in_json_log_lines(engine: EngineFactory) -> None:
+    with http_peer() as receiver:
+        receiver.routes["/cb"] = answer_status(200)
+        http = free_port()
+        callback = f", status_url: '{receiver.url('/cb')}'"
+        eng = engine(
+            CALL_SCRIPT.format(callback=callback),
+            *("--http", f"127.0.0.1:{http}", "--api-token", TOKEN, "--log-format", "json"),
+        )
+        base = f"http://127.0.0.1:{http}"
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401  # the token, as /api
+
+        call(eng.port, talk=PACKETS)
+
+        def ended() -> Scrape | None:
+            seen = scrape(base)
+            done = value(seen, "swml_calls_total", end_reason="remote_hangup") == 1
+            delivered = value(seen, "swml_status_callbacks_delivered_total") == 2  # recording, finished
+            return seen if done and delivered else None
+
+        assert wait_for(ended), scrape(base)
+        seen = ended()
+        assert seen is not None
+        assert value(seen, "swml_calls_live") == 0
+        assert value(seen, "swml_sip_requests_total", direction="in", method="INVITE") == 1
+        assert value(seen, "swml_sip_requests_total", direction="in", method="BYE") == 1
+        assert value(seen, "swml_sip_responses_total", direction="out", code="200") >= 2  # INVITE's, BYE's
+        assert value(seen, "swml_recordings_total", state="finished") == 1
+        assert value(seen, "swml_recordings_live", state="recording") == 0
+        meta = eng.recordings(1)[0]
+        assert value(seen, "swml_recording_bytes_total") == meta["size"] > 44  # its file's size
+        (stats,) = [e for e in eng.call_events()[0] if e["type"] == "rtp.stats"]  # the call's own figures
+        assert value(seen, "swml_rtp_packets_received_total") == stats["received"] == PACKETS, stats
+        assert value(seen, "swml_rtp_packets_sent_total") > 0
+        assert value(seen, "swml_media_tick_lateness_seconds_count") > 0
+        assert value(seen, "swml_status_callback_failures_total") == 0
+
+    # Every log line is one JSON object; the lines about the call carry its id.
+    call_id = str(meta["call_id"])
+    lines = [line for line in eng.log().splitlines() if not line.startswith("swml serve:")]  # the CLI's own
+    records = [json.loads(line) for line in lines]
+    about = [r for r in records if r["call_id"] == call_id]
+    assert any(r["message"].startswith(f"call {call_id} (") for r in about), records
+    assert any(r["message"].startswith(f"call {call_id} ended after") for r in about), records
+    assert eng.proc is not None
+    assert all(r["worker"] == 0 and r["pid"] == eng.proc.pid for r in about), about
+
+
+def test_with_two_workers_a_scrape_adds_up_every_worker_even_one_killed(engine: EngineFactory) -> None:
+    http = free_port()
+    eng = engine(
+        CALL_SCRIPT.format(callback=""), "--workers", "2", "--http", f"127.0.0.1:{http}", "--metrics-auth", "none"
+    )
+    base = f"http://127.0.0.1:{http}"
+
+    def workers() -> set[int]:
+        return {int(pid) for pid in CALL_LINE.findall(eng.log())}
+
+    calls = 0
+    while calls < 4 or (len(workers()) < 2 and calls < 16):  # the kernel spreads callers by their port
+        call(eng.port)
+        calls += 1
+        assert wait_for(lambda n=calls: len(CALL_LINE.findall(eng.log())) == n), eng.log()
+    assert len(workers()) == 2, f"{calls} calls all reached one worker"
+
+    def whole(seen: Scrape) -> bool:
+        return (
+            value(seen, "swml_calls_total", end_reason="remote_hangup") == calls
+            and value(seen, "swml_recordings_total", state="finished") == calls
+            and value(seen, "swml_sip_requests_total", direction="in", method="INVITE") == calls
+            and value(seen, "swml_calls_live") == 0
+        )
+
+    # Each scrape is a new connection, which the kernel hands to either worker: every one sees the whole.
+    for _ in range(4):
+        assert wait_for(lambda: whole(scrape(base, token=None))), scrape(base, token=None)
+
+    # A worker killed: what it counted stays in the totals (a counter never goes back). One more call (to
+    # the worker left) shows the scrape is rendered after the kill.
+    assert eng.proc is not None
+    child = next(pid for pid in workers() if pid != eng.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    assert wait_for(lambda: gone(child))  # its SIP socket closed: a datagram sent before could be lost
+    call(eng.port)
+    calls += 1
+    assert wait_for(lambda: whole(scrape(base, token=None))), scrape(base, token=None)
