@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from swml_engine.recording.crypt import CryptError, Keyring
 from swml_engine.recording.objectstore import ObjectStore, StorageError
 from swml_engine.service import metrics
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
+from swml_engine.service.index import INDEX_URL_VARIABLE, IndexOpenError, index_url
 from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.service.supervisor import Supervisor
 from swml_engine.transports.sip.outbound import parse_trunk
@@ -258,6 +258,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="upload finished recordings to this S3-compatible bucket (endpoint, region and credentials from "
         "AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); --data is the spool",
     )
+    s.add_argument(
+        "--index",
+        metavar="URL",
+        help="keep the recordings and calls index in PostgreSQL, postgresql://USER@HOST[:PORT]/DATABASE, shared "
+        f"by every node (default: {INDEX_URL_VARIABLE}, else SQLite under --data); the password from the URL, "
+        "PGPASSWORD or ~/.pgpass",
+    )
+    s.add_argument(
+        "--retention-days",
+        type=number(0, 100 * 365, " days"),
+        default=0.0,
+        metavar="N",
+        help="delete recordings that ended more than N days ago (default 0: keep them)",
+    )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument(
         "--log-format",
@@ -304,6 +318,9 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
             ObjectStore.from_option(args.storage)  # the value and the environment, before any worker starts
         except StorageError as e:
             raise ValueError(str(e)) from None
+    index = index_url(args.index, os.environ)  # ValueError names --index
+    if (index is not None or args.retention_days) and args.http is None:
+        raise ValueError("--index and --retention-days need --http (the index is the HTTP API's)")
     trunk = None
     if args.trunk:
         trunk = parse_trunk(args.trunk, os.environ.get(TRUNK_USERNAME) or None, os.environ.get(TRUNK_PASSWORD) or None)
@@ -343,6 +360,8 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         trunk=trunk,
         rtp_timeout=args.rtp_timeout,
         outbound_port=outbound,
+        index_url=index,
+        retention_days=float(args.retention_days),
         storage=args.storage,
         metrics_token=args.metrics_auth == "token",
     )
@@ -374,8 +393,8 @@ async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
     except (SecretError, OSError) as e:
         print(f"swml serve: {_start_error(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except sqlite3.Error as e:
-        print(f"swml serve: cannot open the index under {config.data}: {e}", file=sys.stderr)
+    except IndexOpenError as e:
+        print(f"swml serve: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as e:
         print(f"swml serve: {e}", file=sys.stderr)  # (checked before any port was opened)
