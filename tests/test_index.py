@@ -354,37 +354,26 @@ def test_swml_index_rebuild_from_object_storage_indexes_the_uploaded_recordings_
 def test_swml_serve_with_a_wrong_index_password_exits_2_with_one_clear_line(
     pg_server: PgServer,  # noqa: F811
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import os
-    import subprocess
-    import sys
+    from swml_engine.cli import build_parser
+    from swml_engine.service.cli import _config, _serve
 
     script = tmp_path / "s.yaml"
     script.write_text("version: 1.0.0\nsections:\n  main:\n    - hangup\n")
-    url = pg_server.url().replace(f"swml:{'swml-test-password'}@", "swml:wrong-secret@")
-    ports = ["--sip", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "swml_engine", "serve", *ports, "--script", str(script), "--data", str(tmp_path / "d")],
-        env={**os.environ, "SWML_INDEX_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "swml serve: --index postgresql://***@127.0.0.1:" in done.stderr
-    assert "password authentication failed" in done.stderr
-    assert "Traceback" not in done.stderr and "wrong-secret" not in done.stderr
-    assert main_usage(["serve", "--script", str(script), "--index", "mysql://x@y/z", "--http", ":0"]).startswith(
-        "swml serve: --index: give postgresql://"
-    )
-    assert "need --http" in main_usage(["serve", "--script", str(script), "--retention-days", "30"])
 
+    def config(*options: str) -> Any:
+        serve = ["serve", "--sip", "127.0.0.1:0", "--script", str(script), "--data", str(tmp_path), *options]
+        return _config(build_parser().parse_args(serve))
 
-def main_usage(argv: list[str]) -> str:
-    """What `swml ...` says on stderr when it exits 2 before starting anything."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "swml_engine", *argv], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2, done.stderr
-    return done.stderr.strip().splitlines()[-1]
+    monkeypatch.setenv("SWML_INDEX_URL", pg_server.url().replace("swml-test-password", "wrong-secret"))
+    assert run(_serve(config("--http", "127.0.0.1:0", "--api-token", "test-token-0123456789"), 0)) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("swml serve: --index postgresql://***@127.0.0.1:") and said.count("\n") == 1, said
+    assert "password authentication failed" in said and "wrong-secret" not in said
+    with pytest.raises(ValueError, match=r"^--index: give postgresql://"):
+        config("--http", ":0", "--index", "mysql://x@y/z")
+    monkeypatch.delenv("SWML_INDEX_URL")
+    with pytest.raises(ValueError, match="need --http"):
+        config("--retention-days", "30")
