@@ -53,7 +53,7 @@ def test_a_scrape_shows_the_figures_sampled_and_the_events_seen() -> None:
     )
     figures = Snapshot(
         calls=2, far_legs=1, refused=3, recording_states=["recording", "paused", "recording"], sip=[sip],
-        rtp=RtpFigures(received=500, sent=490, late=2, concealed=7),
+        rtp=RtpFigures(received=500, sent=490, late=2, concealed=7), uploads_waiting=4, upload_failures=2,
     )  # fmt: skip
     metrics.start(lambda: figures)
     MediaTicker.on_lateness = None  # (this test runs no calls)
@@ -63,6 +63,7 @@ def test_a_scrape_shows_the_figures_sampled_and_the_events_seen() -> None:
     sink({"type": "callback", "delivered": False})
     sink({"type": "callback", "delivered": True})
     sink({"type": "call.state", "state": "ended", "reason": "remote_hangup"})
+    metrics.uploads.uploaded({"recording_id": "r1", "storage": {"size": 16044, "sha256": "..."}})
     seen = scraped(metrics)
     assert seen[("swml_calls_live", ())] == 2
     assert seen[("swml_far_legs_live", ())] == 1
@@ -80,6 +81,9 @@ def test_a_scrape_shows_the_figures_sampled_and_the_events_seen() -> None:
     # Methods a peer makes up share one label: a flood of them cannot grow the scrape.
     assert seen[("swml_sip_requests_total", (("direction", "in"), ("method", "other")))] == 2
     assert seen[("swml_sip_responses_total", (("code", "200"), ("direction", "out")))] == 1
+    assert seen[("swml_upload_queue", ())] == 4
+    assert seen[("swml_upload_failures_total", ())] == 2
+    assert (seen[("swml_uploads_total", ())], seen[("swml_upload_bytes_total", ())]) == (1, 16044)
 
     # Counters move on by what the keepers counted since; a scrape within RENDER_EVERY gets the same text.
     sip.received(parse_message(request("INVITE")))

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_for
 from http_peers import http_peer
 from http_peers import status as answer_status
 from interop.peers import Engine, SipPeer, free_port, sdp_offer, to_tag
+from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the session fixture)
 
 EngineFactory = Callable[..., Engine]
 TOKEN = "metrics-test-token-0123456789"
@@ -177,3 +179,24 @@ def test_with_two_workers_a_scrape_adds_up_every_worker_even_one_killed(engine: 
     call(eng.port)
     calls += 1
     assert wait_for(lambda: whole(scrape(base, token=None))), scrape(base, token=None)
+
+
+def test_an_upload_to_object_storage_shows_in_metrics(
+    engine: EngineFactory,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, setting in s3_server.env.items():
+        monkeypatch.setenv(name, setting)  # the engine inherits them
+    bucket = s3_server.bucket()
+    http = free_port()
+    script = CALL_SCRIPT.format(callback="")
+    eng = engine(script, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN, "--storage", f"s3://{bucket}/m")
+    base = f"http://127.0.0.1:{http}"
+    call(eng.port)
+    assert wait_for(lambda: value(scrape(base), "swml_uploads_total") == 1), scrape(base)
+    seen = scrape(base)
+    (audio,) = [data for key, data in s3_server.objects(bucket, "m/").items() if key.endswith(".wav")]
+    assert value(seen, "swml_upload_bytes_total") == len(audio)  # what the bucket holds
+    assert value(seen, "swml_upload_failures_total") == 0
+    assert value(seen, "swml_upload_queue") == 0

@@ -10,7 +10,8 @@ Where the figures come from, so that no call pays for them beyond an integer add
 * a call's events, through one sink per call (:meth:`ServiceMetrics.call_sink`): a call's end and its
   reason, a recording's end, state and size, each status callback attempt — a few per call;
 * the media ticker's lateness, once per tick of each loop (:attr:`MediaTicker.on_lateness`);
-* the uploader's queue, uploads and failures (:class:`UploadFigures`, called by the uploader).
+* the uploader's queue and failures (it counts them), each upload it confirms through its
+  ``on_uploaded`` hook (:class:`UploadFigures`).
 
 With ``--workers N`` the scrape lands on any worker, and must show the whole service: prometheus-client's
 multiprocess mode, one directory (``DIR/metrics``, emptied by the parent at start, before the workers
@@ -114,34 +115,37 @@ class Snapshot:
     #: Each SIP endpoint's message counts.
     sip: Iterable[MessageCounts] = ()
     rtp: RtpFigures = field(default_factory=RtpFigures)
+    #: With --storage: recordings waiting in the uploader's queue, and its failed attempts so far.
+    uploads_waiting: int | None = None
+    upload_failures: int = 0
 
 
 class UploadFigures:
-    """What the uploader (``--storage``) reports: the queue's length as it changes, each upload done
-    (with its size) and each failed attempt."""
+    """The uploader's (``--storage``): its queue and its failures read at each sample (it counts them),
+    each upload confirmed told by its ``on_uploaded`` hook (:meth:`uploaded`), with its size."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self._queue = Gauge(
+        # The longest queue, not the sum: each worker's scan of the shared spool queues every recording
+        # waiting there, so while the storage is down every worker's queue holds the same backlog.
+        self.queue = Gauge(
             PREFIX + "upload_queue",
-            "Finished recordings waiting in the spool to be uploaded",
+            "Finished recordings waiting in the spool to be uploaded (the longest worker's queue)",
             registry=registry,
-            multiprocess_mode="livesum",
+            multiprocess_mode="livemax",
         )
-        self._done = Counter(PREFIX + "uploads", "Recordings uploaded and confirmed", registry=registry)
-        self._bytes = Counter(PREFIX + "upload_bytes", "Bytes of recordings uploaded and confirmed", registry=registry)
-        self._failed = Counter(
+        self.done = Counter(PREFIX + "uploads", "Recordings uploaded and confirmed", registry=registry)
+        self.bytes = Counter(PREFIX + "upload_bytes", "Bytes of audio uploaded and confirmed", registry=registry)
+        self.failures = Counter(
             PREFIX + "upload_failures", "Upload attempts that failed (each is retried)", registry=registry
         )
 
-    def queue(self, length: int) -> None:
-        self._queue.set(length)
-
-    def uploaded(self, size: int) -> None:
-        self._done.inc()
-        self._bytes.inc(max(0, size))
-
-    def failed(self) -> None:
-        self._failed.inc()
+    def uploaded(self, document: Mapping[str, Any]) -> None:
+        """One recording uploaded and confirmed (its metadata document, ``storage.size`` its audio's bytes)."""
+        self.done.inc()
+        storage = document.get("storage")
+        size = storage.get("size") if isinstance(storage, Mapping) else None
+        if isinstance(size, int) and size > 0:
+            self.bytes.inc(size)
 
 
 class ServiceMetrics:
@@ -254,6 +258,9 @@ class ServiceMetrics:
         for state, count in states.items():
             self.recordings_live.labels(state).set(count)
         self._advance(self.refused, (), now.refused)
+        if now.uploads_waiting is not None:
+            self.uploads.queue.set(now.uploads_waiting)
+        self._advance(self.uploads.failures, (), now.upload_failures)
         rtp = now.rtp
         for counter, value in (
             (self.rtp_received, rtp.received),

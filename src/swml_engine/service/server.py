@@ -262,6 +262,7 @@ class Service:
             self.uploads = Uploader(
                 self.bucket, lambda: self.store, held=lambda meta: meta.get("call_id") in self.calls
             )
+            self.uploads.on_uploaded = self.metrics.uploads.uploaded
             self.uploads.start()
             log.info("finished recordings are uploaded to %s (spool: %s)", self.bucket.url, self.store.root)
         self.metrics.start(self._metrics_snapshot)
@@ -675,6 +676,8 @@ class Service:
             recording_states=states,
             sip=[ua.counts for ua in agents.values()],
             rtp=TALLY.figures(),
+            uploads_waiting=len(self.uploads.queue) if self.uploads is not None else None,
+            upload_failures=self.uploads.failures if self.uploads is not None else 0,
         )
 
     def metrics_exposition(self) -> tuple[bytes, str]:
