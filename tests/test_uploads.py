@@ -140,7 +140,7 @@ def test_twenty_calls_while_storage_is_down_for_30_s_are_all_uploaded_once(tmp_p
         assert (
             meta["storage"]["sha256"] == hashlib.sha256(data).hexdigest() == bucket.attributes[f"{rid}.wav"]["sha256"]
         )
-        assert meta["storage"]["size"] == len(data)
+        assert meta["storage"]["size"] == len(data) and meta["storage"]["sealed"] is False
 
 
 def test_the_spool_left_by_a_killed_process_is_uploaded_at_start(tmp_path: Path) -> None:

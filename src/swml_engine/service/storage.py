@@ -112,7 +112,10 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
                 404, f"the audio of recording {recording_id} is at {storage['audio']}, not under {where}"
             )
         stored = int(storage.get("size") or 0)
-        if int(meta.get("size") or 0) != stored:  # sealed: its metadata gives the audio's size, not the object's
+        sealed = storage.get("sealed")
+        if sealed is None:  # (uploaded before uploads said): its metadata gives the audio's size, not the object's
+            sealed = int(meta.get("size") or 0) != stored
+        if sealed:
             keyring = _keyring(places.store.keyring, recording_id)
             return SealedObject(partial(bucket.read, key), keyring, key, int(meta.get("size") or 0), stored)
         return StoredAudio(bucket, key, stored)

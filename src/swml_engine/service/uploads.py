@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from swml_engine.media.clock import hold
+from swml_engine.recording.crypt import is_sealed
 from swml_engine.recording.encoders import part_path
 from swml_engine.recording.objectstore import Bucket, StorageError
 from swml_engine.recording.store import MEDIA_TYPES, RecordingStore
@@ -141,6 +142,8 @@ class _Held:
     audio: Path | None
     size: int
     sha256: str
+    #: Encrypted (--encrypt-key-file): the object is the sealed file, its metadata's size the audio's.
+    sealed: bool = False
 
     def deleted(self) -> bool:
         """Its audio was unlinked while we held it (deleted through the API or by retention)."""
@@ -302,6 +305,7 @@ class Uploader:
             "audio": bucket.url.url_of(audio_key) if audio_key else None,
             "size": held.size,
             "sha256": held.sha256,
+            "sealed": held.sealed,
             "uploaded_at": round(time.time(), 3),
         }
         document = {k: meta.get(k) for k in self.store.fields}
@@ -358,7 +362,7 @@ class Uploader:
         except BaseException:
             os.close(fd)
             raise
-        return _Held(fd, meta, audio, size, digest.hexdigest())
+        return _Held(fd, meta, audio, size, digest.hexdigest(), audio is not None and is_sealed(audio))
 
     async def _remove_objects(self, recording_id: str, audio_key: str | None) -> None:
         log.info("recording %s was deleted during its upload: its objects are removed", recording_id)
