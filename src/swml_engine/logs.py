@@ -58,8 +58,9 @@ class JsonFormatter(logging.Formatter):
     when there is one), and the fields a line was given with ``extra=``, bounded in number and length.
     A line never breaks: a value JSON cannot hold is written as its text."""
 
-    #: The worker this process is (set once per process at start: the formatter is made before the fork).
-    worker = 0
+    #: The worker this process is (set once per process at start: the formatter is made before the fork);
+    #: None in the process that supervises the workers of ``--workers N``.
+    worker: int | None = None
 
     def format(self, record: logging.LogRecord) -> str:
         seconds = int(record.created)
