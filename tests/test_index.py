@@ -377,3 +377,42 @@ def test_swml_serve_with_a_wrong_index_password_exits_2_with_one_clear_line(
     monkeypatch.delenv("SWML_INDEX_URL")
     with pytest.raises(ValueError, match="need --http"):
         config("--retention-days", "30")
+
+
+def test_a_start_sends_a_shared_index_only_the_metadata_changed_since_its_last_mark(
+    pg_server: PgServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Every worker of every node indexes its spool at start: with a shared index, only what changed
+    since that node's last start crosses the network (a new database gets everything)."""
+    import os
+
+    from swml_engine.service.index import SYNC_MARGIN, SyncMark
+
+    root = tmp_path / "recordings"
+    root.mkdir()
+    for name, age in (("old", 3600.0), ("new", 0.0)):
+        path = root / f"{name}.json"
+        path.write_text(json.dumps(meta(name)))
+        os.utime(path, (NOW - age, NOW - age))
+    url = pg_server.database()
+
+    async def go() -> None:
+        first = await open_index(url, tmp_path, "n")
+        assert first.fresh  # (tables made now: a start indexes everything)
+        mark = SyncMark(tmp_path, first.where)
+        assert mark.since() is None
+        mark.mark(NOW - 60)
+        assert mark.since() == NOW - 60 - SYNC_MARGIN
+        assert SyncMark(tmp_path, "postgresql://***@elsewhere/db").since() is None  # another index: everything
+        assert [m["recording_id"] async for m in local_documents(root, changed_since=mark.since())] == ["new"]
+        assert sorted([m["recording_id"] async for m in local_documents(root)]) == ["new", "old"]
+        await first.close()
+        again = await open_index(url, tmp_path, "n")
+        assert not again.fresh
+        await again.close()
+
+    run(go())
+
+
+NOW = 1_800_000_000.0

@@ -50,6 +50,10 @@ REBUILD_BATCH = 500
 MAX_ROWS = 1000
 #: Where a node keeps its name (made once, shared by its workers).
 NODE_FILE = "node-id"
+#: Where a node notes when it last brought a shared index up to date (:class:`SyncMark`).
+SYNC_FILE = "index-synced.json"
+#: Seconds before that mark from which files are sent again.
+SYNC_MARGIN = 300.0
 #: The URL schemes of --index (others are refused at start).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: Where --index may come from instead of the command line (which ``ps`` shows every user).
@@ -83,6 +87,8 @@ class Index(ABC):
 
     #: Several nodes share it: its rows are not all of this node's files.
     shared = False
+    #: Its tables were made by this open (a new database: a start indexes every local recording).
+    fresh = False
 
     def __init__(self, where: str, node: str) -> None:
         #: Where the index is, for messages (a file, or a URL without its password).
@@ -378,15 +384,52 @@ def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
     return "WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
 
 
-async def local_documents(root: Path) -> AsyncIterator[dict[str, Any]]:
-    """The recording metadata documents in a local recordings directory (unreadable ones skipped)."""
+async def local_documents(root: Path, *, changed_since: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    """The recording metadata documents in a local recordings directory (unreadable ones skipped); with
+    ``changed_since`` (a Unix time), only those whose file changed since."""
     for path in root.glob("*.json"):
         try:
+            if changed_since is not None and path.stat().st_mtime < changed_since:
+                continue
             meta = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and isinstance(meta.get("recording_id"), str):
             yield meta
+
+
+class SyncMark:
+    """When this node last brought a shared index up to date from its spool (``DIR/index-synced.json``,
+    per index): a start then sends only the metadata files changed since, not every recording the node
+    keeps — each would cross the network at every start of every worker. Files changed a little before
+    the mark (:data:`SYNC_MARGIN`: clocks, timestamps' granularity) are sent again."""
+
+    def __init__(self, data: Path, where: str) -> None:
+        self.path = data / SYNC_FILE
+        self.where = where
+
+    def since(self) -> float | None:
+        """The time to send changes from; None: send everything (no mark, or one for another index)."""
+        try:
+            mark = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(mark, dict) or mark.get("index") != self.where or _number(mark.get("time")) is None:
+            return None
+        return float(mark["time"]) - SYNC_MARGIN
+
+    def mark(self, when: float) -> None:
+        """Everything changed before ``when`` is in the index (a mark that cannot be written: the next
+        start sends everything again)."""
+        tmp = self.path.with_name(f".{SYNC_FILE}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps({"index": self.where, "time": when}) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "cannot note the index as up to date in %s (%s): the next start sends every recording", self.path, e
+            )
 
 
 def node_id(data: Path) -> str:

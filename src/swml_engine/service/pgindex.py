@@ -108,6 +108,7 @@ class PgIndex(Index):
             await conn.execute(migrations.TABLE)
             cur = await conn.execute("SELECT version FROM schema_migrations")
             applied = {int(v) for (v,) in await cur.fetchall()}
+            self.fresh = not applied
             for m in migrations.pending("postgresql", applied, self.where):
                 for statement in m.statements:
                     await conn.execute(statement)  # (our own files, not input)
