@@ -45,7 +45,7 @@ from swml_engine.service import storage
 from swml_engine.service.api import SignedUrls, build_app
 from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
-from swml_engine.service.index import Index, IndexOpenError, IndexUnavailable, local_documents, node_id
+from swml_engine.service.index import Index, IndexOpenError, IndexUnavailable, SyncMark, local_documents, node_id
 from swml_engine.service.indexes import open_index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.service.retention import Retention
@@ -582,9 +582,15 @@ class Service:
             on_write=self._on_metadata,
             keyring=cfg.keyring,
         )
-        try:  # this node's own recordings only (all of a shared index's: `swml index rebuild`)
-            await self.index.rebuild(local_documents(self.store.root))
+        # This node's own recordings only (all of a shared index's: `swml index rebuild`); to a shared
+        # index, only those changed since this node's last start (unless its database is new).
+        mark = SyncMark(data, self.index.where)
+        since = mark.since() if self.index.shared and not self.index.fresh else None
+        try:
+            await self.index.rebuild(local_documents(self.store.root, changed_since=since))
             await self.index.end_orphaned_calls(cfg.started_at)
+            if self.index.shared:
+                mark.mark(cfg.started_at)
         except IndexUnavailable as e:
             log.warning("index not brought up to date at start (%s): `swml index rebuild` does it later", e)
         app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout)
