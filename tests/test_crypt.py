@@ -156,6 +156,17 @@ def test_a_dropped_middle_block_fails(tmp_path: Path, keyring: Keyring) -> None:
         f.verify()
 
 
+def test_a_key_file_others_can_read_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(key_line("k1"))
+    keys.chmod(0o600)
+    Keyring.load(keys)
+    assert not caplog.records
+    keys.chmod(0o644)
+    Keyring.load(keys)
+    assert "readable by other users than its owner (mode 644); chmod 600 it" in caplog.text
+
+
 def test_key_rotation_old_files_still_read(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(key_line("old"))

@@ -110,6 +110,8 @@ def test_sigkill_mid_recording_decrypts_to_the_completed_blocks(tmp_path: Path, 
     sealed = path if fmt != "mp4" else tmp_path / "recordings" / "r1.part.mp4"
     with SealedFile.open(sealed, keyring) as f:
         assert f.state == "unfinished"
+    assert recover(root, None) == []  # without its key: left as it is, for a run that has it
+    assert json.loads(store.meta_path("r1").read_text())["state"] == "recording"
     (done,) = recover(root, keyring)
     assert "sealed again" in done.note
     meta = json.loads(store.meta_path("r1").read_text())

@@ -103,8 +103,11 @@ class Keyring:
         try:
             with path.open("rb") as f:
                 raw = f.read(KEY_FILE_LIMIT + 1)
+                mode = os.fstat(f.fileno()).st_mode
         except OSError as e:
             raise KeyFileError(f"{where}: cannot read it: {e.strerror or e}") from None
+        if mode & 0o077:  # not a reason to refuse (a group may be meant to read it), but worth a line
+            log.warning("%s: readable by other users than its owner (mode %03o); chmod 600 it", where, mode & 0o777)
         if len(raw) > KEY_FILE_LIMIT:
             raise KeyFileError(f"{where}: larger than {KEY_FILE_LIMIT // 1024} KiB; a key file holds a few lines")
         try:

@@ -110,7 +110,11 @@ def _repair_one(store: RecordingStore, meta_path: Path, path: Path, keyring: Key
         return None
     rid = str(meta["recording_id"])
     if keyring is None and (is_sealed(path) or is_sealed(part_path(path))):
-        log.warning("recording %s is encrypted and needs repair: give the key file to repair it", rid)
+        log.warning(
+            "recording %s is encrypted and was left unfinished: a run that has its key repairs it "
+            "(swml recover DIR --key-file KEYS, or swml serve --encrypt-key-file KEYS)",
+            rid,
+        )
         return None
     try:
         rate, channels = int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1)
