@@ -245,3 +245,31 @@ def test_a_metadata_file_that_is_not_json_is_left_in_the_spool(tmp_path: Path) -
 
     assert on_virtual_time(run) == "unreadable"
     assert sorted(p.name for p in root.iterdir()) == ["broken.json", "broken.wav"]
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_a_stop_waits_a_little_for_the_queue_while_uploads_succeed(tmp_path: Path, down: bool) -> None:
+    """Each upload takes 1 s here: a stop with 5 s of grace lets the three queued go up; with the storage
+    down it waits only for the upload under way (they wait in the spool for the next start)."""
+    root = tmp_path / "recordings"
+    for n in range(3):
+        spool(root, f"r{n}")
+
+    class SlowBucket(MemoryBucket):
+        async def put_file(self, key: str, path: Path, attributes: dict[str, str]) -> None:
+            await asyncio.sleep(1)
+            await super().put_file(key, path, attributes)
+
+    bucket = SlowBucket(down=lambda now: down)
+
+    async def run() -> tuple[int, float]:
+        uploader = Uploader(bucket, lambda: RecordingStore(root), concurrency=1)
+        uploader.start()
+        await asyncio.sleep(0.1)
+        start = asyncio.get_running_loop().time()
+        await uploader.stop(grace=5.0)
+        return uploader.uploaded, asyncio.get_running_loop().time() - start
+
+    uploaded, took = on_virtual_time(run)
+    assert (uploaded, len(list(root.iterdir()))) == ((0, 6) if down else (3, 0))
+    assert took < (1.5 if down else 5.0)  # down: only the upload under way is waited for

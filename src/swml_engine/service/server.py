@@ -85,6 +85,8 @@ USER_AGENT = "swml-engine"
 STOP_CANCEL_WAIT = 5.0
 #: At a stop, how long queued status callbacks may take to be delivered before they are given up.
 CALLBACK_DRAIN = 5.0
+#: At a stop, how long the recordings still queued may take to be uploaded while uploads succeed.
+UPLOAD_DRAIN = 5.0
 #: How often a drain looks whether the calls have ended.
 DRAIN_POLL = 0.1
 
@@ -333,8 +335,8 @@ class Service:
         await self.endpoint.stop()
         if self.api is not None:
             await self.api.stop()
-        if self.uploads is not None:  # what is not uploaded yet stays in the spool for the next start
-            await self.uploads.stop()
+        if self.uploads is not None:  # what is not uploaded by then stays in the spool for the next start
+            await self.uploads.stop(UPLOAD_DRAIN)
         if self._retention_task is not None:
             self._retention_task.cancel()
         if self.index is not None:

@@ -224,8 +224,16 @@ class Uploader:
             log.info("uploads: %d recording(s) in the spool to upload to %s", found, self.bucket.url)
         self._tasks = [loop.create_task(self._run()) for _ in range(self.concurrency)]
 
-    async def stop(self) -> None:
-        """Stop uploading (an upload cut off is done again from the spool at the next start)."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop uploading, after up to ``grace`` seconds for what is queued while uploads succeed (not
+        while the storage fails: those wait for the next start). An upload cut off is done again from
+        the spool at the next start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._tasks and self.queue and self.state is UploaderState.OK and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.queue:
+            log.info("stopping: %d recording(s) wait in the spool for the next start", len(self.queue))
         for task in self._tasks:
             task.cancel()
         if self._tasks:
