@@ -183,3 +183,29 @@ sections:
     (at,) = [i for i in range(len(heard) - 160) if np.array_equal(heard[i : i + 160], probe)]
     start = at - 4000
     assert start >= 2 * RATE - 160 and np.array_equal(heard[start : start + len(recorded)], recorded)
+
+
+def test_storage_refusing_writes_leaves_encrypted_recordings_readable(tmp_path: Path, key_file: Path) -> None:
+    # The file-size limit refuses a block mid-write (as a full disk does): the recording ends in error,
+    # what was sealed before is repaired and sealed again, the call and the other formats go on.
+    from test_recording_faults import swml_run
+
+    keyring = Keyring.load(key_file)
+    doc = """
+sections:
+  main:
+    - answer
+    - record_call: {stereo: true, format: wav}
+    - record_call: {stereo: true, format: mp3}
+    - sleep: 3000
+"""
+    out, events = swml_run(tmp_path, doc, noise(4.0), limit=True, extra=("--encrypt-key-file", str(key_file)))
+    assert [e["state"] for e in events if e["type"] == "record.state"].count("error") == 1
+    metas = {m["format"]: m for m in (json.loads(p.read_text()) for p in (out / "recordings").glob("*.json"))}
+    assert (metas["wav"]["state"], metas["mp3"]["state"]) == ("error", "finished")
+    for fmt, meta in metas.items():
+        audio = plaintext(out / "recordings" / f"{meta['recording_id']}.{fmt}", keyring)
+        assert meta["size"] == len(audio)
+        with av.open(io.BytesIO(audio), "r") as c:
+            seconds = sum(frame.samples for frame in c.decode(audio=0)) / RATE
+        assert abs(seconds - meta["duration"]) < 0.1 and seconds > (1.0 if fmt == "wav" else 2.8)

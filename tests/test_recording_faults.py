@@ -41,14 +41,14 @@ def _limit_file_size() -> None:
 
 
 def swml_run(
-    tmp_path: Path, doc: str, caller: np.ndarray | None = None, limit: bool = False
+    tmp_path: Path, doc: str, caller: np.ndarray | None = None, limit: bool = False, extra: tuple[str, ...] = ()
 ) -> tuple[Path, list[dict[str, Any]]]:
     """`swml run` of ``doc`` in its own process (optionally under the file-size limit); returns the
     --out directory and its events. It must end cleanly: exit 0, no traceback."""
     path = tmp_path / "doc.yaml"
     path.write_text(doc)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "swml_engine", "run", str(path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "swml_engine", "run", str(path), "--out", str(out), *extra]
     if caller is not None:
         (tmp_path / "caller.wav").write_bytes(wav_bytes(caller))
         cmd += ["--caller-audio", str(tmp_path / "caller.wav")]

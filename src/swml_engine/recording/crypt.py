@@ -272,7 +272,7 @@ class SealedFile(io.RawIOBase):
         header = Header(keyring.newest, os.urandom(16))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)  # (less the umask, as a plain file)
         try:
-            os.pwrite(fd, header.pack(), 0)
+            _write_all(fd, header.pack(), 0)
         except OSError:
             os.close(fd)
             raise
@@ -495,8 +495,7 @@ class SealedFile(io.RawIOBase):
         return plain
 
     def _seal(self, index: int, *, final: bool) -> None:
-        sealed = self._cipher.seal(bytes(self._cache[index]), index, final)
-        os.pwrite(self._fd, sealed, self._cipher.offset(index))
+        _write_all(self._fd, self._cipher.seal(bytes(self._cache[index]), index, final), self._cipher.offset(index))
         self._dirty.discard(index)
         if final:
             self._final_on_disk = index
@@ -517,6 +516,17 @@ class SealedFile(io.RawIOBase):
             if clean is None:
                 return
             del self._cache[clean]
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset``: a short write (the disk filling) is continued, so its cause
+    comes as the OSError of the next write (ENOSPC, EFBIG), never as a block silently cut short."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        if done <= 0:
+            raise OSError(28, "no space left for the block")
+        view, offset = view[done:], offset + done
 
 
 # --- helpers for the rest of the engine ----------------------------------------------------------------
