@@ -179,7 +179,6 @@ class Uploader:
         self.on_uploaded: Callable[[dict[str, Any]], None] | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_scan = 0.0
 
     @property
     def store(self) -> RecordingStore:
@@ -187,10 +186,13 @@ class Uploader:
 
     # --- queueing --------------------------------------------------------------------------------
 
-    def add(self, recording_id: str) -> None:
-        """A recording ended: upload it (now, or when the storage is back)."""
-        if self.queue.add(recording_id, _now()):
-            self._wake.set()
+    def add(self, recording_id: str) -> bool:
+        """A recording ended: upload it (now, or when the storage is back). False: already queued (or
+        the queue is full: the next scan finds it)."""
+        if not self.queue.add(recording_id, _now()):
+            return False
+        self._wake.set()
+        return True
 
     def on_metadata(self, meta: dict[str, Any]) -> None:
         """The store's hook: a metadata write that ends a recording queues it."""
@@ -198,31 +200,43 @@ class Uploader:
         if ended and not meta.get("storage") and not self.held(meta):
             self.add(str(meta["recording_id"]))
 
-    def scan(self) -> int:
-        """Queue every ended recording of the spool (a crash's, a full queue's); returns how many."""
-        count = 0
+    async def scan(self) -> int:
+        """Queue every ended recording of the spool (a crash's, a full queue's); returns how many were
+        not queued yet. The files are read on a thread: a spool grown large while the storage was down
+        never stalls the calls."""
+        with hold():
+            found = await asyncio.to_thread(self._spooled)
+        return sum(self.add(recording_id) for recording_id, meta in found if not self.held(meta))
+
+    def _spooled(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ended recordings of the spool, with their metadata."""
+        found = []
         for path in self.store.root.glob("*.json"):
             recording_id = path.stem
             try:
                 meta = self.store.read_metadata(recording_id)
             except (OSError, ValueError):
                 continue
-            if not isinstance(meta, dict) or meta.get("recording_id") != recording_id or self.held(meta):
-                continue
-            if meta.get("state") != "recording":
-                count += 1
-                self.add(recording_id)
-        return count
+            ok = isinstance(meta, dict) and meta.get("recording_id") == recording_id
+            if ok and meta.get("state") != "recording":
+                found.append((recording_id, meta))
+        return found
 
     # --- running ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Scan the spool (now and every ``rescan`` seconds) and upload what is queued."""
         loop = asyncio.get_running_loop()
-        self._next_scan = loop.time() + self.rescan
-        found = self.scan()
+        self._tasks = [loop.create_task(self._scans())]
+        self._tasks += [loop.create_task(self._run()) for _ in range(self.concurrency)]
+
+    async def _scans(self) -> None:
+        found = await self.scan()
         if found:
             log.info("uploads: %d recording(s) in the spool to upload to %s", found, self.bucket.url)
-        self._tasks = [loop.create_task(self._run()) for _ in range(self.concurrency)]
+        while True:
+            await asyncio.sleep(self.rescan)
+            await self.scan()
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop uploading, after up to ``grace`` seconds for what is queued while uploads succeed (not
@@ -244,16 +258,12 @@ class Uploader:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            if now >= self._next_scan:
-                self._next_scan = now + self.rescan
-                self.scan()
             recording_id = self.queue.take(now)
             if recording_id is None:
                 due = self.queue.next_due()
-                wait = self._next_scan - now if due is None else min(due, self._next_scan) - now
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+                    await asyncio.wait_for(self._wake.wait(), None if due is None else max(0.0, due - now))
                 continue
             await self._attempt(recording_id)
 
