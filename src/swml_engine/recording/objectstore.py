@@ -16,6 +16,7 @@ serves (``service/storage.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -37,6 +38,8 @@ PART_SIZE = 8 * 1024 * 1024
 PART_CONCURRENCY = 2
 #: A metadata document larger than this in the bucket is not ours (ours are a few KiB): skipped.
 MAX_METADATA_BYTES = 1024 * 1024
+#: Metadata documents read at once while an index is rebuilt from the bucket.
+METADATA_CONCURRENCY = 16
 #: One request's limits; a failed upload is retried by the uploader's own schedule, so the client
 #: itself retries little.
 CONNECT_TIMEOUT = timedelta(seconds=5)
@@ -241,24 +244,40 @@ class ObjectStore:
 
     async def metadata_documents(self) -> AsyncIterator[dict[str, Any]]:
         """Every recording metadata document in the bucket (``<prefix>/<id>.json``), for rebuilding an
-        index from storage. A document that is too large, unreadable or not a recording's is skipped."""
+        index from storage; read :data:`METADATA_CONCURRENCY` at a time. A document that is too large,
+        unreadable or not a recording's is skipped."""
         try:
             async for batch in obstore.list(self._s3, chunk_size=500):
-                for entry in batch:
-                    key = str(entry["path"])
-                    if "/" in key or not key.endswith(".json") or int(entry["size"]) > MAX_METADATA_BYTES:
-                        continue
-                    try:
-                        result = await obstore.get_async(self._s3, key)
-                        meta = json.loads(bytes(await result.bytes_async()))
-                    except FileNotFoundError:  # deleted since the listing
-                        continue
-                    except ValueError:
-                        continue
-                    if isinstance(meta, dict) and meta.get("recording_id") == key.removesuffix(".json"):
-                        yield meta
+                keys = [
+                    str(entry["path"])
+                    for entry in batch
+                    if "/" not in str(entry["path"])
+                    and str(entry["path"]).endswith(".json")
+                    and int(entry["size"]) <= MAX_METADATA_BYTES
+                ]
+                for i in range(0, len(keys), METADATA_CONCURRENCY):
+                    group = keys[i : i + METADATA_CONCURRENCY]
+                    for meta in await asyncio.gather(*(self._document(key) for key in group)):
+                        if meta is not None:
+                            yield meta
+        except StorageError:
+            raise
         except Exception as e:
             raise StorageError(f"{self.url}: cannot list the recordings' metadata: {_reason(e)}") from None
+
+    async def _document(self, key: str) -> dict[str, Any] | None:
+        """One metadata document; None when it is gone since the listing or is not a recording's."""
+        try:
+            result = await obstore.get_async(self._s3, key)
+            meta = json.loads(bytes(await result.bytes_async()))
+        except FileNotFoundError:  # deleted since the listing
+            return None
+        except ValueError:
+            return None
+        except Exception as e:
+            raise StorageError(f"{self.url.url_of(key)}: cannot be read: {_reason(e)}") from None
+        ok = isinstance(meta, dict) and meta.get("recording_id") == key.removesuffix(".json")
+        return meta if ok else None
 
     async def _call(self, what: str, key: str, operation: Any) -> None:
         try:
