@@ -95,6 +95,12 @@ def test_two_nodes_on_one_postgresql_index_list_and_control_each_others_recordin
         )  # type: ignore[misc]
     assert api(nodes[1], "/health")[1]["index"] == "open"
     assert [c["state"] for c in api(nodes[0], "/api/calls")[1]["calls"]] == ["ended"] * 3
+    # Without --storage a recording's files are on its node's disk alone: only that node deletes it.
+    code, refused = api(nodes[1], f"/api/recordings/{rid_a}", "DELETE")
+    assert code == 409 and "delete it through that node's API" in refused["detail"]
+    assert api(nodes[0], f"/api/recordings/{rid_a}", "DELETE")[0] == 204
+    assert not list((a.data / "recordings").glob(f"{rid_a}.*"))
+    assert wait_for(lambda: all(api(node, f"/api/recordings/{rid_a}")[0] == 404 for node in nodes), 20)
 
 
 def test_retention_deletes_a_recording_and_its_signed_url_then_answers_404(

@@ -233,6 +233,11 @@ def build_app(
         worker = await owner_elsewhere(meta)
         if worker is not None:  # that worker knows whether it still records it
             return await _forward(request, worker, forward_timeout)
+        if index().shared and service.bucket is None and not meta.get("storage"):
+            node = await index().keeper(recording_id)
+            if node is not None and node != index().node:  # its files are on that node's disk alone
+                why = f"recording {recording_id} is kept on the disk of node {node} (no --storage)"
+                raise HTTPException(409, f"{why}: delete it through that node's API")
         try:
             await storage.delete_recording(service, meta)  # spool, bucket, index
         except StorageError as e:

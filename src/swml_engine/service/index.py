@@ -190,6 +190,11 @@ class Index(ABC):
         rows = await self._query("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))
         return json.loads(rows[0][0]) if rows else None
 
+    async def keeper(self, recording_id: str) -> str | None:
+        """The node that indexed a recording from its own spool (None: unknown, or rebuilt from a bucket)."""
+        rows = await self._query("SELECT node FROM recordings WHERE recording_id = ?", (recording_id,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
     async def calls(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         where, args = _filters(state=state)
         rows = await self._query(
