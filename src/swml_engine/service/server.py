@@ -267,6 +267,8 @@ class Service:
             self.uploads.on_uploaded = self.metrics.uploads.uploaded
             self.uploads.start()
             log.info("finished recordings are uploaded to %s (spool: %s)", self.bucket.url, self.store.root)
+            if cfg.http is None:
+                log.warning("--storage without --http: recording URLs are file paths in the spool, gone once uploaded")
         self.metrics.start(self._metrics_snapshot)
 
     @property
