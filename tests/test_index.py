@@ -92,6 +92,10 @@ def test_rows_written_and_read_back(opener: Opener) -> None:
         await settle(index)
         assert await index.recording("r2") is None
         assert [r["recording_id"] for r in await index.ended_before(7.0, limit=10, own=True)] == ["r1"]
+        # What a request can put in a read finds nothing, never an error (PostgreSQL refuses NUL in a value).
+        assert await index.recordings(call_id="c1\x00") == [] and await index.recording("r1\x00") is None
+        assert await index.call("c\x00") is None and await index.calls(state="\x00") == []
+        assert await index.recordings(offset=10**30) == [] and await index.calls(offset=10**30) == []
         await index.close()
 
     run(go())

@@ -95,6 +95,8 @@ def test_two_nodes_on_one_postgresql_index_list_and_control_each_others_recordin
         )  # type: ignore[misc]
     assert api(nodes[1], "/health")[1]["index"] == "open"
     assert [c["state"] for c in api(nodes[0], "/api/calls")[1]["calls"]] == ["ended"] * 3
+    assert api(nodes[0], "/api/recordings?offset=" + "9" * 30)[0] == 422
+    assert api(nodes[0], "/api/recordings/x%00y")[0] == 404 and api(nodes[0], "/api/calls/x%00y")[0] == 404
     # Without --storage a recording's files are on its node's disk alone: only that node deletes it.
     code, refused = api(nodes[1], f"/api/recordings/{rid_a}", "DELETE")
     assert code == 409 and "delete it through that node's API" in refused["detail"]

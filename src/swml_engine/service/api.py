@@ -35,7 +35,7 @@ from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.httpd import RequestGuard
-from swml_engine.service.index import IndexUnavailable
+from swml_engine.service.index import MAX_OFFSET, IndexUnavailable
 
 if TYPE_CHECKING:
     from swml_engine.recording.objectstore import ObjectStore
@@ -212,7 +212,7 @@ def build_app(
         call_id: str | None = None,
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         rows = await index().recordings(call_id=call_id, state=state, limit=limit, offset=offset)
         return {"recordings": await listed(rows, state), "limit": limit, "offset": offset}
@@ -286,7 +286,7 @@ def build_app(
     async def list_calls(
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         rows = await index().calls(state=state, limit=limit, offset=offset)
         return {"calls": rows, "limit": limit, "offset": offset}

@@ -46,8 +46,9 @@ MAX_PENDING = 10_000
 RETRY_INTERVAL = 1.0
 #: Rows a rebuild writes per transaction (a large store never holds one transaction open for long).
 REBUILD_BATCH = 500
-#: The most rows one read returns (the API's own limit is lower).
+#: The most rows one read returns (the API's own limit is lower), and the furthest a page may start.
 MAX_ROWS = 1000
+MAX_OFFSET = 1_000_000_000
 #: Where a node keeps its name (made once, shared by its workers).
 NODE_FILE = "node-id"
 #: Where a node notes when it last brought a shared index up to date (:class:`SyncMark`).
@@ -176,43 +177,50 @@ class Index(ABC):
 
     # --- reads ------------------------------------------------------------------------------------
 
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """A read of values a request gave: one holding NUL finds nothing (no row holds one, and
+        PostgreSQL refuses it as a value rather than answer)."""
+        if any(isinstance(a, str) and "\x00" in a for a in args):
+            return []
+        return await self._query(sql, args)
+
     async def recordings(
         self, *, call_id: str | None = None, state: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
         where, args = _filters(call_id=call_id, state=state)
-        rows = await self._query(
+        rows = await self._read(
             f"SELECT meta FROM recordings {where} ORDER BY start_time DESC, recording_id LIMIT ? OFFSET ?",
-            (*args, min(limit, MAX_ROWS), offset),
+            (*args, min(limit, MAX_ROWS), min(offset, MAX_OFFSET)),
         )
         return [json.loads(meta) for (meta,) in rows]
 
     async def recording(self, recording_id: str) -> dict[str, Any] | None:
-        rows = await self._query("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))
+        rows = await self._read("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))
         return json.loads(rows[0][0]) if rows else None
 
     async def keeper(self, recording_id: str) -> str | None:
         """The node that indexed a recording from its own spool (None: unknown, or rebuilt from a bucket)."""
-        rows = await self._query("SELECT node FROM recordings WHERE recording_id = ?", (recording_id,))
+        rows = await self._read("SELECT node FROM recordings WHERE recording_id = ?", (recording_id,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     async def calls(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         where, args = _filters(state=state)
-        rows = await self._query(
+        rows = await self._read(
             f"SELECT info FROM calls {where} ORDER BY start_time DESC, call_id LIMIT ? OFFSET ?",
-            (*args, min(limit, MAX_ROWS), offset),
+            (*args, min(limit, MAX_ROWS), min(offset, MAX_OFFSET)),
         )
         return [json.loads(info) for (info,) in rows]
 
     async def call(self, call_id: str) -> tuple[dict[str, Any], str] | None:
         """A call and the worker that runs (or ran) it."""
-        rows = await self._query("SELECT info, worker FROM calls WHERE call_id = ?", (call_id,))
+        rows = await self._read("SELECT info, worker FROM calls WHERE call_id = ?", (call_id,))
         return (json.loads(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def ended_before(self, before: float, *, limit: int, own: bool) -> list[dict[str, Any]]:
         """Recordings that ended before ``before`` (a Unix time), oldest first, at most ``limit``; with
         ``own``, only those this node wrote (its storage alone holds them)."""
         mine = " AND node = ?" if own else ""
-        rows = await self._query(
+        rows = await self._read(
             f"SELECT meta FROM recordings WHERE end_time IS NOT NULL AND end_time < ?{mine} "
             "ORDER BY end_time, recording_id LIMIT ?",
             (before, *((self.node,) if own else ()), min(limit, MAX_ROWS)),
