@@ -49,6 +49,8 @@ REBUILD_BATCH = 500
 #: The most rows one read returns (the API's own limit is lower), and the furthest a page may start.
 MAX_ROWS = 1000
 MAX_OFFSET = 1_000_000_000
+#: The longest value of an indexed text column (ids are 36 characters).
+MAX_TEXT = 1000
 #: Where a node keeps its name (made once, shared by its workers).
 NODE_FILE = "node-id"
 #: Where a node notes when it last brought a shared index up to date (:class:`SyncMark`).
@@ -365,9 +367,9 @@ def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
         "WHERE recordings.meta IS DISTINCT FROM excluded.meta "
         "OR (excluded.node IS NOT NULL AND recordings.node IS DISTINCT FROM excluded.node)",
         (
-            meta["recording_id"],
-            meta.get("call_id"),
-            meta.get("state"),
+            _text(meta["recording_id"]),
+            _text(meta.get("call_id")),
+            _text(meta.get("state")),
             _number(meta.get("start_time")),
             _number(meta.get("end_time")),
             node,
@@ -381,8 +383,21 @@ def _call_row(info: dict[str, Any], worker: str, node: str) -> Statement:
         "INSERT INTO calls (call_id, state, start_time, worker, node, info) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (call_id) DO UPDATE SET state = excluded.state, start_time = excluded.start_time, "
         "worker = excluded.worker, node = excluded.node, info = excluded.info",
-        (info["call_id"], info.get("state"), _number(info.get("start_time")), worker, node, json.dumps(info)),
+        (
+            _text(info["call_id"]),
+            _text(info.get("state")),
+            _number(info.get("start_time")),
+            _text(worker),
+            node,
+            json.dumps(info),
+        ),
     )
+
+
+def _text(value: Any) -> str | None:
+    """A value for a text column: a metadata file edited by hand or a document from a bucket may hold
+    anything; a value PostgreSQL refuses (NUL, a mapping) would hold every row queued behind it."""
+    return None if value is None else str(value).replace("\x00", "")[:MAX_TEXT]
 
 
 def _number(value: Any) -> float | None:
