@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from s3_server import S3Server, s3_server_fixture, sha256  # noqa: F401  (the session fixture)
-from swml_engine.recording.objectstore import ObjectStore, StorageError, StorageUrl
+from swml_engine.recording.objectstore import ObjectStore, StorageError, StorageUnreachable, StorageUrl
 
 
 def store(server: S3Server, url: str, **env: str) -> ObjectStore:
@@ -54,7 +54,7 @@ def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
     with pytest.raises(StorageError, match="no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         ObjectStore.from_option(f"s3://{bucket}/p", env)
     down = {**s3_server.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    with pytest.raises(StorageError, match="check AWS_ENDPOINT_URL and that the server is up"):
+    with pytest.raises(StorageUnreachable, match="check AWS_ENDPOINT_URL and that the server is up"):
         asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", down).check())
 
 

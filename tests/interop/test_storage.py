@@ -102,7 +102,7 @@ def test_storage_down_then_back_and_a_node_killed_lose_nothing(
     aws_env: Callable[[S3Server], None], tmp_path: Path
 ) -> None:
     """A server of this test's own (it is stopped and started: moto then forgets its buckets), and an
-    engine of its own (killed, then started again on the same data)."""
+    engine of its own (killed, then started again on the same data while the storage is still down)."""
     s3 = S3Server(tmp_path)
     s3.start(buckets=("rec",))
     aws_env(s3)
@@ -140,10 +140,12 @@ def _down_then_back(eng: Engine, s3: S3Server, tmp_path: Path) -> None:
     assert eng.proc is not None
     eng.proc.send_signal(signal.SIGKILL)
     eng.proc.wait()
-    s3.start(buckets=("rec",))
+    # It restarts while the storage is still down (it takes calls all the same), then the storage returns.
     again = Engine(eng.script, eng.data, port=eng.port, extra=eng.extra)
     try:
         again.start()
+        assert "recordings wait in the spool until it answers" in again.log()
+        s3.start(buckets=("rec",))
         assert wait_for(lambda: len(s3.objects("rec")) == 4, 30), again.log()[-3000:]
         assert wait_for(lambda: spooled(again) == [], 10)
         second = _checked(s3)

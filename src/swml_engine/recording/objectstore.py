@@ -61,6 +61,10 @@ class StorageError(Exception):
     the place and what to do."""
 
 
+class StorageUnreachable(StorageError):
+    """The storage did not answer (or answered 5xx): it may be down for a while, not misconfigured."""
+
+
 @dataclass(frozen=True)
 class StorageUrl:
     """``s3://bucket/prefix`` as given to ``--storage``."""
@@ -180,7 +184,8 @@ class ObjectStore:
         return cls(StorageUrl.parse(text), S3Settings.from_environment(env), env=env)
 
     async def check(self) -> None:
-        """At start: the bucket exists and lets us in (one listing of at most one object)."""
+        """At start: the bucket exists and lets us in (one listing of at most one object). StorageError
+        when it is missing or refuses us; StorageUnreachable when the server does not answer."""
         try:
             stream = obstore.list(self._s3, chunk_size=1)
             async for _ in stream:
@@ -194,6 +199,7 @@ class ObjectStore:
                 hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
             else:
                 hint = "check AWS_ENDPOINT_URL and that the server is up"
+                raise StorageUnreachable(f"--storage {self.url}: {why} at {self.settings.where()}: {hint}") from None
             raise StorageError(f"--storage {self.url}: {why} at {self.settings.where()}: {hint}") from None
 
     async def put_file(self, key: str, path: Path, attributes: dict[str, str]) -> None:

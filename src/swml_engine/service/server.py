@@ -36,7 +36,7 @@ from swml_engine.logs import CallLog
 from swml_engine.media.clock import MediaTicker
 from swml_engine.methods import REGISTRY
 from swml_engine.recording.crypt import Keyring
-from swml_engine.recording.objectstore import ObjectStore
+from swml_engine.recording.objectstore import ObjectStore, StorageUnreachable
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -235,7 +235,10 @@ class Service:
             log.warning("recovered recording %s after a crash: %.2f s (%s)", rec.recording_id, rec.duration, rec.note)
         if cfg.storage is not None:  # StorageError (a bucket missing, no credentials): the caller reports it
             self.bucket = ObjectStore.from_option(cfg.storage)
-            await self.bucket.check()
+            try:
+                await self.bucket.check()
+            except StorageUnreachable as e:  # down for now: calls go on, recordings wait in the spool
+                log.warning("%s; recordings wait in the spool until it answers", e)
         await self.endpoint.start()
         if self.placing is not self.endpoint:
             try:
