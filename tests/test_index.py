@@ -97,7 +97,7 @@ def test_rows_written_and_read_back(opener: Opener) -> None:
         assert await index.call("c\x00") is None and await index.calls(state="\x00") == []
         assert await index.recordings(offset=10**30) == [] and await index.calls(offset=10**30) == []
         # A hand-edited metadata file with odd values is indexed, and the rows behind it too.
-        index.put_recording(meta("odd", call_id={"not": "text"}, state="fin\x00ished"))  # type: ignore[arg-type]
+        index.put_recording(meta("odd", call_id={"not": "text"}, state="fin\x00ished", start=10**400))  # type: ignore[arg-type]
         index.put_recording(meta("after"))
         await settle(index)
         assert {r["recording_id"] for r in await index.recordings(state="finished")} == {"r1", "odd", "after"}

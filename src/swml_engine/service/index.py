@@ -402,7 +402,12 @@ def _text(value: Any) -> str | None:
 
 def _number(value: Any) -> float | None:
     """A time for a numeric column (a hand-edited metadata file may hold anything)."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer of 400 digits
+        return None
 
 
 def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
