@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -142,5 +141,4 @@ def test_a_pass_without_the_index_is_skipped_not_fatal(tmp_path: Path) -> None:
             await retention.run()
 
     asyncio.run(go())
-    assert pauses == [retention.interval]
-    assert json.loads(json.dumps(pauses)) == [600.0]
+    assert pauses == [600.0]  # the next pass at the usual time
