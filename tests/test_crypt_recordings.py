@@ -225,3 +225,20 @@ sections:
         with av.open(io.BytesIO(audio), "r") as c:
             seconds = sum(frame.samples for frame in c.decode(audio=0)) / RATE
         assert abs(seconds - meta["duration"]) < 0.1 and seconds > (1.0 if fmt == "wav" else 2.8)
+
+
+def test_swml_recover_with_the_key_file(
+    tmp_path: Path, key_file: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    root = tmp_path / "recordings"
+    root.mkdir()
+    RecordingStore(root).write_metadata(
+        {"recording_id": "r1", "state": "recording", "format": "wav", "sample_rate": RATE, "channels": 1}
+    )
+    writer = open_writer("wav", root / "r1.wav", RATE, 1, Keyring.load(key_file))
+    writer.write(noise(2.0))
+    writer.flush()
+    writer._release()  # (the process died: its lock is gone, nothing more is written)
+    code, out, _ = swml(capsysbinary, "recover", str(tmp_path), "--key-file", str(key_file))
+    assert code == 0 and b"r1.wav: recovered 2.00 s (WAV header rewritten from the file length, sealed again)" in out
+    assert json.loads((root / "r1.json").read_text())["state"] == "finished"
