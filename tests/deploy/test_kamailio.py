@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import httpx
 import pytest
 
 from conftest import PATIENCE, wait_for
-from interop.peers import Engine, free_port
+from interop.peers import Engine, cseq_method, free_port, header
 from pg_server import PgServer, pg_server  # noqa: F401
 from s3_server import S3Server, s3_server_fixture  # noqa: F401
 
@@ -308,3 +310,61 @@ def test_a_node_stopping_drains_kamailio_sends_new_calls_elsewhere_and_its_live_
     [meta] = cluster.uploaded([live])
     assert meta["end_reason"] != "recovered", meta
     assert_served_everywhere(cluster, [meta])
+
+
+class RefusingNode:
+    """A node that answers Kamailio's probes 200 and refuses every INVITE with 503, as a node does that
+    fills up between two probes: a stand-in on a UDP socket of its own, so the refusal is certain."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.invites = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            request = data.decode(errors="replace")
+            method = cseq_method(request)
+            if method == "INVITE" and request.startswith("INVITE "):
+                self.invites += 1
+                self._answer(request, addr, "503 Service Unavailable")
+            elif method == "OPTIONS":
+                self._answer(request, addr, "200 OK")
+
+    def _answer(self, request: str, addr: tuple[str, int], status: str) -> None:
+        to = header(request, "To")[0]
+        copied = [f"{n}: {v}" for n in ("Via", "From", "Call-ID", "CSeq") for v in header(request, n)]
+        lines = [f"SIP/2.0 {status}", *copied, f"To: {to};tag=refusing", "Content-Length: 0"]
+        self.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_a_node_that_refuses_a_call_with_503_has_it_moved_to_the_next_node(cluster: Cluster, tmp_path: Path) -> None:
+    refusing = RefusingNode()
+    node = cluster.nodes[0]
+    proxy = Kamailio(tmp_path / "kamailio", [refusing.address, node.sip]).start()
+    try:
+        # round robin sends one of the two to the refusing node first; the caller never sees its 503
+        calls = [ProxiedCall(proxy.port, "brief") for _ in range(2)]
+        assert [c.invite() for c in calls] == [200, 200], [c.messages for c in calls]
+        assert [c.node for c in calls] == [node.sip] * 2
+        assert refusing.invites >= 1
+        for c in calls:
+            assert c.wait_bye(), c.messages
+            c.close()
+    finally:
+        proxy.stop()
+        refusing.close()
