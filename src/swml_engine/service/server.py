@@ -333,7 +333,9 @@ class Service:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=STOP_CANCEL_WAIT)
-        await self.dialer.stop()  # far legs left get their CANCEL or BYE
+        # Far legs left get their CANCEL or BYE, waited for with the callers' below (_settle), not here:
+        # the dialer's own wait would hold a stop 5 s for BYEs sent long before it, to peers maybe gone.
+        await self.dialer.stop(wait=0)
         await self._settle(max(0.0, hung_up + grace - loop.time()))
         if self.placing is not self.endpoint:
             await self.placing.stop()
