@@ -142,3 +142,33 @@ def test_a_pass_without_the_index_is_skipped_not_fatal(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert pauses == [600.0]  # the next pass at the usual time
+
+
+def test_a_pass_deletes_this_nodes_calls_that_ended_before_the_cutoff_and_their_event_logs(tmp_path: Path) -> None:
+    store, index = setup(tmp_path)
+    other = SqliteIndex(tmp_path / "index.sqlite3", node="other")  # another node on the same index
+    logs = tmp_path / "calls"
+    logs.mkdir()
+    for call_id, days_ago, state, node in (
+        ("old", 31, "ended", index),
+        ("recent", 29, "ended", index),
+        ("up", 45, "answered", index),  # still up (a long call): its row says so
+        ("elsewhere", 45, "ended", other),
+    ):
+        node.put_call({"call_id": call_id, "state": state, "start_time": NOW - days_ago * DAY}, "http://w")
+        (logs / f"{call_id}.jsonl").write_text("{}\n")
+
+    async def delete_call(call_id: str) -> None:
+        (logs / f"{call_id}.jsonl").unlink(missing_ok=True)
+        index.delete_call(call_id)
+
+    retention = Retention(
+        index, local_delete(store, index), lambda rid: False, 30, own=True, delete_call=delete_call, clock=lambda: NOW
+    )
+
+    async def go() -> None:
+        assert await retention.sweep() == 1
+        assert sorted(c["call_id"] for c in await index.calls()) == ["elsewhere", "recent", "up"]
+
+    asyncio.run(go())
+    assert sorted(p.stem for p in logs.iterdir()) == ["elsewhere", "recent", "up"]

@@ -123,4 +123,6 @@ def test_retention_deletes_a_recording_and_its_signed_url_then_answers_404(
     assert request("GET", url, token=None)[0] == 404
     assert api(base, "/api/recordings")[1]["recordings"] == []
     assert list((eng.data / "recordings").iterdir()) == []
-    assert "retention: 1 recording(s) older than" in eng.log()
+    assert wait_for(lambda: api(base, "/api/calls")[1]["calls"] == [], 30)  # the call, its event log too
+    assert list((eng.data / "calls").iterdir()) == []
+    assert "retention: 1 recording(s) older than" in eng.log() and "retention: 1 call(s) older than" in eng.log()

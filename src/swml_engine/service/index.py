@@ -116,6 +116,9 @@ class Index(ABC):
     def delete_recording(self, recording_id: str) -> None:
         self._write(("recording", recording_id), ("DELETE FROM recordings WHERE recording_id = ?", (recording_id,)))
 
+    def delete_call(self, call_id: str) -> None:
+        self._write(("call", call_id), ("DELETE FROM calls WHERE call_id = ?", (call_id,)))
+
     def put_call(self, info: dict[str, Any], worker: str) -> None:
         """Index a call and the worker that runs it."""
         self._write(("call", str(info["call_id"])), _call_row(info, worker, self.node))
@@ -248,6 +251,16 @@ class Index(ABC):
             await self._transaction(batch)
             count += len(batch)
         return count
+
+    async def calls_ended_before(self, before: float, *, limit: int) -> list[str]:
+        """This node's ended calls that started before ``before`` (a Unix time), oldest first, at most
+        ``limit``: their ids (their event logs are on this node's disk)."""
+        rows = await self._query(
+            "SELECT call_id FROM calls WHERE state = 'ended' AND start_time < ? AND (node = ? OR node IS NULL) "
+            "ORDER BY start_time, call_id LIMIT ?",
+            (before, self.node, min(limit, MAX_ROWS)),
+        )
+        return [str(call_id) for (call_id,) in rows]
 
     async def end_orphaned_calls(self, before: float) -> int:
         """This node's calls that a stopped or killed process left "live" (started before this service

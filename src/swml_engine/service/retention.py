@@ -10,7 +10,8 @@ worker still records) is never deleted. With local storage a node deletes only t
 (no other node's disk is within its reach); with object storage, any. Two workers or nodes deleting
 one recording at once is harmless: each step of a delete is idempotent. A deleted recording is gone:
 its API routes and its signed URL answer 404, as for an id never seen (no tombstones are kept, so
-410 could not be told apart).
+410 could not be told apart). The same pass deletes this node's calls that ended before the cut-off:
+their event logs (which hold SIP headers) and index rows.
 
 No per-recording override: the metadata is the engine's account of what was recorded, and SWML's
 ``record_call`` has no parameter for keeping a recording longer; an override would need one, or an
@@ -39,6 +40,7 @@ INTERVAL = 600.0
 BUSY_PAUSE = 1.0
 
 Delete = Callable[[dict[str, Any]], Awaitable[None]]
+DeleteCall = Callable[[str], Awaitable[None]]
 
 
 class Retention:
@@ -53,15 +55,18 @@ class Retention:
         batch: int = BATCH,
         interval: float = INTERVAL,
         busy_pause: float = BUSY_PAUSE,
+        delete_call: DeleteCall | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``delete``: removes one recording everywhere (raises when a backend refuses); ``is_live``: a
-        worker records it now; ``own``: only this node's recordings (local storage)."""
+        worker records it now; ``own``: only this node's recordings (local storage); ``delete_call``:
+        removes one of this node's ended calls (its event log and index row)."""
         if days <= 0:
             raise ValueError("retention needs a number of days above 0")
         self.index = index
         self.delete = delete
+        self.delete_call = delete_call
         self.is_live = is_live
         self.keep = days * DAY
         self.own = own
@@ -69,38 +74,49 @@ class Retention:
         # its time (a short period — a fraction of a day — is swept that much more often).
         self.batch, self.interval, self.busy_pause = batch, min(interval, max(self.keep / 4, 0.1)), busy_pause
         self.clock, self.sleep = clock, sleep
-        #: Recordings deleted since the start.
+        #: Recordings and calls deleted since the start.
         self.deleted = 0
         #: The last pass found a full batch: more may be past their time.
         self.backlog = False
 
     async def sweep(self) -> int:
-        """One pass; returns how many recordings it deleted (:attr:`backlog`: more may wait)."""
+        """One pass; returns how many recordings and calls it deleted (:attr:`backlog`: more may wait)."""
         cutoff = self.clock() - self.keep
         found = await self.index.ended_before(cutoff, limit=self.batch, own=self.own)
+        recordings = {
+            str(meta.get("recording_id")): meta
+            for meta in found
+            # (an end time but still recorded: an index behind; its next write corrects it)
+            if meta.get("end_reason") is not None and not self.is_live(str(meta.get("recording_id")))
+        }
+        deleted = await self._each("recording", list(recordings), lambda key: self.delete(recordings[key]))
         self.backlog = len(found) >= self.batch
-        failed: list[str] = []
-        deleted = 0
-        for meta in found:
-            recording_id = str(meta.get("recording_id"))
-            if meta.get("end_reason") is None or self.is_live(recording_id):
-                continue  # (an end time but still recorded: an index behind; its next write corrects it)
-            try:
-                await self.delete(meta)
-            except Exception as e:  # a backend refused: kept, tried again at the next pass
-                failed.append(f"{recording_id} ({e})")
-                continue
-            deleted += 1
+        if self.delete_call is not None:
+            calls = await self.index.calls_ended_before(cutoff, limit=self.batch)
+            deleted += await self._each("call", calls, self.delete_call)
+            self.backlog = self.backlog or len(calls) >= self.batch
         self.deleted += deleted
+        return deleted
+
+    async def _each(self, what: str, keys: list[str], delete: Callable[[str], Awaitable[None]]) -> int:
+        """Delete each; one a backend refuses is kept, tried again in the next pass."""
+        failed: list[str] = []
+        for key in keys:
+            try:
+                await delete(key)
+            except Exception as e:
+                failed.append(f"{key} ({e})")
         if failed:
             log.error(
-                "retention: %d recording(s) could not be deleted, tried again in the next pass: %s",
+                "retention: %d %s(s) could not be deleted, tried again in the next pass: %s",
                 len(failed),
+                what,
                 "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""),
             )
-        if deleted:
-            log.info("retention: %d recording(s) older than %g days deleted", deleted, self.keep / DAY)
-        return deleted
+        done = len(keys) - len(failed)
+        if done:
+            log.info("retention: %d %s(s) older than %g days deleted", done, what, self.keep / DAY)
+        return done
 
     async def run(self) -> None:
         """Passes until cancelled (the service stopping)."""

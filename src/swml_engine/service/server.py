@@ -613,8 +613,16 @@ class Service:
                 lambda recording_id: self.live_recording(recording_id) is not None,
                 cfg.retention_days,
                 own=self.bucket is None,  # local storage: no other node's files are within reach
+                delete_call=self._delete_call,
             )
             self._retention_task = asyncio.get_running_loop().create_task(self.retention.run(), name="retention")
+
+    async def _delete_call(self, call_id: str) -> None:
+        """One of this node's ended calls, at the end of retention: its event log, then its index row."""
+        if call_id and "/" not in call_id and not call_id.startswith("."):  # (a row's value, not a path)
+            (self.config.data / "calls" / f"{call_id}.jsonl").unlink(missing_ok=True)
+        if self.index is not None:
+            self.index.delete_call(call_id)
 
     def _on_metadata(self, meta: dict[str, Any]) -> None:
         """A recording's metadata was written: index it; upload it once it has ended."""
