@@ -270,7 +270,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=number(0, 100 * 365, " days"),
         default=0.0,
         metavar="N",
-        help="delete recordings that ended more than N days ago (default 0: keep them)",
+        help="delete recordings that ended, and this node's calls (event logs) that started, more than N days ago "
+        "(default 0: keep them)",
     )
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument(
