@@ -111,7 +111,10 @@ def test_sigkill_mid_recording_decrypts_to_the_completed_blocks(tmp_path: Path, 
     sealed = path if fmt != "mp4" else tmp_path / "recordings" / "r1.part.mp4"
     with SealedFile.open(sealed, keyring) as f:
         assert f.state == "unfinished"
-    assert recover(root, None) == []  # without its key: left as it is, for a run that has it
+    # Without its key (none given, or a key file that lost it): left as it is, for a run that has it.
+    other = tmp_path / "other-keys"
+    other.write_text(f"k2 {base64.b64encode(os.urandom(32)).decode()}\n")
+    assert recover(root, None) == [] and recover(root, Keyring.load(other)) == []
     assert json.loads(store.meta_path("r1").read_text())["state"] == "recording"
     (done,) = recover(root, keyring)
     assert "sealed again" in done.note

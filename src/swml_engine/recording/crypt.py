@@ -191,6 +191,15 @@ def is_sealed(path: Path) -> bool:
         return False
 
 
+def sealed_with(path: Path) -> str | None:
+    """The id of the key that sealed a recording file (None: not sealed, or not there)."""
+    try:
+        with path.open("rb") as f:
+            return Header.read(f, path.name).key_id
+    except (OSError, CryptError):
+        return None
+
+
 def _file_key(secret: bytes, file_id: bytes) -> AESGCM:
     hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=file_id, info=_HKDF_INFO)
     return AESGCM(hkdf.derive(secret))

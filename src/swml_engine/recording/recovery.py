@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swml_engine.recording.crypt import CryptError, Keyring, is_sealed, open_existing, plain_size
+from swml_engine.recording.crypt import CryptError, Keyring, is_sealed, open_existing, plain_size, sealed_with
 from swml_engine.recording.encoders import (
     AAC_PRIMING,
     WAV_HEADER,
@@ -109,11 +109,14 @@ def _repair_one(store: RecordingStore, meta_path: Path, path: Path, keyring: Key
     if meta.get("state") != "recording":
         return None
     rid = str(meta["recording_id"])
-    if keyring is None and (is_sealed(path) or is_sealed(part_path(path))):
+    held = keyring.keys if keyring is not None else {}
+    missing = [key for key in map(sealed_with, (path, part_path(path))) if key and key not in held]
+    if missing:  # not a file beyond repair: a run with its key repairs it (marked error, none would)
         log.warning(
-            "recording %s is encrypted and was left unfinished: a run that has its key repairs it "
-            "(swml recover DIR --key-file KEYS, or swml serve --encrypt-key-file KEYS)",
+            "recording %s is encrypted with key %r and was left unfinished: a run that has that key repairs "
+            "it (swml recover DIR --key-file KEYS, or swml serve --encrypt-key-file KEYS)",
             rid,
+            missing[0],
         )
         return None
     try:
