@@ -3,10 +3,15 @@ what a peer can make it grow, and the rendering cache (a fake clock)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from swml_engine.media.clock import MediaTicker
-from swml_engine.service.metrics import ServiceMetrics, Snapshot
+from swml_engine.service.metrics import ServiceMetrics, Snapshot, _render_shared
 from swml_engine.transports.sip.counts import MessageCounts
 from swml_engine.transports.sip.message import Response, parse_message
 from swml_engine.transports.sip.rtpstream import RtpFigures
@@ -120,3 +125,44 @@ def test_the_sip_core_counts_what_it_reads_and_writes_retransmissions_included()
     assert ua.counts.requests_in == {"OPTIONS": 2, "other": 1}
     assert ua.counts.responses_out == {200: 2, 501: 1}
     assert not ua.counts.requests_out and not ua.counts.responses_in
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (and was reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def write(path: Path, name: str, value: float, labels: dict[str, str] | None = None, kind: str = "counter") -> None:
+    """One value in a process's file, as prometheus-client's multiprocess mode writes it."""
+    labels = labels or {}
+    sample = name + ("_total" if kind == "counter" else "")
+    values = MmapedDict(str(path))
+    key = mmap_key(name, sample, list(labels), list(labels.values()), "help")
+    values.write_value(key, value, 0.0)
+    values.close()
+
+
+def test_workers_that_are_gone_are_folded_into_one_file_and_their_counts_kept(tmp_path: Path) -> None:
+    first, second = dead_pid(), dead_pid()
+    write(tmp_path / f"counter_{first}.db", "swml_calls", 3, {"end_reason": "remote_hangup"})
+    write(tmp_path / f"counter_{os.getpid()}.db", "swml_calls", 2, {"end_reason": "remote_hangup"})
+    write(tmp_path / f"gauge_livesum_{first}.db", "swml_calls_live", 5, kind="gauge")
+    write(tmp_path / f"gauge_livesum_{os.getpid()}.db", "swml_calls_live", 1, kind="gauge")
+
+    def totals() -> tuple[float, float]:
+        families = text_string_to_metric_families(_render_shared(tmp_path).decode())
+        seen = {(s.name, tuple(s.labels.items())): s.value for f in families for s in f.samples}
+        return seen[("swml_calls_total", (("end_reason", "remote_hangup"),))], seen[("swml_calls_live", ())]
+
+    # The dead worker's count stays in the total; what it had live does not.
+    assert totals() == (5, 1)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == sorted(
+        ["counter_folded.db", f"counter_{os.getpid()}.db", f"gauge_livesum_{os.getpid()}.db"]
+    )
+    # Another one gone later is added in; reading again changes nothing.
+    write(tmp_path / f"counter_{second}.db", "swml_calls", 4, {"end_reason": "remote_hangup"})
+    assert totals() == (9, 1)
+    assert totals() == (9, 1)
+    assert not (tmp_path / f"counter_{second}.db").exists()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -51,6 +52,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from swml_engine.media.clock import MediaTicker
@@ -77,7 +79,11 @@ FINAL_RECORDING_STATES = frozenset({"finished", "no_input", "error"})
 #: Every metric's name starts so.
 PREFIX = "swml_"
 
-_PID_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+#: A file of one process's values: its kind (counter, histogram, gauge_livesum ...) and the process.
+_PROCESS_FILE = re.compile(r"^([a-z_]+?)_(\d+)\.db$")
+#: Where the counters and histograms of processes that are gone are added up (``counter_folded.db``).
+FOLDED = "folded"
+TIDY_LOCK = ".tidy.lock"
 
 #: Set by :func:`use_directory` in the parent before the workers fork (they inherit it).
 _directory: Path | None = None
@@ -297,13 +303,7 @@ class ServiceMetrics:
             return self._rendered[1], CONTENT_TYPE_LATEST
         if self._snapshot is not None:
             self.sample(self._snapshot())
-        if self.directory is None:
-            text = generate_latest(self._registry)
-        else:
-            _forget_dead(self.directory)
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
-            text = generate_latest(registry)
+        text = generate_latest(self._registry) if self.directory is None else _render_shared(self.directory)
         self._rendered = (at, text)
         return text, CONTENT_TYPE_LATEST
 
@@ -318,17 +318,60 @@ class ServiceMetrics:
             self._pushed[key] = total
 
 
-def _forget_dead(directory: Path) -> None:
-    """Remove the live-gauge files of processes that are gone (a worker killed and restarted): what a
-    dead worker had live is not live. Its counters' files stay: they are part of the service's totals."""
-    for path in directory.glob("gauge_live*.db"):
-        match = _PID_FILE.match(path.name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
+def _render_shared(directory: Path) -> bytes:
+    """Every process's figures in ``directory``, added up. A scrape that finds no other scrape reading
+    tidies first (:func:`_tidy`, under the lock alone); scrapes read under a shared lock, so none sees
+    a dead worker's counts both in its file and in the folded one."""
+    with (directory / TIDY_LOCK).open("a") as lock:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
-        except PermissionError:  # alive, another user's (not ours, but not dead either)
-            pass
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits for a tidy under way (a few files: milliseconds)
+        else:
+            try:
+                _tidy(directory)
+            except OSError as e:  # a full disk: the scrape goes on with the files as they are
+                log.warning("metrics: cannot tidy the files of workers gone in %s: %s", directory, e)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+def _tidy(directory: Path) -> None:
+    """What processes that are gone (a worker killed and restarted) left in ``directory``: the files of
+    their live gauges are removed (what a dead worker had live is not live); their counters and
+    histograms, part of the service's totals, are added into one file per kind, so a worker restarted
+    again and again does not make every scrape read more files. Each dead file is removed as soon as it
+    is added in (a kill in between counts it twice, never loses it: a counter that went back would read
+    as a restart of the service)."""
+    dead: dict[str, list[Path]] = {}
+    for path in directory.glob("*.db"):
+        match = _PROCESS_FILE.match(path.name)
+        if match is None or _alive(int(match.group(2))):
+            continue
+        kind = match.group(1)
+        if kind.startswith("gauge_live"):
+            mark_process_dead(int(match.group(2)), str(directory))  # type: ignore[no-untyped-call]
+        elif kind in ("counter", "histogram"):
+            dead.setdefault(kind, []).append(path)
+    for kind, paths in dead.items():
+        folded = MmapedDict(str(directory / f"{kind}_{FOLDED}.db"))  # type: ignore[no-untyped-call]
+        try:
+            for path in paths:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
+                    total, _ = folded.read_value(key)  # type: ignore[no-untyped-call]
+                    folded.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+                path.unlink()
+        finally:
+            folded.close()  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: not ours, but not dead either
+        return True
+    return True
