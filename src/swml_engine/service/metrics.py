@@ -20,12 +20,13 @@ scrape adds every file up. Chosen over asking each worker on its private port: a
 or stuck cannot slow or fail the scrape (nothing is asked of it), and the counters of a worker that
 died (``kill -9``, restarted by the parent) stay in the sums, so the service's counters never go
 backwards — Prometheus would take a drop for a reset and count everything again. Gauges are per live
-process (``livesum``): the files of a process that is gone are removed at the next scrape. The price:
-another worker's figures are as of its last sample (at most a second old).
+process (``livesum``, the upload queue ``livemax``): at the next scrape, a process that is gone has its
+gauges' files removed and its counters and histograms folded into one file per kind (:func:`_tidy`).
+The price: another worker's figures are as of its last sample (at most a second old).
 
 What a scrape costs is bounded whoever sends it: it is rendered at most once per :data:`RENDER_EVERY`
 (later scrapes get the same bytes), from a bounded set of labels (SIP methods outside the known ones
-count as ``other``) and of files (per process, per kind of metric).
+count as ``other``) and of files (per live process and kind of metric, plus one folded file per kind).
 """
 
 from __future__ import annotations
