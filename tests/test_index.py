@@ -5,6 +5,7 @@ writes after close, rows that wait while the index cannot be written, migrations
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -18,12 +19,14 @@ from pg_server import PgServer, pg_server  # noqa: F401  (the session fixture)
 from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the session fixture)
 from swml_engine.service import migrations
 from swml_engine.service.index import (
+    LOST_AFTER,
     Index,
     IndexOpenError,
     IndexState,
     IndexUnavailable,
     SqliteIndex,
     index_url,
+    keep_alive,
     local_documents,
 )
 from swml_engine.service.indexes import open_index
@@ -425,3 +428,47 @@ def test_a_start_sends_a_shared_index_only_the_metadata_changed_since_its_last_m
 
 
 NOW = 1_800_000_000.0
+
+
+def test_the_live_calls_of_a_node_gone_for_good_are_ended_by_the_others(opener: Opener) -> None:
+    async def go() -> None:
+        a, b = await opener("node-a"), await opener("node-b")
+        a.alive(1000.0)
+        b.alive(1000.0)
+        a.put_call({"call_id": "ca", "state": "answered", "start_time": 990.0}, "http://a")
+        b.put_call({"call_id": "cb", "state": "answered", "start_time": 990.0}, "http://b")
+        a.put_call({"call_id": "old", "state": "ended", "start_time": 900.0, "end_reason": "hangup"}, "http://a")
+        await settle(a)
+        await settle(b)
+        assert await b.end_calls_of_lost_nodes(silent_since=1000.0) == 0  # a was seen at 1000: up
+        b.alive(1200.0)  # b goes on; a said nothing since 1000 (killed, not back)
+        await settle(b)
+        assert await b.end_calls_of_lost_nodes(silent_since=1100.0) == 1
+        ended = await b.call("ca")
+        assert ended is not None and ended[0]["state"] == "ended" and ended[0]["end_reason"] == "service_stopped"
+        assert ended[1] == "http://a" and await b.keeper("nope") is None
+        still = await a.call("cb")
+        assert still is not None and still[0]["state"] == "answered"  # b's own call goes on
+        old = await a.call("old")
+        assert old is not None and old[0]["end_reason"] == "hangup"  # an ended call keeps its reason
+        assert await a.end_calls_of_lost_nodes(silent_since=1100.0) == 0  # (only others' calls)
+        # The service's round: a notes it is up at 1300 with a call; b, at 1300 + LOST_AFTER, ends it.
+        a.put_call({"call_id": "ca2", "state": "answered", "start_time": 1290.0}, "http://a")
+        await one_round(a, 1300.0)
+        await settle(a)
+        await one_round(b, 1300.0 + LOST_AFTER - 1)
+        assert (await b.call("ca2") or ({}, ""))[0]["state"] == "answered"
+        await one_round(b, 1300.0 + LOST_AFTER + 1)  # (SQLite: one node alone, nothing to do)
+        assert (await b.call("ca2") or ({}, ""))[0]["state"] == ("ended" if b.shared else "answered")
+        await a.close()
+        await b.close()
+
+    async def one_round(index: Index, now: float) -> None:
+        async def stop(seconds: float) -> None:
+            raise asyncio.CancelledError
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await keep_alive(index, clock=lambda: now, sleep=stop)
+        await settle(index)
+
+    run(go())

@@ -22,6 +22,7 @@ runs it (the PostgreSQL one turns them into its own).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,7 +31,7 @@ import sqlite3
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ NODE_FILE = "node-id"
 SYNC_FILE = "index-synced.json"
 #: Seconds before that mark from which files are sent again.
 SYNC_MARGIN = 300.0
+#: How often a node notes that it is up, and after how long without a note its live calls are ended
+#: by the others (seconds; the nodes' clocks must agree to within a fraction of it: NTP).
+ALIVE_EVERY, LOST_AFTER = 30.0, 180.0
 #: The URL schemes of --index (others are refused at start).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: Where --index may come from instead of the command line (which ``ps`` shows every user).
@@ -81,7 +85,7 @@ class IndexUnavailable(Exception):
     """A read the index cannot answer now (its server is away): the API answers 503."""
 
 
-_RowKey = tuple[str, str]  # ("recording" | "call", id)
+_RowKey = tuple[str, str]  # ("recording" | "call" | "node", id)
 Statement = tuple[str, tuple[Any, ...]]  # SQL with ? placeholders, and its arguments
 
 
@@ -118,6 +122,11 @@ class Index(ABC):
 
     def delete_call(self, call_id: str) -> None:
         self._write(("call", call_id), ("DELETE FROM calls WHERE call_id = ?", (call_id,)))
+
+    def alive(self, now: float) -> None:
+        """Note that this node is up (the others end the live calls of a node silent for long)."""
+        sql = "INSERT INTO nodes VALUES (?, ?) ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at"
+        self._write(("node", self.node), (sql, (self.node, now)))
 
     def put_call(self, info: dict[str, Any], worker: str) -> None:
         """Index a call and the worker that runs it."""
@@ -265,15 +274,28 @@ class Index(ABC):
     async def end_orphaned_calls(self, before: float) -> int:
         """This node's calls that a stopped or killed process left "live" (started before this service
         did) are marked ended: nothing runs them any more. Returns how many."""
-        rows = await self._query(
-            "SELECT info, worker FROM calls WHERE state <> 'ended' AND start_time < ? AND (node = ? OR node IS NULL)",
+        return await self._end_calls(
+            "SELECT info, worker, node FROM calls "
+            "WHERE state <> 'ended' AND start_time < ? AND (node = ? OR node IS NULL)",
             (before, self.node),
         )
+
+    async def end_calls_of_lost_nodes(self, silent_since: float) -> int:
+        """Other nodes' calls left "live" by a node not heard of since ``silent_since`` (a Unix time: it
+        was killed and has not come back) are marked ended. Returns how many."""
+        return await self._end_calls(
+            "SELECT c.info, c.worker, c.node FROM calls c JOIN nodes n ON n.node = c.node "
+            "WHERE c.state <> 'ended' AND n.seen_at < ? AND c.node <> ?",
+            (silent_since, self.node),
+        )
+
+    async def _end_calls(self, sql: str, args: tuple[Any, ...]) -> int:
+        rows = await self._query(sql, args)
         ended = []
-        for info_text, worker in rows[:MAX_PENDING]:
+        for info_text, worker, node in rows[:MAX_PENDING]:
             info = json.loads(info_text)
             info.update(state="ended", end_reason=info.get("end_reason") or "service_stopped")
-            ended.append(_call_row(info, worker, self.node))
+            ended.append(_call_row(info, worker, node))
         if ended:
             await self._transaction(ended)
         return len(ended)
@@ -391,7 +413,7 @@ def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
     )
 
 
-def _call_row(info: dict[str, Any], worker: str, node: str) -> Statement:
+def _call_row(info: dict[str, Any], worker: str, node: str | None) -> Statement:
     return (
         "INSERT INTO calls (call_id, state, start_time, worker, node, info) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (call_id) DO UPDATE SET state = excluded.state, start_time = excluded.start_time, "
@@ -442,6 +464,31 @@ async def local_documents(root: Path, *, changed_since: float | None = None) -> 
             continue
         if isinstance(meta, dict) and isinstance(meta.get("recording_id"), str):
             yield meta
+
+
+async def keep_alive(
+    index: Index,
+    *,
+    every: float = ALIVE_EVERY,
+    lost_after: float = LOST_AFTER,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Until cancelled: note every ``every`` seconds that this node is up, and on a shared index end
+    the live calls of nodes not heard of for ``lost_after`` (killed and not back: no one else will)."""
+    while True:
+        now = clock()
+        index.alive(now)
+        if index.shared:
+            try:
+                ended = await index.end_calls_of_lost_nodes(now - lost_after)
+            except IndexUnavailable:
+                ended = 0  # (the writes wait; the next round tries again)
+            if ended:
+                log.warning(
+                    "%d call(s) of nodes silent for %g s marked ended (those nodes are gone)", ended, lost_after
+                )
+        await sleep(every)
 
 
 class SyncMark:

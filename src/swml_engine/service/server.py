@@ -45,7 +45,15 @@ from swml_engine.service import storage
 from swml_engine.service.api import SignedUrls, build_app
 from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
-from swml_engine.service.index import Index, IndexOpenError, IndexUnavailable, SyncMark, local_documents, node_id
+from swml_engine.service.index import (
+    Index,
+    IndexOpenError,
+    IndexUnavailable,
+    SyncMark,
+    keep_alive,
+    local_documents,
+    node_id,
+)
 from swml_engine.service.indexes import open_index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.service.retention import Retention
@@ -203,6 +211,7 @@ class Service:
         self.index: Index | None = None
         self.retention: Retention | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._alive_task: asyncio.Task[None] | None = None
         self.api: ApiServer | None = None
         self.worker_url = ""
         #: /metrics: this worker's figures (with --workers, in files every worker's scrape adds up).
@@ -344,8 +353,9 @@ class Service:
             await self.api.stop()
         if self.uploads is not None:  # what is not uploaded by then stays in the spool for the next start
             await self.uploads.stop(UPLOAD_DRAIN)
-        if self._retention_task is not None:
-            self._retention_task.cancel()
+        for chore in (self._retention_task, self._alive_task):
+            if chore is not None:
+                chore.cancel()
         if self.index is not None:
             await self.index.close()
         await self.metrics.stop()
@@ -606,6 +616,8 @@ class Service:
         self.api = ApiServer(app, [shared, private], cfg.connections)
         await self.api.start()
         log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
+        # (the calls of a node killed for good are ended by the others: index.keep_alive)
+        self._alive_task = asyncio.get_running_loop().create_task(keep_alive(self.index), name="node alive")
         if cfg.retention_days:
             self.retention = Retention(
                 self.index,
