@@ -38,7 +38,7 @@ EndReason = Literal[
     "media_error",  # the media tick failed for this call
     "error",  # the script or the service could not go on (a remote document failed, ...)
     "shutdown",  # the service was stopped while the call ran
-    "service_stopped",  # index only: a call a stopped or killed process left open, closed at the next start
+    "service_stopped",  # index only: a call a stopped or killed process left open, closed later (by it or others)
 ]
 
 #: How a transport says the party ended the call (``Call.on_remote_hangup``); becomes ``remote_<it>``.
