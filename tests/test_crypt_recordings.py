@@ -20,7 +20,7 @@ import pytest
 
 from conftest import read_wav, run_doc, wait_for
 from swml_engine.cli import main
-from swml_engine.recording.crypt import Keyring, SealedFile, is_sealed
+from swml_engine.recording.crypt import BLOCK, Keyring, SealedFile, is_sealed
 from swml_engine.recording.encoders import open_writer
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -245,3 +245,41 @@ def test_swml_recover_with_the_key_file(
     code, out, _ = swml(capsysbinary, "recover", str(tmp_path), "--key-file", str(key_file))
     assert code == 0 and b"r1.wav: recovered 2.00 s (WAV header rewritten from the file length, sealed again)" in out
     assert json.loads((root / "r1.json").read_text())["state"] == "finished"
+
+
+def test_a_kill_while_the_wav_sizes_are_written_costs_only_the_first_block(tmp_path: Path, key_file: Path) -> None:
+    # The end of a sealed WAV rewrites its first block (the exact sizes) once; a kill in the middle of that
+    # write leaves that block unreadable. Recovery keeps every other block, the first second is silence.
+    keyring = Keyring.load(key_file)
+    root = tmp_path / "recordings"
+    root.mkdir()
+    store = RecordingStore(root)
+    store.write_metadata(
+        {"recording_id": "r1", "state": "recording", "format": "wav", "sample_rate": RATE, "channels": 1}
+    )
+    pcm = noise(4.0)
+    writer = open_writer("wav", root / "r1.wav", RATE, 1, keyring)
+    writer.write(pcm)
+    writer.flush()
+    writer._release()  # (the process died)
+    raw = bytearray((root / "r1.wav").read_bytes())
+    raw[200:300] = os.urandom(100)  # block 0 (the header is 32 bytes), half rewritten
+    (root / "r1.wav").write_bytes(raw)
+
+    (done,) = recover(root, keyring)
+    assert "its first 1 s, cut by the kill while its sizes were written, is silence" in done.note
+    meta = json.loads(store.meta_path("r1").read_text())
+    assert (meta["state"], meta["duration"]) == ("finished", 4.0)
+    audio = plaintext(root / "r1.wav", keyring)
+    samples = np.frombuffer(audio[80:], "<i2")
+    first = (BLOCK - 80) // 2
+    assert not samples[:first].any() and np.array_equal(samples[first:], pcm[first:])
+    assert len(decoded(audio)) == len(pcm)
+    # Any other block failing is not a crash's doing: the recording is marked error, nothing made up.
+    store.write_metadata({**meta, "state": "recording"})
+    raw = bytearray((root / "r1.wav").read_bytes())
+    raw[BLOCK + 2000] ^= 1
+    (root / "r1.wav").write_bytes(raw)
+    (failed,) = recover(root, keyring)
+    assert "block 1 fails authentication" in failed.note
+    assert json.loads(store.meta_path("r1").read_text())["state"] == "error"

@@ -473,6 +473,15 @@ class SealedFile(io.RawIOBase):
             self._plain(index)
             self._trim_cache()
 
+    def blank(self, index: int) -> None:
+        """Take block ``index`` as zeros, whatever is on disk, and seal it so (recovery of a block a kill
+        cut in the middle of a rewrite: its bytes are lost, the blocks around it are not)."""
+        if not self._writable or not 0 <= index < self._blocks:
+            raise io.UnsupportedOperation(f"{self.name}: block {index} cannot be blanked")
+        length = self._block if index < self._blocks - 1 else self.size - index * self._block
+        self._cache[index] = bytearray(length)
+        self._dirty.add(index)
+
     def chunks(self, start: int, end: int, size: int = 64 * 1024) -> Iterator[bytes]:
         """The plaintext ``[start, end)`` in pieces of at most ``size`` bytes."""
         self.seek(start)

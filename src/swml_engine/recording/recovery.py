@@ -29,7 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swml_engine.recording.crypt import CryptError, Keyring, is_sealed, open_existing, plain_size, sealed_with
+from swml_engine.recording.crypt import (
+    BLOCK,
+    AudioFile,
+    CryptError,
+    Keyring,
+    SealedFile,
+    TamperedError,
+    is_sealed,
+    open_existing,
+    plain_size,
+    sealed_with,
+)
 from swml_engine.recording.encoders import (
     AAC_PRIMING,
     WAV_HEADER,
@@ -191,7 +202,11 @@ def _drop_torn_fragment(path: Path, keyring: Keyring | None) -> None:
 
 def _repair_wav(path: Path, rate: int, channels: int, keyring: Keyring | None) -> tuple[float, str]:
     block = 2 * channels
+    note = "WAV header rewritten from the file length"
     with open_existing(path, keyring, writable=True) as f:
+        if _first_block_lost(f):
+            lost = BLOCK / (block * rate)
+            note += f"; its first {lost:.2g} s, cut by the kill while its sizes were written, is silence"
         size = f.seek(0, os.SEEK_END)
         data = max(0, size - WAV_HEADER) // block * block
         f.truncate(WAV_HEADER + data)
@@ -199,7 +214,24 @@ def _repair_wav(path: Path, rate: int, channels: int, keyring: Keyring | None) -
         f.write(wav_header(rate, channels, data))
         f.flush()
         os.fsync(f.fileno())
-    return data / block / rate, "WAV header rewritten from the file length"
+    return data / block / rate, note
+
+
+def _first_block_lost(f: AudioFile) -> bool:
+    """A sealed WAV's first block is rewritten once, at its end (the exact sizes): a kill in the middle
+    of that write leaves that block alone unreadable. It becomes silence (the header is written next),
+    and every other block is kept; any other block failing is not a crash's doing, and raises."""
+    if not isinstance(f, SealedFile):
+        return False
+    try:
+        f.verify()
+        return False
+    except TamperedError as e:
+        if e.block != 0:
+            raise
+    f.blank(0)
+    f.verify()
+    return True
 
 
 def _mp4_seconds(path: Path, keyring: Keyring | None) -> float:
