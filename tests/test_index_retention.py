@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from swml_engine.recording.store import RecordingStore
 from swml_engine.service.index import IndexUnavailable, SqliteIndex
@@ -172,3 +175,30 @@ def test_a_pass_deletes_this_nodes_calls_that_ended_before_the_cutoff_and_their_
 
     asyncio.run(go())
     assert sorted(p.stem for p in logs.iterdir()) == ["elsewhere", "recent", "up"]
+
+
+def test_two_workers_sweeping_the_same_recordings_at_once_delete_each_once_without_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, index = setup(tmp_path)
+    for i in range(30):
+        recording(store, index, f"r{i:02d}", 40 + i)
+    deletes: list[str] = []
+
+    async def delete(meta: dict[str, Any]) -> None:
+        await asyncio.sleep(0)  # (the other worker runs meanwhile, as a bucket's round trip lets it)
+        deletes.append(meta["recording_id"])
+        await local_delete(store, index)(meta)
+
+    sweepers = [
+        Retention(index, delete, lambda rid: False, 30, own=True, batch=50, clock=lambda: NOW) for _ in range(2)
+    ]
+
+    async def go() -> None:
+        await asyncio.gather(*(s.sweep() for s in sweepers))
+        assert await index.recordings() == []
+
+    asyncio.run(go())
+    assert len(deletes) == 60  # both found all 30: each deleted twice, harmlessly
+    assert list(store.root.iterdir()) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
