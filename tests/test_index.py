@@ -104,6 +104,9 @@ def test_rows_written_and_read_back(opener: Opener) -> None:
         index.put_recording(meta("after"))
         await settle(index)
         assert {r["recording_id"] for r in await index.recordings(state="finished")} == {"r1", "odd", "after"}
+        await asyncio.to_thread(index.put_recording, meta("threaded"))  # (written on another thread)
+        await settle(index)
+        assert await index.recording("threaded") == meta("threaded")
         await index.close()
 
     run(go())

@@ -119,11 +119,14 @@ class PgIndex(Index):
 
     # --- writes -----------------------------------------------------------------------------------
 
-    def _written_soon(self) -> None:
+    def _write(self, key: _RowKey, statement: Statement) -> None:
         if threading.get_ident() == self._thread:
-            self._wake.set()
-        else:  # (a metadata file written from another thread)
-            self._loop.call_soon_threadsafe(self._wake.set)
+            super()._write(key, statement)
+        else:  # (a metadata file written from another thread: the rows are the loop's alone)
+            self._loop.call_soon_threadsafe(super()._write, key, statement)
+
+    def _written_soon(self) -> None:
+        self._wake.set()
 
     async def _write_loop(self) -> None:
         failures = 0
@@ -135,8 +138,10 @@ class PgIndex(Index):
                 continue
             try:
                 await self._send(batch)
-            except _Errors as e:
+            except Exception as e:  # (any: this task must not end while rows wait; the log says why)
                 failures += 1
+                if not isinstance(e, _Errors) and failures == 1:
+                    log.exception("index %s: a batch of rows could not be written", self.where)
                 self._fell_behind(e)
                 await asyncio.sleep(retry_delay(failures, self.first_retry, self.max_retry))
                 self._wake.set()
