@@ -188,26 +188,17 @@ WAV_STREAMING = -1
 
 
 def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
-    """An 80-byte WAV header; past 4 GB the same bytes become RF64 (JUNK turns into ds64)."""
+    """An 80-byte WAV header; past 4 GB the same bytes become RF64 (JUNK turns into ds64).
+    ``WAV_STREAMING``: sizes that say "to the end of the file"."""
     block = channels * 2
     fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, channels, rate, rate * block, block, 16)
+    junk = struct.pack("<4sI", b"JUNK", 28) + bytes(28)
     if data_bytes == WAV_STREAMING:
-        junk = struct.pack("<4sI", b"JUNK", 28) + bytes(28)
-        return (
-            struct.pack("<4sI4s", b"RIFF", _RIFF_LIMIT, b"WAVE")
-            + junk
-            + fmt
-            + struct.pack("<4sI", b"data", _RIFF_LIMIT)
-        )
-    riff_size = WAV_HEADER - 8 + data_bytes
+        riff_size = data_size = _RIFF_LIMIT
+    else:
+        riff_size, data_size = WAV_HEADER - 8 + data_bytes, data_bytes
     if riff_size <= _RIFF_LIMIT:
-        return (
-            struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE")
-            + struct.pack("<4sI", b"JUNK", 28)
-            + bytes(28)
-            + fmt
-            + struct.pack("<4sI", b"data", data_bytes)
-        )
+        return struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + junk + fmt + struct.pack("<4sI", b"data", data_size)
     samples = data_bytes // block
     ds64 = struct.pack("<4sIQQQI", b"ds64", 28, riff_size, data_bytes, samples, 0)
     return struct.pack("<4sI4s", b"RF64", _RIFF_LIMIT, b"WAVE") + ds64 + fmt + struct.pack("<4sI", b"data", _RIFF_LIMIT)
