@@ -125,7 +125,7 @@ def test_a_call_shows_in_metrics_and_in_json_log_lines(engine: EngineFactory) ->
         base = f"http://127.0.0.1:{http}"
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401  # the token, as /api
 
-        call(eng.port, talk=PACKETS)
+        invites = call(eng.port, talk=PACKETS)
 
         def ended() -> Scrape | None:
             seen = scrape(base)
@@ -137,7 +137,7 @@ def test_a_call_shows_in_metrics_and_in_json_log_lines(engine: EngineFactory) ->
         seen = ended()
         assert seen is not None
         assert value(seen, "swml_calls_live") == 0
-        assert value(seen, "swml_sip_requests_total", direction="in", method="INVITE") == 1
+        assert 1 <= value(seen, "swml_sip_requests_total", direction="in", method="INVITE") <= invites
         assert value(seen, "swml_sip_requests_total", direction="in", method="BYE") == 1
         assert value(seen, "swml_sip_responses_total", direction="out", code="200") >= 2  # INVITE's, BYE's
         assert value(seen, "swml_recordings_total", state="finished") == 1
