@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # espeak-ng: say: TTS; ffmpeg: ffprobe in tests; sip-tester (sipp) and baresip: SIP interop peers;
 # kamailio (its dispatcher module included) in front of two nodes in tests/deploy/ (docs/deploy.md);
-# postgresql: the shared index (--index postgresql://) its tests start. The S3 server is moto, from PyPI.
-SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql
+# postgresql: the shared index (--index postgresql://) its tests start; chromium: the console's browser tests
+# (tests/browser/, driven by Playwright from PyPI). The S3 server is moto, from PyPI.
+SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql chromium
 DEMO_OUT := demo-out
 
 .PHONY: demo test system lint unit bench clean
