@@ -24,6 +24,7 @@ from swml_engine.service.index import (
     IndexOpenError,
     IndexState,
     IndexUnavailable,
+    RecordingQuery,
     SqliteIndex,
     index_url,
     keep_alive,
@@ -473,5 +474,57 @@ def test_the_live_calls_of_a_node_gone_for_good_are_ended_by_the_others(opener: 
         with contextlib.suppress(asyncio.CancelledError):
             await keep_alive(index, clock=lambda: now, sleep=stop)
         await settle(index)
+
+    run(go())
+
+
+def test_search_filters_on_time_call_parties_state_format_and_duration_with_a_total(opener: Opener) -> None:
+    async def go() -> None:
+        index = await opener("node-a")
+        index.put_call(
+            {"call_id": "c1", "state": "ended", "start_time": 1.0, "from": "sip:Alice@x", "to": "sip:100@y"}, "w"
+        )
+        index.put_call(
+            {"call_id": "c2", "state": "ended", "start_time": 2.0, "from": "sip:bob@x", "to": "sip:1_0@y"}, "w"
+        )
+        index.put_recording(meta("r1", "c1", start=10.0, format="wav", duration=3.0))
+        index.put_recording(meta("r2", "c1", start=20.0, format="mp3", duration=30.0))
+        index.put_recording(meta("r3", "c2", start=30.0, format="wav", duration=60.0, state="recording"))
+        index.put_recording(meta("r4", "c2", start=40.0, format="mp4", duration=0.5))
+        await settle(index)
+
+        async def ids(**filters: Any) -> tuple[list[str], int]:
+            rows, total = await index.search(RecordingQuery(**filters))
+            return [r["recording_id"] for r in rows], total
+
+        assert await ids() == (["r4", "r3", "r2", "r1"], 4)
+        assert await ids(limit=2, offset=1) == (["r3", "r2"], 4)
+        assert await ids(from_time=20.0, to_time=30.0) == (["r3", "r2"], 2)
+        assert await ids(format="wav") == (["r3", "r1"], 2)
+        assert await ids(min_duration=3.0, max_duration=30.0) == (["r2", "r1"], 2)
+        assert await ids(state="recording") == (["r3"], 1)
+        assert await ids(call_id="c2", format="mp4") == (["r4"], 1)
+        assert await ids(caller="alice") == (["r2", "r1"], 2)  # any case, any part
+        assert await ids(callee="1_0") == (["r4", "r3"], 2)  # _ is a character, not a wildcard
+        assert await ids(callee="1%") == ([], 0)
+        assert await ids(caller="\x00") == ([], 0)
+        await index.close()
+
+    run(go())
+
+
+def test_sessions_are_seen_by_every_opener_until_ended_or_expired(opener: Opener) -> None:
+    async def go() -> None:
+        a, b = await opener("node-a"), await opener("node-b")
+        await a.add_session("h1", "csrf1", expires_at=100.0, now=50.0)
+        await a.add_session("h2", "csrf2", expires_at=60.0, now=50.0)
+        assert await b.session("h1", now=55.0) == ("csrf1", 100.0)
+        assert await b.session("h2", now=61.0) is None  # expired
+        await b.end_session("h1")
+        assert await a.session("h1", now=55.0) is None
+        await a.add_session("h3", "csrf3", expires_at=200.0, now=70.0)  # clears h2
+        assert await a.session("h2", now=0.0) is None
+        await a.close()
+        await b.close()
 
     run(go())

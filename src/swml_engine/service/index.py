@@ -32,6 +32,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,16 @@ class Index(ABC):
         )
         return [json.loads(meta) for (meta,) in rows]
 
+    async def search(self, query: RecordingQuery) -> tuple[list[dict[str, Any]], int]:
+        """A page of the recordings ``query`` selects, newest first, and how many it selects in all."""
+        where, args = query.where()
+        rows = await self._read(
+            f"SELECT meta FROM recordings {where} ORDER BY start_time DESC, recording_id LIMIT ? OFFSET ?",
+            (*args, min(query.limit, MAX_ROWS), min(query.offset, MAX_OFFSET)),
+        )
+        total = await self._read(f"SELECT COUNT(*) FROM recordings {where}", args)
+        return [json.loads(meta) for (meta,) in rows], int(total[0][0]) if total else 0
+
     async def recording(self, recording_id: str) -> dict[str, Any] | None:
         rows = await self._read("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))
         return json.loads(rows[0][0]) if rows else None
@@ -270,6 +281,28 @@ class Index(ABC):
             (before, self.node, min(limit, MAX_ROWS)),
         )
         return [str(call_id) for (call_id,) in rows]
+
+    # --- console sessions (service/sessions.py): written at once, not queued, so every worker and node
+    # knows a sign-in or a sign-out before it is answered ----------------------------------------------
+
+    async def add_session(self, id_hash: str, csrf: str, expires_at: float, now: float) -> None:
+        """Keep a new session (and forget those expired: sign-ins are rare, so this is their cleaner)."""
+        await self._transaction(
+            [
+                ("DELETE FROM sessions WHERE expires_at < ?", (now,)),
+                ("INSERT INTO sessions (id_hash, csrf, expires_at) VALUES (?, ?, ?)", (id_hash, csrf, expires_at)),
+            ]
+        )
+
+    async def session(self, id_hash: str, now: float) -> tuple[str, float] | None:
+        """A session's CSRF token and expiry, if it exists and has not expired."""
+        rows = await self._read(
+            "SELECT csrf, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?", (id_hash, now)
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def end_session(self, id_hash: str) -> None:
+        await self._transaction([("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))])
 
     async def end_orphaned_calls(self, before: float) -> int:
         """This node's calls that a stopped or killed process left "live" (started before this service
@@ -395,10 +428,11 @@ def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
     """Insert or update a recording's row; a row whose metadata is the same is left as it is (a rebuild
     over many unchanged recordings writes nothing), and a row keeps its node when none is given."""
     return (
-        "INSERT INTO recordings (recording_id, call_id, state, start_time, end_time, node, meta) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET call_id = excluded.call_id, "
+        "INSERT INTO recordings (recording_id, call_id, state, start_time, end_time, node, format, duration, meta) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET call_id = excluded.call_id, "
         "state = excluded.state, start_time = excluded.start_time, end_time = excluded.end_time, "
-        "node = COALESCE(excluded.node, recordings.node), meta = excluded.meta "
+        "node = COALESCE(excluded.node, recordings.node), format = excluded.format, duration = excluded.duration, "
+        "meta = excluded.meta "
         "WHERE recordings.meta IS DISTINCT FROM excluded.meta "
         "OR (excluded.node IS NOT NULL AND recordings.node IS DISTINCT FROM excluded.node)",
         (
@@ -408,6 +442,8 @@ def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
             _number(meta.get("start_time")),
             _number(meta.get("end_time")),
             node,
+            _text(meta.get("format")),
+            _number(meta.get("duration")),
             json.dumps(meta),
         ),
     )
@@ -415,15 +451,19 @@ def recording_row(meta: dict[str, Any], node: str | None) -> Statement:
 
 def _call_row(info: dict[str, Any], worker: str, node: str | None) -> Statement:
     return (
-        "INSERT INTO calls (call_id, state, start_time, worker, node, info) VALUES (?, ?, ?, ?, ?, ?) "
+        "INSERT INTO calls (call_id, state, start_time, worker, node, caller, callee, info) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (call_id) DO UPDATE SET state = excluded.state, start_time = excluded.start_time, "
-        "worker = excluded.worker, node = excluded.node, info = excluded.info",
+        "worker = excluded.worker, node = excluded.node, caller = excluded.caller, callee = excluded.callee, "
+        "info = excluded.info",
         (
             _text(info["call_id"]),
             _text(info.get("state")),
             _number(info.get("start_time")),
             _text(worker),
             node,
+            _text(info.get("from")),
+            _text(info.get("to")),
             json.dumps(info),
         ),
     )
@@ -443,6 +483,52 @@ def _number(value: Any) -> float | None:
         return float(value)
     except OverflowError:  # an integer of 400 digits
         return None
+
+
+@dataclass(frozen=True)
+class RecordingQuery:
+    """What the recordings list is filtered on (every field optional; all given ones must hold)."""
+
+    call_id: str | None = None
+    state: str | None = None
+    format: str | None = None
+    #: Substrings of the call's From and To (any case).
+    caller: str | None = None
+    callee: str | None = None
+    #: Bounds on the recording's start (Unix time) and duration (seconds), inclusive.
+    from_time: float | None = None
+    to_time: float | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def where(self) -> tuple[str, tuple[Any, ...]]:
+        terms: list[tuple[str, Any]] = [
+            ("call_id = ?", self.call_id),
+            ("state = ?", self.state),
+            ("format = ?", self.format),
+            ("start_time >= ?", self.from_time),
+            ("start_time <= ?", self.to_time),
+            ("duration >= ?", self.min_duration),
+            ("duration <= ?", self.max_duration),
+        ]
+        # LOWER() on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+        for column, part in (("caller", self.caller), ("callee", self.callee)):
+            if part is not None:
+                terms.append(
+                    (f"call_id IN (SELECT call_id FROM calls WHERE LOWER({column}) LIKE ? ESCAPE '\\')", _like(part))
+                )
+        given = [(sql, value) for sql, value in terms if value is not None]
+        if not given:
+            return "", ()
+        return "WHERE " + " AND ".join(sql for sql, _ in given), tuple(value for _, value in given)
+
+
+def _like(part: str) -> str:
+    """A LIKE pattern matching ``part`` anywhere, its own % and _ taken literally."""
+    escaped = part.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
