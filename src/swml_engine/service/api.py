@@ -19,16 +19,18 @@ node: its private port is then on the address the node's API is on. A read the i
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from math import ceil
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
@@ -36,6 +38,7 @@ from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.httpd import RequestGuard
 from swml_engine.service.index import MAX_OFFSET, IndexUnavailable
+from swml_engine.service.sessions import Session, Sessions, SignInLimiter, cookie_value
 
 if TYPE_CHECKING:
     from swml_engine.recording.objectstore import ObjectStore
@@ -45,6 +48,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Handler = Callable[..., Awaitable[Any]]
+
+
+class SignIn(BaseModel):
+    #: The API token (--api-token, SWML_API_TOKEN or DIR/api-token).
+    token: Annotated[str, Field(max_length=1000)]
+
+
+class SessionInfo(BaseModel):
+    #: Send it back in X-CSRF-Token with every request that changes something.
+    csrf_token: str
+    #: When the session ends (Unix time).
+    expires: float
 
 
 class PauseRequest(BaseModel):
@@ -95,8 +110,15 @@ class ServiceView(Protocol):
 
 
 def build_app(
-    service: ServiceView, token: str, signer: UrlSigner, *, body_timeout: float = 10.0, forward_timeout: float = 5.0
+    service: ServiceView,
+    token: str,
+    signer: UrlSigner,
+    *,
+    body_timeout: float = 10.0,
+    forward_timeout: float = 5.0,
+    secure_cookies: bool = False,
 ) -> FastAPI:
+    """``secure_cookies``: the session cookie only over HTTPS (the public URL is https)."""
     # Every handler is async: it runs in the service's loop (the index's connection and the live calls
     # belong to that thread), and each does little (a file is streamed by the response itself).
     app = FastAPI(
@@ -105,7 +127,9 @@ def build_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout)
+    sessions = Sessions(lambda: index(), secure=secure_cookies)
+    limiter = SignInLimiter()
+    app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions)
 
     @app.exception_handler(IndexUnavailable)
     async def index_away(request: Request, e: IndexUnavailable) -> JSONResponse:
@@ -121,10 +145,11 @@ def build_app(
         return service.index
 
     def authorized(request: Request) -> None:
-        if not token_matches(request.headers.get("authorization"), token):
+        # (under /api the guard let it in and said how; elsewhere — /metrics — only the token does)
+        if getattr(request.state, "principal", None) is None and not token_matches(
+            request.headers.get("authorization"), token
+        ):
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-
-    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(authorized)])
 
     def get(router: FastAPI | APIRouter, path: str, **options: Any) -> Callable[[_Handler], _Handler]:
         """A GET route that answers HEAD too (headers only: a client checks size and type first)."""
@@ -134,6 +159,50 @@ def build_app(
             return router.get(path, **options)(handler)
 
         return register
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(authorized)])
+    # The sign-in is the one /api route without a token or a session: its body carries the token.
+    signing_in = APIRouter(prefix="/api")
+
+    @signing_in.post(
+        "/session",
+        summary="Sign in with the API token: a session cookie (HttpOnly, SameSite=Strict) and a CSRF token",
+        responses={
+            401: {"description": "wrong token"},
+            415: {"description": "not JSON"},
+            429: {"description": "too many wrong tokens"},
+        },
+    )
+    async def sign_in(request: Request, response: Response, body: SignIn) -> SessionInfo:
+        now = time.time()
+        host = request.client.host if request.client else "?"
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "send the token as JSON (Content-Type: application/json)")
+        wait = limiter.wait(host, now)
+        if wait > 0:
+            raise HTTPException(
+                429, f"too many wrong tokens from {host}: wait {wait:.0f} s", headers={"Retry-After": str(ceil(wait))}
+            )
+        if not hmac.compare_digest(body.token.encode(), token.encode()):
+            limiter.failed(host, now)
+            raise HTTPException(401, "wrong token")
+        value, session = await sessions.open(now)
+        response.headers["Set-Cookie"] = sessions.set_cookie(value)
+        response.headers["Cache-Control"] = "no-store"
+        return SessionInfo(csrf_token=session.csrf, expires=session.expires)
+
+    @get(api, "/session", summary="The session of this cookie: its CSRF token (401: not signed in)")
+    async def session_info(request: Request, response: Response) -> SessionInfo:
+        session = getattr(request.state, "session", None)
+        if not isinstance(session, Session):
+            raise HTTPException(401, "no session: this request came with the bearer token")
+        response.headers["Cache-Control"] = "no-store"
+        return SessionInfo(csrf_token=session.csrf, expires=session.expires)
+
+    @api.delete("/session", status_code=204, summary="Sign out: the session ends on every worker and node")
+    async def sign_out(request: Request) -> Response:
+        await sessions.end(cookie_value(request.headers.get("cookie")))
+        return Response(status_code=204, headers={"Set-Cookie": sessions.cleared_cookie()})
 
     async def owner_elsewhere(meta: dict[str, Any]) -> str | None:
         """The worker that runs the recording's call, when that is another worker (of this node or, on a
@@ -232,7 +301,7 @@ def build_app(
         meta = await found(recording_id)
         worker = await owner_elsewhere(meta)
         if worker is not None:  # that worker knows whether it still records it
-            return await _forward(request, worker, forward_timeout)
+            return await _forward(request, worker, token, forward_timeout)
         if index().shared and service.bucket is None and not meta.get("storage"):
             node = await index().keeper(recording_id)
             if node is not None and node != index().node:  # its files are on that node's disk alone
@@ -253,7 +322,7 @@ def build_app(
         meta = await found(recording_id)
         worker = await owner_elsewhere(meta)
         if worker is not None and meta.get("end_reason") is None:
-            return await _forward(request, worker, forward_timeout)
+            return await _forward(request, worker, token, forward_timeout)
         raise HTTPException(409, f"recording {recording_id} is not live (state {meta.get('state')})")
 
     @api.post("/recordings/{recording_id}/stop", summary="Stop a live recording (as stop_record_call)")
@@ -298,6 +367,7 @@ def build_app(
             raise HTTPException(404, f"no call {call_id}")
         return {**row[0], "recordings": await listed(await index().recordings(call_id=call_id, limit=1000))}
 
+    app.include_router(signing_in)
     app.include_router(api)
     return app
 
@@ -313,11 +383,14 @@ def _metadata_file(store: RecordingStore, recording_id: str) -> dict[str, Any] |
     return meta if isinstance(meta, dict) and meta.get("recording_id") == recording_id else None
 
 
-async def _forward(request: Request, worker_url: str, timeout: float) -> Response:
+async def _forward(request: Request, worker_url: str, token: str, timeout: float) -> Response:
     """Pass a live-control request to the worker that records it, and its answer back."""
     log.debug("%s %s passed to the worker at %s", request.method, request.url.path, worker_url)
     body = await request.body()
-    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+    # The request was let in here (by the token or a session and its CSRF header): the worker is asked
+    # with the token, which it takes whatever let the request in.
+    headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+    headers["Authorization"] = f"Bearer {token}"
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             answer = await client.request(request.method, worker_url + request.url.path, content=body, headers=headers)

@@ -11,7 +11,8 @@ What anyone on the network can make the HTTP port spend is bounded at two levels
   (refused: a 503 and closed); a request's header block (at most :data:`MAX_HEADER_BYTES`) must arrive
   within ``header_timeout`` of the connection opening or of its first byte; a keep-alive connection
   with nothing to do is closed after ``idle_timeout``;
-* per request (:class:`RequestGuard`, in front of FastAPI): ``/api`` requests without the token get 401
+* per request (:class:`RequestGuard`, in front of FastAPI): ``/api`` requests without the token or a
+  session cookie (sessions.py; with its CSRF header when the request changes something) get 401 (403)
   before any of their body is read; a body larger than :data:`MAX_BODY` gets 413 (from its
   ``Content-Length``, or as it streams), one slower than ``header_timeout`` gets 408; a request whose
   body the application did not read to the end is answered with ``Connection: close``, so the server
@@ -37,6 +38,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits
 from swml_engine.service.auth import token_matches
+from swml_engine.service.index import IndexUnavailable
+from swml_engine.service.sessions import CSRF_HEADER, SAFE_METHODS, Sessions, cookie_value, csrf_matches
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,10 @@ log = logging.getLogger(__name__)
 MAX_BODY = 4096
 #: The largest request header block (h11 answers 400 beyond).
 MAX_HEADER_BYTES = 16 * 1024
-#: Paths that need the bearer token.
+#: Paths that need the bearer token or a session cookie (sessions.py).
 PROTECTED_PREFIX = "/api"
+#: The one /api request let in without either: the sign-in, whose body carries the token.
+SIGN_IN = ("POST", "/api/session")
 
 _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -65,9 +70,18 @@ class RequestGuard:
     """ASGI middleware: the token and the body's size and time, checked before the application reads
     anything (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, *, token: str, body_timeout: float, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str,
+        body_timeout: float,
+        max_body: int = MAX_BODY,
+        sessions: Sessions | None = None,
+    ) -> None:
         self.app = app
         self.token = token
+        self.sessions = sessions
         self.body_timeout = body_timeout
         self.max_body = max_body
 
@@ -77,11 +91,11 @@ class RequestGuard:
             return
         headers = _headers(scope)
         path = str(scope["path"])
-        if (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")) and not token_matches(
-            headers.get(b"authorization"), self.token
-        ):
-            await _answer(send, 401, "a bearer token is required", [(b"www-authenticate", b"Bearer")])
-            return
+        if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
+            refusal = await self._admit(scope, headers)
+            if refusal is not None:
+                await _answer(send, *refusal)
+                return
         length = headers.get(b"content-length")
         if length is not None and (len(length) > 18 or int(length) > self.max_body):  # (h11 checked it is digits)
             await _answer(send, 413, f"request bodies are limited to {self.max_body} bytes")
@@ -95,6 +109,33 @@ class RequestGuard:
             await send(message)
 
         await self.app(scope, body.receive, guarded_send)
+
+    async def _admit(
+        self, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        """Let an /api request in by the bearer token or a session cookie (noting which in the scope's
+        ``state``, for the application), or say why not."""
+        state = scope.setdefault("state", {})
+        if token_matches(headers.get(b"authorization"), self.token):
+            state["principal"] = "token"
+            return None
+        method = str(scope["method"])
+        if (method, scope["path"]) == SIGN_IN:  # the token comes in its body (small: checked below)
+            return None
+        value = cookie_value(headers.get(b"cookie")) if self.sessions is not None else None
+        if value is None or self.sessions is None:
+            return 401, "a bearer token or a session is required", [(b"www-authenticate", b"Bearer")]
+        try:
+            session = await self.sessions.find(value, time.time())
+        except IndexUnavailable as e:
+            return 503, f"sessions cannot be checked now: {e}", [(b"retry-after", b"5")]
+        if session is None:
+            return 401, "the session has ended or expired: sign in again", [(b"www-authenticate", b"Bearer")]
+        if method not in SAFE_METHODS and not csrf_matches(headers.get(CSRF_HEADER.encode()), session):
+            return 403, f"a request signed in by cookie that changes something needs the {CSRF_HEADER} header", []
+        state["principal"] = "session"
+        state["session"] = session
+        return None
 
 
 class _Body:

@@ -612,7 +612,8 @@ class Service:
                 mark.mark(cfg.started_at)
         except IndexUnavailable as e:
             log.warning("index not brought up to date at start (%s): `swml index rebuild` does it later", e)
-        app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout)
+        secure = base.lower().startswith("https:")  # the session cookie only over HTTPS then
+        app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout, secure_cookies=secure)
         self.api = ApiServer(app, [shared, private], cfg.connections)
         await self.api.start()
         log.info("HTTP API on %s:%s, recording URLs under %s/recordings", http[0], shared.getsockname()[1], base)
