@@ -4,9 +4,14 @@ limit on wrong tokens), recording search, the events streams of a real sipp call
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
+import wave
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from .peers import Engine, free_port
 
@@ -92,3 +97,99 @@ def test_wrong_tokens_are_refused_then_limited_per_address_and_https_makes_the_c
     assert codes == [401] * 10 + [429]
     code, headers, _ = sign_in(base)  # the right token waits too: this address is guessing
     assert code == 429 and 0 < int(headers["retry-after"]) <= 60
+
+
+def tone_then_pause_wav(path: Path, rate: int = 8000) -> None:
+    """3 s of stereo: left 440 Hz at half scale for 1 s, silence (a pause) for 1 s, the tone again;
+    right silent throughout."""
+    t = np.arange(rate) / rate
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    left = np.concatenate([tone, np.zeros(rate, np.int16), tone])
+    frames = np.stack([left, np.zeros_like(left)], axis=1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames.tobytes())
+
+
+def recording_files(data: Path, recording_id: str, fmt: str, start: float, call_id: str = "c1") -> None:
+    """A finished stereo recording in a data directory, as a service leaves one (found at start)."""
+    root = data / "recordings"
+    root.mkdir(parents=True, exist_ok=True)
+    tone_then_pause_wav(root / f"{recording_id}.wav")
+    if fmt != "wav":
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(root / f"{recording_id}.wav"),
+                str(root / f"{recording_id}.{fmt}"),
+            ],
+            check=True,
+        )
+        (root / f"{recording_id}.wav").unlink()
+    meta = {
+        "recording_id": recording_id,
+        "call_id": call_id,
+        "state": "finished",
+        "format": fmt,
+        "sample_rate": 8000,
+        "channels": 2,
+        "channel_layout": {"left": "speak", "right": "listen"},
+        "stereo": True,
+        "duration": 3.0,
+        "size": (root / f"{recording_id}.{fmt}").stat().st_size,
+        "start_time": start,
+        "end_time": start + 3,
+        "end_reason": "hangup",
+    }
+    (root / f"{recording_id}.json").write_text(json.dumps(meta))
+
+
+def test_the_waveform_shows_the_tone_on_the_left_the_silent_right_and_the_pause(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    recording_files(tmp_path / "data-0", "11111111-1111-1111-1111-111111111111", "wav", start=1000.0)
+    recording_files(tmp_path / "data-0", "22222222-2222-2222-2222-222222222222", "mp3", start=2000.0, call_id="c2")
+    port = free_port()
+    engine(SCRIPT, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{port}"
+    cookie, _ = signed_in(base)
+
+    for recording_id in ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"):
+        code, _, body = http("GET", f"{base}/api/recordings/{recording_id}/waveform?points=30", headers=cookie)
+        assert code == 200, body
+        shape = json.loads(body)
+        left, right = shape["channels"]
+        assert (left["label"], left["role"], right["label"], right["role"]) == ("left", "speak", "right", "listen")
+        assert shape["duration"] == 3.0 and shape["points"] == 30 and len(left["max"]) == len(right["min"]) == 30
+        # The tone's peaks (both signs) in its two seconds, the pause near 0 (the MP3 encoder smears its
+        # edges by a span at most), the right channel silent.
+        tone = [*range(1, 9), *range(21, 29)]
+        assert all(0.4 < left["max"][i] < 0.6 and -0.6 < left["min"][i] < -0.4 for i in tone), left
+        assert all(abs(left["max"][i]) < 0.02 and abs(left["min"][i]) < 0.02 for i in range(11, 19)), left
+        assert max(map(abs, right["max"] + right["min"])) < 0.05  # (MP3 joint stereo leaks a little)
+
+    # Bounded: too many points, or none, is a 422; an unknown recording a 404.
+    one = "11111111-1111-1111-1111-111111111111"
+    assert http("GET", f"{base}/api/recordings/{one}/waveform?points=2001", headers=cookie)[0] == 422
+    assert http("GET", f"{base}/api/recordings/{one}/waveform?points=0", headers=cookie)[0] == 422
+    assert http("GET", f"{base}/api/recordings/nosuch/waveform", headers=cookie)[0] == 404
+
+    # The search: by format, start time and duration, with the total.
+    def ids(query: str) -> tuple[list[str], int]:
+        code, _, body = http("GET", f"{base}/api/recordings?{query}", headers=cookie)
+        assert code == 200, body
+        found = json.loads(body)
+        return [r["recording_id"][:2] for r in found["recordings"]], found["total"]
+
+    assert ids("") == (["22", "11"], 2)
+    assert ids("format=mp3") == (["22"], 1)
+    assert ids("from_time=500&to_time=1500") == (["11"], 1)
+    assert ids("min_duration=2.5&max_duration=3.5&limit=1&offset=1") == (["11"], 2)
+    assert ids("min_duration=4") == ([], 0)
+    assert http("GET", f"{base}/api/recordings?min_duration=-1", headers=cookie)[0] == 422

@@ -32,13 +32,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
+from swml_engine.recording.crypt import CryptError
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.httpd import RequestGuard
-from swml_engine.service.index import MAX_OFFSET, IndexUnavailable
+from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
 from swml_engine.service.sessions import Session, Sessions, SignInLimiter, cookie_value
+from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformError, Waveforms
 
 if TYPE_CHECKING:
     from swml_engine.recording.objectstore import ObjectStore
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Handler = Callable[..., Awaitable[Any]]
+#: The largest time or duration a query may give (seconds; the year 5138): a bound, so no value
+#: overflows a database's float or a comparison.
+MAX_TIME = 1e11
 
 
 class SignIn(BaseModel):
@@ -129,6 +134,7 @@ def build_app(
     )
     sessions = Sessions(lambda: index(), secure=secure_cookies)
     limiter = SignInLimiter()
+    waveforms = Waveforms()
     app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions)
 
     @app.exception_handler(IndexUnavailable)
@@ -276,15 +282,35 @@ def build_app(
         recording_id, _, _fmt = name.rpartition(".")
         return await audio(request, await found(recording_id))
 
-    @get(api, "/recordings", summary="Recordings, newest first")
+    @get(api, "/recordings", summary="Recordings, newest first, filtered; total: how many match in all")
     async def list_recordings(
-        call_id: str | None = None,
-        state: str | None = None,
+        call_id: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
+        state: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
+        format: Annotated[str | None, Query(max_length=MAX_TEXT, description="wav, mp3 or mp4")] = None,
+        caller: Annotated[str | None, Query(max_length=MAX_TEXT, description="part of the call's From")] = None,
+        callee: Annotated[str | None, Query(max_length=MAX_TEXT, description="part of the call's To")] = None,
+        from_time: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="started at or after (Unix)")] = None,
+        to_time: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="started at or before (Unix)")] = None,
+        min_duration: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="seconds")] = None,
+        max_duration: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="seconds")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
-        rows = await index().recordings(call_id=call_id, state=state, limit=limit, offset=offset)
-        return {"recordings": await listed(rows, state), "limit": limit, "offset": offset}
+        query = RecordingQuery(
+            call_id=call_id,
+            state=state,
+            format=format,
+            caller=caller,
+            callee=callee,
+            from_time=from_time,
+            to_time=to_time,
+            min_duration=min_duration,
+            max_duration=max_duration,
+            limit=limit,
+            offset=offset,
+        )
+        rows, total = await index().search(query)
+        return {"recordings": await listed(rows, state), "total": total, "limit": limit, "offset": offset}
 
     @get(api, "/recordings/{recording_id}", summary="One recording's metadata")
     async def get_recording(recording_id: str) -> dict[str, Any]:
@@ -293,6 +319,22 @@ def build_app(
     @get(api, "/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
     async def get_audio(request: Request, recording_id: str) -> Response:
         return await audio(request, await found(recording_id))
+
+    @get(
+        api,
+        "/recordings/{recording_id}/waveform",
+        summary="Per channel, the lowest and highest sample of each of N equal spans (labelled from channel_layout)",
+    )
+    async def get_waveform(
+        recording_id: str, points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = DEFAULT_POINTS
+    ) -> dict[str, Any]:
+        meta = await found(recording_id)
+        try:
+            return await waveforms.of(storage.open_audio(service, meta), meta, points, service.store.root)
+        except (WaveformError, CryptError) as e:
+            raise HTTPException(422, str(e)) from None
+        except StorageError as e:
+            raise HTTPException(502, f"recording {recording_id} not read from the storage: {e}") from None
 
     @api.delete("/recordings/{recording_id}", status_code=204, summary="Delete a finished recording")
     async def delete_recording(request: Request, recording_id: str) -> Response:
