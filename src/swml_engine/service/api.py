@@ -37,6 +37,7 @@ from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
+from swml_engine.service.console import add_console
 from swml_engine.service.httpd import RequestGuard
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
 from swml_engine.service.sessions import Session, Sessions, SignInLimiter, cookie_value
@@ -411,6 +412,7 @@ def build_app(
 
     app.include_router(signing_in)
     app.include_router(api)
+    add_console(app)  # the web console at / (service/console/: static files; its data comes from /api)
     return app
 
 

@@ -1,0 +1,94 @@
+"""The web console of ``swml serve --http`` (docs/console.md): one page at ``/`` and its files under ``/console/``.
+
+The page is plain HTML, ES modules and CSS shipped in this package (``static/``): no build step, nothing
+fetched from elsewhere. It holds no data itself — everything it shows comes from ``/api`` with the session
+cookie — so the files are served without credentials, like a sign-in page. They are the only files served:
+names are looked up in the set read from ``static/`` at start, never joined to a path from the request.
+
+Every answer carries a strict Content-Security-Policy: scripts, styles, media and connections from this
+origin only, no inline script or style, no framing, no plugins, forms posting nowhere but here. So a value
+that slipped into the page as markup (a caller's name, say) could not run, and the page cannot be framed
+to trick a signed-in operator into a click.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+
+#: Where the page's own files are (also the URL prefix they are served under).
+ASSET_PREFIX: Final = "/console/"
+
+#: Everything from this origin, nothing inline, nothing framed (see the module's docstring).
+CONTENT_SECURITY_POLICY: Final = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "media-src 'self'",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+#: Headers on every console answer. ``no-cache``: a browser checks again at each load, so a new
+#: version's page and scripts are never mixed with the old ones.
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+#: The content type of each kind of file the console ships (a file of another kind is not served).
+CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+
+
+def load_assets() -> dict[str, Asset]:
+    """The console's files by name, read once from the package (a wheel or a source tree)."""
+    found: dict[str, Asset] = {}
+    for entry in resources.files(__package__).joinpath("static").iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if entry.is_file() and suffix in CONTENT_TYPES:
+            found[entry.name] = Asset(entry.read_bytes(), CONTENT_TYPES[suffix])
+    if "index.html" not in found:
+        raise RuntimeError(f"the console's index.html is missing from {__package__}/static: reinstall swml-engine")
+    return found
+
+
+def add_console(app: FastAPI) -> None:
+    """Serve the console on ``app``: ``/`` is the page, ``/console/<name>`` its files (GET and HEAD)."""
+    assets = load_assets()
+
+    def answer(asset: Asset) -> Response:
+        return Response(asset.body, media_type=asset.content_type, headers=SECURITY_HEADERS)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page() -> Response:
+        return answer(assets["index.html"])
+
+    @app.api_route(ASSET_PREFIX + "{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def asset(name: str) -> Response:
+        found = assets.get(name)
+        if found is None:
+            raise HTTPException(404, f"the console has no file {name!r}")
+        return answer(found)

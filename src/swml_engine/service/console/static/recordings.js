@@ -1,0 +1,125 @@
+// The recordings list: filters (kept in the page's address, so Back and a bookmark keep them), newest first,
+// one page of PAGE_SIZE rows at a time.
+import { api } from './api.js';
+import { formatDuration, formatTime, h, heading, replace } from './dom.js';
+
+export const PAGE_SIZE = 25;
+const STATES = ['recording', 'paused', 'finished', 'no_input', 'error'];
+const FORMATS = ['wav', 'mp3', 'mp4'];
+
+/**
+ * The filter fields: the name in the page's address and form, its label, the input, and the API's query
+ * parameter with how the value is turned into it (times: the form's local date-time → Unix seconds).
+ */
+const FILTERS = [
+  { name: 'since', label: 'From', type: 'datetime-local', param: 'from_time', toApi: localToUnix },
+  { name: 'until', label: 'To', type: 'datetime-local', param: 'to_time', toApi: localToUnix },
+  { name: 'caller', label: 'Caller', type: 'search', param: 'caller' },
+  { name: 'callee', label: 'Callee', type: 'search', param: 'callee' },
+  { name: 'call', label: 'Call id', type: 'search', param: 'call_id' },
+  { name: 'state', label: 'State', options: STATES, param: 'state' },
+  { name: 'format', label: 'Format', options: FORMATS, param: 'format' },
+  { name: 'longer', label: 'Longer than (s)', type: 'number', param: 'min_duration' },
+  { name: 'shorter', label: 'Shorter than (s)', type: 'number', param: 'max_duration' },
+];
+
+function localToUnix(value) {
+  const ms = new Date(value).getTime();
+  return Number.isFinite(ms) ? Math.floor(ms / 1000) : undefined;
+}
+
+function field(filter, value) {
+  const id = `filter-${filter.name}`;
+  const control = filter.options
+    ? h('select', { id, name: filter.name }, h('option', { value: '' }, 'any'), filter.options.map((o) => h('option', { value: o, selected: o === value }, o)))
+    : h('input', { id, name: filter.name, type: filter.type, value: value || undefined, min: filter.type === 'number' ? '0' : undefined, step: filter.type === 'number' ? 'any' : undefined });
+  return h('div', { class: 'field' }, h('label', { for: id }, filter.label), control);
+}
+
+export async function render(main, { query, go, fail }) {
+  const offset = Math.max(0, Number.parseInt(query.get('offset') || '0', 10) || 0);
+  const apiQuery = { limit: PAGE_SIZE, offset };
+  for (const filter of FILTERS) {
+    const value = query.get(filter.name);
+    if (value) apiQuery[filter.param] = filter.toApi ? filter.toApi(value) : value;
+  }
+
+  const form = h(
+    'form',
+    { class: 'filters', role: 'search', 'aria-label': 'Filter recordings' },
+    FILTERS.map((f) => field(f, query.get(f.name))),
+    h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Search'), h('button', { type: 'reset', class: 'quiet' }, 'Clear')),
+  );
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) if (value) next.set(name, String(value));
+    go(`#/recordings${next.size ? `?${next}` : ''}`);
+  });
+  form.addEventListener('reset', (event) => {
+    event.preventDefault();
+    go('#/recordings');
+  });
+  const results = h('div', { class: 'results', 'aria-live': 'polite' }, h('p', { class: 'note' }, 'Loading…'));
+  replace(main, heading('Recordings'), form, results);
+
+  let page;
+  try {
+    page = await api.recordings(apiQuery);
+  } catch (error) {
+    fail(error, results);
+    return;
+  }
+  const rows = page.recordings || [];
+  const total = typeof page.total === 'number' ? page.total : null;
+  if (!rows.length) {
+    replace(results, h('p', { class: 'note', id: 'no-recordings' }, offset ? 'No more recordings.' : 'No recordings match.'));
+  } else {
+    replace(results, table(rows), pager(offset, rows.length, total, query, go));
+  }
+}
+
+/** The list's columns: the call's parties when the rows carry them, else the call id. */
+function columns(rows) {
+  const parties = rows.some((r) => r.from || r.to);
+  const callLink = (r) => (r.call_id ? h('a', { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: 'id' }, r.call_id.slice(0, 8)) : '–');
+  return [
+    ['Started', (r) => h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, formatTime(r.start_time))],
+    ['Duration', (r) => formatDuration(r.duration), 'num'],
+    ...(parties ? [['Caller', (r) => r.from || '–'], ['Callee', (r) => r.to || '–']] : [['Call', callLink]]),
+    ['State', (r) => h('span', { class: `state state-${r.state}` }, r.state)],
+    ['Format', (r) => r.format],
+    ['Channels', (r) => (r.channels === 2 ? 'stereo' : 'mono')],
+  ];
+}
+
+function table(rows) {
+  const cols = columns(rows);
+  return h(
+    'div',
+    { class: 'scroll' },
+    h(
+      'table',
+      { id: 'recordings' },
+      h('thead', {}, h('tr', {}, cols.map(([name]) => h('th', { scope: 'col' }, name)))),
+      h('tbody', {}, rows.map((r) => h('tr', { dataset: { recording: r.recording_id } }, cols.map(([, cell, cls]) => h('td', { class: cls }, cell(r)))))),
+    ),
+  );
+}
+
+function pager(offset, count, total, query, go) {
+  const at = (next) => {
+    const q = new URLSearchParams(query);
+    if (next > 0) q.set('offset', String(next));
+    else q.delete('offset');
+    return `#/recordings${q.size ? `?${q}` : ''}`;
+  };
+  const more = total === null ? count === PAGE_SIZE : offset + count < total;
+  return h(
+    'nav',
+    { class: 'pager', 'aria-label': 'Pages' },
+    h('button', { type: 'button', class: 'quiet', disabled: offset === 0, onclick: () => go(at(Math.max(0, offset - PAGE_SIZE))) }, '← Newer'),
+    h('span', {}, `${offset + 1}–${offset + count}${total === null ? '' : ` of ${total}`}`),
+    h('button', { type: 'button', class: 'quiet', disabled: !more, onclick: () => go(at(offset + PAGE_SIZE)) }, 'Older →'),
+  );
+}

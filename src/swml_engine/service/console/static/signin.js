@@ -1,0 +1,53 @@
+// Sign-in: the API token is sent once, in the body of POST /api/session; the service answers with the session
+// cookie. The token is never kept by the page (not in storage, not in a URL): the form is cleared at once.
+import { api } from './api.js';
+import { alertLine, h, heading, replace } from './dom.js';
+
+/** What a refusal means for the person at the keyboard. */
+const REFUSALS = {
+  401: 'That token is not the API token of this service.',
+  429: 'Too many attempts from this address: wait a minute, then try again.',
+};
+
+export function render(main, { notice, go }) {
+  const message = h('div', { class: 'messages' }, notice ? h('p', { class: 'note', role: 'status' }, notice) : null);
+  const input = h('input', {
+    id: 'token',
+    name: 'token',
+    type: 'password',
+    required: true,
+    autocomplete: 'current-password',
+    spellcheck: 'false',
+  });
+  const submit = h('button', { type: 'submit' }, 'Sign in');
+  const form = h(
+    'form',
+    { class: 'signin', novalidate: true },
+    h('label', { for: 'token' }, 'API token'),
+    h('p', { class: 'hint', id: 'token-hint' }, 'As given to swml serve (--api-token, SWML_API_TOKEN or DATA/api-token).'),
+    input,
+    submit,
+  );
+  input.setAttribute('aria-describedby', 'token-hint');
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const token = input.value;
+    input.value = '';
+    if (!token) {
+      replace(message, alertLine('Enter the API token.'));
+      input.focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      await api.signIn(token);
+      go('#/recordings');
+    } catch (error) {
+      replace(message, alertLine(REFUSALS[error.status] || `Sign-in failed: ${error.message}`));
+      submit.disabled = false;
+      input.focus();
+    }
+  });
+  replace(main, h('section', { class: 'narrow' }, heading('Sign in'), message, form));
+  input.focus();
+}
