@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import wave
 from collections.abc import Callable
+from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .peers import Engine, free_port
+from .peers import Engine, free_port, run_sipp, scenario
 
 EngineFactory = Callable[..., Engine]
 TOKEN = "test-token-0123456789"
@@ -193,3 +196,81 @@ def test_the_waveform_shows_the_tone_on_the_left_the_silent_right_and_the_pause(
     assert ids("min_duration=2.5&max_duration=3.5&limit=1&offset=1") == (["11"], 2)
     assert ids("min_duration=4") == ([], 0)
     assert http("GET", f"{base}/api/recordings?min_duration=-1", headers=cookie)[0] == 422
+
+
+class EventStream:
+    """A Server-Sent Events stream read as it comes (a real socket; every wait bounded by its timeout)."""
+
+    def __init__(self, base: str, path: str, headers: dict[str, str]) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = HTTPConnection(host, int(port), timeout=30)
+        self.conn.request("GET", path, headers=headers)
+        self.response = self.conn.getresponse()
+        self.events: list[dict[str, Any]] = []
+        self.comments: list[bytes] = []
+
+    def until(self, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        while not done(self.events):
+            line = self.response.readline()
+            if not line:
+                break
+            if line.startswith(b"data: "):
+                self.events.append(json.loads(line[6:]))
+            elif line.startswith(b":"):
+                self.comments.append(line)
+        return self.events
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def ended(call_id: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda events: any(
+        e.get("call_id") == call_id and e["type"] == "call.state" and e.get("state") == "ended" for e in events
+    )
+
+
+def test_a_real_calls_events_stream_live_and_from_its_log_on_any_worker(engine: EngineFactory, tmp_path: Path) -> None:
+    port = free_port()
+    script = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - sleep: 1000\n"
+    eng = engine(script, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN, "--workers", "2")
+    base = f"http://127.0.0.1:{port}"
+    cookie, _ = signed_in(base)
+    live = EventStream(base, "/api/events", cookie)
+    assert live.response.status == 200 and live.response.headers["content-type"].startswith("text/event-stream")
+    assert live.response.readline() == b": connected\n"
+    bearer = EventStream(base, "/api/events", {"Authorization": f"Bearer {TOKEN}"})  # the token works too
+
+    sipp = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    thread = threading.Thread(target=run_sipp, args=(tmp_path / "sipp", sipp, eng.port), daemon=True)
+    thread.start()
+    first = live.until(lambda events: any(e["type"] == "call.state" for e in events))
+    call_id = first[-1]["call_id"]
+    events = [e for e in live.until(ended(call_id)) if e["call_id"] == call_id]
+    thread.join(30)
+
+    def story(events: list[dict[str, Any]]) -> list[str]:
+        """The call's states and its recording's, in the order streamed."""
+        return [f"{e['type']} {e['state']}" for e in events if e["type"] in ("call.state", "record.state")]
+
+    assert story(events) == [
+        "call.state ringing",
+        "call.state answered",
+        "record.state recording",
+        "record.state finished",
+        "call.state ended",
+    ]
+    assert [e for e in bearer.until(ended(call_id)) if e["call_id"] == call_id] == events
+    live.close()
+    bearer.close()
+
+    # The ended call's own stream: its whole log, the same events, then stream.end; on either worker.
+    with (eng.data / "calls" / f"{call_id}.jsonl").open() as f:
+        logged = [json.loads(line) for line in f]
+    for _ in range(2):
+        one = EventStream(base, f"/api/calls/{call_id}/events", cookie)
+        got = one.until(lambda events: bool(events) and events[-1]["type"] == "stream.end")
+        one.close()
+        assert got == [*logged, {"type": "stream.end"}]
+    assert http("GET", f"{base}/api/calls/nosuch/events", headers=cookie)[0] == 404
+    assert http("GET", f"{base}/api/calls/{call_id}/events")[0] == 401

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from math import ceil
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import httpx
@@ -38,6 +39,14 @@ from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner, token_matches
 from swml_engine.service.console import add_console
+from swml_engine.service.events_stream import (
+    EventFeed,
+    EventStreamResponse,
+    StreamCounter,
+    call_messages,
+    feed_messages,
+    log_path,
+)
 from swml_engine.service.httpd import RequestGuard
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
 from swml_engine.service.sessions import Session, Sessions, SignInLimiter, cookie_value
@@ -114,6 +123,14 @@ class ServiceView(Protocol):
 
     def live_recording(self, recording_id: str) -> Recording | None: ...
 
+    #: Where the calls' event logs are (DIR/calls), shared by the node's workers.
+    @property
+    def calls_dir(self) -> Path: ...
+
+    #: serving, draining, stopping or stopped (server.Phase).
+    @property
+    def phase(self) -> str: ...
+
 
 def build_app(
     service: ServiceView,
@@ -136,6 +153,8 @@ def build_app(
     sessions = Sessions(lambda: index(), secure=secure_cookies)
     limiter = SignInLimiter()
     waveforms = Waveforms()
+    streams = StreamCounter()
+    feed = EventFeed(service.calls_dir, lambda: index(), lambda: service.phase in ("stopping", "stopped"))
     app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions)
 
     @app.exception_handler(IndexUnavailable)
@@ -402,6 +421,44 @@ def build_app(
     ) -> dict[str, Any]:
         rows = await index().calls(state=state, limit=limit, offset=offset)
         return {"calls": rows, "limit": limit, "offset": offset}
+
+    def stream(messages: AsyncIterator[bytes]) -> EventStreamResponse:
+        if streams.full:
+            raise HTTPException(
+                503, f"this worker serves {streams.limit} event streams already", headers={"Retry-After": "5"}
+            )
+        return EventStreamResponse(messages, streams)
+
+    sse_response: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+    }
+
+    @api.get(
+        "/events",
+        summary="Server-Sent Events: the events of every call of this node, from now on (each with its call_id)",
+        response_class=EventStreamResponse,
+        responses=sse_response,
+    )
+    async def events() -> EventStreamResponse:
+        return stream(feed_messages(feed))
+
+    @api.get(
+        "/calls/{call_id}/events",
+        summary="Server-Sent Events: a call's events log from its first line, then live, then stream.end",
+        response_class=EventStreamResponse,
+        responses=sse_response,
+    )
+    async def call_events(call_id: str) -> EventStreamResponse:
+        row = await index().call(call_id)
+        path = log_path(service.calls_dir, call_id)
+        if row is None or path is None or not path.is_file():
+            raise HTTPException(404, f"no call {call_id} with its events on this node")
+
+        async def over() -> bool:
+            now = await index().call(call_id)
+            return now is None or now[0].get("state") == "ended"
+
+        return stream(call_messages(path, over, lambda: service.phase in ("stopping", "stopped")))
 
     @get(api, "/calls/{call_id}", summary="One call, with its recordings")
     async def get_call(call_id: str) -> dict[str, Any]:

@@ -672,6 +672,11 @@ class Service:
 
         return on_event
 
+    @property
+    def calls_dir(self) -> Path:
+        """The calls' event logs (the API streams them: service/events_stream.py)."""
+        return self.config.data / "calls"
+
     def live_recording(self, recording_id: str) -> Recording | None:
         for call in self.calls.values():
             recordings = call.recordings

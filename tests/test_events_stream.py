@@ -1,0 +1,41 @@
+"""service/events_stream.py without a server: a slow client's bounded queue and its last message, and
+event logs read only by complete lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from swml_engine.service.events_stream import LogTail, Subscriber, sse
+
+
+def test_a_client_too_slow_for_its_queue_is_emptied_and_told_once() -> None:
+    async def go() -> None:
+        sub = Subscriber(limit=3)
+        sub.put([{"type": "a"}, {"type": "b"}])
+        assert await sub.take(1) == [{"type": "a"}, {"type": "b"}]
+        sub.put([{"type": "c"}, {"type": "d"}])
+        sub.put([{"type": "e"}, {"type": "f"}])  # 4 would wait: over the limit
+        assert sub.dropped is not None and "3 events" in sub.dropped
+        assert await sub.take(1) == []  # nothing kept for it
+        sub.put([{"type": "g"}])
+        assert not sub.queue
+        idle = Subscriber()
+        assert await idle.take(0.01) is None  # (the stream then sends a keep-alive)
+
+    asyncio.run(go())
+
+
+def test_a_log_is_read_by_complete_lines_from_where_the_last_read_ended(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"t": 0, "type": "call.state", "state": "ringing"}\n{"t": 0.1, "ty')
+    tail = LogTail(path)
+    assert tail.read() == [{"t": 0, "type": "call.state", "state": "ringing"}]
+    assert tail.read() == []  # the half line waits
+    with path.open("a") as f:
+        f.write('pe": "dtmf"}\nnot json\n')
+    assert tail.read() == [{"t": 0.1, "type": "dtmf"}]
+    assert (
+        sse({"type": "x", "text": "a\nb"}) == b"data: " + json.dumps({"type": "x", "text": "a\nb"}).encode() + b"\n\n"
+    )
