@@ -437,6 +437,7 @@ def build_app(
         "/events",
         summary="Server-Sent Events: the events of every call of this node, from now on (each with its call_id)",
         response_class=EventStreamResponse,
+        status_code=200,  # (FastAPI cannot tell it from the class)
         responses=sse_response,
     )
     async def events() -> EventStreamResponse:
@@ -446,6 +447,7 @@ def build_app(
         "/calls/{call_id}/events",
         summary="Server-Sent Events: a call's events log from its first line, then live, then stream.end",
         response_class=EventStreamResponse,
+        status_code=200,  # (FastAPI cannot tell it from the class)
         responses=sse_response,
     )
     async def call_events(call_id: str) -> EventStreamResponse:
