@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from conftest import read_wav
+from swml_engine.recording.crypt import is_sealed
+
 from .peers import Engine, free_port, run_sipp, scenario
+from .test_encryption import key_file, plaintext
 
 EngineFactory = Callable[..., Engine]
 TOKEN = "test-token-0123456789"
@@ -274,3 +278,40 @@ def test_a_real_calls_events_stream_live_and_from_its_log_on_any_worker(engine: 
         assert got == [*logged, {"type": "stream.end"}]
     assert http("GET", f"{base}/api/calls/nosuch/events", headers=cookie)[0] == 404
     assert http("GET", f"{base}/api/calls/{call_id}/events")[0] == 401
+
+
+def test_the_waveform_of_a_sealed_recording_is_that_of_its_plaintext(engine: EngineFactory, tmp_path: Path) -> None:
+    keys = key_file(tmp_path)
+    port = free_port()
+    # What the caller hears (the right channel) is a ring tone: not silence, so the comparison means something.
+    script = (
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n"
+        "    - play: {url: 'ring:1.5:us'}\n"
+    )
+    eng = engine(script, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN, "--encrypt-key-file", str(keys))
+    sipp = scenario("answered_then_engine_bye", expect="PCMA", bye_timeout=10000)
+    run_sipp(tmp_path / "sipp", sipp, eng.port)
+    (meta,) = eng.recordings(1)
+    path = eng.data / "recordings" / f"{meta['recording_id']}.wav"
+    assert is_sealed(path)
+    (tmp_path / "plain.wav").write_bytes(plaintext(path, keys))
+    samples, _ = read_wav(tmp_path / "plain.wav")
+    samples = samples.astype(np.float64) / 32768
+
+    points = 50
+    code, _, body = http(
+        "GET",
+        f"http://127.0.0.1:{port}/api/recordings/{meta['recording_id']}/waveform?points={points}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert code == 200, body
+    shape = json.loads(body)
+    span = np.minimum(np.arange(len(samples)) * points // round(shape["duration"] * 8000), points - 1)
+    for c, channel in enumerate(shape["channels"]):
+        expected_max = [samples[span == i, c].max(initial=0.0) for i in range(points)]
+        expected_min = [samples[span == i, c].min(initial=0.0) for i in range(points)]
+        assert np.allclose(channel["max"], expected_max, atol=1e-3) and np.allclose(
+            channel["min"], expected_min, atol=1e-3
+        )
+    assert max(shape["channels"][1]["max"]) > 0.05
+    assert not list((eng.data / "recordings").glob(".waveform-*"))  # the decrypted copy is gone
