@@ -319,6 +319,13 @@ class Recording:
             "bridges": self.bridges(),
         }
 
+    def live_metadata(self) -> dict[str, Any]:
+        """``metadata()`` as the HTTP API shows a recording while it runs, with ``pause_behavior``: how it is
+        paused (``silence`` or ``skip``, as the ``paused`` status callback says), or None while it records.
+        (``state`` stays ``recording`` while paused, as it always has in the API and in the metadata file,
+        where recovery and uploads read it as "not finished".)"""
+        return {**self.metadata(), "pause_behavior": self.paused if self.end_reason is None else None}
+
     def bridges(self) -> list[dict[str, Any]]:
         """The far parties bridged to the call while this recording ran (on the right channel of a
         stereo one, or in the mix): ``{to, call_id, start, end}`` on the call's clock, ``end`` None

@@ -260,7 +260,7 @@ def build_app(
     async def found(recording_id: str) -> dict[str, Any]:
         live = service.live_recording(recording_id)
         if live is not None:
-            return live.metadata()
+            return live.live_metadata()
         meta = await index().recording(recording_id)
         if meta is None:  # never indexed (its first write failed)? The file says.
             meta = _metadata_file(service.store, recording_id)
@@ -380,7 +380,7 @@ def build_app(
         if live is not None:
             if not await act(live):
                 raise HTTPException(409, "the recording is not in a state that allows this")
-            return live.metadata()
+            return live.live_metadata()
         meta = await found(recording_id)
         worker = await owner_elsewhere(meta)
         if worker is not None and meta.get("end_reason") is None:
