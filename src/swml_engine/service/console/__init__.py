@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
+
+from swml_engine.service.sessions import COOKIE
 
 #: Where the page's own files are (also the URL prefix they are served under).
 ASSET_PREFIX: Final = "/console/"
@@ -47,6 +49,12 @@ SECURITY_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+#: In index.html, what tells the page whether the browser sent a session cookie (the page cannot see the
+#: cookie itself: it is HttpOnly). Without one the page shows the sign-in at once instead of asking the API,
+#: whose refusal a browser would log as an error.
+SIGNED_OUT_MARK: Final = b'<meta name="swml-session" content="none">'
+SIGNED_IN_MARK: Final = b'<meta name="swml-session" content="cookie">'
 
 #: The content type of each kind of file the console ships (a file of another kind is not served).
 CONTENT_TYPES: Final = {
@@ -82,9 +90,16 @@ def add_console(app: FastAPI) -> None:
     def answer(asset: Asset) -> Response:
         return Response(asset.body, media_type=asset.content_type, headers=SECURITY_HEADERS)
 
+    page_signed_out = assets["index.html"]
+    if SIGNED_OUT_MARK not in page_signed_out.body:
+        raise RuntimeError(f"the console's index.html lacks {SIGNED_OUT_MARK.decode()}: reinstall swml-engine")
+    marked = page_signed_out.body.replace(SIGNED_OUT_MARK, SIGNED_IN_MARK)
+    page_with_cookie = Asset(marked, page_signed_out.content_type)
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page() -> Response:
-        return answer(assets["index.html"])
+    async def page(request: Request) -> Response:
+        # (whether the cookie is still valid, the page asks GET /api/session)
+        return answer(page_with_cookie if COOKIE in request.cookies else page_signed_out)
 
     @app.api_route(ASSET_PREFIX + "{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> Response:

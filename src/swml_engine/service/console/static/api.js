@@ -58,8 +58,12 @@ export const api = {
   async signIn(token) {
     csrf = (await request('POST', '/api/session', { body: { token } })).csrf_token;
   },
-  /** Whether this browser has a session (its cookie is HttpOnly: only the service can tell). */
+  /**
+   * Whether this browser has a session. Its cookie is HttpOnly: the service marks the page it served when the
+   * browser sent one, and only then is the service asked whether it is still valid.
+   */
   async resume() {
+    if (document.querySelector('meta[name="swml-session"]')?.content !== 'cookie') return false;
     try {
       const session = await request('GET', '/api/session');
       csrf = session.csrf_token || null;

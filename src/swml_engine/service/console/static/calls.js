@@ -1,7 +1,7 @@
 // Calls: the live ones (updated without reload from the service's event stream, each with its elapsed time
 // and its recordings' stop / pause / resume buttons), then the most recent ended ones.
 import { api, eventSource } from './api.js';
-import { controls } from './controls.js';
+import { controls, isLive, stateOf } from './controls.js';
 import { formatDuration, formatTime, h, heading, replace } from './dom.js';
 
 /** How many calls the page lists (live ones first: they are the newest). */
@@ -34,7 +34,7 @@ export function render(main, { fail }) {
     try {
       listed = (await api.calls({ limit: CALLS_SHOWN })).calls || [];
       const live = listed.filter((c) => c.state !== 'ended');
-      const full = await Promise.all(live.map((c) => api.call(c.call_id)));
+      const full = await Promise.all(live.map((c) => liveCall(c.call_id)));
       if (stopped) return;
       replace(problem);
       clocks.length = 0;
@@ -83,30 +83,47 @@ export function render(main, { fail }) {
   };
 }
 
+/** A live call with its recordings as they stand: each asked for by itself, since the service answers a
+ * live recording's state from the worker recording it (the call's list comes from the index, a moment behind). */
+async function liveCall(callId) {
+  const call = await api.call(callId);
+  const running = (call.recordings || []).filter((r) => !r.end_reason);
+  call.recordings = await Promise.all(running.map((r) => api.recording(r.recording_id)));
+  return call;
+}
+
+/** A running recording: its state and buttons, redrawn from the answer of each action. */
+function recordingItem(recording, changed, fail) {
+  const item = h('li', { dataset: { recording: recording.recording_id } });
+  const show = (r) => {
+    if (!isLive(r)) {
+      item.remove();
+      changed();
+      return;
+    }
+    replace(
+      item,
+      h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, `${r.format} ${r.stereo ? 'stereo' : 'mono'}`),
+      ' ',
+      h('span', { class: `state state-${stateOf(r)}` }, stateOf(r)),
+      controls(r, show, fail),
+    );
+  };
+  show(recording);
+  return item;
+}
+
 function liveCard(call, clocks, changed, fail) {
   const elapsed = h('span', { class: 'elapsed' }, '–');
   clocks.push([elapsed, call.answer_time || call.start_time]);
-  const recordings = (call.recordings || []).filter((r) => r.state === 'recording' || r.state === 'paused');
+  const recordings = (call.recordings || []).filter(isLive);
   return h(
     'article',
     { class: 'card live-call', dataset: { call: call.call_id } },
     h('h3', {}, h('a', { href: `#/calls/${encodeURIComponent(call.call_id)}` }, callLabel(call))),
     h('p', {}, h('span', { class: `state state-${call.state}` }, call.state), ' for ', elapsed),
     recordings.length
-      ? h(
-          'ul',
-          { class: 'recordings' },
-          recordings.map((r) =>
-            h(
-              'li',
-              { dataset: { recording: r.recording_id } },
-              h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, `${r.format} ${r.stereo ? 'stereo' : 'mono'}`),
-              ' ',
-              h('span', { class: `state state-${r.state}` }, r.state),
-              controls(r, changed, fail),
-            ),
-          ),
-        )
+      ? h('ul', { class: 'recordings' }, recordings.map((r) => recordingItem(r, changed, fail)))
       : h('p', { class: 'note' }, 'Not recording.'),
   );
 }

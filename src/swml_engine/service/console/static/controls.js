@@ -6,16 +6,21 @@ import { alertLine, h, replace } from './dom.js';
 const ACTIONS_BY_STATE = { recording: ['pause', 'stop'], paused: ['resume', 'stop'] };
 const LABELS = { stop: 'Stop', pause: 'Pause', resume: 'Resume' };
 
+/** A recording's state as shown: a live recording that is paused says so in `pause_behavior`. */
+export function stateOf(recording) {
+  return recording.state === 'recording' && recording.pause_behavior ? 'paused' : recording.state;
+}
+
 /** Whether a recording is still being written (and so can be controlled). */
 export function isLive(recording) {
-  return recording.state in ACTIONS_BY_STATE;
+  return stateOf(recording) in ACTIONS_BY_STATE;
 }
 
 /** The buttons for `recording`; `changed(metadata)` is called with its metadata after each action. */
 export function controls(recording, changed, fail) {
   const box = h('div', { class: 'controls', role: 'group', 'aria-label': `Recording ${recording.control_id || recording.recording_id}` });
   const problem = h('div', { class: 'messages' });
-  const buttons = (ACTIONS_BY_STATE[recording.state] || []).map((action) =>
+  const buttons = (ACTIONS_BY_STATE[stateOf(recording)] || []).map((action) =>
     h(
       'button',
       {

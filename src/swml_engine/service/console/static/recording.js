@@ -1,7 +1,7 @@
 // A recording's page: its metadata, the player (the audio route answers Range requests, so seeking works), the
 // waveform of each channel, download, and delete after a confirmation.
 import { api, audioUrl } from './api.js';
-import { controls, isLive } from './controls.js';
+import { controls, isLive, stateOf } from './controls.js';
 import { formatDuration, formatSize, formatTime, h, heading, replace } from './dom.js';
 import { channelLabels, channelsOf, drawWaveform } from './waveform.js';
 
@@ -85,7 +85,7 @@ export async function render(main, { params, go, fail, flash }) {
 function details(meta) {
   const rows = [
     ['Call', meta.call_id ? h('a', { href: `#/calls/${encodeURIComponent(meta.call_id)}` }, meta.call_id) : '–'],
-    ['State', h('span', { class: `state state-${meta.state}`, id: 'state' }, meta.state)],
+    ['State', h('span', { class: `state state-${stateOf(meta)}`, id: 'state' }, stateOf(meta))],
     ['Started', formatTime(meta.start_time)],
     ['Ended', meta.end_time ? `${formatTime(meta.end_time)} (${meta.end_reason || '–'})` : '–'],
     ['Duration', formatDuration(meta.duration)],

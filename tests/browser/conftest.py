@@ -1,0 +1,200 @@
+"""The console in a real browser: Debian's chromium, driven by Playwright from PyPI (no browser download),
+against one real ``swml serve --http`` on loopback with sipp callers; one browser and one service for the
+whole session, a fresh browser context (no cookies) per test.
+
+Every test collects the page's console errors and uncaught exceptions (a refused Content-Security-Policy
+shows there too) and fails on any it did not expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PATIENCE, tone, wait_for
+from interop.peers import Engine, engines, free_port, have, scenario, sip_host
+from swml_engine.transports.sip.codecs import Pcma
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Headless, and nothing reaching out to the network on its own.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",  # the player test starts playback from a script
+]
+TOKEN = "browser-test-token-0123456789"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+#: Set to a directory (docs/images) to keep the screenshots the tests take there.
+SCREENSHOTS_ENV = "SWML_CONSOLE_SCREENSHOTS"
+#: The caller's tone, and its level (of full scale) before A-law.
+CALLER_HZ, CALLER_LEVEL = 440, 0.37
+#: Every call records both sides in stereo: the caller's tone on the left; on the right what it hears — a
+#: second of silence, two seconds of US ring tone, then silence — so the waveform has sound and silence.
+SCRIPT = """version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {stereo: true, format: wav}
+    - play: {url: 'silence:1'}
+    - play: {url: 'ring:2:us'}
+    - sleep: 120000
+"""
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+except ImportError:  # (the dev extra brings it: pip install -e '.[dev]')
+    sync_playwright = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    why = None
+    if sync_playwright is None:
+        why = "playwright is not installed: pip install -e '.[dev]'"
+    elif not CHROMIUM.exists():
+        why = f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
+    elif not have("sipp"):
+        why = "sipp (Debian sip-tester) is not installed: run make test"
+    for item in items:
+        if why is not None and "browser" in str(item.fspath):
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
+@dataclass
+class Console:
+    """The service under test: its engine, where its HTTP API is, and a place for sipp's files."""
+
+    engine: Engine
+    base: str
+    work: Path
+    callers: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A request with the bearer token: the status and the JSON answer (None when there is none)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, method=method, data=data)
+        req.add_header("Authorization", f"Bearer {TOKEN}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, json.loads(raw) if raw.startswith(b"{") else None
+
+    def call(self, seconds: float) -> subprocess.Popen[str]:
+        """A sipp caller sending a 440 Hz tone for ``seconds``, then hanging up; stopped at the session's end."""
+        work = self.work / f"caller-{len(self.callers)}"
+        work.mkdir(parents=True)
+        (work / "tone.alaw").write_bytes(Pcma().encode(tone(CALLER_HZ, 1.0, 8000, level=CALLER_LEVEL)))
+        (work / "call.xml").write_text(scenario(BENCH / "load_call.xml", stream="tone.alaw", pause=int(seconds * 1000)))
+        host = "127.0.0.1"
+        cmd = ["sipp", f"{sip_host(host)}:{self.engine.port}", "-sf", "call.xml", "-m", "1", "-l", "1", "-i", host]
+        cmd += ["-p", str(free_port()), "-t", "u1", "-nostdin", "-timeout", f"{int(seconds + 60)}s", "-trace_err"]
+        caller = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)
+        self.callers.append(caller)
+        return caller
+
+    def recordings(self, **query: str) -> list[dict[str, Any]]:
+        path = "/api/recordings" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+        code, body = self.api("GET", path)
+        assert code == 200, body
+        return list(body["recordings"])
+
+
+@pytest.fixture(scope="session")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """One ``swml serve --http`` for the session, with one finished recording of a 3 s sipp call in it."""
+    work = tmp_path_factory.mktemp("console")
+    with engines(work) as start:
+        http = free_port()
+        eng = start(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+        served = Console(eng, f"http://127.0.0.1:{http}", work)
+        first = served.call(3.0)
+        assert first.wait(PATIENCE) == 0, "the first sipp call failed"
+        assert wait_for(lambda: [r["state"] for r in served.recordings()] == ["finished"]), served.recordings()
+        try:
+            yield served
+        finally:
+            for caller in served.callers:
+                if caller.poll() is None:
+                    caller.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        caller.wait(5)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    assert sync_playwright is not None
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Browsing:
+    """One test's browser context and page, and what the page said was wrong."""
+
+    context: BrowserContext
+    page: Page
+    base: str
+    #: Errors the page logged that no test expected.
+    errors: list[str] = field(default_factory=list)
+    #: Console errors the test expects while it is set (a refused sign-in's 401), by a part of their text.
+    expected: list[str] = field(default_factory=list)
+
+    def logged(self, text: str) -> None:
+        if not any(part in text for part in self.expected):
+            self.errors.append(text)
+
+    def sign_in(self, token: str = TOKEN) -> None:
+        """Through the form, with the keyboard: the field has the focus, Enter submits."""
+        self.page.goto(self.base + "/")
+        self.page.wait_for_selector("#token:focus")
+        self.page.keyboard.type(token)
+        self.page.keyboard.press("Enter")
+
+
+@pytest.fixture
+def browsing(browser: Browser, console: Console) -> Iterator[Browsing]:
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(PATIENCE * 1000)
+    seen = Browsing(context, page, console.base)
+    page.on("console", lambda m: seen.logged(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: seen.logged(f"uncaught: {e}"))
+    try:
+        yield seen
+    finally:
+        context.close()
+    assert seen.errors == [], f"the page logged errors: {seen.errors}"
+
+
+def keep_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    """A screenshot of the page as shown, in the test's directory, and copied to $SWML_CONSOLE_SCREENSHOTS."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    keep = os.environ.get(SCREENSHOTS_ENV)
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(keep) / name)
+    return path

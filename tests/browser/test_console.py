@@ -1,0 +1,206 @@
+"""The web console (docs/console.md) as an operator uses it, in headless Chromium against a real ``swml serve``:
+sign-in (a wrong token refused), the recordings list with a recording a real sipp call made, its page (the
+waveform of both channels drawn, the player playing, delete), a live call stopped from the calls page, a
+finished call's event timeline, and the page's own headers."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+from conftest import wait_for
+
+from .conftest import CALLER_LEVEL, TOKEN, Browsing, Console, keep_screenshot
+
+#: Reads back what the waveform canvas shows: per lane (one per channel), how many pixels have each lane's
+#: wave colour (waveform.js draws lane 1 in #1f6f8b, lane 2 in #b4543a).
+COUNT_WAVE_PIXELS = """(canvas) => {
+  const ctx = canvas.getContext('2d');
+  const lanes = Number(canvas.dataset.channels);
+  const colours = [[0x1f, 0x6f, 0x8b], [0xb4, 0x54, 0x3a]];
+  const laneHeight = Math.floor(canvas.height / lanes);
+  const counts = [];
+  for (let lane = 0; lane < lanes; lane++) {
+    const data = ctx.getImageData(0, lane * laneHeight, canvas.width, laneHeight).data;
+    const [r, g, b] = colours[lane % 2];
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (Math.abs(data[i] - r) < 8 && Math.abs(data[i + 1] - g) < 8 && Math.abs(data[i + 2] - b) < 8) n++;
+    }
+    counts.push(n / (canvas.width * laneHeight));
+  }
+  return counts;
+}"""
+
+
+def fetch(url: str) -> tuple[int, Message, bytes]:
+    """Status, headers (any case) and body of a GET without credentials."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_content_security_policy(console: Console) -> None:
+    code, headers, page = fetch(console.base + "/")
+    assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'" and policy["connect-src"] == "'self'"
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    # No inline script or style anywhere: every script is a file, no handler or style attribute.
+    html = page.decode()
+    assert all("src=" in tag for tag in re.findall(r"<script[^>]*>", html))
+    assert not re.search(r"\sstyle=|\son[a-z]+=", html)
+    code, headers, _ = fetch(console.base + "/console/app.js")
+    assert code == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert "Content-Security-Policy" in headers
+    # Only the console's own files: nothing else is reachable under /console/.
+    for name in ("nosuch.js", "..%2F__init__.py", "%2e%2e%2fapi.py", "__init__.py"):
+        assert fetch(f"{console.base}/console/{name}")[0] == 404, name
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_opens_a_session_until_sign_out(
+    browsing: Browsing, console: Console
+) -> None:
+    page = browsing.page
+    browsing.expected.append("status of 401")  # Chromium logs the refused sign-in's answer
+    browsing.sign_in("not-the-token-at-all-0000")
+    page.wait_for_selector("[role=alert] >> text=not the API token")
+    assert not [c for c in browsing.context.cookies() if c["name"] == "swml_session"]
+    assert page.evaluate("document.getElementById('token').value") == ""  # the token is not kept in the form
+
+    browsing.expected.clear()
+    page.keyboard.type(TOKEN)  # the field has the focus again
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1 >> text=Recordings")
+    [cookie] = [c for c in browsing.context.cookies() if c["name"] == "swml_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert TOKEN not in page.url and page.evaluate("localStorage.length + sessionStorage.length") == 0
+    # A reload keeps the session (the page asks the service, not its storage).
+    page.reload()
+    page.wait_for_selector("#recordings tbody tr")
+
+    page.click("#sign-out")
+    page.wait_for_selector("h1 >> text=Sign in")
+    # The session is over on the service too: its cookie, sent again, is refused.
+    answer = browsing.context.request.get(
+        console.base + "/api/recordings", headers={"Cookie": f"swml_session={cookie['value']}"}
+    )
+    assert answer.status == 401
+
+
+def test_a_recording_of_a_real_call_is_listed_drawn_for_both_channels_played_and_deleted(
+    browsing: Browsing, console: Console, tmp_path: Path
+) -> None:
+    page = browsing.page
+    [first] = [r for r in console.recordings() if r["state"] == "finished"][-1:]
+    recording_id = first["recording_id"]
+    browsing.sign_in()
+    row = page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    assert "finished" in row.inner_text() and "stereo" in row.inner_text()
+    keep_screenshot(page, tmp_path, "console-recordings.png")
+
+    # The filters narrow the list: a format it is not in hides it, its own format shows it.
+    page.select_option("#filter-format", "mp3")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#no-recordings")
+    page.select_option("#filter-format", "wav")
+    page.fill("#filter-longer", "1")
+    page.click("button[type=submit]")
+    page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    assert "format=wav" in page.url and "longer=1" in page.url
+
+    page.click(f"#recordings tr[data-recording='{recording_id}'] a")
+    canvas = page.wait_for_selector("#waveform[data-channels='2']")
+    peaks = page.evaluate("JSON.parse(document.getElementById('waveform').dataset.peaks)")
+    silent = page.evaluate("JSON.parse(document.getElementById('waveform').dataset.silent)")
+    # Left: the caller's 440 Hz tone all along; right: what it heard — a second of silence, then ring tone.
+    assert 0.6 * CALLER_LEVEL < peaks[0] < 1.3 * CALLER_LEVEL, peaks
+    assert peaks[1] > 0.02 and silent[1] > 0.15 and silent[0] < 0.15, (peaks, silent)
+    drawn = page.evaluate(COUNT_WAVE_PIXELS, canvas)
+    assert drawn[0] > 0.05 and drawn[1] > 0.01, drawn
+    labels = canvas.get_attribute("aria-label") or ""
+    assert "left: caller" in labels and "right: heard" in labels
+    keep_screenshot(page, tmp_path, "console-recording.png")
+
+    # The player plays the recording (from the audio route, with the cookie).
+    page.evaluate("document.getElementById('player').play()")
+    assert wait_for(lambda: page.evaluate("document.getElementById('player').currentTime") > 0.5)
+    assert page.get_attribute("#download", "href") == f"/api/recordings/{recording_id}/audio"
+
+    # Delete asks first; "Keep it" keeps it, "Delete" deletes it.
+    page.click("#delete")
+    page.click("dialog[open] >> text=Keep it")
+    assert console.api("GET", f"/api/recordings/{recording_id}")[0] == 200
+    page.click("#delete")
+    page.click("#confirm-delete")
+    page.wait_for_selector("text=Recording deleted.")
+    assert console.api("GET", f"/api/recordings/{recording_id}")[0] == 404
+    assert page.query_selector(f"#recordings tr[data-recording='{recording_id}']") is None
+
+
+def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording(
+    browsing: Browsing, console: Console
+) -> None:
+    page = browsing.page
+    browsing.sign_in()
+    page.wait_for_selector("h1 >> text=Recordings")
+    page.click("nav >> text=Calls")
+    page.wait_for_selector("#no-live-calls")
+    console.call(60.0)
+    # It appears without a reload, with its recording and the recording's buttons.
+    item = page.wait_for_selector(".live-call li[data-recording]")
+    recording_id = item.get_attribute("data-recording")
+    assert page.inner_text(".live-call .elapsed") != "–"
+
+    def state() -> Any:
+        """As the API says it: a live recording that is paused has a pause_behavior."""
+        meta = console.api("GET", f"/api/recordings/{recording_id}")[1]
+        return "paused" if meta["pause_behavior"] else meta["state"]
+
+    page.click(f"li[data-recording='{recording_id}'] button[data-action=pause]")
+    page.wait_for_selector(f"li[data-recording='{recording_id}'] button[data-action=resume]")
+    assert state() == "paused"
+    page.click(f"li[data-recording='{recording_id}'] button[data-action=resume]")
+    page.wait_for_selector(f"li[data-recording='{recording_id}'] button[data-action=pause]")
+    assert state() == "recording"
+    page.click(f"li[data-recording='{recording_id}'] button[data-action=stop]")
+    page.wait_for_selector(f"li[data-recording='{recording_id}']", state="detached")
+    code, meta = console.api("GET", f"/api/recordings/{recording_id}")
+    assert code == 200 and meta["state"] == "finished" and meta["end_reason"] == "api"
+
+
+def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console) -> None:
+    code, body = console.api("GET", "/api/calls?state=ended")
+    assert code == 200 and body["calls"], body
+    call_id = body["calls"][-1]["call_id"]  # the session's first call
+    page = browsing.page
+    browsing.sign_in()
+    page.wait_for_selector("h1 >> text=Recordings")
+    page.goto(f"{console.base}/#/calls/{call_id}")
+    page.wait_for_selector("#timeline-state >> text=the call has ended")
+    types = page.eval_on_selector_all("#timeline tbody tr", "rows => rows.map(r => r.dataset.type)")
+    assert types[0] in ("sip.invite", "call.state") and "record.state" in types, types
+    states = page.eval_on_selector_all(
+        "#timeline tbody tr[data-type='call.state'] td:last-child", "cells => cells.map(c => c.textContent)"
+    )
+    assert states[0] == "ringing" and "answered" in states and states[-1].startswith("ended"), states
+
+
+def test_usable_at_phone_width(browsing: Browsing, console: Console) -> None:
+    page = browsing.page
+    page.set_viewport_size({"width": 375, "height": 740})
+    browsing.sign_in()
+    page.wait_for_selector("h1 >> text=Recordings")
+    page.click("nav >> text=Calls")
+    page.wait_for_selector("h1 >> text=Calls")
+    # Nothing wider than the screen but the tables, which scroll inside their own box.
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+    assert page.is_visible("#sign-out")
