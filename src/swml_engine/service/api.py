@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
 
 from swml_engine.recording.crypt import CryptError
@@ -49,7 +49,7 @@ from swml_engine.service.events_stream import (
 )
 from swml_engine.service.httpd import RequestGuard
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
-from swml_engine.service.sessions import Session, Sessions, SignInLimiter, cookie_value
+from swml_engine.service.sessions import COOKIE, Session, Sessions, SignInLimiter, cookie_value
 from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformError, Waveforms
 
 if TYPE_CHECKING:
@@ -154,7 +154,11 @@ def build_app(
     limiter = SignInLimiter()
     waveforms = Waveforms()
     streams = StreamCounter()
-    feed = EventFeed(service.calls_dir, lambda: index(), lambda: service.phase in ("stopping", "stopped"))
+
+    def stopping() -> bool:
+        return service.phase in ("stopping", "stopped")
+
+    feed = EventFeed(service.calls_dir, lambda: index(), stopping)
     app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions)
 
     @app.exception_handler(IndexUnavailable)
@@ -186,7 +190,10 @@ def build_app(
 
         return register
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(authorized)])
+    session_cookie = APIKeyCookie(
+        name=COOKIE, auto_error=False, description="a session (POST /api/session); with X-CSRF-Token to change anything"
+    )
+    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(session_cookie), Depends(authorized)])
     # The sign-in is the one /api route without a token or a session: its body carries the token.
     signing_in = APIRouter(prefix="/api")
 
@@ -429,27 +436,21 @@ def build_app(
             )
         return EventStreamResponse(messages, streams)
 
-    sse_response: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
-    }
+    def event_stream(path: str, summary: str) -> Callable[[_Handler], _Handler]:
+        """A route answering Server-Sent Events (described as such in /openapi.json)."""
+        return api.get(
+            path,
+            summary=f"Server-Sent Events: {summary}",
+            response_class=EventStreamResponse,
+            status_code=200,  # (FastAPI cannot tell it from the class)
+            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+        )
 
-    @api.get(
-        "/events",
-        summary="Server-Sent Events: the events of every call of this node, from now on (each with its call_id)",
-        response_class=EventStreamResponse,
-        status_code=200,  # (FastAPI cannot tell it from the class)
-        responses=sse_response,
-    )
+    @event_stream("/events", "the events of every call of this node, from now on (each with its call_id)")
     async def events() -> EventStreamResponse:
         return stream(feed_messages(feed))
 
-    @api.get(
-        "/calls/{call_id}/events",
-        summary="Server-Sent Events: a call's events log from its first line, then live, then stream.end",
-        response_class=EventStreamResponse,
-        status_code=200,  # (FastAPI cannot tell it from the class)
-        responses=sse_response,
-    )
+    @event_stream("/calls/{call_id}/events", "a call's events log from its first line, then live, then stream.end")
     async def call_events(call_id: str) -> EventStreamResponse:
         row = await index().call(call_id)
         path = log_path(service.calls_dir, call_id)
@@ -460,7 +461,7 @@ def build_app(
             now = await index().call(call_id)
             return now is None or now[0].get("state") == "ended"
 
-        return stream(call_messages(path, over, lambda: service.phase in ("stopping", "stopped")))
+        return stream(call_messages(path, over, stopping))
 
     @get(api, "/calls/{call_id}", summary="One call, with its recordings")
     async def get_call(call_id: str) -> dict[str, Any]:
