@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
-from swml_engine.service.events_stream import LogTail, Subscriber, sse
+from swml_engine.service.events_stream import (
+    CONNECTED,
+    KEEP_ALIVE,
+    EventFeed,
+    LogTail,
+    Subscriber,
+    feed_messages,
+    sse,
+)
+from swml_engine.service.index import SqliteIndex
 
 
 def test_a_client_too_slow_for_its_queue_is_emptied_and_told_once() -> None:
@@ -39,3 +49,32 @@ def test_a_log_is_read_by_complete_lines_from_where_the_last_read_ended(tmp_path
     assert (
         sse({"type": "x", "text": "a\nb"}) == b"data: " + json.dumps({"type": "x", "text": "a\nb"}).encode() + b"\n\n"
     )
+
+
+def test_the_feed_keeps_an_idle_stream_alive_and_follows_a_call_that_appears(tmp_path: Path) -> None:
+    async def go() -> None:
+        calls = tmp_path / "calls"
+        calls.mkdir()
+        index = SqliteIndex(tmp_path / "index.sqlite3")
+        feed = EventFeed(calls, lambda: index, lambda: False)
+        messages = feed_messages(feed, keepalive=0.05)
+        assert await anext(messages) == CONNECTED
+        assert await anext(messages) == KEEP_ALIVE  # nothing happens: a comment, not silence
+
+        lines = [
+            {"t": 0, "type": "call.state", "state": "ringing"},
+            {"t": 0.5, "type": "call.state", "state": "answered"},
+            {"t": 2.0, "type": "call.state", "state": "ended", "reason": "hangup"},
+        ]
+        (calls / "c1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+        index.put_call({"call_id": "c1", "state": "ended", "start_time": time.time()}, "http://w")
+        got: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len([m for m in got if m.startswith(b"data:")]) < 1 or b'"ended"' not in b"".join(got):
+                got.append(await anext(messages))
+        streamed = [json.loads(line[6:]) for m in got for line in m.split(b"\n\n") if line.startswith(b"data: ")]
+        assert streamed == [{**e, "call_id": "c1"} for e in lines]
+        await messages.aclose()  # type: ignore[attr-defined]
+        await index.close()
+
+    asyncio.run(go())
