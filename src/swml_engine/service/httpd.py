@@ -43,7 +43,8 @@ from swml_engine.service.sessions import CSRF_HEADER, SAFE_METHODS, Sessions, co
 
 log = logging.getLogger(__name__)
 
-#: The largest request body taken: the API's only body is ``{"behavior": "skip"}``.
+#: The largest request body taken: the API's bodies are ``{"behavior": "skip"}`` and the sign-in's
+#: ``{"token": "..."}``.
 MAX_BODY = 4096
 #: The largest request header block (h11 answers 400 beyond).
 MAX_HEADER_BYTES = 16 * 1024
