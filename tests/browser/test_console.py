@@ -22,7 +22,7 @@ COUNT_WAVE_PIXELS = """(canvas) => {
   const ctx = canvas.getContext('2d');
   const lanes = Number(canvas.dataset.channels);
   const colours = [[0x1f, 0x6f, 0x8b], [0xb4, 0x54, 0x3a]];
-  const laneHeight = Math.floor(canvas.height / lanes);
+  const laneHeight = Number(canvas.dataset.laneHeight);
   const counts = [];
   for (let lane = 0; lane < lanes; lane++) {
     const data = ctx.getImageData(0, lane * laneHeight, canvas.width, laneHeight).data;
@@ -146,7 +146,7 @@ def test_a_recording_of_a_real_call_is_listed_drawn_for_both_channels_played_and
 
 
 def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording(
-    browsing: Browsing, console: Console
+    browsing: Browsing, console: Console, tmp_path: Path
 ) -> None:
     page = browsing.page
     browsing.sign_in()
@@ -158,6 +158,7 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     item = page.wait_for_selector(".live-call li[data-recording]")
     recording_id = item.get_attribute("data-recording")
     assert page.inner_text(".live-call .elapsed") != "–"
+    keep_screenshot(page, tmp_path, "console-calls.png")
 
     def state() -> Any:
         """As the API says it: a live recording that is paused has a pause_behavior."""
@@ -193,7 +194,7 @@ def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console) -
     assert states[0] == "ringing" and "answered" in states and states[-1].startswith("ended"), states
 
 
-def test_usable_at_phone_width(browsing: Browsing, console: Console) -> None:
+def test_usable_at_phone_width(browsing: Browsing, console: Console, tmp_path: Path) -> None:
     page = browsing.page
     page.set_viewport_size({"width": 375, "height": 740})
     browsing.sign_in()
@@ -204,3 +205,8 @@ def test_usable_at_phone_width(browsing: Browsing, console: Console) -> None:
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
     assert page.is_visible("#sign-out")
+    page.click("nav >> text=Recordings")
+    page.click("#recordings tbody tr a")
+    page.wait_for_selector("#waveform[data-channels]")
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    keep_screenshot(page, tmp_path, "console-phone.png")

@@ -2,7 +2,7 @@
 // and its recordings' stop / pause / resume buttons), then the most recent ended ones.
 import { api, eventSource } from './api.js';
 import { controls, isLive, stateOf } from './controls.js';
-import { formatDuration, formatTime, h, heading, replace } from './dom.js';
+import { formatDuration, formatElapsed, formatTime, h, heading, replace } from './dom.js';
 
 /** How many calls the page lists (live ones first: they are the newest). */
 const CALLS_SHOWN = 50;
@@ -50,7 +50,7 @@ export function render(main, { fail }) {
   };
   const tick = () => {
     const now = Date.now() / 1000;
-    for (const [node, since] of clocks) node.textContent = formatDuration(now - since);
+    for (const [node, since] of clocks) node.textContent = formatElapsed(now - since);
   };
 
   const stream = eventSource();
@@ -103,7 +103,7 @@ function recordingItem(recording, changed, fail) {
     }
     replace(
       item,
-      h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, `${r.format} ${r.stereo ? 'stereo' : 'mono'}`),
+      h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, `Recording (${r.format}, ${r.stereo ? 'stereo' : 'mono'})`),
       ' ',
       h('span', { class: `state state-${stateOf(r)}` }, stateOf(r)),
       controls(r, show, fail),

@@ -35,14 +35,19 @@ export function replace(node, ...children) {
   return append(node, children);
 }
 
-/** Seconds as `m:ss` (or `h:mm:ss`), tenths when under a minute matter less than reading it at a glance. */
+/** Seconds as `m:ss` (or `h:mm:ss`); under ten seconds with tenths, so a short recording does not read 0:00. */
 export function formatDuration(seconds) {
   if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return '–';
-  const whole = Math.max(0, Math.round(seconds));
+  return seconds < 10 ? `${Math.max(0, seconds).toFixed(1)} s` : formatElapsed(Math.round(seconds));
+}
+
+/** Whole seconds as `m:ss` (or `h:mm:ss`): the running time of a live call. */
+export function formatElapsed(seconds) {
+  const whole = Math.max(0, Math.floor(seconds));
+  const pad = (n) => String(n).padStart(2, '0');
   const h = Math.floor(whole / 3600);
   const m = Math.floor((whole % 3600) / 60);
-  const s = String(whole % 60).padStart(2, '0');
-  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
+  return h > 0 ? `${h}:${pad(m)}:${pad(whole % 60)}` : `${m}:${pad(whole % 60)}`;
 }
 
 /** A Unix time (seconds) as local date and time, to the second. */

@@ -67,13 +67,16 @@ export async function render(main, { params, go, fail, flash }) {
   player.addEventListener('seeked', follow);
 
   let peaks = null;
+  let waveDuration = meta.duration;
   const labels = channelLabels(meta.channel_layout, meta.channels || 1);
   const draw = () => {
-    if (peaks) drawWaveform(canvas, peaks, peaks.map((c, i) => c.label || labels[i]));
+    if (peaks) drawWaveform(canvas, peaks, peaks.map((c, i) => c.label || labels[i]), waveDuration);
   };
   const resized = new ResizeObserver(() => draw());
   try {
-    peaks = channelsOf(await api.waveform(id, Math.round(canvas.clientWidth || 800)));
+    const answer = await api.waveform(id, Math.round(canvas.clientWidth || 800));
+    waveDuration = answer.duration;
+    peaks = channelsOf(answer);
     draw();
     resized.observe(wave);
   } catch (error) {

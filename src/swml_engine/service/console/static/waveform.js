@@ -4,8 +4,12 @@
 
 /** Below this (about -50 dBFS) a point counts as silence: shaded, not drawn as sound. */
 export const SILENCE = 0.003;
-/** CSS pixels per lane. */
+/** CSS pixels per lane, and for the time axis under them. */
 const LANE_HEIGHT = 88;
+const AXIS_HEIGHT = 18;
+/** Steps of the time axis (seconds): the smallest that leaves at least MIN_TICK_GAP pixels between ticks. */
+const TICK_STEPS = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+const MIN_TICK_GAP = 70;
 const COLOURS = { background: '#f6f8fa', silence: '#e3e7ec', centre: '#c5ccd4', wave: ['#1f6f8b', '#b4543a'], label: '#24292f' };
 
 /** What each side of a channel_layout holds, in words an operator uses. */
@@ -33,22 +37,41 @@ export function channelsOf(data) {
   }));
 }
 
+/** Seconds under the lanes, at a step that keeps the labels apart. */
+function drawAxis(ctx, width, top, duration) {
+  ctx.fillStyle = COLOURS.centre;
+  ctx.fillRect(0, top, width, 1);
+  if (!(duration > 0)) return;
+  const step = TICK_STEPS.find((s) => (s / duration) * width >= MIN_TICK_GAP) || TICK_STEPS[TICK_STEPS.length - 1];
+  ctx.font = '11px system-ui, sans-serif';
+  for (let t = step; t < duration; t += step) {
+    const x = Math.round((t / duration) * width);
+    ctx.fillStyle = COLOURS.centre;
+    ctx.fillRect(x, top, 1, 5);
+    ctx.fillStyle = COLOURS.label;
+    const text = t >= 60 ? `${Math.floor(t / 60)}:${String(Math.round(t % 60)).padStart(2, '0')}` : `${t} s`;
+    ctx.fillText(text, x + 3, top + 14);
+  }
+}
+
 /**
  * Draws `channels` on `canvas` (its CSS width, one lane each) and records what was drawn on the canvas's
- * data attributes (`data-channels`, `data-peaks`: each lane's largest peak, `data-silent`: each lane's share
- * of silent points), which tests and assistive tools can read.
+ * data attributes (`data-channels`, `data-lane-height`, `data-peaks`: each lane's largest peak,
+ * `data-silent`: each lane's share of silent points), which tests and assistive tools can read.
  */
-export function drawWaveform(canvas, channels, labels) {
+export function drawWaveform(canvas, channels, labels, duration) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(1, Math.round(canvas.clientWidth || 600));
   const lanes = Math.max(1, channels.length);
-  canvas.style.height = `${lanes * LANE_HEIGHT}px`;
+  const height = lanes * LANE_HEIGHT + AXIS_HEIGHT;
+  canvas.style.height = `${height}px`;
   canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(lanes * LANE_HEIGHT * ratio);
+  canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext('2d');
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.fillStyle = COLOURS.background;
-  ctx.fillRect(0, 0, width, lanes * LANE_HEIGHT);
+  ctx.fillRect(0, 0, width, height);
+  drawAxis(ctx, width, lanes * LANE_HEIGHT, duration);
 
   const peaks = [];
   const silent = [];
@@ -99,6 +122,7 @@ export function drawWaveform(canvas, channels, labels) {
     silent.push(n ? Number((quiet / n).toFixed(3)) : 1);
   });
   canvas.dataset.channels = String(channels.length);
+  canvas.dataset.laneHeight = String(Math.round(LANE_HEIGHT * ratio)); // in the canvas's own pixels
   canvas.dataset.peaks = JSON.stringify(peaks);
   canvas.dataset.silent = JSON.stringify(silent);
   const words = channels.map((_, i) => `${labels[i]}: peak ${Math.round(peaks[i] * 100)} %, ${Math.round(silent[i] * 100)} % silence`);
