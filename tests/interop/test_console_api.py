@@ -162,24 +162,29 @@ def test_the_waveform_shows_the_tone_on_the_left_the_silent_right_and_the_pause(
 ) -> None:
     recording_files(tmp_path / "data-0", "11111111-1111-1111-1111-111111111111", "wav", start=1000.0)
     recording_files(tmp_path / "data-0", "22222222-2222-2222-2222-222222222222", "mp3", start=2000.0, call_id="c2")
+    recording_files(tmp_path / "data-0", "33333333-3333-3333-3333-333333333333", "mp4", start=100.0, call_id="c3")
     port = free_port()
     engine(SCRIPT, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN)
     base = f"http://127.0.0.1:{port}"
     cookie, _ = signed_in(base)
 
-    for recording_id in ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"):
+    for recording_id in (
+        "11111111-1111-1111-1111-111111111111",
+        "22222222-2222-2222-2222-222222222222",
+        "33333333-3333-3333-3333-333333333333",
+    ):
         code, _, body = http("GET", f"{base}/api/recordings/{recording_id}/waveform?points=30", headers=cookie)
         assert code == 200, body
         shape = json.loads(body)
         left, right = shape["channels"]
         assert (left["label"], left["role"], right["label"], right["role"]) == ("left", "speak", "right", "listen")
         assert shape["duration"] == 3.0 and shape["points"] == 30 and len(left["max"]) == len(right["min"]) == 30
-        # The tone's peaks (both signs) in its two seconds, the pause near 0 (the MP3 encoder smears its
+        # The tone's peaks (both signs) in its two seconds, the pause near 0 (the MP3 and AAC encoders smear its
         # edges by a span at most), the right channel silent.
         tone = [*range(1, 9), *range(21, 29)]
         assert all(0.4 < left["max"][i] < 0.6 and -0.6 < left["min"][i] < -0.4 for i in tone), left
         assert all(abs(left["max"][i]) < 0.02 and abs(left["min"][i]) < 0.02 for i in range(11, 19)), left
-        assert max(map(abs, right["max"] + right["min"])) < 0.05  # (MP3 joint stereo leaks a little)
+        assert max(map(abs, right["max"] + right["min"])) < 0.05  # (joint stereo leaks a little)
 
     # Bounded: too many points, or none, is a 422; an unknown recording a 404.
     one = "11111111-1111-1111-1111-111111111111"
@@ -194,10 +199,10 @@ def test_the_waveform_shows_the_tone_on_the_left_the_silent_right_and_the_pause(
         found = json.loads(body)
         return [r["recording_id"][:2] for r in found["recordings"]], found["total"]
 
-    assert ids("") == (["22", "11"], 2)
+    assert ids("") == (["22", "11", "33"], 3)
     assert ids("format=mp3") == (["22"], 1)
     assert ids("from_time=500&to_time=1500") == (["11"], 1)
-    assert ids("min_duration=2.5&max_duration=3.5&limit=1&offset=1") == (["11"], 2)
+    assert ids("min_duration=2.5&max_duration=3.5&limit=1&offset=1") == (["11"], 3)
     assert ids("min_duration=4") == ([], 0)
     assert http("GET", f"{base}/api/recordings?min_duration=-1", headers=cookie)[0] == 422
 
