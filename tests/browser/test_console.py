@@ -152,12 +152,15 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     browsing.sign_in()
     page.wait_for_selector("h1 >> text=Recordings")
     page.click("nav >> text=Calls")
-    page.wait_for_selector("#no-live-calls")
+    page.wait_for_selector("h1 >> text=Calls")
+    page.wait_for_selector("#live-calls >> text=Loading…", state="detached")
+    before = {r["recording_id"] for r in console.recordings()}
     console.call(60.0)
+    assert wait_for(lambda: {r["recording_id"] for r in console.recordings()} - before)
+    [recording_id] = {r["recording_id"] for r in console.recordings()} - before
     # It appears without a reload, with its recording and the recording's buttons.
-    item = page.wait_for_selector(".live-call li[data-recording]")
-    recording_id = item.get_attribute("data-recording")
-    assert page.inner_text(".live-call .elapsed") != "–"
+    card = page.wait_for_selector(f".live-call:has(li[data-recording='{recording_id}'])")
+    assert wait_for(lambda: card.query_selector(".elapsed").inner_text() not in ("–", "0:00"))
     keep_screenshot(page, tmp_path, "console-calls.png")
 
     def state() -> Any:

@@ -10,6 +10,10 @@ const CALLS_SHOWN = 50;
 const RELEVANT = new Set(['call.state', 'record.state']);
 /** After an event, wait this long for more before asking the API again: a call's start is several events. */
 const SETTLE_MS = 250;
+/** And ask at most this often, however busy the service: each time costs a request per live call. */
+const MIN_REFRESH_MS = 1000;
+/** Live calls shown with their recordings and buttons; more are counted, not detailed. */
+const LIVE_DETAILED = 20;
 /** Without the event stream (it failed), ask again this often. */
 const POLL_MS = 5000;
 
@@ -28,17 +32,24 @@ export function render(main, { fail }) {
   let poll = null;
   const clocks = [];
 
+  let lastRefresh = 0;
   const refresh = async () => {
     pending = null;
+    lastRefresh = Date.now();
     let listed;
     try {
       listed = (await api.calls({ limit: CALLS_SHOWN })).calls || [];
       const live = listed.filter((c) => c.state !== 'ended');
-      const full = await Promise.all(live.map((c) => liveCall(c.call_id)));
+      const full = await Promise.all(live.slice(0, LIVE_DETAILED).map((c) => liveCall(c.call_id)));
       if (stopped) return;
       replace(problem);
       clocks.length = 0;
-      replace(liveBox, full.length ? full.map((c) => liveCard(c, clocks, soon, fail)) : h('p', { class: 'note', id: 'no-live-calls' }, 'No call in progress.'));
+      const more = live.length - full.length;
+      replace(
+        liveBox,
+        full.length ? full.map((c) => liveCard(c, clocks, soon, fail)) : h('p', { class: 'note', id: 'no-live-calls' }, 'No call in progress.'),
+        more > 0 ? h('p', { class: 'note' }, `…and ${more} more in progress.`) : null,
+      );
       tick();
       replace(recentBox, recentTable(listed.filter((c) => c.state === 'ended')));
     } catch (error) {
@@ -46,7 +57,7 @@ export function render(main, { fail }) {
     }
   };
   const soon = () => {
-    if (pending === null && !stopped) pending = setTimeout(refresh, SETTLE_MS);
+    if (pending === null && !stopped) pending = setTimeout(refresh, Math.max(SETTLE_MS, lastRefresh + MIN_REFRESH_MS - Date.now()));
   };
   const tick = () => {
     const now = Date.now() / 1000;

@@ -23,6 +23,12 @@ const FILTERS = [
   { name: 'shorter', label: 'Shorter than (s)', type: 'number', param: 'max_duration' },
 ];
 
+/** A page's fragment with its query, if any (URLSearchParams.size is too recent for some browsers). */
+function withQuery(fragment, query) {
+  const text = String(query);
+  return text ? `${fragment}?${text}` : fragment;
+}
+
 function localToUnix(value) {
   const ms = new Date(value).getTime();
   return Number.isFinite(ms) ? Math.floor(ms / 1000) : undefined;
@@ -54,7 +60,7 @@ export async function render(main, { query, go, fail }) {
     event.preventDefault();
     const next = new URLSearchParams();
     for (const [name, value] of new FormData(form)) if (value) next.set(name, String(value));
-    go(`#/recordings${next.size ? `?${next}` : ''}`);
+    go(withQuery('#/recordings', next));
   });
   form.addEventListener('reset', (event) => {
     event.preventDefault();
@@ -112,7 +118,7 @@ function pager(offset, count, total, query, go) {
     const q = new URLSearchParams(query);
     if (next > 0) q.set('offset', String(next));
     else q.delete('offset');
-    return `#/recordings${q.size ? `?${q}` : ''}`;
+    return withQuery('#/recordings', q);
   };
   const more = total === null ? count === PAGE_SIZE : offset + count < total;
   return h(
