@@ -8,7 +8,10 @@ user agent is the core's; what is here is what touches the operating system:
 - **UDP**: one socket (shared between ``--workers`` processes with SO_REUSEPORT); ICMP errors are logged.
   A worker places its calls through an endpoint of its own on a port no other process has (server.py),
   so the answers to them, and the far end's requests, come back to it and not to whichever worker the
-  kernel picks on the shared port.
+  kernel picks on the shared port. What the core hands on to another worker (:class:`Relay`: a datagram
+  for its dialog that the kernel gave us) goes there through the worker's relay socket (relay.py), and
+  what other workers hand on to us is read there and fed to the core as if it had come from its source
+  on the shared port (our answers leave from the shared socket: every worker has it bound).
 - **TCP** (RFC 3261 §18.3): each connection is admitted through a :class:`ConnectionGate` (a cap in total
   and per address, and a reserve of file descriptors for calls); its bytes are cut into messages by
   Content-Length (:class:`StreamFramer`), a message must be complete within ``header_timeout`` of its
@@ -32,7 +35,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits
-from swml_engine.transports.sip.useragent import Datagram, Peer, SipEvent, Target, Transport, UserAgent
+from swml_engine.transports.sip.relay import RelayError, RelayFigures, RelaySlot, seal, unseal, worth_logging
+from swml_engine.transports.sip.useragent import Datagram, Peer, Relay, SipEvent, Target, Transport, UserAgent
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ BIND_TRIES = 20
 #: What a stop waits to see answered before it closes the sockets (Endpoint.settle): the BYEs and
 #: CANCELs it sent, and the INVITEs of legs given up (a late 200 still gets its ACK and BYE).
 SETTLED = ("BYE", "CANCEL", "INVITE")
+#: Relays logged: the first, then every RELAY_LOG_EVERY-th; refused envelopes: the first, then every
+#: REFUSED_LOG_EVERY-th.
+RELAY_LOG_EVERY, REFUSED_LOG_EVERY = 1000, 100
 #: Seconds a settle waits beyond the transactions' own bound (64·T1), and how often it looks.
 SETTLE_MARGIN, SETTLE_POLL = 1.0, 0.05
 
@@ -155,6 +162,17 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("SIP/UDP socket error: %s", exc)
 
 
+class _RelayIn(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.endpoint._relayed_in(data, str(addr[0]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP relay socket error: %s", exc)
+
+
 class _Flow:
     """One TCP connection."""
 
@@ -181,8 +199,13 @@ class Endpoint:
         limits: ConnectionLimits | None = None,
         advertise: str | None = None,
         gate: ConnectionGate | None = None,
+        relay: RelaySlot | None = None,
     ) -> None:
         self.ua = ua
+        #: With --workers: this worker's relay socket, where the other workers are, and the key.
+        self.relay = relay
+        self.relays = RelayFigures()
+        self._relay_out: asyncio.DatagramTransport | None = None
         self.bind = bind
         self.on_event = on_event
         self.reuse_port = reuse_port
@@ -227,7 +250,9 @@ class Endpoint:
                 continue
             self._udp = udp
             self.local_addr = (str(host), int(port))
-            return
+            break
+        if self.relay is not None:
+            self._relay_out, _ = await loop.create_datagram_endpoint(lambda: _RelayIn(self), sock=self.relay.sock)
 
     def unanswered(self, methods: Iterable[str] = SETTLED) -> set[object]:
         """The requests of ``methods`` we sent that have no final answer yet (for :meth:`settle`'s ``since``)."""
@@ -262,6 +287,8 @@ class Endpoint:
             flow.writer.transport.abort()
         if self._udp is not None:
             self._udp.close()
+        if self._relay_out is not None:
+            self._relay_out.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
 
@@ -312,6 +339,9 @@ class Endpoint:
         for datagram in self.ua.datagrams_to_send():
             self._send(datagram)
         while (event := self.ua.next_event()) is not None:
+            if isinstance(event, Relay):
+                self._hand_on(event)
+                continue
             try:
                 self.on_event(event)
             except Exception:
@@ -319,6 +349,56 @@ class Endpoint:
             for datagram in self.ua.datagrams_to_send():  # what the application's answer made
                 self._send(datagram)
         self._arm()
+
+    # --- datagrams of the shared port for other workers ---------------------------------------------------
+
+    def _hand_on(self, event: Relay) -> None:
+        """Send a datagram the core says is another worker's to that worker's relay socket."""
+        link, out = self.relay, self._relay_out
+        try:
+            if link is None or out is None or event.worker >= link.count:
+                raise RelayError(f"no relay to worker {event.worker}")
+            envelope = seal(link.key, event.worker, event.peer.host, event.peer.port, event.data)
+            out.sendto(envelope, link.addresses[event.worker])
+        except (RelayError, OSError) as e:
+            self.relays.dropped += 1
+            if worth_logging(self.relays.dropped, REFUSED_LOG_EVERY):
+                log.warning(
+                    "SIP from %s:%s for worker %d dropped: %s (%d so far)",
+                    event.peer.host,
+                    event.peer.port,
+                    event.worker,
+                    e,
+                    self.relays.dropped,
+                )
+            return
+        self.relays.sent += 1
+        if worth_logging(self.relays.sent, RELAY_LOG_EVERY):
+            log.info(
+                "SIP from %s:%s handed on to worker %d, whose dialog it is (%d so far: the kernel hashed the "
+                "source to this worker, as after a worker's restart)",
+                event.peer.host,
+                event.peer.port,
+                event.worker,
+                self.relays.sent,
+            )
+
+    def _relayed_in(self, envelope: bytes, sender: str) -> None:
+        """A datagram another worker handed on: fed to the core as if it had come from its source here."""
+        link = self.relay
+        assert link is not None
+        try:
+            if sender != "127.0.0.1":
+                raise RelayError(f"sent from {sender[:64]}, not loopback")
+            host, port, data = unseal(link.key, link.index, envelope)
+        except RelayError as e:
+            self.relays.refused += 1
+            if worth_logging(self.relays.refused, REFUSED_LOG_EVERY):
+                log.warning("SIP relay socket: a datagram refused (%s; %d so far)", e, self.relays.refused)
+            return
+        self.relays.received += 1
+        self.ua.receive(data, self.peer(Transport.UDP, host, port), self.now, relayed=True)
+        self.flush()
 
     def _arm(self) -> None:
         when = self.ua.get_timer()

@@ -10,7 +10,9 @@ and reads back :meth:`UserAgent.datagrams_to_send` (bytes and where they go) and
 The application acts through methods (:meth:`UserAgent.answer`, :meth:`UserAgent.bye` ...), each taking
 ``now``. Nothing here reads a clock, opens a socket or resolves a name: a test drives it with numbers.
 
-What it does with requests, in order: a message that cannot be read is counted and dropped; a request is
+What it does with requests, in order: a message that cannot be read is counted and dropped; with
+``--workers`` sharing the port, a message whose tag of ours names another worker is handed to it
+(:class:`Relay`, see "Workers" below); a request is
 validated (validation.py: 400, 505, 501, 405, 416, 420, 415, 406, or dropped when no answer can reach its
 sender); a retransmission is answered by its transaction; an ACK goes to its dialog; a CANCEL ends the
 INVITE it names (200, then 487); a request for a dialog we do not have gets 481; an INVITE that repeats
@@ -21,12 +23,24 @@ Where answers go (RFC 3261 §18.2.2): over TCP back on the request's connection 
 the source address when the top Via asks for ``rport`` or names another host (``received``), else to the
 Via's own address. Requests we send go to the next hop the dialog names, as a :class:`Target` the endpoint
 resolves; over TCP the connection the call came on is preferred while it is open.
+
+Workers: processes sharing a UDP port (SO_REUSEPORT) each get the datagrams the kernel hashes to them by
+source address, and that hash moves when a worker is restarted (or a peer's source port changes mid-call).
+So each worker's tags name it (:attr:`Policy.worker`: ``w<index>-<random>``, in the To tag of the dialogs
+we answer and the From tag of every request we send), and a UserAgent made with ``relay=True`` does not
+answer a request whose To tag, or a response whose From tag, names another worker: it emits
+:class:`Relay` with the datagram as it came, and the endpoint hands it to that worker, which takes it as
+if it had come from the same source (``receive(..., relayed=True)``; never relayed twice). Tags are
+enough: every in-dialog request, every ACK, and every response to a request of ours carries one. A
+CANCEL carries none (it names the INVITE by the caller's branch): one for a call still ringing on
+another worker gets 481.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -74,6 +88,8 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 10_000
 #: Distinct sources whose unreadable messages are logged (the rest are counted only).
 MAX_NOISY = 1000
+#: A tag of ours with ``--workers``: the worker's index, a dash, 48 random bits in hex (:func:`worker_of_tag`).
+_WORKER_TAG = re.compile(r"w(\d{1,2})-[0-9a-f]{12}")
 #: Option tags a request in the dialog of a call we placed may require on top of the policy's: RFC 4028
 #: session timers, which the calls we place run (uac.py); the calls we answer do not.
 _PLACED_SUPPORTED = frozenset({"timer"})
@@ -183,6 +199,16 @@ class RequestFailed(SipEvent):
     why: str
 
 
+@dataclass(frozen=True, eq=False)
+class Relay(SipEvent):
+    """A datagram on the shared port for another worker (its tag of ours names ``worker``): nothing here
+    answered it; the endpoint hands ``data`` and its source ``peer`` to that worker as they came."""
+
+    worker: int
+    data: bytes
+    peer: Peer
+
+
 Event = SipEvent
 
 
@@ -235,6 +261,19 @@ def _never_busy() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Which of the workers sharing the SIP port this one is: ``index`` of ``count`` (both fixed for the
+    service's life; a restarted worker takes its dead predecessor's index)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count <= 100:  # (two digits in a tag)
+            raise ValueError(f"WorkerSlot: index {self.index} of {self.count} workers (at most 100)")
+
+
 @dataclass
 class Policy:
     """What this user agent serves: the methods (Allow), the option tags a Require may name, whether it
@@ -251,6 +290,8 @@ class Policy:
     #: an INVITE that would fail; the INVITEs themselves are the application's to refuse (it counts
     #: and logs them).
     busy: Callable[[], str | None] = _never_busy
+    #: With --workers: which one this is, named in every tag of ours (None: one process, plain tags).
+    worker: WorkerSlot | None = None
 
 
 class ClientOwner(Protocol):
@@ -307,8 +348,12 @@ class UserAgent:
         timing: Timing | None = None,
         rng: random.Random | None = None,
         max_calls: int = 100_000,
+        relay: bool = False,
     ) -> None:
         self.policy = policy or Policy()
+        #: Whether a message for another worker's dialog is handed on (:class:`Relay`): on the port the
+        #: workers share, not on a port of this worker's own.
+        self.relay = relay and self.policy.worker is not None
         self.timing = timing or Timing()
         self.rng = rng or random.SystemRandom()
         self.max_calls = max_calls
@@ -388,8 +433,9 @@ class UserAgent:
             if due is not None and due <= now:
                 timed.handle_timer(now)
 
-    def receive(self, data: bytes, peer: Peer, now: float) -> None:
-        """One message's bytes (a datagram, or one framed from a TCP stream)."""
+    def receive(self, data: bytes, peer: Peer, now: float, *, relayed: bool = False) -> None:
+        """One message's bytes (a datagram, or one framed from a TCP stream); ``relayed``: handed on by
+        another worker (see the module docstring), so answered here whatever its tag says."""
         if not data.strip(b"\r\n"):
             return  # a keep-alive (RFC 5626 §4.4.1)
         try:
@@ -397,11 +443,28 @@ class UserAgent:
         except MessageError as e:
             self._malformed(peer, str(e))
             return
+        if self.relay and not relayed and peer.transport is Transport.UDP:
+            other = self._other_worker(message)
+            if other is not None:  # (counted by the worker that takes it)
+                self._event(Relay(other, data, peer))
+                return
         self.counts.received(message)
         if isinstance(message, Response):
             self._receive_response(message, now)
             return
         self._receive_request(message, peer, now, datagram=peer.transport is Transport.UDP)
+
+    def _other_worker(self, message: Request | Response) -> int | None:
+        """The other worker whose tag ``message`` carries as ours (To in a request, From in a response)."""
+        try:
+            ours = message.to.tag if isinstance(message, Request) else message.from_.tag
+        except BadHeader:
+            return None
+        worker = worker_of_tag(ours)
+        me = self.policy.worker
+        if worker is None or me is None or worker == me.index or worker >= me.count:
+            return None  # ours, or no worker's: answered here (481 for a dialog we do not have)
+        return worker
 
     # --- responses -------------------------------------------------------------------------------------
 
@@ -468,7 +531,7 @@ class UserAgent:
         if len(self._calls) >= self.max_calls or self.table.full:
             self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
             return
-        local_tag = _tag(self.rng)
+        local_tag = self.new_tag()
         try:
             dialog = Dialog.for_uas(request, local_tag, 1, rng=self.rng)
         except DialogError as e:
@@ -703,7 +766,10 @@ class UserAgent:
             self._timed.remove(timed)
 
     def new_tag(self) -> str:
-        return _tag(self.rng)
+        """A tag of ours (naming this worker with --workers: see the module docstring)."""
+        tag = _tag(self.rng)
+        worker = self.policy.worker
+        return tag if worker is None else f"w{worker.index}-{tag}"
 
     def new_branch(self) -> str:
         return new_branch(self.rng.getrandbits(96).to_bytes(12, "big"))
@@ -850,7 +916,7 @@ class UserAgent:
         if warning:
             text = warning.replace("\\", "\\\\").replace('"', "'")[:120]
             extra.append(("Warning", f'399 {peer.local[0] or "swml-engine"} "{text}"'))
-        to_tag = None if _to_tag(request) is not None else _tag(self.rng)
+        to_tag = None if _to_tag(request) is not None else self.new_tag()
         response = response_to(request, status, reason, to_tag=to_tag, headers=extra)
         if request.method == Method.ACK:
             return
@@ -999,6 +1065,12 @@ class _ByeOwner:
 
 def _tag(rng: random.Random) -> str:
     return f"{rng.getrandbits(48):012x}"
+
+
+def worker_of_tag(tag: str | None) -> int | None:
+    """The worker index a tag of ours names (:meth:`UserAgent.new_tag`), None for any other tag."""
+    match = _WORKER_TAG.fullmatch(tag) if tag else None
+    return int(match[1]) if match else None
 
 
 def _to_tag(request: Request) -> str | None:
