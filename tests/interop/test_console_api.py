@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 import wave
@@ -320,3 +321,21 @@ def test_the_waveform_of_a_sealed_recording_is_that_of_its_plaintext(engine: Eng
         )
     assert max(shape["channels"][1]["max"]) > 0.05
     assert not list((eng.data / "recordings").glob(".waveform-*"))  # the decrypted copy is gone
+
+
+def test_event_streams_count_in_the_connection_caps(engine: EngineFactory) -> None:
+    port = free_port()
+    engine(SCRIPT, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN, "--max-connections-per-address", "2")
+    base = f"http://127.0.0.1:{port}"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    streams = [EventStream(base, "/api/events", bearer) for _ in range(2)]
+    assert [s.response.status for s in streams] == [200, 200]
+    assert http("GET", f"{base}/api/recordings", headers=bearer)[0] == 503  # a third connection: refused
+    streams[0].close()
+    for _ in range(400):  # (the server sees the close at once; a busy machine may take a while)
+        if http("GET", f"{base}/api/recordings", headers=bearer)[0] == 200:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("a stream's connection was not released when its client closed it")
+    streams[1].close()
