@@ -213,3 +213,42 @@ def test_usable_at_phone_width(browsing: Browsing, console: Console, tmp_path: P
     page.wait_for_selector("#waveform[data-channels]")
     assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
     keep_screenshot(page, tmp_path, "console-phone.png")
+
+
+def test_keyboard_alone_reaches_everything_and_every_field_is_labelled(browsing: Browsing, console: Console) -> None:
+    page = browsing.page
+    browsing.sign_in()  # (typed, and Enter)
+    page.wait_for_selector("#recordings tbody tr a")
+    unlabelled = "[...document.querySelectorAll('input, select')].filter(e => !e.labels.length).map(e => e.name)"
+    assert page.evaluate(unlabelled) == []
+    focused = "document.activeElement.id || document.activeElement.textContent.trim()"
+
+    def tab_to(predicate: str, limit: int = 40) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate(predicate):
+                return
+        raise AssertionError(f"Tab never reached {predicate}; the focus is on {page.evaluate(focused)!r}")
+
+    # The page opens with the focus on its heading; Tab goes through the filters in reading order (a date
+    # field takes several presses: one per part of the date).
+    assert page.evaluate("document.activeElement.tagName") == "H1"
+    order: list[str] = []
+    while len(order) < 11:
+        page.keyboard.press("Tab")
+        now = page.evaluate(focused)
+        if not order or order[-1] != now:
+            order.append(now)
+    fields = ["since", "until", "caller", "callee", "call", "state", "format", "longer", "shorter"]
+    assert order == [*(f"filter-{f}" for f in fields), "Search", "Clear"], order
+    # A recording opens from the keyboard, and its delete asks first: Escape keeps it.
+    tab_to("document.activeElement.closest('#recordings tbody') !== null")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#waveform[data-channels]")
+    tab_to("document.activeElement.id === 'delete'")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("dialog[open]")
+    assert page.evaluate("document.activeElement.textContent") == "Keep it"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("dialog", state="hidden")
+    assert page.evaluate("document.querySelector('dialog').open") is False
