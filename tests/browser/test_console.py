@@ -180,7 +180,7 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     assert code == 200 and meta["state"] == "finished" and meta["end_reason"] == "api"
 
 
-def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console) -> None:
+def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console, tmp_path: Path) -> None:
     code, body = console.api("GET", "/api/calls?state=ended")
     assert code == 200 and body["calls"], body
     call_id = body["calls"][-1]["call_id"]  # the session's first call
@@ -195,6 +195,7 @@ def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console) -
         "#timeline tbody tr[data-type='call.state'] td:last-child", "cells => cells.map(c => c.textContent)"
     )
     assert states[0] == "ringing" and "answered" in states and states[-1].startswith("ended"), states
+    keep_screenshot(page, tmp_path, "console-call.png")
 
 
 def test_usable_at_phone_width(browsing: Browsing, console: Console, tmp_path: Path) -> None:
