@@ -27,6 +27,15 @@ RATE = 8000
 PATIENCE = 30.0
 
 
+@pytest.fixture(autouse=True)
+def _port_leases() -> Iterator[None]:
+    """The ports a test took with free_port() are leased to it until it ends (tests/interop/peers.py)."""
+    yield
+    from interop.peers import release_ports
+
+    release_ports()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = PATIENCE) -> bool:
     """Poll ``predicate`` until it is true (True), or until ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import re
@@ -12,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,9 +37,35 @@ def sip_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: Ports free_port() handed out are leased here (one lock file each) until the test that took them ends,
+#: so a test process beside this one (another ``make test``, an xdist worker) never picks the same port
+#: in the moment between our check and the engine's bind.
+PORT_LEASES = Path(tempfile.gettempdir()) / "swml-test-ports"
+_leases: list[int] = []
+
+
+def _lease(port: int) -> bool:
+    """Take ``port``'s lease (False: another test process holds it)."""
+    PORT_LEASES.mkdir(exist_ok=True)
+    fd = os.open(PORT_LEASES / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _leases.append(fd)
+    return True
+
+
+def release_ports() -> None:
+    """End the leases of the ports this process took (the conftest does it after each test)."""
+    while _leases:
+        os.close(_leases.pop())
+
+
 def free_port(span: int = 1) -> int:
     """A port free for both UDP and TCP on loopback; with ``span``, the ``span - 1`` ports above it too
-    (baresip listens for TLS on its SIP port + 1).
+    (baresip listens for TLS on its SIP port + 1). Leased to this test until it ends (``PORT_LEASES``).
 
     Drawn at random below the kernel's ephemeral range (32768-60999): a port the kernel hands out for
     port 0 is also what it hands to the next outgoing connection of any process (another test suite
@@ -51,7 +79,8 @@ def free_port(span: int = 1) -> int:
                         held.enter_context(socket.socket(socket.AF_INET, kind)).bind(("127.0.0.1", p))
             except OSError:
                 continue
-            return port
+            if all(_lease(p) for p in range(port, port + span)):
+                return port
     raise RuntimeError("no free port")
 
 
