@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # espeak-ng: say: TTS; ffmpeg: ffprobe in tests; sip-tester (sipp) and baresip: SIP interop peers;
 # kamailio (its dispatcher module included) in front of two nodes in tests/deploy/ (docs/deploy.md);
-# postgresql: the shared index (--index postgresql://) its tests start; chromium: the console's browser tests
-# (tests/browser/, driven by Playwright from PyPI). The S3 server is moto, from PyPI.
-SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql chromium
+# postgresql: the shared index (--index postgresql://) its tests start; chromium and firefox-esr: the console's
+# browser tests (tests/browser/: Chromium through Playwright from PyPI, Firefox over its own Marionette port).
+# The S3 server is moto, from PyPI.
+SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql chromium firefox-esr
 DEMO_OUT := demo-out
 
 .PHONY: demo test system lint unit bench clean

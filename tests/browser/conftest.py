@@ -63,15 +63,20 @@ except ImportError:  # (the dev extra brings it: pip install -e '.[dev]')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    why = None
+    """Skipped, with the reason, where a part is missing: sipp for every test (the calls), Chromium and
+    Playwright for the tests it drives (Firefox's skip themselves without Firefox)."""
+    no_sipp = None if have("sipp") else "sipp (Debian sip-tester) is not installed: run make test"
+    no_chromium = None
     if sync_playwright is None:
-        why = "playwright is not installed: pip install -e '.[dev]'"
+        no_chromium = "playwright is not installed: pip install -e '.[dev]'"
     elif not CHROMIUM.exists():
-        why = f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
-    elif not have("sipp"):
-        why = "sipp (Debian sip-tester) is not installed: run make test"
+        no_chromium = f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
     for item in items:
-        if why is not None and "browser" in str(item.fspath):
+        if "browser" not in str(item.fspath):
+            continue
+        uses_chromium = {"browser", "browsing"} & set(getattr(item, "fixturenames", ()))
+        why = no_sipp or (no_chromium if uses_chromium else None)
+        if why is not None:
             item.add_marker(pytest.mark.skip(reason=why))
 
 

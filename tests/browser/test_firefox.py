@@ -1,0 +1,44 @@
+"""The console in Firefox ESR too (driven over Marionette: tests/browser/firefox.py), against the same
+``swml serve`` as the Chromium tests: sign in, the list, a recording's waveform for both channels and its
+player, the calls page — and no error in Firefox's console (a script error or a refused
+Content-Security-Policy would be one)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from interop.peers import free_port
+
+from .conftest import CALLER_LEVEL, TOKEN, Console
+from .firefox import FIREFOX, Firefox
+
+
+@pytest.fixture(scope="module")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    if FIREFOX is None:
+        pytest.skip("Firefox is not installed: apt-get install firefox-esr (make test does)")
+    browser = Firefox(tmp_path_factory.mktemp("firefox"), free_port())
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def test_the_console_works_in_firefox(firefox: Firefox, console: Console) -> None:
+    fx = firefox
+    fx.go(console.base + "/")
+    fx.until("return document.activeElement && document.activeElement.id === 'token'")
+    fx.run("const t = document.getElementById('token'); t.value = arguments[0]; t.form.requestSubmit();", TOKEN)
+    fx.until("return document.querySelector('#recordings tbody tr a')")
+    fx.run("document.querySelector('#recordings tbody tr a').click();")
+    fx.until("return document.querySelector('#waveform[data-channels=\"2\"]')")
+    peaks = json.loads(fx.run("return document.getElementById('waveform').dataset.peaks;"))
+    assert peaks[0] > 0.6 * CALLER_LEVEL and peaks[1] > 0.02, peaks
+    fx.run("document.getElementById('player').play();")
+    fx.until("return document.getElementById('player').currentTime > 0.5;")
+    fx.run("location.hash = '#/calls';")
+    fx.until("return document.querySelector('#recent-calls table');")
+    assert fx.console_errors(console.base) == []
