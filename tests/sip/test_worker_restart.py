@@ -1,6 +1,7 @@
 """`swml serve --workers N` as a supervisor: a worker killed with SIGKILL is started again in its place
 while the other goes on (its recorded call and recording untouched), the dead one's unfinished recording
-is repaired by the new worker; workers die with a killed parent; a worker that cannot start stops the
+is repaired by the new worker; the calls of a worker whose callers the kernel hashes to another after a
+restart still end with 200 to their BYE (relayed); workers die with a killed parent; a worker that cannot start stops the
 start with its exit code; the backoff between restarts."""
 
 from __future__ import annotations
@@ -37,6 +38,51 @@ def recording_of(eng: Engine, call_id: str) -> dict[str, object] | None:
     return next((m for m in eng.recordings() if m.get("call_id") == call_id), None)
 
 
+def call_until(eng: Engine, peers: list[SipPeer], done: Callable[[], bool], rtp: int) -> None:
+    """Recorded calls from new source ports (the kernel hashes sources to workers) until ``done``."""
+    for n in range(16):
+        peer = SipPeer(eng.port)
+        peers.append(peer)
+        peer.request("INVITE", 1, body=sdp_offer(rtp + 2 * n))
+        assert peer.wait(lambda p=peer: 200 in p.statuses("INVITE")), peer.messages
+        peer.request("ACK", 1, to_tag=to_tag(peer.final()))
+        assert wait_for(lambda p=peer: p.call_id in call_workers(eng), PATIENCE), eng.log()[-2000:]
+        call_id = call_workers(eng)[peer.call_id][1]
+        assert wait_for(lambda c=call_id: recording_of(eng, c) is not None, PATIENCE)
+        if done():
+            return
+    raise AssertionError(f"16 callers and still not: {call_workers(eng)}")
+
+
+def restarted(eng: Engine, victim: int, ready: int) -> int:
+    """Kill worker ``victim``; the pid of the worker started in its place (``ready``: ready lines by then)."""
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: f"(pid {victim}) killed by SIGKILL" in eng.log(), PATIENCE), eng.log()[-3000:]
+    assert wait_for(lambda: eng.log().count(" ready,") == ready, PATIENCE), eng.log()[-3000:]
+    since = eng.log().split(f"(pid {victim}) killed by SIGKILL", 1)[1]
+    return int(re.findall(r"worker \d started again: pid (\d+)", since)[0])
+
+
+def hang_up(eng: Engine, peers: list[SipPeer], workers: dict[str, tuple[int, str]]) -> None:
+    """The callers hang up: each BYE gets 200, each recording is finished whole (its duration the time
+    the call was recorded, its WAV that long)."""
+    for peer in peers:
+        peer.request("BYE", 2, to_tag=to_tag(peer.final()))
+        assert peer.wait(lambda p=peer: 200 in p.statuses("BYE")), (peer.messages, eng.log()[-3000:])
+    for peer in peers:
+        call_id = workers[peer.call_id][1]
+        assert wait_for(lambda c=call_id: (recording_of(eng, c) or {}).get("state") == "finished", PATIENCE)
+        meta = recording_of(eng, call_id)
+        assert meta is not None and meta["end_reason"] == "hangup", meta
+        events = read_jsonl(eng.data / "calls" / f"{call_id}.jsonl")
+        covered = event_time(events, "call.state", state="ended") - event_time(
+            events, "record.state", state="recording"
+        )
+        assert float(str(meta["duration"])) == pytest.approx(covered, abs=0.5), (meta, covered)
+        with wave.open(str(Path(str(meta["url"]).removeprefix("file://")))) as w:  # whole, playable
+            assert w.getnframes() / w.getframerate() == pytest.approx(float(str(meta["duration"])), abs=0.05)
+
+
 def test_a_killed_worker_is_started_again_and_the_other_workers_call_and_recording_go_on(
     engine: EngineFactory,
 ) -> None:
@@ -44,31 +90,14 @@ def test_a_killed_worker_is_started_again_and_the_other_workers_call_and_recordi
     assert wait_for(lambda: eng.log().count(" ready,") == 2, PATIENCE), eng.log()
     peers: list[SipPeer] = []
     try:
-        # Callers from new ports until both workers run a recorded call (the kernel hashes sources).
-        for n in range(16):
-            peer = SipPeer(eng.port)
-            peers.append(peer)
-            peer.request("INVITE", 1, body=sdp_offer(31400 + 2 * n))
-            assert peer.wait(lambda p=peer: 200 in p.statuses("INVITE")), peer.messages
-            peer.request("ACK", 1, to_tag=to_tag(peer.final()))
-            assert wait_for(lambda p=peer: p.call_id in call_workers(eng), PATIENCE), eng.log()[-2000:]
-            if len({pid for pid, _ in call_workers(eng).values()}) == 2:
-                break
+        call_until(eng, peers, lambda: len({pid for pid, _ in call_workers(eng).values()}) == 2, 31400)
         workers = call_workers(eng)
-        assert len({pid for pid, _ in workers.values()}) == 2, eng.log()[-3000:]
-        for _, call_id in workers.values():
-            assert wait_for(lambda c=call_id: recording_of(eng, c) is not None, PATIENCE)
         victim = workers[peers[0].call_id][0]
-        survivors = [p for p in peers if workers[p.call_id][0] != victim]
+        other = next(pid for pid, _ in workers.values() if pid != victim)
+        survivors = [p for p in peers if workers[p.call_id][0] == other]
 
-        os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: f"(pid {victim}) killed by SIGKILL" in eng.log(), PATIENCE), eng.log()[-3000:]
-        started = re.compile(r"worker \d started again: pid (\d+)")
-        assert wait_for(lambda: started.search(eng.log()) is not None, PATIENCE), eng.log()[-3000:]
-        new = int(started.findall(eng.log())[0])
-        assert new not in (victim, *(pid for pid, _ in workers.values()))
-        assert wait_for(lambda: eng.log().count(" ready,") == 3, PATIENCE), eng.log()[-3000:]
-
+        new = restarted(eng, victim, ready=3)
+        assert new not in (victim, other)
         for pid, call_id in workers.values():  # the dead worker's recordings: repaired by the new one
             meta = recording_of(eng, call_id)
             assert meta is not None
@@ -77,22 +106,17 @@ def test_a_killed_worker_is_started_again_and_the_other_workers_call_and_recordi
             else:  # the live worker's: left alone, still recording
                 assert meta["state"] == "recording", meta
         assert f"{new} WARNING [-] swml_engine.service.server: recovered recording" in eng.log()
+        hang_up(eng, survivors, workers)  # the calls on the other worker went on: they end as usual
 
-        for peer in survivors:  # the calls on the other worker went on: they end as usual
-            peer.request("BYE", 2, to_tag=to_tag(peer.final()))
-            assert peer.wait(lambda p=peer: 200 in p.statuses("BYE")), peer.messages
-        for peer in survivors:
-            call_id = workers[peer.call_id][1]
-            assert wait_for(lambda c=call_id: (recording_of(eng, c) or {}).get("state") == "finished", PATIENCE)
-            meta = recording_of(eng, call_id)
-            assert meta is not None and meta["end_reason"] == "hangup", meta
-            events = read_jsonl(eng.data / "calls" / f"{call_id}.jsonl")
-            covered = event_time(events, "call.state", state="ended") - event_time(
-                events, "record.state", state="recording"
-            )
-            assert float(str(meta["duration"])) == pytest.approx(covered, abs=0.5), (meta, covered)
-            with wave.open(str(Path(str(meta["url"]).removeprefix("file://")))) as w:  # whole, playable
-                assert w.getnframes() / w.getframerate() == pytest.approx(float(str(meta["duration"])), abs=0.05)
+        # The case that broke: the new worker's socket joined the SIP port's group last, so the other's is
+        # now the first, and when the first dies the kernel moves the last into its place — every caller
+        # of the new worker is hashed to the one started next. Their BYEs are handed back to the new one.
+        call_until(eng, peers, lambda: new in {pid for pid, _ in call_workers(eng).values()}, 31500)
+        workers = call_workers(eng)
+        survivors = [p for p in peers if workers[p.call_id][0] == new]
+        assert restarted(eng, other, ready=4) not in (victim, other, new)
+        hang_up(eng, survivors, workers)
+        assert "handed on to worker" in eng.log(), eng.log()[-3000:]
     finally:
         for peer in peers:
             peer.close()

@@ -32,6 +32,7 @@ from swml_engine.service.server import Service, ServiceConfig
 from swml_engine.service.supervisor import Supervisor
 from swml_engine.transports.sip.outbound import parse_trunk
 from swml_engine.transports.sip.registration import parse_target
+from swml_engine.transports.sip.relay import RelayGroup, RelaySlot
 from swml_engine.urls import UrlError, parse_http_url
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID = 0, 2, 1
@@ -508,17 +509,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("open files: up to %s per process", limit if limit is not None else "no limit known")
     if args.workers == 1:
         return run_worker(config, 0)
+    try:  # held here, by the supervisor, for its life: a worker started again inherits its slot's socket
+        relays = RelayGroup(args.workers)
+    except OSError as e:
+        print(f"swml serve: --workers: no UDP port on 127.0.0.1 to relay SIP between workers: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     def worker(index: int, ready: int) -> int:
-        return run_worker(worker_config(config, index, args.workers), index, ready)
+        return run_worker(worker_config(config, index, args.workers, relays.slot(index)), index, ready)
 
     return Supervisor(args.workers, worker).run()
 
 
-def worker_config(config: ServiceConfig, index: int, workers: int) -> ServiceConfig:
+def worker_config(config: ServiceConfig, index: int, workers: int, relay: RelaySlot | None = None) -> ServiceConfig:
     """Worker ``index``'s share: its slice of the RTP ports, and with --outbound-port its own port, so the
-    far ends of the calls it places answer it (the same after a restart in its place)."""
+    far ends of the calls it places answer it (the same after a restart in its place); ``relay``: its
+    relay socket, so datagrams of the shared SIP port for its dialogs reach it whichever worker the
+    kernel hands them to."""
     lo, hi = config.rtp_ports
     span = (hi - lo) // workers
     outbound = None if config.outbound_port is None else config.outbound_port + index
-    return dataclasses.replace(config, rtp_ports=(lo + index * span, lo + (index + 1) * span), outbound_port=outbound)
+    return dataclasses.replace(
+        config, rtp_ports=(lo + index * span, lo + (index + 1) * span), outbound_port=outbound, relay=relay
+    )

@@ -64,6 +64,7 @@ from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.outbound import SipDialer, Trunk
 from swml_engine.transports.sip.refer import ReferUpdate
 from swml_engine.transports.sip.registration import RegisterTarget, SipRegistration
+from swml_engine.transports.sip.relay import RelaySlot
 from swml_engine.transports.sip.rtpstream import TALLY
 from swml_engine.transports.sip.sdp import NotAcceptable, negotiate, parse_offer
 from swml_engine.transports.sip.useragent import (
@@ -78,6 +79,7 @@ from swml_engine.transports.sip.useragent import (
     ServerCall,
     SipEvent,
     UserAgent,
+    WorkerSlot,
 )
 from swml_engine.urls import redact
 
@@ -115,6 +117,9 @@ class Phase(StrEnum):
 class ServiceConfig:
     #: Recordings are written encrypted under its newest key (--encrypt-key-file); None: plain.
     keyring: Keyring | None = None
+    #: With --workers: this worker's slot and relay socket (the supervisor's): datagrams of the shared SIP
+    #: port for another worker's dialogs are handed to it (transports/sip/relay.py).
+    relay: RelaySlot | None = None
     sip: tuple[str, int] = ("127.0.0.1", 5060)
     http: tuple[str, int] | None = None
     script: Path | None = None
@@ -178,8 +183,10 @@ class Service:
         self.bucket: ObjectStore | None = None
         self.uploads: Uploader | None = None
         # OPTIONS probes get 503 whenever a new call would (over --max-calls, media late, stopping).
-        self.ua = UserAgent(Policy(user_agent=USER_AGENT, busy=self._overloaded))
-        self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port)
+        relay = config.relay
+        slot = WorkerSlot(relay.index, relay.count) if relay is not None else None
+        self.ua = UserAgent(Policy(user_agent=USER_AGENT, busy=self._overloaded, worker=slot), relay=slot is not None)
+        self.endpoint = self._sip_endpoint(self.ua, config.sip, reuse_port=config.reuse_port, relay=relay)
         #: Where the calls connect places go out from (docs/serve.md, "Calls the engine places"): the SIP
         #: port's endpoint, or one of this worker's own that shares its policy and its TCP caps.
         self.placing = self.endpoint
@@ -218,7 +225,13 @@ class Service:
         self.metrics = ServiceMetrics()
 
     def _sip_endpoint(
-        self, ua: UserAgent, bind: tuple[str, int], *, reuse_port: bool = False, gate: ConnectionGate | None = None
+        self,
+        ua: UserAgent,
+        bind: tuple[str, int],
+        *,
+        reuse_port: bool = False,
+        gate: ConnectionGate | None = None,
+        relay: RelaySlot | None = None,
     ) -> Endpoint:
         """An endpoint whose events come to :meth:`_on_sip_event` with it (a call that comes in on it is
         answered through it); ``gate``: another endpoint's, so the TCP connection caps cover both ports."""
@@ -230,6 +243,7 @@ class Service:
             limits=self.config.connections,
             advertise=self.config.advertise,
             gate=gate,
+            relay=relay,
         )
         return endpoint
 
@@ -699,6 +713,7 @@ class Service:
             **({"index": self.index.state.value} if self.index is not None else {}),
             **({"registration": self.registration.status()} if self.registration is not None else {}),
             **({"uploads": self.uploads.stats()} if self.uploads is not None else {}),
+            **({"relay": self.endpoint.relays.as_dict()} if self.config.relay is not None else {}),
         }
 
     def _metrics_snapshot(self) -> Snapshot:
