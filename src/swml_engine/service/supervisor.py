@@ -11,6 +11,11 @@ The parent runs no calls. It forks the workers (each runs a whole service on the
 - passes SIGTERM and SIGINT on to every worker (a worker takes a second one as "hang up now");
 - exits once every worker has, with the first worker's failure code, else 0.
 
+A worker started again takes its place's index, and what goes with it: the RTP slice, the outbound port,
+and the relay socket through which the other workers hand it the datagrams of the shared SIP port that
+are its own (transports/sip/relay.py: opened by cli.py in this process before the first fork and kept
+open here, so the new worker inherits the very socket its predecessor read).
+
 A worker dies with the parent (PR_SET_PDEATHSIG: the kernel sends it SIGKILL), so a ``kill -9`` of the
 node leaves no orphan holding the SIP port. A worker tells the parent it is ready by writing one byte to
 a pipe (``ready_fd``).
