@@ -194,7 +194,7 @@ def test_key_rotation_old_files_still_read(tmp_path: Path) -> None:
         ("k1 " + base64.b64encode(b"short").decode(), "is 5 bytes; it must be 32"),
         ("k1 not-base64!", "not valid base64"),
         ("just-one-field", "write KEY_ID BASE64_KEY"),
-        (key_line("k1") + key_line("k1"), "given twice"),
+        (key_line("k1", b"\x01" * 32) + key_line("k1", b"\x02" * 32), "given twice"),
     ],
 )
 def test_bad_key_files_say_what_is_wrong(tmp_path: Path, content: str | None, message: str) -> None:
