@@ -88,6 +88,8 @@ class Console:
     base: str
     work: Path
     callers: list[subprocess.Popen[str]] = field(default_factory=list)
+    #: The recordings of the session's first two calls (3 s of the caller's tone each), newest first.
+    toned: list[str] = field(default_factory=list)
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """A request with the bearer token: the status and the JSON answer (None when there is none)."""
@@ -126,15 +128,17 @@ class Console:
 
 @pytest.fixture(scope="session")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """One ``swml serve --http`` for the session, with one finished recording of a 3 s sipp call in it."""
+    """One ``swml serve --http`` for the session, with two finished recordings of 3 s sipp calls in it."""
     work = tmp_path_factory.mktemp("console")
     with engines(work) as start:
         http = free_port()
         eng = start(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
         served = Console(eng, f"http://127.0.0.1:{http}", work)
-        first = served.call(3.0)
-        assert first.wait(PATIENCE) == 0, "the first sipp call failed"
-        assert wait_for(lambda: [r["state"] for r in served.recordings()] == ["finished"]), served.recordings()
+        # Two such calls at once: one recording to delete, one that stays for the tests after that.
+        first = [served.call(3.0), served.call(3.0)]
+        assert [caller.wait(PATIENCE) for caller in first] == [0, 0], "the first sipp calls failed"
+        assert wait_for(lambda: [r["state"] for r in served.recordings()] == ["finished"] * 2), served.recordings()
+        served.toned = [r["recording_id"] for r in served.recordings()]
         try:
             yield served
         finally:

@@ -99,8 +99,7 @@ def test_a_recording_of_a_real_call_is_listed_drawn_for_both_channels_played_and
     browsing: Browsing, console: Console, tmp_path: Path
 ) -> None:
     page = browsing.page
-    [first] = [r for r in console.recordings() if r["state"] == "finished"][-1:]
-    recording_id = first["recording_id"]
+    recording_id = console.toned[0]
     browsing.sign_in()
     row = page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
     assert "finished" in row.inner_text() and "stereo" in row.inner_text()

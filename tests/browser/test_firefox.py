@@ -32,8 +32,9 @@ def test_the_console_works_in_firefox(firefox: Firefox, console: Console) -> Non
     fx.go(console.base + "/")
     fx.until("return document.activeElement && document.activeElement.id === 'token'")
     fx.run("const t = document.getElementById('token'); t.value = arguments[0]; t.form.requestSubmit();", TOKEN)
-    fx.until("return document.querySelector('#recordings tbody tr a')")
-    fx.run("document.querySelector('#recordings tbody tr a').click();")
+    row = f"#recordings tr[data-recording='{console.toned[-1]}'] a"  # (the one no test deletes)
+    fx.until("return document.querySelector(arguments[0])", row)
+    fx.run("document.querySelector(arguments[0]).click();", row)
     fx.until("return document.querySelector('#waveform[data-channels=\"2\"]')")
     peaks = json.loads(fx.run("return document.getElementById('waveform').dataset.peaks;"))
     assert peaks[0] > 0.6 * CALLER_LEVEL and peaks[1] > 0.02, peaks
