@@ -126,7 +126,7 @@ class Console:
         return list(body["recordings"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """One ``swml serve --http`` for the session, with two finished recordings of 3 s sipp calls in it."""
     work = tmp_path_factory.mktemp("console")
@@ -149,7 +149,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                         caller.wait(5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     assert sync_playwright is not None
     with sync_playwright() as playwright:
