@@ -146,6 +146,10 @@ class _Side:
         except asyncio.QueueFull:
             self.call.events.emit("warning", where="bridge", message=f"digit {digit} not sent across: too many pending")
             return
+        if path == "inband":
+            # Keyed from now on, not once the sender task first runs: a loop running late can tick again
+            # before it does, and the key's tones would cross meanwhile as a second copy of the digit.
+            other._keyed = True
         if self._sender is None:
             self._sender = self.call.loop.create_task(self._send_digits(other.call))
 
@@ -158,6 +162,7 @@ class _Side:
         while True:
             digit = await self._digits.get()
             if to.is_ended:
+                receiving._keyed = False
                 continue
             receiving._keyed = True
             try:
