@@ -28,8 +28,10 @@ from conftest import PATIENCE, read_jsonl, wait_for
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 #: RTP ports the engine under test uses, so the sniffer can tell its packets from the peer's.
 ENGINE_RTP = (41000, 41999)
-#: Where free_port() draws from: under the ephemeral range, above the usual fixed ports of peers.
-FREE_PORTS = (20000, 32000)
+#: Where free_port() draws from: under the kernel's ephemeral range (32768-60999), above `swml serve`'s
+#: default RTP ports (20000-30000: an engine a test starts without --rtp-ports takes its RTP ports there,
+#: whatever port another test was handed), below 31400 (where tests' SIP peers say their RTP is).
+FREE_PORTS = (30010, 31300)
 
 
 def sip_host(host: str) -> str:
