@@ -386,6 +386,13 @@ def _prepare_data(config: ServiceConfig, mask: int) -> None:
 
 async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
     service = Service(config)
+    # Signals are taken from before the start: a stop that comes while the service starts (a worker
+    # started again just as the supervisor is stopped) is a clean stop once it has started, not a death
+    # by SIGTERM halfway through its recovery.
+    loop = asyncio.get_running_loop()
+    signals = StopSignals(loop.time)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signals.received)
     try:
         await service.start()
     except DocumentError as e:
@@ -408,10 +415,6 @@ async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
         with contextlib.suppress(OSError):
             os.write(ready, b"!")
             os.close(ready)
-    loop = asyncio.get_running_loop()
-    signals = StopSignals(loop.time)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signals.received)
     await signals.first.wait()
     await service.drain(config.drain_timeout, signals.again)
     log.info("stopping: hanging up %d call(s)", len(service.calls))
