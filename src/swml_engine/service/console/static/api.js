@@ -100,6 +100,18 @@ export function audioUrl(id) {
 }
 
 /** Server-Sent Events of every call (`null`) or of one: the event objects of events.jsonl. */
-export function eventSource(callId = null) {
-  return new EventSource(callId === null ? '/api/events' : `/api/calls/${enc(callId)}/events`);
+/** The event stream of every call (callId null) or of one, each event given to onEvent parsed (a
+ * message that is not JSON is skipped). */
+export function eventSource(callId, onEvent) {
+  const stream = new EventSource(callId === null ? '/api/events' : `/api/calls/${enc(callId)}/events`);
+  stream.addEventListener('message', (message) => {
+    let event;
+    try {
+      event = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    onEvent(event);
+  });
+  return stream;
 }

@@ -50,14 +50,7 @@ export async function render(main, { params, fail }) {
   );
 
   let count = 0;
-  const stream = eventSource(id);
-  stream.addEventListener('message', (message) => {
-    let event;
-    try {
-      event = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+  const stream = eventSource(id, (event) => {
     if (event.type === 'stream.end' || event.type === 'stream.dropped') {
       // (stream.end: every event was sent, the call is over; dropped: we read too slowly, it says why)
       stream.close();

@@ -64,14 +64,7 @@ export function render(main, { fail }) {
     for (const [node, since] of clocks) node.textContent = formatElapsed(now - since);
   };
 
-  const stream = eventSource();
-  stream.addEventListener('message', (message) => {
-    let event;
-    try {
-      event = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+  const stream = eventSource(null, (event) => {
     if (RELEVANT.has(event.type)) soon();
   });
   stream.addEventListener('open', () => {
