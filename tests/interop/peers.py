@@ -290,6 +290,8 @@ def rtp_audio(packets: list[bytes], decode: object, pt: int, *, placed: bool = F
 
 #: Linux's SO_RCVBUFFORCE (a receive buffer beyond rmem_max; root, as the sniffer is).
 SO_RCVBUFFORCE = 33
+#: Linux's SO_TIMESTAMPNS (the kernel's receive time of each datagram, as a timespec; not in ``socket``).
+SO_TIMESTAMPNS = 35
 SNIFFER_BUFFER = 32 * 1024 * 1024
 
 
@@ -298,6 +300,8 @@ class Sniffer:
 
     def __init__(self) -> None:
         self.packets: list[tuple[int, int, bytes]] = []  # (source port, destination port, payload)
+        #: When each of ``packets`` went through loopback (s, the kernel's clock, not this thread's).
+        self.times: list[float] = []
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         try:
@@ -309,6 +313,7 @@ class Sniffer:
             # reads back (a lost one moves a tone's onset a frame: "irregular" pulses that were not).
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SNIFFER_BUFFER)
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except (OSError, AttributeError):
             self._sock = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -332,14 +337,36 @@ class Sniffer:
         assert self._sock is not None
         while not self._stop.is_set():
             try:
-                data, addr = self._sock.recvfrom(65535)
+                data, ancillary, _, addr = self._sock.recvmsg(65535, 64)
             except (TimeoutError, OSError):
                 continue
             if addr[2] != socket.PACKET_HOST or len(data) < 28 or data[9] != 17:
                 continue  # UDP as delivered on loopback
             ihl = (data[0] & 0x0F) * 4
             sport, dport = struct.unpack_from("!HH", data, ihl)
+            stamp = time.time()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack_from("qq", value)
+                    stamp = sec + nsec / 1e9
+            self.times.append(stamp)  # (before its packet: a reader zipping the two never runs short)
             self.packets.append((sport, dport, data[ihl + 8 :]))
+
+    def stall(self, keep: Callable[[int, int], bool], pt: int, clock_rate: int = 8000) -> float:
+        """How far (s) an RTP stream — the packets of payload type ``pt`` whose (source, destination)
+        ports ``keep`` takes — fell behind its own timestamps on the way in: the most any packet came
+        later than the earliest-timed packet before it says it should have. A sender (sipp) that a
+        loaded machine stalls for 150 ms and then bursts shows 0.15; a receiver's jitter buffer, when
+        such a stall is longer than its delay, drops the late packets and starts its time line again
+        that much later — which moves what a recording or a peer hears by that much, through no fault
+        of the receiver."""
+        worst, best = 0.0, float("inf")
+        for (s, d, p), t in zip(self.packets, self.times, strict=False):
+            if keep(s, d) and len(p) >= 12 and p[0] >> 6 == 2 and p[1] & 0x7F == pt:
+                lateness = t - struct.unpack_from("!I", p, 4)[0] / clock_rate
+                best = min(best, lateness)
+                worst = max(worst, lateness - best)
+        return worst
 
     def from_engine(self, rtp_port: int | None = None) -> list[bytes]:
         """What engines sent from their RTP ports; with ``rtp_port`` (the call's: its ``sip.invite``

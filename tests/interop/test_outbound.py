@@ -31,6 +31,8 @@ PULSE, PERIOD = 0.2, 1.0
 PCMU_MEDIA = "0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15"
 #: How far apart (s) the same moment may be on the two channels of the recording, over the whole bridge.
 ALIGNED = 0.040
+#: How far a pulse may come from a period after the one before (s): a frame.
+SLACK = 0.02
 
 CONNECT = """version: 1.0.0
 sections:
@@ -82,7 +84,7 @@ def onsets(samples: np.ndarray, rate: int, freq: float) -> list[float]:
     return [(i * step + width / 2) / rate for i in rising]
 
 
-def regular(times: list[float], period: float = PERIOD, slack: float = 0.02) -> bool:
+def regular(times: list[float], period: float = PERIOD, slack: float = SLACK) -> bool:
     """Every pulse a period after the one before (none lost, none doubled, no drift)."""
     gaps = np.diff(times)
     return len(gaps) > 0 and bool(np.all(np.abs(gaps - period) < slack))
@@ -210,11 +212,22 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
     assert meta["channels"] == 2
     audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
     assert rate == 8000  # the caller's rate, whatever the far leg's
+    # How far each sipp fell behind its own pcap on the way to the engine (0 on an idle machine; a
+    # machine running two test suites stalls sipp now and then): a stall past the jitter buffer's delay
+    # moves that side's audio from then on by its length — the engine's right, not a fault to report.
+    caller_stall = far_stall = 0.0
+    if sniffer.available:
+        engine_port = eng.rtp_port()
+        caller_stall = sniffer.stall(lambda s, d: d == engine_port, SUPPORTED[caller_codec].static_pt)
+        far_stall = sniffer.stall(lambda s, d: far.media_port <= s < far.media_port + 4, pt)
+    stalls = f"sipp fell behind by {caller_stall:.3f} s (caller) and {far_stall:.3f} s (far party)"
     left, right = audio[:, 0], audio[:, 1]
     said, heard = onsets(left, rate, CALLER_TONE), onsets(right, rate, FAR_TONE)
-    assert len(said) >= 8 and regular(said), said
-    assert len(heard) >= 6 and regular(heard), heard  # the far party's pulses: none lost, none doubled
-    assert drift(said, heard) < ALIGNED, (said, heard)  # the two channels keep one time line
+    assert len(said) >= 8 and regular(said, slack=SLACK + caller_stall), (said, stalls)
+    # the far party's pulses: none lost, none doubled
+    assert len(heard) >= 6 and regular(heard, slack=SLACK + far_stall), (heard, stalls)
+    # the two channels keep one time line
+    assert drift(said, heard) < ALIGNED + caller_stall + far_stall, (said, heard, stalls)
     # no leak across while bridged (before, the caller heard the ring tone, 440 + 480 Hz): each tone on
     # the other channel is far weaker (under -26 dB) than on its own
     bridged = slice(int(heard[0] * rate), None)
@@ -228,13 +241,13 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
             sniffer.from_engine(eng.rtp_port()), caller_info.factory().decode, caller_info.static_pt, placed=True
         )
         got = onsets(to_caller, 8000, FAR_TONE)
-        assert len(got) >= 6 and regular(got), got
+        assert len(got) >= 6 and regular(got, slack=SLACK + far_stall), (got, stalls)
         to_far = far_heard(sniffer, far, far_codec)
         got = onsets(to_far, SUPPORTED[far_codec].rate, CALLER_TONE)
         # The caller's scenario ends with a key (RFC 4733): while it goes out to the far party, the key
         # takes the place of the caller's voice for it (as on a phone), so the last pulse may start
         # late; every pulse before it came in step.
-        assert len(got) >= 5 and regular(got[:-1]), got
+        assert len(got) >= 5 and regular(got[:-1], slack=SLACK + caller_stall), (got, stalls)
 
 
 def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
