@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -59,6 +60,7 @@ from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.service.retention import Retention
 from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
+from swml_engine.transports.base import Transport
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.outbound import SipDialer, Trunk
@@ -172,6 +174,75 @@ class ServiceConfig:
     index_url: str | None = None
     #: Recordings that ended more than this many days ago are deleted (0: kept for ever).
     retention_days: float = 0.0
+
+
+class Arrival(ABC):
+    """A new call as its transport brings it, up to its script: what :meth:`Service.take_call` needs
+    from the transport's side (a SIP INVITE here; a browser's offer: service/phone.py)."""
+
+    transport: Transport
+    #: How log lines name the call before it has the engine's id (the SIP Call-ID, the browser's address).
+    label: str
+    #: The index row's SIP Call-ID ("" when no SIP carried the call).
+    sip_call_id: str = ""
+
+    async def prepare(self) -> None:
+        """Before the call exists: take the transport's resources (raise SipReject when that fails)."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """``from``, ``to`` and ``headers`` for the call scope (and whatever :meth:`scope` adds)."""
+
+    def scope(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Call-scope variables beyond those every transport gives."""
+        return {}
+
+    def started(self, call: Call) -> None:
+        """The call exists (its events go to its log): say where it came from."""
+
+    @abstractmethod
+    def refuse(self, rejection: SipReject) -> None:
+        """Answer the call with our refusal (its script cannot be had or used, no ports ...)."""
+
+    @abstractmethod
+    def fail(self) -> None:
+        """End the call after an error of ours."""
+
+
+class SipArrival(Arrival):
+    def __init__(self, transport: SipCallTransport, rtp_ports: tuple[int, int]) -> None:
+        self.transport = self.sip = transport
+        self.label = self.sip_call_id = transport.call_id
+        self._rtp_ports = rtp_ports
+
+    async def prepare(self) -> None:
+        try:
+            await self.sip.bind(self._rtp_ports)
+        except OSError as e:
+            raise SipReject(503, "Service Unavailable", str(e)) from None
+        self.sip.ringing()
+
+    def info(self) -> dict[str, Any]:
+        return self.sip.call_info()
+
+    def scope(self, info: dict[str, Any]) -> dict[str, Any]:
+        return {"sip_data": info["sip_data"], "sip_call_id": self.sip_call_id}
+
+    def started(self, call: Call) -> None:
+        offer = self.sip.offer
+        call.events.emit(
+            "sip.invite",
+            sip_call_id=self.sip_call_id,
+            source=[self.sip.sip.peer.host, self.sip.sip.peer.port],
+            offer=[c.encoding_name or str(c.payload_type) for c in offer.audio.codecs] if offer else None,
+            rtp_port=self.sip.rtp.local[1],
+        )
+
+    def refuse(self, rejection: SipReject) -> None:
+        self.sip.reject(rejection)
+
+    def fail(self) -> None:
+        self.sip.end()
 
 
 class Service:
@@ -490,16 +561,21 @@ class Service:
 
     async def _run(self, transport: SipCallTransport) -> None:
         sip_call_id = transport.call_id
-        clog = CallLog(log, None, sip_call_id)
+        try:
+            await self.take_call(SipArrival(transport, self.config.rtp_ports))
+        finally:
+            self.legs.pop(sip_call_id, None)
+
+    async def take_call(self, arrival: Arrival) -> None:
+        """Run the script on a call, whatever transport brought it: its event log, index row and
+        recordings; its refusal (:class:`SipReject`) or failure told back through ``arrival``."""
+        transport = arrival.transport
+        clog = CallLog(log, None, arrival.label)
         call: Call | None = None
         events: EventLog | None = None
         events_file: IO[str] | None = None
         try:
-            try:
-                await transport.bind(self.config.rtp_ports)
-            except OSError as e:
-                raise SipReject(503, "Service Unavailable", str(e)) from None
-            transport.ringing()
+            await arrival.prepare()
             call_id = str(uuid.uuid4())
             events = EventLog()
             events.keep = False  # a service keeps events in files, not in memory
@@ -519,27 +595,19 @@ class Service:
             )
             call = Call(transport, call_id=call_id, events=events, options=options)
             self.calls[call_id] = call
-            clog = CallLog(log, call_id, sip_call_id)
-            info = transport.call_info()
+            clog = CallLog(log, call_id, arrival.label)
+            info = arrival.info()
             if self.index is not None:
-                events.sinks.append(self._call_indexer(call_id, sip_call_id, info))
+                events.sinks.append(self._call_indexer(call_id, arrival.sip_call_id, info))
             scope = call_scope(call, from_=info["from"], to=info["to"], headers=info["headers"])
-            scope["sip_data"] = info["sip_data"]
-            scope["sip_call_id"] = sip_call_id
+            scope.update(arrival.scope(info))
             variables = Variables(call=scope, envs=dict(self.config.envs))
-            offer = transport.offer
-            events.emit(
-                "sip.invite",
-                sip_call_id=sip_call_id,
-                source=[transport.sip.peer.host, transport.sip.peer.port],
-                offer=[c.encoding_name or str(c.payload_type) for c in offer.audio.codecs] if offer else None,
-                rtp_port=transport.rtp.local[1],
-            )
+            arrival.started(call)
             doc = self.document or await self._fetch(call, variables)
             if doc is None:  # cancelled during the fetch: the call's log and index row end too
                 events.emit("call.state", state="ended", reason=call.end_reason or "remote_cancel")
                 return
-            clog.info("call %s (%s) from %s to %s", call_id, sip_call_id, info["from"], info["to"])
+            clog.info("call %s (%s) from %s to %s", call_id, arrival.label, info["from"], info["to"])
             result = await run_call(doc, call, variables)
             self.completed += 1
             clog.info(
@@ -552,15 +620,14 @@ class Service:
             for channel in hub.channels:
                 channel.close()  # deliveries finish in their threads
         except SipReject as e:  # the one place a refusal of ours becomes the call's answer
-            transport.reject(e)
+            arrival.refuse(e)
             if events is not None:
                 events.emit("call.state", state="ended", reason="error")
         except Exception:
-            clog.exception("call %s failed", sip_call_id)
+            clog.exception("call %s failed", arrival.label)
             with contextlib.suppress(Exception):
-                transport.end()
+                arrival.fail()
         finally:
-            self.legs.pop(sip_call_id, None)
             if call is not None:
                 self.calls.pop(call.call_id, None)
                 if self.uploads is not None and isinstance(call.recordings, Recordings):
