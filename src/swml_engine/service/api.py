@@ -19,6 +19,7 @@ node: its private port is then on the address the node's API is on. A read the i
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
@@ -55,6 +56,7 @@ from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformErr
 if TYPE_CHECKING:
     from swml_engine.recording.objectstore import ObjectStore
     from swml_engine.recording.store import RecordingStore
+    from swml_engine.service.arrival import Arrival
     from swml_engine.service.index import Index
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,9 @@ class ServiceView(Protocol):
     #: serving, draining, stopping or stopped (server.Phase).
     @property
     def phase(self) -> str: ...
+
+    #: Run a browser's call (service/phone.py); raises CallRefused when none is taken now.
+    def start_browser_call(self, arrival: Arrival) -> asyncio.Task[None]: ...
 
 
 def build_app(
@@ -470,8 +475,19 @@ def build_app(
             raise HTTPException(404, f"no call {call_id}")
         return {**row[0], "recordings": await listed(await index().recordings(call_id=call_id, limit=1000))}
 
+    # Browser calls' signalling (service/phone.py). A WebSocket route of its own: the guard (httpd.py)
+    # checks the token or the session, and the page's Origin, before the handshake is accepted.
+    phoning = APIRouter(prefix="/api")
+
+    @phoning.websocket("/phone")
+    async def phone(ws: WebSocket) -> None:
+        from swml_engine.service.phone import phone_session  # (aiortc is loaded by the first browser call)
+
+        await phone_session(ws, service)
+
     app.include_router(signing_in)
     app.include_router(api)
+    app.include_router(phoning)
     add_console(app)  # the web console at / (service/console/: static files; its data comes from /api)
     return app
 

@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,6 +43,7 @@ from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.service import storage
 from swml_engine.service.api import SignedUrls, build_app
+from swml_engine.service.arrival import Arrival, CallRefused
 from swml_engine.service.auth import TOKEN_FILE, UrlSigner, api_token, given_token
 from swml_engine.service.httpd import ApiServer
 from swml_engine.service.index import (
@@ -60,7 +60,6 @@ from swml_engine.service.metrics import ServiceMetrics, Snapshot
 from swml_engine.service.retention import Retention
 from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
-from swml_engine.transports.base import Transport
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.outbound import SipDialer, Trunk
@@ -176,39 +175,6 @@ class ServiceConfig:
     retention_days: float = 0.0
 
 
-class Arrival(ABC):
-    """A new call as its transport brings it, up to its script: what :meth:`Service.take_call` needs
-    from the transport's side (a SIP INVITE here; a browser's offer: service/phone.py)."""
-
-    transport: Transport
-    #: How log lines name the call before it has the engine's id (the SIP Call-ID, the browser's address).
-    label: str
-    #: The index row's SIP Call-ID ("" when no SIP carried the call).
-    sip_call_id: str = ""
-
-    async def prepare(self) -> None:
-        """Before the call exists: take the transport's resources (raise SipReject when that fails)."""
-
-    @abstractmethod
-    def info(self) -> dict[str, Any]:
-        """``from``, ``to`` and ``headers`` for the call scope (and whatever :meth:`scope` adds)."""
-
-    def scope(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Call-scope variables beyond those every transport gives."""
-        return {}
-
-    def started(self, call: Call) -> None:
-        """The call exists (its events go to its log): say where it came from."""
-
-    @abstractmethod
-    def refuse(self, rejection: SipReject) -> None:
-        """Answer the call with our refusal (its script cannot be had or used, no ports ...)."""
-
-    @abstractmethod
-    def fail(self) -> None:
-        """End the call after an error of ours."""
-
-
 class SipArrival(Arrival):
     def __init__(self, transport: SipCallTransport, rtp_ports: tuple[int, int]) -> None:
         self.transport = self.sip = transport
@@ -269,6 +235,8 @@ class Service:
             self.placing = self._sip_endpoint(placing_ua, (config.sip[0], own), gate=self.endpoint.gate)
         #: Live SIP legs by SIP Call-ID (from the INVITE on, before their script runs too).
         self.legs: dict[str, SipCallTransport] = {}
+        #: Live browser calls (the /phone page's: service/phone.py), from their offer on.
+        self.browser_calls: set[Arrival] = set()
         #: Places the far legs of connect for every call (they count towards --max-calls too).
         self.dialer = SipDialer(
             self.placing,
@@ -549,7 +517,7 @@ class Service:
     def _overloaded(self) -> str | None:
         """Why a new call would hurt the calls in progress, if it would."""
         cfg = self.config
-        calls = len(self.legs) + len(self.dialer.legs)  # the legs we placed count as calls
+        calls = len(self.legs) + len(self.dialer.legs) + len(self.browser_calls)  # (placed legs count too)
         if cfg.max_calls and calls >= cfg.max_calls:
             return f"{calls} calls, the --max-calls limit"
         lag = MediaTicker.lag_of(asyncio.get_running_loop())
@@ -558,6 +526,27 @@ class Service:
         return None
 
     # --- one call ---------------------------------------------------------------------------------
+
+    def start_browser_call(self, arrival: Arrival) -> asyncio.Task[None]:
+        """Run the script on a browser's call (service/phone.py); CallRefused when, as a SIP call would
+        get 503, none is taken now."""
+        if self.phase is not Phase.SERVING:
+            raise CallRefused(f"the service is {self.phase.value}")
+        busy = self._overloaded()
+        if busy:
+            self.refused += 1
+            raise CallRefused(busy)
+        self.browser_calls.add(arrival)
+        task = asyncio.get_running_loop().create_task(self._run_browser_call(arrival))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _run_browser_call(self, arrival: Arrival) -> None:
+        try:
+            await self.take_call(arrival)
+        finally:
+            self.browser_calls.discard(arrival)
 
     async def _run(self, transport: SipCallTransport) -> None:
         sip_call_id = transport.call_id
