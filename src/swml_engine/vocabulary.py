@@ -71,6 +71,9 @@ EventType = Literal[
     "sip.rejected",
     "sip.refer",
     "rtp.stats",
+    "webrtc.answer",
+    "webrtc.state",
+    "webrtc.stats",
     "connect.state",
     "connect.leg",
 ]

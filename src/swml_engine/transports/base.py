@@ -40,6 +40,8 @@ class CallSide(Protocol):
     codecs: list[str]
     #: ``answer.username``/``password``: the party must authenticate before the answer.
     credentials: tuple[str, str] | None
+    #: Why the call ended (None while it runs): a transport that tells its party so reads it here.
+    end_reason: EndReason | None
 
     def now(self) -> float:
         """Seconds since the call started."""

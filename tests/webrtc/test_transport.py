@@ -1,0 +1,299 @@
+"""WebRtcCallTransport with real aiortc peers: a real Call runs a real SWML script on the transport while
+an RTCPeerConnection in the test plays the browser — it sends a tone from a microphone of its own and
+decodes what it receives.
+
+ICE: aioice never gathers loopback (127.0.0.1), so both peers meet on this machine's other addresses
+(eth0, 192.0.2.2 here) without naming them; a machine with only loopback cannot run these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from conftest import PATIENCE, read_wav, spectrum_peaks, tone, wav_bytes
+from swml_engine.call import Call, CallOptions
+from swml_engine.document.loader import load_text
+from swml_engine.events import EventLog
+from swml_engine.methods import REGISTRY
+from swml_engine.script.context import Variables
+from swml_engine.session import call_scope, run_call
+from swml_engine.transports.webrtc import MAX_CANDIDATES, WebRtcCallTransport, WebRtcReject
+
+MIC_HZ = 440.0
+PROMPT_HZ = 1000.0
+
+
+class Microphone(MediaStreamTrack):
+    """The browser's microphone: a steady tone at 48 kHz, 20 ms a frame, paced by the loop's clock."""
+
+    kind = "audio"
+
+    def __init__(self, freq: float) -> None:
+        super().__init__()
+        self._wave = tone(freq, 1.0, 48000, level=0.4)  # one second loops seamlessly: whole periods
+        self._start: float | None = None
+        self._n = 0
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        await asyncio.sleep(max(0.0, self._start + self._n * 0.02 - loop.time()))
+        i = (self._n % 50) * 960
+        frame = av.AudioFrame.from_ndarray(self._wave[i : i + 960].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.time_base = fractions.Fraction(1, 48000)
+        frame.pts = self._n * 960
+        self._n += 1
+        return frame
+
+
+@dataclass
+class Browser:
+    """The test's RTCPeerConnection in the browser's place: it offers (every candidate gathered), takes the
+    transport's answer, and keeps what it hears as mono samples at the rate aiortc decodes to."""
+
+    codecs: tuple[str, ...] = ()
+    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    heard: list[np.ndarray] = field(default_factory=list)
+    heard_rate: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[asyncio.Future[None]] = field(default_factory=list)
+
+    async def offer(self) -> str:
+        transceiver = self.pc.addTransceiver(Microphone(MIC_HZ), direction="sendrecv")
+        if self.codecs:
+            caps = RTCRtpSender.getCapabilities("audio").codecs
+            transceiver.setCodecPreferences([c for name in self.codecs for c in caps if c.mimeType == name])
+        self.pc.on("track", lambda track: self.tasks.append(asyncio.ensure_future(self._listen(track))))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            data = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
+            self.heard_rate = frame.sample_rate
+            self.heard.append(data)
+
+    def signal(self, message: dict[str, Any]) -> None:
+        """The signalling session's part: the answer goes to the browser's peer connection."""
+        self.messages.append(message)
+        if message["type"] == "answer":
+            answer = RTCSessionDescription(message["sdp"], "answer")
+            self.tasks.append(asyncio.ensure_future(self.pc.setRemoteDescription(answer)))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+
+@dataclass
+class Outcome:
+    call: Call
+    transport: WebRtcCallTransport
+    browser: Browser
+    events: EventLog
+    vars: dict[str, Any]
+
+    def recording(self) -> tuple[np.ndarray, int]:
+        (wav,) = (self.call.options.data_dir or Path()).glob("recordings/*.wav")
+        return read_wav(wav)
+
+
+async def _call(
+    tmp_path: Path,
+    script: str,
+    browser: Browser,
+    during: Callable[[WebRtcCallTransport, Browser], Awaitable[None]] | None = None,
+) -> Outcome:
+    transport = WebRtcCallTransport(await browser.offer(), browser.signal, peer="test browser")
+    await transport.prepare()
+    events = EventLog()
+    call = Call(transport, events=events, options=CallOptions(data_dir=tmp_path, allow_file_urls=True))
+    variables = Variables(call=call_scope(call, from_="browser", to="engine", headers=[]))
+    doc = load_text(script.replace("TONE", (tmp_path / "prompt.wav").as_uri()), methods=REGISTRY)
+    running = asyncio.ensure_future(run_call(doc, call, variables))
+    try:
+        if during is not None:
+            await during(transport, browser)
+        await asyncio.wait_for(running, PATIENCE)
+    finally:
+        await browser.pc.close()
+    return Outcome(call, transport, browser, events, variables.vars)
+
+
+def run(
+    tmp_path: Path,
+    script: str,
+    codecs: tuple[str, ...] = (),
+    during: Callable[[WebRtcCallTransport, Browser], Awaitable[None]] | None = None,
+) -> Outcome:
+    (tmp_path / "prompt.wav").write_bytes(wav_bytes(tone(PROMPT_HZ, 2.0, 16000, level=0.4), 16000))
+    return asyncio.run(_call(tmp_path, script, Browser(codecs), during))
+
+
+RECORDED = """
+sections:
+  main:
+    - answer
+    - record_call: {stereo: true, format: wav}
+    - play: {url: 'TONE'}
+    - hangup
+"""
+
+
+def dominant(samples: np.ndarray, rate: int) -> float:
+    return spectrum_peaks(samples, rate, count=1)[0]
+
+
+def assert_recorded_both_ways(out: Outcome, rate: int) -> None:
+    """The recording is at ``rate``: the browser's tone on the left, the script's on the right; and the
+    browser heard the script's tone."""
+    audio, wav_rate = out.recording()
+    assert wav_rate == rate and audio.shape[1] == 2
+    assert abs(dominant(audio[:, 0], rate) - MIC_HZ) < 15, "the left channel (speak) is the browser's tone"
+    assert abs(dominant(audio[:, 1], rate) - PROMPT_HZ) < 15, "the right channel (listen) is the prompt"
+    heard = np.concatenate(out.browser.heard)
+    assert len(heard) > out.browser.heard_rate, "the browser heard at least a second"
+    assert abs(dominant(heard, out.browser.heard_rate) - PROMPT_HZ) < 15
+
+
+def test_an_opus_call_is_recorded_at_16_khz_both_ways(tmp_path: Path) -> None:
+    out = run(tmp_path, RECORDED)
+    assert out.transport.codec == "opus" and out.call.rate == 16000
+    assert_recorded_both_ways(out, 16000)
+    assert [m["type"] for m in out.browser.messages] == ["answer", "ended"]
+    assert out.browser.of("answer")[0]["early"] is False and out.browser.of("ended")[0]["reason"] == "hangup"
+    states = [e["connection"] for e in out.events.of_type("webrtc.state")]
+    assert "connected" in states
+
+
+def test_a_pcmu_only_offer_is_recorded_at_8_khz(tmp_path: Path) -> None:
+    out = run(tmp_path, RECORDED, codecs=("audio/PCMU",))
+    assert out.transport.codec == "PCMU" and out.call.rate == 8000
+    assert_recorded_both_ways(out, 8000)
+
+
+def test_answer_codecs_narrow_the_answer_to_pcma(tmp_path: Path) -> None:
+    out = run(tmp_path, RECORDED.replace("- answer", "- answer: {codecs: PCMA}"))
+    answer = out.browser.of("answer")[0]["sdp"]
+    assert "PCMA/8000" in answer and "opus" not in answer and "PCMU" not in answer
+    assert out.transport.codec == "PCMA" and out.call.rate == 8000
+    assert_recorded_both_ways(out, 8000)
+
+
+def test_keypad_digits_reach_the_scripts_prompt(tmp_path: Path) -> None:
+    async def press(transport: WebRtcCallTransport, browser: Browser) -> None:
+        await wait_until(lambda: browser.of("answer"))
+        await asyncio.sleep(0.3)
+        transport.press("5")
+
+    script = """
+sections:
+  main:
+    - answer
+    - prompt: {play: 'silence:10', max_digits: 1}
+    - set: {pressed: '${prompt_value}'}
+"""
+    out = run(tmp_path, script, during=press)
+    assert out.vars["pressed"] == "5" and out.vars["prompt_result"] == "match_digits"
+    assert [e["digit"] for e in out.events.of_type("dtmf")] == ["5"]
+
+
+def test_a_browser_that_closes_its_peer_connection_ends_the_call(tmp_path: Path) -> None:
+    async def leave(transport: WebRtcCallTransport, browser: Browser) -> None:
+        await wait_until(lambda: transport.call is not None and transport.call.state == "answered")
+        await asyncio.sleep(1.0)
+        await browser.pc.close()
+
+    script = RECORDED.replace("TONE", "silence:60")
+    out = run(tmp_path, script, during=leave)
+    assert out.call.end_reason == "remote_hangup"
+    assert out.call.now() < 30, "the call ended when the browser left, not at the end of its script"
+    (meta,) = [e for e in out.events.of_type("record.state") if e["state"] == "finished"]
+    assert meta["end_reason"] == "hangup"
+    audio, rate = out.recording()
+    assert len(audio) / rate > 0.8 and abs(dominant(audio[:, 0], rate) - MIC_HZ) < 15
+
+
+async def wait_until(predicate: Callable[[], object]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PATIENCE
+    while not predicate():
+        assert loop.time() < deadline, "waited too long"
+        await asyncio.sleep(0.02)
+
+
+# --- offers that cannot be taken ---------------------------------------------------------------------
+
+
+def _real_offer(kind: str = "audio") -> str:
+    async def make() -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(kind, direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def _many_candidates(sdp: str) -> str:
+    line = next(x for x in sdp.splitlines() if x.startswith("a=candidate:"))
+    return sdp.replace(line, "\r\n".join([line] * (MAX_CANDIDATES + 1)))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: "hello, I am not SDP", "no media stream"),
+        (lambda: "v=0\r\nm=audio x\r\n", "not SDP that can be read"),
+        (lambda: _real_offer("video"), "video streams; exactly one audio stream is taken"),
+        (
+            lambda: (
+                _real_offer()
+                .replace("opus/48000/2", "AMR/8000")
+                .replace("PCMU/8000", "X/8000")
+                .replace("PCMA", "Y")
+                .replace("G722", "Z")
+            ),
+            "no codec in common",
+        ),
+        (lambda: _many_candidates(_real_offer()), f"at most {MAX_CANDIDATES} are taken"),
+        (
+            lambda: "\r\n".join(x for x in _real_offer().splitlines() if not x.startswith("a=candidate")),
+            "no ICE candidates",
+        ),
+    ],
+    ids=["garbage", "broken", "video only", "no common codec", "too many candidates", "trickle"],
+)
+def test_offers_that_cannot_be_taken_are_refused_with_a_reason(make: Callable[[], str], message: str) -> None:
+    offer = make()
+
+    async def prepare() -> None:
+        await WebRtcCallTransport(offer, lambda m: None, peer="test").prepare()
+
+    with pytest.raises(WebRtcReject, match=message):
+        asyncio.run(prepare())
+
+
+def test_keypad_messages_take_only_keypad_digits() -> None:
+    transport = WebRtcCallTransport("", lambda m: None, peer="test")
+    for bad in ("", "5x", "1" * 33, "\u0665"):
+        with pytest.raises(WebRtcReject, match="keypad digits"):
+            transport.press(bad)
