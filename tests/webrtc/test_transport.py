@@ -25,6 +25,8 @@ from conftest import PATIENCE, read_wav, spectrum_peaks, tone, wav_bytes
 from swml_engine.call import Call, CallOptions
 from swml_engine.document.loader import load_text
 from swml_engine.events import EventLog
+from swml_engine.media.audio import frames_of, resample
+from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.methods import REGISTRY
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
@@ -65,6 +67,8 @@ class Browser:
     transport's answer, and keeps what it hears as mono samples at the rate aiortc decodes to."""
 
     codecs: tuple[str, ...] = ()
+    #: False: the answer never reaches the peer connection (a browser gone before it connects).
+    takes_answer: bool = True
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     heard: list[np.ndarray] = field(default_factory=list)
     heard_rate: int = 0
@@ -93,7 +97,7 @@ class Browser:
     def signal(self, message: dict[str, Any]) -> None:
         """The signalling session's part: the answer goes to the browser's peer connection."""
         self.messages.append(message)
-        if message["type"] == "answer":
+        if message["type"] == "answer" and self.takes_answer:
             answer = RTCSessionDescription(message["sdp"], "answer")
             self.tasks.append(asyncio.ensure_future(self.pc.setRemoteDescription(answer)))
 
@@ -119,8 +123,9 @@ async def _call(
     script: str,
     browser: Browser,
     during: Callable[[WebRtcCallTransport, Browser], Awaitable[None]] | None = None,
+    **options: Any,
 ) -> Outcome:
-    transport = WebRtcCallTransport(await browser.offer(), browser.signal, peer="test browser")
+    transport = WebRtcCallTransport(await browser.offer(), browser.signal, peer="test browser", **options)
     await transport.prepare()
     events = EventLog()
     call = Call(transport, events=events, options=CallOptions(data_dir=tmp_path, allow_file_urls=True))
@@ -139,11 +144,12 @@ async def _call(
 def run(
     tmp_path: Path,
     script: str,
-    codecs: tuple[str, ...] = (),
+    browser: Browser | None = None,
     during: Callable[[WebRtcCallTransport, Browser], Awaitable[None]] | None = None,
+    **options: Any,
 ) -> Outcome:
     (tmp_path / "prompt.wav").write_bytes(wav_bytes(tone(PROMPT_HZ, 2.0, 16000, level=0.4), 16000))
-    return asyncio.run(_call(tmp_path, script, Browser(codecs), during))
+    return asyncio.run(_call(tmp_path, script, browser or Browser(), during, **options))
 
 
 RECORDED = """
@@ -183,7 +189,7 @@ def test_an_opus_call_is_recorded_at_16_khz_both_ways(tmp_path: Path) -> None:
 
 
 def test_a_pcmu_only_offer_is_recorded_at_8_khz(tmp_path: Path) -> None:
-    out = run(tmp_path, RECORDED, codecs=("audio/PCMU",))
+    out = run(tmp_path, RECORDED, Browser(codecs=("audio/PCMU",)))
     assert out.transport.codec == "PCMU" and out.call.rate == 8000
     assert_recorded_both_ways(out, 8000)
 
@@ -228,6 +234,35 @@ def test_a_browser_that_closes_its_peer_connection_ends_the_call(tmp_path: Path)
     assert meta["end_reason"] == "hangup"
     audio, rate = out.recording()
     assert len(audio) / rate > 0.8 and abs(dominant(audio[:, 0], rate) - MIC_HZ) < 15
+
+
+def test_early_media_then_the_answer_and_digits_heard_as_tones(tmp_path: Path) -> None:
+    """A play before the answer is early media (the answer says early, ``answered`` follows); the
+    script's send_digits reaches the browser as the key's two tones in its audio."""
+    script = """
+sections:
+  main:
+    - play: {url: 'TONE', auto_answer: false}
+    - answer
+    - send_digits: {digits: '7'}
+    - play: {url: 'silence:0.5'}
+    - hangup
+"""
+    out = run(tmp_path, script)
+    assert [m["type"] for m in out.browser.messages] == ["answer", "answered", "ended"]
+    assert out.browser.of("answer")[0]["early"] is True
+    heard = resample(np.concatenate(out.browser.heard).astype(np.int16), out.browser.heard_rate, 8000)
+    detector = InbandDtmfDetector(8000)
+    assert [d for frame in frames_of(heard, 8000) if (d := detector.feed(frame))] == ["7"]
+    assert abs(dominant(heard[:8000], 8000) - PROMPT_HZ) < 15, "the early media was heard"
+
+
+def test_a_browser_that_never_connects_ends_the_call(tmp_path: Path) -> None:
+    script = "sections: {main: [answer, {play: {url: 'silence:30'}}]}"
+    out = run(tmp_path, script, Browser(takes_answer=False), connect_timeout=1.0)
+    assert out.call.end_reason == "remote_hangup" and out.call.now() < 15
+    assert any("not connected (ICE and DTLS) within 1 s" in e["message"] for e in out.events.of_type("warning"))
+    assert out.browser.of("ended") == [{"type": "ended", "reason": "remote_hangup"}]
 
 
 async def wait_until(predicate: Callable[[], object]) -> None:

@@ -290,9 +290,10 @@ class WebRtcCallTransport(Transport):
 
     kind = "webrtc"
 
-    def __init__(self, offer_sdp: str, signal: Signal, *, peer: str) -> None:
+    def __init__(self, offer_sdp: str, signal: Signal, *, peer: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.offer_sdp = offer_sdp
         self.peer = peer
+        self.connect_timeout = connect_timeout
         #: The codec agreed in our answer (``opus``, ``PCMU``, ``PCMA``), None before it.
         self.codec: str | None = None
         self.state = PeerState.OFFERED
@@ -415,7 +416,12 @@ class WebRtcCallTransport(Transport):
         self._speak.reset(self.rate)
         assert self._listen is not None
         self._listen.rate = self.rate
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:  # (InvalidStateError: the peer connection was closed meanwhile, by a hangup)
+            if not self.ended:
+                self._refuse(f"our answer could not be made ({type(e).__name__}: {e})")
+            return
         if self.ended:  # hung up while the answer was made
             return
         self.codec = chosen.mime.split("/")[1]
@@ -426,9 +432,9 @@ class WebRtcCallTransport(Transport):
         if call is not None:
             call.events.emit("webrtc.answer", codec=self.codec, rate=self.rate, early=early)
         try:
-            await asyncio.wait_for(asyncio.shield(self._link), CONNECT_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._link), self.connect_timeout)
         except TimeoutError:
-            self._gone(f"not connected (ICE and DTLS) within {CONNECT_TIMEOUT:g} s of our answer")
+            self._gone(f"not connected (ICE and DTLS) within {self.connect_timeout:g} s of our answer")
 
     def _refuse(self, why: str) -> None:
         """The call cannot be answered (the script's codecs, an offer aiortc would not take): it ends."""
