@@ -293,6 +293,14 @@ def _many_candidates(sdp: str) -> str:
     return sdp.replace(line, "\r\n".join([line] * (MAX_CANDIDATES + 1)))
 
 
+def _named_host(sdp: str) -> str:
+    """The first candidate's address replaced by a DNS name (field 5 of a=candidate)."""
+    line = next(x for x in sdp.splitlines() if x.startswith("a=candidate:"))
+    fields = line.split(" ")
+    fields[4] = "intranet.example.com"
+    return sdp.replace(line, " ".join(fields))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -314,8 +322,9 @@ def _many_candidates(sdp: str) -> str:
             lambda: "\r\n".join(x for x in _real_offer().splitlines() if not x.startswith("a=candidate")),
             "no ICE candidates",
         ),
+        (lambda: _named_host(_real_offer()), "not an IP address nor an mDNS name"),
     ],
-    ids=["garbage", "broken", "video only", "no common codec", "too many candidates", "trickle"],
+    ids=["garbage", "broken", "video only", "no common codec", "too many candidates", "trickle", "named host"],
 )
 def test_offers_that_cannot_be_taken_are_refused_with_a_reason(make: Callable[[], str], message: str) -> None:
     offer = make()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import ipaddress
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -145,11 +146,24 @@ def check_offer(text: str) -> CheckedOffer:
         raise WebRtcReject("the offer does not multiplex RTCP (a=rtcp-mux)")
     if not media.ice_candidates:
         raise WebRtcReject("the offer has no ICE candidates: gather them all before sending it (no trickle)")
+    for candidate in media.ice_candidates:
+        if not _checkable(candidate.ip):
+            raise WebRtcReject(f"ICE candidate {candidate.ip[:60]!r}: not an IP address nor an mDNS name (.local)")
     offered = frozenset(c.mimeType.lower() for c in media.rtp.codecs)
     if not any(c.mime.lower() in offered for c in CODECS):
         names = ", ".join(sorted(m.split("/")[-1] for m in offered)) or "none"
         raise WebRtcReject(f"no codec in common: the offer has {names}; this server takes Opus, PCMU, PCMA")
     return CheckedOffer(text, offered)
+
+
+def _checkable(host: str) -> bool:
+    """A candidate's host the ICE checks may go to: an IP address, or a browser's mDNS name (which aioice
+    resolves on the local link). Any other name would be a DNS lookup the browser asked us to make."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.endswith(".local") and len(host) <= 255
+    return True
 
 
 def check_host_address() -> None:
