@@ -557,7 +557,13 @@ class WebRtcCallTransport(Transport):
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
                 made_for = self.rate
             frame.pts = None  # the resampler keeps its own timeline: a jump in RTP time is not a gap to fill
-            for out in resampler.resample(frame):
+            try:
+                resampled = resampler.resample(frame)
+            except (av.error.FFmpegError, ValueError) as e:  # a frame unlike the others (its layout changed)
+                self._log.info("WebRTC call from %s: a decoded frame dropped: %s", self.peer, e)
+                resampler = None
+                continue
+            for out in resampled:
                 self._speak.push(np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.int16))
 
     def read_speak(self) -> Frame | None:
