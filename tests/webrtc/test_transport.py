@@ -30,7 +30,15 @@ from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.methods import REGISTRY
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
-from swml_engine.transports.webrtc import MAX_CANDIDATES, WebRtcCallTransport, WebRtcReject
+from swml_engine.transports.webrtc import (
+    MAX_CANDIDATES,
+    MAX_LISTEN_FRAMES,
+    MAX_SPEAK_FRAMES,
+    ListenTrack,
+    SpeakBuffer,
+    WebRtcCallTransport,
+    WebRtcReject,
+)
 
 MIC_HZ = 440.0
 PROMPT_HZ = 1000.0
@@ -341,3 +349,35 @@ def test_keypad_messages_take_only_keypad_digits() -> None:
     for bad in ("", "5x", "1" * 33, "\u0665"):
         with pytest.raises(WebRtcReject, match="keypad digits"):
             transport.press(bad)
+
+
+# --- bounds on the audio held ----------------------------------------------------------------------------
+
+
+def test_a_burst_from_the_browser_is_held_to_200_ms_and_the_rest_counted() -> None:
+    """A second of the browser's audio at once (a stalled network catching up) is not a second of delay:
+    the newest 200 ms are kept, the older frames dropped and counted; a stream that runs dry waits for
+    40 ms again before it is handed out."""
+    buffer = SpeakBuffer(16000)
+    buffer.push(np.arange(16000, dtype=np.int16))
+    frames = []
+    while (frame := buffer.pop()) is not None:
+        frames.append(frame)
+    assert len(frames) == MAX_SPEAK_FRAMES and buffer.dropped == 50 - MAX_SPEAK_FRAMES
+    assert frames[-1][-1] == 15999, "the newest audio is kept"
+    buffer.push(np.zeros(320, dtype=np.int16))
+    assert buffer.pop() is None, "one frame after running dry is not enough to start again"
+    buffer.push(np.zeros(320, dtype=np.int16))
+    assert buffer.pop() is not None
+
+
+def test_what_the_browser_hears_is_held_to_200_ms_when_the_sender_falls_behind() -> None:
+    async def scenario() -> tuple[list[int], int]:
+        track = ListenTrack(8000)
+        for i in range(50):
+            track.put(np.full(160, i, dtype=np.int16))
+        sent = [int((await track.recv()).to_ndarray()[0, 0]) for _ in range(MAX_LISTEN_FRAMES)]
+        return sent, track.dropped
+
+    sent, dropped = asyncio.run(scenario())
+    assert sent == list(range(50 - MAX_LISTEN_FRAMES, 50)) and dropped == 50 - MAX_LISTEN_FRAMES
