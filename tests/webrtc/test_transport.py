@@ -273,6 +273,16 @@ def test_a_browser_that_never_connects_ends_the_call(tmp_path: Path) -> None:
     assert out.browser.of("ended") == [{"type": "ended", "reason": "remote_hangup"}]
 
 
+def test_a_script_that_hangs_up_before_answering_tells_the_page_why(tmp_path: Path) -> None:
+    async def close_again(transport: WebRtcCallTransport, browser: Browser) -> None:
+        await wait_until(lambda: transport.state == "closed")
+        await transport.close()  # a second close changes nothing, says nothing
+
+    out = run(tmp_path, "sections: {main: [{hangup: {reason: busy}}]}", during=close_again)
+    assert out.browser.messages == [{"type": "ended", "reason": "busy"}]
+    assert out.call.end_reason == "busy" and out.transport.codec is None
+
+
 async def wait_until(predicate: Callable[[], object]) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PATIENCE
