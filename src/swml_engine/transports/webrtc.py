@@ -112,7 +112,7 @@ def codecs_for(allowed: list[str]) -> list[WebRtcCodec]:
 
 @dataclass(frozen=True)
 class CheckedOffer:
-    """An offer fit to answer: its SDP parsed, and the codecs of ours it offers (by SDP name, lower case)."""
+    """An offer fit to answer: its text, and the codecs of ours it offers (their SDP names, lower case)."""
 
     sdp: str
     offered: frozenset[str]
@@ -406,7 +406,7 @@ class WebRtcCallTransport(Transport):
 
     async def _answer_browser(self, *, early: bool) -> None:
         """Send our SDP answer (once), then wait for ICE and DTLS: the script's first words are not lost
-        to a connection still being made. Not connected within CONNECT_TIMEOUT: the browser is gone."""
+        to a connection still being made. Not connected within ``connect_timeout``: the browser is gone."""
         assert self._offer is not None and self._pc is not None
         call = self.call
         allowed = codecs_for(call.codecs if call is not None else [])
