@@ -1,4 +1,5 @@
-"""The web console of ``swml serve --http`` (docs/console.md): one page at ``/`` and its files under ``/console/``.
+"""The web console of ``swml serve --http`` (docs/console.md): one page at ``/``, the phone at ``/phone``
+(docs/phone.md: a browser calls the engine over WebRTC) and their files under ``/console/``.
 
 The page is plain HTML, ES modules and CSS shipped in this package (``static/``): no build step, nothing
 fetched from elsewhere. It holds no data itself — everything it shows comes from ``/api`` with the session
@@ -50,7 +51,10 @@ SECURITY_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 
-#: In index.html, what tells the page whether the browser sent a session cookie (the page cannot see the
+#: The pages, by their path, and the file each is (their scripts and styles are under ASSET_PREFIX).
+PAGES: Final = {"/": "index.html", "/phone": "phone.html"}
+
+#: In each page, what tells the page whether the browser sent a session cookie (the page cannot see the
 #: cookie itself: it is HttpOnly). Without one the page shows the sign-in at once instead of asking the API,
 #: whose refusal a browser would log as an error.
 SIGNED_OUT_MARK: Final = b'<meta name="swml-session" content="none">'
@@ -78,28 +82,25 @@ def load_assets() -> dict[str, Asset]:
         suffix = "." + entry.name.rpartition(".")[2]
         if entry.is_file() and suffix in CONTENT_TYPES:
             found[entry.name] = Asset(entry.read_bytes(), CONTENT_TYPES[suffix])
-    if "index.html" not in found:
-        raise RuntimeError(f"the console's index.html is missing from {__package__}/static: reinstall swml-engine")
+    for page in PAGES.values():
+        if page not in found:
+            raise RuntimeError(f"the console's {page} is missing from {__package__}/static: reinstall swml-engine")
     return found
 
 
+def marked(page: str, asset: Asset) -> tuple[Asset, Asset]:
+    """A page as served to a browser without a session cookie, and as served to one with it."""
+    if SIGNED_OUT_MARK not in asset.body:
+        raise RuntimeError(f"the console's {page} lacks {SIGNED_OUT_MARK.decode()}: reinstall swml-engine")
+    return asset, Asset(asset.body.replace(SIGNED_OUT_MARK, SIGNED_IN_MARK), asset.content_type)
+
+
 def add_console(app: FastAPI) -> None:
-    """Serve the console on ``app``: ``/`` is the page, ``/console/<name>`` its files (GET and HEAD)."""
+    """Serve the console on ``app``: its pages (PAGES), ``/console/<name>`` their files (GET and HEAD)."""
     assets = load_assets()
 
-    def answer(asset: Asset) -> Response:
-        return Response(asset.body, media_type=asset.content_type, headers=SECURITY_HEADERS)
-
-    page_signed_out = assets["index.html"]
-    if SIGNED_OUT_MARK not in page_signed_out.body:
-        raise RuntimeError(f"the console's index.html lacks {SIGNED_OUT_MARK.decode()}: reinstall swml-engine")
-    marked = page_signed_out.body.replace(SIGNED_OUT_MARK, SIGNED_IN_MARK)
-    page_with_cookie = Asset(marked, page_signed_out.content_type)
-
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page(request: Request) -> Response:
-        # (whether the cookie is still valid, the page asks GET /api/session)
-        return answer(page_with_cookie if COOKIE in request.cookies else page_signed_out)
+    for path, name in PAGES.items():
+        add_page(app, path, *marked(name, assets[name]))
 
     @app.api_route(ASSET_PREFIX + "{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> Response:
@@ -107,3 +108,16 @@ def add_console(app: FastAPI) -> None:
         if found is None:
             raise HTTPException(404, f"the console has no file {name!r}")
         return answer(found)
+
+
+def add_page(app: FastAPI, path: str, signed_out: Asset, with_cookie: Asset) -> None:
+    """Serve one page at ``path``, marked by whether the browser sent a session cookie."""
+
+    @app.api_route(path, methods=["GET", "HEAD"], include_in_schema=False)
+    async def page(request: Request) -> Response:
+        # (whether the cookie is still valid, the page asks GET /api/session)
+        return answer(with_cookie if COOKIE in request.cookies else signed_out)
+
+
+def answer(asset: Asset) -> Response:
+    return Response(asset.body, media_type=asset.content_type, headers=SECURITY_HEADERS)

@@ -63,7 +63,8 @@ export const api = {
    * browser sent one, and only then is the service asked whether it is still valid.
    */
   async resume() {
-    if (document.querySelector('meta[name="swml-session"]')?.content !== 'cookie') return false;
+    // (a page that signed in itself knows it holds a cookie, whatever the page was served with)
+    if (csrf === null && document.querySelector('meta[name="swml-session"]')?.content !== 'cookie') return false;
     try {
       const session = await request('GET', '/api/session');
       csrf = session.csrf_token || null;
