@@ -146,6 +146,8 @@ async def _call(
         await asyncio.wait_for(running, PATIENCE)
     finally:
         await browser.pc.close()
+    # The call's end released everything of the transport: no task of its peer connection is left running.
+    await wait_until(lambda: asyncio.all_tasks() == {asyncio.current_task()}, "every task of the call ended")
     return Outcome(call, transport, browser, events, variables.vars)
 
 
@@ -283,11 +285,11 @@ def test_a_script_that_hangs_up_before_answering_tells_the_page_why(tmp_path: Pa
     assert out.call.end_reason == "busy" and out.transport.codec is None
 
 
-async def wait_until(predicate: Callable[[], object]) -> None:
+async def wait_until(predicate: Callable[[], object], what: str = "what the test waits for") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PATIENCE
     while not predicate():
-        assert loop.time() < deadline, "waited too long"
+        assert loop.time() < deadline, f"{what}: not within {PATIENCE:g} s"
         await asyncio.sleep(0.02)
 
 
