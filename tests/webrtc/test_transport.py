@@ -212,6 +212,14 @@ def test_answer_codecs_narrow_the_answer_to_pcma(tmp_path: Path) -> None:
     assert_recorded_both_ways(out, 8000)
 
 
+def test_answer_codecs_with_none_the_browser_can_use_end_the_call(tmp_path: Path) -> None:
+    out = run(tmp_path, "sections: {main: [{answer: {codecs: 'G729,AMR-WB'}}, {play: {url: 'silence:20'}}]}")
+    assert out.call.end_reason == "remote_rejected" and out.call.now() < 15
+    assert out.browser.messages == [{"type": "ended", "reason": "remote_rejected"}]
+    (error,) = out.events.of_type("error")
+    assert error["where"] == "webrtc.answer" and "no codec in common" in error["message"]
+
+
 def test_keypad_digits_reach_the_scripts_prompt(tmp_path: Path) -> None:
     async def press(transport: WebRtcCallTransport, browser: Browser) -> None:
         await wait_until(lambda: browser.of("answer"))
