@@ -71,6 +71,7 @@ EventType = Literal[
     "sip.rejected",
     "sip.refer",
     "rtp.stats",
+    "webrtc.offer",
     "webrtc.answer",
     "webrtc.state",
     "webrtc.stats",
