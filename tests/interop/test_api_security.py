@@ -400,6 +400,7 @@ def test_audio_downloads_with_a_relative_data_directory(
         (("--url-ttl", "-5"), "--url-ttl: '-5' is out of range"),
         (("--url-ttl", "soon"), "--url-ttl: 'soon': give a number"),
         (("--max-calls", "-1"), "--max-calls: '-1' is out of range: give 0 to 100000"),
+        (("--max-lag", "-0.1"), "--max-lag: '-0.1' is out of range: give 0 to 10 seconds"),
         (("--workers", "0"), "--workers: '0' is out of range: give 1 to 64"),
         (("--workers", "1.5"), "--workers: '1.5': give a whole number"),
         (("--stop-grace", "inf"), "--stop-grace: 'inf' is out of range"),

@@ -175,6 +175,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="calls per worker before 503 (0: no limit)",
     )
     s.add_argument(
+        "--max-lag",
+        type=number(0, 10, " seconds"),
+        default=0.06,
+        metavar="S",
+        help="new calls (and connect's far legs) get 503 while a worker's media ticks run S late: "
+        "its CPU carries no more (default 0.06; 0: never refused for it)",
+    )
+    s.add_argument(
         "--drain-timeout",
         type=number(0, 86400, " seconds"),
         default=30.0,
@@ -344,6 +352,7 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
         envs=envs,
         reuse_port=args.workers > 1,
         max_calls=int(args.max_calls),
+        max_lag=float(args.max_lag),
         advertise=args.advertise,
         api_token=args.api_token,
         public_url=args.public_url,
