@@ -83,6 +83,13 @@ function prefer(transceiver, choice) {
   return true;
 }
 
+/** The codec an SDP answer chose: the name of the first payload type of its audio line (`opus`, `PCMU` ...). */
+function chosenCodec(sdp) {
+  const first = /^m=audio \S+ \S+ (\d+)/m.exec(sdp);
+  const name = first && new RegExp(`^a=rtpmap:${first[1]} ([^/\\s]+)`, 'm').exec(sdp);
+  return name ? name[1].slice(0, 20) : null;
+}
+
 /** The signalling WebSocket's address: this page's origin, ws: or wss: as the page is http: or https:. */
 function signallingUrl() {
   const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -100,6 +107,8 @@ export class PhoneCall {
     this.reason = null;
     /** What went wrong, in words, when the call ended because of it. */
     this.problem = null;
+    /** The codec the service chose (from its answer). */
+    this.codec = null;
     /** What the script plays, once the browser receives it. */
     this.remote = null;
     this.microphone = null;
@@ -126,6 +135,14 @@ export class PhoneCall {
   async start(choice, raw = false) {
     if (this.state !== 'idle') throw new Error(`a call that is ${this.state} cannot start again`);
     this.move('connecting');
+    if (!window.isSecureContext || !navigator.mediaDevices) {
+      this.end(null, 'Browsers give the microphone only to pages served over HTTPS or from localhost: open this page at an https:// address (docs/phone.md, "Networks").');
+      return;
+    }
+    if (typeof RTCPeerConnection !== 'function') {
+      this.end(null, 'This browser has no WebRTC: use a current Chromium or Firefox.');
+      return;
+    }
     const processed = !raw;
     const audio = { echoCancellation: processed, noiseSuppression: processed, autoGainControl: processed };
     try {
@@ -212,6 +229,7 @@ export class PhoneCall {
           this.end(null, `The service's answer could not be used: ${error.message}.`);
           return;
         }
+        this.codec = chosenCodec(String(message.sdp));
         this.move(message.early ? 'early' : 'answered');
         break;
       case 'answered':

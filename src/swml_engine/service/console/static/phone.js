@@ -59,7 +59,7 @@ function phone(notice) {
       status.className = call.problem ? 'phone-status alert' : 'phone-status';
       if (call.problem) status.setAttribute('role', 'alert');
     } else {
-      status.textContent = SAYS[call.state];
+      status.textContent = call.codec ? `${SAYS[call.state]} Codec: ${call.codec}.` : SAYS[call.state];
       status.className = `phone-status state-${call.state}`;
       status.setAttribute('role', 'status');
     }
