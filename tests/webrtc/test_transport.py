@@ -9,17 +9,14 @@ ICE: aioice never gathers loopback (127.0.0.1), so both peers meet on this machi
 from __future__ import annotations
 
 import asyncio
-import fractions
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import PATIENCE, read_wav, spectrum_peaks, tone, wav_bytes
 from swml_engine.call import Call, CallOptions
@@ -40,78 +37,10 @@ from swml_engine.transports.webrtc import (
     WebRtcReject,
 )
 
-MIC_HZ = 440.0
+from .peer import MIC_HZ, Browser, wait_until
+
 PROMPT_HZ = 1000.0
 PROMPT_SECONDS = 1.2
-
-
-class Microphone(MediaStreamTrack):
-    """The browser's microphone: a steady tone at 48 kHz, 20 ms a frame, paced by the loop's clock."""
-
-    kind = "audio"
-
-    def __init__(self, freq: float) -> None:
-        super().__init__()
-        self._wave = tone(freq, 1.0, 48000, level=0.4)  # one second loops seamlessly: whole periods
-        self._start: float | None = None
-        self._n = 0
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        await asyncio.sleep(max(0.0, self._start + self._n * 0.02 - loop.time()))
-        i = (self._n % 50) * 960
-        frame = av.AudioFrame.from_ndarray(self._wave[i : i + 960].reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.time_base = fractions.Fraction(1, 48000)
-        frame.pts = self._n * 960
-        self._n += 1
-        return frame
-
-
-@dataclass
-class Browser:
-    """The test's RTCPeerConnection in the browser's place: it offers (every candidate gathered), takes the
-    transport's answer, and keeps what it hears as mono samples at the rate aiortc decodes to."""
-
-    codecs: tuple[str, ...] = ()
-    #: False: the answer never reaches the peer connection (a browser gone before it connects).
-    takes_answer: bool = True
-    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    heard: list[np.ndarray] = field(default_factory=list)
-    heard_rate: int = 0
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    tasks: list[asyncio.Future[None]] = field(default_factory=list)
-
-    async def offer(self) -> str:
-        transceiver = self.pc.addTransceiver(Microphone(MIC_HZ), direction="sendrecv")
-        if self.codecs:
-            caps = RTCRtpSender.getCapabilities("audio").codecs
-            transceiver.setCodecPreferences([c for name in self.codecs for c in caps if c.mimeType == name])
-        self.pc.on("track", lambda track: self.tasks.append(asyncio.ensure_future(self._listen(track))))
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
-
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            data = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
-            self.heard_rate = frame.sample_rate
-            self.heard.append(data)
-
-    def signal(self, message: dict[str, Any]) -> None:
-        """The signalling session's part: the answer goes to the browser's peer connection."""
-        self.messages.append(message)
-        if message["type"] == "answer" and self.takes_answer:
-            answer = RTCSessionDescription(message["sdp"], "answer")
-            self.tasks.append(asyncio.ensure_future(self.pc.setRemoteDescription(answer)))
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["type"] == kind]
 
 
 @dataclass
@@ -292,14 +221,6 @@ def test_a_script_that_hangs_up_before_answering_tells_the_page_why(tmp_path: Pa
     out = run(tmp_path, "sections: {main: [{hangup: {reason: busy}}]}", during=close_again)
     assert out.browser.messages == [{"type": "ended", "reason": "busy"}]
     assert out.call.end_reason == "busy" and out.transport.codec is None
-
-
-async def wait_until(predicate: Callable[[], object], what: str = "what the test waits for") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PATIENCE
-    while not predicate():
-        assert loop.time() < deadline, f"{what}: not within {PATIENCE:g} s"
-        await asyncio.sleep(0.02)
 
 
 # --- offers that cannot be taken ---------------------------------------------------------------------
