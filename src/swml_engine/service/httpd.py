@@ -4,7 +4,7 @@ limits uvicorn lacks.
 uvicorn's ``serve`` normally takes over SIGINT/SIGTERM; here the service owns them (a stop hangs up
 its calls and finalises their recordings first), so that is switched off.
 
-What anyone on the network can make the HTTP port spend is bounded at two levels:
+What anyone on the network can make the HTTP port spend is bounded at three levels:
 
 * per connection (:class:`GuardedH11Protocol`): a connection is admitted within the global and
   per-address caps and the descriptor reserve of :class:`~swml_engine.connections.ConnectionGate`
@@ -16,7 +16,12 @@ What anyone on the network can make the HTTP port spend is bounded at two levels
   before any of their body is read; a body larger than :data:`MAX_BODY` gets 413 (from its
   ``Content-Length``, or as it streams), one slower than ``header_timeout`` gets 408; a request whose
   body the application did not read to the end is answered with ``Connection: close``, so the server
-  does not go on reading and discarding it.
+  does not go on reading and discarding it;
+* per WebSocket (:class:`GuardedWSProtocol`, uvicorn's wsproto protocol): only under ``/api``, let in
+  by the guard like a request — a session cookie only with the server's own ``Origin`` — before the
+  handshake is accepted (refused: an HTTP answer to the handshake); messages of at most
+  :data:`MAX_WS_MESSAGE` (1009 beyond), no compression, keepalive pings; the connection keeps its gate
+  slot while it is open, and the HTTP timeouts stop at the upgrade.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits
 from swml_engine.service.auth import token_matches
@@ -52,6 +59,15 @@ MAX_HEADER_BYTES = 16 * 1024
 PROTECTED_PREFIX = "/api"
 #: The one /api request let in without either: the sign-in, whose body carries the token.
 SIGN_IN = ("POST", "/api/session")
+#: The largest WebSocket message taken; a bigger one closes the connection (1009). The signalling's
+#: largest message is an SDP offer with every ICE candidate gathered: a few KiB.
+MAX_WS_MESSAGE = 64 * 1024
+#: Seconds between pings on an open WebSocket, and how long its pong may take: a peer that went away
+#: without closing (a laptop's lid shut, a NAT that forgot it) frees its connection and ends its call
+#: within 40 s, while a live browser answers in milliseconds. The HTTP idle timeout cannot do this job:
+#: a call's WebSocket is quiet for as long as the call lasts.
+WS_PING_INTERVAL = 20.0
+WS_PING_TIMEOUT = 20.0
 
 _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -87,12 +103,14 @@ class RequestGuard:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        path = str(scope["path"])
-        if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
+        if _protected(str(scope["path"])):
             refusal = await self._admit(scope, headers)
             if refusal is not None:
                 await _answer(send, *refusal)
@@ -111,16 +129,29 @@ class RequestGuard:
 
         await self.app(scope, body.receive, guarded_send)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: let in under /api as a request is, or refused before it is accepted."""
+        path = str(scope["path"])
+        if _protected(path):
+            refusal = await self._admit(scope, _headers(scope))
+        else:
+            refusal = 404, f"no WebSocket at {path}: they are served under {PROTECTED_PREFIX}/ only", []
+        if refusal is None:
+            await self.app(scope, receive, send)
+        else:
+            await _refuse_handshake(scope, receive, send, *refusal)
+
     async def _admit(
         self, scope: Scope, headers: dict[bytes, bytes]
     ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
-        """Let an /api request in by the bearer token or a session cookie (noting which in the scope's
-        ``state``, for the application), or say why not."""
+        """Let an /api request or WebSocket in by the bearer token or a session cookie (noting which in
+        the scope's ``state``, for the application), or say why not."""
         state = scope.setdefault("state", {})
         if token_matches(headers.get(b"authorization"), self.token):
             state["principal"] = "token"
             return None
-        method = str(scope["method"])
+        websocket = scope["type"] == "websocket"
+        method = "GET" if websocket else str(scope["method"])  # (a handshake is a GET)
         if (method, scope["path"]) == SIGN_IN:  # the token comes in its body (small: checked below)
             return None
         value = cookie_value(headers.get(b"cookie")) if self.sessions is not None else None
@@ -132,6 +163,11 @@ class RequestGuard:
             return 503, f"sessions cannot be checked now: {e}", [(b"retry-after", b"5")]
         if session is None:
             return 401, "the session has ended or expired: sign in again", [(b"www-authenticate", b"Bearer")]
+        if websocket and not _same_origin(headers):
+            # The CSRF header cannot be asked of a handshake (no page can add headers to one), and a
+            # browser sends the cookie with a WebSocket any page of this site opens (a sibling
+            # subdomain's too); but it always names the page's origin in Origin.
+            return 403, "a WebSocket signed in by cookie must come from this server's own page (Origin)", []
         if method not in SAFE_METHODS and not csrf_matches(headers.get(CSRF_HEADER.encode()), session):
             return 403, f"a request signed in by cookie that changes something needs the {CSRF_HEADER} header", []
         state["principal"] = "session"
@@ -165,6 +201,18 @@ class _Body:
         return message
 
 
+def _protected(path: str) -> bool:
+    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+
+
+def _same_origin(headers: dict[bytes, bytes]) -> bool:
+    """Whether the ``Origin`` of a handshake names this server as the ``Host`` header does: host and
+    port, not the scheme (behind a proxy that ends TLS the page is https and the server http)."""
+    origin, host = headers.get(b"origin"), headers.get(b"host")
+    scheme, sep, place = (origin or b"").partition(b"://")
+    return bool(sep and host) and scheme.lower() in (b"http", b"https") and place.lower() == (host or b"").lower()
+
+
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     """The request's headers by lower-case name (the first of repeated ones)."""
     found: dict[bytes, bytes] = {}
@@ -173,22 +221,37 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
-async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A JSON error as FastAPI words them, closing the connection (its body, if any, is never read)."""
+def _error(detail: str, headers: list[tuple[bytes, bytes]] | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A JSON error's body as FastAPI words them, and its headers (closing the connection)."""
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                *(headers or []),
-            ],
-        }
-    )
+    return body, [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *(headers or []),
+    ]
+
+
+async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error, closing the connection (the request's body, if any, is never read)."""
+    body, all_headers = _error(detail, headers)
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_handshake(
+    scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer a WebSocket handshake with an HTTP error instead of accepting it (ASGI's denial response),
+    so an API client sees why; a server without that extension can only answer 403."""
+    if (await receive())["type"] != "websocket.connect":  # gone before its handshake was answered
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body, all_headers = _error(detail, headers)
+    await send({"type": "websocket.http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 # --- per connection --------------------------------------------------------------------------------
@@ -247,6 +310,34 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is not cycle:  # its headers are complete: the request runs
             self._disarm_header_deadline()
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # uvicorn hands the transport to a WebSocket protocol here, and this one never hears of the
+        # connection again (not even its end): the slot goes with the transport, and this protocol's
+        # timers stop — the handshake is complete, and an open WebSocket is meant to be quiet.
+        self._disarm_header_deadline()
+        try:
+            super().handle_websocket_upgrade(event)  # (the new protocol's connection_lost comes later)
+        except Exception as e:
+            # wsproto read the handshake again and failed where h11 did not (it decodes the Host as IDNA:
+            # ``Host: xn--a`` raises): the connection is still this protocol's, and its slot too.
+            log.debug("WebSocket handshake from %s not read: %r", self._host, e)
+            self._forget_successor()
+            self.send_400_response("Invalid WebSocket handshake: its Host is not a host name, or its path not ASCII.")
+            return
+        self._admitted = False
+        successor = self.transport.get_protocol()
+        if isinstance(successor, GuardedWSProtocol):
+            successor.hold_slot(self._gate, self._host)
+        else:  # (only a GuardedWSProtocol is configured: nothing else could hold it)
+            self._gate.release(self._host)
+
+    def _forget_successor(self) -> None:
+        """Drop the WebSocket protocol a failed upgrade left in uvicorn's set of connections: it would
+        stay there for good, and a stop would wait for it to close."""
+        connections = self.server_state.connections
+        for stray in [c for c in connections if isinstance(c, WSProtocol) and c.transport is self.transport]:
+            connections.discard(stray)
+
     def _arm_header_deadline(self) -> None:
         limits = self._gate.limits
         self._header_deadline = self.loop.call_later(limits.header_timeout, self._header_timed_out)
@@ -261,6 +352,26 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             log.debug("HTTP connection from %s closed: no complete request in time", self._host)
             self.transport.close()
+
+
+class GuardedWSProtocol(WSProtocol):
+    """uvicorn's wsproto protocol, holding the gate slot of the HTTP connection it was upgraded from
+    until the connection closes. Messages, compression and pings are limited by the config
+    (:class:`ApiServer`); a dead peer is found by the pings, not by a timeout of ours."""
+
+    _gate: ConnectionGate | None = None
+    _host = ""
+
+    def hold_slot(self, gate: ConnectionGate, host: str) -> None:
+        self._gate, self._host = gate, host
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate, self._gate = self._gate, None  # released exactly once
+        try:
+            super().connection_lost(exc)
+        finally:
+            if gate is not None:
+                gate.release(self._host)
 
 
 # --- the server ------------------------------------------------------------------------------------
@@ -282,6 +393,13 @@ class ApiServer:
             app,
             ConnectionGate(limits),
             http=GuardedH11Protocol,
+            ws=GuardedWSProtocol,
+            ws_max_size=MAX_WS_MESSAGE,
+            ws_ping_interval=WS_PING_INTERVAL,
+            ws_ping_timeout=WS_PING_TIMEOUT,
+            # Off: a compressed message is inflated before its size is known, so a few KiB could become
+            # gigabytes (and the signalling's JSON is small anyway).
+            ws_per_message_deflate=False,
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -292,6 +410,7 @@ class ApiServer:
         self._server = _EmbeddedServer(config)
         self._sockets = sockets
         self._task: asyncio.Task[None] | None = None
+        self.gate = config.gate
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=self._sockets))
