@@ -9,7 +9,8 @@ a process that runs out of them fails every new call. So each listener admits a 
 
 A refused connection is closed at once; the listener logs why (the first refusal, then every hundredth).
 The time limits (a request's headers must arrive within ``header_timeout``; a connection with nothing to
-do is closed after ``idle_timeout``) are applied by each listener, which knows what a request is.
+do is closed after ``idle_timeout``; an open WebSocket must answer pings) are applied by each listener,
+which knows what a request is.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     #: Seconds a connection may sit with nothing to do before it is closed.
     idle_timeout: float = 120.0
+    #: Seconds between pings on an open WebSocket (HTTP), and how long its pong may take. The idle
+    #: timeout cannot find a peer that went away without closing (a laptop's lid shut, a NAT that forgot
+    #: it): a call's WebSocket is quiet for as long as the call lasts. With these, its connection and
+    #: its call end within 40 s, while a live browser answers in milliseconds.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
 
 
 @dataclass

@@ -30,6 +30,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Message,
+    Ping,
     RejectConnection,
     RejectData,
     Request,
@@ -122,10 +123,12 @@ class Handshake:
 
 
 class Client:
-    """A WebSocket client, one blocking socket (every read bounded by PATIENCE)."""
+    """A WebSocket client, one blocking socket (every read bounded by PATIENCE). It answers the server's
+    pings as it reads, unless ``pongs`` is off: a peer gone without closing."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, pongs: bool = True) -> None:
         self.port = port
+        self.pongs = pongs
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
         self.ws = WSConnection(ConnectionType.CLIENT)
         self._events: deque[Event] = deque()
@@ -176,10 +179,24 @@ class Client:
 
     def next_event(self) -> Event:
         while not self._events:
-            data = self.sock.recv(65536)
-            self.ws.receive_data(data or None)
-            self._events.extend(self.ws.events())
+            self._take(self.sock.recv(65536))
         return self._events.popleft()
+
+    def answer_pings(self) -> bool:
+        """Take what has come, without waiting (answering pings); False, for ``wait_for``."""
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            self._take(self.sock.recv(65536))
+        self.sock.settimeout(PATIENCE)
+        return False
+
+    def _take(self, data: bytes) -> None:
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            if not isinstance(event, Ping):
+                self._events.append(event)
+            elif self.pongs:
+                self.sock.sendall(self.ws.send(event.response()))
 
 
 def _names(headers: Any) -> dict[str, str]:
@@ -317,3 +334,20 @@ def test_an_open_websocket_holds_its_connection_slot_until_it_closes(tmp_path: P
 
         clients.pop().sock.close()  # gone without a close frame: the slot comes back all the same
         clients.pop().close()
+
+
+def test_a_peer_that_answers_no_ping_is_closed_1011(tmp_path: Path) -> None:
+    """A browser gone without closing (its lid shut) frees its connection, and its call, in
+    ping_interval + ping_timeout; one that answers stays."""
+    limits = ConnectionLimits(ping_interval=0.2, ping_timeout=2.0)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with serve(tmp_path, limits) as api:
+        live, dead = Client(api.port), Client(api.port, pongs=False)
+        assert live.handshake(headers=bearer).status == 101
+        assert dead.handshake(headers=bearer).status == 101
+        assert wait_for(lambda: live.answer_pings() or api.gate.total == 1)
+        closed = dead.receive()
+        assert isinstance(closed, CloseConnection)
+        assert closed.code == 1011
+        assert live.echo("answered every ping") == "token:answered every ping"
+        live.close()

@@ -20,7 +20,8 @@ What anyone on the network can make the HTTP port spend is bounded at three leve
 * per WebSocket (:class:`GuardedWSProtocol`, uvicorn's wsproto protocol): only under ``/api``, let in
   by the guard like a request — a session cookie only with the server's own ``Origin`` — before the
   handshake is accepted (refused: an HTTP answer to the handshake); messages of at most
-  :data:`MAX_WS_MESSAGE` (1009 beyond), no compression, keepalive pings; the connection keeps its gate
+  :data:`MAX_WS_MESSAGE` (1009 beyond), no compression, pings a dead peer must fail to answer (the
+  limits' ``ping_interval`` and ``ping_timeout``: 1011); the connection keeps its gate
   slot while it is open, and the HTTP timeouts stop at the upgrade.
 """
 
@@ -62,12 +63,6 @@ SIGN_IN = ("POST", "/api/session")
 #: The largest WebSocket message taken; a bigger one closes the connection (1009). The signalling's
 #: largest message is an SDP offer with every ICE candidate gathered: a few KiB.
 MAX_WS_MESSAGE = 64 * 1024
-#: Seconds between pings on an open WebSocket, and how long its pong may take: a peer that went away
-#: without closing (a laptop's lid shut, a NAT that forgot it) frees its connection and ends its call
-#: within 40 s, while a live browser answers in milliseconds. The HTTP idle timeout cannot do this job:
-#: a call's WebSocket is quiet for as long as the call lasts.
-WS_PING_INTERVAL = 20.0
-WS_PING_TIMEOUT = 20.0
 
 _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -395,8 +390,8 @@ class ApiServer:
             http=GuardedH11Protocol,
             ws=GuardedWSProtocol,
             ws_max_size=MAX_WS_MESSAGE,
-            ws_ping_interval=WS_PING_INTERVAL,
-            ws_ping_timeout=WS_PING_TIMEOUT,
+            ws_ping_interval=limits.ping_interval,
+            ws_ping_timeout=limits.ping_timeout,
             # Off: a compressed message is inflated before its size is known, so a few KiB could become
             # gigabytes (and the signalling's JSON is small anyway).
             ws_per_message_deflate=False,
