@@ -29,13 +29,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from swml_engine.call import Call
 from swml_engine.service.arrival import Arrival, CallRefused
+from swml_engine.service.httpd import MAX_WS_MESSAGE
 from swml_engine.transports.sip.call import SipReject
 from swml_engine.transports.webrtc import WebRtcCallTransport, WebRtcReject, WebRtcUnavailable
 
 log = logging.getLogger(__name__)
 
-#: The largest message taken (an offer with its candidates is a few KiB).
-MAX_MESSAGE = 64 * 1024
+#: The largest message taken (an offer with its candidates is a few KiB): the HTTP server's WebSocket limit.
+MAX_MESSAGE = MAX_WS_MESSAGE
 #: Seconds the page has, once connected, to send its offer.
 OFFER_TIMEOUT = 10.0
 #: The keys of a keypad (RFC 4733's sixteen events).

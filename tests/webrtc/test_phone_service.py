@@ -1,0 +1,198 @@
+"""Browser calls through a real ``swml serve``: the /api/phone WebSocket (service/phone.py) signals a call
+whose media an aiortc peer in the test carries, as a browser would (see peer.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import HttpServer, read_wav, spectrum_peaks, tone, wav_bytes
+from interop.peers import Engine, free_port
+from swml_engine.service.phone import NORMAL, POLICY, TRY_LATER
+
+from .peer import MIC_HZ, Browser, wait_until
+from .websocket import Closed, PhoneSocket, Refused
+
+TOKEN = "phone-test-token-0123456789abcdef"
+PROMPT_HZ = 1000.0
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+#: The script: the prompt, then a key decides how the call ends (the end reason tells the page).
+SCRIPT = """
+version: 1.0.0
+sections:
+  main:
+    - answer
+    - record_call: {{stereo: true, format: wav}}
+    - prompt: {{play: '{prompt}', max_digits: 1, digit_timeout: 10, initial_timeout: 10}}
+    - switch:
+        variable: prompt_value
+        case:
+          '5': [{{hangup: {{reason: busy}}}}]
+        default: [{{hangup: {{}}}}]
+"""
+
+
+def serve(engine: Callable[..., Engine], http_server: HttpServer, *extra: str) -> tuple[Engine, int]:
+    http_server.files["/prompt.wav"] = (wav_bytes(tone(PROMPT_HZ, 1.5, 8000, level=0.4), 8000), "audio/wav")
+    http = free_port()
+    script = SCRIPT.format(prompt=http_server.url("/prompt.wav"))
+    return engine(script, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN, *extra), http
+
+
+def api(http: int, path: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{http}{path}", headers=BEARER)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def heard_seconds(browser: Browser) -> float:
+    return sum(len(h) for h in browser.heard) / browser.heard_rate if browser.heard else 0.0
+
+
+async def call(http: int, browser: Browser, *, press: str | None = None) -> tuple[list[dict[str, Any]], Closed]:
+    """A browser's call: the offer, the answer applied, ``press`` once answered; every message until the
+    service closes the WebSocket."""
+    sock = await PhoneSocket.open(http, BEARER)
+    await sock.send({"type": "offer", "sdp": await browser.offer()})
+    messages: list[dict[str, Any]] = []
+    while not isinstance(got := await sock.receive(), Closed):
+        messages.append(got)
+        browser.signal(got)  # the answer goes to the peer connection
+        if got["type"] == "answer" and press is not None:
+            await wait_until(lambda: heard_seconds(browser) > 1.0, "the browser hears a second of the prompt")
+            await sock.send({"type": "dtmf", "digits": press})
+    await browser.pc.close()
+    return messages, got
+
+
+def test_a_browser_call_runs_the_script_and_is_recorded_like_any_call(
+    engine: Callable[..., Engine], http_server: HttpServer, tmp_path: Path
+) -> None:
+    eng, http = serve(engine, http_server)
+    browser = Browser()
+    messages, closed = asyncio.run(call(http, browser, press="5"))
+    kinds = [m["type"] for m in messages]
+    assert kinds == ["ringing", "answer", "ended"], messages
+    assert messages[1]["early"] is False
+    assert messages[2]["reason"] == "busy"  # the key reached the script's prompt
+    assert closed.code == NORMAL
+    call_id = messages[0]["call_id"]
+    # The browser heard the prompt.
+    heard = np.concatenate(browser.heard)
+    assert abs(spectrum_peaks(heard, browser.heard_rate, count=1)[0] - PROMPT_HZ) < 15
+    # The recording: 16 kHz (Opus), the browser's microphone left, the prompt right; listed by the API.
+    [meta] = eng.recordings(1)
+    assert meta["call_id"] == call_id
+    with urllib.request.urlopen(str(meta["url"]), timeout=10) as got:  # its signed URL, as a program fetches it
+        (tmp_path / "got.wav").write_bytes(got.read())
+    audio, rate = read_wav(tmp_path / "got.wav")
+    assert rate == 16000 and audio.shape[1] == 2
+    assert abs(spectrum_peaks(audio[:, 0], rate, count=1)[0] - MIC_HZ) < 15
+    assert abs(spectrum_peaks(audio[:, 1], rate, count=1)[0] - PROMPT_HZ) < 15
+    row = api(http, f"/api/calls/{call_id}")
+    assert row["from"].startswith("webrtc:") and row["end_reason"] == "busy", row
+    assert [r["recording_id"] for r in row["recordings"]] == [meta["recording_id"]]
+    events = [json.loads(line) for line in (eng.data / "calls" / f"{call_id}.jsonl").read_text().splitlines()]
+    assert events[0]["type"] == "webrtc.offer"
+    assert any(e["type"] == "webrtc.answer" and e["codec"] == "opus" for e in events)
+
+
+def test_closing_the_socket_hangs_up_and_the_recording_is_finished(
+    engine: Callable[..., Engine], http_server: HttpServer
+) -> None:
+    eng, http = serve(engine, http_server)
+
+    async def hang_up_by_closing() -> str:
+        browser = Browser()
+        sock = await PhoneSocket.open(http, BEARER)
+        await sock.send({"type": "offer", "sdp": await browser.offer()})
+        call_id = ""
+        while True:
+            got = await sock.receive()
+            assert not isinstance(got, Closed), got
+            browser.signal(got)
+            call_id = call_id or got.get("call_id", "")
+            if got["type"] == "answer":
+                break
+        await wait_until(lambda: heard_seconds(browser) > 0.5, "the browser hears the prompt")
+        await sock.close()  # the page is closed mid-prompt
+        await browser.pc.close()
+        return call_id
+
+    call_id = asyncio.run(hang_up_by_closing())
+    [meta] = eng.recordings(1)
+    assert meta["call_id"] == call_id and meta["state"] == "finished"
+    assert api(http, f"/api/calls/{call_id}")["end_reason"] == "remote_hangup"
+
+
+#: First messages that break the protocol, and the start of what the page is told.
+BROKEN = [
+    ('{"type": "dtmf", "digits": "1"}', "the first message must be the offer"),
+    ("{not json", "a message must be a JSON object"),
+    ('{"type": "hangup", "sdp": 1}', "the first message must be the offer"),
+    ('{"type": "offer", "sdp": "v=0 and nothing else"}', "the offer cannot be taken: "),
+]
+
+
+def test_a_page_without_credentials_or_keeping_to_the_protocol_is_refused_and_told_why(
+    engine: Callable[..., Engine], http_server: HttpServer
+) -> None:
+    eng, http = serve(engine, http_server)
+    for headers in ({}, {"Authorization": "Bearer not-the-token-0123456789abcdef"}):
+        with pytest.raises(Refused) as refused:
+            asyncio.run(PhoneSocket.open(http, headers))
+        assert refused.value.status == 401
+
+    async def send_first(text: str) -> tuple[list[dict[str, Any]], Closed]:
+        sock = await PhoneSocket.open(http, BEARER)
+        await sock.send_raw(text)
+        return await sock.until_closed()
+
+    for first, says in BROKEN:
+        messages, closed = asyncio.run(send_first(first))
+        assert closed.code == POLICY, (first, closed)
+        errors = [m["message"] for m in messages if m["type"] == "error"]
+        assert len(errors) == 1 and errors[0].startswith(says), (first, messages)
+    assert "Traceback" not in eng.log()
+
+
+def test_a_call_over_max_calls_is_refused_1013_and_the_live_one_goes_on(
+    engine: Callable[..., Engine], http_server: HttpServer
+) -> None:
+    eng, http = serve(engine, http_server, "--max-calls", "1")
+
+    async def two_calls() -> tuple[list[dict[str, Any]], Closed, list[dict[str, Any]], Closed]:
+        first_browser = Browser()
+        first = await PhoneSocket.open(http, BEARER)
+        await first.send({"type": "offer", "sdp": await first_browser.offer()})
+        ringing = await first.receive()
+        assert not isinstance(ringing, Closed) and ringing["type"] == "ringing", ringing
+        second = await PhoneSocket.open(http, BEARER)
+        await second.send({"type": "offer", "sdp": await Browser().offer()})
+        refused, refused_close = await second.until_closed()
+        # the first call goes on to its end: answered, the key pressed, ended
+        messages: list[dict[str, Any]] = []
+        while not isinstance(got := await first.receive(), Closed):
+            messages.append(got)
+            first_browser.signal(got)
+            if got["type"] == "answer":
+                await wait_until(lambda: heard_seconds(first_browser) > 1.0, "the first browser hears the prompt")
+                await first.send({"type": "dtmf", "digits": "5"})
+        await first_browser.pc.close()
+        return refused, refused_close, messages, got
+
+    refused, refused_close, messages, closed = asyncio.run(two_calls())
+    assert refused_close.code == TRY_LATER
+    assert [m["type"] for m in refused] == ["error"]
+    assert "--max-calls" in refused[0]["message"], refused
+    assert [m["type"] for m in messages] == ["answer", "ended"] and messages[-1]["reason"] == "busy", messages
+    assert closed.code == NORMAL
+    assert len(eng.recordings(1)) == 1
