@@ -1,0 +1,338 @@
+"""The phone page (docs/phone.md) as a developer uses it: headless Chromium, its microphone a WAV file, calls a
+real ``swml serve`` from ``/phone`` over WebRTC, with Opus and with G.711. The script plays early media,
+answers, records the call in stereo, plays a prompt and collects two keys; the test sees each state on the
+page, hears the prompt in the browser, presses one key on the keypad and types the other, hangs up from the
+page, and finds in the recording what the browser's microphone said. Also: a call refused because the
+session ended sends the page back to the sign-in, the page's headers, and a call from Firefox."""
+
+from __future__ import annotations
+
+import io
+import re
+import urllib.request
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+
+from conftest import PATIENCE, read_jsonl, wait_for
+from interop.peers import engines, free_port
+from swml_engine.service.console import CONTENT_SECURITY_POLICY
+
+from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, sync_playwright
+from .firefox import FIREFOX, Firefox
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+#: Early media first (US ring tone), then the answer. The prompt is UK ring tone (400 + 450 Hz): the browser
+#: must hear those, and the keys end it (barge-in).
+PROMPT_HZ = (400.0, 450.0)
+SCRIPT = """version: 1.0.0
+sections:
+  main:
+    - play: {url: 'ring:1.5:us', auto_answer: false}
+    - answer
+    - record_call: {stereo: true, format: wav}
+    - prompt: {play: 'ring:60:uk', max_digits: 2, digit_timeout: 60, initial_timeout: 60}
+    - sleep: 120000
+"""
+#: The fake microphone's file, looped by Chromium: 20 s of bursts of two tones each (300-3000 Hz, so they
+#: pass G.711 and Opus alike), each pair drawn once, so the recording aligns with the file at one place only.
+#: 20 s, because Chromium's fake capture skips about 6 ms each time it starts the file again: the stretch
+#: compared must not hold such a seam.
+MIC_RATE, MIC_SECONDS, BURST, GAP = 48000, 20.0, 0.2, 0.05
+#: Which stretch of the caller's side to compare with the file (seconds of the recording), past the first
+#: moments, in pieces each aligned by itself: on a busy machine the engine may drop frames of a caller it
+#: could not keep up with (a media tick ran late), which moves what follows by 20 ms a frame — no fault
+#: of the audio recorded around it.
+COMPARED, PIECE = (1.0, 5.0), 0.5
+#: Three pieces in four must correlate this well with the file, after resampling and alignment.
+MIN_CORRELATION = 0.8
+
+#: Captures each RTCPeerConnection the page makes, for getStats: run before the page's own scripts.
+KEEP_PEERS = """(() => {
+  const Native = window.RTCPeerConnection;
+  window.peers = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); window.peers.push(this); }
+  };
+})();"""
+#: What the browser received: inbound RTP bytes and audio energy (getStats), and the loudest frequency of the
+#: remote audio the page plays (a WebAudio analyser on its <audio> element's stream).
+HEARD = """async () => {
+  let inbound = null;
+  (await window.peers.at(-1).getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'audio') inbound = r; });
+  if (!window.analyser) {
+    const context = new AudioContext();
+    window.analyser = context.createAnalyser();
+    window.analyser.fftSize = 16384;
+    context.createMediaStreamSource(document.getElementById('remote').srcObject).connect(window.analyser);
+  }
+  const bins = new Float32Array(window.analyser.frequencyBinCount);
+  window.analyser.getFloatFrequencyData(bins);
+  let loudest = 0;
+  for (let i = 1; i < bins.length; i++) if (bins[i] > bins[loudest]) loudest = i;
+  return {
+    bytes: inbound ? inbound.bytesReceived : 0,
+    energy: inbound ? inbound.totalAudioEnergy : 0,
+    codec: inbound && inbound.codecId ? (await window.peers.at(-1).getStats()).get(inbound.codecId).mimeType : null,
+    hz: loudest * window.analyser.context.sampleRate / window.analyser.fftSize,
+    db: bins[loudest],
+  };
+}"""
+
+
+def mic_signal() -> np.ndarray:
+    """The fake microphone's loop (at MIC_RATE): tone pairs with 10 ms ramps, each followed by a gap."""
+    draw = np.random.default_rng(15)
+    t = np.arange(round(BURST * MIC_RATE)) / MIC_RATE
+    ramp = np.minimum(1.0, np.minimum(t, BURST - t) / 0.01)
+    parts: list[np.ndarray] = []
+    for _ in range(round(MIC_SECONDS / (BURST + GAP))):
+        low, high = draw.uniform(300, 1200), draw.uniform(1300, 3000)
+        parts.append(0.2 * ramp * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t)))
+        parts.append(np.zeros(round(GAP * MIC_RATE)))
+    return np.concatenate(parts)
+
+
+def resampled(loop: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """A periodic signal at another rate, through its spectrum (exact for a loop: no edges to filter)."""
+    spectrum = np.fft.rfft(loop)
+    size = round(len(loop) * to / rate)
+    kept = np.zeros(size // 2 + 1, dtype=complex)
+    n = min(len(kept), len(spectrum))
+    kept[:n] = spectrum[:n]
+    return np.fft.irfft(kept, size) * size / len(loop)
+
+
+def correlation(heard: np.ndarray, loop: np.ndarray) -> float:
+    """The best normalised correlation of ``heard`` with the looped ``loop``, over every alignment."""
+    tiled = np.tile(loop, len(heard) // len(loop) + 2)
+    size = 1 << (len(tiled) + len(heard)).bit_length()
+    products = np.fft.irfft(np.fft.rfft(tiled, size) * np.conj(np.fft.rfft(heard, size)), size)[: len(loop)]
+    running = np.concatenate([[0.0], np.cumsum(tiled**2)])
+    energy = (running[len(heard) :] - running[: -len(heard)])[: len(loop)]  # each alignment's energy
+    best = products / np.sqrt(energy * float(np.sum(heard**2)) + 1e-12)
+    return float(best.max())
+
+
+def wav_channels(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())
+        return samples.astype(np.float64) / 32768, w.getframerate()
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A ``swml serve --http`` running SCRIPT for each call (no calls at the start)."""
+    work = tmp_path_factory.mktemp("phone")
+    with engines(work) as start:
+        http = free_port()
+        eng = start(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+        yield Console(eng, f"http://127.0.0.1:{http}", work)
+
+
+@pytest.fixture(scope="module")
+def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("microphone") / "mic.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(MIC_RATE)
+        w.writeframes((mic_signal() * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium(microphone: Path) -> Iterator[Browser]:
+    """Chromium of its own: the fake microphone is set when the browser starts."""
+    if sync_playwright is None or not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} or playwright is missing: apt-get install chromium, pip install -e '.[dev]'")
+    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with sync_playwright() as playwright:
+        args = [*CHROMIUM_ARGS, *fake, f"--use-file-for-fake-audio-capture={microphone}"]
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def calling(chromium: Browser, phone: Console) -> Iterator[Browsing]:
+    """A page of its own in that browser, signed in, failing the test on any error it logs."""
+    context = chromium.new_context(viewport={"width": 420, "height": 860})
+    context.add_init_script(KEEP_PEERS)
+    page = context.new_page()
+    page.set_default_timeout(PATIENCE * 1000)
+    seen = Browsing(context, page, phone.base)
+    page.on("console", lambda m: seen.logged(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: seen.logged(f"uncaught: {e}"))
+    try:
+        yield seen
+    finally:
+        context.close()
+    assert seen.errors == [], f"the page logged errors: {seen.errors}"
+
+
+def events_of(phone: Console, call_id: str) -> list[dict[str, Any]]:
+    path = phone.engine.data / "calls" / f"{call_id}.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def open_phone(calling: Browsing) -> Page:
+    """/phone, signed in through the console's form on it (with the keyboard: the field has the focus)."""
+    page = calling.page
+    page.goto(calling.base + "/phone")
+    page.wait_for_selector("#token:focus")
+    page.keyboard.type(TOKEN)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#call:not([disabled])")
+    return page
+
+
+#: The page's codec choices: what the service then chose (its answer, as the status line says), and the rate
+#: the call runs and records at.
+CODECS = {"opus": ("opus", 16000), "g711": ("PCMU", 8000)}
+
+
+@pytest.mark.parametrize("choice", CODECS)
+def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorded(
+    calling: Browsing, phone: Console, choice: str, tmp_path: Path
+) -> None:
+    codec, rate_expected = CODECS[choice]
+    page = open_phone(calling)
+    assert page.locator(".key[disabled]").count() == 12  # no call: the keypad has nothing to send to
+
+    page.select_option("#codec", choice)
+    page.check("#raw")  # the file as it is: no gain riding, no noise suppression (docs/phone.md)
+    page.click("#call")
+    page.wait_for_selector("#status.state-early")
+    page.wait_for_selector("#status.state-answered")
+    assert page.text_content("#status") == f"Answered. Codec: {codec}."
+    call_id = page.text_content("#call-id a")
+    assert call_id and page.get_attribute("#call-id a", "href") == f"/#/calls/{call_id}"
+
+    # The browser hears the prompt: RTP arrives, its audio has energy, and its loudest tone is the ring's.
+    heard: dict[str, Any] = {}
+
+    def hears_the_prompt() -> bool:
+        heard.update(page.evaluate(HEARD))
+        near = min(abs(float(heard["hz"]) - f) for f in PROMPT_HZ)
+        return heard["bytes"] > 0 and heard["energy"] > 0 and near < 8
+
+    assert wait_for(hears_the_prompt), heard
+
+    # One key clicked, one typed: the script's prompt collects both.
+    page.click(".key[data-key='4']")
+    page.keyboard.press("2")
+    page.wait_for_selector("#sent:has-text('4 2')")
+
+    def collected() -> list[str]:
+        return [
+            e["value"] for e in events_of(phone, call_id) if e["type"] == "vars.set" and e.get("name") == "prompt_value"
+        ]
+
+    assert wait_for(lambda: collected() != []), events_of(phone, call_id)
+    assert collected() == ["42"]
+    # A phone-sized screen: nothing wider than it (the viewport is 420 px wide).
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    if choice == "opus":
+        page.wait_for_selector(".key.pressed", state="detached")  # (a typed key lights up for a moment)
+        keep_screenshot(page, tmp_path, "phone.png")
+
+    # Enough of the caller's side recorded to compare, then hang up from the page.
+    def recording() -> dict[str, Any]:
+        found = phone.recordings(call_id=call_id)
+        assert len(found) == 1, found
+        return found[0]
+
+    audio = phone.engine.data / "recordings" / f"{recording()['recording_id']}.wav"
+    assert wait_for(lambda: audio.exists() and audio.stat().st_size > (COMPARED[1] + 1) * 4 * rate_expected), audio
+    page.click("#hangup")
+    page.wait_for_selector("#status:has-text('Call ended: you hung up (remote_hangup)')")
+    assert wait_for(lambda: recording()["state"] == "finished"), recording()
+    assert page.evaluate("document.activeElement.id") == "call"
+
+    # What the microphone said is on the caller's side (left) of the recording.
+    kept = tmp_path / "recording.wav"  # (kept for a look when the test fails)
+    kept.write_bytes(fetch_audio(phone, recording()["recording_id"]))
+    channels, rate = wav_channels(kept.read_bytes())
+    assert rate == rate_expected and str(heard["codec"]).lower() == f"audio/{codec}".lower(), (rate, heard)
+    loop = resampled(mic_signal(), MIC_RATE, rate)
+    starts = np.arange(COMPARED[0], COMPARED[1], PIECE)
+    scores = [correlation(channels[round(t * rate) : round((t + PIECE) * rate), 0], loop) for t in starts]
+    shown = " ".join(f"{score:.3f}" for score in scores)
+    assert sorted(scores)[len(scores) // 4] > MIN_CORRELATION, f"{shown} at {rate} Hz ({heard['codec']}): {kept}"
+
+
+def fetch_audio(phone: Console, recording_id: str) -> bytes:
+    req = urllib.request.Request(f"{phone.base}/api/recordings/{recording_id}/audio")
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return bytes(r.read())
+
+
+def test_the_phone_page_is_served_as_the_console_is(phone: Console) -> None:
+    """Same sign-in mark, same strict policy (its WebSocket is same-origin: connect-src 'self' covers it)."""
+    with urllib.request.urlopen(phone.base + "/phone", timeout=10) as r:
+        page, headers = r.read().decode(), r.headers
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY and headers["X-Frame-Options"] == "DENY"
+    assert '<meta name="swml-session" content="none">' in page and 'src="/console/phone.js"' in page
+    assert all("src=" in tag for tag in re.findall(r"<script[^>]*>", page))
+    req = urllib.request.Request(phone.base + "/phone", headers={"Cookie": "swml_session=anything"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert '<meta name="swml-session" content="cookie">' in r.read().decode()
+
+
+def test_a_call_refused_because_the_session_ended_asks_to_sign_in_again(calling: Browsing) -> None:
+    page = open_phone(calling)
+    calling.context.clear_cookies()  # (as a sign-out in another tab, or the session's 12 hours, would)
+    # (Chromium logs the refused handshake, and the check of the session: a 401)
+    calling.expected += ["/api/phone' failed", "status of 401"]
+    page.click("#call")
+    page.wait_for_selector("[role=status] >> text=Your session has ended: sign in again.")
+    page.wait_for_selector("#token:focus")
+    assert page.is_hidden("#nav")
+
+
+#: Firefox's own fake microphone (a tone) and no permission prompt, set at run time in its chrome context;
+#: and its host candidates as addresses, not mDNS names (…local): the service resolves those by multicast
+#: DNS, which this machine may not carry (docs/phone.md, "Networks").
+FIREFOX_FAKE_MEDIA = """
+Services.prefs.setBoolPref('media.navigator.streams.fake', true);
+Services.prefs.setBoolPref('media.navigator.permission.disabled', true);
+Services.prefs.setBoolPref('media.peerconnection.ice.obfuscate_host_addresses', false);
+"""
+
+
+@pytest.fixture(scope="module")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    if FIREFOX is None:
+        pytest.skip("Firefox is not installed: apt-get install firefox-esr (make test does)")
+    browser = Firefox(tmp_path_factory.mktemp("firefox"), free_port())
+    try:
+        browser.command("Marionette:SetContext", {"value": "chrome"})
+        browser.run(FIREFOX_FAKE_MEDIA)
+        browser.command("Marionette:SetContext", {"value": "content"})
+        yield browser
+    finally:
+        browser.close()
+
+
+def test_firefox_calls_from_the_phone_page(firefox: Firefox, phone: Console) -> None:
+    """Firefox's WebSocket to /api/phone passes the page's connect-src 'self', and its call is answered."""
+    fx = firefox
+    fx.go(phone.base + "/phone")
+    fx.until("return document.activeElement && document.activeElement.id === 'token'")
+    fx.run("const t = document.getElementById('token'); t.value = arguments[0]; t.form.requestSubmit();", TOKEN)
+    fx.until("return document.querySelector('#call:not([disabled])')")
+    fx.run("document.getElementById('call').click();")
+    answered = "return document.querySelector('#status.state-answered')"
+    assert wait_for(lambda: fx.run(answered)), fx.run("return document.getElementById('status').textContent")
+    fx.until("return document.getElementById('remote').srcObject !== null")
+    fx.run("document.getElementById('hangup').click();")
+    fx.until("return document.getElementById('status').textContent.includes('you hung up')")
+    assert fx.console_errors(phone.base) == []
