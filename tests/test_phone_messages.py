@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from swml_engine.service.phone import DIGITS_PER_SECOND, MAX_DIGITS, BadMessage, DigitBudget, parse_message
@@ -44,3 +46,30 @@ def test_keypad_digits_are_taken_in_bursts_and_at_a_steady_rate_not_beyond() -> 
     now[0] += 60  # a long pause refills the burst, no more
     assert budget.take(MAX_DIGITS)
     assert not budget.take(1)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # (its own client, in memory)
+def test_a_page_that_sends_no_offer_in_time_is_told_and_closed_1008() -> None:
+    """The offer's deadline, on the ASGI app in memory (Starlette's test client): no socket, no wait of 10 s."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from swml_engine.service.arrival import Arrival
+    from swml_engine.service.phone import POLICY, PhoneSession
+
+    class NoCalls:
+        def start_browser_call(self, arrival: Arrival) -> asyncio.Task[None]:
+            raise AssertionError("no call may start without an offer")
+
+    async def phone(ws: WebSocket) -> None:
+        await ws.accept()
+        await PhoneSession(ws, NoCalls(), offer_timeout=0.2).run()
+
+    app = Starlette(routes=[WebSocketRoute("/api/phone", phone)])
+    with TestClient(app).websocket_connect("/api/phone") as ws:
+        assert ws.receive_json() == {"type": "error", "message": "no offer within 0.2 s"}
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == POLICY
