@@ -31,7 +31,13 @@ from swml_engine.call import Call
 from swml_engine.service.arrival import Arrival, CallRefused
 from swml_engine.service.httpd import MAX_WS_MESSAGE
 from swml_engine.transports.sip.call import SipReject
-from swml_engine.transports.webrtc import WebRtcCallTransport, WebRtcReject, WebRtcUnavailable
+from swml_engine.transports.webrtc import (
+    KEYPAD,
+    MAX_PRESS_DIGITS,
+    WebRtcCallTransport,
+    WebRtcReject,
+    WebRtcUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = MAX_WS_MESSAGE
 #: Seconds the page has, once connected, to send its offer.
 OFFER_TIMEOUT = 10.0
-#: The keys of a keypad (RFC 4733's sixteen events).
-KEYS = frozenset("0123456789*#ABCD")
-#: Digits in one ``dtmf`` message, and in any one second of a call: more than fingers press.
-MAX_DIGITS = 32
+#: Digits in one ``dtmf`` message (the transport's own bound), and in any one second of a call: more than
+#: fingers press.
+MAX_DIGITS = MAX_PRESS_DIGITS
 DIGITS_PER_SECOND = 20
 
 #: WebSocket close codes (RFC 6455 §7.4.1).
@@ -106,7 +111,7 @@ def parse_message(text: str) -> dict[str, Any]:
             raise BadMessage("dtmf.digits: a string of keys is missing")
         if len(digits) > MAX_DIGITS:
             raise BadMessage(f"dtmf.digits: at most {MAX_DIGITS} keys in one message")
-        wrong = sorted(set(digits) - KEYS)
+        wrong = sorted(set(digits) - KEYPAD)
         if wrong:
             raise BadMessage(f"dtmf.digits: {''.join(wrong)!r} is not a key (0-9 * # A-D)")
     elif kind != "hangup":
