@@ -22,7 +22,7 @@ from conftest import PATIENCE, read_jsonl, wait_for
 from interop.peers import engines, free_port
 from swml_engine.service.console import CONTENT_SECURITY_POLICY
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, sync_playwright
+from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot
 from .firefox import FIREFOX, Firefox
 
 if TYPE_CHECKING:
@@ -148,16 +148,14 @@ def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def chromium(microphone: Path) -> Iterator[Browser]:
-    """Chromium of its own: the fake microphone is set when the browser starts."""
-    if sync_playwright is None or not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} or playwright is missing: apt-get install chromium, pip install -e '.[dev]'")
+def chromium(browser: Browser, microphone: Path) -> Iterator[Browser]:
+    """A Chromium of its own (the fake microphone is set when a browser starts), launched through the
+    package's Playwright: one test process can run only one."""
     fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-    with sync_playwright() as playwright:
-        args = [*CHROMIUM_ARGS, *fake, f"--use-file-for-fake-audio-capture={microphone}"]
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
-        yield launched
-        launched.close()
+    args = [*CHROMIUM_ARGS, *fake, f"--use-file-for-fake-audio-capture={microphone}"]
+    launched = browser.browser_type.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+    yield launched
+    launched.close()
 
 
 @pytest.fixture
