@@ -7,7 +7,7 @@ import { render as calls } from './calls.js';
 import { alertLine, h, replace } from './dom.js';
 import { render as recording } from './recording.js';
 import { render as recordings } from './recordings.js';
-import { render as signin } from './signin.js';
+import { signOut, render as signin } from './signin.js';
 
 /** Pages by the pattern of their fragment; captured groups are the page's `params`. */
 const ROUTES = [
@@ -95,17 +95,7 @@ function show() {
   if (title && document.activeElement === document.body) title.focus();
 }
 
-document.getElementById('sign-out').addEventListener('click', async () => {
-  try {
-    await api.signOut();
-  } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) {
-      replace(main, alertLine(`Sign-out failed: ${error.message}`));
-      return;
-    }
-  }
-  signedOut('Signed out.');
-});
+document.getElementById('sign-out').addEventListener('click', () => signOut(main, () => signedOut('Signed out.')));
 
 window.addEventListener('hashchange', show);
 api.resume().then(show, (error) => replace(main, alertLine(`The service did not answer: ${error.message}`)));

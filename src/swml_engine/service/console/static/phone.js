@@ -1,10 +1,10 @@
 // The phone page (/phone, docs/phone.md): call this service's script from the browser. The same sign-in as the
 // console (its session cookie; its form when there is none), a call button, hang-up, a keypad whose keys —
 // clicked, or typed on the keyboard while a call is up — go to the script as DTMF, and a status line.
-import { api, ApiError } from './api.js';
+import { api } from './api.js';
 import { alertLine, h, heading, replace } from './dom.js';
 import { CODECS, KEYS, PhoneCall, ending } from './phone.call.js';
-import { render as signin } from './signin.js';
+import { signOut, render as signin } from './signin.js';
 
 /** The status line in each state, for a person (and a screen reader: it is a live region). */
 const SAYS = {
@@ -123,17 +123,9 @@ function phone(notice) {
   return () => document.removeEventListener('keydown', typed);
 }
 
-document.getElementById('sign-out').addEventListener('click', async () => {
+document.getElementById('sign-out').addEventListener('click', () => {
   current?.hangup();
-  try {
-    await api.signOut();
-  } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) {
-      replace(main, alertLine(`Sign-out failed: ${error.message}`));
-      return;
-    }
-  }
-  show('Signed out.');
+  signOut(main, () => show('Signed out.'));
 });
 // Leaving the page hangs up (the socket's close would too; this says so to the service first).
 window.addEventListener('pagehide', () => current?.hangup());

@@ -1,6 +1,6 @@
 // Sign-in: the API token is sent once, in the body of POST /api/session; the service answers with the session
 // cookie. The token is never kept by the page (not in storage, not in a URL): the form is cleared at once.
-import { api } from './api.js';
+import { ApiError, api } from './api.js';
 import { alertLine, h, heading, replace } from './dom.js';
 
 /** What a refusal means for the person at the keyboard. */
@@ -50,4 +50,18 @@ export function render(main, { notice, go }) {
   });
   replace(main, h('section', { class: 'narrow' }, heading('Sign in'), message, form));
   input.focus();
+}
+
+/** The navigation's **Sign out**: ends the session (a 401: it had ended already), then `done()`; a failure is
+ * said in `where`. */
+export async function signOut(where, done) {
+  try {
+    await api.signOut();
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      replace(where, alertLine(`Sign-out failed: ${error.message}`));
+      return;
+    }
+  }
+  done();
 }
