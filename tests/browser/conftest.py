@@ -26,6 +26,8 @@ from conftest import PATIENCE, tone, wait_for
 from interop.peers import Engine, engines, free_port, have, scenario, sip_host
 from swml_engine.transports.sip.codecs import Pcma
 
+from .firefox import FIREFOX, Firefox
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless, and nothing reaching out to the network on its own.
 CHROMIUM_ARGS = [
@@ -158,6 +160,18 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+@pytest.fixture(scope="package")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    """Debian's Firefox ESR, headless, driven over Marionette (tests/browser/firefox.py)."""
+    if FIREFOX is None:
+        pytest.skip("Firefox is not installed: apt-get install firefox-esr (make test does)")
+    browser = Firefox(tmp_path_factory.mktemp("firefox"), free_port())
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
 @dataclass
 class Browsing:
     """One test's browser context and page, and what the page said was wrong."""
@@ -182,12 +196,16 @@ class Browsing:
         self.page.keyboard.press("Enter")
 
 
-@pytest.fixture
-def browsing(browser: Browser, console: Console) -> Iterator[Browsing]:
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+@contextlib.contextmanager
+def watched(browser: Browser, base: str, width: int, height: int, init_script: str = "") -> Iterator[Browsing]:
+    """A fresh context (no cookies) and page of ``browser`` for pages of ``base``; on leaving, it fails on
+    any error the page logged that was not expected. ``init_script`` runs in every page before its own."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(PATIENCE * 1000)
-    seen = Browsing(context, page, console.base)
+    seen = Browsing(context, page, base)
     page.on("console", lambda m: seen.logged(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: seen.logged(f"uncaught: {e}"))
     try:
@@ -195,6 +213,12 @@ def browsing(browser: Browser, console: Console) -> Iterator[Browsing]:
     finally:
         context.close()
     assert seen.errors == [], f"the page logged errors: {seen.errors}"
+
+
+@pytest.fixture
+def browsing(browser: Browser, console: Console) -> Iterator[Browsing]:
+    with watched(browser, console.base, 1100, 800) as seen:
+        yield seen
 
 
 def keep_screenshot(page: Page, tmp_path: Path, name: str) -> Path:

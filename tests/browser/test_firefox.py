@@ -6,25 +6,9 @@ Content-Security-Policy would be one)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
-
-from interop.peers import free_port
 
 from .conftest import CALLER_LEVEL, TOKEN, Console
-from .firefox import FIREFOX, Firefox
-
-
-@pytest.fixture(scope="module")
-def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
-    if FIREFOX is None:
-        pytest.skip("Firefox is not installed: apt-get install firefox-esr (make test does)")
-    browser = Firefox(tmp_path_factory.mktemp("firefox"), free_port())
-    try:
-        yield browser
-    finally:
-        browser.close()
+from .firefox import Firefox
 
 
 def test_the_console_works_in_firefox(firefox: Firefox, console: Console) -> None:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from conftest import PATIENCE, read_jsonl, wait_for
+from conftest import read_jsonl, wait_for
 from interop.peers import engines, free_port
 from swml_engine.service.console import CONTENT_SECURITY_POLICY
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot
-from .firefox import FIREFOX, Firefox
+from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, watched
+from .firefox import Firefox
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -160,19 +160,9 @@ def chromium(browser: Browser, microphone: Path) -> Iterator[Browser]:
 
 @pytest.fixture
 def calling(chromium: Browser, phone: Console) -> Iterator[Browsing]:
-    """A page of its own in that browser, signed in, failing the test on any error it logs."""
-    context = chromium.new_context(viewport={"width": 420, "height": 860})
-    context.add_init_script(KEEP_PEERS)
-    page = context.new_page()
-    page.set_default_timeout(PATIENCE * 1000)
-    seen = Browsing(context, page, phone.base)
-    page.on("console", lambda m: seen.logged(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: seen.logged(f"uncaught: {e}"))
-    try:
+    """A page of its own in that browser, phone-sized, its peer connections kept for the test to read."""
+    with watched(chromium, phone.base, 420, 860, init_script=KEEP_PEERS) as seen:
         yield seen
-    finally:
-        context.close()
-    assert seen.errors == [], f"the page logged errors: {seen.errors}"
 
 
 def events_of(phone: Console, call_id: str) -> list[dict[str, Any]]:
@@ -306,23 +296,12 @@ Services.prefs.setBoolPref('media.peerconnection.ice.obfuscate_host_addresses', 
 """
 
 
-@pytest.fixture(scope="module")
-def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
-    if FIREFOX is None:
-        pytest.skip("Firefox is not installed: apt-get install firefox-esr (make test does)")
-    browser = Firefox(tmp_path_factory.mktemp("firefox"), free_port())
-    try:
-        browser.command("Marionette:SetContext", {"value": "chrome"})
-        browser.run(FIREFOX_FAKE_MEDIA)
-        browser.command("Marionette:SetContext", {"value": "content"})
-        yield browser
-    finally:
-        browser.close()
-
-
 def test_firefox_calls_from_the_phone_page(firefox: Firefox, phone: Console) -> None:
     """Firefox's WebSocket to /api/phone passes the page's connect-src 'self', and its call is answered."""
     fx = firefox
+    fx.command("Marionette:SetContext", {"value": "chrome"})
+    fx.run(FIREFOX_FAKE_MEDIA)
+    fx.command("Marionette:SetContext", {"value": "content"})
     fx.go(phone.base + "/phone")
     fx.until("return document.activeElement && document.activeElement.id === 'token'")
     fx.run("const t = document.getElementById('token'); t.value = arguments[0]; t.form.requestSubmit();", TOKEN)
