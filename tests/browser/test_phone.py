@@ -202,6 +202,17 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
     assert page.text_content("#status") == f"Answered. Codec: {codec}."
     call_id = page.text_content("#call-id a")
     assert call_id and page.get_attribute("#call-id a", "href") == f"/#/calls/{call_id}"
+    if choice == "opus":  # the link opens the call's page in the console beside the call, which goes on
+        with calling.context.expect_page() as opened:
+            page.click("#call-id a")
+        opened.value.wait_for_selector(f"dd:has-text('{call_id}')")
+        opened.value.close()
+        # Leaving the page during the call asks first; staying keeps the call.
+        asked: list[str] = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+        page.click("nav a[href='/#/calls']")
+        assert wait_for(lambda: asked == ["beforeunload"]), asked
+        assert page.text_content("#status") == f"Answered. Codec: {codec}."
 
     # The browser hears the prompt: RTP arrives, its audio has energy, and its loudest tone is the ring's.
     heard: dict[str, Any] = {}

@@ -64,7 +64,9 @@ function phone(notice) {
       status.setAttribute('role', 'status');
     }
     if (call.callId) {
-      replace(callLink, 'Call ', h('a', { href: `/#/calls/${encodeURIComponent(call.callId)}` }, call.callId), ' in the console');
+      // (in a new tab: leaving this page would hang up)
+      const link = h('a', { href: `/#/calls/${encodeURIComponent(call.callId)}`, target: '_blank', rel: 'noopener' }, call.callId);
+      replace(callLink, 'Call ', link, ' in the console (a new tab)');
       callLink.hidden = false;
     }
     if (remote.srcObject !== call.remote) remote.srcObject = ended ? null : call.remote;
@@ -127,7 +129,11 @@ document.getElementById('sign-out').addEventListener('click', () => {
   current?.hangup();
   signOut(main, () => show('Signed out.'));
 });
-// Leaving the page hangs up (the socket's close would too; this says so to the service first).
+// Leaving the page during a call asks first (the browser's own question), and then hangs up (the socket's
+// close would too; this says so to the service first).
+window.addEventListener('beforeunload', (event) => {
+  if (current?.live) event.preventDefault();
+});
 window.addEventListener('pagehide', () => current?.hangup());
 api.resume().then(
   () => show(),
