@@ -117,6 +117,8 @@ export class PhoneCall {
     /** The service's messages are handled one after another (applying an answer takes a moment). */
     this.inbox = Promise.resolve();
     this.hangupTimer = null;
+    /** Whether the call ended because the WebSocket was refused before any message (a session that ended?). */
+    this.refused = false;
   }
 
   get canSendDigits() {
@@ -151,7 +153,10 @@ export class PhoneCall {
       this.end(null, microphoneProblem(error));
       return;
     }
-    if (this.state !== 'connecting') return; // hung up while the browser asked
+    if (this.state !== 'connecting') {
+      for (const track of this.microphone.getTracks()) track.stop(); // hung up while the browser asked
+      return;
+    }
     try {
       this.pc = new RTCPeerConnection({ iceServers: [] });
       const [track] = this.microphone.getAudioTracks();

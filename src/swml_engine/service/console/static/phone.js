@@ -112,7 +112,8 @@ function phone(notice) {
   );
 
   const typed = (event) => {
-    if (event.ctrlKey || event.altKey || event.metaKey || event.repeat || !KEYS.includes(event.key)) return;
+    if (event.ctrlKey || event.altKey || event.metaKey || event.repeat) return;
+    if (event.key.length !== 1 || !KEYS.includes(event.key)) return;
     if (event.target instanceof HTMLSelectElement) return; // (digits there pick an option)
     if (!current?.canSendDigits) return;
     event.preventDefault();
