@@ -194,9 +194,17 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
     page = open_phone(calling)
     assert page.locator(".key[disabled]").count() == 12  # no call: the keypad has nothing to send to
 
-    page.select_option("#codec", choice)
-    page.check("#raw")  # the file as it is: no gain riding, no noise suppression (docs/phone.md)
-    page.click("#call")
+    # The microphone as it is: no gain riding, no noise suppression (docs/phone.md).
+    if choice == "opus":
+        page.select_option("#codec", choice)
+        page.check("#raw")
+        page.click("#call")
+    else:  # the keyboard alone, from the heading: the codec, the box, Call, in reading order
+        for key, then in (("Tab", "codec"), ("ArrowDown", "codec"), ("Tab", "raw"), ("Space", "raw"), ("Tab", "call")):
+            page.keyboard.press(key)
+            assert page.evaluate("document.activeElement.id") == then, (key, then)
+        assert page.input_value("#codec") == choice and page.is_checked("#raw")
+        page.keyboard.press("Enter")
     page.wait_for_selector("#status.state-early")
     page.wait_for_selector("#status.state-answered")
     assert page.text_content("#status") == f"Answered. Codec: {codec}."
@@ -224,8 +232,17 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
 
     assert wait_for(hears_the_prompt), heard
 
-    # One key clicked, one typed: the script's prompt collects both.
-    page.click(".key[data-key='4']")
+    # One key of the keypad pressed (clicked; or reached with Tab from Hang up and pressed with Enter), one
+    # typed: the script's prompt collects both.
+    focused_key = "document.activeElement.dataset.key || document.activeElement.id"
+    if choice == "opus":
+        page.click(".key[data-key='4']")
+    else:
+        assert page.evaluate(focused_key) == "hangup"  # (where the focus went when the call started)
+        for _ in range(4):  # keys 1, 2, 3, 4
+            page.keyboard.press("Tab")
+        assert page.evaluate(focused_key) == "4"
+        page.keyboard.press("Enter")
     page.keyboard.press("2")
     page.wait_for_selector("#sent:has-text('4 2')")
 
@@ -250,7 +267,13 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
 
     audio = phone.engine.data / "recordings" / f"{recording()['recording_id']}.wav"
     assert wait_for(lambda: audio.exists() and audio.stat().st_size > (COMPARED[1] + 1) * 4 * rate_expected), audio
-    page.click("#hangup")
+    if choice == "opus":
+        page.click("#hangup")
+    else:  # back from the key to Hang up
+        for _ in range(4):
+            page.keyboard.press("Shift+Tab")
+        assert page.evaluate(focused_key) == "hangup"
+        page.keyboard.press("Enter")
     page.wait_for_selector("#status:has-text('Call ended: you hung up (remote_hangup)')")
     assert wait_for(lambda: recording()["state"] == "finished"), recording()
     assert page.evaluate("document.activeElement.id") == "call"
