@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 #: Early media first (US ring tone), then the answer. The prompt is UK ring tone (400 + 450 Hz): the browser
-#: must hear those, and the keys end it (barge-in).
+#: must hear those, and the keys end it (barge-in). Keys 99 make the script hang up.
 PROMPT_HZ = (400.0, 450.0)
 SCRIPT = """version: 1.0.0
 sections:
@@ -38,6 +38,9 @@ sections:
     - answer
     - record_call: {stereo: true, format: wav}
     - prompt: {play: 'ring:60:uk', max_digits: 2, digit_timeout: 60, initial_timeout: 60}
+    - cond:
+        - when: "prompt_value == '99'"
+          then: [hangup: {}]
     - sleep: 120000
 """
 #: The fake microphone's file, looped by Chromium: 20 s of bursts of two tones each (300-3000 Hz, so they
@@ -319,6 +322,17 @@ def test_a_call_refused_because_the_session_ended_asks_to_sign_in_again(calling:
     page.wait_for_selector("[role=status] >> text=Your session has ended: sign in again.")
     page.wait_for_selector("#token:focus")
     assert page.is_hidden("#nav")
+
+
+def test_the_script_hanging_up_ends_the_call_on_the_page(calling: Browsing) -> None:
+    """With the browser's own audio processing (the page's default) and its default codec."""
+    page = open_phone(calling)
+    page.click("#call")
+    page.wait_for_selector("#status.state-answered")
+    page.keyboard.type("99")
+    page.wait_for_selector("#status:has-text('Call ended: the script hung up (hangup).')")
+    assert page.locator(".key[disabled]").count() == 12 and page.is_enabled("#call") and page.is_disabled("#hangup")
+    assert page.evaluate("document.activeElement.id") == "call"  # (Hang up had it, and is disabled now)
 
 
 #: Firefox's own fake microphone (a tone) and no permission prompt, set at run time in its chrome context;
