@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from interop.peers import PATIENCE, Engine, SipPeer, event_time, read_jsonl, sdp_offer, to_tag, wait_for
-from swml_engine.service.supervisor import RESTART_MAX, STABLE_AFTER, Backoff, Supervisor
+from swml_engine.service.supervisor import RESTART_MAX, STABLE_AFTER, STOP_SIGNALS, Backoff, Supervisor
 
 EngineFactory = Callable[..., Engine]
 
@@ -169,12 +169,30 @@ def test_a_worker_that_cannot_start_stops_the_start_with_its_exit_code() -> None
         if index == 1:
             return 2  # e.g. a port taken: never ready
         os.write(ready, b"!")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (as a worker does, its handlers set)
         signal.pause()  # until the supervisor stops it (SIGTERM)
         return 0
 
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
     try:
         assert Supervisor(2, main).run() == 2
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def test_a_worker_is_born_with_the_stop_signals_blocked_until_its_handlers_are_set() -> None:
+    """A SIGTERM passed on just after a worker is forked (a stop as it is started again) waits for the
+    worker's own handlers instead of killing it halfway through its start (seen as exit 143)."""
+
+    def main(index: int, ready: int) -> int:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        return 2 if blocked >= STOP_SIGNALS else 3  # never ready: the start stops with this code
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
+    try:
+        assert Supervisor(1, main).run() == 2
+        assert not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the parent's: unblocked
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -29,7 +29,7 @@ from swml_engine.service import metrics
 from swml_engine.service.auth import SecretError, UrlSigner, api_token, given_token
 from swml_engine.service.index import INDEX_URL_VARIABLE, IndexOpenError, index_url
 from swml_engine.service.server import Service, ServiceConfig
-from swml_engine.service.supervisor import Supervisor
+from swml_engine.service.supervisor import STOP_SIGNALS, Supervisor
 from swml_engine.transports.sip.outbound import parse_trunk
 from swml_engine.transports.sip.registration import parse_target
 from swml_engine.transports.sip.relay import RelayGroup, RelaySlot
@@ -400,8 +400,10 @@ async def _serve(config: ServiceConfig, worker: int, ready: int = -1) -> int:
     # by SIGTERM halfway through its recovery.
     loop = asyncio.get_running_loop()
     signals = StopSignals(loop.time)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, signals.received)
+    # A worker is born with them blocked (supervisor.py): one that came meanwhile is taken now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         await service.start()
     except DocumentError as e:

@@ -50,6 +50,8 @@ RESTART_FIRST, RESTART_MAX = 1.0, 60.0
 EXIT_SOFTWARE = 70
 #: Linux's prctl option that has the kernel signal a process when its parent dies.
 PR_SET_PDEATHSIG = 1
+#: The signals that stop the service (passed on to every worker).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 #: The worker's body: (its index, the pipe end to write one byte to once ready) → its exit code.
 WorkerMain = Callable[[int, int], int]
@@ -182,15 +184,21 @@ class Supervisor:
         except OSError as e:
             self._not_started(slot, e)
             return
+        # The new worker is born with the stop signals blocked and keeps them so until its own handlers
+        # are in place (cli's _serve unblocks them): a SIGTERM passed on just after the fork waits for
+        # them instead of killing it halfway through its start (exit 143) or reaching the parent's.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
         except OSError as e:  # out of processes or memory: tried again later, as a quick death would be
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             os.close(read)
             os.close(write)
             self._not_started(slot, e)
             return
         if pid == 0:
             os._exit(self._child(slot, read, write, parent))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         os.close(write)
         slot.pid, slot.started, slot.ready = pid, self.clock(), read
         slot.state = SlotState.STARTING
@@ -206,7 +214,8 @@ class Supervisor:
         log.error("worker %d could not be started (%s): trying again in %g s", slot.index, why, delay)
 
     def _child(self, slot: Slot, read: int, write: int, parent: int) -> int:
-        """The new worker's side of the fork: none of the parent's signal handling, and death with it."""
+        """The new worker's side of the fork: none of the parent's signal handling (the stop signals still
+        blocked: see _start), and death with it."""
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
