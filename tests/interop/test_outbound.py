@@ -99,8 +99,9 @@ def regular(times: list[float], period: float = PERIOD, slack: float = SLACK) ->
 
 
 def drift(left: list[float], right: list[float]) -> float:
-    """How much the time from each right onset back to the last left onset varies over the bridge (s)."""
-    offsets = [r - max(x for x in left if x <= r) for r in right if any(x <= r for x in left)]
+    """How much the time from each right onset to the nearest left onset varies over the bridge (s). (The
+    nearest, not the last before it: a side a sender's stall moved later may pass the other's onsets.)"""
+    offsets = [r - min(left, key=lambda x: abs(r - x)) for r in right] if left else []
     return max(offsets) - min(offsets) if offsets else float("inf")
 
 
