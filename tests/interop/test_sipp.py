@@ -111,7 +111,11 @@ def test_record_and_play_back_with_sipp(
         # The caller heard the beep, the live prompt, then the played-back recording with its words in it.
         assert len(heard) / 8000 > 15
         playback = heard[-len(audio) :]
-        assert best_correlation(playback, speech[24000:48000]) > 0.8  # words after the prompt ended
+        # Words after the prompt ended, half a second at a time: a machine so busy that the engine's
+        # loop fell 200 ms behind skips those ticks (docs/serve.md), and a piece that spans the gap reads
+        # as another; every other piece is found whole.
+        pieces = [best_correlation(playback, speech[i : i + 4000]) for i in range(24000, 48000, 4000)]
+        assert sum(c > 0.8 for c in pieces) >= len(pieces) - 1, pieces
         # the prompt, before the playback (wherever the fetch of its URL let it start)
         live = heard[: -len(audio)]
         starts = range(0, len(live) - 8000, 2000)
