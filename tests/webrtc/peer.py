@@ -8,13 +8,20 @@ ICE: aioice never gathers loopback (127.0.0.1), so the peers meet on this machin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import av
+import dns.exception
+import dns.flags
+import dns.message
 import numpy as np
+from aioice.mdns import MDnsProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -91,6 +98,68 @@ class Browser:
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] == kind]
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class BrowserNames(MDnsProtocol):
+    """A browser's mDNS responder on the local link (its own socket on 5353, as a browser's is): it answers
+    for the names it was given, and keeps every name it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        with contextlib.suppress(dns.exception.DNSException):
+            message = dns.message.from_wire(cast(bytes, data))
+            if not message.flags & dns.flags.QR:
+                self.asked += [q.name.to_text(omit_final_dot=True) for q in message.question]
+        super().datagram_received(data, addr)
+
+
+async def browser_names() -> BrowserNames:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # beside the service's own mDNS socket
+    sock.bind(("", 5353))
+    _, names = await asyncio.get_running_loop().create_datagram_endpoint(BrowserNames, sock=sock)
+    return names
+
+
+@dataclass
+class NamingBrowser(Browser):
+    """A browser that hides its host addresses behind mDNS names (``<uuid>.local``, RFC 8828) and, as
+    Firefox, answers for them only once it has the service's answer (when its ICE checks start)."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    responder: BrowserNames | None = None
+
+    async def offer(self) -> str:
+        sdp = await super().offer()
+        self.responder = await browser_names()
+        lines = []
+        for line in sdp.splitlines():
+            fields = line.split(" ")
+            if line.startswith("a=candidate:"):
+                if ":" in fields[4]:
+                    continue  # (IPv4 alone: the service's queries are for A records)
+                fields[4] = self.names.setdefault(fields[4], f"{uuid.uuid4()}.local")
+            lines.append(" ".join(fields))
+        assert self.names, "the offer had an IPv4 host candidate to name"
+        return "\r\n".join(lines) + "\r\n"
+
+    def signal(self, message: dict[str, Any]) -> None:
+        if message["type"] == "answer" and self.responder is not None:
+            for address, name in self.names.items():
+                self.tasks.append(asyncio.ensure_future(self.responder.publish(name, address)))
+        super().signal(message)
+
+    async def close(self) -> None:
+        await super().close()
+        if self.responder is not None:
+            await self.responder.close()
 
 
 async def wait_until(predicate: Callable[[], object], what: str = "what the test waits for") -> None:

@@ -37,7 +37,7 @@ from swml_engine.transports.webrtc import (
     WebRtcReject,
 )
 
-from .peer import MIC_HZ, Browser, wait_until
+from .peer import MIC_HZ, Browser, NamingBrowser, wait_until
 
 PROMPT_HZ = 1000.0
 PROMPT_SECONDS = 1.2
@@ -75,7 +75,7 @@ async def _call(
             await during(transport, browser)
         await asyncio.wait_for(running, PATIENCE)
     finally:
-        await browser.pc.close()
+        await browser.close()
     # The call's end released everything of the transport: no task of its peer connection is left running.
     await wait_until(lambda: asyncio.all_tasks() == {asyncio.current_task()}, "every task of the call ended")
     return Outcome(call, transport, browser, events, variables.vars)
@@ -203,6 +203,18 @@ sections:
     detector = InbandDtmfDetector(8000)
     assert [d for frame in frames_of(heard, 8000) if (d := detector.feed(frame))] == ["7"]
     assert abs(dominant(heard[:8000], 8000) - PROMPT_HZ) < 15, "the early media was heard"
+
+
+def test_a_browser_that_names_its_addresses_by_mdns_only_after_our_answer_is_heard_both_ways(
+    tmp_path: Path,
+) -> None:
+    """As Firefox: its host candidates are ``<uuid>.local`` names it answers for only once it has our
+    answer. The service asks for them again after its answer, and ICE does not give up before."""
+    browser = NamingBrowser()
+    out = run(tmp_path, RECORDED, browser)
+    assert "connected" in [e["connection"] for e in out.events.of_type("webrtc.state")]
+    assert_recorded_both_ways(out, 16000)
+    assert browser.responder is not None and set(browser.names.values()) <= set(browser.responder.asked)
 
 
 def test_a_browser_that_never_connects_ends_the_call(tmp_path: Path) -> None:

@@ -16,6 +16,12 @@ and tested at those rates, and speech needs no more, so 48 kHz is not offered to
 ICE takes host candidates only, with no STUN or TURN server: a server with a public address reaches a
 browser behind NAT through the peer-reflexive candidates the browser's checks reveal. aioice never offers
 a loopback address (127.0.0.1), so a machine with nothing else cannot take browser calls (prepare says so).
+
+A browser may name its host candidates by mDNS (``<uuid>.local``, RFC 8828). Firefox answers queries for
+those names only once it has our answer (it registers them when its ICE checks start), so the names are
+not resolved from the offer: they are set aside, and asked for again and again after our answer is out
+(:class:`MdnsCandidates`); end-of-candidates is signalled once they are resolved or given up. Meanwhile
+the browser's own checks reach our host candidates, from which ICE learns its address (peer-reflexive).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from aiortc import (
 )
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceTransport
 
 from swml_engine.logs import CallLog
 from swml_engine.media.audio import resample
@@ -63,6 +70,9 @@ MAX_PRESS_DIGITS = 32
 KEYPAD = frozenset("0123456789*#ABCD")
 #: Seconds from our answer to a connected peer (ICE and DTLS) before the browser is taken for gone.
 CONNECT_TIMEOUT = 15.0
+#: Seconds between rounds of mDNS queries for a browser's host names still unresolved after our answer
+#: (each query itself waits 1 s for its answer: aioice's): Firefox starts answering when it has our answer.
+MDNS_RETRY_INTERVAL = 0.5
 #: Frames of the party's audio held before the first is handed out (40 ms: evens out the arrival of
 #: packets decoded on aiortc's thread), and the most held (200 ms: beyond, the oldest go, counted).
 PREFETCH_FRAMES = 2
@@ -164,6 +174,67 @@ def _checkable(host: str) -> bool:
     except ValueError:
         return host.endswith(".local") and len(host) <= 255
     return True
+
+
+@dataclass(frozen=True)
+class DeferredOffer:
+    """The offer as first set (without its mDNS candidates), those candidates, resolved after our answer,
+    and whether its end-of-candidates was held back with them (signalled once they are done)."""
+
+    sdp: str
+    mdns: tuple[RTCIceCandidate, ...] = ()
+    ends_later: bool = False
+
+
+def defer_mdns_candidates(sdp: str) -> DeferredOffer:
+    """Take the candidates named by mDNS (``….local``) out of a checked offer, and with them its
+    end-of-candidates: resolving them now would fail for a browser that answers for its names only once it
+    has our answer (Firefox), and ICE must not give up before they are tried. Only UDP ones are kept to
+    resolve: ICE here takes no TCP candidates (a browser's are ``tcptype active``, which need ours passive)."""
+    kept: list[str] = []
+    deferred: list[RTCIceCandidate] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) >= 8 and fields[4].endswith(".local"):
+                if fields[2].lower() == "udp":
+                    deferred.append(aiortc_sdp.candidate_from_sdp(line.removeprefix("a=candidate:")))
+                continue
+        kept.append(line)
+    if len(kept) == len(sdp.splitlines()):
+        return DeferredOffer(sdp)
+    ends = [line for line in kept if line != "a=end-of-candidates"]
+    return DeferredOffer("\r\n".join(ends) + "\r\n", tuple(deferred), ends_later=len(ends) < len(kept))
+
+
+class MdnsCandidates:
+    """A browser's host candidates named by mDNS, added to ICE once their names resolve (aioice asks on the
+    local link, 1 s a query). Asked for in rounds until every one is added, the connection is up (the
+    browser's checks found us first: the rest are not needed), the transport ends, or ``timeout`` passes;
+    then end-of-candidates, so ICE can fail if nothing came of them."""
+
+    def __init__(self, ice: RTCIceTransport, candidates: tuple[RTCIceCandidate, ...], timeout: float) -> None:
+        self.ice = ice
+        self.pending = list(candidates)
+        self.timeout = timeout
+        #: Candidates added, and rounds of queries made (logged at the end).
+        self.added = 0
+        self.rounds = 0
+
+    async def run(self, done: Callable[[], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while self.pending and not done() and loop.time() < deadline and self.ice.state != "closed":
+            self.rounds += 1
+            await asyncio.gather(*(self.ice.addRemoteCandidate(c) for c in self.pending))
+            known = {(c.ip, c.port, c.component) for c in self.ice.getRemoteCandidates()}
+            left = [c for c in self.pending if (c.ip, c.port, c.component) not in known]
+            self.added += len(self.pending) - len(left)
+            self.pending = left
+            if left:
+                await asyncio.sleep(MDNS_RETRY_INTERVAL)
+        if self.ice.state != "closed":
+            await self.ice.addRemoteCandidate(None)
 
 
 def check_host_address() -> None:
@@ -323,6 +394,10 @@ class WebRtcCallTransport(Transport):
         self._link: asyncio.Future[bool] | None = None
         self._connection_state: tuple[str, str] | None = None
         self._ended_sent = False
+        #: The offer as set on the peer connection, its mDNS candidates set aside (defer_mdns_candidates).
+        self._deferred: DeferredOffer | None = None
+        self._ice: RTCIceTransport | None = None
+        self._resolver: asyncio.Task[None] | None = None
 
     # --- the state ----------------------------------------------------------------------------------
 
@@ -378,8 +453,10 @@ class WebRtcCallTransport(Transport):
         self._listen = ListenTrack(self.rate)
         transceiver = pc.addTransceiver(self._listen, direction="sendrecv")
         _prefer(transceiver, codecs)
+        self._deferred = defer_mdns_candidates(self._offer.sdp)
+        self._ice = transceiver.receiver.transport.transport
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=self._offer.sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=self._deferred.sdp, type="offer"))
         except Exception as e:  # aiortc's own checks, past ours: the offer still cannot be taken
             await pc.close()
             raise WebRtcReject(f"the offer cannot be used ({type(e).__name__}: {e})") from None
@@ -443,12 +520,37 @@ class WebRtcCallTransport(Transport):
         self._link = asyncio.get_running_loop().create_future()
         self._on_state()
         self._send({"type": "answer", "sdp": pc.localDescription.sdp, "early": early})
+        self._resolve_mdns()
         if call is not None:
             call.events.emit("webrtc.answer", codec=self.codec, rate=self.rate, early=early)
         try:
             await asyncio.wait_for(asyncio.shield(self._link), self.connect_timeout)
         except TimeoutError:
             self._gone(f"not connected (ICE and DTLS) within {self.connect_timeout:g} s of our answer")
+
+    def _resolve_mdns(self) -> None:
+        """The offer's mDNS candidates, now that the browser has our answer and will say where they are."""
+        deferred, ice = self._deferred, self._ice
+        if deferred is None or not (deferred.mdns or deferred.ends_later) or ice is None or self._resolver is not None:
+            return
+        mdns = MdnsCandidates(ice, deferred.mdns, self.connect_timeout)
+        self._resolver = asyncio.get_running_loop().create_task(self._run_mdns(mdns))
+
+    async def _run_mdns(self, mdns: MdnsCandidates) -> None:
+        link = self._link
+        total = len(mdns.pending)
+        try:
+            await mdns.run(lambda: self.ended or (link is not None and link.done()))
+        except Exception:  # aiortc's, on a transport closing meanwhile: the call's own end says the rest
+            self._log.exception("WebRTC call from %s: adding the offer's mDNS candidates failed", self.peer)
+            return
+        self._log.info(
+            "WebRTC call from %s: %d of %d mDNS candidates resolved (%d rounds of queries)",
+            self.peer,
+            mdns.added,
+            total,
+            mdns.rounds,
+        )
 
     def _refuse(self, why: str) -> None:
         """The call cannot be answered (the script's codecs, an offer aiortc would not take): it ends."""
@@ -533,10 +635,12 @@ class WebRtcCallTransport(Transport):
     async def _release(self) -> None:
         """Stop the reader and the sending track, close the peer connection (its sockets, its tasks)."""
         reader, pc, self._reader, self._pc = self._reader, self._pc, None, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        resolver, self._resolver = self._resolver, None
+        for task in (reader, resolver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._listen is not None:
             self._listen.stop()
         if pc is not None:
