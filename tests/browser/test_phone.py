@@ -336,17 +336,26 @@ def test_the_script_hanging_up_ends_the_call_on_the_page(calling: Browsing) -> N
 
 
 #: Firefox's own fake microphone (a tone) and no permission prompt, set at run time in its chrome context;
-#: and its host candidates as addresses, not mDNS names (…local): the service resolves those by multicast
-#: DNS, which this machine may not carry (docs/phone.md, "Networks").
+#: its host candidates hidden behind mDNS names (…local), as a user's Firefox does without a persistent
+#: microphone permission (its default, set here lest the prompt's absence change it): it answers for the
+#: names only once it has the service's answer (docs/phone.md, "Networks").
 FIREFOX_FAKE_MEDIA = """
 Services.prefs.setBoolPref('media.navigator.streams.fake', true);
 Services.prefs.setBoolPref('media.navigator.permission.disabled', true);
-Services.prefs.setBoolPref('media.peerconnection.ice.obfuscate_host_addresses', false);
+Services.prefs.setBoolPref('media.peerconnection.ice.obfuscate_host_addresses', true);
+"""
+
+
+#: The page's peer connection, kept where the test can read its offer (set from outside the page).
+KEEP_THE_PEER_CONNECTION = """
+const set = RTCPeerConnection.prototype.setLocalDescription;
+RTCPeerConnection.prototype.setLocalDescription = function (...args) { window.offered = this; return set.apply(this, args); };
 """
 
 
 def test_firefox_calls_from_the_phone_page(firefox: Firefox, phone: Console) -> None:
-    """Firefox's WebSocket to /api/phone passes the page's connect-src 'self', and its call is answered."""
+    """Firefox's WebSocket to /api/phone passes the page's connect-src 'self', and its call is answered
+    though its offer names its addresses by mDNS."""
     fx = firefox
     fx.command("Marionette:SetContext", {"value": "chrome"})
     fx.run(FIREFOX_FAKE_MEDIA)
@@ -355,9 +364,13 @@ def test_firefox_calls_from_the_phone_page(firefox: Firefox, phone: Console) -> 
     fx.until("return document.activeElement && document.activeElement.id === 'token'")
     fx.run("const t = document.getElementById('token'); t.value = arguments[0]; t.form.requestSubmit();", TOKEN)
     fx.until("return document.querySelector('#call:not([disabled])')")
+    fx.run(KEEP_THE_PEER_CONNECTION)
     fx.run("document.getElementById('call').click();")
     answered = "return document.querySelector('#status.state-answered')"
     assert wait_for(lambda: fx.run(answered)), fx.run("return document.getElementById('status').textContent")
+    offered = fx.run("return window.offered.localDescription.sdp.split('\\r\\n')")
+    hosts = [line.split(" ")[4] for line in offered if line.startswith("a=candidate:")]
+    assert hosts and all(host.endswith(".local") for host in hosts), hosts
     fx.until("return document.getElementById('remote').srcObject !== null")
     fx.run("document.getElementById('hangup').click();")
     fx.until("return document.getElementById('status').textContent.includes('you hung up')")
