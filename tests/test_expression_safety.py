@@ -242,3 +242,15 @@ sections:
     assert v["switched"] == "two"
     assert "not_a_name" not in v
     assert any("cannot be part of a name" in m for m in errors_of(res))
+
+
+def test_an_evaluation_kept_from_running_by_a_busy_machine_waits_for_its_time_not_a_runaway() -> None:
+    """What stops an evaluation is the process's time on the cores, not the wall clock alone (a trivial
+    expression was stopped once on a machine running two test suites: 'took longer than 50 ms')."""
+    from swml_engine.script.expressions import STARVED_WAIT, starved
+
+    timeout = 0.05
+    assert starved(cpu=0.01, wall=0.2, timeout=timeout)  # 200 ms passed, the process ran 10 ms: wait on
+    assert not starved(cpu=0.05, wall=0.05, timeout=timeout)  # it ran its 50 ms: a runaway, stopped
+    assert not starved(cpu=0.06, wall=0.3, timeout=timeout)
+    assert not starved(cpu=0.0, wall=STARVED_WAIT, timeout=timeout)  # never past the wall-clock cap

@@ -11,7 +11,8 @@ What an expression may take (a document may come from a server the operator does
   ``Atomics``, ``WebAssembly`` (V8 also runs ``--jitless``, which leaves WebAssembly out), and
   ``FinalizationRegistry``/``setTimeout`` (their callbacks run later, outside every limit). Each is a
   global that cannot be redefined and throws "... is not available in expressions".
-* Time: one evaluation may run 50 ms, then it is stopped and fails its step; work it leaves behind
+* Time: one evaluation may run 50 ms (of the process's time on the cores: a machine too busy to run
+  it meanwhile gives it up to a second of wall clock), then it is stopped and fails its step; work it leaves behind
   (a promise reaction, an ``async`` function after its first ``await``) must end within another 50 ms,
   or it is stopped the same way. The expressions of one step may take 250 ms in all and those of a call
   10 s; beyond, an expression fails at once without running, and the call goes on.
@@ -106,6 +107,8 @@ CLOSE_WAIT = 2.0
 
 #: Past an evaluation's time, how long an answer already on its way to the V8 thread's loop may take.
 _GRACE = 0.005
+#: How long (wall clock) an evaluation kept from running by a busy machine may wait for its time.
+STARVED_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -253,16 +256,31 @@ class JsEngine:
                 await asyncio.wait({closed}, timeout=CLOSE_WAIT)
 
 
+def starved(cpu: float, wall: float, timeout: float) -> bool:
+    """Whether an evaluation not done after ``wall`` seconds, while this process ran ``cpu`` seconds on
+    its cores, was kept from running rather than running long: then it may wait on, up to STARVED_WAIT.
+
+    The process's time counts everything it ran meanwhile (the calls' media, other threads), so V8 had
+    at most that much: an evaluation is stopped once the process has run ``timeout`` in all — a runaway
+    on an idle machine at ``timeout``, as before — but a machine so busy that it gave this process a
+    fraction of that time (another job beside it) no longer stops a trivial expression."""
+    return cpu < timeout and wall < STARVED_WAIT
+
+
 async def _within(work: Coroutine[Any, Any, T], timeout: float) -> T:
-    """``work``'s result, or TimeoutError (and ``work`` cancelled: V8 stops it) after ``timeout``.
+    """``work``'s result, or TimeoutError (and ``work`` cancelled: V8 stops it) after ``timeout`` of
+    this process's time (see :func:`starved`).
 
     Unlike ``asyncio.wait_for``, a result that came as the time ran out still counts: on a loaded
     machine this thread may wake late, with V8's answer and the timer due together, and a trivial
     expression was then reported stopped.
     """
     task = asyncio.ensure_future(work)
+    cpu0, wall0 = time.process_time(), time.monotonic()
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
+        while not done and starved(time.process_time() - cpu0, time.monotonic() - wall0, timeout):
+            done, _ = await asyncio.wait({task}, timeout=_GRACE)
         if not done:
             done, _ = await asyncio.wait({task}, timeout=_GRACE)
     except asyncio.CancelledError:
