@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -196,3 +197,31 @@ def test_a_call_over_max_calls_is_refused_1013_and_the_live_one_goes_on(
     assert [m["type"] for m in messages] == ["answer", "ended"] and messages[-1]["reason"] == "busy", messages
     assert closed.code == NORMAL
     assert len(eng.recordings(1)) == 1
+
+
+def test_a_stopped_service_hangs_up_a_browser_call_and_tells_the_page(
+    engine: Callable[..., Engine], http_server: HttpServer
+) -> None:
+    eng, http = serve(engine, http_server)
+
+    async def call_until_stopped() -> tuple[list[dict[str, Any]], Closed]:
+        browser = Browser()
+        sock = await PhoneSocket.open(http, BEARER)
+        await sock.send({"type": "offer", "sdp": await browser.offer()})
+        messages: list[dict[str, Any]] = []
+        while not isinstance(got := await sock.receive(), Closed):
+            messages.append(got)
+            browser.signal(got)
+            if got["type"] == "answer":
+                await wait_until(lambda: heard_seconds(browser) > 0.5, "the browser hears the prompt")
+                assert eng.proc is not None
+                eng.proc.send_signal(signal.SIGTERM)  # the service is stopped mid-call
+        await browser.pc.close()
+        return messages, got
+
+    messages, closed = asyncio.run(call_until_stopped())
+    assert [m["type"] for m in messages] == ["ringing", "answer", "ended"], messages
+    assert messages[-1]["reason"] == "shutdown" and closed.code == NORMAL
+    assert eng.stop() == 0, eng.log()[-3000:]  # a clean stop (it had already begun)
+    [meta] = eng.recordings(1)
+    assert meta["state"] == "finished"
