@@ -53,9 +53,12 @@ def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
     env = {k: v for k, v in s3_server.env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
     with pytest.raises(StorageError, match="no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         ObjectStore.from_option(f"s3://{bucket}/p", env)
-    down = {**s3_server.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    with pytest.raises(StorageUnreachable, match="check AWS_ENDPOINT_URL and that the server is up"):
-        asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", down).check())
+    # A server that does not answer, whatever digits its port has: the port 40345 once read as a 403 (a
+    # refusal, which stops the start) instead of a server down (which lets it start and wait).
+    for port in (9, 40399, 40409):
+        down = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        with pytest.raises(StorageUnreachable, match="check AWS_ENDPOINT_URL and that the server is up"):
+            asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", down).check())
 
 
 def test_a_long_file_goes_up_in_parts_and_reads_back_by_range(s3_server: S3Server, tmp_path: Path) -> None:

@@ -193,9 +193,9 @@ class ObjectStore:
         except Exception as e:
             why = _reason(e)
             hint = "create it, or fix the name or the endpoint"
-            if "NoSuchBucket" in why or "404" in why:
+            if "NoSuchBucket" in why or _status(why, 404):
                 why = f"bucket {self.url.bucket!r} not found"
-            elif "403" in why or "AccessDenied" in why or "InvalidAccessKeyId" in why or "Signature" in why:
+            elif _status(why, 403) or "AccessDenied" in why or "InvalidAccessKeyId" in why or "Signature" in why:
                 hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
             else:
                 hint = "check AWS_ENDPOINT_URL and that the server is up"
@@ -294,6 +294,12 @@ class ObjectStore:
 
 def _attributes(values: dict[str, str]) -> Attributes:
     return dict(values)
+
+
+def _status(why: str, code: int) -> bool:
+    """Whether an error's text gives HTTP status ``code`` — a number of its own, not digits of the
+    endpoint's port (``127.0.0.1:40345``) or of a time (``286.404ms``) the text also holds."""
+    return re.search(rf"(?<![\d.:]){code}(?![\d.])", why) is not None
 
 
 def _reason(e: BaseException) -> str:
