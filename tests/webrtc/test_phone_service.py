@@ -7,7 +7,7 @@ import asyncio
 import json
 import signal
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +58,33 @@ def heard_seconds(browser: Browser) -> float:
     return sum(len(h) for h in browser.heard) / browser.heard_rate if browser.heard else 0.0
 
 
-async def call(http: int, browser: Browser, *, press: str | None = None) -> tuple[list[dict[str, Any]], Closed]:
-    """A browser's call: the offer, the answer applied, ``press`` once answered; every message until the
-    service closes the WebSocket."""
-    sock = await PhoneSocket.open(http, BEARER)
-    await sock.send({"type": "offer", "sdp": await browser.offer()})
+async def follow(
+    sock: PhoneSocket, browser: Browser, on_answer: Callable[[], Awaitable[None]] | None = None
+) -> tuple[list[dict[str, Any]], Closed]:
+    """Every message until the service closes the WebSocket, each passed to the browser (the answer to its
+    peer connection); ``on_answer`` once the answer came."""
     messages: list[dict[str, Any]] = []
     while not isinstance(got := await sock.receive(), Closed):
         messages.append(got)
-        browser.signal(got)  # the answer goes to the peer connection
-        if got["type"] == "answer" and press is not None:
-            await wait_until(lambda: heard_seconds(browser) > 1.0, "the browser hears a second of the prompt")
-            await sock.send({"type": "dtmf", "digits": press})
+        browser.signal(got)
+        if got["type"] == "answer" and on_answer is not None:
+            await on_answer()
     await browser.pc.close()
     return messages, got
+
+
+async def call(http: int, browser: Browser, *, press: str | None = None) -> tuple[list[dict[str, Any]], Closed]:
+    """A browser's call: the offer, the answer applied, ``press`` once a second of the prompt is heard;
+    every message until the service closes the WebSocket."""
+    sock = await PhoneSocket.open(http, BEARER)
+    await sock.send({"type": "offer", "sdp": await browser.offer()})
+
+    async def pressed() -> None:
+        if press is not None:
+            await wait_until(lambda: heard_seconds(browser) > 1.0, "the browser hears a second of the prompt")
+            await sock.send({"type": "dtmf", "digits": press})
+
+    return await follow(sock, browser, pressed)
 
 
 def test_a_browser_call_runs_the_script_and_is_recorded_like_any_call(
@@ -180,15 +193,13 @@ def test_a_call_over_max_calls_is_refused_1013_and_the_live_one_goes_on(
         await second.send({"type": "offer", "sdp": await Browser().offer()})
         refused, refused_close = await second.until_closed()
         # the first call goes on to its end: answered, the key pressed, ended
-        messages: list[dict[str, Any]] = []
-        while not isinstance(got := await first.receive(), Closed):
-            messages.append(got)
-            first_browser.signal(got)
-            if got["type"] == "answer":
-                await wait_until(lambda: heard_seconds(first_browser) > 1.0, "the first browser hears the prompt")
-                await first.send({"type": "dtmf", "digits": "5"})
-        await first_browser.pc.close()
-        return refused, refused_close, messages, got
+
+        async def press() -> None:
+            await wait_until(lambda: heard_seconds(first_browser) > 1.0, "the first browser hears the prompt")
+            await first.send({"type": "dtmf", "digits": "5"})
+
+        messages, closed = await follow(first, first_browser, press)
+        return refused, refused_close, messages, closed
 
     refused, refused_close, messages, closed = asyncio.run(two_calls())
     assert refused_close.code == TRY_LATER
@@ -208,16 +219,13 @@ def test_a_stopped_service_hangs_up_a_browser_call_and_tells_the_page(
         browser = Browser()
         sock = await PhoneSocket.open(http, BEARER)
         await sock.send({"type": "offer", "sdp": await browser.offer()})
-        messages: list[dict[str, Any]] = []
-        while not isinstance(got := await sock.receive(), Closed):
-            messages.append(got)
-            browser.signal(got)
-            if got["type"] == "answer":
-                await wait_until(lambda: heard_seconds(browser) > 0.5, "the browser hears the prompt")
-                assert eng.proc is not None
-                eng.proc.send_signal(signal.SIGTERM)  # the service is stopped mid-call
-        await browser.pc.close()
-        return messages, got
+
+        async def stop() -> None:
+            await wait_until(lambda: heard_seconds(browser) > 0.5, "the browser hears the prompt")
+            assert eng.proc is not None
+            eng.proc.send_signal(signal.SIGTERM)  # the service is stopped mid-call
+
+        return await follow(sock, browser, stop)
 
     messages, closed = asyncio.run(call_until_stopped())
     assert [m["type"] for m in messages] == ["ringing", "answer", "ended"], messages
