@@ -289,8 +289,15 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
     channels, rate = wav_channels(kept.read_bytes())
     assert rate == rate_expected and str(heard["codec"]).lower() == f"audio/{codec}".lower(), (rate, heard)
     loop = resampled(mic_signal(), MIC_RATE, rate)
-    starts = np.arange(COMPARED[0], COMPARED[1], PIECE)
-    scores = [correlation(channels[round(t * rate) : round((t + PIECE) * rate), 0], loop) for t in starts]
+    pieces = [channels[round(t * rate) : round((t + PIECE) * rate), 0] for t in np.arange(*COMPARED, PIECE)]
+    # Pieces of digital silence are frames the engine did not have: a sender's burst after a stall (the
+    # browser or the engine starved on a busy machine) beyond the 200 ms it keeps. It counts them in its
+    # webrtc.stats; those it did not count, or too many of them, fail.
+    [stats] = [e for e in events_of(phone, call_id) if e["type"] == "webrtc.stats"]
+    silent = sum(1 for piece in pieces if not piece.any())
+    dropped_s = stats["frames_dropped_in"] * 0.02
+    assert silent <= len(pieces) // 2 and silent * PIECE <= dropped_s + PIECE, (silent, stats, kept)
+    scores = [correlation(piece, loop) for piece in pieces if piece.any()]
     shown = " ".join(f"{score:.3f}" for score in scores)
     assert sorted(scores)[len(scores) // 4] > MIN_CORRELATION, f"{shown} at {rate} Hz ({heard['codec']}): {kept}"
 
