@@ -72,7 +72,7 @@ def test_the_bridged_load_run_counts_the_far_partys_frames_from_its_first_to_its
             w.setframerate(8000)
             w.writeframes(np.column_stack([left, right]).astype("<i2").tobytes())
         meta = {
-            "url": f"file://{path}",
+            "audio": str(path),
             "call_time": 1.0,
             "bridges": [{"to": "sip:far@x", "call_id": "c", "start": 1.0 + lead / 50, "end": 1.0 + len(left) / 8000}],
         }
