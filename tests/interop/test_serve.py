@@ -247,12 +247,20 @@ def test_junk_flood_does_not_stop_the_service(engine: EngineFactory, tmp_path: P
     assert sent > 600  # at least a whole batch of junk, whatever the machine's speed
     # (a mutated INVITE that still parses is a call of its own; the caller's call is the one from sipp)
     eng.recordings(1)
-    [sipp_call] = [c for c in eng.call_events() if any(e["type"] == "dtmf" for e in c)]
-    call_id = next(e["call_id"] for e in sipp_call if e["type"] == "call.state")
+
+    def sipp_call() -> list[dict[str, object]]:
+        [events] = [c for c in eng.call_events() if any(e["type"] == "dtmf" for e in c)]
+        return events
+
+    call_id = next(e["call_id"] for e in sipp_call() if e["type"] == "call.state")
     assert wait_for(lambda: any(m["call_id"] == call_id and m["end_reason"] for m in eng.recordings()), 10)
     [meta] = [m for m in eng.recordings() if m["call_id"] == call_id]
+    # Its log read again once it has the call's end: the recording's end may be written a moment before it.
+    ended = {"type": "call.state", "state": "ended"}
+    assert wait_for(lambda: any(ended.items() <= e.items() for e in sipp_call()), 10)
+    events = sipp_call()
     # the call in progress kept going, full length: to its end on its own clock, at least sipp's 8 s pause
-    assert_covers(meta, sipp_call, until=event_time(sipp_call, "call.state", state="ended"), at_least=8.0)
+    assert_covers(meta, events, until=event_time(events, "call.state", state="ended"), at_least=8.0)
     assert eng.alive()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # and the service still answers
         s.settimeout(3)
