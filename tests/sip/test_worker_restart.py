@@ -74,7 +74,10 @@ def hang_up(eng: Engine, peers: list[SipPeer], workers: dict[str, tuple[int, str
         assert wait_for(lambda c=call_id: (recording_of(eng, c) or {}).get("state") == "finished", PATIENCE)
         meta = recording_of(eng, call_id)
         assert meta is not None and meta["end_reason"] == "hangup", meta
-        events = read_jsonl(eng.data / "calls" / f"{call_id}.jsonl")
+        log_path = eng.data / "calls" / f"{call_id}.jsonl"
+        # (the recording's end may be written a moment before the call's)
+        assert wait_for(lambda p=log_path: any(e.get("state") == "ended" for e in read_jsonl(p)), PATIENCE)
+        events = read_jsonl(log_path)
         covered = event_time(events, "call.state", state="ended") - event_time(
             events, "record.state", state="recording"
         )
