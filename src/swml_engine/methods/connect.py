@@ -216,7 +216,8 @@ class Encryption(Str):
 
 
 class WebrtcMedia(Bool):
-    """``webrtc_media: true`` offers WebRTC media (ICE, DTLS-SRTP), which this engine does not do."""
+    """``webrtc_media: true`` offers WebRTC media (ICE, DTLS-SRTP) on a placed leg, which this engine does not do
+    (its WebRTC takes browser callers, docs/phone.md)."""
 
     def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
         super().load_check(value, path, errors)
