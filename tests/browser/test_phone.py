@@ -20,6 +20,7 @@ import pytest
 
 from conftest import read_jsonl, wait_for
 from interop.peers import engines, free_port
+from swml_engine.media.frame import FRAME_SECONDS
 from swml_engine.service.console import CONTENT_SECURITY_POLICY
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, watched
@@ -295,7 +296,7 @@ def test_a_browser_calls_the_script_hears_its_prompt_presses_keys_and_is_recorde
     # webrtc.stats; those it did not count, or too many of them, fail.
     [stats] = [e for e in events_of(phone, call_id) if e["type"] == "webrtc.stats"]
     silent = sum(1 for piece in pieces if not piece.any())
-    dropped_s = stats["frames_dropped_in"] * 0.02
+    dropped_s = stats["frames_dropped_in"] * FRAME_SECONDS
     assert silent <= len(pieces) // 2 and silent * PIECE <= dropped_s + PIECE, (silent, stats, kept)
     scores = [correlation(piece, loop) for piece in pieces if piece.any()]
     shown = " ".join(f"{score:.3f}" for score in scores)
