@@ -324,6 +324,27 @@ def test_bearer_scheme_any_case_token_never_stripped_head_and_openapi(
     assert "head" in spec["paths"]["/api/recordings/{recording_id}/audio"]
 
 
+def test_guessing_the_token_as_a_bearer_is_limited_as_the_sign_in_is(engine: EngineFactory) -> None:
+    """Wrong bearer tokens were never limited (the sign-in's 10 a minute could be bypassed by guessing
+    in the Authorization header of any /api route, or of /metrics); now every wrong token counts
+    towards the same per-address limit, and once it is reached even the right one waits."""
+    http = free_port()
+    engine(IDLE, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{http}"
+    other = {"Authorization": f"Bearer wrong-{TOKEN}"}
+    codes = [request("GET", f"{base}/api/calls", token=None, headers=other)[0] for _ in range(6)]
+    codes += [request("GET", f"{base}/metrics", token=None, headers=other)[0] for _ in range(4)]
+    assert codes == [401] * 10
+    code, headers, _ = request("GET", f"{base}/api/calls", token=None, headers=other)
+    assert code == 429 and 0 < int(headers["retry-after"]) <= 60
+    assert request("GET", f"{base}/api/calls")[0] == 429  # the right token waits too
+    assert request("GET", f"{base}/metrics")[0] == 429
+    signing_in = {"Content-Type": "application/json"}
+    assert request("POST", f"{base}/api/session", token=None, body={"token": TOKEN}, headers=signing_in)[0] == 429
+    # No token at all is no guess: /metrics still says 401 to a scraper without one.
+    assert request("GET", f"{base}/metrics", token=None)[0] == 401
+
+
 # --- item 12: file modes --------------------------------------------------------------------------
 
 

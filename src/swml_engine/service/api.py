@@ -38,7 +38,7 @@ from swml_engine.recording.crypt import CryptError
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
 from swml_engine.service import storage
-from swml_engine.service.auth import UrlSigner, token_matches
+from swml_engine.service.auth import UrlSigner
 from swml_engine.service.console import add_console
 from swml_engine.service.events_stream import (
     EventFeed,
@@ -48,7 +48,7 @@ from swml_engine.service.events_stream import (
     feed_messages,
     log_path,
 )
-from swml_engine.service.httpd import RequestGuard
+from swml_engine.service.httpd import RequestGuard, bearer_refusal
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
 from swml_engine.service.sessions import COOKIE, Session, Sessions, SignInLimiter, cookie_value
 from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformError, Waveforms
@@ -65,6 +65,12 @@ _Handler = Callable[..., Awaitable[Any]]
 #: The largest time or duration a query may give (seconds; the year 5138): a bound, so no value
 #: overflows a database's float or a comparison.
 MAX_TIME = 1e11
+#: /metrics asked for without any token: refused, and not counted as a guess.
+_NO_TOKEN: tuple[int, str, list[tuple[bytes, bytes]]] = (
+    401,
+    "a bearer token is required",
+    [(b"www-authenticate", b"Bearer")],
+)
 
 
 class SignIn(BaseModel):
@@ -164,7 +170,7 @@ def build_app(
         return service.phase in ("stopping", "stopped")
 
     feed = EventFeed(service.calls_dir, lambda: index(), stopping)
-    app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions)
+    app.add_middleware(RequestGuard, token=token, body_timeout=body_timeout, sessions=sessions, limiter=limiter)
 
     @app.exception_handler(IndexUnavailable)
     async def index_away(request: Request, e: IndexUnavailable) -> JSONResponse:
@@ -181,10 +187,14 @@ def build_app(
 
     def authorized(request: Request) -> None:
         # (under /api the guard let it in and said how; elsewhere — /metrics — only the token does)
-        if getattr(request.state, "principal", None) is None and not token_matches(
-            request.headers.get("authorization"), token
-        ):
-            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        if getattr(request.state, "principal", None) is not None:
+            return
+        host = request.client.host if request.client else "?"
+        given = request.headers.get("authorization")  # (none given: no guess to count)
+        refusal = bearer_refusal(limiter, given, token, host) if given is not None else _NO_TOKEN
+        if refusal is not None:
+            status, detail, headers = refusal
+            raise HTTPException(status, detail, headers={k.decode(): v.decode() for k, v in headers})
 
     def get(router: FastAPI | APIRouter, path: str, **options: Any) -> Callable[[_Handler], _Handler]:
         """A GET route that answers HEAD too (headers only: a client checks size and type first)."""

@@ -34,6 +34,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from math import ceil
 from typing import Any
 
 import h11
@@ -47,7 +48,14 @@ from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from swml_engine.connections import ConnectionGate, ConnectionLimits
 from swml_engine.service.auth import token_matches
 from swml_engine.service.index import IndexUnavailable
-from swml_engine.service.sessions import CSRF_HEADER, SAFE_METHODS, Sessions, cookie_value, csrf_matches
+from swml_engine.service.sessions import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    Sessions,
+    SignInLimiter,
+    cookie_value,
+    csrf_matches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +98,14 @@ class RequestGuard:
         body_timeout: float,
         max_body: int = MAX_BODY,
         sessions: Sessions | None = None,
+        limiter: SignInLimiter | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.sessions = sessions
+        #: Wrong tokens per address, shared with the sign-in: guessing the token as a bearer is limited
+        #: as guessing it at the sign-in is (else the sign-in's limit would be for nothing).
+        self.limiter = limiter or SignInLimiter()
         self.body_timeout = body_timeout
         self.max_body = max_body
 
@@ -142,9 +154,15 @@ class RequestGuard:
         """Let an /api request or WebSocket in by the bearer token or a session cookie (noting which in
         the scope's ``state``, for the application), or say why not."""
         state = scope.setdefault("state", {})
-        if token_matches(headers.get(b"authorization"), self.token):
-            state["principal"] = "token"
-            return None
+        authorization = headers.get(b"authorization")
+        if authorization is not None:
+            refusal = bearer_refusal(self.limiter, authorization, self.token, _client_host(scope))
+            if refusal is None:
+                state["principal"] = "token"
+                return None
+            if refusal[0] == 429:
+                return refusal
+            # (a wrong token, counted: a cookie may still let the request in)
         websocket = scope["type"] == "websocket"
         method = "GET" if websocket else str(scope["method"])  # (a handshake is a GET)
         if (method, scope["path"]) == SIGN_IN:  # the token comes in its body (small: checked below)
@@ -194,6 +212,28 @@ class _Body:
                 raise _BodyRefused(413, f"request bodies are limited to {self._guard.max_body} bytes")
             self.complete = not message.get("more_body", False)
         return message
+
+
+def bearer_refusal(
+    limiter: SignInLimiter, authorization: bytes | str, token: str, host: str
+) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """None when ``authorization`` carries the token; else why not: 401 for a wrong token (counted
+    against ``host``), 429 while ``host`` has guessed too often — then even the right token waits, or
+    the answers would still tell a right guess from a wrong one."""
+    now = time.time()
+    wait = limiter.wait(host, now)
+    if wait > 0:
+        retry = [(b"retry-after", str(ceil(wait)).encode())]
+        return 429, f"too many wrong tokens from {host}: wait {wait:.0f} s", retry
+    if token_matches(authorization, token):
+        return None
+    limiter.failed(host, now)
+    return 401, "a bearer token or a session is required", [(b"www-authenticate", b"Bearer")]
+
+
+def _client_host(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
 
 
 def _protected(path: str) -> bool:
