@@ -4,6 +4,7 @@ sees afterwards, and what the caller hears and records."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,33 @@ def test_confirm_drops_a_far_party_that_refuses_and_dials_on() -> None:
     assert outcome(res) == ("connected", None, "connected")
     a, b = res.dialer.placed
     assert (a.state, b.state) == ("ended", "ended")
+
+
+def test_a_far_party_asked_to_confirm_is_not_heard_before_it_accepts(tmp_path: Path) -> None:
+    # It sent early media, then answered: while its confirm script asks it to accept (a screened call,
+    # a voicemail that picked up), the caller hears the ring again, not the far party.
+    doc = """
+sections:
+  main:
+    - record_call: {stereo: true, format: wav}
+    - connect:
+        confirm:
+          - prompt: {play: "silence:0.5", max_digits: 1, initial_timeout: 5}
+        to: "sip:agent@example.com"
+"""
+    far = peer(at=2.0, ring_at=0.5, early=tone(700, 10.0), audio=tone(1000, 20.0), dtmf=((3.0, "1"),), hangup=6.0)
+    res = run_doc(doc, tmp_path, peers=[far])
+    assert states(res)[1] == (5.0, "connected")
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    assert abs(spectrum_peaks(window(heard, RATE, 0.7, 1.8), RATE, 1)[0] - 700) < 10
+    assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(heard, RATE, 2.2, 3.8), RATE)) == [440, 480]
+    assert rms(window(heard, RATE, 4.1, 4.9)) < 50  # the ring's pause
+    assert abs(spectrum_peaks(window(heard, RATE, 5.2, 7.8), RATE, 1)[0] - 1000) < 10
+    # The recording's metadata says when the far party was on the right channel: its early media, then
+    # the bridge from its acceptance.
+    (meta_path,) = (tmp_path / "out" / "recordings").glob("*.json")
+    bridges = json.loads(meta_path.read_text())["bridges"]
+    assert [(b["start"], b["end"]) for b in bridges] == [(0.5, 2.0), (5.0, 8.0)]
 
 
 def test_confirm_that_never_ends_times_out() -> None:

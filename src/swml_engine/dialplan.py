@@ -289,6 +289,10 @@ class DialPlan:
             self._drop(leg, "cancelled")
         elif leg.settings.confirm is not None:
             leg.stage = "confirming"
+            if self.ringback is not None:
+                # What it says while asked to accept (a screened call, a voicemail that picked up) is
+                # not early media: the caller hears the ring again until it accepts.
+                self.ringback.leg_over(leg)
             leg.confirmer = self.caller.loop.create_task(self._confirm(leg))
         else:
             self._choose(leg)
@@ -521,7 +525,8 @@ class Ringback:
         self._pause()
 
     def leg_over(self, leg: Leg) -> None:
-        """The leg whose early media the caller hears is over: back to the ring tone."""
+        """The leg whose early media the caller hears is over, or answered and asked to confirm: back to
+        the ring tone."""
         if self.early is not None and self.early[0] is leg:
             self.early[1].stop()
             self.early = None
