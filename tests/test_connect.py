@@ -609,6 +609,24 @@ sections:
     ]
 
 
+def test_a_connect_that_cannot_run_reports_its_failure_to_its_status_url(http_server: Any) -> None:
+    # A value substituted at run time the step cannot take: the connect failed, and its listeners hear it.
+    doc = f"""
+sections:
+  main:
+    - set: {{ring_for: "soon"}}
+    - connect:
+        status_url: "{http_server.url("/connect")}"
+        timeout: "${{ring_for}}"
+        to: "sip:agent@example.com"
+"""
+    res = run_doc(doc, peers=[peer(at=1.0)])
+    assert outcome(res) == ("failed", "error", "failed")
+    assert [(e["state"], e.get("failed_reason")) for e in of_type(res, "connect.state")] == [("failed", "error")]
+    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    assert [(c["connect_state"], c.get("failed_reason")) for c in connect] == [("failed", "error")]
+
+
 def test_the_caller_hanging_up_reports_cancelled(http_server: Any) -> None:
     doc = f"""
 sections:

@@ -515,7 +515,7 @@ class Connect(Method[ConnectParams]):
     async def run(self, ctx: StepContext, p: ConnectParams) -> None:
         caller = ctx.call
         groups = legs_of(ctx, p)
-        status = StatusReporter(caller, p.status_url, "calling.call.connect", None, f"{ctx.where}.status_url")
+        status = status_of(ctx, p.status_url)
         where = f"{ctx.where}.ringback"
         ringback = Ringback(caller, sounds_of(p.ringback or [], where), voice_of(ctx, VoiceParams()), where)
         plan = DialPlan(caller, ctx.variables, cast("Mapping[str, Method[Any]]", ctx.runner.methods), ctx.where)
@@ -564,9 +564,17 @@ class Connect(Method[ConnectParams]):
         ctx.result = result
 
     def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
-        # The step could not run (a value substituted at run time was wrong): it failed as a connect.
+        # The step could not run (a value substituted at run time was wrong): it failed as a connect,
+        # and its listeners (the connect.state event, status_url) hear so, as of any failed connect.
+        url = raw.get("status_url") if isinstance(raw, dict) else None
+        report(ctx, status_of(ctx, url if isinstance(url, str) else None), "failed", failed_reason="error")
         ctx.set_var("connect_failed_reason", "error")
         ctx.set_var("return_value", "failed")
+
+
+def status_of(ctx: StepContext, url: str | None) -> StatusReporter:
+    """The step's ``calling.call.connect`` callbacks to ``status_url`` (none without one)."""
+    return StatusReporter(ctx.call, url, "calling.call.connect", None, f"{ctx.where}.status_url")
 
 
 def report(ctx: StepContext, status: StatusReporter, state: ConnectState, **fields: Any) -> None:
