@@ -345,6 +345,45 @@ def test_guessing_the_token_as_a_bearer_is_limited_as_the_sign_in_is(engine: Eng
     assert request("GET", f"{base}/metrics", token=None)[0] == 401
 
 
+def test_a_sign_out_ends_the_event_streams_its_session_opened(engine: EngineFactory) -> None:
+    """An /api/events stream opened with a session cookie went on after the sign-out (keep-alives, and
+    every call's events) for as long as its client held it: the sign-out now ends it (within the
+    stream's session check), while a stream opened with the bearer token goes on."""
+    http = free_port()
+    engine(IDLE, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{http}"
+    code, headers, body = request(
+        "POST", f"{base}/api/session", token=None, body={"token": TOKEN}, headers={"Content-Type": "application/json"}
+    )
+    assert code == 200
+    cookie, csrf = headers["set-cookie"].split(";")[0], json.loads(body)["csrf_token"]
+
+    def open_stream(auth: str) -> socket.socket:
+        sock = connect(http)
+        sock.sendall(f"GET /api/events HTTP/1.1\r\nHost: x\r\n{auth}\r\n\r\n".encode())
+        head = b""
+        while b": connected" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200 ")
+        return sock
+
+    by_cookie, by_token = open_stream(f"Cookie: {cookie}"), open_stream(f"Authorization: Bearer {TOKEN}")
+    code = request("DELETE", f"{base}/api/session", token=None, headers={"Cookie": cookie, "X-CSRF-Token": csrf})[0]
+    assert code == 204
+    by_cookie.settimeout(30)
+    rest = b""
+    while b"\r\n0\r\n\r\n" not in rest:  # the response's last chunk (the connection may stay open)
+        chunk = by_cookie.recv(4096)
+        assert chunk, rest
+        rest += chunk
+    assert b'"type": "stream.end", "reason": "the session has ended: sign in again"' in rest
+    assert not closed_by_server(by_token)
+    by_cookie.close()
+    by_token.close()
+
+
 # --- item 12: file modes --------------------------------------------------------------------------
 
 

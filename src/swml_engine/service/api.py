@@ -444,12 +444,19 @@ def build_app(
         rows = await index().calls(state=state, limit=limit, offset=offset)
         return {"calls": rows, "limit": limit, "offset": offset}
 
-    def stream(messages: AsyncIterator[bytes]) -> EventStreamResponse:
+    def stream(request: Request, messages: AsyncIterator[bytes]) -> EventStreamResponse:
         if streams.full:
             raise HTTPException(
                 503, f"this worker serves {streams.limit} event streams already", headers={"Retry-After": "5"}
             )
-        return EventStreamResponse(messages, streams)
+        if getattr(request.state, "principal", None) != "session":
+            return EventStreamResponse(messages, streams)
+        value = cookie_value(request.headers.get("cookie"))
+
+        async def signed_in() -> bool:
+            return await sessions.find(value, time.time()) is not None
+
+        return EventStreamResponse(messages, streams, signed_in=signed_in)
 
     def event_stream(path: str, summary: str) -> Callable[[_Handler], _Handler]:
         """A route answering Server-Sent Events (described as such in /openapi.json)."""
@@ -462,11 +469,11 @@ def build_app(
         )
 
     @event_stream("/events", "the events of every call of this node, from now on (each with its call_id)")
-    async def events() -> EventStreamResponse:
-        return stream(feed_messages(feed))
+    async def events(request: Request) -> EventStreamResponse:
+        return stream(request, feed_messages(feed))
 
     @event_stream("/calls/{call_id}/events", "a call's events log from its first line, then live, then stream.end")
-    async def call_events(call_id: str) -> EventStreamResponse:
+    async def call_events(request: Request, call_id: str) -> EventStreamResponse:
         row = await index().call(call_id)
         path = log_path(service.calls_dir, call_id)
         if row is None or path is None or not path.is_file():
@@ -476,7 +483,7 @@ def build_app(
             now = await index().call(call_id)
             return now is None or now[0].get("state") == "ended"
 
-        return stream(call_messages(path, over, stopping))
+        return stream(request, call_messages(path, over, stopping))
 
     @get(api, "/calls/{call_id}", summary="One call, with its recordings")
     async def get_call(call_id: str) -> dict[str, Any]:

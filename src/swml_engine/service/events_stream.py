@@ -62,6 +62,9 @@ WRITE_TIMEOUT = 30.0
 NEWEST = 100
 #: Call ids the feed remembers having followed (so an ended call is not followed again).
 REMEMBERED = 1000
+#: How often a stream opened with a session cookie checks that the session goes on (seconds): a
+#: sign-out (or the session's end) ends the stream within this, on every worker.
+SESSION_CHECK = 5.0
 #: What a call id looks like when it names a file (the service makes UUIDs).
 CALL_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
@@ -291,27 +294,42 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, messages: AsyncIterator[bytes], counter: StreamCounter, write_timeout: float = WRITE_TIMEOUT
+        self,
+        messages: AsyncIterator[bytes],
+        counter: StreamCounter,
+        write_timeout: float = WRITE_TIMEOUT,
+        signed_in: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """``signed_in``: for a stream let in by a session cookie, whether its session goes on (asked
+        every :data:`SESSION_CHECK` seconds; the stream ends once it does not)."""
         super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         # (no length: the body is sent in chunks until the stream ends)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.messages = messages
         self.counter = counter
         self.write_timeout = write_timeout
+        self.signed_in = signed_in
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.counter.active += 1
-        gone = asyncio.get_running_loop().create_task(_disconnected(receive))
+        loop = asyncio.get_running_loop()
+        gone = loop.create_task(_disconnected(receive))
+        # A session that ends (signed out, expired) ends its streams: sign-out holds for them too.
+        ended = loop.create_task(_session_ended(self.signed_in)) if self.signed_in is not None else gone
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             while True:
                 step = asyncio.ensure_future(anext(self.messages))
-                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():  # the client went
+                await asyncio.wait({step, gone, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():  # the client went, or its session ended
                     step.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await step
+                    if ended.done() and not gone.done():
+                        end = sse({"type": "stream.end", "reason": "the session has ended: sign in again"})
+                        with contextlib.suppress(TimeoutError, OSError):
+                            async with asyncio.timeout(self.write_timeout):
+                                await send({"type": "http.response.body", "body": end, "more_body": False})
                     return
                 try:
                     chunk = step.result()
@@ -328,6 +346,7 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
+            ended.cancel()
             self.counter.active -= 1
             await self.messages.aclose()  # type: ignore[attr-defined]
 
@@ -342,6 +361,15 @@ class StreamCounter:
     @property
     def full(self) -> bool:
         return self.active >= self.limit
+
+
+async def _session_ended(signed_in: Callable[[], Awaitable[bool]]) -> None:
+    """Returns once ``signed_in`` says no (an index that cannot answer now is not a no)."""
+    while True:
+        await asyncio.sleep(SESSION_CHECK)
+        with contextlib.suppress(IndexUnavailable):
+            if not await signed_in():
+                return
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -52,9 +52,10 @@ export async function render(main, { params, fail }) {
   let count = 0;
   const stream = eventSource(id, (event) => {
     if (event.type === 'stream.end' || event.type === 'stream.dropped') {
-      // (stream.end: every event was sent, the call is over; dropped: we read too slowly, it says why)
+      // (stream.end: every event was sent, the call is over — or, with a reason, the session ended;
+      // dropped: we read too slowly, it says why)
       stream.close();
-      note.textContent = event.type === 'stream.end' ? `${count} events; the call has ended.` : `${count} events; the stream stopped: ${event.reason}.`;
+      note.textContent = event.type === 'stream.end' && !event.reason ? `${count} events; the call has ended.` : `${count} events; the stream stopped: ${event.reason}.`;
       return;
     }
     if (count < MAX_EVENTS) {
