@@ -609,6 +609,26 @@ sections:
     ]
 
 
+def test_a_destination_asking_for_no_call_state_events_gets_none(http_server: Any) -> None:
+    # An empty list is a choice (no events for this destination), not a missing one (the default, ended).
+    doc = f"""
+sections:
+  main:
+    - connect:
+        call_state_url: "{http_server.url("/state")}"
+        call_state_events: [created, ended]
+        serial:
+          - {{to: "sip:a@example.com", call_state_events: []}}
+          - {{to: "sip:b@example.com"}}
+"""
+    run_doc(doc, peers=[peer("sip:a@example.com", outcome="busy", at=1.0), peer("sip:b@example.com", outcome="busy")])
+    sent = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    assert [(p["device"]["params"]["to_number"], p["call_state"]) for p in sent] == [
+        ("sip:b@example.com", "created"),
+        ("sip:b@example.com", "ended"),
+    ]
+
+
 def test_a_connect_that_cannot_run_reports_its_failure_to_its_status_url(http_server: Any) -> None:
     # A value substituted at run time the step cannot take: the connect failed, and its listeners hear it.
     doc = f"""

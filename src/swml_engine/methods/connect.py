@@ -645,6 +645,7 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         problem = f"{where}: {CREDENTIALS_PAIR}"
     timeout = setting("timeout", leg, top) or DEFAULT_TIMEOUT
     headers = setting("headers", leg, top) or []
+    events = setting("call_state_events", leg, top)  # [] asks for none: only a list not given defaults
     caller_from = ctx.variables.call.get("from")
     target = DialTarget(
         to=to,
@@ -665,7 +666,7 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         confirm=setting("confirm", leg, top),
         confirm_timeout=float(setting("confirm_timeout", leg, top) or timeout),
         call_state_url=setting("call_state_url", leg, top),
-        call_state_events=tuple(setting("call_state_events", leg, top) or DEFAULT_CALL_STATE_EVENTS),
+        call_state_events=tuple(DEFAULT_CALL_STATE_EVENTS if events is None else events),
         where=where,
         problem=problem,
     )
