@@ -36,6 +36,13 @@ COUNT_WAVE_PIXELS = """(canvas) => {
   return counts;
 }"""
 
+#: A Unix time as a ``datetime-local`` field's value: its minute, in the browser's time zone.
+LOCAL_MINUTE = """(unix) => {
+  const d = new Date(unix * 1000);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}"""
+
 
 def fetch(url: str) -> tuple[int, Message, bytes]:
     """Status, headers (any case) and body of a GET without credentials."""
@@ -114,6 +121,14 @@ def test_a_recording_of_a_real_call_is_listed_drawn_for_both_channels_played_and
     page.click("button[type=submit]")
     page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
     assert "format=wav" in page.url and "longer=1" in page.url
+    # From and To the minute it started (the fields give minutes, in the browser's time): it is in it.
+    started = console.api("GET", f"/api/recordings/{recording_id}")[1]["start_time"]
+    minute = page.evaluate(LOCAL_MINUTE, started)
+    page.fill("#filter-since", minute)
+    page.fill("#filter-until", minute)
+    page.click("button[type=submit]")
+    page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    assert "until=" in page.url
 
     page.click(f"#recordings tr[data-recording='{recording_id}'] a")
     canvas = page.wait_for_selector("#waveform[data-channels='2']")
@@ -170,6 +185,15 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     page.click(f"li[data-recording='{recording_id}'] button[data-action=pause]")
     page.wait_for_selector(f"li[data-recording='{recording_id}'] button[data-action=resume]")
     assert state() == "paused"
+    # The recordings page's State filter offers only states the API lists by (a paused recording is listed
+    # as `recording`), and finds the paused recording under that one.
+    page.click("nav >> text=Recordings")
+    offered = page.eval_on_selector_all("#filter-state option", "os => os.map(o => o.value).filter(Boolean)")
+    assert set(offered) == {"recording", "finished", "no_input", "error"}, offered
+    page.select_option("#filter-state", "recording")
+    page.click("button[type=submit]")
+    page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    page.click("nav >> text=Calls")
     page.click(f"li[data-recording='{recording_id}'] button[data-action=resume]")
     page.wait_for_selector(f"li[data-recording='{recording_id}'] button[data-action=pause]")
     assert state() == "recording"

@@ -4,7 +4,9 @@ import { api } from './api.js';
 import { formatDuration, formatTime, h, heading, replace } from './dom.js';
 
 export const PAGE_SIZE = 25;
-const STATES = ['recording', 'paused', 'finished', 'no_input', 'error'];
+// The states the API lists recordings by: a paused recording stays `recording` there (its pause shows on its own
+// page and on the calls page), so `paused` would be a choice that never finds anything.
+const STATES = ['recording', 'finished', 'no_input', 'error'];
 const FORMATS = ['wav', 'mp3', 'mp4'];
 
 /**
@@ -13,7 +15,8 @@ const FORMATS = ['wav', 'mp3', 'mp4'];
  */
 const FILTERS = [
   { name: 'since', label: 'From', type: 'datetime-local', param: 'from_time', toApi: localToUnix },
-  { name: 'until', label: 'To', type: 'datetime-local', param: 'to_time', toApi: localToUnix },
+  // (the field gives a minute: "to 14:05" takes in what started during 14:05, as a person means it)
+  { name: 'until', label: 'To', type: 'datetime-local', param: 'to_time', toApi: endOfMinute },
   { name: 'caller', label: 'Caller', type: 'search', param: 'caller' },
   { name: 'callee', label: 'Callee', type: 'search', param: 'callee' },
   { name: 'call', label: 'Call id', type: 'search', param: 'call_id' },
@@ -32,6 +35,12 @@ function withQuery(fragment, query) {
 function localToUnix(value) {
   const ms = new Date(value).getTime();
   return Number.isFinite(ms) ? Math.floor(ms / 1000) : undefined;
+}
+
+/** The end of the minute a `datetime-local` value names (`2026-11-30T14:05`); a value with seconds as it is. */
+function endOfMinute(value) {
+  const unix = localToUnix(value);
+  return unix === undefined || value.length > 16 ? unix : unix + 59.999;
 }
 
 function field(filter, value) {
