@@ -132,6 +132,8 @@ class Route:
     transport: Transport
     credentials: Credentials | None
     phone: bool
+    #: The 3xx status that sent the leg here (None: the destination the script gave).
+    redirected_by: int | None = None
 
 
 def route(target: DialTarget, trunk: Trunk | None) -> Route:
@@ -267,6 +269,13 @@ class SipFarTransport(FarTransport):
                     host, port = await dialer.endpoint.lookup(where.host, where.port, where.transport)
             except (OSError, TimeoutError) as e:
                 self._failed(DialFailure("unreachable", text=f"{shown(where.host)}: {e or 'no answer from DNS'}"))
+                return
+            if where.redirected_by is not None and not where.phone and await dialer.is_trunk(host, port):
+                # A far end's 3xx must not reach the trunk: a trunk that knows us by our address would
+                # carry whatever number the far end named, at the operator's expense.
+                text = f"a redirect to the trunk ({shown(str(uri))}) is not followed: only dialled numbers go there"
+                self._log.warning("call to %s: %s", shown(self.target.to), text)
+                self._failed(DialFailure("rejected", where.redirected_by, text))
                 return
             local = dialer.endpoint.local_host(host)
             if self.sip_media is None:
@@ -412,7 +421,7 @@ class SipFarTransport(FarTransport):
         transport = _transport_of(contact) or Transport.UDP
         credentials = where.credentials if contact.host == where.host else None
         uri = replace(contact, headers="", password=None)
-        moved = Route(uri, uri.host, uri.port or 5060, transport, credentials, where.phone)
+        moved = Route(uri, uri.host, uri.port or 5060, transport, credentials, where.phone, event.status)
         self._log.info("call %s: %d redirects to %s", event.call.call_id, event.status, shown(str(uri)))
         self.dialer.forget(event.call)
         self.sip = None
@@ -574,6 +583,17 @@ class SipDialer:
         #: Far legs placed and not closed yet (they count towards --max-calls).
         self.legs: set[SipFarTransport] = set()
         self._by_call: dict[OutboundCall, SipFarTransport] = {}
+
+    async def is_trunk(self, host: str, port: int) -> bool:
+        """Whether an address (as looked up for a leg) is the trunk's."""
+        trunk = self.trunk
+        if trunk is None:
+            return False
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                return (host, port) == await self.endpoint.lookup(trunk.host, trunk.port, trunk.transport)
+        except (OSError, TimeoutError):
+            return False  # (a trunk that cannot be found cannot be reached either)
 
     def place(self, target: DialTarget, rate: int) -> SipFarTransport:
         where = route(target, self.trunk)
