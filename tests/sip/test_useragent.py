@@ -174,16 +174,23 @@ def test_our_2xx_is_retransmitted_until_the_ack_then_never_again() -> None:
     assert [type(e) for e in run.events] == [InviteReceived, AckReceived]
 
 
-def test_a_2xx_never_acked_ends_the_call_after_64_t1() -> None:
+def test_a_2xx_never_acked_ends_the_call_after_64_t1_with_a_bye() -> None:
     run, caller = Run(), Caller()
     call = invited(run, caller)
     run.ua.answer(call, SDP, run.now)
     run.act()
     run.advance(31.9)
     assert not any(isinstance(e, CallGone) for e in run.events)
+    assert run.requests("BYE") == []
     run.advance(0.2)
     [gone] = [e for e in run.events if isinstance(e, CallGone)]
     assert gone.call is call and gone.why == "no_ack" and call.ended
+    # RFC 3261 §13.3.1.4: the session is ended with a BYE — the caller's ACK may be what got lost (a proxy
+    # or NAT that drops it), and its phone would otherwise stay in a call nobody is on
+    [(bye, datagram)] = run.requests("BYE")
+    assert bye.from_.tag == call.local_tag and bye.to.tag == caller.from_tag and bye.call_id == caller.call_id
+    assert "no ACK" in (bye.headers.get("reason") or "")
+    assert (datagram.to.host, datagram.to.port) == (caller.host, caller.port)
 
 
 def test_a_retransmitted_invite_gets_the_same_answer_and_no_second_call() -> None:

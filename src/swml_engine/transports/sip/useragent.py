@@ -985,7 +985,10 @@ class UserAgent:
             self._acked(call, event.request, now)
         elif isinstance(event, TimedOut) and event.timer is TimerName.NO_ACK and call is not None:
             if not call.ended:
-                self._end(call)
+                # RFC 3261 §13.3.1.4: the session SHOULD be ended with a BYE. The caller may well have
+                # our 2xx and its ACK lost on the way (a proxy or NAT dropping it): without the BYE its
+                # phone stays in a call nobody is on.
+                self.bye(call, now, "no ACK")
                 self._event(CallGone(call, "no_ack"))
         elif isinstance(event, TransportFailed) and call is not None and not call.ended:
             self._end(call)
