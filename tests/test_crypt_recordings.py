@@ -9,9 +9,11 @@ import io
 import json
 import os
 import signal
+import stat
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import av
@@ -174,6 +176,27 @@ def test_swml_decrypt(tmp_path: Path, key_file: Path, capsysbinary: pytest.Captu
     key_file.write_text("k1 c2hvcnQ=\n")
     code, out, err = swml(capsysbinary, "decrypt", str(sealed), "--key-file", str(key_file))
     assert code == 2 and b"key 'k1' is 5 bytes; it must be 32" in err
+
+
+def test_swml_decrypt_to_a_pipe_writes_through_it_and_leaves_it_a_pipe(
+    tmp_path: Path, key_file: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # `-o /dev/null`, `-o /dev/stdout`, a named pipe: the audio goes through, the path stays what it was
+    # (a file moved over it replaced /dev/null itself when run as root).
+    keyring = Keyring.load(key_file)
+    pcm = noise(1.0)
+    plain = record(tmp_path / "plain.wav", "wav", pcm, None)
+    sealed = record(tmp_path / "sealed.wav", "wav", pcm, keyring)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    code, _, err = swml(capsysbinary, "decrypt", str(sealed), "--key-file", str(key_file), "-o", str(pipe))
+    reader.join(10)
+    assert code == 0, err
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
+    assert got == [plain.read_bytes()]
 
 
 def test_play_back_of_an_encrypted_recording_in_the_same_call(tmp_path: Path, key_file: Path) -> None:

@@ -80,7 +80,14 @@ def _copy(sealed: SealedFile, out: BinaryIO) -> None:
 
 
 def _write_file(sealed: SealedFile, target: Path) -> None:
-    """Write the audio beside ``target`` first and move it into place: no half file under that name."""
+    """Write the audio beside ``target`` first and move it into place: no half file under that name.
+    A target that is not a plain file (``-o /dev/null``, ``/dev/stdout``, a pipe, a link) is written
+    through as it is: moving a file over it would replace the device or the link itself (as root,
+    /dev/null for the whole machine)."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        with target.open("wb") as out:
+            _copy(sealed, out)
+        return
     tmp = target.with_name(f".{target.name}.part")
     try:
         with tmp.open("wb") as out:
