@@ -90,6 +90,16 @@ def test_no_answer_is_given_up_at_the_timeout() -> None:
     assert step_starts(res, "play") == [5.0]
 
 
+def test_a_far_end_that_says_nothing_until_the_timeout_is_unreachable() -> None:
+    # Not even a 100 Trying (a host down, a port nobody listens on): it never rang, it was not reached.
+    res = run_doc(
+        'sections:\n  main:\n    - connect: {to: "sip:agent@example.com", timeout: 5}\n',
+        peers=[peer(outcome="unreachable", at=90.0)],
+    )
+    assert outcome(res) == ("failed", "unreachable", "failed")
+    assert legs(res)[-1] == (5.0, AGENT, "failed", "unreachable")
+
+
 def test_the_default_timeout_is_60_seconds() -> None:
     res = run_doc(CONNECT_THEN_PLAY, peers=[peer(outcome="no-answer")], hangup_at=300)
     assert legs(res)[-1] == (60.0, AGENT, "failed", "no_answer")

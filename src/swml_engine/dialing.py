@@ -113,6 +113,13 @@ class FarTransport(Transport):
         return await self._steps.get()
 
     @property
+    def heard_from(self) -> bool:
+        """The far end answered anything yet (a provisional, even 100 Trying; a challenge, a redirect):
+        it is there. A leg given up at its timeout without a word from it was not reached
+        (``unreachable``), rather than not answered. True where the transport cannot tell."""
+        return True
+
+    @property
     def settled(self) -> bool:
         """Answered or done: nothing more happens to it before the bridge."""
         return self.state in ("answered", "failed", "ended")

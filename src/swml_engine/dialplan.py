@@ -308,7 +308,9 @@ class DialPlan:
 
     def _timed_out(self, leg: Leg) -> None:
         if leg.stage == "dialling":
-            self._drop(leg, "no_answer")
+            # Not a word from it (not even 100 Trying, which a SIP server sends within 200 ms): not reached.
+            heard = leg.transport is None or leg.transport.heard_from
+            self._drop(leg, "no_answer" if heard else "unreachable")
 
     def _drop(self, leg: Leg, reason: FailReason | None) -> None:
         """Give the leg up: CANCEL before its answer, BYE after. Its follower sees it end."""

@@ -378,6 +378,23 @@ def test_a_host_that_does_not_resolve_fails_unreachable(tmp_path: Path, monkeypa
     run(body, tmp_path, monkeypatch)
 
 
+def test_a_far_end_is_heard_from_once_it_answers_anything_even_100_trying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (the dial plan tells a leg given up at its timeout unreachable from no_answer by it)
+    async def body(service: Service) -> None:
+        async with FarParty(()) as silent, FarParty((Step(100),)) as trying:
+            quiet, there = Leg(service, silent.uri), Leg(service, trying.uri)
+            assert await until(lambda: silent.invite is not None and there.far.heard_from)
+            await asyncio.sleep(0.3)  # (the silent one's INVITE is retransmitted meanwhile: still not a word)
+            assert not quiet.far.heard_from
+            for leg in (quiet, there):
+                leg.far.cancel()
+                await leg.end()
+
+    run(body, tmp_path, monkeypatch)
+
+
 # --- the end of an answered leg ----------------------------------------------------------------------------
 
 

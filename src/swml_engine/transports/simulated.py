@@ -432,6 +432,11 @@ class SimulatedFarTransport(FarTransport):
         elif peer.outcome != "no-answer":
             self._at(peer.at, self._fail)
 
+    @property
+    def heard_from(self) -> bool:
+        # An unreachable peer says nothing before its outcome; every other one is there from the dial.
+        return self.peer.outcome != "unreachable" or self.state != "created"
+
     def _ring(self) -> None:
         if self.settled:
             return

@@ -256,6 +256,11 @@ class SipFarTransport(FarTransport):
 
     # --- dialling -----------------------------------------------------------------------------------------
 
+    @property
+    def heard_from(self) -> bool:
+        # Any answer to our INVITE (100 Trying, a challenge), or a redirect followed already.
+        return self.redirects > 0 or (self.sip is not None and self.sip.responded)
+
     def dial(self) -> None:
         if self.phase is LegPhase.PREPARING and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._place(self.route.request_uri, self.route))

@@ -502,6 +502,8 @@ class OutboundCall:
         self.remote_sdp = b""
         #: The To tag of the provisional whose SDP is the early media (see :class:`Provisional`).
         self.early_media_tag: str | None = None
+        #: Any response to our INVITE came (100 Trying, a challenge...): the far end is there.
+        self.responded = False
         self._early_media = False
         self._dialogs: dict[str, Dialog] = {}
         self._early_sdp: dict[str, bytes] = {}
@@ -743,6 +745,7 @@ class OutboundCall:
         return Request(method=Method.INVITE.value, uri=uri, headers=h, body=self.sdp)
 
     def _on_invite_response(self, response: Response, now: float) -> None:
+        self.responded = True
         status = response.status
         if 200 <= status < 300:
             self._on_invite_2xx(response, now)
