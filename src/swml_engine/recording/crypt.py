@@ -314,10 +314,23 @@ class SealedFile(io.RawIOBase):
         # The last block does not authenticate: a write a crash cut short (or an altered last block).
         # What is before it is what was completed, and must read as a non-final block.
         self.torn = True
-        if slots > 1 and not self._take_last(slots - 2, (False,)):
+        if slots == 1:
+            # Its only block: nothing in the file opens. Taken as torn it would read as empty, and a
+            # repair would cut the file to nothing — the usual cause is a key replaced under its id.
+            raise TamperedError(self.name, 0, self._none_opens())
+        if not self._take_last(slots - 2, (False,)):
             # More than a torn write: name the first block that fails (every one is checked: fast).
             bad = next(i for i in range(slots - 1) if self._cipher.open(self._read_slot(i), i, False) is None)
-            raise TamperedError(self.name, bad, "altered, moved, or taken from another file")
+            why = self._none_opens() if bad == 0 else "altered, moved, or taken from another file"
+            raise TamperedError(self.name, bad, why)
+
+    def _none_opens(self) -> str:
+        """Why a file's first block fails, when it may be that no block of it opens with this key."""
+        key_id = self.header.key_id
+        return (
+            f"altered, or sealed with another key than the key file's {key_id!r}: was that key replaced"
+            " under the same id? the file is left as it is"
+        )
 
     def _take_last(self, last: int, finals: tuple[bool, ...]) -> bool:
         """Take block ``last`` as the file's last if it authenticates (as final or not, in that order)."""
