@@ -193,6 +193,20 @@ def test_a_2xx_never_acked_ends_the_call_after_64_t1_with_a_bye() -> None:
     assert (datagram.to.host, datagram.to.port) == (caller.host, caller.port)
 
 
+@pytest.mark.parametrize("contact", ["<tel:+15551234567>", "<mailto:alice@example.com>"])
+def test_an_invite_whose_contact_is_not_a_sip_uri_gets_400_not_a_call(contact: str) -> None:
+    # RFC 3261 §8.1.1.8: the Contact of an INVITE is a SIP URI — the one our BYE and re-INVITEs go to.
+    # Answered, such a call could never be hung up from our side.
+    run, caller = Run(), Caller(extra=[])
+    data, _ = caller.request("INVITE", body=SDP)
+    data = data.replace(f"Contact: <sip:alice@{caller.host}:{caller.port}>".encode(), f"Contact: {contact}".encode())
+    run.feed(data, caller.peer)
+    [refusal] = run.responses()
+    assert refusal.status == 400
+    assert "Contact" in (refusal.headers.get("warning") or "")
+    assert not any(isinstance(e, InviteReceived) for e in run.events)
+
+
 def test_a_retransmitted_invite_gets_the_same_answer_and_no_second_call() -> None:
     run, caller = Run(), Caller()
     data, _ = caller.request("INVITE", body=SDP)

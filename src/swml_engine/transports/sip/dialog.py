@@ -175,6 +175,11 @@ class Dialog:
             contacts = invite.contacts()
             if len(contacts) != 1:
                 raise DialogError(f"the INVITE has {len(contacts)} Contacts, not one (RFC 3261 §8.1.1.8): answer 400")
+            if contacts[0].uri.scheme not in ("sip", "sips"):
+                # where our BYE and re-INVITEs go: a tel: or other URI could never be sent one
+                raise DialogError(
+                    f"the INVITE's Contact is a {contacts[0].uri.scheme}: URI, not a SIP one (RFC 3261 §8.1.1.8)"
+                )
             return cls(
                 call_id=invite.call_id,
                 local_tag=local_tag,
