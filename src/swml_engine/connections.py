@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 try:
@@ -121,3 +121,33 @@ class ConnectionGate:
     def should_log(self) -> bool:
         """Log the first refusal, then every hundredth (a flood must not flood the log)."""
         return self.refused == 1 or self.refused % 100 == 0
+
+
+class GuessLimiter:
+    """At most ``failures`` wrong guesses of a secret (the API token, a caller's SIP password) per client
+    address per ``window`` seconds, in this worker (with --workers N an address gets at most N times as
+    many tries: still a handful a minute). The table is bounded: beyond ``addresses`` the oldest entry is
+    forgotten."""
+
+    def __init__(self, failures: int = 10, window: float = 60.0, addresses: int = 10_000) -> None:
+        self.failures = failures
+        self.window = window
+        self.addresses = addresses
+        #: address → (when its window began, wrong tries in it)
+        self._tries: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def wait(self, host: str, now: float) -> float:
+        """Seconds before ``host`` may try again (0: now)."""
+        began, count = self._tries.get(host, (now, 0))
+        if now - began >= self.window:
+            self._tries.pop(host, None)
+            return 0.0
+        return began + self.window - now if count >= self.failures else 0.0
+
+    def failed(self, host: str, now: float) -> None:
+        began, count = self._tries.pop(host, (now, 0))
+        if now - began >= self.window:
+            began, count = now, 0
+        self._tries[host] = (began, count + 1)
+        while len(self._tries) > self.addresses:
+            self._tries.popitem(last=False)

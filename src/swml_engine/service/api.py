@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
 
+from swml_engine.connections import GuessLimiter
 from swml_engine.recording.crypt import CryptError
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
@@ -50,7 +51,7 @@ from swml_engine.service.events_stream import (
 )
 from swml_engine.service.httpd import RequestGuard, bearer_refusal
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
-from swml_engine.service.sessions import COOKIE, Session, Sessions, SignInLimiter, cookie_value
+from swml_engine.service.sessions import COOKIE, Session, Sessions, cookie_value
 from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformError, Waveforms
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def build_app(
         redoc_url=None,
     )
     sessions = Sessions(lambda: index(), secure=secure_cookies)
-    limiter = SignInLimiter()
+    limiter = GuessLimiter()
     waveforms = Waveforms()
     streams = StreamCounter()
 

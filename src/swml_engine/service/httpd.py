@@ -45,14 +45,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
-from swml_engine.connections import ConnectionGate, ConnectionLimits
+from swml_engine.connections import ConnectionGate, ConnectionLimits, GuessLimiter
 from swml_engine.service.auth import token_matches
 from swml_engine.service.index import IndexUnavailable
 from swml_engine.service.sessions import (
     CSRF_HEADER,
     SAFE_METHODS,
     Sessions,
-    SignInLimiter,
     cookie_value,
     csrf_matches,
 )
@@ -98,14 +97,14 @@ class RequestGuard:
         body_timeout: float,
         max_body: int = MAX_BODY,
         sessions: Sessions | None = None,
-        limiter: SignInLimiter | None = None,
+        limiter: GuessLimiter | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.sessions = sessions
         #: Wrong tokens per address, shared with the sign-in: guessing the token as a bearer is limited
         #: as guessing it at the sign-in is (else the sign-in's limit would be for nothing).
-        self.limiter = limiter or SignInLimiter()
+        self.limiter = limiter or GuessLimiter()
         self.body_timeout = body_timeout
         self.max_body = max_body
 
@@ -215,7 +214,7 @@ class _Body:
 
 
 def bearer_refusal(
-    limiter: SignInLimiter, authorization: bytes | str, token: str, host: str
+    limiter: GuessLimiter, authorization: bytes | str, token: str, host: str
 ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
     """None when ``authorization`` carries the token; else why not: 401 for a wrong token (counted
     against ``host``), 429 while ``host`` has guessed too often — then even the right token waits, or

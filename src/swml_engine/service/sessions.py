@@ -16,8 +16,8 @@ bearer token are not affected (a browser never adds that header by itself). The 
 ``application/json``, which a cross-site form cannot send either (no signing a victim into an
 attacker's session).
 
-Wrong tokens are counted per client address (:class:`SignInLimiter`): beyond a few a minute the
-address gets 429 until the minute is over.
+Wrong tokens are counted per client address (connections.py's :class:`GuessLimiter`): beyond a few a
+minute the address gets 429 until the minute is over.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -52,35 +51,6 @@ class Session:
     csrf: str
     #: Unix time.
     expires: float
-
-
-class SignInLimiter:
-    """At most ``failures`` wrong tokens per client address per ``window`` seconds, in this worker (with
-    --workers N an address gets at most N times as many tries: still a handful a minute against a
-    43-character token). The table is bounded: beyond ``addresses`` the oldest entry is forgotten."""
-
-    def __init__(self, failures: int = 10, window: float = 60.0, addresses: int = 10_000) -> None:
-        self.failures = failures
-        self.window = window
-        self.addresses = addresses
-        #: address → (when its window began, wrong tries in it)
-        self._tries: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def wait(self, host: str, now: float) -> float:
-        """Seconds before ``host`` may try again (0: now)."""
-        began, count = self._tries.get(host, (now, 0))
-        if now - began >= self.window:
-            self._tries.pop(host, None)
-            return 0.0
-        return began + self.window - now if count >= self.failures else 0.0
-
-    def failed(self, host: str, now: float) -> None:
-        began, count = self._tries.pop(host, (now, 0))
-        if now - began >= self.window:
-            began, count = now, 0
-        self._tries[host] = (began, count + 1)
-        while len(self._tries) > self.addresses:
-            self._tries.popitem(last=False)
 
 
 class Sessions:

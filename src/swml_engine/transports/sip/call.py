@@ -557,10 +557,17 @@ class SipCallTransport(Transport):
             self._flush()
             return False
         self.sip = sip
-        verdict = challenge.verify(sip.invite, username, password, self.endpoint.now)
+        now, host, guesses = self.endpoint.now, sip.peer.host, self.endpoint.wrong_passwords
+        if guesses.wait(host, now) > 0:
+            # Not even checked: a 200 for a right guess now would tell the guesser it was right.
+            self.reject(SipReject(403, "Forbidden", f"too many wrong passwords from {host}: not checked for a minute"))
+            return False
+        verdict = challenge.verify(sip.invite, username, password, now)
         if verdict is not Verdict.ACCEPTED:
             # A retry without credentials, or with wrong ones, is refused (docs/serve.md): 403.
             wrong = verdict in (Verdict.REJECTED, Verdict.REPLAYED)
+            if wrong:
+                guesses.failed(host, now)
             why = f"wrong credentials for user {username!r}" if wrong else f"no credentials for user {username!r}"
             self.reject(SipReject(403, "Forbidden", why))
             return False

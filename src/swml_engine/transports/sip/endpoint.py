@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from swml_engine.connections import ConnectionGate, ConnectionLimits
+from swml_engine.connections import ConnectionGate, ConnectionLimits, GuessLimiter
 from swml_engine.transports.sip.relay import RelayError, RelayFigures, RelaySlot, seal, unseal, worth_logging
 from swml_engine.transports.sip.useragent import Datagram, Peer, Relay, SipEvent, Target, Transport, UserAgent
 
@@ -225,6 +225,9 @@ class Endpoint:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections closed on our side, by kind (slow, framing, backlog), for rate-limited logging.
         self.closed: Counter[str] = Counter()
+        #: Callers' wrong digest passwords (answer.username/password) per source address: a guesser gets
+        #: a handful a minute, as at the HTTP API's sign-in.
+        self.wrong_passwords = GuessLimiter()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
