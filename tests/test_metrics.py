@@ -3,6 +3,7 @@ what a peer can make it grow, and the rendering cache (a fake clock)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -10,11 +11,13 @@ from pathlib import Path
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
+from sip.rtp_parties import parties
 from swml_engine.media.clock import MediaTicker
 from swml_engine.service.metrics import ServiceMetrics, Snapshot, _render_shared
 from swml_engine.transports.sip.counts import MessageCounts
 from swml_engine.transports.sip.message import Response, parse_message
-from swml_engine.transports.sip.rtpstream import RtpFigures
+from swml_engine.transports.sip.rtpstream import RtpFigures, RtpStream
+from swml_engine.transports.sip.sdp import Media
 from swml_engine.transports.sip.useragent import Peer, Transport, UserAgent
 
 
@@ -166,3 +169,47 @@ def test_workers_that_are_gone_are_folded_into_one_file_and_their_counts_kept(tm
     assert totals() == (9, 1)
     assert totals() == (9, 1)
     assert not (tmp_path / f"counter_{second}.db").exists()
+
+
+def test_rtp_loss_counts_the_sequence_numbers_that_never_came_not_a_peer_that_sends_nothing() -> None:
+    # A caller loses 3 packets, one of them comes late, then it falls silent (hold, silence suppression):
+    # swml_rtp_packets_lost_total says 2, while the frames played as silence say far more.
+    async def main() -> RtpFigures:
+        with parties(("127.0.0.1", 440.0)) as (caller,):
+            rtp = RtpStream(8000, lambda d: None, signalling_host="127.0.0.1")
+            await rtp.bind("127.0.0.1", (42000, 42999))
+            rtp.configure(Media("PCMU", 0, None, 20, caller.addr, "sendrecv"))
+            local = ("127.0.0.1", rtp.local[1])
+
+            async def sends(packets: int, seq: int | None = None) -> None:
+                caller.seq = caller.seq if seq is None else seq
+                goal = rtp.stats.received + packets
+                caller.send(local, packets)
+                for _ in range(4000):
+                    if rtp.stats.received >= goal:
+                        return
+                    await asyncio.sleep(0.005)
+                raise AssertionError("the stream did not take the packets")
+
+            try:
+                await sends(10)  # 1000-1009
+                await sends(10, seq=1013)  # 1010-1012 lost
+                await sends(1, seq=1011)  # late: one gap filled
+                await sends(5, seq=1023)
+                caller.ssrc += 1  # a new stream (after a hold): its numbering starts anew
+                await sends(5, seq=40000)
+                for _ in range(100):  # two seconds of the caller sending nothing
+                    rtp.read()
+            finally:
+                rtp.close()
+            return RtpFigures(
+                received=rtp.stats.received, lost=rtp.stats.lost, concealed=rtp.stats.jitter.concealed_frames
+            )
+
+    figures = asyncio.run(main())
+    assert figures.lost == 2 and figures.concealed >= 50, figures
+    metrics = ServiceMetrics()
+    metrics.sample(Snapshot(rtp=figures))
+    seen = scraped(metrics)
+    assert seen[("swml_rtp_packets_lost_total", ())] == 2
+    assert seen[("swml_rtp_frames_lost_total", ())] == figures.concealed

@@ -5,7 +5,7 @@ Where the figures come from, so that no call pays for them beyond an integer add
 * the figures the parts already keep, read by :meth:`ServiceMetrics.sample` once a second and just
   before a scrape: live calls, far legs and recordings (from the service's tables), SIP messages by
   method and status (each UserAgent's :class:`~swml_engine.transports.sip.counts.MessageCounts`), RTP
-  packets received, sent and late and frames lost (every stream's own counters:
+  packets received, sent, late and lost and frames played as silence (every stream's own counters:
   :data:`~swml_engine.transports.sip.rtpstream.TALLY`), calls refused;
 * a call's events, through one sink per call (:meth:`ServiceMetrics.call_sink`): a call's end and its
   reason, a recording's end, state and size, each status callback attempt — a few per call;
@@ -186,9 +186,14 @@ class ServiceMetrics:
         self.rtp_received = counter("rtp_packets_received", "RTP packets received")
         self.rtp_sent = counter("rtp_packets_sent", "RTP packets sent")
         self.rtp_late = counter("rtp_packets_late", "RTP packets that came after their audio was played (dropped)")
+        self.rtp_packets_lost = counter(
+            "rtp_packets_lost", "RTP packets the peers' sequence numbers say were sent and never came"
+        )
+        # (not a loss figure: a peer that sends nothing — on hold, silence suppression — adds a frame a tick)
         self.rtp_lost = counter(
             "rtp_frames_lost",
-            "20 ms frames with no audio in time from the peer (packets lost or late), played and recorded as silence",
+            "20 ms frames with no audio in time from the peer (packets lost or late, or none sent: hold, "
+            "silence suppression), played and recorded as silence",
         )
         self.tick_lateness = Histogram(
             PREFIX + "media_tick_lateness_seconds",
@@ -273,6 +278,7 @@ class ServiceMetrics:
             (self.rtp_received, rtp.received),
             (self.rtp_sent, rtp.sent),
             (self.rtp_late, rtp.late),
+            (self.rtp_packets_lost, rtp.lost),
             (self.rtp_lost, rtp.concealed),
         ):
             self._advance(counter, (), value)

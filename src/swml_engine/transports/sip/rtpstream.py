@@ -50,6 +50,9 @@ STRANGER_GRACE = 1.0
 _MOVES_LOGGED = 5
 #: How long after a packet's audio is complete its timer fires: away from the 20 ms ticks that produce it.
 PACE_MARGIN = 0.005
+#: A sequence number this far or further ahead of the highest is a sender that restarted its numbering,
+#: not that many packets lost (RFC 3550, A.1's MAX_DROPOUT).
+MAX_DROPOUT = 3000
 
 
 class Trust(IntEnum):
@@ -76,7 +79,7 @@ class _Candidate:
     addr: tuple[str, int]
     ssrc: int
     seq: int
-    packets: list[tuple[int, int, int, bytes]]  # (payload type, timestamp, SSRC, payload)
+    packets: list[tuple[int, int, int, int, bytes]]  # (payload type, sequence, timestamp, SSRC, payload)
 
 
 def _plain(host: str) -> str:
@@ -119,6 +122,9 @@ def out_of_descriptors(error: OSError) -> OSError:
 @dataclass
 class RtpStats:
     received: int = 0
+    #: Packets the peer's sequence numbers say it sent that never came (RFC 3550's cumulative loss: gaps,
+    #: less late and duplicate packets). A peer that sends nothing — hold, silence suppression — loses none.
+    lost: int = 0
     malformed: int = 0  # not RTP, or a payload type not negotiated
     foreign: int = 0  # from an address that was not the caller's source (and did not prove itself)
     moves: int = 0  # times the source (and where our packets go) moved to another address
@@ -147,12 +153,16 @@ class RtpFigures:
     """What the RTP streams of a process did, added up (``/metrics`` reads it)."""
 
     received: int = 0
+    lost: int = 0  # packets the peers' sequence numbers say never came
     sent: int = 0
     late: int = 0  # packets that came after their audio was played out
-    concealed: int = 0  # 20 ms frames with no audio in time (packets lost or late), played as silence
+    #: 20 ms frames with no audio in time, played as silence: packets lost or late, or none sent (hold,
+    #: silence suppression, a peer that stopped sending)
+    concealed: int = 0
 
     def add(self, stats: RtpStats) -> None:
         self.received += stats.received
+        self.lost += stats.lost
         self.sent += stats.sent
         self.late += stats.jitter.late
         self.concealed += stats.jitter.concealed_frames
@@ -246,6 +256,9 @@ class RtpStream(asyncio.DatagramProtocol):
         self._since = 0.0  # when the current SDP address (or the answer) came: the grace counts from here
         #: At most one address proving itself per trust level (an unnamed sender cannot disturb a NAT's).
         self._candidates: dict[Trust, _Candidate] = {}
+        #: The caller's SSRC and highest sequence number so far (what ``stats.lost`` counts gaps from).
+        self._peer_ssrc: int | None = None
+        self._peer_seq = 0
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
@@ -381,13 +394,24 @@ class RtpStream(asyncio.DatagramProtocol):
             return
         if self._candidates or self._expecting is Expecting.AWAITING:
             self._peer_spoke()
-        self._accept(pt, timestamp, ssrc, payload)
+        self._accept(pt, seq, timestamp, ssrc, payload)
 
-    def _accept(self, pt: int, timestamp: int, ssrc: int, payload: bytes) -> None:
+    def _accept(self, pt: int, seq: int, timestamp: int, ssrc: int, payload: bytes) -> None:
         """A packet of the caller's: a digit, or audio for the jitter buffer."""
         media, codec, jitter = self.media, self.codec, self._jitter
         assert media is not None and codec is not None and jitter is not None
         self.stats.received += 1
+        if ssrc != self._peer_ssrc:  # (a new stream: its numbering starts here)
+            self._peer_ssrc, self._peer_seq = ssrc, seq
+        else:
+            ahead = (seq - self._peer_seq) & 0xFFFF
+            if 0 < ahead < MAX_DROPOUT:
+                self.stats.lost += ahead - 1
+                self._peer_seq = seq
+            elif (ahead == 0 or ahead >= 0x8000) and self.stats.lost > 0:  # late (it fills a gap) or a duplicate
+                self.stats.lost -= 1
+            elif MAX_DROPOUT <= ahead < 0x8000:  # the sender restarted its numbering
+                self._peer_seq = seq
         if pt == media.telephone_event:
             digit = self._dtmf.receive(ssrc, timestamp, payload)
             if digit is not None:
@@ -429,7 +453,7 @@ class RtpStream(asyncio.DatagramProtocol):
             self._peer = addr  # the source itself as a dual-stack socket spells it: not a move
             self._route()
             self._peer_spoke()
-            self._accept(pt, timestamp, ssrc, payload)
+            self._accept(pt, seq, timestamp, ssrc, payload)
             return
         trust = self._trust_of(host, port)
         if trust > Trust.STRANGER:
@@ -441,7 +465,7 @@ class RtpStream(asyncio.DatagramProtocol):
         if run is None or run.addr != addr or run.ssrc != ssrc or seq != (run.seq + 1) & 0xFFFF:
             run = self._candidates[trust] = _Candidate(addr, ssrc, seq, [])
         run.seq = seq
-        run.packets.append((pt, timestamp, ssrc, payload))
+        run.packets.append((pt, seq, timestamp, ssrc, payload))
         self._foreign(addr)
         if len(run.packets) >= PROOF_PACKETS:
             self._move(trust, run)
