@@ -724,6 +724,28 @@ sections:
     assert res.vars["connect_result"] == "connected"
 
 
+def test_a_far_party_answering_while_a_ringback_sound_is_still_fetched_is_bridged_at_once(
+    tmp_path: Path, http_server: Any
+) -> None:
+    # On the real clock: a slow ringback URL held the bridge until its fetch ended, the far party talking
+    # to no one meanwhile (a 4 s fetch, a party on at 0.5 s who hung up 2 s later: nothing of it was heard).
+    from conftest import wav_bytes
+
+    http_server.files["/ring.wav"] = (wav_bytes(tone(425, 2.0)), "audio/wav")
+    http_server.delays["/ring.wav"] = 4.0
+    doc = f"""
+sections:
+  main:
+    - connect: {{to: "sip:agent@example.com", ringback: ["{http_server.url("/ring.wav")}"]}}
+"""
+    res = run_doc(doc, tmp_path, realtime=True, peers=[peer(at=0.5, audio=tone(1000, 5.0), hangup=2.0)])
+    (connected,) = [e for e in of_type(res, "connect.state") if e["state"] == "connected"]
+    assert connected["t"] < 2.0  # (at the answer, 0.5 s; not after the 4 s fetch)
+    heard, _ = read_wav(tmp_path / "out" / "heard.wav")
+    start = connected["t"] + 0.2
+    assert abs(spectrum_peaks(window(heard, RATE, start, start + 1.0), RATE, 1)[0] - 1000) < 10
+
+
 def test_a_transfer_document_that_cannot_be_fetched_leaves_the_script_going_on(http_server: Any) -> None:
     doc = f"""
 sections:

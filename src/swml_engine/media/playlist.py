@@ -47,13 +47,13 @@ class Playlist:
                 task = pending or asyncio.ensure_future(self.loader.load(sound, self.voice))
                 pending = None
                 try:
-                    frames = await task
+                    frames = await self._loaded(task)
                 except SourceError as e:
                     error = shorten(str(e), 400)
                     self.call.events.emit("play.end", url=shorten(text), result="error", error=error)
                     # (the source's message names the URL already)
                     raise PlayFailed(error if text in str(e) else f"cannot play {shorten(text)!r}: {error}") from None
-                if self.stopped or self.call.is_ended:
+                if frames is None or self.stopped or self.call.is_ended:
                     return "hangup" if self.call.is_ended else "stopped"
                 if i + 1 < len(self.sounds):
                     pending = asyncio.ensure_future(self.loader.load(self.sounds[i + 1][1], self.voice))
@@ -70,3 +70,21 @@ class Playlist:
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
+
+    async def _loaded(self, task: asyncio.Task[Iterator[Frame]]) -> Iterator[Frame] | None:
+        """The sound once loaded; None when stopped (or the call ended) first — a slow URL does not hold a
+        stop: the load is given up (connect's ringback stops so when the far party answers)."""
+        if not task.done():
+            waits = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self.call.ended.wait())}
+            given_up = False
+            try:
+                await asyncio.wait({task, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                if not task.done():  # stopped first (or this play itself cancelled): the load is not wanted
+                    task.cancel()
+                    given_up = True
+            if given_up:
+                return None
+        return task.result()
