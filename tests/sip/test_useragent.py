@@ -234,6 +234,8 @@ def test_cancel_gets_200_and_the_invite_487_until_its_ack() -> None:
     run.feed(caller.request("CANCEL", branch=branch)[0], caller.peer)
     assert run.statuses("CANCEL") == [200]
     assert run.statuses("INVITE") == [100, 487]
+    # RFC 3261 §9.2: the CANCEL's 200 carries the To tag of the INVITE's answers
+    assert [r.to.tag for r in run.responses() if r.status > 100] == [call.local_tag, call.local_tag]
     assert isinstance(run.events[-1], CancelReceived) and call.ended
     run.ua.reject(call, 486, run.now)  # the application's late answer goes nowhere: one final answer
     run.act()

@@ -597,8 +597,9 @@ class UserAgent:
         if invite_tx is None:
             self._refuse(cancel, peer, now, 481)  # nothing in progress to cancel (RFC 3261 §9.2)
             return
-        self._refuse(cancel, peer, now, 200)  # the CANCEL itself is answered in any case
         call = self._machine_call.get(invite_tx)
+        # the CANCEL itself is answered in any case, with the To tag of the INVITE's answers (RFC 3261 §9.2)
+        self._refuse(cancel, peer, now, 200, tag=call.local_tag if call is not None else None)
         if call is None or call.state is not UasState.PROCEEDING:
             return  # already answered finally: the CANCEL has no effect
         self._final(call, 487, now)
@@ -908,15 +909,17 @@ class UserAgent:
         reason: str = "",
         headers: Iterable[tuple[str, str]] = (),
         warning: str = "",
+        tag: str | None = None,
     ) -> None:
         """Answer a request that is no call's (or refused before one exists): through a transaction
         when it can have one (retransmissions then get the same answer; an INVITE's error is repeated
-        until its ACK), else once, statelessly."""
+        until its ACK), else once, statelessly. ``tag``: our To tag when the request has none (a new
+        one when not given)."""
         extra = [*headers, ("User-Agent", self.policy.user_agent)]
         if warning:
             text = warning.replace("\\", "\\\\").replace('"', "'")[:120]
             extra.append(("Warning", f'399 {peer.local[0] or "swml-engine"} "{text}"'))
-        to_tag = None if _to_tag(request) is not None else self.new_tag()
+        to_tag = None if _to_tag(request) is not None else tag or self.new_tag()
         response = response_to(request, status, reason, to_tag=to_tag, headers=extra)
         if request.method == Method.ACK:
             return
