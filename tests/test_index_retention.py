@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from swml_engine.recording.store import RecordingStore
 from swml_engine.service.index import IndexUnavailable, SqliteIndex
-from swml_engine.service.retention import DAY, Retention
+from swml_engine.service.retention import DAY, Retention, stale_call_logs
 
 NOW = 1_800_000_000.0
 
@@ -175,6 +176,33 @@ def test_a_pass_deletes_this_nodes_calls_that_ended_before_the_cutoff_and_their_
 
     asyncio.run(go())
     assert sorted(p.stem for p in logs.iterdir()) == ["elsewhere", "recent", "up"]
+
+
+def test_event_logs_no_index_row_names_go_when_last_written_before_the_cutoff(tmp_path: Path) -> None:
+    # The index was lost and rebuilt (it keeps the recordings, not the calls): the logs of its old calls
+    # still go, by the time each was last written; a recent one stays, and so does a live call's.
+    store, index = setup(tmp_path)
+    logs = tmp_path / "calls"
+    logs.mkdir()
+    for call_id, days_ago in (("lost-old", 31), ("lost-recent", 29), ("live-quiet", 45), ("indexed-up", 45)):
+        path = logs / f"{call_id}.jsonl"
+        path.write_text("{}\n")
+        os.utime(path, (NOW - days_ago * DAY, NOW - days_ago * DAY))
+    index.put_call({"call_id": "indexed-up", "state": "answered", "start_time": NOW - 45 * DAY}, "http://w")
+
+    async def delete_call(call_id: str) -> None:
+        (logs / f"{call_id}.jsonl").unlink(missing_ok=True)
+        index.delete_call(call_id)
+
+    async def call_logs(before: float, limit: int) -> list[str]:
+        return stale_call_logs(logs, before, limit, {"live-quiet"})
+
+    retention = Retention(
+        index, local_delete(store, index), lambda rid: False, 30, own=True, delete_call=delete_call,
+        call_logs=call_logs, clock=lambda: NOW,
+    )  # fmt: skip
+    assert asyncio.run(retention.sweep()) == 1
+    assert sorted(p.stem for p in logs.iterdir()) == ["indexed-up", "live-quiet", "lost-recent"]
 
 
 def test_two_workers_sweeping_the_same_recordings_at_once_delete_each_once_without_an_error(

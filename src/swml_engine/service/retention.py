@@ -11,7 +11,9 @@ worker still records) is never deleted. With local storage a node deletes only t
 one recording at once is harmless: each step of a delete is idempotent. A deleted recording is gone:
 its API routes and its signed URL answer 404, as for an id never seen (no tombstones are kept, so
 410 could not be told apart). The same pass deletes this node's calls that ended before the cut-off:
-their event logs (which hold SIP headers) and index rows.
+their event logs (which hold SIP headers) and index rows — and the event logs no row names any more (an
+index lost and rebuilt, or restored from an old backup, keeps only the recordings), by the time each was
+last written, so no log outlives the period for want of its row.
 
 No per-recording override: the metadata is the engine's account of what was recorded, and SWML's
 ``record_call`` has no parameter for keeping a recording longer; an override would need one, or an
@@ -21,9 +23,11 @@ API to set it, not a field edited in a file.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
 from typing import Any
 
 from swml_engine.service.index import Index, IndexUnavailable
@@ -41,6 +45,23 @@ BUSY_PAUSE = 1.0
 
 Delete = Callable[[dict[str, Any]], Awaitable[None]]
 DeleteCall = Callable[[str], Awaitable[None]]
+#: This node's event logs last written before a time (a Unix time), oldest first, at most a number:
+#: their call ids.
+StaleLogs = Callable[[float, int], Awaitable[list[str]]]
+
+
+def stale_call_logs(directory: Path, before: float, limit: int, live: Collection[str]) -> list[str]:
+    """The call ids of the event logs in ``directory`` last written before ``before``, oldest first, at
+    most ``limit``, but for ``live`` calls (a file system call per log: run it on a thread)."""
+    found = []
+    for path in directory.glob("*.jsonl"):
+        try:
+            written = path.stat().st_mtime
+        except FileNotFoundError:  # (deleted meanwhile)
+            continue
+        if written < before and path.stem not in live:
+            found.append((written, path.stem))
+    return [call_id for _, call_id in heapq.nsmallest(limit, found)]
 
 
 class Retention:
@@ -56,17 +77,20 @@ class Retention:
         interval: float = INTERVAL,
         busy_pause: float = BUSY_PAUSE,
         delete_call: DeleteCall | None = None,
+        call_logs: StaleLogs | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``delete``: removes one recording everywhere (raises when a backend refuses); ``is_live``: a
         worker records it now; ``own``: only this node's recordings (local storage); ``delete_call``:
-        removes one of this node's ended calls (its event log and index row)."""
+        removes one of this node's ended calls (its event log and index row); ``call_logs``: this node's
+        event logs not written since a time (those no index row names are deleted too)."""
         if days <= 0:
             raise ValueError("retention needs a number of days above 0")
         self.index = index
         self.delete = delete
         self.delete_call = delete_call
+        self.call_logs = call_logs
         self.is_live = is_live
         self.keep = days * DAY
         self.own = own
@@ -95,6 +119,12 @@ class Retention:
             calls = await self.index.calls_ended_before(cutoff, limit=self.batch)
             deleted += await self._each("call", calls, self.delete_call)
             self.backlog = self.backlog or len(calls) >= self.batch
+            if self.call_logs is not None:
+                # (a log whose call has a row goes with its row, above: the call's start decides)
+                stale = await self.call_logs(cutoff, self.batch)
+                unnamed = [c for c in stale if c not in calls and await self.index.call(c) is None]
+                deleted += await self._each("call", unnamed, self.delete_call)
+                self.backlog = self.backlog or (len(stale) >= self.batch and bool(unnamed))
         self.deleted += deleted
         return deleted
 

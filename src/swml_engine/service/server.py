@@ -57,7 +57,7 @@ from swml_engine.service.index import (
 )
 from swml_engine.service.indexes import open_index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
-from swml_engine.service.retention import Retention
+from swml_engine.service.retention import Retention, stale_call_logs
 from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.sip.call import SipCallTransport, SipReject
@@ -697,6 +697,9 @@ class Service:
                 cfg.retention_days,
                 own=self.bucket is None,  # local storage: no other node's files are within reach
                 delete_call=self._delete_call,
+                call_logs=lambda before, limit: asyncio.to_thread(
+                    stale_call_logs, self.calls_dir, before, limit, frozenset(self.calls)
+                ),
             )
             self._retention_task = asyncio.get_running_loop().create_task(self.retention.run(), name="retention")
 
