@@ -36,6 +36,11 @@ def step_starts(res: SimResult, method: str) -> list[float]:
     return [e["t"] for e in of_type(res, "step.start") if e["method"] == method]
 
 
+def posted(server: Any, path: str) -> list[dict[str, Any]]:
+    """The ``params`` of each callback the test's HTTP server took at ``path``, in order."""
+    return [r["json"]["params"] for r in server.requests if r["path"] == path]
+
+
 def outcome(res: SimResult) -> tuple[Any, Any, Any]:
     return res.vars.get("connect_result"), res.vars.get("connect_failed_reason"), res.vars.get("return_value")
 
@@ -607,12 +612,12 @@ sections:
         doc,
         peers=[peer("sip:a@example.com", outcome="reject", code=603), peer("sip:b@example.com", outcome="no-answer")],
     )
-    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    connect = posted(http_server, "/connect")
     assert [(c["connect_state"], c.get("failed_reason")) for c in connect] == [
         ("connecting", None),
         ("failed", "no_answer"),
     ]
-    ended = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    ended = posted(http_server, "/state")
     assert [(e["call_state"], e["end_reason"], e["device"]["params"]["to_number"]) for e in ended] == [
         ("ended", "declined", "sip:a@example.com"),
         ("ended", "no_answer", "sip:b@example.com"),
@@ -632,7 +637,7 @@ sections:
           - {{to: "sip:b@example.com"}}
 """
     run_doc(doc, peers=[peer("sip:a@example.com", outcome="busy", at=1.0), peer("sip:b@example.com", outcome="busy")])
-    sent = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    sent = posted(http_server, "/state")
     assert [(p["device"]["params"]["to_number"], p["call_state"]) for p in sent] == [
         ("sip:b@example.com", "created"),
         ("sip:b@example.com", "ended"),
@@ -653,7 +658,7 @@ sections:
     res = run_doc(doc, peers=[peer(at=1.0)])
     assert outcome(res) == ("failed", "error", "failed")
     assert [(e["state"], e.get("failed_reason")) for e in of_type(res, "connect.state")] == [("failed", "error")]
-    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    connect = posted(http_server, "/connect")
     assert [(c["connect_state"], c.get("failed_reason")) for c in connect] == [("failed", "error")]
 
 
@@ -667,9 +672,9 @@ sections:
         to: "sip:agent@example.com"
 """
     run_doc(doc, peers=[peer(outcome="no-answer")], hangup_at=2.0)
-    connect = [r["json"]["params"] for r in http_server.requests if r["path"] == "/connect"]
+    connect = posted(http_server, "/connect")
     assert connect[-1]["connect_state"] == "failed" and connect[-1]["failed_reason"] == "cancelled"
-    (ended,) = [r["json"]["params"] for r in http_server.requests if r["path"] == "/state"]
+    (ended,) = posted(http_server, "/state")
     assert ended["end_reason"] == "cancel"
 
 
