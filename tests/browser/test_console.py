@@ -192,7 +192,8 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     assert set(offered) == {"recording", "finished", "no_input", "error"}, offered
     page.select_option("#filter-state", "recording")
     page.click("button[type=submit]")
-    page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    row = page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
+    assert "live" in row.inner_text() and "0.0 s" not in row.inner_text(), row.inner_text()  # (no duration yet)
     page.click("nav >> text=Calls")
     page.click(f"li[data-recording='{recording_id}'] button[data-action=resume]")
     page.wait_for_selector(f"li[data-recording='{recording_id}'] button[data-action=pause]")

@@ -100,7 +100,8 @@ function columns(rows) {
   const callLink = (r) => (r.call_id ? h('a', { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: 'id' }, r.call_id.slice(0, 8)) : '–');
   return [
     ['Started', (r) => h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, formatTime(r.start_time))],
-    ['Duration', (r) => formatDuration(r.duration), 'num'],
+    // (a live recording's row is as the index has it since its start: its duration there is no figure yet)
+    ['Duration', (r) => (r.end_reason || r.state !== 'recording' ? formatDuration(r.duration) : 'live'), 'num'],
     ...(parties ? [['Caller', (r) => r.from || '–'], ['Callee', (r) => r.to || '–']] : [['Call', callLink]]),
     ['State', (r) => h('span', { class: `state state-${r.state}` }, r.state)],
     ['Format', (r) => r.format],
