@@ -149,11 +149,18 @@ def test_a_call_shows_in_metrics_and_in_json_log_lines(engine: EngineFactory) ->
         assert value(seen, "swml_rtp_packets_sent_total") > 0
         assert value(seen, "swml_media_tick_lateness_seconds_count") > 0
         assert value(seen, "swml_status_callback_failures_total") == 0
+        assert value(seen, "swml_rtp_packets_lost_total") == stats["lost"] == 0
 
+    # Requests that are not HTTP get 400 and leave no line in the log (a flood of them would flood it).
+    for junk in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", http), timeout=10) as raw:
+            raw.sendall(junk)
+            assert raw.recv(100).startswith(b"HTTP/1.1 400"), junk
     # Every log line is one JSON object; the lines about the call carry its id.
     call_id = str(meta["call_id"])
     lines = [line for line in eng.log().splitlines() if not line.startswith("swml serve:")]  # the CLI's own
     records = [json.loads(line) for line in lines]
+    assert not [r for r in records if "Invalid HTTP request" in r["message"]], records
     about = [r for r in records if r["call_id"] == call_id]
     assert any(r["message"].startswith(f"call {call_id} (") for r in about), records
     assert any(r["message"].startswith(f"call {call_id} ended after") for r in about), records

@@ -435,7 +435,11 @@ class ApiServer:
             # gigabytes (and the signalling's JSON is small anyway).
             ws_per_message_deflate=False,
             lifespan="off",
-            log_level="warning",
+            # uvicorn leaves logging as the service set it (swml serve: --log-format, the level of
+            # uvicorn.error): its own config would put a handler of its own on its loggers, writing plain
+            # text among JSON lines, and set them back to warning — a line for every malformed request.
+            log_config=None,
+            log_level=None,
             access_log=False,
             timeout_graceful_shutdown=5,
             timeout_keep_alive=max(1, round(limits.idle_timeout)),
