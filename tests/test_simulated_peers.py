@@ -93,6 +93,8 @@ def test_peer_specs_say_what_the_far_party_does() -> None:
     assert parse_peer("sip:a@b=reject:603@1.5").code == 603 and parse_peer("sip:a@b=reject:603@1.5").at == 1.5
     assert parse_peer("sip:a@b=no-answer,ring@500ms").ring_at == 0.5
     assert parse_peer("sip:a@b=answer,hangup@end").hangup == "end"
+    # A digit's time is written as every other time of a peer (swml run --help: 3s, 500ms).
+    assert parse_peer("sip:a@b=answer,dtmf:2s:1,dtmf:2500ms:2").dtmf == ((2.0, "1"), (2.5, "2"))
     # A SIP URI's own parameters stay in the destination: only an '=' before an item ends it.
     assert parse_peer("sip:a@b;transport=tcp=answer@1").to == "sip:a@b;transport=tcp"
 

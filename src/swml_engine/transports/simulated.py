@@ -34,6 +34,7 @@ from swml_engine.vocabulary import EndReason, FailReason
 #: Gap between digits pressed in one group (``--dtmf 3:123``).
 DIGIT_GAP = 0.25
 _DTMF_ITEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*([0-9A-Da-d*#]+)\s*$")
+_DIGITS = re.compile(r"\s*[0-9A-Da-d*#]+\s*")
 
 
 def parse_dtmf_schedule(text: str) -> list[tuple[float, str]]:
@@ -363,10 +364,10 @@ def parse_peer(text: str) -> PeerScript:
         elif word == "hangup" and at and not arg:
             peer = replace(peer, hangup="end" if at == "end" else _peer_time(at, item))
         elif word == "dtmf" and arg and not at:
-            try:
-                dtmf.extend(parse_dtmf_schedule(arg))
-            except ValueError as e:
-                raise ValueError(f"{item!r}: {e}") from None
+            when, _, digits = arg.partition(":")
+            if not _TIME.match(when.strip()) or not _DIGITS.fullmatch(digits.strip()):
+                raise ValueError(f"{item!r} is not T:DIGITS (T: 2, 2.5s or 500ms after its answer; digits 0-9 * # A-D)")
+            dtmf.extend(parse_dtmf_schedule(f"{_peer_time(when, item):f}:{digits}"))
             if dtmf[-1][0] > PEER_MAX_SECONDS:
                 raise ValueError(f"{item!r}: later than the {PEER_MAX_SECONDS:.0f} s a call may last")
         elif word == "rate" and arg in ("8000", "16000") and not at:
