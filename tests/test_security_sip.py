@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,9 @@ SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
+def engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     with engines(tmp_path) as start:
-        yield start(SCRIPT)
+        yield start
 
 
 def _final(sock: socket.socket) -> tuple[int, str]:
@@ -79,11 +79,53 @@ def dial_with_password(port: int, password: str, source: str = "127.0.0.1") -> i
         return status
 
 
-def test_guessing_a_callers_password_is_limited_per_address(engine: Engine) -> None:
+def test_guessing_a_callers_password_is_limited_per_address(engine: Callable[..., Engine]) -> None:
     """Each call could guess answer.password once, and nothing limited the calls: a guesser from one
     address could try a dictionary at the rate the service took calls. Now 10 wrong passwords a minute
     from one address, then even the right one gets 403 there (unchecked) while other addresses call on."""
-    assert [dial_with_password(engine.port, f"guess-{i}") for i in range(10)] == [403] * 10
-    assert dial_with_password(engine.port, "right-password") == 403
-    assert "too many wrong passwords from 127.0.0.1" in engine.log()
-    assert dial_with_password(engine.port, "right-password", source="127.0.0.2") == 200
+    eng = engine(SCRIPT)
+    assert [dial_with_password(eng.port, f"guess-{i}") for i in range(10)] == [403] * 10
+    assert dial_with_password(eng.port, "right-password") == 403
+    assert "too many wrong passwords from 127.0.0.1" in eng.log()
+    assert dial_with_password(eng.port, "right-password", source="127.0.0.2") == 200
+
+
+PLAYS = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - play: silence:20\n"
+
+
+def test_no_audio_goes_to_an_invite_that_is_never_acked(engine: Callable[..., Engine]) -> None:
+    """An INVITE whose source was forged is answered 200 to the forged source, which sends no ACK: the
+    call's audio went to its SDP's address anyway, 1500 packets (250 KB) for one datagram of 300 bytes —
+    a reflector aimed at anyone. Now nothing is sent after the answer until the ACK (or the caller's
+    RTP) comes: then the audio flows."""
+    eng = engine(PLAYS)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as media,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
+        media.bind(("127.0.0.1", 0))
+        media.settimeout(2)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(20)
+        here, uri, call_id = f"127.0.0.1:{sock.getsockname()[1]}", f"sip:service@127.0.0.1:{eng.port}", uuid.uuid4().hex
+        sdp = SDP.replace("m=audio 9 ", f"m=audio {media.getsockname()[1]} ")
+        sock.sendto(
+            (
+                f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {here};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:alice@{here}>\r\nMax-Forwards: 70\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+            ).encode(),
+            ("127.0.0.1", eng.port),
+        )
+        status, ok = _final(sock)
+        assert status == 200
+        with pytest.raises(TimeoutError):  # 2 s of the call's audio, and not a packet of it here
+            media.recv(2048)
+        sock.sendto(
+            f"ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {here};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+            f"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: {_header(ok, 'to')}\r\nCall-ID: {call_id}\r\n"
+            "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode(),
+            ("127.0.0.1", eng.port),
+        )
+        assert len(media.recv(2048)) > 12  # the ACK came: the audio flows

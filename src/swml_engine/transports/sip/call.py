@@ -382,6 +382,10 @@ class SipCallTransport(Transport):
         self._retry: asyncio.Future[ServerCall] | None = None
         #: A transfer of the caller by REFER in progress (sip_refer).
         self._transfer: LegTransfer | None = None
+        #: The caller's ACK came. Until then — or until its RTP does — nothing is sent after the answer:
+        #: an INVITE whose source was forged never gets one, and must not aim the call's audio (hundreds
+        #: of times its own size) at whoever its SDP names (docs/security.md).
+        self._acked = False
 
     # --- the leg's state ------------------------------------------------------------------------------
 
@@ -455,7 +459,7 @@ class SipCallTransport(Transport):
         self.sip_media.skip(frames)
 
     def write_listen(self, frame: Frame) -> None:
-        if self.state in _MEDIA:
+        if self.state in _MEDIA and (self._acked or self.state is LegState.EARLY or self.sip_media.rtp.stats.received):
             self.sip_media.write(frame)
 
     @property
@@ -600,6 +604,7 @@ class SipCallTransport(Transport):
     def ack(self, body: bytes) -> None:
         """The caller's ACK: for a delayed offer it carries the answer to ours, and media starts; for an
         offerless re-INVITE it carries the answer to our re-offer, and media moves to it."""
+        self._acked = self._acked or self.state in _UP  # (the ACK of our 200, not of a 401 before it)
         if self.state is LegState.REOFFERED:
             self._ack_reoffer(body.decode("utf-8", "replace"))
         elif self.state is LegState.AWAITING_ANSWER:
