@@ -298,6 +298,8 @@ sections:
     assert sorted(round(f / 10) * 10 for f in spectrum_peaks(window(heard, RATE, 2.2, 3.8), RATE)) == [440, 480]
     assert rms(window(heard, RATE, 4.1, 4.9)) < 50  # the ring's pause
     assert abs(spectrum_peaks(window(heard, RATE, 5.2, 7.8), RATE, 1)[0] - 1000) < 10
+    # Nor does its key (the "1" that accepts) reach the caller.
+    assert [e for e in of_type(res, "dtmf") if e["direction"] == "sent"] == []
     # The recording's metadata says when the far party was on the right channel: its early media, then
     # the bridge from its acceptance.
     (meta_path,) = (tmp_path / "out" / "recordings").glob("*.json")
