@@ -223,10 +223,12 @@ class SipMedia:
     def _watch(self) -> None:
         """Counted in ticks of the media clock, not in wall time: a loaded loop that skips ticks never
         ends a call. Any datagram counts (even a foreign or malformed one: the call is kept rather than
-        cut); a peer on hold — told not to send, or holding the old way (RFC 2543: its address 0.0.0.0,
-        the stream stopped both ways) — is not counted."""
+        cut); a peer on hold is not counted — told not to send, holding the old way (RFC 2543: its address
+        0.0.0.0, the stream stopped both ways), or holding us with sendonly: that says it may send (music
+        on hold), yet phones often send nothing then (baresip's hold does so), and a hold is not a peer
+        gone."""
         media = self.media
-        if media is None or media.direction not in ("sendrecv", "recvonly") or media.remote[0] in _UNSPECIFIED:
+        if media is None or media.direction != "sendrecv" or media.remote[0] in _UNSPECIFIED:
             self._silent = 0
             return
         stats = self.rtp.stats
