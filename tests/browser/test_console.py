@@ -10,11 +10,15 @@ import urllib.error
 import urllib.request
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conftest import wait_for
+from interop.peers import engines, free_port
 
-from .conftest import CALLER_LEVEL, TOKEN, Browsing, Console, keep_screenshot
+from .conftest import CALLER_LEVEL, CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, watched
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 #: Reads back what the waveform canvas shows: per lane (one per channel), how many pixels have each lane's
 #: wave colour (waveform.js draws lane 1 in #1f6f8b, lane 2 in #b4543a).
@@ -277,3 +281,24 @@ def test_keyboard_alone_reaches_everything_and_every_field_is_labelled(browsing:
     page.keyboard.press("Escape")
     page.wait_for_selector("dialog", state="hidden")
     assert page.evaluate("document.querySelector('dialog').open") is False
+
+
+def test_a_session_cookie_the_browser_refuses_is_said_so_at_sign_in(browser: Browser, tmp_path: Path) -> None:
+    # An https --public-url (behind a TLS proxy, docs/deploy.md) makes the cookie Secure; a page on the node's
+    # own plain-HTTP address cannot keep it. The sign-in says so, rather than "your session has ended".
+    with engines(tmp_path) as start:
+        http = free_port()
+        script = "version: 1.0.0\nsections:\n  main:\n    - hangup\n"
+        start(script, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN, "--public-url", "https://rec.example.com")
+        # (a name of its own for loopback: http://127.0.0.1 is a secure context, where the cookie is kept)
+        named = browser.browser_type.launch(
+            executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP node.test 127.0.0.1"]
+        )
+        try:
+            with watched(named, f"http://node.test:{http}", 1100, 800) as seen:
+                seen.expected.append("401")  # (the check that finds no cookie)
+                seen.sign_in()
+                seen.page.wait_for_selector("[role=alert] >> text=did not keep the session cookie")
+                assert "session has ended" not in seen.page.inner_text("main")
+        finally:
+            named.close()

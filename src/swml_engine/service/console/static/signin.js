@@ -8,6 +8,10 @@ const REFUSALS = {
   401: 'That token is not the API token of this service.',
   429: 'Too many attempts from this address: wait a minute, then try again.',
 };
+/** The token was right but the browser refused the cookie: one the service sends for HTTPS only (an https://
+ * --public-url), on a page served over plain HTTP. */
+const COOKIE_REFUSED =
+  'The token is right, but this browser did not keep the session cookie: the service sends it for HTTPS only (its --public-url is https://…). Open the console at that address.';
 
 export function render(main, { notice, go }) {
   const message = h('div', { class: 'messages' }, notice ? h('p', { class: 'note', role: 'status' }, notice) : null);
@@ -41,6 +45,14 @@ export function render(main, { notice, go }) {
     submit.disabled = true;
     try {
       await api.signIn(token);
+      // (asked once with the cookie alone: a cookie the browser refused would otherwise read as a session
+      // that ended at once, and the form would come back without a reason)
+      if (!(await api.resume())) {
+        replace(message, alertLine(COOKIE_REFUSED));
+        submit.disabled = false;
+        input.focus();
+        return;
+      }
       go('#/recordings');
     } catch (error) {
       replace(message, alertLine(REFUSALS[error.status] || `Sign-in failed: ${error.message}`));
