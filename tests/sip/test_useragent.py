@@ -324,6 +324,35 @@ def test_our_bye_follows_the_route_set_and_is_retransmitted_until_answered() -> 
     assert not any(isinstance(e, RequestFailed) for e in run.events)
 
 
+@pytest.mark.parametrize(
+    ("source", "contact", "sent_to"),
+    [
+        # a softphone at home calling us directly: its Contact names its private address, which the NAT in
+        # front of it keeps us from reaching; its INVITE came from the NAT's public address and port
+        ("203.0.114.7", "192.168.1.10:5060", ("203.0.114.7", 5070)),
+        # on a private network the Contact is reached as it is (a public source with a public Contact too)
+        ("192.0.2.10", "192.168.1.10:5060", ("192.168.1.10", 5060)),
+        ("203.0.114.7", "203.0.114.9:5060", ("203.0.114.9", 5060)),
+    ],
+)
+def test_our_bye_to_a_caller_behind_nat_goes_where_its_requests_came_from(
+    source: str, contact: str, sent_to: tuple[str, int]
+) -> None:
+    run, caller = Run(), Caller(host=source)
+    data, _ = caller.request("INVITE", body=SDP)
+    run.feed(data.replace(f"<sip:alice@{source}:5070>".encode(), f"<sip:alice@{contact}>".encode()), caller.peer)
+    call = run.call()
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    caller.to_tag = call.local_tag
+    run.feed(caller.request("ACK", cseq=1)[0], caller.peer)
+    run.ua.bye(call, run.now)
+    run.act()
+    [(bye, datagram)] = run.requests("BYE")
+    assert bye.uri == f"sip:alice@{contact}"  # the Request-URI stays the Contact (RFC 3261 §12.2.1.1)
+    assert (datagram.to.host, datagram.to.port) == sent_to
+
+
 def test_an_unanswered_bye_is_reported_once_after_timer_f() -> None:
     run, caller = Run(), Caller()
     call = answered(run, caller)

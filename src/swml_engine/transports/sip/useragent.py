@@ -38,6 +38,7 @@ another worker gets 481.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import re
@@ -1043,12 +1044,17 @@ class UserAgent:
 
     def _target(self, uri: Uri, peer: Peer) -> Target:
         """Where a request to ``uri`` goes: its host and port (5060 when none), over the transport it
-        names or the call's; over TCP the call's connection is preferred while it is open."""
+        names or the call's; over TCP the call's connection is preferred while it is open. Over UDP, a
+        private address from a caller at a public one (a phone behind NAT naming its own address in its
+        Contact) goes to where the caller's requests came from instead: the NAT's mapping, which its own
+        traffic keeps open, is the one way in."""
         named = uri.transport
         transport = Transport.TCP if named == "tcp" else Transport.UDP if named == "udp" else peer.transport
-        port = uri.port or 5060
+        host, port = uri.host, uri.port or 5060
+        if transport is Transport.UDP and peer.transport is Transport.UDP and _behind_nat(host, peer.host):
+            host, port = peer.host, peer.port
         flow = peer.flow if transport is Transport.TCP else 0
-        return Target(transport, uri.host, port, flow)
+        return Target(transport, host, port, flow)
 
 
 class _ByeOwner:
@@ -1067,6 +1073,18 @@ class _ByeOwner:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _behind_nat(host: str, source: str) -> bool:
+    """Whether ``host`` (an address a peer gave us) is one no one outside its network reaches — private,
+    loopback, link-local, shared (CGNAT) — while the peer's packets come from a public ``source``."""
+    try:
+        named, seen = (ipaddress.ip_address(a.strip("[]")) for a in (host, source))
+    except ValueError:
+        return False  # a host name: taken as it is
+    if isinstance(seen, ipaddress.IPv6Address) and seen.ipv4_mapped is not None:
+        seen = seen.ipv4_mapped  # an IPv4 caller on a dual-stack socket
+    return not named.is_global and seen.is_global
 
 
 def _tag(rng: random.Random) -> str:
