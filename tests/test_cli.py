@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from conftest import read_wav, rms, tone, wav_bytes, window
 
@@ -124,3 +129,85 @@ def test_progress_bar_moves_on_a_terminal_between_events(tmp_path: Path) -> None
     os.close(master)
     shown = [float(t) for t in re.findall(rb"call time +([0-9.]+) s of 10 s", b"".join(chunks))]
     assert len(shown) >= 4 and shown == sorted(shown) and 2.0 <= shown[0] < shown[-1] <= 4.1, shown
+
+
+def test_run_names_the_option_of_an_unusable_out_directory_or_caller_audio(tmp_path: Path) -> None:
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [answer]}")
+    in_the_way = tmp_path / "out"
+    in_the_way.write_text("a file")
+    r = swml("run", str(doc), "--out", str(in_the_way))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (
+        r.stderr.strip()
+        == f"swml run: --out {in_the_way}: cannot make the output directory: a file of that name is in the way"
+    )
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 50)
+    r = swml("run", str(doc), "--caller-audio", str(junk), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.startswith(f"swml run: --caller-audio {junk}: not a readable audio file")
+
+
+class _HeldReceiver:
+    """A status callback receiver on loopback whose first answer waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        held = self.release
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                held.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cb"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def held_receiver() -> Iterator[_HeldReceiver]:
+    receiver = _HeldReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.release.set()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+def test_run_says_it_waits_for_callbacks_and_sums_up_errors_callbacks_and_recordings(
+    tmp_path: Path, held_receiver: _HeldReceiver
+) -> None:
+    """The summary a user reads: each error with its place (also one whose message has none), how many
+    status callbacks were delivered, the recordings made; and while a receiver keeps the run waiting
+    after the call, one line says what it waits for."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text(
+        "sections:\n  main:\n    - record_call: {}\n"
+        f"    - play: {{url: 'silence:1', status_url: '{held_receiver.url}'}}\n"
+        "    - prompt: {play: 'silence:1', speech_timeout: 2}\n"
+    )
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    note = proc.stderr.readline()  # the receiver holds the first callback until the note came
+    held_receiver.release.set()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert note.startswith("the call is over; waiting for status callbacks still being delivered (up to 60 s")
+    assert proc.returncode == 0 and stderr == ""
+    lines = stdout.splitlines()
+    assert "  error at 2.00 s: sections.main[2].prompt: no speech recognition in this engine" in "\n".join(lines)
+    assert "status callbacks: 2 of 2 delivered (each attempt is a callback event)" in lines
+    assert lines[-1] == f"outputs in {out}/: heard.wav, events.jsonl, vars.json, recordings/ (1 made by this call)"

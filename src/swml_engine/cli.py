@@ -64,30 +64,57 @@ class Progress:
     """A one-line progress bar on stderr, shown once a run has taken more than a couple of seconds.
 
     Events say how far the call is; a redraw thread keeps the line moving between them (on the wall
-    clock's pace when the run follows it, ``--realtime``).
+    clock's pace when the run follows it, ``--realtime``). Once the call is over, the run may still wait
+    for status callbacks (up to ``callback_wait`` s): after a couple of seconds of that, one line says so
+    (``notes``), so a receiver that is down does not look like a hang.
     """
 
-    def __init__(self, total: float | None, enabled: bool, realtime: bool = False) -> None:
+    def __init__(
+        self, total: float | None, enabled: bool, realtime: bool = False, notes: bool = False, callback_wait: float = 0
+    ) -> None:
         self.total = total
         self.enabled = enabled
         self.realtime = realtime
+        self.notes = notes
+        self.callback_wait = callback_wait
         self.start = time.monotonic()
         self.shown = False
         self._t = 0.0  # call time of the latest event
         self._at = self.start  # when it came
+        self._ended_at: float | None = None  # when the call's end came
+        self._noted = False
         self._done = threading.Event()
         self._lock = threading.Lock()
-        if enabled:
+        if enabled or notes:
             threading.Thread(target=self._redraw, name="swml-progress", daemon=True).start()
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "call.state" and event.get("state") == "ended":
+            self._ended_at = time.monotonic()
         if self.enabled:
             self._t, self._at = float(event.get("t", self._t)), time.monotonic()
+
+    def _note_wait(self, now: float, ended_at: float) -> None:
+        if not self.notes or self._noted or now - ended_at < 2.0:
+            return
+        with self._lock:
+            if not self._done.is_set():
+                sys.stderr.write(
+                    ("\n" if self.shown else "") + "the call is over; waiting for status callbacks still being "
+                    f"delivered (up to {self.callback_wait:g} s; each attempt is a callback event)\n"
+                )
+                sys.stderr.flush()
+                self.shown = False
+            self._noted = True
 
     def _redraw(self) -> None:
         while not self._done.wait(0.25):
             now = time.monotonic()
-            if now - self.start < 2.0:
+            ended_at = self._ended_at
+            if ended_at is not None:
+                self._note_wait(now, ended_at)
+                continue
+            if not self.enabled or now - self.start < 2.0:
                 continue
             t = self._t + (now - self._at if self.realtime else 0.0)
             if self.total:
@@ -111,6 +138,7 @@ class Progress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
+    from swml_engine.media.audio import AudioError, decode
     from swml_engine.methods import REGISTRY
     from swml_engine.recording.crypt_cli import load_keys
     from swml_engine.session import Simulation, simulate
@@ -143,11 +171,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if caller is not None and not caller.is_file():
         print(f"swml run: --caller-audio: no such file: {caller}", file=sys.stderr)
         return EXIT_USAGE
+    caller_audio = None
+    if caller is not None:
+        try:  # decoded here, so a file FFmpeg cannot read is named with its option
+            caller_audio = decode(caller, args.rate)
+        except (AudioError, OSError) as e:
+            print(f"swml run: --caller-audio {caller}: {e}", file=sys.stderr)
+            return EXIT_USAGE
     keyring = load_keys(args.encrypt_key_file, "run")
     out = Path(args.out)
-    progress = Progress(args.hangup_at, sys.stderr.isatty() and not args.quiet, args.realtime)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a read-only place: say so before the call runs
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or str(e)
+        print(f"swml run: --out {out}: cannot make the output directory: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = Progress(
+        args.hangup_at,
+        sys.stderr.isatty() and not args.quiet,
+        args.realtime,
+        notes=not args.quiet,
+        callback_wait=Simulation.callback_wait,
+    )
     sim = Simulation(
-        caller_audio=caller,
+        caller_audio=caller_audio,
         dtmf=dtmf,
         hangup_at=args.hangup_at,
         from_=args.from_,
@@ -178,13 +225,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"call ended after {res.duration:.2f} s of call time ({wall:.2f} s wall): {res.result.reason}")
         print(f"steps run: {sum(1 for e in res.events if e['type'] == 'step.end')}, errors: {len(errors)}")
         for ev in errors[:10]:
-            print(f"  error at {ev['t']:.2f} s: {ev.get('message')}")
-        heard = ", ".join(["heard.wav", *(t.heard_path.name for t in res.dialer.placed if t.heard_path)])
-        print(f"outputs in {out}/: {heard}, events.jsonl, vars.json")
+            print(f"  error at {ev['t']:.2f} s: {_placed(ev)}")
+        if len(errors) > 10:
+            print(f"  ... and {len(errors) - 10} more errors in events.jsonl")
+        sent = sum(1 for e in res.events if e["type"] == "callback" and e.get("attempt") == 1)
+        if sent:
+            delivered = sum(1 for e in res.events if e["type"] == "callback" and e.get("delivered"))
+            print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
+        outputs = ["heard.wav", *(t.heard_path.name for t in res.dialer.placed if t.heard_path)]
+        outputs += ["events.jsonl", "vars.json"]
+        made = {e["recording_id"] for e in res.events if e["type"] == "record.state" and e.get("recording_id")}
+        if made:
+            outputs.append(f"recordings/ ({len(made)} made by this call)")
+        print(f"outputs in {out}/: {', '.join(outputs)}")
     if res.result.error:
         print(f"swml run: {res.result.error}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+def _placed(error: dict[str, Any]) -> str:
+    """An error event's message, led by its place when the message does not already start with it."""
+    message, where = str(error.get("message")), str(error.get("where") or "")
+    return message if not where or message.startswith(where) else f"{where}: {message}"
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
