@@ -136,7 +136,10 @@ def test_execute_to_unreachable_url_fails_the_step_and_goes_on() -> None:
 def test_runaway_execute_recursion_is_stopped() -> None:
     res = run_doc("sections: {main: [{execute: again}, {set: {after: ok}}], again: [{execute: again}]}")
     errors = [e for e in res.events if e["type"] == "error"]
-    assert any("nested more than 100 deep" in e["message"] for e in errors)
+    assert errors[0]["where"] == "sections.again[0].execute"
+    assert errors[0]["message"] == (
+        "sections.again[0].execute: execute nested more than 100 deep (section 'again' calls itself?)"
+    )
     assert res.vars["after"] == "ok"
 
 

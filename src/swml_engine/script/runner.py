@@ -163,9 +163,9 @@ class Runner:
     async def execute_section(self, section_run: SectionRun, params: dict[str, Any]) -> Any:
         """Run a section with its own ``params``; the caller's params come back afterwards."""
         if section_run.depth > MAX_EXECUTE_DEPTH:
-            raise ParamError(
-                section_run.section,
-                f"execute nested more than {MAX_EXECUTE_DEPTH} deep (a section that calls itself?)",
+            # Not a ParamError: the place is the execute step's own, which the step's error leads with.
+            raise SwmlError(
+                f"execute nested more than {MAX_EXECUTE_DEPTH} deep (section {section_run.section!r} calls itself?)"
             )
         saved = self.variables.params
         self.variables.params = dict(params)
