@@ -498,6 +498,30 @@ def test_our_bye_goes_along_the_dialog_with_a_reason() -> None:
     assert len(run.requests("BYE")) == 1
 
 
+@pytest.mark.parametrize(
+    ("dialled", "contact", "sent_to"),
+    [
+        # a phone behind NAT, dialled at the public address its NAT forwards: its Contact names its own
+        # private address, which we cannot reach — the ACK and BYE go where the INVITE went
+        ("203.0.114.20", "192.168.1.20:5060", ("203.0.114.20", 5080)),
+        # a private network, or a public Contact: the Contact as it is
+        ("192.0.2.20", "192.168.1.20:5060", ("192.168.1.20", 5060)),
+        ("203.0.114.20", "203.0.114.21:5060", ("203.0.114.21", 5060)),
+    ],
+)
+def test_the_ack_and_bye_to_a_far_end_behind_nat_go_where_the_invite_went(
+    dialled: str, contact: str, sent_to: tuple[str, int]
+) -> None:
+    run = Run()
+    call = run.place(target=Target(Transport.UDP, dialled, 5080))
+    [inv] = run.requests("INVITE")
+    run.feed(reply(inv, 200, sdp=ANSWER, contact=f"<sip:bob@{contact}>"), Peer(Transport.UDP, dialled, 5080, local=US))
+    call.bye(run.now)
+    [ack], [bye] = run.requests("ACK"), run.requests("BYE")
+    assert ack.uri == bye.uri == f"sip:bob@{contact}"  # the Request-URI stays the Contact
+    assert [(d.to.host, d.to.port) for d in run.sent_to("ACK") + run.sent_to("BYE")] == [sent_to, sent_to]
+
+
 def test_their_bye_is_answered_200_and_told_then_the_dialog_is_gone() -> None:
     run = Run()
     call, _ = answered(run)

@@ -99,6 +99,7 @@ from swml_engine.transports.sip.useragent import (
     Target,
     Timed,
     Transport,
+    behind_nat,
 )
 from swml_engine.transports.sip.validation import allow_header
 
@@ -1148,10 +1149,15 @@ class OutboundCall:
 
     def _target_of(self, uri: Uri) -> Target:
         """Where a request to ``uri`` goes: the INVITE's own next hop when it names the same place (its
-        connection is kept), else its host and port (5060 when none) over the transport it names or ours."""
+        connection is kept), else its host and port (5060 when none) over the transport it names or ours.
+        Over UDP, a private address given by a far end we dialled at a public one (a phone behind NAT, its
+        Contact naming its own address) is the INVITE's next hop too: that is the way in its NAT forwards."""
         named = uri.transport
         transport = Transport.TCP if named == "tcp" else Transport.UDP if named == "udp" else self.transport
         target = Target(transport, uri.host, uri.port or 5060)
         if replace(self.target, flow=0) == target:
+            return self.target
+        udp = transport is Transport.UDP and self.target.transport is Transport.UDP
+        if udp and behind_nat(uri.host, self.target.host):
             return self.target
         return target

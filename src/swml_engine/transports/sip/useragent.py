@@ -1051,7 +1051,7 @@ class UserAgent:
         named = uri.transport
         transport = Transport.TCP if named == "tcp" else Transport.UDP if named == "udp" else peer.transport
         host, port = uri.host, uri.port or 5060
-        if transport is Transport.UDP and peer.transport is Transport.UDP and _behind_nat(host, peer.host):
+        if transport is Transport.UDP and peer.transport is Transport.UDP and behind_nat(host, peer.host):
             host, port = peer.host, peer.port
         flow = peer.flow if transport is Transport.TCP else 0
         return Target(transport, host, port, flow)
@@ -1075,7 +1075,7 @@ class _ByeOwner:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _behind_nat(host: str, source: str) -> bool:
+def behind_nat(host: str, source: str) -> bool:
     """Whether ``host`` (an address a peer gave us) is one no one outside its network reaches — private,
     loopback, link-local, shared (CGNAT) — while the peer's packets come from a public ``source``."""
     try:
