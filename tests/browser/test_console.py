@@ -208,6 +208,25 @@ def test_a_live_call_appears_and_its_buttons_pause_resume_and_stop_its_recording
     assert code == 200 and meta["state"] == "finished" and meta["end_reason"] == "api"
 
 
+def test_a_live_calls_page_follows_its_recordings_as_they_end(browsing: Browsing, console: Console) -> None:
+    page = browsing.page
+    browsing.sign_in()
+    page.wait_for_selector("h1 >> text=Recordings")
+    before = {r["recording_id"] for r in console.recordings()}
+    console.call(60.0)
+    assert wait_for(lambda: {r["recording_id"] for r in console.recordings()} - before)
+    [recording] = [r for r in console.recordings() if r["recording_id"] not in before]
+    page.goto(f"{console.base}/#/calls/{recording['call_id']}")
+    item = f"ul.recordings li:has(a[href='#/recordings/{recording['recording_id']}'])"
+    row = page.wait_for_selector(item)
+    assert "recording" in row.inner_text() and "0.0 s" not in row.inner_text(), row.inner_text()
+    # Stopped elsewhere (the API): the page, open all along, shows it finished, with its duration.
+    code, meta = console.api("POST", f"/api/recordings/{recording['recording_id']}/stop")
+    assert code == 200 and meta["state"] == "finished", meta
+    page.wait_for_selector(f"{item} >> text=finished")
+    assert "live" not in page.inner_text(item)
+
+
 def test_a_finished_calls_event_timeline(browsing: Browsing, console: Console, tmp_path: Path) -> None:
     code, body = console.api("GET", "/api/calls?state=ended")
     assert code == 200 and body["calls"], body

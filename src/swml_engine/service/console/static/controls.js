@@ -1,6 +1,6 @@
 // Live control of a recording (stop, pause, resume), as buttons: shared by the calls page and a recording's page.
 import { api } from './api.js';
-import { alertLine, h, replace } from './dom.js';
+import { alertLine, formatDuration, h, replace } from './dom.js';
 
 /** Which buttons a recording in each state offers. */
 const ACTIONS_BY_STATE = { recording: ['pause', 'stop'], paused: ['resume', 'stop'] };
@@ -9,6 +9,12 @@ const LABELS = { stop: 'Stop', pause: 'Pause', resume: 'Resume' };
 /** A recording's state as shown: a live recording that is paused says so in `pause_behavior`. */
 export function stateOf(recording) {
   return recording.state === 'recording' && recording.pause_behavior ? 'paused' : recording.state;
+}
+
+/** A recording's duration as a list shows it: a live one's row is as the index had it at its start, with no
+ * figure yet. */
+export function listedDuration(recording) {
+  return recording.end_reason || recording.state !== 'recording' ? formatDuration(recording.duration) : 'live';
 }
 
 /** Whether a recording is still being written (and so can be controlled). */

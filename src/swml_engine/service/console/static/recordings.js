@@ -1,7 +1,8 @@
 // The recordings list: filters (kept in the page's address, so Back and a bookmark keep them), newest first,
 // one page of PAGE_SIZE rows at a time.
 import { api } from './api.js';
-import { formatDuration, formatTime, h, heading, replace } from './dom.js';
+import { listedDuration } from './controls.js';
+import { formatTime, h, heading, replace } from './dom.js';
 
 export const PAGE_SIZE = 25;
 // The states the API lists recordings by: a paused recording stays `recording` there (its pause shows on its own
@@ -100,8 +101,7 @@ function columns(rows) {
   const callLink = (r) => (r.call_id ? h('a', { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: 'id' }, r.call_id.slice(0, 8)) : '–');
   return [
     ['Started', (r) => h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, formatTime(r.start_time))],
-    // (a live recording's row is as the index has it since its start: its duration there is no figure yet)
-    ['Duration', (r) => (r.end_reason || r.state !== 'recording' ? formatDuration(r.duration) : 'live'), 'num'],
+    ['Duration', listedDuration, 'num'],
     ...(parties ? [['Caller', (r) => r.from || '–'], ['Callee', (r) => r.to || '–']] : [['Call', callLink]]),
     ['State', (r) => h('span', { class: `state state-${r.state}` }, r.state)],
     ['Format', (r) => r.format],
