@@ -121,6 +121,18 @@ def test_a_bad_peer_spec_says_what_is_wrong(spec: str, says: str) -> None:
     assert says in str(e.value)
 
 
+def test_swml_run_help_names_every_peer_item(capsys: pytest.CaptureFixture[str]) -> None:
+    from swml_engine.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    items = ("answer", "busy", "no-answer", "reject:", "unreachable", "ring@", "early:", "audio:", "dtmf:")
+    for item in (*items, "hangup@", "rate:", "events"):
+        assert item in shown, item
+    assert parse_peer("sip:a@b=answer,events").events  # (the one that was missing, as the parser takes it)
+
+
 def test_swml_run_refuses_a_bad_peer_with_a_usage_error(tmp_path: Path) -> None:
     doc = tmp_path / "a.yaml"
     doc.write_text("sections: {main: [answer]}")

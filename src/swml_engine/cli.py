@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a far party connect can dial (repeat for several); ITEMs: one outcome answer[@T], busy[@T], "
         "no-answer, reject:CODE[@T], unreachable[@T] (T seconds from the dial, e.g. 3s or 500ms), then "
         "ring@T, early:WAV (audio before its answer), audio:WAV (from its answer), dtmf:T:DIGITS and "
-        "hangup@T (T seconds from its answer), hangup@end (when its audio ends), rate:16000; e.g. "
+        "hangup@T (T seconds from its answer), hangup@end (when its audio ends), rate:16000, events (it "
+        "takes digits as RFC 4733 events, as a SIP phone that negotiated them); e.g. "
         "'sip:agent@example.com=answer@3s,audio:agent.wav'. Other destinations are unreachable. What "
         "the n-th peer hears goes to peer-<n>-heard.wav",
     )
