@@ -131,6 +131,8 @@ def destination_kind(to: str, path: str) -> DestinationKind:
     engine does not dial (queues, streams, Resource Addresses) and ParamError for anything else."""
     text = to.strip()
     low = text.lower()
+    if _CONTROL.search(text):  # (a caller's value in it must not put bytes like these into the INVITE)
+        raise ParamError(path, f"{describe(to)} holds a line break or control character")
     if low.startswith(("sip:", "sips:")):
         try:
             uri = parse_uri(text)
