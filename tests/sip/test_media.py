@@ -225,6 +225,19 @@ def test_sdp_hold_and_bad_offers() -> None:
             negotiate(parse_offer(bad), [])
 
 
+def test_an_srtp_stream_beside_a_plain_one_is_declined_and_the_plain_one_answered() -> None:
+    # "best effort" SRTP offered as two audio streams: encrypted first, plain RTP as the fallback
+    offer_text = (
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n"
+        "m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9\r\n"
+        "m=audio 4002 RTP/AVP 0 8\r\n"
+    )
+    offer = parse_offer(offer_text)
+    assert offer.audio_index == 1 and offer.remote == ("10.0.0.5", 4002)
+    answer = build_answer(offer, negotiate(offer, []), ("10.0.0.1", 20000), SessionVersion())
+    assert "m=audio 0 RTP/SAVP 0\r\nm=audio 20000 RTP/AVP 0\r\n" in answer  # RFC 3264 §6: in its place
+
+
 def _audio_offer(media: str = "0", address: str = "127.0.0.1", extra: str = "") -> str:
     return f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\nm=audio {media}\r\n{extra}"
 

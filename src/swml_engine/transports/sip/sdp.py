@@ -158,16 +158,22 @@ def parse_offer(body: str) -> Offer:
     except (ValueError, IndexError) as e:
         raise NotAcceptable(f"unreadable SDP ({str(e)[: 2 * _ECHO]})") from None
     _check_media(sdp)
+    refused: NotAcceptable | None = None
     for index, m in enumerate(sdp.media):
         if m.media == "audio" and m.port > 0:
+            if not m.proto.upper().startswith("RTP/AVP"):
+                # an SRTP stream may have a plain one beside it ("best effort" SRTP): that one is answered,
+                # this one declined in its place (build_answer)
+                refused = refused or NotAcceptable(
+                    f"media profile {m.proto[:_ECHO]} is not served (plain RTP/AVP only)"
+                )
+                continue
             conn = m.connection or sdp.connection
             if conn is None:
                 raise NotAcceptable("the audio stream has no connection address (c=)")
-            if not m.proto.upper().startswith("RTP/AVP"):
-                raise NotAcceptable(f"media profile {m.proto[:_ECHO]} is not served (plain RTP/AVP only)")
             _check_payload_types(m)
             return Offer(sdp, m, index, (_media_address(conn.address), m.port))
-    raise NotAcceptable("the offer has no audio stream")
+    raise refused or NotAcceptable("the offer has no audio stream")
 
 
 def preferred_rate(offer: Offer) -> int:
