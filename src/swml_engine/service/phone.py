@@ -96,7 +96,7 @@ def parse_message(text: str) -> dict[str, Any]:
     """One message of the page, checked: a JSON object with a known ``type`` and its fields."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: arrays nested thousands deep, in 64 KiB)
         raise BadMessage("a message must be a JSON object") from None
     if not isinstance(message, dict):
         raise BadMessage("a message must be a JSON object")
