@@ -132,6 +132,15 @@ def test_phone_numbers_are_e164() -> None:
     ]
 
 
+def test_a_phone_number_yaml_read_as_a_number_is_said_so() -> None:
+    # to: +15551234567 unquoted is a number to YAML, its + dropped: the error says so and how to write it.
+    doc = "sections:\n  main:\n    - connect:\n        serial:\n          - to: +15551234567\n"
+    with pytest.raises(DocumentError) as e:
+        load_text(doc, methods=REGISTRY)
+    assert "connect.serial[0].to: 15551234567 is a number" in str(e.value)
+    assert "quote it: to: '+15551234567'" in str(e.value)
+
+
 def test_placeholders_are_checked_when_the_step_runs() -> None:
     assert (
         errors({"to": "sip:%{call.to}@example.com", "timeout": "${t}", "headers": [{"name": "X-A", "value": "${v}"}]})

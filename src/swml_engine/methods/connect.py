@@ -168,6 +168,12 @@ class Address(Str):
     def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
         if is_templated(value):
             return
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML reads an unquoted +15551234567 as a number, its + gone: the user did write one.
+            errors.append(
+                ParamError(path, f"{value} is a number (YAML drops the + of one unquoted); quote it: to: '+{value}'")
+            )
+            return
         try:
             text = self.check(value, path)
             assert isinstance(text, str)
