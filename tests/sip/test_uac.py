@@ -522,6 +522,28 @@ def test_the_ack_and_bye_to_a_far_end_behind_nat_go_where_the_invite_went(
     assert [(d.to.host, d.to.port) for d in run.sent_to("ACK") + run.sent_to("BYE")] == [sent_to, sent_to]
 
 
+def test_a_bye_in_the_far_ends_last_early_dialog_cancels_the_invite_and_fails_the_call() -> None:
+    # RFC 3261 §15 has a callee never send BYE before it answers; one that does anyway (a gateway ending
+    # its early-media announcement so) has ended that fork: with no fork left ringing the call is over,
+    # not left ringing until the dial plan's timeout
+    run = Run()
+    call = run.place()
+    [inv] = run.requests("INVITE")
+    run.feed(reply(inv, 180, tag="far1"))
+    run.feed(reply(inv, 183, tag="far2", sdp=RINGBACK))
+    run.feed(far_request(call, "BYE", 1, tag="far2"))
+    assert [r.status for r in run.responses("BYE")] == [200]
+    assert run.told(Failed) == [] and run.requests("CANCEL") == []  # far1 still rings
+    run.feed(far_request(call, "BYE", 2, tag="far1"))
+    assert [r.status for r in run.responses("BYE")] == [200, 200]
+    [failed] = run.told(Failed)
+    assert failed.status == 487 and "hung up before answering" in failed.reason and call.ended
+    [cancel] = run.requests("CANCEL")
+    assert cancel.branch == inv.branch  # the INVITE's transaction is ended too
+    run.feed(reply(inv, 487, tag="far1"))
+    assert len(run.requests("ACK")) == 1 and len(run.told(Failed)) == 1
+
+
 def test_their_bye_is_answered_200_and_told_then_the_dialog_is_gone() -> None:
     run = Run()
     call, _ = answered(run)

@@ -684,6 +684,8 @@ class OutboundCall:
                 reason = (request.headers.get("reason") or "")[:MAX_REASON_IN]
                 self._end(now)
                 self.ua.emit(Hangup(self, HangupCause.BYE, reason))
+            elif self.state is CallState.PROCEEDING and self.early_dialogs == []:
+                self._early_bye(now)
         elif method == Method.INVITE:
             self._their_reinvite(request, tx, peer, dialog, now)
         elif method == Method.OPTIONS:
@@ -896,6 +898,15 @@ class OutboundCall:
         if self._timer_offer is not None:
             self._agreed(self._timer_offer, response, now)
         self.ua.emit(Answered(self, self.remote_sdp, tag))
+
+    def _early_bye(self, now: float) -> None:
+        """The far end's BYE ended its last early dialog (RFC 3261 §15 has a callee never do so, yet
+        gateways end an announcement that way): nothing rings any more, so the INVITE is cancelled
+        and the call fails at once (the 487, or a 200 crossing the CANCEL, is dealt with as after any
+        give-up)."""
+        self._cancel_reason = "the far end hung up"
+        self._send_cancel(now)
+        self._fail(487, "the far end hung up before answering (a BYE in its early dialog)", now)
 
     def _send_cancel(self, now: float) -> None:
         self.state = CallState.CANCELLING
