@@ -398,6 +398,37 @@ def test_a_refusing_far_party_fails_connect_and_the_script_goes_on(
     assert (seen["connect_result"], seen["connect_failed_reason"], seen["after"]) == ("failed", reason, "failed")
 
 
+def test_a_far_party_hanging_up_before_it_answers_fails_connect_at_once(engine: EngineFactory, tmp_path: Path) -> None:
+    """A gateway ending its announcement (183 with early media) with a BYE instead of a final answer: the
+    leg is over then — cancelled and failed `rejected` at once, not left ringing until connect's timeout."""
+    far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
+    pulses(far_pcap, "PCMU", FAR_TONE, 2.0)
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
+    xml = scenario("far_hangs_up_early", pcap=str(far_pcap), announce=1000, cancel_within=5000)
+    far = FarSipp(tmp_path / "far", xml)
+    eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}', timeout: 30}}", after=1))
+    with far_parties(far):
+        res = run_sipp(
+            tmp_path / "caller",
+            scenario(
+                "engine_hangs_up",
+                pcap=str(caller_pcap),
+                pause=500,
+                dtmf="pcap/dtmf_2833_1.pcap",
+                after=0,
+                bye_timeout=30000,
+            ),
+            eng.port,
+        )
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors()  # its BYE answered, our CANCEL within 5 s, the 487 ACKed
+    seen = vars_of(eng)
+    assert (seen["connect_result"], seen["connect_failed_reason"], seen["after"]) == ("failed", "rejected", "failed")
+    [events] = eng.call_events()
+    [failed] = [e for e in events if e["type"] == "connect.leg" and e["state"] == "failed"]
+    assert failed["code"] == 487 and "hung up before answering" in str(failed["text"])
+
+
 def test_a_far_party_killed_mid_bridge_ends_it_after_the_rtp_timeout(engine: EngineFactory, tmp_path: Path) -> None:
     far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
     pulses(far_pcap, "PCMU", FAR_TONE, 30.0)
