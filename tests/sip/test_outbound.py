@@ -24,6 +24,8 @@ from swml_engine.media.audio import frames_of
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
 from swml_engine.transports.base import DtmfPath
+from swml_engine.transports.sip.auth import DigestChallenge, Verdict
+from swml_engine.transports.sip.message import Request
 from swml_engine.transports.sip.outbound import SipFarTransport, parse_trunk
 from swml_engine.vocabulary import DialState
 
@@ -312,6 +314,41 @@ def test_a_digest_challenge_is_answered_with_the_destinations_credentials(
             assert (failure.reason, failure.code) == ("rejected", 407)
             await leg.end()
             await refused.end()
+
+    run(body, tmp_path, monkeypatch)
+
+
+class ChallengesBye(FarParty):
+    """A far end that asks for credentials on our BYE too, with a nonce of its own (RFC 3261 §22: any
+    request may be challenged; a carrier's SBC may), and takes the BYE only once answered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bye_challenge = DigestChallenge("far.test", proxy=True)
+
+    def _on_request(self, request: Request, addr: tuple[str, int]) -> None:
+        credentials = self.credentials
+        if request.method == "BYE" and credentials is not None:
+            verdict = self.bye_challenge.verify(request, *credentials, 0.0)
+            if verdict is not Verdict.ACCEPTED:
+                self._respond(request, 407, headers=tuple(self.bye_challenge.headers(0.0)))
+                return
+        super()._on_request(request, addr)
+
+
+def test_our_bye_challenged_by_the_far_end_is_sent_again_with_the_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unanswered, the far end kept the call up (its phone in a silent call, a trunk's meter running).
+    async def body(service: Service) -> None:
+        async with ChallengesBye(credentials=("alice", "s3cret")) as party:
+            leg = await dialled(service, party, username="alice", password="s3cret")
+            assert leg.states == ["ringing", "answered"]
+            await leg.end()
+            assert await until(party.bye.is_set)
+            byes = [r for r in party.requests if r.method == "BYE"]
+            assert len(byes) == 2 and "Proxy-Authorization" in byes[-1].encode().decode()
+            assert byes[1].cseq.number == byes[0].cseq.number + 1
 
     run(body, tmp_path, monkeypatch)
 

@@ -931,11 +931,35 @@ class OutboundCall:
         except (DialogError, AuthError) as e:
             log.info("call %s: no BYE sent: %s", self.call_id, e)
             return
-        self.ua.send_request(request, self._target_of(next_hop), now, _Answers(self._on_bye_response, _ignore_timeout))
+        self._send_bye(request, self._target_of(next_hop), now, challenged=False)
 
-    def _on_bye_response(self, response: Response, now: float) -> None:
-        if response.status >= 300:
-            log.info("call %s: our BYE got %d %s", self.call_id, response.status, _reason_of(response))
+    def _send_bye(self, request: Request, target: Target, now: float, *, challenged: bool) -> None:
+        def answered(response: Response, now: float) -> None:
+            # A far end may challenge the BYE too (RFC 3261 §22.1): unanswered, it would keep its side of
+            # the call up. Sent again once with the credentials, on a fresh nonce only (DigestClient).
+            if response.status in (401, 407) and not challenged and self._challenge_taken(response):
+                try:
+                    again = self._resubmitted(request)
+                except AuthError as e:
+                    log.info("call %s: our BYE is not sent again: %s", self.call_id, e)
+                    return
+                self._send_bye(again, target, now, challenged=True)
+            elif response.status >= 300:
+                log.info("call %s: our BYE got %d %s", self.call_id, response.status, _reason_of(response))
+
+        self.ua.send_request(request, target, now, _Answers(answered, _ignore_timeout))
+
+    def _resubmitted(self, request: Request) -> Request:
+        """``request`` sent again with our credentials after a challenge (RFC 3261 §22.2): the next CSeq
+        number, a new branch. (A BYE ended its dialog as it was sent: the dialog builds no other.)"""
+        headers = request.headers.copy()
+        headers.set("Via", str(self._via().with_param("branch", self.ua.new_branch())))
+        headers.set("CSeq", f"{request.cseq.number + 1} {request.method}")
+        headers.remove("Authorization")
+        headers.remove("Proxy-Authorization")
+        again = Request(method=request.method, uri=request.uri, headers=headers, body=request.body)
+        self._sign(again)
+        return again
 
     def _send_out(self, out: _Outgoing, now: float) -> None:
         """Send (or send again) our re-INVITE or UPDATE, with the session timer's headers when one runs."""
