@@ -103,7 +103,9 @@ def test_next_run_recovers_and_says_so(tmp_path: Path) -> None:
         time.sleep(0.02)
     time.sleep(1.2)
     os.kill(proc.pid, signal.SIGKILL)
+    killed_at = time.time()
     proc.wait()
+    time.sleep(2.0)  # the repair comes later than the crash: the recordings' end is the crash's time
     r = subprocess.run(
         [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(out), "--hangup-at", "1"],
         capture_output=True,
@@ -112,3 +114,6 @@ def test_next_run_recovers_and_says_so(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.count("recovered recording") == 3, r.stdout + r.stderr
     recovered = [e for e in read_jsonl(out / "events.jsonl") if e["type"] == "record.recovered"]
     assert len(recovered) == 3 and all(e["duration"] > 0 for e in recovered)
+    for m in (json.loads(p.read_text()) for p in (out / "recordings").glob("*.json")):
+        if m["end_reason"] == "recovered":
+            assert killed_at - 1.2 <= m["end_time"] <= killed_at + 0.1, (m["format"], m["end_time"] - killed_at)

@@ -130,6 +130,7 @@ def _repair_one(store: RecordingStore, meta_path: Path, path: Path, keyring: Key
             missing[0],
         )
         return None
+    written = _last_written(path, part_path(path))  # before the repair writes to them
     try:
         rate, channels = int(meta.get("sample_rate") or 8000), int(meta.get("channels") or 1)
         duration, note = repair(str(meta.get("format")), path, rate, channels, keyring)
@@ -141,9 +142,27 @@ def _repair_one(store: RecordingStore, meta_path: Path, path: Path, keyring: Key
     meta["end_reason"] = "recovered"
     meta["duration"] = round(duration, 3)
     meta["size"] = stored_size(path, keyring)
-    meta["end_time"] = path.stat().st_mtime if path.is_file() else time.time()
+    meta["end_time"] = _ended_at(meta.get("start_time"), duration, written)
     store.write_metadata(meta)
     return Recovered(rid, path, duration, note)
+
+
+def _last_written(*paths: Path) -> float | None:
+    """When the dead writer last wrote to any of ``paths`` (None: none is there)."""
+    times = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime)
+    return max(times, default=None)
+
+
+def _ended_at(start_time: object, duration: float, written: float | None) -> float:
+    """When a recovered recording's audio stopped — not when it was repaired, which may be hours later.
+    Its start plus the audio it holds, or the writer's last write when that is later (a pause with
+    ``skip`` left time out of the file; the writer flushes at least once a second)."""
+    start = float(start_time) if isinstance(start_time, (int, float)) else None
+    candidates = [t for t in (start + duration if start is not None else None, written) if t is not None]
+    return max(candidates, default=time.time())
 
 
 def stored_size(path: Path, keyring: Keyring | None) -> int:
