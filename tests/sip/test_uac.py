@@ -426,11 +426,9 @@ def test_cancel_waits_for_a_provisional_and_the_487_fails_the_call_cancelled() -
     run.feed(reply(inv, 180))
     [cancel] = run.requests("CANCEL")
     assert (cancel.uri, cancel.branch, cancel.call_id) == (inv.uri, inv.branch, inv.call_id)
-    assert (
-        cancel.cseq.number == 1
-        and cancel.to.tag is None
-        and "answered elsewhere" in (cancel.headers.get("reason") or "")
-    )
+    assert cancel.cseq.number == 1 and cancel.to.tag is None
+    # RFC 3326: cause 200 in a CANCEL is "completed elsewhere" — phones then log no missed call
+    assert cancel.headers.get("reason") == 'SIP;cause=200;text="Call completed elsewhere"'
     assert run.sent_to("CANCEL")[0].to == TARGET
     assert run.told(Provisional) == []  # a call being cancelled tells no more ringing
     run.feed(reply(cancel, 200))
@@ -438,6 +436,19 @@ def test_cancel_waits_for_a_provisional_and_the_487_fails_the_call_cancelled() -
     [failed] = run.told(Failed)
     assert (failed.status, failed.reason) == (487, "cancelled") and call.ended
     assert [a.branch for a in run.requests("ACK")] == [inv.branch]
+
+
+@pytest.mark.parametrize("why", ["cancelled", "no answer", "the caller hung up"])
+def test_a_cancel_for_any_other_reason_does_not_say_the_call_was_completed_elsewhere(why: str) -> None:
+    # A CANCEL with "Reason: SIP;cause=200" tells the far phone another took the call (RFC 3326): it logs
+    # no missed call. An agent whose phone rang out, or whose caller hung up first, must see one.
+    run = Run()
+    call = run.place()
+    [inv] = run.requests("INVITE")
+    run.feed(reply(inv, 180))
+    call.cancel(run.now, why)
+    [cancel] = run.requests("CANCEL")
+    assert cancel.headers.get("reason") == f'SIP;cause=487;text="{why}"'
 
 
 def test_a_cancel_before_any_provisional_gives_up_at_timer_b_without_sending_one() -> None:

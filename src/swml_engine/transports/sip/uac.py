@@ -403,10 +403,22 @@ def _sdp_of(message: Request | Response) -> bytes:
     return message.body if message.body and message.content_type == "application/sdp" else b""
 
 
-def _reason_header(text: str) -> str:
+def _reason_header(text: str, cause: int = 200) -> str:
     """A Reason header (RFC 3326) a person can read: quotes, backslashes and control characters out."""
     clean = "".join(c if c.isprintable() and c not in '"\\' else " " for c in text)[:MAX_REASON]
-    return f'SIP;cause=200;text="{clean}"'
+    return f'SIP;cause={cause};text="{clean}"'
+
+
+#: What cancel() is given when another leg took the call (a parallel dial's winner).
+ANSWERED_ELSEWHERE = "answered elsewhere"
+
+
+def _cancel_reason_header(reason: str) -> str:
+    """Our CANCEL's Reason. Cause 200 there says another took the call ("Call completed elsewhere",
+    RFC 3326): phones then log no missed call, so it is said only when so; else 487, as the INVITE ends."""
+    if reason == ANSWERED_ELSEWHERE:
+        return _reason_header("Call completed elsewhere")
+    return _reason_header(reason, cause=487)
 
 
 def _reason_of(response: Response) -> str:
@@ -851,7 +863,7 @@ class OutboundCall:
             return
         # another fork answered after the first, or the answer crossed our CANCEL, or came after we gave
         # up: take it down at once (RFC 3261 §13.2.2.4)
-        self._bye(dialog, now, self._cancel_reason or "answered elsewhere")
+        self._bye(dialog, now, self._cancel_reason or ANSWERED_ELSEWHERE)
         if self.state in _CANCELLED:
             self._fail(487, "cancelled", now)
 
@@ -914,7 +926,7 @@ class OutboundCall:
             return
         cancel = cancel_request(self._invite)
         if self._cancel_reason:
-            cancel.headers.add("Reason", _reason_header(self._cancel_reason))
+            cancel.headers.add("Reason", _cancel_reason_header(self._cancel_reason))
         self.ua.send_request(cancel, self.target, now, _Answers(lambda r, n: None, _ignore_timeout))
         if self._invite_tx is not None:
             self._invite_tx.cancel_sent(now)  # no final answer in 64*T1: the INVITE gives up
