@@ -508,6 +508,15 @@ def test_search_filters_on_time_call_parties_state_format_and_duration_with_a_to
         assert await ids(callee="1_0") == (["r4", "r3"], 2)  # _ is a character, not a wildcard
         assert await ids(callee="1%") == ([], 0)
         assert await ids(caller="\x00") == ([], 0)
+        # Each row says who was on its call (the list shows them), None for a call the index lacks.
+        index.put_recording(meta("r5", "gone", start=50.0, format="wav", duration=1.0))
+        await settle(index)
+        rows, _ = await index.search(RecordingQuery(limit=3))
+        assert [(r["recording_id"], r["caller"], r["callee"]) for r in rows] == [
+            ("r5", None, None),
+            ("r4", "sip:bob@x", "sip:1_0@y"),
+            ("r3", "sip:bob@x", "sip:1_0@y"),
+        ]
         await index.close()
 
     run(go())

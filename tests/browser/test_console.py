@@ -114,6 +114,10 @@ def test_a_recording_of_a_real_call_is_listed_drawn_for_both_channels_played_and
     browsing.sign_in()
     row = page.wait_for_selector(f"#recordings tr[data-recording='{recording_id}']")
     assert "finished" in row.inner_text() and "stereo" in row.inner_text()
+    # The row says who called whom: the call's From and To, as the API lists them.
+    listed = console.api("GET", "/api/recordings")[1]["recordings"]
+    parties = next((r["caller"], r["callee"]) for r in listed if r["recording_id"] == recording_id)
+    assert all(parties) and all(party in row.inner_text() for party in parties), parties
     keep_screenshot(page, tmp_path, "console-recordings.png")
 
     # The filters narrow the list: a format it is not in hides it, its own format shows it.

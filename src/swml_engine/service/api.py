@@ -50,7 +50,7 @@ from swml_engine.service.events_stream import (
     log_path,
 )
 from swml_engine.service.httpd import RequestGuard, bearer_refusal
-from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, IndexUnavailable, RecordingQuery
+from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, PARTIES, IndexUnavailable, RecordingQuery
 from swml_engine.service.sessions import COOKIE, Session, Sessions, cookie_value
 from swml_engine.service.waveform import DEFAULT_POINTS, MAX_POINTS, WaveformError, Waveforms
 
@@ -275,10 +275,11 @@ def build_app(
             kept = meta.get("storage") or service.bucket is not None or index().shared
             return meta if kept or service.store.meta_path(recording_id).is_file() else None
         truth = _metadata_file(service.store, recording_id)
-        if truth is not None and truth != meta:
+        parties = {key: meta[key] for key in PARTIES if key in meta}  # (the list's, not the file's)
+        if truth is not None and truth != {key: value for key, value in meta.items() if key not in PARTIES}:
             log.info("recording %s: the index missed its last write; its metadata file says", recording_id)
             index().put_recording(truth)
-        return truth
+        return None if truth is None else truth | parties
 
     async def found(recording_id: str) -> dict[str, Any]:
         live = service.live_recording(recording_id)

@@ -53,6 +53,8 @@ MAX_ROWS = 1000
 MAX_OFFSET = 1_000_000_000
 #: The longest value of an indexed text column (ids are 36 characters).
 MAX_TEXT = 1000
+#: The keys a listed recording carries its call's From and To in (the names the list is filtered by).
+PARTIES = ("caller", "callee")
 #: Where a node keeps its name (made once, shared by its workers).
 NODE_FILE = "node-id"
 #: Where a node notes when it last brought a shared index up to date (:class:`SyncMark`).
@@ -217,7 +219,23 @@ class Index(ABC):
             (*args, min(query.limit, MAX_ROWS), min(query.offset, MAX_OFFSET)),
         )
         total = await self._read(f"SELECT COUNT(*) FROM recordings {where}", args)
-        return [json.loads(meta) for (meta,) in rows], int(total[0][0]) if total else 0
+        found = [json.loads(meta) for (meta,) in rows]
+        return await self._with_parties(found), int(total[0][0]) if total else 0
+
+    async def _with_parties(self, recordings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each listed recording with its call's ``caller`` and ``callee`` (the From and To it is searched
+        by; None when the call is not in the index), so a list can say who was on each recording."""
+        call_ids = sorted({str(r["call_id"]) for r in recordings if r.get("call_id")})
+        parties: dict[str, tuple[str | None, str | None]] = {}
+        if call_ids:
+            marks = ", ".join("?" * len(call_ids))
+            rows = await self._read(
+                f"SELECT call_id, caller, callee FROM calls WHERE call_id IN ({marks})", tuple(call_ids)
+            )
+            parties = {str(call_id): (caller, callee) for call_id, caller, callee in rows}
+        for recording in recordings:
+            recording.update(zip(PARTIES, parties.get(str(recording.get("call_id")), (None, None)), strict=True))
+        return recordings
 
     async def recording(self, recording_id: str) -> dict[str, Any] | None:
         rows = await self._read("SELECT meta FROM recordings WHERE recording_id = ?", (recording_id,))

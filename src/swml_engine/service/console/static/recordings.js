@@ -95,14 +95,14 @@ export async function render(main, { query, go, fail }) {
   }
 }
 
-/** The list's columns: the call's parties when the rows carry them, else the call id. */
+/** The list's columns: the call's parties when the index knows them, else the call id. */
 function columns(rows) {
-  const parties = rows.some((r) => r.from || r.to);
+  const parties = rows.some((r) => r.caller || r.callee);
   const callLink = (r) => (r.call_id ? h('a', { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: 'id' }, r.call_id.slice(0, 8)) : '–');
   return [
     ['Started', (r) => h('a', { href: `#/recordings/${encodeURIComponent(r.recording_id)}` }, formatTime(r.start_time))],
     ['Duration', listedDuration, 'num'],
-    ...(parties ? [['Caller', (r) => r.from || '–'], ['Callee', (r) => r.to || '–']] : [['Call', callLink]]),
+    ...(parties ? [['Caller', (r) => r.caller || '–'], ['Callee', (r) => r.callee || '–']] : [['Call', callLink]]),
     ['State', (r) => h('span', { class: `state state-${r.state}` }, r.state)],
     ['Format', (r) => r.format],
     ['Channels', (r) => (r.channels === 2 ? 'stereo' : 'mono')],
