@@ -218,3 +218,42 @@ def test_yaml_is_read_by_libyaml_and_errors_keep_their_place() -> None:
     long = "sections:\n  main:\n" + "    - set: {a: 1}\n" * 5000 + "    - set: {a: *nope}\n"
     [message] = errors_of(long)
     assert message.startswith("line 5003, column 16: invalid YAML: found undefined alias")
+
+
+def test_a_key_given_twice_is_an_error_with_its_line_not_the_first_silently_dropped() -> None:
+    yaml_text = "sections:\n  main:\n    - switch:\n        variable: x\n        case:\n          '1': [hangup]\n"
+    yaml_text += "          '1': [answer]\n  main: [answer]\n"
+    assert errors_of(yaml_text) == [
+        "line 7, column 11: the key '1' is given twice in one object (first at line 6, column 11): merge the two or "
+        "rename one",
+        "line 8, column 3: the key 'main' is given twice in one object (first at line 2, column 3): merge the two or "
+        "rename one",
+    ]
+    assert errors_of('{"sections": {"main": [{"hangup": {}}],\n "main": []}}') == [
+        "line 2, column 2: the key 'main' is given twice in one object (first at line 1, column 15): merge the two "
+        "or rename one"
+    ]
+    # Keys a YAML merge brings in may be overridden: that is what a merge is for.
+    doc = load_text(
+        "sections:\n  main:\n    - play: &p {url: 'say:a', volume: 2}\n    - play: {<<: *p, volume: 3}\n",
+        methods=REGISTRY,
+    )
+    assert doc.sections["main"][1].params["volume"] == 3
+
+
+def test_a_json_file_is_read_as_json_only(tmp_path: Path) -> None:
+    """A trailing comma is valid YAML flow, so a .json file read as YAML passed `swml validate` and then
+    failed wherever the document went as JSON; the message says what the comma is."""
+    from swml_engine.document.loader import load_file
+
+    text = '{"sections": {"main": [{"answer": {}},\n  ]}}'
+    path = tmp_path / "call.json"
+    path.write_text(text)
+    with pytest.raises(DocumentError) as info:
+        load_file(path, methods=REGISTRY)
+    assert [str(e) for e in info.value.errors] == [
+        "line 2, column 3: invalid JSON: a comma before ']': JSON allows no comma after the last item"
+    ]
+    path = tmp_path / "call.yaml"
+    path.write_text(text)  # the same text as YAML is YAML
+    assert load_file(path, methods=REGISTRY).sections["main"][0].method == "answer"

@@ -14,6 +14,7 @@ The methods a document may use come as a table from the caller (``methods=REGIST
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from swml_engine.document.model import Block, Document, MethodTable, Step
-from swml_engine.document.params import NotSupported, describe
+from swml_engine.document.params import NotSupported, describe, shorten
 from swml_engine.errors import DocumentError, ParamError
 
 #: Every calling method named by the official SWML schema (SWMLObject.json, $defs.SWMLMethod).
@@ -104,6 +105,7 @@ class _CountingLoader(_SafeBase):  # type: ignore[misc, valid-type]
         self.budget = budget
         self.built = 0
         self.aliases = 0
+        self.duplicates: list[tuple[int, int, ParamError]] = []  # (line, column, error)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         if node in self.constructed_objects or node in self.recursive_objects:
@@ -114,6 +116,27 @@ class _CountingLoader(_SafeBase):  # type: ignore[misc, valid-type]
                 self.budget()
         return super().construct_object(node, deep)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys without a word; a second `main:` or case '1' would
+        # silently drop the first. Keys a merge (`<<: *base`) brings in may be overridden: not counted.
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key_node.tag, key_node.value), key_node)
+            if first is not key_node:
+                mark = key_node.start_mark
+                self.duplicates.append((mark.line, mark.column, _duplicate(key_node.value, mark, first.start_mark)))
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+
+def _duplicate(key: str, mark: yaml.Mark, first: yaml.Mark | None) -> ParamError:
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    earlier = f" (first at line {first.line + 1}, column {first.column + 1})" if first is not None else ""
+    return ParamError(
+        "", f"{where}the key {shorten(key)!r} is given twice in one object{earlier}: merge the two or rename one"
+    )
+
 
 def _load_yaml(text: str, budget: Budget | None) -> object:
     loader = _CountingLoader(text, budget)
@@ -121,9 +144,40 @@ def _load_yaml(text: str, budget: Budget | None) -> object:
         data = loader.get_single_data()
     finally:
         loader.dispose()
+    if loader.duplicates:  # in the text's order (outer objects are built before the ones they hold)
+        raise DocumentError([error for _, _, error in sorted(loader.duplicates, key=lambda d: d[:2])])
     if loader.aliases:
         _check_expansion(data)
     return data
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        raise _DuplicateJsonKey
+    return out
+
+
+class _DuplicateJsonKey(Exception):
+    """A JSON object with one key twice (json keeps the last): the YAML reader then names its line."""
+
+
+def _load_json(text: str, budget: Budget | None) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_json_pairs)
+    except _DuplicateJsonKey:
+        pass
+    with contextlib.suppress(yaml.YAMLError):  # JSON is YAML: the YAML reader says where the keys are
+        _load_yaml(text, budget)
+    raise DocumentError([ParamError("", "a key is given twice in one object: merge the two or rename one")])
+
+
+def _json_message(text: str, e: json.JSONDecodeError) -> str:
+    msg = e.msg
+    before = text[: e.pos].rstrip()
+    if e.pos < len(text) and text[e.pos] in "]}" and before.endswith(","):
+        msg = f"a comma before {text[e.pos]!r}: JSON allows no comma after the last item"
+    return f"line {e.lineno}, column {e.colno}: invalid JSON: {msg}"
 
 
 def _check_expansion(root: object) -> None:
@@ -175,28 +229,33 @@ def _chars(value: object) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
-def parse_text(text: str, source: str = "<document>", budget: Budget | None = None) -> object:
-    """Parse YAML or JSON text (JSON is tried first when the text looks like JSON, for its messages).
+def parse_text(
+    text: str, source: str = "<document>", budget: Budget | None = None, *, json_only: bool = False
+) -> object:
+    """Parse YAML or JSON text (JSON is tried first when the text looks like JSON, for its messages;
+    ``json_only``: a ``.json`` file, never read as YAML, whose looser rules would let a trailing comma
+    pass). A key given twice in one object is an error.
 
     YAML aliases may not expand the document past MAX_VALUES values (see _check_expansion); ``budget``
     is called now and then while YAML is built and may raise to stop (a remote document's deadline)."""
     stripped = text.lstrip()
     json_error: json.JSONDecodeError | None = None
-    if stripped.startswith(("{", "[")):
+    if json_only or stripped.startswith(("{", "[")):
         try:
-            return json.loads(text)
+            return _load_json(text, budget)
         except json.JSONDecodeError as e:
             json_error = e
         except RecursionError:
             raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
+        if json_only:
+            raise DocumentError([ParamError("", _json_message(text, json_error))])
     try:
         return _load_yaml(text, budget)
     except RecursionError:
         raise DocumentError([ParamError("", "the document is nested too deeply to read")]) from None
     except yaml.YAMLError as e:
         if json_error is not None:
-            msg = f"line {json_error.lineno}, column {json_error.colno}: invalid JSON: {json_error.msg}"
-            raise DocumentError([ParamError("", msg)]) from None
+            raise DocumentError([ParamError("", _json_message(text, json_error))]) from None
         raise DocumentError([ParamError("", _yaml_message(_retold(text, e)))]) from None
 
 
@@ -229,7 +288,7 @@ def load_file(path: str | Path, *, methods: MethodTable) -> Document:
         raise DocumentError([ParamError("", f"cannot read {p}: {e.strerror or e}")]) from None
     except UnicodeDecodeError:
         raise DocumentError([ParamError("", f"{p} is not UTF-8 text")]) from None
-    return load_document(parse_text(text, str(p)), str(p), methods=methods)
+    return load_document(parse_text(text, str(p), json_only=p.suffix.lower() == ".json"), str(p), methods=methods)
 
 
 def load_text(text: str, source: str = "<document>", budget: Budget | None = None, *, methods: MethodTable) -> Document:
