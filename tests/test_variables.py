@@ -156,3 +156,20 @@ def test_a_stopped_heavy_expression_fails_only_its_own_step() -> None:
     errors = [e["message"] for e in res.events if e["type"] == "error"]
     assert len(errors) == 1 and "set.f: expression took longer than" in errors[0]
     assert [res.vars[f"n{i}"] for i in range(10)] == list(range(1, 11))
+
+
+def test_an_unfinished_expression_is_said_to_end_too_early_not_at_a_bracket_it_does_not_hold() -> None:
+    """The check that an expression is one value wraps it in brackets; V8's message for "x ===" named
+    that bracket ("Unexpected token ']'"), a character nowhere in what the user wrote."""
+    res = run_doc(
+        "sections: {main: [{set: {a: '${vars.x ===}', b: '${(1 + 2}', c: '${a]}'}}, "
+        "{goto: {label: end, when: 'vars.x =='}}, {label: end}]}"
+    )
+    errors = sorted(e["message"] for e in res.events if e["type"] == "error")
+    early = "SyntaxError: the expression ends before it is complete (a value or a closing parenthesis missing?)"
+    assert errors == [
+        f"sections.main[0].set.a: {early} in expression 'vars.x ==='",
+        f"sections.main[0].set.b: {early} in expression '(1 + 2'",
+        "sections.main[0].set.c: SyntaxError: Unexpected token ']' in expression 'a]'",
+        f"sections.main[1].goto.when: {early} in expression 'vars.x =='",
+    ]

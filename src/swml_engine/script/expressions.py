@@ -65,14 +65,28 @@ _PRELUDE = r"""
   });
   // What evaluate() uses is kept here, out of reach of expressions that replace globals or prototypes.
   var Fn = Function, Px = Proxy, Pr = Promise, Str = String, bare = Object.create;
-  var stringify = JSON.stringify, finite = isFinite;
+  var stringify = JSON.stringify, finite = isFinite, SynErr = SyntaxError;
+  function holds(text, c) {  // (indexing only: String.prototype may have been replaced)
+    for (var i = 0; i < text.length; i++) { if (text[i] === c) { return true; } }
+    return false;
+  }
   var cache = bare(null), cached = 0;
   function evaluate(src, scope) {
     var f = cache[src];
     if (f === undefined) {
       // One expression, not statements: text that closes our parenthesis early ("1); (2") would parse
       // inside it, but cannot also parse inside brackets.
-      new Fn("return [" + src + "\n];");
+      try {
+        new Fn("return [" + src + "\n];");
+      } catch (e) {
+        // V8 names the first token it could not take; when that is our bracket (the text has none),
+        // the text ended before its expression did ("x ===", "(1"), and our bracket means nothing to
+        // the user.
+        if (e && e.message === "Unexpected token ']'" && !holds(src, "]")) {
+          throw new SynErr("the expression ends before it is complete (a value or a closing parenthesis missing?)");
+        }
+        throw e;
+      }
       f = new Fn("__s", "with (__s) { return (" + src + "\n); }");
       if (cached > 2000) { cache = bare(null); cached = 0; }
       cache[src] = f;
