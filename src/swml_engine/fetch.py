@@ -24,7 +24,8 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from http.cookiejar import CookieJar, CookiePolicy
@@ -197,8 +198,8 @@ def http_fetch(
     body, at most ``limit`` bytes. Raises FetchError naming the (redacted) URL and what went wrong
     (``what`` says what was fetched: ``"SWML from "``)."""
     control.shown = control.shown or target.shown
-    # Compressed replies are not asked for: a small gzip body can decode to gigabytes (the size
-    # limit still counts decoded bytes when a server compresses anyway).
+    # Compressed replies are not asked for: a small gzip body can decode to gigabytes (a server that
+    # compresses anyway is decoded a piece at a time, and the size limit counts decoded bytes).
     sent = {"Accept-Encoding": "identity", **(headers or {})}
     _WATCHDOG.watch(control)
     try:
@@ -269,7 +270,7 @@ def _read(resp: httpx.Response, where: HttpTarget, control: FetchControl, limit:
         raise FetchError(too_big)
     chunks: list[bytes] = []
     size = 0
-    for chunk in resp.iter_bytes(CHUNK):
+    for chunk in _decoded(resp, where):
         size += len(chunk)
         if size > limit:
             raise FetchError(too_big)
@@ -277,6 +278,33 @@ def _read(resp: httpx.Response, where: HttpTarget, control: FetchControl, limit:
         control.check()
     control.check()  # a socket shut down by stop() ends a body without a length as if complete
     return b"".join(chunks)
+
+
+#: The Content-Encodings undone (a server that compresses though asked not to); zlib reads both headers.
+_INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def _decoded(resp: httpx.Response, where: HttpTarget) -> Iterator[bytes]:
+    """The body as sent, in pieces of at most CHUNK bytes. A gzip or deflate body is inflated here, a
+    piece at a time: httpx inflates each read whole, and 64 KiB of gzip inflate to 64 MiB — held before
+    any limit could be counted."""
+    encoding = resp.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        yield from resp.iter_raw(CHUNK)
+        return
+    if encoding not in _INFLATED:
+        raise FetchError(f"{where.shown} sent its reply encoded as {encoding[:40]!r}, which was not asked for")
+    inflate = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # (32: a gzip or a zlib header, as it comes)
+    try:
+        for raw in resp.iter_raw(CHUNK):
+            piece = inflate.decompress(raw, CHUNK)
+            while piece:
+                yield piece
+                piece = inflate.decompress(inflate.unconsumed_tail, CHUNK) if inflate.unconsumed_tail else b""
+        if rest := inflate.flush():
+            yield rest
+    except zlib.error as e:
+        raise FetchError(f"{where.shown}: its {encoding} reply cannot be decoded ({e})") from None
 
 
 def _size(limit: int) -> str:
