@@ -110,6 +110,15 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
             "on_return[0].hangup.reason",
         ),
         ("sections:\n  main: [answer\n", "line "),
+        # A value where the parameters go: what to write instead.
+        (
+            "sections: {main: [{goto: end}, {label: end}]}",
+            "sections.main[0].goto: 'end' is not an object of parameters; write {label: 'end'}",
+        ),
+        (
+            "sections: {main: [{hangup: busy}]}",
+            "sections.main[0].hangup: 'busy' is not an object of parameters; its parameters: reason",
+        ),
     ],
 )
 def test_errors_name_the_place(text: str, expected: str) -> None:

@@ -270,11 +270,22 @@ def _unknown_key(key: str, fields: Mapping[str, object], path: str) -> ParamErro
     return ParamError(f"{path}.{key}", f"unknown parameter; {('expected one of ' + allowed) if fields else allowed}")
 
 
+def _not_an_object(cls: type[Any], raw: object, path: str) -> ParamError:
+    """``goto: end`` and the like: say what to write instead (the one required parameter, or the list)."""
+    fields = _fields(cls)
+    required = [name for name, f in fields.items() if f.metadata.get("required")]
+    if len(required) == 1 and isinstance(raw, str):
+        tip = f"write {{{required[0]}: {describe(raw)}}}"
+    else:
+        tip = f"its parameters: {', '.join(sorted(fields))}" if fields else "write {}"
+    return ParamError(path, f"{describe(raw)} is not an object of parameters; {tip}")
+
+
 def check_params(cls: type[Any], raw: object, path: str) -> list[ParamError]:
     """Load-time check of a params mapping against the dataclass ``cls``; returns every error."""
     errors: list[ParamError] = []
     if not isinstance(raw, dict):
-        return [ParamError(path, f"{describe(raw)} is not an object of parameters")]
+        return [_not_an_object(cls, raw, path)]
     fields = _fields(cls)
     for key, value in raw.items():
         f = fields.get(str(key))
@@ -291,7 +302,7 @@ def check_params(cls: type[Any], raw: object, path: str) -> list[ParamError]:
 def parse_params(cls: type[P], raw: object, path: str) -> P:
     """Run-time parse: every value (already substituted) is checked and converted; first error raised."""
     if not isinstance(raw, dict):
-        raise ParamError(path, f"{describe(raw)} is not an object of parameters")
+        raise _not_an_object(cls, raw, path)
     fields = _fields(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
