@@ -10,7 +10,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from http.client import IncompleteRead
 from pathlib import Path
+
+import pytest
 
 from conftest import read_wav
 from swml_engine.recording.crypt import BLOCK, OVERHEAD, Keyring, SealedFile, is_sealed
@@ -57,6 +60,19 @@ def test_sealed_recordings_served_decrypted(engine: EngineFactory, tmp_path: Pat
     assert code == 206 and part == audio[100:200] and headers["content-range"] == f"bytes 100-199/{len(audio)}"
     code, _, got = request("GET", str(meta["url"]), token=None)  # the signed URL
     assert code == 200 and got == audio
+
+    # An altered block: the download stops short at it (never altered audio), and the log says which
+    # recording and block in a line, without a traceback.
+    with path.open("r+b") as f:
+        f.seek(40 + 100)  # inside the first block (the last one authenticates: the size is known)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(IncompleteRead) as short:
+        request("GET", f"{base}/api/recordings/{meta['recording_id']}/audio")
+    assert short.value.partial == b"" and short.value.expected == len(audio)
+    assert wait_for(lambda: meta["recording_id"] in eng.log() and "block" in eng.log(), 10), eng.log()
+    assert "Traceback" not in eng.log(), eng.log()
 
 
 def test_killed_service_repairs_the_sealed_recording_at_restart(engine: EngineFactory, tmp_path: Path) -> None:

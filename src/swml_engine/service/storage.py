@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Send
 
 from swml_engine.recording.crypt import CryptError, Keyring, SealedAudio, SealedObject, is_sealed
 from swml_engine.recording.objectstore import ObjectStore, StorageError
@@ -171,17 +172,33 @@ async def audio_response(request: Request, source: AudioSource, meta: dict[str, 
     headers["content-length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    return StreamingResponse(_guarded(source.chunks(start, end)), status_code=status, headers=headers)
+    return AudioStream(_guarded(source.chunks(start, end)), status_code=status, headers=headers)
 
 
 async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A read that fails mid-way ends the response short (the client sees fewer bytes than announced),
-    never a traceback."""
+    """A read that fails mid-way ends the body early (the source logs why), never with a traceback."""
     try:
         async for chunk in chunks:
             yield chunk
     except (StorageError, OSError):
         return
+
+
+class AudioStream(StreamingResponse):
+    """A body of announced length. One that ends early (a block that fails authentication, storage
+    failing mid-way) is left unfinished: the connection closes short of the Content-Length, which is how
+    HTTP/1.1 tells the client the body is incomplete. (Ending the body would have the HTTP server refuse
+    to frame it, with a traceback, and close the connection all the same.)"""
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        sent = 0
+        async for chunk in self.body_iterator:
+            body = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+            sent += len(body)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        if sent >= int(self.headers.get("content-length", sent)):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def delete_recording(places: Places, meta: dict[str, Any]) -> None:
