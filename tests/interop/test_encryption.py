@@ -62,14 +62,26 @@ def test_sealed_recordings_served_decrypted(engine: EngineFactory, tmp_path: Pat
     assert code == 200 and got == audio
 
     # An altered block: the download stops short at it (never altered audio), and the log says which
-    # recording and block in a line, without a traceback.
-    with path.open("r+b") as f:
-        f.seek(40 + 100)  # inside the first block (the last one authenticates: the size is known)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 1]))
+    # recording and block in a line, without a traceback. An altered last block (the first of two
+    # blocks authenticates): the body ends after the first block, short of the recording's length.
+    def flip(offset: int) -> None:
+        with path.open("r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 1]))
+
+    audio_url = f"{base}/api/recordings/{meta['recording_id']}/audio"
+    assert len(audio) > BLOCK
+    flip(path.stat().st_size - 10)
     with pytest.raises(IncompleteRead) as short:
-        request("GET", f"{base}/api/recordings/{meta['recording_id']}/audio")
+        request("GET", audio_url)
+    assert short.value.partial == audio[:BLOCK] and short.value.expected == len(audio) - BLOCK
+    assert wait_for(lambda: "does not end with its final block" in eng.log(), 10), eng.log()
+    flip(path.stat().st_size - 10)
+    flip(40 + 100)  # inside the first block (the last one authenticates: the size is known)
+    with pytest.raises(IncompleteRead) as short:
+        request("GET", audio_url)
     assert short.value.partial == b"" and short.value.expected == len(audio)
     assert wait_for(lambda: meta["recording_id"] in eng.log() and "block" in eng.log(), 10), eng.log()
     assert "Traceback" not in eng.log(), eng.log()

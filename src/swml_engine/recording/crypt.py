@@ -615,6 +615,9 @@ class SealedAudio:
     path: Path
     keyring: Keyring
     size: int
+    #: Its last block is sealed as final. Not so for a live recording, one a crash cut short — and a
+    #: finished one whose last block was altered or cut off: what is before it reads, the rest is lost.
+    finished: bool = True
     #: Bytes handed over at a time.
     chunk: int = 64 * 1024
 
@@ -623,7 +626,7 @@ class SealedAudio:
         """CryptError when it cannot be read (its key is not in the keyring, its header or last blocks
         are damaged); OSError when the file cannot be opened."""
         with SealedFile.open(path, keyring) as f:
-            return cls(path, keyring, f.size)
+            return cls(path, keyring, f.size, finished=f.state == "finished")
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         """The plaintext ``[start, end)``. A block that fails authentication ends the stream short (the

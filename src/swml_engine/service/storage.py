@@ -102,7 +102,7 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
     path = places.store.resolve(places.store.audio_path(recording_id, fmt).as_uri())
     if path is not None:
         with contextlib.suppress(FileNotFoundError):  # (uploaded and removed this instant: ask again)
-            return _local(path, places.store.keyring, recording_id)
+            return _local(path, places.store.keyring, meta)
     storage = meta.get("storage")
     bucket = places.bucket
     if isinstance(storage, dict) and storage.get("audio"):
@@ -130,15 +130,30 @@ def open_audio(places: Places, meta: dict[str, Any]) -> AudioSource:
     raise HTTPException(404, f"the audio of recording {recording_id} is gone")
 
 
-def _local(path: Path, keyring: Keyring | None, recording_id: str) -> AudioSource:
+def _local(path: Path, keyring: Keyring | None, meta: dict[str, Any]) -> AudioSource:
     """A file in the spool; a sealed one (--encrypt-key-file) decrypted on the way."""
+    recording_id = str(meta["recording_id"])
     if not is_sealed(path):
         return LocalAudio(path, path.stat().st_size)
     try:
-        return SealedAudio.open(path, _keyring(keyring, recording_id))
+        sealed = SealedAudio.open(path, _keyring(keyring, recording_id))
     except CryptError as e:
         log.error("recording %s: %s", recording_id, e)
         raise HTTPException(500, f"the audio of recording {recording_id} cannot be decrypted: {e}") from None
+    if meta.get("end_reason") is not None and not sealed.finished:
+        # Its last block was altered or cut off (a finished file ends with a final block; a crash's is
+        # sealed again at the repair). Its whole length is announced, so the download ends short of it.
+        held = max(sealed.size, int(meta.get("size") or 0))
+        log.error(
+            "recording %s: %s does not end with its final block (its last block altered, or the file cut): "
+            "the %d bytes before it are served, of %d",
+            recording_id,
+            path.name,
+            sealed.size,
+            held,
+        )
+        sealed.size = held
+    return sealed
 
 
 def _keyring(keyring: Keyring | None, recording_id: str) -> Keyring:
