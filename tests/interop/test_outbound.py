@@ -371,29 +371,31 @@ def test_a_far_party_asking_for_digest_credentials_is_reached_with_username_and_
     assert "connected" in connect_states(eng)
 
 
+def call_until_hung_up(tmp_path: Path, eng: Engine, far: FarSipp) -> None:
+    """A sipp caller (PCMA pulses) the engine connects to ``far`` and then hangs up; both sipps end well."""
+    caller_pcap = tmp_path / "caller.pcap"
+    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
+    with far_parties(far):
+        xml = scenario(
+            "engine_hangs_up",
+            pcap=str(caller_pcap),
+            pause=500,
+            dtmf="pcap/dtmf_2833_1.pcap",
+            after=0,
+            bye_timeout=30000,
+        )
+        res = run_sipp(tmp_path / "caller", xml, eng.port)
+        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
+        assert far.wait() == 0, far.errors()
+
+
 @pytest.mark.parametrize(("status", "phrase", "reason"), [(486, "Busy Here", "busy"), (603, "Decline", "rejected")])
 def test_a_refusing_far_party_fails_connect_and_the_script_goes_on(
     status: int, phrase: str, reason: str, engine: EngineFactory, tmp_path: Path
 ) -> None:
     far = FarSipp(tmp_path / "far", scenario("far_refuses", status=status, phrase=phrase))
     eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}'}}", after=1))
-    caller_pcap = tmp_path / "caller.pcap"
-    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
-    with far_parties(far):
-        res = run_sipp(
-            tmp_path / "caller",
-            scenario(
-                "engine_hangs_up",
-                pcap=str(caller_pcap),
-                pause=500,
-                dtmf="pcap/dtmf_2833_1.pcap",
-                after=0,
-                bye_timeout=30000,
-            ),
-            eng.port,
-        )
-        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
-        assert far.wait() == 0, far.errors()
+    call_until_hung_up(tmp_path, eng, far)
     seen = vars_of(eng)
     assert (seen["connect_result"], seen["connect_failed_reason"], seen["after"]) == ("failed", reason, "failed")
 
@@ -401,27 +403,12 @@ def test_a_refusing_far_party_fails_connect_and_the_script_goes_on(
 def test_a_far_party_hanging_up_before_it_answers_fails_connect_at_once(engine: EngineFactory, tmp_path: Path) -> None:
     """A gateway ending its announcement (183 with early media) with a BYE instead of a final answer: the
     leg is over then — cancelled and failed `rejected` at once, not left ringing until connect's timeout."""
-    far_pcap, caller_pcap = tmp_path / "far.pcap", tmp_path / "caller.pcap"
+    far_pcap = tmp_path / "far.pcap"
     pulses(far_pcap, "PCMU", FAR_TONE, 2.0)
-    pulses(caller_pcap, "PCMA", CALLER_TONE, 4.0)
     xml = scenario("far_hangs_up_early", pcap=str(far_pcap), announce=1000, cancel_within=5000)
     far = FarSipp(tmp_path / "far", xml)
     eng = engine(CONNECT.format(connect=f"{{to: '{far.uri}', timeout: 30}}", after=1))
-    with far_parties(far):
-        res = run_sipp(
-            tmp_path / "caller",
-            scenario(
-                "engine_hangs_up",
-                pcap=str(caller_pcap),
-                pause=500,
-                dtmf="pcap/dtmf_2833_1.pcap",
-                after=0,
-                bye_timeout=30000,
-            ),
-            eng.port,
-        )
-        assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
-        assert far.wait() == 0, far.errors()  # its BYE answered, our CANCEL within 5 s, the 487 ACKed
+    call_until_hung_up(tmp_path, eng, far)  # (the far sipp ends well: our CANCEL came within 5 s)
     seen = vars_of(eng)
     assert (seen["connect_result"], seen["connect_failed_reason"], seen["after"]) == ("failed", "rejected", "failed")
     [events] = eng.call_events()
