@@ -139,6 +139,11 @@ def test_a_phone_number_yaml_read_as_a_number_is_said_so() -> None:
         load_text(doc, methods=REGISTRY)
     assert "connect.serial[0].to: 15551234567 is a number" in str(e.value)
     assert "quote it: to: '+15551234567'" in str(e.value)
+    # So is a caller id: it would reach the far party as another number.
+    with pytest.raises(DocumentError) as e:
+        load_text(doc.replace("- to: +15551234567", "- {to: '+15551234567', from: +15550001111}"), methods=REGISTRY)
+    assert "connect.serial[0].from: 15550001111 is a number" in str(e.value)
+    assert "quote it: from: '+15550001111'" in str(e.value)
 
 
 def test_placeholders_are_checked_when_the_step_runs() -> None:

@@ -168,11 +168,8 @@ class Address(Str):
     def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
         if is_templated(value):
             return
-        if isinstance(value, int) and not isinstance(value, bool):
-            # YAML reads an unquoted +15551234567 as a number, its + gone: the user did write one.
-            errors.append(
-                ParamError(path, f"{value} is a number (YAML drops the + of one unquoted); quote it: to: '+{value}'")
-            )
+        if (number := _unquoted_number(value, path)) is not None:
+            errors.append(number)
             return
         try:
             text = self.check(value, path)
@@ -180,6 +177,15 @@ class Address(Str):
             destination_kind(text, path)
         except ParamError as e:
             errors.append(e)
+
+
+def _unquoted_number(value: object, path: str) -> ParamError | None:
+    """YAML reads an unquoted +15551234567 as a number, its + gone — silently a different number in a
+    caller id, a destination refused: said so, with the quoted form to write."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    key = path.rpartition(".")[2]
+    return ParamError(path, f"{value} is a number (YAML drops the + of one unquoted); quote it: {key}: '+{value}'")
 
 
 class Text(Str):
@@ -197,6 +203,16 @@ class Text(Str):
         if _CONTROL.search(text):
             raise ParamError(path, f"{describe(text)} holds a line break or control character")
         return text
+
+
+class CallerId(Text):
+    """``from``: a number or SIP URI shown to the far party; one YAML read as a number is refused."""
+
+    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
+        if (number := _unquoted_number(value, path)) is not None:
+            errors.append(number)
+            return
+        super().load_check(value, path, errors)
 
 
 class Codecs(Str):
@@ -287,7 +303,7 @@ class LegParams:
     """What may be set for every destination at the top level and overridden by each one. None: not
     given here (the destination takes the top-level value, else the default)."""
 
-    from_: str | None = param(Text(), key="from")
+    from_: str | None = param(CallerId(), key="from")
     from_name: str | None = param(Text(128))
     username: str | None = param(Text())
     password: str | None = param(Text())
