@@ -5,6 +5,7 @@ peak memory comes from the kernel (wait4)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -53,6 +54,9 @@ def gzip_server() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # (execute posts the call's payload) compressed, whatever was asked for
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path.startswith("/receiver/"):  # a status callback's receiver: 200, then MiB after MiB
+                self.answer_at_length(int(self.path.rsplit("/", 1)[1]))
+                return
             body = REPLIES[self.path]
             self.send_response(200)
             self.send_header("Content-Type", "application/yaml")
@@ -60,6 +64,14 @@ def gzip_server() -> Iterator[str]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def answer_at_length(self, mib: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(mib << 20))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # (the engine may close once it has read enough)
+                for _ in range(mib):
+                    self.wfile.write(b" " * (1 << 20))
 
         def log_message(self, *args: object) -> None:
             pass
@@ -70,16 +82,21 @@ def gzip_server() -> Iterator[str]:
     server.shutdown()
 
 
-def run_executing(url: str, out: Path) -> tuple[list[dict[str, object]], int]:
-    """`swml run` of a document that executes ``url``: its events, and its peak resident memory (KiB)."""
+def run_peak(steps: str, out: Path) -> tuple[list[dict[str, object]], int]:
+    """`swml run` of a document of ``steps`` (YAML lines of its main section): its events, and its peak
+    resident memory (KiB)."""
     doc = out.with_suffix(".yaml")
-    doc.write_text(f"version: 1.0.0\nsections:\n  main:\n    - execute: {{dest: '{url}'}}\n")
+    doc.write_text(f"version: 1.0.0\nsections:\n  main:\n{steps}")
     said = subprocess.run(
         [sys.executable, "-c", RUN, "run", str(doc), "--out", str(out)], capture_output=True, text=True, timeout=120
     ).stdout
     peak = int(said.rsplit("VmHWM:", 1)[1].split()[0])
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     return events, peak
+
+
+def run_executing(url: str, out: Path) -> tuple[list[dict[str, object]], int]:
+    return run_peak(f"    - execute: {{dest: '{url}'}}\n", out)
 
 
 def test_a_gzip_reply_is_inflated_a_piece_at_a_time(gzip_server: str, tmp_path: Path) -> None:
@@ -91,3 +108,20 @@ def test_a_gzip_reply_is_inflated_a_piece_at_a_time(gzip_server: str, tmp_path: 
     events, bomb = run_executing(f"{gzip_server}/bomb.yaml", tmp_path / "bomb")
     assert any(e["type"] == "error" and "is larger than 4 MiB" in str(e["message"]) for e in events)
     assert bomb - small < 24 * 1024, f"peak memory {small} KiB for a small document, {bomb} KiB for the bomb"
+
+
+def test_a_status_callbacks_receiver_answering_at_length_is_not_read(gzip_server: str, tmp_path: Path) -> None:
+    """Callbacks read their receiver's whole answer, which nothing uses: a receiver answering each with
+    256 MiB took `swml run` to a gigabyte (1.5 GiB each: 4.7 GB). Now at most 64 KiB of it is read."""
+
+    def recording_to(receiver: str) -> str:
+        return f"    - answer\n    - record_call: {{status_url: '{gzip_server}/receiver/{receiver}'}}\n    - hangup\n"
+
+    def delivered(events: list[dict[str, object]]) -> list[object]:
+        return [e["state"] for e in events if e["type"] == "callback" and e["delivered"]]
+
+    events, small = run_peak(recording_to("0"), tmp_path / "small")
+    assert delivered(events) == ["recording", "finished"]
+    events, huge = run_peak(recording_to("256"), tmp_path / "huge")
+    assert delivered(events) == ["recording", "finished"]
+    assert huge - small < 24 * 1024, f"peak memory {small} KiB with an empty answer, {huge} KiB with 256 MiB"

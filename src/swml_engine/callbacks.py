@@ -137,9 +137,12 @@ class CallbackChannel:
         for attempt in range(1, self.attempts + 1):
             try:
                 auth = self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
-                resp = client.post(self.url, json=payload, auth=auth, timeout=self.timeout)
-                status: int | str = resp.status_code
-                ok = 200 <= resp.status_code < 300
+                with client.stream(
+                    "POST", self.url, json=payload, auth=auth, timeout=self.timeout, headers=_NOT_COMPRESSED
+                ) as resp:
+                    status: int | str = resp.status_code
+                    ok = 200 <= resp.status_code < 300
+                    _skim(resp, time.monotonic() + self.timeout)
             except httpx.HTTPError as e:
                 status, ok = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, False
             self._note(state=state, attempt=attempt, status=status, delivered=ok)
@@ -156,6 +159,22 @@ class CallbackChannel:
         # kill the delivery thread.
         with contextlib.suppress(Exception):
             self.events.emit("callback", url=self.url, **fields)
+
+
+#: The most of a receiver's answer read (its body is not used): a small one is read to its end, so the
+#: connection is reused; a larger one — a receiver may answer with gigabytes — closes the connection.
+MAX_ANSWER = 64 * 1024
+#: Compressed answers are not asked for (a few KiB of gzip can inflate to gigabytes).
+_NOT_COMPRESSED = {"Accept-Encoding": "identity"}
+
+
+def _skim(resp: httpx.Response, deadline: float) -> None:
+    """Read what little the answer's body is, by ``deadline`` (each read within the client's timeout)."""
+    taken = 0
+    for chunk in resp.iter_raw(16 * 1024):
+        taken += len(chunk)
+        if taken > MAX_ANSWER or time.monotonic() > deadline:
+            return  # (leaving the stream unread closes its connection)
 
 
 def _state_of(payload: dict[str, Any]) -> Any:
