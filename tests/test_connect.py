@@ -881,3 +881,16 @@ def test_a_confirm_url_that_fails_drops_the_leg_with_an_error(http_server: Any) 
     assert outcome(res) == ("failed", "not_confirmed", "failed")
     (error,) = of_type(res, "error")
     assert error["where"] == "sections.main[0].connect.confirm" and "500" in error["message"]
+
+
+def test_a_confirm_url_may_use_only_what_an_inline_confirm_may(http_server: Any) -> None:
+    # A fetched confirm document is held to the inline list: no connect on a far leg (it would dial on).
+    nested = {"sections": {"main": [{"connect": {"to": "sip:other@example.com"}}]}}
+    http_server.files["/confirm"] = (json.dumps(nested).encode(), "application/json")
+    doc = f'sections:\n  main:\n    - connect: {{to: "sip:agent@example.com", confirm: "{http_server.url("/confirm")}"}}\n'
+    res = run_doc(doc, peers=[peer(at=1.0)])
+    assert outcome(res) == ("failed", "not_confirmed", "failed")
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.confirm"
+    assert "sections.main[0].connect: connect cannot run in confirm (on the far leg)" in error["message"]
+    assert not [e for e in of_type(res, "connect.leg") if e["to"] == "sip:other@example.com"]

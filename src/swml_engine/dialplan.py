@@ -28,10 +28,10 @@ from typing import Any, Literal
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.dialing import CannotDial, DialFailure, DialTarget, FarTransport
-from swml_engine.document.model import Block, Document
+from swml_engine.document.model import Block, Document, Step
 from swml_engine.document.params import shorten
 from swml_engine.document.remote import fetch_remote
-from swml_engine.errors import DocumentError, SwmlError
+from swml_engine.errors import DocumentError, ParamError, SwmlError
 from swml_engine.events import EventLog, Sink
 from swml_engine.fetch import CallFetches, FetchStopped
 from swml_engine.media.bridge import Bridge
@@ -47,6 +47,32 @@ from swml_engine.script.runner import Runner
 from swml_engine.script.step import SectionRun
 from swml_engine.vocabulary import DialState, DisconnectReason, FailReason, LegEndReason
 from swml_engine.waiting import unless
+
+#: The methods a ``confirm`` list may use (the schema's ValidConfirmMethods that this engine runs):
+#: what makes sense on a far leg before the bridge. No flow across sections, no nested ``connect``.
+CONFIRM_METHODS = frozenset(
+    {
+        "cond",
+        "set",
+        "unset",
+        "hangup",
+        "play",
+        "prompt",
+        "record",
+        "record_call",
+        "stop_record_call",
+        "send_digits",
+        "denoise",
+        "stop_denoise",
+        "sleep",  # not in the schema's list; harmless on a far leg (a pause before a prompt)
+        # In the schema's list but not run by this engine: the loader reports them "not supported".
+        "tap",
+        "stop_tap",
+        "stream",
+        "stop_stream",
+        "send_sms",
+    }
+)
 
 #: Where a far leg is in the plan (its transport's DialState says what its far end did).
 LegStage = Literal[
@@ -91,6 +117,14 @@ class LegSettings:
     #: Where the destination is written (``sections.main[0].connect.parallel[1]``): errors name it.
     where: str
     problem: str | None = None
+
+
+def check_confirm_steps(steps: list[Step]) -> None:
+    """ParamError naming the first step a ``confirm`` script may not run (inline, or fetched from its URL)."""
+    for step in steps:
+        if step.method not in CONFIRM_METHODS:
+            allowed = ", ".join(sorted(CONFIRM_METHODS))
+            raise ParamError(step.where, f"{step.method} cannot run in confirm (on the far leg); use one of {allowed}")
 
 
 class Leg:
@@ -379,9 +413,11 @@ class DialPlan:
             else:
                 assert confirm is not None
                 doc = await fetch_remote(confirm, variables.payload(), call.options, self.methods)
+                for steps in doc.sections.values():
+                    check_confirm_steps(steps)  # as an inline confirm's are when the document loads
         except FetchStopped:
             return
-        except DocumentError as e:
+        except (DocumentError, ParamError) as e:
             self.caller.events.emit("error", where=f"{settings.where}.confirm", message=str(e))
             self._drop(leg, "not_confirmed")
             return

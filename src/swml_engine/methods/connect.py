@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 
 from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.dialing import DialTarget
-from swml_engine.dialplan import DialPlan, Leg, LegSettings, Ringback
+from swml_engine.dialplan import DialPlan, Leg, LegSettings, Ringback, check_confirm_steps
 from swml_engine.document.loader import load_text
 from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import (
@@ -53,32 +53,6 @@ from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
 #: ``call_state_events`` a script may ask for (connect.mdx; the schema's CallStatus).
 CALL_STATE_EVENTS = ("created", "ringing", "answered", "ended")
 ENCRYPTIONS = ("mandatory", "optional", "forbidden")
-#: The methods a ``confirm`` list may use (the schema's ValidConfirmMethods that this engine runs):
-#: what makes sense on a far leg before the bridge. No flow across sections, no nested ``connect``.
-CONFIRM_METHODS = frozenset(
-    {
-        "cond",
-        "set",
-        "unset",
-        "hangup",
-        "play",
-        "prompt",
-        "record",
-        "record_call",
-        "stop_record_call",
-        "send_digits",
-        "denoise",
-        "stop_denoise",
-        "sleep",  # not in the schema's list; harmless on a far leg (a pause before a prompt)
-        # In the schema's list but not run by this engine: the loader reports them "not supported".
-        "tap",
-        "stop_tap",
-        "stream",
-        "stop_stream",
-        "send_sms",
-    }
-)
-
 #: Bounds on what one ``connect`` may ask (a document server may send anything).
 MAX_DESTINATIONS = 64  # in all groups together
 MAX_PARALLEL = 16  # far legs ringing at once
@@ -430,10 +404,7 @@ def _with_confirm(item: object, where: str, blocks: BlockLoader) -> Any:
     out = dict(item)
     path = f"{where}.confirm"
     block = blocks(item["confirm"], path)
-    for step in block.steps:
-        if step.method not in CONFIRM_METHODS:
-            allowed = ", ".join(sorted(CONFIRM_METHODS))
-            raise ParamError(step.where, f"{step.method} cannot run in confirm (on the far leg); use one of {allowed}")
+    check_confirm_steps(block.steps)
     out["confirm"] = block
     return out
 
