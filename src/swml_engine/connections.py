@@ -16,6 +16,7 @@ which knows what a request is.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ def descriptors_short(reserve: int) -> str | None:
     return None
 
 
+def source_of(host: str) -> str:
+    """Whom a remote address counts as, for the per-source limits: an IPv4 address itself (as is an
+    IPv4-mapped IPv6 one), an IPv6 address its /64 — one host or site holds a whole /64 (2**64
+    addresses), so counted one by one it would never reach a limit. Anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 @dataclass
 class ConnectionLimits:
     #: Connections one listener holds at once.
@@ -96,27 +112,28 @@ class ConnectionGate:
 
     def admit(self, host: str) -> str | None:
         """Take a connection from ``host``; or say why not (the caller closes it then)."""
-        lim = self.limits
+        lim, source = self.limits, source_of(host)
         reason: str | None = None
         if self.total >= lim.max_total:
             reason = f"{self.total} connections open, the limit"
-        elif self.by_source[host] >= lim.max_per_source:
-            reason = f"{self.by_source[host]} connections open from {host}, the per-address limit"
+        elif self.by_source[source] >= lim.max_per_source:
+            reason = f"{self.by_source[source]} connections open from {source}, the per-address limit"
         else:
             reason = descriptors_short(lim.reserve)
         if reason is not None:
             self.refused += 1
             return reason
         self.total += 1
-        self.by_source[host] += 1
+        self.by_source[source] += 1
         return None
 
     def release(self, host: str) -> None:
         """A connection admitted by :meth:`admit` closed."""
+        source = source_of(host)
         self.total = max(0, self.total - 1)
-        self.by_source[host] -= 1
-        if self.by_source[host] <= 0:
-            del self.by_source[host]
+        self.by_source[source] -= 1
+        if self.by_source[source] <= 0:
+            del self.by_source[source]
 
     def should_log(self) -> bool:
         """Log the first refusal, then every hundredth (a flood must not flood the log)."""
@@ -137,14 +154,16 @@ class GuessLimiter:
         self._tries: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def wait(self, host: str, now: float) -> float:
-        """Seconds before ``host`` may try again (0: now)."""
-        began, count = self._tries.get(host, (now, 0))
+        """Seconds before ``host`` (its source: :func:`source_of`) may try again (0: now)."""
+        source = source_of(host)
+        began, count = self._tries.get(source, (now, 0))
         if now - began >= self.window:
-            self._tries.pop(host, None)
+            self._tries.pop(source, None)
             return 0.0
         return began + self.window - now if count >= self.failures else 0.0
 
     def failed(self, host: str, now: float) -> None:
+        host = source_of(host)
         began, count = self._tries.pop(host, (now, 0))
         if now - began >= self.window:
             began, count = now, 0
