@@ -89,9 +89,10 @@ class FarTransport(Transport):
         """Start placing the call (returns at once; progress comes through :meth:`report`)."""
 
     @abstractmethod
-    def cancel(self) -> None:
+    def cancel(self, *, elsewhere: bool = False) -> None:
         """The leg is no longer wanted: before the answer stop ringing it (SIP CANCEL), after it hang
-        up (SIP BYE). Reports ``failed`` (reason ``cancelled``) or ``ended`` when done."""
+        up (SIP BYE). Reports ``failed`` (reason ``cancelled``) or ``ended`` when done. ``elsewhere``:
+        another leg took the call — the far party's phone is told so (it logs no missed call then)."""
 
     async def answer(self) -> None:
         """A far leg is answered by the far party, never by us."""

@@ -199,7 +199,7 @@ class DialPlan:
             if self.chosen is not None:
                 for leg in legs:
                     if leg is not self.chosen:
-                        self._drop(leg, "cancelled")
+                        self._drop(leg, "cancelled", elsewhere=True)
                 return self.chosen
             if all(leg.stage == "done" for leg in legs):
                 return None
@@ -346,8 +346,9 @@ class DialPlan:
             heard = leg.transport is None or leg.transport.heard_from
             self._drop(leg, "no_answer" if heard else "unreachable")
 
-    def _drop(self, leg: Leg, reason: FailReason | None) -> None:
-        """Give the leg up: CANCEL before its answer, BYE after. Its follower sees it end."""
+    def _drop(self, leg: Leg, reason: FailReason | None, *, elsewhere: bool = False) -> None:
+        """Give the leg up: CANCEL before its answer, BYE after. Its follower sees it end. ``elsewhere``:
+        another leg took the call (its CANCEL says so: the phone logs no missed call)."""
         if leg.stage in ("dropping", "done"):
             return
         leg.stage = "dropping"
@@ -358,7 +359,7 @@ class DialPlan:
         if leg.confirmer is not None:
             leg.confirmer.cancel()
         if leg.transport is not None:
-            leg.transport.cancel()
+            leg.transport.cancel(elsewhere=elsewhere)
         self._changed.set()
 
     def _over(self, leg: Leg, failure: DialFailure | None) -> None:

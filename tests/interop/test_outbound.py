@@ -118,7 +118,7 @@ class FarSipp:
         self.port = free_port()
         self.media_port = free_port(span=4)
         cmd = ["sipp", "-sf", "scenario.xml", "-p", str(self.port), "-i", "127.0.0.1", "-mp", str(self.media_port)]
-        cmd += ["-m", "1", "-nostdin", "-trace_err", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+        cmd += ["-m", "1", "-nostdin", "-trace_err", "-trace_logs", "-timeout", f"{int(timeout)}s", "-timeout_error"]
         self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.3)  # its socket is open before the engine calls
 
@@ -133,6 +133,10 @@ class FarSipp:
             self.proc.kill()
             self.proc.wait()
             return -1
+
+    def logged(self) -> str:
+        """What its scenario's log actions wrote (-trace_logs)."""
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("*_logs.log"))
 
     def errors(self) -> str:
         out = self.proc.stdout.read() if self.proc.stdout and self.proc.poll() is not None else ""
@@ -285,6 +289,8 @@ def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
         assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
         for party in (first, second, third):  # CANCEL, 487, ACK for the two; BYE for the one bridged
             assert party.wait() == 0, party.errors() + eng.log()[-3000:]
+    for loser in (first, third):  # told another took the call (RFC 3326 cause 200): no missed call
+        assert "CANCEL Reason cause 200" in loser.logged(), loser.logged()
     [meta] = eng.recordings(1)
     audio, rate = read_wav(Path(str(meta["url"]).removeprefix("file://")))
     assert len(onsets(audio[:, 1], rate, FAR_TONE)) >= 3  # bridged with the second
@@ -317,6 +323,7 @@ def test_serial_dial_goes_past_a_busy_one_and_one_that_does_not_answer_to_the_on
         assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "caller") + eng.log()[-3000:]
         for party in (busy, silent, answers):  # 486 ACKed; CANCEL after 2 s of ringing; BYE at the end
             assert party.wait() == 0, party.errors() + eng.log()[-3000:]
+    assert "CANCEL Reason cause 487" in silent.logged(), silent.logged()  # it rang out: a missed call
     [events] = eng.call_events()
     failed = [(e.get("reason"), e.get("code")) for e in events if e["type"] == "connect.leg" and e["state"] == "failed"]
     assert failed == [("busy", 486), ("no_answer", None)]

@@ -489,7 +489,7 @@ class SimulatedFarTransport(FarTransport):
         if self.call is not None:
             self.call.on_remote_hangup("hangup")
 
-    def cancel(self) -> None:
+    def cancel(self, *, elsewhere: bool = False) -> None:
         if self.state in ("failed", "ended"):
             return
         answered = self.state == "answered"

@@ -37,6 +37,7 @@ from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
 from swml_engine.transports.sip.session_timer import MIN_SE
 from swml_engine.transports.sip.uac import (
+    ANSWERED_ELSEWHERE,
     Answered,
     CallState,
     ChallengeReceived,
@@ -495,7 +496,7 @@ class SipFarTransport(FarTransport):
 
     # --- what the dial plan and the bridge do ------------------------------------------------------------
 
-    def cancel(self) -> None:
+    def cancel(self, *, elsewhere: bool = False) -> None:
         phase, now = self.phase, self.dialer.endpoint.now
         if phase is LegPhase.PREPARING or (phase in _RINGING and self.sip is None):
             if self._task is not None:  # resolving or binding (or following a redirect): nothing is ringing
@@ -503,7 +504,8 @@ class SipFarTransport(FarTransport):
             self._failed(DialFailure("cancelled"))
         elif phase in _RINGING and self.sip is not None:
             self.phase = LegPhase.GIVING_UP
-            self.sip.cancel(now, "cancelled")  # its 487 (or a 2xx crossing it, hung up) fails the leg
+            # Its 487 (or a 2xx crossing it, hung up) fails the leg.
+            self.sip.cancel(now, ANSWERED_ELSEWHERE if elsewhere else "cancelled")
             self.dialer.endpoint.flush()
             if self.sip.state is CallState.CANCEL_WAITING:
                 # No provisional yet, so no CANCEL may go (RFC 3261 §9.1) until one comes, up to Timer B's
