@@ -22,18 +22,22 @@ def test_a_far_ends_redirect_to_the_trunk_is_not_followed(tmp_path: Path, monkey
         trunk_party = await FarParty().start()
         trunk = parse_trunk(f"sip:127.0.0.1:{trunk_party.port}")
         to_trunk = Step(302, headers=(("Contact", f"<sip:+19005551234@127.0.0.1:{trunk_party.port}>"),))
+        # (its host on another port is the trunk too: a provider knows the engine by its address)
+        to_its_host = Step(301, headers=(("Contact", f"<sip:+19005551234@127.0.0.1:{trunk_party.port + 1}>"),))
         async with (
             trunk_party,
             FarParty((to_trunk,)) as far,
+            FarParty((to_its_host,)) as other,
             running_service(tmp_path, monkeypatch, trunk=trunk) as service,
         ):
-            leg = Leg(service, far.uri)
-            assert await leg.until_state("answered", "failed") == ["failed"]
-            failure = leg.far.failure
-            assert failure is not None and (failure.reason, failure.code) == ("rejected", 302)
-            assert "redirect to the trunk" in failure.text
+            for party, status in ((far, 302), (other, 301)):
+                leg = Leg(service, party.uri)
+                assert await leg.until_state("answered", "failed") == ["failed"]
+                failure = leg.far.failure
+                assert failure is not None and (failure.reason, failure.code) == ("rejected", status)
+                assert "redirect to the trunk" in failure.text
+                await leg.end()
             assert trunk_party.requests == []
-            await leg.end()
 
             dialled = Leg(service, "+15557654321")
             assert (await dialled.until_state("answered", "failed"))[-1] == "answered", dialled.far.failure

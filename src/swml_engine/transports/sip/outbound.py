@@ -276,7 +276,7 @@ class SipFarTransport(FarTransport):
             except (OSError, TimeoutError) as e:
                 self._failed(DialFailure("unreachable", text=f"{shown(where.host)}: {e or 'no answer from DNS'}"))
                 return
-            if where.redirected_by is not None and not where.phone and await dialer.is_trunk(host, port):
+            if where.redirected_by is not None and not where.phone and await dialer.is_trunk(host):
                 # A far end's 3xx must not reach the trunk: a trunk that knows us by our address would
                 # carry whatever number the far end named, at the operator's expense.
                 text = f"a redirect to the trunk ({shown(str(uri))}) is not followed: only dialled numbers go there"
@@ -591,14 +591,15 @@ class SipDialer:
         self.legs: set[SipFarTransport] = set()
         self._by_call: dict[OutboundCall, SipFarTransport] = {}
 
-    async def is_trunk(self, host: str, port: int) -> bool:
-        """Whether an address (as looked up for a leg) is the trunk's."""
+    async def is_trunk(self, host: str) -> bool:
+        """Whether an address (as looked up for a leg) is the trunk's host: on any port, since a provider
+        that knows the engine by its address knows it on all of them."""
         trunk = self.trunk
         if trunk is None:
             return False
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT):
-                return (host, port) == await self.endpoint.lookup(trunk.host, trunk.port, trunk.transport)
+                return host == (await self.endpoint.lookup(trunk.host, trunk.port, trunk.transport))[0]
         except (OSError, TimeoutError):
             return False  # (a trunk that cannot be found cannot be reached either)
 
