@@ -64,7 +64,7 @@ NEWEST = 100
 REMEMBERED = 1000
 #: How often a stream opened with a session cookie checks that the session goes on (seconds): a
 #: sign-out (or the session's end) ends the stream within this, on every worker.
-SESSION_CHECK = 5.0
+SESSION_CHECK = 2.0
 #: What a call id looks like when it names a file (the service makes UUIDs).
 CALL_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
