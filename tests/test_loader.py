@@ -266,3 +266,18 @@ def test_a_json_file_is_read_as_json_only(tmp_path: Path) -> None:
     path = tmp_path / "call.yaml"
     path.write_text(text)  # the same text as YAML is YAML
     assert load_file(path, methods=REGISTRY).sections["main"][0].method == "answer"
+
+
+def test_a_placeholder_left_open_is_an_error_where_it_is() -> None:
+    """'say:Hi ${call.from' passed validation and the caller heard the text as written."""
+    text = (
+        "sections:\n  main:\n    - play: 'say:Hi ${call.from'\n    - set: {a: '${1} and %{b'}\n"
+        "    - cond:\n        - when: \"'${y' == 1\"\n          then: [{play: {url: 'say:a', status_url: 'http://h/${x'}}]\n"
+        "    - set: {fine: '${contacts.${lc:dept}} ${\"}\"} ${`a${b}`}'}\n"
+    )
+    assert errors_of(text) == [
+        "sections.main[0].play.url: 'say:Hi ${call.from': the '${' at character 8 has no closing '}'",
+        "sections.main[1].set.a: '${1} and %{b': the '%{' at character 10 has no closing '}'",
+        "sections.main[2].cond[0].then[0].play.status_url: 'http://h/${x': the '${' at character 10 has no closing '}'",
+        "sections.main[2].cond[0].when: \"'${y' == 1\": the '${' at character 2 has no closing '}'",
+    ]

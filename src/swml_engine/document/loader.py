@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from swml_engine.document.model import Block, Document, MethodTable, Step
-from swml_engine.document.params import NotSupported, describe, shorten
+from swml_engine.document.params import NotSupported, describe, shorten, unclosed_placeholder
 from swml_engine.errors import DocumentError, ParamError
 
 #: Every calling method named by the official SWML schema (SWMLObject.json, $defs.SWMLMethod).
@@ -376,7 +376,27 @@ class _Loader:
         for error in method.check(params, where):
             # A value the reference allows but this engine does not run counts as an unsupported method does.
             (self.unsupported if isinstance(error, NotSupported) else self.errors).append(error)
+        self.errors.extend(_unclosed(params, where))
         return Step(name, params, path)
+
+
+def _unclosed(value: object, path: str) -> list[ParamError]:
+    """Every string of a step's parameters holding a ``${``/``%{`` that no ``}`` closes: the run would say
+    or send it as written (``'say:Hi ${call.from'``). Nested steps (Blocks) are checked as their own steps."""
+    if isinstance(value, str):
+        at = unclosed_placeholder(value)
+        if at is None:
+            return []
+        return [
+            ParamError(path, f"{describe(value)}: the {value[at : at + 2]!r} at character {at + 1} has no closing '}}'")
+        ]
+    if isinstance(value, dict):
+        return [e for k, v in value.items() for e in _unclosed(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _unclosed(v, f"{path}[{i}]")]
+    if isinstance(value, tuple):  # (method, params) of an execute's result
+        return [e for v in value for e in _unclosed(v, path)]
+    return []
 
 
 def load_document(

@@ -27,6 +27,40 @@ def is_templated(value: object) -> bool:
     return isinstance(value, str) and _TEMPLATE.search(value) is not None
 
 
+def closing_brace(text: str, open_at: int) -> int:
+    """The index of the ``}`` closing the ``{`` at ``open_at`` (braces inside JS string literals do not
+    count), or -1 when the text ends first."""
+    depth = 0
+    i = open_at
+    quote: str | None = None
+    while i < len(text):
+        c = text[i]
+        if quote is not None:
+            if c == "\\":
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "\"'`":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def unclosed_placeholder(text: str) -> int | None:
+    """Where a ``${`` or ``%{`` that no ``}`` closes starts (it would stay in the text as written), or None."""
+    for m in _TEMPLATE.finditer(text):
+        if closing_brace(text, m.start() + 1) < 0:
+            return m.start()
+    return None
+
+
 def shorten(text: str, limit: int = 120) -> str:
     """``text`` cut to ``limit`` characters for a message (a substituted value can be megabytes)."""
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

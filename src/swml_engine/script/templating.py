@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from swml_engine.document.model import Block
+from swml_engine.document.params import closing_brace
 from swml_engine.errors import ExpressionError, ParamError
 from swml_engine.script.context import Variables, is_path
 from swml_engine.script.expressions import JsEngine
@@ -52,7 +53,7 @@ def scan(text: str) -> list[str | _Placeholder]:
     while i < n:
         c = text[i]
         if c in "$%@" and i + 1 < n and text[i + 1] == "{":
-            end = _closing_brace(text, i + 1)
+            end = closing_brace(text, i + 1)
             if end > 0:
                 body = text[i + 2 : end]
                 if c != "@" or is_at_function(body):
@@ -67,30 +68,6 @@ def scan(text: str) -> list[str | _Placeholder]:
     if buf:
         parts.append("".join(buf))
     return parts
-
-
-def _closing_brace(text: str, open_at: int) -> int:
-    depth = 0
-    i = open_at
-    quote: str | None = None
-    while i < len(text):
-        c = text[i]
-        if quote is not None:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-        elif c in "\"'`":
-            quote = c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
 
 
 class Templater:
