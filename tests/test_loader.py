@@ -281,3 +281,43 @@ def test_a_placeholder_left_open_is_an_error_where_it_is() -> None:
         "sections.main[2].cond[0].then[0].play.status_url: 'http://h/${x': the '${' at character 10 has no closing '}'",
         "sections.main[2].cond[0].when: \"'${y' == 1\": the '${' at character 2 has no closing '}'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sections:\n  main:\n    - play: url: 'say:hi'\n",
+            "line 3, column 16: invalid YAML: mapping values are not allowed here (a value holding ': ' must be "
+            "quoted ('say: Hi'), and a method's parameters go on lines of their own, indented under it)",
+        ),
+        (
+            "sections:\n  main:\n  - play:\n      url: 'say:hi'\n    - hangup\n",
+            "line 5, column 5: invalid YAML: expected <block end>, but found '-' (check this line's indentation: the "
+            "items of one list, and the keys of one object, start in one column)",
+        ),
+        (
+            "sections:\n  main:\n    - play: 'say:it's me'\n",
+            "line 3, column 21: invalid YAML: expected <block end>, but found '<scalar>' (text after a quoted value "
+            "ended: a ' inside '...' is written twice ('it''s'), or quote with \"...\")",
+        ),
+        (
+            "sections:\n\tmain: [hangup]\n",
+            "line 2, column 1: invalid YAML: found character '\\t' that cannot start any token (indent with spaces: "
+            "YAML does not take tabs)",
+        ),
+        (
+            "sections: {main: [hangup]}\n---\nsections: {main: [answer]}\n",
+            "line 2, column 1: invalid YAML: expected a single document in the stream, but found another document",
+        ),
+        (
+            "sections:\n  main:\n    - play: 'say:hi\n",
+            "line 4, column 1: invalid YAML: while scanning a quoted scalar at line 3, column 13, found unexpected "
+            "end of stream",
+        ),
+    ],
+)
+def test_yaml_mistakes_people_make_are_told_with_what_to_do(text: str, expected: str) -> None:
+    """PyYAML's words alone ("but found another document", "expected <block end>") do not say what is
+    wrong in the script."""
+    assert errors_of(text) == [expected]

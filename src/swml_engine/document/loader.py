@@ -273,11 +273,38 @@ def _retold(text: str, error: yaml.YAMLError) -> yaml.YAMLError:
     return error
 
 
+#: What a parser's wording means for a script's author, for the mistakes people make most: (the start
+#: of PyYAML's problem, what to do). The first that matches is added to the message.
+_YAML_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "mapping values are not allowed here",
+        "a value holding ': ' must be quoted ('say: Hi'), and a method's "
+        "parameters go on lines of their own, indented under it",
+    ),
+    (
+        "expected <block end>, but found '<scalar>'",
+        "text after a quoted value ended: a ' inside '...' is written twice ('it''s'), or quote with \"...\"",
+    ),
+    (
+        "expected <block end>",
+        "check this line's indentation: the items of one list, and the keys of one object, start in one column",
+    ),
+    ("found character '\\t'", "indent with spaces: YAML does not take tabs"),
+)
+
+
 def _yaml_message(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     problem = getattr(e, "problem", None) or str(e)
-    return f"{where}invalid YAML: {problem}"
+    context = getattr(e, "context", None)
+    if problem.startswith("but ") and context:  # "expected a single document in the stream", "but found ..."
+        problem = f"{context}, {problem}"
+    opened = getattr(e, "context_mark", None)
+    if problem.startswith("found unexpected end of stream") and context and opened is not None:
+        problem = f"{context} at line {opened.line + 1}, column {opened.column + 1}, {problem}"  # a quote left open
+    hint = next((h for start, h in _YAML_HINTS if problem.startswith(start)), None)
+    return f"{where}invalid YAML: {problem}" + (f" ({hint})" if hint else "")
 
 
 def load_file(path: str | Path, *, methods: MethodTable) -> Document:
