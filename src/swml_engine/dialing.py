@@ -44,6 +44,9 @@ class DialTarget:
     session_timeout: int | None = None
     #: The engine id of the call that places this one (logs, metadata).
     caller_call_id: str = ""
+    #: Hops the INVITE may take (its Max-Forwards, at most 70): the caller's less one, so a loop through
+    #: the engine ends; None when the caller's call came with no hop count (a fresh 70).
+    max_forwards: int | None = None
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,9 @@ class FarParty(asyncio.DatagramProtocol):
         self._send(request)
         return request
 
+    #: The hop count of our requests (a caller's INVITE that came through proxies has less than 70).
+    max_forwards = 70
+
     def in_dialog(
         self, method: str, cseq: int, *, body: str = "", headers: tuple[tuple[str, str], ...] = ()
     ) -> Request:
@@ -312,7 +315,7 @@ class FarParty(asyncio.DatagramProtocol):
                     "Via",
                     f"SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.port};branch=z9hG4bK-far-{random.getrandbits(40):x}",
                 ),
-                ("Max-Forwards", "70"),
+                ("Max-Forwards", str(self.max_forwards)),
                 ("From", ours),
                 ("To", theirs),
                 ("Call-ID", call_id),

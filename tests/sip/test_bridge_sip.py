@@ -38,8 +38,11 @@ class Caller(FarParty):
     talks as a far party does (a tone over RTP, digits, hold, BYE; far_party.py). Its in-dialog requests
     go to the engine's Contact, with the dialog's tags."""
 
-    def __init__(self, service: Service, *, codec: str = "PCMA", freq: float = CALLER_HZ, **kwargs: Any) -> None:
+    def __init__(
+        self, service: Service, *, codec: str = "PCMA", freq: float = CALLER_HZ, max_forwards: int = 70, **kwargs: Any
+    ) -> None:
         super().__init__((), codec=codec, freq=freq, **kwargs)
+        self.max_forwards = max_forwards
         self.service_port = service.sip_port
         self.call_id = f"caller-{random.getrandbits(48):x}@127.0.0.1"
         #: The engine's 200 to our INVITE (its To tag, Contact and SDP answer).
@@ -663,3 +666,40 @@ def test_a_bye_answered_is_no_longer_pending_for_a_stopping_service(
         assert await until(lambda: service.endpoint.ua.pending("BYE") == 0, timeout=3.0)
 
     run(body, tmp_path, monkeypatch)
+
+
+# --- hop counts: a loop through the engine ends ---------------------------------------------------------
+
+
+def test_the_far_legs_invite_carries_the_callers_hop_count_less_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        await bridged(service, caller, far)
+        [invite] = [r for r in far.requests if r.method == "INVITE"]
+        assert invite.headers.get("max-forwards") == "4"
+        await hang_up(caller, far)
+
+    run(body, tmp_path, monkeypatch, caller={"max_forwards": 5})
+
+
+def test_a_call_with_no_hops_left_places_no_far_leg_and_the_script_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Max-Forwards 0: the engine is the request's end (it answers), but dials no further.
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        await caller.call()
+
+        def failed() -> list[dict[str, Any]]:
+            return [e for e in events_of(tmp_path) if e["type"] == "connect.leg" and e["state"] == "failed"]
+
+        assert await until(lambda: bool(failed()))
+        [leg] = failed()
+        assert leg["reason"] == "error" and "Max-Forwards 0" in leg["text"], leg
+        assert not far.requests  # never dialled
+        assert await until(
+            lambda: any(e["type"] == "step.start" and e["method"] == "play" for e in events_of(tmp_path))
+        )
+        caller.hang_up()
+
+    run(body, tmp_path, monkeypatch, caller={"max_forwards": 0}, after="    - play: 'silence:30'")

@@ -641,6 +641,12 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
     timeout = setting("timeout", leg, top) or DEFAULT_TIMEOUT
     headers = setting("headers", leg, top) or []
     events = setting("call_state_events", leg, top)  # [] asks for none: only a list not given defaults
+    hops = ctx.call.transport.hops_left()
+    if hops is not None and hops < 1:
+        problem = (
+            f"{where}: not placed: the call came with Max-Forwards {hops}, so no further hop may be taken "
+            "(a loop through this engine?)"
+        )
     caller_from = ctx.variables.call.get("from")
     target = DialTarget(
         to=to,
@@ -652,6 +658,7 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         codecs=tuple(codec_names(setting("codecs", leg, top))),
         session_timeout=setting("session_timeout", leg, top),
         caller_call_id=ctx.call.call_id,
+        max_forwards=None if hops is None else max(0, hops - 1),
     )
     return LegSettings(
         to=to,

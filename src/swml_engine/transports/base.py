@@ -104,6 +104,12 @@ class Transport(ABC):
     def attach(self, call: CallSide) -> None:
         self.call = call
 
+    def hops_left(self) -> int | None:
+        """The Max-Forwards of the request that brought the party (a SIP caller's INVITE), None when
+        there was none. A call the engine places from this one may go one hop less: a loop through
+        the engine (a far end redirecting to it, scripts dialling each other) ends."""
+        return None
+
     def on_call_start(self) -> None:
         """The call's media has started (schedule simulated input, start RTP, ...)."""
 

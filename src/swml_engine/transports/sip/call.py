@@ -748,6 +748,9 @@ class SipCallTransport(Transport):
         if self.call is not None:
             self.call.on_remote_hangup("hangup")
 
+    def hops_left(self) -> int | None:
+        return self.invite.max_forwards  # (checked 0-255 when the INVITE came)
+
     # --- the call scope ---------------------------------------------------------------------------
 
     def call_info(self) -> dict[str, Any]:

@@ -335,6 +335,7 @@ class SipFarTransport(FarTransport):
                 headers=() if phone else target.headers,
                 credentials=where.credentials,
                 session_expires=expires,
+                max_forwards=target.max_forwards,
             )
         except UacError as e:
             self._failed(DialFailure("error", text=str(e)))

@@ -486,6 +486,7 @@ class OutboundCall:
         headers: Iterable[tuple[str, str]] = (),
         credentials: Credentials | None = None,
         session_expires: int | None = None,
+        max_forwards: int | None = None,
     ) -> None:
         if not request_uri.is_sip:
             raise UacError(f"OutboundCall(request_uri={request_uri}): give a sip: or sips: URI")
@@ -497,10 +498,14 @@ class OutboundCall:
             self._timer_offer = TimerOffer(interval=session_expires) if session_expires is not None else None
         except SessionTimerError as e:
             raise UacError(f"OutboundCall(session_expires={session_expires}): {e}") from None
+        if max_forwards is not None and max_forwards < 0:
+            raise UacError(f"OutboundCall(max_forwards={max_forwards}): a hop count is 0 or more")
         self.ua = ua
         self.target = target
         self.local = local
         self.request_uri = request_uri
+        #: The INVITE's Max-Forwards: what the call that places it has left, at most the usual 70.
+        self.max_forwards = MAX_FORWARDS if max_forwards is None else min(MAX_FORWARDS, max_forwards)
         self.extra = checked_headers(headers)
         self.call_id = f"{ua.rng.getrandbits(128):032x}"
         self.local_tag = ua.new_tag()
@@ -741,7 +746,7 @@ class OutboundCall:
         uri = str(self.request_uri)
         h = Headers()
         h.add("Via", str(via))
-        h.add("Max-Forwards", str(MAX_FORWARDS))
+        h.add("Max-Forwards", str(self.max_forwards))
         h.add("From", str(self.from_))
         h.add("To", str(self.to))
         h.add("Call-ID", self.call_id)
