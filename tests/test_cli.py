@@ -211,3 +211,21 @@ def test_run_says_it_waits_for_callbacks_and_sums_up_errors_callbacks_and_record
     assert "  error at 2.00 s: sections.main[2].prompt: no speech recognition in this engine" in "\n".join(lines)
     assert "status callbacks: 2 of 2 delivered (each attempt is a callback event)" in lines
     assert lines[-1] == f"outputs in {out}/: heard.wav, events.jsonl, vars.json, recordings/ (1 made by this call)"
+
+
+def test_run_summary_gives_the_advice_for_a_destination_without_peer_and_warnings(tmp_path: Path) -> None:
+    """A connect to a destination no --peer answers fails 'unreachable' with no error: the advice to add a
+    --peer was only in events.jsonl, and the summary said 'errors: 0'."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text(
+        "sections:\n  main:\n    - connect: {to: 'sip:bob@example.com'}\n"
+        "    - record_call: {control_id: a}\n    - stop_record_call: {control_id: b}\n"
+    )
+    r = swml("run", str(doc), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stdout.splitlines() if line.startswith("  note at")]
+    assert notes == [
+        "  note at 0.00 s: no simulated far party answers sip:bob@example.com: add --peer "
+        "'sip:bob@example.com=answer@1s' to swml run",
+        "  note at 0.00 s: sections.main[2].stop_record_call: no live recording with control_id 'b' to stop",
+    ]

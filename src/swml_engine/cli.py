@@ -228,6 +228,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  error at {ev['t']:.2f} s: {_placed(ev)}")
         if len(errors) > 10:
             print(f"  ... and {len(errors) - 10} more errors in events.jsonl")
+        notes = [(ev["t"], note) for ev in res.events if (note := _note(ev))]
+        for t, note in notes[:10]:
+            print(f"  note at {t:.2f} s: {note}")
+        if len(notes) > 10:
+            print(f"  ... and {len(notes) - 10} more warnings in events.jsonl")
         sent = sum(1 for e in res.events if e["type"] == "callback" and e.get("attempt") == 1)
         if sent:
             delivered = sum(1 for e in res.events if e["type"] == "callback" and e.get("delivered"))
@@ -248,6 +253,24 @@ def _placed(error: dict[str, Any]) -> str:
     """An error event's message, led by its place when the message does not already start with it."""
     message, where = str(error.get("message")), str(error.get("where") or "")
     return message if not where or message.startswith(where) else f"{where}: {message}"
+
+
+#: How the simulated far parties word their advice when a destination has no ``--peer`` (connect's far
+#: leg, sip_refer's target): the run's own hint, worth a line of the summary.
+_PEER_ADVICE = "add --peer "
+
+
+def _note(event: dict[str, Any]) -> str | None:
+    """What the summary says of an event that is not an error but explains an outcome: a warning, and a
+    destination that failed for want of a ``--peer``."""
+    if event["type"] == "warning":
+        return _placed(event)
+    if event.get("state") != "failed":
+        return None
+    text = event.get("text") if event["type"] == "connect.leg" else event.get("reason")
+    if event["type"] in ("connect.leg", "sip.refer") and isinstance(text, str) and _PEER_ADVICE in text:
+        return text
+    return None
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
