@@ -229,3 +229,14 @@ def test_run_summary_gives_the_advice_for_a_destination_without_peer_and_warning
         "'sip:bob@example.com=answer@1s' to swml run",
         "  note at 0.00 s: sections.main[2].stop_record_call: no live recording with control_id 'b' to stop",
     ]
+
+
+def test_run_help_has_every_option_the_readme_names() -> None:
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    using = readme[readme.index("## Using it") : readme.index("Real calls:")]
+    named = set(re.findall(r"(--[a-z][a-z-]+)", using))
+    shown = swml("run", "--help").stdout
+    assert len(named) >= 10 and {o for o in named if o not in shown} == set()
+    assert "FROM_" not in shown  # the variable's name, not the option's

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--caller-audio", metavar="WAV", help="what the caller says, from the moment of answer")
     r.add_argument("--dtmf", metavar="T:DIGITS[,T:DIGITS]", help="digits the caller presses at T seconds")
     r.add_argument("--hangup-at", type=_seconds, metavar="T", help="the caller hangs up at T seconds")
-    r.add_argument("--from", dest="from_", default="+15551230000", help="call.from")
+    r.add_argument("--from", dest="from_", default="+15551230000", metavar="FROM", help="call.from")
     r.add_argument("--to", default="+15557890000", help="call.to")
     r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="a call header")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
