@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits, GuessLimiter
+from swml_engine.transports.sip import names
 from swml_engine.transports.sip.relay import RelayError, RelayFigures, RelaySlot, seal, unseal, worth_logging
 from swml_engine.transports.sip.useragent import Datagram, Peer, Relay, SipEvent, Target, Transport, UserAgent
 
@@ -487,7 +488,7 @@ class Endpoint:
         assert self._loop is not None
         kind = socket.SOCK_STREAM if to.transport is Transport.TCP else socket.SOCK_DGRAM
         try:
-            infos = await self._loop.getaddrinfo(to.host, to.port, type=kind)
+            infos = await names.getaddrinfo(to.host, to.port, type=kind)
         except OSError as e:
             raise OSError(f"cannot resolve {to.host!r}: {e}") from e
         bound = self.local_addr[0]

@@ -15,6 +15,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from swml_engine.transports.sip import names
 from swml_engine.transports.sip.auth import Credentials
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.register import (
@@ -108,7 +109,7 @@ class SipRegistration:
     async def _reaching(self, host: str, port: int) -> str:
         bound = self.endpoint.local_addr[0]
         family = socket.AF_INET6 if ":" in bound and bound != "::" else socket.AF_UNSPEC
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        infos = await names.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
         return self.endpoint.local_host(str(infos[0][4][0]))
 
     def on_event(self, event: SipEvent) -> None:

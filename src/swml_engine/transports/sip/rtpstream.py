@@ -32,6 +32,7 @@ import numpy as np
 
 from swml_engine.connections import descriptor_limit, descriptors_in_use
 from swml_engine.media.frame import Frame, Samples
+from swml_engine.transports.sip import names
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
@@ -545,7 +546,7 @@ class RtpStream(asyncio.DatagramProtocol):
     async def _resolve(self, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in self.local[0] else socket.AF_INET
         try:
-            infos = await self._loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+            infos = await names.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError) as e:
             log.info("RTP peer %s not resolved: %s", host, e)
             return
