@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for t, note in notes[:10]:
             print(f"  note at {t:.2f} s: {note}")
         if len(notes) > 10:
-            print(f"  ... and {len(notes) - 10} more warnings in events.jsonl")
+            print(f"  ... and {len(notes) - 10} more notes in events.jsonl")
         sent = sum(1 for e in res.events if e["type"] == "callback" and e.get("attempt") == 1)
         if sent:
             delivered = sum(1 for e in res.events if e["type"] == "callback" and e.get("delivered"))
