@@ -364,6 +364,9 @@ def test_record_and_play_back_examples(tmp_path: Path, example: str) -> None:
     assert rms(echoed) > 1000
     if "terminators" in (EXAMPLES / example).read_text():
         assert meta["end_reason"] == "terminator" and abs(meta["duration"] - (7.0 - 0.24)) <= 0.021
+        # Its stop_record_call finds it ended already: the warning says how, not only that it is not live.
+        (warning,) = [e["message"] for e in res.events if e["type"] == "warning"]
+        assert warning.endswith("to stop (it already ended: terminator)"), warning
     else:
         assert meta["end_reason"] == "stop_record_call"
         assert meta["channel_layout"] == {"mono": "speak"}

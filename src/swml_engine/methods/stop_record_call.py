@@ -30,7 +30,12 @@ class StopRecordCall(Method[StopRecordCallParams]):
         rec = recordings_of(ctx.call).find(control_id)  # an empty id matches none: failed, never "the last"
         if rec is None:
             which = f"with control_id {control_id!r}" if control_id is not None else "at all"
-            ctx.events.emit("warning", where=ctx.where, message=f"no live recording {which} to stop")
+            ended = [
+                r for r in recordings_of(ctx.call).all if control_id is None or r.settings.control_id == control_id
+            ]
+            # Said plainly when it already ended by itself (a terminator, a silence timeout): not a fault.
+            why = f" (it already ended: {ended[-1].end_reason})" if ended and ended[-1].end_reason else ""
+            ctx.events.emit("warning", where=ctx.where, message=f"no live recording {which} to stop{why}")
             result = "failed"
         else:
             await rec.stop("stop_record_call")
