@@ -505,6 +505,7 @@ class SipPeer:
         headers: tuple[str, ...] = (),
         uri: str | None = None,
         cseq_method: str | None = None,
+        content_type: str = "application/sdp",
     ) -> str:
         """Send a request; returns its Via branch (a CANCEL or a non-2xx ACK reuses the INVITE's)."""
         branch = branch or f"z9hG4bK{random.getrandbits(48):x}"
@@ -520,7 +521,7 @@ class SipPeer:
             *headers,
         ]
         if body:
-            lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body.encode())}")
         data = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
         if self.proto == "udp":

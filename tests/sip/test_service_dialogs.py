@@ -262,3 +262,27 @@ def test_final_error_is_retransmitted_until_the_ack(engine: EngineFactory) -> No
     finally:
         peer.close()
     assert "rejected 488" in eng.log()
+
+
+def test_a_carriers_multipart_invite_is_answered_from_its_sdp_part(engine: EngineFactory) -> None:
+    # SIP-I (RFC 5621): the offer beside the ISUP IAM the carrier's network carries along; ours is plain SDP.
+    eng = engine(ANSWER_THEN_HANG_UP.format(ms=300))
+    peer = SipPeer(eng.port)
+    isup = "\x01\x00\x49\x00\x00\x03\x02\x00\x07\x04\x10\x00\x33\x63\x21\x43\x00\x00"
+    body = (
+        "--unique-boundary-1\r\nContent-Type: application/sdp\r\n\r\n"
+        + sdp_offer(31420)
+        + "\r\n--unique-boundary-1\r\nContent-Type: application/ISUP;version=itu-t92+\r\n"
+        + "Content-Disposition: signal;handling=optional\r\n\r\n"
+        + isup
+        + "\r\n--unique-boundary-1--\r\n"
+    )
+    try:
+        peer.request("INVITE", 1, body=body, content_type='multipart/mixed;boundary="unique-boundary-1"')
+        assert peer.wait(lambda: 200 in peer.statuses("INVITE")), peer.messages
+        ok = peer.final()
+        assert header(ok, "Content-Type") == ["application/sdp"]
+        assert sdp_lines(ok, "m=audio") and sdp_lines(ok, "a=rtpmap:0 ") == ["a=rtpmap:0 PCMU/8000"]
+        peer.request("ACK", 1, to_tag=to_tag(ok))
+    finally:
+        peer.close()

@@ -180,7 +180,7 @@ TABLE = {
         "Unsupported Media Type",
         ("Accept", "application/sdp"),
     ),
-    "a multipart body": Row(
+    "a multipart body without an SDP part": Row(
         message(changed={"Content-Type": "multipart/mixed;boundary=xyz"}, body=b"--xyz\r\n\r\nv=0\r\n--xyz--\r\n"),
         415,
         "Unsupported Media Type",
@@ -689,3 +689,16 @@ def test_mutated_invites_never_raise_anything_but_message_error() -> None:
         assert isinstance(again, Response) and again.status == rejection.status and not again.problems
     # the mutations reach every kind of outcome (a fuzz that only ever hit one rule would prove little)
     assert {"unreadable", "served", "dropped", "400"} <= set(outcomes), outcomes
+
+
+def test_a_multipart_body_with_an_sdp_part_is_read_for_it() -> None:
+    # RFC 5621, as SIP-I carriers send it: the SDP part is the offer, the ISUP part is left alone.
+    body = (
+        b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + SDP + b"\r\n--b1\r\n"
+        b"Content-Type: application/ISUP;version=itu-t92+\r\nContent-Disposition: signal;handling=optional\r\n\r\n"
+        b"\x01\x00\x49\x00\r\n--b1--\r\n"
+    )
+    data = message(changed={"Content-Type": 'multipart/mixed; boundary="b1"'}, body=body)
+    assert check(data) is None
+    request = parse_message(data)
+    assert isinstance(request, Request) and request.sdp == SDP

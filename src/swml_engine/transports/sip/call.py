@@ -578,7 +578,8 @@ class SipCallTransport(Transport):
             self.reject(SipReject(403, "Forbidden", why))
             return False
         try:
-            self.offer = parse_offer(sip.invite.text) if sip.invite.body else None
+            offer = sip.invite.sdp  # (a multipart body's SDP part: validation.py)
+            self.offer = parse_offer(offer.decode("utf-8", "replace")) if offer else None
         except NotAcceptable as e:
             self.reject(SipReject(488, "Not Acceptable Here", str(e)))
             return False
@@ -698,7 +699,7 @@ class SipCallTransport(Transport):
             ua.answer_reinvite(self.sip, 491, now)  # (not up yet, or ending: the peer tries again later)
             self._flush()
             return
-        if not request.body:
+        if not request.sdp:
             # Offerless re-INVITE: we offer our current session in the 200 OK (RFC 3261 §14.2), and the
             # ACK brings the answer (see ack()).
             sdp = self.sip_media.reoffer()
@@ -707,7 +708,7 @@ class SipCallTransport(Transport):
             ua.answer_reinvite(self.sip, 200, now, sdp)
             self._flush()
             return
-        answer = self.sip_media.answer_reinvite(request.text, self._allowed)
+        answer = self.sip_media.answer_reinvite(request.sdp.decode("utf-8", "replace"), self._allowed)
         if answer is None:
             ua.answer_reinvite(self.sip, 488, now)
             self._flush()

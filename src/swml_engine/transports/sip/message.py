@@ -41,6 +41,10 @@ BRANCH_COOKIE = "z9hG4bK"
 SIP_VERSION = "SIP/2.0"
 #: Largest CSeq number (RFC 3261 §8.1.1.5: less than 2**31).
 MAX_CSEQ = 2**31 - 1
+#: The body type of a session description (RFC 3264's offers and answers).
+SDP_TYPE = "application/sdp"
+#: Parts of a multipart body looked through for the SDP (RFC 5621; a SIP-I carrier sends two: SDP, ISUP).
+MAX_PARTS = 8
 
 
 class Method(StrEnum):
@@ -467,6 +471,17 @@ class Message:
         """The body as text (SDP is UTF-8)."""
         return self.body.decode("utf-8", "replace")
 
+    @property
+    def sdp(self) -> bytes:
+        """The session description the body carries (b"" when none): the body when it is SDP, or the SDP
+        part of a ``multipart/mixed`` body (RFC 5621: SIP-I and SIP-T carriers send theirs beside ISUP)."""
+        kind = self.content_type
+        if kind == SDP_TYPE:
+            return self.body
+        if kind == "multipart/mixed":
+            return sdp_part(self.body, _parameter(self.headers.get("content-type") or "", "boundary"))
+        return b""
+
     def _address(self, name: str) -> NameAddr:
         value = self.headers.get(name)
         spelled = header_spelling(name)
@@ -651,3 +666,35 @@ def _body(headers: Headers, body: bytes, problems: list[str]) -> bytes:
         problems.append(Problem(Defect.SHORT_BODY, text))
         return body
     return body[:declared]  # bytes past it are not part of the message (RFC 3261 §18.3)
+
+
+def _parameter(value: str, name: str) -> str:
+    """A parameter of a header value such as ``multipart/mixed; boundary="b1"`` ("" when not given)."""
+    for item in value.split(";")[1:]:
+        key, _, raw = item.partition("=")
+        if key.strip().lower() == name:
+            return raw.strip().strip('"')
+    return ""
+
+
+def sdp_part(body: bytes, boundary: str) -> bytes:
+    """The content of the first ``application/sdp`` part of a multipart body (RFC 2046: parts between
+    ``--boundary`` lines, each its headers, a blank line, its content); b"" when there is none."""
+    if not boundary or len(boundary) > 70:  # (RFC 2046's longest)
+        return b""
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    for part in body.split(delimiter)[1 : MAX_PARTS + 1]:  # (what is before the first one is a preamble)
+        if part.startswith(b"--"):
+            break  # the close delimiter
+        head, blank, content = part.lstrip(b" \t").removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not blank:
+            head, blank, content = part.lstrip(b" \t").removeprefix(b"\n").partition(b"\n\n")
+        kinds = [
+            line.partition(b":")[2].split(b";")[0].strip().lower()
+            for line in head.splitlines()
+            if line.partition(b":")[0].strip().lower() == b"content-type"
+        ]
+        if blank and kinds == [SDP_TYPE.encode()]:
+            # The line break before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+            return content[:-2] if content.endswith(b"\r\n") else content.removesuffix(b"\n")
+    return b""

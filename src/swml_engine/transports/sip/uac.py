@@ -399,8 +399,8 @@ def _to_tag(message: Request | Response) -> str | None:
 
 
 def _sdp_of(message: Request | Response) -> bytes:
-    """The message's body when it is SDP (we read no other body), else nothing."""
-    return message.body if message.body and message.content_type == "application/sdp" else b""
+    """The message's SDP (its body, or a multipart body's SDP part), else nothing."""
+    return message.sdp
 
 
 def _reason_header(text: str, cause: int = 200) -> str:

@@ -33,9 +33,9 @@ The rules run in this order, the first that applies answers:
 13. a Require naming an option tag we do not support → 420 with Unsupported (ACK and CANCEL exempt,
     RFC 3261 §8.2.2.3);
 14. an INVITE whose body we cannot read → 415 with ``Accept: application/sdp``: any type but
-    application/sdp (multipart/mixed too: the SDP would have to be cut out of it, which nothing here
-    does), a body without Content-Type, or a Content-Encoding other than identity (then with
-    ``Accept-Encoding: identity``);
+    application/sdp and a multipart/mixed holding an application/sdp part (RFC 5621: SIP-I/SIP-T
+    carriers send SDP beside ISUP; the SDP part is read, the others ignored), a body without
+    Content-Type, or a Content-Encoding other than identity (then with ``Accept-Encoding: identity``);
 15. an INVITE whose Accept excludes application/sdp → 406 (our answer must carry SDP).
 
 Syntax comes before semantics (a request we cannot read is not looked at further), and among the
@@ -343,8 +343,11 @@ def _body(request: Request, policy: _Policy) -> Rejection | None:
         warning = f"Content-Encoding {shown(', '.join(encodings))} is not read here"
         return Rejection(415, REASONS[415], warning, (("Accept", SDP), ("Accept-Encoding", "identity")))
     content_type = request.content_type
-    if content_type == SDP:
+    if content_type == SDP or (content_type == "multipart/mixed" and request.sdp):
         return None
+    if content_type == "multipart/mixed":
+        warning = f"a multipart/mixed body is read for its {SDP} part, and this one has none"
+        return Rejection(415, REASONS[415], warning, (("Accept", SDP),))
     if not content_type:
         return Rejection(
             415, f"{REASONS[415]} (a body without Content-Type)", f"only {SDP} is read", (("Accept", SDP),)
