@@ -25,6 +25,7 @@ from swml_engine.methods.sleep import Sleep
 from swml_engine.methods.stop_denoise import StopDenoise
 from swml_engine.methods.stop_record_call import StopRecordCall
 from swml_engine.methods.switch import Switch
+from swml_engine.methods.transfer import Transfer
 from swml_engine.methods.unset import Unset
 
 _ALL: list[Method[Any]] = [
@@ -48,6 +49,7 @@ _ALL: list[Method[Any]] = [
     StopDenoise(),
     StopRecordCall(),
     Switch(),
+    Transfer(),
     Unset(),
 ]
 

@@ -42,10 +42,9 @@ from swml_engine.errors import DocumentError, ParamError
 from swml_engine.methods.answer import KNOWN_CODECS, codec_names
 from swml_engine.methods.base import Method
 from swml_engine.methods.cond import Cond
-from swml_engine.methods.execute import Execute, ExecuteParams
 from swml_engine.methods.play import SoundSpec, VoiceParams, sounds_of, voice_of
 from swml_engine.methods.switch import Switch
-from swml_engine.script.flow import EndScript
+from swml_engine.methods.transfer import transfer_dest
 from swml_engine.script.step import StepContext
 from swml_engine.transports.sip.uri import UriError, parse_uri
 from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
@@ -543,7 +542,7 @@ class Connect(Method[ConnectParams]):
             kind, params = p.result
             await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.connect.result"), ctx.section_run)
         if ended is not None and p.transfer_after_bridge is not None:
-            await transfer(ctx, p.transfer_after_bridge)
+            await transfer_dest(ctx, p.transfer_after_bridge, f"{ctx.where}.transfer_after_bridge")
 
     def outcome(self, ctx: StepContext, failure: FailReason | None) -> None:
         """The documented variables: connect_result, connect_failed_reason, return_value."""
@@ -586,19 +585,6 @@ def report(ctx: StepContext, status: StatusReporter, state: ConnectState, **fiel
 def peer_of(leg: Leg) -> dict[str, Any]:
     """``params.peer`` of the ``connected`` callback."""
     return {"call_id": leg.call_id, "node_id": NODE_ID, "device": leg.device()}
-
-
-async def transfer(ctx: StepContext, dest: str) -> None:
-    """``transfer_after_bridge``: the document runs in place of the rest of this script, as ``transfer``
-    does (it does not come back)."""
-    try:
-        section_run = await Execute().target(ctx, ExecuteParams(dest=dest))  # execute's own fetch and load
-    except ParamError as e:
-        # The connect itself went well (its variables stand): the script goes on, as after a failed transfer.
-        ctx.events.emit("error", where=f"{ctx.where}.transfer_after_bridge", message=e.message)
-        return
-    await ctx.runner.execute_section(section_run, {})
-    raise EndScript
 
 
 def legs_of(ctx: StepContext, p: ConnectParams) -> list[list[LegSettings]]:
