@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swml_engine.errors import DocumentError
 
+if TYPE_CHECKING:  # (the run's modules load when it runs: swml validate starts fast)
+    from swml_engine.session import CtrlC
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
+#: Ctrl-C (SIGINT) ended the run: 128 + the signal's number, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 def _seconds(text: str) -> float:
@@ -101,7 +108,8 @@ class Progress:
             if not self._done.is_set():
                 sys.stderr.write(
                     ("\n" if self.shown else "") + "the call is over; waiting for status callbacks still being "
-                    f"delivered (up to {self.callback_wait:g} s; each attempt is a callback event)\n"
+                    f"delivered (up to {self.callback_wait:g} s; each attempt is a callback event; "
+                    "Ctrl-C stops waiting)\n"
                 )
                 sys.stderr.flush()
                 self.shown = False
@@ -141,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swml_engine.media.audio import AudioError, decode
     from swml_engine.methods import REGISTRY
     from swml_engine.recording.crypt_cli import load_keys
-    from swml_engine.session import Simulation, simulate
+    from swml_engine.session import CtrlC, Simulation, simulate
     from swml_engine.transports.simulated import PeerScript, parse_dtmf_schedule, parse_peer
 
     try:
@@ -193,6 +201,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         notes=not args.quiet,
         callback_wait=Simulation.callback_wait,
     )
+
+    def stop_now() -> None:  # a Ctrl-C after the one that hung up (the run's loop calls it)
+        progress.close()
+        sys.stdout.flush()
+        print(
+            f"swml run: stopped at once (Ctrl-C again); a recording left unfinished is repaired at the next "
+            f"run into {out} (or by swml recover {out})",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_INTERRUPTED)
+
+    # A SIGINT ignored when the run started (a background job of a script) stays ignored, as POSIX has it.
+    ctrl_c = CtrlC(stop_now) if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else None
     sim = Simulation(
         caller_audio=caller_audio,
         dtmf=dtmf,
@@ -207,6 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         on_event=progress,
         keyring=keyring,
+        ctrl_c=ctrl_c,
     )
     started = time.monotonic()
     try:
@@ -233,9 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  note at {t:.2f} s: {note}")
         if len(notes) > 10:
             print(f"  ... and {len(notes) - 10} more notes in events.jsonl")
-        sent = sum(1 for e in res.events if e["type"] == "callback" and e.get("attempt") == 1)
+        sent, delivered = _callbacks(res.events)
         if sent:
-            delivered = sum(1 for e in res.events if e["type"] == "callback" and e.get("delivered"))
             print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
         outputs = ["heard.wav", *(t.heard_path.name for t in res.dialer.placed if t.heard_path)]
         outputs += ["events.jsonl", "vars.json"]
@@ -246,7 +268,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     if res.result.error:
         print(f"swml run: {res.result.error}", file=sys.stderr)
         return EXIT_INVALID
+    if ctrl_c is not None and ctrl_c.pressed:
+        print(f"swml run: {_interrupted(ctrl_c, res.events)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
+    """How many status callbacks the run sent and how many of them were delivered. Each one's first event
+    is its first attempt, or, when a Ctrl-C ended the wait before it had one, its attempt 0 given up (one
+    given up while waiting to try again has a second event of the attempt before: not counted)."""
+    from swml_engine.callbacks import STOPPING
+
+    def first(event: dict[str, Any]) -> bool:
+        given_up = event.get("status") == STOPPING
+        return (event.get("attempt") == 1 and not given_up) or (event.get("attempt") == 0 and given_up)
+
+    tried = [e for e in events if e["type"] == "callback"]
+    return sum(1 for e in tried if first(e)), sum(1 for e in tried if e.get("delivered"))
+
+
+def _interrupted(ctrl_c: CtrlC, events: list[dict[str, Any]]) -> str:
+    """The run's last line after a Ctrl-C: what it cut short."""
+    if ctrl_c.hung_up_at is not None:
+        what = f"the caller hung up at {ctrl_c.hung_up_at:.2f} s of call time"
+    else:
+        what = "the call was over"
+    if ctrl_c.wait_cut:
+        sent, delivered = _callbacks(events)
+        what += f"; the wait for status callbacks stopped: {sent - delivered} of {sent} not delivered"
+    return f"interrupted (Ctrl-C): {what}"
 
 
 def _placed(error: dict[str, Any]) -> str:
@@ -353,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # before or after a run's call (during one, CtrlC takes it)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

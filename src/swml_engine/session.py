@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
+from swml_engine.callbacks import shutdown as give_up_callbacks
 from swml_engine.document.model import Document
 from swml_engine.events import EventLog, JsonlSink, jsonable
 from swml_engine.media.audio import decode
@@ -84,6 +86,76 @@ class Simulation:
     callback_wait: float = 60.0
     #: Write recordings encrypted under its newest key (``--encrypt-key-file``); None: plain.
     keyring: Keyring | None = None
+    #: Take SIGINT (Ctrl-C) on the run's loop as this says (``swml run``); None: Python's default.
+    ctrl_c: CtrlC | None = None
+
+
+#: Where a simulated run is, for what a Ctrl-C does there (:class:`CtrlC`): the call (from before its
+#: start to its end and the finalising of its recordings), the wait for status callbacks, and after.
+RunPhase = Literal["call", "callbacks", "done"]
+
+
+class CtrlC:
+    """SIGINT (Ctrl-C) during ``swml run``, taken on the run's loop (Python's KeyboardInterrupt would cut
+    the loop short anywhere: recordings left unfinished, the event file closed under running tasks).
+
+    The first one is the caller hanging up: the script sees it as on a call, recordings end
+    (``end_reason: hangup``) and every output is written. One while the run waits for status callbacks
+    ends the wait: what is not delivered by then is given up. Any other, later one calls ``stop_now``
+    (the process stops at once; recordings it leaves unfinished are repaired at the next run, as after
+    a crash)."""
+
+    def __init__(self, stop_now: Callable[[], None]) -> None:
+        self.stop_now = stop_now
+        self.phase: RunPhase = "call"
+        #: A Ctrl-C came (the run ends ``interrupted``).
+        self.pressed = False
+        #: Call time at which a Ctrl-C hung the call up (None: none did; the call was over already).
+        self.hung_up_at: float | None = None
+        #: A Ctrl-C ended the wait for status callbacks.
+        self.wait_cut = False
+        self._call: Call | None = None
+        self._cut = asyncio.Event()
+
+    def received(self) -> None:
+        if self.phase == "callbacks" and not self.wait_cut:
+            self.wait_cut = True
+            self._cut.set()
+        elif not self.pressed:
+            self._hang_up()
+        else:
+            self.stop_now()
+        self.pressed = True
+
+    def attach(self, call: Call) -> None:
+        """The call exists: a Ctrl-C that came while it was being set up hangs it up now."""
+        self._call = call
+        if self.pressed:
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        call = self._call
+        if call is None or call.is_ended:
+            return
+        self.hung_up_at = call.now()
+        call.events.emit("warning", where="swml run", message="interrupted (Ctrl-C): the caller hung up")
+        call.on_remote_hangup("hangup")
+
+    async def wait(self, callbacks: CallbackHub, seconds: float) -> None:
+        """Wait for ``callbacks`` still being delivered (up to ``seconds``) unless a Ctrl-C ends it: then
+        every retry ends and what is queued is given up (an attempt under way ends within its timeout)."""
+        self.phase = "callbacks"
+        drained = asyncio.get_running_loop().run_in_executor(None, callbacks.drain, seconds)
+        cut = asyncio.ensure_future(self._cut.wait())
+        either: set[asyncio.Future[Any]] = {drained, cut}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+        if not drained.done():
+            give_up_callbacks(0)
+        await drained  # every "given up" callback event is in before the summary counts them
+        self.phase = "done"
 
 
 @dataclass
@@ -108,10 +180,14 @@ def caller_samples(sim: Simulation) -> Samples | None:
 def simulate(doc: Document, sim: Simulation) -> SimResult:
     """Run a document on a simulated call (virtual clock unless ``realtime``); outputs go to ``sim.out``."""
     loop: asyncio.AbstractEventLoop = asyncio.new_event_loop() if sim.realtime else VirtualTimeLoop()
+    if sim.ctrl_c is not None:
+        loop.add_signal_handler(signal.SIGINT, sim.ctrl_c.received)
     try:
         return loop.run_until_complete(run_simulation(doc, sim))
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
+        if sim.ctrl_c is not None:
+            loop.remove_signal_handler(signal.SIGINT)
         loop.close()
 
 
@@ -147,18 +223,23 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
             extra={"callbacks": callbacks},
         )
         call = Call(transport, call_id=call_id, events=events, options=options)
+        if sim.ctrl_c is not None:
+            sim.ctrl_c.attach(call)
         headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)
         for far in dialer.placed:  # a far leg the dial plan left open still writes what it heard
             await far.close()
         duration = call.now()
+        if out is not None:  # before the wait for callbacks, which a receiver that is down makes long
+            text = json.dumps(jsonable(variables.vars), indent=2, ensure_ascii=False, allow_nan=False)
+            (out / "vars.json").write_text(text + "\n")
         # Status callbacks run on real time beside the call; wait for them (bounded) before reporting.
-        await asyncio.get_running_loop().run_in_executor(None, callbacks.drain, sim.callback_wait)
+        if sim.ctrl_c is not None:
+            await sim.ctrl_c.wait(callbacks, sim.callback_wait)
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, callbacks.drain, sim.callback_wait)
     finally:
         if jsonl is not None:
             jsonl.close()
-    if out is not None:
-        text = json.dumps(jsonable(variables.vars), indent=2, ensure_ascii=False, allow_nan=False)
-        (out / "vars.json").write_text(text + "\n")
     return SimResult(result, events.events, variables.vars, duration, call, dialer)

@@ -1,0 +1,97 @@
+"""Ctrl-C (SIGINT) during `swml run`, sent to a real process: the first one is the caller hanging up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swml_engine.media.audio import decode
+
+#: Where no receiver listens (the test ports are 33000-33999): a status callback receiver that is down.
+DOWN = "http://127.0.0.1:33001/cb"
+
+
+def start(script: Path, out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "swml_engine", "run", str(script), "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as a terminal gives it, however the test runner was started (a background job ignores it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def poll(what: str, found: Any, proc: subprocess.Popen[str], deadline: float = 60.0) -> Any:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = found()
+        if value:
+            return value
+        assert proc.poll() is None, f"swml run ended before {what}: {proc.communicate()}"
+        time.sleep(0.02)
+    raise AssertionError(f"no {what} within {deadline} s")
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_ctrl_c_in_a_realtime_run_is_the_caller_hanging_up(tmp_path: Path) -> None:
+    script = tmp_path / "s.yaml"
+    script.write_text("sections: {main: [answer, {record_call: {}}, {sleep: 20000}]}")
+    out = tmp_path / "out"
+    proc = start(script, out, "--realtime")
+
+    def recording() -> dict[str, Any] | None:
+        for meta in (out / "recordings").glob("*.json"):
+            with_state = json.loads(meta.read_text() or "{}")
+            if with_state.get("state") == "recording":
+                return dict(with_state)
+        return None
+
+    meta = poll("recording", recording, proc)
+    poll("second of audio", lambda: time.time() > meta["start_time"] + 1.0, proc)
+    interrupted_at = time.time()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Task was destroyed" not in stderr, stderr
+    assert "interrupted (Ctrl-C): the caller hung up at" in stderr
+    assert "call ended after" in stdout and "remote_hangup" in stdout  # the summary, as after a hangup
+    finished = json.loads((out / "recordings" / f"{meta['recording_id']}.json").read_text())
+    assert finished["state"] == "finished" and finished["end_reason"] == "hangup"
+    audio = decode(out / "recordings" / f"{meta['recording_id']}.wav", 8000)
+    assert abs(len(audio) / 8000 - (interrupted_at - meta["start_time"])) < 0.5
+    assert abs(finished["duration"] - len(audio) / 8000) < 0.05
+    assert json.loads((out / "vars.json").read_text())["record_call_result"] == "success"
+    assert (out / "heard.wav").stat().st_size > 44
+    ended = [e for e in events(out) if e["type"] == "call.state" and e["state"] == "ended"]
+    assert [e["reason"] for e in ended] == ["remote_hangup"]
+
+
+def test_ctrl_c_while_waiting_for_status_callbacks_stops_the_wait(tmp_path: Path) -> None:
+    script = tmp_path / "s.yaml"
+    script.write_text(f"sections: {{main: [answer, {{record_call: {{status_url: '{DOWN}'}}}}, {{sleep: 2000}}]}}")
+    out = tmp_path / "out"
+    proc = start(script, out)  # on the virtual clock: the call is over at once, the wait is real time
+
+    poll("call's end", lambda: any(e["type"] == "call.state" and e["state"] == "ended" for e in events(out)), proc)
+    proc.send_signal(signal.SIGINT)
+    # The receiver's retries alone would hold the run some 30 s (and the wait lasts up to 60 s).
+    stdout, stderr = proc.communicate(timeout=20)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "the wait for status callbacks stopped: 2 of 2 not delivered" in stderr
+    assert "status callbacks: 0 of 2 delivered" in stdout
+    assert (out / "vars.json").exists()
+    meta = json.loads(next((out / "recordings").glob("*.json")).read_text())
+    assert meta["state"] == "finished" and meta["end_reason"] == "script_end"
