@@ -230,3 +230,29 @@ def test_two_workers_sweeping_the_same_recordings_at_once_delete_each_once_witho
     assert len(deletes) == 60  # both found all 30: each deleted twice, harmlessly
     assert list(store.root.iterdir()) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_call_is_kept_while_a_recording_of_it_is(tmp_path: Path) -> None:
+    # A long call: it started 31 days ago, its recording ended 29 days ago (kept): the call's row (its
+    # caller and callee, which the recordings list shows) stays until the recording has gone.
+    store, index = setup(tmp_path)
+    index.put_call({"call_id": "c", "state": "ended", "start_time": NOW - 31 * DAY}, "http://w")
+    recording(store, index, "r", ended_days_ago=29)
+    now = NOW
+
+    async def delete_call(call_id: str) -> None:
+        index.delete_call(call_id)
+
+    retention = Retention(
+        index, local_delete(store, index), lambda rid: False, 30, own=True, delete_call=delete_call, clock=lambda: now
+    )
+
+    async def go() -> None:
+        nonlocal now
+        assert await retention.sweep() == 0
+        assert [c["call_id"] for c in await index.calls()] == ["c"]
+        now = NOW + 2 * DAY  # the recording ended 31 days ago now: it goes, and its call after it
+        assert await retention.sweep() == 2
+        assert await index.recordings() == [] and await index.calls() == []
+
+    asyncio.run(go())

@@ -291,10 +291,13 @@ class Index(ABC):
         return count
 
     async def calls_ended_before(self, before: float, *, limit: int) -> list[str]:
-        """This node's ended calls that started before ``before`` (a Unix time), oldest first, at most
-        ``limit``: their ids (their event logs are on this node's disk)."""
+        """This node's ended calls that started before ``before`` (a Unix time) and have no recording left,
+        oldest first, at most ``limit``: their ids (their event logs are on this node's disk). A call goes
+        after its recordings, which go by their end: a long call's recording never outlives its call's row
+        (the list's caller and callee come from it)."""
         rows = await self._query(
             "SELECT call_id FROM calls WHERE state = 'ended' AND start_time < ? AND (node = ? OR node IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM recordings WHERE recordings.call_id = calls.call_id) "
             "ORDER BY start_time, call_id LIMIT ?",
             (before, self.node, min(limit, MAX_ROWS)),
         )
