@@ -188,3 +188,42 @@ def test_say_text_too_long_fails_the_play_at_once() -> None:
     )
     (error,) = [e["message"] for e in res.events if e["type"] == "error"]
     assert "at most 10000" in error and len(error) < 400 and res.vars["after"] == "ok"
+
+
+def test_a_file_url_needs_an_absolute_path_and_a_bare_file_name_is_told_how_to_write_it(tmp_path: Path) -> None:
+    """`play: 'file://caller.wav'` passed validation and the run said 'no such file: .'; `play: 'caller.wav'`
+    was told of say/silence/ring/http(s) only, never of the file URLs swml run plays."""
+    from swml_engine.document.loader import load_text
+    from swml_engine.errors import DocumentError
+    from swml_engine.methods import REGISTRY
+
+    def invalid(sound: str) -> str:
+        with pytest.raises(DocumentError) as info:
+            load_text(f"sections: {{main: [{{play: '{sound}'}}]}}", methods=REGISTRY)
+        (error,) = info.value.errors
+        return str(error)
+
+    assert invalid("file://caller.wav") == (
+        "sections.main[0].play.url: 'file://caller.wav': a file URL needs an absolute path: file:///abs/path/caller.wav"
+    )
+    assert invalid("caller.wav") == (
+        "sections.main[0].play.url: 'caller.wav' is not a playable sound; use say:TEXT, silence:SECONDS, "
+        "ring:[SECONDS:]CC or an http(s) URL, or, in swml run only (not swml serve), a file URL with an "
+        "absolute path; this one as a file URL: file:///abs/path/caller.wav"
+    )
+    assert invalid("/srv/caller.wav").endswith("; this one as a file URL: file:///srv/caller.wav")
+    assert invalid("hello there").endswith("(not swml serve), a file URL with an absolute path")
+
+    # The form the message gives plays (file://localhost/... too); a placeholder is checked once substituted.
+    caller = tmp_path / "caller.wav"
+    caller.write_bytes(wav_bytes(tone(1000, 0.5)))
+    res = run_doc(
+        f"sections: {{main: [{{play: 'file://{caller}'}}, {{play: 'file://localhost{caller}'}}, "
+        "{set: {f: caller.wav}}, {play: 'file://${f}'}, {set: {after: ok}}]}",
+        tmp_path,
+    )
+    audio = heard(tmp_path)
+    assert rms(window(audio, RATE, 0.02, 0.98)) > 5000
+    (error,) = [e["message"] for e in res.events if e["type"] == "error"]
+    assert error.endswith("'file://caller.wav': a file URL needs an absolute path: file:///abs/path/caller.wav")
+    assert res.vars["after"] == "ok"

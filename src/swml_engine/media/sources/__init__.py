@@ -23,7 +23,7 @@ from swml_engine.media.clock import run_io
 from swml_engine.media.frame import Frame
 from swml_engine.media.sources.tones import RING_CADENCES, ring_frames, silence_frames
 from swml_engine.media.sources.tts import EspeakTts, TtsError, Voice
-from swml_engine.media.sources.url import fetch_audio, local_source, target_of
+from swml_engine.media.sources.url import fetch_audio, file_path, local_source, target_of
 from swml_engine.recording.crypt import CryptError, playable
 from swml_engine.urls import UrlError, parse_http_url, redact, scheme_of
 
@@ -87,13 +87,30 @@ def parse_sound(value: str, path: str) -> Sound:
             parse_http_url(v)
         except UrlError as e:
             raise ParamError(path, shorten(str(e), 400)) from None
+    if scheme == "file":
+        try:
+            file_path(v)
+        except ValueError as e:
+            raise ParamError(path, f"{shorten(v)!r}: {e}") from None
     if scheme in ("http", "https", "file"):
         return Sound("url", url=v)
-    raise ParamError(
-        path,
-        f"{shorten(redact(value))!r} is not a playable sound; "
-        "use say:TEXT, silence:SECONDS, ring:[SECONDS:]CC or an http(s) URL",
-    )
+    raise ParamError(path, f"{shorten(redact(value))!r} is not a playable sound; {_PLAYABLE}{_as_file(v)}")
+
+
+#: What may be played, and where (``file://`` reads the machine's files: a script ``swml serve`` runs
+#: must not; it plays a call's own recording URL only, which is no file name a user writes).
+_PLAYABLE = (
+    "use say:TEXT, silence:SECONDS, ring:[SECONDS:]CC or an http(s) URL, or, in swml run only (not swml "
+    "serve), a file URL with an absolute path"
+)
+
+
+def _as_file(value: str) -> str:
+    """The file URL of a value that reads as a path (``caller.wav``, ``/srv/a.wav``): the fix to show."""
+    if not value or scheme_of(value) or any(c.isspace() for c in value) or "." not in Path(value).name:
+        return ""
+    shown = f"file://{value}" if value.startswith("/") else f"file:///abs/path/{value.removeprefix('./')}"
+    return f"; this one as a file URL: {shorten(shown)}"
 
 
 class SoundLoader:

@@ -15,7 +15,20 @@ from swml_engine.call import CallOptions
 from swml_engine.fetch import FetchControl, FetchError, Redirects, http_fetch
 from swml_engine.urls import HttpTarget, UrlError, parse_http_url, redact, scheme_of
 
-__all__ = ["FetchError", "fetch_audio", "local_source", "split_auth", "target_of"]
+__all__ = ["FetchError", "fetch_audio", "file_path", "local_source", "split_auth", "target_of"]
+
+#: The hosts a ``file://`` URL may name (RFC 8089): none, or this machine's.
+_LOCAL_HOSTS = ("", "localhost")
+
+
+def file_path(url: str) -> Path:
+    """The absolute path a ``file://`` URL names; ValueError saying how to write it otherwise (a
+    relative path, ``file://caller.wav``, reads as a host name with no path)."""
+    parts = urlsplit(url)
+    if parts.netloc.lower() in _LOCAL_HOSTS and parts.path.startswith("/") and parts.path != "/":
+        return Path(unquote(parts.path))
+    name = f"{parts.netloc}{parts.path}".strip("/") or "sound.wav"
+    raise ValueError(f"a file URL needs an absolute path: file:///abs/path/{name}")
 
 
 def split_auth(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -44,7 +57,10 @@ def local_source(url: str, options: CallOptions) -> Path | None:
     if scheme == "file":
         if not options.allow_file_urls:
             raise FetchError("file:// URLs are not allowed here (only in `swml run`)")
-        path = Path(unquote(urlsplit(url).path))
+        try:
+            path = file_path(url)
+        except ValueError as e:
+            raise FetchError(str(e)) from None
         if not path.is_file():
             raise FetchError(f"no such file: {path}")
         return path
