@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,3 +96,28 @@ def test_ctrl_c_while_waiting_for_status_callbacks_stops_the_wait(tmp_path: Path
     assert (out / "vars.json").exists()
     meta = json.loads(next((out / "recordings").glob("*.json")).read_text())
     assert meta["state"] == "finished" and meta["end_reason"] == "script_end"
+
+
+def test_ctrl_c_during_a_slow_fetch_on_the_virtual_clock_hangs_up_at_once(tmp_path: Path) -> None:
+    """A long script on the virtual clock takes no time, but a URL that does not answer holds it (up to
+    the fetch's 10 s): a Ctrl-C then is the caller hanging up, and the fetch stops with the call."""
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        script = tmp_path / "s.yaml"
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/a.wav"
+        script.write_text(f"sections: {{main: [answer, {{record_call: {{}}}}, {{play: '{url}'}}, {{sleep: 600000}}]}}")
+        out = tmp_path / "out"
+        proc = start(script, out)
+        server.settimeout(60)
+        fetching, _ = server.accept()
+        with fetching:
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted (Ctrl-C): the caller hung up at 0.00 s" in stderr
+    assert "remote_hangup" in stdout
+    plays = [e["result"] for e in events(out) if e["type"] == "step.end" and e["method"] == "play"]
+    assert plays == ["hangup"]  # (the fetch stopped: it would have failed the play after 10 s)
+    meta = json.loads(next((out / "recordings").glob("*.json")).read_text())
+    assert meta["state"] == "finished" and meta["end_reason"] == "hangup"
+    assert (out / "vars.json").exists()
