@@ -62,8 +62,8 @@ class _Pool:
             return cls._executor, cls._client
 
 
-#: The status of a callback given up because the process stops.
-STOPPING = "given up: the service is stopping"
+#: The status of a callback given up because the process stops (swml serve's stop, Ctrl-C in swml run).
+STOPPING = "given up: stopping"
 
 
 def shutdown(timeout: float) -> int:
