@@ -99,15 +99,17 @@ def test_execute_inline_document_and_section_without_return() -> None:
         """
 sections:
   main:
-    - execute: {dest: '{"sections": {"main": [{"set": {"inline": "ran"}}, {"return": 5}]}}', params: {x: hi}}
+    - execute: {dest: '{"sections": {"main": [{"set": {"inline": "${params.x}"}}, {"return": 5}]}}', params: {x: ran}}
     - set: {first: '${return_value}'}
     - execute: {dest: noreturn}
     - set: {second: '[${return_value}]'}
+    - transfer: {dest: '{"sections": {"main": [{"set": {"moved": "${params.y}"}}]}}', params: {y: there}}
   noreturn:
     - set: {ran: true}
 """
     )
-    assert res.vars["inline"] == "ran"
+    # An inline document's placeholders are its own steps', filled as they run: it reads the params given to it.
+    assert res.vars["inline"] == "ran" and res.vars["moved"] == "there"
     assert res.vars["first"] == 5
     assert res.vars["ran"] is True
     assert res.vars["second"] == "[]"

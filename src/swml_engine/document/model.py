@@ -46,6 +46,14 @@ class Block:
     path: str
 
 
+class Verbatim(str):
+    """Text in a step's parameters that the step's placeholders are not filled in: an inline document
+    (``execute``/``transfer`` ``dest``), whose own steps are filled when they run, with its own
+    ``params`` — as a nested Block's are."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Document:
     sections: dict[str, list[Step]]

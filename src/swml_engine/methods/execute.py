@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swml_engine.document.loader import load_text
-from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step
+from swml_engine.document.model import Block, BlockLoader, Document, MethodTable, Step, Verbatim
 from swml_engine.document.params import Any_, MapOf, Steps, Str, describe, is_templated, param
 from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError, ParamError
@@ -44,6 +44,16 @@ def _is_inline(dest: str) -> bool:
     return dest.lstrip().startswith("{")
 
 
+def with_inline_dest(raw: dict[str, Any]) -> dict[str, Any]:
+    """``execute``/``transfer`` parameters with an inline document's ``dest`` kept as written: its
+    placeholders belong to its own steps, filled as they run (``${params.x}`` reads the ``params`` given
+    to it), not to the calling step."""
+    out = dict(raw)
+    if isinstance(raw.get("dest"), str) and _is_inline(raw["dest"]):
+        out["dest"] = Verbatim(raw["dest"])
+    return out
+
+
 class Execute(Method[ExecuteParams]):
     name = "execute"
     params = ExecuteParams
@@ -53,7 +63,7 @@ class Execute(Method[ExecuteParams]):
             raw = {"dest": raw}
         if not isinstance(raw, dict):
             raise ParamError(where, f"{describe(raw)} is not an object with dest")
-        out = dict(raw)
+        out = with_inline_dest(raw)
         if "on_return" in raw:
             out["on_return"] = blocks(raw["on_return"], f"{where}.on_return")
         result = raw.get("result")

@@ -31,7 +31,7 @@ from swml_engine.document.model import BlockLoader, Document, MethodTable, Step
 from swml_engine.document.params import MapOf, NotSupported, Str, describe, param
 from swml_engine.errors import ParamError, SwmlError
 from swml_engine.methods.base import Method
-from swml_engine.methods.execute import Execute, ExecuteParams
+from swml_engine.methods.execute import Execute, ExecuteParams, with_inline_dest
 from swml_engine.script.flow import EndScript
 from swml_engine.script.step import ScriptRunner, SectionRun, StepContext
 
@@ -62,7 +62,7 @@ class Transfer(Method[TransferParams]):
         if not isinstance(raw, dict):
             example = "transfer: {dest: main}" if isinstance(raw, str) else "transfer: {dest: ..., params: {...}}"
             raise ParamError(where, f"{describe(raw)} is not an object with dest (write {example})")
-        return raw
+        return with_inline_dest(raw)
 
     def check(self, params: object, where: str) -> list[ParamError]:
         errors = super().check(params, where)

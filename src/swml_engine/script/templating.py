@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from swml_engine.document.model import Block
+from swml_engine.document.model import Block, Verbatim
 from swml_engine.document.params import closing_brace
 from swml_engine.errors import ExpressionError, ParamError
 from swml_engine.script.context import Variables, is_path
@@ -95,10 +95,10 @@ class Templater:
 
     async def render(self, value: Any, path: str) -> Any:
         """Fill every string inside value (dicts and lists walked; nested step Blocks left alone)."""
+        if isinstance(value, Block | Verbatim):
+            return value
         if isinstance(value, str):
             return await self.render_str(value, path)
-        if isinstance(value, Block):
-            return value
         if isinstance(value, dict):
             return {k: await self.render(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
