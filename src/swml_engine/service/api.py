@@ -32,12 +32,13 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from swml_engine.connections import GuessLimiter
 from swml_engine.recording.crypt import CryptError
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
+from swml_engine.recording.store import MEDIA_TYPES
 from swml_engine.service import storage
 from swml_engine.service.auth import UrlSigner
 from swml_engine.service.console import add_console
@@ -89,6 +90,173 @@ class SessionInfo(BaseModel):
 class PauseRequest(BaseModel):
     #: ``silence`` keeps the paused time in the file as silence; ``skip`` leaves it out.
     behavior: Literal["silence", "skip"] = "silence"
+
+
+# --- what /openapi.json says the answers are ------------------------------------------------------
+# The handlers return plain dicts (the metadata files' own, as the index keeps them); these models only
+# describe them in /openapi.json (``responses``), so a client generated from it knows every field and
+# every status. tests/interop/test_api_client.py checks real answers against the schema.
+
+
+class Problem(BaseModel):
+    """Every error but a request that does not fit the schema (422, FastAPI's list of what is wrong)."""
+
+    #: What went wrong, and what to do, in words.
+    detail: str
+
+
+class Bridge(BaseModel):
+    #: The far party's destination.
+    to: str
+    #: Its leg's call id.
+    call_id: str
+    #: When it was bridged and unbridged, on the call's clock (seconds); end null while bridged.
+    start: float
+    end: float | None
+
+
+class RecordingInfo(BaseModel):
+    """A recording's metadata (docs/recording.md, "Files"), as its metadata file holds it."""
+
+    model_config = ConfigDict(extra="allow")
+    recording_id: str
+    call_id: str
+    control_id: str | None = None
+    #: record_call or record.
+    method: str | None = None
+    #: recording (paused too), finished, no_input or error.
+    state: str
+    format: Literal["wav", "mp3", "mp4"]
+    sample_rate: int
+    channels: int
+    #: Each channel's content: left/right (stereo) or mono, as speak, listen, speak+listen or silence.
+    channel_layout: dict[str, str]
+    direction: str | None = None
+    stereo: bool | None = None
+    #: Seconds of audio (live: so far).
+    duration: float
+    #: Bytes of audio (0 while live: HEAD the audio for its size now).
+    size: int
+    start_time: float
+    end_time: float | None
+    end_reason: str | None
+    terminator: str | None = None
+    #: The signed URL of its audio (made when it started; valid for --url-ttl), or a file:// path.
+    url: str | None = None
+    call_time: float | None = None
+    bridges: list[Bridge] | None = None
+    #: With --storage, once uploaded: {audio, size, sha256, sealed, uploaded_at}.
+    storage: dict[str, Any] | None = None
+    #: The call's From and To (in lists and a call's recordings; null when the index does not know the call).
+    caller: str | None = None
+    callee: str | None = None
+    #: A live recording asked for by id: silence or skip while paused, else null.
+    pause_behavior: Literal["silence", "skip"] | None = None
+
+
+class RecordingList(BaseModel):
+    recordings: list[RecordingInfo]
+    #: How many match in all (for paging).
+    total: int
+    limit: int
+    offset: int
+
+
+class CallInfo(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    call_id: str
+    sip_call_id: str | None
+    from_: str | None = Field(alias="from")
+    to: str | None
+    #: ringing, answered or ended.
+    state: str
+    start_time: float
+    answer_time: float | None
+    end_time: float | None
+    end_reason: str | None
+
+
+class CallList(BaseModel):
+    calls: list[CallInfo]
+    limit: int
+    offset: int
+
+
+class CallWithRecordings(CallInfo):
+    recordings: list[RecordingInfo]
+
+
+class WaveformChannel(BaseModel):
+    #: From channel_layout: left, right or mono.
+    label: str
+    #: What it holds: speak, listen, speak+listen (or silence).
+    role: str
+    min: list[float]
+    max: list[float]
+
+
+class WaveformInfo(BaseModel):
+    duration: float
+    points: int
+    sample_rate: int
+    channels: list[WaveformChannel]
+
+
+#: What each error status means wherever it is declared (a route may say more).
+_PROBLEMS = {
+    401: "no bearer token or session, or a wrong token",
+    403: "refused (a signed URL changed or expired; a cookie's request without its X-CSRF-Token)",
+    404: "no such recording or call",
+    409: "not in a state that allows this",
+    415: "the body is not application/json",
+    416: "the range starts past the audio's end (Content-Range: bytes */SIZE)",
+    422: "audio that cannot be decoded",
+    429: "too many wrong tokens from this address (Retry-After)",
+    502: "the storage, or the worker running the call, did not answer",
+    503: "not now: the index is away, too many streams, or the audio waits in another node's spool (Retry-After)",
+}
+
+
+def problems(*codes: int, **said: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` declaring these error statuses, each a :class:`Problem` (``said``: ``s409=...``
+    words a status for this route)."""
+    return {code: {"model": Problem, "description": said.get(f"s{code}", _PROBLEMS[code])} for code in codes}
+
+
+def _body(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+_AUDIO_CONTENT = {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}
+#: The audio routes' answers: the whole file, or the range asked for.
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the audio (Accept-Ranges: bytes)", "content": _AUDIO_CONTENT},
+    206: {"description": "the one range asked for (Content-Range)", "content": _AUDIO_CONTENT},
+    **problems(404, 416, 503),
+}
+
+#: The waveform's 422: audio that cannot be decoded (a Problem), or a query that does not fit (FastAPI's list).
+UNDECODABLE: dict[str, Any] = {
+    "description": "audio that cannot be decoded, or points out of 1-2000",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                ]
+            }
+        }
+    },
+}
+#: The live-control routes' declarations: the recording as it stands after the change.
+CONTROL: dict[str, Any] = {
+    "response_model": None,
+    "responses": {
+        200: _body(RecordingInfo, "the recording as it stands now"),
+        **problems(403, 404, 409, 502, s409="not live, or already in that state (already paused, not paused)"),
+    },
+}
 
 
 class SignedUrls:
@@ -209,18 +377,18 @@ def build_app(
     session_cookie = APIKeyCookie(
         name=COOKIE, auto_error=False, description="a session (POST /api/session); with X-CSRF-Token to change anything"
     )
-    api = APIRouter(prefix="/api", dependencies=[Depends(bearer), Depends(session_cookie), Depends(authorized)])
+    api = APIRouter(
+        prefix="/api",
+        dependencies=[Depends(bearer), Depends(session_cookie), Depends(authorized)],
+        responses=problems(401, 429, 503),
+    )
     # The sign-in is the one /api route without a token or a session: its body carries the token.
     signing_in = APIRouter(prefix="/api")
 
     @signing_in.post(
         "/session",
         summary="Sign in with the API token: a session cookie (HttpOnly, SameSite=Strict) and a CSRF token",
-        responses={
-            401: {"description": "wrong token"},
-            415: {"description": "not JSON"},
-            429: {"description": "too many wrong tokens"},
-        },
+        responses=problems(401, 415, 429, s401="wrong token"),
     )
     async def sign_in(request: Request, response: Response, body: SignIn) -> SessionInfo:
         now = time.time()
@@ -240,7 +408,12 @@ def build_app(
         response.headers["Cache-Control"] = "no-store"
         return SessionInfo(csrf_token=session.csrf, expires=session.expires)
 
-    @get(api, "/session", summary="The session of this cookie: its CSRF token (401: not signed in)")
+    @get(
+        api,
+        "/session",
+        summary="The session of this cookie: its CSRF token (401: not signed in)",
+        responses=problems(401, s401="not signed in (or signed in with the bearer token)"),
+    )
     async def session_info(request: Request, response: Response) -> SessionInfo:
         session = getattr(request.state, "session", None)
         if not isinstance(session, Session):
@@ -248,7 +421,12 @@ def build_app(
         response.headers["Cache-Control"] = "no-store"
         return SessionInfo(csrf_token=session.csrf, expires=session.expires)
 
-    @api.delete("/session", status_code=204, summary="Sign out: the session ends on every worker and node")
+    @api.delete(
+        "/session",
+        status_code=204,
+        summary="Sign out: the session ends on every worker and node",
+        responses=problems(403),
+    )
     async def sign_out(request: Request) -> Response:
         await sessions.end(cookie_value(request.headers.get("cookie")))
         return Response(status_code=204, headers={"Set-Cookie": sessions.cleared_cookie()})
@@ -317,7 +495,13 @@ def build_app(
         body, media_type = service.metrics_exposition()
         return Response(body, media_type=media_type)
 
-    @get(app, "/recordings/{name}", summary="A recording's audio, by its signed URL (no token)")
+    @get(
+        app,
+        "/recordings/{name}",
+        summary="A recording's audio, by its signed URL (no token)",
+        response_class=Response,
+        responses={**AUDIO_RESPONSES, **problems(403, s403="the URL was changed, or is past its expiry")},
+    )
     async def signed_audio(
         request: Request, name: str, expires: str | None = None, signature: str | None = None
     ) -> Response:
@@ -326,7 +510,13 @@ def build_app(
         recording_id, _, _fmt = name.rpartition(".")
         return await audio(request, await found(recording_id))
 
-    @get(api, "/recordings", summary="Recordings, newest first, filtered; total: how many match in all")
+    @get(
+        api,
+        "/recordings",
+        summary="Recordings, newest first, filtered; total: how many match in all",
+        response_model=None,
+        responses={200: _body(RecordingList)},
+    )
     async def list_recordings(
         call_id: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
         state: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
@@ -356,11 +546,23 @@ def build_app(
         rows, total = await index().search(query)
         return {"recordings": await listed(rows, state), "total": total, "limit": limit, "offset": offset}
 
-    @get(api, "/recordings/{recording_id}", summary="One recording's metadata")
+    @get(
+        api,
+        "/recordings/{recording_id}",
+        summary="One recording's metadata",
+        response_model=None,
+        responses={200: _body(RecordingInfo), **problems(404)},
+    )
     async def get_recording(recording_id: str) -> dict[str, Any]:
         return await found(recording_id)
 
-    @get(api, "/recordings/{recording_id}/audio", summary="A recording's audio (Range requests work)")
+    @get(
+        api,
+        "/recordings/{recording_id}/audio",
+        summary="A recording's audio (Range requests work)",
+        response_class=Response,
+        responses=AUDIO_RESPONSES,
+    )
     async def get_audio(request: Request, recording_id: str) -> Response:
         return await audio(request, await found(recording_id))
 
@@ -368,6 +570,8 @@ def build_app(
         api,
         "/recordings/{recording_id}/waveform",
         summary="Per channel, the lowest and highest sample of each of N equal spans (labelled from channel_layout)",
+        response_model=None,
+        responses={200: _body(WaveformInfo), **problems(404, 502), 422: UNDECODABLE},
     )
     async def get_waveform(
         recording_id: str, points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = DEFAULT_POINTS
@@ -380,7 +584,12 @@ def build_app(
         except StorageError as e:
             raise HTTPException(502, f"recording {recording_id} not read from the storage: {e}") from None
 
-    @api.delete("/recordings/{recording_id}", status_code=204, summary="Delete a finished recording")
+    @api.delete(
+        "/recordings/{recording_id}",
+        status_code=204,
+        summary="Delete a finished recording",
+        responses=problems(403, 404, 409, 502, s409="the recording is live (stop it first), or on another node's disk"),
+    )
     async def delete_recording(request: Request, recording_id: str) -> Response:
         if service.live_recording(recording_id) is not None:
             raise HTTPException(409, "the recording is live: stop it first")
@@ -411,7 +620,7 @@ def build_app(
             return await _forward(request, worker, token, forward_timeout)
         raise HTTPException(409, f"recording {recording_id} is not live (state {meta.get('state')})")
 
-    @api.post("/recordings/{recording_id}/stop", summary="Stop a live recording (as stop_record_call)")
+    @api.post("/recordings/{recording_id}/stop", summary="Stop a live recording (as stop_record_call)", **CONTROL)
     async def stop(request: Request, recording_id: str) -> Any:
         async def act(rec: Recording) -> bool:
             if rec.end_reason is not None:
@@ -421,7 +630,7 @@ def build_app(
 
         return await control(request, recording_id, act)
 
-    @api.post("/recordings/{recording_id}/pause", summary="Pause a live recording")
+    @api.post("/recordings/{recording_id}/pause", summary="Pause a live recording", **CONTROL)
     async def pause(request: Request, recording_id: str, body: PauseRequest | None = None) -> Any:
         behavior = (body or PauseRequest()).behavior
 
@@ -430,14 +639,14 @@ def build_app(
 
         return await control(request, recording_id, act)
 
-    @api.post("/recordings/{recording_id}/resume", summary="Resume a paused recording")
+    @api.post("/recordings/{recording_id}/resume", summary="Resume a paused recording", **CONTROL)
     async def resume(request: Request, recording_id: str) -> Any:
         async def act(rec: Recording) -> bool:
             return rec.resume()
 
         return await control(request, recording_id, act)
 
-    @get(api, "/calls", summary="Calls, newest first")
+    @get(api, "/calls", summary="Calls, newest first", response_model=None, responses={200: _body(CallList)})
     async def list_calls(
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -460,21 +669,30 @@ def build_app(
 
         return EventStreamResponse(messages, streams, signed_in=signed_in)
 
-    def event_stream(path: str, summary: str) -> Callable[[_Handler], _Handler]:
-        """A route answering Server-Sent Events (described as such in /openapi.json)."""
+    def event_stream(path: str, summary: str, *errors: int) -> Callable[[_Handler], _Handler]:
+        """A route answering Server-Sent Events (described as such in /openapi.json); 503 beyond
+        events_stream.MAX_STREAMS, and ``errors``."""
         return api.get(
             path,
             summary=f"Server-Sent Events: {summary}",
-            response_class=EventStreamResponse,
-            status_code=200,  # (FastAPI cannot tell it from the class)
-            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+            # (the handler answers an EventStreamResponse; a plain class here keeps the errors
+            # declared as what they are, JSON, and the 200 as text/event-stream below)
+            response_class=Response,
+            status_code=200,
+            responses={
+                200: {
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "description": "Server-Sent Events",
+                },
+                **problems(*errors, 503, s503="this worker serves its most event streams already (Retry-After)"),
+            },
         )
 
     @event_stream("/events", "the events of every call of this node, from now on (each with its call_id)")
     async def events(request: Request) -> EventStreamResponse:
         return stream(request, feed_messages(feed))
 
-    @event_stream("/calls/{call_id}/events", "a call's events log from its first line, then live, then stream.end")
+    @event_stream("/calls/{call_id}/events", "a call's events log from its first line, then live, then stream.end", 404)
     async def call_events(request: Request, call_id: str) -> EventStreamResponse:
         row = await index().call(call_id)
         path = log_path(service.calls_dir, call_id)
@@ -487,7 +705,13 @@ def build_app(
 
         return stream(request, call_messages(path, over, stopping))
 
-    @get(api, "/calls/{call_id}", summary="One call, with its recordings")
+    @get(
+        api,
+        "/calls/{call_id}",
+        summary="One call, with its recordings",
+        response_model=None,
+        responses={200: _body(CallWithRecordings), **problems(404)},
+    )
     async def get_call(call_id: str) -> dict[str, Any]:
         row = await index().call(call_id)
         if row is None:

@@ -1,0 +1,108 @@
+"""The HTTP API as a program written from /openapi.json alone uses it: every answer to a real sipp call's
+recordings and call — live and finished, and the errors — is one the schema declares for that route
+(its status, its Content-Type, and its JSON body valid against the schema's JSON Schema)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from conftest import wait_for
+
+from .peers import Engine, free_port
+from .test_api import TOKEN, call_in_background, request
+
+EngineFactory = Callable[..., Engine]
+SCRIPT = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - sleep: 2500\n"
+
+
+class Spec:
+    """/openapi.json, and the check of one answer against it."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.checked: list[str] = []
+
+    def operation(self, method: str, path: str) -> dict[str, Any]:
+        for template, operations in self.spec["paths"].items():
+            if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), path):
+                assert method.lower() in operations, f"{method} {template} is not in /openapi.json"
+                return dict(operations[method.lower()])
+        raise AssertionError(f"{path} is not in /openapi.json")
+
+    def conforms(self, method: str, url: str, answer: tuple[int, dict[str, str], bytes]) -> Any:
+        """The answer's JSON body (None for another), once it is shown to be as declared."""
+        code, headers, body = answer
+        path = re.sub(r"^https?://[^/]+", "", url).split("?")[0]
+        declared = self.operation(method, path)["responses"]
+        what = f"{method} {path} -> {code}"
+        assert str(code) in declared, f"{what}: not declared (only {sorted(declared)}): {body[:200]!r}"
+        self.checked.append(what)
+        if not body:
+            return None
+        content = declared[str(code)].get("content", {})
+        media = headers.get("content-type", headers.get("Content-Type", "")).split(";")[0].strip()
+        assert media in content, f"{what}: Content-Type {media}, declared {sorted(content)}"
+        if media != "application/json":
+            return None
+        document = json.loads(body)
+        schema = {**content[media]["schema"], "components": self.spec["components"]}
+        errors = sorted(Draft202012Validator(schema).iter_errors(document), key=str)
+        assert not errors, f"{what}: the body does not fit its schema: {errors[0].message} at {list(errors[0].path)}"
+        return document
+
+
+def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: EngineFactory, tmp_path: Path) -> None:
+    http = free_port()
+    eng = engine(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{http}"
+    spec = Spec(json.loads(request("GET", f"{base}/openapi.json", token=None)[2]))
+
+    def ask(method: str, path: str, **options: Any) -> Any:
+        return spec.conforms(method, base + path, request(method, base + path, **options))
+
+    call: threading.Thread = call_in_background(eng, tmp_path / "sipp", bye_timeout=10000)
+    live: list[dict[str, Any]] = []
+    assert wait_for(lambda: live.extend(ask("GET", "/api/recordings?state=recording")["recordings"]) or live, 10)
+    rid, cid = live[0]["recording_id"], live[0]["call_id"]
+    # A live recording: its metadata, its control, its growing audio, and what it refuses.
+    ask("GET", f"/api/recordings/{rid}")
+    assert ask("POST", f"/api/recordings/{rid}/pause", body={"behavior": "skip"})["pause_behavior"] == "skip"
+    ask("POST", f"/api/recordings/{rid}/pause")  # 409: already paused
+    ask("POST", f"/api/recordings/{rid}/resume")
+    ask("DELETE", f"/api/recordings/{rid}")  # 409: live
+    ask("GET", f"/api/recordings/{rid}/audio", headers={"Range": "bytes=0-99"})
+    ask("GET", f"/api/calls/{cid}")
+    call.join(30)
+    assert wait_for(lambda: ask("GET", f"/api/recordings/{rid}")["state"] == "finished", 10)
+
+    # Finished: lists, filters and pages, the audio whole, in part and past its end, the waveform.
+    ask("GET", "/api/recordings?limit=1&offset=5&format=wav&caller=sipp")
+    ask("GET", "/api/recordings?limit=1001")  # 422
+    ask("HEAD", "/api/recordings")
+    ask("GET", "/api/calls?state=ended")
+    ask("GET", f"/api/calls/{cid}")
+    ask("GET", f"/api/recordings/{rid}/waveform?points=10")
+    ask("GET", f"/api/recordings/{rid}/waveform?points=0")  # 422
+    for asked in ("bytes=0-", "bytes=-10", "bytes=99999999-"):  # 206, 206, 416
+        ask("GET", f"/api/recordings/{rid}/audio", headers={"Range": asked})
+    ask("HEAD", f"/api/recordings/{rid}/audio")
+    url = ask("GET", f"/api/recordings/{rid}")["url"]
+    spec.conforms("GET", url, request("GET", url, token=None))
+    spec.conforms("GET", url, request("GET", url.replace("expires=", "expires=1"), token=None))  # 403
+    for act in ("stop", "pause", "resume"):
+        ask("POST", f"/api/recordings/{rid}/{act}")  # 409: not live
+    # The errors a client meets: no token, unknown ids.
+    ask("GET", "/api/recordings", token=None)  # 401
+    for path in (f"/api/recordings/{rid}x", f"/api/recordings/{rid}x/audio", f"/api/calls/{cid}x"):
+        ask("GET", path)  # 404
+    ask("DELETE", f"/api/recordings/{rid}")  # 204
+    ask("GET", f"/api/recordings/{rid}")  # 404
+    codes = {what.rsplit(" ", 1)[1] for what in spec.checked}
+    assert {"200", "204", "206", "401", "403", "404", "409", "416", "422"} <= codes, spec.checked
