@@ -106,3 +106,41 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     ask("GET", f"/api/recordings/{rid}")  # 404
     codes = {what.rsplit(" ", 1)[1] for what in spec.checked}
     assert {"200", "204", "206", "401", "403", "404", "409", "416", "422"} <= codes, spec.checked
+
+
+def test_a_resumed_download_gets_the_rest_only_of_the_audio_it_began_with(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    """ETag and Last-Modified, and If-Range (RFC 9110): a client resuming a download of a live WAV that
+    has grown since (its header rewritten) gets the whole file again, not bytes to append to a stale
+    start; the finished audio's validators are the same on every request, and resume it."""
+    http = free_port()
+    eng = engine(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{http}"
+    call = call_in_background(eng, tmp_path / "sipp", bye_timeout=10000)
+    live: list[dict[str, Any]] = []
+    assert wait_for(
+        lambda: live.extend(json.loads(request("GET", f"{base}/api/recordings")[2])["recordings"]) or live, 10
+    )
+    audio = f"{base}/api/recordings/{live[0]['recording_id']}/audio"
+    code, headers, begun = request("GET", audio)
+    live_tag = headers["etag"]
+    assert code == 200 and "last-modified" not in {k.lower() for k in headers}  # (live: no date says its version)
+    assert wait_for(lambda: int(request("HEAD", audio)[1]["content-length"]) > len(begun), 10)
+    code, headers, body = request("GET", audio, headers={"Range": f"bytes={len(begun)}-", "If-Range": live_tag})
+    assert code == 200 and len(body) > len(begun) and body[:4] == b"RIFF", (code, headers)
+
+    call.join(30)
+    meta: dict[str, Any] = {}
+    assert wait_for(
+        lambda: meta.update(json.loads(request("GET", audio.removesuffix("/audio"))[2])) or meta.get("end_reason"), 10
+    )
+    code, headers, whole = request("GET", audio)
+    tag, modified = headers["etag"], headers["last-modified"]
+    assert code == 200 and tag != live_tag and request("HEAD", meta["url"], token=None)[1]["etag"] == tag
+    for condition in (tag, modified):
+        code, headers, part = request("GET", audio, headers={"Range": "bytes=100-", "If-Range": condition})
+        assert code == 206 and part == whole[100:], (condition, code)
+    for stale in (live_tag, "Mon, 01 Jan 2001 00:00:00 GMT", f"W/{tag}"):
+        code, _, body = request("GET", audio, headers={"Range": "bytes=100-", "If-Range": stale})
+        assert code == 200 and body == whole, (stale, code)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -162,18 +164,46 @@ def _keyring(keyring: Keyring | None, recording_id: str) -> Keyring:
     return keyring
 
 
+def validators(meta: dict[str, Any], size: int) -> dict[str, str]:
+    """The audio's ``ETag`` (strong) and, once it is finished, its ``Last-Modified``: what a client
+    resuming a download sends back in ``If-Range``. A finished recording's bytes never change (wherever
+    they are kept, encrypted or not), so its tag is made of its id, its end and its size, the same on
+    every worker and after a restart; a live WAV's grows with it (and its header is rewritten as it
+    grows), so its tag changes with its size."""
+    end_time = meta.get("end_time") if meta.get("end_reason") is not None else None
+    version = f"{meta['recording_id']}:{end_time if isinstance(end_time, int | float) else 'live'}:{size}"
+    found = {"etag": f'"{hashlib.sha256(version.encode()).hexdigest()[:32]}"'}
+    if isinstance(end_time, int | float):
+        found["last-modified"] = formatdate(end_time, usegmt=True)
+    return found
+
+
+def _range_applies(request: Request, tags: dict[str, str]) -> bool:
+    """Whether the ``Range`` is to be served: without ``If-Range``, or with one naming the audio as it is
+    now (RFC 9110 13.1.5: an entity tag compared strongly, or a date equal to ``Last-Modified``). Else
+    the client's bytes are of another version — a live WAV since grown — and it gets the whole file."""
+    condition = request.headers.get("if-range")
+    if condition is None:
+        return True
+    condition = condition.strip()
+    return condition in (tags["etag"], tags.get("last-modified"))
+
+
 async def audio_response(request: Request, source: AudioSource, meta: dict[str, Any]) -> Response:
-    """The audio, whole (200) or the one byte range asked for (206; 416 past its end). Several ranges
-    in one request are answered with the whole file, as RFC 9110 allows."""
+    """The audio, whole (200) or the one byte range asked for (206; 416 past its end), with its
+    validators (an ``If-Range`` that names another version gets the whole file). Several ranges in one
+    request are answered with the whole file, as RFC 9110 allows."""
     name = f"{meta['recording_id']}.{meta['format']}"
+    size = source.size
+    tags = validators(meta, size)
     headers = {
         "accept-ranges": "bytes",
         "content-disposition": f'attachment; filename="{name}"',
         "content-type": MEDIA_TYPES.get(str(meta["format"]), "application/octet-stream"),
+        **tags,
     }
-    size = source.size
     start, end, status = 0, size, 200
-    asked = _RANGE.fullmatch(request.headers.get("range", "").strip())
+    asked = _RANGE.fullmatch(request.headers.get("range", "").strip()) if _range_applies(request, tags) else None
     if asked is not None and (asked[1] or asked[2]):
         first, last = asked[1], asked[2]
         if first:
