@@ -390,6 +390,34 @@ def test_mp3_example_with_nothing_recorded_finishes_as_a_playable_file(tmp_path:
         assert sum(f.samples for f in c.decode(audio=0)) / RATE < 0.1
 
 
+def test_an_mp4_stopped_before_its_first_frame_is_a_valid_empty_file(tmp_path: Path) -> None:
+    """record_call stopped at once, and a caller hanging up during record's beep: MP4s with nothing in
+    them are still MP4s (an AAC track of no samples), as the empty WAV and MP3 are. They were left as
+    empty files, with an error event saying they were 'kept as fragmented MP4'."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - record_call: {format: mp4, stereo: true}
+    - stop_record_call: {}
+    - record: {format: mp4, beep: true}
+""",
+        tmp_path,
+        hangup_at=0.1,
+    )
+    assert not [e for e in res.events if e["type"] == "error"]
+    metas = recordings(tmp_path)
+    assert sorted(m["end_reason"] for m in metas) == ["hangup", "stop_record_call"]
+    for meta in metas:
+        assert (meta["state"], meta["duration"]) == ("finished", 0.0)
+        path = tmp_path / "out" / "recordings" / f"{meta['recording_id']}.mp4"
+        assert meta["size"] == path.stat().st_size > 0
+        with av.open(str(path)) as c:
+            (stream,) = c.streams.audio
+            assert (stream.codec_context.name, stream.channels) == ("aac", meta["channels"])
+            assert sum(f.samples for f in c.decode(audio=0)) == 0
+
+
 def test_stop_record_call_reads_record_control_id_and_an_empty_id_stops_nothing(tmp_path: Path) -> None:
     res = run_doc(
         """

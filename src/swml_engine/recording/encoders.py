@@ -452,6 +452,9 @@ class Mp4Writer(Writer):
     def _finish(self) -> Path:
         import av
 
+        empty = self.samples == 0
+        if empty:  # FFmpeg writes the header at the first packet: without one, the file would stay empty
+            self._out.start_encoding()
         try:
             for packet in self._stream.encode(None):
                 self._out.mux(packet)
@@ -460,6 +463,9 @@ class Mp4Writer(Writer):
         self._out.close()
         if self._sink is not None:
             self._sink.close()
+        if empty:  # a remux drops a track of no samples: the fragmented file (one empty track) is the MP4
+            os.replace(self._part, self.path)
+            return self.path
         try:
             remux_to_mp4(self._part, self.path, self.keyring)
         except EncoderError as e:
