@@ -17,6 +17,7 @@ from conftest import wait_for
 
 from .peers import Engine, free_port
 from .test_api import TOKEN, call_in_background, request
+from .test_console_api import recording_files
 
 EngineFactory = Callable[..., Engine]
 SCRIPT = "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {stereo: true}\n    - sleep: 2500\n"
@@ -74,8 +75,9 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     # A live recording: its metadata, its control, its growing audio, and what it refuses.
     ask("GET", f"/api/recordings/{rid}")
     assert ask("POST", f"/api/recordings/{rid}/pause", body={"behavior": "skip"})["pause_behavior"] == "skip"
-    ask("POST", f"/api/recordings/{rid}/pause")  # 409: already paused
+    assert "paused already" in ask("POST", f"/api/recordings/{rid}/pause")["detail"]  # 409, saying why
     ask("POST", f"/api/recordings/{rid}/resume")
+    assert "is not paused" in ask("POST", f"/api/recordings/{rid}/resume")["detail"]
     ask("DELETE", f"/api/recordings/{rid}")  # 409: live
     ask("GET", f"/api/recordings/{rid}/audio", headers={"Range": "bytes=0-99"})
     ask("GET", f"/api/calls/{cid}")
@@ -144,3 +146,22 @@ def test_a_resumed_download_gets_the_rest_only_of_the_audio_it_began_with(
     for stale in (live_tag, "Mon, 01 Jan 2001 00:00:00 GMT", f"W/{tag}"):
         code, _, body = request("GET", audio, headers={"Range": "bytes=100-", "If-Range": stale})
         assert code == 200 and body == whole, (stale, code)
+
+
+def test_the_api_hands_out_recording_urls_that_work_from_now(engine: EngineFactory, tmp_path: Path) -> None:
+    """A recording's file keeps the signed URL made when it began, which expires --url-ttl after; the API
+    shows one made now, so a client listing old recordings gets links that work."""
+    http = free_port()
+    recording_id = "33333333-3333-3333-3333-333333333333"
+    recording_files(tmp_path / "data-0", recording_id, "wav", start=1000.0)
+    meta_file = tmp_path / "data-0" / "recordings" / f"{recording_id}.json"
+    stale = f"http://127.0.0.1:{http}/recordings/{recording_id}.wav?expires=1003&signature={'0' * 64}"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "url": stale}))
+    engine(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
+    base = f"http://127.0.0.1:{http}"
+    assert request("GET", stale, token=None)[0] == 403
+    (listed,) = json.loads(request("GET", f"{base}/api/recordings")[2])["recordings"]
+    one = json.loads(request("GET", f"{base}/api/recordings/{recording_id}")[2])
+    for url in (listed["url"], one["url"]):
+        code, headers, _ = request("GET", url, token=None)
+        assert code == 200 and headers["content-type"] == "audio/wav", url

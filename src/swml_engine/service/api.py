@@ -476,8 +476,19 @@ def build_app(
     async def listed(rows: list[dict[str, Any]], state: str | None = None) -> list[dict[str, Any]]:
         """Rows as they stand (see ``current``); filtered by ``state`` again, as a row the index had
         wrong leaves the list of its old state (it joins its new one's once the index catches up)."""
-        rows = [row for row in [await current(row) for row in rows] if row is not None]
+        rows = [shown(row) for row in [await current(row) for row in rows] if row is not None]
         return [row for row in rows if state is None or row.get("state") == state]
+
+    def shown(meta: dict[str, Any]) -> dict[str, Any]:
+        """Metadata as the API shows it: with a signed URL made now, valid for --url-ttl from now. The
+        one its file keeps was made when the recording began and expires --url-ttl after that, so a
+        client listing last month's recordings would be handed dead links. Only a URL of this node's
+        (under its public base) is made anew: another node's (a shared index) is signed with that
+        node's key, and served there."""
+        url, store = meta.get("url"), service.store
+        if store.public is None or not isinstance(url, str) or not url.startswith(store.public.base + "/"):
+            return meta
+        return {**meta, "url": store.url_for(str(meta["recording_id"]), str(meta["format"]))}
 
     async def audio(request: Request, meta: dict[str, Any]) -> Response:
         """From the spool or the bucket, whichever has it (service/storage.py)."""
@@ -554,7 +565,7 @@ def build_app(
         responses={200: _body(RecordingInfo), **problems(404)},
     )
     async def get_recording(recording_id: str) -> dict[str, Any]:
-        return await found(recording_id)
+        return shown(await found(recording_id))
 
     @get(
         api,
@@ -609,11 +620,16 @@ def build_app(
         return Response(status_code=204)
 
     async def control(request: Request, recording_id: str, act: Callable[[Recording], Awaitable[bool]]) -> Any:
+        """``act`` on the live recording (False: it cannot in the state it is in, which the 409 says)."""
         live = service.live_recording(recording_id)
         if live is not None:
             if not await act(live):
-                raise HTTPException(409, "the recording is not in a state that allows this")
-            return live.live_metadata()
+                if live.end_reason is not None:
+                    why = "is ending"
+                else:
+                    why = "is paused already: resume it first" if live.paused is not None else "is not paused"
+                raise HTTPException(409, f"recording {recording_id} {why}")
+            return shown(live.live_metadata())
         meta = await found(recording_id)
         worker = await owner_elsewhere(meta)
         if worker is not None and meta.get("end_reason") is None:
