@@ -224,6 +224,12 @@ def test_record_foreground_defaults(tmp_path: Path) -> None:
     res = run_doc("sections: {main: [answer, record]}", tmp_path / "t", caller_audio=talk, dtmf=[(1.0, "#")])
     (meta,) = recordings(tmp_path / "t")
     assert meta["end_reason"] == "terminator" and abs(meta["duration"] - 1.0) <= 0.02
+    # no speech within the default 4 s: no_input, the file kept, and record_result still success
+    res = run_doc("sections: {main: [answer, record]}", tmp_path / "n", caller_audio=np.zeros(RATE * 6, dtype=np.int16))
+    (meta,) = recordings(tmp_path / "n")
+    assert (meta["state"], meta["duration"], res.vars["record_result"]) == ("no_input", 4.0, "success")
+    (end,) = [e for e in res.events if e["type"] == "step.end" and e["method"] == "record"]
+    assert end["result"] == "no_input"
 
 
 def test_several_recordings_with_independent_settings(tmp_path: Path, prompt_url: str) -> None:
