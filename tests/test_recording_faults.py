@@ -150,3 +150,33 @@ def test_heard_wav_that_cannot_grow_ends_the_transcript_not_the_call(tmp_path: P
     assert [e["where"] for e in events if e["type"] == "error"] == ["heard.wav"]
     audio, rate = read_wav(out / "heard.wav")
     assert 3.0 <= len(audio) / rate <= FILE_LIMIT / (rate * 2)
+
+
+def test_an_mp4_killed_before_its_first_fragment_is_recovered_as_an_empty_mp4(tmp_path: Path) -> None:
+    """A process killed in an MP4 recording's first moments (before its first fragment, so before FFmpeg
+    wrote even the header) leaves metadata saying ``recording`` and an empty ``.part.mp4``. Recovery
+    makes it a valid, empty MP4 (one AAC track, no samples) and marks it finished, as an empty WAV or
+    MP3 is; it was marked ``error`` ('could not be repaired: InvalidDataError') with a 0-byte file."""
+    from swml_engine.recording.encoders import part_path
+    from swml_engine.recording.recovery import recover
+
+    run_doc("sections: {main: [answer, {record_call: {format: mp4, stereo: true}}, {sleep: 500}]}", tmp_path)
+    root = tmp_path / "out" / "recordings"
+    (meta_path,) = root.glob("*.json")
+    meta = json.loads(meta_path.read_text())
+    audio = root / f"{meta['recording_id']}.mp4"
+    # What the kill leaves: the metadata of a recording under way, and the fragmented file FFmpeg has
+    # not written to yet (the writer creates it empty, to lock it).
+    audio.unlink()
+    part_path(audio).write_bytes(b"")
+    meta_path.write_text(json.dumps({**meta, "state": "recording", "end_reason": None, "duration": 0, "size": 0}))
+
+    (done,) = recover(root)
+    assert done.duration == 0.0 and "empty MP4" in done.note
+    meta = json.loads(meta_path.read_text())
+    assert (meta["state"], meta["end_reason"], meta["duration"]) == ("finished", "recovered", 0.0)
+    assert meta["size"] == audio.stat().st_size > 0 and not part_path(audio).exists()
+    with av.open(str(audio)) as c:
+        (stream,) = c.streams.audio
+        assert (stream.codec_context.name, stream.channels, stream.rate) == ("aac", 2, RATE)
+        assert sum(f.samples for f in c.decode(audio=0)) == 0

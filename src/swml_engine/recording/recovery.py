@@ -45,6 +45,7 @@ from swml_engine.recording.encoders import (
     AAC_PRIMING,
     WAV_HEADER,
     EncoderError,
+    Mp4Writer,
     av_input,
     part_path,
     remux_to_mp4,
@@ -187,7 +188,13 @@ def repair(fmt: str, path: Path, rate: int, channels: int, keyring: Keyring | No
     if fmt == "mp4":
         part = part_path(path)
         if part.is_file():
-            _drop_torn_fragment(part, keyring)
+            if not _drop_torn_fragment(part, keyring):
+                # Killed before the encoder's first fragment, so before FFmpeg wrote even the header:
+                # nothing was recorded. An empty MP4 (one AAC track, no samples) as a recording stopped then.
+                sealing = keyring if is_sealed(part) else None
+                part.unlink()  # (the writer makes its own: our lock is on this one)
+                Mp4Writer(path, rate, channels, sealing).close()
+                return 0.0, "killed before its first fragment: an empty MP4" + sealed
             try:
                 remux_to_mp4(part, path, keyring)
             except EncoderError:  # no room for the remuxed copy: the fragments play as they are
@@ -199,10 +206,12 @@ def repair(fmt: str, path: Path, rate: int, channels: int, keyring: Keyring | No
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _drop_torn_fragment(path: Path, keyring: Keyring | None) -> None:
+def _drop_torn_fragment(path: Path, keyring: Keyring | None) -> bool:
     """Cut a fragmented MP4 after its last whole fragment (a ``moof`` with its ``mdat``): a fragment
-    half written when the process died or the disk filled would otherwise end decoding with an error."""
+    half written when the process died or the disk filled would otherwise end decoding with an error.
+    False when not even its header (``moov``) is whole."""
     keep = pos = 0
+    header = False
     with open_existing(path, keyring, writable=True) as f:
         size = f.seek(0, os.SEEK_END)
         while pos + 8 <= size:
@@ -213,10 +222,12 @@ def _drop_torn_fragment(path: Path, keyring: Keyring | None) -> None:
             if length < 8 or pos + length > size:
                 break  # torn
             pos += length
+            header = header or kind == b"moov"
             if kind != b"moof":  # a moof counts once its mdat is whole
                 keep = pos
         if keep < size:
             f.truncate(keep)
+    return header
 
 
 def _repair_wav(path: Path, rate: int, channels: int, keyring: Keyring | None) -> tuple[float, str]:
