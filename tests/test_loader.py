@@ -79,6 +79,10 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
         ("sections: {main: [{goto: {label: nowhere}}]}", "sections.main[0].goto.label: no label 'nowhere'"),
         ("sections: {main: [{execute: {dest: missing}}]}", "sections.main[0].execute.dest: no section 'missing'"),
         ("sections: {main: [{hangup: {reason: angry}}]}", "sections.main[0].hangup.reason: 'angry' is not one of"),
+        (  # the reference's own text writes it so: YAML reads the # as a comment, the value as null
+            "sections:\n  main:\n    - record_call:\n        terminators: #\n",
+            "sections.main[0].record_call.terminators: null is not a string of DTMF digits (in YAML an unquoted #",
+        ),
         (
             "sections: {main: [{send_digits: {digits: '12x'}}]}",
             "sections.main[0].send_digits.digits: '12x' has characters",

@@ -232,6 +232,11 @@ class Chars(Spec):
     def check(self, value: object, path: str) -> object:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        if value is None and "#" in self.allowed:
+            # `terminators: #` (as the reference's own text has it): YAML reads # as a comment's start.
+            raise ParamError(
+                path, f"null is not a string of {self.what} (in YAML an unquoted # starts a comment: write '#')"
+            )
         if not isinstance(value, str):
             raise ParamError(path, f"{describe(value)} is not a string of {self.what}")
         bad = sorted({c for c in value if c not in self.allowed})
