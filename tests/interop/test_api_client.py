@@ -100,6 +100,9 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     spec.conforms("GET", url, request("GET", url.replace("expires=", "expires=1"), token=None))  # 403
     for act in ("stop", "pause", "resume"):
         ask("POST", f"/api/recordings/{rid}/{act}")  # 409: not live
+    # A method the path does not take: 405 naming every one it does (each is a route of its own).
+    code, headers, _ = request("PUT", f"{base}/api/recordings/{rid}")
+    assert code == 405 and headers["allow"] == "GET, HEAD, DELETE", headers
     # The errors a client meets: no token, unknown ids.
     ask("GET", "/api/recordings", token=None)  # 401
     for path in (f"/api/recordings/{rid}x", f"/api/recordings/{rid}x/audio", f"/api/calls/{cid}x"):

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from swml_engine.connections import GuessLimiter
 from swml_engine.recording.crypt import CryptError
@@ -64,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Handler = Callable[..., Awaitable[Any]]
+#: The methods a 405's Allow may name (the API's routes use no others).
+_METHODS = ("GET", "HEAD", "POST", "DELETE")
 #: The largest time or duration a query may give (seconds; the year 5138): a bound, so no value
 #: overflows a database's float or a comparison.
 MAX_TIME = 1e11
@@ -345,6 +350,22 @@ def build_app(
     async def index_away(request: Request, e: IndexUnavailable) -> JSONResponse:
         # (a shared index's server is away: the request may be made again; nothing is lost meanwhile)
         return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, e: StarletteHTTPException) -> Response:
+        if e.status_code == 405:
+            # Each method of a path is a route of its own, and Starlette's 405 names the methods of the
+            # first one only ('Allow: HEAD' for a PUT where GET, HEAD and DELETE work): name them all.
+            # (each method asked of every route: included routers are routes of their own that match too)
+            allowed = [
+                method
+                for method in _METHODS
+                if any(
+                    route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes
+                )
+            ]
+            e = StarletteHTTPException(405, e.detail, {**(e.headers or {}), "Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, e)
 
     # Declares the scheme in /openapi.json; the check itself is the guard's (and ``authorized``'s).
     bearer = HTTPBearer(auto_error=False, description="the API token (--api-token, SWML_API_TOKEN or DIR/api-token)")
