@@ -143,6 +143,7 @@ def test_a_resumed_download_gets_the_rest_only_of_the_audio_it_began_with(
     code, headers, whole = request("GET", audio)
     tag, modified = headers["etag"], headers["last-modified"]
     assert code == 200 and tag != live_tag and request("HEAD", meta["url"], token=None)[1]["etag"] == tag
+    assert headers["cache-control"] == "private, no-cache"  # (no proxy serves it past its URL's expiry)
     for condition in (tag, modified):
         code, headers, part = request("GET", audio, headers={"Range": "bytes=100-", "If-Range": condition})
         assert code == 206 and part == whole[100:], (condition, code)

@@ -200,6 +200,10 @@ async def audio_response(request: Request, source: AudioSource, meta: dict[str, 
         "accept-ranges": "bytes",
         "content-disposition": f'attachment; filename="{name}"',
         "content-type": MEDIA_TYPES.get(str(meta["format"]), "application/octet-stream"),
+        # A call's audio: no shared cache keeps it (a signed URL carries no Authorization to stop one,
+        # and the validators would let it serve the file past the URL's expiry or the recording's
+        # deletion); a browser asks again each time (a live WAV grows).
+        "cache-control": "private, no-cache",
         **tags,
     }
     start, end, status = 0, size, 200
