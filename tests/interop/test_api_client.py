@@ -59,6 +59,18 @@ class Spec:
         return document
 
 
+def read_stream(url: str, last_event_id: str | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+    """A one-call event stream to its end: each message's id and event."""
+    code, _, body = request("GET", url, headers={"Last-Event-ID": last_event_id} if last_event_id else None)
+    assert code == 200, body
+    messages = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "data" in fields:
+            messages.append((fields.get("id"), json.loads(fields["data"])))
+    return messages
+
+
 def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: EngineFactory, tmp_path: Path) -> None:
     http = free_port()
     eng = engine(SCRIPT, "--http", f"127.0.0.1:{http}", "--api-token", TOKEN)
@@ -83,6 +95,15 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     ask("GET", f"/api/calls/{cid}")
     call.join(30)
     assert wait_for(lambda: ask("GET", f"/api/recordings/{rid}")["state"] == "finished", 10)
+
+    # The call's event stream is its events.jsonl; resumed with Last-Event-ID (as an EventSource that
+    # reconnects), it goes on after the event named: none missed, none repeated.
+    stream = f"{base}/api/calls/{cid}/events"
+    whole = read_stream(stream)
+    log = [json.loads(line) for line in (eng.data / "calls" / f"{cid}.jsonl").read_text().splitlines()]
+    assert [event for _, event in whole] == [*log, {"type": "stream.end"}]
+    assert read_stream(stream, whole[2][0]) == whole[3:]
+    assert read_stream(stream, "12x") == read_stream(stream, "5") == whole  # (names no line's end: from the start)
 
     # Finished: lists, filters and pages, the audio whole, in part and past its end, the waveform.
     ask("GET", "/api/recordings?limit=1&offset=5&format=wav&caller=sipp")

@@ -52,6 +52,7 @@ from swml_engine.service.events_stream import (
     call_messages,
     feed_messages,
     log_path,
+    resume_offset,
 )
 from swml_engine.service.httpd import RequestGuard, bearer_refusal
 from swml_engine.service.index import MAX_OFFSET, MAX_TEXT, PARTIES, IndexUnavailable, RecordingQuery
@@ -740,7 +741,8 @@ def build_app(
             now = await index().call(call_id)
             return now is None or now[0].get("state") == "ended"
 
-        return stream(request, call_messages(path, over, stopping))
+        since = resume_offset(path, request.headers.get("last-event-id"))
+        return stream(request, call_messages(path, over, stopping, since=since))
 
     @get(
         api,

@@ -72,9 +72,11 @@ CONNECTED = b": connected\n\n"
 KEEP_ALIVE = b": keep-alive\n\n"
 
 
-def sse(event: dict[str, Any]) -> bytes:
-    """One message (json.dumps escapes newlines, so the object is one ``data:`` line)."""
-    return b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+def sse(event: dict[str, Any], event_id: int | None = None) -> bytes:
+    """One message (json.dumps escapes newlines, so the object is one ``data:`` line), with its ``id:``
+    when it has one."""
+    data = b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+    return data if event_id is None else b"id: %d\n" % event_id + data
 
 
 def ends_call(event: dict[str, Any]) -> bool:
@@ -100,6 +102,10 @@ class LogTail:
             return 0
 
     def read(self) -> list[dict[str, Any]]:
+        return [event for _, event in self.read_lines()]
+
+    def read_lines(self) -> list[tuple[int, dict[str, Any]]]:
+        """The new events, each with the offset just past its line (a one-call stream's event ids)."""
         size = self.size()
         if size <= self.offset:
             return []
@@ -114,14 +120,31 @@ class LogTail:
             if len(data) >= MAX_READ:
                 self.offset += len(data)
             return []
-        self.offset += end + 1
+        start, self.offset = self.offset, self.offset + end + 1
         events = []
-        for line in data[: end + 1].splitlines():
+        for line in data[: end + 1].splitlines(keepends=True):
+            start += len(line)
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if isinstance(event, dict):
-                    events.append(event)
+                    events.append((start, event))
         return events
+
+
+def resume_offset(path: Path, last_event_id: str | None) -> int:
+    """Where a one-call stream starts: just past the line a reconnecting client's ``Last-Event-ID``
+    names (its events' ids are the offsets just past their lines, so a reconnect neither misses nor
+    repeats any, on whichever worker it lands), or at the first line for none, or for an id that is
+    not the end of a line of this log."""
+    if not last_event_id or not last_event_id.isascii() or not last_event_id.isdigit() or len(last_event_id) > 15:
+        return 0
+    offset = int(last_event_id)
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, offset - 1))
+            return offset if offset > 0 and f.read(1) == b"\n" else 0
+    except OSError:
+        return 0
 
 
 class Subscriber:
@@ -255,19 +278,25 @@ async def feed_messages(feed: EventFeed, keepalive: float = KEEPALIVE) -> AsyncI
 
 
 async def call_messages(
-    path: Path, call_over: Callable[[], Awaitable[bool]], stopping: Callable[[], bool], keepalive: float = KEEPALIVE
+    path: Path,
+    call_over: Callable[[], Awaitable[bool]],
+    stopping: Callable[[], bool],
+    keepalive: float = KEEPALIVE,
+    since: int = 0,
 ) -> AsyncIterator[bytes]:
-    """One call's stream: its log from the first line, then what is added, until its ``call.state``
-    ``ended`` (then ``{"type": "stream.end"}``). A log a killed worker left without that line ends
-    when the index says the call is over."""
-    tail = LogTail(path)
+    """One call's stream: its log from the line at offset ``since`` (the first: 0), then what is added,
+    until its ``call.state`` ``ended`` (then ``{"type": "stream.end"}``). Each event's id is the offset
+    just past its line (:func:`resume_offset`). A log a killed worker left without that line ends when
+    the index says the call is over."""
+    tail = LogTail(path, since)
     yield CONNECTED
     sent = checked = time.monotonic()
     while True:
-        events = tail.read()
+        lines = tail.read_lines()
+        events = [event for _, event in lines]
         now = time.monotonic()
         if events:
-            yield b"".join(sse(e) for e in events)
+            yield b"".join(sse(event, end) for end, event in lines)
             sent = now
             if any(ends_call(e) for e in events):
                 yield sse({"type": "stream.end"})
