@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,16 @@ class Spec:
         errors = sorted(Draft202012Validator(schema).iter_errors(document), key=str)
         assert not errors, f"{what}: the body does not fit its schema: {errors[0].message} at {list(errors[0].path)}"
         return document
+
+
+def post_bytes(url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A POST of these bytes as JSON, with the token."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers, method="POST"), timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
 
 
 def read_stream(url: str, last_event_id: str | None = None) -> list[tuple[str | None, dict[str, Any]]]:
@@ -121,6 +133,8 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     spec.conforms("GET", url, request("GET", url.replace("expires=", "expires=1"), token=None))  # 403
     for act in ("stop", "pause", "resume"):
         ask("POST", f"/api/recordings/{rid}/{act}")  # 409: not live
+    pause = f"{base}/api/recordings/{rid}/pause"
+    spec.conforms("POST", pause, post_bytes(pause, b"\xff{"))  # 400: a body that is not JSON at all
     # A method the path does not take: 405 naming every one it does (each is a route of its own).
     code, headers, _ = request("PUT", f"{base}/api/recordings/{rid}")
     assert code == 405 and headers["allow"] == "GET, HEAD, DELETE", headers
@@ -131,7 +145,7 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     ask("DELETE", f"/api/recordings/{rid}")  # 204
     ask("GET", f"/api/recordings/{rid}")  # 404
     codes = {what.rsplit(" ", 1)[1] for what in spec.checked}
-    assert {"200", "204", "206", "401", "403", "404", "409", "416", "422"} <= codes, spec.checked
+    assert {"200", "204", "206", "400", "401", "403", "404", "409", "416", "422"} <= codes, spec.checked
 
 
 def test_a_resumed_download_gets_the_rest_only_of_the_audio_it_began_with(

@@ -210,6 +210,7 @@ class WaveformInfo(BaseModel):
 
 #: What each error status means wherever it is declared (a route may say more).
 _PROBLEMS = {
+    400: "a body that cannot be read as JSON (not UTF-8, say)",
     401: "no bearer token or session, or a wrong token",
     403: "refused (a signed URL changed or expired; a cookie's request without its X-CSRF-Token)",
     404: "no such recording or call",
@@ -410,7 +411,7 @@ def build_app(
     @signing_in.post(
         "/session",
         summary="Sign in with the API token: a session cookie (HttpOnly, SameSite=Strict) and a CSRF token",
-        responses=problems(401, 415, 429, s401="wrong token"),
+        responses=problems(400, 401, 415, 429, s401="wrong token"),
     )
     async def sign_in(request: Request, response: Response, body: SignIn) -> SessionInfo:
         now = time.time()
@@ -668,7 +669,12 @@ def build_app(
 
         return await control(request, recording_id, act)
 
-    @api.post("/recordings/{recording_id}/pause", summary="Pause a live recording", **CONTROL)
+    @api.post(
+        "/recordings/{recording_id}/pause",
+        summary="Pause a live recording",
+        response_model=None,
+        responses={**CONTROL["responses"], **problems(400)},
+    )
     async def pause(request: Request, recording_id: str, body: PauseRequest | None = None) -> Any:
         behavior = (body or PauseRequest()).behavior
 
