@@ -174,7 +174,7 @@ class CallInfo(BaseModel):
     sip_call_id: str | None
     from_: str | None = Field(alias="from")
     to: str | None
-    #: ringing, answered or ended.
+    #: ringing, early_media, answered or ended.
     state: str
     start_time: float
     answer_time: float | None
