@@ -168,6 +168,13 @@ class Call:
         """Unix time on the call's clock."""
         return wall_time(self.loop)
 
+    def next_frame_at(self) -> float:
+        """Seconds since the call started at which the next frame the taps see begins: a tap attached
+        now (a recording) starts there, not now — the frame of this instant may have gone by already."""
+        if not self._ticking:
+            return self.now()
+        return max(self.now(), MediaTicker.for_loop(self.loop).next_due() - self.t0)
+
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:

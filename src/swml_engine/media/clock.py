@@ -269,6 +269,10 @@ class MediaTicker:
     def _due(self, count: int) -> float:
         return self._base + count * FRAME_SECONDS
 
+    def next_due(self) -> float:
+        """The loop time of the next tick: the start of the next frame the taps will see."""
+        return self._due(self._count)
+
     def _tick(self) -> None:
         virtual = isinstance(self.loop, VirtualTimeLoop)
         if not virtual:

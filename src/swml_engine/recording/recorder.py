@@ -113,8 +113,9 @@ class Recording:
                 raise EncoderError(f"voice activity detection unavailable: {type(e).__name__}: {e}") from None
         self._writer = open_writer(s.format, self.path, self.call.rate, 2 if s.stereo else 1, self.store.keyring)
         self.state = "recording"
-        self.start_time = self.call.wall()
-        self._t0 = self.call.now()
+        # Where its first sample is on the call's time line: the next frame's start (up to 20 ms on).
+        self._t0 = self.call.next_frame_at()
+        self.start_time = self.call.wall() + (self._t0 - self.call.now())
         self.call.add_tap(self)
         if s.terminators:
             self.call.dtmf_listeners.append(self._on_digit)
