@@ -97,7 +97,10 @@ def test_every_answer_to_a_client_is_one_the_openapi_schema_declares(engine: Eng
     assert wait_for(lambda: live.extend(ask("GET", "/api/recordings?state=recording")["recordings"]) or live, 10)
     rid, cid = live[0]["recording_id"], live[0]["call_id"]
     # A live recording: its metadata, its control, its growing audio, and what it refuses.
-    ask("GET", f"/api/recordings/{rid}")
+    # Its size is the bytes on disk so far and its duration the time so far, by id and in the lists.
+    assert wait_for(lambda: ask("GET", f"/api/recordings/{rid}")["size"] > 44, 10)
+    [row] = [r for r in ask("GET", "/api/recordings?state=recording")["recordings"] if r["recording_id"] == rid]
+    assert row["size"] > 44 and row["duration"] > 0, row
     assert ask("POST", f"/api/recordings/{rid}/pause", body={"behavior": "skip"})["pause_behavior"] == "skip"
     assert "paused already" in ask("POST", f"/api/recordings/{rid}/pause")["detail"]  # 409, saying why
     ask("POST", f"/api/recordings/{rid}/resume")

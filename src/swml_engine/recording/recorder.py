@@ -22,7 +22,7 @@ import numpy as np
 from swml_engine.callbacks import NODE_ID, StatusReporter
 from swml_engine.media.frame import FRAME_SECONDS, FRAMES_PER_SECOND, Frame, mix
 from swml_engine.media.vad import VoiceDetector
-from swml_engine.recording.encoders import EncoderError, Writer, open_writer
+from swml_engine.recording.encoders import EncoderError, Writer, open_writer, part_path
 from swml_engine.recording.recovery import repair, stored_size
 from swml_engine.recording.store import RecordingStore
 from swml_engine.vocabulary import RecordingEndReason, RecordingState
@@ -324,8 +324,11 @@ class Recording:
         """``metadata()`` as the HTTP API shows a recording while it runs, with ``pause_behavior``: how it is
         paused (``silence`` or ``skip``, as the ``paused`` status callback says), or None while it records.
         (``state`` stays ``recording`` while paused, as it always has in the API and in the metadata file,
-        where recovery and uploads read it as "not finished".)"""
-        return {**self.metadata(), "pause_behavior": self.paused if self.end_reason is None else None}
+        where recovery and uploads read it as "not finished"); ``size`` is the bytes on disk so far."""
+        live = self.end_reason is None
+        growing = part_path(self.path) if self.settings.format == "mp4" else self.path  # (an MP4 grows as its part)
+        size = stored_size(growing, self.store.keyring) if live else self.size  # the bytes written so far
+        return {**self.metadata(), "size": size, "pause_behavior": self.paused if live else None}
 
     def bridges(self) -> list[dict[str, Any]]:
         """The far parties bridged to the call while this recording ran (on the right channel of a

@@ -468,7 +468,11 @@ def build_app(
         file — the record of truth — says; a row whose files were deleted is gone. (A shared index
         lists other nodes' recordings, whose files are not here: its rows are taken as they are.)"""
         recording_id = str(meta["recording_id"])
-        if service.live_recording(recording_id) is not None or await owner_elsewhere(meta) is not None:
+        parties = {key: meta[key] for key in PARTIES if key in meta}  # (the list's, not the file's)
+        live = service.live_recording(recording_id)
+        if live is not None:  # as it stands now (the index's row is as it began)
+            return live.live_metadata() | parties
+        if await owner_elsewhere(meta) is not None:
             return meta
         if meta.get("end_reason") is not None:
             # Its files, or the bucket (uploaded, or to be uploaded from another node's spool), or
@@ -476,7 +480,6 @@ def build_app(
             kept = meta.get("storage") or service.bucket is not None or index().shared
             return meta if kept or service.store.meta_path(recording_id).is_file() else None
         truth = _metadata_file(service.store, recording_id)
-        parties = {key: meta[key] for key in PARTIES if key in meta}  # (the list's, not the file's)
         if truth is not None and truth != {key: value for key, value in meta.items() if key not in PARTIES}:
             log.info("recording %s: the index missed its last write; its metadata file says", recording_id)
             index().put_recording(truth)
