@@ -91,6 +91,7 @@ def test_rows_written_and_read_back(opener: Opener) -> None:
         assert await index.call("c2") == ({"call_id": "c2", "state": "answered", "start_time": 2.0}, "http://w2")
         assert [c["call_id"] for c in await index.calls()] == ["c2", "c1"]
         assert [c["call_id"] for c in await index.calls(state="ended")] == ["c1"]
+        assert (await index.count_calls(), await index.count_calls(state="ended")) == (2, 1)  # (the list's total)
         index.delete_recording("r2")
         index.delete_recording("r2")  # twice (two nodes deleting one recording): harmless
         await settle(index)

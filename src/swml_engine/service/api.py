@@ -141,13 +141,13 @@ class RecordingInfo(BaseModel):
     stereo: bool | None = None
     #: Seconds of audio (live: so far).
     duration: float
-    #: Bytes of audio (0 while live: HEAD the audio for its size now).
+    #: Bytes of audio (live: on disk so far).
     size: int
     start_time: float
     end_time: float | None
     end_reason: str | None
     terminator: str | None = None
-    #: The signed URL of its audio (made when it started; valid for --url-ttl), or a file:// path.
+    #: The signed URL of its audio (made when shown; valid for --url-ttl from then), or a file:// path.
     url: str | None = None
     call_time: float | None = None
     bridges: list[Bridge] | None = None
@@ -184,6 +184,8 @@ class CallInfo(BaseModel):
 
 class CallList(BaseModel):
     calls: list[CallInfo]
+    #: How many match in all (for paging).
+    total: int
     limit: int
     offset: int
 
@@ -700,7 +702,8 @@ def build_app(
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         rows = await index().calls(state=state, limit=limit, offset=offset)
-        return {"calls": rows, "limit": limit, "offset": offset}
+        total = await index().count_calls(state=state)
+        return {"calls": rows, "total": total, "limit": limit, "offset": offset}
 
     def stream(request: Request, messages: AsyncIterator[bytes]) -> EventStreamResponse:
         if streams.full:

@@ -246,6 +246,12 @@ class Index(ABC):
         rows = await self._read("SELECT node FROM recordings WHERE recording_id = ?", (recording_id,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
+    async def count_calls(self, *, state: str | None = None) -> int:
+        """How many calls ``calls(state=...)`` pages through."""
+        where, args = _filters(state=state)
+        rows = await self._read(f"SELECT COUNT(*) FROM calls {where}", args)
+        return int(rows[0][0]) if rows else 0
+
     async def calls(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         where, args = _filters(state=state)
         rows = await self._read(
