@@ -26,6 +26,7 @@ from swml_engine.transports.sip.uri import (
     Params,
     UriError,
     format_params,
+    param_value,
     parse_name_addr,
     parse_params,
     shown,
@@ -294,11 +295,7 @@ class Via:
     protocol: str = SIP_VERSION
 
     def param(self, name: str) -> str | None:
-        low = name.lower()
-        for key, value in self.params:
-            if key.lower() == low:
-                return value if value is not None else ""
-        return None
+        return param_value(self.params, name)
 
     @property
     def branch(self) -> str:
@@ -670,11 +667,11 @@ def _body(headers: Headers, body: bytes, problems: list[str]) -> bytes:
 
 def _parameter(value: str, name: str) -> str:
     """A parameter of a header value such as ``multipart/mixed; boundary="b1"`` ("" when not given)."""
-    for item in value.split(";")[1:]:
-        key, _, raw = item.partition("=")
-        if key.strip().lower() == name:
-            return raw.strip().strip('"')
-    return ""
+    try:
+        found = param_value(parse_params(value.partition(";")[2]), name)
+    except UriError:
+        return ""
+    return (found or "").strip('"')
 
 
 def sdp_part(body: bytes, boundary: str) -> bytes:

@@ -39,7 +39,8 @@ class UriError(ValueError):
 Params = tuple[tuple[str, str | None], ...]
 
 
-def _param(params: Params, name: str) -> str | None:
+def param_value(params: Params, name: str) -> str | None:
+    """The value of parameter ``name`` (any case; "" for a flag), None when it is not there."""
     low = name.lower()
     for key, value in params:
         if key.lower() == low:
@@ -114,7 +115,7 @@ class Uri:
 
     def param(self, name: str) -> str | None:
         """A URI parameter's value ("" for a flag such as ``lr``), None when absent."""
-        return _param(self.params, name)
+        return param_value(self.params, name)
 
     def has_param(self, name: str) -> bool:
         return _has_param(self.params, name)
@@ -216,7 +217,7 @@ class NameAddr:
     bracketed: bool = True
 
     def param(self, name: str) -> str | None:
-        return _param(self.params, name)
+        return param_value(self.params, name)
 
     @property
     def tag(self) -> str | None:
