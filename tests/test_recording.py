@@ -6,6 +6,7 @@ server, so each channel's content can be checked by FFT.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -515,3 +516,54 @@ def test_a_recordings_call_time_is_where_its_first_sample_is(tmp_path: Path) -> 
     onset = int(np.argmax(np.abs(audio.astype(np.int32)) > 1000)) / RATE
     assert meta["call_time"] + onset == pytest.approx(1.0, abs=0.001), (meta["call_time"], onset)
     assert meta["end_time"] - meta["start_time"] == pytest.approx(meta["duration"], abs=0.001)
+
+
+@pytest.mark.parametrize("behavior", ["skip", "silence"])
+def test_a_pause_leaves_out_exactly_its_time_and_nothing_more(tmp_path: Path, behavior: str) -> None:
+    """Paused from 0.5 s to 1.0 s of a recording stopped at 2.0 s: ``skip`` leaves the half second out
+    (1.5 s of audio, not a frame more), ``silence`` keeps it as silence (2.0 s); the metadata's times
+    cover the whole span either way."""
+    from swml_engine.call import Call, CallOptions
+    from swml_engine.document.loader import load_text
+    from swml_engine.media.clock import VirtualTimeLoop
+    from swml_engine.methods import REGISTRY
+    from swml_engine.recording.recorder import recordings_of
+    from swml_engine.script.context import Variables
+    from swml_engine.session import call_scope, run_call
+    from swml_engine.transports.simulated import CallerScript, SimulatedTransport
+
+    out = tmp_path / "out"
+    doc = load_text(
+        "sections: {main: [answer, {record_call: {format: wav}}, {sleep: 2000}, stop_record_call, {sleep: 500}]}",
+        methods=REGISTRY,
+    )
+    loop = VirtualTimeLoop()
+
+    async def main() -> None:
+        call = Call(SimulatedTransport(RATE, CallerScript(tone(440, 4.0))), options=CallOptions(data_dir=out))
+        variables = Variables(call=call_scope(call, from_="+15551230000", to="+15557890000", headers=[]))
+
+        async def pause_and_resume() -> None:
+            while call.recordings is None or not recordings_of(call).live():
+                await asyncio.sleep(0.001)
+            [rec] = recordings_of(call).live()
+            start = call.now()
+            await asyncio.sleep(start + 0.5 - call.now())
+            assert rec.pause(behavior)
+            await asyncio.sleep(start + 1.0 - call.now())
+            assert rec.resume()
+
+        side = asyncio.ensure_future(pause_and_resume())
+        await run_call(doc, call, variables)
+        await side
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    [meta] = recordings(tmp_path)
+    audio = audio_of(meta, tmp_path)
+    expected = 1.5 if behavior == "skip" else 2.0
+    assert len(audio) / RATE == pytest.approx(expected, abs=0.001), len(audio) / RATE
+    assert meta["duration"] == pytest.approx(expected, abs=0.001)
+    assert meta["end_time"] - meta["start_time"] == pytest.approx(2.0, abs=0.001)

@@ -253,8 +253,10 @@ class Recording:
         with contextlib.suppress(ValueError):
             self.call.dtmf_listeners.remove(self._on_digit)
         state: RecordingState = "no_input" if reason == "no_input" else "error" if reason == "error" else "finished"
+        # Ticks gone by since the start, against those accounted for (written, or left out by a skip
+        # pause): a pending frame from the stop's own instant is one too many.
         due = round((self.call.now() - self._t0) / FRAME_SECONDS)
-        if self._pending is not None and self._writer is not None and self.frames < due:
+        if self._pending is not None and self._writer is not None and self.frames + self._skipped < due:
             self._write_pending()
         self._pending = None
         # The file covers [start_time, start_time + duration] exactly (frames, not the wall clock's jitter).
