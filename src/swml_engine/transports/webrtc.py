@@ -40,6 +40,7 @@ from typing import Any
 import av
 import numpy as np
 from aioice.ice import get_host_addresses
+from aioice.mdns import is_mdns_hostname
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
@@ -158,7 +159,9 @@ def check_offer(text: str) -> CheckedOffer:
         raise WebRtcReject("the offer has no ICE candidates: gather them all before sending it (no trickle)")
     for candidate in media.ice_candidates:
         if not _checkable(candidate.ip):
-            raise WebRtcReject(f"ICE candidate {candidate.ip[:60]!r}: not an IP address nor an mDNS name (.local)")
+            raise WebRtcReject(
+                f"ICE candidate {candidate.ip[:60]!r}: not an IP address nor an mDNS name (one label, then .local)"
+            )
     offered = frozenset(c.mimeType.lower() for c in media.rtp.codecs)
     if not any(c.mime.lower() in offered for c in CODECS):
         names = ", ".join(sorted(m.split("/")[-1] for m in offered)) or "none"
@@ -168,11 +171,14 @@ def check_offer(text: str) -> CheckedOffer:
 
 def _checkable(host: str) -> bool:
     """A candidate's host the ICE checks may go to: an IP address, or a browser's mDNS name (which aioice
-    resolves on the local link). Any other name would be a DNS lookup the browser asked us to make."""
+    resolves on the local link). Any other name would be a DNS lookup the browser asked us to make. An mDNS
+    name is one label and ``.local``, as browsers make them (RFC 8828: a UUID) and as aioice resolves them:
+    another ``….local`` (``a.b.local``, ``x%s.local``) it takes for an address, and fails on, again at every
+    round of queries (a name with ``%`` in it breaks its log lines: a stack dump each time)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return host.endswith(".local") and len(host) <= 255
+        return is_mdns_hostname(host)
     return True
 
 
