@@ -173,3 +173,22 @@ def test_an_unfinished_expression_is_said_to_end_too_early_not_at_a_bracket_it_d
         "sections.main[0].set.c: SyntaxError: Unexpected token ']' in expression 'a]'",
         f"sections.main[1].goto.when: {early} in expression 'vars.x =='",
     ]
+
+
+def test_call_state_is_the_calls_state_now(http_server) -> None:  # type: ignore[no-untyped-def]
+    # calling-overview.mdx: call.call_state is "the current state of the call"; it stayed 'created'.
+    http_server.files["/swml"] = (b"sections: {main: [{return: ok}]}", "application/yaml")
+    res = run_doc(
+        f"""
+sections:
+  main:
+    - set: {{before: '${{call.call_state}}'}}
+    - play: {{url: 'silence:0.1', auto_answer: false}}
+    - set: {{early: '%{{call.call_state}}'}}
+    - answer: {{}}
+    - set: {{after: '${{call.call_state == "answered"}}'}}
+    - execute: '{http_server.url("/swml")}'
+"""
+    )
+    assert (res.vars["before"], res.vars["early"], res.vars["after"]) == ("ringing", "early_media", True)
+    assert http_server.requests[0]["json"]["call"]["call_state"] == "answered"

@@ -106,6 +106,9 @@ class Runner:
         method = self.methods[step.method]
         events = self.call.events
         events.emit("step.start", section=section_run.section, index=step.index, path=step.path, method=step.method)
+        # call.call_state is "the current state of the call" (calling-overview.mdx): what the call is now,
+        # in placeholders, expressions and the payload a URL is sent, not what it was when it came in.
+        self.variables.call["call_state"] = self.call.state
         ctx = StepContext(self, step, section_run)
         self.js.begin_step()
         raw: object = None
