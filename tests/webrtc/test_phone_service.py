@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import HttpServer, read_wav, spectrum_peaks, tone, wav_bytes
+from conftest import HttpServer, read_wav, spectrum_peaks, tone, wait_for, wav_bytes
 from interop.peers import Engine, free_port
 from swml_engine.service.phone import NORMAL, POLICY, TRY_LATER
 
@@ -175,7 +175,15 @@ def test_a_page_without_credentials_or_keeping_to_the_protocol_is_refused_and_to
         assert closed.code == POLICY, (first, closed)
         errors = [m["message"] for m in messages if m["type"] == "error"]
         assert len(errors) == 1 and errors[0].startswith(says), (first, messages)
-    assert "Traceback" not in eng.log()
+
+    async def offer_and_go() -> None:  # a tab closed right after Call: its call had not begun
+        sock = await PhoneSocket.open(http, BEARER)
+        await sock.send({"type": "offer", "sdp": await Browser().offer()})
+        await sock.abort()
+
+    asyncio.run(offer_and_go())
+    assert wait_for(lambda: "hung up before its call started" in eng.log()), eng.log()[-3000:]
+    assert "Traceback" not in eng.log() and " ERROR " not in eng.log(), eng.log()[-3000:]
 
 
 def test_a_call_over_max_calls_is_refused_1013_and_the_live_one_goes_on(

@@ -34,6 +34,7 @@ from swml_engine.transports.webrtc import (
     ListenTrack,
     SpeakBuffer,
     WebRtcCallTransport,
+    WebRtcGone,
     WebRtcReject,
 )
 
@@ -307,6 +308,28 @@ def test_offers_that_cannot_be_taken_are_refused_with_a_reason(make: Callable[[]
 
     with pytest.raises(WebRtcReject, match=message):
         asyncio.run(prepare())
+
+
+def test_a_page_gone_before_its_call_starts_is_refused_as_gone_not_as_a_fault() -> None:
+    """The page's WebSocket closes before the call began (its tab closed at once): prepare() says so,
+    before or while it made the peer connection — it raised IllegalMove, logged as the call failing."""
+    offer = _real_offer()
+
+    async def hang_up(while_preparing: bool) -> WebRtcCallTransport:
+        transport = WebRtcCallTransport(offer, lambda m: None, peer="test")
+        if not while_preparing:
+            transport.remote_hangup()
+        preparing = asyncio.ensure_future(transport.prepare())
+        if while_preparing:
+            await asyncio.sleep(0)  # prepare() has begun making the peer connection
+            transport.remote_hangup()
+        with pytest.raises(WebRtcGone, match="hung up before its call started"):
+            await preparing
+        await transport.close()
+        return transport
+
+    for while_preparing in (False, True):
+        assert asyncio.run(hang_up(while_preparing)).ended
 
 
 def test_keypad_messages_take_only_keypad_digits() -> None:

@@ -103,6 +103,10 @@ class PhoneSocket:
             messages.append(got)
         return messages, got
 
+    async def abort(self) -> None:
+        """Drop the connection without a closing handshake (a tab closed, a network gone)."""
+        self._writer.transport.abort()
+
     async def close(self) -> None:
         self._writer.write(self._ws.send(CloseConnection(code=1000)))
         await self._writer.drain()

@@ -35,6 +35,7 @@ from swml_engine.transports.webrtc import (
     KEYPAD,
     MAX_PRESS_DIGITS,
     WebRtcCallTransport,
+    WebRtcGone,
     WebRtcReject,
     WebRtcUnavailable,
 )
@@ -132,6 +133,8 @@ class PhoneArrival(Arrival):
             await self.webrtc.prepare()
         except WebRtcUnavailable as e:  # ours, not the page's: no address a browser could reach
             raise SipReject(503, "Service Unavailable", f"browser calls cannot be taken here: {e}") from None
+        except WebRtcGone as e:  # (as a SIP caller's CANCEL: no one is left to tell)
+            raise SipReject(487, "Request Terminated", str(e)) from None
         except WebRtcReject as e:
             raise SipReject(488, "Not Acceptable Here", f"the offer cannot be taken: {e}") from None
 

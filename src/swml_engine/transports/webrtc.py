@@ -93,6 +93,10 @@ class WebRtcUnavailable(WebRtcReject):
     """This server cannot take browser calls at all (no address a browser could reach): ours, not the offer's."""
 
 
+class WebRtcGone(WebRtcReject):
+    """The page hung up (its WebSocket closed) before its call started: nothing to answer, nothing wrong."""
+
+
 @dataclass(frozen=True)
 class WebRtcCodec:
     """A codec the transport negotiates: its ``answer.codecs`` name, its SDP name, the call's rate with it."""
@@ -441,6 +445,8 @@ class WebRtcCallTransport(Transport):
     async def prepare(self) -> None:
         """Take the browser's offer (WebRtcReject: why not). The call's rate follows the codec we would
         choose: 16 kHz when the browser offers Opus, 8 kHz for G.711."""
+        if self.ended:  # (a page that closes its tab at once: its WebSocket went before the call began)
+            raise self._gone_before_start()
         if self.state is not PeerState.OFFERED:
             raise IllegalMove(f"WebRTC call from {self.peer}: prepare() once, before the call starts")
         self._offer = check_offer(self.offer_sdp)
@@ -449,7 +455,14 @@ class WebRtcCallTransport(Transport):
         self.rate = first.rate
         self._speak.reset(self.rate)
         self._pc = await self._connect(list(CODECS))
+        if self.ended:  # hung up while the peer connection was made: let its sockets go now
+            await self._release()
+            raise self._gone_before_start()
         self._move(PeerState.READY)
+
+    def _gone_before_start(self) -> WebRtcGone:
+        self._log.info("WebRTC call from %s: the page hung up before its call started", self.peer)
+        return WebRtcGone("the page hung up before its call started")
 
     async def _connect(self, codecs: list[WebRtcCodec]) -> RTCPeerConnection:
         """A peer connection with the offer set as its remote description: our one audio transceiver sends
