@@ -145,6 +145,42 @@ def test_runaway_execute_recursion_is_stopped() -> None:
     assert res.vars["after"] == "ok"
 
 
+def test_loops_inside_loops_with_nothing_to_wait_for_stop_the_script() -> None:
+    # Each goto may jump 100 times, but a goto loop around an execute of a section with a goto loop of its
+    # own multiplies them: 101^3 passes ran for hours at 0 s of call time, writing events all along.
+    def loop(inner: str) -> str:
+        return f"[{{label: top}}, {{execute: {inner}}}, {{goto: {{label: top}}}}]"
+
+    innermost = "[{label: top}, {set: {x: 1}}, {goto: {label: top}}]"
+    res = run_doc(f"sections: {{main: {loop('a')}, a: {loop('b')}, b: {loop('c')}, c: {innermost}}}")
+    errors = [e for e in res.events if e["type"] == "error"]
+    assert [e["where"] for e in errors] == ["sections.c[1].set"]
+    assert "more than 10,000 steps with nothing to wait for" in errors[0]["message"]
+    assert res.result.reason == "error"
+    assert len([e for e in res.events if e["type"] == "step.start"]) == 10_000
+
+
+def test_a_loop_that_waits_is_not_stopped() -> None:
+    # About 12,500 steps in all, more than the 10,000 at once, but 126 a pass and a second between
+    # passes: the sleeps give back most of what the passes take.
+    res = run_doc(
+        """
+sections:
+  main:
+    - label: top
+    - sleep: 1000
+    - execute: burst
+    - goto: {label: top}
+  burst:
+    - label: top
+    - goto: {label: top, max: 60}
+"""
+    )
+    assert not [e for e in res.events if e["type"] == "error"]
+    assert res.result.reason == "script_end"
+    assert len(steps(res, "sleep")) == 101
+
+
 def test_switch_and_cond() -> None:
     res = run_doc(
         """

@@ -27,3 +27,12 @@ class Return(Flow):
 
 class EndScript(Flow):
     """The call is over (``hangup``, remote hangup): stop running steps."""
+
+
+class ScriptStopped(EndScript):
+    """The script may not go on (it ran away: steps with nothing to wait for); the call ends ``error``.
+    The error event, at the step, is already written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -20,7 +20,7 @@ from swml_engine.document.params import shorten
 from swml_engine.errors import ParamError, SwmlError
 from swml_engine.script.context import Variables
 from swml_engine.script.expressions import JsEngine
-from swml_engine.script.flow import EndScript, Goto, Return
+from swml_engine.script.flow import EndScript, Goto, Return, ScriptStopped
 from swml_engine.script.step import SectionRun, StepContext
 from swml_engine.script.templating import Templater
 from swml_engine.vocabulary import EndReason
@@ -31,6 +31,31 @@ if TYPE_CHECKING:
 
 #: Deepest chain of ``execute`` calls before the runner refuses (a section that executes itself).
 MAX_EXECUTE_DEPTH = 100
+
+#: Steps a script may run at once with nothing to wait for, and how many each second of the call's clock
+#: gives back. A 100-pass goto loop of ten steps is 1,000; a menu or a sleep loop runs a few a second. A
+#: goto loop around an execute of a section with a goto loop of its own (and so on) multiplies its passes:
+#: without this it ran for hours at 0 s of call time, writing hundreds of MB of events a minute.
+STEP_BURST = 10_000
+STEPS_PER_SECOND = 100
+
+
+@dataclass
+class StepBudget:
+    """How many steps the script may still run now: :data:`STEP_BURST` at most, refilled at
+    :data:`STEPS_PER_SECOND` of the call's clock (a step that waits — a play, a prompt, a sleep — earns
+    steps back; a loop that never waits runs out)."""
+
+    left: float = STEP_BURST
+    at: float = 0.0
+
+    def take(self, now: float) -> bool:
+        self.left = min(STEP_BURST, self.left + (now - self.at) * STEPS_PER_SECOND)
+        self.at = now
+        if self.left < 1:
+            return False
+        self.left -= 1
+        return True
 
 
 @dataclass
@@ -59,6 +84,7 @@ class Runner:
         self.js = js or JsEngine()
         self.templater = Templater(variables, self.js, call.wall)  # @{strftime_tz} wants Unix time
         self.methods = methods
+        self.budget = StepBudget(at=call.now())
 
     def set_var(self, name: str, value: Any) -> None:
         self.variables.vars[name] = value
@@ -73,6 +99,8 @@ class Runner:
             await self.run_section(SectionRun(self.doc, "main", self.doc.labels("main")))
         except Return:
             pass
+        except ScriptStopped as e:
+            error = e.message
         except EndScript:
             pass
         except SwmlError as e:
@@ -105,6 +133,13 @@ class Runner:
             raise EndScript
         method = self.methods[step.method]
         events = self.call.events
+        if not self.budget.take(self.call.now()):
+            message = (
+                f"{step.where}: more than {STEP_BURST:,} steps with nothing to wait for (at most "
+                f"{STEPS_PER_SECOND} a second beyond them): the script is stopped (loops inside loops?)"
+            )
+            events.emit("error", where=step.where, message=message)
+            raise ScriptStopped(message)
         events.emit("step.start", section=section_run.section, index=step.index, path=step.path, method=step.method)
         # call.call_state is "the current state of the call" (calling-overview.mdx): what the call is now,
         # in placeholders, expressions and the payload a URL is sent, not what it was when it came in.
