@@ -12,10 +12,12 @@ import contextlib
 import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Answer = Callable[["Handler", "Peer"], None]
@@ -71,7 +73,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_peer(host: str = "127.0.0.1") -> Iterator[Peer]:
+def http_peer(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Iterator[Peer]:
+    """A server on ``host``; HTTPS with ``tls`` (a server context, e.g. from :func:`self_signed`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class Server(http.server.ThreadingHTTPServer):
@@ -81,8 +84,10 @@ def http_peer(host: str = "127.0.0.1") -> Iterator[Peer]:
     peer = Peer(base="")
     handler = type("BoundHandler", (Handler,), {"peer": peer})
     server = Server((host, 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     shown = f"[{host}]" if ":" in host else host
-    peer.base = f"http://{shown}:{server.server_address[1]}"
+    peer.base = f"{'https' if tls else 'http'}://{shown}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -90,6 +95,42 @@ def http_peer(host: str = "127.0.0.1") -> Iterator[Peer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for ``host`` with a fresh self-signed certificate, and the certificate's PEM
+    file (what a client must be told to trust)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
 
 
 # --- answers -----------------------------------------------------------------------------------------

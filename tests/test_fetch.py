@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import read_wav, rms, run_doc, tone, wait_for, wav_bytes
-from http_peers import drip, endless, file, http_peer, redirect, status, swml
+from http_peers import drip, endless, file, http_peer, redirect, self_signed, status, swml
 from swml_engine.document.loader import load_text
 from swml_engine.errors import DocumentError
 from swml_engine.fetch import CallFetches, FetchControl, FetchStopped
@@ -270,3 +273,28 @@ def test_heard_audio_of_a_redirected_play_is_the_file(tmp_path: Path) -> None:
         run_doc(f"sections: {{main: [{{play: '{a.url('/old.wav')}'}}]}}", tmp_path)
         heard, rate = read_wav(tmp_path / "out" / "heard.wav")
         assert rms(heard) > 5000 and abs(len(heard) / rate - 0.5) < 0.03
+
+
+def test_https_servers_are_verified_and_ssl_cert_file_adds_a_private_authority(tmp_path: Path) -> None:
+    """A play URL on a server whose certificate no known authority signed fails, naming the reason; with
+    ``SSL_CERT_FILE`` naming that certificate (an operator's private authority) it plays. `swml run`
+    processes, since the certificate store is read once per process."""
+    context, cert = self_signed(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+
+    def play(url: str, extra: dict[str, str], out: Path) -> tuple[str, float]:
+        script = tmp_path / "play.yaml"
+        script.write_text(f"sections: {{main: [{{play: '{url}'}}]}}")
+        cmd = [sys.executable, "-m", "swml_engine", "run", str(script), "--out", str(out)]
+        done = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        heard, _ = read_wav(out / "heard.wav")
+        return done.stdout + done.stderr, rms(heard)
+
+    with http_peer(tls=context) as peer:
+        peer.routes["/tone.wav"] = file(WAV, "audio/wav")
+        told, heard = play(peer.url("/tone.wav"), {}, tmp_path / "untrusted")
+        assert "errors: 1" in told and "certificate verify failed" in told, told
+        assert heard < 10
+        told, heard = play(peer.url("/tone.wav"), {"SSL_CERT_FILE": str(cert)}, tmp_path / "trusted")
+        assert "errors: 0" in told, told
+        assert heard > 5000

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 
 from swml_engine.events import EventLog
-from swml_engine.fetch import no_cookies
+from swml_engine.fetch import no_cookies, tls_context
 from swml_engine.urls import HttpTarget, UrlError, parse_http_url
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ class _Pool:
         with cls._lock:
             if cls._executor is None or cls._client is None:
                 cls._executor = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="swml-callbacks")
-                cls._client = httpx.Client(limits=httpx.Limits(max_connections=POOL_SIZE * 2), cookies=no_cookies())
+                cls._client = httpx.Client(
+                    limits=httpx.Limits(max_connections=POOL_SIZE * 2), cookies=no_cookies(), verify=tls_context()
+                )
             return cls._executor, cls._client
 
 

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from swml_engine.connections import GuessLimiter
+from swml_engine.fetch import tls_context
 from swml_engine.recording.crypt import CryptError
 from swml_engine.recording.objectstore import StorageError
 from swml_engine.recording.recorder import Recording
@@ -806,7 +807,7 @@ async def _forward(request: Request, worker_url: str, token: str, timeout: float
     headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
     headers["Authorization"] = f"Bearer {token}"
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout, verify=tls_context()) as client:  # (no store loaded per request)
             answer = await client.request(request.method, worker_url + request.url.path, content=body, headers=headers)
     except httpx.HTTPError as e:
         return JSONResponse({"detail": f"the worker recording this call did not answer: {e}"}, status_code=502)
