@@ -104,6 +104,11 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
         ("sections: {main: [{plya: {url: 'say:a'}}]}", "sections.main[0]: unknown method 'plya'; did you mean 'play'?"),
         ("sections: {main: [{answer: {}, hangup: {}}]}", "sections.main[0]: a step names exactly one method"),
         ("sections: {main: [{cond: [{when: 'true'}]}]}", "sections.main[0].cond[0].then: is required with when"),
+        (  # such a variable was made, and ${obj.c} (field c of obj) never read it
+            "sections: {main: [{set: {obj.c: 3}}]}",
+            "sections.main[0].set.obj.c: 'obj.c' is not a variable name: ${obj.c} reads a field of obj",
+        ),
+        ("sections: {main: [{unset: [a, call.from]}]}", "sections.main[0].unset[1]: 'call.from' is not a variable"),
         ("sections: {other: []}", "sections.main: is required"),
         (
             "sections: {main: [{cond: [{when: 'a', then: [{sleep: {duration: x}}]}]}]}",

@@ -142,6 +142,12 @@ def test_unset(tmp_path: Path) -> None:
     assert vars_set(res, "a") == [1]
 
 
+def test_set_and_unset_take_the_vars_prefix() -> None:
+    # unset took `vars.x`; set made a variable named 'vars.x' that neither ${vars.x} nor ${x} read.
+    res = run_doc("sections: {main: [{set: {vars.x: 1, vars.y: 2}}, {unset: vars.y}, {set: {a: '${vars.x}-${x}'}}]}")
+    assert res.vars == {"x": 1, "a": "1-1"}
+
+
 def test_an_expression_is_one_value_not_statements_or_a_function() -> None:
     res = run_doc("sections: {main: [{set: {a: '${1); (2}', b: '${function(x){return x}}', c: '${(1, 2)}'}}]}")
     errors = sorted(e["message"] for e in res.events if e["type"] == "error")

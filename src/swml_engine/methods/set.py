@@ -7,6 +7,7 @@ from typing import Any
 from swml_engine.document.params import describe
 from swml_engine.errors import ParamError, SwmlError
 from swml_engine.methods.base import Method
+from swml_engine.script.context import not_a_variable_name, variable_name
 from swml_engine.script.step import StepContext
 
 
@@ -18,14 +19,19 @@ class Set(Method[dict[str, Any]]):
     def check(self, params: object, where: str) -> list[ParamError]:
         if not isinstance(params, dict):
             return [ParamError(where, f"{describe(params)} is not an object of name: value")]
-        return [ParamError(f"{where}.{k}", "a variable name must not be empty") for k in params if not str(k).strip()]
+        errors = []
+        for k in params:
+            why = "a variable name must not be empty" if not str(k).strip() else not_a_variable_name(str(k))
+            if why is not None:
+                errors.append(ParamError(f"{where}.{k}", why))
+        return errors
 
     def parse(self, params: object, where: str) -> dict[str, Any]:
         errors = self.check(params, where)
         if errors:
             raise errors[0]
         assert isinstance(params, dict)
-        return {str(k): v for k, v in params.items()}
+        return {variable_name(str(k)): v for k, v in params.items()}
 
     async def run(self, ctx: StepContext, p: dict[str, Any]) -> None:
         # A key that fails (a bad expression) does not keep the others from being set; the step fails

@@ -6,6 +6,7 @@ from swml_engine.document.model import BlockLoader
 from swml_engine.document.params import describe
 from swml_engine.errors import ParamError
 from swml_engine.methods.base import Method
+from swml_engine.script.context import not_a_variable_name, variable_name
 from swml_engine.script.step import StepContext
 
 
@@ -19,23 +20,23 @@ class Unset(Method[list[str]]):
     def check(self, params: object, where: str) -> list[ParamError]:
         if not isinstance(params, list) or not params:
             return [ParamError(where, f"{describe(params)} is not a variable name or a list of names")]
-        return [
-            ParamError(f"{where}[{i}]", f"{describe(v)} is not a variable name")
-            for i, v in enumerate(params)
-            if not isinstance(v, str) or not v.strip()
-        ]
+        errors = []
+        for i, v in enumerate(params):
+            why = f"{describe(v)} is not a variable name" if not isinstance(v, str) or not v.strip() else None
+            why = why or not_a_variable_name(v)
+            if why is not None:
+                errors.append(ParamError(f"{where}[{i}]", why))
+        return errors
 
     def parse(self, params: object, where: str) -> list[str]:
         errors = self.check(params, where)
         if errors:
             raise errors[0]
         assert isinstance(params, list)
-        return [str(v).strip() for v in params]
+        return [variable_name(str(v)) for v in params]
 
     async def run(self, ctx: StepContext, p: list[str]) -> None:
         for name in p:
-            if name.startswith("vars."):
-                name = name[5:]
             ctx.variables.vars.pop(name, None)
             ctx.events.emit("vars.unset", name=name)
         ctx.result = "success"

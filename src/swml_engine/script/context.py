@@ -37,6 +37,31 @@ def path_tokens(body: str) -> list[str | int]:
     return tokens
 
 
+def variable_name(key: str) -> str:
+    """The variable a ``set`` or ``unset`` key names: ``x``, or ``vars.x`` (the scope written out, as
+    ``${vars.x}`` reads it)."""
+    key = key.strip()
+    return key[len("vars.") :] if key.startswith("vars.") else key
+
+
+def not_a_variable_name(key: str) -> str | None:
+    """Why a ``set``/``unset`` key names no variable a placeholder could read, or None. ``set`` writes
+    whole variables: a key ``obj.c`` made a variable of that name, which ``${obj.c}`` never reads (it
+    reads field ``c`` of ``obj``), and ``unset: obj.c`` removed nothing."""
+    name = variable_name(key)
+    if "." not in name and "[" not in name:
+        return None
+    head = re.split(r"[.\[]", name, maxsplit=1)[0].strip()
+    if head in SCOPES:
+        return f"{key!r} is not a variable name: {head} is read-only (set and unset change vars)"
+    if not head:
+        return f"{key!r} is not a variable name"
+    return (
+        f"{key!r} is not a variable name: ${{{name}}} reads a field of {head}, never a variable of this name; "
+        f"set or unset {head} as a whole"
+    )
+
+
 @dataclass
 class Variables:
     call: dict[str, Any] = field(default_factory=dict)
