@@ -102,13 +102,15 @@ def test_storage_down_then_back_and_a_node_killed_lose_nothing(
     aws_env: Callable[[S3Server], None], tmp_path: Path
 ) -> None:
     """A server of this test's own (it is stopped and started: moto then forgets its buckets), and an
-    engine of its own (killed, then started again on the same data while the storage is still down)."""
+    engine of its own (killed, then started again on the same data while the storage is still down).
+    While the storage is down, the API answers a download of an uploaded recording 502 saying why."""
     s3 = S3Server(tmp_path)
     s3.start(buckets=("rec",))
     aws_env(s3)
     script = tmp_path / "script.yaml"
     script.write_text(SCRIPT.format(status="http://127.0.0.1:9/none"))
-    eng = Engine(script, tmp_path / "data", extra=["--storage", "s3://rec/site"])
+    http = ["--http", f"127.0.0.1:{free_port()}", "--api-token", TOKEN]
+    eng = Engine(script, tmp_path / "data", extra=["--storage", "s3://rec/site", *http])
     try:
         eng.start()
         _down_then_back(eng, s3, tmp_path)
@@ -132,6 +134,11 @@ def _down_then_back(eng: Engine, s3: S3Server, tmp_path: Path) -> None:
 
     # Down again during two calls, and the node killed with them in its spool: uploaded after its restart.
     s3.stop()
+    # Meanwhile an uploaded recording cannot be served: a 502 that says so (it was a 200 with no body).
+    audio = f"http://{eng.extra[eng.extra.index('--http') + 1]}/api/recordings/{first[0]}/audio"
+    for headers in ({}, {"Range": "bytes=0-99"}):
+        code, _, body = request("GET", audio, headers=headers)
+        assert code == 502 and f"recording {first[0]} not read from the storage: " in json.loads(body)["detail"]
     calls(eng, tmp_path / "sipp-2", 2)
     assert wait_for(lambda: len([n for n in spooled(eng) if n.endswith(".json")]) == 2, 20)
     assert wait_for(

@@ -242,7 +242,7 @@ _AUDIO_CONTENT = {media: {"schema": {"type": "string", "format": "binary"}} for 
 AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the audio (Accept-Ranges: bytes)", "content": _AUDIO_CONTENT},
     206: {"description": "the one range asked for (Content-Range)", "content": _AUDIO_CONTENT},
-    **problems(404, 416, 503),
+    **problems(404, 416, 502, 503),
 }
 
 #: The waveform's 422: audio that cannot be decoded (a Problem), or a query that does not fit (FastAPI's list).

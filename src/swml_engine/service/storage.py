@@ -221,16 +221,33 @@ async def audio_response(request: Request, source: AudioSource, meta: dict[str, 
     headers["content-length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    return AudioStream(_guarded(source.chunks(start, end)), status_code=status, headers=headers)
+    chunks = source.chunks(start, end)
+    recording_id = str(meta["recording_id"])
+    try:
+        # Read before the head goes out: storage that cannot be read at all (down, refusing us) is a
+        # 502 saying so, not a 200 whose body never comes.
+        opening = await anext(chunks, b"")
+    except StorageError as e:
+        log.warning("recording %s: its audio cannot be read from the storage: %s", recording_id, e)
+        raise HTTPException(502, f"recording {recording_id} not read from the storage: {e}") from None
+    except OSError as e:  # (its spool file removed this instant, uploaded: it is in the bucket now)
+        log.warning("recording %s: its audio cannot be read from the spool: %s", recording_id, e)
+        raise HTTPException(
+            503, f"recording {recording_id}: its audio was not read ({e.strerror}): ask again", {"Retry-After": "1"}
+        ) from None
+    return AudioStream(_guarded(recording_id, opening, chunks), status_code=status, headers=headers)
 
 
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A read that fails mid-way ends the body early (the source logs why), never with a traceback."""
+async def _guarded(recording_id: str, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body, whose first piece is read already. A read that fails mid-way ends it early (logged),
+    never with a traceback."""
+    if first:
+        yield first
     try:
         async for chunk in chunks:
             yield chunk
-    except (StorageError, OSError):
-        return
+    except (StorageError, OSError) as e:
+        log.warning("recording %s: its audio download was cut short: %s", recording_id, e)
 
 
 class AudioStream(StreamingResponse):
