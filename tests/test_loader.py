@@ -78,6 +78,7 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
         ("sections: {main: [{goto: {label: x, max: 101}}, {label: x}]}", "sections.main[0].goto.max: 101 is above"),
         ("sections: {main: [{goto: {label: nowhere}}]}", "sections.main[0].goto.label: no label 'nowhere'"),
         ("sections: {main: [{execute: {dest: missing}}]}", "sections.main[0].execute.dest: no section 'missing'"),
+        ("sections: {main: [{transfer: {dest: 5}}]}", "sections.main[0].transfer.dest: no section '5'"),
         ("sections: {main: [{hangup: {reason: angry}}]}", "sections.main[0].hangup.reason: 'angry' is not one of"),
         (  # the reference's own text writes it so: YAML reads the # as a comment, the value as null
             "sections:\n  main:\n    - record_call:\n        terminators: #\n",

@@ -81,8 +81,11 @@ class Execute(Method[ExecuteParams]):
         self, step: Step, doc: Document, labels: dict[str, int], methods: MethodTable
     ) -> list[ParamError]:
         dest = step.params.get("dest") if isinstance(step.params, dict) else None
+        if isinstance(dest, int | float) and not isinstance(dest, bool):
+            dest = Str().check(dest, f"{step.where}.dest")  # a number is its text, as when the step runs
         if not isinstance(dest, str) or is_templated(dest) or _is_url(dest):
             return []
+        dest = dest.strip()  # as when the step runs
         if _is_inline(dest):
             try:
                 load_text(dest, f"{step.where}.dest", methods=methods)
