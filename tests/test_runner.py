@@ -128,6 +128,15 @@ def test_execute_url_posts_the_call_payload(http_server) -> None:  # type: ignor
     assert set(body) >= {"call", "vars", "params", "envs"}
 
 
+def test_a_return_that_ends_the_script_sets_return_value() -> None:
+    # return.mdx: "Return from execute or exit script"; return_value was set for an execute only.
+    assert run_doc("sections: {main: [{return: {status: ok}}, {set: {after: 1}}]}").vars == {
+        "return_value": {"status": "ok"}
+    }
+    res = run_doc("sections: {main: [{transfer: {dest: end}}], end: [{return: '${1 + 1}'}, {set: {after: 1}}]}")
+    assert res.vars == {"return_value": 2}
+
+
 def test_execute_to_unreachable_url_fails_the_step_and_goes_on() -> None:
     res = run_doc("sections: {main: [{execute: {dest: 'http://127.0.0.1:9/none'}}, {set: {after: ok}}]}")
     errors = [e for e in res.events if e["type"] == "error"]

@@ -141,7 +141,8 @@ async def transfer_to(ctx: StepContext, target: SectionRun, params: dict[str, An
     try:
         while True:
             try:
-                await runner.execute_section(target, params)
+                # Its return's value (null if it ran out of steps) is return_value, as an execute's is.
+                runner.set_var("return_value", await runner.execute_section(target, params))
                 break
             except _Onward as onward:
                 target, params = replace(onward.target, depth=depth), onward.params

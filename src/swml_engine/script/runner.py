@@ -97,8 +97,9 @@ class Runner:
         error: str | None = None
         try:
             await self.run_section(SectionRun(self.doc, "main", self.doc.labels("main")))
-        except Return:
-            pass
+        except Return as r:
+            # return.mdx: "Return from execute or exit script"; its value is return_value either way.
+            self.set_var("return_value", r.value)
         except ScriptStopped as e:
             error = e.message
         except EndScript:
