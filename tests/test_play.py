@@ -86,6 +86,29 @@ def test_say_voice_and_language_pick_different_voices(tmp_path: Path) -> None:
     assert len(fr) != len(en) or not np.array_equal(fr, en)
 
 
+def test_voices_are_picked_as_documented_and_an_unknown_language_is_said(tmp_path: Path) -> None:
+    """`say_voice: fr` (an espeak-ng voice) speaks as `say_language: fr-FR` does, not English; `en`
+    speaks American English (not the first English voice alphabetically, Caribbean); a language
+    espeak-ng lacks is spoken in English with a warning naming the step and the language, once."""
+
+    def spoken(params: str) -> tuple[np.ndarray, list[dict[str, object]]]:
+        res = run_doc(f"sections: {{main: [{{play: {{urls: ['say:Bonjour', 'say:Merci'], {params}}}}}]}}", tmp_path)
+        return heard(tmp_path), [e for e in res.events if e["type"] == "warning"]
+
+    by_language, warned = spoken("say_language: fr-FR")
+    assert not warned
+    by_voice, warned = spoken("say_voice: fr")
+    assert not warned and np.array_equal(by_voice, by_language)
+    english, _ = spoken("say_language: en-US")
+    assert not np.array_equal(english, by_language)
+    bare, _ = spoken("say_language: en")
+    assert np.array_equal(bare, english)
+    unknown, warned = spoken("say_language: xx-QQ")
+    assert np.array_equal(unknown, english)
+    [warning] = warned
+    assert warning["where"] == "sections.main[0].play" and "'xx-QQ'" in str(warning["message"])
+
+
 def test_unreachable_and_undecodable_urls_fail_the_play_and_go_on(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
     http_server.files["/junk.wav"] = (b"this is not audio at all" * 100, "audio/wav")
     res = run_doc(

@@ -537,7 +537,8 @@ class Ringback:
                 continue
             began = self.caller.now()
             if sounds:
-                self._playlist = Playlist(self.caller, sounds, voice=self.voice)
+                first = self._playlist is None
+                self._playlist = Playlist(self.caller, sounds, voice=self.voice, where=self.where, warn_voice=first)
                 try:
                     await self._playlist.play()
                 except PlayFailed as e:

@@ -15,7 +15,7 @@ from swml_engine.call import Call
 from swml_engine.document.params import shorten
 from swml_engine.media.frame import Frame
 from swml_engine.media.sources import Sound, SoundLoader, SourceError
-from swml_engine.media.sources.tts import Voice
+from swml_engine.media.sources.tts import Voice, voice_note
 
 
 class PlayFailed(Exception):
@@ -23,10 +23,22 @@ class PlayFailed(Exception):
 
 
 class Playlist:
-    def __init__(self, call: Call, sounds: list[tuple[str, Sound]], *, voice: Voice, volume_db: float = 0.0) -> None:
+    def __init__(
+        self,
+        call: Call,
+        sounds: list[tuple[str, Sound]],
+        *,
+        voice: Voice,
+        volume_db: float = 0.0,
+        where: str = "",
+        warn_voice: bool = True,
+    ) -> None:
         self.call = call
         self.sounds = sounds
         self.voice = voice
+        #: The step playing (for warnings about its sounds).
+        self.where = where
+        self._voice_noted = not warn_voice  # (a list played again and again warns once, the first time)
         self.volume_db = volume_db
         self.loader = SoundLoader(call.rate, call.options)
         self._stop = asyncio.Event()
@@ -55,6 +67,8 @@ class Playlist:
                     raise PlayFailed(error if text in str(e) else f"cannot play {shorten(text)!r}: {error}") from None
                 if frames is None or self.stopped or self.call.is_ended:
                     return "hangup" if self.call.is_ended else "stopped"
+                if sound.kind == "say":
+                    self._note_voice()
                 if i + 1 < len(self.sounds):
                     pending = asyncio.ensure_future(self.loader.load(self.sounds[i + 1][1], self.voice))
                 self.call.events.emit("play.start", url=text)
@@ -70,6 +84,13 @@ class Playlist:
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
+
+    def _note_voice(self) -> None:
+        """Once per list: a warning when its words are spoken in another language than asked (cheap:
+        the synthesis that just ran has read espeak-ng's voices)."""
+        if not self._voice_noted and (note := voice_note(self.voice)) is not None:
+            self.call.events.emit("warning", where=self.where or "say", message=note)
+        self._voice_noted = True
 
     async def _loaded(self, task: asyncio.Task[Iterator[Frame]]) -> Iterator[Frame] | None:
         """The sound once loaded; None when stopped (or the call ended) first — a slow URL does not hold a

@@ -108,7 +108,8 @@ class Play(Method[PlayParams]):
             await ctx.call.early_media()
         status.send({"state": "playing"})
         try:
-            ctx.result = await play_sounds(ctx, Playlist(ctx.call, sounds, voice=voice_of(ctx, p), volume_db=p.volume))
+            playlist = Playlist(ctx.call, sounds, voice=voice_of(ctx, p), volume_db=p.volume, where=ctx.where)
+            ctx.result = await play_sounds(ctx, playlist)
         except ParamError:
             status.send({"state": "error"})
             raise

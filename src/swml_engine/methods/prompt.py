@@ -66,7 +66,11 @@ class Prompt(Method[PromptParams]):
         await ctx.call.answer()
         digits: asyncio.Queue[str] = asyncio.Queue()
         playlist = Playlist(
-            ctx.call, sounds_of(p.play, f"{ctx.where}.play"), voice=voice_of(ctx, p), volume_db=p.volume
+            ctx.call,
+            sounds_of(p.play, f"{ctx.where}.play"),
+            voice=voice_of(ctx, p),
+            volume_db=p.volume,
+            where=ctx.where,
         )
 
         def on_digit(d: str) -> None:

@@ -1,6 +1,6 @@
 """Text to speech for ``say:``: espeak-ng run as a separate process (its GPL stays at arm's length).
 
-Voice choice (see docs/play.md): a ``say_voice`` that names an espeak-ng voice (``en-us``,
+Voice choice (see docs/methods.md, play): a ``say_voice`` that names an espeak-ng voice (``en-us``,
 ``espeak.fr``, ``de+m3``) is used as is; a hosted voice name (``Polly.Joanna``,
 ``gcloud.en-US-Neural2-A``, ``azure.en-US-AvaNeural``) lends its language code when it has one;
 otherwise ``say_language`` (default ``en-US``) picks the espeak-ng voice, and ``say_gender`` picks a
@@ -58,32 +58,71 @@ def espeak_voices() -> frozenset[str]:
 
 def espeak_voice_for(v: Voice) -> str:
     known = espeak_voices()
-    name = (v.voice or "").strip()
-    if name:
-        base = name[len("espeak.") :] if name.lower().startswith("espeak.") else name
-        lang_part, _, variant = base.partition("+")
-        if lang_part.lower() in known:
-            return lang_part.lower() + (f"+{variant}" if variant else _variant(v.gender))
-    language = v.language
-    if not language and name:
-        m = _LANG_IN_NAME.search(name)
-        if m:
-            language = f"{m.group(1)}-{m.group(2)}"
-    code = _language_code(language or "en-US", known)
+    named = _named_voice(v, known)
+    if named is not None:
+        lang_part, variant = named
+        return lang_part + (f"+{variant}" if variant else _variant(v.gender))
+    code = _language_code(_language_of(v) or "en-US", known) or FALLBACK
     return code + _variant(v.gender)
 
 
-def _language_code(language: str, known: frozenset[str]) -> str:
+#: The voice of a language espeak-ng does not speak.
+FALLBACK = "en-us"
+
+
+def voice_note(v: Voice) -> str | None:
+    """Why ``v`` is not spoken as asked, for a warning: its language (``say_language``, or the code in a
+    hosted voice's name) has no espeak-ng voice, so it is spoken in English. None when it is (or when
+    espeak-ng is not installed: synthesis fails with its own error then)."""
+    known = espeak_voices()
+    language = _language_of(v)
+    if not known or _named_voice(v, known) is not None or language is None:
+        return None
+    if _language_code(language, known) is not None:
+        return None
+    return f"espeak-ng has no voice for language {language!r}: spoken with {FALLBACK} (`espeak-ng --voices` lists them)"
+
+
+def _named_voice(v: Voice, known: frozenset[str]) -> tuple[str, str] | None:
+    """An espeak-ng voice ``say_voice`` names (``fr``, ``espeak.de+m3``): its language and variant."""
+    name = (v.voice or "").strip()
+    base = name[len("espeak.") :] if name.lower().startswith("espeak.") else name
+    lang_part, _, variant = base.partition("+")
+    lang_part = lang_part.lower()
+    if not name or not (lang_part in known or re.fullmatch(r"[a-z]{2,3}", lang_part)):
+        return None
+    code = lang_part if lang_part in known else _language_code(lang_part, known)  # (a bare "fr": fr-fr)
+    return (code, variant) if code is not None else None
+
+
+def _language_of(v: Voice) -> str | None:
+    """``say_language``, else the language code in a hosted voice's name (``gcloud.en-US-Neural2-A``)."""
+    if v.language:
+        return v.language
+    m = _LANG_IN_NAME.search((v.voice or "").strip())
+    return f"{m.group(1)}-{m.group(2)}" if m else None
+
+
+def _language_code(language: str, known: frozenset[str]) -> str | None:
     lang = language.strip().lower().replace("_", "-")
     if lang in known:
         return lang
+    if lang in _SPOKEN_AS and _SPOKEN_AS[lang] in known:
+        return _SPOKEN_AS[lang]
     primary = lang.split("-")[0]
-    if primary in known:
-        return primary
+    for code in (primary, _SPOKEN_AS.get(primary, f"{primary}-{primary}")):  # "en": en-us, not en-029
+        if code in known:
+            return code
     for code in sorted(known):
         if code.startswith(primary + "-"):
             return code
-    return "en-us"
+    return None
+
+
+#: Codes espeak-ng names otherwise: a bare language whose first region alphabetically is not the usual
+#: one ("en" would be en-029), Chinese by its spoken language (zh-CN, zh-TW: Mandarin; zh-HK: Cantonese),
+#: Norwegian as Bokmål.
+_SPOKEN_AS = {"en": "en-us", "zh": "cmn", "zh-hk": "yue", "no": "nb"}
 
 
 def _variant(gender: str | None) -> str:
