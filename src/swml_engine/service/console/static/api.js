@@ -21,15 +21,32 @@ export class ApiError extends Error {
  */
 let csrf = null;
 
-async function request(method, path, { body, query } = {}) {
+/** Whether a request changes something: it then carries the CSRF token. */
+const changes = (method) => method !== 'GET' && method !== 'HEAD';
+
+async function request(method, path, options = {}) {
+  try {
+    return await send(method, path, options);
+  } catch (error) {
+    // Another tab of this browser signed in anew (after a sign-out there, or once the session ran out): the
+    // cookie, shared by the tabs, now names that session, whose CSRF token this page never saw, and every
+    // change it asked for — even a sign-out — was refused (403). Take the session's token and ask once more;
+    // a 401 here means no session at all (the page then asks for the token).
+    if (!(error instanceof ApiError && error.status === 403) || !changes(method) || csrf === null) throw error;
+    const held = csrf;
+    csrf = (await send('GET', '/api/session')).csrf_token || null;
+    if (csrf === held) throw error; // (refused for another reason)
+    return send(method, path, options);
+  }
+}
+
+async function send(method, path, { body, query } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(query || {})) {
     if (value !== undefined && value !== null && value !== '') url.searchParams.set(name, String(value));
   }
   const headers = { Accept: 'application/json' };
-  if (method !== 'GET' && method !== 'HEAD') {
-    if (csrf) headers[CSRF_HEADER] = csrf;
-  }
+  if (changes(method) && csrf) headers[CSRF_HEADER] = csrf;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const answer = await fetch(url, {
     method,
