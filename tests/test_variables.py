@@ -146,6 +146,14 @@ def test_set_and_unset_take_the_vars_prefix() -> None:
     # unset took `vars.x`; set made a variable named 'vars.x' that neither ${vars.x} nor ${x} read.
     res = run_doc("sections: {main: [{set: {vars.x: 1, vars.y: 2}}, {unset: vars.y}, {set: {a: '${vars.x}-${x}'}}]}")
     assert res.vars == {"x": 1, "a": "1-1"}
+    # A name that comes from a placeholder is checked once filled.
+    res = run_doc("sections: {main: [{set: {x: 1, y: 2, n: x}}, {unset: '${vars.n}'}, {unset: ['${\"y.z\"}']}]}")
+    assert res.vars == {"y": 2, "n": "x"}
+    errors = [e["message"] for e in res.events if e["type"] == "error"]
+    assert errors == [
+        "sections.main[2].unset[0]: 'y.z' is not a variable name: ${y.z} reads a field of y, never a variable "
+        "of this name; set or unset y as a whole"
+    ]
 
 
 def test_an_expression_is_one_value_not_statements_or_a_function() -> None:

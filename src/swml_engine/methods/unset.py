@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from swml_engine.document.model import BlockLoader
-from swml_engine.document.params import describe
+from swml_engine.document.params import describe, is_templated
 from swml_engine.errors import ParamError
 from swml_engine.methods.base import Method
 from swml_engine.script.context import not_a_variable_name, variable_name
@@ -23,7 +23,8 @@ class Unset(Method[list[str]]):
         errors = []
         for i, v in enumerate(params):
             why = f"{describe(v)} is not a variable name" if not isinstance(v, str) or not v.strip() else None
-            why = why or not_a_variable_name(v)
+            if why is None and not is_templated(v):  # a placeholder is checked once filled, as the step runs
+                why = not_a_variable_name(v)
             if why is not None:
                 errors.append(ParamError(f"{where}[{i}]", why))
         return errors
