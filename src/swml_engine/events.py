@@ -6,6 +6,7 @@ The types are listed in :data:`swml_engine.vocabulary.EventType` (and docs/metho
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import IO, Any
 
 from swml_engine.vocabulary import EventType
 
+log = logging.getLogger(__name__)
 Sink = Callable[[dict[str, Any]], None]
 
 
@@ -58,11 +60,28 @@ class EventLog:
 
 
 class JsonlSink:
-    """Writes one JSON object a line, flushed at once so a crash loses no event."""
+    """Writes one JSON object a line, flushed at once so a crash loses no event.
+
+    A write the disk refuses (full) costs the log lines, never the call: the emitting code (a call's
+    answer, its media, its end) goes on. What did not reach the disk stays in the file's buffer and goes
+    out with a later flush once there is room, whole lines in order; past the buffer's size, events are
+    left out of the file. Logged at the first failure."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        #: Events whose write or flush failed (some of them may still reach the file).
+        self.failed = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        except OSError as e:
+            self.failed += 1
+            if self.failed == 1:
+                log.error(
+                    "event log %s cannot be written (%s): the call goes on, its events may be missing from the "
+                    "file: free space on that disk",
+                    getattr(self.stream, "name", "?"),
+                    e.strerror or e,
+                )

@@ -6,8 +6,10 @@ recording uploaded, once."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HttpServer, read_wav
+from conftest import HttpServer, read_wav, small_filesystem
 from s3_server import S3Server, s3_server_fixture, sha256  # noqa: F401  (the session fixture)
 
 from .peers import Engine, free_port, run_sipp, scenario, wait_for
@@ -160,6 +162,32 @@ def _down_then_back(eng: Engine, s3: S3Server, tmp_path: Path) -> None:
         assert again.stop() == 0
     assert "Traceback" not in again.log()
     assert not set(first) & set(second)  # four recordings, each once
+
+
+def test_a_full_spool_disk_fails_the_recordings_not_the_calls(
+    engine: EngineFactory, s3_server: S3Server, aws_env: Callable[[S3Server], None], tmp_path: Path
+) -> None:
+    """The data directory (the spool, the calls' event logs, the index) on a disk that fills up: calls
+    are answered and run all the same (they got 500 at the first line of their event log, with
+    tracebacks), the log says what is full, and once there is room recordings go up again."""
+    bucket = s3_server.bucket()
+    aws_env(s3_server)
+    with small_filesystem(tmp_path / "data-0", "1m") as data:  # (the engine fixture's first data directory)
+        eng = engine(SCRIPT.format(status="http://127.0.0.1:9/none"), "--storage", f"s3://{bucket}/full")
+        fd = os.open(data / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, bytes(65536))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        calls(eng, tmp_path / "sipp-full", 1)  # answered, recorded (in vain) and hung up by the engine
+        assert "cannot be written (No space left on device)" in eng.log() and "Traceback" not in eng.log()
+        (data / "filler").unlink()
+        calls(eng, tmp_path / "sipp-room", 1)
+        assert wait_for(lambda: any(key.endswith(".wav") for key in s3_server.objects(bucket)), 20), eng.log()
+        assert eng.stop() == 0
 
 
 def _checked(s3: S3Server) -> list[str]:

@@ -624,7 +624,8 @@ class Service:
                         self.uploads.add(rec.recording_id)
             await transport.close()
             if events_file is not None:
-                events_file.close()
+                with contextlib.suppress(OSError):  # (a full disk: its sink has said so)
+                    events_file.close()
 
     async def _fetch(self, call: Call, variables: Variables) -> Document | None:
         """The call's script from --script-url; None when the caller cancelled meanwhile (its 487 was
