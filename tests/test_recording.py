@@ -567,3 +567,39 @@ def test_a_pause_leaves_out_exactly_its_time_and_nothing_more(tmp_path: Path, be
     assert len(audio) / RATE == pytest.approx(expected, abs=0.001), len(audio) / RATE
     assert meta["duration"] == pytest.approx(expected, abs=0.001)
     assert meta["end_time"] - meta["start_time"] == pytest.approx(2.0, abs=0.001)
+
+
+def test_a_recording_started_while_the_media_tick_runs_late_says_where_its_first_sample_is(tmp_path: Path) -> None:
+    """On a real clock a tick may be overdue when a recording starts (a busy machine; opening an MP4
+    writer or loading the VAD model blocks the loop as long): its first frame is then the overdue
+    tick's, which began before that instant, and call_time says so, to the sample. The loop is held 50 ms
+    just before the start; the caller's tone begins at 1.0 s of the call."""
+    import time
+
+    from swml_engine.call import Call, CallOptions
+    from swml_engine.recording.recorder import RecordSettings, recordings_of
+    from swml_engine.transports.simulated import CallerScript, SimulatedTransport
+
+    caller = np.concatenate([np.zeros(RATE, dtype=np.int16), tone(440, 2.0, level=0.5)])
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        call = Call(SimulatedTransport(RATE, CallerScript(caller)), options=CallOptions(data_dir=tmp_path / "out"))
+        call.start()
+        await call.answer()
+        await asyncio.sleep(0.3)
+        time.sleep(0.05)  # the loop held: the next tick is overdue when the recording starts
+        recording = recordings_of(call).start(RecordSettings(method="record_call", control_id="late"))
+        await asyncio.sleep(1.0)
+        await recording.stop("stop_record_call")
+        await call.hangup()
+        await call.finish()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    (meta,) = recordings(tmp_path)
+    audio = audio_of(meta, tmp_path)
+    onset = int(np.argmax(np.abs(audio.astype(np.int32)) > 1000)) / RATE
+    assert meta["call_time"] + onset == pytest.approx(1.0, abs=0.001), (meta["call_time"], onset)

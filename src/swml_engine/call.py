@@ -170,10 +170,11 @@ class Call:
 
     def next_frame_at(self) -> float:
         """Seconds since the call started at which the next frame the taps see begins: a tap attached
-        now (a recording) starts there, not now — the frame of this instant may have gone by already."""
+        now (a recording) starts there, not now — the frame of this instant may have gone by already,
+        or, when the loop runs late, not have been ticked yet (its start is then before now)."""
         if not self._ticking:
             return self.now()
-        return max(self.now(), MediaTicker.for_loop(self.loop).next_due() - self.t0)
+        return MediaTicker.for_loop(self.loop).next_due() - self.t0
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
