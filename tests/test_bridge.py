@@ -20,9 +20,10 @@ from swml_engine.callbacks import CallbackHub
 from swml_engine.dialing import DialTarget
 from swml_engine.document.loader import load_text
 from swml_engine.events import EventLog
-from swml_engine.media.bridge import Bridge, BridgeEnd, StreamResampler
+from swml_engine.media.bridge import Bridge, BridgeEnd
 from swml_engine.media.clock import VirtualTimeLoop
 from swml_engine.media.frame import samples_per_frame
+from swml_engine.media.resampler import StreamResampler
 from swml_engine.methods import REGISTRY
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call

@@ -23,6 +23,7 @@ from conftest import dtmf_tones, read_jsonl, read_wav, tone
 from swml_engine.call import Call
 from swml_engine.media.inband_dtmf import InbandDtmfDetector
 from swml_engine.service.server import Service
+from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.message import Response
 from swml_engine.transports.sip.sdp import parse_offer
 
@@ -359,6 +360,52 @@ def test_a_far_party_changing_codec_and_rate_by_reinvite_stays_heard_both_ways(
         assert share(at(left, *window), CALLER_HZ) > 0.8 and share(at(right, *window), FAR_HZ) > 0.8
 
     run(body, tmp_path, monkeypatch)
+
+
+def seam(samples: np.ndarray, freq: float, rate: int) -> float:
+    """The worst departure of a tone from a clean sinusoid, as a share of its amplitude: each 10 ms is
+    fitted with a sine of ``freq`` (a click or a step at a frame's edge stands out of the fit)."""
+    n = rate // 100
+    t = np.arange(n) / rate
+    basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
+    worst = 0.0
+    for i in range(0, len(samples) - n + 1, n // 2):
+        piece = samples[i : i + n].astype(np.float64)
+        fit, *_ = np.linalg.lstsq(basis, piece, rcond=None)
+        worst = max(worst, float(np.max(np.abs(piece - basis @ fit)) / max(np.hypot(*fit), 1.0)))
+    return worst
+
+
+@pytest.mark.parametrize(("first", "then"), [("PCMU", "G722"), ("G722", "PCMU")])
+def test_a_caller_changing_codec_and_rate_mid_bridge_is_heard_and_recorded_without_a_seam(
+    first: str, then: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recording keeps the call at its first rate; the caller's new codec runs at the other one.
+    Each frame converted on its own left a step at every frame's edge (a 50 Hz buzz) in what the caller
+    heard and in the recording's left channel."""
+    marks: dict[str, float] = {}
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(0.5)
+        caller.use_codec(then)
+        await reinvite(caller, "sendrecv")
+        marks["changed"] = call.now()
+        since = len(caller.heard)
+        await asyncio.sleep(1.5)
+        marks["bye"] = call.now()
+        heard, rate = caller.heard_audio(since), caller.info.rate
+        await hang_up(caller, far)
+        assert call.rate == SUPPORTED[first].rate  # (the recording held it)
+        assert seam(heard[rate // 5 :], FAR_HZ, rate) < 0.06
+        meta = await finished_recording(tmp_path)
+        start, recorded = float(meta["call_time"]), SUPPORTED[first].rate
+        left, right = channels(meta, recorded)
+        window = (marks["changed"] - start + 0.3, marks["bye"] - start - 0.1)
+        assert seam(at(left, *window, rate=recorded), CALLER_HZ, recorded) < 0.06
+        assert share(at(right, *window, rate=recorded), FAR_HZ, recorded) > 0.8
+
+    run(body, tmp_path, monkeypatch, caller={"codec": first})
 
 
 def test_a_wideband_caller_bridged_to_a_narrowband_far_party_is_recorded_at_16_khz(

@@ -7,7 +7,8 @@ call hands its speak frame over in ``media_in``, after every call on the loop ha
 the other call mixes it in at its next ``media_out``. So the audio crosses in exactly one frame (20 ms)
 whatever order the two calls tick in, and every frame crosses once: a frame the far end lost is
 silence of its length, as on any call. Legs at different rates (8 kHz PCMU/PCMA, 16 kHz G.722) are
-resampled on the way (:class:`StreamResampler`, adding its filter's fixed delay, under 1.5 ms).
+resampled on the way (:mod:`~swml_engine.media.resampler`, adding its filter's fixed delay, under
+1.5 ms).
 
 Digits cross too: a digit a party sent as an event (RFC 4733, a simulated key press) is sent on to
 the other party in order, one at a time (as an event to a party that takes them, else as tones by its
@@ -29,14 +30,11 @@ The recorders need nothing of this: they are taps of the caller's call and see w
 from __future__ import annotations
 
 import asyncio
-from math import gcd
 from typing import Literal
-
-import numpy as np
-import numpy.typing as npt
 
 from swml_engine.call import BridgedLeg, Call
 from swml_engine.media.frame import Frame
+from swml_engine.media.resampler import RateConverter
 from swml_engine.transports.base import DtmfPath
 
 #: A bridge's state: created, early (the far party's audio reaches the caller, not the other way:
@@ -49,39 +47,6 @@ BridgeEnd = Literal["caller_ended", "far_ended", "stopped"]
 MAX_PENDING_DIGITS = 32
 #: How long a digit sent across lasts (the tone, or the RFC 4733 event).
 DIGIT_SECONDS = 0.1
-#: Taps of the resampling filter: the passband keeps the telephone band (to 85 % of the lower
-#: Nyquist frequency), the stopband is ~50 dB down; its delay is (taps - 1) / 2 samples at the
-#: upsampled rate (1.44 ms between 8 and 16 kHz).
-RESAMPLER_TAPS = 47
-
-
-class StreamResampler:
-    """Mono int16 at one rate to another, frame by frame, with no gap or click between frames
-    (the filter keeps its history). Each input of ``n`` samples gives exactly ``n * to / from``."""
-
-    def __init__(self, from_rate: int, to_rate: int, taps: int = RESAMPLER_TAPS) -> None:
-        common = gcd(from_rate, to_rate)
-        self.from_rate, self.to_rate = from_rate, to_rate
-        self._up, self._down = to_rate // common, from_rate // common
-        cutoff = 0.85 * min(from_rate, to_rate) / 2 / (from_rate * self._up)  # cycles per upsampled sample
-        n = np.arange(taps) - (taps - 1) / 2
-        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 5.0)
-        self._h: npt.NDArray[np.float32] = (h * self._up / h.sum()).astype(np.float32)
-        self._history = np.zeros(taps - 1, dtype=np.float32)
-
-    @property
-    def delay(self) -> float:
-        """The filter's delay in seconds."""
-        return (len(self._h) - 1) / 2 / (self.from_rate * self._up)
-
-    def __call__(self, samples: Frame) -> Frame:
-        up = np.zeros(len(samples) * self._up, dtype=np.float32)
-        up[:: self._up] = samples
-        buf = np.concatenate([self._history, up])
-        self._history = buf[len(buf) - len(self._history) :]
-        y = np.convolve(buf, self._h, mode="valid")[:: self._down]
-        out: Frame = np.clip(np.rint(y), -32768, 32767).astype(np.int16)
-        return out
 
 
 class _Side:
@@ -93,7 +58,8 @@ class _Side:
         self.other: _Side | None = None
         #: This call's speak frame of the last tick, at its own rate, for the other side to take.
         self._spoken: Frame | None = None
-        self._resampler: StreamResampler | None = None
+        #: This side's frames to the other call's rate (a new filter when a leg's codec changes it).
+        self._convert_rate = RateConverter()
         self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
         self._sender: asyncio.Task[None] | None = None
         #: A digit of the other party's is being sent to this call: its key (tones or event) takes the
@@ -122,16 +88,7 @@ class _Side:
         frame, other._spoken = other._spoken, None  # taken once: no frame crosses twice
         if self._keyed:
             return None
-        return other._convert(frame, self.call.rate)
-
-    def _convert(self, frame: Frame, rate: int) -> Frame:
-        """This side's frame at ``rate`` (rates may change when a leg's codec is chosen: a new filter then)."""
-        if self.call.rate == rate:
-            return frame
-        r = self._resampler
-        if r is None or r.from_rate != self.call.rate or r.to_rate != rate:
-            r = self._resampler = StreamResampler(self.call.rate, rate)
-        return r(frame)
+        return other._convert_rate(frame, other.call.rate, self.call.rate)
 
     # --- Link: digits -----------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ from typing import cast
 import numpy as np
 
 from swml_engine.connections import descriptor_limit, descriptors_in_use
-from swml_engine.media.frame import Frame, Samples
+from swml_engine.media.frame import Frame
+from swml_engine.media.resampler import RateConverter
 from swml_engine.transports.sip import names
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
@@ -197,21 +198,6 @@ class RtpTally:
 TALLY = RtpTally()
 
 
-def convert_rate(samples: Samples, from_rate: int, to_rate: int) -> Samples:
-    """8 kHz ↔ 16 kHz for a call whose codec changed rate mid-call (rare): pairwise mean / linear fill."""
-    if from_rate == to_rate:
-        return samples
-    if from_rate == 2 * to_rate:
-        pairs = samples[: len(samples) // 2 * 2].astype(np.int32).reshape(-1, 2)
-        down: Samples = (pairs.sum(axis=1) // 2).astype(np.int16)
-        return down
-    if to_rate == 2 * from_rate:
-        x = samples.astype(np.float32)
-        mid = (x + np.append(x[1:], x[-1:])) / 2
-        return np.stack([x, mid], axis=1).reshape(-1).astype(np.int16)
-    raise ValueError(f"cannot convert {from_rate} Hz to {to_rate} Hz")
-
-
 class _PendingDigit:
     def __init__(self, code: int, frames: int, done: asyncio.Future[None]) -> None:
         self.code = code
@@ -234,6 +220,10 @@ class RtpStream(asyncio.DatagramProtocol):
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.call_rate = call_rate
+        #: The caller's audio to the call's rate, and the call's to the codec's, when they differ (a
+        #: codec that changed rate mid-call while a recording runs at the first): filters kept across
+        #: frames, so the audio has no seam every 20 ms.
+        self._read_rate, self._write_rate = RateConverter(), RateConverter()
         self.on_digit = on_digit
         self.stats = RtpStats()
         TALLY.opened(self)
@@ -503,7 +493,7 @@ class RtpStream(asyncio.DatagramProtocol):
         frame = self._jitter.pop()
         if frame is None:
             return None
-        return convert_rate(frame, self.codec.rate, self.call_rate)
+        return self._read_rate(frame, self.codec.rate, self.call_rate)
 
     def skip(self, frames: int) -> None:
         if self._jitter is not None:
@@ -593,7 +583,7 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._digits:
             self._send_digit_step(media, codec)
             return
-        samples = convert_rate(frame, self.call_rate, codec.rate)
+        samples = self._write_rate(frame, self.call_rate, codec.rate)
         per_packet, units = self._per_packet, self._units
         if not len(self._out) and len(samples) == per_packet:  # the usual case: one frame, one packet
             self._send_audio(media.payload_type, codec.encode(samples), units)
