@@ -146,6 +146,29 @@ def test_offerless_reinvite_moves_media_to_the_answer_in_the_ack(engine: EngineF
             peer.close()
 
 
+def test_a_delayed_offer_answered_in_a_multipart_ack_sends_media_to_its_sdp_part(engine: EngineFactory) -> None:
+    """A carrier's delayed-offer INVITE (no SDP): our 200 makes the offer, and its ACK carries the answer
+    beside an ISUP part (RFC 5621, as its INVITEs do): the media goes where the SDP part says."""
+    eng = engine(LONG_CALL)
+    peer = SipPeer(eng.port)
+    with sinks(1) as [sink]:
+        try:
+            ok = invite_answered(peer, "")
+            assert any(line.startswith("m=audio") for line in sdp_of(ok))
+            body = (
+                "--b1\r\nContent-Type: application/ISUP;version=itu-t92+\r\n\r\n\x01\x00\x49"
+                + "\r\n--b1\r\nContent-Type: application/sdp\r\n\r\n"
+                + sdp_offer(sink.port)
+                + "\r\n--b1--\r\n"
+            )
+            peer.request("ACK", 1, to_tag=to_tag(ok), body=body, content_type='multipart/mixed;boundary="b1"')
+            assert sink.flows(), eng.log()[-2000:]
+            peer.request("BYE", 2, to_tag=to_tag(ok))
+            assert wait_for(lambda: peer.receive(0.1) is not None and 200 in peer.statuses("BYE"), 5)
+        finally:
+            peer.close()
+
+
 @pytest.mark.parametrize("ptime", [10, 30])
 def test_packets_are_paced_at_the_offered_ptime(engine: EngineFactory, ptime: int) -> None:
     eng = engine(LONG_CALL)

@@ -156,7 +156,8 @@ class InviteReceived(SipEvent):
 @dataclass(frozen=True, eq=False)
 class AckReceived(SipEvent):
     """The ACK for our 2xx (to the INVITE, or to a re-INVITE); ``body`` holds the answer when our 2xx
-    carried the offer (a delayed offer), else nothing."""
+    carried the offer (a delayed offer), else nothing: the SDP the ACK carries (a multipart body's SDP
+    part), never another kind of body."""
 
     call: ServerCall
     body: bytes
@@ -591,7 +592,7 @@ class UserAgent:
         self._drain(retransmitter, now)
         call.retransmitter = None
         call.state = UasState.CONFIRMED
-        self._event(AckReceived(call, ack.body))
+        self._event(AckReceived(call, ack.sdp))  # (a multipart body: its SDP part, as for an INVITE)
 
     def _cancel(self, cancel: Request, peer: Peer, now: float) -> None:
         invite_tx = self.table.invite_for(cancel)
