@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,12 @@ def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
         down = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
         with pytest.raises(StorageUnreachable, match="check AWS_ENDPOINT_URL and that the server is up"):
             asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", down).check())
+    # One that takes the connection and never answers (hung, overloaded) is given CHECK_TIMEOUT, not the
+    # request timeout (120 s): the start goes on without it, taking calls.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        hung = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        with pytest.raises(StorageUnreachable, match=r"no answer from http://127\.0\.0\.1:\d+ within 5 s: check"):
+            asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", hung).check())
 
 
 def test_a_long_file_goes_up_in_parts_and_reads_back_by_range(s3_server: S3Server, tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ CONNECT_TIMEOUT = timedelta(seconds=5)
 REQUEST_TIMEOUT = timedelta(seconds=120)
 CLIENT_RETRIES = 2
 CLIENT_RETRY_TIMEOUT = timedelta(seconds=20)
+#: How long the start waits for the bucket's first answer (a server that takes connections but never
+#: answers would otherwise hold the start for REQUEST_TIMEOUT, no calls taken meanwhile).
+CHECK_TIMEOUT = 5.0
 
 #: S3's rules for a bucket name (3-63 characters: lower-case letters, digits, dots, hyphens).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -185,11 +188,20 @@ class ObjectStore:
 
     async def check(self) -> None:
         """At start: the bucket exists and lets us in (one listing of at most one object). StorageError
-        when it is missing or refuses us; StorageUnreachable when the server does not answer."""
-        try:
-            stream = obstore.list(self._s3, chunk_size=1)
-            async for _ in stream:
+        when it is missing or refuses us; StorageUnreachable when the server does not answer (within
+        :data:`CHECK_TIMEOUT`)."""
+
+        async def first() -> None:
+            async for _ in obstore.list(self._s3, chunk_size=1):
                 break
+
+        try:
+            await asyncio.wait_for(first(), CHECK_TIMEOUT)
+        except TimeoutError:
+            raise StorageUnreachable(
+                f"--storage {self.url}: no answer from {self.settings.where()} within {CHECK_TIMEOUT:g} s: "
+                "check AWS_ENDPOINT_URL and that the server is up"
+            ) from None
         except Exception as e:
             why = _reason(e)
             hint = "create it, or fix the name or the endpoint"
