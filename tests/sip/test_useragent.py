@@ -6,6 +6,8 @@ moves time itself, so every RFC timer is checked exactly and nothing depends on 
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass, field
 
 import pytest
@@ -361,6 +363,51 @@ def test_an_unanswered_bye_is_reported_once_after_timer_f() -> None:
     run.advance(40)
     [failed] = [e for e in run.events if isinstance(e, RequestFailed)]
     assert failed.method == "BYE" and failed.why == "no answer"
+
+
+def _ended_before_its_ack(run: Run, caller: Caller, how: str) -> ServerCall:
+    """A call whose 2xx still waits for its ACK when it ends: ``how`` it ends."""
+    run.events.clear()  # (the events name the calls: the application lets them go once handled)
+    run.clear()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    caller.to_tag = call.local_tag
+    if how == "we hang up":  # a script that answers and hangs up at once: the ACK is still on its way
+        run.ua.bye(call, run.now)
+        run.act()
+        [(bye, _)] = run.requests("BYE")
+        run.feed(Response(status=200, headers=bye.headers.copy()).encode(), caller.peer)
+    elif how == "the caller hangs up":  # its ACK lost, its BYE comes
+        caller.cseq = 2
+        run.feed(caller.request("BYE")[0], caller.peer)
+    else:  # a re-INVITE answered while the first 2xx waits for its ACK, then the caller's BYE
+        caller.cseq = 2
+        run.feed(caller.request("INVITE", body=SDP)[0], caller.peer)
+        run.ua.answer_reinvite(call, 200, run.now, SDP)
+        run.act()
+        run.feed(caller.request("ACK", cseq=2)[0], caller.peer)
+        caller.cseq = 3
+        run.feed(caller.request("BYE")[0], caller.peer)
+    run.feed(caller.request("ACK", cseq=1)[0], caller.peer)  # late, or never: either way the call is over
+    assert call.ended
+    return call
+
+
+@pytest.mark.parametrize("how", ["we hang up", "the caller hangs up", "a re-INVITE before the ACK"])
+def test_a_call_ended_before_its_ack_leaves_nothing_behind(how: str) -> None:
+    """Each call ended while our 2xx waited for its ACK — a script that hangs up at once, a connect
+    that fails at once, a caller whose ACK was lost — once kept its call (the INVITE, the dialog, the
+    2xx) in the core for the life of the process: a service up for days grew with every such call."""
+    run = Run()
+    calls = [
+        weakref.ref(_ended_before_its_ack(run, Caller(call_id=f"early-{n}", port=6000 + n), how)) for n in range(3)
+    ]
+    run.events.clear()
+    run.advance(64)  # every transaction over: the BYEs' and the INVITEs'
+    gc.collect()
+    assert [call() for call in calls] == [None, None, None]
+    assert run.ua.calls == 0 and len(run.ua.table) == 0 and run.ua.get_timer() is None
 
 
 def test_reinvite_waits_for_the_application_and_its_2xx_waits_for_the_ack() -> None:

@@ -881,9 +881,7 @@ class UserAgent:
         call.dialog.terminate()
         self._forget_setting_up(call)
         self._calls.pop(call.id, None)
-        if call.retransmitter is not None:
-            call.retransmitter.ack_received(0.0)  # (stops it: the call is over)
-            call.retransmitter = None
+        self._stop_retransmitting(call)  # (the call is over: its 2xx waits for no ACK now)
 
     def _forget_setting_up(self, call: ServerCall) -> None:
         try:
@@ -894,8 +892,7 @@ class UserAgent:
             del self._setting_up[key]
 
     def _retransmit_2xx(self, call: ServerCall, response: Response, now: float) -> None:
-        if call.retransmitter is not None:
-            call.retransmitter.ack_received(now)
+        self._stop_retransmitting(call)  # (an earlier 2xx still unacked: this one takes its place)
         retransmitter = TwoXxRetransmitter(response, now=now, timing=self.timing)
         call.retransmitter = retransmitter
         self._where[retransmitter] = _reply_destination(call.invite, call.peer)
@@ -968,10 +965,23 @@ class UserAgent:
         for event in machine.take_events():
             self._on_machine_event(machine, event, now)
         if machine.done:
-            self._where.pop(machine, None)
-            self._machine_call.pop(machine, None)
-            if isinstance(machine, ClientTransaction):
-                self._owners.pop(machine, None)
+            self._forget(machine)
+
+    def _stop_retransmitting(self, call: ServerCall) -> None:
+        """Stop the 2xx of ``call`` that waits for its ACK, if one does, and forget it — the table lets a
+        stopped machine go at once, and nothing drains it later: kept here, every call that ended before
+        its ACK came (a script hanging up at once, a caller whose ACK was lost) stayed in memory."""
+        retransmitter, call.retransmitter = call.retransmitter, None
+        if retransmitter is not None:
+            retransmitter.ack_received(0.0)
+            self._forget(retransmitter)
+
+    def _forget(self, machine: object) -> None:
+        """Let go of what this core keeps of a machine that is over (where it sends, its call, its owner)."""
+        self._where.pop(machine, None)
+        self._machine_call.pop(machine, None)
+        if isinstance(machine, ClientTransaction):
+            self._owners.pop(machine, None)
 
     def _on_machine_event(self, machine: object, event: TxEvent, now: float) -> None:
         call = self._machine_call.get(machine)
