@@ -68,6 +68,18 @@ def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
             asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", hung).check())
 
 
+def test_a_refusal_says_what_the_storage_answered(s3_server: S3Server) -> None:
+    """The bucket removed under a running service: its uploads' error (the log line an operator reads)
+    gives S3's error code and message, which the first line of the client's error cut off."""
+    bucket = s3_server.bucket()
+    objects = store(s3_server, f"s3://{bucket}/p")
+    s3_server.client().delete_bucket(Bucket=bucket)
+    with pytest.raises(StorageError) as e:
+        asyncio.run(objects.put_bytes("r.json", b"{}", {}))
+    assert str(e.value).startswith(f"upload of s3://{bucket}/p/r.json failed: ")
+    assert str(e.value).endswith("404 Not Found: NoSuchBucket (The specified bucket does not exist)"), e.value
+
+
 def test_a_long_file_goes_up_in_parts_and_reads_back_by_range(s3_server: S3Server, tmp_path: Path) -> None:
     bucket = s3_server.bucket()
     objects = store(s3_server, f"s3://{bucket}/site")

@@ -50,6 +50,8 @@ CLIENT_RETRY_TIMEOUT = timedelta(seconds=20)
 #: answers would otherwise hold the start for REQUEST_TIMEOUT, no calls taken meanwhile).
 CHECK_TIMEOUT = 5.0
 
+#: The error in an S3 answer's XML body: its code (NoSuchBucket, AccessDenied ...) and message.
+_S3_ERROR = re.compile(r"<Code>([^<]{1,100})</Code>\s*(?:<Message>([^<]{0,200})</Message>)?")
 #: S3's rules for a bucket name (3-63 characters: lower-case letters, digits, dots, hyphens).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 #: A prefix: path segments of safe characters (no "..", no empty segment).
@@ -315,6 +317,13 @@ def _status(why: str, code: int) -> bool:
 
 
 def _reason(e: BaseException) -> str:
-    """An obstore error's first line (the rest is a debug dump of the request), bounded."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:300]
+    """An obstore error's first line (the rest is a debug dump of the request), bounded; the S3 error
+    the server answered (its Code and Message, from the XML body the first line cuts off or ends with)
+    in words: ``404 Not Found: NoSuchBucket (The specified bucket does not exist)``."""
+    whole = str(e).strip()
+    text = whole.splitlines()[0] if whole else type(e).__name__
+    answered = _S3_ERROR.search(whole)
+    if answered is None:
+        return text[:300]
+    code, message = answered[1], answered[2]  # (kept whole: what the server said matters most)
+    return text.split("<?xml", 1)[0].rstrip(" :")[:300] + f": {code}" + (f" ({message})" if message else "")
