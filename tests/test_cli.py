@@ -56,6 +56,23 @@ def test_validate_exit_codes_and_messages(tmp_path: Path) -> None:
     assert r.returncode == 1 and "cannot read" in r.stderr
 
 
+def test_output_piped_into_a_reader_that_has_gone_is_no_traceback(tmp_path: Path) -> None:
+    # `swml run doc.yaml | head -2`: the summary's lines met a closed pipe (a BrokenPipeError traceback).
+    doc = tmp_path / "call.yaml"
+    doc.write_text("sections: {main: [{set: {a: 1}}]}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the summary
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == ""
+    assert (tmp_path / "out" / "vars.json").read_text().strip() == '{\n  "a": 1\n}'
+
+
 def test_run_writes_heard_events_and_vars(tmp_path: Path) -> None:
     caller = tmp_path / "caller.wav"
     caller.write_bytes(wav_bytes(tone(440, 2.0, rate=16000), 16000))

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # (the run's modules load when it runs: swml validate starts 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 #: Ctrl-C (SIGINT) ended the run: 128 + the signal's number, as shells report it.
 EXIT_INTERRUPTED = 130
+#: The reader of the output went away (``swml validate doc.yaml | head -1``): 128 + SIGPIPE, as a shell
+#: reports a command that a closed pipe stopped.
+EXIT_BROKEN_PIPE = 141
 
 
 def _seconds(text: str) -> float:
@@ -403,9 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except KeyboardInterrupt:  # before or after a run's call (during one, CtrlC takes it)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `swml run doc.yaml | head -2`: only printing was left (a run's outputs are written before its
+        # summary). Python flushes both streams once more at exit: point them at /dev/null, or that
+        # flush fails too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
