@@ -191,6 +191,25 @@ def test_a_recording_deleted_during_its_upload_leaves_no_object(tmp_path: Path) 
     assert bucket.objects == {} and not list(root.iterdir())
 
 
+def test_the_metadata_an_upload_left_behind_is_not_sent_again_without_its_audio(tmp_path: Path) -> None:
+    """A process killed between the removal of an uploaded recording's audio and of its metadata file: at
+    the next start the file is removed, and the bucket keeps the metadata naming the audio (it was put
+    there again with ``storage.audio: null``, size 0: the API then never found the audio)."""
+    root = tmp_path / "recordings"
+    audio = spool(root, "r")
+    store, bucket = RecordingStore(root), MemoryBucket()
+
+    async def run() -> tuple[str, str]:
+        first = await Uploader(bucket, lambda: store).upload("r")
+        (root / "r.json").write_bytes(bucket.objects["r.json"])  # what the kill left: the metadata alone
+        return first, await Uploader(bucket, lambda: store).upload("r")
+
+    assert on_virtual_time(run) == ("uploaded", "gone") and not list(root.iterdir())
+    meta = json.loads(bucket.objects["r.json"])
+    assert meta["storage"]["audio"] == "s3://rec/site/r.wav" and meta["storage"]["size"] == len(audio)
+    assert bucket.objects["r.wav"] == audio
+
+
 @pytest.mark.parametrize("stored", [3000, 2999])
 def test_an_upload_is_confirmed_by_the_size_stored(tmp_path: Path, stored: int) -> None:
     root = tmp_path / "recordings"

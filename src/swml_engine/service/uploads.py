@@ -355,6 +355,12 @@ class Uploader:
         except FileNotFoundError:
             if part_path(audio).exists():
                 return "live"  # an MP4 still being written (or left by a crash: recovery's)
+            if isinstance(meta.get("storage"), dict) and meta["storage"].get("audio"):
+                # Uploaded, and the process killed between the removal of its audio and of this file:
+                # the bucket holds both. (Sent again as a recording without audio, it would have its
+                # metadata in the bucket and the index say it has none.)
+                store.remove_local(recording_id, str(meta.get("format")))
+                return "gone"
             try:  # a recording without audio (it failed at its start): its metadata alone
                 audio, fd = None, os.open(store.meta_path(recording_id), os.O_RDONLY)
             except FileNotFoundError:
