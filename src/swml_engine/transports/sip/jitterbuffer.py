@@ -6,11 +6,20 @@ into silence of exactly its length — the frame count on our side never depends
 recordings keep the call's full length. A new SSRC, a timestamp jump no reordering explains, or a run of
 packets that all come too late (the sender fell behind the playout and stays there: it paused while
 we played on, or a stalled machine skipped our ticks) starts a new timeline at the current playout point.
+
+A sender whose clock runs fast or slow against ours (a few hundred ppm is common, 0.5% is seen) sends
+more or less than a frame per tick: how much audio waits ahead of playout drifts a frame every few
+seconds to minutes. Watched over each second, the wait is kept near the delay one frame at a time —
+a frame dropped when even its shortest of the second was two frames over, a frame of silence played
+when even its longest was a frame under while the sender sent all along — so the latency does not
+grow (it grew to 200 ms over the delay, then 200 ms of audio were cut at once) nor run out (every few
+seconds, late packets lost and a new timeline started).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +28,11 @@ from swml_engine.media.frame import Samples
 #: Packets in a row that come after their audio was played: one or two are jitter (dropped); this many
 #: mean the sender's timeline fell behind ours for good, and it is started again where we play.
 LATE_RUN = 3
+#: Frames over which the audio waiting ahead of playout is watched for a sender's clock drift (1 s).
+DRIFT_WINDOW = 50
+#: What a window found of the sender's clock against ours: ``fast`` (a frame was dropped), ``slow``
+#: (a frame of silence is played), None: neither.
+Drift = Literal["fast", "slow"] | None
 
 
 @dataclass
@@ -27,6 +41,8 @@ class JitterStats:
     late: int = 0  # arrived after their audio was played out (counted, dropped)
     resyncs: int = 0  # new SSRC or timestamp jump
     concealed_frames: int = 0  # frames with a gap filled by silence
+    drift_dropped: int = 0  # frames dropped: the sender's clock runs fast (kept from adding latency)
+    drift_filled: int = 0  # frames of silence played: the sender's clock runs slow (kept from running dry)
 
 
 class JitterBuffer:
@@ -56,6 +72,11 @@ class JitterBuffer:
         self._high = 0  # end of the latest audio written
         self._purge_at = 64
         self._late_run = 0  # packets in a row that came too late
+        #: This window's frames so far, the least and most audio waiting ahead of playout at their take,
+        #: and whether every one of them was whole (the sender sent all along).
+        self._window = 0
+        self._least = self._most = 0
+        self._whole = True
         self.stats = JitterStats()
 
     def _resync(self, ssrc: int, ts: int) -> None:
@@ -147,7 +168,32 @@ class JitterBuffer:
         """The next 20 ms (gaps filled with silence), or None before the first packet arrived."""
         if not self._started:
             return None
+        if self._drift() == "slow":
+            self.stats.drift_filled += 1
+            return np.zeros(self.frame, dtype=np.int16)  # read_pos stays: the sender's audio waits a frame more
         frame, complete = self._take()
         if not complete:
             self.stats.concealed_frames += 1
+            self._whole = False
         return frame
+
+    def _drift(self) -> Drift:
+        """Once a window: ``fast`` (a frame was dropped) or ``slow`` (play a frame of silence), else None."""
+        waiting = self._high - self.read_pos
+        if self._window == 0:
+            self._least = self._most = waiting
+            self._whole = True
+        else:
+            self._least = min(self._least, waiting)
+            self._most = max(self._most, waiting)
+        self._window += 1
+        if self._window < DRIFT_WINDOW:
+            return None
+        self._window = 0
+        if self._least >= self.delay + 2 * self.frame:
+            self._skip_to(self.read_pos + self.frame)
+            self.stats.drift_dropped += 1
+            return "fast"
+        if self._most <= self.delay - self.frame and self._whole:
+            return "slow"
+        return None

@@ -1,0 +1,56 @@
+"""A sender whose clock runs fast or slow against ours, for a minute: what the listener hears keeps its
+latency, and loses or gains at most a frame at a time.
+
+Found with a far party whose RTP clock ran 0.5% fast across a bridge: the latency grew from 95 ms to
+275 ms over 40 s, then 200 ms of its audio were cut at once (jitterbuffer.max_depth), and again; one
+running 0.5% slow lost packets as late every few seconds and started its timeline again (a gap of
+120 ms each time)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from swml_engine.transports.sip.jitterbuffer import JitterBuffer
+
+FRAME = 160  # 20 ms at 8 kHz
+
+
+def listen(clock: float, seconds: float = 60.0) -> tuple[list[float], list[int | None]]:
+    """Packets of 20 ms of the sender's clock, packet ``i`` arriving at ``i * 0.02 * clock`` s; a frame
+    taken every 20 ms of ours (10 ms after each tick's packets). Each packet's samples hold its number,
+    so each frame says which packet was heard: the latency of each heard packet (s) and, per frame, the
+    packet heard (None: silence)."""
+    jb = JitterBuffer(8000)
+    arrivals = [i * 0.02 * clock for i in range(int(seconds / 0.02 / clock))]
+    latencies: list[float] = []
+    heard: list[int | None] = []
+    sent = 0
+    for k in range(int(seconds / 0.02)):
+        now = k * 0.02 + 0.01
+        while sent < len(arrivals) and arrivals[sent] <= now:
+            jb.push(1, sent * FRAME, np.full(FRAME, sent + 1, np.int16))
+            sent += 1
+        frame = jb.pop()
+        packet = int(frame[0]) - 1 if frame is not None and frame[0] else None
+        heard.append(packet)
+        if packet is not None:
+            latencies.append(now - arrivals[packet])
+    return latencies, heard
+
+
+@pytest.mark.parametrize("clock", [0.995, 1.005], ids=["fast", "slow"])
+def test_a_drifting_sender_keeps_its_latency_and_loses_or_gains_a_frame_at_a_time(clock: float) -> None:
+    latencies, heard = listen(clock)
+    first = latencies[50]  # (once the first second is played)
+    assert max(latencies[50:]) - first <= 0.041, f"the latency grew from {first:.3f} to {max(latencies):.3f} s"
+    assert first - min(latencies[50:]) <= 0.041, f"the latency fell from {first:.3f} to {min(latencies):.3f} s"
+    packets = [p for p in heard[50:] if p is not None]
+    skipped = np.diff(packets) - 1
+    assert skipped.max() <= 1, f"{skipped.max()} packets cut at once"
+    silent = [i for i, p in enumerate(heard[50:]) if p is None]
+    assert all(b - a > 1 for a, b in itertools.pairwise(silent)), "two frames of silence in a row"
+    if clock > 1:  # a slow sender loses nothing: every packet it sent is heard
+        assert skipped.max() == 0
