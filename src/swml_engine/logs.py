@@ -6,7 +6,12 @@ one call goes through :class:`CallLog`, which puts the call's ids on the record 
 (``call_id``, the engine's id: the events file, the HTTP API; ``sip_call_id`` when the call came over
 SIP) and leaves the message text as it is. :class:`CallIdFilter` gives every other record ``"-"`` for
 both, so a handler's format may show ``%(call_id)s`` on every line. :class:`JsonFormatter` writes each
-record as one JSON object a line (``swml serve --log-format json``) for a log collector.
+record as one JSON object a line (``swml serve --log-format json``) for a log collector; :class:`TextFormatter`
+the text lines.
+
+A line may quote what a caller sent (a Call-ID, a From URI): either format writes a character that is not
+printable escaped, so that no caller can start a line of its own or send escapes to the terminal that shows
+the log (the SIP parser takes such characters in a Call-ID or a URI, as it reads liberally).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 #: The record attributes a CallLog sets.
@@ -51,6 +56,36 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 MAX_EXTRA_FIELDS, MAX_VALUE_CHARS = 20, 1000
 
 
+def printable(text: str, escape: Callable[[str], str]) -> str:
+    """``text`` with every character that is not printable — line breaks, terminal escapes (``ESC``, the
+    C1 controls), bidirectional overrides — written as ``escape`` writes it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else escape(c) for c in text)
+
+
+def _as_python(c: str) -> str:
+    return repr(c)[1:-1]  # \x1b, \u202e, \n: as a Python string literal writes it
+
+
+def _as_json(c: str) -> str:
+    return json.dumps(c)[1:-1]  # \u001b: read back as the character itself
+
+
+class TextFormatter(logging.Formatter):
+    """A text line (``swml serve``'s default format): its message, and each line of a traceback, on one
+    printable line each (see the module docstring)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        shown = printable(record.message, _as_python)
+        if shown is not record.message:
+            record = logging.makeLogRecord({**record.__dict__, "message": shown})
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(printable(line, _as_python) for line in super().formatException(ei).split("\n"))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``worker`` (which
     of ``--workers``), ``pid``, ``call_id`` and ``sip_call_id`` (null for a line about no call),
@@ -81,7 +116,8 @@ class JsonFormatter(logging.Formatter):
         for name, value in extra[:MAX_EXTRA_FIELDS]:
             if name not in line:
                 line[name] = _bounded(value)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # (JSON escapes the C0 controls itself; the others — C1, U+2028, bidirectional overrides — so too)
+        return printable(json.dumps(line, ensure_ascii=False, default=str), _as_json)
 
 
 def _id(value: object) -> str | None:

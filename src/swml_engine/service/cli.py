@@ -22,7 +22,7 @@ from pathlib import Path
 
 from swml_engine.connections import ConnectionLimits, raise_descriptor_limit
 from swml_engine.errors import DocumentError
-from swml_engine.logs import CallIdFilter, JsonFormatter
+from swml_engine.logs import CallIdFilter, JsonFormatter, TextFormatter
 from swml_engine.recording.crypt import CryptError, Keyring
 from swml_engine.recording.objectstore import ObjectStore, StorageError
 from swml_engine.service import metrics
@@ -487,8 +487,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(CallIdFilter())  # the lines about no call show [-]
-        if args.log_format == "json":
-            handler.setFormatter(JsonFormatter())
+        # Either way what a caller sent is written escaped (logs.py): a line is one line, and no escapes
+        # reach the terminal that shows it.
+        handler.setFormatter(JsonFormatter() if args.log_format == "json" else TextFormatter(LOG_FORMAT))
     if args.log_level != "debug":
         # (The SIP core logs the first bad packet of each address and counts the rest.)
         # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
