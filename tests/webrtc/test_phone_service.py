@@ -186,6 +186,41 @@ def test_a_page_without_credentials_or_keeping_to_the_protocol_is_refused_and_to
     assert "Traceback" not in eng.log() and " ERROR " not in eng.log(), eng.log()[-3000:]
 
 
+def test_a_page_that_sends_pings_and_reads_nothing_does_not_grow_the_service(
+    engine: Callable[..., Engine], http_server: HttpServer
+) -> None:
+    """uvicorn answered every ping, whatever it held for the page already: a page that sent pings and read
+    nothing made the service keep every pong — its memory grew by more than the pings sent."""
+    eng, http = serve(engine, http_server)
+    assert eng.proc is not None
+    status = Path(f"/proc/{eng.proc.pid}/status")
+
+    def resident() -> int:  # bytes
+        return int(status.read_text().split("VmRSS:")[1].split()[0]) * 1024
+
+    sent = 32 * 1024 * 1024  # (beyond what the kernel buffers of both ends take in)
+
+    async def flood() -> tuple[int, list[dict[str, Any]]]:
+        browser = Browser()
+        sock = await PhoneSocket.open(http, BEARER)
+        await sock.send({"type": "offer", "sdp": await browser.offer()})
+        ringing = await sock.receive()
+        assert not isinstance(ringing, Closed) and ringing["type"] == "ringing", ringing
+        before = resident()
+        await sock.flood_pings(sent)
+        grown = resident() - before
+        # The page reads again: the call's answer is there, and the call goes on to its hang-up.
+        answer = await sock.receive()
+        await sock.send({"type": "hangup"})
+        messages, _ = await sock.until_closed()
+        await browser.pc.close()
+        return grown, [ringing, answer, *messages]
+
+    grown, messages = asyncio.run(flood())
+    assert grown < sent // 2, f"the service grew by {grown / 1e6:.0f} MB for {sent / 1e6:.0f} MB of pings"
+    assert [m["type"] for m in messages] == ["ringing", "answer", "ended"], messages
+
+
 def test_a_call_over_max_calls_is_refused_1013_and_the_live_one_goes_on(
     engine: Callable[..., Engine], http_server: HttpServer
 ) -> None:

@@ -103,6 +103,13 @@ class PhoneSocket:
             messages.append(got)
         return messages, got
 
+    async def flood_pings(self, total: int) -> None:
+        """Send ``total`` bytes of pings, reading nothing meanwhile (a page that stopped reading its socket)."""
+        chunk = self._ws.send(Ping(payload=b"p" * 125)) * 1000
+        for _ in range(total // len(chunk) + 1):
+            self._writer.write(chunk)
+            await asyncio.wait_for(self._writer.drain(), PATIENCE)
+
     async def abort(self) -> None:
         """Drop the connection without a closing handshake (a tab closed, a network gone)."""
         self._writer.transport.abort()

@@ -39,11 +39,13 @@ from typing import Any
 
 import h11
 import uvicorn
+import wsproto.events
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from wsproto.connection import ConnectionState
 
 from swml_engine.connections import ConnectionGate, ConnectionLimits, GuessLimiter
 from swml_engine.service.auth import token_matches
@@ -391,13 +393,31 @@ class GuardedH11Protocol(H11Protocol):
 class GuardedWSProtocol(WSProtocol):
     """uvicorn's wsproto protocol, holding the gate slot of the HTTP connection it was upgraded from
     until the connection closes. Messages, compression and pings are limited by the config
-    (:class:`ApiServer`); a dead peer is found by the pings, not by a timeout of ours."""
+    (:class:`ApiServer`); a dead peer is found by the pings, not by a timeout of ours.
+
+    A peer's pings are answered only while the peer takes what is sent to it: uvicorn writes a pong for
+    every ping whatever its write buffer holds, so a peer that sent pings and never read made the
+    service keep every pong (hundreds of MB a minute, for as long as a call lasted). While the buffer is
+    full, only the latest ping is kept, and answered once the peer reads again (RFC 6455 §5.5.3 allows it)."""
 
     _gate: ConnectionGate | None = None
     _host = ""
+    _unanswered_ping: wsproto.events.Ping | None = None
 
     def hold_slot(self, gate: ConnectionGate, host: str) -> None:
         self._gate, self._host = gate, host
+
+    def handle_ping(self, event: wsproto.events.Ping) -> None:
+        if self.writable.is_set():
+            super().handle_ping(event)
+        else:  # (uvicorn's writes wait on writable: it is clear while the transport's buffer is full)
+            self._unanswered_ping = event
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        ping, self._unanswered_ping = self._unanswered_ping, None
+        if ping is not None and self.conn.state is ConnectionState.OPEN and not self.close_sent:
+            super().handle_ping(ping)
 
     def connection_lost(self, exc: Exception | None) -> None:
         gate, self._gate = self._gate, None  # released exactly once
