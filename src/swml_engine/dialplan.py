@@ -234,7 +234,11 @@ class DialPlan:
             self.legs.append(leg)
             self._over(leg, failure or DialFailure("error"))
             return leg
-        call = Call(transport, events=EventLog(), options=self._far_options())
+        events = EventLog()
+        # Kept in memory only where the caller's are (swml run): a service writes events to files, and a far
+        # leg's list grew with every digit crossing the bridge (or sent by the far end) while the call lasted.
+        events.keep = self.caller.events.keep
+        call = Call(transport, events=events, options=self._far_options())
         call.options.fetches.bind(call.ended)
         # A confirm script's errors are the caller's to see, and the far leg's RTP figures (its rtp.stats,
         # with leg: its call_id); nothing else of the far leg is written there.

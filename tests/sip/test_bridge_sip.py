@@ -509,6 +509,10 @@ def test_rfc_4733_digits_cross_the_bridge_both_ways_once_each_in_order(
         await asyncio.sleep(0.5)  # (nothing more comes: no digit doubled)
         assert far.digit_events() == ["1", "4", "7"]
         assert caller.digit_events() == ["2", "5", "8"]
+        # the far leg's events (its digits, both ways) are not kept in memory while the call lasts: a long
+        # call's far leg once held every one of them
+        [leg] = service.dialer.legs
+        assert leg.call is not None and leg.call.events.events == []
         await hang_up(caller, far)
         await finished_recording(tmp_path)
         digits = [(e["direction"], e["digit"]) for e in events_of(tmp_path) if e["type"] == "dtmf"]
