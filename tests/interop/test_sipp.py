@@ -188,6 +188,25 @@ def test_reinvite_hold_and_resume(engine: EngineFactory, tmp_path: Path) -> None
     assert_covers(meta, events, event_time(events, "call.state", state="ended"), 4.2)
 
 
+def test_a_caller_requiring_session_timers_is_answered_and_its_refreshes_taken(
+    engine: EngineFactory, tmp_path: Path
+) -> None:
+    """sipp requires `timer` (RFC 4028) with 90 s: our 200 agrees it (Session-Expires: 90;refresher=uac,
+    Require: timer — checked by sipp), and its refreshes, a re-INVITE then an UPDATE, are answered with
+    the interval; the call and its recording go on to the caller's BYE (it once got 420 Bad Extension)."""
+    eng = engine(
+        "version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {}\n    - play: {url: 'silence:30'}\n"
+    )
+    res = run_sipp(tmp_path / "sipp", scenario("session_timer"), eng.port)
+    assert res.returncode == 0, res.stdout[-2000:] + sipp_errors(tmp_path / "sipp") + eng.log()[-3000:]
+    eng.wait_idle()
+    events = eng.call_events()[0]
+    ended = [e for e in events if e["type"] == "call.state" and e["state"] == "ended"]
+    assert ended and ended[0]["reason"] == "remote_hangup", ended
+    [meta] = eng.recordings(1)
+    assert meta["state"] == "finished" and meta["duration"] > 1.5
+
+
 def test_delayed_offer(engine: EngineFactory, tmp_path: Path) -> None:
     """INVITE without SDP: our offer goes in the 200 OK (checked by sipp), the caller's answer comes in
     the ACK, and the call is then like any other: its speech on the left of the recording, its digit."""

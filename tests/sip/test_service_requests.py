@@ -49,10 +49,14 @@ def test_in_dialog_requests_keep_the_dialog_tag_and_405_says_allow(engine: Engin
         ok = reply(peer, "OPTIONS")
         assert status(ok) == 200 and tags(ok) == [tag], ok  # one To tag: the dialog's
         assert allow(ok) == ALLOW  # only what we serve
-        for cseq, method in enumerate(("INFO", "REFER", "UPDATE"), 3):
+        for cseq, method in enumerate(("INFO", "REFER"), 3):
             peer.request(method, cseq, to_tag=tag, headers=("Refer-To: <sip:carol@127.0.0.1>",) * (method == "REFER"))
             answer = reply(peer, method)
             assert status(answer) == 405 and allow(answer) == ALLOW and tags(answer) == [tag], answer
+        # an UPDATE without a body is a session refresh (RFC 4028), taken though not offered in Allow
+        peer.request("UPDATE", 5, to_tag=tag)
+        answer = reply(peer, "UPDATE")
+        assert status(answer) == 200 and tags(answer) == [tag], answer
         peer.request("BYE", 6, to_tag=tag)
         assert status(reply(peer, "BYE")) == 200  # the call was never disturbed
     finally:

@@ -89,7 +89,12 @@ log = logging.getLogger(__name__)
 #: The core's events that concern one call the service runs.
 _CALL_EVENTS = (AckReceived, ByeReceived, CancelReceived, ReInvite, CallGone, RequestFailed)
 #: How a CallGone reads in the log.
-_GONE = {"no_ack": "no ACK for our 200 OK", "transport": "its connection failed"}
+_GONE = {
+    "no_ack": "no ACK for our 200 OK",
+    "transport": "its connection failed",
+    "session_expired": "no session refresh came in time (RFC 4028)",
+    "session_refresh_failed": "our session refresh was refused or not answered",
+}
 
 USER_AGENT = "swml-engine"
 #: Seconds a stop waits for cancelled calls to unwind (their finally blocks close files).

@@ -8,14 +8,15 @@ proxies on the way — learn when the other has gone without a BYE. This module 
 (:class:`SessionTimer`, §10). Intervals and times (``since``, the results) are in seconds, as the headers
 write them and as the core's clock (the transactions') gives them.
 
-Whether to use timers at all is the caller's: the service today answers 420 to ``Require: timer``, and
-that decision stays outside this module, as do the refresh request and the BYE themselves.
+:class:`SessionClock` keeps those times for a running session (the calls we answer, useragent.py; the
+calls we place keep their own, uac.py). Whether to use timers at all, the refresh request and the BYE
+themselves stay outside this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from swml_engine.transports.sip.dialog import Role
 from swml_engine.transports.sip.message import BadHeader, Message, Response
@@ -32,6 +33,8 @@ TIMER = "timer"
 #: RFC 4028 §10: the BYE goes this long before the session would expire at most (seconds), or a
 #: third of the interval when that is shorter.
 BYE_MARGIN = 32
+#: A failed refresh of ours is tried again halfway to the expiry while more than this is left (seconds).
+REFRESH_RETRY_MIN = 10.0
 
 
 class SessionTimerError(ValueError):
@@ -236,3 +239,46 @@ def answer_request(message: Message, *, min_se: int = MIN_SE, prefer: Role = Rol
         return Agreed(SessionTimer(floor, Role.UAS, Role.UAS, floor))
     refresher = (asked.refresher or prefer) if supported else Role.UAS
     return Agreed(SessionTimer(asked.interval, refresher, Role.UAS, floor), require=supported)
+
+
+#: What a session's clock says is due: our refresh, or its end (no refresh came in time).
+Due = Literal["refresh", "expire"]
+
+
+class SessionClock:
+    """A running session timer: when we refresh (if we do) and when the session is over without a
+    refresh (§10), counted from the 2xx that agreed it. ``restart`` with each 2xx that agrees the timer
+    anew (a refresh, either way); a refresh of ours that fails is tried again halfway to the expiry."""
+
+    def __init__(self, timer: SessionTimer, now: float) -> None:
+        self.timer = timer
+        self.refresh_at: float | None = None
+        self.expires_at = 0.0
+        self.restart(timer, now)
+
+    def restart(self, timer: SessionTimer, now: float) -> None:
+        self.timer = timer
+        self.refresh_at = timer.refresh_at(now)
+        self.expires_at = timer.expires_at(now)
+
+    def next_timer(self) -> float:
+        return self.expires_at if self.refresh_at is None else min(self.refresh_at, self.expires_at)
+
+    def due(self, now: float) -> Due | None:
+        """What is due at ``now``: the end first; a refresh once (it is in flight until ``restart`` or
+        ``refresh_failed``)."""
+        if now >= self.expires_at:
+            return "expire"
+        if self.refresh_at is not None and now >= self.refresh_at:
+            self.refresh_at = None
+            return "refresh"
+        return None
+
+    def refresh_failed(self, now: float, *, retry_in: float | None = None) -> None:
+        """Our refresh was refused: try again after ``retry_in`` seconds (a 491's wait), else halfway to
+        the expiry — while enough time is left (the gap halves down to :data:`REFRESH_RETRY_MIN`)."""
+        left = self.expires_at - now
+        if retry_in is not None and retry_in < left:
+            self.refresh_at = now + retry_in
+        elif left > REFRESH_RETRY_MIN:
+            self.refresh_at = now + left / 2

@@ -70,6 +70,7 @@ from swml_engine.transports.sip.message import (
 )
 from swml_engine.transports.sip.session_timer import (
     MIN_SE,
+    REFRESH_RETRY_MIN,
     Agreed,
     SessionTimer,
     SessionTimerError,
@@ -127,8 +128,6 @@ MAX_SETUP = 600.0
 #: RFC 3261 §14.1: after a 491, the owner of the Call-ID (us, for calls we place) waits 2.1 to 4 s, in
 #: units of 10 ms.
 GLARE_WAIT = (210, 400)
-#: A failed session refresh is tried again halfway to the expiry while more than this is left (s).
-REFRESH_RETRY_MIN = 10.0
 #: Longest Reason text we write, and the longest Reason we pass up from a BYE.
 MAX_REASON = 100
 MAX_REASON_IN = 200

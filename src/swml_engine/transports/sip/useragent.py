@@ -19,6 +19,11 @@ INVITE it names (200, then 487); a request for a dialog we do not have gets 481;
 one in progress by another path gets 482; OPTIONS gets 200 (503 while calls are refused), naming what we
 take; an INVITE becomes a call (:class:`InviteReceived`), and while calls are refused, 503.
 
+Session timers (RFC 4028) in the calls we answer: the INVITE's ``Session-Expires`` is agreed in our 2xx
+(or refused 422/400 before the call exists), each re-INVITE or body-less UPDATE of the caller agrees it
+anew, our refresh (UPDATE when the caller allows it, else a re-INVITE of our last SDP) goes at half the
+interval when we are the refresher, and a session not refreshed in time gets our BYE (:class:`CallGone`).
+
 Where answers go (RFC 3261 §18.2.2): over TCP back on the request's connection (``Peer.flow``); over UDP to
 the source address when the top Via asks for ``rport`` or names another host (``received``), else to the
 Via's own address. Requests we send go to the next hop the dialog names, as a :class:`Target` the endpoint
@@ -38,6 +43,7 @@ another worker gets 481.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -61,6 +67,15 @@ from swml_engine.transports.sip.message import (
     parse_message,
     response_to,
 )
+from swml_engine.transports.sip.session_timer import (
+    MIN_SE,
+    Agreed,
+    SessionClock,
+    SessionTimer,
+    SessionTimerError,
+    TooSmall,
+    answer_request,
+)
 from swml_engine.transports.sip.transaction import (
     AckReceived as TxAckReceived,
 )
@@ -80,7 +95,7 @@ from swml_engine.transports.sip.transaction import (
     server_key,
 )
 from swml_engine.transports.sip.uri import NameAddr, Uri, split_list
-from swml_engine.transports.sip.validation import ALLOW, SUPPORTED, allow_header, check_request
+from swml_engine.transports.sip.validation import ALLOW, SUPPORTED, Rejection, allow_header, check_request
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +106,9 @@ MAX_QUEUE = 10_000
 MAX_NOISY = 1000
 #: A tag of ours with ``--workers``: the worker's index, a dash, 48 random bits in hex (:func:`worker_of_tag`).
 _WORKER_TAG = re.compile(r"w(\d{1,2})-[0-9a-f]{12}")
-#: Option tags a request in the dialog of a call we placed may require on top of the policy's: RFC 4028
-#: session timers, which the calls we place run (uac.py); the calls we answer do not.
-_PLACED_SUPPORTED = frozenset({"timer"})
+#: RFC 3261 §14.1: after a 491 to our re-INVITE, a UAS that does not own the Call-ID waits 0 to 2 s (in
+#: units of 10 ms).
+GLARE_WAIT = (0, 200)
 
 
 class Transport(StrEnum):
@@ -185,8 +200,9 @@ class ReInvite(SipEvent):
 
 @dataclass(frozen=True, eq=False)
 class CallGone(SipEvent):
-    """The call ended without the application ending it: our 2xx was never ACKed (``no_ack``), or the
-    transport to the peer failed (``transport``)."""
+    """The call ended without the application ending it: our 2xx was never ACKed (``no_ack``), the
+    transport to the peer failed (``transport``), no session refresh came in time (``session_expired``,
+    RFC 4028: our BYE went) or ours was refused for good or not answered (``session_refresh_failed``)."""
 
     call: ServerCall
     why: str
@@ -242,6 +258,14 @@ class ServerCall:
     reinvite: tuple[Request, ServerTransaction] | None = None
     #: Who serves requests of other methods in the dialog, by method (a REFER's NOTIFYs: refer.py).
     handlers: dict[str, RequestHandler] = field(default_factory=dict)
+    #: The session timer the INVITE (or the pending re-INVITE) asked for, as our 2xx will agree it.
+    asked: Agreed = field(default_factory=lambda: Agreed(None))
+    #: The running session timer (RFC 4028), once a 2xx agreed one.
+    session: SessionClock | None = None
+    #: Our session description as our last 2xx gave it (a refresh re-INVITE of ours offers it again).
+    local_sdp: bytes = b""
+    #: Our refresh (re-INVITE or UPDATE) waiting for its final answer.
+    refreshing: Request | None = None
 
     @property
     def call_id(self) -> str:
@@ -375,6 +399,8 @@ class UserAgent:
         self._owned: dict[tuple[str, str], DialogOwner] = {}
         #: The application's own timed machines (registrations, outbound calls).
         self._timed: list[Timed] = []
+        #: The running session timers of the calls we answered, by call (each one of ``_timed``).
+        self._sessions: dict[DialogId, _Session] = {}
         #: Messages read and written, by method and status (the service's /metrics reads them).
         self.counts = MessageCounts()
         #: Unreadable messages, by count, and the sources already logged.
@@ -488,7 +514,7 @@ class UserAgent:
             transport=peer.transport.value,
             datagram=datagram,
             allowed=self._allowed_for(request),
-            supported=self._supported_for(request),
+            supported=self.policy.supported,
         )
         if rejection is not None and rejection.drop:
             self._malformed(peer, rejection.reason)
@@ -539,10 +565,14 @@ class UserAgent:
         except DialogError as e:
             self._refuse(request, peer, now, 400, warning=str(e))
             return
+        asked = self._timer_asked(request)
+        if not isinstance(asked, Agreed):
+            self._refuse(request, peer, now, asked.status, asked.reason, asked.headers, asked.warning)
+            return
         tx = self._server_transaction(request, peer, now)
         if tx is None:
             return
-        call = ServerCall(invite=request, peer=peer, local_tag=local_tag, transaction=tx, dialog=dialog)
+        call = ServerCall(invite=request, peer=peer, local_tag=local_tag, transaction=tx, dialog=dialog, asked=asked)
         self._calls[call.id] = call
         self._setting_up[key] = call
         self._machine_call[tx] = call
@@ -562,7 +592,15 @@ class UserAgent:
         self._refuse(request, peer, now, 200, headers=self._capabilities())
 
     def _capabilities(self) -> tuple[tuple[str, str], ...]:
-        return (("Allow", allow_header(self.policy.allowed)), ("Accept", "application/sdp"))
+        """What an OPTIONS answer says we take: methods, option tags, body types."""
+        return (*self._extensions(), ("Accept", "application/sdp"))
+
+    def _extensions(self) -> tuple[tuple[str, str], ...]:
+        """Allow, and Supported when we support any option tag: in a 2xx to an INVITE (RFC 3261
+        §13.3.1.4), so the caller knows it may refresh with ``Require: timer``."""
+        allow = ("Allow", allow_header(self.policy.allowed))
+        tags = self.policy.supported
+        return (allow, ("Supported", ", ".join(sorted(tags)))) if tags else (allow,)
 
     def _ack(self, ack: Request, now: float) -> None:
         """An ACK no transaction took: the ACK for a 2xx of ours (its own transaction, RFC 3261 §17.1.1.3)."""
@@ -640,8 +678,15 @@ class UserAgent:
             if call.state is UasState.PROCEEDING:
                 self._respond(call, tx, request, 491, now)  # the dialog is not confirmed yet
                 return
+            asked = self._timer_asked(request)
+            if not isinstance(asked, Agreed):
+                self._respond(call, tx, request, asked.status, now, reason=asked.reason, headers=asked.headers)
+                return
+            call.asked = asked
             call.reinvite = (request, tx)
             self._event(ReInvite(call, request))
+        elif method == Method.UPDATE:
+            self._their_update(call, request, tx, now)
         elif method == Method.OPTIONS:
             self._respond(call, tx, request, 200, now, headers=self._capabilities())
         elif method in call.handlers:
@@ -662,10 +707,12 @@ class UserAgent:
         """200 OK with our SDP (an answer, or our offer for a delayed offer); retransmitted until the ACK."""
         if call.state is not UasState.PROCEEDING:
             return
-        response = self._respond(call, call.transaction, call.invite, 200, now, body=body, contact=True)
+        timer = call.asked.headers()
+        response = self._respond(call, call.transaction, call.invite, 200, now, body=body, contact=True, headers=timer)
         self._forget_setting_up(call)
         call.state = UasState.ACCEPTED
         self._retransmit_2xx(call, response, now)
+        self._agreed(call, call.asked.timer, body, now)
 
     def reject(
         self,
@@ -687,10 +734,13 @@ class UserAgent:
             return
         call.reinvite = None
         request, tx = pending
-        response = self._respond(call, tx, request, status, now, body=body, contact=200 <= status < 300)
-        if 200 <= status < 300:
+        ok = 200 <= status < 300
+        headers = call.asked.headers() if ok else []
+        response = self._respond(call, tx, request, status, now, body=body, contact=ok, headers=headers)
+        if ok:
             call.state = UasState.ACCEPTED
             self._retransmit_2xx(call, response, now)
+            self._agreed(call, call.asked.timer, body, now)  # each re-INVITE agrees the timer anew (§9)
 
     def bye(self, call: ServerCall, now: float, reason: str | None = None) -> None:
         """End an answered call from our side: a BYE along the route set (or to the Contact), with a
@@ -788,6 +838,143 @@ class UserAgent:
         params: tuple[tuple[str, str | None], ...] = (("transport", "tcp"),) if transport is Transport.TCP else ()
         return NameAddr(uri=Uri("sip", host=host, user=user, port=port or None, params=params))
 
+    # --- session timers of the calls we answer (RFC 4028) ------------------------------------------------
+
+    def _timer_asked(self, request: Request) -> Agreed | Rejection:
+        """The timer an INVITE or a refresh asks for, as our 2xx will agree it; or how to refuse it: 422
+        when its interval is below our minimum, 400 when its timer headers cannot be read."""
+        try:
+            asked = answer_request(request, min_se=MIN_SE)
+        except (BadHeader, SessionTimerError) as e:
+            header = e.header if isinstance(e, BadHeader) else "Session-Expires"
+            return Rejection(400, f"Bad {header}", str(e))
+        if isinstance(asked, TooSmall):
+            return Rejection(422, "Session Interval Too Small", "", tuple(asked.headers()))
+        return asked
+
+    def _agreed(self, call: ServerCall, timer: SessionTimer | None, body: bytes, now: float) -> None:
+        """A 2xx of ours went out agreeing ``timer`` (None: the session runs without one from now)."""
+        if body:
+            call.local_sdp = body
+        if timer is None:
+            self._stop_session(call)
+        elif call.session is None:
+            call.session = SessionClock(timer, now)
+            session = self._sessions[call.id] = _Session(self, call)
+            self.add_timed(session)
+        else:
+            call.session.restart(timer, now)
+
+    def _stop_session(self, call: ServerCall) -> None:
+        call.session = None
+        session = self._sessions.pop(call.id, None)
+        if session is not None:
+            self.remove_timed(session)
+
+    def _their_update(self, call: ServerCall, request: Request, tx: ServerTransaction, now: float) -> None:
+        """An UPDATE in a call we answered: a session refresh (no body) is answered 200 with the timer it
+        agrees; one that offers a new session description gets 488 (a re-INVITE does that here)."""
+        if call.state is UasState.PROCEEDING or request.body:
+            warning = "an UPDATE with a session description is not taken: send a re-INVITE"
+            self._respond(call, tx, request, 488, now, headers=(("Warning", f'399 swml-engine "{warning}"'),))
+            return
+        asked = self._timer_asked(request)
+        if not isinstance(asked, Agreed):
+            self._respond(call, tx, request, asked.status, now, reason=asked.reason, headers=asked.headers)
+            return
+        self._respond(call, tx, request, 200, now, headers=(*asked.headers(), *self._extensions()), contact=True)
+        self._agreed(call, asked.timer, b"", now)
+
+    def _session_due(self, call: ServerCall, now: float) -> None:
+        session = call.session
+        if session is None or call.ended:
+            return
+        due = session.due(now)
+        if due == "expire":
+            log.info("call %s: no session refresh came in time: BYE", call.call_id)
+            self.bye(call, now, "session expired")
+            self._event(CallGone(call, "session_expired"))
+        elif due == "refresh":
+            self._refresh(call, now)
+
+    def _refresh(self, call: ServerCall, now: float) -> None:
+        """Our session refresh (we are the refresher): an UPDATE when the caller allows it, else a
+        re-INVITE offering our session description unchanged. Not while a re-INVITE is under way in the
+        dialog (theirs refreshes the session when answered; ours is sent once theirs is done)."""
+        session = call.session
+        if session is None or call.refreshing is not None:
+            return
+        if call.reinvite is not None or call.state is not UasState.CONFIRMED:
+            session.refresh_failed(now, retry_in=1.0)
+            return
+        allows_update = Method.UPDATE in (v.upper() for v in call.invite.headers.values("allow"))
+        method = Method.UPDATE if allows_update else Method.INVITE
+        body = b"" if method == Method.UPDATE else call.local_sdp
+        headers = [*self._extensions(), ("User-Agent", self.policy.user_agent)]
+        headers += session.timer.refresh_offer().headers()[1:]  # (Supported is in _extensions)
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        try:
+            request, next_hop = call.dialog.request(
+                method, via=self._via(call.peer), contact=self._contact(call.peer), headers=headers, body=body
+            )
+        except DialogError as e:
+            log.info("call %s: no session refresh sent: %s", call.call_id, e)
+            session.refresh_failed(now, retry_in=1.0)
+            return
+        call.refreshing = request
+        self._send_request(request, self._target(next_hop, call.peer), now, _RefreshOwner(self, call, request))
+
+    def _refreshed(self, call: ServerCall, request: Request, response: Response, now: float) -> None:
+        """The answer to our refresh: a 2xx agrees the timer anew; a 491 (their re-INVITE crossed ours)
+        is tried again in 0-2 s, another refusal halfway to the expiry; a 408 or 481 ends the call (the
+        dialog is gone, RFC 3261 §12.2.1.2)."""
+        status = response.status
+        if status < 200:
+            return
+        if 200 <= status < 300 and request.method == Method.INVITE:
+            self._ack_2xx(call, request, response)  # every 2xx to our INVITE is ACKed, call over or not
+        if call.refreshing is not request:
+            return  # a retransmitted 2xx (ACKed above)
+        call.refreshing = None
+        with contextlib.suppress(DialogError):
+            call.dialog.receive_response(response)
+        session = call.session
+        if call.ended or session is None:
+            return
+        if status < 300:
+            try:
+                timer = session.timer.refresh_offer().agreed(response)
+            except SessionTimerError as e:
+                log.info("call %s: %s: no session timer from now", call.call_id, e)
+                timer = None
+            self._agreed(call, timer, b"", now)
+        elif status in (408, 481):
+            self._gone(call, now, f"our session refresh got {status}")
+        else:
+            wait = self.rng.randint(*GLARE_WAIT) / 100 if status == 491 else None
+            log.info("call %s: session refresh got %d: tried again before the session expires", call.call_id, status)
+            session.refresh_failed(now, retry_in=wait)
+
+    def _refresh_unanswered(self, call: ServerCall, request: Request, why: str, now: float) -> None:
+        if call.refreshing is request:
+            call.refreshing = None
+            if not call.ended:
+                self._gone(call, now, f"our session refresh: {why}")  # no answer in the dialog (§14.1)
+
+    def _gone(self, call: ServerCall, now: float, why: str) -> None:
+        log.info("call %s: %s: the call is over", call.call_id, why)
+        self.bye(call, now, why)
+        self._event(CallGone(call, "session_refresh_failed"))
+
+    def _ack_2xx(self, call: ServerCall, invite: Request, response: Response) -> None:
+        try:
+            ack, next_hop = call.dialog.ack(invite, response, via=self._via(call.peer))
+        except DialogError as e:
+            log.info("call %s: no ACK: %s", call.call_id, e)
+            return
+        self._send(ack, self._target(next_hop, call.peer))
+
     # --- internals ---------------------------------------------------------------------------------------
 
     def _allowed_for(self, request: Request) -> frozenset[str]:
@@ -800,17 +987,11 @@ class UserAgent:
             call = self._calls.get(dialog_id_of(request))
         except BadHeader:
             return allowed
-        if call is None or request.method not in call.handlers:
+        # An UPDATE is taken in a call we answered (a session refresh: RFC 4028 §7.4 prefers it), though not
+        # offered in Allow: a caller that reads Allow refreshes with a re-INVITE, which carries everything.
+        if call is None or (request.method not in call.handlers and request.method != Method.UPDATE):
             return allowed
         return allowed | {request.method}
-
-    def _supported_for(self, request: Request) -> frozenset[str]:
-        """The option tags ``request`` may require: the policy's, and in the dialog of a call we placed
-        the session timers that call runs (its far end may refresh with ``Require: timer``)."""
-        supported = self.policy.supported
-        if self._owned and self._owner(request) is not None:
-            return supported | _PLACED_SUPPORTED
-        return supported
 
     def _server_transaction(self, request: Request, peer: Peer, now: float) -> ServerTransaction | None:
         if server_key(request) is None:
@@ -847,7 +1028,7 @@ class UserAgent:
         if body:
             extra.append(("Content-Type", "application/sdp"))
         if status >= 200 and request.method == Method.INVITE and status < 300:
-            extra += self._capabilities()[:1]  # Allow in a 2xx to an INVITE (RFC 3261 §13.3.1.4)
+            extra += self._extensions()
         try:
             response = call.dialog.answer(
                 request,
@@ -879,6 +1060,7 @@ class UserAgent:
     def _end(self, call: ServerCall) -> None:
         call.state = UasState.ENDED
         call.dialog.terminate()
+        self._stop_session(call)
         self._forget_setting_up(call)
         self._calls.pop(call.id, None)
         self._stop_retransmitting(call)  # (the call is over: its 2xx waits for no ACK now)
@@ -1066,6 +1248,35 @@ class UserAgent:
             host, port = peer.host, peer.port
         flow = peer.flow if transport is Transport.TCP else 0
         return Target(transport, host, port, flow)
+
+
+class _Session:
+    """A call's session timer, as the core's one timer sees it (:class:`Timed`)."""
+
+    def __init__(self, ua: UserAgent, call: ServerCall) -> None:
+        self.ua = ua
+        self.call = call
+
+    def next_timer(self) -> float | None:
+        return self.call.session.next_timer() if self.call.session is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        self.ua._session_due(self.call, now)
+
+
+class _RefreshOwner:
+    """The answers to our session refresh."""
+
+    def __init__(self, ua: UserAgent, call: ServerCall, request: Request) -> None:
+        self.ua = ua
+        self.call = call
+        self.request = request
+
+    def on_response(self, response: Response, now: float) -> None:
+        self.ua._refreshed(self.call, self.request, response, now)
+
+    def on_timeout(self, why: str, now: float) -> None:
+        self.ua._refresh_unanswered(self.call, self.request, why, now)
 
 
 class _ByeOwner:

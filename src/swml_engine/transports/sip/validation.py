@@ -73,8 +73,8 @@ from swml_engine.transports.sip.uri import UriError, parse_uri, shown
 
 #: The methods the UAS serves today (Allow in 405, 501 and OPTIONS answers).
 ALLOW: frozenset[str] = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS"})
-#: Option tags a Require may name (RFC 3261 §8.2.2.3): none (no 100rel, no session timers).
-SUPPORTED: frozenset[str] = frozenset()
+#: Option tags a Require may name (RFC 3261 §8.2.2.3): session timers (RFC 4028); not 100rel.
+SUPPORTED: frozenset[str] = frozenset({"timer"})
 #: The one body type we read.
 SDP = "application/sdp"
 #: The status of a drop: no answer is sent.
