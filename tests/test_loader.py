@@ -77,6 +77,10 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
         ),
         ("sections: {main: [{goto: {label: x, max: 101}}, {label: x}]}", "sections.main[0].goto.max: 101 is above"),
         ("sections: {main: [{goto: {label: nowhere}}]}", "sections.main[0].goto.label: no label 'nowhere'"),
+        (  # a copied block whose label was not renamed: goto never reached the second
+            "sections: {main: [{label: a}, {goto: {label: a}}, {label: a}]}",
+            "sections.main[2].label: 'a' labels sections.main[0] already: goto jumps there, never here",
+        ),
         ("sections: {main: [{execute: {dest: missing}}]}", "sections.main[0].execute.dest: no section 'missing'"),
         ("sections: {main: [{transfer: {dest: 5}}]}", "sections.main[0].transfer.dest: no section '5'"),
         ("sections: {main: [{hangup: {reason: angry}}]}", "sections.main[0].hangup.reason: 'angry' is not one of"),
