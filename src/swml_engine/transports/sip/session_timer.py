@@ -8,8 +8,8 @@ proxies on the way — learn when the other has gone without a BYE. This module 
 (:class:`SessionTimer`, §10). Intervals and times (``since``, the results) are in seconds, as the headers
 write them and as the core's clock (the transactions') gives them.
 
-:class:`SessionClock` keeps those times for a running session (the calls we answer, useragent.py; the
-calls we place keep their own, uac.py). Whether to use timers at all, the refresh request and the BYE
+:class:`SessionClock` keeps those times for a running session (the calls we answer, useragent.py, and
+those we place, uac.py). Whether to use timers at all, the refresh request and the BYE
 themselves stay outside this module.
 """
 

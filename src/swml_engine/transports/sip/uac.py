@@ -70,8 +70,8 @@ from swml_engine.transports.sip.message import (
 )
 from swml_engine.transports.sip.session_timer import (
     MIN_SE,
-    REFRESH_RETRY_MIN,
     Agreed,
+    SessionClock,
     SessionTimer,
     SessionTimerError,
     TimerOffer,
@@ -532,9 +532,8 @@ class OutboundCall:
         self._setup_deadline: float | None = None
         self._cancel_reason = ""
         self._peer_allows_update = False
-        self._session: SessionTimer | None = None
-        self._refresh_at: float | None = None
-        self._expires_at: float | None = None
+        #: The running session timer (RFC 4028), once a 2xx agreed one.
+        self._session: SessionClock | None = None
         self._out: _Outgoing | None = None
         self._queued_offer: bytes | None = None
         self._in: _Incoming | None = None
@@ -646,7 +645,7 @@ class OutboundCall:
     # --- the core's hooks (Timed, DialogOwner) -------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        times = [self._forget_at, self._refresh_at, self._expires_at]
+        times = [self._forget_at, self._session.next_timer() if self._session is not None else None]
         if self.state in _SETTING_UP:  # (each time given here is cleared by handle_timer when due)
             times.append(self._setup_deadline)
         if self._out is not None:
@@ -674,10 +673,10 @@ class OutboundCall:
             out.retry_at = None
             out.state = OutState.SENT
             self._send_out(out, now)
-        if self._expires_at is not None and now >= self._expires_at:
+        due = self._session.due(now) if self._session is not None else None
+        if due == "expire":
             self._expired(now)
-        elif self._refresh_at is not None and now >= self._refresh_at:
-            self._refresh_at = None
+        elif due == "refresh":
             self._refresh(now)
 
     def on_request(self, request: Request, tx: ServerTransaction, peer: Peer, now: float) -> None:
@@ -986,7 +985,7 @@ class OutboundCall:
         out.tries += 1
         headers = [("Allow", allow_header(self.ua.policy.allowed)), ("User-Agent", self.ua.policy.user_agent)]
         if out.timer_offer is None and self._session is not None:
-            out.timer_offer = self._session.refresh_offer()
+            out.timer_offer = self._session.timer.refresh_offer()
         if out.timer_offer is not None:
             headers += out.timer_offer.headers()
         if out.sdp:
@@ -1078,10 +1077,8 @@ class OutboundCall:
         self._out = None
         if out.purpose is Purpose.OFFER:
             self.ua.emit(ReInviteDone(self, status, sdp))
-        elif status >= 300 and self._expires_at is not None:
-            # try again halfway to the expiry (a few times at most: the gap halves down to REFRESH_RETRY_MIN)
-            if self._expires_at - now > REFRESH_RETRY_MIN:
-                self._refresh_at = now + (self._expires_at - now) / 2
+        elif status >= 300 and self._session is not None:
+            self._session.refresh_failed(now)  # tried again halfway to the expiry (a few times at most)
             log.info("call %s: session refresh got %d: tried again before the session expires", self.call_id, status)
         queued, self._queued_offer = self._queued_offer, None
         if queued is not None and self.state is CallState.CONFIRMED:
@@ -1136,9 +1133,12 @@ class OutboundCall:
         self._set_session(timer, now)
 
     def _set_session(self, timer: SessionTimer | None, now: float) -> None:
-        self._session = timer
-        self._refresh_at = timer.refresh_at(now) if timer else None
-        self._expires_at = timer.expires_at(now) if timer else None
+        if timer is None:
+            self._session = None
+        elif self._session is None:
+            self._session = SessionClock(timer, now)
+        else:
+            self._session.restart(timer, now)
 
     def _refresh(self, now: float) -> None:
         if self._out is not None:
@@ -1148,7 +1148,7 @@ class OutboundCall:
         self._send_out(_Outgoing(Purpose.REFRESH, method, sdp), now)
 
     def _expired(self, now: float) -> None:
-        self._expires_at = self._refresh_at = None
+        self._session = None
         if self.dialog is None or self.state is not CallState.CONFIRMED:
             return
         self._bye(self.dialog, now, "session expired")
@@ -1177,7 +1177,7 @@ class OutboundCall:
             self.answer_reinvite(487, now)  # RFC 3261 §15.1.2: pending requests of the dialog get 487
         self._out = None
         self._queued_offer = None
-        self._refresh_at = self._expires_at = None
+        self._session = None
         self._resending = None
         self._forget_at = now + self.ua.timing.timeout
 
