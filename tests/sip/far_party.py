@@ -112,6 +112,9 @@ class FarParty(asyncio.DatagramProtocol):
         self._paused_at: float | None = None
         #: Packets of ours still to be lost on the way (lose()).
         self._lose = 0
+        #: Pairs of our packets still to arrive swapped (reorder()), and the one held back meanwhile.
+        self._swap = 0
+        self._held: bytes | None = None
         self._sender: asyncio.Task[None] | None = None
         self._pending: list[asyncio.TimerHandle] = []
         self._cseq = itertools.count(1)
@@ -357,8 +360,15 @@ class FarParty(asyncio.DatagramProtocol):
                 if self._lose > 0:  # lost on the way: its sequence number and time are gone with it
                     self._lose -= 1
                 else:
-                    packet = RtpPacket(self.info.static_pt, self._seq & 0xFFFF, self._ts, ssrc, payload)
-                    self.rtp.sendto(packet.serialize(), to)
+                    packet = RtpPacket(self.info.static_pt, self._seq & 0xFFFF, self._ts, ssrc, payload).serialize()
+                    if self._held is not None:  # the later one first, then the one held back
+                        self.rtp.sendto(packet, to)
+                        packet, self._held = self._held, None
+                    elif self._swap > 0:
+                        self._swap -= 1
+                        self._held, packet = packet, b""
+                    if packet:
+                        self.rtp.sendto(packet, to)
                 self._seq += 1
             self._ts += codec.timestamp_units(n)
             await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
@@ -387,6 +397,10 @@ class FarParty(asyncio.DatagramProtocol):
     def lose(self, packets: int) -> None:
         """The next ``packets`` of our audio are lost on the way (never sent)."""
         self._lose = packets
+
+    def reorder(self, pairs: int) -> None:
+        """The next ``pairs`` pairs of our packets arrive swapped (the second 20 ms before the first)."""
+        self._swap = pairs
 
     def use_codec(self, codec: str) -> None:
         """Speak ``codec`` from now on (our tone at its rate; the same stream, its timeline going on), as

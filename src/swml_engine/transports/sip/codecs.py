@@ -63,8 +63,15 @@ class Codec:
     #: RTP timestamp units per second (RFC 3551).
     clock_rate: ClassVar[int] = 8000
     static_pt: ClassVar[int]
+    #: Whether decoding keeps state from packet to packet (ADPCM): then packets are decoded in
+    #: timestamp order, when played (the jitter buffer's :class:`Coded`), not as they arrive.
+    stateful: ClassVar[bool] = False
 
     def decode(self, payload: bytes) -> Samples:
+        raise NotImplementedError
+
+    def samples_in(self, payload: bytes) -> int:
+        """How many samples ``payload`` decodes to (without decoding it)."""
         raise NotImplementedError
 
     def encode(self, samples: Samples) -> bytes:
@@ -86,6 +93,9 @@ class _G711(Codec):
     def decode(self, payload: bytes) -> Samples:
         out: Samples = self._decode_table[np.frombuffer(payload, dtype=np.uint8)]
         return out
+
+    def samples_in(self, payload: bytes) -> int:
+        return len(payload)
 
     def encode(self, samples: Samples) -> bytes:
         if samples is _SILENCE:  # the shared silent frame: what a call sends whenever nothing plays
@@ -113,6 +123,7 @@ class G722(Codec):
     name = "G722"
     rate = 16000
     static_pt = 9
+    stateful = True
 
     def __init__(self) -> None:
         self._enc = av.CodecContext.create("g722", "w")
@@ -131,6 +142,9 @@ class G722(Codec):
         if not frames:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16, copy=False)
+
+    def samples_in(self, payload: bytes) -> int:
+        return 2 * len(payload)  # 64 kbit/s: a byte is two 16 kHz samples
 
     def encode(self, samples: Samples) -> bytes:
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")

@@ -31,12 +31,12 @@ from typing import cast
 import numpy as np
 
 from swml_engine.connections import descriptor_limit, descriptors_in_use
-from swml_engine.media.frame import Frame
+from swml_engine.media.frame import Frame, Samples
 from swml_engine.media.resampler import RateConverter
 from swml_engine.transports.sip import names
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
-from swml_engine.transports.sip.jitterbuffer import JitterBuffer, JitterStats
+from swml_engine.transports.sip.jitterbuffer import Coded, JitterBuffer, JitterStats
 from swml_engine.transports.sip.rtp import _HEADER, HEADER_SIZE, RtpPacket, parse_rtp
 from swml_engine.transports.sip.sdp import Media, is_host_name, unicast_problem
 
@@ -317,7 +317,7 @@ class RtpStream(asyncio.DatagramProtocol):
         changed = self.media is None or media.codec != self.media.codec
         if changed:
             self.codec = SUPPORTED[media.codec].factory()
-            jitter = JitterBuffer(self.codec.rate, self.codec.clock_rate)
+            jitter = JitterBuffer(self.codec.rate, self.codec.clock_rate, decode=self._decode_in_turn)
             jitter.stats = self.stats.jitter
             self._jitter = jitter
             self._out = np.zeros(0, dtype=np.int16)
@@ -409,12 +409,31 @@ class RtpStream(asyncio.DatagramProtocol):
                 self.stats.dtmf_received += 1
                 self.on_digit(digit)
             return
+        if codec.stateful:  # decoded when played, in timestamp order (however the network ordered them)
+            jitter.push(ssrc, timestamp, Coded(payload, codec.samples_in(payload)))
+            return
         try:
             samples = codec.decode(payload)
         except Exception:  # a corrupt payload the decoder refuses: count it, keep the call
             self.stats.malformed += 1
             return
         jitter.push(ssrc, timestamp, samples)
+
+    def _decode_in_turn(self, packet: Coded) -> Samples:
+        """A packet of a stateful codec, at its turn to be played: exactly the samples it stands for
+        (silence when the decoder refuses it: counted as malformed)."""
+        codec = self.codec
+        assert codec is not None
+        try:
+            samples = codec.decode(packet.payload)
+        except Exception:
+            self.stats.malformed += 1
+            samples = np.zeros(0, dtype=np.int16)
+        if len(samples) != packet.samples:
+            fitted = np.zeros(packet.samples, dtype=np.int16)
+            fitted[: min(len(samples), packet.samples)] = samples[: packet.samples]
+            samples = fitted
+        return samples
 
     def _peer_spoke(self) -> None:
         """The source sent: a named one has now been heard, and addresses of no higher trust that were
