@@ -8,6 +8,7 @@ session ended sends the page back to the sign-in, the page's headers, and a call
 from __future__ import annotations
 
 import io
+import json
 import re
 import urllib.request
 import wave
@@ -27,7 +28,7 @@ from .conftest import CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_sc
 from .firefox import Firefox
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, WebSocketRoute
 
 #: Early media first (US ring tone), then the answer. The prompt is UK ring tone (400 + 450 Hz): the browser
 #: must hear those, and the keys end it (barge-in). Keys 99 make the script hang up.
@@ -342,6 +343,38 @@ def test_the_script_hanging_up_ends_the_call_on_the_page(calling: Browsing) -> N
     page.wait_for_selector("#status:has-text('Call ended: the script hung up (hangup).')")
     assert page.locator(".key[disabled]").count() == 12 and page.is_enabled("#call") and page.is_disabled("#hangup")
     assert page.evaluate("document.activeElement.id") == "call"  # (Hang up had it, and is disabled now)
+
+
+#: An address that answers nothing (TEST-NET-2, RFC 5737), put in place of every ICE candidate's and the
+#: connection line's as the signalling passes: as a firewall dropping the UDP between the browser and the
+#: service would, the call is signalled and answered, and its media never connects.
+NOWHERE = "198.51.100.1"
+
+
+def through_a_firewall(ws: WebSocketRoute) -> None:
+    server = ws.connect_to_server()
+
+    def unreachable(text: str | bytes) -> str:
+        message = json.loads(text)
+        if isinstance(message.get("sdp"), str):
+            sdp = re.sub(r"^(a=candidate:\S+ \d+ \S+ \d+) \S+ ", rf"\1 {NOWHERE} ", message["sdp"], flags=re.M)
+            message["sdp"] = re.sub(r"^c=IN IP4 .*$", f"c=IN IP4 {NOWHERE}", sdp, flags=re.M)
+        return json.dumps(message)
+
+    ws.on_message(lambda text: server.send(unreachable(text)))
+    server.on_message(lambda text: ws.send(unreachable(text)))
+
+
+def test_media_that_never_connects_is_said_so_on_the_page(calling: Browsing) -> None:
+    """The service ends a call whose media did not connect within 15 s of its answer as a remote hang-up
+    (the browser is taken for gone); the page said 'Call ended: you hung up (remote_hangup)', though
+    nobody had hung up, where docs/phone.md promises 'The media connection failed'."""
+    page = open_phone(calling)
+    page.route_web_socket(re.compile(r"/api/phone$"), through_a_firewall)
+    page.click("#call")
+    page.wait_for_selector("#status.state-early")  # (the script's early media: the service has answered)
+    page.wait_for_selector("#status[role=alert]:has-text('The media connection failed')")
+    assert page.is_enabled("#call") and page.is_disabled("#hangup")
 
 
 #: Firefox's own fake microphone (a tone) and no permission prompt, set at run time in its chrome context;

@@ -27,6 +27,10 @@ export const CODECS = {
   g711: { label: 'G.711, as a phone line (8 kHz)', first: ['audio/PCMU', 'audio/PCMA'], only: true },
 };
 
+/** What the page says when the media between this browser and the service did not connect, or went. */
+const MEDIA_FAILED = 'The media connection failed: the browser and the service could not reach each other (docs/phone.md, "Networks").';
+const MEDIA_LOST = 'The media connection was lost: the service no longer heard this browser.';
+
 /** Why a call ended, in words, by the engine's end reason (docs/methods.md). */
 const ENDINGS = {
   remote_hangup: 'you hung up',
@@ -166,7 +170,7 @@ export class PhoneCall {
         this.changed(this);
       });
       this.pc.addEventListener('connectionstatechange', () => {
-        if (this.pc?.connectionState === 'failed') this.end(null, 'The media connection failed: the browser and the service could not reach each other (docs/phone.md, "Networks").');
+        if (this.pc?.connectionState === 'failed') this.end(null, MEDIA_FAILED);
       });
       await this.pc.setLocalDescription();
       await gathered(this.pc, GATHER_MS);
@@ -240,9 +244,18 @@ export class PhoneCall {
       case 'answered':
         this.move('answered');
         break;
-      case 'ended':
-        this.end(typeof message.reason === 'string' ? message.reason.slice(0, 100) : 'hangup');
+      case 'ended': {
+        const reason = typeof message.reason === 'string' ? message.reason.slice(0, 100) : 'hangup';
+        // remote_hangup that this page did not ask for: the service took the browser for gone — its media
+        // never connected (a firewall, a service behind NAT: the browser may take longer to give up) or
+        // was lost. The page said "you hung up".
+        if (reason === 'remote_hangup' && this.hangupTimer === null) {
+          this.end(reason, this.pc?.connectionState === 'connected' ? MEDIA_LOST : MEDIA_FAILED);
+        } else {
+          this.end(reason);
+        }
         break;
+      }
       case 'error':
         this.end(null, typeof message.message === 'string' ? message.message.slice(0, 500) : 'The service refused the call.');
         break;
