@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_for
+from conftest import small_filesystem, wait_for
 from http_peers import http_peer
 from http_peers import status as answer_status
 from interop.peers import Engine, SipPeer, free_port, sdp_offer, to_tag
@@ -226,6 +226,58 @@ def test_with_two_workers_a_scrape_adds_up_every_worker_even_one_killed(engine: 
     invites += call(eng.port)
     calls += 1
     assert wait_for(lambda: whole(scrape(base, token=None))), (calls, invites, figures(scrape(base, token=None)))
+
+
+#: Requests outside a call, each answered by the worker that gets it (200, 405, 481, 501): each method a
+#: label of its own, each answer a status, so new keys in the workers' metric files.
+OUTSIDE_A_CALL = ("OPTIONS", "INFO", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "UPDATE", "BYE", "FOO")
+#: A worker's own line at its start: "<date> <time> <pid> INFO [-] swml_engine.service.server: HTTP API on".
+WORKER_LINE = re.compile(r"^\S+ \S+ (\d+) INFO \[-\] swml_engine\.service\.server: HTTP API on ", re.M)
+
+
+def test_a_full_disk_kills_no_worker_through_its_metrics(engine: EngineFactory, tmp_path: Path) -> None:
+    """With --workers the figures are in memory-mapped files under DIR/metrics: a page of such a file
+    first written when the disk was full was a SIGBUS, which killed the worker (and every worker started
+    again in its place, at once). The files' space is now taken when a worker starts; a worker started
+    when there is none keeps its figures in memory (out of the scrapes) and runs."""
+    http = free_port()
+    base = f"http://127.0.0.1:{http}"
+    with small_filesystem(tmp_path / "data-0", "2m") as data:  # (the engine fixture's first data directory)
+        eng = engine(CALL_SCRIPT.format(callback=""), "--workers", "2", "--http", f"127.0.0.1:{http}",
+                     "--metrics-auth", "none")  # fmt: skip
+        fd = os.open(data / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, bytes(65536))
+        except OSError:
+            pass  # the disk is full
+        finally:
+            os.close(fd)
+
+        def every_request_answered(peers: int) -> None:
+            for n in range(peers):  # callers on ports of their own: the kernel spreads them over the workers
+                peer = SipPeer(eng.port)
+                try:
+                    for cseq, method in enumerate(OUTSIDE_A_CALL, 1):
+                        peer.request(method, cseq)
+                    answered = peer.wait(lambda p=peer: all(p.statuses(m) for m in OUTSIDE_A_CALL))  # type: ignore[misc]
+                    assert answered, (n, peer.messages, eng.log()[-3000:])
+                finally:
+                    peer.close()
+
+        every_request_answered(8)
+
+        def counted() -> float:
+            return value(scrape(base, None), "swml_sip_requests_total", direction="in", method="INFO")
+
+        assert wait_for(lambda: counted() == 8), counted()  # (both workers' figures, written on a full disk)
+        worker = int(WORKER_LINE.findall(eng.log())[-1])
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: "no room for this worker's figures" in eng.log(), 30), eng.log()[-3000:]
+        every_request_answered(8)  # the new worker included
+        assert scrape(base, None) and "SIGBUS" not in eng.log(), eng.log()[-3000:]
+        (data / "filler").unlink()
+        assert eng.stop() == 0
 
 
 def test_an_upload_to_object_storage_shows_in_metrics(

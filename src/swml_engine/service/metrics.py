@@ -86,6 +86,13 @@ _PROCESS_FILE = re.compile(r"^([a-z_]+?)_(\d+)\.db$")
 FOLDED = "folded"
 TIDY_LOCK = ".tidy.lock"
 
+#: Bytes kept on disk for each of a process's files, by kind, and for the folded ones: every block
+#: allocated before the file is mapped. A page of a sparse file that the disk has no room for is a SIGBUS
+#: at the first write to it, which kills the worker (a full disk, a spool grown while the storage was
+#: down). Counters need ~200 KiB at most: every SIP status, 100-699, both ways, ~160 bytes a key (the
+#: labels are bounded: counts.py); the other kinds hold a few dozen keys.
+RESERVED = {"counter": 256 * 1024, "histogram": 64 * 1024, "gauge_livesum": 64 * 1024, "gauge_livemax": 64 * 1024}
+
 #: Set by :func:`use_directory` in the parent before the workers fork (they inherit it).
 _directory: Path | None = None
 
@@ -108,6 +115,39 @@ def use_directory(path: Path) -> None:
 def shared_directory() -> Path | None:
     """The multiprocess directory, or None when this process is the whole service."""
     return _directory
+
+
+def _reserve(path: Path, size: int) -> None:
+    """``path`` made at least ``size`` bytes long with every block allocated (prometheus-client maps a
+    file as long as it finds it). OSError: no room."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        had = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, max(size, had))
+        except OSError:
+            if not had:  # (made here: an empty file would fail every scrape that reads it)
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _reserve_own(directory: Path) -> bool:
+    """This process's files, before its first metric maps them; False (logged) when the disk has no
+    room: its figures are then kept in memory alone, out of the scrapes, rather than risk the process."""
+    try:
+        for kind, size in RESERVED.items():
+            _reserve(directory / f"{kind}_{os.getpid()}.db", size)
+    except OSError as e:
+        log.error(
+            "metrics: no room for this worker's figures in %s (%s): /metrics leaves them out until it "
+            "starts again with room",
+            directory,
+            e.strerror or e,
+        )
+        return False
+    return True
 
 
 @dataclass
@@ -160,6 +200,8 @@ class ServiceMetrics:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = shared_directory()
+        if self.directory is not None and not _reserve_own(self.directory):
+            values.ValueClass = values.MutexValue  # (this process's metrics, made next, in memory)
         # Single process: a registry of our own (tests run several services in one process). Several:
         # the values go to the directory's files, whatever the registry.
         registry = CollectorRegistry(auto_describe=True)
@@ -363,6 +405,7 @@ def _tidy(directory: Path) -> None:
         elif kind in ("counter", "histogram"):
             dead.setdefault(kind, []).append(path)
     for kind, paths in dead.items():
+        _reserve(directory / f"{kind}_{FOLDED}.db", RESERVED[kind])  # (OSError: no room, nothing folded)
         folded = MmapedDict(str(directory / f"{kind}_{FOLDED}.db"))  # type: ignore[no-untyped-call]
         try:
             for path in paths:
