@@ -206,3 +206,10 @@ sections:
     )
     assert (res.vars["before"], res.vars["early"], res.vars["after"]) == ("ringing", "early_media", True)
     assert http_server.requests[0]["json"]["call"]["call_state"] == "answered"
+
+
+def test_a_snapshot_of_vars_is_a_copy_as_they_were() -> None:
+    # `${vars}` as a whole value was vars itself: set put vars inside vars, and writing the events and
+    # vars.json then failed (swml run ended in a RecursionError, writing nothing).
+    res = run_doc("sections: {main: [{set: {a: {n: 1}}}, {set: {snapshot: '${vars}', b: '${a}'}}, {set: {c: 2}}]}")
+    assert res.vars == {"a": {"n": 1}, "snapshot": {"a": {"n": 1}}, "b": {"n": 1}, "c": 2}

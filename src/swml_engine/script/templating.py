@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -170,7 +171,9 @@ class _Fill:
         variables = self.t.variables
         if is_path(body):
             found, value = variables.lookup(body)
-            return value if found else ""
+            # A copy, not the variable itself: `set: {snapshot: '${vars}'}` put vars inside vars, a loop
+            # that no event, vars.json or payload could be written from (swml run died of RecursionError).
+            return copy.deepcopy(value) if found else ""
         if not body.strip():
             return ""
         return await self.js(body, variables.js_scope())
