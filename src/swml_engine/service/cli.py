@@ -495,6 +495,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): a flood of
         # them would flood the log too (each client still gets its 400).
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+        # aioice (a browser call's ICE) logs every candidate pair's every state at info: a dozen lines or
+        # more a browser call, about no call. Its warnings stay.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     try:
         config = _config(args)
     except ValueError as e:
