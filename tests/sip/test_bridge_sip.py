@@ -408,6 +408,31 @@ def test_a_caller_changing_codec_and_rate_mid_bridge_is_heard_and_recorded_witho
     run(body, tmp_path, monkeypatch, caller={"codec": first})
 
 
+def test_a_far_party_changing_between_pcmu_and_pcma_leaves_no_hole_in_its_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new codec of the same rate: the audio already waiting was dropped with the old jitter buffer
+    and the new one started after its delay (60 ms of silence in the far party's voice)."""
+    marks: dict[str, float] = {}
+
+    async def body(service: Service, caller: Caller, far: FarParty) -> None:
+        call = await bridged(service, caller, far)
+        await asyncio.sleep(0.5)
+        marks["before"] = call.now()
+        far.use_codec("PCMA")
+        await reinvite(far, "sendrecv")
+        await asyncio.sleep(1.0)
+        marks["bye"] = call.now()
+        await hang_up(caller, far)
+        meta = await finished_recording(tmp_path)
+        start = float(meta["call_time"])
+        _, right = channels(meta)
+        heard = at(right, marks["before"] - start, marks["bye"] - start - 0.1)
+        assert share(heard, FAR_HZ) > 0.8 and silent_runs(heard) == []
+
+    run(body, tmp_path, monkeypatch)
+
+
 def test_a_wideband_caller_bridged_to_a_narrowband_far_party_is_recorded_at_16_khz(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

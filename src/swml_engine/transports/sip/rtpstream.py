@@ -316,10 +316,13 @@ class RtpStream(asyncio.DatagramProtocol):
         """Apply an offer/answer result (first answer, re-INVITE, codec change)."""
         changed = self.media is None or media.codec != self.media.codec
         if changed:
-            self.codec = SUPPORTED[media.codec].factory()
-            jitter = JitterBuffer(self.codec.rate, self.codec.clock_rate, decode=self._decode_in_turn)
-            jitter.stats = self.stats.jitter
-            self._jitter = jitter
+            was, self.codec = self.codec, SUPPORTED[media.codec].factory()
+            # The audio already waiting stays when it can (PCMU and PCMA: decoded on arrival, same rate):
+            # the stream goes on in the other codec, with no hole of the buffer's delay in it.
+            if self._jitter is None or was is None or was.stateful or was.rate != self.codec.rate:
+                jitter = JitterBuffer(self.codec.rate, self.codec.clock_rate, decode=self._decode_in_turn)
+                jitter.stats = self.stats.jitter
+                self._jitter = jitter
             self._out = np.zeros(0, dtype=np.int16)
         moved = self.media is None or media.remote != self.media.remote
         self.media = media
