@@ -28,6 +28,7 @@ from swml_engine.methods import REGISTRY
 from swml_engine.script.context import Variables
 from swml_engine.session import call_scope, run_call
 from swml_engine.transports.webrtc import (
+    MAX_CANDIDATE_LINES,
     MAX_CANDIDATES,
     MAX_LISTEN_FRAMES,
     MAX_SPEAK_FRAMES,
@@ -36,6 +37,7 @@ from swml_engine.transports.webrtc import (
     WebRtcCallTransport,
     WebRtcGone,
     WebRtcReject,
+    check_offer,
 )
 
 from .peer import MIC_HZ, Browser, NamingBrowser, wait_until
@@ -251,9 +253,9 @@ def _real_offer(kind: str = "audio") -> str:
     return asyncio.run(make())
 
 
-def _many_candidates(sdp: str) -> str:
+def _many_candidates(sdp: str, n: int = MAX_CANDIDATE_LINES + 1) -> str:
     line = next(x for x in sdp.splitlines() if x.startswith("a=candidate:"))
-    return sdp.replace(line, "\r\n".join([line] * (MAX_CANDIDATES + 1)))
+    return sdp.replace(line, "\r\n".join([line] * n))
 
 
 def _named_host(sdp: str, name: str = "intranet.example.com") -> str:
@@ -280,7 +282,7 @@ def _named_host(sdp: str, name: str = "intranet.example.com") -> str:
             ),
             "no codec in common",
         ),
-        (lambda: _many_candidates(_real_offer()), f"at most {MAX_CANDIDATES} are taken"),
+        (lambda: _many_candidates(_real_offer()), f"at most {MAX_CANDIDATE_LINES} are read"),
         (
             lambda: "\r\n".join(x for x in _real_offer().splitlines() if not x.startswith("a=candidate")),
             "no ICE candidates",
@@ -369,3 +371,23 @@ def test_what_the_browser_hears_is_held_to_200_ms_when_the_sender_falls_behind()
 
     sent, dropped = asyncio.run(scenario())
     assert sent == list(range(50 - MAX_LISTEN_FRAMES, 50)) and dropped == 50 - MAX_LISTEN_FRAMES
+
+
+def test_an_offer_from_a_machine_with_many_interfaces_is_taken_with_its_first_udp_candidates() -> None:
+    """A browser on a machine with many interfaces (Docker bridges, VPNs) offers dozens of candidates, TCP
+    ones too: the call is taken with the first 32 UDP ones (a browser lists them best first)."""
+    offer = _real_offer()
+    line = next(x for x in offer.splitlines() if x.startswith("a=candidate:"))
+    fields = line.split(" ")
+    tcp = " ".join([*fields[:2], "TCP", *fields[3:], "tcptype", "active"])
+    udp = [" ".join([f"a=candidate:{n}", *fields[1:4], f"10.{n}.0.1", *fields[5:]]) for n in range(1, 41)]
+    many = offer.replace(line, "\r\n".join([line, *[tcp] * 20, *udp]))
+    checked = check_offer(many)
+    kept = [x for x in checked.sdp.splitlines() if x.startswith("a=candidate:")]
+    assert len(kept) == MAX_CANDIDATES and all(" udp " in x.lower() for x in kept)
+    assert kept[0] == line and kept[-1].split(" ")[4] == f"10.{MAX_CANDIDATES - 1}.0.1"
+
+    async def prepare() -> None:
+        await WebRtcCallTransport(many, lambda m: None, peer="test").prepare()
+
+    asyncio.run(prepare())  # (refused before: "at most 32 are taken")

@@ -63,9 +63,12 @@ log = logging.getLogger(__name__)
 
 #: The signalling caps a message at 64 KiB; an offer alone is held to the same.
 MAX_OFFER_BYTES = 64 * 1024
-#: ICE candidates an offer may carry: a browser gathers a few per network interface; each is checked
-#: (and an mDNS name resolved), so a flood of them is refused rather than worked through.
+#: ICE candidates of an offer that are used: a browser gathers a few per network interface, in its order
+#: of preference; each is checked (and an mDNS name resolved), so beyond these the rest are left out —
+#: and TCP ones always (media here is over UDP): a machine with many interfaces (Docker's bridges, VPNs)
+#: offers dozens. An offer with more than MAX_CANDIDATE_LINES in all is refused, a flood not a browser.
 MAX_CANDIDATES = 32
+MAX_CANDIDATE_LINES = 256
 #: Digits one keypad message may carry, and which.
 MAX_PRESS_DIGITS = 32
 KEYPAD = frozenset("0123456789*#ABCD")
@@ -139,8 +142,9 @@ def check_offer(text: str) -> CheckedOffer:
     if len(text.encode("utf-8", "replace")) > MAX_OFFER_BYTES:
         raise WebRtcReject(f"the offer is larger than {MAX_OFFER_BYTES // 1024} KiB")
     candidates = sum(1 for line in text.splitlines() if line.startswith("a=candidate:"))
-    if candidates > MAX_CANDIDATES:
-        raise WebRtcReject(f"the offer has {candidates} ICE candidates; at most {MAX_CANDIDATES} are taken")
+    if candidates > MAX_CANDIDATE_LINES:
+        raise WebRtcReject(f"the offer has {candidates} ICE candidates; at most {MAX_CANDIDATE_LINES} are read")
+    text = _kept_candidates(text)
     try:
         parsed = aiortc_sdp.SessionDescription.parse(text)
     except Exception as e:  # the parser fails in many ways (AssertionError, ValueError, ...) on bad input
@@ -171,6 +175,21 @@ def check_offer(text: str) -> CheckedOffer:
         names = ", ".join(sorted(m.split("/")[-1] for m in offered)) or "none"
         raise WebRtcReject(f"no codec in common: the offer has {names}; this server takes Opus, PCMU, PCMA")
     return CheckedOffer(text, offered)
+
+
+def _kept_candidates(text: str) -> str:
+    """The offer with its UDP candidates only, the first MAX_CANDIDATES of them (a browser lists them best
+    first): the others would never carry this server's media, only cost checks."""
+    kept: list[str] = []
+    udp = 0
+    for line in text.split("\n"):
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            if len(fields) < 3 or fields[2].lower() != "udp" or udp >= MAX_CANDIDATES:
+                continue
+            udp += 1
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def _checkable(host: str) -> bool:
