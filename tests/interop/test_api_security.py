@@ -309,10 +309,12 @@ def test_bearer_scheme_any_case_token_never_stripped_head_and_openapi(
     for url, token in ((final["url"], None), (f"{base}/api/recordings/{rid}/audio", TOKEN)):
         code, headers, body = request("HEAD", url, token=token)
         assert code == 200 and body == b"" and int(headers["content-length"]) == final["size"]
-        assert headers["content-type"] == "audio/wav"
+        assert headers["content-type"] == "audio/wav" and headers["x-content-type-options"] == "nosniff"
     code, headers, body = request("HEAD", f"{base}/api/recordings/{rid}")
     assert code == 200 and body == b"" and int(headers["content-length"]) > 0
-    assert request("HEAD", f"{base}/api/recordings/{rid}", token=None)[0] == 401
+    assert headers["x-content-type-options"] == "nosniff"
+    refused = request("HEAD", f"{base}/api/recordings/{rid}", token=None)
+    assert refused[0] == 401 and refused[1]["x-content-type-options"] == "nosniff"
 
     spec = json.loads(request("GET", f"{base}/openapi.json", token=None)[2])
     schemes = spec["components"]["securitySchemes"]

@@ -60,6 +60,10 @@ from swml_engine.service.sessions import (
 
 log = logging.getLogger(__name__)
 
+#: On every answer: a browser takes each body as the type it is said to be (an audio file, JSON), never as
+#: a page it guessed from the bytes — a recording a caller's voice filled must not become a script.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
 #: The largest request body taken: the API's bodies are ``{"behavior": "skip"}`` and the sign-in's
 #: ``{"token": "..."}``.
 MAX_BODY = 4096
@@ -130,9 +134,14 @@ class RequestGuard:
         body = _Body(self, receive, announced=length not in (None, b"0") or b"transfer-encoding" in headers)
 
         async def guarded_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and not body.complete:
-                # The rest of the body would be read and thrown away: close the connection instead.
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", [])]
+                if not any(name.lower() == NOSNIFF[0] for name, _ in headers):
+                    headers.append(NOSNIFF)
+                if not body.complete:
+                    # The rest of the body would be read and thrown away: close the connection instead.
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, body.receive, guarded_send)
@@ -264,6 +273,7 @@ def _error(detail: str, headers: list[tuple[bytes, bytes]] | None) -> tuple[byte
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        NOSNIFF,
         *(headers or []),
     ]
 
