@@ -27,7 +27,7 @@ from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.message import Response
 from swml_engine.transports.sip.sdp import parse_offer
 
-from .far_party import FarParty, running_service, until
+from .far_party import EVENT_PT, FarParty, running_service, until
 from .rtp_parties import share
 
 #: The caller's tone and the far party's: each channel of a recording says whose audio it holds.
@@ -558,6 +558,13 @@ def test_rfc_4733_digits_cross_the_bridge_both_ways_once_each_in_order(
         await asyncio.sleep(0.5)  # (nothing more comes: no digit doubled)
         assert far.digit_events() == ["1", "4", "7"]
         assert caller.digit_events() == ["2", "5", "8"]
+        # each event's end packet three times, a packet interval apart (RFC 4733 §2.5.1.4), not in a burst
+        # one loss could take whole: other packets (the next key's, the voice) come between them
+        for party, digits in ((far, "147"), (caller, "258")):
+            for digit in digits:
+                code = "0123456789*#".index(digit)
+                ends = [i for i, (pt, p) in enumerate(party.heard) if pt == EVENT_PT and p[0] == code and p[1] & 0x80]
+                assert len(ends) == 3 and ends[2] - ends[0] > 2, (digit, ends)
         # the far leg's events (its digits, both ways) are not kept in memory while the call lasts: a long
         # call's far leg once held every one of them
         [leg] = service.dialer.legs

@@ -256,6 +256,11 @@ class RtpStream(asyncio.DatagramProtocol):
         self._out = np.zeros(0, dtype=np.int16)
         self._marker = True
         self._digits: list[_PendingDigit] = []
+        #: The last event's end packet (payload type, the event's timestamp, payload) and how many times
+        #: it is still to go: RFC 4733 §2.5.1.4 sends it three times, a packet interval apart (three at
+        #: once are lost together by the burst that took the first).
+        self._end_packet: tuple[int, int, bytes] = (0, 0, b"")
+        self._ends_left = 0
         self._last_send = 0.0
         self._per_packet = 160
         self._units = 160
@@ -602,6 +607,11 @@ class RtpStream(asyncio.DatagramProtocol):
         media, codec = self.media, self.codec
         if media is None or codec is None or not media.sends:
             return
+        if self._ends_left:
+            self._ends_left -= 1
+            pt, timestamp, payload = self._end_packet
+            self._send(RtpPacket(pt, self._seq, timestamp, self._ssrc, payload))
+            self._seq = (self._seq + 1) & 0xFFFF
         if self._digits:
             self._send_digit_step(media, codec)
             return
@@ -671,19 +681,11 @@ class RtpStream(asyncio.DatagramProtocol):
         d.sent += 1
         end = d.sent >= d.frames
         duration = d.sent * step
-        for _ in range(3 if end else 1):  # RFC 4733 §2.5.1.4: the end packet goes three times
-            self._send(
-                RtpPacket(
-                    media.telephone_event,
-                    self._seq,
-                    d.timestamp,
-                    self._ssrc,
-                    encode_event(d.code, end, duration),
-                    d.sent == 1,
-                )
-            )
-            self._seq = (self._seq + 1) & 0xFFFF
-        if end:
+        payload = encode_event(d.code, end, duration)
+        self._send(RtpPacket(media.telephone_event, self._seq, d.timestamp, self._ssrc, payload, d.sent == 1))
+        self._seq = (self._seq + 1) & 0xFFFF
+        if end:  # twice more, with the next two packets (whatever they carry: the voice again, a next key)
+            self._end_packet, self._ends_left = (media.telephone_event, d.timestamp, payload), 2
             self._digits.pop(0)
             self._ts = (d.timestamp + duration) & 0xFFFFFFFF
             self._out = np.zeros(0, dtype=np.int16)
