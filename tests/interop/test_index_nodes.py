@@ -13,6 +13,7 @@ import pytest
 
 from conftest import HttpServer
 from pg_server import PgServer, pg_server  # noqa: F401  (the session fixture)
+from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the session fixture)
 
 from .peers import Engine, free_port, wait_for
 from .test_api import TOKEN, call_in_background, request
@@ -126,3 +127,37 @@ def test_retention_deletes_a_recording_and_its_signed_url_then_answers_404(
     assert wait_for(lambda: api(base, "/api/calls")[1]["calls"] == [], 30)  # the call, its event log too
     assert list((eng.data / "calls").iterdir()) == []
     assert "retention: 1 recording(s) older than" in eng.log() and "retention: 1 call(s) older than" in eng.log()
+
+
+def test_a_recording_waiting_in_another_nodes_spool_is_not_deleted_to_come_back(
+    engine: EngineFactory,
+    http_server: HttpServer,
+    pg_server: PgServer,  # noqa: F811
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two nodes on one index and one bucket; node a cannot reach the storage, so its recording waits in
+    its spool. A DELETE through node b answers 503 (ask again): it answered 204, and node a's upload put
+    the recording back, listed and served, once the storage answered it."""
+    monkeypatch.setenv("SWML_INDEX_URL", pg_server.database())
+    bucket = s3_server.bucket()
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    status = http_server.url("/status")
+    script = f"version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {{status_url: '{status}'}}\n    - sleep: 300\n"
+    ports = free_port(), free_port()
+    storage = ("--storage", f"s3://{bucket}/nodes", "--api-token", TOKEN)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # node a's: nothing answers there
+    a = engine(script, "--http", f"127.0.0.1:{ports[0]}", *storage)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    engine(script, "--http", f"127.0.0.1:{ports[1]}", *storage)
+    call_in_background(a, tmp_path / "sipp").join(30)
+    assert wait_for(lambda: len(callbacks(http_server, "finished")) == 1, 20)
+    rid = callbacks(http_server, "finished")[0]["recording_id"]
+    b = f"http://127.0.0.1:{ports[1]}"
+    assert wait_for(lambda: api(b, f"/api/recordings/{rid}")[0] == 200, 20)
+    code, headers, body = request("DELETE", f"{b}/api/recordings/{rid}")
+    assert code == 503 and headers["retry-after"] == "30", (code, body)
+    assert "waits in the spool of node " in json.loads(body)["detail"]
+    assert api(b, f"/api/recordings/{rid}")[0] == 200 and list((a.data / "recordings").glob(f"{rid}.*"))
