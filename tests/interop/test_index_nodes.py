@@ -139,7 +139,8 @@ def test_a_recording_waiting_in_another_nodes_spool_is_not_deleted_to_come_back(
 ) -> None:
     """Two nodes on one index and one bucket; node a cannot reach the storage, so its recording waits in
     its spool. A DELETE through node b answers 503 (ask again): it answered 204, and node a's upload put
-    the recording back, listed and served, once the storage answered it."""
+    the recording back, listed and served, once the storage answered it. Node b's retention leaves it too
+    (and says why), for the same reason."""
     monkeypatch.setenv("SWML_INDEX_URL", pg_server.database())
     bucket = s3_server.bucket()
     for name, value in s3_server.env.items():
@@ -151,7 +152,7 @@ def test_a_recording_waiting_in_another_nodes_spool_is_not_deleted_to_come_back(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # node a's: nothing answers there
     a = engine(script, "--http", f"127.0.0.1:{ports[0]}", *storage)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    engine(script, "--http", f"127.0.0.1:{ports[1]}", *storage)
+    node_b = engine(script, "--http", f"127.0.0.1:{ports[1]}", *storage, "--retention-days", f"{3 / 86400:.8f}")
     call_in_background(a, tmp_path / "sipp").join(30)
     assert wait_for(lambda: len(callbacks(http_server, "finished")) == 1, 20)
     rid = callbacks(http_server, "finished")[0]["recording_id"]
@@ -160,4 +161,5 @@ def test_a_recording_waiting_in_another_nodes_spool_is_not_deleted_to_come_back(
     code, headers, body = request("DELETE", f"{b}/api/recordings/{rid}")
     assert code == 503 and headers["retry-after"] == "30", (code, body)
     assert "waits in the spool of node " in json.loads(body)["detail"]
+    assert wait_for(lambda: f"{rid} (it waits in the spool of node " in node_b.log(), 20), node_b.log()[-3000:]
     assert api(b, f"/api/recordings/{rid}")[0] == 200 and list((a.data / "recordings").glob(f"{rid}.*"))

@@ -639,19 +639,17 @@ def build_app(
         worker = await owner_elsewhere(meta)
         if worker is not None:  # that worker knows whether it still records it
             return await _forward(request, worker, token, forward_timeout)
-        if index().shared and not meta.get("storage"):
-            node, bucket = await index().keeper(recording_id), service.bucket
-            if node is not None and node != index().node and bucket is None:  # on that node's disk alone
-                why = f"recording {recording_id} is kept on the disk of node {node} (no --storage)"
-                raise HTTPException(409, f"{why}: delete it through that node's API")
-            if node is not None and node != index().node and bucket is not None:
-                # In that node's spool, not uploaded yet: deleted here, its upload would bring it back.
-                raise HTTPException(
-                    503,
-                    f"recording {recording_id} waits in the spool of node {node} to be uploaded to "
-                    f"{bucket.url}: ask again later",
-                    headers={"Retry-After": str(storage.RETRY_AFTER)},
-                )
+        node, bucket = await storage.held_elsewhere(service, meta), service.bucket
+        if node is not None and bucket is None:
+            why = f"recording {recording_id} is kept on the disk of node {node} (no --storage)"
+            raise HTTPException(409, f"{why}: delete it through that node's API")
+        if node is not None and bucket is not None:
+            raise HTTPException(
+                503,
+                f"recording {recording_id} waits in the spool of node {node} to be uploaded to {bucket.url}: "
+                "ask again later",
+                headers={"Retry-After": str(storage.RETRY_AFTER)},
+            )
         try:
             await storage.delete_recording(service, meta)  # spool, bucket, index
         except StorageError as e:

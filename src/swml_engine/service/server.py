@@ -36,7 +36,7 @@ from swml_engine.logs import CallLog
 from swml_engine.media.clock import MediaTicker
 from swml_engine.methods import REGISTRY
 from swml_engine.recording.crypt import Keyring
-from swml_engine.recording.objectstore import ObjectStore, StorageUnreachable
+from swml_engine.recording.objectstore import ObjectStore, StorageError, StorageUnreachable
 from swml_engine.recording.recorder import Recording, Recordings
 from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
@@ -698,7 +698,7 @@ class Service:
         if cfg.retention_days:
             self.retention = Retention(
                 self.index,
-                lambda meta: storage.delete_recording(self, meta),  # spool, bucket, index: as DELETE does
+                self._retire,
                 lambda recording_id: self.live_recording(recording_id) is not None,
                 cfg.retention_days,
                 own=self.bucket is None,  # local storage: no other node's files are within reach
@@ -708,6 +708,15 @@ class Service:
                 ),
             )
             self._retention_task = asyncio.get_running_loop().create_task(self.retention.run(), name="retention")
+
+    async def _retire(self, meta: dict[str, Any]) -> None:
+        """A recording past its retention, removed as DELETE does (spool, bucket, index) — but one that
+        waits in another node's spool: deleted from here, its upload would bring it back (tried again at
+        the next pass; its own node's retention deletes it meanwhile)."""
+        node = await storage.held_elsewhere(self, meta)
+        if node is not None:
+            raise StorageError(f"it waits in the spool of node {node}, to be uploaded or deleted there")
+        await storage.delete_recording(self, meta)
 
     async def _delete_call(self, call_id: str) -> None:
         """One of this node's ended calls, at the end of retention: its event log, then its index row."""

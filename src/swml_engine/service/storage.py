@@ -267,6 +267,17 @@ class AudioStream(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def held_elsewhere(places: Places, meta: dict[str, Any]) -> str | None:
+    """The other node (a shared index) whose disk alone holds the recording: its files, without
+    --storage; its spool, with it, while it waits to be uploaded (deleted from here, its upload would
+    bring it back). None: this node's, or in the bucket."""
+    index = places.index
+    if index is None or not index.shared or meta.get("storage"):
+        return None
+    node = await index.keeper(str(meta["recording_id"]))
+    return node if node is not None and node != index.node else None
+
+
 async def delete_recording(places: Places, meta: dict[str, Any]) -> None:
     """Remove a recording from every place: the spool, the bucket, then the index (last, so a failure
     part-way leaves it listed and the delete can be asked again). StorageError: the bucket refused or
