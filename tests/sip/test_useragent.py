@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from swml_engine.transports.sip.message import Request, Response
+from swml_engine.transports.sip.transaction import TransactionTable
 from swml_engine.transports.sip.useragent import (
     AckReceived,
     ByeReceived,
@@ -499,6 +500,34 @@ def test_the_top_via_learns_received_and_rport() -> None:
     assert isinstance(trying, Response)
     assert trying.top_via.param("received") == "203.0.113.9" and trying.top_via.param("rport") == "40000"
     assert datagram.to == nat
+
+
+#: A transaction table small enough for a flood to fill it quickly.
+SMALL_TABLE = 200
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "INFO", "BYE"])
+def test_a_flood_of_requests_refused_outside_any_call_leaves_room_for_calls(method: str) -> None:
+    """Requests answered at once outside any call — OPTIONS probes, methods we do not serve, BYEs for no
+    dialog — from anyone, with forged sources if they like: each answer once held a server transaction
+    for Timer J (32 s, to absorb retransmissions), so 320 datagrams a second filled the table (MAX_SERVER_TRANSACTIONS) and every
+    new call got 503 for as long as the flood went on. Past half the table they are answered statelessly
+    (each still answered, retransmissions too); calls keep the other half."""
+    run = Run()
+    run.ua.table = TransactionTable(max_server=SMALL_TABLE)  # (a service's holds MAX_SERVER_TRANSACTIONS)
+    for n in range(SMALL_TABLE):
+        flooder = Caller(call_id=f"flood-{n}", host=f"198.51.100.{n % 250}", port=1024 + n)
+        run.feed(flooder.request(method)[0], flooder.peer)
+        run.clear()
+    flooder = Caller(call_id="flood-again", host="198.51.100.1", port=1024)
+    run.feed(flooder.request(method)[0], flooder.peer)
+    assert len(run.statuses(method)) == 1  # answered still, past the half
+    run.clear()
+    call = invited(run, Caller())
+    assert run.statuses("INVITE") == [100] and call.state is UasState.PROCEEDING
+    run.ua.reject(call, 486, run.now)
+    run.advance(64)  # and every transaction ends in its time
+    assert len(run.ua.table) == 0
 
 
 def test_a_flood_of_invites_never_acked_and_stray_acks_leave_nothing_behind() -> None:

@@ -104,6 +104,9 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 10_000
 #: Distinct sources whose unreadable messages are logged (the rest are counted only).
 MAX_NOISY = 1000
+#: How full the transaction table may be for a request answered outside any call to take a transaction
+#: (beyond, it is answered statelessly: see UserAgent._refuse).
+REFUSALS_SHARE = 0.5
 #: A tag of ours with ``--workers``: the worker's index, a dash, 48 random bits in hex (:func:`worker_of_tag`).
 _WORKER_TAG = re.compile(r"w(\d{1,2})-[0-9a-f]{12}")
 #: RFC 3261 §14.1: after a 491 to our re-INVITE, a UAS that does not own the Call-ID waits 0 to 2 s (in
@@ -1094,8 +1097,12 @@ class UserAgent:
     ) -> None:
         """Answer a request that is no call's (or refused before one exists): through a transaction
         when it can have one (retransmissions then get the same answer; an INVITE's error is repeated
-        until its ACK), else once, statelessly. ``tag``: our To tag when the request has none (a new
-        one when not given)."""
+        until its ACK) and the table is less than :data:`REFUSALS_SHARE` full, else once, statelessly
+        (RFC 3261 §8.2.7). ``tag``: our To tag when the request has none (a new one when not given).
+
+        Why the share: these answers come from anyone, forged sources included, and each transaction
+        lasts 32 s (Timer J, Timer H): 320 OPTIONS a second once filled the table, and every new call
+        got 503 while they went on. Past the share the calls alone take the table."""
         extra = [*headers, ("User-Agent", self.policy.user_agent)]
         if warning:
             text = warning.replace("\\", "\\\\").replace('"', "'")[:120]
@@ -1104,7 +1111,12 @@ class UserAgent:
         response = response_to(request, status, reason, to_tag=to_tag, headers=extra)
         if request.method == Method.ACK:
             return
-        tx = self._server_transaction(request, peer, now)
+        table = self.table
+        tx = (
+            self._server_transaction(request, peer, now)
+            if table.server_count < table.max_server * REFUSALS_SHARE
+            else None
+        )
         if tx is None:
             self._send(response, _reply_destination(request, peer))
             return
