@@ -181,8 +181,11 @@ def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
     steps_bomb += [
         f"    - &c{i} {{cond: [{{when: 'true', then: [{', '.join([f'*c{i - 1}'] * 8)}]}}]}}" for i in range(1, 7)
     ]
+    # Read by the parser, but a RecursionError traceback in the loader's walks (and the run's).
+    deep_value = '{"sections": {"main": [{"set": {"p": ' + "[" * 900 + "]" * 900 + "}}]}}"
     cases = {
         deep_json: "nested too deeply to read",
+        deep_value: "sections.main[0].set.p[0][0][0]...: lists and objects nested more than 300 levels deep",
         deep_steps: "steps nested more than 50 levels deep",
         "\n".join(bomb): "once its YAML aliases are expanded",
         "\n".join(steps_bomb): "more than 100000 steps in one document",

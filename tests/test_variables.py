@@ -213,3 +213,13 @@ def test_a_snapshot_of_vars_is_a_copy_as_they_were() -> None:
     # vars.json then failed (swml run ended in a RecursionError, writing nothing).
     res = run_doc("sections: {main: [{set: {a: {n: 1}}}, {set: {snapshot: '${vars}', b: '${a}'}}, {set: {c: 2}}]}")
     assert res.vars == {"a": {"n": 1}, "snapshot": {"a": {"n": 1}}, "b": {"n": 1}, "c": 2}
+
+
+def test_an_expression_whose_value_nests_too_deep_fails_its_step() -> None:
+    # A value 900 deep from V8 ended swml run with a RecursionError (writing the vars.set event).
+    res = run_doc(
+        """sections: {main: [{set: {d: "${JSON.parse('['.repeat(900) + ']'.repeat(900))}"}}, {set: {after: 1}}]}"""
+    )
+    (error,) = [e["message"] for e in res.events if e["type"] == "error"]
+    assert error.startswith("sections.main[0].set.d: the value has lists and objects nested more than 300 levels")
+    assert res.vars == {"after": 1}

@@ -26,6 +26,7 @@ import yaml
 from swml_engine.document.model import Block, Document, MethodTable, Step
 from swml_engine.document.params import NotSupported, describe, shorten, unclosed_placeholder
 from swml_engine.errors import DocumentError, ParamError
+from swml_engine.nesting import MAX_DEPTH, too_deep
 
 #: Every calling method named by the official SWML schema (SWMLObject.json, $defs.SWMLMethod).
 SCHEMA_METHODS: frozenset[str] = frozenset(
@@ -432,6 +433,10 @@ def load_document(
     """Build a Document from parsed YAML/JSON, its steps checked against ``methods``; raises
     DocumentError listing every problem found (``budget``: as for parse_text)."""
     loader = _Loader(methods, budget)
+    deep = too_deep(raw)
+    if deep is not None:
+        path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in deep).lstrip(".")
+        raise DocumentError([ParamError(f"{path}...", f"lists and objects nested more than {MAX_DEPTH} levels deep")])
     if isinstance(raw, list):
         raw = {"sections": {"main": raw}}  # a bare list of steps is the main section
     if not isinstance(raw, dict):

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from swml_engine.errors import ExpressionError
 from swml_engine.media.clock import VirtualTimeLoop
+from swml_engine.nesting import MAX_DEPTH, too_deep
 
 T = TypeVar("T")
 
@@ -212,6 +213,10 @@ class JsEngine:
             raise ExpressionError(f"{what} took longer than {ms} ms and was stopped: {_short(source)}")
         if outcome.end is not _End.VALUE:
             raise ExpressionError(f"{outcome.message} in expression {_short(source)}")
+        if too_deep(outcome.value) is not None:  # (a document may not hold it either: nesting.py)
+            raise ExpressionError(
+                f"the value has lists and objects nested more than {MAX_DEPTH} levels deep: {_short(source)}"
+            )
         return outcome.value
 
     # --- on the V8 thread -----------------------------------------------------------------------------
