@@ -13,7 +13,9 @@ import itertools
 import numpy as np
 import pytest
 
-from swml_engine.transports.sip.jitterbuffer import JitterBuffer
+from conftest import tone
+from swml_engine.transports.sip.codecs import G722
+from swml_engine.transports.sip.jitterbuffer import Coded, JitterBuffer
 
 FRAME = 160  # 20 ms at 8 kHz
 
@@ -54,3 +56,30 @@ def test_a_drifting_sender_keeps_its_latency_and_loses_or_gains_a_frame_at_a_tim
     assert all(b - a > 1 for a, b in itertools.pairwise(silent)), "two frames of silence in a row"
     if clock > 1:  # a slow sender loses nothing: every packet it sent is heard
         assert skipped.max() == 0
+
+
+def test_a_wideband_sender_running_fast_loses_whole_frames_without_a_click() -> None:
+    """G.722 keeps state from packet to packet: a frame dropped to follow a fast sender is still decoded
+    (not played), so the next one decodes as the sender meant it. A 1 kHz tone is whole cycles in 20 ms:
+    with the decoder in step, a frame less leaves no mark in it."""
+    encoder, decoder = G722(), G722()
+    voice = tone(1000, 1.0, 16000)
+    jb = JitterBuffer(16000, 8000, decode=lambda packet: decoder.decode(packet.payload))
+    heard, sent = [], 0
+    for k in range(20 * 50):  # 20 s of ours; the sender's 20 ms take 19.9 ms (0.5% fast)
+        while sent * 0.02 * 0.995 <= k * 0.02 + 0.01:
+            at = sent % 50 * 320
+            payload = encoder.encode(np.ascontiguousarray(voice[at : at + 320]))
+            jb.push(1, sent * 160, Coded(payload, 2 * len(payload)))
+            sent += 1
+        frame = jb.pop()
+        heard.append(frame if frame is not None else np.zeros(320, np.int16))
+    assert jb.stats.drift_dropped >= 4  # (a frame every four seconds)
+    audio = np.concatenate(heard[100:]).astype(np.float64)
+    t = np.arange(160) / 16000
+    basis = np.stack([np.sin(2 * np.pi * 1000 * t), np.cos(2 * np.pi * 1000 * t)], axis=1)
+    worst = 0.0
+    for i in range(0, len(audio) - 160, 80):
+        fit, *_ = np.linalg.lstsq(basis, audio[i : i + 160], rcond=None)
+        worst = max(worst, float(np.max(np.abs(audio[i : i + 160] - basis @ fit)) / np.hypot(*fit)))
+    assert worst < 0.06, f"a click at {worst:.0%} of the tone"

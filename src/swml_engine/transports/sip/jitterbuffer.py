@@ -166,6 +166,8 @@ class JitterBuffer:
             samples = chunks.pop(key)
             if key + self._length(samples) > new:
                 chunks.setdefault(new, self._decoded(samples)[new - key :])
+            elif isinstance(samples, Coded):
+                self._decoded(samples)  # not played, but decoded in turn: the decoder's state follows the stream
         self.read_pos = new
 
     def _take(self) -> tuple[Samples, bool]:
