@@ -114,6 +114,11 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
             "sections.main[0].set.obj.c: 'obj.c' is not a variable name: ${obj.c} reads a field of obj",
         ),
         ("sections: {main: [{unset: [a, call.from]}]}", "sections.main[0].unset[1]: 'call.from' is not a variable"),
+        (  # compared as 'True', it matched nothing: a variable holding 'yes' went to default
+            "sections: {main: [{switch: {variable: answer, case: {yes: [hangup], 'no': [answer]}}}]}",
+            "sections.main[0].switch.case: a key YAML reads as true, not text (written yes, on or true unquoted), "
+            "which no value matches: quote it, e.g. 'yes'",
+        ),
         ("sections: {other: []}", "sections.main: is required"),
         (
             "sections: {main: [{cond: [{when: 'a', then: [{sleep: {duration: x}}]}]}]}",

@@ -36,6 +36,9 @@ class Switch(Method[SwitchParams]):
         case = raw.get("case", {})
         if not isinstance(case, dict):
             raise ParamError(f"{where}.case", f"{describe(case)} is not an object of value: [steps]")
+        for k in case:
+            if isinstance(k, bool) or k is None:
+                raise ParamError(f"{where}.case", _yaml_key_message(k))
         out["case"] = {str(k): blocks(v, f"{where}.case.{k}") for k, v in case.items()}
         if "default" in raw:
             out["default"] = blocks(raw["default"], f"{where}.default")
@@ -59,6 +62,22 @@ class Switch(Method[SwitchParams]):
             await ctx.run_block(p.default)
         else:
             ctx.result = "no_match"
+
+
+#: How YAML 1.1 spells the keys it reads as something other than text.
+_YAML_SPELLINGS = {True: "yes, on or true", False: "no, off or false", None: "~, null or nothing"}
+
+
+def _yaml_key_message(key: bool | None) -> str:
+    """A case key that YAML read as a boolean or null: it was compared as 'True' / 'None' and matched
+    nothing (a variable holding 'yes' never reached ``yes:``)."""
+    spelled = _YAML_SPELLINGS[key]
+    shown = "null" if key is None else str(key).lower()
+    example = {True: "'yes'", False: "'no'", None: "'' for a missing or empty value"}[key]
+    return (
+        f"a key YAML reads as {shown}, not text (written {spelled} unquoted), which no value matches: "
+        f"quote it, e.g. {example}"
+    )
 
 
 def _plain(name: str) -> bool:
