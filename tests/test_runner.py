@@ -137,6 +137,17 @@ def test_a_return_that_ends_the_script_sets_return_value() -> None:
     assert res.vars == {"return_value": 2}
 
 
+def test_a_variable_holding_nan_goes_to_a_url_as_null(http_server) -> None:  # type: ignore[no-untyped-def]
+    # expressions.mdx's order total over an empty prompt_value is NaN: every fetch after it failed
+    # ('Out of range float values are not JSON compliant').
+    http_server.files["/swml"] = (b"sections: {main: [{return: done}]}", "application/yaml")
+    res = run_doc(
+        f"sections: {{main: [{{set: {{total: '${{parseInt(\"\") * 5}}'}}}}, {{execute: '{http_server.url('/swml')}'}}]}}"
+    )
+    assert res.vars["return_value"] == "done"
+    assert http_server.requests[0]["json"]["vars"] == {"total": None}
+
+
 def test_execute_to_unreachable_url_fails_the_step_and_goes_on() -> None:
     res = run_doc("sections: {main: [{execute: {dest: 'http://127.0.0.1:9/none'}}, {set: {after: ok}}]}")
     errors = [e for e in res.events if e["type"] == "error"]

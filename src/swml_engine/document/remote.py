@@ -17,6 +17,7 @@ from swml_engine.call import CallOptions
 from swml_engine.document.loader import load_text
 from swml_engine.document.model import Document, MethodTable
 from swml_engine.errors import DocumentError, ParamError
+from swml_engine.events import jsonable
 from swml_engine.fetch import FetchControl, FetchError, Redirects, http_fetch
 from swml_engine.urls import UrlError, parse_http_url, redact
 
@@ -42,7 +43,9 @@ def fetch_document(url: str, payload: dict[str, Any], control: FetchControl, *, 
             control,
             limit=MAX_DOCUMENT_BYTES,
             redirects=Redirects.SAME_ORIGIN,
-            json_body=payload,
+            # Strict JSON, as vars.json: a variable holding NaN (a sum over an empty prompt_value) made
+            # every fetch fail 'Out of range float values are not JSON compliant'.
+            json_body=jsonable(payload),
             headers={"Accept": ACCEPT},
             what="SWML from ",
         )
