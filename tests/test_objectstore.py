@@ -5,9 +5,15 @@ metadata documents an index is rebuilt from."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import socket
+import ssl
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +72,91 @@ def test_start_checks_name_the_problem(s3_server: S3Server) -> None:
         hung = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
         with pytest.raises(StorageUnreachable, match=r"no answer from http://127\.0\.0\.1:\d+ within 5 s: check"):
             asyncio.run(ObjectStore.from_option(f"s3://{bucket}/p", hung).check())
+
+
+@contextlib.contextmanager
+def tls_in_front(server: S3Server, directory: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS endpoint on loopback passing each connection on to ``server``, its certificate signed by
+    a CA of this test's own (as a MinIO of one's own is): the endpoint's URL and the CA's PEM file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def signed(subject: str, public: ec.EllipticCurvePublicKey, ca: bool) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("test CA"))
+            .public_key(public).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )  # fmt: skip
+
+    ca = signed("test CA", ca_key.public_key(), True).sign(ca_key, hashes.SHA256())
+    leaf = signed("127.0.0.1", key.public_key(), False).add_extension(
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "leaf.pem").write_bytes(leaf.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    (directory / "leaf.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            try:
+                client = context.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                continue  # (a client that refused the certificate)
+            upstream = socket.create_connection(("127.0.0.1", server.port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", directory / "ca.pem"
+
+
+def test_an_endpoint_a_private_ca_signs_is_trusted_from_aws_ca_bundle(s3_server: S3Server, tmp_path: Path) -> None:
+    """A MinIO behind a CA of one's own: the certificate's refusal is named, with what to do (it read
+    "error sending request ... check AWS_ENDPOINT_URL and that the server is up", and the start went on
+    as if the server were down), and AWS_CA_BUNDLE, as the AWS tools read it, makes it trusted."""
+    bucket = s3_server.bucket()
+    with tls_in_front(s3_server, tmp_path) as (endpoint, ca):
+        env = {**s3_server.env, "AWS_ENDPOINT_URL": endpoint}
+        untrusted = ObjectStore.from_option(f"s3://{bucket}/p", env)
+        with pytest.raises(StorageError) as e:
+            asyncio.run(untrusted.check())
+        assert not isinstance(e.value, StorageUnreachable)  # (a setting to fix: the start stops)
+        assert str(e.value) == (
+            f"--storage s3://{bucket}/p: the certificate of {endpoint} is not trusted (UnknownIssuer): if a CA "
+            "of your own signs it, give its PEM file in AWS_CA_BUNDLE"
+        )
+        trusted = ObjectStore.from_option(f"s3://{bucket}/p", {**env, "AWS_CA_BUNDLE": str(ca)})
+        asyncio.run(trusted.check())
+        asyncio.run(trusted.put_bytes("r.json", b"{}", {}))
+        assert s3_server.objects(bucket) == {"p/r.json": b"{}"}
+    with pytest.raises(StorageError, match=r"AWS_CA_BUNDLE \S+none\.pem cannot be read \(No such file or directory\)"):
+        ObjectStore.from_option(f"s3://{bucket}/p", {**env, "AWS_CA_BUNDLE": str(tmp_path / "none.pem")})
 
 
 def test_a_refusal_says_what_the_storage_answered(s3_server: S3Server) -> None:

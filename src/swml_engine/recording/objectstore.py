@@ -52,6 +52,8 @@ CHECK_TIMEOUT = 5.0
 
 #: The error in an S3 answer's XML body: its code (NoSuchBucket, AccessDenied ...) and message.
 _S3_ERROR = re.compile(r"<Code>([^<]{1,100})</Code>\s*(?:<Message>([^<]{0,200})</Message>)?")
+#: A TLS certificate the client refused, in its error's debug text, and why (UnknownIssuer, Expired ...).
+_UNTRUSTED = re.compile(r"InvalidCertificate\((?:\s*\w+\()*\s*(\w+)")
 #: S3's rules for a bucket name (3-63 characters: lower-case letters, digits, dots, hyphens).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 #: A prefix: path segments of safe characters (no "..", no empty segment).
@@ -112,6 +114,9 @@ class S3Settings:
     access_key: str | None
     secret_key: str | None
     session_token: str | None
+    #: A PEM file of the CA(s) that sign the endpoint's certificate (a private CA: a MinIO of one's own),
+    #: trusted beside the system's.
+    ca_bundle: str | None = None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> S3Settings:
@@ -124,6 +129,7 @@ class S3Settings:
             access_key=get("AWS_ACCESS_KEY_ID"),
             secret_key=get("AWS_SECRET_ACCESS_KEY"),
             session_token=get("AWS_SESSION_TOKEN", "AWS_TOKEN"),
+            ca_bundle=get("AWS_CA_BUNDLE"),
         )
 
     def where(self) -> str:
@@ -169,16 +175,25 @@ class ObjectStore:
             config["secret_access_key"] = settings.secret_key
         if settings.session_token:
             config["token"] = settings.session_token
+        client: dict[str, Any] = {
+            "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://")),
+            "connect_timeout": CONNECT_TIMEOUT,
+            "timeout": REQUEST_TIMEOUT,
+        }
+        if settings.ca_bundle:
+            try:
+                client["root_certificate"] = Path(settings.ca_bundle).read_bytes()
+            except OSError as e:
+                raise StorageError(
+                    f"--storage {url}: AWS_CA_BUNDLE {settings.ca_bundle} cannot be read ({e.strerror or e}): give "
+                    "the PEM file of the CA that signs the endpoint's certificate"
+                ) from None
         try:
             self._s3 = S3Store(
                 url.bucket,
                 prefix=url.prefix or None,
                 config=config,  # type: ignore[arg-type]  # (a TypedDict built key by key)
-                client_options={
-                    "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://")),
-                    "connect_timeout": CONNECT_TIMEOUT,
-                    "timeout": REQUEST_TIMEOUT,
-                },
+                client_options=client,  # type: ignore[arg-type]  # (the same)
                 retry_config={"max_retries": CLIENT_RETRIES, "retry_timeout": CLIENT_RETRY_TIMEOUT},
             )
         except Exception as e:  # obstore's own errors for a value it cannot use (an endpoint URL)
@@ -190,8 +205,8 @@ class ObjectStore:
 
     async def check(self) -> None:
         """At start: the bucket exists and lets us in (one listing of at most one object). StorageError
-        when it is missing or refuses us; StorageUnreachable when the server does not answer (within
-        :data:`CHECK_TIMEOUT`)."""
+        when it is missing or refuses us, or its certificate is not trusted; StorageUnreachable when the
+        server does not answer (within :data:`CHECK_TIMEOUT`)."""
 
         async def first() -> None:
             async for _ in obstore.list(self._s3, chunk_size=1):
@@ -205,6 +220,12 @@ class ObjectStore:
                 "check AWS_ENDPOINT_URL and that the server is up"
             ) from None
         except Exception as e:
+            untrusted = _UNTRUSTED.search(str(e))
+            if untrusted is not None:  # (a setting to fix, not a server away: the start stops)
+                raise StorageError(
+                    f"--storage {self.url}: the certificate of {self.settings.where()} is not trusted "
+                    f"({untrusted[1]}): if a CA of your own signs it, give its PEM file in AWS_CA_BUNDLE"
+                ) from None
             why = _reason(e)
             hint = "create it, or fix the name or the endpoint"
             if "NoSuchBucket" in why or _status(why, 404):
@@ -322,6 +343,12 @@ def _reason(e: BaseException) -> str:
     in words: ``404 Not Found: NoSuchBucket (The specified bucket does not exist)``."""
     whole = str(e).strip()
     text = whole.splitlines()[0] if whole else type(e).__name__
+    untrusted = _UNTRUSTED.search(whole)
+    if untrusted is not None:  # (the first line says only "error sending request")
+        return (
+            f"{text[:300]}: the server's certificate is not trusted ({untrusted[1]}): if a CA of your own "
+            "signs it, give its PEM file in AWS_CA_BUNDLE"
+        )
     answered = _S3_ERROR.search(whole)
     if answered is None:
         return text[:300]
