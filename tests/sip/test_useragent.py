@@ -530,6 +530,28 @@ def test_a_flood_of_requests_refused_outside_any_call_leaves_room_for_calls(meth
     assert len(run.ua.table) == 0
 
 
+def test_a_callers_flood_of_requests_in_its_own_call_leaves_room_for_other_calls() -> None:
+    """A caller may send requests in its call (OPTIONS, INFO, re-INVITEs), each held 32 s by its
+    transaction: 500 a second filled the table, and every other caller got 503. Past
+    MAX_CALL_TRANSACTIONS live in one call, its requests get 503 statelessly — its BYE still ends it."""
+    run = Run()
+    run.ua.table = TransactionTable(max_server=SMALL_TABLE)
+    flooder = Caller(call_id="flooder")
+    call = answered(run, flooder)
+    for cseq in range(2, SMALL_TABLE + 2):
+        flooder.cseq = cseq
+        run.feed(flooder.request("OPTIONS")[0], flooder.peer)
+    statuses = run.statuses("OPTIONS")
+    assert len(statuses) == SMALL_TABLE and set(statuses) == {200, 503}  # every one answered
+    run.clear()
+    run.events.clear()
+    other = invited(run, Caller(call_id="another-caller", port=5080))
+    assert run.statuses("INVITE") == [100] and other.state is UasState.PROCEEDING
+    flooder.cseq = SMALL_TABLE + 2
+    run.feed(flooder.request("BYE")[0], flooder.peer)
+    assert run.statuses("BYE") == [200] and call.ended
+
+
 def test_a_flood_of_invites_never_acked_and_stray_acks_leave_nothing_behind() -> None:
     """300 INVITEs refused 486 whose ACKs never come, each with a stray ACK for no transaction beside
     it: every 486 is repeated by Timer G, and after Timer H nothing of them is left (memory bounded

@@ -107,6 +107,10 @@ MAX_NOISY = 1000
 #: How full the transaction table may be for a request answered outside any call to take a transaction
 #: (beyond, it is answered statelessly: see UserAgent._refuse).
 REFUSALS_SHARE = 0.5
+#: Server transactions one call may hold live (its INVITE's, its requests': each lasts up to 32 s): beyond,
+#: its requests but BYE get 503 statelessly, so that one caller's flood inside its own call cannot fill
+#: the table every other call needs. A phone's in-dialog requests are a few a minute.
+MAX_CALL_TRANSACTIONS = 64
 #: A tag of ours with ``--workers``: the worker's index, a dash, 48 random bits in hex (:func:`worker_of_tag`).
 _WORKER_TAG = re.compile(r"w(\d{1,2})-[0-9a-f]{12}")
 #: RFC 3261 §14.1: after a 491 to our re-INVITE, a UAS that does not own the Call-ID waits 0 to 2 s (in
@@ -269,6 +273,8 @@ class ServerCall:
     local_sdp: bytes = b""
     #: Our refresh (re-INVITE or UPDATE) waiting for its final answer.
     refreshing: Request | None = None
+    #: Its server transactions still live (at most MAX_CALL_TRANSACTIONS).
+    live_transactions: int = 0
 
     @property
     def call_id(self) -> str:
@@ -578,7 +584,7 @@ class UserAgent:
         call = ServerCall(invite=request, peer=peer, local_tag=local_tag, transaction=tx, dialog=dialog, asked=asked)
         self._calls[call.id] = call
         self._setting_up[key] = call
-        self._machine_call[tx] = call
+        self._serves(tx, call)
         self._respond(call, tx, request, 100, now)  # at once: the caller stops retransmitting
         self._event(InviteReceived(call))
 
@@ -662,11 +668,15 @@ class UserAgent:
         if call is None or call.ended:
             self._refuse(request, peer, now, 481)  # RFC 3261 §12.2.2: no such dialog (ended, or never ours)
             return
+        if call.live_transactions >= MAX_CALL_TRANSACTIONS and request.method != Method.BYE:
+            busy = response_to(request, 503, headers=(("Retry-After", "1"), ("User-Agent", self.policy.user_agent)))
+            self._send(busy, _reply_destination(request, peer))  # (statelessly: see MAX_CALL_TRANSACTIONS)
+            return
         rejection = call.dialog.receive_request(request)
         tx = self._server_transaction(request, peer, now)
         if tx is None:
             return
-        self._machine_call[tx] = call
+        self._serves(tx, call)
         if rejection is not None:
             self._respond(call, tx, request, rejection.status, now, reason=rejection.reason, headers=rejection.headers)
             return
@@ -1170,10 +1180,17 @@ class UserAgent:
             retransmitter.ack_received(0.0)
             self._forget(retransmitter)
 
+    def _serves(self, tx: ServerTransaction, call: ServerCall) -> None:
+        """``tx`` is a request of ``call``'s (until :meth:`_forget`)."""
+        self._machine_call[tx] = call
+        call.live_transactions += 1
+
     def _forget(self, machine: object) -> None:
         """Let go of what this core keeps of a machine that is over (where it sends, its call, its owner)."""
         self._where.pop(machine, None)
-        self._machine_call.pop(machine, None)
+        call = self._machine_call.pop(machine, None)
+        if call is not None and isinstance(machine, ServerTransaction):
+            call.live_transactions -= 1
         if isinstance(machine, ClientTransaction):
             self._owners.pop(machine, None)
 
