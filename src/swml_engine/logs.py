@@ -54,6 +54,14 @@ class CallIdFilter(logging.Filter):
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", *CALL_FIELDS}
 #: Bounds on what one line carries from ``extra``: fields, and characters of each value.
 MAX_EXTRA_FIELDS, MAX_VALUE_CHARS = 20, 1000
+#: Characters of a line's message (as written: escaped). A caller's Call-ID may be 60,000 characters long,
+#: and a log pipeline cuts a longer line into several (journald at 48 KiB): the rest of it would read as a
+#: line of its own, beginning with the caller's text.
+MAX_MESSAGE_CHARS = 4000
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def printable(text: str, escape: Callable[[str], str]) -> str:
@@ -77,7 +85,7 @@ class TextFormatter(logging.Formatter):
     printable line each (see the module docstring)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        shown = printable(record.message, _as_python)
+        shown = _cut(printable(record.message, _as_python), MAX_MESSAGE_CHARS)
         if shown is not record.message:
             record = logging.makeLogRecord({**record.__dict__, "message": shown})
         return super().formatMessage(record)
@@ -89,7 +97,7 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``worker`` (which
     of ``--workers``), ``pid``, ``call_id`` and ``sip_call_id`` (null for a line about no call),
-    ``logger``, ``message`` (the text line's message, as it reads there), ``exception`` (a traceback,
+    ``logger``, ``message`` (the text line's message, at most MAX_MESSAGE_CHARS), ``exception`` (a traceback,
     when there is one), and the fields a line was given with ``extra=``, bounded in number and length.
     A line never breaks: a value JSON cannot hold is written as its text."""
 
@@ -106,9 +114,9 @@ class JsonFormatter(logging.Formatter):
             "worker": self.worker,
             "pid": record.process,
             "call_id": _id(getattr(record, "call_id", None)),
-            "sip_call_id": _id(getattr(record, "sip_call_id", None)),
+            "sip_call_id": _bounded(_id(getattr(record, "sip_call_id", None))),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _cut(record.getMessage(), MAX_MESSAGE_CHARS),
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -127,5 +135,4 @@ def _id(value: object) -> str | None:
 def _bounded(value: object) -> object:
     if value is None or isinstance(value, bool | int | float):
         return value
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
+    return _cut(value if isinstance(value, str) else str(value), MAX_VALUE_CHARS)

@@ -1,5 +1,6 @@
 """What a caller sends cannot break or drive `swml serve`'s log: a Call-ID holding a terminal escape, a C1
-control and a bidirectional override is written escaped, in the text lines and in the JSON lines alike."""
+control and a bidirectional override is written escaped, and one of 40,000 characters is cut, in the text
+lines and in the JSON lines alike."""
 
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ HOSTILE = "x\x1b[2J\x9b31m\u202ey@192.0.2.9"
 def test_a_callers_control_characters_reach_the_log_escaped(engine: EngineFactory, log_format: str) -> None:
     eng = engine(BUSY, "--log-format", log_format)
     caller = SipPeer(eng.port, call_id=HOSTILE)
+    # a Call-ID of 40,000 characters (the SIP core takes it): its line is cut, or a log pipeline would cut
+    # it into lines of its own (journald: at 48 KiB), the rest beginning with the caller's text
+    long = SipPeer(eng.port, call_id="c" * 40_000)
     try:
-        caller.request("INVITE", 1, body=sdp_offer(31400))
-        assert caller.wait(lambda: 486 in caller.statuses("INVITE")), caller.messages
-        assert caller.wait(lambda: "ended after" in eng.log()), eng.log()[-2000:]
+        for peer in (caller, long):
+            peer.request("INVITE", 1, body=sdp_offer(31400))
+            assert peer.wait(lambda: 486 in peer.statuses("INVITE")), peer.messages  # noqa: B023
+        assert caller.wait(lambda: eng.log().count("ended after") == 2), eng.log()[-2000:]
     finally:
         caller.close()
+        long.close()
     lines = eng.log().splitlines()  # (splitlines breaks at U+2028, \x85 and the like too)
     assert all(line.isprintable() for line in lines), [line for line in lines if not line.isprintable()]
+    assert max(len(line) for line in lines) < 6000
     if log_format == "text":
         assert any(" (x\\x1b[2J\\x9b31m\\u202ey@192.0.2.9) from " in line for line in lines), lines
     else:  # read back, the message holds the Call-ID as it came
