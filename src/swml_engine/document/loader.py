@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from swml_engine.document.model import Block, Document, MethodTable, Step
-from swml_engine.document.params import NotSupported, describe, shorten, unclosed_placeholder
+from swml_engine.document.params import NotSupported, describe, placeholder_problem, shorten
 from swml_engine.errors import DocumentError, ParamError
 from swml_engine.nesting import MAX_DEPTH, too_deep
 
@@ -412,12 +412,8 @@ def _unclosed(value: object, path: str) -> list[ParamError]:
     """Every string of a step's parameters holding a ``${``/``%{`` that no ``}`` closes: the run would say
     or send it as written (``'say:Hi ${call.from'``). Nested steps (Blocks) are checked as their own steps."""
     if isinstance(value, str):
-        at = unclosed_placeholder(value)
-        if at is None:
-            return []
-        return [
-            ParamError(path, f"{describe(value)}: the {value[at : at + 2]!r} at character {at + 1} has no closing '}}'")
-        ]
+        problem = placeholder_problem(value)
+        return [] if problem is None else [ParamError(path, f"{describe(value)}: {problem[1]}")]
     if isinstance(value, dict):
         return [e for k, v in value.items() for e in _unclosed(v, f"{path}.{k}")]
     if isinstance(value, list):

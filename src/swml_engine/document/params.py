@@ -27,13 +27,14 @@ def is_templated(value: object) -> bool:
     return isinstance(value, str) and _TEMPLATE.search(value) is not None
 
 
-def closing_brace(text: str, open_at: int) -> int:
+def closing_brace(text: str, open_at: int, stop: int | None = None) -> int:
     """The index of the ``}`` closing the ``{`` at ``open_at`` (braces inside JS string literals do not
-    count), or -1 when the text ends first."""
+    count), or -1 when the text (or its part before ``stop``) ends first."""
     depth = 0
     i = open_at
+    end = len(text) if stop is None else stop
     quote: str | None = None
-    while i < len(text):
+    while i < end:
         c = text[i]
         if quote is not None:
             if c == "\\":
@@ -53,12 +54,35 @@ def closing_brace(text: str, open_at: int) -> int:
     return -1
 
 
-def unclosed_placeholder(text: str) -> int | None:
-    """Where a ``${`` or ``%{`` that no ``}`` closes starts (it would stay in the text as written), or None."""
-    for m in _TEMPLATE.finditer(text):
-        if closing_brace(text, m.start() + 1) < 0:
-            return m.start()
-    return None
+#: Placeholders inside placeholders (``${contacts.${lc:dept}}`` is two levels): deeper is not a value a
+#: person wrote, and filling reads each level again.
+MAX_PLACEHOLDER_DEPTH = 10
+
+
+def placeholder_problem(text: str) -> tuple[int, str] | None:
+    """The first ``${``/``%{`` that no ``}`` closes (it would stay in the text as written), or that nests
+    deeper than MAX_PLACEHOLDER_DEPTH: its index and what is wrong; None when there is neither.
+
+    Read as filling reads it: each placeholder's body is searched again for the ones inside it, so a text
+    is read once per level. Looking for a close from every ``${`` to the end of the text, as this once
+    did, cost its length squared: a 4 MiB remote document of ``${`` nested in one another took hours."""
+    problems: list[tuple[int, str]] = []
+    spans = [(0, len(text), 1)]  # parts of the text to search, and the depth of what is found there
+    while spans:
+        lo, hi, depth = spans.pop()
+        at = lo
+        while (m := _TEMPLATE.search(text, at, hi)) is not None:
+            end = closing_brace(text, m.start() + 1, hi)
+            if end < 0:
+                problems.append((m.start(), f"the {m.group()!r} at character {m.start() + 1} has no closing '}}'"))
+                break
+            if depth > MAX_PLACEHOLDER_DEPTH:
+                where = f"the {m.group()!r} at character {m.start() + 1}"
+                problems.append((m.start(), f"{where} is inside {MAX_PLACEHOLDER_DEPTH} other placeholders"))
+                break
+            spans.append((m.start() + 2, end, depth + 1))
+            at = end + 1
+    return min(problems) if problems else None
 
 
 def shorten(text: str, limit: int = 120) -> str:
