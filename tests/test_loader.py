@@ -190,7 +190,9 @@ def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
     deep_value = '{"sections": {"main": [{"set": {"p": ' + "[" * 900 + "]" * 900 + "}}]}}"
     # Each ${ looked for its close to the end of the text: 100,000 of them nested took hours.
     nested_placeholders = "sections: {main: [{set: {p: '" + "${" * 100_000 + "}" * 100_000 + "'}}]}"
+    unclosed_functions = "sections: {main: [{set: {p: '" + "@{echo " * 50_000 + "'}}]}"
     cases = {
+        unclosed_functions: "the '@{' at character 1 has no closing '}'",
         nested_placeholders: "the '${' at character 21 is inside 10 other placeholders",
         deep_json: "nested too deeply to read",
         deep_value: "sections.main[0].set.p[0][0][0]...: lists and objects nested more than 300 levels deep",

@@ -223,3 +223,11 @@ def test_an_expression_whose_value_nests_too_deep_fails_its_step() -> None:
     (error,) = [e["message"] for e in res.events if e["type"] == "error"]
     assert error.startswith("sections.main[0].set.d: the value has lists and objects nested more than 300 levels")
     assert res.vars == {"after": 1}
+
+
+def test_text_with_many_braces_that_open_no_function_is_filled_at_once() -> None:
+    # Each @{ was read to the end of the text looking for its close: 20,000 took a minute, on the event loop.
+    started = time.monotonic()
+    res = run_doc("sections: {main: [{set: {p: '" + "@{" * 20_000 + "@{echo ok}'}}]}")
+    assert res.vars["p"] == "@{" * 20_000 + "ok"
+    assert time.monotonic() - started < 10

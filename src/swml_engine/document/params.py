@@ -17,9 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from swml_engine.errors import ParamError
+from swml_engine.script.template_functions import AT_OPENER
 from swml_engine.urls import UrlError, parse_http_url
 
 _TEMPLATE = re.compile(r"[$%]\{")
+#: What filling reads as the start of a placeholder: ``${``, ``%{``, and the ``@{`` of a function call.
+_OPENER = re.compile(rf"[$%]\{{|{AT_OPENER.pattern}")
 
 
 def is_templated(value: object) -> bool:
@@ -71,7 +74,7 @@ def placeholder_problem(text: str) -> tuple[int, str] | None:
     while spans:
         lo, hi, depth = spans.pop()
         at = lo
-        while (m := _TEMPLATE.search(text, at, hi)) is not None:
+        while (m := _OPENER.search(text, at, hi)) is not None:
             end = closing_brace(text, m.start() + 1, hi)
             if end < 0:
                 problems.append((m.start(), f"the {m.group()!r} at character {m.start() + 1} has no closing '}}'"))

@@ -27,6 +27,10 @@ _PREFIX = re.compile(r"^(?:lc:|uc:|enc:url:)+")
 
 AT_FUNCTIONS = ("strftime_tz", "fmt_ph", "expr", "echo", "separate", "sleep")
 
+#: The ``@{`` of a function call (its name, then a space or the closing brace: what is_at_function
+#: takes); any other ``@{`` is text, and need not be read to its closing brace.
+AT_OPENER = re.compile(r"@\{(?=\s*(?:" + "|".join(AT_FUNCTIONS) + r")(?: |\s*\}))")
+
 
 def split_prefixes(body: str) -> tuple[list[str], str]:
     """``lc:enc:url:args.q`` -> (["lc:", "enc:url:"], "args.q")."""

@@ -24,7 +24,13 @@ from swml_engine.errors import ExpressionError, ParamError
 from swml_engine.script.context import Variables, is_path
 from swml_engine.script.expressions import JsEngine
 from swml_engine.script.splice import JsLexer, as_text, splice
-from swml_engine.script.template_functions import AtFunctions, apply_prefixes, is_at_function, split_prefixes
+from swml_engine.script.template_functions import (
+    AT_OPENER,
+    AtFunctions,
+    apply_prefixes,
+    is_at_function,
+    split_prefixes,
+)
 
 T = TypeVar("T")
 
@@ -53,7 +59,9 @@ def scan(text: str) -> list[str | _Placeholder]:
     n = len(text)
     while i < n:
         c = text[i]
-        if c in "$%@" and i + 1 < n and text[i + 1] == "{":
+        # (An @{ that opens no function is text: reading each to its close cost the text's length
+        # squared, on the event loop, for a value of many.)
+        if c in "$%@" and i + 1 < n and text[i + 1] == "{" and (c != "@" or AT_OPENER.match(text, i)):
             end = closing_brace(text, i + 1)
             if end > 0:
                 body = text[i + 2 : end]
