@@ -69,3 +69,17 @@ def share(samples: np.ndarray, freq: float, rate: int = 8000) -> float:
     spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples)))) ** 2
     freqs = np.fft.rfftfreq(len(samples), 1 / rate)
     return float(spectrum[np.abs(freqs - freq) < 30].sum() / max(spectrum.sum(), 1e-9))
+
+
+def seam(samples: np.ndarray, freq: float, rate: int) -> float:
+    """The worst departure of a tone from a clean sinusoid, as a share of its amplitude: each 10 ms is
+    fitted with a sine of ``freq`` (a click or a step at a frame's edge stands out of the fit)."""
+    n = rate // 100
+    t = np.arange(n) / rate
+    basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
+    worst = 0.0
+    for i in range(0, len(samples) - n + 1, n // 2):
+        piece = samples[i : i + n].astype(np.float64)
+        fit, *_ = np.linalg.lstsq(basis, piece, rcond=None)
+        worst = max(worst, float(np.max(np.abs(piece - basis @ fit)) / max(np.hypot(*fit), 1.0)))
+    return worst

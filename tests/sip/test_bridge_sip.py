@@ -28,7 +28,7 @@ from swml_engine.transports.sip.message import Response
 from swml_engine.transports.sip.sdp import parse_offer
 
 from .far_party import EVENT_PT, FarParty, running_service, until
-from .rtp_parties import share
+from .rtp_parties import seam, share
 
 #: The caller's tone and the far party's: each channel of a recording says whose audio it holds.
 CALLER_HZ, FAR_HZ = 600.0, 1000.0
@@ -360,20 +360,6 @@ def test_a_far_party_changing_codec_and_rate_by_reinvite_stays_heard_both_ways(
         assert share(at(left, *window), CALLER_HZ) > 0.8 and share(at(right, *window), FAR_HZ) > 0.8
 
     run(body, tmp_path, monkeypatch)
-
-
-def seam(samples: np.ndarray, freq: float, rate: int) -> float:
-    """The worst departure of a tone from a clean sinusoid, as a share of its amplitude: each 10 ms is
-    fitted with a sine of ``freq`` (a click or a step at a frame's edge stands out of the fit)."""
-    n = rate // 100
-    t = np.arange(n) / rate
-    basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
-    worst = 0.0
-    for i in range(0, len(samples) - n + 1, n // 2):
-        piece = samples[i : i + n].astype(np.float64)
-        fit, *_ = np.linalg.lstsq(basis, piece, rcond=None)
-        worst = max(worst, float(np.max(np.abs(piece - basis @ fit)) / max(np.hypot(*fit), 1.0)))
-    return worst
 
 
 @pytest.mark.parametrize(("first", "then"), [("PCMU", "G722"), ("G722", "PCMU")])
