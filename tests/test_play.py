@@ -250,3 +250,20 @@ def test_a_file_url_needs_an_absolute_path_and_a_bare_file_name_is_told_how_to_w
     (error,) = [e["message"] for e in res.events if e["type"] == "error"]
     assert error.endswith("'file://caller.wav': a file URL needs an absolute path: file:///abs/path/caller.wav")
     assert res.vars["after"] == "ok"
+
+
+def test_the_speech_cache_holds_at_most_its_bytes_and_keeps_what_is_said_again() -> None:
+    """Synthesised speech is cached per process, by size: a say: may be 10,000 characters (20 MB of audio at
+    16 kHz), and 256 such texts, another in each call, were once all kept (5 GB for the life of the process)."""
+    from swml_engine.media.sources.tts import EspeakTts, Voice
+
+    tts = EspeakTts(cache_bytes=1_000_000)
+    prompts = [f"You are caller number {n}, please hold." for n in range(12)]
+    said = [tts.synthesize(text, Voice(), 16000) for text in prompts]
+    announcement = "Your call is important to us. " * 40  # about a minute: 2 MB
+    long = tts.synthesize(announcement, Voice(), 16000)
+    assert sum(s.nbytes for s in said) + long.nbytes > 3_000_000
+    assert 0 < tts.cached_bytes <= 1_000_000
+    # the last prompt is still cached (the same audio, not synthesised again); the long text was not kept
+    assert tts.synthesize(prompts[-1], Voice(), 16000) is said[-1]
+    assert tts.synthesize(announcement, Voice(), 16000) is not long

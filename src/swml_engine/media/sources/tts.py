@@ -132,13 +132,25 @@ def _variant(gender: str | None) -> str:
     return "+f3"
 
 
-class EspeakTts:
-    """Synthesises text to mono int16 at the call's rate, caching recent results."""
+#: Bytes of speech the cache holds (per process). Bounded by size, not by count: a ``say:`` may be 10,000
+#: characters (10 minutes: 20 MB at 16 kHz), and 256 such texts, another in each call (a remote document's,
+#: or a caller's value in the text), were once all kept: 5 GB for the life of the process.
+CACHE_BYTES = 64 * 1024 * 1024
+#: A result larger than this share of the cache is not kept: it would push out many prompts to save the
+#: synthesis of one long text (a few seconds at most).
+CACHE_ONE_SHARE = 8
 
-    def __init__(self, cache_size: int = 256) -> None:
+
+class EspeakTts:
+    """Synthesises text to mono int16 at the call's rate, caching recent results (at most ``cache_bytes``
+    of them, the least recently used going first)."""
+
+    def __init__(self, cache_bytes: int = CACHE_BYTES) -> None:
         self.exe = shutil.which("espeak-ng")
         self._cache: OrderedDict[tuple[str, str, int], Samples] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        #: The bytes of speech the cache holds now.
+        self.cached_bytes = 0
         self._lock = threading.Lock()
 
     def synthesize(self, text: str, voice: Voice, rate: int) -> Samples:
@@ -171,9 +183,12 @@ class EspeakTts:
             samples = resample(pcm, src_rate, rate)
         samples.flags.writeable = False
         with self._lock:
-            self._cache[key] = samples
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            if key not in self._cache and samples.nbytes <= self._cache_bytes // CACHE_ONE_SHARE:
+                self._cache[key] = samples
+                self.cached_bytes += samples.nbytes
+                while self.cached_bytes > self._cache_bytes:
+                    _, gone = self._cache.popitem(last=False)
+                    self.cached_bytes -= gone.nbytes
         return samples
 
 
