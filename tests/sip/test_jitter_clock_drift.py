@@ -79,3 +79,18 @@ def test_a_wideband_sender_running_fast_loses_whole_frames_without_a_click() -> 
     assert jb.stats.drift_dropped >= 4  # (a frame every four seconds)
     worst = seam(np.concatenate(heard[100:]), 1000, 16000)
     assert worst < 0.06, f"a click at {worst:.0%} of the tone"
+
+
+def test_a_loop_running_late_for_seconds_is_not_taken_for_a_drifting_sender() -> None:
+    """Our ticks 50 ms late for 5 s (a busy machine), the sender on time: more audio waits at each late
+    take, but that is our lateness, not the sender running ahead — nothing is dropped, and nothing
+    filled when the ticks are on time again (it dropped 3 frames, then played 2 of silence)."""
+    jb = JitterBuffer(8000)
+    sent = 0
+    for k in range(30 * 50):
+        late = 0.05 if 10 * 50 <= k < 15 * 50 else 0.0
+        while sent * 0.02 + 0.005 <= k * 0.02 + late:
+            jb.push(1, sent * FRAME, np.full(FRAME, sent + 1, np.int16))
+            sent += 1
+        jb.pop(late)
+    assert (jb.stats.drift_dropped, jb.stats.drift_filled) == (0, 0)

@@ -215,6 +215,17 @@ class MediaTicker:
         self.lag = 0.0
         #: Ticks skipped because the loop was more than MAX_LATE behind.
         self.skipped = 0
+        #: Inside _tick (lateness() is measured against the tick in progress).
+        self._in_tick = False
+
+    @classmethod
+    def lateness(cls, loop: asyncio.AbstractEventLoop) -> float:
+        """How long after its due time the tick running now on ``loop`` is at this moment (0 outside a
+        tick, and on a virtual clock): a jitter buffer read that late finds that much more audio."""
+        ticker = cls._by_loop.get(id(loop))
+        if ticker is None or ticker.loop is not loop or not ticker._in_tick:
+            return 0.0
+        return max(0.0, loop.time() - ticker._due(ticker._count))
 
     @classmethod
     def lag_of(cls, loop: asyncio.AbstractEventLoop) -> float:
@@ -274,6 +285,13 @@ class MediaTicker:
         return self._due(self._count)
 
     def _tick(self) -> None:
+        self._in_tick = True
+        try:
+            self._step()
+        finally:
+            self._in_tick = False
+
+    def _step(self) -> None:
         virtual = isinstance(self.loop, VirtualTimeLoop)
         if not virtual:
             late = max(0.0, self.loop.time() - self._due(self._count))

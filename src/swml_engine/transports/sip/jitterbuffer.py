@@ -9,7 +9,8 @@ we played on, or a stalled machine skipped our ticks) starts a new timeline at t
 
 A sender whose clock runs fast or slow against ours (a few hundred ppm is common, 0.5% is seen) sends
 more or less than a frame per tick: how much audio waits ahead of playout drifts a frame every few
-seconds to minutes. Watched over each second, the wait is kept near the delay one frame at a time —
+seconds to minutes (a loop running late takes its frames late, and finds more waiting: that lateness
+is not counted). Watched over each second, the wait is kept near the delay one frame at a time —
 a frame dropped when even its shortest of the second was two frames over, a frame of silence played
 when even its longest was a frame under while the sender sent all along — so the latency does not
 grow (it grew to 200 ms over the delay, then 200 ms of audio were cut at once) nor run out (every few
@@ -201,11 +202,13 @@ class JitterBuffer:
                 chunks.setdefault(end, samples[end - key :])
         return frame, bool(filled.all())
 
-    def pop(self) -> Samples | None:
-        """The next 20 ms (gaps filled with silence), or None before the first packet arrived."""
+    def pop(self, late: float = 0.0) -> Samples | None:
+        """The next 20 ms (gaps filled with silence), or None before the first packet arrived. ``late``:
+        how long after its due time this frame is taken (a busy loop), whose packets are not the
+        sender's running ahead."""
         if not self._started:
             return None
-        if self._drift() == "slow":
+        if self._drift(round(late * self.rate)) == "slow":
             self.stats.drift_filled += 1
             return np.zeros(self.frame, dtype=np.int16)  # read_pos stays: the sender's audio waits a frame more
         frame, complete = self._take()
@@ -214,9 +217,10 @@ class JitterBuffer:
             self._whole = False
         return frame
 
-    def _drift(self) -> Drift:
-        """Once a window: ``fast`` (a frame was dropped) or ``slow`` (play a frame of silence), else None."""
-        waiting = self._high - self.read_pos
+    def _drift(self, late: int) -> Drift:
+        """Once a window: ``fast`` (a frame was dropped) or ``slow`` (play a frame of silence), else None.
+        ``late``: samples of audio that came while this frame's take was overdue (not counted)."""
+        waiting = self._high - self.read_pos - late
         if self._window == 0:
             self._least = self._most = waiting
             self._whole = True

@@ -31,6 +31,7 @@ from typing import cast
 import numpy as np
 
 from swml_engine.connections import descriptor_limit, descriptors_in_use
+from swml_engine.media.clock import MediaTicker
 from swml_engine.media.frame import Frame, Samples
 from swml_engine.media.resampler import RateConverter
 from swml_engine.transports.sip import names
@@ -517,7 +518,8 @@ class RtpStream(asyncio.DatagramProtocol):
         """The caller's next 20 ms at the call's rate (None before any audio arrived)."""
         if self._jitter is None or self.codec is None:
             return None
-        frame = self._jitter.pop()
+        # How late this tick runs: what arrived meanwhile is not the peer running ahead (jitterbuffer).
+        frame = self._jitter.pop(MediaTicker.lateness(self._loop))
         if frame is None:
             return None
         return self._read_rate(frame, self.codec.rate, self.call_rate)
