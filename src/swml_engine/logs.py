@@ -60,6 +60,24 @@ MAX_EXTRA_FIELDS, MAX_VALUE_CHARS = 20, 1000
 MAX_MESSAGE_CHARS = 4000
 
 
+class FirstOfEach:
+    """Which lines of one kind to write when anyone can cause them at will (a datagram each): the first
+    from each source — at most ``sources`` of them remembered — and then one in ``every``, so that one
+    address, or many forged ones, cannot write the log at the rate it sends. :attr:`count` counts them all."""
+
+    def __init__(self, sources: int = 1000, every: int = 100) -> None:
+        self.sources, self.every = sources, every
+        self.count = 0
+        self._seen: set[str] = set()
+
+    def should_log(self, source: str) -> bool:
+        self.count += 1
+        if source not in self._seen and len(self._seen) < self.sources:
+            self._seen.add(source)
+            return True
+        return self.count % self.every == 0
+
+
 def _cut(text: str, most: int) -> str:
     return text if len(text) <= most else text[:most] + "…"
 

@@ -41,3 +41,21 @@ def test_a_callers_control_characters_reach_the_log_escaped(engine: EngineFactor
     else:  # read back, the message holds the Call-ID as it came
         messages = [json.loads(line)["message"] for line in lines if line.startswith("{")]
         assert any(f" ({HOSTILE}) from " in message for message in messages), messages
+
+
+def test_offers_we_cannot_use_from_one_address_do_not_write_a_line_each(engine: EngineFactory) -> None:
+    """Each INVITE whose offer we cannot use gets 488; its log line is written for the first from each
+    address, then one in a hundred with the count — a line each once let one address (or forged ones)
+    write the log at the rate it sent datagrams."""
+    eng = engine(BUSY)
+    caller = SipPeer(eng.port)
+    unusable = sdp_offer(31400).replace("RTP/AVP 0", "RTP/AVP 99")  # no codec we speak
+    try:
+        for cseq in range(1, 151):
+            caller.request("INVITE", cseq, body=unusable)
+        assert caller.wait(lambda: caller.statuses("INVITE").count(488) == 150), caller.statuses("INVITE")
+    finally:
+        caller.close()
+    refused = [line for line in eng.log().splitlines() if "rejected 488" in line]
+    assert len(refused) == 2, refused
+    assert "no common codec" in refused[0] and "100 refused so far" in refused[1]

@@ -25,14 +25,14 @@ from typing import IO, Any
 from swml_engine import callbacks
 from swml_engine.call import Call, CallOptions
 from swml_engine.callbacks import CallbackHub
-from swml_engine.connections import ConnectionGate, ConnectionLimits
+from swml_engine.connections import ConnectionGate, ConnectionLimits, source_of
 from swml_engine.document.loader import load_file
 from swml_engine.document.model import Document
 from swml_engine.document.remote import fetch_remote
 from swml_engine.errors import DocumentError
 from swml_engine.events import EventLog, JsonlSink
 from swml_engine.fetch import FetchStopped
-from swml_engine.logs import CallLog
+from swml_engine.logs import CallLog, FirstOfEach
 from swml_engine.media.clock import MediaTicker
 from swml_engine.methods import REGISTRY
 from swml_engine.recording.crypt import Keyring
@@ -258,6 +258,8 @@ class Service:
         self._in_flight: list[set[object]] = []
         self.completed = 0
         self.refused = 0
+        #: Which INVITEs refused 488 (an offer we cannot use) are logged: anyone may send them at will.
+        self._unusable_offers = FirstOfEach()
         self.registration: SipRegistration | None = None
         self.index: Index | None = None
         self.retention: Retention | None = None
@@ -505,7 +507,11 @@ class Service:
                 offer = parse_offer(sip.invite.text)
                 negotiate(offer, [])  # at least one codec we speak, or 488 now
             except NotAcceptable as e:
-                self._log(sip_call_id).info("call %s rejected 488: %s", sip_call_id, e)
+                unusable = self._unusable_offers
+                if unusable.should_log(source_of(sip.peer.host)):
+                    self._log(sip_call_id).info(
+                        "call %s rejected 488: %s (%d refused so far)", sip_call_id, e, unusable.count
+                    )
                 ua.reject(sip, 488, now)
                 return
         # RTP binds where SIP does (a wildcard too); the SDP gives the address the caller reaches us by.
