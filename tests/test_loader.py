@@ -109,6 +109,10 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
         ("sections: {main: [{plya: {url: 'say:a'}}]}", "sections.main[0]: unknown method 'plya'; did you mean 'play'?"),
         ("sections: {main: [{answer: {}, hangup: {}}]}", "sections.main[0]: a step names exactly one method"),
         ("sections: {main: [{cond: [{when: 'true'}]}]}", "sections.main[0].cond[0].then: is required with when"),
+        (  # cond.mdx allows "a single, optional" else: what followed one was never evaluated
+            "sections: {main: [{cond: [{when: a, then: []}, {else: []}, {when: b, then: [hangup]}]}]}",
+            "sections.main[0].cond[2]: never runs: the else at sections.main[0].cond[1] runs whenever it is reached",
+        ),
         (  # such a variable was made, and ${obj.c} (field c of obj) never read it
             "sections: {main: [{set: {obj.c: 3}}]}",
             "sections.main[0].set.obj.c: 'obj.c' is not a variable name: ${obj.c} reads a field of obj",

@@ -30,10 +30,17 @@ class Cond(Method[list[Branch]]):
         if not isinstance(raw, list) or not raw:
             raise ParamError(where, f"{describe(raw)} is not a list of {{when, then}} / {{else}} entries")
         out: list[dict[str, object]] = []
+        else_at: str | None = None  # where the else is: it runs whenever it is reached
         for i, item in enumerate(raw):
             path = f"{where}[{i}]"
             if not isinstance(item, dict):
                 raise ParamError(path, f"{describe(item)} is not a {{when, then}} or {{else}} entry")
+            if else_at is not None:  # cond.mdx: "a single, optional condition with just an else"
+                raise ParamError(
+                    path, f"never runs: the else at {else_at} runs whenever it is reached (one else, at the end)"
+                )
+            if "else" in item:
+                else_at = f"{path}.else" if "when" in item else path
             extra = set(map(str, item)) - {"when", "then", "else"}
             if extra:
                 raise ParamError(f"{path}.{sorted(extra)[0]}", "unknown key; a cond entry has when + then, or else")
