@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import RATE, HttpServer, read_wav, run_doc, small_filesystem, tone, wav_bytes
+from swml_engine import callbacks
+from swml_engine.callbacks import CallbackChannel
+from swml_engine.events import EventLog
+from swml_engine.urls import parse_http_url
 
 FULL_DISK_DOC = """
 version: 1.0.0
@@ -101,6 +106,30 @@ sections:
     assert delivered == [("recording", 2), ("finished", 1)]  # retried, and still in order
     got = [r["json"]["params"]["state"] for r in http_server.requests if r["path"] == "/hang"]
     assert got[-2:] == ["recording", "finished"]
+
+
+def test_callbacks_waiting_for_a_receiver_that_is_down_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that takes connections and never answers: each payload holds a delivery thread for its
+    attempts while the calls go on sending theirs — 250 calls in 40 s once left 470 payloads waiting,
+    growing for as long as it stayed down. Past MAX_WAITING, a payload is given up at once, with its
+    ``callback`` event; the ones taken are delivered or given up as before, and free their places."""
+    monkeypatch.setattr(callbacks, "MAX_WAITING", 20, raising=False)  # (without the bound: all 50 wait)
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        target = parse_http_url(f"http://127.0.0.1:{hole.getsockname()[1]}/status")
+        events = EventLog()
+        channels = [CallbackChannel(target, events, attempts=1, timeout=1.0) for _ in range(50)]
+        for channel in channels:  # one per call, as each call's status_url has its own
+            channel.send({"params": {"state": "recording"}})
+        given_up = [e for e in events.events if not e["delivered"] and "waiting already" in str(e["status"])]
+        assert len(given_up) == 30 and given_up[0]["state"] == "recording" and given_up[0]["attempt"] == 0
+        assert all(channel.join(20) for channel in channels)
+    timed_out = [e for e in events.events if e["attempt"] == 1]
+    assert len(timed_out) == 20 and not any(e["delivered"] for e in timed_out)
+    channels[0].send({"params": {"state": "finished"}})  # room again
+    assert channels[0].join(20)
+    assert events.events[-1]["state"] == "finished" and events.events[-1]["attempt"] == 1
 
 
 FULL_DISK_ALL_FORMATS = """

@@ -37,6 +37,11 @@ NODE_ID = "swml-engine"
 MAX_ATTEMPTS = 6
 TIMEOUT = 5.0
 FIRST_BACKOFF = 0.5
+#: Payloads not yet delivered or given up, in every channel of the process, at most: beyond, a new one is
+#: given up at once (its ``callback`` event says so). With a receiver down each payload holds a delivery
+#: thread for its attempts (about 45 s), while the calls go on queueing theirs: 250 calls in 40 s once
+#: left 470 payloads waiting, growing for as long as the receiver stayed down, delivered ever later.
+MAX_WAITING = 5000
 #: Channels delivering at the same time (a slow receiver holds one while it retries).
 POOL_SIZE = 32
 
@@ -52,6 +57,22 @@ class _Pool:
     busy: ClassVar[set[CallbackChannel]] = set()
     #: Set when the process stops: retries end, and what is still queued is given up (see :func:`shutdown`).
     stopping: ClassVar[threading.Event] = threading.Event()
+    #: Payloads sent and not yet delivered or given up (at most MAX_WAITING).
+    waiting: ClassVar[int] = 0
+
+    @classmethod
+    def take(cls) -> bool:
+        """Count one payload more as waiting, if there is room (False: give it up)."""
+        with cls._lock:
+            if cls.waiting >= MAX_WAITING:
+                return False
+            cls.waiting += 1
+            return True
+
+    @classmethod
+    def done(cls) -> None:
+        with cls._lock:
+            cls.waiting -= 1
 
     @classmethod
     def get(cls) -> tuple[ThreadPoolExecutor, httpx.Client]:
@@ -98,6 +119,10 @@ class CallbackChannel:
         self._idle.set()
 
     def send(self, payload: dict[str, Any]) -> None:
+        if not _Pool.take():
+            status = f"given up: {MAX_WAITING} callbacks of this process waiting already"
+            self._note(state=_state_of(payload), attempt=0, status=status, delivered=False)
+            return
         with self._lock:
             self._queue.append(payload)
             if self._busy:
@@ -125,13 +150,15 @@ class CallbackChannel:
                     _Pool.busy.discard(self)
                     return
                 payload = self._queue.popleft()
-            if _Pool.stopping.is_set():
-                self._note(state=payload.get("params", {}).get("state"), attempt=0, status=STOPPING, delivered=False)
-                continue
             try:
+                if _Pool.stopping.is_set():
+                    self._note(state=_state_of(payload), attempt=0, status=STOPPING, delivered=False)
+                    continue
                 self._deliver(client, payload)
             except Exception as e:  # never lose the channel to one bad payload
                 self._note(state=_state_of(payload), attempt=0, status=str(e), delivered=False)
+            finally:
+                _Pool.done()
 
     def _deliver(self, client: httpx.Client, payload: dict[str, Any]) -> None:
         state = _state_of(payload)
