@@ -114,9 +114,20 @@ sections:
     errors = [e for e in res.events if e["type"] == "error"]
     assert len(errors) == 1
     assert errors[0]["where"] == "sections.main[0].set"
-    assert "took longer than 50 ms and was stopped" in errors[0]["message"]
+    assert "took longer than 150 ms and was stopped" in errors[0]["message"]
     assert res.vars == {"after": "reached"}
-    assert wall < 5  # generous: the limit itself is 50 ms of V8 time (bench/ measures speed)
+    assert wall < 5  # generous: the limit itself is 150 ms of V8 time (bench/ measures speed)
+
+
+def test_an_expression_taking_100_ms_as_the_spec_allows_gives_its_value() -> None:
+    """expressions.mdx: expect expressions to complete within 150 ms. One that runs 100 ms (V8 runs here
+    without its JIT: heavy but valid arithmetic takes longer than on the hosted engine) is not stopped."""
+    res = run_doc(
+        "sections: {main: [{set: {x: '${(() => { const end = Date.now() + 100; while (Date.now() < end) {} "
+        "return 7; })()}'}}]}"
+    )
+    assert [e for e in res.events if e["type"] == "error"] == []
+    assert res.vars == {"x": 7}
 
 
 def test_expression_errors_name_the_place_and_memory_is_capped() -> None:
@@ -166,7 +177,8 @@ def test_an_expression_is_one_value_not_statements_or_a_function() -> None:
 
 def test_a_stopped_heavy_expression_fails_only_its_own_step() -> None:
     steps = "".join(f", {{set: {{n{i}: '${{{i}+1}}'}}}}" for i in range(10))
-    res = run_doc(f"sections: {{main: [{{set: {{f: '${{\"x\".repeat(5e7)}}'}}}}{steps}]}}")
+    heavy = '${(() => { let n = 0; for (;;) { n += "x".repeat(5e7).length } })()}'
+    res = run_doc(f"sections: {{main: [{{set: {{f: '{heavy}'}}}}{steps}]}}")
     errors = [e["message"] for e in res.events if e["type"] == "error"]
     assert len(errors) == 1 and "set.f: expression took longer than" in errors[0]
     assert [res.vars[f"n{i}"] for i in range(10)] == list(range(1, 11))
