@@ -100,6 +100,10 @@ def test_bare_list_is_main_and_json_is_accepted() -> None:
             "sections: {main: [{answer: {max_duration: 'long'}}]}",
             "sections.main[0].answer.max_duration: 'long' is not an integer",
         ),
+        (  # (1e30 s of call: swml run wrote what the caller heard for minutes, and never ended)
+            "sections: {main: [{answer: {max_duration: 1e30}}]}",
+            "sections.main[0].answer.max_duration: '1e30' is above the maximum 86400 seconds",
+        ),
         ("sections: {main: [{answer: {username: alice}}]}", "sections.main[0].answer: username and password go"),
         (
             "sections: {main: [{play: {url: 'say:a', status_url: 'example.com'}}]}",

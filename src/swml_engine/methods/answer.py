@@ -13,13 +13,16 @@ from swml_engine.errors import ParamError
 from swml_engine.methods.base import Method
 from swml_engine.script.step import StepContext
 
+#: The longest call a document may ask for (a day, as connect's max_duration): a bound on what a document
+#: from anywhere can hold (``swml run`` writes what the caller heard for the whole of it).
+MAX_DURATION = 86400
 #: Codec names ``answer.codecs`` may list (comma-separated, optionally with @rate or ptime suffixes).
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "G729", "AMR-WB", "OPUS", "VP8", "H264")
 
 
 @dataclass(frozen=True, kw_only=True)
 class AnswerParams:
-    max_duration: int = param(Num(minimum=1, integer=True, unit="seconds"), default=14400)
+    max_duration: int = param(Num(minimum=1, maximum=MAX_DURATION, integer=True, unit="seconds"), default=14400)
     codecs: str | None = param(Str())
     username: str | None = param(Str())
     password: str | None = param(Str())
