@@ -377,6 +377,8 @@ def _ended_before_its_ack(run: Run, caller: Caller, how: str) -> ServerCall:
     if how == "we hang up":  # a script that answers and hangs up at once: the ACK is still on its way
         run.ua.bye(call, run.now)
         run.act()
+        assert run.requests("BYE") == []  # (held until the ACK: RFC 3261 §15)
+        run.feed(caller.request("ACK", cseq=1)[0], caller.peer)
         [(bye, _)] = run.requests("BYE")
         run.feed(Response(status=200, headers=bye.headers.copy()).encode(), caller.peer)
     elif how == "the caller hangs up":  # its ACK lost, its BYE comes
@@ -393,6 +395,56 @@ def _ended_before_its_ack(run: Run, caller: Caller, how: str) -> ServerCall:
     run.feed(caller.request("ACK", cseq=1)[0], caller.peer)  # late, or never: either way the call is over
     assert call.ended
     return call
+
+
+def test_our_bye_waits_for_the_ack_of_our_2xx_which_goes_on_meanwhile() -> None:
+    """RFC 3261 §15: no BYE before the ACK of our 2xx — a script that answers and hangs up at once sent
+    its BYE 0.2 s after its 200, and if that 200 was lost the caller got a BYE while still ringing."""
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    run.ua.bye(call, run.now, "script ended")
+    run.act()
+    assert run.requests("BYE") == [] and run.ua.pending("BYE") == 1 and not call.ended
+    run.clear()
+    run.advance(0.51)  # our 200 is still sent again (T1): the caller may not have it yet
+    assert run.statuses("INVITE") == [200]
+    caller.to_tag = call.local_tag
+    run.feed(caller.request("ACK", cseq=1)[0], caller.peer)
+    [(bye, _)] = run.requests("BYE")
+    assert "script ended" in (bye.headers.get("reason") or "")
+    assert not any(isinstance(e, AckReceived) for e in run.events)  # (the application ended the call)
+    run.clear()
+    run.advance(10)
+    assert run.statuses("INVITE") == []  # no 200 after the ACK
+
+
+def test_a_bye_held_for_an_ack_that_never_comes_goes_when_our_2xx_gives_up() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    run.ua.bye(call, run.now, "script ended")
+    run.advance(31.9)
+    assert run.requests("BYE") == []
+    run.advance(0.2)  # 64*T1
+    [(bye, _)] = run.requests("BYE")
+    assert "script ended" in (bye.headers.get("reason") or "")
+    assert not any(isinstance(e, CallGone) for e in run.events) and call.ended
+
+
+def test_a_callers_bye_crossing_our_held_one_ends_the_call_without_ours() -> None:
+    run, caller = Run(), Caller()
+    call = invited(run, caller)
+    run.ua.answer(call, SDP, run.now)
+    run.act()
+    run.ua.bye(call, run.now)
+    caller.to_tag, caller.cseq = call.local_tag, 2
+    run.feed(caller.request("BYE")[0], caller.peer)
+    assert run.statuses("BYE") == [200] and call.ended and run.ua.pending("BYE") == 0
+    run.advance(40)
+    assert run.requests("BYE") == [] and not any(isinstance(e, ByeReceived) for e in run.events)
 
 
 @pytest.mark.parametrize("how", ["we hang up", "the caller hangs up", "a re-INVITE before the ACK"])

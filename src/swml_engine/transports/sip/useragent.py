@@ -245,6 +245,9 @@ class UasState(StrEnum):
 
     PROCEEDING = "proceeding"  # the INVITE came; no final answer yet
     ACCEPTED = "accepted"  # our 2xx went out; its ACK has not come
+    #: We hung up while our 2xx to the INVITE still waited for its ACK: RFC 3261 §15 holds our BYE until
+    #: the ACK comes (the caller may not have our 2xx yet: it is still sent again) or the 2xx gives up.
+    ENDING = "ending"
     CONFIRMED = "confirmed"  # the ACK came: the call is up
     ENDED = "ended"
 
@@ -273,6 +276,8 @@ class ServerCall:
     local_sdp: bytes = b""
     #: Our refresh (re-INVITE or UPDATE) waiting for its final answer.
     refreshing: Request | None = None
+    #: The Reason text of our BYE held back until the ACK (:attr:`UasState.ENDING`).
+    bye_reason: str | None = None
     #: Its server transactions still live (at most MAX_CALL_TRANSACTIONS).
     live_transactions: int = 0
 
@@ -447,10 +452,16 @@ class UserAgent:
         even while its transaction lingers to absorb retransmissions (Timer K)."""
         return len(self.unanswered((method,)))
 
-    def unanswered(self, methods: Iterable[str]) -> set[ClientTransaction]:
-        """The requests of ``methods`` we sent that have no final answer yet (see :meth:`pending`)."""
+    def unanswered(self, methods: Iterable[str]) -> set[object]:
+        """The requests of ``methods`` we sent that have no final answer yet (see :meth:`pending`); a BYE
+        held back until its call's ACK (:attr:`UasState.ENDING`) counts as its call."""
         wanted = frozenset(methods)
-        return {tx for tx in self._owners if tx.request.method in wanted and not tx.done and tx.final_response is None}
+        out: set[object] = {
+            tx for tx in self._owners if tx.request.method in wanted and not tx.done and tx.final_response is None
+        }
+        if Method.BYE in wanted:
+            out.update(call for call in self._calls.values() if call.state is UasState.ENDING)
+        return out
 
     def flow_in_use(self, flow: int, addr: tuple[str, int] | None = None) -> bool:
         """Whether a call that is not over uses TCP connection ``flow`` (to ``addr``): a call that came
@@ -638,7 +649,11 @@ class UserAgent:
         retransmitter.ack_received(now)
         self._drain(retransmitter, now)
         call.retransmitter = None
+        ending = call.state is UasState.ENDING
         call.state = UasState.CONFIRMED
+        if ending:  # the BYE held back for this ACK goes now (the application has ended the call)
+            self.bye(call, now, call.bye_reason)
+            return
         self._event(AckReceived(call, ack.sdp))  # (a multipart body: its SDP part, as for an INVITE)
 
     def _cancel(self, cancel: Request, peer: Peer, now: float) -> None:
@@ -685,11 +700,13 @@ class UserAgent:
             self._respond(call, tx, request, 200, now)
             if call.state is UasState.PROCEEDING:  # a BYE in the early dialog ends the INVITE too
                 self._final(call, 487, now)
+            told = call.state is not UasState.ENDING  # (ending: the application ended it already)
             self._end(call)
-            self._event(ByeReceived(call))
+            if told:
+                self._event(ByeReceived(call))
         elif method == Method.INVITE:
-            if call.state is UasState.PROCEEDING:
-                self._respond(call, tx, request, 491, now)  # the dialog is not confirmed yet
+            if call.state in (UasState.PROCEEDING, UasState.ENDING):
+                self._respond(call, tx, request, 491, now)  # not confirmed yet, or being ended
                 return
             asked = self._timer_asked(request)
             if not isinstance(asked, Agreed):
@@ -758,7 +775,15 @@ class UserAgent:
     def bye(self, call: ServerCall, now: float, reason: str | None = None) -> None:
         """End an answered call from our side: a BYE along the route set (or to the Contact), with a
         ``Reason`` header, retransmitted until answered. Before the answer, :meth:`reject` instead."""
-        if call.ended or call.state is UasState.PROCEEDING:
+        if call.ended or call.state in (UasState.PROCEEDING, UasState.ENDING):
+            return
+        if call.state is UasState.ACCEPTED and self._first_2xx_unacked(call):
+            # RFC 3261 §15: no BYE before the ACK of our 2xx to the INVITE — if that 2xx was lost, a BYE
+            # would reach a caller still ringing. The 2xx keeps going; the BYE follows the ACK, or the 2xx
+            # giving up (32 s). (A re-INVITE's 2xx holds no BYE back: the dialog is confirmed already.)
+            call.state = UasState.ENDING
+            call.bye_reason = reason
+            self._stop_session(call)
             return
         headers = [("User-Agent", self.policy.user_agent)]
         if reason:
@@ -772,6 +797,12 @@ class UserAgent:
             return
         self._end(call)
         self._send_request(request, self._target(next_hop, call.peer), now, _ByeOwner(self, call))
+
+    @staticmethod
+    def _first_2xx_unacked(call: ServerCall) -> bool:
+        """Whether our 2xx to the call's INVITE (not to a re-INVITE) still waits for its ACK."""
+        retransmitter = call.retransmitter
+        return retransmitter is not None and _cseq_number(retransmitter.response) == _cseq_number(call.invite)
 
     # --- for the modules that send requests of their own (uac.py, register.py) -------------------------
 
@@ -1210,7 +1241,15 @@ class UserAgent:
         if isinstance(event, TxAckReceived) and call is not None:
             self._acked(call, event.request, now)
         elif isinstance(event, TimedOut) and event.timer is TimerName.NO_ACK and call is not None:
-            if not call.ended:
+            if call.ended:
+                return
+            # The wait for the ACK is over: a BYE may go (RFC 3261 §15).
+            ending = call.state is UasState.ENDING
+            self._stop_retransmitting(call)
+            call.state = UasState.CONFIRMED
+            if ending:  # our BYE waited for an ACK that never came
+                self.bye(call, now, call.bye_reason)
+            else:
                 # RFC 3261 §13.3.1.4: the session SHOULD be ended with a BYE. The caller may well have
                 # our 2xx and its ACK lost on the way (a proxy or NAT dropping it): without the BYE its
                 # phone stays in a call nobody is on.
