@@ -582,6 +582,28 @@ def test_a_flood_of_requests_refused_outside_any_call_leaves_room_for_calls(meth
     assert len(run.ua.table) == 0
 
 
+def test_calls_refused_for_want_of_room_are_said_in_the_log_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Over max_calls, new calls get 503 — they did without a word in the log, so an operator saw only
+    callers failing. One warning says what ran out, then none for a minute, whatever the rate."""
+    run = Run()
+    run.ua.max_calls = 2
+    for n in range(2):
+        up = Caller(call_id=f"up-{n}", port=6000 + n)
+        run.feed(up.request("INVITE", body=SDP)[0], up.peer)
+    assert len([e for e in run.events if isinstance(e, InviteReceived)]) == 2
+    with caplog.at_level("WARNING", logger="swml_engine.transports.sip.useragent"):
+        for n in range(5):
+            run.feed(
+                Caller(call_id=f"more-{n}", port=7000 + n).request("INVITE", body=SDP)[0], Caller(port=7000 + n).peer
+            )
+        run.advance(60)
+        run.feed(Caller(call_id="later", port=7100).request("INVITE", body=SDP)[0], Caller(port=7100).peer)
+    finals = {r.call_id: r.status for r in run.responses("INVITE") if r.status >= 200}  # (503s resent: no ACK)
+    assert len(finals) == 6 and set(finals.values()) == {503}
+    said = [r.getMessage() for r in caplog.records if "new calls refused 503" in r.getMessage()]
+    assert len(said) == 2 and "2 calls" in said[0], said
+
+
 def test_a_callers_flood_of_requests_in_its_own_call_leaves_room_for_other_calls() -> None:
     """A caller may send requests in its call (OPTIONS, INFO, re-INVITEs), each held 32 s by its
     transaction: 500 a second filled the table, and every other caller got 503. Past

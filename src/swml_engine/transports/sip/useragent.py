@@ -102,6 +102,8 @@ log = logging.getLogger(__name__)
 #: Messages waiting to be sent, and events waiting to be read, beyond which the oldest are dropped (a
 #: reader that stopped reading must not grow memory without bound).
 MAX_QUEUE = 10_000
+#: Seconds between two log lines saying new calls are refused because the core is full.
+FULL_LOG_INTERVAL = 60
 #: Distinct sources whose unreadable messages are logged (the rest are counted only).
 MAX_NOISY = 1000
 #: How full the transaction table may be for a request answered outside any call to take a transaction
@@ -420,6 +422,8 @@ class UserAgent:
         #: Unreadable messages, by count, and the sources already logged.
         self.malformed = 0
         self._noisy: set[str] = set()
+        #: When the core last logged that it refused calls for want of room (None: never).
+        self._full_said_at: float | None = None
         #: Requests refused by validation, by count, and the sources already logged.
         self.invalid = 0
         self._refused_sources: set[str] = set()
@@ -578,6 +582,17 @@ class UserAgent:
             return
         if len(self._calls) >= self.max_calls or self.table.full:
             self._refuse(request, peer, now, 503, headers=(("Retry-After", str(self.policy.retry_after)),))
+            if self._full_said_at is None or now - self._full_said_at >= FULL_LOG_INTERVAL:
+                self._full_said_at = now  # (a line a minute at most: a flood must not flood the log)
+                what = f"{self.max_calls} calls" if len(self._calls) >= self.max_calls else "no room for a transaction"
+                log.warning(
+                    "new calls refused 503: %s (%d calls, %d server transactions); the next such line in %d s at the"
+                    " earliest",
+                    what,
+                    len(self._calls),
+                    len(self.table),
+                    FULL_LOG_INTERVAL,
+                )
             return
         local_tag = self.new_tag()
         try:
