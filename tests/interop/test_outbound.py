@@ -33,6 +33,8 @@ PCMU_MEDIA = "0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=
 ALIGNED = 0.040
 #: How far a pulse may come from a period after the one before (s): a frame.
 SLACK = 0.02
+#: The engine's jitter buffer delay (s): a sender that stalls longer loses what it sent meanwhile.
+JITTER_DELAY = 0.06
 
 CONNECT = """version: 1.0.0
 sections:
@@ -92,10 +94,19 @@ def onsets(samples: np.ndarray, rate: int, freq: float, *, stall: float = 0.0) -
     return found
 
 
-def regular(times: list[float], period: float = PERIOD, slack: float = SLACK) -> bool:
-    """Every pulse a period after the one before (none lost, none doubled, no drift)."""
+def regular(times: list[float], period: float = PERIOD, slack: float = SLACK, *, may_lose: int = 0) -> bool:
+    """Every pulse a period after the one before (none doubled, no drift), none lost — or at most
+    ``may_lose``: a sender that stalls longer than the engine's jitter delay loses the audio it was
+    sending then (it comes too late to be played, and is dropped as stale rather than played late: the
+    latency stays bounded), a whole pulse when the stall falls on one."""
     gaps = np.diff(times)
-    return len(gaps) > 0 and bool(np.all(np.abs(gaps - period) < slack))
+    periods = np.rint(gaps / period)
+    return (
+        len(gaps) > 0
+        and bool(np.all(periods >= 1))
+        and bool(np.all(np.abs(gaps - periods * period) < slack))
+        and int(np.sum(periods - 1)) <= may_lose
+    )
 
 
 def drift(left: list[float], right: list[float]) -> float:
@@ -227,18 +238,20 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
     assert rate == 8000  # the caller's rate, whatever the far leg's
     # How far each sipp fell behind its own pcap on the way to the engine (0 on an idle machine; a
     # machine running two test suites stalls sipp now and then): a stall past the jitter buffer's delay
-    # moves that side's audio from then on by its length — the engine's right, not a fault to report.
+    # moves that side's audio from then on by its length, and what it sent meanwhile came too late to be
+    # played (a pulse, when the stall falls on one) — the engine's right, not a fault to report.
     caller_stall = far_stall = 0.0
     if sniffer.available:
         engine_port = eng.rtp_port()
         caller_stall = sniffer.stall(lambda s, d: d == engine_port, SUPPORTED[caller_codec].static_pt)
         far_stall = sniffer.stall(lambda s, d: far.media_port <= s < far.media_port + 4, pt)
     stalls = f"sipp fell behind by {caller_stall:.3f} s (caller) and {far_stall:.3f} s (far party)"
+    lose = int(max(caller_stall, far_stall) > JITTER_DELAY)  # (a pulse a stall fell on: see regular())
     left, right = audio[:, 0], audio[:, 1]
     said, heard = onsets(left, rate, CALLER_TONE, stall=caller_stall), onsets(right, rate, FAR_TONE, stall=far_stall)
-    assert len(said) >= 8 and regular(said, slack=SLACK + caller_stall), (said, stalls)
-    # the far party's pulses: none lost, none doubled
-    assert len(heard) >= 6 and regular(heard, slack=SLACK + far_stall), (heard, stalls)
+    assert len(said) >= 8 and regular(said, slack=SLACK + caller_stall, may_lose=lose), (said, stalls)
+    # the far party's pulses: none lost (but to a stall), none doubled
+    assert len(heard) >= 6 and regular(heard, slack=SLACK + far_stall, may_lose=lose), (heard, stalls)
     # the two channels keep one time line
     assert drift(said, heard) < ALIGNED + caller_stall + far_stall, (said, heard, stalls)
     # no leak across while bridged (before, the caller heard the ring tone, 440 + 480 Hz): each tone on
@@ -254,13 +267,13 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
             sniffer.from_engine(eng.rtp_port()), caller_info.factory().decode, caller_info.static_pt, placed=True
         )
         got = onsets(to_caller, 8000, FAR_TONE, stall=far_stall)
-        assert len(got) >= 6 and regular(got, slack=SLACK + far_stall), (got, stalls)
+        assert len(got) >= 6 and regular(got, slack=SLACK + far_stall, may_lose=lose), (got, stalls)
         to_far = far_heard(sniffer, far, far_codec)
         got = onsets(to_far, SUPPORTED[far_codec].rate, CALLER_TONE, stall=caller_stall)
         # The caller's scenario ends with a key (RFC 4733): while it goes out to the far party, the key
         # takes the place of the caller's voice for it (as on a phone), so the last pulse may start
         # late; every pulse before it came in step.
-        assert len(got) >= 5 and regular(got[:-1], slack=SLACK + caller_stall), (got, stalls)
+        assert len(got) >= 5 and regular(got[:-1], slack=SLACK + caller_stall, may_lose=lose), (got, stalls)
 
 
 def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
