@@ -35,6 +35,9 @@ ALIGNED = 0.040
 SLACK = 0.02
 #: The engine's jitter buffer delay (s): a sender that stalls longer loses what it sent meanwhile.
 JITTER_DELAY = 0.06
+#: How much longer than a pulse the parts of one split by a gap may add up to (s): their edges, measured
+#: at half strength in 20 ms windows.
+SPLIT_SLOP = 0.03
 
 CONNECT = """version: 1.0.0
 sections:
@@ -77,20 +80,28 @@ def strength(samples: np.ndarray, rate: int, freq: float) -> np.ndarray:
 
 def onsets(samples: np.ndarray, rate: int, freq: float, *, stall: float = 0.0) -> list[float]:
     """Where pulses of ``freq`` start (s): 5 ms steps of the tone's strength, rising through half its peak.
-    With ``stall`` (a sender fell that far behind), a rise within a pulse (and that stall) of the last
-    onset is the same pulse going on after the gap the stall left in it, not a new one."""
+
+    A pulse a gap split in two is one pulse: a rise whose tone, with what came since the last onset, adds
+    up to no more than a pulse (a sender's stall, the engine's own skipped ticks on a busy machine, a frame
+    of silence a drifting sender's buffer played) — or, with ``stall`` (a sender fell that far behind), a
+    rise within a pulse and that stall of the last onset. A pulse played twice adds up to two."""
     step, width = rate // 200, rate // 50
     level = strength(samples, rate, freq)
     if len(level) == 0 or level.max() <= 0:
         return []
-    high = level > level.max() / 2
-    rising = [(i * step + width / 2) / rate for i in np.nonzero(high[1:] & ~high[:-1])[0] + 1]
-    if stall <= SLACK:
-        return rising
+    high = np.concatenate([[False], level > level.max() / 2, [False]])
+    edges = np.flatnonzero(high[1:] != high[:-1])  # rise, fall, rise, fall ... (indices into level)
     found: list[float] = []
-    for t in rising:
-        if not found or t - found[-1] > PULSE + stall:
-            found.append(t)
+    on = 0.0  # seconds of tone since the last onset
+    for rise, fall in zip(edges[::2], edges[1::2], strict=True):
+        t, length = (rise * step + width / 2) / rate, (fall - rise) * step / rate
+        split = found and on + length <= PULSE + SPLIT_SLOP and t - found[-1] < PERIOD - PULSE
+        stalled = found and stall > SLACK and t - found[-1] <= PULSE + stall
+        if split or stalled:
+            on += length
+            continue
+        found.append(t)
+        on = length
     return found
 
 
