@@ -111,8 +111,13 @@ def test_document_runs_or_is_reported_unsupported(name: str) -> None:
     assert res.result.reason in ("script_end", "hangup", "remote_hangup", "busy", "decline"), res.result
     # No step fails, except where the example needs what an offline simulated call lacks.
     errors = [e["message"] for e in res.events if e["type"] == "error"]
-    expected = EXPECTED_ERRORS.get(name, ())
-    assert all(any(x in m for x in ((expected,) if isinstance(expected, str) else expected)) for m in errors), errors
+    given = EXPECTED_ERRORS.get(name, ())
+    expected = (given,) if isinstance(given, str) else given
+    if any(x.startswith("cannot fetch") for x in expected):
+        # (the public name of an example's server not resolving may take the fetch's whole deadline: this
+        # sandbox's resolver answers now and then after 5 s, twice over on a machine running two suites)
+        expected = (*expected, "did not answer within")
+    assert all(any(x in m for x in expected) for m in errors), [m for m in errors if not any(x in m for x in expected)]
     assert res.events[-1]["type"] == "call.state" and res.events[-1]["state"] == "ended"
 
 

@@ -184,7 +184,11 @@ def test_a_page_without_credentials_or_keeping_to_the_protocol_is_refused_and_to
         await sock.abort()
 
     asyncio.run(offer_and_go())
-    assert wait_for(lambda: "hung up before its call started" in eng.log()), eng.log()[-3000:]
+    # Gone while its offer was being taken (the usual case), or — on a busy machine, where the service
+    # took the offer before it saw the socket close — a call that ends at once as hung up: either way
+    # one info line, no traceback, no error.
+    gone = ("hung up before its call started", "ended after 0.0 s: remote_hangup")
+    assert wait_for(lambda: any(said in eng.log() for said in gone)), eng.log()[-3000:]
     assert "Traceback" not in eng.log() and " ERROR " not in eng.log(), eng.log()[-3000:]
 
 
