@@ -120,6 +120,11 @@ def regular(times: list[float], period: float = PERIOD, slack: float = SLACK, *,
     )
 
 
+def shown(times: list[float], stalls: str) -> str:
+    """Onsets for a failure's message, every one of them (a tuple's repr is cut short)."""
+    return f"{[round(float(t), 3) for t in times]}; {stalls}"
+
+
 def drift(left: list[float], right: list[float]) -> float:
     """How much the time from each right onset to the nearest left onset varies over the bridge (s). (The
     nearest, not the last before it: a side a sender's stall moved later may pass the other's onsets.)"""
@@ -260,9 +265,9 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
     lose = int(max(caller_stall, far_stall) > JITTER_DELAY)  # (a pulse a stall fell on: see regular())
     left, right = audio[:, 0], audio[:, 1]
     said, heard = onsets(left, rate, CALLER_TONE, stall=caller_stall), onsets(right, rate, FAR_TONE, stall=far_stall)
-    assert len(said) >= 8 and regular(said, slack=SLACK + caller_stall, may_lose=lose), (said, stalls)
+    assert len(said) >= 8 and regular(said, slack=SLACK + caller_stall, may_lose=lose), shown(said, stalls)
     # the far party's pulses: none lost (but to a stall), none doubled
-    assert len(heard) >= 6 and regular(heard, slack=SLACK + far_stall, may_lose=lose), (heard, stalls)
+    assert len(heard) >= 6 and regular(heard, slack=SLACK + far_stall, may_lose=lose), shown(heard, stalls)
     # the two channels keep one time line
     assert drift(said, heard) < ALIGNED + caller_stall + far_stall, (said, heard, stalls)
     # no leak across while bridged (before, the caller heard the ring tone, 440 + 480 Hz): each tone on
@@ -278,13 +283,13 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
             sniffer.from_engine(eng.rtp_port()), caller_info.factory().decode, caller_info.static_pt, placed=True
         )
         got = onsets(to_caller, 8000, FAR_TONE, stall=far_stall)
-        assert len(got) >= 6 and regular(got, slack=SLACK + far_stall, may_lose=lose), (got, stalls)
+        assert len(got) >= 6 and regular(got, slack=SLACK + far_stall, may_lose=lose), shown(got, stalls)
         to_far = far_heard(sniffer, far, far_codec)
         got = onsets(to_far, SUPPORTED[far_codec].rate, CALLER_TONE, stall=caller_stall)
         # The caller's scenario ends with a key (RFC 4733): while it goes out to the far party, the key
         # takes the place of the caller's voice for it (as on a phone), so the last pulse may start
         # late; every pulse before it came in step.
-        assert len(got) >= 5 and regular(got[:-1], slack=SLACK + caller_stall, may_lose=lose), (got, stalls)
+        assert len(got) >= 5 and regular(got[:-1], slack=SLACK + caller_stall, may_lose=lose), shown(got, stalls)
 
 
 def test_parallel_dial_bridges_the_one_that_answers_and_cancels_the_others(
