@@ -970,7 +970,7 @@ class UserAgent:
         method = Method.UPDATE if allows_update else Method.INVITE
         body = b"" if method == Method.UPDATE else call.local_sdp
         headers = [*self._extensions(), ("User-Agent", self.policy.user_agent)]
-        headers += session.timer.refresh_offer().headers()[1:]  # (Supported is in _extensions)
+        headers += [h for h in session.timer.refresh_offer().headers() if h[0] != "Supported"]  # (in _extensions)
         if body:
             headers.append(("Content-Type", "application/sdp"))
         try:
