@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import resource
 import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 
 from swml_engine.media.frame import silence
+from swml_engine.transports.sip.rtp import RtpPacket, parse_rtp
 from swml_engine.transports.sip.rtpstream import PROOF_PACKETS, STRANGER_GRACE, RtpStream
 from swml_engine.transports.sip.sdp import Media
 
@@ -85,11 +88,13 @@ async def until(predicate: object, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stream(sdp: tuple[str, int], sip_host: str = "127.0.0.1") -> AsyncIterator[Call]:
+async def stream(
+    sdp: tuple[str, int], sip_host: str = "127.0.0.1", ptime: int = 20, events: int | None = None
+) -> AsyncIterator[Call]:
     clock = Clock()
     rtp = RtpStream(8000, lambda d: None, signalling_host=sip_host, clock=clock)
     await rtp.bind("127.0.0.1", (42000, 42999))
-    rtp.configure(Media("PCMU", 0, None, 20, sdp, "sendrecv"))
+    rtp.configure(Media("PCMU", 0, events, ptime, sdp, "sendrecv"))
     try:
         yield Call(rtp, clock)
     finally:
@@ -256,3 +261,115 @@ def test_out_of_file_descriptors_says_so_rather_than_no_free_port() -> None:
     message = asyncio.run(main())
     assert message.startswith(f"no file descriptors left: {limit} open of limit {limit}"), message
     assert "ulimit" in message
+
+
+class Listener:
+    """The caller's side of what we send: every packet as it arrived."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.addr: tuple[str, int] = self.sock.getsockname()
+        self.packets: list[RtpPacket] = []
+
+    async def take(self, count: int) -> list[RtpPacket]:
+        """The next ``count`` packets (waiting for them)."""
+
+        def arrived() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    packet = parse_rtp(self.sock.recv(2048))
+                    assert packet is not None
+                    self.packets.append(packet)
+            return len(self.packets) >= count
+
+        await until(arrived, f"{count} packets did not arrive ({len(self.packets)} did)")
+        taken, self.packets = self.packets[:count], self.packets[count:]
+        return taken
+
+
+def steps(packets: list[RtpPacket]) -> list[tuple[int, int, bool]]:
+    """Between each packet and the one before it: how far the sequence number and the timestamp moved,
+    and whether the later one is marked."""
+    return [
+        ((b.sequence - a.sequence) & 0xFFFF, (b.timestamp - a.timestamp) & 0xFFFFFFFF, b.marker)
+        for a, b in itertools.pairwise(packets)
+    ]
+
+
+def test_ticks_the_loop_skipped_leave_a_gap_in_time_in_what_the_caller_gets() -> None:
+    """A loop more than 200 ms late skips ticks (MediaTicker.MAX_LATE). What follows is stamped that much
+    later, so the caller's phone plays it when it happened rather than early by the gap: seen as the
+    far party's pulses reaching the caller 0.24 s early from a stall on (a side-by-side test run).
+    Sequence numbers go on without a gap (no packet was lost) and the first packet after is marked."""
+
+    async def main() -> None:
+        listener = Listener()
+        try:
+            async with stream(listener.addr) as call:
+                for _ in range(3):
+                    call.rtp.write(silence(8000))
+                call.rtp.skip(12)
+                for _ in range(3):
+                    call.rtp.write(silence(8000))
+                packets = await listener.take(6)
+                assert steps(packets) == [(1, 160, False)] * 2 + [(1, 13 * 160, True)] + [(1, 160, False)] * 2
+                assert packets[0].marker  # (the stream's first packet)
+        finally:
+            listener.sock.close()
+
+    asyncio.run(main())
+
+
+def test_a_gap_with_a_longer_ptime_drops_the_part_packet_it_held_and_counts_its_time() -> None:
+    """With 30 ms packets, 20 ms ticks leave part of a packet queued; at a gap it is stale (it belongs
+    before the gap): not sent, but its time counts, so what follows is placed exactly."""
+
+    async def main() -> None:
+        listener = Listener()
+        try:
+            async with stream(listener.addr, ptime=30) as call:
+                for _ in range(2):
+                    call.rtp.write(silence(8000))  # 320 samples: one 240-sample packet goes, 80 wait
+                [first] = await listener.take(1)
+                call.rtp.skip(10)
+                for _ in range(3):
+                    call.rtp.write(silence(8000))  # 480 samples: two packets
+                packets = [first, *await listener.take(2)]
+                assert steps(packets) == [(1, 240 + 80 + 10 * 160, True), (1, 240, False)]
+        finally:
+            listener.sock.close()
+
+    asyncio.run(main())
+
+
+def test_a_key_down_through_a_gap_is_held_that_long_and_the_voice_after_it_is_in_time() -> None:
+    """A digit (RFC 4733) being sent when ticks are skipped: the key was down all that time, so its
+    duration grows by the gap and the audio after it starts where the key was let go."""
+
+    async def main() -> None:
+        listener = Listener()
+        try:
+            async with stream(listener.addr, events=101) as call:
+                done = call.rtp.send_digit("5", 0.1)  # 5 steps of 20 ms
+                call.rtp.write(silence(8000))
+                call.rtp.write(silence(8000))
+                call.rtp.skip(10)
+                while not done.done():
+                    call.rtp.write(silence(8000))
+                    await asyncio.sleep(0)
+                call.rtp.write(silence(8000))  # the voice again (with the end packet's first repeat)
+                packets = await listener.take(5)
+                events = [p for p in packets if p.payload_type == 101]
+                voice = [p for p in packets if p.payload_type == 0]
+                durations = [struct.unpack_from("!BBH", p.payload)[2] for p in events]
+                # 2 steps, a gap of 10, then steps to the length asked for and past it: the key was down
+                # for 13 steps (it ends at the first step on or after its 5)
+                assert durations == [160, 320, 13 * 160, 13 * 160], durations
+                assert len({p.timestamp for p in events}) == 1
+                assert voice[0].timestamp == (events[0].timestamp + 13 * 160) & 0xFFFFFFFF
+        finally:
+            listener.sock.close()
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ ICE: aioice never gathers loopback (127.0.0.1), so both peers meet on this machi
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.codecs.g711 import PcmuEncoder
+from aiortc.codecs.opus import OpusEncoder
 
 from conftest import PATIENCE, read_wav, spectrum_peaks, tone, wav_bytes
 from swml_engine.call import Call, CallOptions
@@ -371,6 +374,44 @@ def test_what_the_browser_hears_is_held_to_200_ms_when_the_sender_falls_behind()
 
     sent, dropped = asyncio.run(scenario())
     assert sent == list(range(50 - MAX_LISTEN_FRAMES, 50)) and dropped == 50 - MAX_LISTEN_FRAMES
+
+
+@pytest.mark.parametrize(("encoder", "rate", "clock"), [(PcmuEncoder, 8000, 8000), (OpusEncoder, 16000, 48000)])
+def test_ticks_the_loop_skipped_and_frames_dropped_still_pass_in_the_browsers_time_line(
+    encoder: Callable[[], Any], rate: int, clock: int
+) -> None:
+    """What the browser hears is stamped with when it is in the call: 12 ticks the loop skipped (it was
+    more than 200 ms late) and a frame the sender fell behind on pass in the RTP timestamps aiortc's
+    encoder makes of our frames, so the browser plays what follows in time rather than early."""
+    frame = rate // 50
+
+    async def scenario() -> list[int]:
+        track, enc = ListenTrack(rate), encoder()
+        stamps: list[int] = []
+
+        async def send(n: int) -> None:
+            for _ in range(n):
+                _, timestamp = enc.encode(await track.recv())
+                if timestamp is not None:  # (Opus holds its first frame back)
+                    stamps.append(timestamp)
+
+        for _ in range(4):
+            track.put(np.zeros(frame, dtype=np.int16))
+        track.gap(12 * frame)
+        track.put(np.zeros(frame, dtype=np.int16))
+        await send(5)
+        for _ in range(MAX_LISTEN_FRAMES + 1):  # one more than the sender may fall behind: the oldest goes
+            track.put(np.zeros(frame, dtype=np.int16))
+        await send(MAX_LISTEN_FRAMES)
+        assert track.dropped == 1
+        return stamps
+
+    stamps = asyncio.run(scenario())
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
+    tick = clock // 50
+    jumps = {i: step // tick for i, step in enumerate(steps) if step != tick}
+    assert sorted(jumps.values()) == [2, 13], steps  # the dropped frame, and the 12 skipped ticks
+    assert len(steps) >= MAX_LISTEN_FRAMES + 2
 
 
 def test_an_offer_from_a_machine_with_many_interfaces_is_taken_with_its_first_udp_candidates() -> None:

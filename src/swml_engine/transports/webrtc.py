@@ -329,15 +329,19 @@ class SpeakBuffer:
 
 class ListenTrack(MediaStreamTrack):
     """What the party hears, as aiortc's sender takes it: each ``recv`` waits for the next frame the media
-    tick queued (so the call's clock paces the stream) and hands it over with continuous timestamps at the
-    call's rate; aiortc encodes it. A sender that falls behind loses the oldest frames (``dropped``)."""
+    tick queued (so the call's clock paces the stream) and hands it over stamped with when it is in the
+    call (aiortc's RTP timestamps follow ``pts``); aiortc encodes it. A sender that falls behind loses the
+    oldest frames (``dropped``); their time, and ticks the loop skipped (``gap``), still pass, so the
+    browser plays what follows when it happened rather than early."""
 
     kind = "audio"
 
     def __init__(self, rate: int) -> None:
         super().__init__()
         self.rate = rate
-        self._frames: deque[Frame] = deque()
+        #: Frames to send, each with the samples of silence (a gap) before it.
+        self._frames: deque[tuple[Frame, int]] = deque()
+        self._gap = 0  # samples skipped since the last frame queued
         self._queued = asyncio.Event()
         self._pts = 0
         self.sent = 0
@@ -345,10 +349,16 @@ class ListenTrack(MediaStreamTrack):
 
     def put(self, frame: Frame) -> None:
         if len(self._frames) >= MAX_LISTEN_FRAMES:
-            self._frames.popleft()
+            oldest, gap = self._frames.popleft()
+            self._pts += gap + len(oldest)
             self.dropped += 1
-        self._frames.append(frame)
+        self._frames.append((frame, self._gap))
+        self._gap = 0
         self._queued.set()
+
+    def gap(self, samples: int) -> None:
+        """``samples`` of the call's time that had no frame (the loop skipped its ticks)."""
+        self._gap += samples
 
     async def recv(self) -> av.AudioFrame:
         while not self._frames:
@@ -356,12 +366,12 @@ class ListenTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._queued.clear()
             await self._queued.wait()
-        samples = self._frames.popleft()
+        samples, gap = self._frames.popleft()
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.rate
         frame.time_base = fractions.Fraction(1, self.rate)
-        frame.pts = self._pts
-        self._pts += len(samples)
+        frame.pts = self._pts + gap
+        self._pts = frame.pts + len(samples)
         self.sent += 1
         return frame
 
@@ -725,6 +735,8 @@ class WebRtcCallTransport(Transport):
 
     def skip(self, frames: int) -> None:
         self._speak.skip(frames)
+        if self._listen is not None:
+            self._listen.gap(frames * self._listen.rate // 50)
 
     # --- digits ---------------------------------------------------------------------------------------
 

@@ -525,8 +525,27 @@ class RtpStream(asyncio.DatagramProtocol):
         return self._read_rate(frame, self.codec.rate, self.call_rate)
 
     def skip(self, frames: int) -> None:
+        """The loop skipped ``frames`` ticks: the caller's audio for them is dropped, and ours leaves a
+        gap of that length in time (the timestamps jump, the sequence numbers do not: nothing was lost)."""
         if self._jitter is not None:
             self._jitter.skip(frames)
+        self._leave_gap(frames)
+
+    def _leave_gap(self, frames: int) -> None:
+        """Advance what we send past ``frames`` ticks nobody filled. Without this the caller's receiver
+        plays what follows the gap that much early (seen as a whole pulse shifted by 0.24 s): RTP
+        timestamps are when the audio is, not how much of it went before (RFC 3550 §5.1)."""
+        codec = self.codec
+        if codec is None or frames <= 0:
+            return
+        if self._digits and self._digits[0].sent:  # a key down through the gap: it was held that long
+            self._digits[0].sent += frames
+            return
+        # audio queued for a ptime over 20 ms belongs before the gap and is stale now: its time passes too
+        queued, self._out = len(self._out), np.zeros(0, dtype=np.int16)
+        step = codec.timestamp_units(codec.rate // 50)
+        self._ts = (self._ts + frames * step + codec.timestamp_units(queued)) & 0xFFFFFFFF
+        self._marker = True  # the first packet after a silence (RFC 3551 §4.1): the receiver may re-time
 
     # --- sending ----------------------------------------------------------------------------------
 
