@@ -20,6 +20,7 @@ from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the session fi
 from swml_engine.service import migrations
 from swml_engine.service.index import (
     LOST_AFTER,
+    MAX_TEXT,
     Index,
     IndexOpenError,
     IndexState,
@@ -109,6 +110,28 @@ def test_rows_written_and_read_back(opener: Opener) -> None:
         await asyncio.to_thread(index.put_recording, meta("threaded"))  # (written on another thread)
         await settle(index)
         assert await index.recording("threaded") == meta("threaded")
+        await index.close()
+
+    run(go())
+
+
+def test_what_a_caller_wrote_is_kept_to_a_bound_in_a_calls_row(opener: Opener) -> None:
+    """A caller writes its Call-ID, From and To, up to a 64 KB message: a call's row keeps each to
+    MAX_TEXT characters (a legitimate one is far shorter), not tens of kilobytes per call."""
+
+    async def go() -> None:
+        index = await opener("node-a")
+        long = "x" * 60_000
+        index.put_call(
+            {"call_id": "c1", "state": "ended", "start_time": 1.0, "sip_call_id": long, "from": long, "to": "sip:b@h"},
+            "w",
+        )
+        await settle(index)
+        found = await index.call("c1")
+        assert found is not None
+        row, _ = found
+        assert row["sip_call_id"] == row["from"] == "x" * MAX_TEXT and row["to"] == "sip:b@h"
+        assert [c["from"] for c in await index.calls()] == ["x" * MAX_TEXT]
         await index.close()
 
     run(go())

@@ -491,7 +491,8 @@ def _call_row(info: dict[str, Any], worker: str, node: str | None) -> Statement:
             node,
             _text(info.get("from")),
             _text(info.get("to")),
-            json.dumps(info),
+            # a caller writes its Call-ID, From and To (a SIP message may be 64 KB): each kept to a bound
+            json.dumps({key: value[:MAX_TEXT] if isinstance(value, str) else value for key, value in info.items()}),
         ),
     )
 
