@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from conftest import wait_for
 from interop.peers import engines, free_port
+from swml_engine.service.console import CONTENT_SECURITY_POLICY
 
 from .conftest import CALLER_LEVEL, CHROMIUM, CHROMIUM_ARGS, TOKEN, Browsing, Console, keep_screenshot, watched
 
@@ -72,8 +73,11 @@ def test_the_page_and_its_files_are_served_with_a_strict_content_security_policy
     assert code == 200 and headers["Content-Type"].startswith("text/javascript")
     assert "Content-Security-Policy" in headers
     # Only the console's own files: nothing else is reachable under /console/.
-    for name in ("nosuch.js", "..%2F__init__.py", "%2e%2e%2fapi.py", "__init__.py"):
-        assert fetch(f"{console.base}/console/{name}")[0] == 404, name
+    # A refusal there carries the console's headers too.
+    for name in ("nosuch.js", "..%2F__init__.py", "%2e%2e%2fapi.py", "__init__.py", "static/app.js", "a/b/c"):
+        code, headers, _ = fetch(f"{console.base}/console/{name}")
+        assert code == 404 and headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, name
+        assert headers["X-Content-Type-Options"] == "nosniff", name
 
 
 def test_a_wrong_token_is_refused_and_the_right_one_opens_a_session_until_sign_out(

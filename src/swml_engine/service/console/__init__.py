@@ -102,11 +102,13 @@ def add_console(app: FastAPI) -> None:
     for path, name in PAGES.items():
         add_page(app, path, *marked(name, assets[name]))
 
-    @app.api_route(ASSET_PREFIX + "{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    # ({name:path}: a name with a slash in it, or one that decodes to one, is answered here too, so every
+    # answer under the prefix — a refusal as well — carries the console's headers)
+    @app.api_route(ASSET_PREFIX + "{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> Response:
         found = assets.get(name)
         if found is None:
-            raise HTTPException(404, f"the console has no file {name!r}")
+            raise HTTPException(404, f"the console has no file {name[:80]!r}", headers=SECURITY_HEADERS)
         return answer(found)
 
 
