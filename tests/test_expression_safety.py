@@ -254,3 +254,26 @@ def test_an_evaluation_kept_from_running_by_a_busy_machine_waits_for_its_time_no
     assert not starved(cpu=0.05, wall=0.05, timeout=timeout)  # it ran its 50 ms: a runaway, stopped
     assert not starved(cpu=0.06, wall=0.3, timeout=timeout)
     assert not starved(cpu=0.0, wall=STARVED_WAIT, timeout=timeout)  # never past the wall-clock cap
+
+
+def test_this_in_an_expression_is_the_calls_variables_not_the_engines_globals() -> None:
+    """``${this}`` showed the JavaScript engine's own globals (its timer manager's state): an expression's
+    ``this`` is what its names read from — the call's variables — and nothing of the engine's."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {x: 5}
+    - set:
+        whole: '${JSON.stringify(this)}'
+        x_again: '${this.x}'
+        caller: '${this.call.from}'
+        own: '${Object.keys(this).filter(k => k.startsWith("__")).length}'
+"""
+    )
+    assert errors_of(res) == []
+    v = res.vars
+    whole = json.loads(v["whole"])
+    assert v["x_again"] == 5 and v["caller"] == whole["call"]["from"] != ""
+    assert v["own"] == 0 and "__timer_manager" not in v["whole"]
+    assert whole["vars"] == {"x": 5}

@@ -97,7 +97,7 @@ _PRELUDE = r"""
       has: function (t, k) { return (k in t) || !(k in g); },
       get: function (t, k) { return t[k]; }
     });
-    var v = f(view);
+    var v = f.call(scope, view);  // (this: the variables, not the global object and its internals)
     if (typeof v === "function") { throw new TypeError("the expression is a function, not a value"); }
     if (v instanceof Pr) {
       throw new TypeError("the expression's value is a promise; expressions run synchronously" +
