@@ -296,6 +296,43 @@ def test_a_bad_index_is_a_start_error_naming_the_option(pg_server: PgServer) -> 
         message = str(caught.value)
         assert message.startswith("--index postgresql://***@127.0.0.1:") and why in message, message
         assert "not-the-password" not in message and "check that the server is up" in message
+        if why != "refused":  # a server that answered no is a mistake to fix, even for a service
+            with pytest.raises(IndexOpenError, match=why):
+                run(open_index(url, Path("."), "n", away_ok=True))
+
+
+def test_a_service_starting_while_postgresql_is_away_starts_behind_and_writes_when_it_is_back(
+    pg_server: PgServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node restarted while its index server is down (a host rebooting, a failover) exited at once: it
+    now starts behind — its calls are taken and recorded — and a fresh database gets its tables and the
+    waiting rows as soon as the server answers."""
+    url = pg_server.database()  # (made while the server is up: empty, no tables yet)
+
+    async def go() -> None:
+        await asyncio.to_thread(pg_server.stop)
+        try:
+            index = await open_index(url, Path("."), "n", away_ok=True)
+            assert index.state is IndexState.BEHIND
+            index.put_recording(meta("r1", start=1.0))
+            index.put_call({"call_id": "c1", "state": "answered", "start_time": 1.0}, "w")
+            with pytest.raises(IndexUnavailable, match="cannot be read now"):
+                await index.recordings()
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        await settle(index)
+        assert [r["recording_id"] for r in await index.recordings()] == ["r1"]
+        assert [c["call_id"] for c in await index.calls()] == ["c1"]
+        await index.close()
+
+    run(go())
+    assert "cannot be reached" in caplog.text and "calls are taken and recorded" in caplog.text
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert rows == [(m.version,) for m in migrations.load("postgresql")]
 
 
 def test_rows_wait_while_postgresql_is_away_and_are_written_when_it_is_back(

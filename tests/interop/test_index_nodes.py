@@ -84,6 +84,7 @@ def test_two_nodes_on_one_postgresql_index_list_and_control_each_others_recordin
     try:
         code, away = api(nodes[0], "/api/recordings")
         assert code == 503 and "cannot be read now" in away["detail"]
+        assert api(nodes[0], "/health")[1]["index"] == "behind"  # (at once: not at its next write)
         call_in_background(b, tmp_path / "sipp-c").join(30)
         assert wait_for(lambda: len(callbacks(http_server, "finished")) == 3, 20)
         assert wait_for(lambda: api(nodes[1], "/health")[1]["index"] == "behind", 20)
@@ -163,3 +164,52 @@ def test_a_recording_waiting_in_another_nodes_spool_is_not_deleted_to_come_back(
     assert "waits in the spool of node " in json.loads(body)["detail"]
     assert wait_for(lambda: f"{rid} (it waits in the spool of node " in node_b.log(), 20), node_b.log()[-3000:]
     assert api(b, f"/api/recordings/{rid}")[0] == 200 and list((a.data / "recordings").glob(f"{rid}.*"))
+
+
+def test_a_node_started_while_postgresql_is_away_takes_calls_and_fills_the_index_when_it_is_back(
+    engine: EngineFactory,
+    http_server: HttpServer,
+    pg_server: PgServer,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node (re)started while its index server is down — a host rebooting, a database failover — exited
+    with "cannot connect", and took no call until someone started it again. It starts now, records its
+    calls, says "behind"; once the server answers, the database (a new one: no tables yet) gets its
+    schema, the call and its recording, and a recording this node kept from before its start."""
+    monkeypatch.setenv("SWML_INDEX_URL", pg_server.database())
+    status = http_server.url("/status")
+    script = f"version: 1.0.0\nsections:\n  main:\n    - answer\n    - record_call: {{status_url: '{status}'}}\n    - sleep: 300\n"
+    spool = tmp_path / "data-0" / "recordings"  # (the first engine's data directory)
+    spool.mkdir(parents=True)
+    kept = {
+        "recording_id": "kept-from-before",
+        "call_id": "c0",
+        "state": "finished",
+        "start_time": 1.0,
+        "end_time": 2.0,
+    }
+    (spool / "kept-from-before.json").write_text(json.dumps(kept))
+    pg_server.stop()
+    try:
+        port = free_port()
+        eng = engine(script, "--http", f"127.0.0.1:{port}", "--api-token", TOKEN)
+        node = f"http://127.0.0.1:{port}"
+        assert "cannot be reached" in eng.log() and "calls are taken and recorded" in eng.log()
+        assert api(node, "/health")[1]["index"] == "behind"
+        call_in_background(eng, tmp_path / "sipp").join(30)
+        assert wait_for(lambda: len(callbacks(http_server, "finished")) == 1, 20)
+        code, away = api(node, "/api/recordings")
+        assert code == 503 and "cannot be read now" in away["detail"]
+    finally:
+        pg_server.start()
+    [rid] = {p["recording_id"] for p in callbacks(http_server, "finished")}
+
+    def listed() -> bool:
+        code, found = api(node, "/api/recordings")
+        return code == 200 and {r["recording_id"] for r in found["recordings"]} == {rid, "kept-from-before"}
+
+    assert wait_for(listed, 30), api(node, "/api/recordings")
+    assert [c["state"] for c in api(node, "/api/calls")[1]["calls"]] == ["ended"]
+    assert wait_for(lambda: api(node, "/health")[1]["index"] == "open", 20)
+    assert "brought up to date" in eng.log()

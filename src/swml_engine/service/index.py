@@ -160,12 +160,15 @@ class Index(ABC):
             if self._pending.get(key) is statement:
                 del self._pending[key]
         if self.state is IndexState.BEHIND:
-            log.warning(
-                "index %s written again: %d waiting row(s) caught up%s",
-                self.where,
-                len(batch),
-                f", {self._dropped} older ones dropped until a rebuild" if self._dropped else "",
-            )
+            if batch:
+                log.warning(
+                    "index %s written again: %d waiting row(s) caught up%s",
+                    self.where,
+                    len(batch),
+                    f", {self._dropped} older ones dropped until a rebuild" if self._dropped else "",
+                )
+            else:  # (a read found it back with no row waiting)
+                log.warning("index %s can be reached again", self.where)
             self.state = IndexState.OPEN
 
     def _fell_behind(self, error: BaseException) -> None:

@@ -11,6 +11,11 @@ state says "behind", and the task tries again with a growing delay (:func:`retry
 back. Reads (the API's) go over a second connection, reconnected once when it was lost; a read the
 server cannot answer is :class:`~swml_engine.service.index.IndexUnavailable` (the API answers 503).
 The schema is migrated at open (``migrations/postgresql/``) under an advisory lock.
+
+A service may start while the server does not answer (``away_ok``: nothing answered at all, as opposed to
+a server that refused the user, the password or the database — those are mistakes to fix, and the start
+fails): it starts "behind", takes and records its calls, and the schema is migrated on the first
+connection that succeeds, before any row is written or read.
 """
 
 from __future__ import annotations
@@ -70,36 +75,62 @@ class PgIndex(Index):
         self._reader: psycopg.AsyncConnection[Any] | None = None
         self._read_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        #: The schema is known to be migrated (at open, or on the first connection when it started away).
+        self._migrated = False
 
     @classmethod
-    async def open(cls, url: str, *, node: str, **retry: float) -> PgIndex:
-        """Connect, migrate the schema, start the writer. IndexOpenError names --index and the fix."""
+    async def open(cls, url: str, *, node: str, away_ok: bool = False, **retry: float) -> PgIndex:
+        """Connect, migrate the schema, start the writer. IndexOpenError names --index and the fix.
+
+        ``away_ok``: a server that does not answer at all is not an error: the index starts behind."""
         index = cls(url, node, **retry)
         try:
-            conn = await index._connect()
+            conn: psycopg.AsyncConnection[Any] | None = await index._dial()
         except _Errors as e:
-            raise IndexOpenError(
-                f"--index {index.where}: cannot connect ({_why(e)}): check that the server is up and reachable, "
-                "and the user, password (in the URL, PGPASSWORD or ~/.pgpass) and database"
-            ) from e
-        try:
-            await index._migrate(conn)
-        except migrations.NewerSchema as e:
-            await conn.close()
-            raise IndexOpenError(f"--index: {e}") from e
-        except _Errors as e:
-            await conn.close()
-            raise IndexOpenError(
-                f"--index {index.where}: cannot set up its tables ({_why(e)}): the user needs CREATE on the database"
-            ) from e
+            if not (away_ok and _no_answer(e)):
+                raise IndexOpenError(
+                    f"--index {index.where}: cannot connect ({_why(e)}): check that the server is up and "
+                    "reachable, and the user, password (in the URL, PGPASSWORD or ~/.pgpass) and database"
+                ) from e
+            index.state = IndexState.BEHIND
+            log.error(
+                "index %s cannot be reached (%s): calls are taken and recorded, their rows wait until it can "
+                "be (the metadata files stay the record); check that the server is up and reachable",
+                index.where,
+                _why(e),
+            )
+            conn = None
+        if conn is not None:
+            try:
+                await index._migrate(conn)
+            except migrations.NewerSchema as e:
+                await conn.close()
+                raise IndexOpenError(f"--index: {e}") from e
+            except _Errors as e:
+                await conn.close()
+                raise IndexOpenError(
+                    f"--index {index.where}: cannot set up its tables ({_why(e)}): the user needs CREATE on "
+                    "the database"
+                ) from e
         index._writer = conn
         index._task = asyncio.get_running_loop().create_task(index._write_loop(), name="index writer")
         return index
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _dial(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
             self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="swml-engine"
         )
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A new connection, the schema migrated first when it was not yet (the index started away)."""
+        conn = await self._dial()
+        if not self._migrated:
+            try:
+                await self._migrate(conn)
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.transaction():
@@ -116,6 +147,7 @@ class PgIndex(Index):
                     "INSERT INTO schema_migrations VALUES (%s, %s, extract(epoch from now()))", (m.version, m.name)
                 )
                 log.info("index %s: schema migration %04d_%s applied", self.where, m.version, m.name)
+        self._migrated = True
 
     # --- writes -----------------------------------------------------------------------------------
 
@@ -140,7 +172,7 @@ class PgIndex(Index):
                 await self._send(batch)
             except Exception as e:  # (any: this task must not end while rows wait; the log says why)
                 failures += 1
-                if not isinstance(e, _Errors) and failures == 1:
+                if not isinstance(e, (*_Errors, migrations.NewerSchema)) and failures == 1:
                     log.exception("index %s: a batch of rows could not be written", self.where)
                 self._fell_behind(e)
                 await asyncio.sleep(retry_delay(failures, self.first_retry, self.max_retry))
@@ -178,11 +210,16 @@ class PgIndex(Index):
                 try:
                     if self._reader is None or self._reader.closed:
                         self._reader = await self._connect()
-                    return await _bounded(use(self._reader), READ_TIMEOUT)
-                except _Errors as e:
+                    result = await _bounded(use(self._reader), READ_TIMEOUT)
+                except (*_Errors, migrations.NewerSchema) as e:
                     await self._drop("_reader")
                     if attempt == 2:
+                        self._fell_behind(e)  # (/health says so now, not at the next write)
                         raise IndexUnavailable(f"the index {self.where} cannot be read now: {_why(e)}") from e
+                    continue
+                if self.state is IndexState.BEHIND and not self._pending:  # back, and nothing waits
+                    self._caught_up({})
+                return result
             raise AssertionError("unreachable")
 
     async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -234,6 +271,20 @@ async def _run(conn: psycopg.AsyncConnection[Any], statements: Iterable[Statemen
 
 async def _bounded(work: Awaitable[_T], timeout: float) -> _T:
     return await asyncio.wait_for(work, timeout)
+
+
+def _no_answer(e: BaseException) -> bool:
+    """Nothing answered the connection (refused, timed out, no route, a name not found), or the server
+    said it is starting or stopping: it is away. A server that refused us (a wrong password, no such
+    database) is a mistake in --index, not an absence. libpq gives no code for errors at connection time;
+    a server's own refusal is the one with its severity (``FATAL:``) in the text (a translated text reads
+    as away: the service then starts, and logs the reason)."""
+    if isinstance(e, OSError | TimeoutError):
+        return True
+    if not isinstance(e, psycopg.OperationalError) or e.sqlstate is not None:
+        return False
+    text = str(e)
+    return "FATAL:" not in text or "the database system is" in text
 
 
 def _why(e: BaseException) -> str:

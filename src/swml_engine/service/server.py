@@ -57,6 +57,7 @@ from swml_engine.service.index import (
 )
 from swml_engine.service.indexes import open_index
 from swml_engine.service.metrics import ServiceMetrics, Snapshot
+from swml_engine.service.pgindex import retry_delay
 from swml_engine.service.retention import Retention, stale_call_logs
 from swml_engine.service.uploads import Uploader
 from swml_engine.session import call_scope, run_call
@@ -265,6 +266,8 @@ class Service:
         self.retention: Retention | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._alive_task: asyncio.Task[None] | None = None
+        #: Bringing the index up to date, when it could not be at start (its server away).
+        self._sync_task: asyncio.Task[bool] | None = None
         self.api: ApiServer | None = None
         self.worker_url = ""
         #: /metrics: this worker's figures (with --workers, in files every worker's scrape adds up).
@@ -413,7 +416,7 @@ class Service:
             await self.api.stop()
         if self.uploads is not None:  # what is not uploaded by then stays in the spool for the next start
             await self.uploads.stop(UPLOAD_DRAIN)
-        for chore in (self._retention_task, self._alive_task):
+        for chore in (self._retention_task, self._alive_task, self._sync_task):
             if chore is not None:
                 chore.cancel()
         if self.index is not None:
@@ -667,8 +670,9 @@ class Service:
         if generated:  # once, by the one process that made it
             print(f"swml serve: API token (kept in {data / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
         signer = UrlSigner(data)
-        # IndexOpenError (a bad --index, its server away, a newer schema): the caller reports it.
-        self.index = await open_index(cfg.index_url, data, node_id(data))
+        # IndexOpenError (a bad --index, a newer schema): the caller reports it. A PostgreSQL server that
+        # does not answer is no reason to refuse calls: the index starts behind (pgindex.py).
+        self.index = await open_index(cfg.index_url, data, node_id(data), away_ok=True)
         shared = _listen(http, reuse_port=cfg.reuse_port)
         # Live control passed on by other workers, on loopback; with a shared index also by other nodes,
         # on the API's own address (the same token guards it).
@@ -685,15 +689,10 @@ class Service:
         )
         # This node's own recordings only (all of a shared index's: `swml index rebuild`); to a shared
         # index, only those changed since this node's last start (unless its database is new).
-        mark = SyncMark(data, self.index.where)
-        since = mark.since() if self.index.shared and not self.index.fresh else None
-        try:
-            await self.index.rebuild(local_documents(self.store.root, changed_since=since))
-            await self.index.end_orphaned_calls(cfg.started_at)
-            if self.index.shared:
-                mark.mark(cfg.started_at)
-        except IndexUnavailable as e:
-            log.warning("index not brought up to date at start (%s): `swml index rebuild` does it later", e)
+        if not await self._bring_index_up_to_date(data):
+            self._sync_task = asyncio.get_running_loop().create_task(
+                self._bring_index_up_to_date(data, again=True), name="index catch-up"
+            )
         secure = base.lower().startswith("https:")  # the session cookie only over HTTPS then
         app = build_app(self, token, signer, body_timeout=cfg.connections.header_timeout, secure_cookies=secure)
         self.api = ApiServer(app, [shared, private], cfg.connections)
@@ -714,6 +713,31 @@ class Service:
                 ),
             )
             self._retention_task = asyncio.get_running_loop().create_task(self.retention.run(), name="retention")
+
+    async def _bring_index_up_to_date(self, data: Path, *, again: bool = False) -> bool:
+        """The index given this node's recordings changed since its last start, and its calls a stopped
+        process left live marked ended. At start once; when the index cannot be read then, ``again``:
+        until it can (with growing pauses), so a node started while its index was away catches up."""
+        index, started = self.index, self.config.started_at
+        assert index is not None and self.store is not None
+        failures = 0
+        while True:
+            mark = SyncMark(data, index.where)
+            since = mark.since() if index.shared and not index.fresh else None
+            try:
+                await index.rebuild(local_documents(self.store.root, changed_since=since))
+                await index.end_orphaned_calls(started)
+                if index.shared:
+                    mark.mark(started)
+                if failures:
+                    log.warning("index %s brought up to date with this node's recordings", index.where)
+                return True
+            except IndexUnavailable as e:
+                failures += 1
+                if not again:
+                    log.warning("index not brought up to date at start (%s): tried again until it is", e)
+                    return False
+            await asyncio.sleep(retry_delay(failures))
 
     async def _retire(self, meta: dict[str, Any]) -> None:
         """A recording past its retention, removed as DELETE does (spool, bucket, index) — but one that
