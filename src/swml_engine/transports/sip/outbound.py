@@ -13,7 +13,11 @@ RTP stream, offer/answer with the call's rate following the codec, DTMF both way
 end, and the RTP timeout that ends a leg whose far end vanished without a BYE.
 
 Not here: the dial plan (serial, parallel, timeouts, confirm, cancelling the losers: methods/connect.py
-and dialplan.py) and the bridge (media/bridge.py). Name look-ups are A/AAAA only (no SRV, no NAPTR).
+and dialplan.py) and the bridge (media/bridge.py).
+
+A destination's host is located as RFC 3263 says (locate.py: NAPTR, SRV, then A/AAAA); the leg tries
+the places found in order, going on to the next when one does not answer (its INVITE timed out, the
+transport failed) or answers 503 (§4.3), until one gives another answer or none is left.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from swml_engine.transports.sip.auth import Credentials
 from swml_engine.transports.sip.call import SipMedia
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
+from swml_engine.transports.sip.locate import Hop, addresses, is_address, locate, looked_up
 from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
 from swml_engine.transports.sip.session_timer import MIN_SE
 from swml_engine.transports.sip.uac import (
@@ -91,11 +96,16 @@ class Trunk:
     port: int
     transport: Transport
     credentials: Credentials | None = None
+    #: Whether the URI gave its port and named its transport (if not, and the host is a name, its
+    #: NAPTR/SRV records say: RFC 3263).
+    port_given: bool = True
+    transport_given: bool = True
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        tail = ";transport=tcp" if self.transport is Transport.TCP else ""
-        return f"sip:{host}:{self.port}{tail}"
+        port = f":{self.port}" if self.port_given else ""
+        tail = f";transport={self.transport}" if self.transport_given and self.transport is Transport.TCP else ""
+        return f"sip:{host}{port}{tail}"
 
 
 def parse_trunk(text: str, username: str | None = None, password: str | None = None) -> Trunk:
@@ -112,7 +122,7 @@ def parse_trunk(text: str, username: str | None = None, password: str | None = N
     if (username is None) != (password is None):
         raise ValueError("--trunk: give both SWML_TRUNK_USERNAME and SWML_TRUNK_PASSWORD, or neither")
     credentials = Credentials(username, password) if username is not None and password is not None else None
-    return Trunk(uri.host, uri.port or 5060, transport, credentials)
+    return Trunk(uri.host, uri.port or 5060, transport, credentials, uri.port is not None, uri.transport != "")
 
 
 def _transport_of(uri: Uri) -> Transport | None:
@@ -124,13 +134,14 @@ def _transport_of(uri: Uri) -> Transport | None:
 
 @dataclass(frozen=True)
 class Route:
-    """Where one destination goes: whom the INVITE names (Request-URI, To), its next hop (resolved when
-    dialled), the credentials for a challenge, and whether it is a phone number (through the trunk)."""
+    """Where one destination goes: whom the INVITE names (Request-URI, To), its next hop (located when
+    dialled: ``port`` None when the URI gives none, ``transport`` None when it names none), the
+    credentials for a challenge, and whether it is a phone number (through the trunk)."""
 
     request_uri: Uri
     host: str
-    port: int
-    transport: Transport
+    port: int | None
+    transport: Transport | None
     credentials: Credentials | None
     phone: bool
     #: The 3xx status that sent the leg here (None: the destination the script gave).
@@ -144,7 +155,9 @@ def route(target: DialTarget, trunk: Trunk | None) -> Route:
         if trunk is None:
             raise CannotDial(DialFailure("unreachable", text=f"{to}: phone numbers need swml serve --trunk"))
         uri = Uri("sip", host=trunk.host, user=to, port=trunk.port if trunk.port != 5060 else None)
-        return Route(uri, trunk.host, trunk.port, trunk.transport, trunk.credentials, phone=True)
+        port = trunk.port if trunk.port_given else None
+        transport = trunk.transport if trunk.transport_given else None
+        return Route(uri, trunk.host, port, transport, trunk.credentials, phone=True)
     try:
         uri = parse_uri(to)
     except UriError as e:
@@ -161,7 +174,7 @@ def route(target: DialTarget, trunk: Trunk | None) -> Route:
     credentials = None
     if target.username is not None and target.password is not None:
         credentials = Credentials(target.username, target.password)
-    return Route(uri, uri.host, uri.port or 5060, transport, credentials, phone=False)
+    return Route(uri, uri.host, uri.port, transport if uri.transport else None, credentials, phone=False)
 
 
 def codec_choice(codecs: tuple[str, ...]) -> list[str]:
@@ -250,6 +263,13 @@ class SipFarTransport(FarTransport):
         #: Made once the next hop is known (our SDP address is the one that reaches it).
         self.sip_media: SipMedia | None = None
         self.redirects = 0
+        #: The places located for the current destination not tried yet (RFC 3263 §4.3), the addresses
+        #: of the one being tried, and why the last one tried failed.
+        self._hops: list[Hop] = []
+        self._addresses: list[tuple[Hop, str]] = []
+        self._last: DialFailure | None = None
+        #: The destination being tried (the script's, or where a redirect sent the leg).
+        self._where = where
         self._task: asyncio.Task[None] | None = None
         #: Ends the wait for the answer to our CANCEL (CANCEL_GRACE).
         self._grace: asyncio.TimerHandle | None = None
@@ -267,15 +287,47 @@ class SipFarTransport(FarTransport):
             self._task = asyncio.get_running_loop().create_task(self._place(self.route.request_uri, self.route))
 
     async def _place(self, uri: Uri, where: Route) -> None:
-        """Resolve the next hop, bind RTP (once), send the INVITE; a failure on the way fails the leg."""
-        dialer = self.dialer
+        """Locate the destination's host (RFC 3263), then try its first place."""
+        self._where = where
         try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                self._hops = await locate(where.host, where.port, where.transport)
+        except (OSError, TimeoutError) as e:
+            self._failed(DialFailure("unreachable", text=f"{shown(where.host)}: {e or 'no answer from DNS'}"))
+            self._task = None
+            return
+        except asyncio.CancelledError:
+            return  # given up meanwhile (cancel() reported it)
+        self._addresses, self._last = [], None
+        await self._try_next(uri, where)
+
+    async def _next_address(self, where: Route) -> tuple[Hop, str] | None:
+        """The next place to try and its address: the next address of the place being tried, else the
+        first of the next place that has one; None when none is left (``_last`` says why)."""
+        while not self._addresses and self._hops:
+            hop = self._hops.pop(0)
             try:
                 async with asyncio.timeout(RESOLVE_TIMEOUT):
-                    host, port = await dialer.endpoint.lookup(where.host, where.port, where.transport)
+                    found = await self.dialer.addresses_of(hop)
             except (OSError, TimeoutError) as e:
-                self._failed(DialFailure("unreachable", text=f"{shown(where.host)}: {e or 'no answer from DNS'}"))
+                text = f"{shown(hop.host)}: {e or 'no answer from DNS'}"
+                if not hop.srv and not is_address(where.host) and where.port is None:
+                    text += f" (looked up: {looked_up(where.host, where.transport)})"
+                self._log.info("call to %s: %s (%s)", shown(self.target.to), text, hop.found)
+                self._last = self._last or DialFailure("unreachable", text=text)
+                continue
+            self._addresses = [(hop, address) for address in found]
+        return self._addresses.pop(0) if self._addresses else None
+
+    async def _try_next(self, uri: Uri, where: Route) -> None:
+        """Bind RTP (once), send the INVITE to the next place located; a failure on the way fails the leg."""
+        dialer = self.dialer
+        try:
+            place = await self._next_address(where)
+            if place is None:
+                self._failed(self._last or DialFailure("unreachable", text=f"{shown(where.host)}: nowhere to send"))
                 return
+            hop, host = place
             if where.redirected_by is not None and not where.phone and await dialer.is_trunk(host):
                 # A far end's 3xx must not reach the trunk: a trunk that knows us by our address would
                 # carry whatever number the far end named, at the operator's expense.
@@ -302,14 +354,15 @@ class SipFarTransport(FarTransport):
                     self._failed(DialFailure("error", 503, f"not placed: {e}"))
                     return
                 self.sip_media = media
-            self._invite(uri, where, Target(where.transport, host, port), local)
+            self._invite(uri, where, Target(hop.transport, host, hop.port), local)
         except asyncio.CancelledError:
             return  # given up meanwhile (cancel() reported it)
         except Exception as e:  # a bug must fail this leg, not the caller's call
             self._log.exception("placing %s failed", shown(self.target.to))
             self._failed(DialFailure("error", text=f"{type(e).__name__}: {e}"))
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():  # (not a fail-over's, started by what the INVITE met)
+                self._task = None
 
     def _invite(self, uri: Uri, where: Route, hop: Target, local: str) -> None:
         media, target, dialer = self.sip_media, self.target, self.dialer
@@ -416,19 +469,43 @@ class SipFarTransport(FarTransport):
             self._follow(event, contact)
             return
         failure = failure_of(event, cancelled=self.phase is LegPhase.GIVING_UP)
+        if self.phase is LegPhase.CALLING and _try_another(event) and (self._addresses or self._hops):
+            self._fail_over(event, failure)
+            return
         if self.call is not None and failure.reason != "cancelled":
             self.call.events.emit("sip.rejected", status=event.status, reason=shown(event.reason))
         self._failed(failure)
+
+    def _fail_over(self, event: Failed, failure: DialFailure) -> None:
+        """No answer from the place tried, or a 503: the same INVITE to the next one (RFC 3263 §4.3)."""
+        hop = event.call.target
+        self._log.info(
+            "call %s: %d %s from %s:%d: trying the next place for %s",
+            event.call.call_id,
+            event.status,
+            shown(event.reason),
+            hop.host,
+            hop.port,
+            shown(self._where.host),
+        )
+        self._last = failure
+        self.dialer.forget(event.call)
+        self.sip = None
+        if self.sip_media is not None:  # made for the place that failed (its address, as a media source)
+            self.sip_media.close()
+            self.sip_media = None
+        uri = event.call.request_uri
+        self._task = asyncio.get_running_loop().create_task(self._try_next(uri, self._where))
 
     def _follow(self, event: Failed, contact: Uri) -> None:
         """A 3xx: the same call to the Contact it gives (the best one), with the credentials only when the
         redirect stays on the same host (ours are not given to wherever a far end names)."""
         self.redirects += 1
         where = self.route
-        transport = _transport_of(contact) or Transport.UDP
+        transport = _transport_of(contact) if contact.transport else None
         credentials = where.credentials if contact.host == where.host else None
         uri = replace(contact, headers="", password=None)
-        moved = Route(uri, uri.host, uri.port or 5060, transport, credentials, where.phone, event.status)
+        moved = Route(uri, uri.host, uri.port, transport, credentials, where.phone, event.status)
         self._log.info("call %s: %d redirects to %s", event.call.call_id, event.status, shown(str(uri)))
         self.dialer.forget(event.call)
         self.sip = None
@@ -557,6 +634,14 @@ class SipFarTransport(FarTransport):
         self.dialer.closed(self)
 
 
+def _try_another(event: Failed) -> bool:
+    """Whether a failure is one RFC 3263 §4.3 tries the next place for: no answer at all (Timer B, the
+    transport failed), or a 503 from the far end."""
+    if event.local:
+        return event.status in (408, 503) and not event.call.responded
+    return event.status == 503
+
+
 def _redirect(event: Failed) -> Uri | None:
     """The Contact a 3xx sends us to, when it is one we dial (sip:, a transport we serve)."""
     if not 300 <= event.status < 400:
@@ -593,16 +678,29 @@ class SipDialer:
         self._by_call: dict[OutboundCall, SipFarTransport] = {}
 
     async def is_trunk(self, host: str) -> bool:
-        """Whether an address (as looked up for a leg) is the trunk's host: on any port, since a provider
-        that knows the engine by its address knows it on all of them."""
+        """Whether an address (as looked up for a leg) is one of the trunk's (any place its SRV records
+        name): on any port, since a provider that knows the engine by its address knows it on all of them."""
         trunk = self.trunk
         if trunk is None:
             return False
+        port = trunk.port if trunk.port_given else None
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT):
-                return host == (await self.endpoint.lookup(trunk.host, trunk.port, trunk.transport))[0]
+                for hop in await locate(trunk.host, port, trunk.transport if trunk.transport_given else None):
+                    with contextlib.suppress(OSError):  # (a place that cannot be found cannot be reached either)
+                        if host in await self.addresses_of(hop):
+                            return True
         except (OSError, TimeoutError):
-            return False  # (a trunk that cannot be found cannot be reached either)
+            pass
+        return False
+
+    async def addresses_of(self, hop: Hop) -> list[str]:
+        """The addresses of a place located, that our SIP socket reaches: an SRV target's from DNS, the
+        URI's own host from the system's resolver (one); OSError saying why when there is none."""
+        bound = self.endpoint.local_addr[0]
+        if hop.srv:
+            return await addresses(hop.host, v4=":" not in bound or bound == "::", v6=":" in bound)
+        return [(await self.endpoint.lookup(hop.host, hop.port, hop.transport))[0]]
 
     def place(self, target: DialTarget, rate: int) -> SipFarTransport:
         where = route(target, self.trunk)
