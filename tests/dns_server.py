@@ -1,7 +1,8 @@
 """A small authoritative DNS server for tests: real DNS over UDP on loopback, answering from a zone the
 test writes (``{"_sip._udp.pbx.test": [("SRV", "0 0 5070 a.pbx.test")], "a.pbx.test": [("A", "127.0.0.1")]}``).
 
-A name in the zone with none of the type asked gets an empty answer (NOERROR), a name not in it NXDOMAIN;
+A name in the zone with none of the type asked gets an empty answer (NOERROR), a name not in it NXDOMAIN,
+a CNAME its chain (followed in the zone) and the records at its end;
 ``silent`` names get no answer at all (a server that never answers). It runs on a thread of its own;
 ``address`` is what ``SWML_DNS_SERVERS`` takes (``with DnsServer(zone) as dns: ...``). ``asked`` lists the
 questions it got, as ``(name, type)``.
@@ -30,6 +31,8 @@ import pytest
 from swml_engine.transports.sip.locate import RESOLVERS, SERVERS_VARIABLE
 
 Zone = dict[str, list[tuple[str, str]]]
+#: Links of a CNAME chain the server puts in one answer.
+MAX_CHAIN = 30
 
 
 class DnsServer:
@@ -79,13 +82,22 @@ class DnsServer:
             return None
         reply = dns.message.make_response(query)
         reply.flags |= dns.flags.AA
-        records = self.zone.get(name)
+        owner = question.name
+        # A CNAME is followed within the zone, as a recursive server would, its links in the answer (a
+        # loop gives a chain as long as MAX_CHAIN).
+        for _ in range(MAX_CHAIN):
+            records = self.zone.get(owner.to_text(omit_final_dot=True).lower())
+            aliases = [text for rtype, text in records or () if rtype == "CNAME"]
+            if not aliases or kind == "CNAME":
+                break
+            reply.answer.append(dns.rrset.from_text_list(owner, 60, dns.rdataclass.IN, "CNAME", aliases[:1]))
+            owner = dns.name.from_text(aliases[0])
         if records is None:
             reply.set_rcode(dns.rcode.NXDOMAIN)
         else:
             texts = [text for rtype, text in records if rtype == kind]
             if texts:
-                reply.answer.append(dns.rrset.from_text_list(question.name, 60, dns.rdataclass.IN, kind, texts))
+                reply.answer.append(dns.rrset.from_text_list(owner, 60, dns.rdataclass.IN, kind, texts))
         return reply.to_wire()
 
 

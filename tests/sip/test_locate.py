@@ -119,9 +119,26 @@ def test_what_dns_answers_is_capped_and_a_silent_server_fails_in_time(dns_zone: 
     assert all((h.port - 6000) % 3 == 0 for h in hops)  # all of priority 0
     assert len(asyncio.run(addresses("t1.pbx.test", v4=True, v6=False))) == locating.MAX_ADDRESSES
     start = time.monotonic()
-    with pytest.raises(OSError, match=r"no answer from DNS for 'x\.test'"):
+    with pytest.raises(OSError, match=r"no answer from DNS in 0\.5 s for the NAPTR/SRV records of 'x\.test'"):
         asyncio.run(locate("x.test", None, None, timeout=0.5))
     assert time.monotonic() - start < 3
+
+
+def test_names_through_cnames_are_followed_and_a_cname_loop_fails_the_look_up(dns_zone: Serve) -> None:
+    dns_zone(
+        {
+            "_sip._udp.pbx.test": [("CNAME", "_sip._udp.hosted.test.")],
+            "_sip._udp.hosted.test": [("SRV", "0 0 5070 edge.hosted.test.")],
+            "edge.hosted.test": [("CNAME", "box.hosted.test.")],
+            "box.hosted.test": [("A", "127.0.0.5")],
+            "_sip._udp.loop.test": [("CNAME", "_sip._udp.pool.test.")],
+            "_sip._udp.pool.test": [("CNAME", "_sip._udp.loop.test.")],
+        }
+    )
+    assert where(asyncio.run(locate("pbx.test", None, UDP))) == [("udp", "edge.hosted.test", 5070)]
+    assert asyncio.run(addresses("edge.hosted.test", v4=True, v6=False)) == ["127.0.0.5"]
+    with pytest.raises(OSError, match=r"DNS look-up of NAPTR/SRV records for 'loop\.test' failed"):
+        asyncio.run(locate("loop.test", None, UDP))
 
 
 def test_the_servers_variable_is_read_as_addresses_and_ports() -> None:

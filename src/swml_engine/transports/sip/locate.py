@@ -222,9 +222,9 @@ async def locate(
                     if not hops:
                         hops = await _srv(resolver, SRV_PREFIX[each] + domain, each, rng)
     except TimeoutError:
-        raise OSError(f"no answer from DNS for {domain!r}'s NAPTR/SRV records in {timeout:g} s") from None
+        raise OSError(f"no answer from DNS in {timeout:g} s for the NAPTR/SRV records of {domain!r}") from None
     except (dns.exception.DNSException, ValueError) as e:
-        raise OSError(f"DNS look-up of {domain!r}'s NAPTR/SRV records failed: {e or type(e).__name__}") from None
+        raise OSError(f"the DNS look-up of NAPTR/SRV records for {domain!r} failed: {e or type(e).__name__}") from None
     return hops or [fallback]
 
 
