@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -113,7 +114,9 @@ def test_callbacks_waiting_for_a_receiver_that_is_down_are_bounded(monkeypatch: 
     attempts while the calls go on sending theirs — 250 calls in 40 s once left 470 payloads waiting,
     growing for as long as it stayed down. Past MAX_WAITING, a payload is given up at once, with its
     ``callback`` event; the ones taken are delivered or given up as before, and free their places."""
-    monkeypatch.setattr(callbacks, "MAX_WAITING", 20, raising=False)  # (without the bound: all 50 wait)
+    # 20 places (without the bound: all 50 wait), beside what earlier tests of this process left waiting
+    # (the count is the process's: a receiver of theirs may still be retried)
+    monkeypatch.setattr(callbacks, "MAX_WAITING", callbacks._Pool.waiting + 20, raising=False)
     with socket.socket() as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(64)
@@ -169,6 +172,33 @@ def test_disk_full_finishes_every_recording_and_loses_nothing_written(tmp_path: 
         assert decoded > RATE, m
     ends = [e for e in events if e["type"] == "record.state" and e["state"] != "recording"]
     assert sorted(e["control_id"] for e in ends) == ["a", "m", "w"]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "mp4"])
+def test_a_recording_started_on_a_full_disk_fails_and_leaves_no_file(tmp_path: Path, fmt: str) -> None:
+    """The disk already full when record_call starts: its audio file's header fit, its metadata did not,
+    and the recording said "recording", then "error", leaving an audio file no metadata names — one the
+    API, recovery and uploads never see. It fails at once now (record_call_result "failed", the error
+    naming the file), leaves nothing behind, and the call goes on."""
+    doc = (
+        "sections:\n  main:\n    - answer\n"
+        f"    - record_call: {{format: {fmt}}}\n"
+        "    - set: {result: '${record_call_result}'}\n    - sleep: 500\n    - set: {after: ok}\n"
+    )
+    with small_filesystem(tmp_path / "out" / "recordings", "64k") as root:
+        filler = root / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:  # every block taken
+            while True:
+                f.write(b"x" * 4096)
+                f.flush()
+        out, events = swml_run(tmp_path, doc, tone(440, 2.0, level=0.3))
+        assert sorted(p.name for p in root.iterdir()) == ["filler"]
+    variables = json.loads((out / "vars.json").read_text())
+    assert variables["result"] == "failed" and variables["after"] == "ok"
+    assert [e["state"] for e in events if e["type"] == "record.state"] == ["error"]
+    [error] = [e for e in events if e["type"] == "error"]
+    assert "cannot start the recording: cannot write" in error["message"], error
+    assert "No space left on device" in error["message"], error
 
 
 def test_heard_wav_that_cannot_grow_ends_the_transcript_not_the_call(tmp_path: Path) -> None:

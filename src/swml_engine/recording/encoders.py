@@ -112,6 +112,15 @@ class Writer(ABC):
         finally:
             self._release()
 
+    def discard(self) -> None:
+        """Close the file as it stands and let it go (the caller removes it): a recording that could not
+        start."""
+        self.broken = True
+        try:
+            self._abandon()
+        finally:
+            self._release()
+
     def _hold(self, path: Path) -> None:
         """Lock the file being written, so recovery (another process, or ``swml recover``) leaves a live
         recording alone. The kernel drops the lock when the process dies, however it dies."""

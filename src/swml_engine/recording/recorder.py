@@ -116,10 +116,19 @@ class Recording:
         # Where its first sample is on the call's time line: the next frame's start (up to 20 ms on).
         self._t0 = self.call.next_frame_at()
         self.start_time = self.call.wall() + (self._t0 - self.call.now())
+        try:
+            self.store.write_metadata(self.metadata())
+        except OSError as e:
+            # Without its metadata no one would know the file (no API, no recovery, no upload): a
+            # recording that cannot have it does not start, and leaves no file behind (a full disk).
+            self._writer.discard()
+            self._writer = None
+            self.store.remove_local(self.recording_id, s.format)
+            self.state = "error"
+            raise EncoderError(f"cannot write {self.recording_id}.json: {e.strerror or e}") from None
         self.call.add_tap(self)
         if s.terminators:
             self.call.dtmf_listeners.append(self._on_digit)
-        self._save_metadata()
         self._report("recording")
 
     # --- media (in the media tick: keep it lean) ----------------------------------------------------
