@@ -49,7 +49,7 @@ def test_naptr_records_choose_the_transports_in_order_and_lead_to_srv(dns_zone: 
     assert where(hops) == [("tcp", "t.pbx.test", 5080), ("udp", "u.pbx.test", 5070)]
     assert all(h.srv for h in hops)
     assert ("_sips._tcp.pbx.test", "SRV") not in dns.asked
-    assert asyncio.run(addresses("t.pbx.test", v4=True, v6=True)) == ["127.0.0.7"]
+    assert asyncio.run(addresses("t.pbx.test", bound="::")) == ["127.0.0.7"]
 
 
 def test_without_naptr_records_srv_for_udp_then_tcp(dns_zone: Serve) -> None:
@@ -106,7 +106,7 @@ def test_a_domain_with_no_records_goes_to_its_own_name_on_5060(dns_zone: Serve) 
         "NAPTR nowhere.test, SRV _sip._udp.nowhere.test and _sip._tcp.nowhere.test, A/AAAA nowhere.test"
     )
     with pytest.raises(OSError, match=r"'nowhere\.test' has no A/AAAA record"):
-        asyncio.run(addresses("nowhere.test", v4=True, v6=True))
+        asyncio.run(addresses("nowhere.test", bound="::"))
 
 
 def test_what_dns_answers_is_capped_and_a_silent_server_fails_in_time(dns_zone: Serve) -> None:
@@ -117,7 +117,7 @@ def test_what_dns_answers_is_capped_and_a_silent_server_fails_in_time(dns_zone: 
     hops = asyncio.run(locate("pbx.test", None, UDP))
     assert len(hops) == locating.MAX_TARGETS
     assert all((h.port - 6000) % 3 == 0 for h in hops)  # all of priority 0
-    assert len(asyncio.run(addresses("t1.pbx.test", v4=True, v6=False))) == locating.MAX_ADDRESSES
+    assert len(asyncio.run(addresses("t1.pbx.test", bound="0.0.0.0"))) == locating.MAX_ADDRESSES
     start = time.monotonic()
     with pytest.raises(OSError, match=r"no answer from DNS in 0\.5 s for the NAPTR/SRV records of 'x\.test'"):
         asyncio.run(locate("x.test", None, None, timeout=0.5))
@@ -136,7 +136,7 @@ def test_names_through_cnames_are_followed_and_a_cname_loop_fails_the_look_up(dn
         }
     )
     assert where(asyncio.run(locate("pbx.test", None, UDP))) == [("udp", "edge.hosted.test", 5070)]
-    assert asyncio.run(addresses("edge.hosted.test", v4=True, v6=False)) == ["127.0.0.5"]
+    assert asyncio.run(addresses("edge.hosted.test", bound="0.0.0.0")) == ["127.0.0.5"]
     with pytest.raises(OSError, match=r"DNS look-up of NAPTR/SRV records for 'loop\.test' failed"):
         asyncio.run(locate("loop.test", None, UDP))
 

@@ -235,13 +235,14 @@ def looked_up(host: str, transport: Transport | None) -> str:
     return f"NAPTR {host}, SRV _sip._udp.{host} and _sip._tcp.{host}, A/AAAA {host}"
 
 
-async def addresses(name: str, *, v4: bool, v6: bool, timeout: float = LOOKUP_TIMEOUT) -> list[str]:
-    """An SRV target's addresses from DNS (A when ``v4``, AAAA when ``v6``), at most MAX_ADDRESSES;
-    OSError saying why when there are none."""
+async def addresses(name: str, *, bound: str, timeout: float = LOOKUP_TIMEOUT) -> list[str]:
+    """An SRV target's addresses from DNS that a SIP socket bound to ``bound`` reaches (A for IPv4 and a
+    dual-stack ``::``, AAAA for IPv6), at most MAX_ADDRESSES; OSError saying why when there are none."""
     resolver = RESOLVERS.get()
     if resolver is None:
         raise OSError(f"no DNS resolver to look up {name!r}")
-    kinds = [kind for kind, wanted in (("A", v4), ("AAAA", v6)) if wanted]
+    v6 = ":" in bound
+    kinds = [kind for kind, wanted in (("A", not v6 or bound == "::"), ("AAAA", v6)) if wanted]
     try:
         async with asyncio.timeout(timeout):
             found = await asyncio.gather(*(_query(resolver, name, kind) for kind in kinds))

@@ -697,9 +697,8 @@ class SipDialer:
     async def addresses_of(self, hop: Hop) -> list[str]:
         """The addresses of a place located, that our SIP socket reaches: an SRV target's from DNS, the
         URI's own host from the system's resolver (one); OSError saying why when there is none."""
-        bound = self.endpoint.local_addr[0]
         if hop.srv:
-            return await addresses(hop.host, v4=":" not in bound or bound == "::", v6=":" in bound)
+            return await addresses(hop.host, bound=self.endpoint.local_addr[0])
         return [(await self.endpoint.lookup(hop.host, hop.port, hop.transport))[0]]
 
     def place(self, target: DialTarget, rate: int) -> SipFarTransport:

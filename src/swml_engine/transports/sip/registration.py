@@ -2,7 +2,8 @@
 
 The REGISTER dialogue itself — digest challenges, refresh before the binding expires, 423 Interval Too
 Brief, retries with backoff, unregistering — is the SIP core's :class:`~swml_engine.transports.sip.register.Binding`.
-This module adds what a service needs around it: the registrar's name resolved, a Contact address the
+This module adds what a service needs around it: the registrar located (a name without a port by its
+``_sip._udp`` SRV records, RFC 3263: the first place they name; else its A/AAAA), a Contact address the
 registrar can reach (not 0.0.0.0), one log line per change of state, the status /health shows, and the
 unregister on shutdown.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from swml_engine.transports.sip import names
 from swml_engine.transports.sip.auth import Credentials
 from swml_engine.transports.sip.endpoint import Endpoint
+from swml_engine.transports.sip.locate import addresses, locate
 from swml_engine.transports.sip.register import (
     Binding,
     Registered,
@@ -39,6 +41,8 @@ class RegisterTarget:
     username: str
     password: str | None
     expires: int = 300
+    #: Whether the URI gave the port (if not, a name's SRV records may give it).
+    port_given: bool = True
 
 
 def parse_target(uri: str, password: str | None, expires: int = 300) -> RegisterTarget:
@@ -54,7 +58,7 @@ def parse_target(uri: str, password: str | None, expires: int = 300) -> Register
         raise ValueError(f"--register-expires {expires}: expected 30..86400 seconds")
     host = parsed.host.strip("[]")
     aor = f"sip:{parsed.user}@{parsed.host}"
-    return RegisterTarget(aor, host, parsed.port or 5060, parsed.user, password, expires)
+    return RegisterTarget(aor, host, parsed.port or 5060, parsed.user, password, expires, parsed.port is not None)
 
 
 class SipRegistration:
@@ -65,6 +69,8 @@ class SipRegistration:
         self.target = target
         self.user_agent = user_agent
         self.state = "starting"
+        #: Where the REGISTERs go: the URI's host and port, or the place its SRV records name.
+        self.registrar = (target.host, target.port)
         self.detail = ""
         self.binding: Binding | None = None
         self._task: asyncio.Task[None] | None = None
@@ -81,14 +87,15 @@ class SipRegistration:
     def _set(self, state: str, detail: str = "") -> None:
         if (state, detail) != (self.state, self.detail):
             level = logging.WARNING if state in ("failed", "expired") else logging.INFO
-            log.log(level, "%s at %s:%s: %s %s", self.target.aor, self.target.host, self.target.port, state, detail)
+            log.log(level, "%s at %s:%s: %s %s", self.target.aor, *self.registrar, state, detail)
         self.state, self.detail = state, detail
 
     async def _start(self) -> None:
         """Find the address our Contact gives (the one that reaches the registrar), then register."""
         t = self.target
         try:
-            local = self.endpoint.advertise or await self._reaching(t.host, t.port)
+            self.registrar = host, port = await self._located(t)
+            local = self.endpoint.advertise or await self._reaching(host, port)
         except OSError as e:  # the name does not resolve, the network is down: the binding cannot start
             self._set("failed", f"cannot reach {t.host}: {e}")
             return
@@ -96,7 +103,7 @@ class SipRegistration:
         self.binding = Binding(
             self.endpoint.ua,
             t.aor,
-            Target(Transport.UDP, t.host, t.port),
+            Target(Transport.UDP, host, port),
             (local, self.endpoint.local_addr[1]),
             expires=t.expires,
             credentials=credentials,
@@ -105,6 +112,14 @@ class SipRegistration:
         self._set("registering")
         self.binding.start(self.endpoint.now)
         self.endpoint.flush()
+
+    async def _located(self, t: RegisterTarget) -> tuple[str, int]:
+        """The registrar's host (a name, or an SRV target's address) and port: REGISTER goes over UDP, so
+        a name without a port is looked up as ``_sip._udp`` SRV (no NAPTR to choose the transport)."""
+        [hop, *_] = await locate(t.host, t.port if t.port_given else None, Transport.UDP)
+        if not hop.srv:
+            return hop.host, hop.port
+        return (await addresses(hop.host, bound=self.endpoint.local_addr[0]))[0], hop.port
 
     async def _reaching(self, host: str, port: int) -> str:
         bound = self.endpoint.local_addr[0]
