@@ -298,3 +298,25 @@ def test_https_servers_are_verified_and_ssl_cert_file_adds_a_private_authority(t
         told, heard = play(peer.url("/tone.wav"), {"SSL_CERT_FILE": str(cert)}, tmp_path / "trusted")
         assert "errors: 0" in told, told
         assert heard > 5000
+
+
+def test_an_egress_proxy_in_the_environment_carries_the_fetches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine whose only way out is its operator's proxy: ``HTTP_PROXY``/``HTTPS_PROXY`` (and
+    ``NO_PROXY``) are honoured as curl does. A play URL on a host this machine cannot resolve is asked of
+    the proxy — which here is the one that answers it — and plays."""
+    with http_peer() as proxy:
+        proxy.routes["http://audio.invalid/tone.wav"] = file(WAV, "audio/wav")  # (a proxy is asked the whole URL)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url(""))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        res = run_doc("sections: {main: [{play: 'http://audio.invalid/tone.wav'}]}", tmp_path)
+        assert [e for e in res.events if e["type"] == "error"] == []
+        heard, rate = read_wav(tmp_path / "out" / "heard.wav")
+        assert rms(heard) > 5000 and abs(len(heard) / rate - 0.5) < 0.03
+        # NO_PROXY names the hosts reached directly: that one is not reachable so, and fails as it is
+        monkeypatch.setenv("NO_PROXY", "audio.invalid")
+        res = run_doc("sections: {main: [{play: 'http://audio.invalid/tone.wav'}]}", tmp_path / "direct")
+        [error] = [e["message"] for e in res.events if e["type"] == "error"]
+        assert "cannot fetch" in error, error
