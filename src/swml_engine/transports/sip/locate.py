@@ -16,8 +16,9 @@ the next target (§4.3) without waiting for the rest to resolve.
 What DNS answers is untrusted: at most :data:`MAX_RECORDS` NAPTR and :data:`MAX_TARGETS` SRV records are
 used, a NAPTR record is followed one step only (to its SRV name: no chains of NAPTR records, so no loops),
 and every look-up together must finish within :data:`~swml_engine.transports.sip.names.LOOKUP_TIMEOUT`.
-The queries go out through dnspython's asyncio resolver: non-blocking sockets on the event loop, cancelled
-at the deadline — no thread is held by a server that never answers, unlike ``getaddrinfo`` (names.py).
+The queries go out through dnspython's resolver on the threads of names.py (``names.off_loop``): an
+answer may be 64 KB (a truncated one is asked again over TCP), whose parse would stall the event loop;
+each query's own lifetime is the same deadline, so a thread is never held longer.
 
 The DNS servers are those of /etc/resolv.conf, or, when :data:`SERVERS_VARIABLE` is set, the ones it
 names (``ADDRESS[:PORT]``, comma-separated; read once): how the tests point the engine at a DNS server of
@@ -33,7 +34,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.nameserver
@@ -42,7 +42,7 @@ import dns.resolver
 from dns.rdtypes.IN.NAPTR import NAPTR
 from dns.rdtypes.IN.SRV import SRV
 
-from swml_engine.transports.sip.names import LOOKUP_TIMEOUT
+from swml_engine.transports.sip.names import LOOKUP_TIMEOUT, off_loop
 from swml_engine.transports.sip.useragent import Transport
 
 log = logging.getLogger(__name__)
@@ -110,19 +110,19 @@ class _Resolvers:
     """The one resolver per process, made at its first use (reading /etc/resolv.conf, or the variable)."""
 
     def __init__(self) -> None:
-        self._made: dns.asyncresolver.Resolver | None = None
+        self._made: dns.resolver.Resolver | None = None
         self._failed = ""
 
-    def get(self) -> dns.asyncresolver.Resolver | None:
+    def get(self) -> dns.resolver.Resolver | None:
         """The resolver; None when there is none to be had (said once in the log)."""
         if self._made is None and not self._failed:
             given = os.environ.get(SERVERS_VARIABLE)
             try:
                 if given is not None:
-                    made = dns.asyncresolver.Resolver(configure=False)
+                    made = dns.resolver.Resolver(configure=False)
                     made.nameservers = servers_from(given)
                 else:
-                    made = dns.asyncresolver.Resolver()
+                    made = dns.resolver.Resolver()
             except (ValueError, OSError, dns.exception.DNSException) as e:
                 self._failed = str(e) or type(e).__name__
                 log.warning("no DNS resolver for SRV/NAPTR look-ups (%s): host names get A/AAAA only", self._failed)
@@ -139,13 +139,18 @@ class _Resolvers:
 RESOLVERS = _Resolvers()
 
 
-async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[object]:
+async def _query(resolver: dns.resolver.Resolver, name: str, rdtype: str) -> list[object]:
     """The records of one type at ``name`` (absolute: no search domains); [] for none or no such name."""
-    try:
-        answer = await resolver.resolve(dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
-    return list(answer.rrset) if answer.rrset is not None else []
+    qname = dns.name.from_text(name)
+
+    def ask() -> list[object]:
+        try:
+            answer = resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False, lifetime=LOOKUP_TIMEOUT)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        return list(answer.rrset) if answer.rrset is not None else []
+
+    return await off_loop(ask, f"{rdtype} {name!r}")
 
 
 def _name(value: dns.name.Name) -> str:
@@ -171,7 +176,7 @@ def srv_order(records: list[SRV], rng: random.Random) -> list[SRV]:
     return ordered
 
 
-async def _srv(resolver: dns.asyncresolver.Resolver, name: str, transport: Transport, rng: random.Random) -> list[Hop]:
+async def _srv(resolver: dns.resolver.Resolver, name: str, transport: Transport, rng: random.Random) -> list[Hop]:
     records = [r for r in await _query(resolver, name, "SRV") if isinstance(r, SRV)]
     # A target of "." says the service is decidedly not there (RFC 2782).
     usable = [r for r in records if r.target != dns.name.root and r.port > 0]
@@ -179,7 +184,7 @@ async def _srv(resolver: dns.asyncresolver.Resolver, name: str, transport: Trans
     return [Hop(transport, _name(r.target), r.port, True, f"SRV {name}") for r in srv_order(usable, rng)[:MAX_TARGETS]]
 
 
-async def _naptr(resolver: dns.asyncresolver.Resolver, domain: str, rng: random.Random) -> list[Hop]:
+async def _naptr(resolver: dns.resolver.Resolver, domain: str, rng: random.Random) -> list[Hop]:
     records = [r for r in await _query(resolver, domain, "NAPTR") if isinstance(r, NAPTR)]
     hops: list[Hop] = []
     for r in sorted(records, key=lambda r: (r.order, r.preference))[:MAX_RECORDS]:
