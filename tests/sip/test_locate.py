@@ -27,6 +27,7 @@ def test_a_uri_with_a_port_or_an_address_goes_there_without_dns(dns_zone: Serve)
     assert where(asyncio.run(locate("pbx.test", 5070, None))) == [("udp", "pbx.test", 5070)]
     assert where(asyncio.run(locate("127.0.0.1", None, TCP))) == [("tcp", "127.0.0.1", 5060)]
     assert where(asyncio.run(locate("::1", None, None))) == [("udp", "::1", 5060)]
+    assert where(asyncio.run(locate("localhost", None, None))) == [("udp", "localhost", 5060)]  # no DNS domain
     assert dns.asked == []
 
 
@@ -109,7 +110,7 @@ def test_a_domain_with_no_records_goes_to_its_own_name_on_5060(dns_zone: Serve) 
         asyncio.run(addresses("nowhere.test", bound="::"))
 
 
-def test_what_dns_answers_is_capped_and_a_silent_server_fails_in_time(dns_zone: Serve) -> None:
+def test_what_dns_answers_is_capped_and_a_silent_server_is_given_up_on_in_time(dns_zone: Serve) -> None:
     many = [("SRV", f"{i % 3} {i} {6000 + i} t{i}.pbx.test.") for i in range(100)]
     dns_zone(
         {"_sip._udp.pbx.test": many, "t1.pbx.test": [("A", f"127.0.0.{i}") for i in range(1, 30)]}, silent=("x.test",)
@@ -118,13 +119,13 @@ def test_what_dns_answers_is_capped_and_a_silent_server_fails_in_time(dns_zone: 
     assert len(hops) == locating.MAX_TARGETS
     assert all((h.port - 6000) % 3 == 0 for h in hops)  # all of priority 0
     assert len(asyncio.run(addresses("t1.pbx.test", bound="0.0.0.0"))) == locating.MAX_ADDRESSES
-    start = time.monotonic()
-    with pytest.raises(OSError, match=r"no answer from DNS in 0\.5 s for the NAPTR/SRV records of 'x\.test'"):
-        asyncio.run(locate("x.test", None, None, timeout=0.5))
+    start = time.monotonic()  # a DNS server that does not answer: the name itself, by the system's resolver
+    [hop] = asyncio.run(locate("x.test", None, None, timeout=0.5))
+    assert (hop.host, hop.port, hop.srv) == ("x.test", 5060, False) and "no answer from DNS in 0.5 s" in hop.found
     assert time.monotonic() - start < 3
 
 
-def test_names_through_cnames_are_followed_and_a_cname_loop_fails_the_look_up(dns_zone: Serve) -> None:
+def test_names_through_cnames_are_followed_and_a_cname_loop_is_a_failed_look_up(dns_zone: Serve) -> None:
     dns_zone(
         {
             "_sip._udp.pbx.test": [("CNAME", "_sip._udp.hosted.test.")],
@@ -137,8 +138,8 @@ def test_names_through_cnames_are_followed_and_a_cname_loop_fails_the_look_up(dn
     )
     assert where(asyncio.run(locate("pbx.test", None, UDP))) == [("udp", "edge.hosted.test", 5070)]
     assert asyncio.run(addresses("edge.hosted.test", bound="0.0.0.0")) == ["127.0.0.5"]
-    with pytest.raises(OSError, match=r"DNS look-up of NAPTR/SRV records for 'loop\.test' failed"):
-        asyncio.run(locate("loop.test", None, UDP))
+    [hop] = asyncio.run(locate("loop.test", None, UDP))
+    assert (hop.host, hop.srv) == ("loop.test", False) and "the NAPTR/SRV look-up failed" in hop.found
 
 
 def test_the_servers_variable_is_read_as_addresses_and_ports() -> None:

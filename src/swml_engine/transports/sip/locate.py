@@ -7,7 +7,9 @@
   replacement is an SRV name), or, when it has none we can use (we speak UDP and TCP, no TLS), the SRV
   records of ``_sip._udp`` then ``_sip._tcp``.
 - No SRV records either: the domain itself, port 5060 (its A/AAAA records, looked up by the system's
-  resolver as before, so /etc/hosts still counts).
+  resolver as before, so /etc/hosts still counts). The same when DNS does not answer or fails (said in
+  the log): a name /etc/hosts knows still works with no DNS server in reach. A name without a dot (a LAN
+  host, ``localhost``) is no DNS domain a provider publishes: it goes there directly.
 
 SRV targets come in priority order, weighted at random within a priority (RFC 2782); each is a name
 whose addresses (:func:`addresses`) are looked up in DNS when the leg gets to it, so a leg fails over to
@@ -32,7 +34,7 @@ import ipaddress
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.exception
 import dns.name
@@ -58,6 +60,10 @@ MAX_RECORDS = 16
 MAX_TARGETS = 16
 #: Addresses tried per target.
 MAX_ADDRESSES = 4
+#: How a place says it was found (``Hop.found``) when it is the URI's host and port, and when it is the
+#: domain on 5060 because it has no SRV records.
+AS_GIVEN = "the URI"
+NO_SRV = "A/AAAA (no SRV records)"
 #: The environment variable naming the DNS servers to ask instead of /etc/resolv.conf's.
 SERVERS_VARIABLE = "SWML_DNS_SERVERS"
 
@@ -207,16 +213,16 @@ async def locate(
     timeout: float = LOOKUP_TIMEOUT,
 ) -> list[Hop]:
     """Where a URI with this host, port (None: none given) and ``;transport`` (None: none named) goes,
-    in the order to try (never empty); OSError when DNS did not answer in ``timeout``."""
+    in the order to try (never empty: the host itself on 5060 when DNS gives nothing, or fails)."""
     named = transport or Transport.UDP
-    if port is not None or is_address(host):
-        return [Hop(named, host, port or DEFAULT_PORT, False, "the URI")]
-    fallback = Hop(named, host, DEFAULT_PORT, False, "A/AAAA (no SRV records)")
+    domain = host.rstrip(".")
+    if port is not None or is_address(host) or "." not in domain:
+        return [Hop(named, host, port or DEFAULT_PORT, False, AS_GIVEN)]
+    fallback = Hop(named, host, DEFAULT_PORT, False, NO_SRV)
     resolver = RESOLVERS.get()
     if resolver is None:
         return [fallback]
     rng = rng or random.Random()
-    domain = host.rstrip(".")
     try:
         async with asyncio.timeout(timeout):
             if transport is not None:
@@ -227,10 +233,13 @@ async def locate(
                     if not hops:
                         hops = await _srv(resolver, SRV_PREFIX[each] + domain, each, rng)
     except TimeoutError:
-        raise OSError(f"no answer from DNS in {timeout:g} s for the NAPTR/SRV records of {domain!r}") from None
-    except (dns.exception.DNSException, ValueError) as e:
-        raise OSError(f"the DNS look-up of NAPTR/SRV records for {domain!r} failed: {e or type(e).__name__}") from None
-    return hops or [fallback]
+        why = f"no answer from DNS in {timeout:g} s"
+    except (OSError, dns.exception.DNSException, ValueError) as e:
+        why = str(e) or type(e).__name__
+    else:
+        return hops or [fallback]
+    log.warning("NAPTR/SRV look-up for %r failed (%s): trying its A/AAAA records on port 5060", domain, why)
+    return [replace(fallback, found=f"A/AAAA (the NAPTR/SRV look-up failed: {why})")]
 
 
 def looked_up(host: str, transport: Transport | None) -> str:

@@ -38,7 +38,7 @@ from swml_engine.transports.sip.auth import Credentials
 from swml_engine.transports.sip.call import SipMedia
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
-from swml_engine.transports.sip.locate import Hop, addresses, is_address, locate, looked_up
+from swml_engine.transports.sip.locate import AS_GIVEN, NO_SRV, Hop, addresses, locate, looked_up
 from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
 from swml_engine.transports.sip.session_timer import MIN_SE
 from swml_engine.transports.sip.uac import (
@@ -311,8 +311,10 @@ class SipFarTransport(FarTransport):
                     found = await self.dialer.addresses_of(hop)
             except (OSError, TimeoutError) as e:
                 text = f"{shown(hop.host)}: {e or 'no answer from DNS'}"
-                if not hop.srv and not is_address(where.host) and where.port is None:
+                if hop.found == NO_SRV:
                     text += f" (looked up: {looked_up(where.host, where.transport)})"
+                elif not hop.srv and hop.found != AS_GIVEN:  # (DNS failed: say how)
+                    text += f" ({hop.found})"
                 self._log.info("call to %s: %s (%s)", shown(self.target.to), text, hop.found)
                 self._last = self._last or DialFailure("unreachable", text=text)
                 continue
