@@ -79,6 +79,21 @@ def test_when_every_place_fails_the_leg_fails_as_the_last_one_did(
     run(body, tmp_path, monkeypatch)
 
 
+def test_a_redirect_to_a_domain_is_located_as_well(
+    dns_zone: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(service: Service) -> None:
+        async with FarParty() as there:
+            dns_zone(srv("_sip._udp.moved.test", (10, there.port, "edge.moved.test")))
+            async with FarParty((Step(302, headers=(("Contact", "<sip:bob@moved.test>"),)),)) as here:
+                leg = Leg(service, here.uri)
+                assert await leg.until_state("answered", "failed") == ["ringing", "answered"], leg.far.failure
+                assert there.invite is not None and there.invite.uri == "sip:bob@moved.test"
+                await leg.end()
+
+    run(body, tmp_path, monkeypatch)
+
+
 def test_a_domain_with_no_records_fails_unreachable_naming_what_was_looked_up(
     dns_zone: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,6 +120,27 @@ def test_the_trunk_may_be_a_domain_its_srv_records_locate(
                 leg = Leg(service, "+15557654321")
                 assert await leg.until_state("answered", "failed") == ["ringing", "answered"], leg.far.failure
                 assert party.invite is not None and party.invite.uri == "sip:+15557654321@trunk.test"
+                await leg.end()
+
+    asyncio.run(main())
+
+
+def test_a_redirect_to_an_address_the_trunks_srv_records_name_is_not_followed(
+    dns_zone: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with FarParty() as trunk_party:
+            dns_zone(srv("_sip._udp.trunk.test", (10, trunk_party.port, "sbc.trunk.test")))
+            to_trunk = Step(302, headers=(("Contact", f"<sip:+19005551234@127.0.0.1:{trunk_party.port}>"),))
+            async with (
+                FarParty((to_trunk,)) as far,
+                running_service(tmp_path, monkeypatch, trunk=parse_trunk("sip:trunk.test")) as service,
+            ):
+                leg = Leg(service, far.uri)
+                assert await leg.until_state("answered", "failed") == ["failed"]
+                failure = leg.far.failure
+                assert failure is not None and (failure.reason, failure.code) == ("rejected", 302)
+                assert "redirect to the trunk" in failure.text and trunk_party.requests == []
                 await leg.end()
 
     asyncio.run(main())
