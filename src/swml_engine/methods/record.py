@@ -28,6 +28,7 @@ class Record(RecordingMethod[RecordForegroundParams]):
     name = "record"
     params = RecordForegroundParams
     result_var = "record_result"
+    url_var = "record_url"
 
     async def run(self, ctx: StepContext, p: RecordForegroundParams) -> None:
         if ctx.call.link is not None:
@@ -37,7 +38,7 @@ class Record(RecordingMethod[RecordForegroundParams]):
                 ctx.where, "cannot record in the foreground while the call is bridged (connect); use record_call"
             )
         rec = await start_recording(ctx, p, "record", str(uuid.uuid4()))
-        ctx.set_var("record_url", rec.url)
+        ctx.set_var(self.url_var, rec.url)
         await ctx.runner.call_sleep_until(rec.ended)
         if not rec.ended.is_set():  # the call ended first: the recording ends with it
             await rec.stop("hangup")

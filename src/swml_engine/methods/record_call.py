@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from swml_engine.callbacks import StatusReporter, callback_target
 from swml_engine.document.params import Bool, Chars, HttpUrl, Num, Str, param
@@ -87,7 +87,12 @@ def report_failure(ctx: StepContext, raw: object, message: str, control_id: str 
 class RecordingMethod(Method[P]):
     """``record_call`` and ``record``: a step that fails before its recording starts reports ``error``."""
 
+    #: The variable holding the URL of the recording the step started.
+    url_var: ClassVar[str]
+
     def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
+        # No recording was started: an earlier one's URL left here would be played or posted in its place.
+        ctx.set_var(self.url_var, "")
         if not isinstance(error, StartFailed):  # (that one reported itself, with its control_id)
             report_failure(ctx, raw, str(error))
 
@@ -96,11 +101,14 @@ class RecordCall(RecordingMethod[RecordCallParams]):
     name = "record_call"
     params = RecordCallParams
     result_var = "record_call_result"
+    url_var = "record_call_url"
 
     async def run(self, ctx: StepContext, p: RecordCallParams) -> None:
         control_id = p.control_id or str(uuid.uuid4())
-        ctx.set_var("record_control_id", control_id)
         rec = await start_recording(ctx, p, "record_call", control_id)
-        ctx.set_var("record_call_url", rec.url)
+        # Set once it started: stop_record_call's default is the last recording that did (a failed
+        # start, whatever failed, leaves the variable naming that one).
+        ctx.set_var("record_control_id", control_id)
+        ctx.set_var(self.url_var, rec.url)
         ctx.set_var("record_call_result", "success")
         ctx.result = "success"

@@ -1,0 +1,54 @@
+"""Recording parameters and variables at their edges, as a script on `swml run` meets them (simulated call)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import run_doc, small_filesystem
+
+
+def recordings(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    root = tmp_path / "out" / "recordings"
+    return {m["control_id"]: m for m in (json.loads(p.read_text()) for p in root.glob("*.json"))}
+
+
+def test_a_recording_that_does_not_start_leaves_no_earlier_url_behind(tmp_path: Path) -> None:
+    """A failed record_call or record empties its URL variable: a script that plays or posts it after a
+    failure must not get an earlier recording of the call instead (record_call.mdx: "the URL of the
+    newly started recording"). stop_record_call without control_id still stops the last one started."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - record_call: {control_id: first}
+    - record: {max_length: 0.5, initial_timeout: 0, end_silence_timeout: 0}
+    - set: {f: ogg}
+    - record_call: {format: '${f}'}
+    - record: {format: '${f}'}
+    - set: {call_url: '${record_call_url}', url: '${record_url}'}
+    - stop_record_call: {}
+""",
+        tmp_path,
+    )
+    assert (res.vars["record_call_result"], res.vars["record_result"]) == ("failed", "failed")
+    assert (res.vars["call_url"], res.vars["url"]) == ("", "")
+    assert res.vars["stop_record_call_result"] == "success"
+    assert recordings(tmp_path)["first"]["end_reason"] == "stop_record_call"
+
+
+def test_a_recording_the_full_disk_keeps_from_starting_leaves_record_control_id_as_it_was(tmp_path: Path) -> None:
+    """The same for a start that fails on its storage (a disk already full): record_control_id still
+    names the recording stop_record_call's default should stop, not the one that never started."""
+    with small_filesystem(tmp_path / "out" / "recordings", "64k") as root:
+        with contextlib.suppress(OSError), (root / "filler").open("wb") as f:  # every block taken
+            while True:
+                f.write(b"x" * 4096)
+                f.flush()
+        res = run_doc(
+            "sections: {main: [{set: {record_control_id: before, record_call_url: before}}, record_call]}", tmp_path
+        )
+    assert res.vars["record_call_result"] == "failed"
+    assert (res.vars["record_control_id"], res.vars["record_call_url"]) == ("before", "")
