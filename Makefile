@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 # kamailio (its dispatcher module included) in front of two nodes in tests/deploy/ (docs/deploy.md);
 # postgresql: the shared index (--index postgresql://) its tests start; chromium and firefox-esr: the console's
 # browser tests (tests/browser/: Chromium through Playwright from PyPI, Firefox over its own Marionette port).
+# nftables: a one-to-one NAT in front of the service for a browser's call (tests/webrtc/nat.py).
 # The S3 server is moto, from PyPI.
-SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql chromium firefox-esr
+SYSTEM_PACKAGES := espeak-ng ffmpeg sip-tester baresip kamailio postgresql chromium firefox-esr nftables
 DEMO_OUT := demo-out
 
 .PHONY: demo test system lint unit bench clean

@@ -60,6 +60,8 @@ def test_a_page_that_sends_no_offer_in_time_is_told_and_closed_1008() -> None:
     from swml_engine.service.phone import POLICY, PhoneSession
 
     class NoCalls:
+        browser_announce = None
+
         def start_browser_call(self, arrival: Arrival) -> asyncio.Task[None]:
             raise AssertionError("no call may start without an offer")
 

@@ -168,3 +168,34 @@ async def wait_until(predicate: Callable[[], object], what: str = "what the test
     while not predicate():
         assert loop.time() < deadline, f"{what}: not within {PATIENCE:g} s"
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class BeyondNatBrowser(Browser):
+    """A browser behind a NAT of its own calling a service behind a one-to-one NAT (``nat``): the
+    service's own addresses are private (out of this browser's reach), only the public one counts, and
+    the service cannot reach the browser before the browser has reached it. Its offer keeps its IPv4
+    candidates (the NAT is IPv4's)."""
+
+    nat: Any = None  # (tests/webrtc/nat.py's Nat)
+
+    async def offer(self) -> str:
+        sdp = await super().offer()
+        lines = [
+            line for line in sdp.splitlines() if not (line.startswith("a=candidate:") and ":" in line.split(" ")[4])
+        ]
+        ports = [int(line.split(" ")[5]) for line in lines if line.startswith("a=candidate:")]
+        assert ports, "the offer had an IPv4 candidate"
+        self.nat.shield(ports)
+        return "\r\n".join(lines) + "\r\n"
+
+    def signal(self, message: dict[str, Any]) -> None:
+        if message["type"] == "answer":
+            public = self.nat.public
+            kept = [
+                line
+                for line in message["sdp"].split("\r\n")
+                if not line.startswith("a=candidate:") or line.split(" ")[4] == public
+            ]
+            message = {**message, "sdp": "\r\n".join(kept)}
+        super().signal(message)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aioice.ice import get_host_addresses
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs.g711 import PcmuEncoder
 from aiortc.codecs.opus import OpusEncoder
@@ -43,7 +44,8 @@ from swml_engine.transports.webrtc import (
     check_offer,
 )
 
-from .peer import MIC_HZ, Browser, NamingBrowser, wait_until
+from .nat import one_to_one_nat
+from .peer import MIC_HZ, BeyondNatBrowser, Browser, NamingBrowser, wait_until
 
 PROMPT_HZ = 1000.0
 PROMPT_SECONDS = 1.2
@@ -221,6 +223,20 @@ def test_a_browser_that_names_its_addresses_by_mdns_only_after_our_answer_is_hea
     assert "connected" in [e["connection"] for e in out.events.of_type("webrtc.state")]
     assert_recorded_both_ways(out, 16000)
     assert browser.responder is not None and set(browser.names.values()) <= set(browser.responder.asked)
+
+
+def test_a_service_behind_a_one_to_one_nat_is_reached_at_its_advertised_address(tmp_path: Path) -> None:
+    """A service on a cloud host (its interface has a private address; a one-to-one NAT forwards the
+    public one) and a browser behind a NAT of its own: neither reaches the other's own addresses. With
+    ``--advertise`` the answer offers the public address beside ours, the browser's checks reach us
+    through the NAT, and the call is heard and recorded both ways (without it, ICE never connects)."""
+    [private, *_] = get_host_addresses(use_ipv4=True, use_ipv6=False)
+    with one_to_one_nat(private) as nat:
+        browser = BeyondNatBrowser(nat=nat)
+        out = run(tmp_path, RECORDED, browser, announce=nat.public)
+        [answer] = browser.of("answer")
+        assert f" {nat.public} " in answer["sdp"] and "typ srflx" in answer["sdp"]
+    assert_recorded_both_ways(out, 16000)
 
 
 def test_a_browser_that_never_connects_ends_the_call(tmp_path: Path) -> None:

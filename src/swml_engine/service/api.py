@@ -321,6 +321,10 @@ class ServiceView(Protocol):
     #: Run a browser's call (service/phone.py); raises CallRefused when none is taken now.
     def start_browser_call(self, arrival: Arrival) -> asyncio.Task[None]: ...
 
+    #: The address browsers are offered beside ours (service/phone.py), None without --advertise.
+    @property
+    def browser_announce(self) -> str | None: ...
+
 
 def build_app(
     service: ServiceView,

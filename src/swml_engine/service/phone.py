@@ -74,6 +74,11 @@ class PhoneService(Protocol):
         """Run the call's script (raises :class:`CallRefused` when no call is taken now)."""
         ...
 
+    #: The service's public address behind a one-to-one NAT (``--advertise``, as an IP address), offered
+    #: to browsers beside its own (transports/webrtc.py's ``announced``); None without one.
+    @property
+    def browser_announce(self) -> str | None: ...
+
 
 class DigitBudget:
     """At most :data:`DIGITS_PER_SECOND` digits a second on average, in bursts of :data:`MAX_DIGITS`."""
@@ -223,7 +228,9 @@ class PhoneSession:
                     return
                 if first["type"] != "offer":
                     raise BadMessage("the first message must be the offer")
-                self.transport = WebRtcCallTransport(first["sdp"], self.send, peer=self.peer)
+                self.transport = WebRtcCallTransport(
+                    first["sdp"], self.send, peer=self.peer, announce=self.service.browser_announce
+                )
                 call = self.service.start_browser_call(PhoneArrival(self.transport, self))
                 self.state = SessionState.IN_CALL
                 await self._relay(call)

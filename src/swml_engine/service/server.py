@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -270,6 +271,8 @@ class Service:
         self._sync_task: asyncio.Task[bool] | None = None
         self.api: ApiServer | None = None
         self.worker_url = ""
+        #: --advertise as an IP address, offered to browsers beside ours (found at the API's start).
+        self.browser_announce: str | None = None
         #: /metrics: this worker's figures (with --workers, in files every worker's scrape adds up).
         self.metrics = ServiceMetrics()
 
@@ -680,6 +683,8 @@ class Service:
         private = _listen((private_host, 0), reuse_port=False)
         url_host = _url_host(private_host, cfg.advertise)
         self.worker_url = f"http://{url_host}:{private.getsockname()[1]}"
+        if cfg.advertise is not None:
+            self.browser_announce = await _address_of(cfg.advertise)
         base = cfg.public_url or f"http://{_url_host(http[0], cfg.advertise)}:{shared.getsockname()[1]}"
         self.store = RecordingStore(
             data / "recordings",
@@ -863,6 +868,19 @@ def _listen(addr: tuple[str, int], *, reuse_port: bool) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+async def _address_of(host: str) -> str | None:
+    """``--advertise`` as the IP address a browser's ICE checks go to (a name is looked up once, at
+    start); None, with a warning, when it cannot be."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host.strip("[]")))
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM), 5)
+    except (OSError, TimeoutError) as e:
+        log.warning("--advertise %s: no address for browsers' calls (%s): they get our own addresses only", host, e)
+        return None
+    return str(infos[0][4][0])
 
 
 def _url_host(bound: str, advertise: str | None) -> str:

@@ -16,6 +16,10 @@ and tested at those rates, and speech needs no more, so 48 kHz is not offered to
 ICE takes host candidates only, with no STUN or TURN server: a server with a public address reaches a
 browser behind NAT through the peer-reflexive candidates the browser's checks reveal. aioice never offers
 a loopback address (127.0.0.1), so a machine with nothing else cannot take browser calls (prepare says so).
+A server itself behind a one-to-one NAT (a cloud host whose public address is not on its interface, a
+container's published ports) is given that address (``announce``, from ``--advertise``): our answer adds
+beside each host candidate of its family one at that address and the same port (:func:`announced`), which
+is what such a NAT forwards — as a server-reflexive candidate would, learnt without a STUN server.
 
 A browser may name its host candidates by mDNS (``<uuid>.local``, RFC 8828). Firefox answers queries for
 those names only once it has our answer (it registers them when its ICE checks start), so the names are
@@ -31,6 +35,7 @@ import contextlib
 import fractions
 import ipaddress
 import logging
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +180,37 @@ def check_offer(text: str) -> CheckedOffer:
         names = ", ".join(sorted(m.split("/")[-1] for m in offered)) or "none"
         raise WebRtcReject(f"no codec in common: the offer has {names}; this server takes Opus, PCMU, PCMA")
     return CheckedOffer(text, offered)
+
+
+def announced(sdp: str, address: str | None) -> str:
+    """Our answer with, after each host candidate of ``address``'s family, one at ``address`` and the same
+    port: a server-reflexive candidate (type preference 100, below the host's 126), which a browser
+    beyond a one-to-one NAT reaches while our own addresses are private to us. ``None``: as it is."""
+    if address is None:
+        return sdp
+    public = ipaddress.ip_address(address)
+    lines: list[str] = []
+    for line in sdp.split("\r\n"):
+        lines.append(line)
+        if not line.startswith("a=candidate:"):
+            continue
+        fields = line.removeprefix("a=candidate:").split(" ")
+        # foundation component transport priority address port "typ" type ...
+        if len(fields) < 8 or fields[6] != "typ" or fields[7] != "host" or fields[2].lower() != "udp":
+            continue
+        try:
+            own = ipaddress.ip_address(fields[4])
+        except ValueError:
+            continue
+        if own.version != public.version or own == public:
+            continue
+        foundation = f"nat{zlib.crc32(fields[0].encode()):x}"  # (its own: another type, another base)
+        priority = (100 << 24) | (int(fields[3]) & 0xFFFFFF)
+        lines.append(
+            f"a=candidate:{foundation} {fields[1]} {fields[2]} {priority} {public} {fields[5]} typ srflx "
+            f"raddr {own} rport {fields[5]}"
+        )
+    return "\r\n".join(lines)
 
 
 def _kept_candidates(text: str) -> str:
@@ -414,10 +450,20 @@ class WebRtcCallTransport(Transport):
 
     kind = "webrtc"
 
-    def __init__(self, offer_sdp: str, signal: Signal, *, peer: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        offer_sdp: str,
+        signal: Signal,
+        *,
+        peer: str,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        announce: str | None = None,
+    ) -> None:
         self.offer_sdp = offer_sdp
         self.peer = peer
         self.connect_timeout = connect_timeout
+        #: Our public address behind a one-to-one NAT, offered beside our own (:func:`announced`).
+        self.announce = announce
         #: The codec agreed in our answer (``opus``, ``PCMU``, ``PCMA``), None before it.
         self.codec: str | None = None
         self.state = PeerState.OFFERED
@@ -567,7 +613,7 @@ class WebRtcCallTransport(Transport):
         self._move(PeerState.EARLY if early else PeerState.ANSWERED)
         self._link = asyncio.get_running_loop().create_future()
         self._on_state()
-        self._send({"type": "answer", "sdp": pc.localDescription.sdp, "early": early})
+        self._send({"type": "answer", "sdp": announced(pc.localDescription.sdp, self.announce), "early": early})
         self._resolve_mdns()
         if call is not None:
             call.events.emit("webrtc.answer", codec=self.codec, rate=self.rate, early=early)
