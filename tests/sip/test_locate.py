@@ -28,6 +28,9 @@ def test_a_uri_with_a_port_or_an_address_goes_there_without_dns(dns_zone: Serve)
     assert where(asyncio.run(locate("127.0.0.1", None, TCP))) == [("tcp", "127.0.0.1", 5060)]
     assert where(asyncio.run(locate("::1", None, None))) == [("udp", "::1", 5060)]
     assert where(asyncio.run(locate("localhost", None, None))) == [("udp", "localhost", 5060)]  # no DNS domain
+    # special-use names (RFC 6761, 6762): no DNS server has records for them, asking would only wait
+    for name in ("no-such-host.invalid", "pbx.localhost", "printer.local"):
+        assert where(asyncio.run(locate(name, None, None))) == [("udp", name, 5060)]
     assert dns.asked == []
 
 

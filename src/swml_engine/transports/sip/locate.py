@@ -9,7 +9,8 @@
 - No SRV records either: the domain itself, port 5060 (its A/AAAA records, looked up by the system's
   resolver as before, so /etc/hosts still counts). The same when DNS does not answer or fails (said in
   the log): a name /etc/hosts knows still works with no DNS server in reach. A name without a dot (a LAN
-  host, ``localhost``) is no DNS domain a provider publishes: it goes there directly.
+  host, ``localhost``), or under a special-use domain (``.invalid``, ``.localhost``, ``.local``), is no
+  DNS domain a provider publishes: it goes there directly.
 
 SRV targets come in priority order, weighted at random within a priority (RFC 2782); each is a name
 whose addresses (:func:`addresses`) are looked up in DNS when the leg gets to it, so a leg fails over to
@@ -64,6 +65,9 @@ MAX_ADDRESSES = 4
 #: domain on 5060 because it has no SRV records.
 AS_GIVEN = "the URI"
 NO_SRV = "A/AAAA (no SRV records)"
+#: Special-use names no DNS server publishes records for (RFC 6761 §6.3, §6.4; RFC 6762 for .local):
+#: asking would only wait on the resolver.
+NOT_IN_DNS = (".invalid", ".localhost", ".local")
 #: The environment variable naming the DNS servers to ask instead of /etc/resolv.conf's.
 SERVERS_VARIABLE = "SWML_DNS_SERVERS"
 
@@ -216,7 +220,7 @@ async def locate(
     in the order to try (never empty: the host itself on 5060 when DNS gives nothing, or fails)."""
     named = transport or Transport.UDP
     domain = host.rstrip(".")
-    if port is not None or is_address(host) or "." not in domain:
+    if port is not None or is_address(host) or "." not in domain or domain.lower().endswith(NOT_IN_DNS):
         return [Hop(named, host, port or DEFAULT_PORT, False, AS_GIVEN)]
     fallback = Hop(named, host, DEFAULT_PORT, False, NO_SRV)
     resolver = RESOLVERS.get()
