@@ -52,3 +52,27 @@ def test_a_recording_the_full_disk_keeps_from_starting_leaves_record_control_id_
         )
     assert res.vars["record_call_result"] == "failed"
     assert (res.vars["record_control_id"], res.vars["record_call_url"]) == ("before", "")
+
+
+def test_a_status_url_that_comes_out_empty_costs_the_callbacks_not_the_recording(tmp_path: Path) -> None:
+    """status_url: '${cb}' with cb unset (a receiver configured in one place, not another) came out
+    empty, and the step failed: no recording at all. Like a substituted URL that does not parse, it now
+    records without callbacks and says so where it was written."""
+    res = run_doc(
+        """
+sections:
+  main:
+    - record_call: {control_id: bg, status_url: '${cb}'}
+    - record: {status_url: '${cb}', max_length: 1, initial_timeout: 0}
+    - set: {bg: '${record_call_result}'}
+""",
+        tmp_path,
+    )
+    assert (res.vars["bg"], res.vars["record_result"]) == ("success", "success")
+    assert sorted(m["state"] for m in recordings(tmp_path).values()) == ["finished", "finished"]
+    errors = [(e["where"], e["message"]) for e in res.events if e["type"] == "error"]
+    assert [where for where, _ in errors] == [
+        "sections.main[0].record_call.status_url",
+        "sections.main[1].record.status_url",
+    ]
+    assert all("no status callbacks are sent" in message for _, message in errors), errors
