@@ -264,10 +264,14 @@ def write_pcap_rtp(path: Path, packets: list[tuple[float, bytes]]) -> None:
     path.write_bytes(b"".join(out))
 
 
-def rtp_audio(packets: list[bytes], decode: object, pt: int, *, placed: bool = False) -> np.ndarray:
+def rtp_audio(
+    packets: list[bytes], decode: object, pt: int, *, placed: bool = False, samples_per_unit: int = 1
+) -> np.ndarray:
     """Audio of the packets of one payload type, in sequence order: gaps not filled, or (``placed``, for
-    one stream) each packet at its RTP timestamp, so a packet lost on the way leaves silence in its
-    place and the rest stays where the sender put it."""
+    one stream) each packet at its RTP timestamp, so a packet lost on the way — or time the sender left
+    out, its timestamps jumping — leaves silence in its place and the rest stays where the sender put
+    it. ``samples_per_unit``: decoded samples per timestamp unit (2 for G.722: 16 kHz audio, an 8 kHz
+    clock)."""
     from swml_engine.transports.sip.rtp import parse_rtp, ts_delta
 
     parsed = [p for p in (parse_rtp(b) for b in packets) if p is not None and p.payload_type == pt]
@@ -278,7 +282,7 @@ def rtp_audio(packets: list[bytes], decode: object, pt: int, *, placed: bool = F
     chunks = [decode(p.payload) for p in parsed]  # type: ignore[operator]
     if not placed:
         return np.concatenate(chunks)
-    offsets = [ts_delta(p.timestamp, parsed[0].timestamp) for p in parsed]
+    offsets = [ts_delta(p.timestamp, parsed[0].timestamp) * samples_per_unit for p in parsed]
     out = np.zeros(max(o + len(c) for o, c in zip(offsets, chunks, strict=True)), np.int16)
     for offset, chunk in zip(offsets, chunks, strict=True):
         if offset >= 0:

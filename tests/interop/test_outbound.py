@@ -214,8 +214,9 @@ def far_heard(sniffer: Sniffer, far: FarSipp, codec: str) -> np.ndarray:
     """What the engine sent the far party (the packets to its media port), decoded."""
     info = SUPPORTED[codec]
     packets = [p for s, d, p in sniffer.packets if d == far.media_port]
-    # (placed by RTP timestamp only at 8 kHz: G.722's timestamps count at 8 kHz, its samples at 16)
-    return rtp_audio(packets, info.factory().decode, info.static_pt, placed=info.rate == 8000)
+    # Placed by RTP timestamp: ticks the engine skipped leave their time out (G.722's timestamps count
+    # at 8 kHz, its samples at 16). Unplaced, a pulse after such a gap read early by its length (pair 22).
+    return rtp_audio(packets, info.factory().decode, info.static_pt, placed=True, samples_per_unit=info.rate // 8000)
 
 
 # --- the bridge, recorded -------------------------------------------------------------------------------
