@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from conftest import read_wav, run_doc, tone
 
@@ -20,7 +21,9 @@ sections:
 """
 
 
-def test_stalled_loop_skips_ticks_and_the_recording_keeps_the_call_length(tmp_path: Path) -> None:
+def test_stalled_loop_skips_ticks_and_the_recording_keeps_the_call_length(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     stalls: list[float] = []
 
     def stall(event: dict[str, Any]) -> None:
@@ -41,6 +44,9 @@ def test_stalled_loop_skips_ticks_and_the_recording_keeps_the_call_length(tmp_pa
     # the skipped ticks are silence in the file (about 0.6 s less the 0.2 s allowed late), not missing
     assert 10 <= len(silent) <= 35, len(silent)
     assert [e for e in res.events if e["type"] == "error"] == []
+    # the operator is told, once: audio was lost to the machine's load
+    [said] = [r.getMessage() for r in caplog.records if "media ticks ran" in r.getMessage()]
+    assert "skipped" in said and "the CPU cannot keep up" in said, said
 
 
 def _metas(tmp_path: Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import queue
 import selectors
@@ -24,6 +25,8 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from swml_engine.media.frame import FRAME_SECONDS
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -193,6 +196,10 @@ class TickTarget(Protocol):
     def media_skip(self, frames: int) -> None: ...
 
 
+#: Seconds between two log lines about skipped media ticks.
+SKIP_LOG_INTERVAL = 60.0
+
+
 class MediaTicker:
     """One 20 ms timer per loop that steps the media of every call on it."""
 
@@ -215,6 +222,9 @@ class MediaTicker:
         self.lag = 0.0
         #: Ticks skipped because the loop was more than MAX_LATE behind.
         self.skipped = 0
+        #: When skipped ticks were last logged, and how many since (SKIP_LOG_INTERVAL).
+        self._said_at = -SKIP_LOG_INTERVAL
+        self._unsaid = 0
         #: Inside _tick (lateness() is measured against the tick in progress).
         self._in_tick = False
 
@@ -267,6 +277,18 @@ class MediaTicker:
                 self._drop(target, e)
         self._count += frames
         self.skipped += frames
+        self._unsaid += frames
+        now = self.loop.time()
+        if now >= self._said_at + SKIP_LOG_INTERVAL:  # (at most a line a minute: an overload lasts)
+            log.warning(
+                "media ticks ran %d ms late: %d skipped (%d since the last such line) — each live call lost "
+                "that much audio and its recordings have silence there; the CPU cannot keep up with %d call(s)",
+                frames * 20,
+                frames,
+                self._unsaid,
+                len(self.targets),
+            )
+            self._said_at, self._unsaid = now, 0
 
     def _drop(self, target: TickTarget, error: Exception) -> None:
         if target not in self.targets:
