@@ -190,6 +190,19 @@ def connect_states(eng: Engine) -> list[object]:
     return [e.get("state") for e in calls[0] if e["type"] == "connect.state"] if calls else []
 
 
+def media_stats(eng: Engine) -> str:
+    """What each call's jitter buffer did (for a failure's message: a pulse out of place is explained by
+    late packets, resyncs, drift corrections), and how often the engine's own ticks were skipped."""
+    said = []
+    for events in eng.call_events():
+        for e in events:
+            if e["type"] == "rtp.stats":
+                jitter = e.get("jitter")
+                said.append(f"{e.get('received')} received, {e.get('lost')} lost, jitter {jitter}")
+    skipped = [line for line in eng.log().splitlines() if "skipped" in line][-3:]
+    return "; ".join(said + skipped)
+
+
 def vars_of(eng: Engine) -> dict[str, object]:
     [events] = eng.call_events()
     return {str(e["name"]): e["value"] for e in events if e["type"] == "vars.set"}
@@ -262,7 +275,7 @@ def test_a_bridged_call_is_recorded_caller_left_far_party_right_in_step(
         engine_port = eng.rtp_port()
         caller_stall = sniffer.stall(lambda s, d: d == engine_port, SUPPORTED[caller_codec].static_pt)
         far_stall = sniffer.stall(lambda s, d: far.media_port <= s < far.media_port + 4, pt)
-    stalls = f"sipp fell behind by {caller_stall:.3f} s (caller) and {far_stall:.3f} s (far party)"
+    stalls = f"sipp fell behind by {caller_stall:.3f} s (caller) and {far_stall:.3f} s (far party); {media_stats(eng)}"
     lose = int(max(caller_stall, far_stall) > JITTER_DELAY)  # (a pulse a stall fell on: see regular())
     left, right = audio[:, 0], audio[:, 1]
     said, heard = onsets(left, rate, CALLER_TONE, stall=caller_stall), onsets(right, rate, FAR_TONE, stall=far_stall)
