@@ -5,6 +5,9 @@ lines and in the JSON lines alike."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -59,3 +62,23 @@ def test_offers_we_cannot_use_from_one_address_do_not_write_a_line_each(engine: 
     refused = [line for line in eng.log().splitlines() if "rejected 488" in line]
     assert len(refused) == 2, refused
     assert "no common codec" in refused[0] and "100 refused so far" in refused[1]
+
+
+def test_a_burst_that_comes_while_the_service_is_held_up_is_all_answered(engine: EngineFactory) -> None:
+    """A PBX failing its calls over, a monitor's OPTIONS: a burst of requests while the service cannot
+    read (here stopped with SIGSTOP, as a loaded machine would not schedule it). They wait in the SIP
+    socket's buffer and are answered once it runs: the system's default buffer (208 KiB) held some 150
+    such requests and the kernel dropped the rest unanswered."""
+    eng = engine(BUSY)
+    caller = SipPeer(eng.port)
+    caller.sock.setsockopt(socket.SOL_SOCKET, 33, 8 * 1024 * 1024)  # (SO_RCVBUFFORCE: this side keeps all)
+    os.kill(eng.proc.pid, signal.SIGSTOP)
+    try:
+        for cseq in range(1, 501):
+            caller.request("OPTIONS", cseq)
+    finally:
+        os.kill(eng.proc.pid, signal.SIGCONT)
+    try:
+        assert caller.wait(lambda: len(caller.statuses("OPTIONS")) == 500), len(caller.statuses("OPTIONS"))
+    finally:
+        caller.close()

@@ -152,6 +152,27 @@ def _is_address(host: str) -> bool:
     return True
 
 
+#: The SIP socket's receive buffer: room for a burst (a PBX failing its calls over to us, a flood of
+#: OPTIONS) while the loop is busy. The system's default (208 KiB) held some 150 INVITEs; beyond, the
+#: kernel dropped them unanswered.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+#: Linux's SO_RCVBUFFORCE (past net.core.rmem_max; for a process with CAP_NET_ADMIN, as root has).
+_SO_RCVBUFFORCE = 33
+
+
+def _room_for_bursts(sock: object) -> None:
+    """Ask for RECEIVE_BUFFER: forced when the process may (root), else as far as rmem_max allows."""
+    setsockopt = getattr(sock, "setsockopt", None)
+    if setsockopt is None:
+        return
+    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -254,6 +275,7 @@ class Endpoint:
                 continue
             self._udp = udp
             self.local_addr = (str(host), int(port))
+            _room_for_bursts(udp.get_extra_info("socket"))
             break
         if self.relay is not None:
             self._relay_out, _ = await loop.create_datagram_endpoint(lambda: _RelayIn(self), sock=self.relay.sock)
