@@ -261,7 +261,8 @@ def test_a_full_disk_kills_no_worker_through_its_metrics(engine: EngineFactory, 
                     for cseq, method in enumerate(OUTSIDE_A_CALL, 1):
                         peer.request(method, cseq)
                     answered = peer.wait(lambda p=peer: all(p.statuses(m) for m in OUTSIDE_A_CALL))  # type: ignore[misc]
-                    assert answered, (n, peer.messages, eng.log()[-3000:])
+                    # (a text, not a tuple: pytest cuts a tuple's repr short, and the log is what tells why)
+                    assert answered, f"peer {n}: {peer.messages}\n{eng.log()[-4000:]}"
                 finally:
                     peer.close()
 
