@@ -76,3 +76,27 @@ sections:
         "sections.main[1].record.status_url",
     ]
     assert all("no status callbacks are sent" in message for _, message in errors), errors
+
+
+def test_a_call_records_at_most_ten_recordings_at_once(tmp_path: Path) -> None:
+    """A document of 3,000 record_call steps (120 KB) opened 3,000 MP4 recordings in one call: 2.7 GB of
+    memory, every file descriptor of the process (the others failed with EMFILE) and 45 s of CPU for 3 s
+    of call, holding up every call's media. The eleventh live one now fails to start, saying why; one
+    stopped makes room again."""
+    steps = "\n".join(f"    - record_call: {{control_id: r{i}}}" for i in range(11))
+    res = run_doc(
+        f"""
+sections:
+  main:
+{steps}
+    - set: {{eleventh: '${{record_call_result}}'}}
+    - stop_record_call: {{control_id: r0}}
+    - record_call: {{control_id: again}}
+""",
+        tmp_path,
+    )
+    assert (res.vars["eleventh"], res.vars["record_call_result"]) == ("failed", "success")
+    [error] = [e for e in res.events if e["type"] == "error"]
+    assert error["where"] == "sections.main[10].record_call", error
+    assert "10 recordings live already" in error["message"], error
+    assert sorted(recordings(tmp_path)) == sorted([f"r{i}" for i in range(10)] + ["again"])
