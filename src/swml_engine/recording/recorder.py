@@ -292,6 +292,10 @@ class Recording:
             self._save_metadata()
             self._report(state)
         finally:
+            # What only a live recording needs goes with it (a voice detector is about 10 MB): the call
+            # keeps its ended recordings, as many as its script made, until it ends.
+            self._vad = None
+            self._writer = None
             self.ended.set()
 
     def _salvage(self) -> None:
