@@ -125,3 +125,13 @@ def test_a_recording_that_ended_lets_go_of_its_voice_detector_and_encoder(tmp_pa
     grown = resident_mb() - before
     assert res.vars["stop_record_call_result"] == "success" and len(recordings(tmp_path)) == 25
     assert grown < 100, f"{grown:.0f} MB more after 25 recordings that ended"
+
+
+def test_the_error_state_of_a_recording_that_did_not_start_names_its_call_as_every_state_does(tmp_path: Path) -> None:
+    """record.state events carry their status callback's params (docs/methods.md): call_id and node_id
+    too, as those of a recording that started do. A failed start's event left them out, so a reader of
+    the events that picks a call's recordings by call_id never saw it fail."""
+    res = run_doc("sections: {main: [{set: {f: ogg}}, {record_call: {format: '${f}', control_id: x}}]}", tmp_path)
+    [state] = [e for e in res.events if e["type"] == "record.state"]
+    assert (state["state"], state["control_id"], state["call_id"]) == ("error", "x", res.call.call_id)
+    assert state["node_id"] == "swml-engine"

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from swml_engine.callbacks import StatusReporter, callback_target
+from swml_engine.callbacks import NODE_ID, StatusReporter, callback_target
 from swml_engine.document.params import Bool, Chars, HttpUrl, Num, Str, param
 from swml_engine.errors import ParamError
 from swml_engine.media.sources.tones import beep_frames
@@ -89,7 +89,9 @@ def report_failure(ctx: StepContext, raw: object, message: str, control_id: str 
         control_id = written if isinstance(written, str) and written else str(uuid.uuid4())
     url = given.get("status_url")
     params = {"control_id": control_id, "state": "error", "end_reason": "error"}
-    ctx.events.emit("record.state", **params, error=message)
+    # The event carries what the callback's params will (StatusReporter adds the ids to those).
+    ids = {"call_id": ctx.call.call_id, "node_id": NODE_ID}
+    ctx.events.emit("record.state", **ids, **params, error=message)
     where = f"{ctx.where}.status_url"
     StatusReporter(ctx.call, url if isinstance(url, str) else None, "calling.call.record", control_id, where).send(
         params
