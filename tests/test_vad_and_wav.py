@@ -6,7 +6,9 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from swml_engine.media import vad
 from swml_engine.media.sources.tts import EspeakTts, Voice
 from swml_engine.media.vad import VoiceDetector, threshold_for
 from swml_engine.recording.encoders import WAV_HEADER, wav_header
@@ -72,3 +74,29 @@ def test_wav_header_switches_to_rf64_past_4_gib(tmp_path: Path) -> None:
     lines = probe.stdout.split()
     assert lines[0] == "8000,2"
     assert abs(float(lines[1]) - data / 4 / 8000) < 1
+
+
+def test_a_model_given_back_is_reused_reset_and_judges_as_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model takes some 60 ms of the event loop at every recording with a silence timeout; an
+    ended recording's is reset and taken by the next. Reused, it judges exactly as a freshly loaded one:
+    nothing of the speech it heard last carries over."""
+    monkeypatch.setattr(vad, "MODELS", vad._Models())  # (none kept by earlier tests of this process)
+    talk = EspeakTts().synthesize("Hello, this is Sam, please call me back.", Voice(), RATE)
+    frames = [talk[i : i + 160] for i in range(0, len(talk) - 159, 160)]
+    first = VoiceDetector(RATE)
+    judged_first = [first.feed(f) for f in frames]
+    model = first._vad
+    first.close()
+    second = VoiceDetector(RATE)
+    assert second._vad is model  # (reused, not loaded again)
+    probabilities = []
+    for f in frames:
+        second.feed(f)
+        probabilities.append(second.probability)
+    fresh = VoiceDetector(RATE)  # (the pool is empty again: a new model)
+    assert fresh._vad is not model
+    expected = []
+    for f in frames:
+        fresh.feed(f)
+        expected.append(fresh.probability)
+    assert probabilities == expected and any(judged_first)

@@ -292,8 +292,11 @@ class Recording:
             self._save_metadata()
             self._report(state)
         finally:
-            # What only a live recording needs goes with it (a voice detector is about 10 MB): the call
-            # keeps its ended recordings, as many as its script made, until it ends.
+            # What only a live recording needs goes with it (a voice detector is about 10 MB, given back
+            # for the next recording): the call keeps its ended recordings, as many as its script made,
+            # until it ends.
+            if self._vad is not None:
+                self._vad.close()
             self._vad = None
             self._writer = None
             self.ended.set()
