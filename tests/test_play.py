@@ -203,6 +203,15 @@ def test_play_status_url_must_be_http(tmp_path: Path) -> None:
     )
     assert [e["result"] for e in res.events if e["type"] == "play.end"] == ["finished"]
     assert res.vars["after"] == "ok"
+    # substituted to nothing (a variable not set): the same — the sound plays, the step is not failed
+    # (it failed with "must not be empty" before, for every method but the recordings')
+    res = run_doc("sections: {main: [{play: {url: 'silence:1', status_url: '${cb}'}}, {set: {after: ok}}]}", tmp_path)
+    [error] = [e for e in res.events if e["type"] == "error"]
+    assert error["message"] == "sections.main[0].play.status_url: came out empty; no status callbacks are sent for it"
+    assert [e["result"] for e in res.events if e["type"] == "play.end"] == ["finished"]
+    assert res.vars["after"] == "ok"
+    with pytest.raises(DocumentError, match=r"sections.main\[0\].play.status_url: "):  # written empty: refused
+        load_text("sections: {main: [{play: {url: 'silence:1', status_url: ''}}]}", methods=REGISTRY)
 
 
 def test_say_text_too_long_fails_the_play_at_once() -> None:

@@ -257,8 +257,11 @@ def hub_of(call: Call) -> CallbackHub:
 
 def callback_target(events: EventLog, url: str | None, where: str) -> HttpTarget | None:
     """Where a step's callbacks go, or None: no URL, or one that does not parse (said by an ``error``
-    event at ``where``; the step goes on without callbacks)."""
-    if not url:
+    event at ``where``; the step goes on without callbacks), or one a substitution left empty (said too)."""
+    if url == "":
+        events.emit("error", where=where, message=f"{where}: came out empty; no status callbacks are sent for it")
+        return None
+    if url is None:
         return None
     try:
         return parse_http_url(url)

@@ -171,6 +171,11 @@ class HttpUrl(Str):
     def __init__(self) -> None:
         super().__init__(allow_empty=False)
 
+    def check(self, value: object, path: str) -> object:
+        # Substituted to nothing (``${cb}`` with ``cb`` unset): kept as "", which costs the step its
+        # callbacks (an ``error`` event says so), never the step. Written empty, load_check refuses it.
+        return "" if value == "" else super().check(value, path)
+
     def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
         if is_templated(value):
             return

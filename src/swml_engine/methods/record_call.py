@@ -27,15 +27,6 @@ MAX_LENGTH = 86400.0
 TIMEOUT = Num(minimum=0, maximum=MAX_LENGTH, unit="seconds")
 
 
-class StatusUrl(HttpUrl):
-    """A recording's ``status_url``: substituted to nothing (``${cb}`` with ``cb`` unset) it is kept as
-    ``""``, and the recording goes on without callbacks, as with a substituted one that does not parse.
-    (HttpUrl refuses it at run time, and with it the recording.) Written empty, it is refused at load."""
-
-    def check(self, value: object, path: str) -> object:
-        return "" if value == "" else super().check(value, path)
-
-
 @dataclass(frozen=True, kw_only=True)
 class RecordParams:
     stereo: bool = param(Bool(), default=False)
@@ -47,7 +38,7 @@ class RecordParams:
     initial_timeout: float = param(TIMEOUT, default=0.0)
     end_silence_timeout: float = param(TIMEOUT, default=0.0)
     max_length: float | None = param(Num(minimum=0.02, maximum=MAX_LENGTH, unit="seconds"))
-    status_url: str | None = param(StatusUrl())
+    status_url: str | None = param(HttpUrl())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +54,6 @@ async def start_recording(ctx: StepContext, p: RecordParams, method: str, contro
     # The settings are the parameters of RecordParams, field for field, plus who started it.
     common = {f.name: getattr(p, f.name) for f in dataclasses.fields(RecordParams)}
     where = f"{ctx.where}.status_url"
-    if p.status_url == "":
-        ctx.events.emit("error", where=where, message=f"{where}: came out empty; no status callbacks are sent for it")
     if callback_target(ctx.events, p.status_url, where) is None:
         common["status_url"] = None  # none, or one that does not parse: record without callbacks
     settings = RecordSettings(method=method, control_id=control_id, **common)
