@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from conftest import RATE, run_doc, small_filesystem
+from swml_engine.recording import recorder
 
 
 def recordings(tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -103,6 +105,31 @@ sections:
     assert error["where"] == "sections.main[10].record_call", error
     assert "10 recordings live already" in error["message"], error
     assert sorted(recordings(tmp_path)) == sorted([f"r{i}" for i in range(10)] + ["again"])
+
+
+def test_a_call_makes_at_most_max_per_call_recordings_in_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop of record_call and stop_record_call made recordings for as long as the call lasted (some 50
+    a second, each two files): past the bound (1000; 3 here) a start fails saying why, and the call goes on."""
+    monkeypatch.setattr(recorder, "MAX_PER_CALL", 3)
+    res = run_doc(
+        """
+sections:
+  main:
+    - set: {n: 0}
+    - label: again
+    - record_call: {}
+    - set: {result: '${record_call_result}'}
+    - stop_record_call: {}
+    - set: {n: '${n + 1}'}
+    - goto: {label: again, when: 'n < 5'}
+    - set: {after: ok}
+""",
+        tmp_path,
+    )
+    assert (res.vars["result"], res.vars["after"]) == ("failed", "ok")
+    assert len(recordings(tmp_path)) == 3
+    errors = [e["message"] for e in res.events if e["type"] == "error"]
+    assert len(errors) == 2 and all("this call has made 3 recordings, the most one call may make" in m for m in errors)
 
 
 def resident_mb() -> float:

@@ -53,6 +53,10 @@ PAUSE_BEHAVIORS = ("silence", "skip")
 #: the process and the media of every call with it (docs/security.md: a document is not trusted to
 #: exhaust the process).
 MAX_LIVE_PER_CALL = 10
+#: Recordings one call may make in all: a loop of record_call and stop_record_call otherwise makes some
+#: 50 a second for as long as the call lasts (up to 4 h), each two files and its metadata kept in memory.
+#: A call recorded in one-minute segments for four hours makes 240.
+MAX_PER_CALL = 1000
 
 
 def channel_layout(direction: str, stereo: bool) -> dict[str, str]:
@@ -412,6 +416,8 @@ class Recordings:
         return [r for r in self.all if r.state == "recording" and r.end_reason is None]
 
     def start(self, settings: RecordSettings) -> Recording:
+        if len(self.all) >= MAX_PER_CALL:
+            raise EncoderError(f"this call has made {MAX_PER_CALL} recordings, the most one call may make")
         if len(self.live()) >= MAX_LIVE_PER_CALL:
             raise EncoderError(
                 f"this call has {MAX_LIVE_PER_CALL} recordings live already, the most it may have at once: "
