@@ -144,14 +144,6 @@ def reaching_address(peer: str, bound: str) -> str:
     return host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host
 
 
-def _is_address(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
-
-
 #: The SIP socket's receive buffer: room for a burst (a PBX failing its calls over to us, a flood of
 #: OPTIONS) while the loop is busy. The system's default (208 KiB) held some 150 INVITEs; beyond, the
 #: kernel dropped them unanswered.
@@ -449,7 +441,7 @@ class Endpoint:
             return
         if to.transport is Transport.TCP and self._write(to.flow, datagram.data):
             return
-        if _is_address(to.host):
+        if names.is_address(to.host):
             self._to_address(datagram, to, self._usable(to.host), to.port)
             return
         self._spawn(self._resolve_and_send(datagram, to))
@@ -501,7 +493,7 @@ class Endpoint:
     async def lookup(self, host: str, port: int, transport: Transport) -> tuple[str, int]:
         """``host`` (a name or an address) as an address our socket reaches, looked up now (A/AAAA through
         the system's resolver, no cache of ours); OSError saying why when there is none."""
-        if _is_address(host):
+        if names.is_address(host):
             return (host, port)
         ip, port = await self._lookup(Target(transport, host, port))
         return (ip.removeprefix("::ffff:") if "." in ip else ip, port)

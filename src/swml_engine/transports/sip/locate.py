@@ -31,7 +31,6 @@ their own on loopback (docs/serve.md).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import random
@@ -45,7 +44,7 @@ import dns.resolver
 from dns.rdtypes.IN.NAPTR import NAPTR
 from dns.rdtypes.IN.SRV import SRV
 
-from swml_engine.transports.sip.names import LOOKUP_TIMEOUT, off_loop
+from swml_engine.transports.sip.names import LOOKUP_TIMEOUT, is_address, off_loop
 from swml_engine.transports.sip.useragent import Transport
 
 log = logging.getLogger(__name__)
@@ -83,14 +82,6 @@ class Hop:
     port: int
     srv: bool
     found: str
-
-
-def is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 # --- the resolver -------------------------------------------------------------------------------------------

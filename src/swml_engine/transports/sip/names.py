@@ -14,6 +14,7 @@ a parse of a few hundred milliseconds, which on the event loop would stall every
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +33,15 @@ MAX_LOOKUPS = 32
 AddrInfo = list[tuple[Any, ...]]
 Resolver = Callable[..., AddrInfo]
 T = TypeVar("T")
+
+
+def is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address (v4 or v6) rather than a name to look up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _Unfinished:

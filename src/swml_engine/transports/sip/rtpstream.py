@@ -38,6 +38,7 @@ from swml_engine.transports.sip import names
 from swml_engine.transports.sip.codecs import SUPPORTED, Codec
 from swml_engine.transports.sip.dtmf import DtmfReceiver, encode_event, event_code
 from swml_engine.transports.sip.jitterbuffer import Coded, JitterBuffer, JitterStats
+from swml_engine.transports.sip.names import is_address
 from swml_engine.transports.sip.rtp import _HEADER, HEADER_SIZE, RtpPacket, parse_rtp
 from swml_engine.transports.sip.sdp import Media, is_host_name, unicast_problem
 
@@ -99,14 +100,6 @@ def _canonical(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def out_of_descriptors(error: OSError) -> OSError:
@@ -354,7 +347,7 @@ class RtpStream(asyncio.DatagramProtocol):
         hosts = {self._signalling} if self._signalling else set()
         self._sdp = None
         self._peer, self._peer_trust = None, Trust.NOWHERE
-        if _is_ip(host) and host not in ("0.0.0.0", "::") and remote[1]:
+        if is_address(host) and host not in ("0.0.0.0", "::") and remote[1]:
             self._sdp = (host, remote[1])
             self._peer, self._peer_trust = self._sdp, Trust.SDP
             hosts.add(host)
