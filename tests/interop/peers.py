@@ -488,6 +488,9 @@ class SipPeer:
         kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
         self.sock = socket.socket(socket.AF_INET, kind)
         self.sock.bind(("127.0.0.1", 0))
+        if proto == "udp":  # room for every answer to a burst (150 INVITEs: 300 answers) before it reads
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 * 1024 * 1024)
         if proto == "tcp":
             self.sock.connect(("127.0.0.1", port))
         self.sock.settimeout(0.2)

@@ -99,12 +99,12 @@ def test_a_domain_with_no_records_fails_unreachable_naming_what_was_looked_up(
 ) -> None:
     async def body(service: Service) -> None:
         dns = dns_zone({})
-        leg = Leg(service, "sip:bob@nothing.invalid")
+        leg = Leg(service, "sip:bob@nothing.test")
         assert await leg.until_state("failed") == ["failed"]
         failure = leg.far.failure
         assert failure is not None and failure.reason == "unreachable"
-        assert "nothing.invalid" in failure.text and "looked up: NAPTR nothing.invalid, SRV _sip._udp" in failure.text
-        assert ("_sip._tcp.nothing.invalid", "SRV") in dns.asked
+        assert "nothing.test" in failure.text and "looked up: NAPTR nothing.test, SRV _sip._udp" in failure.text
+        assert ("_sip._tcp.nothing.test", "SRV") in dns.asked
         await leg.end()
 
     run(body, tmp_path, monkeypatch)
