@@ -322,6 +322,34 @@ sections:
     assert any("confirm did not end in 3 s" in e["message"] for e in of_type(res, "warning"))
 
 
+def test_a_confirm_step_that_fails_drops_the_leg_rather_than_bridging_it() -> None:
+    # The prompt asking the far party to accept cannot run (its sound's variable is unset): the far party
+    # was never asked, so it is not confirmed — a failed screening must not put the caller through.
+    doc = """
+sections:
+  main:
+    - connect:
+        serial:
+          - to: "sip:a@example.com"
+            confirm:
+              - prompt: {play: "${greeting}", max_digits: 1, initial_timeout: 5}
+          - to: "sip:b@example.com"
+"""
+    res = run_doc(doc, peers=[peer("sip:a@example.com", at=1.0), peer("sip:b@example.com", at=1.0, hangup=2.0)])
+    assert legs(res)[:5] == [
+        (0.0, "sip:a@example.com", "created", None),
+        (0.0, "sip:a@example.com", "ringing", None),
+        (1.0, "sip:a@example.com", "answered", None),
+        (1.0, "sip:a@example.com", "failed", "not_confirmed"),
+        (1.0, "sip:b@example.com", "created", None),
+    ]
+    (error,) = [e for e in of_type(res, "error") if "confirm" in e["where"]]
+    assert error["where"].startswith("sections.main[0].connect.serial[0] (sip:a@example.com)")
+    assert states(res)[1] == (2.0, "connected")  # b, which has no confirm
+    a, _ = res.dialer.placed
+    assert a.state == "ended"
+
+
 def test_the_caller_hanging_up_while_dialling_cancels_every_leg() -> None:
     doc = """
 sections:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,6 +125,27 @@ def check_confirm_steps(steps: list[Step]) -> None:
         if step.method not in CONFIRM_METHODS:
             allowed = ", ".join(sorted(CONFIRM_METHODS))
             raise ParamError(step.where, f"{step.method} cannot run in confirm (on the far leg); use one of {allowed}")
+
+
+class StepFailures:
+    """Watches a script's events for a step that could not run: the runner reports one with an ``error``
+    event at the step's place, then its ``step.end`` with result ``failed``. ``on_failed`` is called at
+    the first."""
+
+    def __init__(self, on_failed: Callable[[], object]) -> None:
+        self.on_failed = on_failed
+        self.failed = False
+        self._errors: set[str] = set()
+
+    def see(self, event: dict[str, Any]) -> None:
+        if event["type"] == "error":
+            self._errors.add(str(event.get("where")))
+            return
+        step = f"{event.get('path')}.{event.get('method')}"
+        if event["type"] == "step.end" and event.get("result") == "failed" and step in self._errors:
+            if not self.failed:
+                self.on_failed()
+            self.failed = True
 
 
 class Leg:
@@ -427,6 +448,10 @@ class DialPlan:
             self._drop(leg, "not_confirmed")
             return
         runner = Runner(doc, call, variables, self.methods)
+        # A step that cannot run (its error event) ends the confirm: the far party was not asked, or not
+        # heard, so it is not confirmed (the runner itself goes on to the next step, as in any script).
+        failures = StepFailures(lambda: self.caller.loop.call_soon(self._drop, leg, "not_confirmed"))
+        call.events.sinks.append(failures.see)
         try:
             await runner.run_section(SectionRun(doc, "main", doc.labels("main")))
         except Flow:
@@ -435,7 +460,10 @@ class DialPlan:
             self.caller.events.emit("error", where=f"{settings.where}.confirm", message=str(e))
             self._drop(leg, "not_confirmed")
         finally:
+            call.events.sinks.remove(failures.see)
             runner.js.close()
+        if failures.failed:
+            self._drop(leg, "not_confirmed")
 
     def _far_scope(self, leg: Leg, call: Call) -> dict[str, Any]:
         """The ``call`` variables a confirm script sees: the far leg's."""
