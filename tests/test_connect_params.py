@@ -256,6 +256,19 @@ def test_confirm_is_a_url_or_steps_that_make_sense_on_a_far_leg() -> None:
     ]
 
 
+def test_steps_inside_a_confirm_cond_are_held_to_the_confirm_list_too() -> None:
+    # A connect nested in a confirm's cond ran on the far leg (which places no calls) and was silently
+    # nothing; an execute or transfer there named a section of a document the far leg does not run.
+    nested = {"cond": [{"when": "true", "then": [{"set": {"a": 1}}, {"connect": {"to": "sip:b@example.com"}}]}]}
+    (error,) = errors({"to": "sip:a@example.com", "confirm": [nested]})
+    assert error.startswith(
+        "sections.main[0].connect.confirm[0].cond[0].then[1].connect: connect cannot run in confirm (on the far leg)"
+    )
+    deeper = {"cond": [{"when": "true", "then": [{"cond": [{"when": "true", "then": [{"transfer": {"dest": "x"}}]}]}]}]}
+    (error,) = errors({"serial": [{"to": "sip:a@example.com", "confirm": [deeper]}]})
+    assert "serial[0].confirm[0].cond[0].then[0].cond[0].then[0].transfer: transfer cannot run in confirm" in error
+
+
 def test_result_is_a_switch_on_connect_result_or_a_cond() -> None:
     doc = load({"to": "+15551230001", "result": {"case": {"failed": [{"hangup": {}}]}}})
     kind, params = doc.sections["main"][0].params["result"]

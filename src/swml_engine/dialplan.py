@@ -120,11 +120,23 @@ class LegSettings:
 
 
 def check_confirm_steps(steps: list[Step]) -> None:
-    """ParamError naming the first step a ``confirm`` script may not run (inline, or fetched from its URL)."""
+    """ParamError naming the first step a ``confirm`` script may not run (inline, or fetched from its URL),
+    at any depth: the steps of a ``cond`` in it run on the far leg too."""
     for step in steps:
         if step.method not in CONFIRM_METHODS:
             allowed = ", ".join(sorted(CONFIRM_METHODS))
             raise ParamError(step.where, f"{step.method} cannot run in confirm (on the far leg); use one of {allowed}")
+        for block in _blocks_in(step.params):
+            check_confirm_steps(block.steps)
+
+
+def _blocks_in(params: object) -> Iterator[Block]:
+    """The step lists nested in a step's prepared parameters (a ``cond``'s ``then`` and ``else``)."""
+    if isinstance(params, Block):
+        yield params
+    elif isinstance(params, dict | list | tuple):
+        for value in params.values() if isinstance(params, dict) else params:
+            yield from _blocks_in(value)
 
 
 class StepFailures:
