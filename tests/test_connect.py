@@ -474,6 +474,22 @@ sections:
     assert "'agent-at-example' is not a destination" in error["message"]
 
 
+def test_a_destination_substituted_to_nothing_fails_only_its_leg() -> None:
+    # The second agent's variable is unset: the first agent is still dialled (the whole connect failed
+    # 'error' at once, nobody dialled).
+    doc = """
+sections:
+  main:
+    - connect: {parallel: [{to: "${agent2}"}, {to: "sip:agent@example.com"}]}
+"""
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=1.0)])
+    assert outcome(res) == ("connected", None, "connected")
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.parallel[0].to"
+    assert "is empty: give a phone number" in error["message"]
+    assert legs(res)[0] == (0.0, "", "failed", "error")
+
+
 def test_without_a_dialer_every_leg_is_unreachable_with_one_warning() -> None:
     from swml_engine.call import Call, CallOptions
     from swml_engine.dialing import DialTarget
