@@ -690,6 +690,15 @@ sections:
     ]
 
 
+def test_a_call_state_url_that_comes_out_empty_is_said_so_as_a_status_url_is() -> None:
+    doc = 'sections:\n  main:\n    - connect: {to: "sip:agent@example.com", call_state_url: "${cb}"}\n'
+    res = run_doc(doc, peers=[peer(outcome="busy", at=1.0)])
+    assert outcome(res) == ("failed", "busy", "failed")  # the step runs, without its callbacks
+    (error,) = of_type(res, "error")
+    assert error["where"] == "sections.main[0].connect.call_state_url"
+    assert "came out empty; no status callbacks are sent for it" in error["message"]
+
+
 def test_a_connect_that_cannot_run_reports_its_failure_to_its_status_url(http_server: Any) -> None:
     # A value substituted at run time the step cannot take: the connect failed, and its listeners hear it.
     doc = f"""

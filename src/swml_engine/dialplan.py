@@ -277,7 +277,7 @@ class DialPlan:
         # with leg: its call_id); nothing else of the far leg is written there.
         call.events.sinks.append(self._forward(settings, call.call_id))
         leg = Leg(settings, call, transport)
-        if settings.call_state_url:
+        if settings.call_state_url is not None:  # ("": substituted to nothing, which the reporter says)
             where = f"{settings.where}.call_state_url"
             leg.reporter = StatusReporter(self.caller, settings.call_state_url, "calling.call.state", None, where)
         self.legs.append(leg)
