@@ -222,6 +222,17 @@ def test_headers_the_engine_writes_are_refused() -> None:
     assert errors({"to": "sip:a@example.com", "headers": [{"name": "X-A"}]}) == [
         "sections.main[0].connect.headers[0].value: is required"
     ]
+    # Their compact forms (RFC 3261 §7.3.3) too: the SIP dialer refused them, failing every leg on
+    # swml serve of a document swml validate and swml run had taken.
+    assert errors(
+        {"to": "sip:a@example.com", "headers": [{"name": "X-A", "value": "1"}, {"name": "i", "value": "x"}]}
+    ) == [
+        "sections.main[0].connect.headers[1].name: 'i' (Call-ID) is written by the engine; use a header of your own (X-...)"
+    ]
+    assert errors({"to": "sip:a@example.com", "headers": [{"name": "L", "value": "0"}]})[0].startswith(
+        "sections.main[0].connect.headers[0].name: 'L' (Content-Length) is written by the engine"
+    )
+    assert errors({"to": "sip:a@example.com", "headers": [{"name": "s", "value": "support call"}]}) == []  # Subject
 
 
 def test_credentials_go_in_pairs_after_inheritance() -> None:

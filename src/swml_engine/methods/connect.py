@@ -46,6 +46,7 @@ from swml_engine.methods.play import SoundSpec, VoiceParams, sounds_of, voice_of
 from swml_engine.methods.switch import Switch
 from swml_engine.methods.transfer import transfer_dest
 from swml_engine.script.step import StepContext
+from swml_engine.transports.sip.message import header_key, header_spelling
 from swml_engine.transports.sip.uri import UriError, parse_uri
 from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
 
@@ -247,8 +248,10 @@ class Header(Spec):
             raise ParamError(f"{path}.value", "is required")
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise ParamError(f"{path}.name", f"{describe(name)} is not a SIP header name (letters, digits, -)")
-        if name.lower() in _RESERVED_HEADERS:
-            raise ParamError(f"{path}.name", f"{name!r} is written by the engine; use a header of your own (X-...)")
+        key = header_key(name)  # a compact form (i, l, v, ...) is the header it stands for
+        if key in _RESERVED_HEADERS:
+            shown = repr(name) if key == name.lower() else f"{name!r} ({header_spelling(name)})"
+            raise ParamError(f"{path}.name", f"{shown} is written by the engine; use a header of your own (X-...)")
         checked = Text(MAX_HEADER_VALUE).check(text, f"{path}.value")
         return {"name": name, "value": checked}
 
