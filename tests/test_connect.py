@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import RATE, read_wav, rms, run_doc, spectrum_peaks, tone, window
 from swml_engine.session import SimResult
-from swml_engine.transports.simulated import PeerScript
+from swml_engine.transports.simulated import PeerScript, parse_peer
 
 AGENT = "sip:agent@example.com"
 
@@ -521,6 +523,18 @@ def test_without_a_dialer_every_leg_is_unreachable_with_one_warning() -> None:
     assert [e["reason"] for e in events if e["type"] == "connect.leg"] == ["unreachable", "unreachable"]
     (warning,) = [e for e in events if e["type"] == "warning"]
     assert "this call cannot place calls" in warning["message"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "outcome_at"),
+    [("busy@3s", "busy at 3 s"), ("reject:404@1s", "reject at 1 s"), ("answer@2s,ring@2s", "answer at 2 s")],
+)
+def test_a_peer_s_early_media_that_would_never_play_is_refused(spec: str, outcome_at: str) -> None:
+    # Early media plays from the ring; a busy or rejecting peer rings only when ring@T says so. Without
+    # it the carrier announcement a developer gave was never heard, and nothing said why.
+    with pytest.raises(ValueError, match=rf"early:WAV plays from its ring until its {outcome_at}.*ring@T"):
+        parse_peer(f"sip:agent@example.com={spec},early:announcement.wav")
+    assert parse_peer(f"sip:agent@example.com={spec.split(',')[0]},ring@0,early:announcement.wav").ring_time == 0
 
 
 def test_the_caller_hears_a_ring_tone_then_the_far_party(tmp_path: Path) -> None:

@@ -380,7 +380,15 @@ def parse_peer(text: str) -> PeerScript:
         raise ValueError(f"{text!r}: say what the peer does: answer[@T], busy, no-answer, reject:CODE or unreachable")
     if outcome != "answer" and (peer.audio is not None or peer.hangup is not None or dtmf):
         raise ValueError(f"{text!r}: audio, dtmf and hangup happen after an answer; this peer does not answer")
-    return replace(peer, outcome=outcome, dtmf=tuple(sorted(dtmf)))
+    peer = replace(peer, outcome=outcome, dtmf=tuple(sorted(dtmf)))
+    ring = peer.ring_time
+    if peer.early is not None and outcome != "no-answer" and (ring is None or ring >= peer.at):
+        # (a carrier's announcement before a busy: its 183 is a ring, which busy and reject do not give)
+        raise ValueError(
+            f"{text!r}: early:WAV plays from its ring until its {outcome} at {peer.at:g} s, and it does not ring "
+            "before then: give ring@T earlier (ring@0: at once)"
+        )
+    return peer
 
 
 class SimulatedFarTransport(FarTransport):
