@@ -257,3 +257,18 @@ def test_run_help_has_every_option_the_readme_names() -> None:
     shown = swml("run", "--help").stdout
     assert len(named) >= 10 and {o for o in named if o not in shown} == set()
     assert "FROM_" not in shown  # the variable's name, not the option's
+
+
+def test_a_header_given_twice_reaches_the_script_twice_as_a_sip_invite_s_would(tmp_path: Path) -> None:
+    """`--header X-A=1 --header X-A=2`: the second replaced the first without a word, where swml serve
+    gives the script every header of the INVITE, repeated names included."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [{set: {h: '${call.headers}'}}]}\n")
+    out = tmp_path / "o"
+    r = swml("run", str(doc), "--header", "X-A=1", "--header", "X-A=2", "--header", "X-B=", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "vars.json").read_text())["h"] == [
+        {"name": "X-A", "value": "1"},
+        {"name": "X-A", "value": "2"},
+        {"name": "X-B", "value": ""},
+    ]

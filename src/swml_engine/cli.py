@@ -36,14 +36,16 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _pairs(values: list[str], option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` options in the order given, a name given twice kept twice (a SIP INVITE's headers
+    may repeat a name: ``swml serve`` gives the script each one)."""
+    out: list[tuple[str, str]] = []
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             print(f"swml: {option} {item!r}: write NAME=VALUE", file=sys.stderr)
             raise SystemExit(EXIT_USAGE)
-        out[name.strip()] = value
+        out.append((name.strip(), value))
     return out
 
 
@@ -225,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_=args.from_,
         to=args.to,
         headers=_pairs(args.header, "--header"),
-        envs=_pairs(args.env, "--env"),
+        envs=dict(_pairs(args.env, "--env")),
         rate=args.rate,
         out=out,
         peers=peers,

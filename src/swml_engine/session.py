@@ -71,7 +71,8 @@ class Simulation:
     hangup_at: float | None = None
     from_: str = "+15551230000"
     to: str = "+15557890000"
-    headers: dict[str, str] = field(default_factory=dict)
+    #: The call's headers in order (a name may repeat, as in a SIP INVITE).
+    headers: list[tuple[str, str]] = field(default_factory=list)
     envs: dict[str, str] = field(default_factory=dict)
     rate: int = 8000
     out: Path | None = None
@@ -225,7 +226,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         call = Call(transport, call_id=call_id, events=events, options=options)
         if sim.ctrl_c is not None:
             sim.ctrl_c.attach(call)
-        headers = [{"name": k, "value": v} for k, v in sim.headers.items()]
+        headers = [{"name": k, "value": v} for k, v in sim.headers]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)
         for far in dialer.placed:  # a far leg the dial plan left open still writes what it heard
