@@ -272,3 +272,21 @@ def test_a_header_given_twice_reaches_the_script_twice_as_a_sip_invite_s_would(t
         {"name": "X-A", "value": "2"},
         {"name": "X-B", "value": ""},
     ]
+
+
+def test_the_summary_names_each_recording_this_run_made_among_earlier_runs_ones(tmp_path: Path) -> None:
+    """A second run into the same --out: recordings/ holds both runs' files, and the summary said only
+    "1 made by this call" (README: it prints "the recordings made"), so which one to listen to was a
+    guess."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [answer, {record_call: {format: mp3}}, {sleep: 1500}, stop_record_call]}\n")
+    out = tmp_path / "o"
+    assert swml("run", str(doc), "--out", str(out)).returncode == 0
+    earlier = {p.name for p in (out / "recordings").glob("*.mp3")}
+    r = swml("run", str(doc), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    (made,) = {p.name for p in (out / "recordings").glob("*.mp3")} - earlier
+    meta = json.loads((out / "recordings" / made.replace(".mp3", ".json")).read_text())
+    assert f"  recording at 0.00 s: recordings/{made} ({meta['duration']:.2f} s, ended: stop_record_call)" in (
+        r.stdout.splitlines()
+    )

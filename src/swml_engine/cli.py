@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from swml_engine.errors import DocumentError
 
@@ -264,9 +265,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         sent, delivered = _callbacks(res.events)
         if sent:
             print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
+        made = _recordings(res.events)
+        for line in made[:10]:
+            print(f"  {line}")
+        if len(made) > 10:
+            print(f"  ... and {len(made) - 10} more recordings in events.jsonl (record.state)")
         outputs = ["heard.wav", *(t.heard_path.name for t in res.dialer.placed if t.heard_path)]
         outputs += ["events.jsonl", "vars.json"]
-        made = {e["recording_id"] for e in res.events if e["type"] == "record.state" and e.get("recording_id")}
         if made:
             outputs.append(f"recordings/ ({len(made)} made by this call)")
         print(f"outputs in {out}/: {', '.join(outputs)}")
@@ -291,6 +296,24 @@ def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
 
     tried = [e for e in events if e["type"] == "callback"]
     return sum(1 for e in tried if first(e)), sum(1 for e in tried if e.get("delivered"))
+
+
+def _recordings(events: list[dict[str, Any]]) -> list[str]:
+    """A line for each recording the run made, in the order they started: its file under recordings/ (an
+    ``--out`` used before holds earlier runs' files too), its length and why it ended."""
+    last: dict[str, dict[str, Any]] = {}
+    started: dict[str, float] = {}
+    for e in events:
+        if e["type"] == "record.state" and e.get("recording_id"):
+            started.setdefault(e["recording_id"], e["t"])
+            last[e["recording_id"]] = e
+    lines = []
+    for rid, t in started.items():
+        state = last[rid]
+        name = unquote(urlsplit(str(state.get("url") or "")).path).rsplit("/", 1)[-1] or rid
+        length = f"{state['duration']:.2f} s, " if "duration" in state else ""
+        lines.append(f"recording at {t:.2f} s: recordings/{name} ({length}ended: {state.get('end_reason')})")
+    return lines
 
 
 def _interrupted(ctrl_c: CtrlC, events: list[dict[str, Any]]) -> str:
