@@ -290,3 +290,17 @@ def test_the_summary_names_each_recording_this_run_made_among_earlier_runs_ones(
     assert f"  recording at 0.00 s: recordings/{made} ({meta['duration']:.2f} s, ended: stop_record_call)" in (
         r.stdout.splitlines()
     )
+
+
+def test_a_caller_hanging_up_before_the_answer_cancels_the_call_as_a_sip_caller_does(tmp_path: Path) -> None:
+    """--hangup-at before the script answers: a SIP caller then sends CANCEL and swml serve ends the call
+    remote_cancel (docs/methods.md); swml run said remote_hangup, so a script's test of a caller giving up
+    while it rings saw another end than the service would give."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [{sleep: 2000}, answer, {sleep: 2000}]}\n")
+    for hangup_at, reason in (("1", "remote_cancel"), ("3", "remote_hangup")):
+        r = swml("run", str(doc), "--hangup-at", hangup_at, "--out", str(tmp_path / hangup_at))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"call ended after {hangup_at}.00 s of call time") and f": {reason}\n" in r.stdout
+        ended = json.loads((tmp_path / hangup_at / "events.jsonl").read_text().splitlines()[-1])
+        assert ended == {**ended, "type": "call.state", "state": "ended", "reason": reason}

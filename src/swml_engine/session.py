@@ -26,7 +26,6 @@ from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.script.runner import Runner, RunResult
-from swml_engine.transports.base import Transport
 from swml_engine.transports.simulated import CallerScript, PeerScript, SimulatedDialer, SimulatedTransport
 
 
@@ -116,6 +115,7 @@ class CtrlC:
         #: A Ctrl-C ended the wait for status callbacks.
         self.wait_cut = False
         self._call: Call | None = None
+        self._caller: SimulatedTransport | None = None
         self._cut = asyncio.Event()
 
     def received(self) -> None:
@@ -128,19 +128,20 @@ class CtrlC:
             self.stop_now()
         self.pressed = True
 
-    def attach(self, call: Call) -> None:
-        """The call exists: a Ctrl-C that came while it was being set up hangs it up now."""
-        self._call = call
+    def attach(self, call: Call, caller: SimulatedTransport) -> None:
+        """The call exists, ``caller`` its simulated caller: a Ctrl-C that came while it was being set up
+        hangs it up now."""
+        self._call, self._caller = call, caller
         if self.pressed:
             self._hang_up()
 
     def _hang_up(self) -> None:
-        call = self._call
-        if call is None or call.is_ended:
+        call, caller = self._call, self._caller
+        if call is None or caller is None or call.is_ended:
             return
         self.hung_up_at = call.now()
         call.events.emit("warning", where="swml run", message="interrupted (Ctrl-C): the caller hung up")
-        call.on_remote_hangup("hangup")
+        caller.caller_hangs_up()
 
     async def wait(self, callbacks: CallbackHub, seconds: float) -> None:
         """Wait for ``callbacks`` still being delivered (up to ``seconds``) unless a Ctrl-C ends it: then
@@ -209,7 +210,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
             events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
     try:
         script = CallerScript(caller_samples(sim), list(sim.dtmf), sim.hangup_at, tuple(sim.peers))
-        transport: Transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
+        transport = SimulatedTransport(sim.rate, script, out / "heard.wav" if out else None)
         data_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="swml-run-"))
         store = RecordingStore(data_dir / "recordings", keyring=sim.keyring)
         callbacks = CallbackHub(events, timeout=sim.callback_timeout)
@@ -225,7 +226,7 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         )
         call = Call(transport, call_id=call_id, events=events, options=options)
         if sim.ctrl_c is not None:
-            sim.ctrl_c.attach(call)
+            sim.ctrl_c.attach(call, transport)
         headers = [{"name": k, "value": v} for k, v in sim.headers]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)

@@ -166,7 +166,13 @@ class SimulatedTransport(Transport):
         for t, digit in self.script.dtmf:
             self._timers.append(loop.call_at(t0 + t, call.on_dtmf, digit))
         if self.script.hangup_at is not None:
-            self._timers.append(loop.call_at(t0 + self.script.hangup_at, call.on_remote_hangup, "hangup"))
+            self._timers.append(loop.call_at(t0 + self.script.hangup_at, self.caller_hangs_up))
+
+    def caller_hangs_up(self) -> None:
+        """The caller goes (``--hangup-at``, a first Ctrl-C): a hangup once answered, before that a cancel
+        (``remote_cancel``), as a SIP caller's BYE or CANCEL ends a call of ``swml serve``."""
+        if self.call is not None:
+            self.call.on_remote_hangup("hangup" if self.answered else "cancel")
 
     def read_speak(self) -> Frame | None:
         return self._voice.read()
