@@ -492,6 +492,23 @@ sections:
     assert legs(res)[0] == (0.0, "", "failed", "error")
 
 
+def test_codecs_substituted_to_none_the_engine_speaks_fail_the_leg_in_swml_run_as_on_swml_serve() -> None:
+    doc = """
+sections:
+  main:
+    - set: {wanted: "OPUS"}
+    - connect: {parallel: [{to: "sip:agent@example.com", codecs: "${wanted}"}, {to: "sip:b@example.com"}]}
+"""
+    res = run_doc(doc, peers=[peer(at=1.0, hangup=1.0), peer("sip:b@example.com", at=2.0, hangup=1.0)])
+    failed = of_type(res, "connect.leg")[0]
+    assert (failed["to"], failed["state"], failed["reason"]) == (AGENT, "failed", "error")
+    assert failed["text"] == (
+        "sections.main[1].connect.parallel[0].codecs: 'OPUS' (none of them is a codec this engine speaks: G722, "
+        "PCMU, PCMA): not supported by this engine"
+    )
+    assert states(res)[1] == (2.0, "connected")  # the other destination
+
+
 def test_without_a_dialer_every_leg_is_unreachable_with_one_warning() -> None:
     from swml_engine.call import Call, CallOptions
     from swml_engine.dialing import DialTarget

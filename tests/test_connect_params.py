@@ -248,6 +248,21 @@ def test_codecs_are_names_answer_knows() -> None:
     assert errors({"to": "sip:a@example.com", "codecs": "PCMU,SPEEX"}) == [
         "sections.main[0].connect.codecs: unknown codec(s) SPEEX; known: PCMU, PCMA, G722, G729, AMR-WB, OPUS, VP8, H264"
     ]
+    # Known, but none this engine speaks: every SIP leg would fail on swml serve (swml run took it). A phone
+    # number's leg does not use codecs (connect.mdx), so there they are no matter.
+    assert errors({"to": "sip:a@example.com", "codecs": "PCMU,OPUS"}) == []
+    assert problems({"to": "+15551230001", "codecs": "OPUS"}) == ([], [])
+    assert problems({"codecs": "OPUS", "serial": [{"to": "sip:a@example.com"}, {"to": "sip:b@example.com"}]})[1] == [
+        "sections.main[0].connect.codecs: 'OPUS' (none of them is a codec this engine speaks: G722, PCMU, PCMA): "
+        "not supported by this engine"
+    ]
+    assert problems({"serial": [{"to": "sip:a@example.com", "codecs": "OPUS,G729@8000h"}]}) == (
+        [],
+        [
+            "sections.main[0].connect.serial[0].codecs: 'OPUS,G729@8000h' (none of them is a codec this engine "
+            "speaks: G722, PCMU, PCMA): not supported by this engine"
+        ],
+    )
 
 
 def test_confirm_is_a_url_or_steps_that_make_sense_on_a_far_leg() -> None:

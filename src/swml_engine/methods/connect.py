@@ -46,6 +46,7 @@ from swml_engine.methods.play import SoundSpec, VoiceParams, sounds_of, voice_of
 from swml_engine.methods.switch import Switch
 from swml_engine.methods.transfer import transfer_dest
 from swml_engine.script.step import StepContext
+from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.message import header_key, header_spelling
 from swml_engine.transports.sip.uri import UriError, parse_uri
 from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
@@ -206,6 +207,15 @@ class Codecs(Str):
         if unknown:
             raise ParamError(path, f"unknown codec(s) {', '.join(unknown)}; known: {', '.join(KNOWN_CODECS)}")
         return text
+
+
+def none_spoken(codecs: str) -> str | None:
+    """Why a SIP leg offered ``codecs`` cannot be placed: none of them is one this engine speaks (SIP
+    offers only what the engine speaks; the others are left out). None when one is, or none is named."""
+    names = codec_names(codecs)
+    if not names or any(n in SUPPORTED for n in names):
+        return None
+    return f"{codecs!r} (none of them is a codec this engine speaks: {', '.join(SUPPORTED)})"
 
 
 class Encryption(Str):
@@ -437,6 +447,16 @@ def check_connect(params: object, where: str) -> list[ParamError]:
         own = dest.get("headers")
         if isinstance(own, list) and len(own) > MAX_HEADERS:
             errors.append(ParamError(f"{path}.headers", f"{len(own)} headers; at most {MAX_HEADERS}"))
+    unspoken: dict[str, str] = {}  # codecs' place -> why (a SIP destination's; a phone number's are not used)
+    for dest, path in destinations:
+        codecs, place = (
+            (dest["codecs"], f"{path}.codecs") if "codecs" in dest else (params.get("codecs"), f"{where}.codecs")
+        )
+        to = dest.get("to")
+        sip = isinstance(to, str) and to.strip().lower().startswith(("sip:", "sips:"))
+        if sip and isinstance(codecs, str) and not is_templated(codecs) and (why := none_spoken(codecs)):
+            unspoken[place] = why
+    errors.extend(NotSupported(place, why) for place, why in unspoken.items())
     for dest, path in destinations:
         has_user = "username" in dest or "username" in params
         has_password = "password" in dest or "password" in params
@@ -631,6 +651,9 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         problem = f"{where}.encryption: 'mandatory' (SRTP media encryption) is not supported by this engine"
     if setting("webrtc_media", leg, top):
         problem = f"{where}.webrtc_media: WebRTC media is not supported by this engine"
+    codecs = setting("codecs", leg, top)
+    if device == "sip" and codecs and (why := none_spoken(codecs)):
+        problem = f"{where}.codecs: {why}: not supported by this engine"
     username, password = setting("username", leg, top), setting("password", leg, top)
     if (username is None) != (password is None):
         problem = f"{where}: {CREDENTIALS_PAIR}"
@@ -651,7 +674,7 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         username=username,
         password=password,
         headers=tuple((h["name"], h["value"]) for h in headers),
-        codecs=tuple(codec_names(setting("codecs", leg, top))),
+        codecs=tuple(codec_names(codecs)),
         session_timeout=setting("session_timeout", leg, top),
         caller_call_id=ctx.call.call_id,
         max_forwards=None if hops is None else max(0, hops - 1),
