@@ -429,7 +429,8 @@ def _with_confirm(item: object, where: str, blocks: BlockLoader) -> Any:
 
 
 def check_connect(params: object, where: str) -> list[ParamError]:
-    """Errors beyond each value's own: one shape, bounded sizes, credentials in pairs."""
+    """Errors beyond each value's own: one shape, bounded sizes, credentials in pairs, a codec a SIP leg
+    can offer."""
     errors = check_params(ConnectParams, params, where)
     if not isinstance(params, dict):
         return errors
