@@ -304,3 +304,17 @@ def test_a_caller_hanging_up_before_the_answer_cancels_the_call_as_a_sip_caller_
         assert r.stdout.startswith(f"call ended after {hangup_at}.00 s of call time") and f": {reason}\n" in r.stdout
         ended = json.loads((tmp_path / hangup_at / "events.jsonl").read_text().splitlines()[-1])
         assert ended == {**ended, "type": "call.state", "state": "ended", "reason": reason}
+
+
+def test_a_peer_sound_ffmpeg_cannot_read_is_a_bad_option(tmp_path: Path) -> None:
+    """--peer 'DEST=answer,audio:junk.wav': the run went on with the connect failing 'error' at the dial,
+    the summary saying 'errors: 0' and exit 0; a --caller-audio FFmpeg cannot read is exit 2 at once."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [{connect: {to: 'sip:bob@example.com'}}]}\n")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 50)
+    for item in ("audio", "early"):
+        spec = f"sip:bob@example.com=answer@1s,ring@0,{item}:{junk}"
+        r = swml("run", str(doc), "--peer", spec, "--out", str(tmp_path / "o"))
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.startswith(f"swml run: --peer {spec!r}: {item}:{junk}: not a readable audio file"), r.stderr

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from swml_engine.errors import DocumentError
 
 if TYPE_CHECKING:  # (the run's modules load when it runs: swml validate starts fast)
+    from swml_engine.media.frame import Samples
     from swml_engine.session import CtrlC
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
@@ -176,10 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"swml run: --peer {e}", file=sys.stderr)
             return EXIT_USAGE
-        for sound in (peer.early, peer.audio):
-            if isinstance(sound, Path) and not sound.is_file():
-                print(f"swml run: --peer {text!r}: no such file: {sound}", file=sys.stderr)
-                return EXIT_USAGE
+        try:  # its sounds decoded here, as --caller-audio is: a file FFmpeg cannot read is a bad option
+            rate = peer.rate or args.rate  # (the far leg's rate, as the dialer would decode them)
+            peer = replace(peer, early=_sound(peer.early, "early", rate), audio=_sound(peer.audio, "audio", rate))
+        except ValueError as e:
+            print(f"swml run: --peer {text!r}: {e}", file=sys.stderr)
+            return EXIT_USAGE
         peers.append(peer)
     caller = Path(args.caller_audio) if args.caller_audio else None
     if caller is not None and not caller.is_file():
@@ -282,6 +286,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"swml run: {_interrupted(ctrl_c, res.events)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _sound(source: Path | Samples | None, item: str, rate: int) -> Samples | None:
+    """A --peer item's sound file decoded at ``rate``; ValueError names the item and what is wrong."""
+    from swml_engine.media.audio import AudioError, decode
+
+    if not isinstance(source, Path):
+        return source
+    if not source.is_file():
+        raise ValueError(f"no such file: {source}")
+    try:
+        return decode(source, rate)
+    except (AudioError, OSError) as e:
+        raise ValueError(f"{item}:{source}: {e}") from None
 
 
 def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
