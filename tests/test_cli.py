@@ -318,3 +318,24 @@ def test_a_peer_sound_ffmpeg_cannot_read_is_a_bad_option(tmp_path: Path) -> None
         r = swml("run", str(doc), "--peer", spec, "--out", str(tmp_path / "o"))
         assert r.returncode == 2 and r.stdout == ""
         assert r.stderr.startswith(f"swml run: --peer {spec!r}: {item}:{junk}: not a readable audio file"), r.stderr
+
+
+def test_a_run_leaves_no_far_party_s_heard_file_of_an_earlier_run_in_its_out(tmp_path: Path) -> None:
+    """heard.wav, events.jsonl and vars.json are replaced by each run into an --out; peer-1-heard.wav of
+    an earlier run stayed beside them, read as what this run's far party heard."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [{connect: {to: 'sip:bob@example.com'}}]}\n")
+    out = tmp_path / "o"
+    r = swml("run", str(doc), "--peer", "sip:bob@example.com=answer,hangup@1", "--out", str(out))
+    assert r.returncode == 0 and (out / "peer-1-heard.wav").is_file(), r.stderr
+    (out / "peer-10-heard-2.wav").write_bytes((out / "peer-1-heard.wav").read_bytes())
+    mine = out / "peer-1-heard-notes.txt"  # not a name a run writes: kept
+    mine.write_text("x")
+    r = swml("run", str(doc), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "events.jsonl",
+        "heard.wav",
+        "peer-1-heard-notes.txt",
+        "vars.json",
+    ]

@@ -26,7 +26,13 @@ from swml_engine.recording.recovery import recover
 from swml_engine.recording.store import RecordingStore
 from swml_engine.script.context import Variables
 from swml_engine.script.runner import Runner, RunResult
-from swml_engine.transports.simulated import CallerScript, PeerScript, SimulatedDialer, SimulatedTransport
+from swml_engine.transports.simulated import (
+    PEER_HEARD_NAME,
+    CallerScript,
+    PeerScript,
+    SimulatedDialer,
+    SimulatedTransport,
+)
 
 
 def call_scope(call: Call, *, from_: str, to: str, headers: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -206,6 +212,9 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
     if sim.on_event is not None:
         events.sinks.append(sim.on_event)
     if out is not None:
+        for stale in out.glob("peer-*-heard*.wav"):  # an earlier run's far parties: not this run's
+            if PEER_HEARD_NAME.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
         for rec in recover(out / "recordings", sim.keyring):  # a previous run into this directory was killed
             events.emit("record.recovered", recording_id=rec.recording_id, duration=rec.duration, note=rec.note)
     try:

@@ -237,6 +237,9 @@ PEER_MAX_SECONDS = 14400.0
 PEER_MAX_TEXT = 4096
 #: What-the-far-party-heard files one --peer writes at most (a script dialling it in a loop).
 PEER_HEARD_FILES = 20
+#: The names of those files (``peer-<n>-heard.wav``, ``peer-<n>-heard-<k>.wav``): an earlier run's are
+#: removed from ``--out`` before a run, as its heard.wav is replaced.
+PEER_HEARD_NAME = re.compile(r"peer-[1-9][0-9]*-heard(?:-[1-9][0-9]*)?\.wav")
 
 _OUTCOMES: dict[str, PeerOutcome] = {w: w for w in get_args(PeerOutcome)}
 _TIME = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)?$")
