@@ -339,3 +339,18 @@ def test_a_run_leaves_no_far_party_s_heard_file_of_an_earlier_run_in_its_out(tmp
         "peer-1-heard-notes.txt",
         "vars.json",
     ]
+
+
+def test_run_of_an_invalid_document_also_names_its_unsupported_methods_as_validate_does(tmp_path: Path) -> None:
+    """A document with an error and an unsupported method: swml validate names both, swml run named only
+    the error, and the user fixing it learnt of the other at the next run."""
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [{ai: {}}, {sleep: -3}]}\n")
+    lines = [
+        f"{doc}: sections.main[1].sleep.duration: -3 is below the minimum 0 ms",
+        f"{doc}: sections.main[0].ai: not supported by this engine",
+    ]
+    r = swml("validate", str(doc))
+    assert r.returncode == 1 and r.stderr.splitlines() == lines
+    r = swml("run", str(doc), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.splitlines() == lines

@@ -52,6 +52,14 @@ def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
     return out
 
 
+def _refused(file: str, e: DocumentError) -> int:
+    """Say every error of a document, then every method it uses that this engine does not run; the exit
+    code: invalid, else unsupported."""
+    for err in (*e.errors, *e.unsupported):
+        print(f"{file}: {err}", file=sys.stderr)
+    return EXIT_INVALID if e.errors else EXIT_UNSUPPORTED
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from swml_engine.document.loader import load_file
     from swml_engine.methods import REGISTRY
@@ -61,11 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             load_file(file, methods=REGISTRY)
         except DocumentError as e:
-            for err in e.errors:
-                print(f"{file}: {err}", file=sys.stderr)
-            for err in e.unsupported:
-                print(f"{file}: {err}", file=sys.stderr)
-            if e.errors:
+            if _refused(file, e) == EXIT_INVALID:
                 worst = EXIT_INVALID  # invalid outranks unsupported
             elif worst == EXIT_OK:
                 worst = EXIT_UNSUPPORTED
@@ -163,9 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         doc = load_file(args.file, methods=REGISTRY)
     except DocumentError as e:
-        for err in e.errors or e.unsupported:
-            print(f"{args.file}: {err}", file=sys.stderr)
-        return EXIT_INVALID if e.errors else EXIT_UNSUPPORTED
+        return _refused(args.file, e)
     try:
         dtmf = parse_dtmf_schedule(args.dtmf or "")
     except ValueError as e:
