@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import RATE, read_wav, rms, run_doc, spectrum_peaks, tone, window
+from swml_engine import call as call_module
 from swml_engine.session import SimResult
 from swml_engine.transports.simulated import PeerScript, parse_peer
 
@@ -392,6 +393,20 @@ def test_max_duration_bounds_the_bridge_and_the_script_goes_on() -> None:
     assert of_type(res, "connect.state")[-1]["reason"] == "max_duration"
     assert step_starts(res, "play") == [7.0]
     assert outcome(res) == ("connected", None, "connected")
+
+
+def test_a_bridge_lasts_its_max_duration_past_the_default_call_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridge given more than 4 hours (max_duration up to a day) was cut at 4 hours by the far leg's own
+    call limit, and reported as the far party hanging up. Scaled down here: calls' default limit 10 s
+    (answer's max_duration gives the caller's call 100 s), the bridge 30 s."""
+    monkeypatch.setattr(call_module, "DEFAULT_MAX_DURATION", 10.0)
+    doc = (
+        "sections:\n  main:\n    - answer: {max_duration: 100}\n"
+        '    - connect: {to: "sip:agent@example.com", max_duration: 30}\n'
+    )
+    res = run_doc(doc, peers=[peer(at=2.0)])
+    assert of_type(res, "connect.state")[-1]["reason"] == "max_duration"
+    assert states(res)[-1] == (32.0, "disconnected")
 
 
 def test_result_switch_runs_once_the_far_leg_has_ended() -> None:

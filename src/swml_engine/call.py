@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 #: answer.mdx: max_duration defaults to 14400 s (4 hours).
 DEFAULT_MAX_DURATION = 14400.0
+#: How long a far leg's own call may last from its answer: a day, the most connect's ``max_duration``
+#: may give its bridge — the dial plan bounds the bridge itself, and the far call must not cut it first
+#: (with the default 4 hours, a bridge given 8 ended at 4, as the far party's hang-up).
+FAR_LEG_LIMIT = 86400.0
 
 DtmfListener = Callable[[str], None]
 
@@ -207,13 +211,13 @@ class Call:
 
     def on_answered(self) -> None:
         """The far party answered a call the engine placed (called through its transport's report of
-        ``answered``). The call is answered from now on, as :meth:`answer` makes an inbound one, with
-        the default ``max_duration`` (the dial plan bounds the bridge itself)."""
+        ``answered``). The call is answered from now on, as :meth:`answer` makes an inbound one, bounded
+        by :data:`FAR_LEG_LIMIT` (the dial plan bounds the bridge itself, by its ``max_duration``)."""
         if self.answered or self.is_ended:
             return
         self.answered_at = self.now()
         self._enter("answered")
-        self._limit(DEFAULT_MAX_DURATION)
+        self._limit(FAR_LEG_LIMIT)
 
     def change_rate(self, rate: int) -> bool:
         """Run at ``rate`` from now on (a transport whose codec is chosen at answer time). Refused (False)
