@@ -235,6 +235,27 @@ def test_headers_the_engine_writes_are_refused() -> None:
     assert errors({"to": "sip:a@example.com", "headers": [{"name": "s", "value": "support call"}]}) == []  # Subject
 
 
+def test_a_name_or_header_value_is_refused_where_checked_exactly_when_the_invite_could_not_carry_it() -> None:
+    """One rule (message.unfit_for_a_header) at validate and where the INVITE is written: a no-break space
+    in a display name passed validate and failed every leg on swml serve (the SIP side took only what
+    str.isprintable() calls printable); a line separator or a bidirectional override passed validate too."""
+    from swml_engine.dialing import DialTarget
+    from swml_engine.transports.sip.outbound import caller_id
+    from swml_engine.transports.sip.uac import checked_headers
+
+    for fine in ("Dr\u00a0Smith", "Zoë Ångström", "李小龙", "Support (24/7)"):
+        assert (
+            errors({"to": "sip:a@example.com", "from_name": fine, "headers": [{"name": "X-Who", "value": fine}]}) == []
+        )
+        assert caller_id(DialTarget(to="sip:a@example.com", from_="+15551230000", from_name=fine))[1] == fine
+        assert checked_headers([("X-Who", fine)]) == (("X-Who", fine),)
+    for unfit in ("a\u2028b", "admin\u202egnp.exe", "tab\there", "nul\x00"):
+        said = errors({"to": "sip:a@example.com", "from_name": unfit})
+        assert said and said[0].startswith("sections.main[0].connect.from_name: "), said
+        said = errors({"to": "sip:a@example.com", "headers": [{"name": "X-A", "value": unfit}]})
+        assert said and said[0].startswith("sections.main[0].connect.headers[0].value: "), said
+
+
 def test_credentials_go_in_pairs_after_inheritance() -> None:
     assert errors({"username": "u", "serial": [{"to": "sip:a@example.com", "password": "p"}]}) == []
     assert errors({"serial": [{"to": "sip:a@example.com", "username": "u"}]}) == [

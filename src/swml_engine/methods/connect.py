@@ -47,7 +47,7 @@ from swml_engine.methods.switch import Switch
 from swml_engine.methods.transfer import transfer_dest
 from swml_engine.script.step import StepContext
 from swml_engine.transports.sip.codecs import SUPPORTED
-from swml_engine.transports.sip.message import header_key, header_spelling
+from swml_engine.transports.sip.message import header_key, header_spelling, unfit_for_a_header
 from swml_engine.transports.sip.uri import UriError, parse_uri
 from swml_engine.vocabulary import ConnectState, DisconnectReason, FailReason
 
@@ -71,7 +71,6 @@ DEFAULT_CALL_STATE_EVENTS = ("ended",)
 DestinationKind = Literal["sip", "phone"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: SIP header names a script may not set: the engine writes them (RFC 3261 §20) or they would break the call.
 _RESERVED_HEADERS = frozenset(
     h.lower()
@@ -108,7 +107,7 @@ def destination_kind(to: str, path: str) -> DestinationKind:
     low = text.lower()
     if not text:
         raise ParamError(path, "is empty: give a phone number in E.164 form (+15551234567) or a sip: URI")
-    if _CONTROL.search(text):  # (a caller's value in it must not put bytes like these into the INVITE)
+    if unfit_for_a_header(text):  # (a caller's value in it must not put bytes like these into the INVITE)
         raise ParamError(path, f"{describe(to)} holds a line break or control character")
     if low.startswith(("sip:", "sips:")):
         try:
@@ -182,7 +181,7 @@ class Text(Str):
         assert isinstance(text, str)
         if len(text) > self.limit:
             raise ParamError(path, f"{describe(text)} is longer than {self.limit} characters")
-        if _CONTROL.search(text):
+        if unfit_for_a_header(text):
             raise ParamError(path, f"{describe(text)} holds a line break or control character")
         return text
 

@@ -205,6 +205,19 @@ class BadHeader(ValueError):
         self.why = why
 
 
+#: Characters no text we put in a header may hold: controls (line breaks above all), line and paragraph
+#: separators, surrogates, and the bidirectional overrides that make a log line read other than it is.
+#: Anything else a display name or a header value may hold (RFC 3261 takes UTF-8 there): a no-break space,
+#: accents, other scripts.
+_UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def unfit_for_a_header(text: str) -> bool:
+    """Whether ``text`` holds a character no header value or display name we write may hold
+    (:data:`_UNFIT`): the same rule where a document is checked and where the INVITE is written."""
+    return _UNFIT.search(text) is not None
+
+
 @lru_cache(maxsize=1024)  # the same few dozen names come in every message
 def header_key(name: str) -> str:
     """The name a header is matched by: lower case, compact forms expanded."""

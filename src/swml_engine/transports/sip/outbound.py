@@ -39,6 +39,7 @@ from swml_engine.transports.sip.call import SipMedia
 from swml_engine.transports.sip.codecs import SUPPORTED
 from swml_engine.transports.sip.endpoint import Endpoint
 from swml_engine.transports.sip.locate import AS_GIVEN, NO_SRV, Hop, addresses, locate, looked_up
+from swml_engine.transports.sip.message import unfit_for_a_header
 from swml_engine.transports.sip.sdp import NotAcceptable, parse_offer
 from swml_engine.transports.sip.session_timer import MIN_SE
 from swml_engine.transports.sip.uac import (
@@ -205,7 +206,7 @@ def caller_id(target: DialTarget) -> tuple[str | None, str | None]:
     elif given:
         user = quote(given, safe=_USER_SAFE)
     display = target.from_name
-    if display is not None and (len(display) > MAX_DISPLAY_NAME or not display.isprintable()):
+    if display is not None and (len(display) > MAX_DISPLAY_NAME or unfit_for_a_header(display)):
         raise CannotDial(
             DialFailure("error", text=f"from_name: at most {MAX_DISPLAY_NAME} printable characters on one line")
         )

@@ -67,6 +67,7 @@ from swml_engine.transports.sip.message import (
     Via,
     header_key,
     response_to,
+    unfit_for_a_header,
 )
 from swml_engine.transports.sip.session_timer import (
     MIN_SE,
@@ -451,7 +452,7 @@ def checked_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str]
             raise UacError(f"OutboundCall(headers=...): {name[:40]!r} is not a header name (letters, digits, '-')")
         if header_key(name) in _OURS:
             raise UacError(f"OutboundCall(headers=...): {name} is written by the SIP core itself; leave it out")
-        if len(value) > MAX_HEADER_VALUE or any(not c.isprintable() for c in value):
+        if len(value) > MAX_HEADER_VALUE or unfit_for_a_header(value):
             raise UacError(
                 f"OutboundCall(headers=...): the {name} value must be printable, on one line, at most"
                 f" {MAX_HEADER_VALUE} characters"
