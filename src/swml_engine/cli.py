@@ -393,7 +393,19 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The commands whose parsers this module holds. Any other (serve, index) is swml serve's side, whose
+#: parser imports the SIP stack and FastAPI: about a second, most of a small document's validate.
+_OWN_COMMANDS = ("validate", "run", "recover", "decrypt")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command a command line names: its first word (``swml -h run`` names none: the help lists all)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; when ``command`` is one of this module's own, swml serve's side is left
+    out (it is not needed to parse that command line, and takes a second to load)."""
     p = argparse.ArgumentParser(prog="swml", description="Run SWML call scripts on your own machines.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -439,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     from swml_engine.recording.crypt_cli import add_decrypt_parser
 
     add_decrypt_parser(sub)
+    if command in _OWN_COMMANDS:
+        return p
 
     from swml_engine.service.cli import add_parser as add_serve
     from swml_engine.service.indexcli import add_parser as add_index
@@ -449,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
