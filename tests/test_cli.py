@@ -279,7 +279,9 @@ def test_the_summary_names_each_recording_this_run_made_among_earlier_runs_ones(
     "1 made by this call" (README: it prints "the recordings made"), so which one to listen to was a
     guess."""
     doc = tmp_path / "a.yaml"
-    doc.write_text("sections: {main: [answer, {record_call: {format: mp3}}, {sleep: 1500}, stop_record_call]}\n")
+    doc.write_text(
+        "sections: {main: [answer, {record_call: {format: mp3, beep: true}}, {sleep: 1500}, stop_record_call]}\n"
+    )
     out = tmp_path / "o"
     assert swml("run", str(doc), "--out", str(out)).returncode == 0
     earlier = {p.name for p in (out / "recordings").glob("*.mp3")}
@@ -287,9 +289,9 @@ def test_the_summary_names_each_recording_this_run_made_among_earlier_runs_ones(
     assert r.returncode == 0, r.stderr
     (made,) = {p.name for p in (out / "recordings").glob("*.mp3")} - earlier
     meta = json.loads((out / "recordings" / made.replace(".mp3", ".json")).read_text())
-    assert f"  recording at 0.00 s: recordings/{made} ({meta['duration']:.2f} s, ended: stop_record_call)" in (
-        r.stdout.splitlines()
-    )
+    # (at its first sample, in heard.wav's time: after the beep)
+    said = f"  recording at {meta['call_time']:.2f} s: recordings/{made} ({meta['duration']:.2f} s, ended: stop_record_call)"
+    assert meta["call_time"] > 0.25 and said in r.stdout.splitlines(), r.stdout
 
 
 def test_a_caller_hanging_up_before_the_answer_cancels_the_call_as_a_sip_caller_does(tmp_path: Path) -> None:

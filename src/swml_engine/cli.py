@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import signal
@@ -271,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sent, delivered = _callbacks(res.events)
         if sent:
             print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
-        made = _recordings(res.events)
+        made = _recordings(res.events, out / "recordings")
         for line in made[:10]:
             print(f"  {line}")
         if len(made) > 10:
@@ -318,9 +320,10 @@ def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
     return sum(1 for e in tried if first(e)), sum(1 for e in tried if e.get("delivered"))
 
 
-def _recordings(events: list[dict[str, Any]]) -> list[str]:
-    """A line for each recording the run made, in the order they started: its file under recordings/ (an
-    ``--out`` used before holds earlier runs' files too), its length and why it ended."""
+def _recordings(events: list[dict[str, Any]], where: Path) -> list[str]:
+    """A line for each recording the run made, in the order they started: where its first sample is on
+    the call (its metadata's ``call_time``, as in heard.wav), its file under recordings/ (an ``--out``
+    used before holds earlier runs' files too), its length and why it ended."""
     last: dict[str, dict[str, Any]] = {}
     started: dict[str, float] = {}
     for e in events:
@@ -331,6 +334,8 @@ def _recordings(events: list[dict[str, Any]]) -> list[str]:
     for rid, t in started.items():
         state = last[rid]
         name = unquote(urlsplit(str(state.get("url") or "")).path).rsplit("/", 1)[-1] or rid
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # (else its first event's time)
+            t = float(json.loads((where / f"{rid}.json").read_text())["call_time"])
         length = f"{state['duration']:.2f} s, " if "duration" in state else ""
         lines.append(f"recording at {t:.2f} s: recordings/{name} ({length}ended: {state.get('end_reason')})")
     return lines
