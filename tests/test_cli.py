@@ -374,3 +374,11 @@ def test_validate_and_run_start_without_loading_the_service(tmp_path: Path) -> N
     assert "serve" in listed and "index" in listed and "--script-url" in swml("serve", "--help").stdout
     r = swml("vaildate", str(doc))
     assert r.returncode == 2 and "'serve'" in r.stderr
+
+
+def test_a_header_or_env_without_a_value_is_named_with_its_command(tmp_path: Path) -> None:
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [answer]}\n")
+    for option in ("--header", "--env"):
+        r = swml("run", str(doc), option, "X", "--out", str(tmp_path / "o"))
+        assert r.returncode == 2 and r.stderr == f"swml run: {option} 'X': write NAME=VALUE\n"

@@ -48,7 +48,7 @@ def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            print(f"swml: {option} {item!r}: write NAME=VALUE", file=sys.stderr)
+            print(f"swml run: {option} {item!r}: write NAME=VALUE", file=sys.stderr)
             raise SystemExit(EXIT_USAGE)
         out.append((name.strip(), value))
     return out
