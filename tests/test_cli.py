@@ -257,6 +257,8 @@ def test_run_help_has_every_option_the_readme_names() -> None:
     shown = swml("run", "--help").stdout
     assert len(named) >= 10 and {o for o in named if o not in shown} == set()
     assert "FROM_" not in shown  # the variable's name, not the option's
+    # what a script reading call.from and call.to gets unless told, as the README says
+    assert "(default +15551230000)" in shown and "(default +15557890000)" in shown
 
 
 def test_a_header_given_twice_reaches_the_script_twice_as_a_sip_invite_s_would(tmp_path: Path) -> None:

@@ -420,13 +420,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a document on a simulated call")
-    r.add_argument("file", metavar="FILE")
+    r.add_argument("file", metavar="FILE", help="the SWML document (YAML or JSON)")
     r.add_argument("--caller-audio", metavar="WAV", help="what the caller says, from the moment of answer")
-    r.add_argument("--dtmf", metavar="T:DIGITS[,T:DIGITS]", help="digits the caller presses at T seconds")
+    r.add_argument(
+        "--dtmf",
+        metavar="T:DIGITS[,T:DIGITS]",
+        help="digits the caller presses at T seconds from the call's start, 250 ms apart",
+    )
     r.add_argument("--hangup-at", type=_seconds, metavar="T", help="the caller hangs up at T seconds")
-    r.add_argument("--from", dest="from_", default="+15551230000", metavar="FROM", help="call.from")
-    r.add_argument("--to", default="+15557890000", help="call.to")
-    r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="a call header")
+    r.add_argument(
+        "--from", dest="from_", default="+15551230000", metavar="FROM", help="call.from (default %(default)s)"
+    )
+    r.add_argument("--to", default="+15557890000", help="call.to (default %(default)s)")
+    r.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="a call header (repeat for several)"
+    )
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an envs variable")
     r.add_argument(
         "--peer",
