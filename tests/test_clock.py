@@ -36,7 +36,9 @@ def test_stalled_loop_skips_ticks_and_the_recording_keeps_the_call_length(
     [meta] = _metas(tmp_path)
     call_length = res.duration
     # the recording covers the whole call (from record_call to the end), the stall included
-    assert abs(float(meta["duration"]) - (call_length - stalls[0])) < 0.1, (meta["duration"], call_length)
+    # (within 0.2 s: a loaded machine's own delays at the end, 0.107 s in pair 24; without the skipped
+    # ticks' silence the file would be 0.4 s short)
+    assert abs(float(meta["duration"]) - (call_length - stalls[0])) < 0.2, (meta["duration"], call_length)
     audio, _ = read_wav(Path(str(meta["url"]).removeprefix("file://")))
     left = audio[:, 0].astype(np.int32)
     frames = left[: len(left) // 160 * 160].reshape(-1, 160)

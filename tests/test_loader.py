@@ -212,7 +212,9 @@ def test_hostile_documents_get_an_error_not_a_traceback_or_a_hang() -> None:
         started = time.monotonic()
         with pytest.raises(DocumentError) as info:
             load_text(text, methods=REGISTRY)
-        assert message in str(info.value.errors[0]) and time.monotonic() - started < 5
+        # (a hang, not a speed: these took minutes to hours before; 5 s was passed on a machine running
+        # two suites — 5.6 s for the steps bomb in pair 24)
+        assert message in str(info.value.errors[0]) and time.monotonic() - started < 60
 
 
 def test_long_values_are_cut_short_in_messages() -> None:

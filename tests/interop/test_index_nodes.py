@@ -210,6 +210,7 @@ def test_a_node_started_while_postgresql_is_away_takes_calls_and_fills_the_index
         return code == 200 and {r["recording_id"] for r in found["recordings"]} == {rid, "kept-from-before"}
 
     assert wait_for(listed, 30), api(node, "/api/recordings")
-    assert [c["state"] for c in api(node, "/api/calls")[1]["calls"]] == ["ended"]
+    # (the call's row may come in a later batch than the recordings': pair 24)
+    assert wait_for(lambda: [c["state"] for c in api(node, "/api/calls")[1]["calls"]] == ["ended"], 30)
     assert wait_for(lambda: api(node, "/health")[1]["index"] == "open", 20)
     assert "brought up to date" in eng.log()

@@ -440,11 +440,12 @@ def test_status_callbacks_from_a_sip_call(engine: EngineFactory, http_server: Ht
     call_id = next(e["call_id"] for e in eng.call_events()[0] if e["type"] == "call.state")
     assert all(p["event_type"] == "calling.call.record" and p["params"]["call_id"] == call_id for p in posts)
     # As long as the call was recorded: the sleep's second at least, and what a loaded machine added to it
-    # (pair 23: the sleep ended 0.36 s late on a machine running two suites), to within a frame or two.
+    # (pair 23: the sleep ended 0.36 s late on a machine running two suites) — never more than the time
+    # from its start to its finished state, which also holds the file's finishing (60 ms in pair 24).
     states = [e for e in eng.call_events()[0] if e["type"] == "record.state"]
     took = float(states[-1]["t"]) - float(states[0]["t"])  # type: ignore[arg-type]
     duration = float(posts[-1]["params"]["duration"])
-    assert duration >= 0.98 and abs(duration - took) < 0.045, (duration, took)
+    assert 0.98 <= duration <= took + 0.045, (duration, took)
 
 
 # --- a hostile or broken --script-url server (docs/documents.md, "Remote documents") ------------------
