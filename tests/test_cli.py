@@ -384,3 +384,30 @@ def test_a_header_or_env_without_a_value_is_named_with_its_command(tmp_path: Pat
     for option in ("--header", "--env"):
         r = swml("run", str(doc), option, "X", "--out", str(tmp_path / "o"))
         assert r.returncode == 2 and r.stderr == f"swml run: {option} 'X': write NAME=VALUE\n"
+
+
+def test_the_summary_says_why_status_callbacks_were_not_delivered(tmp_path: Path) -> None:
+    """A receiver that is down (a status_url on a closed port): the summary said '0 of 2 delivered' and
+    'errors: 0'; why was in events.jsonl alone. The wait for retries is cut short by a Ctrl-C."""
+    import signal
+    import socket
+
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens on it
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/cb"
+    doc = tmp_path / "a.yaml"
+    doc.write_text(f"sections: {{main: [answer, {{play: {{url: 'silence:1', status_url: '{url}'}}}}]}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swml_engine", "run", str(doc), "--out", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("the call is over; waiting for status callbacks")
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = stdout.splitlines()
+    assert "status callbacks: 0 of 2 delivered (each attempt is a callback event)" in lines
+    assert f"  not delivered to {url}: ConnectError: [Errno 111] Connection refused" in lines, stdout

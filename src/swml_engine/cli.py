@@ -273,6 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sent, delivered = _callbacks(res.events)
         if sent:
             print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
+            for url, why in _undelivered(res.events):
+                print(f"  not delivered to {url}: {why}")
         made = _recordings(res.events, out / "recordings")
         for line in made[:10]:
             print(f"  {line}")
@@ -318,6 +320,20 @@ def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
 
     tried = [e for e in events if e["type"] == "callback"]
     return sum(1 for e in tried if first(e)), sum(1 for e in tried if e.get("delivered"))
+
+
+def _undelivered(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each URL some status callbacks did not reach, with why: its last failed attempt's status."""
+    from swml_engine.callbacks import STOPPING
+
+    tried = [e for e in events if e["type"] == "callback"]
+    why = {e["url"]: str(e.get("status")) for e in tried if not e.get("delivered") and e.get("status") != STOPPING}
+    short = []
+    for url, reason in why.items():
+        sent, delivered = _callbacks([e for e in tried if e["url"] == url])
+        if delivered < sent:
+            short.append((url, reason))
+    return short
 
 
 def _recordings(events: list[dict[str, Any]], where: Path) -> list[str]:
