@@ -411,3 +411,21 @@ def test_the_summary_says_why_status_callbacks_were_not_delivered(tmp_path: Path
     lines = stdout.splitlines()
     assert "status callbacks: 0 of 2 delivered (each attempt is a callback event)" in lines
     assert f"  not delivered to {url}: ConnectError: [Errno 111] Connection refused" in lines, stdout
+
+
+def test_the_summary_says_when_caller_digits_or_audio_never_reached_the_call(tmp_path: Path) -> None:
+    """--dtmf 2000:1 (milliseconds, as SWML's own durations are: it is seconds) pressed after the call was
+    over, and --caller-audio for a call never answered, did nothing without a word."""
+    caller = tmp_path / "caller.wav"
+    caller.write_bytes(wav_bytes(tone(440, 1.0), 8000))
+    doc = tmp_path / "a.yaml"
+    doc.write_text("sections: {main: [answer, {prompt: {play: 'silence:1', max_digits: 1}}]}\n")
+    r = swml("run", str(doc), "--dtmf", "2:5,2000:12", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    said = "  note: --dtmf: 2 digits from 2000.00 s on came after the call ended at 2.00 s (times are seconds)"
+    assert said in r.stdout.splitlines(), r.stdout
+    unanswered = tmp_path / "b.yaml"
+    unanswered.write_text("sections: {main: [{sleep: 1000}, {hangup: {reason: busy}}]}\n")
+    r = swml("run", str(unanswered), "--caller-audio", str(caller), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "  note: --caller-audio was not heard: the script never answered the call" in r.stdout.splitlines()

@@ -270,6 +270,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  note at {t:.2f} s: {note}")
         if len(notes) > 10:
             print(f"  ... and {len(notes) - 10} more notes in events.jsonl")
+        for note in _not_reached(dtmf, caller_audio is not None, res.duration, res.events):
+            print(f"  note: {note}")
         sent, delivered = _callbacks(res.events)
         if sent:
             print(f"status callbacks: {delivered} of {sent} delivered (each attempt is a callback event)")
@@ -320,6 +322,21 @@ def _callbacks(events: list[dict[str, Any]]) -> tuple[int, int]:
 
     tried = [e for e in events if e["type"] == "callback"]
     return sum(1 for e in tried if first(e)), sum(1 for e in tried if e.get("delivered"))
+
+
+def _not_reached(
+    dtmf: list[tuple[float, str]], caller_audio: bool, duration: float, events: list[dict[str, Any]]
+) -> list[str]:
+    """What the simulated caller was given to do that never reached the call: digits pressed after its
+    end (``--dtmf 2000:1``, as if in SWML's milliseconds), audio for a call never answered."""
+    notes = []
+    late = [t for t, _ in dtmf if t > duration]
+    if late:
+        digits = f"{len(late)} digit{'s' if len(late) > 1 else ''} from {late[0]:.2f} s on"
+        notes.append(f"--dtmf: {digits} came after the call ended at {duration:.2f} s (times are seconds)")
+    if caller_audio and not any(e["type"] == "call.state" and e.get("state") == "answered" for e in events):
+        notes.append("--caller-audio was not heard: the script never answered the call")
+    return notes
 
 
 def _undelivered(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
