@@ -217,26 +217,17 @@ def none_spoken(codecs: str) -> str | None:
     return f"{codecs!r} (none of them is a codec this engine speaks: {', '.join(SUPPORTED)})"
 
 
-class Encryption(Str):
-    """``encryption``: ``mandatory`` asks for SRTP, which this engine does not do."""
-
-    def __init__(self) -> None:
-        super().__init__(choices=ENCRYPTIONS)
-
-    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
-        super().load_check(value, path, errors)
-        if value == "mandatory":
-            errors.append(NotSupported(path, "'mandatory' (SRTP media encryption)"))
-
-
-class WebrtcMedia(Bool):
-    """``webrtc_media: true`` offers WebRTC media (ICE, DTLS-SRTP) on a placed leg, which this engine does not do
-    (its WebRTC takes browser callers, docs/phone.md)."""
-
-    def load_check(self, value: object, path: str, errors: list[ParamError]) -> None:
-        super().load_check(value, path, errors)
-        if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
-            errors.append(NotSupported(path, "true (WebRTC media)"))
+def _media_unsupported(encryption: object, webrtc_media: object) -> list[tuple[str, str]]:
+    """What a SIP destination's media settings ask that this engine does not do, as (setting, why):
+    ``encryption: mandatory`` (SRTP), ``webrtc_media: true`` (ICE, DTLS-SRTP on a placed leg; its WebRTC
+    takes browser callers, docs/phone.md). connect.mdx: both apply to SIP destinations only, so a phone
+    number's are no concern."""
+    out = []
+    if encryption == "mandatory":
+        out.append(("encryption", "'mandatory' (SRTP media encryption)"))
+    if webrtc_media is True or (isinstance(webrtc_media, str) and webrtc_media.strip().lower() == "true"):
+        out.append(("webrtc_media", "true (WebRTC media)"))
+    return out
 
 
 class Header(Spec):
@@ -304,11 +295,11 @@ class LegParams:
     call_state_url: str | None = param(HttpUrl())
     confirm: Block | str | None = param(Confirm())
     confirm_timeout: int | None = param(Num(minimum=1, maximum=MAX_TIMEOUT, integer=True, unit="seconds"))
-    encryption: str | None = param(Encryption())
+    encryption: str | None = param(Str(choices=ENCRYPTIONS))
     headers: list[dict[str, str]] | None = param(ListOf(Header()))
     codecs: str | None = param(Codecs())
     session_timeout: int | None = param(Num(minimum=1, maximum=MAX_BRIDGE, integer=True, unit="seconds"))
-    webrtc_media: bool | None = param(WebrtcMedia())
+    webrtc_media: bool | None = param(Bool())
     # Stream destinations only (not dialled by this engine): accepted, with their types checked.
     name: str | None = param(Text())
     codec: str | None = param(Text(64))
@@ -457,6 +448,17 @@ def check_connect(params: object, where: str) -> list[ParamError]:
         if sip and isinstance(codecs, str) and not is_templated(codecs) and (why := none_spoken(codecs)):
             unspoken[place] = why
     errors.extend(NotSupported(place, why) for place, why in unspoken.items())
+    media: dict[str, str] = {}  # the same for encryption and webrtc_media, at the level that gives them
+    for dest, path in destinations:
+        to = dest.get("to")
+        if not (isinstance(to, str) and to.strip().lower().startswith(("sip:", "sips:"))):
+            continue
+        # each setting at the level that gives it: the destination's own, else the top level's
+        level = {name: (dest, path) if name in dest else (params, where) for name in ("encryption", "webrtc_media")}
+        settings = {name: holder.get(name) for name, (holder, _) in level.items()}
+        for name, asked in _media_unsupported(settings["encryption"], settings["webrtc_media"]):
+            media[f"{level[name][1]}.{name}"] = asked
+    errors.extend(NotSupported(place, why) for place, why in media.items())
     for dest, path in destinations:
         has_user = "username" in dest or "username" in params
         has_password = "password" in dest or "password" in params
@@ -647,10 +649,9 @@ def leg_settings(ctx: StepContext, leg: LegParams, top: ConnectParams, where: st
         device = destination_kind(to, f"{where}.to")
     except ParamError as e:
         problem = str(e)
-    if setting("encryption", leg, top) == "mandatory":
-        problem = f"{where}.encryption: 'mandatory' (SRTP media encryption) is not supported by this engine"
-    if setting("webrtc_media", leg, top):
-        problem = f"{where}.webrtc_media: WebRTC media is not supported by this engine"
+    if device == "sip":  # (a phone number's are of no effect: connect.mdx)
+        for name, asked in _media_unsupported(setting("encryption", leg, top), setting("webrtc_media", leg, top)):
+            problem = f"{where}.{name}: {asked} is not supported by this engine"
     codecs = setting("codecs", leg, top)
     if device == "sip" and codecs and (why := none_spoken(codecs)):
         problem = f"{where}.codecs: {why}: not supported by this engine"
