@@ -409,6 +409,29 @@ def test_a_bridge_lasts_its_max_duration_past_the_default_call_limit(monkeypatch
     assert states(res)[-1] == (32.0, "disconnected")
 
 
+def test_a_connect_that_could_not_run_runs_its_result_failed_branch_goto_included() -> None:
+    """A value substituted wrong (timeout: '${t}' holding 'soon') fails the connect before a leg is
+    placed: connect_result is failed, and its result's failed branch — where a script sends the caller
+    to voicemail — ran not at all. It runs now, a goto in it included."""
+    doc = """
+sections:
+  main:
+    - set: {t: soon}
+    - connect:
+        to: "sip:agent@example.com"
+        timeout: "${t}"
+        result:
+          case:
+            failed: [{set: {after: "${connect_failed_reason}"}}, {goto: {label: voicemail}}]
+    - set: {skipped: "yes"}
+    - label: voicemail
+    - set: {reached: "voicemail"}
+"""
+    res = run_doc(doc)
+    assert res.vars["connect_result"] == "failed" and res.vars["after"] == "error"
+    assert res.vars["reached"] == "voicemail" and "skipped" not in res.vars
+
+
 def test_result_switch_runs_once_the_far_leg_has_ended() -> None:
     doc = """
 sections:

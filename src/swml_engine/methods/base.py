@@ -67,6 +67,10 @@ class Method(ABC, Generic[P]):
         """The step could not run (``raw``: its parameters as substituted, when they got that far).
         Methods whose failures have listeners beyond the script (status callbacks) tell them here."""
 
+    async def after_failure(self, ctx: StepContext) -> None:
+        """After :meth:`failed`: steps the document gave for the method's failure run here (connect's
+        ``result``), as they would after a failure the method met running."""
+
     @abstractmethod
     async def run(self, ctx: StepContext, p: P) -> None:
         """Do the work. Control flow (goto, return, hangup) is raised as exceptions of script.flow."""

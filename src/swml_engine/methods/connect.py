@@ -570,9 +570,7 @@ class Connect(Method[ConnectParams]):
         self.outcome(ctx, reason if ended is None else None)
         if caller.is_ended:
             return
-        if p.result is not None:
-            kind, params = p.result
-            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.connect.result"), ctx.section_run)
+        await self._result(ctx, p.result)
         if ended is not None and p.transfer_after_bridge is not None:
             await transfer_dest(ctx, p.transfer_after_bridge, f"{ctx.where}.transfer_after_bridge")
 
@@ -588,6 +586,20 @@ class Connect(Method[ConnectParams]):
             ctx.events.emit("vars.unset", name="connect_failed_reason")
         ctx.set_var("return_value", result)
         ctx.result = result
+
+    async def _result(self, ctx: StepContext, result: tuple[str, Any] | None) -> None:
+        """``result``: the switch (or cond) on how the connect went, run as a step of its own."""
+        if result is not None:
+            kind, params = result
+            await ctx.runner.run_step(Step(kind, params, f"{ctx.step.path}.connect.result"), ctx.section_run)
+
+    async def after_failure(self, ctx: StepContext) -> None:
+        # A connect that could not run (a value substituted wrong) failed as a connect: its result's
+        # "failed" branch runs, as for a leg that failed — the voicemail a script falls back to.
+        written = ctx.step.params
+        result = written.get("result") if isinstance(written, dict) else None
+        if isinstance(result, tuple) and not ctx.call.is_ended:
+            await self._result(ctx, result)
 
     def failed(self, ctx: StepContext, raw: object, error: ParamError) -> None:
         # The step could not run (a value substituted at run time was wrong): it failed as a connect,

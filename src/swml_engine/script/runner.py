@@ -155,6 +155,11 @@ class Runner:
         except ParamError as e:
             self._fail(ctx, method.result_var, str(e))
             method.failed(ctx, raw, e)
+            try:
+                await method.after_failure(ctx)
+            except (Goto, Return, EndScript):  # (a goto, return or hangup in those steps, as in run's)
+                self._step_end(section_run, step, ctx)
+                raise
         except (Goto, Return, EndScript):
             self._step_end(section_run, step, ctx)
             raise
