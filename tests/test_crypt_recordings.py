@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import signal
 import stat
 import struct
@@ -306,3 +307,20 @@ def test_a_kill_while_the_wav_sizes_are_written_costs_only_the_first_block(tmp_p
     (failed,) = recover(root, keyring)
     assert "block 1 fails authentication" in failed.note
     assert json.loads(store.meta_path("r1").read_text())["state"] == "error"
+
+
+def test_swml_decrypt_into_a_reader_that_stops_early_exits_141_saying_nothing(tmp_path: Path, key_file: Path) -> None:
+    """`swml decrypt F | head -c 44` (a WAV's header): the reader had enough — as `swml run | head`, exit
+    141 and nothing said; it printed 'Broken pipe' and exited 1."""
+    sealed = record(tmp_path / "sealed.wav", "wav", noise(30.0), Keyring.load(key_file))  # (past a pipe's 64 KB)
+    key_file.chmod(0o600)  # (said on stderr otherwise)
+    done = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m swml_engine decrypt {shlex.quote(str(sealed))} --key-file "
+        f"{shlex.quote(str(key_file))} | head -c 44 > /dev/null; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "141" and done.stderr == "", (done.stdout, done.stderr)

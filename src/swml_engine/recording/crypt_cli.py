@@ -61,6 +61,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     except CryptError as e:
         print(f"swml decrypt: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        raise  # (`swml decrypt F | head -c 44`: its reader had enough; cli.main says nothing, exits 141)
     except OSError as e:
         print(f"swml decrypt: {e.filename or source}: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAILED
