@@ -7,7 +7,7 @@ import json
 import signal
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -76,8 +76,9 @@ class Simulation:
     hangup_at: float | None = None
     from_: str = "+15551230000"
     to: str = "+15557890000"
-    #: The call's headers in order (a name may repeat, as in a SIP INVITE).
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The call's headers in order (a name may repeat, as in a SIP INVITE): pairs, or a mapping of
+    #: names to values (each name once).
+    headers: Sequence[tuple[str, str]] | Mapping[str, str] = field(default_factory=list)
     envs: dict[str, str] = field(default_factory=dict)
     rate: int = 8000
     out: Path | None = None
@@ -236,7 +237,8 @@ async def run_simulation(doc: Document, sim: Simulation) -> SimResult:
         call = Call(transport, call_id=call_id, events=events, options=options)
         if sim.ctrl_c is not None:
             sim.ctrl_c.attach(call, transport)
-        headers = [{"name": k, "value": v} for k, v in sim.headers]
+        pairs = sim.headers.items() if isinstance(sim.headers, Mapping) else sim.headers
+        headers = [{"name": k, "value": v} for k, v in pairs]
         variables = Variables(call=call_scope(call, from_=sim.from_, to=sim.to, headers=headers), envs=dict(sim.envs))
         result = await run_call(doc, call, variables)
         for far in dialer.placed:  # a far leg the dial plan left open still writes what it heard
