@@ -121,3 +121,31 @@ def test_ctrl_c_during_a_slow_fetch_on_the_virtual_clock_hangs_up_at_once(tmp_pa
     meta = json.loads(next((out / "recordings").glob("*.json")).read_text())
     assert meta["state"] == "finished" and meta["end_reason"] == "hangup"
     assert (out / "vars.json").exists()
+
+
+def test_a_ctrl_c_after_the_call_is_over_cuts_the_wait_for_callbacks_that_comes_next(tmp_path: Path) -> None:
+    """A Ctrl-C once the call has ended but before the wait for status callbacks has begun (writing the
+    outputs comes between: 'waiting' is said 2 s after the call's end) was taken for the caller hanging
+    up a call already gone, and the wait went on in full — a receiver that is down held the run for a
+    minute (seen under load in tests/test_cli.py's summary test). It ends the wait now."""
+    from swml_engine.document.loader import load_text
+    from swml_engine.methods import REGISTRY
+    from swml_engine.session import CtrlC, Simulation, simulate
+
+    with socket.socket() as closed:  # nothing listens here: each attempt is refused, then retried
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/cb"
+    ctrl_c = CtrlC(stop_now=lambda: None)
+
+    def press_once_over(event: dict[str, Any]) -> None:
+        if event["type"] == "call.state" and event.get("state") == "ended":
+            ctrl_c.received()  # (as the SIGINT handler would, on the loop, before the wait begins)
+
+    doc = load_text(
+        f"sections: {{main: [answer, {{play: {{url: 'silence:1', status_url: '{url}'}}}}]}}", methods=REGISTRY
+    )
+    started = time.monotonic()
+    res = simulate(doc, Simulation(out=tmp_path / "o", ctrl_c=ctrl_c, on_event=press_once_over))
+    assert ctrl_c.wait_cut and ctrl_c.hung_up_at is None  # (the call was not hung up: it was over)
+    given_up = [e for e in res.events if e["type"] == "callback" and not e["delivered"]]
+    assert given_up and time.monotonic() - started < 30  # (retries to a refusing receiver last about 45 s)

@@ -126,7 +126,11 @@ class CtrlC:
         self._cut = asyncio.Event()
 
     def received(self) -> None:
-        if self.phase == "callbacks" and not self.wait_cut:
+        # A call already over is past hanging up: the press is for the wait for callbacks next (the run's
+        # "waiting" line comes 2 s after the call's end, maybe before its outputs are written and the wait
+        # begins: a press then was taken for a hang-up of a call gone, and the wait went on in full).
+        call_over = self._call is not None and self._call.is_ended
+        if (self.phase == "callbacks" or (self.phase == "call" and call_over)) and not self.wait_cut:
             self.wait_cut = True
             self._cut.set()
         elif not self.pressed:
