@@ -217,6 +217,10 @@ def none_spoken(codecs: str) -> str | None:
     return f"{codecs!r} (none of them is a codec this engine speaks: {', '.join(SUPPORTED)})"
 
 
+#: The media settings a SIP destination may ask for that this engine does not do (_media_unsupported).
+_MEDIA_SETTINGS = ("encryption", "webrtc_media")
+
+
 def _media_unsupported(encryption: object, webrtc_media: object) -> list[tuple[str, str]]:
     """What a SIP destination's media settings ask that this engine does not do, as (setting, why):
     ``encryption: mandatory`` (SRTP), ``webrtc_media: true`` (ICE, DTLS-SRTP on a placed leg; its WebRTC
@@ -438,26 +442,22 @@ def check_connect(params: object, where: str) -> list[ParamError]:
         own = dest.get("headers")
         if isinstance(own, list) and len(own) > MAX_HEADERS:
             errors.append(ParamError(f"{path}.headers", f"{len(own)} headers; at most {MAX_HEADERS}"))
-    unspoken: dict[str, str] = {}  # codecs' place -> why (a SIP destination's; a phone number's are not used)
-    for dest, path in destinations:
-        codecs, place = (
-            (dest["codecs"], f"{path}.codecs") if "codecs" in dest else (params.get("codecs"), f"{where}.codecs")
-        )
-        to = dest.get("to")
-        sip = isinstance(to, str) and to.strip().lower().startswith(("sip:", "sips:"))
-        if sip and isinstance(codecs, str) and not is_templated(codecs) and (why := none_spoken(codecs)):
-            unspoken[place] = why
-    errors.extend(NotSupported(place, why) for place, why in unspoken.items())
-    media: dict[str, str] = {}  # the same for encryption and webrtc_media, at the level that gives them
+    # What a SIP destination asks that this engine does not do (a phone number's codecs, encryption and
+    # webrtc_media are not used), each named at the level that gives it: the destination's, else the top's.
+    unspoken: dict[str, str] = {}  # codecs' place -> why
+    media: dict[str, str] = {}  # encryption's and webrtc_media's place -> why
     for dest, path in destinations:
         to = dest.get("to")
         if not (isinstance(to, str) and to.strip().lower().startswith(("sip:", "sips:"))):
             continue
-        # each setting at the level that gives it: the destination's own, else the top level's
-        level = {name: (dest, path) if name in dest else (params, where) for name in ("encryption", "webrtc_media")}
-        settings = {name: holder.get(name) for name, (holder, _) in level.items()}
-        for name, asked in _media_unsupported(settings["encryption"], settings["webrtc_media"]):
+        level = {name: (dest, path) if name in dest else (params, where) for name in ("codecs", *_MEDIA_SETTINGS)}
+        values = {name: holder.get(name) for name, (holder, _) in level.items()}
+        codecs = values["codecs"]
+        if isinstance(codecs, str) and not is_templated(codecs) and (why := none_spoken(codecs)):
+            unspoken[f"{level['codecs'][1]}.codecs"] = why
+        for name, asked in _media_unsupported(values["encryption"], values["webrtc_media"]):
             media[f"{level[name][1]}.{name}"] = asked
+    errors.extend(NotSupported(place, why) for place, why in unspoken.items())
     errors.extend(NotSupported(place, why) for place, why in media.items())
     for dest, path in destinations:
         has_user = "username" in dest or "username" in params
